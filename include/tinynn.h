@@ -1,0 +1,367 @@
+/* tinynn.h - the one public header of tinynn, a small neural-network runtime
+ * with a flat C ABI made to be called through FFI.
+ *
+ * Conventions that hold for every function below:
+ *
+ *  - Row-major, NumPy order: a tensor of shape (rows, cols) keeps element
+ *    (r, c) at flat index r*cols + c; the last dimension is contiguous.
+ *    The one exception is the seed's tnn_matmul (see there).
+ *  - Handles are opaque pointers. A session owns every tensor made in it;
+ *    tnn_session_free releases them all. Free functions accept NULL.
+ *  - No function exits, aborts or prints on bad input. Functions that return
+ *    int return TNN_OK (0) or a negative tnn_status; functions that return a
+ *    pointer return NULL on failure. Either way tnn_last_error() then gives a
+ *    message naming the function, the argument and the shapes. Functions that
+ *    return void (kept void for ABI compatibility with the seed module) also
+ *    leave their error in tnn_last_error()/tnn_last_status().
+ *  - Threads: a session is used by one thread at a time. Different sessions
+ *    may be used from different threads at once. The error message is kept
+ *    per thread. Computation runs on one process-wide thread pool, created on
+ *    first use; results are bit-identical for any thread count.
+ *  - Ownership: every array passed in is read during the call only and never
+ *    kept (it is copied); every array passed out is written during the call
+ *    only. Returned strings are owned by the library.
+ */
+#ifndef TINYNN_H
+#define TINYNN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(_WIN32) && defined(TNN_BUILD_SHARED)
+#define TNN_API __declspec(dllexport)
+#elif defined(_WIN32) && defined(TNN_SHARED)
+#define TNN_API __declspec(dllimport)
+#elif defined(__GNUC__) && defined(TNN_BUILD_SHARED)
+#define TNN_API __attribute__((visibility("default")))
+#else
+#define TNN_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Version                                                                  */
+/* ------------------------------------------------------------------------ */
+
+#define TNN_VERSION_MAJOR 0
+#define TNN_VERSION_MINOR 1
+#define TNN_VERSION_PATCH 0
+#define TNN_VERSION_NUMBER \
+    (TNN_VERSION_MAJOR * 10000 + TNN_VERSION_MINOR * 100 + TNN_VERSION_PATCH)
+
+/* "MAJOR.MINOR.PATCH" of the library actually loaded. */
+TNN_API const char *tnn_version(void);
+/* MAJOR*10000 + MINOR*100 + PATCH of the library actually loaded. */
+TNN_API int tnn_version_number(void);
+
+/* ------------------------------------------------------------------------ */
+/* Status codes, errors and logging                                         */
+/* ------------------------------------------------------------------------ */
+
+/* Values are fixed and append-only. */
+typedef enum tnn_status {
+    TNN_OK = 0,
+    TNN_ERR_ARG = -1,         /* NULL handle, bad value, unknown enum value */
+    TNN_ERR_SHAPE = -2,       /* shapes that do not fit together */
+    TNN_ERR_RANGE = -3,       /* index out of range (at build or compute) */
+    TNN_ERR_STATE = -4,       /* wrong call order (e.g. compute before realize) */
+    TNN_ERR_NOMEM = -5,       /* allocation failed */
+    TNN_ERR_OVERFLOW = -6,    /* a size product or offset overflows */
+    TNN_ERR_UNSUPPORTED = -7, /* valid request this build cannot do */
+    TNN_ERR_IO = -8,          /* file could not be read or written */
+    TNN_ERR_FORMAT = -9,      /* malformed file or data */
+    TNN_ERR_INTERNAL = -10    /* a bug in tinynn: please report it */
+} tnn_status;
+
+/* Static name of a status ("TNN_ERR_SHAPE"); "unknown" for other values. */
+TNN_API const char *tnn_status_name(int status);
+/* Message of the last failure on the calling thread ("" if none). The
+ * pointer stays valid until the next tinynn call on this thread. */
+TNN_API const char *tnn_last_error(void);
+/* Status of the last failure on the calling thread (TNN_OK if none). */
+TNN_API int tnn_last_status(void);
+/* Forget the last failure on the calling thread. */
+TNN_API void tnn_clear_error(void);
+
+typedef enum tnn_log_level {
+    TNN_LOG_DEBUG = 0,
+    TNN_LOG_INFO = 1,
+    TNN_LOG_WARN = 2,
+    TNN_LOG_ERROR = 3,
+    TNN_LOG_NONE = 4
+} tnn_log_level;
+
+/* Receives every log line at or above the log level. `msg` has no trailing
+ * newline and is valid during the call only. May be called from any thread
+ * that calls into tinynn. */
+typedef void (*tnn_log_fn)(int level, const char *msg, void *user);
+/* Install a log callback (process-wide); NULL restores the default, which
+ * writes "tinynn: LEVEL: msg" to stderr. */
+TNN_API void tnn_set_log_callback(tnn_log_fn fn, void *user);
+/* Minimum level that reaches the callback (default TNN_LOG_WARN, or the
+ * environment variable TNN_LOG=debug|info|warn|error|none). */
+TNN_API void tnn_set_log_level(int level);
+
+/* ------------------------------------------------------------------------ */
+/* Threads                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* Number of threads of the process-wide pool. n >= 1; n = 0 means "the
+ * default": the environment variable TNN_THREADS if set, else the number of
+ * online CPUs. Returns TNN_OK or TNN_ERR_ARG. Must not be called while
+ * another thread is inside tnn_compute. Results do not depend on it. */
+TNN_API int tnn_set_num_threads(int n);
+TNN_API int tnn_get_num_threads(void);
+
+/* ------------------------------------------------------------------------ */
+/* Sessions and tensors                                                     */
+/* ------------------------------------------------------------------------ */
+
+typedef struct tnn_session tnn_session;
+typedef struct tnn_tensor tnn_tensor;
+
+/* Element types. Values are fixed and append-only. F16, BF16 and the block
+ * quantized types are reserved for model weights (not all ops take them). */
+typedef enum tnn_dtype {
+    TNN_F32 = 0,
+    TNN_I32 = 1,
+    TNN_F16 = 2,
+    TNN_BF16 = 3,
+    TNN_DTYPE_COUNT
+} tnn_dtype;
+
+#define TNN_MAX_DIMS 4
+
+/* A new session. prefer_cuda = 0: CPU. prefer_cuda = 1: the CUDA backend
+ * when it is built in and a device is present, else the CPU (the reason is
+ * logged at TNN_LOG_INFO; this never fails). Returns NULL only when memory
+ * runs out. */
+TNN_API tnn_session *tnn_session_new(int prefer_cuda);
+/* Frees the session and every tensor made in it. NULL is a no-op. Using a
+ * freed session or its tensors afterwards is detected and refused. */
+TNN_API void tnn_session_free(tnn_session *s);
+/* Name of the backend the session runs on: "cpu" or "cuda". */
+TNN_API const char *tnn_session_backend(const tnn_session *s);
+
+/* A leaf tensor of `ndim` (1..4) dimensions, row-major, filled with zeros at
+ * realize. Its storage is allocated by tnn_realize and kept across later
+ * realizes of the same session. */
+TNN_API tnn_tensor *tnn_tensor_new(tnn_session *s, int dtype, int ndim,
+                                   const int64_t *shape);
+/* Seed ABI: a rows x cols f32 tensor (element (r,c) at r*cols + c). */
+TNN_API tnn_tensor *tnn_input_2d_f32(tnn_session *s, int rows, int cols);
+/* Seed ABI: an f32 vector of n elements. */
+TNN_API tnn_tensor *tnn_input_1d_f32(tnn_session *s, int n);
+/* Seed ABI: an int32 vector of n elements (row indices). */
+TNN_API tnn_tensor *tnn_input_1d_i32(tnn_session *s, int n);
+
+/* Accessors; on a bad handle they return -1 / NULL and set the error. */
+TNN_API int tnn_tensor_ndim(const tnn_tensor *t);
+TNN_API int64_t tnn_tensor_dim(const tnn_tensor *t, int axis); /* axis < 0 counts from the end */
+TNN_API int64_t tnn_tensor_nelements(const tnn_tensor *t);
+TNN_API int tnn_tensor_dtype(const tnn_tensor *t);
+/* Name for error messages and debugging (copied, at most 31 bytes kept). */
+TNN_API int tnn_tensor_set_name(tnn_tensor *t, const char *name);
+TNN_API const char *tnn_tensor_name(const tnn_tensor *t);
+
+/* ------------------------------------------------------------------------ */
+/* Ops. Each records a node and returns its result tensor; nothing runs     */
+/* until tnn_compute. NULL (with an error) when arguments do not fit.       */
+/* Element-wise ops take f32 tensors of 1 to 4 dimensions.                  */
+/* ------------------------------------------------------------------------ */
+
+/* Seed ABI, ggml's mul_mat: a is (m, k), b is (n, k) (same k = cols). The
+ * result holds sum_k a[i][k]*b[j][k] at flat index j*m + i; as a row-major
+ * tensor it is (n, m), i.e. b @ a^T. For NumPy-order products use the
+ * tnn_matmul_nn/nt/tn family below. */
+TNN_API tnn_tensor *tnn_matmul(tnn_session *s, tnn_tensor *a, tnn_tensor *b);
+
+/* NumPy-order products, batched over the leading dimensions (up to 2 batch
+ * dimensions; a batch dimension of 1 broadcasts):
+ *   nn: a (..., M, K) @ b (..., K, N)    -> (..., M, N)
+ *   nt: a (..., M, K) @ b (..., N, K)^T  -> (..., M, N)
+ *   tn: a (..., K, M)^T @ b (..., K, N)  -> (..., M, N)
+ * Backward: for C = A@B, dA = dC @ B^T (nt) and dB = A^T @ dC (tn). */
+TNN_API tnn_tensor *tnn_matmul_nn(tnn_session *s, tnn_tensor *a, tnn_tensor *b);
+TNN_API tnn_tensor *tnn_matmul_nt(tnn_session *s, tnn_tensor *a, tnn_tensor *b);
+TNN_API tnn_tensor *tnn_matmul_tn(tnn_session *s, tnn_tensor *a, tnn_tensor *b);
+
+/* a + b, a - b, a * b (element-wise). Shapes broadcast as in NumPy
+ * (right-aligned; a dimension of 1 repeats). */
+TNN_API tnn_tensor *tnn_add(tnn_session *s, tnn_tensor *a, tnn_tensor *b);
+TNN_API tnn_tensor *tnn_sub(tnn_session *s, tnn_tensor *a, tnn_tensor *b);
+TNN_API tnn_tensor *tnn_mul(tnn_session *s, tnn_tensor *a, tnn_tensor *b);
+/* a * k, computed as a * (float)k. */
+TNN_API tnn_tensor *tnn_scale(tnn_session *s, tnn_tensor *a, double k);
+/* 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
+TNN_API tnn_tensor *tnn_gelu(tnn_session *s, tnn_tensor *a);
+/* x * sigmoid(x) */
+TNN_API tnn_tensor *tnn_silu(tnn_session *s, tnn_tensor *a);
+/* Softmax of each row (over the last dimension), max-subtracted. */
+TNN_API tnn_tensor *tnn_softmax(tnn_session *s, tnn_tensor *a);
+/* Swaps the last two dimensions: (..., r, c) -> (..., c, r), contiguous. */
+TNN_API tnn_tensor *tnn_transpose(tnn_session *s, tnn_tensor *a);
+/* Each row: x / sqrt(mean(x^2) + eps) * gamma. gamma has `cols` elements
+ * (shape (cols) or (1, cols)) and broadcasts over rows; NULL means no gain. */
+TNN_API tnn_tensor *tnn_rms_norm(tnn_session *s, tnn_tensor *x, tnn_tensor *gamma,
+                                 double eps);
+/* out[i] = table[idx[i]]: table (V, d) f32, idx int32 (n) -> (n, d). An index
+ * outside [0, V) makes tnn_compute fail with TNN_ERR_RANGE. */
+TNN_API tnn_tensor *tnn_get_rows(tnn_session *s, tnn_tensor *table, tnn_tensor *idx);
+
+/* Backward ops (seed ABI; mind the argument orders). */
+/* Scatter-add: zeros shaped like `shape` (V, d), then out[idx[i]] += d_out[i]. */
+TNN_API tnn_tensor *tnn_get_rows_back(tnn_session *s, tnn_tensor *d_out,
+                                      tnn_tensor *idx, tnn_tensor *shape);
+/* GRADIENT FIRST: dx of plain RMSNorm (no gamma) at input x, given dy. */
+TNN_API tnn_tensor *tnn_rms_norm_back(tnn_session *s, tnn_tensor *dy, tnn_tensor *x,
+                                      double eps);
+/* GRADIENT FIRST: y is the softmax output; dx = y * (dy - sum(dy*y)) per row. */
+TNN_API tnn_tensor *tnn_softmax_back(tnn_session *s, tnn_tensor *dy, tnn_tensor *y);
+/* FORWARD INPUT FIRST: dx = dy * s(x) * (1 + x (1 - s(x))), s = sigmoid. */
+TNN_API tnn_tensor *tnn_silu_back(tnn_session *s, tnn_tensor *x, tnn_tensor *dy);
+/* FORWARD INPUT FIRST: dx = dy * gelu'(x) (tanh form). */
+TNN_API tnn_tensor *tnn_gelu_back(tnn_session *s, tnn_tensor *x, tnn_tensor *dy);
+
+/* ------------------------------------------------------------------------ */
+/* Graph control                                                            */
+/* ------------------------------------------------------------------------ */
+
+/* Fixes the graph that ends in `result` (and in every tensor marked with
+ * tnn_set_output), orders it, and allocates every tensor it needs: leaves
+ * get their own zeroed storage (kept across later realizes), intermediates
+ * share a planned arena (a buffer is reused once its last reader has run).
+ * `result` is marked as an output. Call before any upload. May be called
+ * again after more ops were added; leaves keep their values. */
+TNN_API int tnn_realize(tnn_session *s, tnn_tensor *result);
+/* Runs the realized graph. TNN_ERR_STATE before tnn_realize. On a compute
+ * error (e.g. an index out of range) the outputs are unspecified and the
+ * session stays usable. */
+TNN_API int tnn_compute(tnn_session *s);
+/* Keep this tensor's value after compute (it is not reused as a buffer). */
+TNN_API void tnn_set_output(tnn_tensor *t);
+/* Mark a trainable parameter (a leaf). */
+TNN_API void tnn_set_param(tnn_tensor *t);
+
+/* ------------------------------------------------------------------------ */
+/* Moving data                                                              */
+/* ------------------------------------------------------------------------ */
+
+/* The session's host scratch: slots, each one f32 or one int32. It has no
+ * fixed size: it grows to the highest slot written. A slot never written
+ * reads as 0. Errors (negative index, no memory) are reported through
+ * tnn_last_error(); tnn_scratch_get then returns 0. */
+TNN_API void tnn_scratch_set(tnn_session *s, int i, double v);      /* slot i = (float)v */
+TNN_API double tnn_scratch_get(tnn_session *s, int i);              /* slot i as f32, widened */
+TNN_API void tnn_scratch_set_i32(tnn_session *s, int i, int v);
+TNN_API int tnn_scratch_get_i32(tnn_session *s, int i);
+/* Copy nelements(t) slots, from slot 0, into t (as f32 or int32 by the
+ * tensor's type). Refused (TNN_ERR_RANGE) when fewer slots were written. */
+TNN_API int tnn_upload(tnn_session *s, tnn_tensor *t);
+/* Copy t into slots 0 .. nelements(t)-1 (the scratch grows as needed). */
+TNN_API int tnn_download(tnn_session *s, tnn_tensor *t);
+
+/* Direct transfers, no scratch. n must equal nelements(t). */
+TNN_API int tnn_upload_from_float_array(tnn_session *s, tnn_tensor *t,
+                                        const double *src, size_t n);
+/* int32 tensor from int64 values; a value outside int32 is an error. */
+TNN_API int tnn_upload_from_int_array(tnn_session *s, tnn_tensor *t,
+                                      const int64_t *src, size_t n);
+/* src is row-major nrows x ncols; t (ncols x nrows elements) gets src^T. */
+TNN_API int tnn_upload_transposed_f64(tnn_session *s, tnn_tensor *t, const double *src,
+                                      int nrows, int ncols);
+TNN_API int tnn_download_to_f64_array(tnn_session *s, tnn_tensor *t, double *dst,
+                                      size_t n);
+/* t holds cols x rows elements (e.g. a tnn_matmul result, flat [j*rows+i]);
+ * dst (row-major rows x cols) gets its transpose: dst[i*cols+j] = t[j*rows+i].
+ * This is the seed module's download_matmul in one call. */
+TNN_API int tnn_download_transposed_f64(tnn_session *s, tnn_tensor *t, double *dst,
+                                        int rows, int cols);
+/* f32 transfers. n must equal nelements(t); t must be f32. */
+TNN_API int tnn_upload_f32(tnn_session *s, tnn_tensor *t, const float *src, size_t n);
+TNN_API int tnn_download_f32(tnn_session *s, tnn_tensor *t, float *dst, size_t n);
+
+/* ------------------------------------------------------------------------ */
+/* Host-side kernels on the scratch (seed ABI)                              */
+/* ------------------------------------------------------------------------ */
+
+/* Reads x from slots [0,n) and dh from [n,2n); writes dx = dh * gelu'(x)
+ * (tanh form) into [2n,3n). Refused if fewer than 2n slots were written. */
+TNN_API void tnn_gelu_back_scratch(tnn_session *s, int n);
+/* Slots [0,n) param, [n,2n) grad, [2n,3n) m, [3n,4n) v, updated in place:
+ *   m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g*g;
+ *   param -= lr * (m/omc1) / (sqrt(v/omc2) + eps)
+ * omc1 = 1 - b1^t, omc2 = 1 - b2^t. Refused if fewer than 4n slots. */
+TNN_API void tnn_adam_step_scratch(tnn_session *s, int n, double lr, double b1, double b2,
+                                   double eps, double omc1, double omc2);
+
+/* ------------------------------------------------------------------------ */
+/* The seed module's methods as one-call functions on caller-owned          */
+/* row-major f64 matrices. Each converts to f32, runs the same kernels as   */
+/* the graph ops, and writes the widened result into `out` (which must not  */
+/* overlap the inputs unless stated). They give exactly the numbers the     */
+/* module's call sequences give through the ABI above. Index arrays are     */
+/* int64 (the FFI hosts' integer arrays). Return TNN_OK or a tnn_status.   */
+/* ------------------------------------------------------------------------ */
+
+/* out (ar x bc) = a (ar x ac) @ b (br x bc); ac == br. */
+TNN_API int tnn_mat_matmul(const double *a, int ar, int ac, const double *b, int br, int bc,
+                           double *out);
+/* out (ar x br) = a (ar x ac) @ b (br x bc)^T; ac == bc. */
+TNN_API int tnn_mat_matmul_t(const double *a, int ar, int ac, const double *b, int br,
+                             int bc, double *out);
+/* out (ac x bc) = a (ar x ac)^T @ b (br x bc); ar == br. */
+TNN_API int tnn_mat_t_matmul(const double *a, int ar, int ac, const double *b, int br,
+                             int bc, double *out);
+/* Element-wise on rows x cols matrices. */
+TNN_API int tnn_mat_add(const double *a, const double *b, int rows, int cols, double *out);
+TNN_API int tnn_mat_mul(const double *a, const double *b, int rows, int cols, double *out);
+TNN_API int tnn_mat_scale(const double *a, int rows, int cols, double k, double *out);
+TNN_API int tnn_mat_gelu(const double *a, int rows, int cols, double *out);
+TNN_API int tnn_mat_silu(const double *a, int rows, int cols, double *out);
+TNN_API int tnn_mat_softmax(const double *a, int rows, int cols, double *out);
+/* out (cols x rows) = a^T. */
+TNN_API int tnn_mat_transpose(const double *a, int rows, int cols, double *out);
+/* gamma has `cols` values. */
+TNN_API int tnn_mat_rms_norm(const double *x, int rows, int cols, const double *gamma,
+                             double eps, double *out);
+TNN_API int tnn_mat_gelu_back(const double *x, const double *dh, int rows, int cols,
+                              double *out);
+TNN_API int tnn_mat_silu_back(const double *x, const double *dy, int rows, int cols,
+                              double *out);
+TNN_API int tnn_mat_softmax_back(const double *y, const double *dy, int rows, int cols,
+                                 double *out);
+TNN_API int tnn_mat_rms_norm_back(const double *x, const double *dy, int rows, int cols,
+                                  double eps, double *out);
+/* out[i,v] = (softmax(logits)[i,v] - (i < n_pred && v == targets[i])) / n_pred
+ * for logits (rows x cols); targets has n_pred values in [0, cols). */
+TNN_API int tnn_mat_cross_entropy_grad(const double *logits, int rows, int cols,
+                                       const int64_t *targets, int n_pred, double *out);
+/* out (n_idx x cols) = table[indices]; table is (rows x cols). */
+TNN_API int tnn_mat_embed_lookup(const double *table, int rows, int cols,
+                                 const int64_t *indices, int n_idx, double *out);
+/* out (vocab x cols) = zeros, then out[indices[i]] += d_out[i]; d_out is
+ * (n_idx x cols). */
+TNN_API int tnn_mat_embed_back(const double *d_out, int n_idx, int cols,
+                               const int64_t *indices, int vocab, double *out);
+/* In place on caller arrays of n = rows*cols values (same rule as
+ * tnn_adam_step_scratch): param, m and v are updated. */
+TNN_API int tnn_mat_adam_step(double *param, const double *grad, double *m, double *v,
+                              int rows, int cols, double lr, double b1, double b2, double eps,
+                              double omc1, double omc2);
+/* out = param - lr * grad (out may equal param). */
+TNN_API int tnn_mat_sgd_step(const double *param, const double *grad, int rows, int cols,
+                             double lr, double *out);
+/* out (hr x w2c) = gelu(h (hr x hc) @ w1 (hc x w1c)) @ w2 (w1c x w2c), as
+ * one fused graph; the intermediate stays f32. */
+TNN_API int tnn_mat_ffn_pipeline(const double *h, int hr, int hc, const double *w1, int w1c,
+                                 const double *w2, int w2c, double *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TINYNN_H */

@@ -1,0 +1,216 @@
+/* graph.c - realize (order the graph, allocate leaves, plan the arena of
+ * intermediates) and compute.
+ *
+ * Creation order is already a topological order (a node's sources exist
+ * before it), so the plan is the needed nodes in creation order. Buffer
+ * planning walks the plan once: a node gets the first free block that fits;
+ * a source that is neither a leaf nor an output returns its block after
+ * its last reader.
+ */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define ARENA_ALIGN 64
+
+void tnn__release_plan(tnn_session *s) {
+    if (s->arena) s->backend->free(s->arena);
+    s->arena = NULL;
+    s->arena_size = 0;
+    free(s->plan);
+    s->plan = NULL;
+    s->n_plan = 0;
+    s->realized = false;
+    for (int32_t i = 0; i < s->n_tensors; i++) {
+        tnn_tensor *t = tnn__tensor_at(s, i);
+        if (t->op != TNN_OP_NONE) {
+            t->data = NULL;
+            t->arena_off = -1;
+            t->flags &= ~(uint32_t)TNN_FLAG_TRANSIENT;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* First-fit allocator over arena offsets                                   */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    size_t off, size;
+} span;
+
+typedef struct {
+    span *free; /* sorted by offset, coalesced */
+    int n, cap;
+    size_t top; /* high-water mark */
+} planner;
+
+static size_t align_up(size_t n) { return (n + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1); }
+
+static bool plan_alloc(planner *p, size_t size, size_t *off) {
+    size = align_up(size);
+    for (int i = 0; i < p->n; i++) {
+        if (p->free[i].size >= size) {
+            *off = p->free[i].off;
+            p->free[i].off += size;
+            p->free[i].size -= size;
+            if (p->free[i].size == 0) {
+                memmove(&p->free[i], &p->free[i + 1], (size_t)(p->n - i - 1) * sizeof(span));
+                p->n--;
+            }
+            return true;
+        }
+    }
+    /* Grow from the top; a free block ending at the top is extended. */
+    if (p->n > 0 && p->free[p->n - 1].off + p->free[p->n - 1].size == p->top) {
+        *off = p->free[p->n - 1].off;
+        p->top = *off + size;
+        p->n--;
+    } else {
+        *off = p->top;
+        p->top += size;
+    }
+    return p->top >= size;
+}
+
+static bool plan_free(planner *p, size_t off, size_t size) {
+    size = align_up(size);
+    int i = 0;
+    while (i < p->n && p->free[i].off < off) i++;
+    if (p->n == p->cap) {
+        int cap = p->cap ? p->cap * 2 : 16;
+        span *f = realloc(p->free, (size_t)cap * sizeof *f);
+        if (!f) return false;
+        p->free = f;
+        p->cap = cap;
+    }
+    memmove(&p->free[i + 1], &p->free[i], (size_t)(p->n - i) * sizeof(span));
+    p->free[i] = (span){off, size};
+    p->n++;
+    /* coalesce with the next, then with the previous */
+    if (i + 1 < p->n && p->free[i].off + p->free[i].size == p->free[i + 1].off) {
+        p->free[i].size += p->free[i + 1].size;
+        memmove(&p->free[i + 1], &p->free[i + 2], (size_t)(p->n - i - 2) * sizeof(span));
+        p->n--;
+    }
+    if (i > 0 && p->free[i - 1].off + p->free[i - 1].size == p->free[i].off) {
+        p->free[i - 1].size += p->free[i].size;
+        memmove(&p->free[i], &p->free[i + 1], (size_t)(p->n - i - 1) * sizeof(span));
+        p->n--;
+    }
+    return true;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Realize                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static int alloc_leaves(tnn_session *s) {
+    for (int32_t i = 0; i < s->n_tensors; i++) {
+        tnn_tensor *t = tnn__tensor_at(s, i);
+        if (t->op != TNN_OP_NONE || t->data) continue;
+        t->data = s->backend->alloc(t->nbytes);
+        if (!t->data)
+            return TNN_ERR(TNN_ERR_NOMEM, "out of memory for tensor #%d (%zu bytes)", t->id,
+                           t->nbytes);
+    }
+    return TNN_OK;
+}
+
+int tnn_realize(tnn_session *s, tnn_tensor *result) {
+    if (tnn__check_session(s, __func__)) return tnn_last_status();
+    if (tnn__check_tensor(s, result, __func__, "result")) return tnn_last_status();
+    tnn__release_plan(s);
+    result->flags |= TNN_FLAG_OUTPUT;
+
+    int rc = alloc_leaves(s);
+    if (rc) return rc;
+
+    int32_t n = s->n_tensors;
+    bool *needed = calloc((size_t)n, sizeof *needed);
+    tnn_tensor **plan = malloc((size_t)n * sizeof *plan);
+    planner p = {0};
+    if (!needed || !plan) {
+        free(needed);
+        free(plan);
+        return TNN_ERR(TNN_ERR_NOMEM, "out of memory planning %d tensors", n);
+    }
+    for (int32_t i = n - 1; i >= 0; i--) {
+        tnn_tensor *t = tnn__tensor_at(s, i);
+        if (t->flags & TNN_FLAG_OUTPUT) needed[i] = true;
+        if (!needed[i]) continue;
+        for (int k = 0; k < TNN_MAX_SRC; k++)
+            if (t->src[k]) needed[t->src[k]->id] = true;
+    }
+    int32_t np = 0;
+    for (int32_t i = 0; i < n; i++) {
+        tnn_tensor *t = tnn__tensor_at(s, i);
+        t->last_use = -1;
+        if (needed[i] && t->op != TNN_OP_NONE) plan[np++] = t;
+    }
+    free(needed);
+    for (int32_t i = 0; i < np; i++)
+        for (int k = 0; k < TNN_MAX_SRC; k++)
+            if (plan[i]->src[k]) plan[i]->src[k]->last_use = i;
+
+    for (int32_t i = 0; i < np && rc == TNN_OK; i++) {
+        tnn_tensor *t = plan[i];
+        size_t off;
+        if (!plan_alloc(&p, t->nbytes, &off)) {
+            rc = TNN_ERR(TNN_ERR_OVERFLOW, "arena size overflows at node #%d", t->id);
+            break;
+        }
+        t->arena_off = (int64_t)off;
+        for (int k = 0; k < TNN_MAX_SRC; k++) {
+            tnn_tensor *src = t->src[k];
+            if (!src || src->op == TNN_OP_NONE || (src->flags & TNN_FLAG_OUTPUT)) continue;
+            if (src->last_use != i) continue;
+            bool dup = false; /* the same source twice: free once */
+            for (int q = 0; q < k; q++) dup |= t->src[q] == src;
+            if (dup) continue;
+            src->flags |= TNN_FLAG_TRANSIENT;
+            if (!plan_free(&p, (size_t)src->arena_off, src->nbytes))
+                rc = TNN_ERR(TNN_ERR_NOMEM, "out of memory planning buffers");
+        }
+        /* A node nobody reads and that is not an output is still computed
+         * (it may be a side effect later); its memory is reused at once. */
+        if (t->last_use < 0 && !(t->flags & TNN_FLAG_OUTPUT)) {
+            t->flags |= TNN_FLAG_TRANSIENT;
+            if (!plan_free(&p, off, t->nbytes)) rc = TNN_ERR(TNN_ERR_NOMEM, "out of memory");
+        }
+    }
+    free(p.free);
+    if (rc == TNN_OK && p.top > 0) {
+        s->arena = s->backend->alloc(p.top);
+        if (!s->arena) rc = TNN_ERR(TNN_ERR_NOMEM, "out of memory for a %zu-byte arena", p.top);
+    }
+    if (rc != TNN_OK) {
+        free(plan);
+        tnn__release_plan(s);
+        return rc;
+    }
+    s->arena_size = p.top;
+    for (int32_t i = 0; i < np; i++) plan[i]->data = (char *)s->arena + plan[i]->arena_off;
+    s->plan = plan;
+    s->n_plan = np;
+    s->realized = true;
+    tnn__log(TNN_LOG_DEBUG, "realize: %d nodes, arena %zu bytes", np, p.top);
+    return TNN_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Compute                                                                  */
+/* ------------------------------------------------------------------------ */
+
+int tnn_compute(tnn_session *s) {
+    if (tnn__check_session(s, __func__)) return tnn_last_status();
+    if (!s->realized)
+        return TNN_ERR(TNN_ERR_STATE, "the session has no realized graph: call tnn_realize first");
+    for (int32_t i = 0; i < s->n_plan; i++) {
+        tnn_tensor *t = s->plan[i];
+        int rc = s->backend->run(t);
+        if (rc != TNN_OK) return rc;
+    }
+    return TNN_OK;
+}

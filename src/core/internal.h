@@ -1,0 +1,186 @@
+/* internal.h - private structures of the engine: sessions, tensors, the op
+ * table and the backend interface. Nothing here is part of the ABI.
+ */
+#ifndef TNN_INTERNAL_H
+#define TNN_INTERNAL_H
+
+#include "tinynn.h"
+
+#include <assert.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ------------------------------------------------------------------------ */
+/* Errors and logging (src/core/error.c)                                    */
+/* ------------------------------------------------------------------------ */
+
+#if defined(__GNUC__)
+#define TNN_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define TNN_PRINTF(a, b)
+#endif
+
+/* Records the error for tnn_last_error() and returns `status`. */
+int tnn__error(int status, const char *func, const char *fmt, ...) TNN_PRINTF(3, 4);
+#define TNN_ERR(status, ...) tnn__error((status), __func__, __VA_ARGS__)
+/* Same, for functions that return a pointer. */
+#define TNN_ERR_NULL(status, ...) (tnn__error((status), __func__, __VA_ARGS__), NULL)
+
+void tnn__log(int level, const char *fmt, ...) TNN_PRINTF(2, 3);
+
+/* Overflow-checked size arithmetic: return false on overflow. */
+static inline bool tnn__mul_ok(int64_t a, int64_t b, int64_t *out) {
+    return !__builtin_mul_overflow(a, b, out);
+}
+static inline bool tnn__size_mul_ok(size_t a, size_t b, size_t *out) {
+    return !__builtin_mul_overflow(a, b, out);
+}
+
+/* Largest element count of one tensor: keeps every byte offset in int64. */
+#define TNN_MAX_ELEMENTS ((int64_t)1 << 40)
+
+/* ------------------------------------------------------------------------ */
+/* Ops                                                                      */
+/* ------------------------------------------------------------------------ */
+
+/* Values are fixed and append-only; TNN_OP_COUNT ties the name table. */
+typedef enum tnn_op {
+    TNN_OP_NONE = 0, /* a leaf: input or parameter */
+    TNN_OP_ADD = 1,
+    TNN_OP_SUB = 2,
+    TNN_OP_MUL = 3,
+    TNN_OP_SCALE = 4,
+    TNN_OP_GELU = 5,
+    TNN_OP_SILU = 6,
+    TNN_OP_GELU_BACK = 7,
+    TNN_OP_SILU_BACK = 8,
+    TNN_OP_SOFTMAX = 9,
+    TNN_OP_SOFTMAX_BACK = 10,
+    TNN_OP_RMS_NORM = 11,
+    TNN_OP_RMS_NORM_BACK = 12,
+    TNN_OP_MATMUL = 13, /* batched, flags in iparam[0] (TNN_MM_*) */
+    TNN_OP_TRANSPOSE = 14,
+    TNN_OP_GET_ROWS = 15,
+    TNN_OP_GET_ROWS_BACK = 16,
+    TNN_OP_COUNT
+} tnn_op;
+
+/* Flags of TNN_OP_MATMUL: which operand is read transposed, and the seed's
+ * ggml layout (result = b @ a^T, operands swapped). */
+enum { TNN_MM_TA = 1, TNN_MM_TB = 2 };
+
+#define TNN_MAX_SRC 3
+
+enum {
+    TNN_FLAG_OUTPUT = 1u << 0,
+    TNN_FLAG_PARAM = 1u << 1,
+    TNN_FLAG_TRANSIENT = 1u << 2, /* set by realize: memory reused after last read */
+};
+
+struct tnn_tensor {
+    uint32_t magic; /* TNN_TENSOR_MAGIC while alive */
+    tnn_session *sess;
+    int32_t id; /* creation index in the session */
+    int32_t dtype;
+    int32_t ndim;
+    int32_t op;
+    uint32_t flags;
+    int64_t shape[TNN_MAX_DIMS];
+    int64_t nelem;
+    size_t nbytes;
+    tnn_tensor *src[TNN_MAX_SRC];
+    double fparam[2];
+    int64_t iparam[2];
+    void *data; /* set by realize: leaf storage or a place in the arena */
+    int64_t arena_off; /* offset in the arena for planned nodes, -1 if none */
+    int32_t last_use;  /* planning: index in the plan of the last reader */
+    char name[32];
+};
+
+/* The forward kernel of an op: computes t from t->src. Returns TNN_OK or an
+ * error (with the message set). */
+typedef int (*tnn_forward_fn)(tnn_tensor *t);
+
+typedef struct tnn_op_def {
+    const char *name;
+    int n_src;
+    tnn_forward_fn forward;
+} tnn_op_def;
+
+extern const tnn_op_def tnn__ops[TNN_OP_COUNT];
+
+/* ------------------------------------------------------------------------ */
+/* Backends                                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* A backend is a table of functions; CPU and (later) CUDA plug in the same
+ * way. Memory handles are plain pointers the backend understands. */
+typedef struct tnn_backend {
+    const char *name;
+    void *(*alloc)(size_t nbytes);                 /* zeroed, 64-byte aligned */
+    void (*free)(void *p);
+    int (*copy_in)(void *dst, const void *src, size_t nbytes); /* host -> backend */
+    int (*copy_out)(void *dst, const void *src, size_t nbytes); /* backend -> host */
+    bool (*supports)(const tnn_tensor *t);
+    int (*run)(tnn_tensor *t); /* compute one node */
+} tnn_backend;
+
+extern const tnn_backend tnn__cpu_backend;
+
+/* ------------------------------------------------------------------------ */
+/* Sessions                                                                 */
+/* ------------------------------------------------------------------------ */
+
+#define TNN_TENSOR_BLOCK 256 /* tensors per allocation block */
+
+struct tnn_session {
+    uint32_t magic;
+    const tnn_backend *backend;
+
+    /* Tensors live in blocks of TNN_TENSOR_BLOCK; their addresses never move.
+     * Creation order is a topological order: a node's sources exist first. */
+    tnn_tensor **blocks;
+    int32_t n_blocks, cap_blocks;
+    int32_t n_tensors;
+
+    /* Scratch slots (4 bytes each: one f32, or one int32 stored by memcpy). */
+    float *scratch;
+    size_t scratch_len; /* highest slot written + 1 */
+    size_t scratch_cap;
+
+    /* The realized plan: nodes to run in order. */
+    tnn_tensor **plan;
+    int32_t n_plan;
+    bool realized;
+    void *arena;
+    size_t arena_size;
+};
+
+static inline tnn_tensor *tnn__tensor_at(const tnn_session *s, int32_t i) {
+    return &s->blocks[i / TNN_TENSOR_BLOCK][i % TNN_TENSOR_BLOCK];
+}
+
+/* Handle checks. They never dereference a pointer that is not a live
+ * session or a tensor of a live session. Each returns TNN_OK or sets the
+ * error (naming `func` and `arg`) and returns its status. */
+int tnn__check_session(const tnn_session *s, const char *func);
+int tnn__check_tensor(const tnn_session *s, const tnn_tensor *t, const char *func,
+                      const char *arg);
+/* For functions that get only a tensor: finds its live session. */
+tnn_session *tnn__tensor_owner(const tnn_tensor *t);
+
+/* A new node of `op` with the given shape and sources (already checked). */
+tnn_tensor *tnn__node_new(tnn_session *s, int op, int dtype, int ndim, const int64_t *shape,
+                          tnn_tensor *const *src, int n_src);
+
+/* "(2, 3)" into buf, for messages. */
+const char *tnn__shape_str(const tnn_tensor *t, char *buf, size_t n);
+#define TNN_SHAPE_BUF 64
+
+size_t tnn__dtype_size(int dtype);
+
+#define TNN_SESSION_MAGIC 0x54534e4eu /* "NNST" */
+#define TNN_TENSOR_MAGIC 0x54544e4eu  /* "NNTT" */
+
+#endif /* TNN_INTERNAL_H */

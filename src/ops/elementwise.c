@@ -1,0 +1,295 @@
+/* elementwise.c - add, sub, mul (NumPy broadcasting), scale, gelu, silu and
+ * the backward kernels of gelu and silu.
+ */
+#include "common.h"
+
+#include <math.h>
+#include <string.h>
+
+#define EW_CHUNK 16384 /* elements per task: below this a thread is not worth it */
+
+/* ------------------------------------------------------------------------ */
+/* Kernels                                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    int op;
+    const float *a, *b, *x, *dy;
+    float *out;
+    float k;
+} ew_ctx;
+
+static void binary_range(void *p, int64_t lo, int64_t hi) {
+    const ew_ctx *c = p;
+    const float *a = c->a, *b = c->b;
+    float *o = c->out;
+    switch (c->op) {
+    case TNN_BIN_ADD:
+        for (int64_t i = lo; i < hi; i++) o[i] = a[i] + b[i];
+        break;
+    case TNN_BIN_SUB:
+        for (int64_t i = lo; i < hi; i++) o[i] = a[i] - b[i];
+        break;
+    default:
+        for (int64_t i = lo; i < hi; i++) o[i] = a[i] * b[i];
+        break;
+    }
+}
+
+void tnn__k_binary(int op, const float *a, const float *b, float *out, int64_t n) {
+    ew_ctx c = {.op = op, .a = a, .b = b, .out = out};
+    tnn__parallel_for(n, EW_CHUNK, binary_range, &c);
+}
+
+static void scale_range(void *p, int64_t lo, int64_t hi) {
+    const ew_ctx *c = p;
+    for (int64_t i = lo; i < hi; i++) c->out[i] = c->a[i] * c->k;
+}
+
+void tnn__k_scale(const float *a, float k, float *out, int64_t n) {
+    ew_ctx c = {.a = a, .out = out, .k = k};
+    tnn__parallel_for(n, EW_CHUNK, scale_range, &c);
+}
+
+#define GELU_C 0.7978845608028654f /* sqrt(2/pi) */
+#define GELU_A 0.044715f
+
+static inline float gelu1(float x) {
+    return 0.5f * x * (1.0f + tanhf(GELU_C * (x + GELU_A * x * x * x)));
+}
+
+static inline float gelu_grad1(float x) {
+    float u = GELU_C * (x + GELU_A * x * x * x);
+    float t = tanhf(u);
+    float du = GELU_C * (1.0f + 3.0f * GELU_A * x * x);
+    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
+}
+
+static inline float sigmoid1(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+static void gelu_range(void *p, int64_t lo, int64_t hi) {
+    const ew_ctx *c = p;
+    for (int64_t i = lo; i < hi; i++) c->out[i] = gelu1(c->x[i]);
+}
+
+static void silu_range(void *p, int64_t lo, int64_t hi) {
+    const ew_ctx *c = p;
+    for (int64_t i = lo; i < hi; i++) c->out[i] = c->x[i] * sigmoid1(c->x[i]);
+}
+
+static void gelu_back_range(void *p, int64_t lo, int64_t hi) {
+    const ew_ctx *c = p;
+    for (int64_t i = lo; i < hi; i++) c->out[i] = c->dy[i] * gelu_grad1(c->x[i]);
+}
+
+static void silu_back_range(void *p, int64_t lo, int64_t hi) {
+    const ew_ctx *c = p;
+    for (int64_t i = lo; i < hi; i++) {
+        float x = c->x[i], s = sigmoid1(x);
+        c->out[i] = c->dy[i] * s * (1.0f + x * (1.0f - s));
+    }
+}
+
+void tnn__k_gelu(const float *x, float *y, int64_t n) {
+    ew_ctx c = {.x = x, .out = y};
+    tnn__parallel_for(n, EW_CHUNK / 4, gelu_range, &c);
+}
+
+void tnn__k_silu(const float *x, float *y, int64_t n) {
+    ew_ctx c = {.x = x, .out = y};
+    tnn__parallel_for(n, EW_CHUNK / 4, silu_range, &c);
+}
+
+void tnn__k_gelu_back(const float *x, const float *dy, float *dx, int64_t n) {
+    ew_ctx c = {.x = x, .dy = dy, .out = dx};
+    tnn__parallel_for(n, EW_CHUNK / 4, gelu_back_range, &c);
+}
+
+void tnn__k_silu_back(const float *x, const float *dy, float *dx, int64_t n) {
+    ew_ctx c = {.x = x, .dy = dy, .out = dx};
+    tnn__parallel_for(n, EW_CHUNK / 4, silu_back_range, &c);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Broadcasting binary ops                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* Shapes right-aligned to 4 dimensions. */
+static void shape4(const tnn_tensor *t, int64_t out[4]) {
+    int pad = 4 - t->ndim;
+    for (int i = 0; i < 4; i++) out[i] = i < pad ? 1 : t->shape[i - pad];
+}
+
+typedef struct {
+    int op;
+    const float *a, *b;
+    float *out;
+    int64_t os[4];          /* output shape */
+    int64_t as[4], bs[4];   /* element strides of a and b (0 where broadcast) */
+} bc_ctx;
+
+static void strides4(const int64_t sh[4], const int64_t osh[4], int64_t st[4]) {
+    int64_t acc = 1;
+    for (int i = 3; i >= 0; i--) {
+        st[i] = (sh[i] == 1 && osh[i] != 1) ? 0 : acc;
+        acc *= sh[i];
+    }
+}
+
+static void bcast_range(void *p, int64_t lo, int64_t hi) {
+    const bc_ctx *c = p;
+    int64_t cols = c->os[3];
+    for (int64_t r = lo; r < hi; r++) { /* r: index over the first three dims */
+        int64_t i2 = r % c->os[2], i1 = (r / c->os[2]) % c->os[1], i0 = r / (c->os[2] * c->os[1]);
+        const float *a = c->a + i0 * c->as[0] + i1 * c->as[1] + i2 * c->as[2];
+        const float *b = c->b + i0 * c->bs[0] + i1 * c->bs[1] + i2 * c->bs[2];
+        float *o = c->out + r * cols;
+        int64_t sa = c->as[3], sb = c->bs[3];
+        switch (c->op) {
+        case TNN_BIN_ADD:
+            for (int64_t j = 0; j < cols; j++) o[j] = a[j * sa] + b[j * sb];
+            break;
+        case TNN_BIN_SUB:
+            for (int64_t j = 0; j < cols; j++) o[j] = a[j * sa] - b[j * sb];
+            break;
+        default:
+            for (int64_t j = 0; j < cols; j++) o[j] = a[j * sa] * b[j * sb];
+            break;
+        }
+    }
+}
+
+static int binary_forward(tnn_tensor *t, int op) {
+    const tnn_tensor *a = t->src[0], *b = t->src[1];
+    if (same_shape(a, b)) {
+        tnn__k_binary(op, CF32(a), CF32(b), F32(t), t->nelem);
+        return TNN_OK;
+    }
+    bc_ctx c = {.op = op, .a = CF32(a), .b = CF32(b), .out = F32(t)};
+    int64_t ash[4], bsh[4];
+    shape4(t, c.os);
+    shape4(a, ash);
+    shape4(b, bsh);
+    strides4(ash, c.os, c.as);
+    strides4(bsh, c.os, c.bs);
+    int64_t rows = c.os[0] * c.os[1] * c.os[2];
+    int64_t min_rows = EW_CHUNK / c.os[3] + 1;
+    tnn__parallel_for(rows, min_rows, bcast_range, &c);
+    return TNN_OK;
+}
+
+int tnn__fwd_add(tnn_tensor *t) { return binary_forward(t, TNN_BIN_ADD); }
+int tnn__fwd_sub(tnn_tensor *t) { return binary_forward(t, TNN_BIN_SUB); }
+int tnn__fwd_mul(tnn_tensor *t) { return binary_forward(t, TNN_BIN_MUL); }
+
+static tnn_tensor *binary_build(tnn_session *s, tnn_tensor *a, tnn_tensor *b, int op,
+                                const char *func) {
+    if (tnn__check_session(s, func)) return NULL;
+    if (tnn__check_tensor(s, a, func, "a") || tnn__check_tensor(s, b, func, "b")) return NULL;
+    char ba[TNN_SHAPE_BUF], bb[TNN_SHAPE_BUF];
+    if (a->dtype != TNN_F32 || b->dtype != TNN_F32)
+        return (tnn__error(TNN_ERR_ARG, func, "a %s and b %s: want f32 tensors",
+                           tnn__shape_str(a, ba, sizeof ba), tnn__shape_str(b, bb, sizeof bb)),
+                NULL);
+    int nd = a->ndim > b->ndim ? a->ndim : b->ndim;
+    int64_t shape[TNN_MAX_DIMS];
+    for (int i = 0; i < nd; i++) {
+        int ia = a->ndim - nd + i, ib = b->ndim - nd + i;
+        int64_t da = ia >= 0 ? a->shape[ia] : 1, db = ib >= 0 ? b->shape[ib] : 1;
+        if (da != db && da != 1 && db != 1)
+            return (tnn__error(TNN_ERR_SHAPE, func,
+                               "a %s and b %s do not broadcast (dimension %d: %lld vs %lld)",
+                               tnn__shape_str(a, ba, sizeof ba), tnn__shape_str(b, bb, sizeof bb),
+                               i, (long long)da, (long long)db),
+                    NULL);
+        shape[i] = da > db ? da : db;
+    }
+    tnn_tensor *src[2] = {a, b};
+    return tnn__node_new(s, op, TNN_F32, nd, shape, src, 2);
+}
+
+tnn_tensor *tnn_add(tnn_session *s, tnn_tensor *a, tnn_tensor *b) {
+    return binary_build(s, a, b, TNN_OP_ADD, __func__);
+}
+tnn_tensor *tnn_sub(tnn_session *s, tnn_tensor *a, tnn_tensor *b) {
+    return binary_build(s, a, b, TNN_OP_SUB, __func__);
+}
+tnn_tensor *tnn_mul(tnn_session *s, tnn_tensor *a, tnn_tensor *b) {
+    return binary_build(s, a, b, TNN_OP_MUL, __func__);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Unary ops                                                                */
+/* ------------------------------------------------------------------------ */
+
+static tnn_tensor *unary_build(tnn_session *s, tnn_tensor *a, int op, const char *func) {
+    if (tnn__check_session(s, func) || tnn__check_tensor(s, a, func, "a")) return NULL;
+    if (a->dtype != TNN_F32) {
+        char b[TNN_SHAPE_BUF];
+        return (tnn__error(TNN_ERR_ARG, func, "a is %s: want an f32 tensor",
+                           tnn__shape_str(a, b, sizeof b)),
+                NULL);
+    }
+    tnn_tensor *src[1] = {a};
+    return tnn__node_new(s, op, TNN_F32, a->ndim, a->shape, src, 1);
+}
+
+tnn_tensor *tnn_scale(tnn_session *s, tnn_tensor *a, double k) {
+    tnn_tensor *t = unary_build(s, a, TNN_OP_SCALE, __func__);
+    if (t) t->fparam[0] = k;
+    return t;
+}
+tnn_tensor *tnn_gelu(tnn_session *s, tnn_tensor *a) {
+    return unary_build(s, a, TNN_OP_GELU, __func__);
+}
+tnn_tensor *tnn_silu(tnn_session *s, tnn_tensor *a) {
+    return unary_build(s, a, TNN_OP_SILU, __func__);
+}
+
+int tnn__fwd_scale(tnn_tensor *t) {
+    tnn__k_scale(CF32(t->src[0]), (float)t->fparam[0], F32(t), t->nelem);
+    return TNN_OK;
+}
+int tnn__fwd_gelu(tnn_tensor *t) {
+    tnn__k_gelu(CF32(t->src[0]), F32(t), t->nelem);
+    return TNN_OK;
+}
+int tnn__fwd_silu(tnn_tensor *t) {
+    tnn__k_silu(CF32(t->src[0]), F32(t), t->nelem);
+    return TNN_OK;
+}
+
+/* Two same-shaped f32 operands, named for the message. */
+tnn_tensor *tnn__pair_build(tnn_session *s, tnn_tensor *x, tnn_tensor *y, int op,
+                            const char *func, const char *xn, const char *yn) {
+    if (tnn__check_session(s, func)) return NULL;
+    if (tnn__check_tensor(s, x, func, xn) || tnn__check_tensor(s, y, func, yn)) return NULL;
+    char bx[TNN_SHAPE_BUF], by[TNN_SHAPE_BUF];
+    tnn__shape_str(x, bx, sizeof bx);
+    tnn__shape_str(y, by, sizeof by);
+    if (x->dtype != TNN_F32 || y->dtype != TNN_F32)
+        return (tnn__error(TNN_ERR_ARG, func, "%s %s and %s %s: want f32 tensors", xn, bx, yn, by),
+                NULL);
+    if (!same_shape(x, y))
+        return (tnn__error(TNN_ERR_SHAPE, func, "%s %s and %s %s: want the same shape", xn, bx,
+                           yn, by),
+                NULL);
+    tnn_tensor *src[2] = {x, y};
+    return tnn__node_new(s, op, TNN_F32, x->ndim, x->shape, src, 2);
+}
+
+tnn_tensor *tnn_silu_back(tnn_session *s, tnn_tensor *x, tnn_tensor *dy) {
+    return tnn__pair_build(s, x, dy, TNN_OP_SILU_BACK, __func__, "x", "dy");
+}
+tnn_tensor *tnn_gelu_back(tnn_session *s, tnn_tensor *x, tnn_tensor *dy) {
+    return tnn__pair_build(s, x, dy, TNN_OP_GELU_BACK, __func__, "x", "dy");
+}
+
+int tnn__fwd_silu_back(tnn_tensor *t) {
+    tnn__k_silu_back(CF32(t->src[0]), CF32(t->src[1]), F32(t), t->nelem);
+    return TNN_OK;
+}
+int tnn__fwd_gelu_back(tnn_tensor *t) {
+    tnn__k_gelu_back(CF32(t->src[0]), CF32(t->src[1]), F32(t), t->nelem);
+    return TNN_OK;
+}

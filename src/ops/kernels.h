@@ -1,0 +1,56 @@
+/* kernels.h - the f32 kernels behind the ops, on plain arrays. The graph
+ * ops, the seed's scratch kernels and the one-call f64 functions all call
+ * these, which is why they give the same numbers.
+ *
+ * Each kernel splits its work over the thread pool so that every output
+ * element is computed by the same sequence of operations for any split.
+ */
+#ifndef TNN_KERNELS_H
+#define TNN_KERNELS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+enum { TNN_BIN_ADD = 0, TNN_BIN_SUB = 1, TNN_BIN_MUL = 2 };
+
+/* out = a OP b, all of n elements. */
+void tnn__k_binary(int op, const float *a, const float *b, float *out, int64_t n);
+/* out = a * k */
+void tnn__k_scale(const float *a, float k, float *out, int64_t n);
+void tnn__k_gelu(const float *x, float *y, int64_t n);
+void tnn__k_silu(const float *x, float *y, int64_t n);
+/* dx = dy * f'(x) */
+void tnn__k_gelu_back(const float *x, const float *dy, float *dx, int64_t n);
+void tnn__k_silu_back(const float *x, const float *dy, float *dx, int64_t n);
+
+/* Row kernels over `rows` rows of `cols` contiguous values. */
+void tnn__k_softmax(const float *x, float *y, int64_t rows, int64_t cols);
+void tnn__k_softmax_back(const float *dy, const float *y, float *dx, int64_t rows, int64_t cols);
+/* gamma may be NULL (no gain). */
+void tnn__k_rms_norm(const float *x, const float *gamma, float *y, int64_t rows, int64_t cols,
+                     double eps);
+void tnn__k_rms_norm_back(const float *dy, const float *x, float *dx, int64_t rows,
+                          int64_t cols, double eps);
+
+/* out (batch, cols, rows) = transpose of a (batch, rows, cols). */
+void tnn__k_transpose(const float *a, float *out, int64_t batch, int64_t rows, int64_t cols);
+
+/* out (n, d) = table[idx]; returns the first bad position, or -1. Nothing
+ * is written when an index is out of range. */
+int64_t tnn__k_get_rows(const float *table, int64_t V, int64_t d, const int32_t *idx, int64_t n,
+                        float *out);
+/* out (V, d) = 0, then out[idx[i]] += d_out[i]; same error rule. */
+int64_t tnn__k_get_rows_back(const float *d_out, int64_t n, int64_t d, const int32_t *idx,
+                             int64_t V, float *out);
+
+/* C (M, N) = op(A) (M, K) @ op(B) (K, N), overwriting C. op(A) = A^T when
+ * ta (A is then stored K x M), op(B) = B^T when tb (B stored N x K). Leading
+ * dimensions are row strides. Each C element sums over k in ascending order. */
+int tnn__gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                  const float *B, int64_t ldb, float *C, int64_t ldc);
+
+/* Adam, in place (see tnn_adam_step_scratch). */
+void tnn__k_adam(float *p, const float *g, float *m, float *v, int64_t n, double lr, double b1,
+                 double b2, double eps, double omc1, double omc2);
+
+#endif

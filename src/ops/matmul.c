@@ -1,0 +1,167 @@
+/* matmul.c - the seed's ggml-layout tnn_matmul, the NumPy-order family
+ * (nn, nt, tn; batched over up to two leading dimensions with broadcasting)
+ * and transpose.
+ *
+ * All products are one node, TNN_OP_MATMUL, with flags saying which operand
+ * is read transposed: C (..., M, N) = op(src0) @ op(src1).
+ */
+#include "common.h"
+
+#include <string.h>
+
+/* Batch dims right-aligned to 2; shape[0..1] batch, then the matrix. */
+static void batch2(const tnn_tensor *t, int64_t out[2]) {
+    int nb = t->ndim - 2;
+    out[0] = nb >= 2 ? t->shape[nb - 2] : 1;
+    out[1] = nb >= 1 ? t->shape[nb - 1] : 1;
+}
+
+static tnn_tensor *matmul_build(tnn_session *s, tnn_tensor *a, tnn_tensor *b, int flags,
+                                const char *func, const char *an, const char *bn) {
+    if (tnn__check_session(s, func)) return NULL;
+    if (tnn__check_tensor(s, a, func, an) || tnn__check_tensor(s, b, func, bn)) return NULL;
+    char ba[TNN_SHAPE_BUF], bb[TNN_SHAPE_BUF];
+    tnn__shape_str(a, ba, sizeof ba);
+    tnn__shape_str(b, bb, sizeof bb);
+    if (a->dtype != TNN_F32 || b->dtype != TNN_F32)
+        return (tnn__error(TNN_ERR_ARG, func, "%s %s and %s %s: want f32 tensors", an, ba, bn, bb),
+                NULL);
+    if (a->ndim < 2 || b->ndim < 2)
+        return (tnn__error(TNN_ERR_SHAPE, func, "%s %s and %s %s: want at least 2 dimensions", an,
+                           ba, bn, bb),
+                NULL);
+    int64_t ar = a->shape[a->ndim - 2], ac = a->shape[a->ndim - 1];
+    int64_t br = b->shape[b->ndim - 2], bc = b->shape[b->ndim - 1];
+    int64_t M = (flags & TNN_MM_TA) ? ac : ar, Ka = (flags & TNN_MM_TA) ? ar : ac;
+    int64_t N = (flags & TNN_MM_TB) ? br : bc, Kb = (flags & TNN_MM_TB) ? bc : br;
+    if (Ka != Kb)
+        return (tnn__error(TNN_ERR_SHAPE, func,
+                           "%s %s and %s %s: inner dimensions differ (%lld vs %lld)", an, ba, bn,
+                           bb, (long long)Ka, (long long)Kb),
+                NULL);
+    int64_t abat[2], bbat[2], obat[2];
+    batch2(a, abat);
+    batch2(b, bbat);
+    for (int i = 0; i < 2; i++) {
+        if (abat[i] != bbat[i] && abat[i] != 1 && bbat[i] != 1)
+            return (tnn__error(TNN_ERR_SHAPE, func, "%s %s and %s %s: batch dimensions differ", an,
+                               ba, bn, bb),
+                    NULL);
+        obat[i] = abat[i] > bbat[i] ? abat[i] : bbat[i];
+    }
+    int nd = a->ndim > b->ndim ? a->ndim : b->ndim;
+    int64_t shape[TNN_MAX_DIMS];
+    if (nd == 4) {
+        shape[0] = obat[0];
+        shape[1] = obat[1];
+    } else if (nd == 3) {
+        shape[0] = obat[1];
+    }
+    shape[nd - 2] = M;
+    shape[nd - 1] = N;
+    tnn_tensor *src[2] = {a, b};
+    tnn_tensor *t = tnn__node_new(s, TNN_OP_MATMUL, TNN_F32, nd, shape, src, 2);
+    if (t) t->iparam[0] = flags;
+    return t;
+}
+
+tnn_tensor *tnn_matmul_nn(tnn_session *s, tnn_tensor *a, tnn_tensor *b) {
+    return matmul_build(s, a, b, 0, __func__, "a", "b");
+}
+tnn_tensor *tnn_matmul_nt(tnn_session *s, tnn_tensor *a, tnn_tensor *b) {
+    return matmul_build(s, a, b, TNN_MM_TB, __func__, "a", "b");
+}
+tnn_tensor *tnn_matmul_tn(tnn_session *s, tnn_tensor *a, tnn_tensor *b) {
+    return matmul_build(s, a, b, TNN_MM_TA, __func__, "a", "b");
+}
+
+/* Seed ABI: a (m, k), b (n, k) -> (n, m) holding sum_k a[i][k] b[j][k] at
+ * [j*m + i], which is b @ a^T. */
+tnn_tensor *tnn_matmul(tnn_session *s, tnn_tensor *a, tnn_tensor *b) {
+    return matmul_build(s, b, a, TNN_MM_TB, __func__, "b", "a");
+}
+
+int tnn__fwd_matmul(tnn_tensor *t) {
+    const tnn_tensor *a = t->src[0], *b = t->src[1];
+    bool ta = t->iparam[0] & TNN_MM_TA, tb = t->iparam[0] & TNN_MM_TB;
+    int64_t ar = a->shape[a->ndim - 2], ac = a->shape[a->ndim - 1];
+    int64_t br = b->shape[b->ndim - 2], bc = b->shape[b->ndim - 1];
+    int64_t M = t->shape[t->ndim - 2], N = t->shape[t->ndim - 1];
+    int64_t K = ta ? ar : ac;
+    int64_t abat[2], bbat[2], obat[2];
+    batch2(a, abat);
+    batch2(b, bbat);
+    batch2(t, obat);
+    for (int64_t i0 = 0; i0 < obat[0]; i0++) {
+        for (int64_t i1 = 0; i1 < obat[1]; i1++) {
+            int64_t ai = (abat[0] == 1 ? 0 : i0) * abat[1] + (abat[1] == 1 ? 0 : i1);
+            int64_t bi = (bbat[0] == 1 ? 0 : i0) * bbat[1] + (bbat[1] == 1 ? 0 : i1);
+            int64_t oi = i0 * obat[1] + i1;
+            int rc = tnn__gemm_f32(ta, tb, M, N, K, CF32(a) + ai * ar * ac, ac,
+                                   CF32(b) + bi * br * bc, bc, F32(t) + oi * M * N, N);
+            if (rc) return rc;
+        }
+    }
+    return TNN_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Transpose of the last two dimensions                                     */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    const float *a;
+    float *out;
+    int64_t rows, cols;
+} tr_ctx;
+
+#define TR_TILE 32
+
+/* Tasks are (batch, row-tile) pairs; tiles keep both sides in cache. */
+static void transpose_range(void *p, int64_t lo, int64_t hi) {
+    const tr_ctx *c = p;
+    int64_t tiles = (c->rows + TR_TILE - 1) / TR_TILE;
+    for (int64_t task = lo; task < hi; task++) {
+        int64_t bi = task / tiles, r0 = (task % tiles) * TR_TILE;
+        int64_t r1 = r0 + TR_TILE < c->rows ? r0 + TR_TILE : c->rows;
+        const float *a = c->a + bi * c->rows * c->cols;
+        float *o = c->out + bi * c->rows * c->cols;
+        for (int64_t c0 = 0; c0 < c->cols; c0 += TR_TILE) {
+            int64_t c1 = c0 + TR_TILE < c->cols ? c0 + TR_TILE : c->cols;
+            for (int64_t r = r0; r < r1; r++)
+                for (int64_t j = c0; j < c1; j++) o[j * c->rows + r] = a[r * c->cols + j];
+        }
+    }
+}
+
+void tnn__k_transpose(const float *a, float *out, int64_t batch, int64_t rows, int64_t cols) {
+    tr_ctx c = {.a = a, .out = out, .rows = rows, .cols = cols};
+    int64_t tiles = (rows + TR_TILE - 1) / TR_TILE;
+    tnn__parallel_for(batch * tiles, 8192 / (TR_TILE * cols) + 1, transpose_range, &c);
+}
+
+tnn_tensor *tnn_transpose(tnn_session *s, tnn_tensor *a) {
+    CHECK_SESSION_NULL(s);
+    CHECK_TENSOR_NULL(s, a);
+    CHECK_F32_NULL(a);
+    int64_t shape[TNN_MAX_DIMS];
+    memcpy(shape, a->shape, sizeof shape);
+    if (a->ndim == 1) {
+        /* a vector is a (1, n) row: its transpose is (n, 1) */
+        tnn_tensor *src[1] = {a};
+        int64_t sh2[2] = {a->shape[0], 1};
+        return tnn__node_new(s, TNN_OP_TRANSPOSE, TNN_F32, 2, sh2, src, 1);
+    }
+    shape[a->ndim - 2] = a->shape[a->ndim - 1];
+    shape[a->ndim - 1] = a->shape[a->ndim - 2];
+    tnn_tensor *src[1] = {a};
+    return tnn__node_new(s, TNN_OP_TRANSPOSE, TNN_F32, a->ndim, shape, src, 1);
+}
+
+int tnn__fwd_transpose(tnn_tensor *t) {
+    const tnn_tensor *a = t->src[0];
+    int64_t rows = a->ndim == 1 ? 1 : a->shape[a->ndim - 2];
+    int64_t cols = a->shape[a->ndim - 1];
+    tnn__k_transpose(CF32(a), F32(t), a->nelem / (rows * cols), rows, cols);
+    return TNN_OK;
+}

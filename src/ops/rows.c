@@ -1,0 +1,188 @@
+/* rows.c - ops that work on each row (the last dimension): softmax,
+ * RMSNorm and their backward rules. Row sums are accumulated in double in
+ * index order, so a row's result never depends on the thread split.
+ */
+#include "common.h"
+
+#include <math.h>
+
+typedef struct {
+    const float *x, *y, *dy, *gamma;
+    float *out;
+    int64_t cols;
+    double eps;
+} row_ctx;
+
+static int64_t min_rows(int64_t cols) { return 4096 / cols + 1; }
+
+/* ------------------------------------------------------------------------ */
+/* Softmax                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static void softmax_range(void *p, int64_t lo, int64_t hi) {
+    const row_ctx *c = p;
+    int64_t n = c->cols;
+    for (int64_t r = lo; r < hi; r++) {
+        const float *x = c->x + r * n;
+        float *y = c->out + r * n;
+        float mx = x[0];
+        for (int64_t j = 1; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+        double sum = 0.0;
+        for (int64_t j = 0; j < n; j++) {
+            y[j] = expf(x[j] - mx);
+            sum += y[j];
+        }
+        float inv = (float)(1.0 / sum);
+        for (int64_t j = 0; j < n; j++) y[j] *= inv;
+    }
+}
+
+void tnn__k_softmax(const float *x, float *y, int64_t rows, int64_t cols) {
+    row_ctx c = {.x = x, .out = y, .cols = cols};
+    tnn__parallel_for(rows, min_rows(cols), softmax_range, &c);
+}
+
+static void softmax_back_range(void *p, int64_t lo, int64_t hi) {
+    const row_ctx *c = p;
+    int64_t n = c->cols;
+    for (int64_t r = lo; r < hi; r++) {
+        const float *dy = c->dy + r * n, *y = c->y + r * n;
+        float *dx = c->out + r * n;
+        double dot = 0.0;
+        for (int64_t j = 0; j < n; j++) dot += (double)dy[j] * y[j];
+        float d = (float)dot;
+        for (int64_t j = 0; j < n; j++) dx[j] = y[j] * (dy[j] - d);
+    }
+}
+
+void tnn__k_softmax_back(const float *dy, const float *y, float *dx, int64_t rows, int64_t cols) {
+    row_ctx c = {.dy = dy, .y = y, .out = dx, .cols = cols};
+    tnn__parallel_for(rows, min_rows(cols), softmax_back_range, &c);
+}
+
+/* ------------------------------------------------------------------------ */
+/* RMSNorm                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static void rms_norm_range(void *p, int64_t lo, int64_t hi) {
+    const row_ctx *c = p;
+    int64_t n = c->cols;
+    for (int64_t r = lo; r < hi; r++) {
+        const float *x = c->x + r * n;
+        float *y = c->out + r * n;
+        double ss = 0.0;
+        for (int64_t j = 0; j < n; j++) ss += (double)x[j] * x[j];
+        float scale = (float)(1.0 / sqrt(ss / (double)n + c->eps));
+        if (c->gamma) {
+            for (int64_t j = 0; j < n; j++) y[j] = (x[j] * scale) * c->gamma[j];
+        } else {
+            for (int64_t j = 0; j < n; j++) y[j] = x[j] * scale;
+        }
+    }
+}
+
+void tnn__k_rms_norm(const float *x, const float *gamma, float *y, int64_t rows, int64_t cols,
+                     double eps) {
+    row_ctx c = {.x = x, .gamma = gamma, .out = y, .cols = cols, .eps = eps};
+    tnn__parallel_for(rows, min_rows(cols), rms_norm_range, &c);
+}
+
+/* y = x * r with r = (mean(x^2) + eps)^-1/2:
+ * dx_i = r * dy_i - r^3 * x_i * sum_j(dy_j x_j) / n */
+static void rms_norm_back_range(void *p, int64_t lo, int64_t hi) {
+    const row_ctx *c = p;
+    int64_t n = c->cols;
+    for (int64_t r = lo; r < hi; r++) {
+        const float *x = c->x + r * n, *dy = c->dy + r * n;
+        float *dx = c->out + r * n;
+        double ss = 0.0, dot = 0.0;
+        for (int64_t j = 0; j < n; j++) {
+            ss += (double)x[j] * x[j];
+            dot += (double)dy[j] * x[j];
+        }
+        double rr = 1.0 / sqrt(ss / (double)n + c->eps);
+        float a = (float)rr, b = (float)(rr * rr * rr * dot / (double)n);
+        for (int64_t j = 0; j < n; j++) dx[j] = a * dy[j] - b * x[j];
+    }
+}
+
+void tnn__k_rms_norm_back(const float *dy, const float *x, float *dx, int64_t rows,
+                          int64_t cols, double eps) {
+    row_ctx c = {.dy = dy, .x = x, .out = dx, .cols = cols, .eps = eps};
+    tnn__parallel_for(rows, min_rows(cols), rms_norm_back_range, &c);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Builders and forwards                                                    */
+/* ------------------------------------------------------------------------ */
+
+tnn_tensor *tnn__pair_build(tnn_session *s, tnn_tensor *x, tnn_tensor *y, int op,
+                            const char *func, const char *xn, const char *yn);
+
+static int check_eps(double eps, const char *func) {
+    if (!(eps >= 0.0) || isinf(eps))
+        return tnn__error(TNN_ERR_ARG, func, "eps=%g: want a finite value >= 0", eps);
+    return TNN_OK;
+}
+
+tnn_tensor *tnn_softmax(tnn_session *s, tnn_tensor *a) {
+    CHECK_SESSION_NULL(s);
+    CHECK_TENSOR_NULL(s, a);
+    CHECK_F32_NULL(a);
+    tnn_tensor *src[1] = {a};
+    return tnn__node_new(s, TNN_OP_SOFTMAX, TNN_F32, a->ndim, a->shape, src, 1);
+}
+
+tnn_tensor *tnn_softmax_back(tnn_session *s, tnn_tensor *dy, tnn_tensor *y) {
+    return tnn__pair_build(s, dy, y, TNN_OP_SOFTMAX_BACK, __func__, "dy", "y");
+}
+
+tnn_tensor *tnn_rms_norm(tnn_session *s, tnn_tensor *x, tnn_tensor *gamma, double eps) {
+    CHECK_SESSION_NULL(s);
+    CHECK_TENSOR_NULL(s, x);
+    CHECK_F32_NULL(x);
+    if (check_eps(eps, __func__)) return NULL;
+    if (gamma) {
+        CHECK_TENSOR_NULL(s, gamma);
+        CHECK_F32_NULL(gamma);
+        char bx[TNN_SHAPE_BUF], bg[TNN_SHAPE_BUF];
+        bool ok = gamma->nelem == last_dim(x) &&
+                  (gamma->ndim == 1 || (gamma->ndim == 2 && gamma->shape[0] == 1));
+        if (!ok)
+            return TNN_ERR_NULL(TNN_ERR_SHAPE, "x %s, gamma %s: gamma must be (%lld) or (1, %lld)",
+                                tnn__shape_str(x, bx, sizeof bx),
+                                tnn__shape_str(gamma, bg, sizeof bg), (long long)last_dim(x),
+                                (long long)last_dim(x));
+    }
+    tnn_tensor *src[2] = {x, gamma};
+    tnn_tensor *t = tnn__node_new(s, TNN_OP_RMS_NORM, TNN_F32, x->ndim, x->shape, src,
+                                  gamma ? 2 : 1);
+    if (t) t->fparam[0] = eps;
+    return t;
+}
+
+tnn_tensor *tnn_rms_norm_back(tnn_session *s, tnn_tensor *dy, tnn_tensor *x, double eps) {
+    if (check_eps(eps, __func__)) return NULL;
+    tnn_tensor *t = tnn__pair_build(s, dy, x, TNN_OP_RMS_NORM_BACK, __func__, "dy", "x");
+    if (t) t->fparam[0] = eps;
+    return t;
+}
+
+int tnn__fwd_softmax(tnn_tensor *t) {
+    tnn__k_softmax(CF32(t->src[0]), F32(t), n_rows(t), last_dim(t));
+    return TNN_OK;
+}
+int tnn__fwd_softmax_back(tnn_tensor *t) {
+    tnn__k_softmax_back(CF32(t->src[0]), CF32(t->src[1]), F32(t), n_rows(t), last_dim(t));
+    return TNN_OK;
+}
+int tnn__fwd_rms_norm(tnn_tensor *t) {
+    const float *g = t->src[1] ? CF32(t->src[1]) : NULL;
+    tnn__k_rms_norm(CF32(t->src[0]), g, F32(t), n_rows(t), last_dim(t), t->fparam[0]);
+    return TNN_OK;
+}
+int tnn__fwd_rms_norm_back(tnn_tensor *t) {
+    tnn__k_rms_norm_back(CF32(t->src[0]), CF32(t->src[1]), F32(t), n_rows(t), last_dim(t),
+                         t->fparam[0]);
+    return TNN_OK;
+}
