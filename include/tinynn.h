@@ -145,6 +145,9 @@ TNN_API tnn_session *tnn_session_new(int prefer_cuda);
 TNN_API void tnn_session_free(tnn_session *s);
 /* Name of the backend the session runs on: "cpu" or "cuda". */
 TNN_API const char *tnn_session_backend(const tnn_session *s);
+/* Bytes of the arena that the last tnn_realize planned for the graph's
+ * non-leaf tensors (intermediates share it; see tnn_realize). 0 before. */
+TNN_API size_t tnn_session_arena_bytes(const tnn_session *s);
 
 /* A leaf tensor of `ndim` (1..4) dimensions, row-major, filled with zeros at
  * realize. Its storage is allocated by tnn_realize and kept across later

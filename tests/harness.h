@@ -57,32 +57,32 @@ static int th_pass, th_fail;
               needle);                                                                        \
     } while (0)
 
-static int th_finish(const char *name) {
+static inline int th_finish(const char *name) {
     printf("%s: %d passed, %d failed\n", name, th_pass, th_fail);
     return th_fail ? 1 : 0;
 }
 
 /* xorshift64*: the same numbers on every machine. */
 static uint64_t th_rng = 0x9E3779B97F4A7C15ull;
-static void th_seed(uint64_t s) { th_rng = s ? s : 1; }
-static double th_uniform(void) {
+static inline void th_seed(uint64_t s) { th_rng = s ? s : 1; }
+static inline double th_uniform(void) {
     th_rng ^= th_rng >> 12;
     th_rng ^= th_rng << 25;
     th_rng ^= th_rng >> 27;
     return (double)((th_rng * 2685821657736338717ull) >> 11) / 9007199254740992.0;
 }
 /* Uniform in [-r, r). */
-static double th_sym(double r) { return (2.0 * th_uniform() - 1.0) * r; }
-static void th_fill(double *x, size_t n, double r) {
+static inline double th_sym(double r) { return (2.0 * th_uniform() - 1.0) * r; }
+static inline void th_fill(double *x, size_t n, double r) {
     for (size_t i = 0; i < n; i++) x[i] = th_sym(r);
 }
 /* Values exactly representable in f32, so references see what the library sees. */
-static void th_fill_f32(double *x, size_t n, double r) {
+static inline void th_fill_f32(double *x, size_t n, double r) {
     for (size_t i = 0; i < n; i++) x[i] = (double)(float)th_sym(r);
 }
 
 /* max |a-b| / (atol + rtol*|b|) over n values; <= 1 means within tolerance. */
-static double th_err(const double *a, const double *b, size_t n, double atol, double rtol) {
+static inline double th_err(const double *a, const double *b, size_t n, double atol, double rtol) {
     double worst = 0.0;
     for (size_t i = 0; i < n; i++) {
         double e = fabs(a[i] - b[i]) / (atol + rtol * fabs(b[i]));
@@ -92,7 +92,7 @@ static double th_err(const double *a, const double *b, size_t n, double atol, do
     return worst;
 }
 
-static double *th_alloc(size_t n) {
+static inline double *th_alloc(size_t n) {
     double *p = calloc(n ? n : 1, sizeof(double));
     if (!p) {
         fprintf(stderr, "out of memory in a test\n");

@@ -159,6 +159,11 @@ const char *tnn_session_backend(const tnn_session *s) {
     return s->backend->name;
 }
 
+size_t tnn_session_arena_bytes(const tnn_session *s) {
+    if (tnn__check_session(s, __func__) != TNN_OK) return 0;
+    return s->arena_size;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Tensors                                                                  */
 /* ------------------------------------------------------------------------ */

@@ -22,6 +22,7 @@ typedef struct {
     bool started, stopping;
     /* the current job */
     uint64_t gen;
+    uint64_t start_gen; /* gen when the workers were made: they wait for a newer one */
     tnn_range_fn fn;
     void *ctx;
     int64_t n;
@@ -43,8 +44,8 @@ static void chunk_range(int64_t n, int n_chunks, int i, int64_t *b, int64_t *e) 
 
 static void *worker(void *arg) {
     int idx = (int)(intptr_t)arg; /* chunk index of this worker: 1.. */
-    uint64_t seen = 0;
     pthread_mutex_lock(&pool.mu);
+    uint64_t seen = pool.start_gen;
     for (;;) {
         while (!pool.stopping && pool.gen == seen) pthread_cond_wait(&pool.wake, &pool.mu);
         if (pool.stopping) break;
@@ -97,6 +98,7 @@ static void pool_start(void) {
     if (pool.started) return;
     int n = pool.want > 0 ? pool.want : default_threads();
     pool.n_workers = 0;
+    pool.start_gen = pool.gen; /* no job can be posted until we return */
     for (int i = 1; i < n; i++) {
         if (pthread_create(&pool.threads[pool.n_workers], NULL, worker, (void *)(intptr_t)i)) {
             tnn__log(TNN_LOG_WARN, "could only start %d of %d threads", i, n);
