@@ -229,6 +229,20 @@ TNN_API tnn_tensor *tnn_silu_back(tnn_session *s, tnn_tensor *x, tnn_tensor *dy)
 /* FORWARD INPUT FIRST: dx = dy * gelu'(x) (tanh form). */
 TNN_API tnn_tensor *tnn_gelu_back(tnn_session *s, tnn_tensor *x, tnn_tensor *dy);
 
+/* Reductions and shape ops. */
+/* Sum / mean of all elements -> a (1) tensor. */
+TNN_API tnn_tensor *tnn_sum(tnn_session *s, tnn_tensor *a);
+TNN_API tnn_tensor *tnn_mean(tnn_session *s, tnn_tensor *a);
+/* The same elements in a new shape of the same element count. */
+TNN_API tnn_tensor *tnn_reshape(tnn_session *s, tnn_tensor *a, int ndim, const int64_t *shape);
+/* Fused softmax cross-entropy: logits (N, V) f32, targets (N) int32.
+ * Returns a (1) tensor: the mean over rows whose target is not
+ * `ignore_index` of logsumexp(logits[r]) - logits[r][target[r]] (0 when
+ * every row is ignored). A target outside [0, V) (other than ignore_index)
+ * makes tnn_compute fail with TNN_ERR_RANGE. */
+TNN_API tnn_tensor *tnn_cross_entropy(tnn_session *s, tnn_tensor *logits, tnn_tensor *targets,
+                                      int ignore_index);
+
 /* ------------------------------------------------------------------------ */
 /* Graph control                                                            */
 /* ------------------------------------------------------------------------ */
@@ -240,7 +254,8 @@ TNN_API tnn_tensor *tnn_gelu_back(tnn_session *s, tnn_tensor *x, tnn_tensor *dy)
  * `result` is marked as an output. Call before any upload. May be called
  * again after more ops were added; leaves keep their values. */
 TNN_API int tnn_realize(tnn_session *s, tnn_tensor *result);
-/* Runs the realized graph. TNN_ERR_STATE before tnn_realize. On a compute
+/* Runs the realized graph, then the optimizer step if one is set.
+ * TNN_ERR_STATE before tnn_realize. On a compute
  * error (e.g. an index out of range) the outputs are unspecified and the
  * session stays usable. */
 TNN_API int tnn_compute(tnn_session *s);
@@ -248,6 +263,47 @@ TNN_API int tnn_compute(tnn_session *s);
 TNN_API void tnn_set_output(tnn_tensor *t);
 /* Mark a trainable parameter (a leaf). */
 TNN_API void tnn_set_param(tnn_tensor *t);
+
+/* ------------------------------------------------------------------------ */
+/* Automatic differentiation and optimizers                                 */
+/* ------------------------------------------------------------------------ */
+
+/* Adds the backward graph of `loss` (an f32 tensor of one element): every
+ * tensor marked with tnn_set_param that the loss depends on gets a
+ * gradient node (tnn_grad), summed over every path. Gradients are
+ * recomputed by each tnn_compute (there is nothing to zero). Call once per
+ * session, after building the forward graph and before tnn_realize (it
+ * drops an earlier realize). A parameter the loss does not depend on gets
+ * a zero gradient. An op without a gradient rule on a parameter's path is
+ * TNN_ERR_UNSUPPORTED. */
+TNN_API int tnn_backward(tnn_session *s, tnn_tensor *loss);
+/* The gradient of a parameter (same shape), readable after tnn_compute. */
+TNN_API tnn_tensor *tnn_grad(tnn_session *s, tnn_tensor *param);
+
+/* Optimizers run at the end of every tnn_compute, after the graph, on every
+ * parameter with a gradient; parameters and moments stay in the session.
+ * Call after tnn_backward; a second call replaces the optimizer (and its
+ * state). A step whose loss or gradient norm is not finite is skipped with
+ * a warning (tnn_optimizer_skipped counts them).
+ *   AdamW (as torch.optim.AdamW): p *= 1 - lr*wd; m = b1 m + (1-b1) g;
+ *     v = b2 v + (1-b2) g^2; p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
+ *   SGD (as torch.optim.SGD): d = g + wd p; with momentum mu > 0,
+ *     buf = d on the first step, else mu buf + d, and d = buf; p -= lr d */
+TNN_API int tnn_optimizer_adamw(tnn_session *s, double lr, double beta1, double beta2,
+                                double eps, double weight_decay);
+TNN_API int tnn_optimizer_sgd(tnn_session *s, double lr, double momentum, double weight_decay);
+/* Learning rate for the following steps (for schedules). */
+TNN_API int tnn_set_lr(tnn_session *s, double lr);
+/* Scale gradients so their global L2 norm is at most max_norm (0 = off),
+ * as torch.nn.utils.clip_grad_norm_. */
+TNN_API int tnn_set_grad_clip(tnn_session *s, double max_norm);
+/* Exclude a parameter from weight decay (norm gains, biases). */
+TNN_API void tnn_set_no_decay(tnn_tensor *t);
+/* Steps taken, steps skipped (-1 without an optimizer), and the global
+ * gradient norm of the last compute, before clipping (NaN without one). */
+TNN_API int64_t tnn_optimizer_steps(tnn_session *s);
+TNN_API int64_t tnn_optimizer_skipped(tnn_session *s);
+TNN_API double tnn_grad_norm(tnn_session *s);
 
 /* ------------------------------------------------------------------------ */
 /* Moving data                                                              */

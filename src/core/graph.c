@@ -212,5 +212,6 @@ int tnn_compute(tnn_session *s) {
         int rc = s->backend->run(t);
         if (rc != TNN_OK) return rc;
     }
+    if (s->optim) return tnn__optim_step(s);
     return TNN_OK;
 }

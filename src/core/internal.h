@@ -63,6 +63,14 @@ typedef enum tnn_op {
     TNN_OP_TRANSPOSE = 14,
     TNN_OP_GET_ROWS = 15,
     TNN_OP_GET_ROWS_BACK = 16,
+    TNN_OP_SUM = 17,        /* all elements -> (1) */
+    TNN_OP_MEAN = 18,       /* all elements -> (1) */
+    TNN_OP_RESHAPE = 19,    /* same elements, new shape (a copy) */
+    TNN_OP_EXPAND = 20,     /* broadcast src0 to this node's shape */
+    TNN_OP_REDUCE_TO = 21,  /* sum src0 over the dimensions broadcast to this shape */
+    TNN_OP_FILL = 22,       /* every element = fparam[0]; no sources */
+    TNN_OP_CROSS_ENTROPY = 23,      /* (logits, targets) -> mean loss (1) */
+    TNN_OP_CROSS_ENTROPY_BACK = 24, /* (logits, targets, dloss) -> dlogits */
     TNN_OP_COUNT
 } tnn_op;
 
@@ -76,6 +84,7 @@ enum {
     TNN_FLAG_OUTPUT = 1u << 0,
     TNN_FLAG_PARAM = 1u << 1,
     TNN_FLAG_TRANSIENT = 1u << 2, /* set by realize: memory reused after last read */
+    TNN_FLAG_NO_DECAY = 1u << 3,  /* parameter excluded from weight decay */
 };
 
 struct tnn_tensor {
@@ -95,6 +104,7 @@ struct tnn_tensor {
     void *data; /* set by realize: leaf storage or a place in the arena */
     int64_t arena_off; /* offset in the arena for planned nodes, -1 if none */
     int32_t last_use;  /* planning: index in the plan of the last reader */
+    tnn_tensor *grad;  /* parameters, after tnn_backward: the gradient node */
     char name[32];
 };
 
@@ -102,10 +112,18 @@ struct tnn_tensor {
  * error (with the message set). */
 typedef int (*tnn_forward_fn)(tnn_tensor *t);
 
+/* The backward rule of an op: given t and its gradient dt, builds nodes for
+ * the gradient contribution to each source that needs one (need[i]) into
+ * dsrc[i]. Returns TNN_OK or an error. Contributions are summed by the
+ * caller (src/core/autograd.c), so a rule never accumulates itself. */
+typedef int (*tnn_backward_fn)(tnn_session *s, tnn_tensor *t, tnn_tensor *dt, const bool *need,
+                               tnn_tensor **dsrc);
+
 typedef struct tnn_op_def {
     const char *name;
     int n_src;
     tnn_forward_fn forward;
+    tnn_backward_fn backward; /* NULL: the op has no gradient */
 } tnn_op_def;
 
 extern const tnn_op_def tnn__ops[TNN_OP_COUNT];
@@ -155,7 +173,19 @@ struct tnn_session {
     bool realized;
     void *arena;
     size_t arena_size;
+
+    /* Training: the loss given to tnn_backward, and the optimizer run at
+     * the end of every compute (src/core/optimizer.c). */
+    tnn_tensor *loss;
+    struct tnn_optim *optim;
 };
+
+/* Drops the realized plan and the arena (graph.c). */
+void tnn__release_plan(tnn_session *s);
+
+/* The optimizer step that tnn_compute runs after the graph. */
+int tnn__optim_step(tnn_session *s);
+void tnn__optim_free(tnn_session *s);
 
 static inline tnn_tensor *tnn__tensor_at(const tnn_session *s, int32_t i) {
     return &s->blocks[i / TNN_TENSOR_BLOCK][i % TNN_TENSOR_BLOCK];
@@ -173,6 +203,14 @@ tnn_session *tnn__tensor_owner(const tnn_tensor *t);
 /* A new node of `op` with the given shape and sources (already checked). */
 tnn_tensor *tnn__node_new(tnn_session *s, int op, int dtype, int ndim, const int64_t *shape,
                           tnn_tensor *const *src, int n_src);
+
+/* Internal builders used by backward rules (src/ops/reduce.c). */
+tnn_tensor *tnn__expand(tnn_session *s, tnn_tensor *a, int ndim, const int64_t *shape);
+tnn_tensor *tnn__reduce_to(tnn_session *s, tnn_tensor *a, int ndim, const int64_t *shape);
+tnn_tensor *tnn__fill(tnn_session *s, int ndim, const int64_t *shape, double value);
+tnn_tensor *tnn__cross_entropy_back(tnn_session *s, tnn_tensor *ce, tnn_tensor *dloss);
+/* reduce_to a's shape, or g itself when the shapes already match. */
+tnn_tensor *tnn__sum_like(tnn_session *s, tnn_tensor *g, const tnn_tensor *a);
 
 /* "(2, 3)" into buf, for messages. */
 const char *tnn__shape_str(const tnn_tensor *t, char *buf, size_t n);

@@ -136,12 +136,11 @@ tnn_session *tnn_session_new(int prefer_cuda) {
     return s;
 }
 
-void tnn__release_plan(tnn_session *s); /* graph.c */
-
 void tnn_session_free(tnn_session *s) {
     if (!s) return;
     if (tnn__check_session(s, __func__) != TNN_OK) return;
     reg_remove(s);
+    tnn__optim_free(s);
     tnn__release_plan(s);
     for (int32_t i = 0; i < s->n_tensors; i++) {
         tnn_tensor *t = tnn__tensor_at(s, i);

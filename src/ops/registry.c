@@ -19,23 +19,49 @@ int tnn__fwd_matmul(tnn_tensor *t);
 int tnn__fwd_transpose(tnn_tensor *t);
 int tnn__fwd_get_rows(tnn_tensor *t);
 int tnn__fwd_get_rows_back(tnn_tensor *t);
+int tnn__fwd_sum(tnn_tensor *t);
+int tnn__fwd_mean(tnn_tensor *t);
+int tnn__fwd_reshape(tnn_tensor *t);
+int tnn__fwd_expand(tnn_tensor *t);
+int tnn__fwd_reduce_to(tnn_tensor *t);
+int tnn__fwd_fill(tnn_tensor *t);
+int tnn__fwd_cross_entropy(tnn_tensor *t);
+int tnn__fwd_cross_entropy_back(tnn_tensor *t);
+
+#define BWD(name)                                                                             \
+    int tnn__bwd_##name(tnn_session *s, tnn_tensor *t, tnn_tensor *dt, const bool *need,      \
+                        tnn_tensor **dsrc);
+BWD(add) BWD(sub) BWD(mul) BWD(scale) BWD(gelu) BWD(silu) BWD(softmax) BWD(rms_norm)
+BWD(matmul) BWD(transpose) BWD(get_rows) BWD(get_rows_back) BWD(sum) BWD(mean) BWD(reshape)
+BWD(expand) BWD(reduce_to) BWD(cross_entropy)
+#undef BWD
 
 const tnn_op_def tnn__ops[TNN_OP_COUNT] = {
-    [TNN_OP_NONE] = {"leaf", 0, NULL},
-    [TNN_OP_ADD] = {"tnn_add", 2, tnn__fwd_add},
-    [TNN_OP_SUB] = {"tnn_sub", 2, tnn__fwd_sub},
-    [TNN_OP_MUL] = {"tnn_mul", 2, tnn__fwd_mul},
-    [TNN_OP_SCALE] = {"tnn_scale", 1, tnn__fwd_scale},
-    [TNN_OP_GELU] = {"tnn_gelu", 1, tnn__fwd_gelu},
-    [TNN_OP_SILU] = {"tnn_silu", 1, tnn__fwd_silu},
-    [TNN_OP_GELU_BACK] = {"tnn_gelu_back", 2, tnn__fwd_gelu_back},
-    [TNN_OP_SILU_BACK] = {"tnn_silu_back", 2, tnn__fwd_silu_back},
-    [TNN_OP_SOFTMAX] = {"tnn_softmax", 1, tnn__fwd_softmax},
-    [TNN_OP_SOFTMAX_BACK] = {"tnn_softmax_back", 2, tnn__fwd_softmax_back},
-    [TNN_OP_RMS_NORM] = {"tnn_rms_norm", 2, tnn__fwd_rms_norm},
-    [TNN_OP_RMS_NORM_BACK] = {"tnn_rms_norm_back", 2, tnn__fwd_rms_norm_back},
-    [TNN_OP_MATMUL] = {"tnn_matmul", 2, tnn__fwd_matmul},
-    [TNN_OP_TRANSPOSE] = {"tnn_transpose", 1, tnn__fwd_transpose},
-    [TNN_OP_GET_ROWS] = {"tnn_get_rows", 2, tnn__fwd_get_rows},
-    [TNN_OP_GET_ROWS_BACK] = {"tnn_get_rows_back", 3, tnn__fwd_get_rows_back},
+    [TNN_OP_NONE] = {"leaf", 0, NULL, NULL},
+    [TNN_OP_ADD] = {"tnn_add", 2, tnn__fwd_add, tnn__bwd_add},
+    [TNN_OP_SUB] = {"tnn_sub", 2, tnn__fwd_sub, tnn__bwd_sub},
+    [TNN_OP_MUL] = {"tnn_mul", 2, tnn__fwd_mul, tnn__bwd_mul},
+    [TNN_OP_SCALE] = {"tnn_scale", 1, tnn__fwd_scale, tnn__bwd_scale},
+    [TNN_OP_GELU] = {"tnn_gelu", 1, tnn__fwd_gelu, tnn__bwd_gelu},
+    [TNN_OP_SILU] = {"tnn_silu", 1, tnn__fwd_silu, tnn__bwd_silu},
+    [TNN_OP_GELU_BACK] = {"tnn_gelu_back", 2, tnn__fwd_gelu_back, NULL},
+    [TNN_OP_SILU_BACK] = {"tnn_silu_back", 2, tnn__fwd_silu_back, NULL},
+    [TNN_OP_SOFTMAX] = {"tnn_softmax", 1, tnn__fwd_softmax, tnn__bwd_softmax},
+    [TNN_OP_SOFTMAX_BACK] = {"tnn_softmax_back", 2, tnn__fwd_softmax_back, NULL},
+    [TNN_OP_RMS_NORM] = {"tnn_rms_norm", 2, tnn__fwd_rms_norm, tnn__bwd_rms_norm},
+    [TNN_OP_RMS_NORM_BACK] = {"tnn_rms_norm_back", 2, tnn__fwd_rms_norm_back, NULL},
+    [TNN_OP_MATMUL] = {"tnn_matmul", 2, tnn__fwd_matmul, tnn__bwd_matmul},
+    [TNN_OP_TRANSPOSE] = {"tnn_transpose", 1, tnn__fwd_transpose, tnn__bwd_transpose},
+    [TNN_OP_GET_ROWS] = {"tnn_get_rows", 2, tnn__fwd_get_rows, tnn__bwd_get_rows},
+    [TNN_OP_GET_ROWS_BACK] = {"tnn_get_rows_back", 3, tnn__fwd_get_rows_back,
+                              tnn__bwd_get_rows_back},
+    [TNN_OP_SUM] = {"tnn_sum", 1, tnn__fwd_sum, tnn__bwd_sum},
+    [TNN_OP_MEAN] = {"tnn_mean", 1, tnn__fwd_mean, tnn__bwd_mean},
+    [TNN_OP_RESHAPE] = {"tnn_reshape", 1, tnn__fwd_reshape, tnn__bwd_reshape},
+    [TNN_OP_EXPAND] = {"expand", 1, tnn__fwd_expand, tnn__bwd_expand},
+    [TNN_OP_REDUCE_TO] = {"reduce_to", 1, tnn__fwd_reduce_to, tnn__bwd_reduce_to},
+    [TNN_OP_FILL] = {"fill", 0, tnn__fwd_fill, NULL},
+    [TNN_OP_CROSS_ENTROPY] = {"tnn_cross_entropy", 2, tnn__fwd_cross_entropy,
+                              tnn__bwd_cross_entropy},
+    [TNN_OP_CROSS_ENTROPY_BACK] = {"cross_entropy_back", 3, tnn__fwd_cross_entropy_back, NULL},
 };

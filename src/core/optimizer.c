@@ -1,0 +1,227 @@
+/* optimizer.c - optimizers that run inside tnn_compute, after the graph:
+ * AdamW (decoupled weight decay, bias correction) and SGD with momentum,
+ * with global gradient-norm clipping. Parameters, gradients and moments
+ * stay in the session; a step with a non-finite loss or gradient is
+ * skipped with a warning instead of poisoning the weights.
+ *
+ * The update formulas follow PyTorch's torch.optim.AdamW / SGD, so a
+ * reference run there can be matched step by step.
+ */
+#include "internal.h"
+
+#include "../cpu/pool.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { OPT_ADAMW = 0, OPT_SGD = 1 };
+
+struct tnn_optim {
+    int kind;
+    double lr, b1, b2, eps, wd, momentum, clip;
+    int64_t step, skipped;
+    double last_norm;
+    int n;
+    tnn_tensor **params;
+    float **m, **v; /* AdamW moments; SGD uses m as the momentum buffer */
+};
+
+void tnn__optim_free(tnn_session *s) {
+    struct tnn_optim *o = s->optim;
+    if (!o) return;
+    for (int i = 0; i < o->n; i++) {
+        if (o->m && o->m[i]) s->backend->free(o->m[i]);
+        if (o->v && o->v[i]) s->backend->free(o->v[i]);
+    }
+    free(o->m);
+    free(o->v);
+    free(o->params);
+    free(o);
+    s->optim = NULL;
+}
+
+static int optim_new(tnn_session *s, int kind, const char *func) {
+    if (tnn__check_session(s, func)) return tnn_last_status();
+    if (!s->loss)
+        return tnn__error(TNN_ERR_STATE, func, "call tnn_backward before setting an optimizer");
+    tnn__optim_free(s);
+    struct tnn_optim *o = calloc(1, sizeof *o);
+    if (!o) return tnn__error(TNN_ERR_NOMEM, func, "out of memory");
+    for (int32_t i = 0; i < s->n_tensors; i++)
+        if (tnn__tensor_at(s, i)->grad) o->n++;
+    o->params = calloc((size_t)o->n + 1, sizeof *o->params);
+    o->m = calloc((size_t)o->n + 1, sizeof *o->m);
+    o->v = calloc((size_t)o->n + 1, sizeof *o->v);
+    s->optim = o;
+    if (!o->params || !o->m || !o->v) {
+        tnn__optim_free(s);
+        return tnn__error(TNN_ERR_NOMEM, func, "out of memory");
+    }
+    int k = 0;
+    for (int32_t i = 0; i < s->n_tensors; i++) {
+        tnn_tensor *t = tnn__tensor_at(s, i);
+        if (!t->grad) continue;
+        o->params[k] = t;
+        o->m[k] = s->backend->alloc(t->nbytes);
+        if (kind == OPT_ADAMW) o->v[k] = s->backend->alloc(t->nbytes);
+        if (!o->m[k] || (kind == OPT_ADAMW && !o->v[k])) {
+            tnn__optim_free(s);
+            return tnn__error(TNN_ERR_NOMEM, func, "out of memory for optimizer state");
+        }
+        k++;
+    }
+    o->kind = kind;
+    o->clip = 0.0;
+    return TNN_OK;
+}
+
+static bool finite_nonneg(double x) { return x >= 0.0 && isfinite(x); }
+
+int tnn_optimizer_adamw(tnn_session *s, double lr, double beta1, double beta2, double eps,
+                        double weight_decay) {
+    if (!finite_nonneg(lr) || !(beta1 >= 0.0 && beta1 < 1.0) || !(beta2 >= 0.0 && beta2 < 1.0) ||
+        !(eps > 0.0 && isfinite(eps)) || !finite_nonneg(weight_decay))
+        return TNN_ERR(TNN_ERR_ARG,
+                       "lr=%g beta1=%g beta2=%g eps=%g weight_decay=%g: want lr >= 0, betas in "
+                       "[0, 1), eps > 0, weight_decay >= 0",
+                       lr, beta1, beta2, eps, weight_decay);
+    int rc = optim_new(s, OPT_ADAMW, __func__);
+    if (rc) return rc;
+    struct tnn_optim *o = s->optim;
+    o->lr = lr, o->b1 = beta1, o->b2 = beta2, o->eps = eps, o->wd = weight_decay;
+    return TNN_OK;
+}
+
+int tnn_optimizer_sgd(tnn_session *s, double lr, double momentum, double weight_decay) {
+    if (!finite_nonneg(lr) || !(momentum >= 0.0 && momentum < 1.0) ||
+        !finite_nonneg(weight_decay))
+        return TNN_ERR(TNN_ERR_ARG,
+                       "lr=%g momentum=%g weight_decay=%g: want lr >= 0, momentum in [0, 1), "
+                       "weight_decay >= 0",
+                       lr, momentum, weight_decay);
+    int rc = optim_new(s, OPT_SGD, __func__);
+    if (rc) return rc;
+    struct tnn_optim *o = s->optim;
+    o->lr = lr, o->momentum = momentum, o->wd = weight_decay;
+    return TNN_OK;
+}
+
+static struct tnn_optim *get_optim(tnn_session *s, const char *func) {
+    if (tnn__check_session(s, func)) return NULL;
+    if (!s->optim)
+        return (tnn__error(TNN_ERR_STATE, func, "no optimizer: call tnn_optimizer_adamw or "
+                           "tnn_optimizer_sgd first"), NULL);
+    return s->optim;
+}
+
+int tnn_set_lr(tnn_session *s, double lr) {
+    struct tnn_optim *o = get_optim(s, __func__);
+    if (!o) return tnn_last_status();
+    if (!finite_nonneg(lr)) return TNN_ERR(TNN_ERR_ARG, "lr=%g: want a finite value >= 0", lr);
+    o->lr = lr;
+    return TNN_OK;
+}
+
+int tnn_set_grad_clip(tnn_session *s, double max_norm) {
+    struct tnn_optim *o = get_optim(s, __func__);
+    if (!o) return tnn_last_status();
+    if (!finite_nonneg(max_norm))
+        return TNN_ERR(TNN_ERR_ARG, "max_norm=%g: want a finite value >= 0 (0 = off)", max_norm);
+    o->clip = max_norm;
+    return TNN_OK;
+}
+
+int64_t tnn_optimizer_steps(tnn_session *s) {
+    struct tnn_optim *o = get_optim(s, __func__);
+    return o ? o->step : -1;
+}
+
+int64_t tnn_optimizer_skipped(tnn_session *s) {
+    struct tnn_optim *o = get_optim(s, __func__);
+    return o ? o->skipped : -1;
+}
+
+double tnn_grad_norm(tnn_session *s) {
+    struct tnn_optim *o = get_optim(s, __func__);
+    return o ? o->last_norm : NAN;
+}
+
+void tnn_set_no_decay(tnn_tensor *t) {
+    tnn_session *s = tnn__tensor_owner(t);
+    if (!s) {
+        TNN_ERR(TNN_ERR_ARG, "tensor %p is not a tensor of a live session", (void *)t);
+        return;
+    }
+    t->flags |= TNN_FLAG_NO_DECAY;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The step                                                                 */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    float *p, *m, *v;
+    const float *g;
+    double lr, b1, b2, eps, wd, momentum, gscale, bc1, bc2;
+    bool first;
+} upd_ctx;
+
+static void adamw_range(void *q, int64_t lo, int64_t hi) {
+    const upd_ctx *c = q;
+    double step_size = c->lr / c->bc1, sq_bc2 = sqrt(c->bc2);
+    for (int64_t i = lo; i < hi; i++) {
+        double g = (double)c->g[i] * c->gscale;
+        double p = (double)c->p[i] * (1.0 - c->lr * c->wd);
+        double m = c->b1 * c->m[i] + (1.0 - c->b1) * g;
+        double v = c->b2 * c->v[i] + (1.0 - c->b2) * g * g;
+        c->m[i] = (float)m;
+        c->v[i] = (float)v;
+        c->p[i] = (float)(p - step_size * m / (sqrt(v) / sq_bc2 + c->eps));
+    }
+}
+
+static void sgd_range(void *q, int64_t lo, int64_t hi) {
+    const upd_ctx *c = q;
+    for (int64_t i = lo; i < hi; i++) {
+        double d = (double)c->g[i] * c->gscale + c->wd * c->p[i];
+        if (c->momentum > 0.0) {
+            d = c->first ? d : c->momentum * c->m[i] + d;
+            c->m[i] = (float)d;
+        }
+        c->p[i] = (float)(c->p[i] - c->lr * d);
+    }
+}
+
+int tnn__optim_step(tnn_session *s) {
+    struct tnn_optim *o = s->optim;
+    float loss = 0.0f;
+    int rc = s->backend->copy_out(&loss, s->loss->data, sizeof loss);
+    if (rc) return rc;
+    double norm2 = 0.0;
+    for (int k = 0; k < o->n; k++) {
+        const float *g = o->params[k]->grad->data;
+        for (int64_t i = 0; i < o->params[k]->nelem; i++) norm2 += (double)g[i] * g[i];
+    }
+    o->last_norm = sqrt(norm2);
+    if (!isfinite(loss) || !isfinite(o->last_norm)) {
+        o->skipped++;
+        tnn__log(TNN_LOG_WARN, "optimizer step skipped: loss %g, gradient norm %g (not finite)",
+                 (double)loss, o->last_norm);
+        return TNN_OK;
+    }
+    o->step++;
+    double gscale = 1.0;
+    if (o->clip > 0.0 && o->last_norm > o->clip) gscale = o->clip / (o->last_norm + 1e-6);
+    for (int k = 0; k < o->n; k++) {
+        tnn_tensor *p = o->params[k];
+        upd_ctx c = {.p = p->data, .g = p->grad->data, .m = o->m[k], .v = o->v[k], .lr = o->lr,
+                     .b1 = o->b1, .b2 = o->b2, .eps = o->eps, .momentum = o->momentum,
+                     .gscale = gscale, .first = o->step == 1,
+                     .wd = (p->flags & TNN_FLAG_NO_DECAY) ? 0.0 : o->wd,
+                     .bc1 = 1.0 - pow(o->b1, (double)o->step),
+                     .bc2 = 1.0 - pow(o->b2, (double)o->step)};
+        tnn__parallel_for(p->nelem, 8192, o->kind == OPT_ADAMW ? adamw_range : sgd_range, &c);
+    }
+    return TNN_OK;
+}

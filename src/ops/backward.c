@@ -1,0 +1,156 @@
+/* backward.c - the gradient rule of every differentiable op, in op order,
+ * each built from other ops so the backward graph runs on any backend.
+ * Rule contract (internal.h): fill dsrc[i] for each source with need[i];
+ * the autograd driver sums contributions. Broadcast operands get their
+ * gradient summed back to their own shape (tnn__sum_like).
+ */
+#include "common.h"
+
+tnn_tensor *tnn__sum_like(tnn_session *s, tnn_tensor *g, const tnn_tensor *a) {
+    if (!g) return NULL;
+    if (same_shape(g, a)) return g;
+    if (g->nelem == a->nelem) return tnn_reshape(s, g, a->ndim, a->shape);
+    return tnn__reduce_to(s, g, a->ndim, a->shape);
+}
+
+#define A (t->src[0])
+#define B (t->src[1])
+
+int tnn__bwd_add(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
+                 tnn_tensor **d) {
+    if (need[0]) d[0] = tnn__sum_like(s, g, A);
+    if (need[1]) d[1] = tnn__sum_like(s, g, B);
+    return TNN_OK;
+}
+
+int tnn__bwd_sub(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
+                 tnn_tensor **d) {
+    if (need[0]) d[0] = tnn__sum_like(s, g, A);
+    if (need[1]) d[1] = tnn__sum_like(s, tnn_scale(s, g, -1.0), B);
+    return TNN_OK;
+}
+
+int tnn__bwd_mul(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
+                 tnn_tensor **d) {
+    if (need[0]) d[0] = tnn__sum_like(s, tnn_mul(s, g, B), A);
+    if (need[1]) d[1] = tnn__sum_like(s, tnn_mul(s, g, A), B);
+    return TNN_OK;
+}
+
+int tnn__bwd_scale(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
+                   tnn_tensor **d) {
+    d[0] = tnn_scale(s, g, t->fparam[0]);
+    return TNN_OK;
+}
+
+int tnn__bwd_gelu(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
+                  tnn_tensor **d) {
+    d[0] = tnn_gelu_back(s, A, g);
+    return TNN_OK;
+}
+
+int tnn__bwd_silu(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
+                  tnn_tensor **d) {
+    d[0] = tnn_silu_back(s, A, g);
+    return TNN_OK;
+}
+
+int tnn__bwd_softmax(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
+                     tnn_tensor **d) {
+    d[0] = tnn_softmax_back(s, g, t);
+    return TNN_OK;
+}
+
+/* y = n(x) * gamma, n(x) = x / rms(x): dx = n'(x)^T (g * gamma),
+ * dgamma = sum over rows of g * n(x). */
+int tnn__bwd_rms_norm(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
+                      tnn_tensor **d) {
+    double eps = t->fparam[0];
+    tnn_tensor *gamma = t->src[1];
+    if (need[0]) d[0] = tnn_rms_norm_back(s, gamma ? tnn_mul(s, g, gamma) : g, A, eps);
+    if (gamma && need[1])
+        d[1] = tnn__sum_like(s, tnn_mul(s, g, tnn_rms_norm(s, A, NULL, eps)), gamma);
+    return TNN_OK;
+}
+
+/* C = op(A) @ op(B) with op = transpose where flagged:
+ *   nn: dA = dC @ B^T   dB = A^T @ dC
+ *   nt: dA = dC @ B     dB = dC^T @ A
+ *   tn: dA = B @ dC^T   dB = A @ dC */
+int tnn__bwd_matmul(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
+                    tnn_tensor **d) {
+    int f = (int)t->iparam[0];
+    tnn_tensor *da = NULL, *db = NULL;
+    if (f == 0) {
+        if (need[0]) da = tnn_matmul_nt(s, g, B);
+        if (need[1]) db = tnn_matmul_tn(s, A, g);
+    } else if (f == TNN_MM_TB) {
+        if (need[0]) da = tnn_matmul_nn(s, g, B);
+        if (need[1]) db = tnn_matmul_tn(s, g, A);
+    } else if (f == TNN_MM_TA) {
+        if (need[0]) da = tnn_matmul_nt(s, B, g);
+        if (need[1]) db = tnn_matmul_nn(s, A, g);
+    } else {
+        return TNN_ERR(TNN_ERR_INTERNAL, "matmul flags %d have no gradient rule", f);
+    }
+    if (need[0]) d[0] = tnn__sum_like(s, da, A);
+    if (need[1]) d[1] = tnn__sum_like(s, db, B);
+    return TNN_OK;
+}
+
+int tnn__bwd_transpose(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
+                       tnn_tensor **d) {
+    d[0] = tnn__sum_like(s, tnn_transpose(s, g), A); /* a 1-D source gets a reshape */
+    return TNN_OK;
+}
+
+int tnn__bwd_get_rows(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
+                      tnn_tensor **d) {
+    if (need[0]) d[0] = tnn_get_rows_back(s, g, B, A);
+    return TNN_OK;
+}
+
+int tnn__bwd_get_rows_back(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
+                           tnn_tensor **d) {
+    if (need[0]) d[0] = tnn_get_rows(s, g, B);
+    return TNN_OK;
+}
+
+int tnn__bwd_sum(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
+                 tnn_tensor **d) {
+    d[0] = tnn__expand(s, g, A->ndim, A->shape);
+    return TNN_OK;
+}
+
+int tnn__bwd_mean(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
+                  tnn_tensor **d) {
+    d[0] = tnn_scale(s, tnn__expand(s, g, A->ndim, A->shape), 1.0 / (double)A->nelem);
+    return TNN_OK;
+}
+
+int tnn__bwd_reshape(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
+                     tnn_tensor **d) {
+    d[0] = tnn_reshape(s, g, A->ndim, A->shape);
+    return TNN_OK;
+}
+
+int tnn__bwd_expand(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
+                    tnn_tensor **d) {
+    d[0] = tnn__sum_like(s, g, A);
+    return TNN_OK;
+}
+
+int tnn__bwd_reduce_to(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
+                       tnn_tensor **d) {
+    d[0] = tnn__expand(s, g, A->ndim, A->shape);
+    return TNN_OK;
+}
+
+int tnn__bwd_cross_entropy(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
+                           tnn_tensor **d) {
+    if (need[0]) d[0] = tnn__cross_entropy_back(s, t, g);
+    return TNN_OK;
+}
+
+#undef A
+#undef B

@@ -1,0 +1,282 @@
+/* test_autograd.c - tnn_backward on composite graphs checked by central
+ * finite differences of the loss (every parameter, sampled elements), the
+ * gradient rules of every differentiable op, accumulation over several
+ * paths, and the in-graph optimizers against double-precision references.
+ */
+#include "harness.h"
+
+typedef struct {
+    tnn_tensor *t;
+    int64_t n;
+    double *val;
+} param_t;
+
+typedef struct {
+    tnn_tensor *t; /* an int32 input to fill after realize */
+    const int64_t *v;
+    size_t n;
+} int_input;
+
+static double loss_value(tnn_session *s, tnn_tensor *loss) {
+    double v = NAN;
+    if (tnn_compute(s) != TNN_OK || tnn_download_to_f64_array(s, loss, &v, 1) != TNN_OK) {
+        fprintf(stderr, "compute failed: %s\n", tnn_last_error());
+        return NAN;
+    }
+    return v;
+}
+
+/* Adds the backward graph, uploads random values to every parameter,
+ * computes analytic gradients and compares sampled elements of each with
+ * central differences of the f32 loss: |fd - g| <= tol * (1 + |fd|). */
+static void grad_check(const char *name, tnn_session *s, tnn_tensor *loss, param_t *ps, int np,
+                       const int_input *ii, double h, double tol) {
+    CHECK(loss != NULL, "%s: graph: %s", name, tnn_last_error());
+    if (!loss) return;
+    CHECK_OK(tnn_backward(s, loss));
+    CHECK_OK(tnn_realize(s, loss));
+    if (ii) CHECK_OK(tnn_upload_from_int_array(s, ii->t, ii->v, ii->n));
+    for (int i = 0; i < np; i++) {
+        ps[i].val = th_alloc((size_t)ps[i].n);
+        th_fill_f32(ps[i].val, (size_t)ps[i].n, 1.0);
+        CHECK_OK(tnn_upload_from_float_array(s, ps[i].t, ps[i].val, (size_t)ps[i].n));
+    }
+    loss_value(s, loss);
+    double worst = 0.0;
+    for (int i = 0; i < np; i++) {
+        double *g = th_alloc((size_t)ps[i].n);
+        tnn_tensor *gt = tnn_grad(s, ps[i].t);
+        CHECK(gt != NULL, "%s: no grad for param %d: %s", name, i, tnn_last_error());
+        if (gt) CHECK_OK(tnn_download_to_f64_array(s, gt, g, (size_t)ps[i].n));
+        int64_t step = ps[i].n > 24 ? ps[i].n / 24 : 1;
+        for (int64_t e = 0; gt && e < ps[i].n; e += step) {
+            double keep = ps[i].val[e];
+            ps[i].val[e] = (double)(float)(keep + h);
+            double hp = ps[i].val[e] - keep;
+            tnn_upload_from_float_array(s, ps[i].t, ps[i].val, (size_t)ps[i].n);
+            double lp = loss_value(s, loss);
+            ps[i].val[e] = (double)(float)(keep - h);
+            double hm = keep - ps[i].val[e];
+            tnn_upload_from_float_array(s, ps[i].t, ps[i].val, (size_t)ps[i].n);
+            double lm = loss_value(s, loss);
+            ps[i].val[e] = keep;
+            tnn_upload_from_float_array(s, ps[i].t, ps[i].val, (size_t)ps[i].n);
+            double fd = (lp - lm) / (hp + hm);
+            double err = fabs(fd - g[e]) / (tol * (1.0 + fabs(fd)));
+            if (!(err <= worst)) worst = err;
+            if (!(err <= 1.0))
+                fprintf(stderr, "%s: param %d [%lld]: analytic %.6g, finite difference %.6g\n",
+                        name, i, (long long)e, g[e], fd);
+        }
+        free(g);
+    }
+    CHECK(worst <= 1.0, "%s: gradient off by %.3g tolerances", name, worst);
+    for (int i = 0; i < np; i++) free(ps[i].val);
+}
+
+static tnn_tensor *param(tnn_session *s, param_t *p, int nd, int64_t d0, int64_t d1, int64_t d2) {
+    int64_t shape[3] = {d0, d1, d2};
+    p->t = tnn_tensor_new(s, TNN_F32, nd, shape);
+    p->n = 1;
+    for (int i = 0; i < nd; i++) p->n *= shape[i];
+    tnn_set_param(p->t);
+    return p->t;
+}
+
+/* h = 1e-3: truncation O(h^2) ~1e-6; f32 rounding of the loss / h ~1e-4. */
+#define H 1e-3
+#define TOL 3e-3
+
+static void test_mlp_cross_entropy(void) {
+    tnn_session *s = tnn_session_new(0);
+    param_t ps[4];
+    tnn_tensor *x = param(s, &ps[0], 2, 6, 5, 0);
+    tnn_tensor *w1 = param(s, &ps[1], 2, 5, 7, 0);
+    tnn_tensor *b1 = param(s, &ps[2], 1, 7, 0, 0);
+    tnn_tensor *w2 = param(s, &ps[3], 2, 7, 4, 0);
+    tnn_tensor *tg = tnn_input_1d_i32(s, 6);
+    tnn_tensor *hid = tnn_gelu(s, tnn_add(s, tnn_matmul_nn(s, x, w1), b1));
+    tnn_tensor *loss = tnn_cross_entropy(s, tnn_matmul_nn(s, hid, w2), tg, -1);
+    static const int64_t t[6] = {0, 3, -1, 2, 1, 3}; /* row 2 ignored */
+    int_input ii = {tg, t, 6};
+    grad_check("mlp+cross_entropy", s, loss, ps, 4, &ii, H, TOL);
+    tnn_session_free(s);
+}
+
+/* A llama-style block: RMSNorm with gain, q k^T softmax v, SwiGLU. */
+static void test_attention_block(void) {
+    tnn_session *s = tnn_session_new(0);
+    param_t ps[7];
+    tnn_tensor *x = param(s, &ps[0], 2, 5, 8, 0);
+    tnn_tensor *g = param(s, &ps[1], 2, 1, 8, 0);
+    tnn_tensor *wq = param(s, &ps[2], 2, 8, 8, 0);
+    tnn_tensor *wk = param(s, &ps[3], 2, 8, 8, 0);
+    tnn_tensor *wv = param(s, &ps[4], 2, 8, 8, 0);
+    tnn_tensor *wg = param(s, &ps[5], 2, 8, 6, 0);
+    tnn_tensor *wu = param(s, &ps[6], 2, 8, 6, 0);
+    tnn_tensor *n = tnn_rms_norm(s, x, g, 1e-5);
+    tnn_tensor *q = tnn_matmul_nn(s, n, wq), *k = tnn_matmul_nn(s, n, wk);
+    tnn_tensor *v = tnn_matmul_nn(s, n, wv);
+    tnn_tensor *att = tnn_softmax(s, tnn_scale(s, tnn_matmul_nt(s, q, k), 0.35));
+    tnn_tensor *o = tnn_add(s, x, tnn_matmul_nn(s, att, v));
+    tnn_tensor *ff = tnn_mul(s, tnn_silu(s, tnn_matmul_nn(s, o, wg)), tnn_matmul_nn(s, o, wu));
+    tnn_tensor *loss = tnn_mean(s, tnn_mul(s, ff, ff));
+    grad_check("attention block", s, loss, ps, 7, NULL, H, TOL);
+    tnn_session_free(s);
+}
+
+/* Broadcasting, batched products with a broadcast batch, transpose,
+ * reshape, sub, scale, sum, and a parameter read twice (accumulation). */
+static void test_shapes_and_accumulation(void) {
+    tnn_session *s = tnn_session_new(0);
+    param_t ps[5];
+    tnn_tensor *a = param(s, &ps[0], 3, 3, 4, 5);
+    tnn_tensor *b = param(s, &ps[1], 2, 5, 2, 0);  /* broadcast over the batch */
+    tnn_tensor *c = param(s, &ps[2], 3, 3, 1, 2);  /* broadcast over rows */
+    tnn_tensor *d = param(s, &ps[3], 1, 2, 0, 0);
+    tnn_tensor *e = param(s, &ps[4], 3, 1, 4, 3);
+    tnn_tensor *p = tnn_sub(s, tnn_mul(s, tnn_matmul_nn(s, a, b), c), d); /* (3,4,2) */
+    tnn_tensor *pt = tnn_transpose(s, p);                                 /* (3,2,4) */
+    tnn_tensor *q = tnn_matmul_tn(s, tnn_transpose(s, pt), e);             /* (3,2,3) */
+    int64_t flat[2] = {6, 3};
+    tnn_tensor *r = tnn_reshape(s, q, 2, flat);
+    tnn_tensor *sq = tnn_mul(s, r, r); /* r read twice */
+    tnn_tensor *loss =
+        tnn_add(s, tnn_sum(s, tnn_scale(s, sq, 0.1)), tnn_mean(s, tnn_matmul_nt(s, r, r)));
+    grad_check("broadcast+batched", s, loss, ps, 5, NULL, H, TOL);
+    tnn_session_free(s);
+}
+
+static void test_embedding_path(void) {
+    tnn_session *s = tnn_session_new(0);
+    param_t ps[2];
+    tnn_tensor *tab = param(s, &ps[0], 2, 9, 4, 0);
+    tnn_tensor *w = param(s, &ps[1], 2, 8, 3, 0);
+    tnn_tensor *idx = tnn_input_1d_i32(s, 6);
+    int64_t sh[2] = {3, 8};
+    tnn_tensor *emb = tnn_reshape(s, tnn_get_rows(s, tab, idx), 2, sh); /* (3, 8) */
+    tnn_tensor *y = tnn_softmax(s, tnn_matmul_nn(s, emb, w));
+    tnn_tensor *loss = tnn_sum(s, tnn_mul(s, y, tnn_matmul_nn(s, emb, w)));
+    static const int64_t ids[6] = {1, 4, 4, 0, 8, 1}; /* repeats accumulate */
+    int_input ii = {idx, ids, 6};
+    grad_check("embedding", s, loss, ps, 2, &ii, H, TOL);
+    tnn_session_free(s);
+}
+
+static void test_unused_param_and_errors(void) {
+    tnn_session *s = tnn_session_new(0);
+    tnn_tensor *a = tnn_input_2d_f32(s, 2, 2), *unused = tnn_input_2d_f32(s, 2, 2);
+    tnn_tensor *x = tnn_input_2d_f32(s, 2, 2);
+    CHECK_ERR(tnn_backward(s, tnn_sum(s, x)), TNN_ERR_ARG, "no parameter");
+    tnn_set_param(a);
+    tnn_set_param(unused);
+    CHECK_ERR(tnn_backward(s, a), TNN_ERR_SHAPE, "one element");
+    CHECK_ERR(tnn_backward(s, tnn_sum(s, tnn_gelu_back(s, a, x))), TNN_ERR_UNSUPPORTED,
+              "no gradient rule");
+    tnn_session_free(s);
+
+    s = tnn_session_new(0);
+    a = tnn_input_2d_f32(s, 2, 2);
+    unused = tnn_input_2d_f32(s, 2, 2);
+    tnn_set_param(a);
+    tnn_set_param(unused);
+    tnn_tensor *loss = tnn_sum(s, tnn_mul(s, a, a));
+    CHECK_NULL(tnn_grad(s, a), TNN_ERR_STATE, "tnn_backward");
+    CHECK_OK(tnn_backward(s, loss));
+    CHECK_ERR(tnn_backward(s, loss), TNN_ERR_STATE, "already");
+    CHECK_OK(tnn_realize(s, loss));
+    double v[4] = {1, -2, 3, 0.5}, g[4];
+    CHECK_OK(tnn_upload_from_float_array(s, a, v, 4));
+    CHECK_OK(tnn_compute(s));
+    CHECK_OK(tnn_download_to_f64_array(s, tnn_grad(s, a), g, 4));
+    for (int i = 0; i < 4; i++) CHECK(g[i] == 2 * v[i], "d sum(a*a) = 2a: %g", g[i]);
+    CHECK_OK(tnn_download_to_f64_array(s, tnn_grad(s, unused), g, 4));
+    CHECK(g[0] == 0 && g[3] == 0, "unused parameter gets zeros");
+    tnn_session_free(s);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Optimizers                                                               */
+/* ------------------------------------------------------------------------ */
+
+/* loss = sum(w * w * c) so g = 2 c w; AdamW / SGD against the formulas in
+ * double. */
+static void run_optimizer(int adam, double clip) {
+    const int n = 37, steps = 5;
+    tnn_session *s = tnn_session_new(0);
+    tnn_tensor *w = tnn_input_1d_f32(s, n), *c = tnn_input_1d_f32(s, n);
+    tnn_set_param(w);
+    tnn_tensor *loss = tnn_sum(s, tnn_mul(s, tnn_mul(s, w, w), c));
+    CHECK_ERR(tnn_optimizer_adamw(s, 0.1, 0.9, 0.999, 1e-8, 0.0), TNN_ERR_STATE, "tnn_backward");
+    CHECK_OK(tnn_backward(s, loss));
+    double lr = 0.05, b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.1, mu = 0.9;
+    if (adam)
+        CHECK_OK(tnn_optimizer_adamw(s, lr, b1, b2, eps, wd));
+    else
+        CHECK_OK(tnn_optimizer_sgd(s, lr, mu, wd));
+    CHECK_OK(tnn_set_grad_clip(s, clip));
+    CHECK_OK(tnn_realize(s, loss));
+    double wv[37], cv[37], m[37] = {0}, v[37] = {0}, got[37];
+    th_seed(11);
+    th_fill_f32(wv, n, 1.0);
+    for (int i = 0; i < n; i++) cv[i] = (double)(float)(0.5 + th_uniform());
+    CHECK_OK(tnn_upload_from_float_array(s, w, wv, n));
+    CHECK_OK(tnn_upload_from_float_array(s, c, cv, n));
+    for (int t = 1; t <= steps; t++) {
+        CHECK_OK(tnn_compute(s));
+        double g[37], norm = 0;
+        for (int i = 0; i < n; i++) {
+            g[i] = (double)(float)(2 * cv[i] * wv[i]);
+            norm += g[i] * g[i];
+        }
+        norm = sqrt(norm);
+        double sc = (clip > 0 && norm > clip) ? clip / (norm + 1e-6) : 1.0;
+        for (int i = 0; i < n; i++) {
+            double gi = g[i] * sc;
+            if (adam) {
+                double p = wv[i] * (1 - lr * wd);
+                m[i] = b1 * m[i] + (1 - b1) * gi;
+                v[i] = b2 * v[i] + (1 - b2) * gi * gi;
+                wv[i] = p - lr / (1 - pow(b1, t)) * m[i] / (sqrt(v[i]) / sqrt(1 - pow(b2, t)) + eps);
+            } else {
+                double d = gi + wd * wv[i];
+                m[i] = t == 1 ? d : mu * m[i] + d;
+                wv[i] -= lr * m[i];
+            }
+        }
+        CHECK(fabs(tnn_grad_norm(s) - norm) <= 1e-5 * norm, "grad norm %g vs %g",
+              tnn_grad_norm(s), norm);
+    }
+    CHECK_OK(tnn_download_to_f64_array(s, w, got, n));
+    double e = th_err(got, wv, n, 1e-6, 1e-5);
+    CHECK(e <= 1.0, "%s (clip %g): parameters off by %g tolerances", adam ? "adamw" : "sgd",
+          clip, e);
+    CHECK(tnn_optimizer_steps(s) == steps, "steps %lld", (long long)tnn_optimizer_steps(s));
+
+    /* A non-finite loss skips the step and leaves the weights alone. */
+    cv[3] = NAN;
+    CHECK_OK(tnn_upload_from_float_array(s, c, cv, n));
+    tnn_set_log_level(TNN_LOG_NONE);
+    CHECK_OK(tnn_compute(s));
+    tnn_set_log_level(TNN_LOG_WARN);
+    double after[37];
+    CHECK_OK(tnn_download_to_f64_array(s, w, after, n));
+    CHECK(memcmp(after, got, sizeof after) == 0, "weights changed on a NaN step");
+    CHECK(tnn_optimizer_skipped(s) == 1, "skipped %lld", (long long)tnn_optimizer_skipped(s));
+    CHECK(tnn_optimizer_steps(s) == steps, "a skipped step is not counted");
+    CHECK_ERR(tnn_set_lr(s, -1), TNN_ERR_ARG, "lr=-1");
+    tnn_session_free(s);
+}
+
+int main(void) {
+    test_mlp_cross_entropy();
+    test_attention_block();
+    test_shapes_and_accumulation();
+    test_embedding_path();
+    test_unused_param_and_errors();
+    run_optimizer(1, 0.0);
+    run_optimizer(1, 0.5);
+    run_optimizer(0, 0.0);
+    run_optimizer(0, 0.5);
+    return th_finish("test_autograd");
+}
