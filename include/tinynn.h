@@ -229,6 +229,23 @@ TNN_API tnn_tensor *tnn_silu_back(tnn_session *s, tnn_tensor *x, tnn_tensor *dy)
 /* FORWARD INPUT FIRST: dx = dy * gelu'(x) (tanh form). */
 TNN_API tnn_tensor *tnn_gelu_back(tnn_session *s, tnn_tensor *x, tnn_tensor *dy);
 
+/* Transformer ops. A batch of B sequences of T positions is N = B*T rows,
+ * row r = b*T + t (position t = r % seq_len). */
+/* Rotary position embedding of x (N, n_head*hd), hd even: each pair
+ * (x0, x1) of a head at position t is rotated by t * base^(-2i/hd), i the
+ * pair index. mode 0: pairs (2i, 2i+1) (GGUF llama); mode 1: pairs
+ * (i, i + hd/2) (NeoX, Hugging Face rotate_half). */
+TNN_API tnn_tensor *tnn_rope(tnn_session *s, tnn_tensor *x, int n_head, int seq_len,
+                             double base, int mode);
+/* Fused causal self-attention with grouped-query heads: q (N, n_head*hd),
+ * k and v (N, n_kv_head*hd), n_head a multiple of n_kv_head (query head h
+ * reads kv head h / (n_head/n_kv_head)). Each query at position t attends to
+ * the keys at positions <= t of its own sequence, softmax(q k^T / sqrt(hd)) v.
+ * Returns (N, n_head*hd). Memory is linear in seq_len: no T x T matrix is
+ * kept; the backward pass recomputes the scores. */
+TNN_API tnn_tensor *tnn_attention(tnn_session *s, tnn_tensor *q, tnn_tensor *k, tnn_tensor *v,
+                                  int n_head, int n_kv_head, int seq_len);
+
 /* Reductions and shape ops. */
 /* Sum / mean of all elements -> a (1) tensor. */
 TNN_API tnn_tensor *tnn_sum(tnn_session *s, tnn_tensor *a);

@@ -84,7 +84,7 @@ static tnn_tensor *param(tnn_session *s, param_t *p, int nd, int64_t d0, int64_t
 }
 
 /* h = 1e-3: truncation O(h^2) ~1e-6; f32 rounding of the loss / h ~1e-4. */
-#define H 1e-3
+#define H_STEP 1e-3
 #define TOL 3e-3
 
 static void test_mlp_cross_entropy(void) {
@@ -99,7 +99,7 @@ static void test_mlp_cross_entropy(void) {
     tnn_tensor *loss = tnn_cross_entropy(s, tnn_matmul_nn(s, hid, w2), tg, -1);
     static const int64_t t[6] = {0, 3, -1, 2, 1, 3}; /* row 2 ignored */
     int_input ii = {tg, t, 6};
-    grad_check("mlp+cross_entropy", s, loss, ps, 4, &ii, H, TOL);
+    grad_check("mlp+cross_entropy", s, loss, ps, 4, &ii, H_STEP, TOL);
     tnn_session_free(s);
 }
 
@@ -121,7 +121,7 @@ static void test_attention_block(void) {
     tnn_tensor *o = tnn_add(s, x, tnn_matmul_nn(s, att, v));
     tnn_tensor *ff = tnn_mul(s, tnn_silu(s, tnn_matmul_nn(s, o, wg)), tnn_matmul_nn(s, o, wu));
     tnn_tensor *loss = tnn_mean(s, tnn_mul(s, ff, ff));
-    grad_check("attention block", s, loss, ps, 7, NULL, H, TOL);
+    grad_check("attention block", s, loss, ps, 7, NULL, H_STEP, TOL);
     tnn_session_free(s);
 }
 
@@ -143,7 +143,7 @@ static void test_shapes_and_accumulation(void) {
     tnn_tensor *sq = tnn_mul(s, r, r); /* r read twice */
     tnn_tensor *loss =
         tnn_add(s, tnn_sum(s, tnn_scale(s, sq, 0.1)), tnn_mean(s, tnn_matmul_nt(s, r, r)));
-    grad_check("broadcast+batched", s, loss, ps, 5, NULL, H, TOL);
+    grad_check("broadcast+batched", s, loss, ps, 5, NULL, H_STEP, TOL);
     tnn_session_free(s);
 }
 
@@ -159,7 +159,7 @@ static void test_embedding_path(void) {
     tnn_tensor *loss = tnn_sum(s, tnn_mul(s, y, tnn_matmul_nn(s, emb, w)));
     static const int64_t ids[6] = {1, 4, 4, 0, 8, 1}; /* repeats accumulate */
     int_input ii = {idx, ids, 6};
-    grad_check("embedding", s, loss, ps, 2, &ii, H, TOL);
+    grad_check("embedding", s, loss, ps, 2, &ii, H_STEP, TOL);
     tnn_session_free(s);
 }
 
@@ -192,6 +192,92 @@ static void test_unused_param_and_errors(void) {
     for (int i = 0; i < 4; i++) CHECK(g[i] == 2 * v[i], "d sum(a*a) = 2a: %g", g[i]);
     CHECK_OK(tnn_download_to_f64_array(s, tnn_grad(s, unused), g, 4));
     CHECK(g[0] == 0 && g[3] == 0, "unused parameter gets zeros");
+    tnn_session_free(s);
+}
+
+
+/* RoPE + grouped-query causal attention: forward against a double
+ * reference, then gradients by finite differences. */
+static void ref_rope(double *x, int N, int H, int hd, int T, double base, int mode) {
+    for (int r = 0; r < N; r++)
+        for (int h = 0; h < H; h++)
+            for (int i = 0; i < hd / 2; i++) {
+                double th = (r % T) * pow(base, -2.0 * i / hd);
+                int a = mode ? i : 2 * i, b = mode ? i + hd / 2 : 2 * i + 1;
+                double *v = x + r * H * hd + h * hd, x0 = v[a], x1 = v[b];
+                v[a] = x0 * cos(th) - x1 * sin(th);
+                v[b] = x0 * sin(th) + x1 * cos(th);
+            }
+}
+
+static void test_rope_attention(void) {
+    const int B = 2, T = 7, H = 4, Hkv = 2, hd = 6, N = B * T;
+    for (int mode = 0; mode <= 1; mode++) {
+        tnn_session *s = tnn_session_new(0);
+        tnn_tensor *q = tnn_input_2d_f32(s, N, H * hd), *k = tnn_input_2d_f32(s, N, Hkv * hd);
+        tnn_tensor *v = tnn_input_2d_f32(s, N, Hkv * hd);
+        tnn_tensor *qr = tnn_rope(s, q, H, T, 10000.0, mode), *kr = tnn_rope(s, k, Hkv, T, 10000.0, mode);
+        tnn_tensor *o = tnn_attention(s, qr, kr, v, H, Hkv, T);
+        CHECK(o != NULL, "attention: %s", tnn_last_error());
+        tnn_set_output(qr);
+        CHECK_OK(tnn_realize(s, o));
+        double *qv = th_alloc(N * H * hd), *kv = th_alloc(N * Hkv * hd), *vv = th_alloc(N * Hkv * hd);
+        double *got = th_alloc(N * H * hd), *want = th_alloc(N * H * hd), *qg = th_alloc(N * H * hd);
+        th_seed(5 + mode);
+        th_fill_f32(qv, N * H * hd, 2.0);
+        th_fill_f32(kv, N * Hkv * hd, 2.0);
+        th_fill_f32(vv, N * Hkv * hd, 1.0);
+        CHECK_OK(tnn_upload_from_float_array(s, q, qv, N * H * hd));
+        CHECK_OK(tnn_upload_from_float_array(s, k, kv, N * Hkv * hd));
+        CHECK_OK(tnn_upload_from_float_array(s, v, vv, N * Hkv * hd));
+        CHECK_OK(tnn_compute(s));
+        CHECK_OK(tnn_download_to_f64_array(s, o, got, N * H * hd));
+        CHECK_OK(tnn_download_to_f64_array(s, qr, qg, N * H * hd));
+        ref_rope(qv, N, H, hd, T, 10000.0, mode);
+        ref_rope(kv, N, Hkv, hd, T, 10000.0, mode);
+        CHECK(th_err(qg, qv, N * H * hd, 1e-6, 1e-5) <= 1.0, "rope mode %d", mode);
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++)
+                for (int t = 0; t < T; t++) {
+                    double sc[16], mx = -1e300, sum = 0;
+                    const double *qq = qv + (b * T + t) * H * hd + h * hd;
+                    int kh = h / (H / Hkv);
+                    for (int j = 0; j <= t; j++) {
+                        const double *kk = kv + (b * T + j) * Hkv * hd + kh * hd;
+                        sc[j] = 0;
+                        for (int d = 0; d < hd; d++) sc[j] += qq[d] * kk[d];
+                        sc[j] /= sqrt((double)hd);
+                        mx = fmax(mx, sc[j]);
+                    }
+                    for (int j = 0; j <= t; j++) sum += (sc[j] = exp(sc[j] - mx));
+                    for (int d = 0; d < hd; d++) {
+                        double acc = 0;
+                        for (int j = 0; j <= t; j++)
+                            acc += sc[j] / sum * vv[(b * T + j) * Hkv * hd + kh * hd + d];
+                        want[(b * T + t) * H * hd + h * hd + d] = acc;
+                    }
+                }
+        double e = th_err(got, want, N * H * hd, 1e-5, 1e-4);
+        CHECK(e <= 1.0, "attention forward mode %d off by %g tolerances", mode, e);
+        free(qv), free(kv), free(vv), free(got), free(want), free(qg);
+        tnn_session_free(s);
+    }
+
+    /* gradients through projections, rope and attention */
+    tnn_session *s = tnn_session_new(0);
+    param_t ps[5];
+    const int C = 12;
+    tnn_tensor *x = param(s, &ps[0], 2, N, C, 0);
+    tnn_tensor *wq = param(s, &ps[1], 2, H * hd, C, 0);
+    tnn_tensor *wk = param(s, &ps[2], 2, Hkv * hd, C, 0);
+    tnn_tensor *wv = param(s, &ps[3], 2, Hkv * hd, C, 0);
+    tnn_tensor *wo = param(s, &ps[4], 2, C, H * hd, 0);
+    tnn_tensor *q = tnn_rope(s, tnn_matmul_nt(s, x, wq), H, T, 10000.0, 0);
+    tnn_tensor *k = tnn_rope(s, tnn_matmul_nt(s, x, wk), Hkv, T, 10000.0, 0);
+    tnn_tensor *v = tnn_matmul_nt(s, x, wv);
+    tnn_tensor *o = tnn_matmul_nt(s, tnn_attention(s, q, k, v, H, Hkv, T), wo);
+    tnn_tensor *loss = tnn_mean(s, tnn_mul(s, o, tnn_silu(s, x)));
+    grad_check("rope+attention", s, loss, ps, 5, NULL, H_STEP, TOL);
     tnn_session_free(s);
 }
 
@@ -274,6 +360,7 @@ int main(void) {
     test_shapes_and_accumulation();
     test_embedding_path();
     test_unused_param_and_errors();
+    test_rope_attention();
     run_optimizer(1, 0.0);
     run_optimizer(1, 0.5);
     run_optimizer(0, 0.0);

@@ -71,6 +71,10 @@ typedef enum tnn_op {
     TNN_OP_FILL = 22,       /* every element = fparam[0]; no sources */
     TNN_OP_CROSS_ENTROPY = 23,      /* (logits, targets) -> mean loss (1) */
     TNN_OP_CROSS_ENTROPY_BACK = 24, /* (logits, targets, dloss) -> dlogits */
+    TNN_OP_ROPE = 25,           /* iparam: n_head, seq_len, mode; fparam: base, sign */
+    TNN_OP_ATTENTION = 26,      /* (q, k, v); iparam: n_head, n_kv_head, seq_len */
+    TNN_OP_ATTENTION_BACK = 27, /* (q, k, v, dout) -> [dq | dk | dv] per row */
+    TNN_OP_SLICE = 28,          /* columns [iparam[0], +width) of a 2-D src */
     TNN_OP_COUNT
 } tnn_op;
 
@@ -78,7 +82,7 @@ typedef enum tnn_op {
  * ggml layout (result = b @ a^T, operands swapped). */
 enum { TNN_MM_TA = 1, TNN_MM_TB = 2 };
 
-#define TNN_MAX_SRC 3
+#define TNN_MAX_SRC 4
 
 enum {
     TNN_FLAG_OUTPUT = 1u << 0,
@@ -100,7 +104,7 @@ struct tnn_tensor {
     size_t nbytes;
     tnn_tensor *src[TNN_MAX_SRC];
     double fparam[2];
-    int64_t iparam[2];
+    int64_t iparam[4];
     void *data; /* set by realize: leaf storage or a place in the arena */
     int64_t arena_off; /* offset in the arena for planned nodes, -1 if none */
     int32_t last_use;  /* planning: index in the plan of the last reader */

@@ -27,13 +27,17 @@ int tnn__fwd_reduce_to(tnn_tensor *t);
 int tnn__fwd_fill(tnn_tensor *t);
 int tnn__fwd_cross_entropy(tnn_tensor *t);
 int tnn__fwd_cross_entropy_back(tnn_tensor *t);
+int tnn__fwd_rope(tnn_tensor *t);
+int tnn__fwd_attention(tnn_tensor *t);
+int tnn__fwd_attention_back(tnn_tensor *t);
+int tnn__fwd_slice(tnn_tensor *t);
 
 #define BWD(name)                                                                             \
     int tnn__bwd_##name(tnn_session *s, tnn_tensor *t, tnn_tensor *dt, const bool *need,      \
                         tnn_tensor **dsrc);
 BWD(add) BWD(sub) BWD(mul) BWD(scale) BWD(gelu) BWD(silu) BWD(softmax) BWD(rms_norm)
 BWD(matmul) BWD(transpose) BWD(get_rows) BWD(get_rows_back) BWD(sum) BWD(mean) BWD(reshape)
-BWD(expand) BWD(reduce_to) BWD(cross_entropy)
+BWD(expand) BWD(reduce_to) BWD(cross_entropy) BWD(rope) BWD(attention)
 #undef BWD
 
 const tnn_op_def tnn__ops[TNN_OP_COUNT] = {
@@ -64,4 +68,8 @@ const tnn_op_def tnn__ops[TNN_OP_COUNT] = {
     [TNN_OP_CROSS_ENTROPY] = {"tnn_cross_entropy", 2, tnn__fwd_cross_entropy,
                               tnn__bwd_cross_entropy},
     [TNN_OP_CROSS_ENTROPY_BACK] = {"cross_entropy_back", 3, tnn__fwd_cross_entropy_back, NULL},
+    [TNN_OP_ROPE] = {"tnn_rope", 1, tnn__fwd_rope, tnn__bwd_rope},
+    [TNN_OP_ATTENTION] = {"tnn_attention", 3, tnn__fwd_attention, tnn__bwd_attention},
+    [TNN_OP_ATTENTION_BACK] = {"attention_back", 4, tnn__fwd_attention_back, NULL},
+    [TNN_OP_SLICE] = {"slice", 1, tnn__fwd_slice, NULL},
 };

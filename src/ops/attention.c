@@ -1,0 +1,298 @@
+/* attention.c - rotary position embedding and fused causal self-attention
+ * with grouped-query heads, forward and backward.
+ *
+ * Layout: a batch of B sequences of T positions is N = B*T rows, row
+ * r = b*T + t. q is (N, n_head*hd), k and v are (N, n_kv_head*hd); head h
+ * reads kv head h / (n_head/n_kv_head). Scores are never stored as a T x T
+ * matrix: each query keeps one row of T scores while it is processed, and
+ * the backward pass recomputes them.
+ */
+#include "common.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------------ */
+/* RoPE                                                                     */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    const float *x;
+    float *out;
+    int64_t n_head, hd, seq_len, mode;
+    double base, sign;
+} rope_ctx;
+
+static void rope_range(void *p, int64_t lo, int64_t hi) {
+    const rope_ctx *c = p;
+    int64_t half = c->hd / 2, width = c->n_head * c->hd;
+    float *cs = malloc((size_t)half * 2 * sizeof *cs);
+    if (!cs) return; /* cannot happen for sane hd; output left as is */
+    float *sn = cs + half;
+    for (int64_t r = lo; r < hi; r++) {
+        double pos = (double)(r % c->seq_len);
+        for (int64_t i = 0; i < half; i++) {
+            double th = pos * pow(c->base, -2.0 * (double)i / (double)c->hd);
+            cs[i] = (float)cos(th);
+            sn[i] = (float)(c->sign * sin(th));
+        }
+        for (int64_t h = 0; h < c->n_head; h++) {
+            const float *x = c->x + r * width + h * c->hd;
+            float *o = c->out + r * width + h * c->hd;
+            for (int64_t i = 0; i < half; i++) {
+                int64_t a = c->mode ? i : 2 * i, b = c->mode ? i + half : 2 * i + 1;
+                float x0 = x[a], x1 = x[b];
+                o[a] = x0 * cs[i] - x1 * sn[i];
+                o[b] = x0 * sn[i] + x1 * cs[i];
+            }
+        }
+    }
+    free(cs);
+}
+
+static tnn_tensor *rope_node(tnn_session *s, tnn_tensor *x, int64_t n_head, int64_t seq_len,
+                             int64_t mode, double base, double sign) {
+    tnn_tensor *src[1] = {x};
+    tnn_tensor *t = tnn__node_new(s, TNN_OP_ROPE, TNN_F32, 2, x->shape, src, 1);
+    if (t) {
+        t->iparam[0] = n_head, t->iparam[1] = seq_len, t->iparam[2] = mode;
+        t->fparam[0] = base, t->fparam[1] = sign;
+    }
+    return t;
+}
+
+tnn_tensor *tnn_rope(tnn_session *s, tnn_tensor *x, int n_head, int seq_len, double base,
+                     int mode) {
+    CHECK_SESSION_NULL(s);
+    CHECK_TENSOR_NULL(s, x);
+    CHECK_F32_NULL(x);
+    char b[TNN_SHAPE_BUF];
+    tnn__shape_str(x, b, sizeof b);
+    if (x->ndim != 2 || n_head <= 0 || x->shape[1] % n_head || (x->shape[1] / n_head) % 2)
+        return TNN_ERR_NULL(TNN_ERR_SHAPE, "x %s, n_head=%d: want (N, n_head*hd) with hd even",
+                            b, n_head);
+    if (seq_len <= 0 || x->shape[0] % seq_len)
+        return TNN_ERR_NULL(TNN_ERR_SHAPE, "x %s, seq_len=%d: rows must be a multiple of seq_len",
+                            b, seq_len);
+    if (mode != 0 && mode != 1)
+        return TNN_ERR_NULL(TNN_ERR_ARG, "mode=%d: want 0 (adjacent pairs) or 1 (NeoX halves)",
+                            mode);
+    if (!(base > 1.0) || !isfinite(base))
+        return TNN_ERR_NULL(TNN_ERR_ARG, "base=%g: want a finite value > 1", base);
+    return rope_node(s, x, n_head, seq_len, mode, base, 1.0);
+}
+
+int tnn__fwd_rope(tnn_tensor *t) {
+    rope_ctx c = {.x = CF32(t->src[0]), .out = F32(t), .n_head = t->iparam[0],
+                  .hd = t->shape[1] / t->iparam[0], .seq_len = t->iparam[1],
+                  .mode = t->iparam[2], .base = t->fparam[0], .sign = t->fparam[1]};
+    tnn__parallel_for(t->shape[0], 8, rope_range, &c);
+    return TNN_OK;
+}
+
+/* The rotation is orthogonal: its gradient is the rotation by -theta. */
+int tnn__bwd_rope(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
+                  tnn_tensor **d) {
+    d[0] = rope_node(s, g, t->iparam[0], t->iparam[1], t->iparam[2], t->fparam[0],
+                     -t->fparam[1]);
+    return TNN_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Attention                                                                */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    const float *q, *k, *v, *dout;
+    float *out;
+    int64_t H, Hkv, hd, T, B;
+    float scale;
+} attn_ctx;
+
+static float dotf(const float *a, const float *b, int64_t n) {
+    float acc = 0.0f;
+    for (int64_t i = 0; i < n; i++) acc += a[i] * b[i];
+    return acc;
+}
+
+/* Scores of query row q against keys 0..t, softmaxed in place into p.
+ * Returns the row's normalizer 1/sum. */
+static void softmax_row(const float *q, const float *k0, int64_t kstride, int64_t t, int64_t hd,
+                        float scale, float *p) {
+    float mx = -INFINITY;
+    for (int64_t j = 0; j <= t; j++) {
+        p[j] = dotf(q, k0 + j * kstride, hd) * scale;
+        mx = p[j] > mx ? p[j] : mx;
+    }
+    double sum = 0.0;
+    for (int64_t j = 0; j <= t; j++) {
+        p[j] = expf(p[j] - mx);
+        sum += p[j];
+    }
+    float inv = (float)(1.0 / sum);
+    for (int64_t j = 0; j <= t; j++) p[j] *= inv;
+}
+
+/* Tasks: (b, h, t) query rows. */
+static void attn_fwd_range(void *p, int64_t lo, int64_t hi) {
+    const attn_ctx *c = p;
+    float *pr = malloc((size_t)c->T * sizeof *pr);
+    if (!pr) return;
+    int64_t qw = c->H * c->hd, kw = c->Hkv * c->hd, grp = c->H / c->Hkv;
+    for (int64_t task = lo; task < hi; task++) {
+        int64_t t = task % c->T, h = (task / c->T) % c->H, b = task / (c->T * c->H);
+        int64_t row = b * c->T + t;
+        const float *q = c->q + row * qw + h * c->hd;
+        const float *k0 = c->k + b * c->T * kw + (h / grp) * c->hd;
+        const float *v0 = c->v + b * c->T * kw + (h / grp) * c->hd;
+        float *o = c->out + row * qw + h * c->hd;
+        softmax_row(q, k0, kw, t, c->hd, c->scale, pr);
+        memset(o, 0, (size_t)c->hd * sizeof *o);
+        for (int64_t j = 0; j <= t; j++) {
+            const float *vj = v0 + j * kw;
+            float pj = pr[j];
+            for (int64_t d = 0; d < c->hd; d++) o[d] += pj * vj[d];
+        }
+    }
+    free(pr);
+}
+
+/* Tasks: (b, kv head). Each owns dk/dv of its kv head and dq of the query
+ * heads that read it, and accumulates in a fixed order. */
+static void attn_bwd_range(void *p, int64_t lo, int64_t hi) {
+    const attn_ctx *c = p;
+    float *pr = malloc((size_t)c->T * 2 * sizeof *pr);
+    if (!pr) return;
+    float *dp = pr + c->T;
+    int64_t hd = c->hd, qw = c->H * hd, kw = c->Hkv * hd, grp = c->H / c->Hkv;
+    int64_t ow = qw + 2 * kw; /* packed output row: dq | dk | dv */
+    for (int64_t task = lo; task < hi; task++) {
+        int64_t kh = task % c->Hkv, b = task / c->Hkv;
+        const float *k0 = c->k + b * c->T * kw + kh * hd;
+        const float *v0 = c->v + b * c->T * kw + kh * hd;
+        float *dk0 = c->out + b * c->T * ow + qw + kh * hd;
+        float *dv0 = dk0 + kw;
+        for (int64_t j = 0; j < c->T; j++) {
+            memset(dk0 + j * ow, 0, (size_t)hd * sizeof(float));
+            memset(dv0 + j * ow, 0, (size_t)hd * sizeof(float));
+        }
+        for (int64_t h = kh * grp; h < (kh + 1) * grp; h++) {
+            for (int64_t t = 0; t < c->T; t++) {
+                int64_t row = b * c->T + t;
+                const float *q = c->q + row * qw + h * hd;
+                const float *go = c->dout + row * qw + h * hd;
+                float *dq = c->out + row * ow + h * hd;
+                softmax_row(q, k0, kw, t, hd, c->scale, pr);
+                double D = 0.0;
+                for (int64_t j = 0; j <= t; j++) {
+                    dp[j] = dotf(go, v0 + j * kw, hd);
+                    D += (double)pr[j] * dp[j];
+                }
+                float Df = (float)D;
+                memset(dq, 0, (size_t)hd * sizeof *dq);
+                for (int64_t j = 0; j <= t; j++) {
+                    float ds = pr[j] * (dp[j] - Df) * c->scale;
+                    const float *kj = k0 + j * kw;
+                    float *dkj = dk0 + j * ow, *dvj = dv0 + j * ow;
+                    float pj = pr[j];
+                    for (int64_t d = 0; d < hd; d++) {
+                        dq[d] += ds * kj[d];
+                        dkj[d] += ds * q[d];
+                        dvj[d] += pj * go[d];
+                    }
+                }
+            }
+        }
+    }
+    free(pr);
+}
+
+static void attn_params(const tnn_tensor *t, attn_ctx *c) {
+    c->H = t->iparam[0];
+    c->Hkv = t->iparam[1];
+    c->T = t->iparam[2];
+    c->hd = t->src[0]->shape[1] / c->H;
+    c->B = t->src[0]->shape[0] / c->T;
+    c->scale = (float)(1.0 / sqrt((double)c->hd));
+}
+
+tnn_tensor *tnn_attention(tnn_session *s, tnn_tensor *q, tnn_tensor *k, tnn_tensor *v,
+                          int n_head, int n_kv_head, int seq_len) {
+    CHECK_SESSION_NULL(s);
+    CHECK_TENSOR_NULL(s, q);
+    CHECK_TENSOR_NULL(s, k);
+    CHECK_TENSOR_NULL(s, v);
+    CHECK_F32_NULL(q);
+    CHECK_F32_NULL(k);
+    CHECK_F32_NULL(v);
+    char bq[TNN_SHAPE_BUF], bk[TNN_SHAPE_BUF], bv[TNN_SHAPE_BUF];
+    tnn__shape_str(q, bq, sizeof bq);
+    tnn__shape_str(k, bk, sizeof bk);
+    tnn__shape_str(v, bv, sizeof bv);
+    if (n_head <= 0 || n_kv_head <= 0 || n_head % n_kv_head)
+        return TNN_ERR_NULL(TNN_ERR_ARG, "n_head=%d n_kv_head=%d: n_head must be a positive "
+                            "multiple of n_kv_head", n_head, n_kv_head);
+    if (q->ndim != 2 || k->ndim != 2 || !same_shape(k, v) || q->shape[0] != k->shape[0] ||
+        q->shape[1] % n_head || k->shape[1] * n_head != q->shape[1] * n_kv_head)
+        return TNN_ERR_NULL(TNN_ERR_SHAPE, "q %s, k %s, v %s with n_head=%d n_kv_head=%d: want q "
+                            "(N, n_head*hd), k and v (N, n_kv_head*hd)", bq, bk, bv, n_head,
+                            n_kv_head);
+    if (seq_len <= 0 || q->shape[0] % seq_len)
+        return TNN_ERR_NULL(TNN_ERR_SHAPE, "q %s, seq_len=%d: rows must be a multiple of seq_len",
+                            bq, seq_len);
+    tnn_tensor *src[3] = {q, k, v};
+    tnn_tensor *t = tnn__node_new(s, TNN_OP_ATTENTION, TNN_F32, 2, q->shape, src, 3);
+    if (t) t->iparam[0] = n_head, t->iparam[1] = n_kv_head, t->iparam[2] = seq_len;
+    return t;
+}
+
+int tnn__fwd_attention(tnn_tensor *t) {
+    attn_ctx c = {.q = CF32(t->src[0]), .k = CF32(t->src[1]), .v = CF32(t->src[2]),
+                  .out = F32(t)};
+    attn_params(t, &c);
+    tnn__parallel_for(c.B * c.H * c.T, 4, attn_fwd_range, &c);
+    return TNN_OK;
+}
+
+int tnn__fwd_attention_back(tnn_tensor *t) {
+    attn_ctx c = {.q = CF32(t->src[0]), .k = CF32(t->src[1]), .v = CF32(t->src[2]),
+                  .dout = CF32(t->src[3]), .out = F32(t)};
+    attn_params(t, &c);
+    tnn__parallel_for(c.B * c.Hkv, 1, attn_bwd_range, &c);
+    return TNN_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Column slices (splitting the packed attention gradient)                 */
+/* ------------------------------------------------------------------------ */
+
+static tnn_tensor *slice_cols(tnn_session *s, tnn_tensor *a, int64_t start, int64_t width) {
+    int64_t shape[2] = {a->shape[0], width};
+    tnn_tensor *src[1] = {a};
+    tnn_tensor *t = tnn__node_new(s, TNN_OP_SLICE, TNN_F32, 2, shape, src, 1);
+    if (t) t->iparam[0] = start;
+    return t;
+}
+
+int tnn__fwd_slice(tnn_tensor *t) {
+    const tnn_tensor *a = t->src[0];
+    int64_t w = t->shape[1], aw = a->shape[1];
+    for (int64_t r = 0; r < t->shape[0]; r++)
+        memcpy(F32(t) + r * w, CF32(a) + r * aw + t->iparam[0], (size_t)w * sizeof(float));
+    return TNN_OK;
+}
+
+int tnn__bwd_attention(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
+                       tnn_tensor **d) {
+    tnn_tensor *q = t->src[0], *k = t->src[1], *v = t->src[2];
+    int64_t shape[2] = {q->shape[0], q->shape[1] + 2 * k->shape[1]};
+    tnn_tensor *src[4] = {q, k, v, g};
+    tnn_tensor *packed = tnn__node_new(s, TNN_OP_ATTENTION_BACK, TNN_F32, 2, shape, src, 4);
+    if (!packed) return tnn_last_status();
+    memcpy(packed->iparam, t->iparam, sizeof t->iparam);
+    if (need[0]) d[0] = slice_cols(s, packed, 0, q->shape[1]);
+    if (need[1]) d[1] = slice_cols(s, packed, q->shape[1], k->shape[1]);
+    if (need[2]) d[2] = slice_cols(s, packed, q->shape[1] + k->shape[1], k->shape[1]);
+    return TNN_OK;
+}
