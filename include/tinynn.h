@@ -104,6 +104,7 @@ TNN_API void tnn_set_log_callback(tnn_log_fn fn, void *user);
 /* Minimum level that reaches the callback (default TNN_LOG_WARN, or the
  * environment variable TNN_LOG=debug|info|warn|error|none). */
 TNN_API void tnn_set_log_level(int level);
+TNN_API int tnn_get_log_level(void);
 
 /* ------------------------------------------------------------------------ */
 /* Threads                                                                  */

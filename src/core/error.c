@@ -122,6 +122,11 @@ void tnn_set_log_level(int level) {
     log_level = level;
 }
 
+int tnn_get_log_level(void) {
+    int min = log_level;
+    return min < 0 ? env_level() : min;
+}
+
 void tnn__log(int level, const char *fmt, ...) {
     int min = log_level;
     if (min < 0) {

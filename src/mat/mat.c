@@ -6,6 +6,7 @@
 #include "../core/internal.h"
 #include "../ops/kernels.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -201,7 +202,8 @@ int tnn_mat_softmax_back(const double *y, const double *dy, int rows, int cols, 
 }
 int tnn_mat_rms_norm_back(const double *x, const double *dy, int rows, int cols, double eps,
                           double *out) {
-    if (!(eps >= 0.0)) return TNN_ERR(TNN_ERR_ARG, "eps=%g: want a value >= 0", eps);
+    if (!(eps >= 0.0) || isinf(eps))
+        return TNN_ERR(TNN_ERR_ARG, "eps=%g: want a finite value >= 0", eps);
     return binary(B_RMS_BACK, x, dy, rows, cols, eps, out, __func__);
 }
 
@@ -212,7 +214,8 @@ int tnn_mat_rms_norm(const double *x, int rows, int cols, const double *gamma, d
     NEED(x);
     NEED(gamma);
     NEED(out);
-    if (!(eps >= 0.0)) return TNN_ERR(TNN_ERR_ARG, "eps=%g: want a value >= 0", eps);
+    if (!(eps >= 0.0) || isinf(eps))
+        return TNN_ERR(TNN_ERR_ARG, "eps=%g: want a finite value >= 0", eps);
     tmp_t t;
     int rc = tmp_init(&t, 2 * n + cols, __func__);
     if (rc) return rc;
@@ -247,8 +250,10 @@ int tnn_mat_cross_entropy_grad(const double *logits, int rows, int cols, const i
     for (int64_t r = 0; r < rows; r++) {
         int64_t tgt = r < n_pred ? targets[r] : -1;
         for (int64_t c = 0; c < cols; c++) {
-            float oh = c == tgt ? 1.0f : 0.0f;
-            out[r * cols + c] = (double)(sm[r * cols + c] * pos + oh * neg);
+            /* two statements: no fused multiply-add may merge them */
+            float sm_s = sm[r * cols + c] * pos;
+            float oh_s = (c == tgt ? 1.0f : 0.0f) * neg;
+            out[r * cols + c] = (double)(sm_s + oh_s);
         }
     }
     free(t.base);
