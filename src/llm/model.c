@@ -1,0 +1,248 @@
+/* model.c - the transformer as a graph: parameters, forward, loss, the
+ * backward graph and the optimizer, and its initialisation.
+ *
+ *   x = tok_emb[tokens]
+ *   per layer: h = rms(x) g1; q,k = rope(h Wq^T), rope(h Wk^T); v = h Wv^T
+ *              x += attention(q, k, v) Wo^T
+ *              h = rms(x) g2; x += (silu(h Wg^T) * (h Wu^T)) Wd^T
+ *   logits = (rms(x) gf) tok_emb^T
+ */
+#include "model.h"
+
+#include "rng.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+lm_config lm_default_config(void) {
+    lm_config c = {.vocab = 256, .d_model = 128, .n_layer = 4, .n_head = 4, .n_kv_head = 2,
+                   .d_ff = 352, .seq_len = 64, .rope_base = 10000.0, .norm_eps = 1e-5};
+    return c;
+}
+
+const char *lm_config_problem(const lm_config *c) {
+    if (c->vocab < 2) return "vocab must be at least 2";
+    if (c->d_model < 2 || c->n_layer < 1 || c->n_layer > LM_MAX_LAYERS)
+        return "d_model >= 2 and 1 <= n_layer <= 64 are required";
+    if (c->n_head < 1 || c->n_kv_head < 1 || c->n_head % c->n_kv_head)
+        return "n_head must be a positive multiple of n_kv_head";
+    if (c->d_model % c->n_head || (c->d_model / c->n_head) % 2)
+        return "d_model / n_head (the head size) must be a whole even number";
+    if (c->d_ff < 1 || c->seq_len < 1) return "d_ff and seq_len must be positive";
+    return NULL;
+}
+
+int64_t lm_param_count(const lm_config *c) {
+    int64_t C = c->d_model, hd = C / c->n_head, kv = hd * c->n_kv_head, F = c->d_ff;
+    int64_t per_layer = 2 * C + C * C * 2 + 2 * kv * C + 3 * C * F;
+    return (int64_t)c->vocab * C + C + c->n_layer * per_layer;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Building                                                                 */
+/* ------------------------------------------------------------------------ */
+
+static tnn_tensor *new2(tnn_session *s, int64_t r, int64_t c) {
+    int64_t sh[2] = {r, c};
+    tnn_tensor *t = tnn_tensor_new(s, TNN_F32, 2, sh);
+    if (t) tnn_set_param(t);
+    return t;
+}
+
+static tnn_tensor *new1(tnn_session *s, int64_t n) {
+    tnn_tensor *t = tnn_tensor_new(s, TNN_F32, 1, &n);
+    if (t) tnn_set_param(t);
+    return t;
+}
+
+static bool make_params(lm_graph *g) {
+    const lm_config *c = &g->cfg;
+    tnn_session *s = g->s;
+    int64_t C = c->d_model, hd = C / c->n_head;
+    g->p.tok_emb = new2(s, c->vocab, C);
+    g->p.out_norm = new1(s, C);
+    bool ok = g->p.tok_emb && g->p.out_norm;
+    for (int l = 0; l < c->n_layer && ok; l++) {
+        lm_layer *L = &g->p.layer[l];
+        L->attn_norm = new1(s, C);
+        L->wq = new2(s, c->n_head * hd, C);
+        L->wk = new2(s, c->n_kv_head * hd, C);
+        L->wv = new2(s, c->n_kv_head * hd, C);
+        L->wo = new2(s, C, c->n_head * hd);
+        L->ffn_norm = new1(s, C);
+        L->w_gate = new2(s, c->d_ff, C);
+        L->w_up = new2(s, c->d_ff, C);
+        L->w_down = new2(s, C, c->d_ff);
+        ok = L->attn_norm && L->wq && L->wk && L->wv && L->wo && L->ffn_norm && L->w_gate &&
+             L->w_up && L->w_down;
+    }
+    return ok;
+}
+
+static tnn_tensor *forward(lm_graph *g) {
+    const lm_config *c = &g->cfg;
+    tnn_session *s = g->s;
+    double eps = c->norm_eps;
+    tnn_tensor *x = tnn_get_rows(s, g->p.tok_emb, g->tokens);
+    for (int l = 0; l < c->n_layer; l++) {
+        const lm_layer *L = &g->p.layer[l];
+        tnn_tensor *h = tnn_rms_norm(s, x, L->attn_norm, eps);
+        tnn_tensor *q = tnn_rope(s, tnn_matmul_nt(s, h, L->wq), c->n_head, g->T, c->rope_base, 0);
+        tnn_tensor *k =
+            tnn_rope(s, tnn_matmul_nt(s, h, L->wk), c->n_kv_head, g->T, c->rope_base, 0);
+        tnn_tensor *v = tnn_matmul_nt(s, h, L->wv);
+        tnn_tensor *a = tnn_attention(s, q, k, v, c->n_head, c->n_kv_head, g->T);
+        x = tnn_add(s, x, tnn_matmul_nt(s, a, L->wo));
+        h = tnn_rms_norm(s, x, L->ffn_norm, eps);
+        tnn_tensor *f = tnn_mul(s, tnn_silu(s, tnn_matmul_nt(s, h, L->w_gate)),
+                                tnn_matmul_nt(s, h, L->w_up));
+        x = tnn_add(s, x, tnn_matmul_nt(s, f, L->w_down));
+    }
+    x = tnn_rms_norm(s, x, g->p.out_norm, eps);
+    return tnn_matmul_nt(s, x, g->p.tok_emb); /* tied output projection */
+}
+
+int lm_graph_build(lm_graph *g, const lm_config *cfg, int B, int T, bool with_loss,
+                   const lm_optim *optim) {
+    memset(g, 0, sizeof *g);
+    const char *why = lm_config_problem(cfg);
+    if (why) {
+        fprintf(stderr, "model config: %s\n", why);
+        return TNN_ERR_ARG;
+    }
+    if (B < 1 || T < 1 || T > cfg->seq_len) {
+        fprintf(stderr, "model graph: B=%d T=%d (seq_len %d)\n", B, T, cfg->seq_len);
+        return TNN_ERR_ARG;
+    }
+    g->cfg = *cfg;
+    g->B = B;
+    g->T = T;
+    g->s = tnn_session_new(0);
+    if (!g->s) return TNN_ERR_NOMEM;
+    int rc = TNN_ERR_INTERNAL;
+    if (!make_params(g)) goto fail;
+    tnn_set_no_decay(g->p.out_norm);
+    for (int l = 0; l < cfg->n_layer; l++) {
+        tnn_set_no_decay(g->p.layer[l].attn_norm);
+        tnn_set_no_decay(g->p.layer[l].ffn_norm);
+    }
+    g->tokens = tnn_input_1d_i32(g->s, B * T);
+    g->logits = g->tokens ? forward(g) : NULL;
+    if (!g->logits) goto fail;
+    tnn_set_output(g->logits);
+    tnn_tensor *root = g->logits;
+    if (with_loss) {
+        g->targets = tnn_input_1d_i32(g->s, B * T);
+        g->loss = tnn_cross_entropy(g->s, g->logits, g->targets, -1);
+        if (!g->loss) goto fail;
+        root = g->loss;
+    }
+    if (optim) {
+        if ((rc = tnn_backward(g->s, g->loss)) != TNN_OK) goto fail;
+        if ((rc = tnn_optimizer_adamw(g->s, optim->lr, optim->beta1, optim->beta2, optim->eps,
+                                      optim->weight_decay)) != TNN_OK)
+            goto fail;
+        if ((rc = tnn_set_grad_clip(g->s, optim->grad_clip)) != TNN_OK) goto fail;
+    }
+    if ((rc = tnn_realize(g->s, root)) != TNN_OK) goto fail;
+    return TNN_OK;
+fail:
+    if (rc == TNN_ERR_INTERNAL && tnn_last_status() != TNN_OK) rc = tnn_last_status();
+    fprintf(stderr, "model graph: %s\n", tnn_last_error());
+    lm_graph_free(g);
+    return rc;
+}
+
+void lm_graph_free(lm_graph *g) {
+    tnn_session_free(g->s);
+    g->s = NULL;
+}
+
+int lm_params_each(const lm_graph *g, lm_param_fn fn, void *ctx) {
+    int rc = fn(ctx, "token_embd.weight", g->p.tok_emb);
+    if (rc) return rc;
+    char name[64];
+    for (int l = 0; l < g->cfg.n_layer; l++) {
+        const lm_layer *L = &g->p.layer[l];
+        struct {
+            const char *n;
+            tnn_tensor *t;
+        } items[] = {{"attn_norm", L->attn_norm}, {"attn_q", L->wq},     {"attn_k", L->wk},
+                     {"attn_v", L->wv},           {"attn_output", L->wo}, {"ffn_norm", L->ffn_norm},
+                     {"ffn_gate", L->w_gate},     {"ffn_up", L->w_up},   {"ffn_down", L->w_down}};
+        for (size_t i = 0; i < sizeof items / sizeof items[0]; i++) {
+            snprintf(name, sizeof name, "blk.%d.%s.weight", l, items[i].n);
+            if ((rc = fn(ctx, name, items[i].t))) return rc;
+        }
+    }
+    return fn(ctx, "output_norm.weight", g->p.out_norm);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Initialisation and copies                                                */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    lm_graph *g;
+    tnn_rng rng;
+    double resid_scale;
+} init_ctx;
+
+static int init_one(void *p, const char *name, tnn_tensor *t) {
+    init_ctx *c = p;
+    size_t n = (size_t)tnn_tensor_nelements(t);
+    float *buf = malloc(n * sizeof *buf);
+    if (!buf) return TNN_ERR_NOMEM;
+    bool gain = strstr(name, "norm") != NULL;
+    bool resid = strstr(name, "attn_output") || strstr(name, "ffn_down");
+    double std = 0.02 * (resid ? c->resid_scale : 1.0);
+    for (size_t i = 0; i < n; i++) buf[i] = gain ? 1.0f : (float)(std * tnn_rng_normal(&c->rng));
+    int rc = tnn_upload_f32(c->g->s, t, buf, n);
+    free(buf);
+    return rc;
+}
+
+int lm_init_weights(lm_graph *g, uint64_t seed) {
+    init_ctx c = {.g = g, .resid_scale = 1.0 / sqrt(2.0 * g->cfg.n_layer)};
+    tnn_rng_seed(&c.rng, seed);
+    return lm_params_each(g, init_one, &c);
+}
+
+typedef struct {
+    lm_graph *dst;
+    const lm_graph *src;
+    int index;
+    tnn_tensor *dst_list[LM_MAX_LAYERS * 9 + 2];
+} copy_ctx;
+
+static int collect(void *p, const char *name, tnn_tensor *t) {
+    copy_ctx *c = p;
+    c->dst_list[c->index++] = t;
+    return TNN_OK;
+}
+
+static int copy_one(void *p, const char *name, tnn_tensor *t) {
+    copy_ctx *c = p;
+    tnn_tensor *d = c->dst_list[c->index++];
+    size_t n = (size_t)tnn_tensor_nelements(t);
+    float *buf = malloc(n * sizeof *buf);
+    if (!buf) return TNN_ERR_NOMEM;
+    int rc = tnn_download_f32(c->src->s, t, buf, n);
+    if (rc == TNN_OK) rc = tnn_upload_f32(c->dst->s, d, buf, n);
+    free(buf);
+    return rc;
+}
+
+int lm_copy_weights(lm_graph *dst, const lm_graph *src) {
+    copy_ctx *c = calloc(1, sizeof *c);
+    if (!c) return TNN_ERR_NOMEM;
+    c->dst = dst;
+    c->src = src;
+    int rc = lm_params_each(dst, collect, c);
+    c->index = 0;
+    if (rc == TNN_OK) rc = lm_params_each(src, copy_one, c);
+    free(c);
+    return rc;
+}

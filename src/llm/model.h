@@ -1,0 +1,71 @@
+/* model.h - a decoder-only llama-style transformer (RMSNorm, RoPE, SwiGLU,
+ * grouped-query attention, tied embeddings) built as a tinynn graph, for
+ * training from scratch and for sampling.
+ */
+#ifndef TNN_LLM_MODEL_H
+#define TNN_LLM_MODEL_H
+
+#include "tinynn.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#define LM_MAX_LAYERS 64
+
+typedef struct {
+    int vocab, d_model, n_layer, n_head, n_kv_head, d_ff, seq_len;
+    double rope_base, norm_eps;
+} lm_config;
+
+/* The small default model of the demo. */
+lm_config lm_default_config(void);
+/* NULL if the config is usable, else a static message saying why not. */
+const char *lm_config_problem(const lm_config *c);
+int64_t lm_param_count(const lm_config *c);
+
+typedef struct {
+    tnn_tensor *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm, *w_gate, *w_up, *w_down;
+} lm_layer;
+
+/* The parameters as tensors of one session. Linear weights are (out, in),
+ * as PyTorch's nn.Linear and GGUF store them. */
+typedef struct {
+    tnn_tensor *tok_emb; /* (vocab, d_model), also the output projection */
+    tnn_tensor *out_norm;
+    lm_layer layer[LM_MAX_LAYERS];
+} lm_params;
+
+/* A model graph in its own session: B sequences of T tokens. With `train`,
+ * targets and the mean cross-entropy loss, its backward graph and AdamW. */
+typedef struct {
+    lm_config cfg;
+    int B, T;
+    tnn_session *s;
+    lm_params p;
+    tnn_tensor *tokens, *targets; /* int32 (B*T) */
+    tnn_tensor *logits;           /* (B*T, vocab) */
+    tnn_tensor *loss;             /* (1), when built with targets */
+} lm_graph;
+
+typedef struct {
+    double lr, beta1, beta2, eps, weight_decay, grad_clip;
+} lm_optim;
+
+/* Builds and realizes the graph. with_loss adds targets and the loss;
+ * optim (non-NULL) also adds the backward graph and AdamW (norm gains are
+ * not decayed). Returns TNN_OK or a status (message in tnn_last_error). */
+int lm_graph_build(lm_graph *g, const lm_config *cfg, int B, int T, bool with_loss,
+                   const lm_optim *optim);
+void lm_graph_free(lm_graph *g);
+
+/* Visits every parameter in a fixed order with its name. */
+typedef int (*lm_param_fn)(void *ctx, const char *name, tnn_tensor *t);
+int lm_params_each(const lm_graph *g, lm_param_fn fn, void *ctx);
+
+/* Deterministic initialisation from a seed: normal(0, 0.02) weights, the
+ * residual output projections scaled by 1/sqrt(2 n_layer), gains 1. */
+int lm_init_weights(lm_graph *g, uint64_t seed);
+/* Copies every parameter of src into dst (same config). */
+int lm_copy_weights(lm_graph *dst, const lm_graph *src);
+
+#endif

@@ -1,0 +1,374 @@
+/* train.c - the training loop behind `tnn train` and `tnn demo`.
+ *
+ * Bytes of the text files are the tokens (vocab 256). The last 10% is the
+ * validation split. Each step draws B random windows of T+1 bytes from the
+ * training split (seeded RNG), runs forward, backward and AdamW in one
+ * tnn_compute, and reads back only the loss. The learning rate warms up
+ * linearly, then follows a cosine down to lr * min_lr_ratio.
+ */
+#include "train.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+lm_train_opts lm_train_defaults(void) {
+    lm_train_opts o = {
+        .model = lm_default_config(),
+        .batch = 16,
+        .steps = 600,
+        .warmup = 30,
+        .lr = 3e-3,
+        .min_lr_ratio = 0.1,
+        .optim = {.lr = 3e-3, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1,
+                  .grad_clip = 1.0},
+        .seed = 1337,
+        .print_every = 20,
+        .eval_every = 100,
+        .eval_batches = 8,
+        .sample_every = 0,
+        .sample_len = 200,
+        .sample_prompt = "\n",
+        .sampler = lm_sampler_defaults(),
+    };
+    return o;
+}
+
+unsigned char *lm_read_files(const char **files, int n, size_t *len, const char **why) {
+    unsigned char *buf = NULL;
+    size_t used = 0, cap = 0;
+    for (int i = 0; i < n; i++) {
+        FILE *f = fopen(files[i], "rb");
+        if (!f) {
+            *why = strerror(errno);
+            free(buf);
+            return NULL;
+        }
+        for (;;) {
+            if (used == cap) {
+                cap = cap ? cap * 2 : 1 << 16;
+                unsigned char *nb = realloc(buf, cap);
+                if (!nb) {
+                    fclose(f);
+                    free(buf);
+                    *why = "out of memory";
+                    return NULL;
+                }
+                buf = nb;
+            }
+            size_t got = fread(buf + used, 1, cap - used, f);
+            used += got;
+            if (got == 0) break;
+        }
+        bool err = ferror(f);
+        fclose(f);
+        if (err) {
+            free(buf);
+            *why = "read error";
+            return NULL;
+        }
+    }
+    *len = used;
+    return buf;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static double lr_at(const lm_train_opts *o, int step) { /* step from 1 */
+    if (step <= o->warmup) return o->lr * step / (double)(o->warmup ? o->warmup : 1);
+    double p = (double)(step - o->warmup) / (double)(o->steps - o->warmup > 0 ? o->steps - o->warmup : 1);
+    if (p > 1) p = 1;
+    double min_lr = o->lr * o->min_lr_ratio;
+    return min_lr + 0.5 * (o->lr - min_lr) * (1.0 + cos(3.141592653589793 * p));
+}
+
+/* Windows: tokens = data[s .. s+T), targets = data[s+1 .. s+T]. */
+static void fill_window(const unsigned char *data, size_t start, int T, int64_t *tok,
+                        int64_t *tgt) {
+    for (int t = 0; t < T; t++) {
+        tok[t] = data[start + (size_t)t];
+        tgt[t] = data[start + (size_t)t + 1];
+    }
+}
+
+static int run_batch(lm_graph *g, const int64_t *tok, const int64_t *tgt, double *loss) {
+    size_t n = (size_t)g->B * (size_t)g->T;
+    int rc = tnn_upload_from_int_array(g->s, g->tokens, tok, n);
+    if (rc == TNN_OK) rc = tnn_upload_from_int_array(g->s, g->targets, tgt, n);
+    if (rc == TNN_OK) rc = tnn_compute(g->s);
+    if (rc == TNN_OK) rc = tnn_download_to_f64_array(g->s, g->loss, loss, 1);
+    return rc;
+}
+
+/* Mean loss over eval_batches batches of windows spread evenly over the
+ * validation split (the same windows every time). */
+static int evaluate(lm_graph *ev, const unsigned char *val, size_t vlen, int n_batches,
+                    int64_t *tok, int64_t *tgt, double *out) {
+    int T = ev->T, B = ev->B;
+    size_t span = vlen - (size_t)T - 1;
+    double total = 0;
+    for (int bi = 0; bi < n_batches; bi++) {
+        for (int b = 0; b < B; b++) {
+            size_t k = (size_t)bi * (size_t)B + (size_t)b, n = (size_t)n_batches * (size_t)B;
+            fill_window(val, span * k / n, T, tok + (size_t)b * T, tgt + (size_t)b * T);
+        }
+        double l;
+        int rc = run_batch(ev, tok, tgt, &l);
+        if (rc) return rc;
+        total += l;
+    }
+    *out = total / n_batches;
+    return TNN_OK;
+}
+
+int lm_generate(lm_graph *g, lm_sampler *sm, const unsigned char *prompt, size_t plen, int n,
+                FILE *out) {
+    int T = g->T, V = g->cfg.vocab;
+    int *ctx = malloc(((size_t)T + (size_t)n + plen + 1) * sizeof *ctx);
+    int64_t *tok = calloc((size_t)T, sizeof *tok);
+    float *logits = malloc((size_t)T * (size_t)V * sizeof *logits);
+    int rc = (ctx && tok && logits) ? TNN_OK : TNN_ERR_NOMEM;
+    size_t len = 0;
+    for (size_t i = 0; i < plen; i++) ctx[len++] = prompt[i];
+    if (len == 0) ctx[len++] = '\n';
+    for (int step = 0; step < n && rc == TNN_OK; step++) {
+        size_t start = len > (size_t)T ? len - (size_t)T : 0, w = len - start;
+        for (size_t i = 0; i < (size_t)T; i++) tok[i] = i < w ? ctx[start + i] : 0;
+        rc = tnn_upload_from_int_array(g->s, g->tokens, tok, (size_t)T);
+        if (rc == TNN_OK) rc = tnn_compute(g->s);
+        if (rc == TNN_OK) rc = tnn_download_f32(g->s, g->logits, logits, (size_t)T * (size_t)V);
+        if (rc != TNN_OK) break;
+        int recent_n = w < 64 ? (int)w : 64;
+        int next = lm_sample(sm, logits + (w - 1) * (size_t)V, ctx + len - recent_n, recent_n);
+        ctx[len++] = next;
+        unsigned char c = (unsigned char)next;
+        if (c == '\n' || c == '\t' || c >= 32) fputc(c, out);
+    }
+    fflush(out);
+    free(ctx);
+    free(tok);
+    free(logits);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Loss log and picture                                                     */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    int step;
+    double train, val; /* val NAN when not measured */
+} curve_point;
+
+static void write_svg(const char *path, const curve_point *pts, int n, int max_step) {
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return;
+    double lo = 1e30, hi = -1e30;
+    for (int i = 0; i < n; i++) {
+        double v[2] = {pts[i].train, pts[i].val};
+        for (int k = 0; k < 2; k++)
+            if (isfinite(v[k])) lo = fmin(lo, v[k]), hi = fmax(hi, v[k]);
+    }
+    if (!(hi > lo)) hi = lo + 1;
+    const double W = 640, H = 360, L = 50, R = 20, Tm = 20, Bm = 40;
+#define X(s) (L + (W - L - R) * (double)(s) / (double)(max_step ? max_step : 1))
+#define Y(v) (Tm + (H - Tm - Bm) * (1.0 - ((v) - lo) / (hi - lo)))
+    fprintf(f, "<svg xmlns='http://www.w3.org/2000/svg' width='%g' height='%g' "
+               "font-family='sans-serif' font-size='11'>\n<rect width='100%%' height='100%%' "
+               "fill='white'/>\n", W, H);
+    fprintf(f, "<line x1='%g' y1='%g' x2='%g' y2='%g' stroke='black'/>\n", L, H - Bm, W - R, H - Bm);
+    fprintf(f, "<line x1='%g' y1='%g' x2='%g' y2='%g' stroke='black'/>\n", L, Tm, L, H - Bm);
+    for (int k = 0; k <= 4; k++) {
+        double v = lo + (hi - lo) * k / 4;
+        fprintf(f, "<text x='4' y='%.1f'>%.2f</text>\n", Y(v) + 4, v);
+    }
+    fprintf(f, "<text x='%g' y='%g'>step (0 .. %d)</text>\n", W / 2 - 40, H - 10, max_step);
+    for (int k = 0; k < 2; k++) {
+        fprintf(f, "<polyline fill='none' stroke='%s' stroke-width='1.5' points='",
+                k ? "#d62728" : "#1f77b4");
+        for (int i = 0; i < n; i++) {
+            double v = k ? pts[i].val : pts[i].train;
+            if (isfinite(v)) fprintf(f, "%.1f,%.1f ", X(pts[i].step), Y(v));
+        }
+        fprintf(f, "'/>\n");
+    }
+    fprintf(f, "<text x='%g' y='%g' fill='#1f77b4'>train loss</text>\n", W - 150, Tm + 12);
+    fprintf(f, "<text x='%g' y='%g' fill='#d62728'>validation loss</text>\n", W - 150, Tm + 26);
+    fprintf(f, "</svg>\n");
+#undef X
+#undef Y
+    if (fclose(f) == 0) rename(tmp, path);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The loop                                                                 */
+/* ------------------------------------------------------------------------ */
+
+static void fmt_time(double s, char *buf, size_t n) {
+    if (s < 60)
+        snprintf(buf, n, "%.0fs", s);
+    else
+        snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
+}
+
+int lm_train(const lm_train_opts *o, lm_train_result *res) {
+    FILE *out = o->out ? o->out : stdout;
+    memset(res, 0, sizeof *res);
+    const char *why = NULL;
+    size_t len = 0;
+    unsigned char *data = lm_read_files(o->data_files, o->n_data_files, &len, &why);
+    if (!data) {
+        fprintf(out, "error: cannot read the training data: %s\n", why);
+        return 1;
+    }
+    int T = o->model.seq_len, B = o->batch;
+    size_t vlen = len / 10, tlen = len - vlen;
+    if (vlen < (size_t)T + 2 || tlen < (size_t)T + 2) {
+        fprintf(out, "error: %zu bytes of text is too little for windows of %d\n", len, T + 1);
+        free(data);
+        return 1;
+    }
+    const unsigned char *train = data, *val = data + tlen;
+    lm_optim opt = o->optim;
+    opt.lr = lr_at(o, 1);
+    lm_graph g, ev, gen;
+    memset(&ev, 0, sizeof ev);
+    memset(&gen, 0, sizeof gen);
+    int rc = lm_graph_build(&g, &o->model, B, T, true, &opt);
+    if (rc == TNN_OK) rc = lm_graph_build(&ev, &o->model, B, T, true, NULL);
+    if (rc == TNN_OK) rc = lm_graph_build(&gen, &o->model, 1, T, false, NULL);
+    if (rc == TNN_OK) rc = lm_init_weights(&g, o->seed);
+    lm_sampler sm;
+    bool have_sampler = false;
+    if (rc == TNN_OK) {
+        if (lm_sampler_init(&sm, &o->sampler, o->model.vocab, &why)) {
+            fprintf(out, "error: sampler: %s\n", why);
+            rc = TNN_ERR_ARG;
+        } else {
+            have_sampler = true;
+        }
+    }
+    int64_t *tok = malloc((size_t)B * T * sizeof *tok), *tgt = malloc((size_t)B * T * sizeof *tgt);
+    int max_pts = o->steps + 2;
+    curve_point *pts = calloc((size_t)max_pts, sizeof *pts);
+    int npts = 0;
+    FILE *csv = NULL;
+    if (rc == TNN_OK && (!tok || !tgt || !pts)) rc = TNN_ERR_NOMEM;
+    if (rc == TNN_OK && o->log_csv) {
+        csv = fopen(o->log_csv, "w");
+        if (csv) fprintf(csv, "step,train_loss,val_loss,lr,tokens_per_s,elapsed_s\n");
+    }
+    if (rc != TNN_OK) goto done;
+
+    fprintf(out, "model: %d layers, d_model %d, %d heads (%d kv), d_ff %d, vocab %d, context %d: "
+                 "%lld parameters\n",
+            o->model.n_layer, o->model.d_model, o->model.n_head, o->model.n_kv_head,
+            o->model.d_ff, o->model.vocab, T, (long long)lm_param_count(&o->model));
+    fprintf(out, "data: %zu bytes (%zu train, %zu validation); batch %d x %d tokens; %d steps; "
+                 "%d threads\n", len, tlen, vlen, B, T, o->steps, tnn_get_num_threads());
+    rc = lm_copy_weights(&ev, &g);
+    if (rc == TNN_OK) rc = evaluate(&ev, val, vlen, o->eval_batches, tok, tgt, &res->first_val);
+    if (rc != TNN_OK) goto done;
+    fprintf(out, "step %5d | validation loss %.4f\n", 0, res->first_val);
+    pts[npts++] = (curve_point){0, NAN, res->first_val};
+    res->last_val = res->first_val;
+
+    tnn_rng rng;
+    tnn_rng_seed(&rng, o->seed ^ 0x5eed);
+    double t0 = now_s(), tprint = t0, loss_acc = 0;
+    int acc_n = 0;
+    for (int step = 1; step <= o->steps; step++) {
+        double lr = lr_at(o, step);
+        tnn_set_lr(g.s, lr);
+        for (int b = 0; b < B; b++) {
+            size_t start = (size_t)tnn_rng_below(&rng, (uint64_t)(tlen - (size_t)T - 1));
+            fill_window(train, start, T, tok + (size_t)b * T, tgt + (size_t)b * T);
+        }
+        double loss;
+        int64_t skipped_before = tnn_optimizer_skipped(g.s);
+        rc = run_batch(&g, tok, tgt, &loss);
+        if (rc != TNN_OK) {
+            fprintf(out, "error: step %d: %s\n", step, tnn_last_error());
+            goto done;
+        }
+        if (tnn_optimizer_skipped(g.s) > skipped_before)
+            fprintf(out, "warning: step %d: loss %g or gradient not finite; step skipped\n", step,
+                    loss);
+        if (step == 1) res->first_loss = loss;
+        res->last_loss = loss;
+        res->steps_done = step;
+        loss_acc += loss;
+        acc_n++;
+        double el = now_s() - t0;
+        bool do_eval = (o->eval_every > 0 && step % o->eval_every == 0) || step == o->steps;
+        double vloss = NAN;
+        if (do_eval) {
+            rc = lm_copy_weights(&ev, &g);
+            if (rc == TNN_OK) rc = evaluate(&ev, val, vlen, o->eval_batches, tok, tgt, &vloss);
+            if (rc != TNN_OK) goto done;
+            res->last_val = vloss;
+        }
+        if (step % o->print_every == 0 || do_eval) {
+            double tps = (double)B * T * step / el;
+            char e1[32], e2[32];
+            fmt_time(el, e1, sizeof e1);
+            fmt_time(el / step * (o->steps - step), e2, sizeof e2);
+            fprintf(out, "step %5d/%d | loss %.4f | lr %.2e | %6.0f tok/s | %s elapsed | eta %s",
+                    step, o->steps, loss_acc / acc_n, lr, tps, e1, e2);
+            if (do_eval) fprintf(out, " | validation loss %.4f", vloss);
+            fprintf(out, "\n");
+            fflush(out);
+            if (csv) {
+                fprintf(csv, "%d,%.6f,%.6f,%.6g,%.1f,%.2f\n", step, loss_acc / acc_n, vloss, lr,
+                        tps, el);
+                fflush(csv);
+            }
+            if (npts < max_pts) pts[npts++] = (curve_point){step, loss_acc / acc_n, vloss};
+            if (o->log_svg) write_svg(o->log_svg, pts, npts, o->steps);
+            loss_acc = 0;
+            acc_n = 0;
+            tprint = now_s();
+        }
+        if (o->sample_every > 0 && step % o->sample_every == 0 && step != o->steps) {
+            rc = lm_copy_weights(&gen, &g);
+            if (rc != TNN_OK) goto done;
+            fprintf(out, "--- sample at step %d ---\n", step);
+            rc = lm_generate(&gen, &sm, (const unsigned char *)o->sample_prompt,
+                             strlen(o->sample_prompt), o->sample_len, out);
+            fprintf(out, "\n---\n");
+            if (rc != TNN_OK) goto done;
+        }
+    }
+    (void)tprint;
+    res->tokens_per_s = (double)B * T * o->steps / (now_s() - t0);
+    res->steps_skipped = (int)tnn_optimizer_skipped(g.s);
+    rc = lm_copy_weights(&gen, &g);
+    if (rc == TNN_OK && o->sample_len > 0) {
+        fprintf(out, "--- generated text (temperature %.2f, top-k %d, seed %llu) ---\n",
+                o->sampler.temperature, o->sampler.top_k, (unsigned long long)o->sampler.seed);
+        fputs(o->sample_prompt, out);
+        rc = lm_generate(&gen, &sm, (const unsigned char *)o->sample_prompt,
+                         strlen(o->sample_prompt), o->sample_len, out);
+        fprintf(out, "\n---\n");
+    }
+done:
+    if (rc != TNN_OK && tnn_last_error()[0]) fprintf(out, "error: %s\n", tnn_last_error());
+    if (csv) fclose(csv);
+    if (have_sampler) lm_sampler_free(&sm);
+    free(pts);
+    free(tok);
+    free(tgt);
+    lm_graph_free(&gen);
+    lm_graph_free(&ev);
+    if (g.s) lm_graph_free(&g);
+    free(data);
+    return rc == TNN_OK ? 0 : 1;
+}

@@ -1,0 +1,229 @@
+/* tnn.c - the command-line tool: `tnn demo` trains the small demo model and
+ * generates text from it; `tnn train` trains on given text files.
+ */
+#include "tinynn.h"
+
+#include "../src/llm/train.h"
+
+#include <errno.h>
+#include <glob.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: tnn COMMAND [options]\n"
+            "\n"
+            "commands:\n"
+            "  demo                 train the small demo model on a built-in corpus, then\n"
+            "                       generate text (about two minutes on 2 cores)\n"
+            "  train FILE...        train a byte-level transformer on text files\n"
+            "  version              print the library version\n"
+            "\n"
+            "train/demo options:\n"
+            "  --steps N            optimizer steps (demo: 600)\n"
+            "  --batch N            sequences per step (16)\n"
+            "  --seq N              context length in bytes (64)\n"
+            "  --layers N --dim N --heads N --kv-heads N --ff N   model shape (4 128 4 2 352)\n"
+            "  --lr X               peak learning rate (3e-3); warm-up then cosine\n"
+            "  --warmup N           warm-up steps (30)\n"
+            "  --seed N             initialisation and batch seed (1337)\n"
+            "  --threads N          worker threads (default: TNN_THREADS or all cores)\n"
+            "  --eval-every N       validation every N steps (100)\n"
+            "  --sample-every N     print a sample every N steps (0: only at the end)\n"
+            "  --sample-len N       bytes to generate (demo: 400)\n"
+            "  --prompt TEXT        start of the generated text\n"
+            "  --temp X --top-k N --top-p X   sampling (0.8 40 0.95; temp 0 = greedy)\n"
+            "  --log FILE.csv --svg FILE.svg  loss log and loss-curve picture\n");
+}
+
+static bool parse_int(const char *s, int lo, int hi, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || v < lo || v > hi) return false;
+    *out = (int)v;
+    return true;
+}
+
+static bool parse_double(const char *s, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || *end) return false;
+    *out = v;
+    return true;
+}
+
+/* Parses the shared train/demo options; positional arguments are data
+ * files. Returns false (after a message) on a bad option. */
+static bool parse_opts(int argc, char **argv, lm_train_opts *o, const char **files, int *nfiles,
+                       int *threads) {
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int n;
+        double x;
+#define INT_OPT(name, lo, hi, dst)                                                            \
+    if (!strcmp(a, name)) {                                                                   \
+        if (!v || !parse_int(v, lo, hi, &n)) {                                                \
+            fprintf(stderr, "tnn: %s wants an integer in %d..%d\n", name, lo, hi);            \
+            return false;                                                                     \
+        }                                                                                     \
+        dst = n;                                                                              \
+        i++;                                                                                  \
+        continue;                                                                             \
+    }
+#define DBL_OPT(name, dst)                                                                    \
+    if (!strcmp(a, name)) {                                                                   \
+        if (!v || !parse_double(v, &x)) {                                                     \
+            fprintf(stderr, "tnn: %s wants a number\n", name);                                \
+            return false;                                                                     \
+        }                                                                                     \
+        dst = x;                                                                              \
+        i++;                                                                                  \
+        continue;                                                                             \
+    }
+#define STR_OPT(name, dst)                                                                    \
+    if (!strcmp(a, name)) {                                                                   \
+        if (!v) {                                                                             \
+            fprintf(stderr, "tnn: %s wants a value\n", name);                                 \
+            return false;                                                                     \
+        }                                                                                     \
+        dst = v;                                                                              \
+        i++;                                                                                  \
+        continue;                                                                             \
+    }
+        INT_OPT("--steps", 1, 100000000, o->steps)
+        INT_OPT("--batch", 1, 65536, o->batch)
+        INT_OPT("--seq", 2, 65536, o->model.seq_len)
+        INT_OPT("--layers", 1, 64, o->model.n_layer)
+        INT_OPT("--dim", 2, 65536, o->model.d_model)
+        INT_OPT("--heads", 1, 1024, o->model.n_head)
+        INT_OPT("--kv-heads", 1, 1024, o->model.n_kv_head)
+        INT_OPT("--ff", 1, 1 << 20, o->model.d_ff)
+        INT_OPT("--warmup", 0, 100000000, o->warmup)
+        INT_OPT("--threads", 1, 256, *threads)
+        INT_OPT("--eval-every", 0, 100000000, o->eval_every)
+        INT_OPT("--sample-every", 0, 100000000, o->sample_every)
+        INT_OPT("--sample-len", 0, 1000000, o->sample_len)
+        INT_OPT("--top-k", 0, 1000000, o->sampler.top_k)
+        DBL_OPT("--lr", o->lr)
+        DBL_OPT("--temp", o->sampler.temperature)
+        DBL_OPT("--top-p", o->sampler.top_p)
+        STR_OPT("--prompt", o->sample_prompt)
+        STR_OPT("--log", o->log_csv)
+        STR_OPT("--svg", o->log_svg)
+        if (!strcmp(a, "--seed")) {
+            if (!v || !parse_double(v, &x) || x < 0) {
+                fprintf(stderr, "tnn: --seed wants a non-negative integer\n");
+                return false;
+            }
+            o->seed = (uint64_t)x;
+            o->sampler.seed = o->seed;
+            i++;
+            continue;
+        }
+        if (a[0] == '-' && a[1]) {
+            fprintf(stderr, "tnn: unknown option %s (tnn help lists them)\n", a);
+            return false;
+        }
+        files[(*nfiles)++] = a;
+    }
+    o->optim.lr = o->lr;
+    const char *why = lm_config_problem(&o->model);
+    if (why) {
+        fprintf(stderr, "tnn: model shape: %s\n", why);
+        return false;
+    }
+    return true;
+#undef INT_OPT
+#undef DBL_OPT
+#undef STR_OPT
+}
+
+/* The demo corpus: fortunes from Debian's `fortunes` package (installed by
+ * `make demo`), else the licence texts every Debian system has. */
+static int demo_corpus(const char **files, int max, glob_t *g) {
+    static const char *fortunes[] = {"fortunes", "wisdom", "literature", "people", "science",
+                                     "humorists", "platitudes", "art", "work"};
+    static char paths[9][128];
+    int n = 0;
+    for (int i = 0; i < 9 && n < max; i++) {
+        snprintf(paths[i], sizeof paths[i], "/usr/share/games/fortunes/%s", fortunes[i]);
+        struct stat st;
+        if (stat(paths[i], &st) == 0 && S_ISREG(st.st_mode)) files[n++] = paths[i];
+    }
+    if (n > 0) return n;
+    if (glob("/usr/share/common-licenses/*", 0, NULL, g) == 0)
+        for (size_t i = 0; i < g->gl_pathc && n < max; i++) {
+            struct stat st;
+            if (stat(g->gl_pathv[i], &st) == 0 && S_ISREG(st.st_mode)) files[n++] = g->gl_pathv[i];
+        }
+    return n;
+}
+
+static int cmd_train(int argc, char **argv, bool demo) {
+    lm_train_opts o = lm_train_defaults();
+    if (demo) {
+        o.sample_len = 400;
+        o.log_csv = "tnn-demo-loss.csv";
+        o.log_svg = "tnn-demo-loss.svg";
+    }
+    const char *files[64];
+    int nfiles = 0, threads = 0;
+    if (argc > 60) {
+        fprintf(stderr, "tnn: at most 60 arguments\n");
+        return 2;
+    }
+    if (!parse_opts(argc, argv, &o, files, &nfiles, &threads)) return 2;
+    glob_t g = {0};
+    if (nfiles == 0 && demo) {
+        nfiles = demo_corpus(files, 64, &g);
+        if (nfiles == 0) {
+            fprintf(stderr, "tnn demo: no corpus found (install Debian's fortunes package)\n");
+            return 1;
+        }
+        printf("corpus: %s%s (%d files)\n", files[0],
+               strstr(files[0], "fortunes") ? " and more fortune files" : " and more", nfiles);
+    }
+    if (nfiles == 0) {
+        fprintf(stderr, "tnn train: give one or more text files\n");
+        return 2;
+    }
+    if (threads > 0 && tnn_set_num_threads(threads) != TNN_OK) {
+        fprintf(stderr, "tnn: %s\n", tnn_last_error());
+        return 2;
+    }
+    o.data_files = files;
+    o.n_data_files = nfiles;
+    o.out = stdout;
+    lm_train_result r;
+    int rc = lm_train(&o, &r);
+    if (rc == 0) {
+        printf("done: %d steps, training loss %.3f -> %.3f, validation loss %.3f -> %.3f, "
+               "%.0f tokens/s\n", r.steps_done, r.first_loss, r.last_loss, r.first_val,
+               r.last_val, r.tokens_per_s);
+        if (o.log_csv) printf("loss log: %s, loss curve: %s\n", o.log_csv, o.log_svg ? o.log_svg : "-");
+    }
+    globfree(&g);
+    return rc;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "help") || !strcmp(argv[1], "--help") ||
+        !strcmp(argv[1], "-h")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "version")) {
+        printf("tinynn %s\n", tnn_version());
+        return 0;
+    }
+    if (!strcmp(argv[1], "demo")) return cmd_train(argc - 2, argv + 2, true);
+    if (!strcmp(argv[1], "train")) return cmd_train(argc - 2, argv + 2, false);
+    fprintf(stderr, "tnn: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
