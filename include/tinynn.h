@@ -209,7 +209,8 @@ TNN_API tnn_tensor *tnn_softmax(tnn_session *s, tnn_tensor *a);
 /* Swaps the last two dimensions: (..., r, c) -> (..., c, r), contiguous. */
 TNN_API tnn_tensor *tnn_transpose(tnn_session *s, tnn_tensor *a);
 /* Each row: x / sqrt(mean(x^2) + eps) * gamma. gamma has `cols` elements
- * (shape (cols) or (1, cols)) and broadcasts over rows; NULL means no gain. */
+ * (shape (cols) or (1, cols)) and broadcasts over rows; NULL means no gain.
+ * eps >= 0; with eps = 0 an all-zero row gives NaN (as the formula says). */
 TNN_API tnn_tensor *tnn_rms_norm(tnn_session *s, tnn_tensor *x, tnn_tensor *gamma,
                                  double eps);
 /* out[i] = table[idx[i]]: table (V, d) f32, idx int32 (n) -> (n, d). An index
@@ -217,7 +218,8 @@ TNN_API tnn_tensor *tnn_rms_norm(tnn_session *s, tnn_tensor *x, tnn_tensor *gamm
 TNN_API tnn_tensor *tnn_get_rows(tnn_session *s, tnn_tensor *table, tnn_tensor *idx);
 
 /* Backward ops (seed ABI; mind the argument orders). */
-/* Scatter-add: zeros shaped like `shape` (V, d), then out[idx[i]] += d_out[i]. */
+/* Scatter-add: zeros shaped like `shape` (V, d), then out[idx[i]] += d_out[i].
+ * Only the shape of `shape` is used (any dtype). */
 TNN_API tnn_tensor *tnn_get_rows_back(tnn_session *s, tnn_tensor *d_out,
                                       tnn_tensor *idx, tnn_tensor *shape);
 /* GRADIENT FIRST: dx of plain RMSNorm (no gamma) at input x, given dy. */
