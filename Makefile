@@ -25,8 +25,17 @@ asan:
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 		ctest --output-on-failure -j$(JOBS) -E ffi_python
 
+# The demo corpus is Debian's `fortunes` package; it is installed when
+# missing (as root), else the demo falls back to the licence texts.
 demo: all
-	./$(BUILD)/tnn demo
+	@if [ ! -f /usr/share/games/fortunes/fortunes ] && [ "$$(id -u)" = 0 ] && \
+	    command -v apt-get >/dev/null; then \
+	  echo "installing Debian's fortunes package (the demo corpus)"; \
+	  apt-get install -y fortunes >/dev/null 2>&1 || \
+	  { apt-get update >/dev/null 2>&1 && apt-get install -y fortunes >/dev/null 2>&1; } || \
+	  echo "could not install fortunes: the demo uses the licence texts instead"; \
+	fi
+	cd $(BUILD) && ./tnn demo
 
 install: all
 	cmake --install $(BUILD)
