@@ -111,9 +111,9 @@ static int alloc_leaves(tnn_session *s) {
         tnn_tensor *t = tnn__tensor_at(s, i);
         if (t->op != TNN_OP_NONE || t->data) continue;
         t->data = s->backend->alloc(t->nbytes);
-        if (!t->data)
-            return TNN_ERR(TNN_ERR_NOMEM, "out of memory for tensor #%d (%zu bytes)", t->id,
-                           t->nbytes);
+        if (!t->data) /* reported as tnn_realize's failure: the caller's function */
+            return tnn__error(TNN_ERR_NOMEM, "tnn_realize",
+                              "out of memory for leaf tensor #%d (%zu bytes)", t->id, t->nbytes);
     }
     return TNN_OK;
 }
@@ -122,10 +122,16 @@ int tnn_realize(tnn_session *s, tnn_tensor *result) {
     if (tnn__check_session(s, __func__)) return tnn_last_status();
     if (tnn__check_tensor(s, result, __func__, "result")) return tnn_last_status();
     tnn__release_plan(s);
+    /* A failed realize must not leave `result` marked: every later realize
+     * would plan it again and fail the same way. */
+    bool was_output = result->flags & TNN_FLAG_OUTPUT;
     result->flags |= TNN_FLAG_OUTPUT;
 
     int rc = alloc_leaves(s);
-    if (rc) return rc;
+    if (rc) {
+        if (!was_output) result->flags &= ~(uint32_t)TNN_FLAG_OUTPUT;
+        return rc;
+    }
 
     int32_t n = s->n_tensors;
     bool *needed = calloc((size_t)n, sizeof *needed);
@@ -134,6 +140,7 @@ int tnn_realize(tnn_session *s, tnn_tensor *result) {
     if (!needed || !plan) {
         free(needed);
         free(plan);
+        if (!was_output) result->flags &= ~(uint32_t)TNN_FLAG_OUTPUT;
         return TNN_ERR(TNN_ERR_NOMEM, "out of memory planning %d tensors", n);
     }
     for (int32_t i = n - 1; i >= 0; i--) {
@@ -188,6 +195,7 @@ int tnn_realize(tnn_session *s, tnn_tensor *result) {
     if (rc != TNN_OK) {
         free(plan);
         tnn__release_plan(s);
+        if (!was_output) result->flags &= ~(uint32_t)TNN_FLAG_OUTPUT;
         return rc;
     }
     s->arena_size = p.top;

@@ -359,5 +359,11 @@ void tnn_set_param(tnn_tensor *t) {
                 "parameters", t->id, tnn__ops[t->op].name);
         return;
     }
+    if (t->dtype != TNN_F32) { /* gradients and optimizer steps are f32 */
+        char b[TNN_SHAPE_BUF];
+        TNN_ERR(TNN_ERR_ARG, "tensor #%d is %s: only f32 leaves can be parameters", t->id,
+                tnn__shape_str(t, b, sizeof b));
+        return;
+    }
     t->flags |= TNN_FLAG_PARAM;
 }

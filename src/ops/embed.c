@@ -62,10 +62,13 @@ tnn_tensor *tnn_get_rows(tnn_session *s, tnn_tensor *table, tnn_tensor *idx) {
     char bt[TNN_SHAPE_BUF], bi[TNN_SHAPE_BUF];
     tnn__shape_str(table, bt, sizeof bt);
     tnn__shape_str(idx, bi, sizeof bi);
+    /* A wrong dtype is an argument error, a wrong rank a shape error. */
     if (table->dtype != TNN_F32 || table->ndim != 2)
-        return TNN_ERR_NULL(TNN_ERR_SHAPE, "table %s: want a 2-D f32 tensor (V, d)", bt);
+        return TNN_ERR_NULL(table->dtype != TNN_F32 ? TNN_ERR_ARG : TNN_ERR_SHAPE,
+                            "table %s: want a 2-D f32 tensor (V, d)", bt);
     if (idx->dtype != TNN_I32 || idx->ndim != 1)
-        return TNN_ERR_NULL(TNN_ERR_SHAPE, "idx %s: want a 1-D i32 tensor", bi);
+        return TNN_ERR_NULL(idx->dtype != TNN_I32 ? TNN_ERR_ARG : TNN_ERR_SHAPE,
+                            "idx %s: want a 1-D i32 tensor", bi);
     int64_t shape[2] = {idx->shape[0], table->shape[1]};
     tnn_tensor *src[2] = {table, idx};
     return tnn__node_new(s, TNN_OP_GET_ROWS, TNN_F32, 2, shape, src, 2);
@@ -82,9 +85,11 @@ tnn_tensor *tnn_get_rows_back(tnn_session *s, tnn_tensor *d_out, tnn_tensor *idx
     tnn__shape_str(idx, bi, sizeof bi);
     tnn__shape_str(shape, bs, sizeof bs);
     if (d_out->dtype != TNN_F32 || d_out->ndim != 2)
-        return TNN_ERR_NULL(TNN_ERR_SHAPE, "d_out %s: want a 2-D f32 tensor (n, d)", bd);
+        return TNN_ERR_NULL(d_out->dtype != TNN_F32 ? TNN_ERR_ARG : TNN_ERR_SHAPE,
+                            "d_out %s: want a 2-D f32 tensor (n, d)", bd);
     if (idx->dtype != TNN_I32 || idx->ndim != 1 || idx->shape[0] != d_out->shape[0])
-        return TNN_ERR_NULL(TNN_ERR_SHAPE, "idx %s: want a 1-D i32 tensor of %lld indices", bi,
+        return TNN_ERR_NULL(idx->dtype != TNN_I32 ? TNN_ERR_ARG : TNN_ERR_SHAPE,
+                            "idx %s: want a 1-D i32 tensor of %lld indices", bi,
                             (long long)d_out->shape[0]);
     if (shape->ndim != 2 || shape->shape[1] != d_out->shape[1])
         return TNN_ERR_NULL(TNN_ERR_SHAPE, "shape %s: want a 2-D tensor (V, %lld)", bs,

@@ -17,7 +17,12 @@
 
 static tnn_tensor *reduce_all(tnn_session *s, tnn_tensor *a, int op, const char *func) {
     if (tnn__check_session(s, func) || tnn__check_tensor(s, a, func, "a")) return NULL;
-    if (a->dtype != TNN_F32) return (tnn__error(TNN_ERR_ARG, func, "a: want an f32 tensor"), NULL);
+    if (a->dtype != TNN_F32) {
+        char b[TNN_SHAPE_BUF];
+        return (tnn__error(TNN_ERR_ARG, func, "a is %s: want an f32 tensor",
+                           tnn__shape_str(a, b, sizeof b)),
+                NULL);
+    }
     int64_t one = 1;
     tnn_tensor *src[1] = {a};
     return tnn__node_new(s, op, TNN_F32, 1, &one, src, 1);
@@ -56,8 +61,11 @@ tnn_tensor *tnn_reshape(tnn_session *s, tnn_tensor *a, int ndim, const int64_t *
         return TNN_ERR_NULL(TNN_ERR_ARG, "ndim=%d: want 1..%d and a shape", ndim, TNN_MAX_DIMS);
     int64_t n = 1;
     for (int i = 0; i < ndim; i++) {
-        if (shape[i] <= 0 || !tnn__mul_ok(n, shape[i], &n))
+        if (shape[i] <= 0)
             return TNN_ERR_NULL(TNN_ERR_ARG, "shape[%d]=%lld: want sizes >= 1", i,
+                                (long long)shape[i]);
+        if (!tnn__mul_ok(n, shape[i], &n))
+            return TNN_ERR_NULL(TNN_ERR_OVERFLOW, "shape[%d]=%lld: element count overflows", i,
                                 (long long)shape[i]);
     }
     if (n != a->nelem) {
@@ -204,10 +212,13 @@ tnn_tensor *tnn_cross_entropy(tnn_session *s, tnn_tensor *logits, tnn_tensor *ta
     char bl[TNN_SHAPE_BUF], bt[TNN_SHAPE_BUF];
     tnn__shape_str(logits, bl, sizeof bl);
     tnn__shape_str(targets, bt, sizeof bt);
+    /* A wrong dtype is an argument error, a wrong shape a shape error. */
     if (logits->dtype != TNN_F32 || logits->ndim != 2)
-        return TNN_ERR_NULL(TNN_ERR_SHAPE, "logits %s: want a 2-D f32 tensor (N, V)", bl);
+        return TNN_ERR_NULL(logits->dtype != TNN_F32 ? TNN_ERR_ARG : TNN_ERR_SHAPE,
+                            "logits %s: want a 2-D f32 tensor (N, V)", bl);
     if (targets->dtype != TNN_I32 || targets->ndim != 1 || targets->shape[0] != logits->shape[0])
-        return TNN_ERR_NULL(TNN_ERR_SHAPE, "targets %s: want a 1-D i32 tensor of N = %lld", bt,
+        return TNN_ERR_NULL(targets->dtype != TNN_I32 ? TNN_ERR_ARG : TNN_ERR_SHAPE,
+                            "targets %s: want a 1-D i32 tensor of N = %lld", bt,
                             (long long)logits->shape[0]);
     int64_t one = 1;
     tnn_tensor *src[2] = {logits, targets};
