@@ -142,7 +142,9 @@ typedef enum tnn_dtype {
  * runs out. */
 TNN_API tnn_session *tnn_session_new(int prefer_cuda);
 /* Frees the session and every tensor made in it. NULL is a no-op. Using a
- * freed session or its tensors afterwards is detected and refused. */
+ * freed session or its tensors afterwards is refused without touching freed
+ * memory (until the allocator hands the same addresses to a new session's
+ * tensors, which then look like that session's own). */
 TNN_API void tnn_session_free(tnn_session *s);
 /* Name of the backend the session runs on: "cpu" or "cuda". */
 TNN_API const char *tnn_session_backend(const tnn_session *s);
@@ -268,11 +270,14 @@ TNN_API tnn_tensor *tnn_cross_entropy(tnn_session *s, tnn_tensor *logits, tnn_te
 /* ------------------------------------------------------------------------ */
 
 /* Fixes the graph that ends in `result` (and in every tensor marked with
- * tnn_set_output), orders it, and allocates every tensor it needs: leaves
- * get their own zeroed storage (kept across later realizes), intermediates
- * share a planned arena (a buffer is reused once its last reader has run).
- * `result` is marked as an output. Call before any upload. May be called
- * again after more ops were added; leaves keep their values. */
+ * tnn_set_output), orders it, and allocates what it needs: every leaf of
+ * the session gets its own zeroed storage (kept from then on, across later
+ * realizes); intermediates share one planned arena (a
+ * buffer is reused once its last reader has run). `result` and the marked
+ * outputs keep their values after compute; other intermediates cannot be
+ * downloaded. Call before any upload. May be called again after more ops
+ * were added (or with another result): leaves keep their values, the
+ * earlier result is no longer computed unless it was marked. */
 TNN_API int tnn_realize(tnn_session *s, tnn_tensor *result);
 /* Runs the realized graph, then the optimizer step if one is set.
  * TNN_ERR_STATE before tnn_realize. On a compute
@@ -438,6 +443,248 @@ TNN_API int tnn_mat_sgd_step(const double *param, const double *grad, int rows, 
  * one fused graph; the intermediate stays f32. */
 TNN_API int tnn_mat_ffn_pipeline(const double *h, int hr, int hc, const double *w1, int w1c,
                                  const double *w2, int w2c, double *out);
+
+/* ------------------------------------------------------------------------ */
+/* GGUF files: a strict, zero-copy reader and an atomic writer              */
+/* ------------------------------------------------------------------------ */
+
+/* A parsed GGUF file (versions 2 and 3, little-endian). The file is
+ * memory-mapped read-only and every count, length, type id, shape and data
+ * range is checked before anything is trusted; a corrupt or truncated file
+ * is refused with TNN_ERR_FORMAT and a message naming the byte offset and
+ * the reason ("offset 24: string length 4096 exceeds the 17 bytes left").
+ * A handle is read-only after open: it may be shared by threads.
+ *
+ * Strings: keys and tensor names are NUL-free (the reader refuses a NUL in
+ * them); string values may hold any bytes, NUL included (the getters give
+ * the length), and UTF-8 is not validated. Returned strings and data
+ * pointers belong to the handle and stay valid until tnn_gguf_close.
+ *
+ * Errors of the getters: a NULL handle or argument gives TNN_ERR_ARG; a
+ * missing key or tensor, or an index out of range, TNN_ERR_RANGE; a key
+ * whose stored type is not the one asked for, TNN_ERR_FORMAT. The message
+ * names the key and both types. */
+typedef struct tnn_gguf tnn_gguf;
+typedef struct tnn_gguf_writer tnn_gguf_writer;
+
+/* Metadata value types, as stored in the file. Values fixed by the format. */
+typedef enum tnn_gguf_value_type {
+    TNN_GGUF_UINT8 = 0,
+    TNN_GGUF_INT8 = 1,
+    TNN_GGUF_UINT16 = 2,
+    TNN_GGUF_INT16 = 3,
+    TNN_GGUF_UINT32 = 4,
+    TNN_GGUF_INT32 = 5,
+    TNN_GGUF_FLOAT32 = 6,
+    TNN_GGUF_BOOL = 7, /* one byte, 0 or 1 */
+    TNN_GGUF_STRING = 8,
+    TNN_GGUF_ARRAY = 9,
+    TNN_GGUF_UINT64 = 10,
+    TNN_GGUF_INT64 = 11,
+    TNN_GGUF_FLOAT64 = 12,
+    TNN_GGUF_VALUE_TYPE_COUNT
+} tnn_gguf_value_type;
+
+/* Tensor types: the GGML type ids of the format (gaps are retired ids, which
+ * the reader refuses like any unknown id). A type stores blocks of
+ * tnn_ggml_type_block() elements; the innermost dimension is a multiple of
+ * the block. */
+typedef enum tnn_ggml_type {
+    TNN_GGML_F32 = 0,
+    TNN_GGML_F16 = 1,
+    TNN_GGML_Q4_0 = 2,
+    TNN_GGML_Q4_1 = 3,
+    TNN_GGML_Q5_0 = 6,
+    TNN_GGML_Q5_1 = 7,
+    TNN_GGML_Q8_0 = 8,
+    TNN_GGML_Q8_1 = 9,
+    TNN_GGML_Q2_K = 10,
+    TNN_GGML_Q3_K = 11,
+    TNN_GGML_Q4_K = 12,
+    TNN_GGML_Q5_K = 13,
+    TNN_GGML_Q6_K = 14,
+    TNN_GGML_Q8_K = 15,
+    TNN_GGML_IQ2_XXS = 16,
+    TNN_GGML_IQ2_XS = 17,
+    TNN_GGML_IQ3_XXS = 18,
+    TNN_GGML_IQ1_S = 19,
+    TNN_GGML_IQ4_NL = 20,
+    TNN_GGML_IQ3_S = 21,
+    TNN_GGML_IQ2_S = 22,
+    TNN_GGML_IQ4_XS = 23,
+    TNN_GGML_I8 = 24,
+    TNN_GGML_I16 = 25,
+    TNN_GGML_I32 = 26,
+    TNN_GGML_I64 = 27,
+    TNN_GGML_F64 = 28,
+    TNN_GGML_IQ1_M = 29,
+    TNN_GGML_BF16 = 30,
+    TNN_GGML_TQ1_0 = 34,
+    TNN_GGML_TQ2_0 = 35,
+    TNN_GGML_MXFP4 = 39,
+    TNN_GGML_NVFP4 = 40,
+    TNN_GGML_Q1_0 = 41,
+    TNN_GGML_TYPE_COUNT /* one past the largest id */
+} tnn_ggml_type;
+
+/* "Q4_K" for a known tensor type id, else "unknown". Static string. */
+TNN_API const char *tnn_ggml_type_name(int type);
+/* Elements per block and bytes per block of a tensor type (F32: 1 and 4;
+ * Q4_0: 32 and 18). Either pointer may be NULL. TNN_ERR_ARG for an unknown
+ * id. */
+TNN_API int tnn_ggml_type_block(int type, int64_t *block_elems, int64_t *block_bytes);
+/* "uint32", "string", ... for a metadata value type, else "unknown". */
+TNN_API const char *tnn_gguf_value_type_name(int vtype);
+
+/* Opens and checks a GGUF file, mapped read-only: tensor data pointers
+ * point into the mapping (nothing is copied). NULL on failure: TNN_ERR_ARG
+ * (NULL path), TNN_ERR_IO (cannot open or map; the message has the system's
+ * reason), TNN_ERR_FORMAT (malformed; the message has the offset and the
+ * reason), TNN_ERR_NOMEM. */
+TNN_API tnn_gguf *tnn_gguf_open(const char *path);
+/* Same checks on a file image in memory. The `len` bytes are COPIED (into a
+ * page-aligned buffer), so `buf` may be freed once the call returns; data
+ * pointers point into the handle's copy. NULL on failure as above. */
+TNN_API tnn_gguf *tnn_gguf_open_memory(const void *buf, size_t len);
+/* Unmaps / frees everything of the handle; every string and data pointer it
+ * gave becomes invalid. NULL is a no-op. */
+TNN_API void tnn_gguf_close(tnn_gguf *g);
+
+/* Format version (2 or 3), or TNN_ERR_ARG for a NULL handle. */
+TNN_API int tnn_gguf_version(const tnn_gguf *g);
+/* The data alignment in bytes (general.alignment, default 32), and the file
+ * offset where the data section starts; negative status on a NULL handle. */
+TNN_API int64_t tnn_gguf_alignment(const tnn_gguf *g);
+TNN_API int64_t tnn_gguf_data_offset(const tnn_gguf *g);
+
+/* ---- metadata ---- */
+
+/* Number of key/value pairs (>= 0), or a negative status. */
+TNN_API int64_t tnn_gguf_n_kv(const tnn_gguf *g);
+/* Key of pair i (0 <= i < n_kv), in file order; NULL if out of range. */
+TNN_API const char *tnn_gguf_key(const tnn_gguf *g, int64_t i);
+/* Index of `key`, or TNN_ERR_RANGE if the file has no such key. */
+TNN_API int64_t tnn_gguf_find_key(const tnn_gguf *g, const char *key);
+/* Value type (tnn_gguf_value_type, >= 0) of `key` / of pair i, or a
+ * negative status (TNN_ERR_RANGE when missing). */
+TNN_API int tnn_gguf_kv_type(const tnn_gguf *g, const char *key);
+TNN_API int tnn_gguf_kv_type_at(const tnn_gguf *g, int64_t i);
+
+/* Typed getters: TNN_OK and *out set, or a status (missing key:
+ * TNN_ERR_RANGE; another stored type: TNN_ERR_FORMAT) with *out untouched.
+ * The exact type is required, except where stated. */
+TNN_API int tnn_gguf_get_u32(const tnn_gguf *g, const char *key, uint32_t *out);
+TNN_API int tnn_gguf_get_i32(const tnn_gguf *g, const char *key, int32_t *out);
+TNN_API int tnn_gguf_get_u64(const tnn_gguf *g, const char *key, uint64_t *out);
+/* Any integer type (u8 .. i64), widened; a uint64 above INT64_MAX gives
+ * TNN_ERR_RANGE. */
+TNN_API int tnn_gguf_get_i64(const tnn_gguf *g, const char *key, int64_t *out);
+TNN_API int tnn_gguf_get_f32(const tnn_gguf *g, const char *key, float *out);
+/* float32 or float64, widened. */
+TNN_API int tnn_gguf_get_f64(const tnn_gguf *g, const char *key, double *out);
+/* *out = 0 or 1. */
+TNN_API int tnn_gguf_get_bool(const tnn_gguf *g, const char *key, int *out);
+/* *out: the NUL-terminated string (owned by the handle); *len (may be NULL)
+ * its length in bytes, which is what counts if the value holds NULs. */
+TNN_API int tnn_gguf_get_str(const tnn_gguf *g, const char *key, const char **out,
+                             size_t *len);
+
+/* Arrays. The element type (tnn_gguf_value_type) and the element count of
+ * an array key; TNN_ERR_FORMAT if the key is not an array. */
+TNN_API int tnn_gguf_arr_type(const tnn_gguf *g, const char *key);
+TNN_API int64_t tnn_gguf_arr_len(const tnn_gguf *g, const char *key);
+/* Element i of a string array (as tnn_gguf_get_str). */
+TNN_API int tnn_gguf_get_arr_str(const tnn_gguf *g, const char *key, int64_t i,
+                                 const char **out, size_t *len);
+/* Element i of an array of any integer type or of bools, widened (a uint64
+ * above INT64_MAX gives TNN_ERR_RANGE). */
+TNN_API int tnn_gguf_get_arr_i64(const tnn_gguf *g, const char *key, int64_t i,
+                                 int64_t *out);
+/* Element i of a float32 or float64 array, widened. */
+TNN_API int tnn_gguf_get_arr_f64(const tnn_gguf *g, const char *key, int64_t i,
+                                 double *out);
+/* The raw bytes of a numeric or bool array, as stored (little-endian,
+ * packed, NOT necessarily aligned for the element type: read with memcpy).
+ * *data points into the handle's buffer; *nbytes = count * element size.
+ * TNN_ERR_FORMAT for string arrays and arrays of arrays. */
+TNN_API int tnn_gguf_get_arr_data(const tnn_gguf *g, const char *key, const void **data,
+                                  size_t *nbytes);
+
+/* ---- tensors ---- */
+
+/* Number of tensors (>= 0), or a negative status. */
+TNN_API int64_t tnn_gguf_n_tensors(const tnn_gguf *g);
+/* Index of the tensor `name`, or TNN_ERR_RANGE if there is none. */
+TNN_API int64_t tnn_gguf_find_tensor(const tnn_gguf *g, const char *name);
+/* For tensor i (0 <= i < n_tensors; else TNN_ERR_RANGE / NULL): */
+TNN_API const char *tnn_gguf_tensor_name(const tnn_gguf *g, int64_t i);
+TNN_API int tnn_gguf_tensor_type(const tnn_gguf *g, int64_t i); /* tnn_ggml_type */
+TNN_API int tnn_gguf_tensor_ndim(const tnn_gguf *g, int64_t i); /* 1..4 */
+/* GGUF order: ne[0] is the innermost (contiguous) dimension. Writes 4
+ * values (unused ones = 1); returns ndim. */
+TNN_API int tnn_gguf_tensor_dims(const tnn_gguf *g, int64_t i, int64_t ne[4]);
+/* NumPy order (rows, cols): shape[ndim-1] = ne[0]. Writes ndim values;
+ * returns ndim. */
+TNN_API int tnn_gguf_tensor_shape(const tnn_gguf *g, int64_t i, int64_t shape[4]);
+TNN_API int64_t tnn_gguf_tensor_nelements(const tnn_gguf *g, int64_t i);
+TNN_API int64_t tnn_gguf_tensor_nbytes(const tnn_gguf *g, int64_t i);
+/* Absolute offset of the tensor's data in the file. */
+TNN_API int64_t tnn_gguf_tensor_offset(const tnn_gguf *g, int64_t i);
+/* The tensor's bytes, as stored (read-only; owned by the handle). Aligned
+ * to min(alignment, 4096) bytes. */
+TNN_API const void *tnn_gguf_tensor_data(const tnn_gguf *g, int64_t i);
+
+/* ---- writer ---- */
+
+/* An empty GGUF (version 3) under construction; NULL if memory runs out.
+ * Keys and tensors are written in the order added. Every add copies its
+ * arguments (strings, arrays and tensor data), so they need not outlive
+ * the call. Adds return TNN_OK, TNN_ERR_ARG (NULL or empty key/name, a key
+ * over 65535 bytes or a tensor name over 63, a duplicate key or tensor
+ * name, an unknown type), TNN_ERR_SHAPE (bad shape or byte count),
+ * TNN_ERR_OVERFLOW or TNN_ERR_NOMEM. A failed add leaves the writer as it
+ * was. */
+TNN_API tnn_gguf_writer *tnn_gguf_writer_new(void);
+/* Frees the writer and its copies. NULL is a no-op. */
+TNN_API void tnn_gguf_writer_free(tnn_gguf_writer *w);
+
+/* Scalar keys, one per value type. The key "general.alignment" sets the
+ * data alignment; it must be added with tnn_gguf_writer_add_u32 and be a
+ * non-zero power of two (else TNN_ERR_ARG). */
+TNN_API int tnn_gguf_writer_add_u8(tnn_gguf_writer *w, const char *key, uint8_t v);
+TNN_API int tnn_gguf_writer_add_i8(tnn_gguf_writer *w, const char *key, int8_t v);
+TNN_API int tnn_gguf_writer_add_u16(tnn_gguf_writer *w, const char *key, uint16_t v);
+TNN_API int tnn_gguf_writer_add_i16(tnn_gguf_writer *w, const char *key, int16_t v);
+TNN_API int tnn_gguf_writer_add_u32(tnn_gguf_writer *w, const char *key, uint32_t v);
+TNN_API int tnn_gguf_writer_add_i32(tnn_gguf_writer *w, const char *key, int32_t v);
+TNN_API int tnn_gguf_writer_add_u64(tnn_gguf_writer *w, const char *key, uint64_t v);
+TNN_API int tnn_gguf_writer_add_i64(tnn_gguf_writer *w, const char *key, int64_t v);
+TNN_API int tnn_gguf_writer_add_f32(tnn_gguf_writer *w, const char *key, float v);
+TNN_API int tnn_gguf_writer_add_f64(tnn_gguf_writer *w, const char *key, double v);
+/* v must be 0 or 1. */
+TNN_API int tnn_gguf_writer_add_bool(tnn_gguf_writer *w, const char *key, int v);
+/* A NUL-terminated string value. */
+TNN_API int tnn_gguf_writer_add_str(tnn_gguf_writer *w, const char *key, const char *v);
+/* An array of n numbers or bools of `elem_type` (not STRING or ARRAY), read
+ * from `data` in the host's native layout (bools as bytes 0/1). data may be
+ * NULL when n = 0. */
+TNN_API int tnn_gguf_writer_add_arr(tnn_gguf_writer *w, const char *key, int elem_type,
+                                    const void *data, size_t n);
+/* An array of n NUL-terminated strings. */
+TNN_API int tnn_gguf_writer_add_arr_str(tnn_gguf_writer *w, const char *key,
+                                        const char *const *strs, size_t n);
+/* A tensor of GGML type `type` and `ndim` (1..4) dimensions given in NumPy
+ * order (shape[ndim-1] contiguous; it becomes ne[0] in the file and must be a
+ * multiple of the type's block). `data` holds exactly `nbytes` bytes, which
+ * must equal the type's size for that shape; it is copied. */
+TNN_API int tnn_gguf_writer_add_tensor(tnn_gguf_writer *w, const char *name, int type,
+                                       int ndim, const int64_t *shape, const void *data,
+                                       size_t nbytes);
+/* Writes the file: to a temporary file next to `path`, fsync'd, then renamed
+ * over `path` (atomic: readers see the old file or the whole new one). The
+ * writer stays usable (write again, or add more). TNN_ERR_ARG, TNN_ERR_IO
+ * (with the system's reason; the temporary file is removed), TNN_ERR_NOMEM. */
+TNN_API int tnn_gguf_writer_write(tnn_gguf_writer *w, const char *path);
 
 #ifdef __cplusplus
 }

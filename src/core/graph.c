@@ -22,6 +22,7 @@ void tnn__release_plan(tnn_session *s) {
     s->plan = NULL;
     s->n_plan = 0;
     s->realized = false;
+    s->result = NULL;
     for (int32_t i = 0; i < s->n_tensors; i++) {
         tnn_tensor *t = tnn__tensor_at(s, i);
         if (t->op != TNN_OP_NONE) {
@@ -106,6 +107,8 @@ static bool plan_free(planner *p, size_t off, size_t size) {
 /* Realize                                                                  */
 /* ------------------------------------------------------------------------ */
 
+/* Every leaf gets storage (kept from then on), so any input can be
+ * uploaded after a realize, whichever graph it feeds. */
 static int alloc_leaves(tnn_session *s) {
     for (int32_t i = 0; i < s->n_tensors; i++) {
         tnn_tensor *t = tnn__tensor_at(s, i);
@@ -118,49 +121,19 @@ static int alloc_leaves(tnn_session *s) {
     return TNN_OK;
 }
 
-int tnn_realize(tnn_session *s, tnn_tensor *result) {
-    if (tnn__check_session(s, __func__)) return tnn_last_status();
-    if (tnn__check_tensor(s, result, __func__, "result")) return tnn_last_status();
-    tnn__release_plan(s);
-    /* A failed realize must not leave `result` marked: every later realize
-     * would plan it again and fail the same way. */
-    bool was_output = result->flags & TNN_FLAG_OUTPUT;
-    result->flags |= TNN_FLAG_OUTPUT;
+/* A tensor whose value survives compute: the realized result, or one marked
+ * with tnn_set_output (gradients and losses are marked by tnn_backward). */
+static bool kept(const tnn_session *s, const tnn_tensor *t) {
+    return t == s->result || (t->flags & TNN_FLAG_OUTPUT);
+}
 
-    int rc = alloc_leaves(s);
-    if (rc) {
-        if (!was_output) result->flags &= ~(uint32_t)TNN_FLAG_OUTPUT;
-        return rc;
-    }
-
-    int32_t n = s->n_tensors;
-    bool *needed = calloc((size_t)n, sizeof *needed);
-    tnn_tensor **plan = malloc((size_t)n * sizeof *plan);
+/* Plans the arena for the nodes of `plan` in order. */
+static int plan_arena(tnn_session *s, tnn_tensor **plan, int32_t np, size_t *size) {
     planner p = {0};
-    if (!needed || !plan) {
-        free(needed);
-        free(plan);
-        if (!was_output) result->flags &= ~(uint32_t)TNN_FLAG_OUTPUT;
-        return TNN_ERR(TNN_ERR_NOMEM, "out of memory planning %d tensors", n);
-    }
-    for (int32_t i = n - 1; i >= 0; i--) {
-        tnn_tensor *t = tnn__tensor_at(s, i);
-        if (t->flags & TNN_FLAG_OUTPUT) needed[i] = true;
-        if (!needed[i]) continue;
-        for (int k = 0; k < TNN_MAX_SRC; k++)
-            if (t->src[k]) needed[t->src[k]->id] = true;
-    }
-    int32_t np = 0;
-    for (int32_t i = 0; i < n; i++) {
-        tnn_tensor *t = tnn__tensor_at(s, i);
-        t->last_use = -1;
-        if (needed[i] && t->op != TNN_OP_NONE) plan[np++] = t;
-    }
-    free(needed);
+    int rc = TNN_OK;
     for (int32_t i = 0; i < np; i++)
         for (int k = 0; k < TNN_MAX_SRC; k++)
             if (plan[i]->src[k]) plan[i]->src[k]->last_use = i;
-
     for (int32_t i = 0; i < np && rc == TNN_OK; i++) {
         tnn_tensor *t = plan[i];
         size_t off;
@@ -171,8 +144,7 @@ int tnn_realize(tnn_session *s, tnn_tensor *result) {
         t->arena_off = (int64_t)off;
         for (int k = 0; k < TNN_MAX_SRC; k++) {
             tnn_tensor *src = t->src[k];
-            if (!src || src->op == TNN_OP_NONE || (src->flags & TNN_FLAG_OUTPUT)) continue;
-            if (src->last_use != i) continue;
+            if (!src || src->op == TNN_OP_NONE || kept(s, src) || src->last_use != i) continue;
             bool dup = false; /* the same source twice: free once */
             for (int q = 0; q < k; q++) dup |= t->src[q] == src;
             if (dup) continue;
@@ -180,30 +152,61 @@ int tnn_realize(tnn_session *s, tnn_tensor *result) {
             if (!plan_free(&p, (size_t)src->arena_off, src->nbytes))
                 rc = TNN_ERR(TNN_ERR_NOMEM, "out of memory planning buffers");
         }
-        /* A node nobody reads and that is not an output is still computed
-         * (it may be a side effect later); its memory is reused at once. */
-        if (t->last_use < 0 && !(t->flags & TNN_FLAG_OUTPUT)) {
+        /* A node nobody reads and nobody keeps: its memory is reused at once. */
+        if (t->last_use < 0 && !kept(s, t)) {
             t->flags |= TNN_FLAG_TRANSIENT;
             if (!plan_free(&p, off, t->nbytes)) rc = TNN_ERR(TNN_ERR_NOMEM, "out of memory");
         }
     }
     free(p.free);
-    if (rc == TNN_OK && p.top > 0) {
-        s->arena = s->backend->alloc(p.top);
-        if (!s->arena) rc = TNN_ERR(TNN_ERR_NOMEM, "out of memory for a %zu-byte arena", p.top);
+    *size = p.top;
+    return rc;
+}
+
+int tnn_realize(tnn_session *s, tnn_tensor *result) {
+    if (tnn__check_session(s, __func__)) return tnn_last_status();
+    if (tnn__check_tensor(s, result, __func__, "result")) return tnn_last_status();
+    tnn__release_plan(s);
+    s->result = result;
+
+    int32_t n = s->n_tensors;
+    bool *needed = calloc((size_t)n, sizeof *needed);
+    tnn_tensor **plan = malloc((size_t)n * sizeof *plan);
+    int rc = TNN_OK;
+    if (!needed || !plan) rc = TNN_ERR(TNN_ERR_NOMEM, "out of memory planning %d tensors", n);
+    for (int32_t i = n - 1; i >= 0 && rc == TNN_OK; i--) {
+        tnn_tensor *t = tnn__tensor_at(s, i);
+        if (kept(s, t)) needed[i] = true;
+        if (!needed[i]) continue;
+        for (int k = 0; k < TNN_MAX_SRC; k++)
+            if (t->src[k]) needed[t->src[k]->id] = true;
+    }
+    if (rc == TNN_OK) rc = alloc_leaves(s);
+    int32_t np = 0;
+    for (int32_t i = 0; i < n && rc == TNN_OK; i++) {
+        tnn_tensor *t = tnn__tensor_at(s, i);
+        t->last_use = -1;
+        if (needed[i] && t->op != TNN_OP_NONE) plan[np++] = t;
+    }
+    free(needed);
+    size_t arena_size = 0;
+    if (rc == TNN_OK) rc = plan_arena(s, plan, np, &arena_size);
+    if (rc == TNN_OK && arena_size > 0) {
+        s->arena = s->backend->alloc(arena_size);
+        if (!s->arena)
+            rc = TNN_ERR(TNN_ERR_NOMEM, "out of memory for a %zu-byte arena", arena_size);
     }
     if (rc != TNN_OK) {
         free(plan);
         tnn__release_plan(s);
-        if (!was_output) result->flags &= ~(uint32_t)TNN_FLAG_OUTPUT;
         return rc;
     }
-    s->arena_size = p.top;
+    s->arena_size = arena_size;
     for (int32_t i = 0; i < np; i++) plan[i]->data = (char *)s->arena + plan[i]->arena_off;
     s->plan = plan;
     s->n_plan = np;
     s->realized = true;
-    tnn__log(TNN_LOG_DEBUG, "realize: %d nodes, arena %zu bytes", np, p.top);
+    tnn__log(TNN_LOG_DEBUG, "realize: %d nodes, arena %zu bytes", np, arena_size);
     return TNN_OK;
 }
 

@@ -174,6 +174,7 @@ struct tnn_session {
     /* The realized plan: nodes to run in order. */
     tnn_tensor **plan;
     int32_t n_plan;
+    tnn_tensor *result; /* the tensor given to the last successful tnn_realize */
     bool realized;
     void *arena;
     size_t arena_size;
