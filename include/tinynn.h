@@ -329,6 +329,14 @@ TNN_API void tnn_set_no_decay(tnn_tensor *t);
 TNN_API int64_t tnn_optimizer_steps(tnn_session *s);
 TNN_API int64_t tnn_optimizer_skipped(tnn_session *s);
 TNN_API double tnn_grad_norm(tnn_session *s);
+/* Optimizer state, for checkpoints: the first (which = 0: AdamW m, SGD
+ * momentum) or second (which = 1: AdamW v) moment of a parameter, n =
+ * its element count; and the step count (which sets the bias correction). */
+TNN_API int tnn_optimizer_get_state(tnn_session *s, tnn_tensor *param, int which, float *dst,
+                                    size_t n);
+TNN_API int tnn_optimizer_set_state(tnn_session *s, tnn_tensor *param, int which,
+                                    const float *src, size_t n);
+TNN_API int tnn_optimizer_set_steps(tnn_session *s, int64_t steps);
 
 /* ------------------------------------------------------------------------ */
 /* Moving data                                                              */

@@ -354,6 +354,59 @@ static void run_optimizer(int adam, double clip) {
     tnn_session_free(s);
 }
 
+/* Saving parameters + optimizer state + step count and restoring them into
+ * a fresh session continues bit for bit like an uninterrupted run. */
+typedef struct {
+    tnn_session *s;
+    tnn_tensor *w, *c, *loss;
+} quad_t;
+
+static void quad_build(quad_t *q, int n) {
+    q->s = tnn_session_new(0);
+    q->w = tnn_input_1d_f32(q->s, n);
+    q->c = tnn_input_1d_f32(q->s, n);
+    tnn_set_param(q->w);
+    q->loss = tnn_sum(q->s, tnn_mul(q->s, tnn_mul(q->s, q->w, q->w), tnn_silu(q->s, q->c)));
+    CHECK_OK(tnn_backward(q->s, q->loss));
+    CHECK_OK(tnn_optimizer_adamw(q->s, 0.05, 0.9, 0.95, 1e-8, 0.1));
+    CHECK_OK(tnn_realize(q->s, q->loss));
+}
+
+static void test_optimizer_resume(void) {
+    enum { N = 29 };
+    float w0[N], c0[N];
+    for (int i = 0; i < N; i++) w0[i] = (float)th_sym(1.0), c0[i] = (float)(0.5 + th_uniform());
+    quad_t a, b;
+    quad_build(&a, N);
+    CHECK_OK(tnn_upload_f32(a.s, a.w, w0, N));
+    CHECK_OK(tnn_upload_f32(a.s, a.c, c0, N));
+    for (int i = 0; i < 2; i++) CHECK_OK(tnn_compute(a.s));
+    float w[N], m[N], v[N];
+    CHECK_OK(tnn_download_f32(a.s, a.w, w, N));
+    CHECK_OK(tnn_optimizer_get_state(a.s, a.w, 0, m, N));
+    CHECK_OK(tnn_optimizer_get_state(a.s, a.w, 1, v, N));
+    int64_t steps = tnn_optimizer_steps(a.s);
+    for (int i = 0; i < 3; i++) CHECK_OK(tnn_compute(a.s));
+    float wa[N], wb[N];
+    CHECK_OK(tnn_download_f32(a.s, a.w, wa, N));
+
+    quad_build(&b, N);
+    CHECK_OK(tnn_upload_f32(b.s, b.w, w, N));
+    CHECK_OK(tnn_upload_f32(b.s, b.c, c0, N));
+    CHECK_OK(tnn_optimizer_set_state(b.s, b.w, 0, m, N));
+    CHECK_OK(tnn_optimizer_set_state(b.s, b.w, 1, v, N));
+    CHECK_OK(tnn_optimizer_set_steps(b.s, steps));
+    for (int i = 0; i < 3; i++) CHECK_OK(tnn_compute(b.s));
+    CHECK_OK(tnn_download_f32(b.s, b.w, wb, N));
+    CHECK(memcmp(wa, wb, sizeof wa) == 0, "resumed run differs from the uninterrupted one");
+    CHECK_ERR(tnn_optimizer_get_state(b.s, b.w, 2, m, N), TNN_ERR_ARG, "which=2");
+    CHECK_ERR(tnn_optimizer_get_state(b.s, b.w, 0, m, N - 1), TNN_ERR_SHAPE, "n=28");
+    CHECK_ERR(tnn_optimizer_get_state(b.s, b.c, 0, m, N), TNN_ERR_ARG, "not a parameter");
+    CHECK_ERR(tnn_optimizer_set_steps(b.s, -1), TNN_ERR_ARG, "steps=-1");
+    tnn_session_free(a.s);
+    tnn_session_free(b.s);
+}
+
 int main(void) {
     test_mlp_cross_entropy();
     test_attention_block();
@@ -365,5 +418,6 @@ int main(void) {
     run_optimizer(1, 0.5);
     run_optimizer(0, 0.0);
     run_optimizer(0, 0.5);
+    test_optimizer_resume();
     return th_finish("test_autograd");
 }

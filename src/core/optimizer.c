@@ -147,6 +147,48 @@ double tnn_grad_norm(tnn_session *s) {
     return o ? o->last_norm : NAN;
 }
 
+/* The moment buffer `which` (0: m / momentum, 1: v) of a parameter. */
+static float *state_buf(tnn_session *s, tnn_tensor *param, int which, size_t n, const char *func) {
+    struct tnn_optim *o = get_optim(s, func);
+    if (!o) return NULL;
+    if (tnn__check_tensor(s, param, func, "param")) return NULL;
+    if (which != 0 && which != 1)
+        return (tnn__error(TNN_ERR_ARG, func, "which=%d: want 0 (first moment) or 1 (second)",
+                           which), NULL);
+    if (which == 1 && o->kind != OPT_ADAMW)
+        return (tnn__error(TNN_ERR_ARG, func, "SGD keeps no second moment"), NULL);
+    if ((int64_t)n != param->nelem)
+        return (tnn__error(TNN_ERR_SHAPE, func, "n=%zu but the parameter has %lld elements", n,
+                           (long long)param->nelem), NULL);
+    for (int k = 0; k < o->n; k++)
+        if (o->params[k] == param) return which ? o->v[k] : o->m[k];
+    return (tnn__error(TNN_ERR_ARG, func, "tensor #%d is not a parameter of the optimizer",
+                       param->id), NULL);
+}
+
+int tnn_optimizer_get_state(tnn_session *s, tnn_tensor *param, int which, float *dst, size_t n) {
+    float *b = state_buf(s, param, which, n, __func__);
+    if (!b) return tnn_last_status();
+    if (!dst) return TNN_ERR(TNN_ERR_ARG, "dst is NULL");
+    return s->backend->copy_out(dst, b, n * sizeof(float));
+}
+
+int tnn_optimizer_set_state(tnn_session *s, tnn_tensor *param, int which, const float *src,
+                            size_t n) {
+    float *b = state_buf(s, param, which, n, __func__);
+    if (!b) return tnn_last_status();
+    if (!src) return TNN_ERR(TNN_ERR_ARG, "src is NULL");
+    return s->backend->copy_in(b, src, n * sizeof(float));
+}
+
+int tnn_optimizer_set_steps(tnn_session *s, int64_t steps) {
+    struct tnn_optim *o = get_optim(s, __func__);
+    if (!o) return tnn_last_status();
+    if (steps < 0) return TNN_ERR(TNN_ERR_ARG, "steps=%lld: want >= 0", (long long)steps);
+    o->step = steps;
+    return TNN_OK;
+}
+
 void tnn_set_no_decay(tnn_tensor *t) {
     tnn_session *s = tnn__tensor_owner(t);
     if (!s) {
