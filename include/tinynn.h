@@ -548,7 +548,8 @@ TNN_API const char *tnn_gguf_value_type_name(int vtype);
  * point into the mapping (nothing is copied). NULL on failure: TNN_ERR_ARG
  * (NULL path), TNN_ERR_IO (cannot open or map; the message has the system's
  * reason), TNN_ERR_FORMAT (malformed; the message has the offset and the
- * reason), TNN_ERR_NOMEM. */
+ * reason), TNN_ERR_NOMEM. As with any mapping, the file must not be
+ * truncated by another process while the handle is open. */
 TNN_API tnn_gguf *tnn_gguf_open(const char *path);
 /* Same checks on a file image in memory. The `len` bytes are COPIED (into a
  * page-aligned buffer), so `buf` may be freed once the call returns; data

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# run.sh - builds the libFuzzer target for the GGUF reader (fuzz_gguf.c,
+# clang with ASan + UBSan) into build-fuzz/ and runs it for a bounded time.
+# Exits non-zero when the fuzzer finds a crash (artifact in build-fuzz/).
+#
+#   fuzz/run.sh [SECONDS]      build and fuzz for SECONDS (default 60)
+#   fuzz/run.sh --make-corpus  rewrite the seed corpus fuzz/corpus/gguf/
+#
+# CLANG=clang-14 picks another compiler. New inputs the fuzzer finds go to
+# build-fuzz/corpus-gguf/ (not committed); the seeds are only read.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CC="${CLANG:-clang}"
+OUT=build-fuzz
+SRCS="src/io/gguf.c src/core/error.c"
+FLAGS="-std=c11 -D_GNU_SOURCE -Iinclude -Isrc -Wall -Wextra -Wno-unused-parameter"
+
+if ! command -v "$CC" >/dev/null 2>&1; then
+  echo "fuzz/run.sh: $CC not found; install clang (apt-get install -y clang)" >&2
+  exit 2
+fi
+mkdir -p "$OUT/corpus-gguf"
+
+if [ "${1:-}" = "--make-corpus" ]; then
+  "$CC" -g -O1 $FLAGS fuzz/make_corpus.c $SRCS -o "$OUT/make_corpus"
+  rm -f fuzz/corpus/gguf/*.gguf
+  mkdir -p fuzz/corpus/gguf
+  "$OUT/make_corpus" fuzz/corpus/gguf
+  ls -l fuzz/corpus/gguf
+  exit 0
+fi
+
+SECS="${1:-60}"
+case "$SECS" in
+  ''|*[!0-9]*) echo "usage: fuzz/run.sh [SECONDS] | --make-corpus" >&2; exit 2 ;;
+esac
+
+# libFuzzer's runtime ships separately on some systems: probe for it first.
+printf 'int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n) { return 0; }\n' \
+  > "$OUT/probe.c"
+if ! "$CC" -fsanitize=fuzzer "$OUT/probe.c" -o "$OUT/probe" 2> "$OUT/probe.log"; then
+  cat "$OUT/probe.log" >&2
+  echo "fuzz/run.sh: $CC cannot link libFuzzer (-fsanitize=fuzzer): its runtime is missing." >&2
+  echo "  On Debian/Ubuntu: apt-get update && apt-get install -y libclang-rt-14-dev" >&2
+  echo "  (the package matching your clang version: $("$CC" --version | head -1))" >&2
+  exit 2
+fi
+
+"$CC" -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+  -fno-omit-frame-pointer $FLAGS fuzz/fuzz_gguf.c $SRCS -o "$OUT/fuzz_gguf"
+
+echo "fuzz/run.sh: fuzzing the GGUF reader for ${SECS}s"
+rc=0
+ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=1" \
+UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+  "$OUT/fuzz_gguf" -max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 \
+    -dict=fuzz/gguf.dict -artifact_prefix="$OUT/" -print_final_stats=1 \
+    "$OUT/corpus-gguf" fuzz/corpus/gguf || rc=$?
+if [ "$rc" -ne 0 ]; then
+  echo "fuzz/run.sh: FAILED (exit $rc): the crashing input is in $OUT/ (crash-*, leak-*, timeout-*)" >&2
+  exit "$rc"
+fi
+echo "fuzz/run.sh: no crash in ${SECS}s"

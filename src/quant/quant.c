@@ -1,0 +1,874 @@
+/* quant.c - GGUF tensor types: the type table, f16/bf16 conversion, the
+ * portable scalar twin of every kernel (the test oracle), quantization of
+ * weights and activations, and the run-time kernel choice and threaded
+ * matrix-vector entry point. Layouts and the rounding contract: quant.h.
+ */
+#include "quant_impl.h"
+
+#include "../core/internal.h"
+#include "../cpu/pool.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(TNN_QUANT_X86)
+#include <cpuid.h>
+#endif
+
+_Static_assert(sizeof(tnn_block_q8_0) == 34, "Q8_0 block");
+_Static_assert(sizeof(tnn_block_q4_0) == 18, "Q4_0 block");
+_Static_assert(sizeof(tnn_block_q4_1) == 20, "Q4_1 block");
+_Static_assert(sizeof(tnn_block_q5_0) == 22, "Q5_0 block");
+_Static_assert(sizeof(tnn_block_q5_1) == 24, "Q5_1 block");
+_Static_assert(sizeof(tnn_block_q4_K) == 144, "Q4_K block");
+_Static_assert(sizeof(tnn_block_q5_K) == 176, "Q5_K block");
+_Static_assert(sizeof(tnn_block_q6_K) == 210, "Q6_K block");
+
+/* ------------------------------------------------------------------------ */
+/* Type table                                                               */
+/* ------------------------------------------------------------------------ */
+
+static const tnn_qtype_info qtypes[TNN_QT_COUNT] = {
+    [TNN_QT_F32] = {"F32", 1, 4, true},
+    [TNN_QT_F16] = {"F16", 1, 2, true},
+    [TNN_QT_Q4_0] = {"Q4_0", TNN_QK, sizeof(tnn_block_q4_0), true},
+    [TNN_QT_Q4_1] = {"Q4_1", TNN_QK, sizeof(tnn_block_q4_1), true},
+    [TNN_QT_Q5_0] = {"Q5_0", TNN_QK, sizeof(tnn_block_q5_0), true},
+    [TNN_QT_Q5_1] = {"Q5_1", TNN_QK, sizeof(tnn_block_q5_1), true},
+    [TNN_QT_Q8_0] = {"Q8_0", TNN_QK, sizeof(tnn_block_q8_0), true},
+    [TNN_QT_Q4_K] = {"Q4_K", TNN_QK_K, sizeof(tnn_block_q4_K), false},
+    [TNN_QT_Q5_K] = {"Q5_K", TNN_QK_K, sizeof(tnn_block_q5_K), false},
+    [TNN_QT_Q6_K] = {"Q6_K", TNN_QK_K, sizeof(tnn_block_q6_K), false},
+    [TNN_QT_BF16] = {"BF16", 1, 2, true},
+};
+
+const tnn_qtype_info *tnn__qtype(int type) {
+    if (type < 0 || type >= TNN_QT_COUNT || !qtypes[type].name)
+        return NULL;
+    return &qtypes[type];
+}
+
+int64_t tnn__qtype_row_bytes(int type, int64_t n) {
+    const tnn_qtype_info *t = tnn__qtype(type);
+    if (!t)
+        return TNN_ERR(TNN_ERR_ARG, "type %d is not a supported GGUF tensor type", type), -1;
+    if (n < 0 || n > TNN_MAX_ELEMENTS || n % t->block)
+        return TNN_ERR(TNN_ERR_ARG, "%s row of %lld elements: want a multiple of %d", t->name,
+                       (long long)n, (int)t->block),
+               -1;
+    return n / t->block * t->block_bytes;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Conversions                                                              */
+/* ------------------------------------------------------------------------ */
+
+static inline uint32_t f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+static inline float bits_f32(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+float tnn__f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu, x;
+    if (e == 0x1f) {
+        /* inf, or NaN made quiet as F16C's vcvtph2ps does */
+        x = sign | 0x7f800000u | (m << 13) | (m ? 0x400000u : 0);
+    } else if (e) {
+        x = sign | ((e + 112) << 23) | (m << 13);
+    } else if (!m) {
+        x = sign;
+    } else { /* subnormal: m * 2^-24, renormalized */
+        int s = 0;
+        while (!(m & 0x400u)) {
+            m <<= 1;
+            s++;
+        }
+        x = sign | ((uint32_t)(113 - s) << 23) | ((m & 0x3ffu) << 13);
+    }
+    return bits_f32(x);
+}
+
+uint16_t tnn__f32_to_f16(float f) {
+    uint32_t x = f32_bits(f);
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    uint32_t ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u)
+        return (uint16_t)(sign | 0x7e00u | ((ax >> 13) & 0x3ffu)); /* NaN */
+    if (ax >= 0x477ff000u)
+        return (uint16_t)(sign | 0x7c00u); /* >= 65520 rounds to inf */
+    if (ax >= 0x38800000u) {               /* normal half */
+        uint32_t r = ax - 0x38000000u;     /* exponent rebiased */
+        r += 0xfffu + ((r >> 13) & 1u);
+        return (uint16_t)(sign | (r >> 13));
+    }
+    if (ax <= 0x33000000u)
+        return sign; /* <= 2^-25: ties to the even zero */
+    /* subnormal half: units of 2^-24, rounded to nearest even */
+    uint32_t e = ax >> 23, m = (ax & 0x7fffffu) | 0x800000u;
+    int shift = 126 - (int)e; /* 14..24 */
+    uint32_t q = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (q & 1u)))
+        q++;
+    return (uint16_t)(sign | q);
+}
+
+float tnn__bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
+
+uint16_t tnn__f32_to_bf16(float f) {
+    uint32_t x = f32_bits(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((x >> 16) | 0x40u); /* quiet NaN */
+    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+
+#define F16(h) tnn__f16_to_f32(h)
+
+/* ------------------------------------------------------------------------ */
+/* Scalar dequantization                                                    */
+/* ------------------------------------------------------------------------ */
+
+static void deq_f32(const void *src, float *dst, int64_t n) {
+    memcpy(dst, src, (size_t)n * sizeof(float));
+}
+
+static void deq_f16(const void *src, float *dst, int64_t n) {
+    const uint16_t *s = src;
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = F16(s[i]);
+}
+
+static void deq_bf16(const void *src, float *dst, int64_t n) {
+    const uint16_t *s = src;
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = tnn__bf16_to_f32(s[i]);
+}
+
+static void deq_q8_0(const void *src, float *dst, int64_t n) {
+    const tnn_block_q8_0 *b = src;
+    for (int64_t k = 0; k < n / TNN_QK; k++, b++) {
+        float d = F16(b->d);
+        for (int i = 0; i < 32; i++)
+            dst[32 * k + i] = d * (float)b->qs[i];
+    }
+}
+
+static void deq_q4_0(const void *src, float *dst, int64_t n) {
+    const tnn_block_q4_0 *b = src;
+    for (int64_t k = 0; k < n / TNN_QK; k++, b++) {
+        float d = F16(b->d);
+        float *y = dst + 32 * k;
+        for (int i = 0; i < 16; i++) {
+            y[i] = d * (float)((b->qs[i] & 15) - 8);
+            y[i + 16] = d * (float)((b->qs[i] >> 4) - 8);
+        }
+    }
+}
+
+static void deq_q4_1(const void *src, float *dst, int64_t n) {
+    const tnn_block_q4_1 *b = src;
+    for (int64_t k = 0; k < n / TNN_QK; k++, b++) {
+        float d = F16(b->d), m = F16(b->m);
+        float *y = dst + 32 * k;
+        for (int i = 0; i < 16; i++) {
+            y[i] = d * (float)(b->qs[i] & 15) + m;
+            y[i + 16] = d * (float)(b->qs[i] >> 4) + m;
+        }
+    }
+}
+
+static inline uint32_t ld_u32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* The 32 five-bit codes of a Q5_0 / Q5_1 block. */
+static inline void q5_codes(const uint8_t *qh4, const uint8_t *qs, int q[32]) {
+    uint32_t qh = ld_u32(qh4);
+    for (int i = 0; i < 16; i++) {
+        q[i] = (qs[i] & 15) | (int)((qh >> i) & 1u) << 4;
+        q[i + 16] = (qs[i] >> 4) | (int)((qh >> (i + 16)) & 1u) << 4;
+    }
+}
+
+static void deq_q5_0(const void *src, float *dst, int64_t n) {
+    const tnn_block_q5_0 *b = src;
+    for (int64_t k = 0; k < n / TNN_QK; k++, b++) {
+        int q[32];
+        q5_codes(b->qh, b->qs, q);
+        float d = F16(b->d);
+        for (int i = 0; i < 32; i++)
+            dst[32 * k + i] = d * (float)(q[i] - 16);
+    }
+}
+
+static void deq_q5_1(const void *src, float *dst, int64_t n) {
+    const tnn_block_q5_1 *b = src;
+    for (int64_t k = 0; k < n / TNN_QK; k++, b++) {
+        int q[32];
+        q5_codes(b->qh, b->qs, q);
+        float d = F16(b->d), m = F16(b->m);
+        for (int i = 0; i < 32; i++)
+            dst[32 * k + i] = d * (float)q[i] + m;
+    }
+}
+
+/* Code of element l (0..31) of sub-block j (0..7) of a Q4_K / Q5_K block. */
+static inline int q4k_code(const uint8_t *qs, int j, int l) {
+    uint8_t v = qs[32 * (j >> 1) + l];
+    return (j & 1) ? v >> 4 : v & 15;
+}
+
+static void deq_q4_K(const void *src, float *dst, int64_t n) {
+    const tnn_block_q4_K *b = src;
+    for (int64_t k = 0; k < n / TNN_QK_K; k++, b++) {
+        float d = F16(b->d), dmin = F16(b->dmin);
+        for (int j = 0; j < 8; j++) {
+            int sc, mn;
+            tnn__qk_scale_min(b->scales, j, &sc, &mn);
+            float d1 = d * (float)sc, m1 = dmin * (float)mn;
+            float *y = dst + 256 * k + 32 * j;
+            for (int l = 0; l < 32; l++)
+                y[l] = d1 * (float)q4k_code(b->qs, j, l) - m1;
+        }
+    }
+}
+
+static void deq_q5_K(const void *src, float *dst, int64_t n) {
+    const tnn_block_q5_K *b = src;
+    for (int64_t k = 0; k < n / TNN_QK_K; k++, b++) {
+        float d = F16(b->d), dmin = F16(b->dmin);
+        for (int j = 0; j < 8; j++) {
+            int sc, mn;
+            tnn__qk_scale_min(b->scales, j, &sc, &mn);
+            float d1 = d * (float)sc, m1 = dmin * (float)mn;
+            float *y = dst + 256 * k + 32 * j;
+            for (int l = 0; l < 32; l++) {
+                int q = q4k_code(b->qs, j, l) | ((b->qh[l] >> j) & 1) << 4;
+                y[l] = d1 * (float)q - m1;
+            }
+        }
+    }
+}
+
+/* Code (0..63, before the -32) of element e (0..255) of a Q6_K block. */
+static inline int q6k_code(const tnn_block_q6_K *b, int e) {
+    int h = e >> 7, i = e & 127;
+    uint8_t lo = b->ql[64 * h + (i & 63)];
+    int q = (i < 64) ? (lo & 15) : (lo >> 4);
+    return q | ((b->qh[32 * h + (i & 31)] >> (2 * (i >> 5))) & 3) << 4;
+}
+
+static void deq_q6_K(const void *src, float *dst, int64_t n) {
+    const tnn_block_q6_K *b = src;
+    for (int64_t k = 0; k < n / TNN_QK_K; k++, b++) {
+        float d = F16(b->d);
+        for (int e = 0; e < 256; e++)
+            dst[256 * k + e] = (d * (float)b->scales[e >> 4]) * (float)(q6k_code(b, e) - 32);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Quantization of weights (byte-identical to the gguf package)             */
+/* ------------------------------------------------------------------------ */
+
+/* Index of the first element of largest magnitude (numpy argmax of |x|). */
+static int absmax_index(const float *x, int n) {
+    int k = 0;
+    float amax = fabsf(x[0]);
+    for (int i = 1; i < n; i++)
+        if (fabsf(x[i]) > amax) {
+            amax = fabsf(x[i]);
+            k = i;
+        }
+    return k;
+}
+
+static void minmax(const float *x, int n, float *mn, float *mx) {
+    float lo = x[0], hi = x[0];
+    for (int i = 1; i < n; i++) {
+        if (x[i] < lo)
+            lo = x[i];
+        if (x[i] > hi)
+            hi = x[i];
+    }
+    *mn = lo;
+    *mx = hi;
+}
+
+/* trunc(v) as an unsigned code clamped to [0, top] (v is >= 0 for finite input). */
+static inline int trunc_code(float v, int top) {
+    if (!(v > 0.0f))
+        return 0;
+    if (v >= (float)top)
+        return top;
+    return (int)v;
+}
+
+static void quant_q8_0(const float *x, void *dst, int64_t n) {
+    tnn_block_q8_0 *b = dst;
+    for (int64_t k = 0; k < n / TNN_QK; k++, b++, x += 32) {
+        float amax = 0.0f;
+        for (int i = 0; i < 32; i++)
+            amax = fmaxf(amax, fabsf(x[i]));
+        float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        b->d = tnn__f32_to_f16(d);
+        for (int i = 0; i < 32; i++) {
+            float v = roundf(x[i] * id);
+            v = v > -128.0f ? v : -128.0f;
+            v = v < 127.0f ? v : 127.0f;
+            b->qs[i] = (int8_t)v;
+        }
+    }
+}
+
+static void quant_q4_0(const float *x, void *dst, int64_t n) {
+    tnn_block_q4_0 *b = dst;
+    for (int64_t k = 0; k < n / TNN_QK; k++, b++, x += 32) {
+        float mx = x[absmax_index(x, 32)];
+        float d = mx / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        b->d = tnn__f32_to_f16(d);
+        for (int i = 0; i < 16; i++) {
+            int q0 = trunc_code(x[i] * id + 8.5f, 15);
+            int q1 = trunc_code(x[i + 16] * id + 8.5f, 15);
+            b->qs[i] = (uint8_t)(q0 | q1 << 4);
+        }
+    }
+}
+
+static void quant_q4_1(const float *x, void *dst, int64_t n) {
+    tnn_block_q4_1 *b = dst;
+    for (int64_t k = 0; k < n / TNN_QK; k++, b++, x += 32) {
+        float lo, hi;
+        minmax(x, 32, &lo, &hi);
+        float d = (hi - lo) / 15.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        b->d = tnn__f32_to_f16(d);
+        b->m = tnn__f32_to_f16(lo);
+        for (int i = 0; i < 16; i++) {
+            int q0 = trunc_code((x[i] - lo) * id + 0.5f, 15);
+            int q1 = trunc_code((x[i + 16] - lo) * id + 0.5f, 15);
+            b->qs[i] = (uint8_t)(q0 | q1 << 4);
+        }
+    }
+}
+
+static void pack_q5(const int q[32], uint8_t qh[4], uint8_t qs[16]) {
+    uint32_t h = 0;
+    for (int i = 0; i < 32; i++)
+        h |= (uint32_t)((q[i] >> 4) & 1) << i;
+    for (int i = 0; i < 4; i++)
+        qh[i] = (uint8_t)(h >> (8 * i));
+    for (int i = 0; i < 16; i++)
+        qs[i] = (uint8_t)((q[i] & 15) | (q[i + 16] & 15) << 4);
+}
+
+static void quant_q5_0(const float *x, void *dst, int64_t n) {
+    tnn_block_q5_0 *b = dst;
+    for (int64_t k = 0; k < n / TNN_QK; k++, b++, x += 32) {
+        float mx = x[absmax_index(x, 32)];
+        float d = mx / -16.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        int q[32];
+        for (int i = 0; i < 32; i++)
+            q[i] = trunc_code(x[i] * id + 16.5f, 31);
+        b->d = tnn__f32_to_f16(d);
+        pack_q5(q, b->qh, b->qs);
+    }
+}
+
+static void quant_q5_1(const float *x, void *dst, int64_t n) {
+    tnn_block_q5_1 *b = dst;
+    for (int64_t k = 0; k < n / TNN_QK; k++, b++, x += 32) {
+        float lo, hi;
+        minmax(x, 32, &lo, &hi);
+        float d = (hi - lo) / 31.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        int q[32];
+        for (int i = 0; i < 32; i++)
+            q[i] = trunc_code((x[i] - lo) * id + 0.5f, 31);
+        b->d = tnn__f32_to_f16(d);
+        b->m = tnn__f32_to_f16(lo);
+        pack_q5(q, b->qh, b->qs);
+    }
+}
+
+int tnn__quantize_row(int type, const float *src, void *dst, int64_t n) {
+    if (tnn__qtype_row_bytes(type, n) < 0)
+        return TNN_ERR_ARG;
+    if (n && (!src || !dst))
+        return TNN_ERR(TNN_ERR_ARG, "NULL src or dst");
+    switch (type) {
+    case TNN_QT_F32: memcpy(dst, src, (size_t)n * sizeof(float)); return TNN_OK;
+    case TNN_QT_F16:
+        for (int64_t i = 0; i < n; i++)
+            ((uint16_t *)dst)[i] = tnn__f32_to_f16(src[i]);
+        return TNN_OK;
+    case TNN_QT_BF16:
+        for (int64_t i = 0; i < n; i++)
+            ((uint16_t *)dst)[i] = tnn__f32_to_bf16(src[i]);
+        return TNN_OK;
+    case TNN_QT_Q8_0: quant_q8_0(src, dst, n); return TNN_OK;
+    case TNN_QT_Q4_0: quant_q4_0(src, dst, n); return TNN_OK;
+    case TNN_QT_Q4_1: quant_q4_1(src, dst, n); return TNN_OK;
+    case TNN_QT_Q5_0: quant_q5_0(src, dst, n); return TNN_OK;
+    case TNN_QT_Q5_1: quant_q5_1(src, dst, n); return TNN_OK;
+    default:
+        return TNN_ERR(TNN_ERR_ARG, "quantization to %s is not implemented",
+                       tnn__qtype(type)->name);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Activations: x quantized to 8 bits for the integer dot products          */
+/* ------------------------------------------------------------------------ */
+
+static bool is_float_type(int t) { return t == TNN_QT_F32 || t == TNN_QT_F16 || t == TNN_QT_BF16; }
+static bool is_k_type(int t) { return t == TNN_QT_Q4_K || t == TNN_QT_Q5_K || t == TNN_QT_Q6_K; }
+
+static int64_t round64(int64_t v) { return (v + 63) & ~(int64_t)63; }
+
+int64_t tnn__qact_bytes(int wtype, int64_t n) {
+    if (tnn__qtype_row_bytes(wtype, n) < 0)
+        return -1;
+    if (is_float_type(wtype))
+        return 0;
+    if (is_k_type(wtype)) {
+        int64_t nb = n / TNN_QK_K;
+        return round64(n) + round64(nb * 4) + round64(nb * 16 * 2);
+    }
+    int64_t nb = n / TNN_QK;
+    return round64(n) + 3 * round64(nb * 4);
+}
+
+/* One activation code: v clamped to [-127, 127] (NaN -> -127), rounded half
+ * away from zero (= roundf; exact, as a - t is exact below 2^23). */
+static inline int8_t act_code(float v) {
+    v = v > -127.0f ? v : -127.0f;
+    v = v < 127.0f ? v : 127.0f;
+    float a = fabsf(v);
+    int t = (int)a;
+    t += (a - (float)t) >= 0.5f;
+    return (int8_t)(v < 0.0f ? -t : t);
+}
+
+static void act_scalar(const float *x, int64_t nb, int bs, int8_t *q, float *d) {
+    for (int64_t b = 0; b < nb; b++, x += bs, q += bs) {
+        float amax = 0.0f;
+        for (int i = 0; i < bs; i++) {
+            float a = fabsf(x[i]);
+            amax = a > amax ? a : amax; /* NaN ignored */
+        }
+        float db = amax / 127.0f, id = db != 0.0f ? 1.0f / db : 0.0f;
+        d[b] = db;
+        for (int i = 0; i < bs; i++)
+            q[i] = act_code(x[i] * id);
+    }
+}
+
+static const tnn_qkernels *kernels(int id);
+static int prepare(tnn_qact *a, int kernel, int wtype, const float *x, int64_t n, void *work);
+
+int tnn__qact_prepare(tnn_qact *a, int wtype, const float *x, int64_t n, void *work) {
+    return prepare(a, tnn__quant_get_kernel(), wtype, x, n, work);
+}
+
+static int prepare(tnn_qact *a, int kernel, int wtype, const float *x, int64_t n, void *work) {
+    int64_t bytes = tnn__qact_bytes(wtype, n);
+    if (bytes < 0)
+        return TNN_ERR_ARG;
+    memset(a, 0, sizeof *a);
+    a->wtype = wtype;
+    a->n = n;
+    a->x = x;
+    if (bytes == 0)
+        return TNN_OK;
+    if (!work)
+        return TNN_ERR(TNN_ERR_ARG, "NULL workspace");
+    uint8_t *p = work;
+    a->q = (int8_t *)p;
+    p += round64(n);
+    int bs = is_k_type(wtype) ? TNN_QK_K : TNN_QK;
+    int64_t nb = n / bs;
+    a->d = (float *)p;
+    p += round64(nb * 4);
+    if (is_k_type(wtype)) {
+        a->bsum = (int16_t *)p;
+    } else {
+        a->s = (float *)p;
+        p += round64(nb * 4);
+        a->qsum = (int32_t *)p;
+    }
+    tnn_qact_fn act = kernels(kernel)->act;
+    (act ? act : act_scalar)(x, nb, bs, a->q, a->d);
+    for (int64_t b = 0; b < nb; b++) {
+        const int8_t *q = a->q + b * bs;
+        if (bs == TNN_QK) {
+            int32_t sum = 0;
+            for (int i = 0; i < 32; i++)
+                sum += q[i];
+            a->qsum[b] = sum;
+            a->s[b] = a->d[b] * (float)sum;
+        } else {
+            for (int g = 0; g < 16; g++) {
+                int sum = 0;
+                for (int i = 0; i < 16; i++)
+                    sum += q[16 * g + i];
+                a->bsum[16 * b + g] = (int16_t)sum;
+            }
+        }
+    }
+    return TNN_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Scalar dot products (the oracle: quant.h states the contract)            */
+/* ------------------------------------------------------------------------ */
+
+static float wval(int type, const void *w, int64_t i) {
+    switch (type) {
+    case TNN_QT_F16: return F16(((const uint16_t *)w)[i]);
+    case TNN_QT_BF16: return tnn__bf16_to_f32(((const uint16_t *)w)[i]);
+    default: return ((const float *)w)[i];
+    }
+}
+
+static void dot_float(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
+    for (int64_t r = 0; r < rows; r++) {
+        const void *wr = (const uint8_t *)w + r * rb;
+        float acc[32] = {0};
+        for (int64_t i = 0; i < a->n; i++)
+            acc[i & 31] = fmaf(wval(a->wtype, wr, i), a->x[i], acc[i & 31]);
+        float v[8];
+        for (int l = 0; l < 8; l++)
+            v[l] = (acc[l] + acc[l + 8]) + (acc[l + 16] + acc[l + 24]);
+        y[r] = tnn__qreduce8(v);
+    }
+}
+
+/* The exact integer sum of one 32-element block: q_w codes (offset already
+ * applied by the caller through qsum) times the activation codes. */
+static inline int32_t idot32(const int *q, const int8_t *qx) {
+    int32_t s = 0;
+    for (int i = 0; i < 32; i++)
+        s += q[i] * qx[i];
+    return s;
+}
+
+static void dot_q32(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
+    int64_t nb = a->n / TNN_QK;
+    int type = a->wtype;
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *wr = (const uint8_t *)w + r * rb;
+        float acc[8] = {0};
+        for (int64_t b = 0; b < nb; b++) {
+            int q[32];
+            float dw, mw = 0.0f;
+            int off = 0;
+            bool has_min = false;
+            switch (type) {
+            case TNN_QT_Q8_0: {
+                const tnn_block_q8_0 *B = (const tnn_block_q8_0 *)wr + b;
+                for (int i = 0; i < 32; i++)
+                    q[i] = B->qs[i];
+                dw = F16(B->d);
+                break;
+            }
+            case TNN_QT_Q4_0: {
+                const tnn_block_q4_0 *B = (const tnn_block_q4_0 *)wr + b;
+                for (int i = 0; i < 16; i++) {
+                    q[i] = B->qs[i] & 15;
+                    q[i + 16] = B->qs[i] >> 4;
+                }
+                dw = F16(B->d);
+                off = 8;
+                break;
+            }
+            case TNN_QT_Q4_1: {
+                const tnn_block_q4_1 *B = (const tnn_block_q4_1 *)wr + b;
+                for (int i = 0; i < 16; i++) {
+                    q[i] = B->qs[i] & 15;
+                    q[i + 16] = B->qs[i] >> 4;
+                }
+                dw = F16(B->d);
+                mw = F16(B->m);
+                has_min = true;
+                break;
+            }
+            case TNN_QT_Q5_0: {
+                const tnn_block_q5_0 *B = (const tnn_block_q5_0 *)wr + b;
+                q5_codes(B->qh, B->qs, q);
+                dw = F16(B->d);
+                off = 16;
+                break;
+            }
+            default: { /* Q5_1 */
+                const tnn_block_q5_1 *B = (const tnn_block_q5_1 *)wr + b;
+                q5_codes(B->qh, B->qs, q);
+                dw = F16(B->d);
+                mw = F16(B->m);
+                has_min = true;
+                break;
+            }
+            }
+            int32_t s = idot32(q, a->q + 32 * b) - off * a->qsum[b];
+            float p = (dw * a->d[b]) * (float)s;
+            if (has_min)
+                p = p + mw * a->s[b];
+            acc[b & 7] += p;
+        }
+        y[r] = tnn__qreduce8(acc);
+    }
+}
+
+static void dot_q4_K(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
+    int64_t nb = a->n / TNN_QK_K;
+    bool five = a->wtype == TNN_QT_Q5_K;
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *wr = (const uint8_t *)w + r * rb;
+        float acc[8] = {0};
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *scales, *qs, *qh = NULL;
+            uint16_t d16, dmin16;
+            if (five) {
+                const tnn_block_q5_K *B = (const tnn_block_q5_K *)wr + b;
+                scales = B->scales, qs = B->qs, qh = B->qh, d16 = B->d, dmin16 = B->dmin;
+            } else {
+                const tnn_block_q4_K *B = (const tnn_block_q4_K *)wr + b;
+                scales = B->scales, qs = B->qs, d16 = B->d, dmin16 = B->dmin;
+            }
+            const int8_t *qx = a->q + 256 * b;
+            const int16_t *bs = a->bsum + 16 * b;
+            int32_t s1 = 0, s2 = 0;
+            for (int j = 0; j < 8; j++) {
+                int sc, mn;
+                tnn__qk_scale_min(scales, j, &sc, &mn);
+                int32_t sj = 0;
+                for (int l = 0; l < 32; l++) {
+                    int q = q4k_code(qs, j, l);
+                    if (qh)
+                        q |= ((qh[l] >> j) & 1) << 4;
+                    sj += q * qx[32 * j + l];
+                }
+                s1 += sc * sj;
+                s2 += mn * (bs[2 * j] + bs[2 * j + 1]);
+            }
+            float dx = a->d[b];
+            float p = (F16(d16) * dx) * (float)s1 - (F16(dmin16) * dx) * (float)s2;
+            acc[b & 7] += p;
+        }
+        y[r] = tnn__qreduce8(acc);
+    }
+}
+
+static void dot_q6_K(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
+    int64_t nb = a->n / TNN_QK_K;
+    for (int64_t r = 0; r < rows; r++) {
+        const tnn_block_q6_K *B = (const tnn_block_q6_K *)((const uint8_t *)w + r * rb);
+        float acc[8] = {0};
+        for (int64_t b = 0; b < nb; b++, B++) {
+            const int8_t *qx = a->q + 256 * b;
+            const int16_t *bs = a->bsum + 16 * b;
+            int32_t s1 = 0, s2 = 0;
+            for (int g = 0; g < 16; g++) {
+                int32_t sg = 0;
+                for (int i = 0; i < 16; i++)
+                    sg += q6k_code(B, 16 * g + i) * qx[16 * g + i];
+                s1 += B->scales[g] * sg;
+                s2 += B->scales[g] * bs[g];
+            }
+            float p = (F16(B->d) * a->d[b]) * (float)(s1 - 32 * s2);
+            acc[b & 7] += p;
+        }
+        y[r] = tnn__qreduce8(acc);
+    }
+}
+
+const tnn_qkernels tnn__qk_scalar = {
+    .name = "scalar",
+    .act = act_scalar,
+    .dot =
+        {
+            [TNN_QT_F32] = dot_float,
+            [TNN_QT_F16] = dot_float,
+            [TNN_QT_BF16] = dot_float,
+            [TNN_QT_Q8_0] = dot_q32,
+            [TNN_QT_Q4_0] = dot_q32,
+            [TNN_QT_Q4_1] = dot_q32,
+            [TNN_QT_Q5_0] = dot_q32,
+            [TNN_QT_Q5_1] = dot_q32,
+            [TNN_QT_Q4_K] = dot_q4_K,
+            [TNN_QT_Q5_K] = dot_q4_K,
+            [TNN_QT_Q6_K] = dot_q6_K,
+        },
+    .deq =
+        {
+            [TNN_QT_F32] = deq_f32,
+            [TNN_QT_F16] = deq_f16,
+            [TNN_QT_BF16] = deq_bf16,
+            [TNN_QT_Q8_0] = deq_q8_0,
+            [TNN_QT_Q4_0] = deq_q4_0,
+            [TNN_QT_Q4_1] = deq_q4_1,
+            [TNN_QT_Q5_0] = deq_q5_0,
+            [TNN_QT_Q5_1] = deq_q5_1,
+            [TNN_QT_Q4_K] = deq_q4_K,
+            [TNN_QT_Q5_K] = deq_q5_K,
+            [TNN_QT_Q6_K] = deq_q6_K,
+        },
+};
+
+/* ------------------------------------------------------------------------ */
+/* Kernel choice                                                            */
+/* ------------------------------------------------------------------------ */
+
+static const char *const kernel_names[TNN_QK_COUNT] = {"scalar", "avx2"};
+_Static_assert(sizeof kernel_names / sizeof kernel_names[0] == TNN_QK_COUNT, "kernel names");
+
+#if defined(TNN_QUANT_X86)
+/* CPUID.1:ECX bit 29 (some compilers' __builtin_cpu_supports lack "f16c"). */
+static bool has_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
+}
+#endif
+
+bool tnn__quant_kernel_supported(int id) {
+    switch (id) {
+    case TNN_QK_SCALAR: return true;
+#if defined(TNN_QUANT_X86)
+    case TNN_QK_AVX2:
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c();
+#endif
+    default: return false;
+    }
+}
+
+const char *tnn__quant_kernel_name(int id) {
+    return id >= 0 && id < TNN_QK_COUNT ? kernel_names[id] : "?";
+}
+
+static pthread_once_t kernel_once = PTHREAD_ONCE_INIT;
+static int default_kernel; /* written once under kernel_once */
+static atomic_int current_kernel;
+
+static void kernel_init(void) {
+    int best = tnn__quant_kernel_supported(TNN_QK_AVX2) ? TNN_QK_AVX2 : TNN_QK_SCALAR;
+    int pick = best;
+    const char *e = getenv("TNN_KERNEL");
+    if (e && *e) {
+        if (strcmp(e, "scalar") == 0)
+            pick = TNN_QK_SCALAR;
+        else if (strcmp(e, "avx2") == 0 && !tnn__quant_kernel_supported(TNN_QK_AVX2))
+            tnn__log(TNN_LOG_WARN, "TNN_KERNEL=avx2 is not supported on this CPU; "
+                                   "quantized kernels use scalar");
+        else if (strcmp(e, "avx2") != 0 && strcmp(e, "avx512") != 0)
+            tnn__log(TNN_LOG_WARN,
+                     "TNN_KERNEL=%s is not one of scalar, avx2, avx512; "
+                     "quantized kernels use %s",
+                     e, kernel_names[best]);
+        /* "avx512": quant has no AVX-512 kernels; the best there is runs */
+    }
+    default_kernel = pick;
+    atomic_store(&current_kernel, pick);
+}
+
+int tnn__quant_get_kernel(void) {
+    pthread_once(&kernel_once, kernel_init);
+    return atomic_load_explicit(&current_kernel, memory_order_relaxed);
+}
+
+int tnn__quant_set_kernel(int id) {
+    pthread_once(&kernel_once, kernel_init);
+    if (id == TNN_QK_AUTO) {
+        atomic_store(&current_kernel, default_kernel);
+        return TNN_OK;
+    }
+    if (!tnn__quant_kernel_supported(id))
+        return TNN_ERR(TNN_ERR_ARG, "quant kernel %d (%s) is unknown or not supported here", id,
+                       tnn__quant_kernel_name(id));
+    atomic_store(&current_kernel, id);
+    return TNN_OK;
+}
+
+static const tnn_qkernels *kernels(int id) {
+#if defined(TNN_QUANT_X86)
+    if (id == TNN_QK_AVX2)
+        return &tnn__qk_avx2;
+#endif
+    (void)id;
+    return &tnn__qk_scalar;
+}
+
+static tnn_qdot_fn dot_fn(int id, int type) {
+    tnn_qdot_fn f = kernels(id)->dot[type];
+    return f ? f : tnn__qk_scalar.dot[type];
+}
+
+/* ------------------------------------------------------------------------ */
+/* Entry points                                                             */
+/* ------------------------------------------------------------------------ */
+
+int tnn__dequantize_row(int type, const void *src, float *dst, int64_t n) {
+    if (tnn__qtype_row_bytes(type, n) < 0)
+        return TNN_ERR_ARG;
+    if (n && (!src || !dst))
+        return TNN_ERR(TNN_ERR_ARG, "NULL src or dst");
+    tnn_qdeq_fn f = kernels(tnn__quant_get_kernel())->deq[type];
+    (f ? f : tnn__qk_scalar.deq[type])(src, dst, n);
+    return TNN_OK;
+}
+
+void tnn__qdot_rows(const tnn_qact *a, const void *w, size_t row_bytes, int64_t rows, float *y) {
+    if (rows > 0)
+        dot_fn(tnn__quant_get_kernel(), a->wtype)(a, w, row_bytes, rows, y);
+}
+
+typedef struct {
+    const tnn_qact *a;
+    const uint8_t *w;
+    size_t rb;
+    float *y;
+    tnn_qdot_fn fn;
+} matvec_job;
+
+static void matvec_range(void *ctx, int64_t begin, int64_t end) {
+    const matvec_job *j = ctx;
+    j->fn(j->a, j->w + begin * j->rb, j->rb, end - begin, j->y + begin);
+}
+
+int tnn__quant_matvec(int wtype, const void *w, int64_t rows, int64_t n, const float *x, float *y,
+                      void *work) {
+    int64_t rb = tnn__qtype_row_bytes(wtype, n);
+    if (rb < 0)
+        return TNN_ERR_ARG;
+    if (rows < 0)
+        return TNN_ERR(TNN_ERR_ARG, "rows %lld < 0", (long long)rows);
+    if (rows == 0)
+        return TNN_OK;
+    if (!w || !y || (n && !x))
+        return TNN_ERR(TNN_ERR_ARG, "NULL weights, x or y");
+    int64_t wb = tnn__qact_bytes(wtype, n);
+    void *own = NULL;
+    if (wb > 0 && !work) {
+        own = aligned_alloc(64, (size_t)wb);
+        if (!own)
+            return TNN_ERR(TNN_ERR_NOMEM, "%lld bytes of activation workspace", (long long)wb);
+        work = own;
+    }
+    tnn_qact a;
+    int kernel = tnn__quant_get_kernel();
+    int rc = prepare(&a, kernel, wtype, x, n, work);
+    if (rc == TNN_OK) {
+        matvec_job job = {&a, w, (size_t)rb, y, dot_fn(kernel, wtype)};
+        /* ~64 KiB of weights per chunk at least: smaller jobs stay on one thread */
+        int64_t min_rows = rb > 0 ? (65536 + rb - 1) / rb : rows;
+        tnn__parallel_for(rows, min_rows < 1 ? 1 : min_rows, matvec_range, &job);
+    }
+    free(own);
+    return rc;
+}

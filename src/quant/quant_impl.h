@@ -1,0 +1,50 @@
+/* quant_impl.h - what quant.c (scalar twin, dispatch) and quant_avx2.c share:
+ * the kernel table each instruction-set file fills, and the few small
+ * helpers that fix the rounding contract described in quant.h.
+ */
+#ifndef TNN_QUANT_IMPL_H
+#define TNN_QUANT_IMPL_H
+
+#include "quant.h"
+
+/* y[r] for r < rows: the dot of row r (rows row_bytes apart) with a. */
+typedef void (*tnn_qdot_fn)(const tnn_qact *a, const void *w, size_t row_bytes, int64_t rows,
+                            float *y);
+/* dst[0..n) from n elements (n a multiple of the block, checked by caller). */
+typedef void (*tnn_qdeq_fn)(const void *src, float *dst, int64_t n);
+
+/* Activation quantization: for each of nb blocks of bs (32 or 256) values
+ * of x, d[b] = amax / 127 and q = act_code(x * (1 / d[b])), where act_code
+ * clamps to [-127, 127] (NaN -> -127) and rounds half away from zero. */
+typedef void (*tnn_qact_fn)(const float *x, int64_t nb, int bs, int8_t *q, float *d);
+
+typedef struct tnn_qkernels {
+    const char *name;
+    tnn_qact_fn act;               /* NULL: the scalar twin runs */
+    tnn_qdot_fn dot[TNN_QT_COUNT]; /* NULL: the scalar twin runs */
+    tnn_qdeq_fn deq[TNN_QT_COUNT]; /* NULL: the scalar twin runs */
+} tnn_qkernels;
+
+extern const tnn_qkernels tnn__qk_scalar;
+#if defined(__x86_64__) || defined(__i386__)
+#define TNN_QUANT_X86 1
+extern const tnn_qkernels tnn__qk_avx2;
+#endif
+
+/* The fixed final reduction of 8 partial sums (quant.h contract). */
+static inline float tnn__qreduce8(const float v[8]) {
+    return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+}
+
+/* Scale and min of sub-block j (0..7) of a Q4_K / Q5_K super-block. */
+static inline void tnn__qk_scale_min(const uint8_t *s, int j, int *sc, int *mn) {
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *mn = s[j + 4] & 63;
+    } else {
+        *sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
+        *mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
+#endif
