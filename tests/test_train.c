@@ -3,11 +3,13 @@
  * whose validation loss must fall below a stated bound, and determinism of
  * the loss curve across runs and thread counts.
  */
+#define _GNU_SOURCE
 #include "harness.h"
 
 #include "llm/model.h"
 #include "llm/train.h"
 
+#include <sys/types.h>
 #include <unistd.h>
 
 static lm_config tiny(void) {
@@ -147,6 +149,41 @@ static void test_training_run(void) {
           "1 vs 2 threads: %.9g/%.9g vs %.9g/%.9g", a.last_loss, a.last_val, b.last_loss,
           b.last_val);
     CHECK(a.last_loss == c.last_loss && a.last_val == c.last_val, "two runs differ");
+
+    /* Checkpoint at step 15 of 30, resume from it: the final checkpoint is
+     * byte for byte the one of the uninterrupted run. */
+    char full[96], mid[96], res[96], pattern[96];
+    snprintf(pattern, sizeof pattern, "/tmp/tnn-test-ck-%d-{step}.gguf", (int)getpid());
+    snprintf(full, sizeof full, "/tmp/tnn-test-ck-%d-30.gguf", (int)getpid());
+    snprintf(mid, sizeof mid, "/tmp/tnn-test-ck-%d-15.gguf", (int)getpid());
+    snprintf(res, sizeof res, "/tmp/tnn-test-ck-%d-resumed.gguf", (int)getpid());
+    o.checkpoint = pattern;
+    o.checkpoint_every = 15;
+    CHECK(lm_train(&o, &a) == 0, "run with checkpoints");
+    lm_train_opts r = o;
+    r.resume = mid;
+    r.checkpoint = res;
+    r.checkpoint_every = 0;
+    CHECK(lm_train(&r, &b) == 0, "resumed run: %s", tnn_last_error());
+    CHECK(b.first_step == 16 && b.last_loss == a.last_loss, "resumed at %d, loss %.9g vs %.9g",
+          b.first_step, b.last_loss, a.last_loss);
+    size_t la = 0, lb = 0;
+    const char *why;
+    const char *fa[1] = {full}, *fb[1] = {res};
+    unsigned char *da = lm_read_files(fa, 1, &la, &why), *db = lm_read_files(fb, 1, &lb, &why);
+    CHECK(da && db && la == lb && memcmp(da, db, la) == 0,
+          "resumed checkpoint differs from the uninterrupted one (%zu vs %zu bytes)", la, lb);
+    free(da);
+    free(db);
+    /* A truncated checkpoint is refused with a message, not a crash. */
+    FILE *f = fopen(res, "r+b");
+    if (f) {
+        CHECK(ftruncate(fileno(f), (off_t)(lb / 2)) == 0, "truncate");
+        fclose(f);
+    }
+    r.resume = res;
+    CHECK(lm_train(&r, &b) != 0, "a truncated checkpoint was accepted");
+    unlink(full), unlink(mid), unlink(res);
     fclose(o.out);
     unlink(path);
 }

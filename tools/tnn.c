@@ -3,6 +3,7 @@
  */
 #include "tinynn.h"
 
+#include "../src/llm/checkpoint.h"
 #include "../src/llm/train.h"
 
 #include <errno.h>
@@ -20,6 +21,7 @@ static void usage(FILE *f) {
             "  demo                 train the small demo model on a built-in corpus, then\n"
             "                       generate text (about two minutes on 2 cores)\n"
             "  train FILE...        train a byte-level transformer on text files\n"
+            "  sample -m CKPT       continue a prompt with a trained checkpoint\n"
             "  version              print the library version\n"
             "\n"
             "train/demo options:\n"
@@ -36,7 +38,15 @@ static void usage(FILE *f) {
             "  --sample-len N       bytes to generate (demo: 400)\n"
             "  --prompt TEXT        start of the generated text\n"
             "  --temp X --top-k N --top-p X   sampling (0.8 40 0.95; temp 0 = greedy)\n"
-            "  --log FILE.csv --svg FILE.svg  loss log and loss-curve picture\n");
+            "  --log FILE.csv --svg FILE.svg  loss log and loss-curve picture\n"
+            "  --checkpoint FILE    write a GGUF checkpoint (weights, AdamW state, step, RNG);\n"
+            "                       \"{step}\" in FILE is replaced by the step number\n"
+            "  --checkpoint-every N   ... every N steps as well as at the end\n"
+            "  --resume FILE        continue a run from its checkpoint (same data files);\n"
+            "                       --steps then sets the new total\n"
+            "\n"
+            "sample options: -m CKPT, --prompt TEXT, -n N (bytes, 200), --temp, --top-k,\n"
+            "  --top-p, --seed\n");
 }
 
 static bool parse_int(const char *s, int lo, int hi, int *out) {
@@ -95,7 +105,15 @@ static bool parse_opts(int argc, char **argv, lm_train_opts *o, const char **fil
         i++;                                                                                  \
         continue;                                                                             \
     }
-        INT_OPT("--steps", 1, 100000000, o->steps)
+        if (!strcmp(a, "--steps")) {
+            if (!v || !parse_int(v, 1, 100000000, &n)) {
+                fprintf(stderr, "tnn: --steps wants an integer in 1..100000000\n");
+                return false;
+            }
+            o->steps = o->steps_override = n;
+            i++;
+            continue;
+        }
         INT_OPT("--batch", 1, 65536, o->batch)
         INT_OPT("--seq", 2, 65536, o->model.seq_len)
         INT_OPT("--layers", 1, 64, o->model.n_layer)
@@ -115,6 +133,9 @@ static bool parse_opts(int argc, char **argv, lm_train_opts *o, const char **fil
         STR_OPT("--prompt", o->sample_prompt)
         STR_OPT("--log", o->log_csv)
         STR_OPT("--svg", o->log_svg)
+        STR_OPT("--checkpoint", o->checkpoint)
+        STR_OPT("--resume", o->resume)
+        INT_OPT("--checkpoint-every", 0, 100000000, o->checkpoint_every)
         if (!strcmp(a, "--seed")) {
             if (!v || !parse_double(v, &x) || x < 0) {
                 fprintf(stderr, "tnn: --seed wants a non-negative integer\n");
@@ -188,6 +209,10 @@ static int cmd_train(int argc, char **argv, bool demo) {
         printf("corpus: %s%s (%d files)\n", files[0],
                strstr(files[0], "fortunes") ? " and more fortune files" : " and more", nfiles);
     }
+    if (nfiles == 0 && o.resume) {
+        fprintf(stderr, "tnn train: --resume needs the same text files as the run it continues\n");
+        return 2;
+    }
     if (nfiles == 0) {
         fprintf(stderr, "tnn train: give one or more text files\n");
         return 2;
@@ -211,6 +236,59 @@ static int cmd_train(int argc, char **argv, bool demo) {
     return rc;
 }
 
+static int cmd_sample(int argc, char **argv) {
+    const char *model = NULL, *prompt = "\n";
+    int n = 200;
+    lm_sampler_params sp = lm_sampler_defaults();
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        double x;
+        if (!v) {
+            fprintf(stderr, "tnn sample: %s wants a value\n", a);
+            return 2;
+        }
+        i++;
+        if (!strcmp(a, "-m")) model = v;
+        else if (!strcmp(a, "--prompt") || !strcmp(a, "-p")) prompt = v;
+        else if (!strcmp(a, "-n") && parse_int(v, 0, 1000000, &n)) continue;
+        else if (!strcmp(a, "--temp") && parse_double(v, &sp.temperature)) continue;
+        else if (!strcmp(a, "--top-k") && parse_int(v, 0, 1000000, &sp.top_k)) continue;
+        else if (!strcmp(a, "--top-p") && parse_double(v, &sp.top_p)) continue;
+        else if (!strcmp(a, "--seed") && parse_double(v, &x) && x >= 0) sp.seed = (uint64_t)x;
+        else {
+            fprintf(stderr, "tnn sample: bad option %s %s (tnn help)\n", a, v);
+            return 2;
+        }
+    }
+    if (!model) {
+        fprintf(stderr, "tnn sample: give a checkpoint with -m\n");
+        return 2;
+    }
+    lm_config cfg;
+    lm_graph g;
+    lm_sampler sm;
+    const char *why;
+    if (lm_checkpoint_read_config(model, &cfg, NULL) != TNN_OK) {
+        fprintf(stderr, "tnn sample: %s\n", tnn_last_error());
+        return 1;
+    }
+    if (lm_graph_build(&g, &cfg, 1, cfg.seq_len, false, NULL) != TNN_OK) return 1;
+    int rc = lm_checkpoint_load(model, &g, false);
+    if (rc != TNN_OK) {
+        fprintf(stderr, "tnn sample: %s\n", tnn_last_error());
+    } else if (lm_sampler_init(&sm, &sp, cfg.vocab, &why)) {
+        fprintf(stderr, "tnn sample: %s\n", why);
+        rc = 1;
+    } else {
+        fputs(prompt, stdout);
+        rc = lm_generate(&g, &sm, (const unsigned char *)prompt, strlen(prompt), n, stdout);
+        fputc('\n', stdout);
+        lm_sampler_free(&sm);
+    }
+    lm_graph_free(&g);
+    return rc == TNN_OK ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "help") || !strcmp(argv[1], "--help") ||
         !strcmp(argv[1], "-h")) {
@@ -223,6 +301,7 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(argv[1], "demo")) return cmd_train(argc - 2, argv + 2, true);
     if (!strcmp(argv[1], "train")) return cmd_train(argc - 2, argv + 2, false);
+    if (!strcmp(argv[1], "sample")) return cmd_sample(argc - 2, argv + 2);
     fprintf(stderr, "tnn: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return 2;

@@ -8,6 +8,8 @@
  */
 #include "train.h"
 
+#include "checkpoint.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -219,9 +221,42 @@ static void fmt_time(double s, char *buf, size_t n) {
         snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
 }
 
-int lm_train(const lm_train_opts *o, lm_train_result *res) {
+static lm_train_state train_state(const lm_train_opts *o, int step, lm_graph *g,
+                                  const tnn_rng *rng) {
+    lm_train_state st = {.step = step, .adam_steps = tnn_optimizer_steps(g->s), .rng = *rng,
+                         .seed = o->seed, .batch = o->batch, .steps = o->steps,
+                         .warmup = o->warmup, .lr = o->lr, .min_lr_ratio = o->min_lr_ratio,
+                         .optim = o->optim};
+    return st;
+}
+
+/* The checkpoint path with "{step}" replaced by the step number. */
+static void checkpoint_path(const char *pattern, int step, char *out, size_t n) {
+    const char *at = strstr(pattern, "{step}");
+    if (!at)
+        snprintf(out, n, "%s", pattern);
+    else
+        snprintf(out, n, "%.*s%d%s", (int)(at - pattern), pattern, step, at + 6);
+}
+
+int lm_train(const lm_train_opts *opts, lm_train_result *res) {
+    lm_train_opts resumed = *opts, *o = &resumed;
     FILE *out = o->out ? o->out : stdout;
     memset(res, 0, sizeof *res);
+    res->first_step = 1;
+    lm_train_state st;
+    if (o->resume) {
+        if (lm_checkpoint_read_config(o->resume, &o->model, &st) != TNN_OK) {
+            fprintf(out, "error: cannot resume: %s\n", tnn_last_error());
+            return 1;
+        }
+        o->batch = st.batch, o->steps = st.steps, o->warmup = st.warmup, o->lr = st.lr;
+        o->min_lr_ratio = st.min_lr_ratio, o->optim = st.optim, o->seed = st.seed;
+        if (o->steps_override > 0) o->steps = o->steps_override;
+        res->first_step = (int)st.step + 1;
+        fprintf(out, "resuming from %s at step %lld of %d\n", o->resume, (long long)st.step,
+                o->steps);
+    }
     const char *why = NULL;
     size_t len = 0;
     unsigned char *data = lm_read_files(o->data_files, o->n_data_files, &len, &why);
@@ -245,7 +280,8 @@ int lm_train(const lm_train_opts *o, lm_train_result *res) {
     int rc = lm_graph_build(&g, &o->model, B, T, true, &opt);
     if (rc == TNN_OK) rc = lm_graph_build(&ev, &o->model, B, T, true, NULL);
     if (rc == TNN_OK) rc = lm_graph_build(&gen, &o->model, 1, T, false, NULL);
-    if (rc == TNN_OK) rc = lm_init_weights(&g, o->seed);
+    if (rc == TNN_OK) rc = o->resume ? lm_checkpoint_load(o->resume, &g, true)
+                                     : lm_init_weights(&g, o->seed);
     lm_sampler sm;
     bool have_sampler = false;
     if (rc == TNN_OK) {
@@ -263,8 +299,8 @@ int lm_train(const lm_train_opts *o, lm_train_result *res) {
     FILE *csv = NULL;
     if (rc == TNN_OK && (!tok || !tgt || !pts)) rc = TNN_ERR_NOMEM;
     if (rc == TNN_OK && o->log_csv) {
-        csv = fopen(o->log_csv, "w");
-        if (csv) fprintf(csv, "step,train_loss,val_loss,lr,tokens_per_s,elapsed_s\n");
+        csv = fopen(o->log_csv, o->resume ? "a" : "w");
+        if (csv && !o->resume) fprintf(csv, "step,train_loss,val_loss,lr,tokens_per_s,elapsed_s\n");
     }
     if (rc != TNN_OK) goto done;
 
@@ -283,9 +319,10 @@ int lm_train(const lm_train_opts *o, lm_train_result *res) {
 
     tnn_rng rng;
     tnn_rng_seed(&rng, o->seed ^ 0x5eed);
-    double t0 = now_s(), tprint = t0, loss_acc = 0;
-    int acc_n = 0;
-    for (int step = 1; step <= o->steps; step++) {
+    if (o->resume) rng = st.rng;
+    double t0 = now_s(), loss_acc = 0;
+    int acc_n = 0, first = res->first_step;
+    for (int step = first; step <= o->steps; step++) {
         double lr = lr_at(o, step);
         tnn_set_lr(g.s, lr);
         for (int b = 0; b < B; b++) {
@@ -302,7 +339,7 @@ int lm_train(const lm_train_opts *o, lm_train_result *res) {
         if (tnn_optimizer_skipped(g.s) > skipped_before)
             fprintf(out, "warning: step %d: loss %g or gradient not finite; step skipped\n", step,
                     loss);
-        if (step == 1) res->first_loss = loss;
+        if (step == first) res->first_loss = loss;
         res->last_loss = loss;
         res->steps_done = step;
         loss_acc += loss;
@@ -317,10 +354,11 @@ int lm_train(const lm_train_opts *o, lm_train_result *res) {
             res->last_val = vloss;
         }
         if (step % o->print_every == 0 || do_eval) {
-            double tps = (double)B * T * step / el;
+            int done = step - first + 1;
+            double tps = (double)B * T * done / el;
             char e1[32], e2[32];
             fmt_time(el, e1, sizeof e1);
-            fmt_time(el / step * (o->steps - step), e2, sizeof e2);
+            fmt_time(el / done * (o->steps - step), e2, sizeof e2);
             fprintf(out, "step %5d/%d | loss %.4f | lr %.2e | %6.0f tok/s | %s elapsed | eta %s",
                     step, o->steps, loss_acc / acc_n, lr, tps, e1, e2);
             if (do_eval) fprintf(out, " | validation loss %.4f", vloss);
@@ -335,7 +373,16 @@ int lm_train(const lm_train_opts *o, lm_train_result *res) {
             if (o->log_svg) write_svg(o->log_svg, pts, npts, o->steps);
             loss_acc = 0;
             acc_n = 0;
-            tprint = now_s();
+        }
+        bool ckpt = o->checkpoint && ((o->checkpoint_every > 0 && step % o->checkpoint_every == 0) ||
+                                      step == o->steps);
+        if (ckpt) {
+            char path[4096];
+            checkpoint_path(o->checkpoint, step, path, sizeof path);
+            lm_train_state now = train_state(o, step, &g, &rng);
+            rc = lm_checkpoint_save(path, &g, &now);
+            if (rc != TNN_OK) goto done;
+            fprintf(out, "checkpoint: %s (step %d)\n", path, step);
         }
         if (o->sample_every > 0 && step % o->sample_every == 0 && step != o->steps) {
             rc = lm_copy_weights(&gen, &g);
@@ -347,8 +394,7 @@ int lm_train(const lm_train_opts *o, lm_train_result *res) {
             if (rc != TNN_OK) goto done;
         }
     }
-    (void)tprint;
-    res->tokens_per_s = (double)B * T * o->steps / (now_s() - t0);
+    res->tokens_per_s = (double)B * T * (o->steps - first + 1) / (now_s() - t0);
     res->steps_skipped = (int)tnn_optimizer_skipped(g.s);
     rc = lm_copy_weights(&gen, &g);
     if (rc == TNN_OK && o->sample_len > 0) {

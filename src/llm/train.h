@@ -22,6 +22,10 @@ typedef struct {
     const char *sample_prompt;
     lm_sampler_params sampler;
     const char *log_csv, *log_svg; /* NULL: not written */
+    const char *checkpoint;        /* NULL: none; written every checkpoint_every steps and at the end */
+    int checkpoint_every;
+    const char *resume;            /* continue from this checkpoint (its shape and schedule) */
+    int steps_override;            /* > 0: with resume, train to this many steps instead */
     FILE *out;                     /* progress and samples */
 } lm_train_opts;
 
@@ -32,6 +36,7 @@ typedef struct {
     double first_val, last_val;     /* validation loss before training and at the end */
     double tokens_per_s;
     int steps_done, steps_skipped;
+    int first_step; /* 1, or the step after the checkpoint resumed from */
 } lm_train_result;
 
 /* Returns 0 on success; on failure a message has been printed to opts->out. */

@@ -1,0 +1,249 @@
+/* checkpoint.c - saving and loading training checkpoints (GGUF).
+ *
+ * Model keys follow the llama GGUF conventions (llama.block_count, ...;
+ * tensors token_embd.weight, blk.N.attn_q.weight, ...), so a checkpoint
+ * is also a model file. Optimizer moments are tensors "opt.m.<name>" and
+ * "opt.v.<name>"; the training state lives under "tinynn.train.".
+ */
+#include "checkpoint.h"
+
+#include "../core/internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Errors go to the library's per-thread message (tnn_last_error). */
+#define ERR(status, ...) TNN_ERR((status), __VA_ARGS__)
+
+/* ------------------------------------------------------------------------ */
+/* Save                                                                     */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    const lm_graph *g;
+    tnn_gguf_writer *w;
+    bool optimizer;
+    float *buf;
+    size_t cap;
+    int rc;
+} save_ctx;
+
+static float *grow(save_ctx *c, size_t n) {
+    if (n > c->cap) {
+        float *b = realloc(c->buf, n * sizeof *b);
+        if (!b) return NULL;
+        c->buf = b;
+        c->cap = n;
+    }
+    return c->buf;
+}
+
+static int add_f32(save_ctx *c, const char *name, tnn_tensor *t, const float *data) {
+    int64_t shape[4];
+    int nd = tnn_tensor_ndim(t);
+    for (int i = 0; i < nd; i++) shape[i] = tnn_tensor_dim(t, i);
+    size_t n = (size_t)tnn_tensor_nelements(t);
+    return tnn_gguf_writer_add_tensor(c->w, name, TNN_GGML_F32, nd, shape, data,
+                                      n * sizeof(float));
+}
+
+static int save_one(void *p, const char *name, tnn_tensor *t) {
+    save_ctx *c = p;
+    size_t n = (size_t)tnn_tensor_nelements(t);
+    float *b = grow(c, n);
+    if (!b) return TNN_ERR_NOMEM;
+    int rc = tnn_download_f32(c->g->s, t, b, n);
+    if (rc == TNN_OK) rc = add_f32(c, name, t, b);
+    for (int which = 0; which < 2 && rc == TNN_OK && c->optimizer; which++) {
+        char oname[96];
+        snprintf(oname, sizeof oname, "opt.%c.%s", which ? 'v' : 'm', name);
+        rc = tnn_optimizer_get_state(c->g->s, t, which, b, n);
+        if (rc == TNN_OK) rc = add_f32(c, oname, t, b);
+    }
+    return rc;
+}
+
+int lm_checkpoint_save(const char *path, const lm_graph *g, const lm_train_state *st) {
+    const lm_config *m = &g->cfg;
+    tnn_gguf_writer *w = tnn_gguf_writer_new();
+    if (!w) return TNN_ERR_NOMEM;
+    int rc = TNN_OK;
+#define ADD(call)                                                                             \
+    do {                                                                                      \
+        if (rc == TNN_OK) rc = (call);                                                        \
+    } while (0)
+    ADD(tnn_gguf_writer_add_str(w, "general.architecture", "llama"));
+    ADD(tnn_gguf_writer_add_str(w, "general.name", "tinynn byte-level transformer"));
+    ADD(tnn_gguf_writer_add_u32(w, "llama.vocab_size", (uint32_t)m->vocab));
+    ADD(tnn_gguf_writer_add_u32(w, "llama.context_length", (uint32_t)m->seq_len));
+    ADD(tnn_gguf_writer_add_u32(w, "llama.embedding_length", (uint32_t)m->d_model));
+    ADD(tnn_gguf_writer_add_u32(w, "llama.block_count", (uint32_t)m->n_layer));
+    ADD(tnn_gguf_writer_add_u32(w, "llama.feed_forward_length", (uint32_t)m->d_ff));
+    ADD(tnn_gguf_writer_add_u32(w, "llama.attention.head_count", (uint32_t)m->n_head));
+    ADD(tnn_gguf_writer_add_u32(w, "llama.attention.head_count_kv", (uint32_t)m->n_kv_head));
+    ADD(tnn_gguf_writer_add_u32(w, "llama.rope.dimension_count",
+                                (uint32_t)(m->d_model / m->n_head)));
+    ADD(tnn_gguf_writer_add_f32(w, "llama.rope.freq_base", (float)m->rope_base));
+    ADD(tnn_gguf_writer_add_f32(w, "llama.attention.layer_norm_rms_epsilon", (float)m->norm_eps));
+    ADD(tnn_gguf_writer_add_str(w, "tinynn.tokenizer", "bytes"));
+    if (st) {
+        ADD(tnn_gguf_writer_add_i64(w, "tinynn.train.step", st->step));
+        ADD(tnn_gguf_writer_add_i64(w, "tinynn.train.adam_steps", st->adam_steps));
+        ADD(tnn_gguf_writer_add_arr(w, "tinynn.train.rng", TNN_GGUF_UINT64, st->rng.s, 4));
+        ADD(tnn_gguf_writer_add_u64(w, "tinynn.train.seed", st->seed));
+        ADD(tnn_gguf_writer_add_i32(w, "tinynn.train.batch", st->batch));
+        ADD(tnn_gguf_writer_add_i32(w, "tinynn.train.steps", st->steps));
+        ADD(tnn_gguf_writer_add_i32(w, "tinynn.train.warmup", st->warmup));
+        ADD(tnn_gguf_writer_add_f64(w, "tinynn.train.lr", st->lr));
+        ADD(tnn_gguf_writer_add_f64(w, "tinynn.train.min_lr_ratio", st->min_lr_ratio));
+        ADD(tnn_gguf_writer_add_f64(w, "tinynn.train.beta1", st->optim.beta1));
+        ADD(tnn_gguf_writer_add_f64(w, "tinynn.train.beta2", st->optim.beta2));
+        ADD(tnn_gguf_writer_add_f64(w, "tinynn.train.eps", st->optim.eps));
+        ADD(tnn_gguf_writer_add_f64(w, "tinynn.train.weight_decay", st->optim.weight_decay));
+        ADD(tnn_gguf_writer_add_f64(w, "tinynn.train.grad_clip", st->optim.grad_clip));
+    }
+#undef ADD
+    save_ctx c = {.g = g, .w = w, .optimizer = st != NULL};
+    if (rc == TNN_OK) rc = lm_params_each(g, save_one, &c);
+    if (rc == TNN_OK) rc = tnn_gguf_writer_write(w, path);
+    if (rc != TNN_OK) {
+        char msg[400];
+        snprintf(msg, sizeof msg, "%s", tnn_last_error());
+        rc = ERR(rc, "saving %s: %s", path, msg);
+    }
+    free(c.buf);
+    tnn_gguf_writer_free(w);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Load                                                                     */
+/* ------------------------------------------------------------------------ */
+
+static int get_int(const tnn_gguf *f, const char *key, int *out) {
+    int64_t v;
+    int rc = tnn_gguf_get_i64(f, key, &v);
+    if (rc != TNN_OK) return rc; /* the message names the key */
+    if (v < 0 || v > INT32_MAX) return ERR(TNN_ERR_FORMAT, "%s = %lld is out of range", key, (long long)v);
+    *out = (int)v;
+    return TNN_OK;
+}
+
+static int get_dbl(const tnn_gguf *f, const char *key, double *out) {
+    int rc = tnn_gguf_get_f64(f, key, out);
+    return rc; /* on failure the message names the key */
+}
+
+int lm_checkpoint_read_config(const char *path, lm_config *cfg, lm_train_state *st) {
+    tnn_gguf *f = tnn_gguf_open(path);
+    if (!f) return tnn_last_status();
+    int rc = TNN_OK;
+    const char *arch = NULL;
+    if (tnn_gguf_get_str(f, "general.architecture", &arch, NULL) != TNN_OK || strcmp(arch, "llama"))
+        rc = ERR(TNN_ERR_FORMAT, "%s: not a llama-architecture file", path);
+    memset(cfg, 0, sizeof *cfg);
+#define INT(key, dst)                                                                         \
+    if (rc == TNN_OK) rc = get_int(f, key, &(dst))
+#define DBL(key, dst)                                                                         \
+    if (rc == TNN_OK) rc = get_dbl(f, key, &(dst))
+    INT("llama.vocab_size", cfg->vocab);
+    INT("llama.context_length", cfg->seq_len);
+    INT("llama.embedding_length", cfg->d_model);
+    INT("llama.block_count", cfg->n_layer);
+    INT("llama.feed_forward_length", cfg->d_ff);
+    INT("llama.attention.head_count", cfg->n_head);
+    INT("llama.attention.head_count_kv", cfg->n_kv_head);
+    DBL("llama.rope.freq_base", cfg->rope_base);
+    DBL("llama.attention.layer_norm_rms_epsilon", cfg->norm_eps);
+    const char *why = rc == TNN_OK ? lm_config_problem(cfg) : NULL;
+    if (why) rc = ERR(TNN_ERR_FORMAT, "%s: model shape: %s", path, why);
+    if (st && rc == TNN_OK) {
+        memset(st, 0, sizeof *st);
+        int64_t v;
+        rc = tnn_gguf_get_i64(f, "tinynn.train.step", &st->step);
+        if (rc == TNN_OK) rc = tnn_gguf_get_i64(f, "tinynn.train.adam_steps", &st->adam_steps);
+        if (rc == TNN_OK) rc = tnn_gguf_get_i64(f, "tinynn.train.seed", &v);
+        if (rc == TNN_OK) st->seed = (uint64_t)v;
+        const void *data;
+        size_t nb;
+        if (rc == TNN_OK) rc = tnn_gguf_get_arr_data(f, "tinynn.train.rng", &data, &nb);
+        if (rc == TNN_OK && nb == sizeof st->rng.s) memcpy(st->rng.s, data, nb);
+        else if (rc == TNN_OK) rc = ERR(TNN_ERR_FORMAT, "tinynn.train.rng: want 4 uint64");
+        if (rc != TNN_OK && rc != TNN_ERR_FORMAT)
+            rc = ERR(rc, "%s: not a training checkpoint (%s)", path, tnn_last_error());
+        INT("tinynn.train.batch", st->batch);
+        INT("tinynn.train.steps", st->steps);
+        INT("tinynn.train.warmup", st->warmup);
+        DBL("tinynn.train.lr", st->lr);
+        DBL("tinynn.train.min_lr_ratio", st->min_lr_ratio);
+        DBL("tinynn.train.beta1", st->optim.beta1);
+        DBL("tinynn.train.beta2", st->optim.beta2);
+        DBL("tinynn.train.eps", st->optim.eps);
+        DBL("tinynn.train.weight_decay", st->optim.weight_decay);
+        DBL("tinynn.train.grad_clip", st->optim.grad_clip);
+        st->optim.lr = st->lr;
+    }
+#undef INT
+#undef DBL
+    tnn_gguf_close(f);
+    return rc;
+}
+
+typedef struct {
+    const tnn_gguf *f;
+    lm_graph *g;
+    bool optimizer;
+    const char *path;
+} load_ctx;
+
+/* Copies the F32 tensor `name` of the file into t (which = -1: the weights,
+ * else that optimizer moment). */
+static int load_tensor(load_ctx *c, const char *name, tnn_tensor *t, int which) {
+    int64_t i = tnn_gguf_find_tensor(c->f, name);
+    if (i < 0) return ERR(TNN_ERR_FORMAT, "%s: tensor %s is missing", c->path, name);
+    int64_t shape[4];
+    int nd = tnn_gguf_tensor_shape(c->f, i, shape);
+    bool same = nd == tnn_tensor_ndim(t) && tnn_gguf_tensor_type(c->f, i) == TNN_GGML_F32;
+    for (int k = 0; same && k < nd; k++) same = shape[k] == tnn_tensor_dim(t, k);
+    if (!same) return ERR(TNN_ERR_FORMAT, "%s: tensor %s has the wrong type or shape", c->path, name);
+    size_t n = (size_t)tnn_tensor_nelements(t);
+    const void *data = tnn_gguf_tensor_data(c->f, i);
+    float *tmp = malloc(n * sizeof *tmp); /* the mapping need not be 4-byte aligned for us */
+    if (!tmp) return TNN_ERR_NOMEM;
+    memcpy(tmp, data, n * sizeof *tmp);
+    int rc = which < 0 ? tnn_upload_f32(c->g->s, t, tmp, n)
+                       : tnn_optimizer_set_state(c->g->s, t, which, tmp, n);
+    free(tmp);
+    if (rc != TNN_OK) {
+        char msg[400];
+        snprintf(msg, sizeof msg, "%s", tnn_last_error());
+        rc = ERR(rc, "%s: %s", name, msg);
+    }
+    return rc;
+}
+
+static int load_one(void *p, const char *name, tnn_tensor *t) {
+    load_ctx *c = p;
+    int rc = load_tensor(c, name, t, -1);
+    for (int which = 0; which < 2 && rc == TNN_OK && c->optimizer; which++) {
+        char oname[96];
+        snprintf(oname, sizeof oname, "opt.%c.%s", which ? 'v' : 'm', name);
+        rc = load_tensor(c, oname, t, which);
+    }
+    return rc;
+}
+
+int lm_checkpoint_load(const char *path, lm_graph *g, bool optimizer) {
+    tnn_gguf *f = tnn_gguf_open(path);
+    if (!f) return tnn_last_status();
+    load_ctx c = {.f = f, .g = g, .optimizer = optimizer, .path = path};
+    int rc = lm_params_each(g, load_one, &c);
+    if (rc == TNN_OK && optimizer) {
+        int64_t adam_steps;
+        rc = tnn_gguf_get_i64(f, "tinynn.train.adam_steps", &adam_steps);
+        if (rc == TNN_OK) rc = tnn_optimizer_set_steps(g->s, adam_steps);
+    }
+    tnn_gguf_close(f);
+    return rc;
+}

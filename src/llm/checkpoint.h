@@ -1,0 +1,33 @@
+/* checkpoint.h - training checkpoints as GGUF files: the model under llama
+ * metadata keys and tensor names, AdamW moments as extra tensors, and the
+ * training state (step, RNG, hyper-parameters) under tinynn.train.* keys.
+ */
+#ifndef TNN_LLM_CHECKPOINT_H
+#define TNN_LLM_CHECKPOINT_H
+
+#include "model.h"
+#include "rng.h"
+
+typedef struct {
+    int64_t step;       /* steps done */
+    int64_t adam_steps; /* optimizer steps taken (skipped steps excluded) */
+    tnn_rng rng;        /* the batch RNG after `step` steps */
+    uint64_t seed;
+    int batch, steps, warmup;
+    double lr, min_lr_ratio;
+    lm_optim optim;
+} lm_train_state;
+
+/* Writes the model of g (and, with st, its optimizer state and st) to path,
+ * atomically. Returns TNN_OK or a status with the message set. */
+int lm_checkpoint_save(const char *path, const lm_graph *g, const lm_train_state *st);
+
+/* Reads the config (and, when st is non-NULL, the training state: the file
+ * must then be a training checkpoint) of a checkpoint. */
+int lm_checkpoint_read_config(const char *path, lm_config *cfg, lm_train_state *st);
+
+/* Uploads the weights (and with `optimizer`, the AdamW moments and step
+ * count) of the checkpoint into g, whose config must match. */
+int lm_checkpoint_load(const char *path, lm_graph *g, bool optimizer);
+
+#endif
