@@ -131,6 +131,8 @@ typedef enum tnn_dtype {
     TNN_I32 = 1,
     TNN_F16 = 2,
     TNN_BF16 = 3,
+    TNN_GGML = 4, /* a GGUF tensor of any GGML type, borrowed from a file:
+                     see tnn_tensor_from_gguf and tnn_tensor_ggml_type */
     TNN_DTYPE_COUNT
 } tnn_dtype;
 
@@ -169,6 +171,9 @@ TNN_API int tnn_tensor_ndim(const tnn_tensor *t);
 TNN_API int64_t tnn_tensor_dim(const tnn_tensor *t, int axis); /* axis < 0 counts from the end */
 TNN_API int64_t tnn_tensor_nelements(const tnn_tensor *t);
 TNN_API int tnn_tensor_dtype(const tnn_tensor *t);
+/* The GGML type id (tnn_ggml_type) of a TNN_GGML or F32 tensor made by
+ * tnn_tensor_from_gguf; -1 for other tensors. */
+TNN_API int tnn_tensor_ggml_type(const tnn_tensor *t);
 /* Name for error messages and debugging (copied, at most 31 bytes kept). */
 TNN_API int tnn_tensor_set_name(tnn_tensor *t, const char *name);
 TNN_API const char *tnn_tensor_name(const tnn_tensor *t);
@@ -242,6 +247,28 @@ TNN_API tnn_tensor *tnn_gelu_back(tnn_session *s, tnn_tensor *x, tnn_tensor *dy)
  * (i, i + hd/2) (NeoX, Hugging Face rotate_half). */
 TNN_API tnn_tensor *tnn_rope(tnn_session *s, tnn_tensor *x, int n_head, int seq_len,
                              double base, int mode);
+/* RoPE at given positions: x (N, n_head*hd), positions an int32 (N) tensor
+ * read at compute time (so one graph serves every decoding step), and
+ * optional per-pair frequency divisors freq_factors (hd/2) f32 (NULL: none;
+ * Llama 3's rope_freqs): pair i of a row at position p turns by
+ * p * base^(-2i/hd) / freq_factors[i]. */
+TNN_API tnn_tensor *tnn_rope_ext(tnn_session *s, tnn_tensor *x, int n_head,
+                                 tnn_tensor *positions, double base, int mode,
+                                 tnn_tensor *freq_factors);
+/* KV cache: writes the n rows of x (n, W) into rows pos .. pos+n-1 of the
+ * leaf `cache` (ctx, W), pos read from the int32 (1) tensor `pos` at compute
+ * time; the result is the cache itself (same storage), to feed
+ * tnn_attention_cached after the write. pos + n > ctx fails the compute with
+ * TNN_ERR_RANGE. */
+TNN_API tnn_tensor *tnn_kv_write(tnn_session *s, tnn_tensor *cache, tnn_tensor *x,
+                                 tnn_tensor *pos);
+/* Causal attention of one sequence against a KV cache: q (n, n_head*hd)
+ * holds the queries at positions pos .. pos+n-1 (pos an int32 (1) tensor
+ * read at compute time); kcache and vcache (ctx, n_kv_head*hd) hold keys and
+ * values at positions 0 .. pos+n-1. Returns (n, n_head*hd). */
+TNN_API tnn_tensor *tnn_attention_cached(tnn_session *s, tnn_tensor *q, tnn_tensor *kcache,
+                                         tnn_tensor *vcache, int n_head, int n_kv_head,
+                                         tnn_tensor *pos);
 /* Fused causal self-attention with grouped-query heads: q (N, n_head*hd),
  * k and v (N, n_kv_head*hd), n_head a multiple of n_kv_head (query head h
  * reads kv head h / (n_head/n_kv_head)). Each query at position t attends to
@@ -375,6 +402,9 @@ TNN_API int tnn_download_transposed_f64(tnn_session *s, tnn_tensor *t, double *d
 /* f32 transfers. n must equal nelements(t); t must be f32. */
 TNN_API int tnn_upload_f32(tnn_session *s, tnn_tensor *t, const float *src, size_t n);
 TNN_API int tnn_download_f32(tnn_session *s, tnn_tensor *t, float *dst, size_t n);
+/* int32 transfers. n must equal nelements(t); t must be i32. */
+TNN_API int tnn_upload_i32(tnn_session *s, tnn_tensor *t, const int32_t *src, size_t n);
+TNN_API int tnn_download_i32(tnn_session *s, tnn_tensor *t, int32_t *dst, size_t n);
 
 /* ------------------------------------------------------------------------ */
 /* Host-side kernels on the scratch (seed ABI)                              */
@@ -642,6 +672,15 @@ TNN_API int64_t tnn_gguf_tensor_offset(const tnn_gguf *g, int64_t i);
 /* The tensor's bytes, as stored (read-only; owned by the handle). Aligned
  * to min(alignment, 4096) bytes. */
 TNN_API const void *tnn_gguf_tensor_data(const tnn_gguf *g, int64_t i);
+
+/* A read-only leaf of session s whose data is the GGUF tensor `name`,
+ * borrowed (zero-copy): `g` must stay open while the session uses it.
+ * F32 tensors become TNN_F32 tensors; every other GGML type a TNN_GGML
+ * tensor, which tnn_matmul_nt (as its second operand, 2-D) and
+ * tnn_get_rows (as the table) accept. The shape is NumPy order. NULL with
+ * TNN_ERR_RANGE when there is no such tensor, TNN_ERR_UNSUPPORTED for a type
+ * without kernels. */
+TNN_API tnn_tensor *tnn_tensor_from_gguf(tnn_session *s, const tnn_gguf *g, const char *name);
 
 /* ---- writer ---- */
 

@@ -22,6 +22,7 @@ static void usage(FILE *f) {
             "                       generate text (about two minutes on 2 cores)\n"
             "  train FILE...        train a byte-level transformer on text files\n"
             "  sample -m CKPT       continue a prompt with a trained checkpoint\n"
+            "  info FILE.gguf       print a GGUF file's metadata and tensor table\n"
             "  version              print the library version\n"
             "\n"
             "train/demo options:\n"
@@ -236,6 +237,71 @@ static int cmd_train(int argc, char **argv, bool demo) {
     return rc;
 }
 
+/* `tnn info FILE.gguf`: metadata and tensor table. */
+static void print_value(const tnn_gguf *g, const char *key) {
+    int type = tnn_gguf_kv_type(g, key);
+    const char *str;
+    int64_t iv;
+    double dv;
+    int b;
+    if (type == TNN_GGUF_STRING && tnn_gguf_get_str(g, key, &str, NULL) == TNN_OK) {
+        int n = 0;
+        putchar('"');
+        for (const char *p = str; *p && n < 60; p++, n++) putchar(*p == '\n' ? ' ' : *p);
+        printf(strlen(str) > 60 ? "...\"" : "\"");
+    } else if (type == TNN_GGUF_BOOL && tnn_gguf_get_bool(g, key, &b) == TNN_OK) {
+        printf("%s", b ? "true" : "false");
+    } else if (type == TNN_GGUF_ARRAY) {
+        int64_t n = tnn_gguf_arr_len(g, key);
+        printf("[%s x %lld]", tnn_gguf_value_type_name(tnn_gguf_arr_type(g, key)), (long long)n);
+    } else if (tnn_gguf_get_i64(g, key, &iv) == TNN_OK) {
+        printf("%lld", (long long)iv);
+    } else if (tnn_gguf_get_f64(g, key, &dv) == TNN_OK) {
+        printf("%g", dv);
+    } else {
+        printf("(%s)", tnn_gguf_value_type_name(type));
+    }
+    putchar('\n');
+}
+
+static int cmd_info(int argc, char **argv) {
+    if (argc != 1) {
+        fprintf(stderr, "usage: tnn info FILE.gguf\n");
+        return 2;
+    }
+    tnn_gguf *g = tnn_gguf_open(argv[0]);
+    if (!g) {
+        fprintf(stderr, "tnn info: %s\n", tnn_last_error());
+        return 1;
+    }
+    printf("GGUF version %d, alignment %lld, %lld keys, %lld tensors\n", tnn_gguf_version(g),
+           (long long)tnn_gguf_alignment(g), (long long)tnn_gguf_n_kv(g),
+           (long long)tnn_gguf_n_tensors(g));
+    for (int64_t i = 0; i < tnn_gguf_n_kv(g); i++) {
+        const char *key = tnn_gguf_key(g, i);
+        printf("  %-44s ", key);
+        print_value(g, key);
+    }
+    int64_t total = 0;
+    printf("tensors:\n");
+    for (int64_t i = 0; i < tnn_gguf_n_tensors(g); i++) {
+        int64_t shape[4];
+        int nd = tnn_gguf_tensor_shape(g, i, shape);
+        char dims[64] = "";
+        size_t off = 0;
+        for (int k = 0; k < nd; k++)
+            off += (size_t)snprintf(dims + off, sizeof dims - off, k ? " x %lld" : "%lld",
+                                    (long long)shape[k]);
+        printf("  %-36s %-6s %-18s %10lld bytes\n", tnn_gguf_tensor_name(g, i),
+               tnn_ggml_type_name(tnn_gguf_tensor_type(g, i)), dims,
+               (long long)tnn_gguf_tensor_nbytes(g, i));
+        total += tnn_gguf_tensor_nbytes(g, i);
+    }
+    printf("%lld bytes of tensor data\n", (long long)total);
+    tnn_gguf_close(g);
+    return 0;
+}
+
 static int cmd_sample(int argc, char **argv) {
     const char *model = NULL, *prompt = "\n";
     int n = 200;
@@ -302,6 +368,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "demo")) return cmd_train(argc - 2, argv + 2, true);
     if (!strcmp(argv[1], "train")) return cmd_train(argc - 2, argv + 2, false);
     if (!strcmp(argv[1], "sample")) return cmd_sample(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "info")) return cmd_info(argc - 2, argv + 2);
     fprintf(stderr, "tnn: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return 2;

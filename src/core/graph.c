@@ -137,6 +137,7 @@ static int plan_arena(tnn_session *s, tnn_tensor **plan, int32_t np, size_t *siz
     for (int32_t i = 0; i < np && rc == TNN_OK; i++) {
         tnn_tensor *t = plan[i];
         size_t off;
+        if (t->flags & TNN_FLAG_ALIAS) continue; /* lives in its src[0]'s storage */
         if (!plan_alloc(&p, t->nbytes, &off)) {
             rc = TNN_ERR(TNN_ERR_OVERFLOW, "arena size overflows at node #%d", t->id);
             break;
@@ -145,6 +146,7 @@ static int plan_arena(tnn_session *s, tnn_tensor **plan, int32_t np, size_t *siz
         for (int k = 0; k < TNN_MAX_SRC; k++) {
             tnn_tensor *src = t->src[k];
             if (!src || src->op == TNN_OP_NONE || kept(s, src) || src->last_use != i) continue;
+            if (src->flags & TNN_FLAG_ALIAS) continue;
             bool dup = false; /* the same source twice: free once */
             for (int q = 0; q < k; q++) dup |= t->src[q] == src;
             if (dup) continue;
@@ -202,7 +204,9 @@ int tnn_realize(tnn_session *s, tnn_tensor *result) {
         return rc;
     }
     s->arena_size = arena_size;
-    for (int32_t i = 0; i < np; i++) plan[i]->data = (char *)s->arena + plan[i]->arena_off;
+    for (int32_t i = 0; i < np; i++)
+        plan[i]->data = (plan[i]->flags & TNN_FLAG_ALIAS) ? plan[i]->src[0]->data
+                                                          : (char *)s->arena + plan[i]->arena_off;
     s->plan = plan;
     s->n_plan = np;
     s->realized = true;

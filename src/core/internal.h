@@ -75,6 +75,8 @@ typedef enum tnn_op {
     TNN_OP_ATTENTION = 26,      /* (q, k, v); iparam: n_head, n_kv_head, seq_len */
     TNN_OP_ATTENTION_BACK = 27, /* (q, k, v, dout) -> [dq | dk | dv] per row */
     TNN_OP_SLICE = 28,          /* columns [iparam[0], +width) of a 2-D src */
+    TNN_OP_KV_WRITE = 29,       /* (cache, x, pos): rows of x into the cache; aliases it */
+    TNN_OP_ATTENTION_CACHED = 30, /* (q, kcache, vcache, pos) */
     TNN_OP_COUNT
 } tnn_op;
 
@@ -89,6 +91,8 @@ enum {
     TNN_FLAG_PARAM = 1u << 1,
     TNN_FLAG_TRANSIENT = 1u << 2, /* set by realize: memory reused after last read */
     TNN_FLAG_NO_DECAY = 1u << 3,  /* parameter excluded from weight decay */
+    TNN_FLAG_EXTERNAL = 1u << 4,  /* leaf whose data is borrowed (a mapped file): read-only */
+    TNN_FLAG_ALIAS = 1u << 5,     /* node whose data is its src[0]'s (an in-place update) */
 };
 
 struct tnn_tensor {
@@ -99,6 +103,7 @@ struct tnn_tensor {
     int32_t ndim;
     int32_t op;
     uint32_t flags;
+    int32_t gtype; /* GGML type of TNN_GGML (and gguf F32) tensors, else -1 */
     int64_t shape[TNN_MAX_DIMS];
     int64_t nelem;
     size_t nbytes;

@@ -6,6 +6,8 @@
  */
 #include "internal.h"
 
+#include "../quant/quant.h"
+
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -144,7 +146,8 @@ void tnn_session_free(tnn_session *s) {
     tnn__release_plan(s);
     for (int32_t i = 0; i < s->n_tensors; i++) {
         tnn_tensor *t = tnn__tensor_at(s, i);
-        if (t->op == TNN_OP_NONE && t->data) s->backend->free(t->data);
+        if (t->op == TNN_OP_NONE && t->data && !(t->flags & TNN_FLAG_EXTERNAL))
+            s->backend->free(t->data);
     }
     for (int32_t b = 0; b < s->n_blocks; b++) free(s->blocks[b]);
     free(s->blocks);
@@ -183,6 +186,7 @@ static const char *dtype_name(int dtype) {
     case TNN_I32: return "i32";
     case TNN_F16: return "f16";
     case TNN_BF16: return "bf16";
+    case TNN_GGML: return "ggml";
     default: return "?";
     }
 }
@@ -244,6 +248,7 @@ static tnn_tensor *tensor_alloc(tnn_session *s, const char *func) {
     tnn_tensor *t = tnn__tensor_at(s, s->n_tensors);
     memset(t, 0, sizeof *t);
     t->id = s->n_tensors++;
+    t->gtype = -1;
     t->magic = TNN_TENSOR_MAGIC;
     t->sess = s;
     t->arena_off = -1;
@@ -333,6 +338,38 @@ int64_t tnn_tensor_nelements(const tnn_tensor *t) {
 int tnn_tensor_dtype(const tnn_tensor *t) {
     if (!live_tensor(t, __func__)) return -1;
     return t->dtype;
+}
+
+int tnn_tensor_ggml_type(const tnn_tensor *t) {
+    if (!live_tensor(t, __func__)) return -1;
+    return t->gtype;
+}
+
+tnn_tensor *tnn_tensor_from_gguf(tnn_session *s, const tnn_gguf *g, const char *name) {
+    if (tnn__check_session(s, __func__)) return NULL;
+    if (!g || !name) return TNN_ERR_NULL(TNN_ERR_ARG, "g and name must not be NULL");
+    int64_t i = tnn_gguf_find_tensor(g, name);
+    if (i < 0) return TNN_ERR_NULL(TNN_ERR_RANGE, "the file has no tensor '%s'", name);
+    int type = tnn_gguf_tensor_type(g, i);
+    if (type != TNN_GGML_F32 && !tnn__qtype(type))
+        return TNN_ERR_NULL(TNN_ERR_UNSUPPORTED, "tensor '%s' is %s, a type without kernels here",
+                            name, tnn_ggml_type_name(type));
+    int64_t shape[TNN_MAX_DIMS];
+    int nd = tnn_gguf_tensor_shape(g, i, shape);
+    if (nd < 1) return NULL;
+    tnn_tensor *t = tensor_alloc(s, __func__);
+    if (!t) return NULL;
+    t->op = TNN_OP_NONE;
+    t->dtype = type == TNN_GGML_F32 ? TNN_F32 : TNN_GGML;
+    t->gtype = type;
+    t->ndim = nd;
+    for (int k = 0; k < nd; k++) t->shape[k] = shape[k];
+    t->nelem = tnn_gguf_tensor_nelements(g, i);
+    t->nbytes = (size_t)tnn_gguf_tensor_nbytes(g, i);
+    t->data = (void *)tnn_gguf_tensor_data(g, i);
+    t->flags |= TNN_FLAG_EXTERNAL;
+    snprintf(t->name, sizeof t->name, "%s", name);
+    return t;
 }
 
 int tnn_tensor_set_name(tnn_tensor *t, const char *name) {

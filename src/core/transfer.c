@@ -94,6 +94,10 @@ static int check_upload(tnn_session *s, tnn_tensor *t, const char *func) {
                           "tensor #%d is the result of %s: only leaves (inputs, parameters) "
                           "can be uploaded",
                           t->id, tnn__ops[t->op].name);
+    if (t->flags & TNN_FLAG_EXTERNAL)
+        return tnn__error(TNN_ERR_ARG, func,
+                          "tensor #%d ('%s') is read-only: its data is borrowed from a file",
+                          t->id, t->name);
     if (!t->data)
         return tnn__error(TNN_ERR_STATE, func,
                           "tensor #%d has no storage yet: call tnn_realize before uploading",
@@ -307,6 +311,31 @@ int tnn_upload_f32(tnn_session *s, tnn_tensor *t, const float *src, size_t n) {
     if ((rc = check_f32(t, __func__)) || (rc = check_count(t, n, __func__))) return rc;
     if (!src) return TNN_ERR(TNN_ERR_ARG, "src is NULL");
     return s->backend->copy_in(t->data, src, t->nbytes);
+}
+
+static int check_i32(const tnn_tensor *t, const char *func) {
+    if (t->dtype != TNN_I32) {
+        char b[TNN_SHAPE_BUF];
+        return tnn__error(TNN_ERR_ARG, func, "tensor #%d is %s: want i32", t->id,
+                          tnn__shape_str(t, b, sizeof b));
+    }
+    return TNN_OK;
+}
+
+int tnn_upload_i32(tnn_session *s, tnn_tensor *t, const int32_t *src, size_t n) {
+    int rc = check_upload(s, t, __func__);
+    if (rc) return rc;
+    if ((rc = check_i32(t, __func__)) || (rc = check_count(t, n, __func__))) return rc;
+    if (!src) return TNN_ERR(TNN_ERR_ARG, "src is NULL");
+    return s->backend->copy_in(t->data, src, t->nbytes);
+}
+
+int tnn_download_i32(tnn_session *s, tnn_tensor *t, int32_t *dst, size_t n) {
+    int rc = check_download(s, t, __func__);
+    if (rc) return rc;
+    if ((rc = check_i32(t, __func__)) || (rc = check_count(t, n, __func__))) return rc;
+    if (!dst) return TNN_ERR(TNN_ERR_ARG, "dst is NULL");
+    return s->backend->copy_out(dst, t->data, t->nbytes);
 }
 
 int tnn_download_f32(tnn_session *s, tnn_tensor *t, float *dst, size_t n) {

@@ -20,6 +20,8 @@
 typedef struct {
     const float *x;
     float *out;
+    const int32_t *pos;   /* positions of the rows, or NULL: r % seq_len */
+    const float *factors; /* hd/2 frequency divisors, or NULL */
     int64_t n_head, hd, seq_len, mode;
     double base, sign;
 } rope_ctx;
@@ -31,9 +33,10 @@ static void rope_range(void *p, int64_t lo, int64_t hi) {
     if (!cs) return; /* cannot happen for sane hd; output left as is */
     float *sn = cs + half;
     for (int64_t r = lo; r < hi; r++) {
-        double pos = (double)(r % c->seq_len);
+        double pos = c->pos ? (double)c->pos[r] : (double)(r % c->seq_len);
         for (int64_t i = 0; i < half; i++) {
             double th = pos * pow(c->base, -2.0 * (double)i / (double)c->hd);
+            if (c->factors) th /= (double)c->factors[i];
             cs[i] = (float)cos(th);
             sn[i] = (float)(c->sign * sin(th));
         }
@@ -52,9 +55,10 @@ static void rope_range(void *p, int64_t lo, int64_t hi) {
 }
 
 static tnn_tensor *rope_node(tnn_session *s, tnn_tensor *x, int64_t n_head, int64_t seq_len,
-                             int64_t mode, double base, double sign) {
-    tnn_tensor *src[1] = {x};
-    tnn_tensor *t = tnn__node_new(s, TNN_OP_ROPE, TNN_F32, 2, x->shape, src, 1);
+                             int64_t mode, double base, double sign, tnn_tensor *pos,
+                             tnn_tensor *factors) {
+    tnn_tensor *src[3] = {x, pos, factors};
+    tnn_tensor *t = tnn__node_new(s, TNN_OP_ROPE, TNN_F32, 2, x->shape, src, 3);
     if (t) {
         t->iparam[0] = n_head, t->iparam[1] = seq_len, t->iparam[2] = mode;
         t->fparam[0] = base, t->fparam[1] = sign;
@@ -80,11 +84,43 @@ tnn_tensor *tnn_rope(tnn_session *s, tnn_tensor *x, int n_head, int seq_len, dou
                             mode);
     if (!(base > 1.0) || !isfinite(base))
         return TNN_ERR_NULL(TNN_ERR_ARG, "base=%g: want a finite value > 1", base);
-    return rope_node(s, x, n_head, seq_len, mode, base, 1.0);
+    return rope_node(s, x, n_head, seq_len, mode, base, 1.0, NULL, NULL);
+}
+
+tnn_tensor *tnn_rope_ext(tnn_session *s, tnn_tensor *x, int n_head, tnn_tensor *positions,
+                         double base, int mode, tnn_tensor *freq_factors) {
+    CHECK_SESSION_NULL(s);
+    CHECK_TENSOR_NULL(s, x);
+    CHECK_TENSOR_NULL(s, positions);
+    CHECK_F32_NULL(x);
+    char b[TNN_SHAPE_BUF], bp[TNN_SHAPE_BUF];
+    tnn__shape_str(x, b, sizeof b);
+    tnn__shape_str(positions, bp, sizeof bp);
+    if (x->ndim != 2 || n_head <= 0 || x->shape[1] % n_head || (x->shape[1] / n_head) % 2)
+        return TNN_ERR_NULL(TNN_ERR_SHAPE, "x %s, n_head=%d: want (N, n_head*hd) with hd even",
+                            b, n_head);
+    if (positions->dtype != TNN_I32 || positions->ndim != 1 || positions->shape[0] != x->shape[0])
+        return TNN_ERR_NULL(TNN_ERR_SHAPE, "positions %s: want an int32 vector of %lld", bp,
+                            (long long)x->shape[0]);
+    int64_t hd = x->shape[1] / n_head;
+    if (freq_factors) {
+        CHECK_TENSOR_NULL(s, freq_factors);
+        if (freq_factors->dtype != TNN_F32 || freq_factors->nelem != hd / 2)
+            return TNN_ERR_NULL(TNN_ERR_SHAPE, "freq_factors: want %lld f32 values (hd/2)",
+                                (long long)(hd / 2));
+    }
+    if (mode != 0 && mode != 1)
+        return TNN_ERR_NULL(TNN_ERR_ARG, "mode=%d: want 0 (adjacent pairs) or 1 (NeoX halves)",
+                            mode);
+    if (!(base > 1.0) || !isfinite(base))
+        return TNN_ERR_NULL(TNN_ERR_ARG, "base=%g: want a finite value > 1", base);
+    return rope_node(s, x, n_head, 1, mode, base, 1.0, positions, freq_factors);
 }
 
 int tnn__fwd_rope(tnn_tensor *t) {
     rope_ctx c = {.x = CF32(t->src[0]), .out = F32(t), .n_head = t->iparam[0],
+                  .pos = t->src[1] ? t->src[1]->data : NULL,
+                  .factors = t->src[2] ? CF32(t->src[2]) : NULL,
                   .hd = t->shape[1] / t->iparam[0], .seq_len = t->iparam[1],
                   .mode = t->iparam[2], .base = t->fparam[0], .sign = t->fparam[1]};
     tnn__parallel_for(t->shape[0], 8, rope_range, &c);
@@ -95,7 +131,7 @@ int tnn__fwd_rope(tnn_tensor *t) {
 int tnn__bwd_rope(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
                   tnn_tensor **d) {
     d[0] = rope_node(s, g, t->iparam[0], t->iparam[1], t->iparam[2], t->fparam[0],
-                     -t->fparam[1]);
+                     -t->fparam[1], t->src[1], t->src[2]);
     return TNN_OK;
 }
 
@@ -294,5 +330,115 @@ int tnn__bwd_attention(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool 
     if (need[0]) d[0] = slice_cols(s, packed, 0, q->shape[1]);
     if (need[1]) d[1] = slice_cols(s, packed, q->shape[1], k->shape[1]);
     if (need[2]) d[2] = slice_cols(s, packed, q->shape[1] + k->shape[1], k->shape[1]);
+    return TNN_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* KV cache: write, and attention of one sequence against it               */
+/* ------------------------------------------------------------------------ */
+
+tnn_tensor *tnn_kv_write(tnn_session *s, tnn_tensor *cache, tnn_tensor *x, tnn_tensor *pos) {
+    CHECK_SESSION_NULL(s);
+    CHECK_TENSOR_NULL(s, cache);
+    CHECK_TENSOR_NULL(s, x);
+    CHECK_TENSOR_NULL(s, pos);
+    char bc[TNN_SHAPE_BUF], bx[TNN_SHAPE_BUF];
+    tnn__shape_str(cache, bc, sizeof bc);
+    tnn__shape_str(x, bx, sizeof bx);
+    if (cache->op != TNN_OP_NONE || cache->dtype != TNN_F32 || cache->ndim != 2 ||
+        (cache->flags & TNN_FLAG_EXTERNAL))
+        return TNN_ERR_NULL(TNN_ERR_ARG, "cache %s: want a writable 2-D f32 leaf (ctx, W)", bc);
+    if (x->dtype != TNN_F32 || x->ndim != 2 || x->shape[1] != cache->shape[1])
+        return TNN_ERR_NULL(TNN_ERR_SHAPE, "x %s: want (n, %lld) f32 rows for cache %s", bx,
+                            (long long)cache->shape[1], bc);
+    if (pos->dtype != TNN_I32 || pos->nelem != 1)
+        return TNN_ERR_NULL(TNN_ERR_SHAPE, "pos: want an int32 tensor of one element");
+    tnn_tensor *src[3] = {cache, x, pos};
+    tnn_tensor *t = tnn__node_new(s, TNN_OP_KV_WRITE, TNN_F32, 2, cache->shape, src, 3);
+    if (t) t->flags |= TNN_FLAG_ALIAS;
+    return t;
+}
+
+int tnn__fwd_kv_write(tnn_tensor *t) {
+    const tnn_tensor *cache = t->src[0], *x = t->src[1];
+    int64_t p = ((const int32_t *)t->src[2]->data)[0], n = x->shape[0], W = x->shape[1];
+    if (p < 0 || p + n > cache->shape[0])
+        return tnn__error(TNN_ERR_RANGE, "tnn_kv_write",
+                          "rows %lld .. %lld do not fit a cache of %lld positions (node #%d)",
+                          (long long)p, (long long)(p + n - 1), (long long)cache->shape[0], t->id);
+    memcpy(F32(t) + p * W, CF32(x), (size_t)(n * W) * sizeof(float));
+    return TNN_OK;
+}
+
+tnn_tensor *tnn_attention_cached(tnn_session *s, tnn_tensor *q, tnn_tensor *kcache,
+                                 tnn_tensor *vcache, int n_head, int n_kv_head,
+                                 tnn_tensor *pos) {
+    CHECK_SESSION_NULL(s);
+    CHECK_TENSOR_NULL(s, q);
+    CHECK_TENSOR_NULL(s, kcache);
+    CHECK_TENSOR_NULL(s, vcache);
+    CHECK_TENSOR_NULL(s, pos);
+    char bq[TNN_SHAPE_BUF], bk[TNN_SHAPE_BUF];
+    tnn__shape_str(q, bq, sizeof bq);
+    tnn__shape_str(kcache, bk, sizeof bk);
+    if (n_head <= 0 || n_kv_head <= 0 || n_head % n_kv_head)
+        return TNN_ERR_NULL(TNN_ERR_ARG, "n_head=%d n_kv_head=%d: n_head must be a positive "
+                            "multiple of n_kv_head", n_head, n_kv_head);
+    if (q->dtype != TNN_F32 || kcache->dtype != TNN_F32 || q->ndim != 2 || kcache->ndim != 2 ||
+        !same_shape(kcache, vcache) || q->shape[1] % n_head ||
+        kcache->shape[1] * n_head != q->shape[1] * n_kv_head)
+        return TNN_ERR_NULL(TNN_ERR_SHAPE, "q %s, kcache %s, n_head=%d n_kv_head=%d: want q "
+                            "(n, n_head*hd) and caches (ctx, n_kv_head*hd)", bq, bk, n_head,
+                            n_kv_head);
+    if (pos->dtype != TNN_I32 || pos->nelem != 1)
+        return TNN_ERR_NULL(TNN_ERR_SHAPE, "pos: want an int32 tensor of one element");
+    tnn_tensor *src[4] = {q, kcache, vcache, pos};
+    tnn_tensor *t = tnn__node_new(s, TNN_OP_ATTENTION_CACHED, TNN_F32, 2, q->shape, src, 4);
+    if (t) t->iparam[0] = n_head, t->iparam[1] = n_kv_head;
+    return t;
+}
+
+typedef struct {
+    const float *q, *k, *v;
+    float *out;
+    int64_t H, Hkv, hd, n, pos;
+    float scale;
+} cattn_ctx;
+
+/* Tasks: (head, query row). */
+static void cattn_range(void *p, int64_t lo, int64_t hi) {
+    const cattn_ctx *c = p;
+    float *pr = malloc((size_t)(c->pos + c->n) * sizeof *pr);
+    if (!pr) return;
+    int64_t qw = c->H * c->hd, kw = c->Hkv * c->hd, grp = c->H / c->Hkv;
+    for (int64_t task = lo; task < hi; task++) {
+        int64_t h = task / c->n, i = task % c->n, last = c->pos + i;
+        const float *q = c->q + i * qw + h * c->hd;
+        const float *k0 = c->k + (h / grp) * c->hd, *v0 = c->v + (h / grp) * c->hd;
+        float *o = c->out + i * qw + h * c->hd;
+        softmax_row(q, k0, kw, last, c->hd, c->scale, pr);
+        memset(o, 0, (size_t)c->hd * sizeof *o);
+        for (int64_t j = 0; j <= last; j++) {
+            const float *vj = v0 + j * kw;
+            float pj = pr[j];
+            for (int64_t d = 0; d < c->hd; d++) o[d] += pj * vj[d];
+        }
+    }
+    free(pr);
+}
+
+int tnn__fwd_attention_cached(tnn_tensor *t) {
+    const tnn_tensor *q = t->src[0], *kc = t->src[1];
+    cattn_ctx c = {.q = CF32(q), .k = CF32(kc), .v = CF32(t->src[2]), .out = F32(t),
+                   .H = t->iparam[0], .Hkv = t->iparam[1], .n = q->shape[0],
+                   .pos = ((const int32_t *)t->src[3]->data)[0]};
+    c.hd = q->shape[1] / c.H;
+    c.scale = (float)(1.0 / sqrt((double)c.hd));
+    if (c.pos < 0 || c.pos + c.n > kc->shape[0])
+        return tnn__error(TNN_ERR_RANGE, "tnn_attention_cached",
+                          "positions %lld .. %lld do not fit a cache of %lld (node #%d)",
+                          (long long)c.pos, (long long)(c.pos + c.n - 1),
+                          (long long)kc->shape[0], t->id);
+    tnn__parallel_for(c.H * c.n, 1, cattn_range, &c);
     return TNN_OK;
 }

@@ -4,6 +4,8 @@
  */
 #include "common.h"
 
+#include "../quant/quant.h"
+
 #include <string.h>
 
 static int64_t first_bad(const int32_t *idx, int64_t n, int64_t V) {
@@ -63,7 +65,7 @@ tnn_tensor *tnn_get_rows(tnn_session *s, tnn_tensor *table, tnn_tensor *idx) {
     tnn__shape_str(table, bt, sizeof bt);
     tnn__shape_str(idx, bi, sizeof bi);
     /* A wrong dtype is an argument error, a wrong rank a shape error. */
-    if (table->dtype != TNN_F32 || table->ndim != 2)
+    if ((table->dtype != TNN_F32 && table->dtype != TNN_GGML) || table->ndim != 2)
         return TNN_ERR_NULL(table->dtype != TNN_F32 ? TNN_ERR_ARG : TNN_ERR_SHAPE,
                             "table %s: want a 2-D f32 tensor (V, d)", bt);
     if (idx->dtype != TNN_I32 || idx->ndim != 1)
@@ -104,8 +106,26 @@ static int range_error(const tnn_tensor *t, const tnn_tensor *idx, int64_t bad, 
                       ((const int32_t *)idx->data)[bad], (long long)V, t->id);
 }
 
+/* A GGML-typed table: each selected row is dequantized. */
+static int get_rows_ggml(tnn_tensor *t) {
+    const tnn_tensor *tab = t->src[0], *idx = t->src[1];
+    const int32_t *ix = idx->data;
+    int64_t V = tab->shape[0], d = tab->shape[1], n = idx->shape[0];
+    int64_t rb = tnn__qtype_row_bytes(tab->gtype, d);
+    if (rb < 0) return tnn_last_status();
+    for (int64_t i = 0; i < n; i++)
+        if (ix[i] < 0 || ix[i] >= V) return range_error(t, idx, i, V);
+    for (int64_t i = 0; i < n; i++) {
+        int rc = tnn__dequantize_row(tab->gtype, (const char *)tab->data + ix[i] * rb,
+                                     F32(t) + i * d, d);
+        if (rc) return rc;
+    }
+    return TNN_OK;
+}
+
 int tnn__fwd_get_rows(tnn_tensor *t) {
     const tnn_tensor *tab = t->src[0], *idx = t->src[1];
+    if (tab->dtype == TNN_GGML) return get_rows_ggml(t);
     int64_t bad = tnn__k_get_rows(CF32(tab), tab->shape[0], tab->shape[1], idx->data,
                                   idx->shape[0], F32(t));
     return bad >= 0 ? range_error(t, idx, bad, tab->shape[0]) : TNN_OK;

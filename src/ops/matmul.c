@@ -7,6 +7,9 @@
  */
 #include "common.h"
 
+#include "../quant/quant.h"
+
+#include <stdlib.h>
 #include <string.h>
 
 /* Batch dims right-aligned to 2; shape[0..1] batch, then the matrix. */
@@ -23,6 +26,20 @@ static tnn_tensor *matmul_build(tnn_session *s, tnn_tensor *a, tnn_tensor *b, in
     char ba[TNN_SHAPE_BUF], bb[TNN_SHAPE_BUF];
     tnn__shape_str(a, ba, sizeof ba);
     tnn__shape_str(b, bb, sizeof bb);
+    if (b->dtype == TNN_GGML) { /* quantized weights: x (N, K) @ W (M, K)^T only */
+        if (flags != TNN_MM_TB || a->dtype != TNN_F32 || a->ndim != 2 || b->ndim != 2 ||
+            a->shape[1] != b->shape[1])
+            return (tnn__error(TNN_ERR_SHAPE, func,
+                               "%s %s and %s %s: a GGML-typed operand is only taken as the "
+                               "second operand of tnn_matmul_nt, (N, K) @ (M, K)^T",
+                               an, ba, bn, bb),
+                    NULL);
+        int64_t shape[2] = {a->shape[0], b->shape[0]};
+        tnn_tensor *src[2] = {a, b};
+        tnn_tensor *t = tnn__node_new(s, TNN_OP_MATMUL, TNN_F32, 2, shape, src, 2);
+        if (t) t->iparam[0] = flags;
+        return t;
+    }
     if (a->dtype != TNN_F32 || b->dtype != TNN_F32)
         return (tnn__error(TNN_ERR_ARG, func, "%s %s and %s %s: want f32 tensors", an, ba, bn, bb),
                 NULL);
@@ -81,8 +98,48 @@ tnn_tensor *tnn_matmul(tnn_session *s, tnn_tensor *a, tnn_tensor *b) {
     return matmul_build(s, b, a, TNN_MM_TB, __func__, "b", "a");
 }
 
+/* y (N, M) = x (N, K) @ W^T for W (M, K) of a GGML type: a few rows go
+ * through the quantized matrix-vector kernel (decoding); more rows
+ * dequantize W in panels and use the f32 GEMM (prompts). */
+#define QMM_ROWS 4
+#define QMM_PANEL 64
+
+static int qmatmul(tnn_tensor *t) {
+    const tnn_tensor *x = t->src[0], *w = t->src[1];
+    int64_t N = x->shape[0], K = x->shape[1], M = w->shape[0];
+    int64_t row_bytes = tnn__qtype_row_bytes(w->gtype, K);
+    if (row_bytes < 0) return tnn_last_status();
+    if (N <= QMM_ROWS) {
+        int64_t wb = tnn__qact_bytes(w->gtype, K);
+        if (wb < 0) return tnn_last_status();
+        void *work = wb ? aligned_alloc(64, ((size_t)wb + 63) & ~(size_t)63) : NULL;
+        if (wb && !work) return TNN_ERR(TNN_ERR_NOMEM, "out of memory");
+        int rc = TNN_OK;
+        for (int64_t r = 0; r < N && rc == TNN_OK; r++)
+            rc = tnn__quant_matvec(w->gtype, w->data, M, K, CF32(x) + r * K, F32(t) + r * M, work);
+        free(work);
+        return rc;
+    }
+    float *panel = malloc((size_t)QMM_PANEL * (size_t)K * sizeof *panel);
+    float *out = malloc((size_t)N * QMM_PANEL * sizeof *out);
+    int rc = (panel && out) ? TNN_OK : TNN_ERR(TNN_ERR_NOMEM, "out of memory");
+    for (int64_t j0 = 0; j0 < M && rc == TNN_OK; j0 += QMM_PANEL) {
+        int64_t pr = M - j0 < QMM_PANEL ? M - j0 : QMM_PANEL;
+        for (int64_t j = 0; j < pr && rc == TNN_OK; j++)
+            rc = tnn__dequantize_row(w->gtype, (const char *)w->data + (j0 + j) * row_bytes,
+                                     panel + j * K, K);
+        if (rc == TNN_OK) rc = tnn__gemm_f32(false, true, N, pr, K, CF32(x), K, panel, K, out, pr);
+        for (int64_t r = 0; r < N && rc == TNN_OK; r++)
+            memcpy(F32(t) + r * M + j0, out + r * pr, (size_t)pr * sizeof(float));
+    }
+    free(panel);
+    free(out);
+    return rc;
+}
+
 int tnn__fwd_matmul(tnn_tensor *t) {
     const tnn_tensor *a = t->src[0], *b = t->src[1];
+    if (b->dtype == TNN_GGML) return qmatmul(t);
     bool ta = t->iparam[0] & TNN_MM_TA, tb = t->iparam[0] & TNN_MM_TB;
     int64_t ar = a->shape[a->ndim - 2], ac = a->shape[a->ndim - 1];
     int64_t br = b->shape[b->ndim - 2], bc = b->shape[b->ndim - 1];

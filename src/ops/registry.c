@@ -31,6 +31,8 @@ int tnn__fwd_rope(tnn_tensor *t);
 int tnn__fwd_attention(tnn_tensor *t);
 int tnn__fwd_attention_back(tnn_tensor *t);
 int tnn__fwd_slice(tnn_tensor *t);
+int tnn__fwd_kv_write(tnn_tensor *t);
+int tnn__fwd_attention_cached(tnn_tensor *t);
 
 #define BWD(name)                                                                             \
     int tnn__bwd_##name(tnn_session *s, tnn_tensor *t, tnn_tensor *dt, const bool *need,      \
@@ -68,8 +70,10 @@ const tnn_op_def tnn__ops[TNN_OP_COUNT] = {
     [TNN_OP_CROSS_ENTROPY] = {"tnn_cross_entropy", 2, tnn__fwd_cross_entropy,
                               tnn__bwd_cross_entropy},
     [TNN_OP_CROSS_ENTROPY_BACK] = {"cross_entropy_back", 3, tnn__fwd_cross_entropy_back, NULL},
-    [TNN_OP_ROPE] = {"tnn_rope", 1, tnn__fwd_rope, tnn__bwd_rope},
+    [TNN_OP_ROPE] = {"tnn_rope", 3, tnn__fwd_rope, tnn__bwd_rope},
     [TNN_OP_ATTENTION] = {"tnn_attention", 3, tnn__fwd_attention, tnn__bwd_attention},
     [TNN_OP_ATTENTION_BACK] = {"attention_back", 4, tnn__fwd_attention_back, NULL},
     [TNN_OP_SLICE] = {"slice", 1, tnn__fwd_slice, NULL},
+    [TNN_OP_KV_WRITE] = {"tnn_kv_write", 3, tnn__fwd_kv_write, NULL},
+    [TNN_OP_ATTENTION_CACHED] = {"tnn_attention_cached", 4, tnn__fwd_attention_cached, NULL},
 };

@@ -1,0 +1,297 @@
+/* llama.c - llama-family inference on tinynn graphs.
+ *
+ * Per layer:  h = rms(x) g1;  q, k = rope(h Wq^T + bq, h Wk^T + bk); v = h Wv^T + bv
+ *             K/V cache rows [pos, pos+n) = k, v;  x += attention(q, cache) Wo^T
+ *             h = rms(x) g2;  x += (silu(h Wg^T) * (h Wu^T)) Wd^T
+ * then logits = rms(x_last) gf  Wout^T  (Wout = token_embd when tied).
+ * Weights are the mapped file's tensors (quantized ones go through the
+ * quantized matrix-vector kernels). A graph is built per token count n and
+ * kept: the n = 1 decoding graph is built once and reused for every token;
+ * positions and the cache offset are inputs read at compute time.
+ */
+#include "llama.h"
+
+#include "../core/internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    tnn_tensor *attn_norm, *wq, *wk, *wv, *wo, *bq, *bk, *bv;
+    tnn_tensor *ffn_norm, *w_gate, *w_up, *w_down;
+    tnn_tensor *kcache, *vcache;
+} llama_layer;
+
+/* One graph for a given token count. */
+typedef struct {
+    int n;
+    tnn_tensor *tokens, *positions, *pos0, *last, *logits;
+} llama_graph;
+
+struct lm_llama {
+    tnn_gguf *g;
+    lm_llama_hparams hp;
+    int n_ctx, pos;
+    tnn_session *s;
+    tnn_tensor *tok_embd, *output, *out_norm, *rope_freqs;
+    llama_layer *L;
+    llama_graph graphs[2]; /* [0]: the decoding graph (n = 1), [1]: the last prompt size */
+    int realized;          /* index of the realized graph, or -1 */
+};
+
+/* ------------------------------------------------------------------------ */
+/* Loading                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static int get_int(const tnn_gguf *g, const char *arch, const char *key, int *out, bool required) {
+    char k[128];
+    snprintf(k, sizeof k, "%s.%s", arch, key);
+    int64_t v;
+    int rc = tnn_gguf_get_i64(g, k, &v);
+    if (rc != TNN_OK) {
+        if (!required && rc == TNN_ERR_RANGE) return TNN_OK;
+        return TNN_ERR(TNN_ERR_FORMAT, "the model has no usable %s (an integer is required)", k);
+    }
+    if (v <= 0 || v > INT32_MAX)
+        return TNN_ERR(TNN_ERR_FORMAT, "%s = %lld is out of range", k, (long long)v);
+    *out = (int)v;
+    return TNN_OK;
+}
+
+static int get_dbl(const tnn_gguf *g, const char *arch, const char *key, double *out,
+                   bool required) {
+    char k[128];
+    snprintf(k, sizeof k, "%s.%s", arch, key);
+    int rc = tnn_gguf_get_f64(g, k, out);
+    if (rc != TNN_OK && (required || rc != TNN_ERR_RANGE))
+        return TNN_ERR(TNN_ERR_FORMAT, "the model has no usable %s (a float is required)", k);
+    return TNN_OK;
+}
+
+static int read_hparams(const tnn_gguf *g, lm_llama_hparams *hp) {
+    memset(hp, 0, sizeof *hp);
+    const char *arch;
+    if (tnn_gguf_get_str(g, "general.architecture", &arch, NULL) != TNN_OK)
+        return TNN_ERR(TNN_ERR_FORMAT, "the model has no general.architecture");
+    if (strcmp(arch, "llama") && strcmp(arch, "qwen2"))
+        return TNN_ERR(TNN_ERR_UNSUPPORTED, "architecture '%s' is not supported (llama and qwen2 "
+                       "are)", arch);
+    snprintf(hp->arch, sizeof hp->arch, "%s", arch);
+    int rc = TNN_OK;
+    if (!rc) rc = get_int(g, arch, "block_count", &hp->n_layer, true);
+    if (!rc) rc = get_int(g, arch, "embedding_length", &hp->n_embd, true);
+    if (!rc) rc = get_int(g, arch, "feed_forward_length", &hp->n_ff, true);
+    if (!rc) rc = get_int(g, arch, "attention.head_count", &hp->n_head, true);
+    hp->n_kv_head = hp->n_head;
+    if (!rc) rc = get_int(g, arch, "attention.head_count_kv", &hp->n_kv_head, false);
+    if (!rc) rc = get_int(g, arch, "context_length", &hp->n_ctx_train, true);
+    hp->rope_base = 10000.0;
+    if (!rc) rc = get_dbl(g, arch, "rope.freq_base", &hp->rope_base, false);
+    if (!rc) rc = get_dbl(g, arch, "attention.layer_norm_rms_epsilon", &hp->norm_eps, true);
+    if (rc) return rc;
+    if (hp->n_embd % hp->n_head || hp->n_head % hp->n_kv_head)
+        return TNN_ERR(TNN_ERR_FORMAT, "head counts %d/%d do not divide embedding_length %d",
+                       hp->n_head, hp->n_kv_head, hp->n_embd);
+    hp->head_dim = hp->n_embd / hp->n_head;
+    int rope_dim = hp->head_dim;
+    if (!rc) rc = get_int(g, arch, "rope.dimension_count", &rope_dim, false);
+    if (rc) return rc;
+    if (rope_dim != hp->head_dim)
+        return TNN_ERR(TNN_ERR_UNSUPPORTED, "partial rotary embedding (rope.dimension_count %d of "
+                       "head size %d) is not supported", rope_dim, hp->head_dim);
+    char k[128];
+    snprintf(k, sizeof k, "%s.rope.scaling.type", arch);
+    const char *scaling;
+    if (tnn_gguf_get_str(g, k, &scaling, NULL) == TNN_OK && strcmp(scaling, "none"))
+        return TNN_ERR(TNN_ERR_UNSUPPORTED, "rope scaling '%s' is not supported", scaling);
+    tnn_clear_error();
+    hp->rope_mode = strcmp(arch, "qwen2") == 0 ? 1 : 0;
+    hp->qkv_bias = strcmp(arch, "qwen2") == 0;
+    return TNN_OK;
+}
+
+static tnn_tensor *weight(lm_llama *m, const char *name, int64_t d0, int64_t d1, int *rc) {
+    if (*rc) return NULL;
+    tnn_tensor *t = tnn_tensor_from_gguf(m->s, m->g, name);
+    if (!t) {
+        *rc = tnn_last_status();
+        return NULL;
+    }
+    bool ok = d1 ? (tnn_tensor_ndim(t) == 2 && tnn_tensor_dim(t, 0) == d0 && tnn_tensor_dim(t, 1) == d1)
+                 : (tnn_tensor_nelements(t) == d0);
+    if (!ok) {
+        *rc = TNN_ERR(TNN_ERR_FORMAT, "tensor %s has an unexpected shape (want %lld x %lld)", name,
+                      (long long)d0, (long long)d1);
+        return NULL;
+    }
+    return t;
+}
+
+static tnn_tensor *layer_w(lm_llama *m, int l, const char *what, int64_t d0, int64_t d1, int *rc) {
+    char name[96];
+    snprintf(name, sizeof name, "blk.%d.%s", l, what);
+    return weight(m, name, d0, d1, rc);
+}
+
+lm_llama *lm_llama_load(const char *path, int n_ctx) {
+    lm_llama *m = calloc(1, sizeof *m);
+    if (!m) return TNN_ERR_NULL(TNN_ERR_NOMEM, "out of memory");
+    m->realized = -1;
+    m->g = tnn_gguf_open(path);
+    int rc = m->g ? read_hparams(m->g, &m->hp) : tnn_last_status();
+    lm_llama_hparams *hp = &m->hp;
+    if (rc == TNN_OK) {
+        m->s = tnn_session_new(0);
+        m->L = calloc((size_t)hp->n_layer, sizeof *m->L);
+        if (!m->s || !m->L) rc = TNN_ERR(TNN_ERR_NOMEM, "out of memory");
+    }
+    if (rc == TNN_OK) {
+        int64_t E = hp->n_embd, kv = (int64_t)hp->n_kv_head * hp->head_dim, F = hp->n_ff;
+        m->tok_embd = tnn_tensor_from_gguf(m->s, m->g, "token_embd.weight");
+        if (!m->tok_embd) rc = tnn_last_status();
+        if (rc == TNN_OK) {
+            hp->n_vocab = (int)tnn_tensor_dim(m->tok_embd, 0);
+            if (tnn_tensor_dim(m->tok_embd, 1) != E)
+                rc = TNN_ERR(TNN_ERR_FORMAT, "token_embd.weight is not (vocab, %lld)", (long long)E);
+        }
+        m->out_norm = weight(m, "output_norm.weight", E, 0, &rc);
+        if (rc == TNN_OK) {
+            hp->tied_output = tnn_gguf_find_tensor(m->g, "output.weight") < 0;
+            m->output = hp->tied_output ? m->tok_embd
+                                        : weight(m, "output.weight", hp->n_vocab, E, &rc);
+            hp->rope_factors = tnn_gguf_find_tensor(m->g, "rope_freqs.weight") >= 0;
+            if (hp->rope_factors) m->rope_freqs = weight(m, "rope_freqs.weight", hp->head_dim / 2, 0, &rc);
+            tnn_clear_error();
+        }
+        for (int l = 0; l < hp->n_layer && rc == TNN_OK; l++) {
+            llama_layer *L = &m->L[l];
+            L->attn_norm = layer_w(m, l, "attn_norm.weight", E, 0, &rc);
+            L->wq = layer_w(m, l, "attn_q.weight", E, E, &rc);
+            L->wk = layer_w(m, l, "attn_k.weight", kv, E, &rc);
+            L->wv = layer_w(m, l, "attn_v.weight", kv, E, &rc);
+            L->wo = layer_w(m, l, "attn_output.weight", E, E, &rc);
+            if (hp->qkv_bias) {
+                L->bq = layer_w(m, l, "attn_q.bias", E, 0, &rc);
+                L->bk = layer_w(m, l, "attn_k.bias", kv, 0, &rc);
+                L->bv = layer_w(m, l, "attn_v.bias", kv, 0, &rc);
+            }
+            L->ffn_norm = layer_w(m, l, "ffn_norm.weight", E, 0, &rc);
+            L->w_gate = layer_w(m, l, "ffn_gate.weight", F, E, &rc);
+            L->w_up = layer_w(m, l, "ffn_up.weight", F, E, &rc);
+            L->w_down = layer_w(m, l, "ffn_down.weight", E, F, &rc);
+        }
+    }
+    if (rc == TNN_OK) {
+        if (n_ctx <= 0) n_ctx = hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096;
+        m->n_ctx = n_ctx;
+        int64_t kv = (int64_t)hp->n_kv_head * hp->head_dim;
+        for (int l = 0; l < hp->n_layer && rc == TNN_OK; l++) {
+            int64_t sh[2] = {n_ctx, kv};
+            m->L[l].kcache = tnn_tensor_new(m->s, TNN_F32, 2, sh);
+            m->L[l].vcache = tnn_tensor_new(m->s, TNN_F32, 2, sh);
+            if (!m->L[l].kcache || !m->L[l].vcache) rc = tnn_last_status();
+        }
+    }
+    if (rc != TNN_OK) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", tnn_last_error());
+        lm_llama_free(m);
+        return TNN_ERR_NULL(rc, "%s: %s", path, msg);
+    }
+    return m;
+}
+
+void lm_llama_free(lm_llama *m) {
+    if (!m) return;
+    tnn_session_free(m->s);
+    tnn_gguf_close(m->g);
+    free(m->L);
+    free(m);
+}
+
+const lm_llama_hparams *lm_llama_hparams_of(const lm_llama *m) { return &m->hp; }
+const tnn_gguf *lm_llama_gguf(const lm_llama *m) { return m->g; }
+int lm_llama_n_ctx(const lm_llama *m) { return m->n_ctx; }
+int lm_llama_pos(const lm_llama *m) { return m->pos; }
+void lm_llama_reset(lm_llama *m) { m->pos = 0; }
+
+/* ------------------------------------------------------------------------ */
+/* Graphs                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static tnn_tensor *linear(tnn_session *s, tnn_tensor *x, tnn_tensor *w, tnn_tensor *b) {
+    tnn_tensor *y = tnn_matmul_nt(s, x, w);
+    return b ? tnn_add(s, y, b) : y;
+}
+
+static int build_graph(lm_llama *m, llama_graph *gr, int n) {
+    const lm_llama_hparams *hp = &m->hp;
+    tnn_session *s = m->s;
+    gr->n = n;
+    gr->tokens = tnn_input_1d_i32(s, n);
+    gr->positions = tnn_input_1d_i32(s, n);
+    gr->pos0 = tnn_input_1d_i32(s, 1);
+    gr->last = tnn_input_1d_i32(s, 1);
+    if (!gr->tokens || !gr->positions || !gr->pos0 || !gr->last) return tnn_last_status();
+    double eps = hp->norm_eps;
+    tnn_tensor *x = tnn_get_rows(s, m->tok_embd, gr->tokens);
+    for (int l = 0; l < hp->n_layer; l++) {
+        const llama_layer *L = &m->L[l];
+        tnn_tensor *h = tnn_rms_norm(s, x, L->attn_norm, eps);
+        tnn_tensor *q = tnn_rope_ext(s, linear(s, h, L->wq, L->bq), hp->n_head, gr->positions,
+                                     hp->rope_base, hp->rope_mode, m->rope_freqs);
+        tnn_tensor *k = tnn_rope_ext(s, linear(s, h, L->wk, L->bk), hp->n_kv_head, gr->positions,
+                                     hp->rope_base, hp->rope_mode, m->rope_freqs);
+        tnn_tensor *v = linear(s, h, L->wv, L->bv);
+        tnn_tensor *kc = tnn_kv_write(s, L->kcache, k, gr->pos0);
+        tnn_tensor *vc = tnn_kv_write(s, L->vcache, v, gr->pos0);
+        tnn_tensor *a = tnn_attention_cached(s, q, kc, vc, hp->n_head, hp->n_kv_head, gr->pos0);
+        x = tnn_add(s, x, tnn_matmul_nt(s, a, L->wo));
+        h = tnn_rms_norm(s, x, L->ffn_norm, eps);
+        tnn_tensor *f = tnn_mul(s, tnn_silu(s, tnn_matmul_nt(s, h, L->w_gate)),
+                                tnn_matmul_nt(s, h, L->w_up));
+        x = tnn_add(s, x, tnn_matmul_nt(s, f, L->w_down));
+    }
+    if (n > 1) x = tnn_get_rows(s, x, gr->last); /* only the last row's logits */
+    gr->logits = tnn_matmul_nt(s, tnn_rms_norm(s, x, m->out_norm, eps), m->output);
+    return gr->logits ? TNN_OK : tnn_last_status();
+}
+
+int lm_llama_eval(lm_llama *m, const int32_t *tokens, int n, float *logits) {
+    if (!m || !tokens || !logits || n < 1) return TNN_ERR(TNN_ERR_ARG, "bad arguments");
+    if (m->pos + n > m->n_ctx)
+        return TNN_ERR(TNN_ERR_RANGE, "%d more tokens do not fit the context (%d of %d used)", n,
+                       m->pos, m->n_ctx);
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= m->hp.n_vocab)
+            return TNN_ERR(TNN_ERR_RANGE, "token %d = %d is outside the vocabulary (%d)", i,
+                           tokens[i], m->hp.n_vocab);
+    int gi = n == 1 ? 0 : 1;
+    llama_graph *gr = &m->graphs[gi];
+    int rc = TNN_OK;
+    if (gr->n != n) {
+        rc = build_graph(m, gr, n);
+        if (rc) return rc;
+        if (m->realized == gi) m->realized = -1;
+    }
+    if (m->realized != gi) {
+        rc = tnn_realize(m->s, gr->logits);
+        if (rc) return rc;
+        m->realized = gi;
+    }
+    int32_t *pos = malloc((size_t)n * sizeof *pos);
+    if (!pos) return TNN_ERR(TNN_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < n; i++) pos[i] = m->pos + i;
+    int32_t p0 = m->pos, last = n - 1;
+    rc = tnn_upload_i32(m->s, gr->tokens, tokens, (size_t)n);
+    if (!rc) rc = tnn_upload_i32(m->s, gr->positions, pos, (size_t)n);
+    if (!rc) rc = tnn_upload_i32(m->s, gr->pos0, &p0, 1);
+    if (!rc) rc = tnn_upload_i32(m->s, gr->last, &last, 1);
+    free(pos);
+    if (!rc) rc = tnn_compute(m->s);
+    if (!rc) rc = tnn_download_f32(m->s, gr->logits, logits, (size_t)m->hp.n_vocab);
+    if (!rc) m->pos += n;
+    return rc;
+}

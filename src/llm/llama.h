@@ -1,0 +1,42 @@
+/* llama.h - running llama-family GGUF models (architectures `llama`: SmolLM2,
+ * TinyLlama, Llama 3.x; and `qwen2`: Qwen2.5): weights borrowed from the
+ * mapped file, a KV cache, batched prompt processing and a decoding graph
+ * built once and reused for every token.
+ */
+#ifndef TNN_LLM_LLAMA_H
+#define TNN_LLM_LLAMA_H
+
+#include "tinynn.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct {
+    char arch[16];
+    int n_vocab, n_embd, n_layer, n_head, n_kv_head, n_ff, n_ctx_train, head_dim;
+    double rope_base, norm_eps;
+    int rope_mode; /* 0: adjacent pairs (llama), 1: NeoX halves (qwen2) */
+    bool qkv_bias, tied_output, rope_factors;
+} lm_llama_hparams;
+
+typedef struct lm_llama lm_llama;
+
+/* Opens the model; n_ctx = KV cache positions (0: min(training context,
+ * 4096)). NULL with the reason in tnn_last_error() (missing key or tensor,
+ * unsupported architecture or type). */
+lm_llama *lm_llama_load(const char *path, int n_ctx);
+void lm_llama_free(lm_llama *m);
+const lm_llama_hparams *lm_llama_hparams_of(const lm_llama *m);
+const tnn_gguf *lm_llama_gguf(const lm_llama *m);
+int lm_llama_n_ctx(const lm_llama *m);
+/* Tokens in the cache (the position of the next token). */
+int lm_llama_pos(const lm_llama *m);
+/* Empties the cache. */
+void lm_llama_reset(lm_llama *m);
+
+/* Appends n tokens to the sequence (n >= 1; a prompt in one call) and
+ * writes the logits (n_vocab) of the last one. TNN_ERR_RANGE when the cache
+ * is full or a token id is out of range. */
+int lm_llama_eval(lm_llama *m, const int32_t *tokens, int n, float *logits);
+
+#endif
