@@ -1,0 +1,178 @@
+/* test_infer.c - the inference ops: RoPE at explicit positions equals RoPE
+ * by row, KV-cache write plus cached attention equals full causal attention
+ * (in one call and token by token), quantized matmul and row lookup equal
+ * their dequantized f32 twins, and borrowed GGUF tensors are read-only.
+ */
+#include "harness.h"
+
+#include "quant/quant.h"
+
+#include <unistd.h>
+
+static void fill_session(tnn_session *s, tnn_tensor *t, uint64_t seed, double r) {
+    size_t n = (size_t)tnn_tensor_nelements(t);
+    double *v = th_alloc(n);
+    th_seed(seed);
+    th_fill_f32(v, n, r);
+    CHECK_OK(tnn_upload_from_float_array(s, t, v, n));
+    free(v);
+}
+
+static void get(tnn_session *s, tnn_tensor *t, double *out) {
+    CHECK_OK(tnn_download_to_f64_array(s, t, out, (size_t)tnn_tensor_nelements(t)));
+}
+
+/* The cache path against tnn_attention on the same (rotated) q, k, v. */
+static void test_cached_attention(void) {
+    const int T = 9, H = 4, Hkv = 2, hd = 8, C = 16;
+    tnn_session *s = tnn_session_new(0);
+    tnn_tensor *q = tnn_input_2d_f32(s, T, H * hd), *k = tnn_input_2d_f32(s, T, Hkv * hd);
+    tnn_tensor *v = tnn_input_2d_f32(s, T, Hkv * hd);
+    tnn_tensor *pos = tnn_input_1d_i32(s, T), *p0 = tnn_input_1d_i32(s, 1);
+    tnn_tensor *kc = tnn_input_2d_f32(s, C, Hkv * hd), *vc = tnn_input_2d_f32(s, C, Hkv * hd);
+    /* reference: rope by row index + full causal attention */
+    tnn_tensor *ref = tnn_attention(s, tnn_rope(s, q, H, T, 10000.0, 1),
+                                    tnn_rope(s, k, Hkv, T, 10000.0, 1), v, H, Hkv, T);
+    tnn_tensor *qr = tnn_rope_ext(s, q, H, pos, 10000.0, 1, NULL);
+    tnn_tensor *kr = tnn_rope_ext(s, k, Hkv, pos, 10000.0, 1, NULL);
+    tnn_tensor *att = tnn_attention_cached(s, qr, tnn_kv_write(s, kc, kr, p0),
+                                           tnn_kv_write(s, vc, v, p0), H, Hkv, p0);
+    CHECK(att != NULL, "%s", tnn_last_error());
+    tnn_set_output(ref);
+    CHECK_OK(tnn_realize(s, att));
+    fill_session(s, q, 1, 1.0);
+    fill_session(s, k, 2, 1.0);
+    fill_session(s, v, 3, 1.0);
+    int32_t pv[9], zero = 0;
+    for (int i = 0; i < T; i++) pv[i] = i;
+    CHECK_OK(tnn_upload_i32(s, pos, pv, T));
+    CHECK_OK(tnn_upload_i32(s, p0, &zero, 1));
+    CHECK_OK(tnn_compute(s));
+    double a[9 * 32], b[9 * 32];
+    get(s, ref, a);
+    get(s, att, b);
+    CHECK(th_err(b, a, T * H * hd, 1e-6, 1e-5) <= 1.0, "cached attention differs from full");
+    /* past the cache: refused at compute */
+    int32_t big = C - T + 1;
+    CHECK_OK(tnn_upload_i32(s, p0, &big, 1));
+    CHECK_ERR(tnn_compute(s), TNN_ERR_RANGE, "do not fit");
+    tnn_session_free(s);
+
+    /* token by token through one n = 1 graph equals the whole prompt */
+    s = tnn_session_new(0);
+    tnn_tensor *q1 = tnn_input_2d_f32(s, 1, H * hd), *k1 = tnn_input_2d_f32(s, 1, Hkv * hd);
+    tnn_tensor *v1 = tnn_input_2d_f32(s, 1, Hkv * hd);
+    tnn_tensor *ps = tnn_input_1d_i32(s, 1), *pp = tnn_input_1d_i32(s, 1);
+    kc = tnn_input_2d_f32(s, C, Hkv * hd), vc = tnn_input_2d_f32(s, C, Hkv * hd);
+    tnn_tensor *o1 = tnn_attention_cached(
+        s, tnn_rope_ext(s, q1, H, ps, 10000.0, 1, NULL),
+        tnn_kv_write(s, kc, tnn_rope_ext(s, k1, Hkv, ps, 10000.0, 1, NULL), pp),
+        tnn_kv_write(s, vc, v1, pp), H, Hkv, pp);
+    CHECK_OK(tnn_realize(s, o1));
+    double qa[9 * 32], ka[9 * 16], va[9 * 16], got[32];
+    th_seed(1);
+    th_fill_f32(qa, T * H * hd, 1.0);
+    th_seed(2);
+    th_fill_f32(ka, T * Hkv * hd, 1.0);
+    th_seed(3);
+    th_fill_f32(va, T * Hkv * hd, 1.0);
+    double worst = 0;
+    for (int t = 0; t < T; t++) {
+        CHECK_OK(tnn_upload_from_float_array(s, q1, qa + t * H * hd, H * hd));
+        CHECK_OK(tnn_upload_from_float_array(s, k1, ka + t * Hkv * hd, Hkv * hd));
+        CHECK_OK(tnn_upload_from_float_array(s, v1, va + t * Hkv * hd, Hkv * hd));
+        int32_t pt = t;
+        CHECK_OK(tnn_upload_i32(s, ps, &pt, 1));
+        CHECK_OK(tnn_upload_i32(s, pp, &pt, 1));
+        CHECK_OK(tnn_compute(s));
+        get(s, o1, got);
+        double e = th_err(got, a + t * H * hd, H * hd, 1e-6, 1e-5);
+        if (e > worst) worst = e;
+    }
+    CHECK(worst <= 1.0, "step-by-step decoding differs from the whole prompt (%g)", worst);
+    tnn_session_free(s);
+}
+
+/* A GGUF file with quantized tensors, written here, read back as borrowed
+ * leaves: matmul_nt and get_rows against their dequantized f32 twins. */
+static void test_quantized_ops(void) {
+    const int M = 70, K = 64, N = 6;
+    static const int types[] = {TNN_GGML_Q8_0, TNN_GGML_Q4_0, TNN_GGML_Q4_1, TNN_GGML_F16,
+                                TNN_GGML_Q5_0, TNN_GGML_Q5_1, TNN_GGML_BF16};
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/tnn-test-quant-%d.gguf", (int)getpid());
+    float *w = malloc(sizeof(float) * M * K);
+    th_seed(9);
+    for (int i = 0; i < M * K; i++) w[i] = (float)th_sym(1.0);
+    tnn_gguf_writer *wr = tnn_gguf_writer_new();
+    unsigned char *q = malloc((size_t)M * K * 4);
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        int64_t rb = tnn__qtype_row_bytes(types[ti], K);
+        for (int r = 0; r < M; r++) CHECK_OK(tnn__quantize_row(types[ti], w + r * K, q + r * rb, K));
+        char name[32];
+        snprintf(name, sizeof name, "w%zu", ti);
+        int64_t shape[2] = {M, K};
+        CHECK_OK(tnn_gguf_writer_add_tensor(wr, name, types[ti], 2, shape, q, (size_t)(rb * M)));
+    }
+    CHECK_OK(tnn_gguf_writer_write(wr, path));
+    tnn_gguf_writer_free(wr);
+    tnn_gguf *g = tnn_gguf_open(path);
+    CHECK(g != NULL, "%s", tnn_last_error());
+    for (size_t ti = 0; g && ti < sizeof types / sizeof types[0]; ti++) {
+        char name[32];
+        snprintf(name, sizeof name, "w%zu", ti);
+        for (int n = 1; n <= N; n += N - 1) { /* 1 row: matrix-vector path; 6: panel GEMM */
+            tnn_session *s = tnn_session_new(0);
+            tnn_tensor *W = tnn_tensor_from_gguf(s, g, name);
+            CHECK(W && tnn_tensor_dtype(W) == TNN_GGML && tnn_tensor_ggml_type(W) == types[ti],
+                  "from_gguf %s", tnn_last_error());
+            tnn_tensor *x = tnn_input_2d_f32(s, n, K), *Wf = tnn_input_2d_f32(s, M, K);
+            tnn_tensor *idx = tnn_input_1d_i32(s, 3);
+            tnn_tensor *y = tnn_matmul_nt(s, x, W), *yref = tnn_matmul_nt(s, x, Wf);
+            tnn_tensor *rows = tnn_get_rows(s, W, idx), *rref = tnn_get_rows(s, Wf, idx);
+            tnn_set_output(yref);
+            tnn_set_output(rows);
+            tnn_set_output(rref);
+            CHECK_OK(tnn_realize(s, y));
+            /* the f32 twin holds the dequantized weights */
+            float *deq = malloc(sizeof(float) * M * K);
+            int64_t rb = tnn__qtype_row_bytes(types[ti], K);
+            const unsigned char *wd = tnn_gguf_tensor_data(g, tnn_gguf_find_tensor(g, name));
+            for (int r = 0; r < M; r++) tnn__dequantize_row(types[ti], wd + r * rb, deq + r * K, K);
+            CHECK_OK(tnn_upload_f32(s, Wf, deq, (size_t)M * K));
+            fill_session(s, x, 5, 1.0);
+            int32_t ids[3] = {0, M - 1, 17};
+            CHECK_OK(tnn_upload_i32(s, idx, ids, 3));
+            CHECK_OK(tnn_compute(s));
+            double *a = th_alloc((size_t)n * M), *b = th_alloc((size_t)n * M);
+            get(s, y, a);
+            get(s, yref, b);
+            /* the integer paths quantize x to 8 bits: ~1% of the row's scale */
+            double tol = (types[ti] == TNN_GGML_F16 || types[ti] == TNN_GGML_BF16) ? 1e-5 : 2e-2;
+            CHECK(th_err(a, b, (size_t)n * M, tol * 8, tol) <= 1.0, "%s n=%d: quantized matmul",
+                  tnn_ggml_type_name(types[ti]), n);
+            double ra[3 * 64], rr[3 * 64];
+            get(s, rows, ra);
+            get(s, rref, rr);
+            CHECK(memcmp(ra, rr, sizeof ra) == 0, "%s: get_rows differs from dequantize",
+                  tnn_ggml_type_name(types[ti]));
+            CHECK_ERR(tnn_upload_f32(s, W, deq, (size_t)M * K), TNN_ERR_ARG, "read-only");
+            CHECK_NULL(tnn_matmul_nn(s, x, W), TNN_ERR_SHAPE, "second operand");
+            free(a), free(b), free(deq);
+            tnn_session_free(s);
+        }
+    }
+    tnn_session *s = tnn_session_new(0);
+    CHECK_NULL(tnn_tensor_from_gguf(s, g, "nope"), TNN_ERR_RANGE, "nope");
+    CHECK_NULL(tnn_tensor_from_gguf(s, NULL, "w0"), TNN_ERR_ARG, "NULL");
+    tnn_session_free(s);
+    tnn_gguf_close(g);
+    unlink(path);
+    free(w), free(q);
+}
+
+int main(void) {
+    test_cached_attention();
+    test_quantized_ops();
+    return th_finish("test_infer");
+}
