@@ -1,67 +1,108 @@
 /* threadpool.c - a fixed pool of worker threads shared by every session.
+ *
  * A job is a range split into one contiguous chunk per thread; the caller
- * runs chunk 0 itself. Workers sleep on a condition variable between jobs.
+ * runs chunk 0 itself. The job counter works as a sequence lock: it is odd
+ * while the caller writes a job's fields and even once the job is posted,
+ * and a worker that read the fields checks the counter did not move, so a
+ * worker that sat out the previous job never runs a half-written one.
+ * Jobs are small and frequent (a decoding step posts
+ * about a thousand), so hand-offs spin: a worker that finished a job polls
+ * the job counter for a while before it sleeps on a condition variable, and
+ * the caller polls the count of unfinished chunks. A sleeping worker is woken
+ * only when one is known to sleep (the sleeper count and the job counter are
+ * sequentially consistent atomics, so no wake-up is lost).
  */
 #include "pool.h"
 
 #include "../core/internal.h"
 
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
 
 #define TNN_MAX_THREADS 256
+#define SPIN_POLLS 20000 /* ~50-100 us of polling before a worker sleeps */
 
 typedef struct {
     pthread_mutex_t use; /* held by the thread that owns the pool for a job */
-    pthread_mutex_t mu;
-    pthread_cond_t wake, done;
+    pthread_mutex_t mu;  /* guards sleeping and waking */
+    pthread_cond_t wake;
     pthread_t threads[TNN_MAX_THREADS];
-    int n_workers;  /* threads besides the caller */
-    int want;       /* requested size (0 = default) */
-    bool started, stopping;
-    /* the current job */
-    uint64_t gen;
+    int n_workers; /* threads besides the caller */
+    int want;      /* requested size (0 = default) */
+    bool started;
+    atomic_bool stopping;
+    atomic_int sleepers;
+    /* the current job; gen is odd while the fields below are written */
+    atomic_uint_fast64_t gen;
     uint64_t start_gen; /* gen when the workers were made: they wait for a newer one */
-    tnn_range_fn fn;
-    void *ctx;
-    int64_t n;
-    int n_chunks;
-    int pending;
+    _Atomic(tnn_range_fn) fn;
+    _Atomic(void *) ctx;
+    atomic_int_fast64_t n;
+    atomic_int n_chunks;
+    atomic_int pending; /* chunks not yet finished by workers */
 } pool_t;
 
 static pool_t pool = {
     .use = PTHREAD_MUTEX_INITIALIZER,
     .mu = PTHREAD_MUTEX_INITIALIZER,
     .wake = PTHREAD_COND_INITIALIZER,
-    .done = PTHREAD_COND_INITIALIZER,
 };
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
 
 static void chunk_range(int64_t n, int n_chunks, int i, int64_t *b, int64_t *e) {
     *b = n * i / n_chunks;
     *e = n * (i + 1) / n_chunks;
 }
 
+/* Waits until gen moves past `seen` (or the pool stops); returns the new gen. */
+static uint64_t wait_job(uint64_t seen) {
+    for (int i = 0; i < SPIN_POLLS; i++) {
+        uint64_t g = atomic_load(&pool.gen);
+        if (g != seen || atomic_load(&pool.stopping)) return g;
+        cpu_relax();
+    }
+    pthread_mutex_lock(&pool.mu);
+    atomic_fetch_add(&pool.sleepers, 1);
+    uint64_t g;
+    while ((g = atomic_load(&pool.gen)) == seen && !atomic_load(&pool.stopping))
+        pthread_cond_wait(&pool.wake, &pool.mu);
+    atomic_fetch_sub(&pool.sleepers, 1);
+    pthread_mutex_unlock(&pool.mu);
+    return g;
+}
+
 static void *worker(void *arg) {
     int idx = (int)(intptr_t)arg; /* chunk index of this worker: 1.. */
-    pthread_mutex_lock(&pool.mu);
     uint64_t seen = pool.start_gen;
     for (;;) {
-        while (!pool.stopping && pool.gen == seen) pthread_cond_wait(&pool.wake, &pool.mu);
-        if (pool.stopping) break;
-        seen = pool.gen;
-        if (idx < pool.n_chunks) {
-            tnn_range_fn fn = pool.fn;
-            void *ctx = pool.ctx;
+        uint64_t g = wait_job(seen);
+        if (atomic_load(&pool.stopping)) break;
+        if (g & 1) { /* the caller is writing a job: look again */
+            cpu_relax();
+            continue;
+        }
+        tnn_range_fn fn = atomic_load_explicit(&pool.fn, memory_order_relaxed);
+        void *ctx = atomic_load_explicit(&pool.ctx, memory_order_relaxed);
+        int64_t n = atomic_load_explicit(&pool.n, memory_order_relaxed);
+        int n_chunks = atomic_load_explicit(&pool.n_chunks, memory_order_relaxed);
+        atomic_thread_fence(memory_order_acquire); /* the reads above stay above */
+        if (atomic_load_explicit(&pool.gen, memory_order_relaxed) != g) continue; /* moved on */
+        seen = g;
+        if (idx < n_chunks) {
             int64_t b, e;
-            chunk_range(pool.n, pool.n_chunks, idx, &b, &e);
-            pthread_mutex_unlock(&pool.mu);
+            chunk_range(n, n_chunks, idx, &b, &e);
             fn(ctx, b, e);
-            pthread_mutex_lock(&pool.mu);
-            if (--pool.pending == 0) pthread_cond_signal(&pool.done);
+            atomic_fetch_sub(&pool.pending, 1);
         }
     }
-    pthread_mutex_unlock(&pool.mu);
     return NULL;
 }
 
@@ -84,11 +125,11 @@ static int default_threads(void) {
 static void pool_stop(void) {
     if (!pool.started) return;
     pthread_mutex_lock(&pool.mu);
-    pool.stopping = true;
+    atomic_store(&pool.stopping, true);
     pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.mu);
     for (int i = 0; i < pool.n_workers; i++) pthread_join(pool.threads[i], NULL);
-    pool.stopping = false;
+    atomic_store(&pool.stopping, false);
     pool.started = false;
     pool.n_workers = 0;
 }
@@ -98,7 +139,7 @@ static void pool_start(void) {
     if (pool.started) return;
     int n = pool.want > 0 ? pool.want : default_threads();
     pool.n_workers = 0;
-    pool.start_gen = pool.gen; /* no job can be posted until we return */
+    pool.start_gen = atomic_load(&pool.gen); /* no job can be posted until we return */
     for (int i = 1; i < n; i++) {
         if (pthread_create(&pool.threads[pool.n_workers], NULL, worker, (void *)(intptr_t)i)) {
             tnn__log(TNN_LOG_WARN, "could only start %d of %d threads", i, n);
@@ -154,22 +195,28 @@ void tnn__parallel_for(int64_t n, int64_t min_chunk, tnn_range_fn fn, void *ctx)
         fn(ctx, 0, n);
         return;
     }
-    pthread_mutex_lock(&pool.mu);
-    pool.fn = fn;
-    pool.ctx = ctx;
-    pool.n = n;
-    pool.n_chunks = n_chunks;
-    pool.pending = n_chunks - 1;
-    pool.gen++;
-    pthread_cond_broadcast(&pool.wake);
-    pthread_mutex_unlock(&pool.mu);
+    atomic_fetch_add(&pool.gen, 1); /* odd: writing */
+    atomic_store_explicit(&pool.fn, fn, memory_order_relaxed);
+    atomic_store_explicit(&pool.ctx, ctx, memory_order_relaxed);
+    atomic_store_explicit(&pool.n, n, memory_order_relaxed);
+    atomic_store_explicit(&pool.n_chunks, n_chunks, memory_order_relaxed);
+    atomic_store(&pool.pending, n_chunks - 1);
+    atomic_fetch_add(&pool.gen, 1); /* even: the job is posted (seq_cst) */
+    if (atomic_load(&pool.sleepers) > 0) {
+        pthread_mutex_lock(&pool.mu);
+        pthread_cond_broadcast(&pool.wake);
+        pthread_mutex_unlock(&pool.mu);
+    }
 
     int64_t b, e;
     chunk_range(n, n_chunks, 0, &b, &e);
     fn(ctx, b, e);
 
-    pthread_mutex_lock(&pool.mu);
-    while (pool.pending > 0) pthread_cond_wait(&pool.done, &pool.mu);
-    pthread_mutex_unlock(&pool.mu);
+    for (long spins = 0; atomic_load(&pool.pending) > 0; spins++) {
+        if (spins < SPIN_POLLS)
+            cpu_relax();
+        else
+            sched_yield(); /* a worker was descheduled: give it the core */
+    }
     pthread_mutex_unlock(&pool.use);
 }
