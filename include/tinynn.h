@@ -284,6 +284,18 @@ TNN_API tnn_tensor *tnn_sum(tnn_session *s, tnn_tensor *a);
 TNN_API tnn_tensor *tnn_mean(tnn_session *s, tnn_tensor *a);
 /* The same elements in a new shape of the same element count. */
 TNN_API tnn_tensor *tnn_reshape(tnn_session *s, tnn_tensor *a, int ndim, const int64_t *shape);
+/* Axes reordered: result dimension i is a's dimension axes[i] (a copy). */
+TNN_API tnn_tensor *tnn_permute(tnn_session *s, tnn_tensor *a, const int *axes);
+/* a and b joined along `axis` (negative counts from the end); the other
+ * dimensions must match. */
+TNN_API tnn_tensor *tnn_concat(tnn_session *s, tnn_tensor *a, tnn_tensor *b, int axis);
+/* The part [start, start + len) of a along `axis` (a copy). */
+TNN_API tnn_tensor *tnn_narrow(tnn_session *s, tnn_tensor *a, int axis, int64_t start,
+                               int64_t len);
+/* Each row: (x - mean) / sqrt(var + eps) * gamma + beta (biased variance);
+ * gamma and beta have `cols` elements, either may be NULL. */
+TNN_API tnn_tensor *tnn_layer_norm(tnn_session *s, tnn_tensor *x, tnn_tensor *gamma,
+                                   tnn_tensor *beta, double eps);
 /* Fused softmax cross-entropy: logits (N, V) f32, targets (N) int32.
  * Returns a (1) tensor: the mean over rows whose target is not
  * `ignore_index` of logsumexp(logits[r]) - logits[r][target[r]] (0 when

@@ -41,15 +41,21 @@ static void grad_check(const char *name, tnn_session *s, tnn_tensor *loss, param
         th_fill_f32(ps[i].val, (size_t)ps[i].n, 1.0);
         CHECK_OK(tnn_upload_from_float_array(s, ps[i].t, ps[i].val, (size_t)ps[i].n));
     }
+    CHECK(np <= 8, "grad_check takes at most 8 parameters");
+    /* every analytic gradient at the unperturbed point first */
     loss_value(s, loss);
-    double worst = 0.0;
-    for (int i = 0; i < np; i++) {
-        double *g = th_alloc((size_t)ps[i].n);
+    double *grads[8] = {NULL};
+    for (int i = 0; i < np && i < 8; i++) {
+        grads[i] = th_alloc((size_t)ps[i].n);
         tnn_tensor *gt = tnn_grad(s, ps[i].t);
         CHECK(gt != NULL, "%s: no grad for param %d: %s", name, i, tnn_last_error());
-        if (gt) CHECK_OK(tnn_download_to_f64_array(s, gt, g, (size_t)ps[i].n));
+        if (gt) CHECK_OK(tnn_download_to_f64_array(s, gt, grads[i], (size_t)ps[i].n));
+    }
+    double worst = 0.0;
+    for (int i = 0; i < np && i < 8; i++) {
+        double *g = grads[i];
         int64_t step = ps[i].n > 24 ? ps[i].n / 24 : 1;
-        for (int64_t e = 0; gt && e < ps[i].n; e += step) {
+        for (int64_t e = 0; e < ps[i].n; e += step) {
             double keep = ps[i].val[e];
             ps[i].val[e] = (double)(float)(keep + h);
             double hp = ps[i].val[e] - keep;
@@ -281,6 +287,72 @@ static void test_rope_attention(void) {
     tnn_session_free(s);
 }
 
+/* LayerNorm (gain and bias), permute, concat and narrow: forward against
+ * references, then gradients by finite differences. */
+static void test_layer_norm_and_shapes(void) {
+    tnn_session *s = tnn_session_new(0);
+    tnn_tensor *x = tnn_input_2d_f32(s, 3, 5), *g = tnn_input_1d_f32(s, 5), *b = tnn_input_1d_f32(s, 5);
+    tnn_tensor *ln = tnn_layer_norm(s, x, g, b, 1e-5);
+    int axes[2] = {1, 0};
+    tnn_tensor *pm = tnn_permute(s, x, axes);
+    tnn_tensor *cc = tnn_concat(s, x, ln, 1);
+    tnn_tensor *nw = tnn_narrow(s, cc, 1, 3, 4);
+    tnn_set_output(pm);
+    tnn_set_output(cc);
+    tnn_set_output(nw);
+    CHECK_OK(tnn_realize(s, ln));
+    double xv[15], gv[5], bv[5], y[15], p[15], c[30], w[12];
+    th_seed(21);
+    th_fill_f32(xv, 15, 2.0);
+    th_fill_f32(gv, 5, 1.0);
+    th_fill_f32(bv, 5, 1.0);
+    CHECK_OK(tnn_upload_from_float_array(s, x, xv, 15));
+    CHECK_OK(tnn_upload_from_float_array(s, g, gv, 5));
+    CHECK_OK(tnn_upload_from_float_array(s, b, bv, 5));
+    CHECK_OK(tnn_compute(s));
+    CHECK_OK(tnn_download_to_f64_array(s, ln, y, 15));
+    CHECK_OK(tnn_download_to_f64_array(s, pm, p, 15));
+    CHECK_OK(tnn_download_to_f64_array(s, cc, c, 30));
+    CHECK_OK(tnn_download_to_f64_array(s, nw, w, 12));
+    double want[15];
+    for (int r = 0; r < 3; r++) {
+        double m = 0, v = 0;
+        for (int j = 0; j < 5; j++) m += xv[r * 5 + j] / 5;
+        for (int j = 0; j < 5; j++) v += (xv[r * 5 + j] - m) * (xv[r * 5 + j] - m) / 5;
+        for (int j = 0; j < 5; j++)
+            want[r * 5 + j] = (xv[r * 5 + j] - m) / sqrt(v + 1e-5) * gv[j] + bv[j];
+    }
+    CHECK(th_err(y, want, 15, 1e-6, 1e-5) <= 1.0, "layer norm forward");
+    bool ok = true;
+    for (int r = 0; r < 3; r++)
+        for (int j = 0; j < 5; j++) {
+            ok &= p[j * 3 + r] == xv[r * 5 + j];
+            ok &= c[r * 10 + j] == xv[r * 5 + j] && c[r * 10 + 5 + j] == y[r * 5 + j];
+        }
+    for (int r = 0; r < 3; r++)
+        for (int j = 0; j < 4; j++) ok &= w[r * 4 + j] == c[r * 10 + 3 + j];
+    CHECK(ok, "permute / concat / narrow moved elements wrongly");
+    CHECK_NULL(tnn_narrow(s, x, 1, 3, 3), TNN_ERR_RANGE, "not inside");
+    CHECK_NULL(tnn_concat(s, x, pm, 0), TNN_ERR_SHAPE, "cannot be joined");
+    int bad[2] = {0, 0};
+    CHECK_NULL(tnn_permute(s, x, bad), TNN_ERR_ARG, "permutation");
+    tnn_session_free(s);
+
+    s = tnn_session_new(0);
+    param_t ps[4];
+    tnn_tensor *a = param(s, &ps[0], 3, 2, 3, 4);
+    tnn_tensor *gg = param(s, &ps[1], 1, 4, 0, 0);
+    tnn_tensor *bb = param(s, &ps[2], 1, 4, 0, 0);
+    tnn_tensor *e = param(s, &ps[3], 3, 2, 3, 2);
+    int ax3[3] = {2, 0, 1};
+    tnn_tensor *h = tnn_layer_norm(s, a, gg, bb, 1e-5);           /* (2,3,4) */
+    tnn_tensor *j = tnn_concat(s, h, e, 2);                       /* (2,3,6) */
+    tnn_tensor *k = tnn_narrow(s, tnn_permute(s, j, ax3), 0, 1, 4); /* (4,2,3) */
+    tnn_tensor *loss = tnn_sum(s, tnn_mul(s, k, tnn_silu(s, k)));
+    grad_check("layer_norm+permute+concat+narrow", s, loss, ps, 4, NULL, H_STEP, TOL);
+    tnn_session_free(s);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Optimizers                                                               */
 /* ------------------------------------------------------------------------ */
@@ -414,6 +486,7 @@ int main(void) {
     test_embedding_path();
     test_unused_param_and_errors();
     test_rope_attention();
+    test_layer_norm_and_shapes();
     run_optimizer(1, 0.0);
     run_optimizer(1, 0.5);
     run_optimizer(0, 0.0);

@@ -77,6 +77,11 @@ typedef enum tnn_op {
     TNN_OP_SLICE = 28,          /* columns [iparam[0], +width) of a 2-D src */
     TNN_OP_KV_WRITE = 29,       /* (cache, x, pos): rows of x into the cache; aliases it */
     TNN_OP_ATTENTION_CACHED = 30, /* (q, kcache, vcache, pos) */
+    TNN_OP_LAYER_NORM = 31,      /* (x, gamma?, beta?); fparam[0] eps */
+    TNN_OP_LAYER_NORM_BACK = 32, /* (g, x) -> dx of plain layer norm, g = dy * gamma */
+    TNN_OP_PERMUTE = 33,         /* iparam[0] packs the axis order, 4 bits each */
+    TNN_OP_CONCAT = 34,          /* (a, b) along iparam[0] */
+    TNN_OP_NARROW = 35,          /* src along iparam[0]: [iparam[1], + this size) */
     TNN_OP_COUNT
 } tnn_op;
 

@@ -33,6 +33,11 @@ int tnn__fwd_attention_back(tnn_tensor *t);
 int tnn__fwd_slice(tnn_tensor *t);
 int tnn__fwd_kv_write(tnn_tensor *t);
 int tnn__fwd_attention_cached(tnn_tensor *t);
+int tnn__fwd_layer_norm(tnn_tensor *t);
+int tnn__fwd_layer_norm_back(tnn_tensor *t);
+int tnn__fwd_permute(tnn_tensor *t);
+int tnn__fwd_concat(tnn_tensor *t);
+int tnn__fwd_narrow(tnn_tensor *t);
 
 #define BWD(name)                                                                             \
     int tnn__bwd_##name(tnn_session *s, tnn_tensor *t, tnn_tensor *dt, const bool *need,      \
@@ -40,6 +45,7 @@ int tnn__fwd_attention_cached(tnn_tensor *t);
 BWD(add) BWD(sub) BWD(mul) BWD(scale) BWD(gelu) BWD(silu) BWD(softmax) BWD(rms_norm)
 BWD(matmul) BWD(transpose) BWD(get_rows) BWD(get_rows_back) BWD(sum) BWD(mean) BWD(reshape)
 BWD(expand) BWD(reduce_to) BWD(cross_entropy) BWD(rope) BWD(attention)
+BWD(layer_norm) BWD(permute) BWD(concat) BWD(narrow)
 #undef BWD
 
 const tnn_op_def tnn__ops[TNN_OP_COUNT] = {
@@ -76,4 +82,9 @@ const tnn_op_def tnn__ops[TNN_OP_COUNT] = {
     [TNN_OP_SLICE] = {"slice", 1, tnn__fwd_slice, NULL},
     [TNN_OP_KV_WRITE] = {"tnn_kv_write", 3, tnn__fwd_kv_write, NULL},
     [TNN_OP_ATTENTION_CACHED] = {"tnn_attention_cached", 4, tnn__fwd_attention_cached, NULL},
+    [TNN_OP_LAYER_NORM] = {"tnn_layer_norm", 3, tnn__fwd_layer_norm, tnn__bwd_layer_norm},
+    [TNN_OP_LAYER_NORM_BACK] = {"layer_norm_back", 2, tnn__fwd_layer_norm_back, NULL},
+    [TNN_OP_PERMUTE] = {"tnn_permute", 1, tnn__fwd_permute, tnn__bwd_permute},
+    [TNN_OP_CONCAT] = {"tnn_concat", 2, tnn__fwd_concat, tnn__bwd_concat},
+    [TNN_OP_NARROW] = {"tnn_narrow", 1, tnn__fwd_narrow, tnn__bwd_narrow},
 };

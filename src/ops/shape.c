@@ -1,0 +1,304 @@
+/* shape.c - layer norm, and the copies that move elements between shapes:
+ * permute, concat and narrow, each with its gradient rule.
+ */
+#include "common.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------------ */
+/* Layer norm                                                               */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    const float *x, *g, *gamma, *beta;
+    float *out;
+    int64_t cols;
+    double eps;
+} ln_ctx;
+
+static void row_stats(const float *x, int64_t n, double eps, double *mean, double *rstd) {
+    double m = 0, v = 0;
+    for (int64_t j = 0; j < n; j++) m += x[j];
+    m /= (double)n;
+    for (int64_t j = 0; j < n; j++) v += ((double)x[j] - m) * ((double)x[j] - m);
+    *mean = m;
+    *rstd = 1.0 / sqrt(v / (double)n + eps);
+}
+
+static void ln_range(void *p, int64_t lo, int64_t hi) {
+    const ln_ctx *c = p;
+    int64_t n = c->cols;
+    for (int64_t r = lo; r < hi; r++) {
+        const float *x = c->x + r * n;
+        float *y = c->out + r * n;
+        double mean, rstd;
+        row_stats(x, n, c->eps, &mean, &rstd);
+        float m = (float)mean, rs = (float)rstd;
+        for (int64_t j = 0; j < n; j++) {
+            float v = (x[j] - m) * rs;
+            if (c->gamma) v *= c->gamma[j];
+            if (c->beta) v += c->beta[j];
+            y[j] = v;
+        }
+    }
+}
+
+/* y = xhat with xhat = (x - mean) rstd; given g = dL/dy:
+ * dx = rstd (g - mean(g) - xhat mean(g xhat)) */
+static void ln_back_range(void *p, int64_t lo, int64_t hi) {
+    const ln_ctx *c = p;
+    int64_t n = c->cols;
+    for (int64_t r = lo; r < hi; r++) {
+        const float *x = c->x + r * n, *g = c->g + r * n;
+        float *dx = c->out + r * n;
+        double mean, rstd, mg = 0, mgx = 0;
+        row_stats(x, n, c->eps, &mean, &rstd);
+        for (int64_t j = 0; j < n; j++) {
+            double xh = ((double)x[j] - mean) * rstd;
+            mg += g[j];
+            mgx += g[j] * xh;
+        }
+        mg /= (double)n;
+        mgx /= (double)n;
+        for (int64_t j = 0; j < n; j++) {
+            double xh = ((double)x[j] - mean) * rstd;
+            dx[j] = (float)(rstd * (g[j] - mg - xh * mgx));
+        }
+    }
+}
+
+static int check_gain(tnn_session *s, const tnn_tensor *x, tnn_tensor *v, const char *name,
+                      const char *func) {
+    if (!v) return TNN_OK;
+    if (tnn__check_tensor(s, v, func, name)) return tnn_last_status();
+    if (v->dtype != TNN_F32 || v->nelem != last_dim(x))
+        return tnn__error(TNN_ERR_SHAPE, func, "%s: want %lld f32 values (the last dimension)",
+                          name, (long long)last_dim(x));
+    return TNN_OK;
+}
+
+tnn_tensor *tnn_layer_norm(tnn_session *s, tnn_tensor *x, tnn_tensor *gamma, tnn_tensor *beta,
+                           double eps) {
+    CHECK_SESSION_NULL(s);
+    CHECK_TENSOR_NULL(s, x);
+    CHECK_F32_NULL(x);
+    if (!(eps >= 0.0) || isinf(eps))
+        return TNN_ERR_NULL(TNN_ERR_ARG, "eps=%g: want a finite value >= 0", eps);
+    if (check_gain(s, x, gamma, "gamma", __func__) || check_gain(s, x, beta, "beta", __func__))
+        return NULL;
+    tnn_tensor *src[3] = {x, gamma, beta};
+    tnn_tensor *t = tnn__node_new(s, TNN_OP_LAYER_NORM, TNN_F32, x->ndim, x->shape, src, 3);
+    if (t) t->fparam[0] = eps;
+    return t;
+}
+
+int tnn__fwd_layer_norm(tnn_tensor *t) {
+    ln_ctx c = {.x = CF32(t->src[0]), .gamma = t->src[1] ? CF32(t->src[1]) : NULL,
+                .beta = t->src[2] ? CF32(t->src[2]) : NULL, .out = F32(t),
+                .cols = last_dim(t), .eps = t->fparam[0]};
+    tnn__parallel_for(n_rows(t), 4096 / c.cols + 1, ln_range, &c);
+    return TNN_OK;
+}
+
+int tnn__fwd_layer_norm_back(tnn_tensor *t) {
+    ln_ctx c = {.g = CF32(t->src[0]), .x = CF32(t->src[1]), .out = F32(t), .cols = last_dim(t),
+                .eps = t->fparam[0]};
+    tnn__parallel_for(n_rows(t), 4096 / c.cols + 1, ln_back_range, &c);
+    return TNN_OK;
+}
+
+int tnn__bwd_layer_norm(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
+                        tnn_tensor **d) {
+    tnn_tensor *x = t->src[0], *gamma = t->src[1], *beta = t->src[2];
+    double eps = t->fparam[0];
+    if (need[0]) {
+        tnn_tensor *src[2] = {gamma ? tnn_mul(s, g, gamma) : g, x};
+        d[0] = src[0] ? tnn__node_new(s, TNN_OP_LAYER_NORM_BACK, TNN_F32, x->ndim, x->shape, src, 2)
+                      : NULL;
+        if (d[0]) d[0]->fparam[0] = eps;
+    }
+    if (gamma && need[1])
+        d[1] = tnn__sum_like(s, tnn_mul(s, g, tnn_layer_norm(s, x, NULL, NULL, eps)), gamma);
+    if (beta && need[2]) d[2] = tnn__sum_like(s, g, beta);
+    return TNN_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Permute                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static void unpack_axes(int64_t packed, int nd, int *axes) {
+    for (int i = 0; i < nd; i++) axes[i] = (int)((packed >> (4 * i)) & 15);
+}
+
+tnn_tensor *tnn_permute(tnn_session *s, tnn_tensor *a, const int *axes) {
+    CHECK_SESSION_NULL(s);
+    CHECK_TENSOR_NULL(s, a);
+    CHECK_F32_NULL(a);
+    if (!axes) return TNN_ERR_NULL(TNN_ERR_ARG, "axes is NULL");
+    bool seen[TNN_MAX_DIMS] = {false};
+    int64_t shape[TNN_MAX_DIMS], packed = 0;
+    for (int i = 0; i < a->ndim; i++) {
+        if (axes[i] < 0 || axes[i] >= a->ndim || seen[axes[i]])
+            return TNN_ERR_NULL(TNN_ERR_ARG, "axes[%d]=%d: want a permutation of 0..%d", i,
+                                axes[i], a->ndim - 1);
+        seen[axes[i]] = true;
+        shape[i] = a->shape[axes[i]];
+        packed |= (int64_t)axes[i] << (4 * i);
+    }
+    tnn_tensor *src[1] = {a};
+    tnn_tensor *t = tnn__node_new(s, TNN_OP_PERMUTE, TNN_F32, a->ndim, shape, src, 1);
+    if (t) t->iparam[0] = packed;
+    return t;
+}
+
+int tnn__fwd_permute(tnn_tensor *t) {
+    const tnn_tensor *a = t->src[0];
+    int nd = a->ndim, axes[TNN_MAX_DIMS];
+    unpack_axes(t->iparam[0], nd, axes);
+    int64_t astride[TNN_MAX_DIMS], st[TNN_MAX_DIMS];
+    astride[nd - 1] = 1;
+    for (int i = nd - 2; i >= 0; i--) astride[i] = astride[i + 1] * a->shape[i + 1];
+    for (int i = 0; i < nd; i++) st[i] = astride[axes[i]]; /* source stride of output dim i */
+    const float *x = CF32(a);
+    float *y = F32(t);
+    for (int64_t f = 0; f < t->nelem; f++) {
+        int64_t rem = f, off = 0;
+        for (int i = nd - 1; i >= 0; i--) {
+            off += (rem % t->shape[i]) * st[i];
+            rem /= t->shape[i];
+        }
+        y[f] = x[off];
+    }
+    return TNN_OK;
+}
+
+int tnn__bwd_permute(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
+                     tnn_tensor **d) {
+    int nd = t->ndim, axes[TNN_MAX_DIMS], inv[TNN_MAX_DIMS];
+    unpack_axes(t->iparam[0], nd, axes);
+    for (int i = 0; i < nd; i++) inv[axes[i]] = i;
+    d[0] = tnn_permute(s, g, inv);
+    return TNN_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Concat and narrow                                                        */
+/* ------------------------------------------------------------------------ */
+
+/* Copies a block view: for each of `outer` blocks, `n` contiguous floats
+ * from src (stride src_stride) to dst (stride dst_stride). */
+static void copy_blocks(float *dst, int64_t dst_stride, const float *src, int64_t src_stride,
+                        int64_t outer, int64_t n) {
+    for (int64_t o = 0; o < outer; o++)
+        memcpy(dst + o * dst_stride, src + o * src_stride, (size_t)n * sizeof(float));
+}
+
+/* Elements per index of `axis` (the product of the dimensions after it) and
+ * the number of blocks (the product of those before it). */
+static void axis_split(const tnn_tensor *t, int axis, int64_t *outer, int64_t *inner) {
+    *outer = 1;
+    *inner = 1;
+    for (int i = 0; i < axis; i++) *outer *= t->shape[i];
+    for (int i = axis + 1; i < t->ndim; i++) *inner *= t->shape[i];
+}
+
+static int norm_axis(const tnn_tensor *a, int axis) { return axis < 0 ? a->ndim + axis : axis; }
+
+tnn_tensor *tnn_concat(tnn_session *s, tnn_tensor *a, tnn_tensor *b, int axis) {
+    CHECK_SESSION_NULL(s);
+    CHECK_TENSOR_NULL(s, a);
+    CHECK_TENSOR_NULL(s, b);
+    CHECK_F32_NULL(a);
+    CHECK_F32_NULL(b);
+    int ax = norm_axis(a, axis);
+    char ba[TNN_SHAPE_BUF], bb[TNN_SHAPE_BUF];
+    tnn__shape_str(a, ba, sizeof ba);
+    tnn__shape_str(b, bb, sizeof bb);
+    bool ok = a->ndim == b->ndim && ax >= 0 && ax < a->ndim;
+    for (int i = 0; ok && i < a->ndim; i++) ok = i == ax || a->shape[i] == b->shape[i];
+    if (!ok)
+        return TNN_ERR_NULL(TNN_ERR_SHAPE, "a %s and b %s cannot be joined along axis %d", ba, bb,
+                            axis);
+    int64_t shape[TNN_MAX_DIMS];
+    memcpy(shape, a->shape, sizeof shape);
+    shape[ax] += b->shape[ax];
+    tnn_tensor *src[2] = {a, b};
+    tnn_tensor *t = tnn__node_new(s, TNN_OP_CONCAT, TNN_F32, a->ndim, shape, src, 2);
+    if (t) t->iparam[0] = ax;
+    return t;
+}
+
+int tnn__fwd_concat(tnn_tensor *t) {
+    const tnn_tensor *a = t->src[0], *b = t->src[1];
+    int ax = (int)t->iparam[0];
+    int64_t outer, inner;
+    axis_split(t, ax, &outer, &inner);
+    int64_t na = a->shape[ax] * inner, nb = b->shape[ax] * inner, nt = t->shape[ax] * inner;
+    copy_blocks(F32(t), nt, CF32(a), na, outer, na);
+    copy_blocks(F32(t) + na, nt, CF32(b), nb, outer, nb);
+    return TNN_OK;
+}
+
+tnn_tensor *tnn_narrow(tnn_session *s, tnn_tensor *a, int axis, int64_t start, int64_t len) {
+    CHECK_SESSION_NULL(s);
+    CHECK_TENSOR_NULL(s, a);
+    CHECK_F32_NULL(a);
+    int ax = norm_axis(a, axis);
+    if (ax < 0 || ax >= a->ndim)
+        return TNN_ERR_NULL(TNN_ERR_ARG, "axis=%d for a tensor of %d dimensions", axis, a->ndim);
+    if (start < 0 || len < 1 || start > a->shape[ax] - len)
+        return TNN_ERR_NULL(TNN_ERR_RANGE, "[%lld, %lld) is not inside axis %d of size %lld",
+                            (long long)start, (long long)(start + len), axis,
+                            (long long)a->shape[ax]);
+    int64_t shape[TNN_MAX_DIMS];
+    memcpy(shape, a->shape, sizeof shape);
+    shape[ax] = len;
+    tnn_tensor *src[1] = {a};
+    tnn_tensor *t = tnn__node_new(s, TNN_OP_NARROW, TNN_F32, a->ndim, shape, src, 1);
+    if (t) t->iparam[0] = ax, t->iparam[1] = start;
+    return t;
+}
+
+int tnn__fwd_narrow(tnn_tensor *t) {
+    const tnn_tensor *a = t->src[0];
+    int ax = (int)t->iparam[0];
+    int64_t outer, inner;
+    axis_split(a, ax, &outer, &inner);
+    int64_t na = a->shape[ax] * inner, nt = t->shape[ax] * inner;
+    copy_blocks(F32(t), nt, CF32(a) + t->iparam[1] * inner, na, outer, nt);
+    return TNN_OK;
+}
+
+int tnn__bwd_concat(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
+                    tnn_tensor **d) {
+    int ax = (int)t->iparam[0];
+    int64_t la = t->src[0]->shape[ax], lb = t->src[1]->shape[ax];
+    if (need[0]) d[0] = tnn_narrow(s, g, ax, 0, la);
+    if (need[1]) d[1] = tnn_narrow(s, g, ax, la, lb);
+    return TNN_OK;
+}
+
+/* The gradient of a part: zeros around it, joined along the axis. */
+int tnn__bwd_narrow(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
+                    tnn_tensor **d) {
+    const tnn_tensor *a = t->src[0];
+    int ax = (int)t->iparam[0];
+    int64_t start = t->iparam[1], len = t->shape[ax], after = a->shape[ax] - start - len;
+    int64_t shape[TNN_MAX_DIMS];
+    tnn_tensor *r = g;
+    if (start > 0) {
+        memcpy(shape, a->shape, sizeof shape);
+        shape[ax] = start;
+        r = tnn_concat(s, tnn__fill(s, a->ndim, shape, 0.0), r, ax);
+    }
+    if (after > 0 && r) {
+        memcpy(shape, a->shape, sizeof shape);
+        shape[ax] = after;
+        r = tnn_concat(s, r, tnn__fill(s, a->ndim, shape, 0.0), ax);
+    }
+    d[0] = r;
+    return TNN_OK;
+}
