@@ -303,8 +303,16 @@ static void ce_back_range(void *p, int64_t lo, int64_t hi) {
             memset(d, 0, (size_t)c->V * sizeof *d);
             continue;
         }
-        double lse = row_lse(x, c->V);
-        for (int64_t j = 0; j < c->V; j++) d[j] = (float)(exp((double)x[j] - lse) * c->scale);
+        /* softmax in one pass of expf (as the forward), scaled by dloss/count */
+        float mx = x[0];
+        for (int64_t j = 1; j < c->V; j++) mx = x[j] > mx ? x[j] : mx;
+        double sum = 0.0;
+        for (int64_t j = 0; j < c->V; j++) {
+            d[j] = expf(x[j] - mx);
+            sum += d[j];
+        }
+        float k = (float)(c->scale / sum);
+        for (int64_t j = 0; j < c->V; j++) d[j] *= k;
         d[c->tg[r]] -= (float)c->scale;
     }
 }
