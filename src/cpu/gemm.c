@@ -1,65 +1,466 @@
-/* gemm.c - f32 matrix product C = op(A) @ op(B) on the CPU.
+/* gemm.c - f32 matrix product C = op(A) @ op(B) on the CPU: a packed,
+ * cache-blocked GEMM (the Goto/BLIS loop nest) around a register-tiled
+ * micro-kernel chosen at run time (gemm_scalar.c, gemm_avx2.c, gemm_avx512.c).
  *
- * op(B) is first made contiguous as a (K, N) row-major panel when B is
- * transposed; then each thread takes a band of C's rows and accumulates
- * c[i, j] += a[i, k] * b[k, j] over k in ascending order, blocked over j and k
- * so a block of B stays in cache. The inner loop runs along j, so it
- * vectorizes without reordering any sum: every C element is the same
- * sequence of operations whatever the thread split.
+ * Loops, outermost first, for the C tile a thread owns:
+ *   jc over N by nc   -> the B panel (kc x nc) is packed once per (jc, pc)
+ *   pc over K by kc   -> K blocks in ASCENDING order
+ *   ic over M by mc   -> the A block (mc x kc) is packed, stays in L2
+ *   jr, ir            -> the micro-kernel on an mr x nr tile of C
+ * Packing reads A and B through their (ta, tb) layouts, so no transpose pass
+ * is needed; edge panels are padded with zeros and edge tiles go through a
+ * small buffer. K is cut into equal blocks (576 = 2 x 288). When op(A) is a
+ * single block (few rows: an LM head, a small batch) it is packed once for
+ * all column panels, the B panels are kept L2-sized and the source of the
+ * next one is prefetched while the micro-kernels run on the current one.
+ *
+ * Determinism: the first K block starts every accumulator from +0 and each
+ * later block continues from the value stored in C, so each C element is ONE
+ * fused multiply-add chain over k = 0..K-1 in ascending order, whatever the
+ * block sizes, the kernel or the thread split. Threads split C's columns (or
+ * rows), never K. Hence: any thread count gives the same bits; every kernel
+ * gives the same bits (the scalar twin uses fmaf); and C = A @ B equals, bit
+ * for bit, the transpose of B^T @ A^T computed with the roles swapped
+ * (fma(a, b, c) == fma(b, a, c)), which the library's matmul routes rely on.
  */
 #include "../core/internal.h"
 #include "../ops/kernels.h"
+#include "gemm.h"
 #include "pool.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define GEMM_NB 512 /* columns of C per block */
-#define GEMM_KB 256 /* depth per block */
+/* ------------------------------------------------------------------------ */
+/* Kernel choice                                                            */
+/* ------------------------------------------------------------------------ */
+
+static const char *const kernel_names[TNN_GEMM_KERNEL_COUNT] = {"scalar", "avx2", "avx512"};
+_Static_assert(sizeof kernel_names / sizeof kernel_names[0] == TNN_GEMM_KERNEL_COUNT,
+               "one name per kernel id");
+
+static const tnn__gemm_kernel *kernel_table(int id) {
+    switch (id) {
+    case TNN_GEMM_SCALAR: return &tnn__gemm_kernel_scalar;
+#if defined(TNN_GEMM_X86)
+    case TNN_GEMM_AVX2: return &tnn__gemm_kernel_avx2;
+    case TNN_GEMM_AVX512: return &tnn__gemm_kernel_avx512;
+#endif
+    default: return NULL;
+    }
+}
+
+const char *tnn__gemm_kernel_name(int id) {
+    return id >= 0 && id < TNN_GEMM_KERNEL_COUNT ? kernel_names[id] : "?";
+}
+
+bool tnn__gemm_kernel_supported(int id) {
+    switch (id) {
+    case TNN_GEMM_SCALAR: return true;
+#if defined(TNN_GEMM_X86)
+    case TNN_GEMM_AVX2:
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case TNN_GEMM_AVX512:
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512f");
+#endif
+    default: return false;
+    }
+}
+
+static int best_kernel(void) {
+    /* On Zen 4 AVX-512 f32 runs at the AVX2 rate (512-bit ops are
+     * double-pumped), so the larger tile mainly helps CPUs with full-width
+     * units; it is still preferred when reported. */
+    if (tnn__gemm_kernel_supported(TNN_GEMM_AVX512)) return TNN_GEMM_AVX512;
+    if (tnn__gemm_kernel_supported(TNN_GEMM_AVX2)) return TNN_GEMM_AVX2;
+    return TNN_GEMM_SCALAR;
+}
+
+static pthread_once_t kernel_once = PTHREAD_ONCE_INIT;
+static int default_kernel; /* written once under kernel_once */
+static atomic_int current_kernel;
+
+/* Reads TNN_KERNEL once; an unknown or unsupported value falls back to the
+ * best kernel with a warning. */
+static void kernel_init(void) {
+    int best = best_kernel(), pick = best;
+    const char *e = getenv("TNN_KERNEL");
+    if (e && *e) {
+        int want = -1;
+        for (int i = 0; i < TNN_GEMM_KERNEL_COUNT; i++)
+            if (strcmp(e, kernel_names[i]) == 0) want = i;
+        if (want < 0)
+            tnn__log(TNN_LOG_WARN, "TNN_KERNEL=%s is not one of scalar, avx2, avx512; using %s",
+                     e, kernel_names[best]);
+        else if (!tnn__gemm_kernel_supported(want))
+            tnn__log(TNN_LOG_WARN, "TNN_KERNEL=%s is not supported on this CPU; using %s", e,
+                     kernel_names[best]);
+        else
+            pick = want;
+    }
+    default_kernel = pick;
+    atomic_store(&current_kernel, pick);
+}
+
+int tnn__gemm_get_kernel(void) {
+    pthread_once(&kernel_once, kernel_init);
+    return atomic_load_explicit(&current_kernel, memory_order_relaxed);
+}
+
+int tnn__gemm_set_kernel(int id) {
+    pthread_once(&kernel_once, kernel_init);
+    if (id == TNN_GEMM_AUTO) {
+        atomic_store(&current_kernel, default_kernel);
+        return TNN_OK;
+    }
+    if (id < 0 || id >= TNN_GEMM_KERNEL_COUNT)
+        return TNN_ERR(TNN_ERR_ARG, "kernel id %d: want -1 (auto) or 0..%d", id,
+                       TNN_GEMM_KERNEL_COUNT - 1);
+    if (!tnn__gemm_kernel_supported(id))
+        return TNN_ERR(TNN_ERR_ARG, "kernel %s is not supported on this CPU",
+                       tnn__gemm_kernel_name(id));
+    atomic_store(&current_kernel, id);
+    return TNN_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Per-thread packing buffers: grown when a call needs more, kept for the    */
+/* next call, freed when the thread exits.                                   */
+/* ------------------------------------------------------------------------ */
 
 typedef struct {
-    bool ta;
+    float *a, *b;
+    size_t a_cap, b_cap; /* in floats */
+} pack_bufs;
+
+static pthread_key_t bufs_key;
+static pthread_once_t bufs_once = PTHREAD_ONCE_INIT;
+static bool bufs_key_ok;
+
+static void bufs_free(void *p) {
+    pack_bufs *pb = p;
+    if (!pb) return;
+    free(pb->a);
+    free(pb->b);
+    free(pb);
+}
+
+static void bufs_init(void) { bufs_key_ok = pthread_key_create(&bufs_key, bufs_free) == 0; }
+
+/* The calling thread's buffers, by the time the library unloads. */
+__attribute__((destructor)) static void bufs_atexit(void) {
+    if (!bufs_key_ok) return;
+    pack_bufs *pb = pthread_getspecific(bufs_key);
+    if (pb) {
+        pthread_setspecific(bufs_key, NULL);
+        bufs_free(pb);
+    }
+}
+
+static bool grow(float **p, size_t *cap, size_t need) {
+    if (need <= *cap) return true;
+    size_t bytes = (need * sizeof(float) + 63) & ~(size_t)63;
+    float *q = aligned_alloc(64, bytes);
+    if (!q) return false;
+    free(*p);
+    *p = q;
+    *cap = bytes / sizeof(float);
+    return true;
+}
+
+/* Buffers of at least na and nb floats, 64-byte aligned, or NULL. */
+static pack_bufs *get_bufs(size_t na, size_t nb) {
+    pthread_once(&bufs_once, bufs_init);
+    if (!bufs_key_ok) return NULL;
+    pack_bufs *pb = pthread_getspecific(bufs_key);
+    if (!pb) {
+        pb = calloc(1, sizeof *pb);
+        if (!pb) return NULL;
+        if (pthread_setspecific(bufs_key, pb) != 0) {
+            free(pb);
+            return NULL;
+        }
+    }
+    if (!grow(&pb->a, &pb->a_cap, na) || !grow(&pb->b, &pb->b_cap, nb)) return NULL;
+    return pb;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Packing                                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    const tnn__gemm_kernel *kr;
+    bool ta, tb;
     int64_t M, N, K;
     const float *A;
     int64_t lda;
-    const float *B; /* (K, N) row-major */
+    const float *B;
     int64_t ldb;
     float *C;
     int64_t ldc;
-} gemm_ctx;
+    bool split_n;        /* threads split columns (else rows) */
+    int64_t unit;        /* columns (rows) per unit of the split */
+    atomic_int status;   /* TNN_OK, or the first failure in a thread */
+} gemm_job;
 
-static void gemm_rows(void *p, int64_t i0, int64_t i1) {
-    const gemm_ctx *g = p;
-    for (int64_t i = i0; i < i1; i++) memset(g->C + i * g->ldc, 0, (size_t)g->N * sizeof(float));
-    for (int64_t j0 = 0; j0 < g->N; j0 += GEMM_NB) {
-        int64_t jn = g->N - j0 < GEMM_NB ? g->N - j0 : GEMM_NB;
-        for (int64_t k0 = 0; k0 < g->K; k0 += GEMM_KB) {
-            int64_t k1 = g->K - k0 < GEMM_KB ? g->K : k0 + GEMM_KB;
-            for (int64_t i = i0; i < i1; i++) {
-                float *restrict c = g->C + i * g->ldc + j0;
-                for (int64_t k = k0; k < k1; k++) {
-                    float a = g->ta ? g->A[k * g->lda + i] : g->A[i * g->lda + k];
-                    const float *restrict b = g->B + k * g->ldb + j0;
-                    for (int64_t j = 0; j < jn; j++) c[j] += a * b[j];
+/* The portable transposing pack (see tnn__gemm_pack_fn). */
+static void pack_t_generic(float *restrict dst, const float *restrict src, int64_t lds,
+                           int64_t kc, int w, int valid) {
+    for (int c = 0; c < w; c++) {
+        if (c < valid) {
+            const float *s = src + c * lds;
+            for (int64_t k = 0; k < kc; k++) dst[k * w + c] = s[k];
+        } else {
+            for (int64_t k = 0; k < kc; k++) dst[k * w + c] = 0.0f;
+        }
+    }
+}
+
+/* Rows ahead that the non-transposing pack prefetches. */
+#define GEMM_PACK_PF 4
+
+/* dst[0:w] = s[0:n], zero past n. Inlined with w constant for the common
+ * tile widths so the copy is a few vector moves. */
+static inline __attribute__((always_inline)) void copy_run(float *restrict d,
+                                                           const float *restrict s, int64_t n,
+                                                           int w) {
+    if (n == w) {
+        memcpy(d, s, sizeof(float) * (size_t)w);
+    } else {
+        int64_t c = 0;
+        for (; c < n; c++) d[c] = s[c];
+        for (; c < w; c++) d[c] = 0.0f;
+    }
+}
+
+/* The non-transposing pack: for each k, a contiguous run src[k*lds + 0 : n]
+ * is cut into panels of w (panel q at dst + q*w*kc, zero past n). Rows of
+ * the source are read in order, so a wide panel streams through memory. */
+static inline __attribute__((always_inline)) void pack_n_w(float *restrict dst,
+                                                           const float *restrict src,
+                                                           int64_t lds, int64_t kc, int64_t n,
+                                                           int w) {
+    for (int64_t k = 0; k < kc; k++) {
+        const float *s = src + k * lds;
+        float *d = dst + k * w;
+        /* Rows of a wide matrix are far apart and each run is short (a
+         * few KiB), too short for the hardware prefetcher: ask for the row
+         * GEMM_PACK_PF ahead while copying this one. */
+        if (k + GEMM_PACK_PF < kc)
+            for (int64_t q = 0; q < n; q += 16) __builtin_prefetch(s + GEMM_PACK_PF * lds + q);
+        for (int64_t q = 0; q < n; q += w, d += w * kc)
+            copy_run(d, s + q, n - q < w ? n - q : w, w);
+    }
+}
+
+static void pack_n(float *dst, const float *src, int64_t lds, int64_t kc, int64_t n, int w) {
+    switch (w) {
+    case 6: pack_n_w(dst, src, lds, kc, n, 6); break;
+    case 12: pack_n_w(dst, src, lds, kc, n, 12); break;
+    case 16: pack_n_w(dst, src, lds, kc, n, 16); break;
+    case 32: pack_n_w(dst, src, lds, kc, n, 32); break;
+    default: pack_n_w(dst, src, lds, kc, n, w); break;
+    }
+}
+
+/* dst = op(A)[i0 : i0+mc, k0 : k0+kc] as micro-panels of mr rows: panel p
+ * holds, for each k, the mr values of rows i0 + p*mr ... (zero past mc). */
+static void pack_a(const gemm_job *g, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
+                   float *dst) {
+    const int mr = g->kr->mr;
+    if (g->ta) { /* op(A)[i][k] = A[k][i]: runs along i */
+        pack_n(dst, g->A + k0 * g->lda + i0, g->lda, kc, mc, mr);
+        return;
+    }
+    tnn__gemm_pack_fn pt = g->kr->pack_t ? g->kr->pack_t : pack_t_generic;
+    for (int64_t p = 0; p < mc; p += mr) /* op(A)[i][k] = A[i][k]: runs along k */
+        pt(dst + p * kc, g->A + (i0 + p) * g->lda + k0, g->lda, kc, mr,
+           (int)(mc - p < mr ? mc - p : mr));
+}
+
+/* dst = op(B)[k0 : k0+kc, j0 : j0+nc] as micro-panels of nr columns: panel q
+ * holds, for each k, the nr values of columns j0 + q*nr ... (zero past nc). */
+static void pack_b(const gemm_job *g, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
+                   float *dst) {
+    const int nr = g->kr->nr;
+    if (!g->tb) { /* op(B)[k][j] = B[k][j]: runs along j */
+        pack_n(dst, g->B + k0 * g->ldb + j0, g->ldb, kc, nc, nr);
+        return;
+    }
+    tnn__gemm_pack_fn pt = g->kr->pack_t ? g->kr->pack_t : pack_t_generic;
+    for (int64_t q = 0; q < nc; q += nr) /* op(B)[k][j] = B[j][k]: runs along k */
+        pt(dst + q * kc, g->B + (j0 + q) * g->ldb + k0, g->ldb, kc, nr,
+           (int)(nc - q < nr ? nc - q : nr));
+}
+
+/* ------------------------------------------------------------------------ */
+/* The loop nest                                                            */
+/* ------------------------------------------------------------------------ */
+
+/* A region of memory to bring into L2 while the micro-kernels run: `rows`
+ * runs of `cols` floats, ld apart. The loop nest points it at the source of
+ * the next B panel when each panel is used only once, so that the pack which
+ * follows reads from L2 instead of waiting on DRAM. */
+typedef struct {
+    const float *base;
+    int64_t ld, rows, cols;
+    int64_t r, line, per_call; /* cursor, and lines to fetch per micro-kernel call */
+} pf_region;
+
+static void pf_start(pf_region *pf, int64_t calls) {
+    int64_t lines = pf->rows * ((pf->cols + 15) / 16 + 1);
+    pf->r = pf->line = 0;
+    pf->per_call = calls > 0 ? (lines + calls - 1) / calls : lines;
+}
+
+static inline void pf_step(pf_region *pf) {
+    int64_t per_row = (pf->cols + 15) / 16 + 1; /* + 1: a run need not start a line */
+    for (int64_t i = 0; i < pf->per_call && pf->r < pf->rows; i++) {
+        const float *row = pf->base + pf->r * pf->ld;
+        int64_t off = pf->line * 16 < pf->cols ? pf->line * 16 : pf->cols - 1;
+        __builtin_prefetch(row + off, 0, 2);
+        if (++pf->line == per_row) pf->line = 0, pf->r++;
+    }
+}
+
+/* C[0:mc, 0:nc] (row stride ldc) from packed pa (mc x kc) and pb (kc x nc);
+ * load = 0 on the first K block, 1 after (continue the running sums). */
+static void macro_kernel(const tnn__gemm_kernel *kr, int64_t mc, int64_t nc, int64_t kc,
+                         const float *pa, const float *pb, float *C, int64_t ldc, int load,
+                         pf_region *pf) {
+    const int mr = kr->mr, nr = kr->nr;
+    if (pf) pf_start(pf, ((nc + nr - 1) / nr) * ((mc + mr - 1) / mr));
+    for (int64_t jr = 0; jr < nc; jr += nr) {
+        int64_t n = nc - jr < nr ? nc - jr : nr;
+        const float *bp = pb + jr * kc;
+        for (int64_t ir = 0; ir < mc; ir += mr) {
+            int64_t m = mc - ir < mr ? mc - ir : mr;
+            const float *ap = pa + ir * kc;
+            float *c = C + ir * ldc + jr;
+            if (pf) pf_step(pf);
+            if (load) {
+                /* The micro-kernel starts from C's values, so fetch the next
+                 * tile's rows now: its loads then hit the cache. */
+                int64_t ir2 = ir + mr, jr2 = jr;
+                if (ir2 >= mc) ir2 = 0, jr2 = jr + nr;
+                if (jr2 < nc) {
+                    int64_t m2 = mc - ir2 < mr ? mc - ir2 : mr, n2 = nc - jr2 < nr ? nc - jr2 : nr;
+                    const float *c2 = C + ir2 * ldc + jr2;
+                    for (int64_t i = 0; i < m2; i++) {
+                        __builtin_prefetch(c2 + i * ldc, 1, 3);
+                        __builtin_prefetch(c2 + i * ldc + n2 - 1, 1, 3);
+                    }
                 }
+            }
+            if (m == mr && n == nr) {
+                kr->ukr(kc, ap, bp, c, ldc, load);
+                continue;
+            }
+            /* Edge tile: run the full tile on a buffer, keep the valid part. */
+            _Alignas(64) float tmp[TNN_GEMM_MR_MAX * TNN_GEMM_NR_MAX];
+            if (load) {
+                memset(tmp, 0, sizeof(float) * (size_t)(mr * nr));
+                for (int64_t i = 0; i < m; i++)
+                    memcpy(tmp + i * nr, c + i * ldc, sizeof(float) * (size_t)n);
+            }
+            kr->ukr(kc, ap, bp, tmp, nr, load);
+            for (int64_t i = 0; i < m; i++)
+                memcpy(c + i * ldc, tmp + i * nr, sizeof(float) * (size_t)n);
+        }
+    }
+}
+
+static int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+/* Largest op(A) (floats, padded) packed once for all column panels. */
+#define GEMM_A_ONCE_MAX ((int64_t)1 << 20)
+
+/* C[m0:m1, n0:n1] in full (every k). */
+static void gemm_block(gemm_job *g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    const tnn__gemm_kernel *kr = g->kr;
+    int64_t MC = kr->mc, KC = kr->kc, NC = kr->nc, K = g->K;
+    /* K blocks of about equal depth, a multiple of 8 (the packs' step):
+     * 576 = 2 x 288, not 384 + 192; a short last block would pay the C loads
+     * and stores for little work. */
+    if (K > KC) {
+        int64_t blocks = (K + KC - 1) / KC, even = (K + blocks - 1) / blocks;
+        KC = round_up(even, 8) <= KC ? round_up(even, 8) : even;
+    }
+    int64_t mspan = m1 - m0, nspan = n1 - n0;
+    int64_t kc_max = K < KC ? K : KC;
+    int64_t mc_pad = round_up(mspan < MC ? mspan : MC, kr->mr);
+    /* One A block (few rows, e.g. an LM head): pack all of op(A) once and
+     * keep it for every column panel; B panels are then used once right
+     * after packing, so they are kept small enough to stay in L2. */
+    bool a_once = mspan <= MC && mc_pad * K <= GEMM_A_ONCE_MAX;
+    if (a_once) NC = kr->nc_small;
+    int64_t nc_pad = round_up(nspan < NC ? nspan : NC, kr->nr);
+    size_t a_size = (size_t)(mc_pad * (a_once ? K : kc_max));
+    pack_bufs *pb = get_bufs(a_size, (size_t)(nc_pad * kc_max));
+    if (!pb) {
+        int ok = TNN_OK;
+        atomic_compare_exchange_strong(&g->status, &ok, TNN_ERR_NOMEM);
+        return;
+    }
+    if (a_once)
+        for (int64_t pc = 0; pc < K; pc += KC)
+            pack_a(g, m0, mspan, pc, K - pc < KC ? K - pc : KC, pb->a + mc_pad * pc);
+    for (int64_t jc = n0; jc < n1; jc += NC) {
+        int64_t nc = n1 - jc < NC ? n1 - jc : NC;
+        for (int64_t pc = 0; pc < K; pc += KC) {
+            int64_t kc = K - pc < KC ? K - pc : KC;
+            pack_b(g, pc, kc, jc, nc, pb->b);
+            for (int64_t ic = m0; ic < m1; ic += MC) {
+                int64_t mc = m1 - ic < MC ? m1 - ic : MC;
+                const float *pa = pb->a + mc_pad * pc;
+                if (!a_once) {
+                    pack_a(g, ic, mc, pc, kc, pb->a);
+                    pa = pb->a;
+                }
+                /* With A packed once, each B panel serves one A block: fetch
+                 * the next panel's source meanwhile. */
+                pf_region pf, *pfp = NULL;
+                if (a_once) {
+                    int64_t pc2 = pc + KC, jc2 = jc;
+                    if (pc2 >= K) pc2 = 0, jc2 = jc + NC;
+                    if (jc2 < n1) {
+                        int64_t kc2 = K - pc2 < KC ? K - pc2 : KC;
+                        int64_t nc2 = n1 - jc2 < NC ? n1 - jc2 : NC;
+                        if (g->tb) /* B is N x K: nc2 runs of kc2 */
+                            pf = (pf_region){.base = g->B + jc2 * g->ldb + pc2, .ld = g->ldb,
+                                             .rows = nc2, .cols = kc2};
+                        else /* B is K x N: kc2 runs of nc2 */
+                            pf = (pf_region){.base = g->B + pc2 * g->ldb + jc2, .ld = g->ldb,
+                                             .rows = kc2, .cols = nc2};
+                        pfp = &pf;
+                    }
+                }
+                macro_kernel(kr, mc, nc, kc, pa, pb->b, g->C + ic * g->ldc + jc, g->ldc,
+                             pc > 0, pfp);
             }
         }
     }
 }
 
-typedef struct {
-    const float *B;
-    int64_t ldb, K;
-    float *Bt;
-    int64_t N;
-} pack_ctx;
-
-/* Bt[k, j] = B[j, k] for a band of k. */
-static void pack_rows(void *p, int64_t k0, int64_t k1) {
-    const pack_ctx *c = p;
-    for (int64_t k = k0; k < k1; k++)
-        for (int64_t j = 0; j < c->N; j++) c->Bt[k * c->N + j] = c->B[j * c->ldb + k];
+/* One thread's share: units [u0, u1) of columns (or rows). */
+static void gemm_range(void *p, int64_t u0, int64_t u1) {
+    gemm_job *g = p;
+    if (g->split_n) {
+        int64_t n0 = u0 * g->unit, n1 = u1 * g->unit < g->N ? u1 * g->unit : g->N;
+        gemm_block(g, 0, g->M, n0, n1);
+    } else {
+        int64_t m0 = u0 * g->unit, m1 = u1 * g->unit < g->M ? u1 * g->unit : g->M;
+        gemm_block(g, m0, m1, 0, g->N);
+    }
 }
+
+/* Multiply-adds a thread should at least get before the pool is worth it. */
+#define GEMM_MIN_WORK ((int64_t)1 << 19)
 
 int tnn__gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
                   const float *B, int64_t ldb, float *C, int64_t ldc) {
@@ -68,27 +469,22 @@ int tnn__gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float
         for (int64_t i = 0; i < M; i++) memset(C + i * ldc, 0, (size_t)N * sizeof(float));
         return TNN_OK;
     }
-    float *packed = NULL;
-    if (tb) {
-        size_t bytes;
-        if (!tnn__size_mul_ok((size_t)K * (size_t)N, sizeof(float), &bytes))
-            return TNN_ERR(TNN_ERR_OVERFLOW, "K=%lld N=%lld: panel size overflows", (long long)K,
-                           (long long)N);
-        packed = malloc(bytes);
-        if (!packed)
-            return TNN_ERR(TNN_ERR_NOMEM, "out of memory packing a %lld x %lld panel",
-                           (long long)K, (long long)N);
-        pack_ctx pc = {.B = B, .ldb = ldb, .K = K, .Bt = packed, .N = N};
-        tnn__parallel_for(K, 16, pack_rows, &pc);
-        B = packed;
-        ldb = N;
-    }
-    gemm_ctx g = {.ta = ta, .M = M, .N = N, .K = K, .A = A, .lda = lda, .B = B, .ldb = ldb,
-                  .C = C, .ldc = ldc};
-    /* A band of rows should carry at least ~64k multiply-adds. */
-    int64_t work = N * K;
-    int64_t min_rows = work >= 65536 ? 1 : 65536 / (work ? work : 1) + 1;
-    tnn__parallel_for(M, min_rows, gemm_rows, &g);
-    free(packed);
+    gemm_job g = {.kr = kernel_table(tnn__gemm_get_kernel()), .ta = ta, .tb = tb, .M = M,
+                  .N = N, .K = K, .A = A, .lda = lda, .B = B, .ldb = ldb, .C = C, .ldc = ldc};
+    atomic_init(&g.status, TNN_OK);
+    /* Split the larger side of C: the other operand is packed by every
+     * thread, so it should be the smaller one. Too few units on that side
+     * to share out: split the other. */
+    int64_t nu = (N + g.kr->nr - 1) / g.kr->nr, mu = (M + g.kr->mr - 1) / g.kr->mr;
+    g.split_n = N >= M ? (nu >= 4 || nu >= mu) : !(mu >= 4 || mu >= nu);
+    g.unit = g.split_n ? g.kr->nr : g.kr->mr;
+    int64_t units = g.split_n ? nu : mu;
+    int64_t per_unit = (g.split_n ? M : N) * K * g.unit;
+    int64_t min_chunk = per_unit >= GEMM_MIN_WORK ? 1 : (GEMM_MIN_WORK + per_unit - 1) / per_unit;
+    tnn__parallel_for(units, min_chunk, gemm_range, &g);
+    int st = atomic_load(&g.status);
+    if (st != TNN_OK)
+        return TNN_ERR(st, "out of memory for the packing buffers (M=%lld N=%lld K=%lld)",
+                       (long long)M, (long long)N, (long long)K);
     return TNN_OK;
 }

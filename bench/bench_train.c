@@ -1,0 +1,110 @@
+/* bench_train.c - training throughput of the transformer trainer at
+ * llm.c's GPT-2-shaped configs, tokens/s (best and median of the timed
+ * steps) and peak memory, with the same-run ratio to llm.c's CPU trainer
+ * when TNN_LLMC_BENCH names a program that runs it (built outside this
+ * repository; see docs/PERFORMANCE.md). Usage: bench_train [small|gpt2|all]
+ */
+#include "tinynn.h"
+
+#include "llm/model.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+typedef struct {
+    const char *name;
+    int L, C, H, V, B, T, steps;
+} config;
+
+/* One config: llama-style with as many parameters per block as GPT-2's
+ * (SwiGLU d_ff = 8C/3 matches the 4C GELU MLP), all heads as KV heads. */
+static void run(const config *c, FILE *json, int *first) {
+    lm_config m = {.vocab = c->V, .d_model = c->C, .n_layer = c->L, .n_head = c->H,
+                   .n_kv_head = c->H, .d_ff = (8 * c->C / 3 + 7) / 8 * 8, .seq_len = c->T,
+                   .rope_base = 10000.0, .norm_eps = 1e-5};
+    lm_optim opt = {.lr = 1e-4, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.0};
+    lm_graph g;
+    if (lm_graph_build(&g, &m, c->B, c->T, true, &opt) != TNN_OK) {
+        fprintf(stderr, "%s: %s\n", c->name, tnn_last_error());
+        return;
+    }
+    lm_init_weights(&g, 1);
+    size_t n = (size_t)c->B * c->T;
+    int64_t *tok = malloc(n * sizeof *tok), *tgt = malloc(n * sizeof *tgt);
+    double times[64], loss = 0;
+    uint64_t x = 7;
+    for (int s = 0; s <= c->steps; s++) {
+        for (size_t i = 0; i < n; i++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            tok[i] = (int64_t)((x >> 33) % (uint64_t)c->V);
+            tgt[i] = (int64_t)((x >> 13) % (uint64_t)c->V);
+        }
+        double t0 = now_s();
+        tnn_upload_from_int_array(g.s, g.tokens, tok, n);
+        tnn_upload_from_int_array(g.s, g.targets, tgt, n);
+        if (tnn_compute(g.s) != TNN_OK) {
+            fprintf(stderr, "%s: %s\n", c->name, tnn_last_error());
+            break;
+        }
+        tnn_download_to_f64_array(g.s, g.loss, &loss, 1);
+        if (s > 0) times[s - 1] = now_s() - t0; /* step 0 warms up */
+    }
+    qsort(times, (size_t)c->steps, sizeof times[0], cmp);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double best = (double)n / times[0], med = (double)n / times[c->steps / 2];
+    printf("%-6s L=%d C=%d H=%d V=%d B=%d T=%d (%lld params): %.1f / %.1f tokens/s (best / "
+           "median of %d steps, %.0f ms/step), loss %.3f, peak RSS %.0f MiB\n",
+           c->name, c->L, c->C, c->H, c->V, c->B, c->T, (long long)lm_param_count(&m), best, med,
+           c->steps, times[c->steps / 2] * 1e3, loss, ru.ru_maxrss / 1024.0);
+    fprintf(json, "%s  {\"config\": \"%s\", \"tokens_per_s_best\": %.2f, \"tokens_per_s_median\": "
+                  "%.2f, \"peak_rss_mib\": %.1f}", *first ? "" : ",\n", c->name, best, med,
+            ru.ru_maxrss / 1024.0);
+    *first = 0;
+    const char *peer = getenv("TNN_LLMC_BENCH");
+    if (peer && *peer) {
+        char cmd[512];
+        snprintf(cmd, sizeof cmd, "%s %d %d %d %d %d %d %d", peer, c->L, c->C, c->H, c->V, c->B,
+                 c->T, c->steps + 1);
+        printf("  llm.c (same run): ");
+        fflush(stdout);
+        if (system(cmd) != 0) printf("  llm.c: failed to run %s\n", peer);
+    } else {
+        printf("  llm.c: skipped (set TNN_LLMC_BENCH to a program running its trainer)\n");
+    }
+    free(tok);
+    free(tgt);
+    lm_graph_free(&g);
+}
+
+int main(int argc, char **argv) {
+    const char *which = argc > 1 ? argv[1] : "small";
+    static const config cfgs[] = {
+        {"small", 4, 256, 4, 8192, 8, 64, 10},
+        {"gpt2", 12, 768, 12, 50257, 4, 64, 4},
+    };
+    printf("training throughput, %d threads\n", tnn_get_num_threads());
+    FILE *json = fopen(TNN_BENCH_RESULTS "/train.json", "w");
+    if (!json) json = fopen("/dev/null", "w");
+    fprintf(json, "[\n");
+    int first = 1;
+    for (size_t i = 0; i < sizeof cfgs / sizeof cfgs[0]; i++)
+        if (!strcmp(which, "all") || !strcmp(which, cfgs[i].name)) run(&cfgs[i], json, &first);
+    fprintf(json, "\n]\n");
+    fclose(json);
+    return 0;
+}
