@@ -4,6 +4,8 @@
 #include "tinynn.h"
 
 #include "../src/llm/checkpoint.h"
+#include "../src/llm/llama.h"
+#include "../src/llm/tokenizer.h"
 #include "../src/llm/train.h"
 
 #include <errno.h>
@@ -12,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -23,6 +26,7 @@ static void usage(FILE *f) {
             "  train FILE...        train a byte-level transformer on text files\n"
             "  sample -m CKPT       continue a prompt with a trained checkpoint\n"
             "  info FILE.gguf       print a GGUF file's metadata and tensor table\n"
+            "  generate -m MODEL.gguf -p PROMPT   run a llama/qwen2 GGUF model\n"
             "  version              print the library version\n"
             "\n"
             "train/demo options:\n"
@@ -47,7 +51,11 @@ static void usage(FILE *f) {
             "                       --steps then sets the new total\n"
             "\n"
             "sample options: -m CKPT, --prompt TEXT, -n N (bytes, 200), --temp, --top-k,\n"
-            "  --top-p, --seed\n");
+            "  --top-p, --seed\n"
+            "\n"
+            "generate options: -m MODEL.gguf, -p PROMPT, -n N (tokens, 128), --temp X (0 =\n"
+            "  greedy; 0.8), --top-k N (40), --top-p X (0.95), --min-p X (0.05),\n"
+            "  --repeat-penalty X (1.0), --seed N, --ctx N, --chat (ChatML template)\n");
 }
 
 static bool parse_int(const char *s, int lo, int hi, int *out) {
@@ -355,6 +363,140 @@ static int cmd_sample(int argc, char **argv) {
     return rc == TNN_OK ? 0 : 1;
 }
 
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* `tnn generate`: prompt in, streamed text out, speeds on stderr. */
+static int cmd_generate(int argc, char **argv) {
+    const char *model = NULL, *prompt = NULL;
+    int n = 128, n_ctx = 0, chat = 0;
+    lm_sampler_params sp = lm_sampler_defaults();
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        double x;
+        if (!strcmp(a, "--chat")) {
+            chat = 1;
+            continue;
+        }
+        if (!v) {
+            fprintf(stderr, "tnn generate: %s wants a value\n", a);
+            return 2;
+        }
+        i++;
+        if (!strcmp(a, "-m")) model = v;
+        else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) prompt = v;
+        else if (!strcmp(a, "-n") && parse_int(v, 1, 1000000, &n)) continue;
+        else if (!strcmp(a, "--ctx") && parse_int(v, 16, 1 << 20, &n_ctx)) continue;
+        else if (!strcmp(a, "--temp") && parse_double(v, &sp.temperature)) continue;
+        else if (!strcmp(a, "--top-k") && parse_int(v, 0, 1000000, &sp.top_k)) continue;
+        else if (!strcmp(a, "--top-p") && parse_double(v, &sp.top_p)) continue;
+        else if (!strcmp(a, "--min-p") && parse_double(v, &sp.min_p)) continue;
+        else if (!strcmp(a, "--repeat-penalty") && parse_double(v, &sp.repeat_penalty)) continue;
+        else if (!strcmp(a, "--seed") && parse_double(v, &x) && x >= 0) sp.seed = (uint64_t)x;
+        else {
+            fprintf(stderr, "tnn generate: bad option %s %s (tnn help)\n", a, v);
+            return 2;
+        }
+    }
+    if (!model || !prompt) {
+        fprintf(stderr, "usage: tnn generate -m MODEL.gguf -p PROMPT [options] (tnn help)\n");
+        return 2;
+    }
+    lm_llama *m = lm_llama_load(model, n_ctx);
+    if (!m) {
+        fprintf(stderr, "tnn generate: %s\n", tnn_last_error());
+        return 1;
+    }
+    lm_tokenizer *tok = lm_tokenizer_from_gguf(lm_llama_gguf(m));
+    if (!tok) {
+        fprintf(stderr, "tnn generate: tokenizer: %s\n", tnn_last_error());
+        lm_llama_free(m);
+        return 1;
+    }
+    char *text = NULL;
+    if (chat) {
+        const char *tmpl = NULL;
+        tnn_gguf_get_str(lm_llama_gguf(m), "tokenizer.chat_template", &tmpl, NULL);
+        if (!tmpl || !strstr(tmpl, "<|im_start|>")) {
+            fprintf(stderr, "tnn generate: --chat supports ChatML templates (<|im_start|>); this "
+                            "model's template is %s\n", tmpl ? "another one" : "missing");
+            lm_tokenizer_free(tok);
+            lm_llama_free(m);
+            return 1;
+        }
+        const char *sys = strstr(tmpl, "You are a helpful AI assistant named SmolLM")
+                              ? "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+                              : "You are a helpful assistant.";
+        size_t need = strlen(prompt) + strlen(sys) + 128;
+        text = malloc(need);
+        if (text)
+            snprintf(text, need, "<|im_start|>system\n%s<|im_end|>\n<|im_start|>user\n%s"
+                                 "<|im_end|>\n<|im_start|>assistant\n", sys, prompt);
+    }
+    const char *input = text ? text : prompt;
+    int32_t need = lm_tokenize(tok, input, strlen(input), LM_ADD_BOS_MODEL, chat, NULL, 0);
+    int32_t *ids = need > 0 ? malloc(sizeof *ids * (size_t)need) : NULL;
+    int rc = need > 0 && ids ? TNN_OK : 1;
+    if (rc == TNN_OK) lm_tokenize(tok, input, strlen(input), LM_ADD_BOS_MODEL, chat, ids, need);
+    const lm_llama_hparams *hp = lm_llama_hparams_of(m);
+    float *logits = malloc(sizeof(float) * (size_t)hp->n_vocab);
+    int *recent = malloc(sizeof(int) * ((size_t)need + (size_t)n + 1));
+    lm_sampler sm;
+    const char *why = NULL;
+    bool have_sm = false;
+    if (rc == TNN_OK && (!logits || !recent)) rc = 1;
+    if (rc == TNN_OK && lm_sampler_init(&sm, &sp, hp->n_vocab, &why)) {
+        fprintf(stderr, "tnn generate: sampler: %s\n", why);
+        rc = 1;
+    } else if (rc == TNN_OK) {
+        have_sm = true;
+    }
+    lm_detokenizer *dt = lm_detokenizer_new(tok, 0);
+    double t0 = now_s(), t1 = t0, t2 = t0;
+    int produced = 0;
+    if (rc == TNN_OK && dt) {
+        if (!chat) fputs(prompt, stdout);
+        fflush(stdout);
+        rc = lm_llama_eval(m, ids, need, logits);
+        t1 = now_s();
+        for (int i = 0; i < need; i++) recent[i] = ids[i];
+        int nr = need;
+        while (rc == TNN_OK && produced < n) {
+            int next = lm_sample(&sm, logits, recent + (nr > 64 ? nr - 64 : 0), nr > 64 ? 64 : nr);
+            recent[nr++] = next;
+            produced++;
+            if (lm_token_is_eog(tok, next)) break;
+            size_t len;
+            const char *piece = lm_detokenizer_feed(dt, next, &len);
+            if (piece) fwrite(piece, 1, len, stdout);
+            fflush(stdout);
+            if (produced < n) rc = lm_llama_eval(m, &next, 1, logits);
+        }
+        size_t len;
+        const char *rest = lm_detokenizer_flush(dt, &len);
+        if (rest) fwrite(rest, 1, len, stdout);
+        t2 = now_s();
+        fputc('\n', stdout);
+    }
+    if (rc != TNN_OK) fprintf(stderr, "tnn generate: %s\n", tnn_last_error());
+    else
+        fprintf(stderr, "prompt: %d tokens, %.1f tokens/s; generation: %d tokens, %.1f tokens/s\n",
+                need, need / (t1 - t0 > 0 ? t1 - t0 : 1e-9), produced,
+                produced / (t2 - t1 > 0 ? t2 - t1 : 1e-9));
+    lm_detokenizer_free(dt);
+    if (have_sm) lm_sampler_free(&sm);
+    free(recent);
+    free(logits);
+    free(ids);
+    free(text);
+    lm_tokenizer_free(tok);
+    lm_llama_free(m);
+    return rc == TNN_OK ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "help") || !strcmp(argv[1], "--help") ||
         !strcmp(argv[1], "-h")) {
@@ -369,6 +511,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "train")) return cmd_train(argc - 2, argv + 2, false);
     if (!strcmp(argv[1], "sample")) return cmd_sample(argc - 2, argv + 2);
     if (!strcmp(argv[1], "info")) return cmd_info(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "generate")) return cmd_generate(argc - 2, argv + 2);
     fprintf(stderr, "tnn: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return 2;
