@@ -480,6 +480,7 @@ static int cmd_generate(int argc, char **argv) {
         if (rest) fwrite(rest, 1, len, stdout);
         t2 = now_s();
         fputc('\n', stdout);
+        fflush(stdout);
     }
     if (rc != TNN_OK) fprintf(stderr, "tnn generate: %s\n", tnn_last_error());
     else
