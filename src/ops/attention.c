@@ -13,6 +13,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The hot loops below get an AVX2 clone picked at load time where the CPU
+ * has it (GCC function multi-versioning). Contraction stays off, so every
+ * clone computes the same bits. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(TNN_NO_CLONES)
+#define TNN_VEC_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define TNN_VEC_CLONES
+#endif
+
 /* ------------------------------------------------------------------------ */
 /* RoPE                                                                     */
 /* ------------------------------------------------------------------------ */
@@ -148,7 +157,7 @@ typedef struct {
 
 /* Dot product with 8 lane sums combined in a fixed order: the compiler
  * vectorizes it, and the result does not depend on the thread split. */
-static float dotf(const float *a, const float *b, int64_t n) {
+TNN_VEC_CLONES static float dotf(const float *a, const float *b, int64_t n) {
     float acc[8] = {0};
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
@@ -161,7 +170,7 @@ static float dotf(const float *a, const float *b, int64_t n) {
 /* o[d] = sum over j in [0, n) of p[j] v[j][d], rows of v `stride` apart; each
  * o[d] sums over j in ascending order. Columns go 16 at a time so the sums
  * stay in registers while the rows stream by. */
-static void weighted_rows(const float *p, int64_t n, const float *v, int64_t stride,
+TNN_VEC_CLONES static void weighted_rows(const float *p, int64_t n, const float *v, int64_t stride,
                           int64_t hd, float *o) {
     int64_t d0 = 0;
     for (; d0 + 16 <= hd; d0 += 16) {
