@@ -5,6 +5,7 @@
  */
 #include "harness.h"
 
+#include "llm/quantize.h"
 #include "quant/quant.h"
 
 #include <unistd.h>
@@ -171,8 +172,80 @@ static void test_quantized_ops(void) {
     free(w), free(q);
 }
 
+/* tnn quantize's engine: metadata copied key by key, weight matrices
+ * converted, other tensors copied, file_type set. */
+static void test_quantize_file(void) {
+    char in[64], out[64];
+    snprintf(in, sizeof in, "/tmp/tnn-test-qin-%d.gguf", (int)getpid());
+    snprintf(out, sizeof out, "/tmp/tnn-test-qout-%d.gguf", (int)getpid());
+    tnn_gguf_writer *w = tnn_gguf_writer_new();
+    const char *toks[3] = {"a", "bc", "<s>"};
+    int32_t ids[3] = {5, -1, 7};
+    CHECK_OK(tnn_gguf_writer_add_str(w, "general.architecture", "llama"));
+    CHECK_OK(tnn_gguf_writer_add_u32(w, "general.file_type", 0));
+    CHECK_OK(tnn_gguf_writer_add_f32(w, "llama.rope.freq_base", 10000.0f));
+    CHECK_OK(tnn_gguf_writer_add_bool(w, "tokenizer.ggml.add_bos_token", 1));
+    CHECK_OK(tnn_gguf_writer_add_u64(w, "x.big", 1ull << 40));
+    CHECK_OK(tnn_gguf_writer_add_arr_str(w, "tokenizer.ggml.tokens", toks, 3));
+    CHECK_OK(tnn_gguf_writer_add_arr(w, "x.ids", TNN_GGUF_INT32, ids, 3));
+    float wdat[8 * 64], norm[64];
+    th_seed(4);
+    for (int i = 0; i < 8 * 64; i++) wdat[i] = (float)th_sym(1.0);
+    for (int i = 0; i < 64; i++) norm[i] = 1.0f + (float)i / 64;
+    int64_t sh2[2] = {8, 64}, sh1[1] = {64};
+    CHECK_OK(tnn_gguf_writer_add_tensor(w, "blk.0.ffn_up.weight", TNN_GGML_F32, 2, sh2, wdat, sizeof wdat));
+    CHECK_OK(tnn_gguf_writer_add_tensor(w, "blk.0.ffn_norm.weight", TNN_GGML_F32, 1, sh1, norm, sizeof norm));
+    CHECK_OK(tnn_gguf_writer_write(w, in));
+    tnn_gguf_writer_free(w);
+    int n = -1;
+    CHECK_OK(lm_quantize_file(in, out, TNN_GGML_Q8_0, &n));
+    CHECK(n == 1, "%d matrices converted", n);
+    tnn_gguf *g = tnn_gguf_open(out);
+    CHECK(g != NULL, "%s", tnn_last_error());
+    if (g) {
+        uint32_t ft = 99;
+        const char *str = NULL;
+        uint64_t big = 0;
+        int b = 0;
+        CHECK(tnn_gguf_get_u32(g, "general.file_type", &ft) == TNN_OK && ft == 7, "file_type %u", ft);
+        CHECK(tnn_gguf_get_str(g, "general.architecture", &str, NULL) == TNN_OK && !strcmp(str, "llama"),
+              "architecture");
+        CHECK(tnn_gguf_get_u64(g, "x.big", &big) == TNN_OK && big == 1ull << 40, "u64");
+        CHECK(tnn_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &b) == TNN_OK && b == 1, "bool");
+        CHECK(tnn_gguf_arr_len(g, "tokenizer.ggml.tokens") == 3 &&
+                  tnn_gguf_get_arr_str(g, "tokenizer.ggml.tokens", 2, &str, NULL) == TNN_OK &&
+                  !strcmp(str, "<s>"),
+              "string array");
+        int64_t v = 0;
+        CHECK(tnn_gguf_get_arr_i64(g, "x.ids", 1, &v) == TNN_OK && v == -1, "int array %lld",
+              (long long)v);
+        int64_t wi = tnn_gguf_find_tensor(g, "blk.0.ffn_up.weight");
+        int64_t ni = tnn_gguf_find_tensor(g, "blk.0.ffn_norm.weight");
+        CHECK(tnn_gguf_tensor_type(g, wi) == TNN_GGML_Q8_0, "weight type");
+        CHECK(tnn_gguf_tensor_type(g, ni) == TNN_GGML_F32 &&
+                  !memcmp(tnn_gguf_tensor_data(g, ni), norm, sizeof norm),
+              "the norm is copied unchanged");
+        float back[8 * 64];
+        int64_t rb = tnn__qtype_row_bytes(TNN_GGML_Q8_0, 64);
+        for (int r = 0; r < 8; r++)
+            tnn__dequantize_row(TNN_GGML_Q8_0, (const char *)tnn_gguf_tensor_data(g, wi) + r * rb,
+                                back + r * 64, 64);
+        double worst = 0;
+        for (int i = 0; i < 8 * 64; i++) worst = fmax(worst, fabs(back[i] - wdat[i]));
+        CHECK(worst <= 1.0 / 127, "Q8_0 round trip off by %g", worst);
+        tnn_gguf_close(g);
+    }
+    CHECK_ERR(lm_quantize_file(in, out, TNN_GGML_Q4_K, NULL), TNN_ERR_ARG, "not a target");
+    CHECK_ERR(lm_quantize_file("/nonexistent.gguf", out, TNN_GGML_Q8_0, NULL), TNN_ERR_IO, "nonexistent");
+    CHECK(lm_quant_type_from_name("Q4_1") == TNN_GGML_Q4_1 && lm_quant_type_from_name("x") < 0,
+          "type names");
+    unlink(in);
+    unlink(out);
+}
+
 int main(void) {
     test_cached_attention();
     test_quantized_ops();
+    test_quantize_file();
     return th_finish("test_infer");
 }

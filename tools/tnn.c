@@ -5,6 +5,7 @@
 
 #include "../src/llm/checkpoint.h"
 #include "../src/llm/llama.h"
+#include "../src/llm/quantize.h"
 #include "../src/llm/tokenizer.h"
 #include "../src/llm/train.h"
 
@@ -27,6 +28,8 @@ static void usage(FILE *f) {
             "  sample -m CKPT       continue a prompt with a trained checkpoint\n"
             "  info FILE.gguf       print a GGUF file's metadata and tensor table\n"
             "  generate -m MODEL.gguf -p PROMPT   run a llama/qwen2 GGUF model\n"
+            "  quantize IN.gguf OUT.gguf TYPE     convert weight matrices (q8_0, q4_0, q4_1,\n"
+            "                       q5_0, q5_1, f16, bf16, f32)\n"
             "  version              print the library version\n"
             "\n"
             "train/demo options:\n"
@@ -310,6 +313,25 @@ static int cmd_info(int argc, char **argv) {
     return 0;
 }
 
+static int cmd_quantize(int argc, char **argv) {
+    if (argc != 3) {
+        fprintf(stderr, "usage: tnn quantize IN.gguf OUT.gguf TYPE (q8_0 q4_0 q4_1 q5_0 q5_1 f16 bf16 f32)\n");
+        return 2;
+    }
+    int type = lm_quant_type_from_name(argv[2]);
+    if (type < 0) {
+        fprintf(stderr, "tnn quantize: unknown type '%s'\n", argv[2]);
+        return 2;
+    }
+    int n = 0;
+    if (lm_quantize_file(argv[0], argv[1], type, &n) != TNN_OK) {
+        fprintf(stderr, "tnn quantize: %s\n", tnn_last_error());
+        return 1;
+    }
+    printf("%s: %d weight matrices converted to %s\n", argv[1], n, tnn_ggml_type_name(type));
+    return 0;
+}
+
 static int cmd_sample(int argc, char **argv) {
     const char *model = NULL, *prompt = "\n";
     int n = 200;
@@ -513,6 +535,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "sample")) return cmd_sample(argc - 2, argv + 2);
     if (!strcmp(argv[1], "info")) return cmd_info(argc - 2, argv + 2);
     if (!strcmp(argv[1], "generate")) return cmd_generate(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "quantize")) return cmd_quantize(argc - 2, argv + 2);
     fprintf(stderr, "tnn: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return 2;
