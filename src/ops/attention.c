@@ -8,19 +8,13 @@
  * the backward pass recomputes them.
  */
 #include "common.h"
+#include "vmath.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* The hot loops below get an AVX2 clone picked at load time where the CPU
- * has it (GCC function multi-versioning). Contraction stays off, so every
- * clone computes the same bits. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(TNN_NO_CLONES)
-#define TNN_VEC_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define TNN_VEC_CLONES
-#endif
+/* The hot loops below get an AVX2 clone (TNN_VEC_CLONES, common.h). */
 
 /* ------------------------------------------------------------------------ */
 /* RoPE                                                                     */
@@ -189,6 +183,11 @@ TNN_VEC_CLONES static void weighted_rows(const float *p, int64_t n, const float 
     }
 }
 
+/* p[j] = e^(p[j] - mx), vectorized. */
+TNN_VEC_CLONES static void exp_shift(float *p, int64_t n, float mx) {
+    for (int64_t j = 0; j < n; j++) p[j] = tnn_vexp(p[j] - mx);
+}
+
 /* Scores of query row q against keys 0..t, softmaxed in place into p.
  * Returns the row's normalizer 1/sum. */
 static void softmax_row(const float *q, const float *k0, int64_t kstride, int64_t t, int64_t hd,
@@ -198,11 +197,9 @@ static void softmax_row(const float *q, const float *k0, int64_t kstride, int64_
         p[j] = dotf(q, k0 + j * kstride, hd) * scale;
         mx = p[j] > mx ? p[j] : mx;
     }
+    exp_shift(p, t + 1, mx);
     double sum = 0.0;
-    for (int64_t j = 0; j <= t; j++) {
-        p[j] = expf(p[j] - mx);
-        sum += p[j];
-    }
+    for (int64_t j = 0; j <= t; j++) sum += p[j];
     float inv = (float)(1.0 / sum);
     for (int64_t j = 0; j <= t; j++) p[j] *= inv;
 }

@@ -6,6 +6,15 @@
 #include "../cpu/pool.h"
 #include "kernels.h"
 
+/* The hot loops get an AVX2 clone picked at load time where the CPU has it
+ * (GCC function multi-versioning). Contraction stays off, so every clone
+ * computes the same bits. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(TNN_NO_CLONES)
+#define TNN_VEC_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define TNN_VEC_CLONES
+#endif
+
 #define CHECK_SESSION_NULL(s)                                                                 \
     do {                                                                                      \
         if (tnn__check_session((s), __func__)) return NULL;                                   \

@@ -6,6 +6,7 @@
  * result never depends on the thread count.
  */
 #include "common.h"
+#include "vmath.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -261,11 +262,29 @@ typedef struct {
     double scale; /* backward: dloss / count */
 } ce_ctx;
 
+/* y[j] = e^(x[j] - mx) for j < n. This file builds at -O2, where GCC only
+ * vectorizes loops of a fixed trip count: blocks of CE_BLK, then a tail. */
+enum { CE_BLK = 64 };
+TNN_VEC_CLONES static void exp_shift(const float *x, float *y, int64_t n, float mx) {
+    int64_t j = 0;
+    for (; j + CE_BLK <= n; j += CE_BLK) {
+        float b[CE_BLK];
+        for (int k = 0; k < CE_BLK; k++) b[k] = tnn_vexp(x[j + k] - mx);
+        memcpy(y + j, b, sizeof b);
+    }
+    for (; j < n; j++) y[j] = tnn_vexp(x[j] - mx);
+}
+
 static double row_lse(const float *x, int64_t V) {
     float mx = x[0];
     for (int64_t j = 1; j < V; j++) mx = x[j] > mx ? x[j] : mx;
     double sum = 0.0;
-    for (int64_t j = 0; j < V; j++) sum += expf(x[j] - mx);
+    float b[CE_BLK];
+    for (int64_t j = 0; j < V; j += CE_BLK) {
+        int64_t m = V - j < CE_BLK ? V - j : CE_BLK;
+        exp_shift(x + j, b, m, mx);
+        for (int64_t k = 0; k < m; k++) sum += b[k];
+    }
     return (double)mx + log(sum);
 }
 
@@ -303,14 +322,12 @@ static void ce_back_range(void *p, int64_t lo, int64_t hi) {
             memset(d, 0, (size_t)c->V * sizeof *d);
             continue;
         }
-        /* softmax in one pass of expf (as the forward), scaled by dloss/count */
+        /* softmax with the forward's exp, scaled by dloss/count */
         float mx = x[0];
         for (int64_t j = 1; j < c->V; j++) mx = x[j] > mx ? x[j] : mx;
+        exp_shift(x, d, c->V, mx);
         double sum = 0.0;
-        for (int64_t j = 0; j < c->V; j++) {
-            d[j] = expf(x[j] - mx);
-            sum += d[j];
-        }
+        for (int64_t j = 0; j < c->V; j++) sum += d[j];
         float k = (float)(c->scale / sum);
         for (int64_t j = 0; j < c->V; j++) d[j] *= k;
         d[c->tg[r]] -= (float)c->scale;

@@ -3,6 +3,7 @@
  * index order, so a row's result never depends on the thread split.
  */
 #include "common.h"
+#include "vmath.h"
 
 #include <math.h>
 
@@ -19,6 +20,11 @@ static int64_t min_rows(int64_t cols) { return 4096 / cols + 1; }
 /* Softmax                                                                  */
 /* ------------------------------------------------------------------------ */
 
+/* y[j] = e^(x[j] - mx), vectorized (vmath.h). */
+TNN_VEC_CLONES static void exp_shift(const float *x, float *y, int64_t n, float mx) {
+    for (int64_t j = 0; j < n; j++) y[j] = tnn_vexp(x[j] - mx);
+}
+
 static void softmax_range(void *p, int64_t lo, int64_t hi) {
     const row_ctx *c = p;
     int64_t n = c->cols;
@@ -27,11 +33,9 @@ static void softmax_range(void *p, int64_t lo, int64_t hi) {
         float *y = c->out + r * n;
         float mx = x[0];
         for (int64_t j = 1; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+        exp_shift(x, y, n, mx);
         double sum = 0.0;
-        for (int64_t j = 0; j < n; j++) {
-            y[j] = expf(x[j] - mx);
-            sum += y[j];
-        }
+        for (int64_t j = 0; j < n; j++) sum += y[j];
         float inv = (float)(1.0 / sum);
         for (int64_t j = 0; j < n; j++) y[j] *= inv;
     }

@@ -1,0 +1,215 @@
+/* test_vmath.c - the vectorizable exp/tanh of src/ops/vmath.h: their maximum
+ * error against double exp/tanh over a dense bit-pattern sweep, the edge cases,
+ * identical bits from a scalar, SSE2 and AVX2 build of the same loop, and gelu,
+ * silu and softmax through the public API against double references.
+ * TNN_VMATH_FULL=1 sweeps every float instead of every 37th (about 6e7 points
+ * per function by default).
+ */
+#include "harness.h"
+#include "ops/vmath.h"
+
+#include <float.h>
+
+static float bits_f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static uint32_t f_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+/* The same loop built three ways: vectorized for AVX2, vectorized for the
+ * baseline ISA, and kept scalar. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define HAVE_AVX2_BUILD 1
+__attribute__((target("avx2"), optimize("O3"))) static void exp_avx2(const float *x, float *y, int n) {
+    for (int i = 0; i < n; i++) y[i] = tnn_vexp(x[i]);
+}
+__attribute__((target("avx2"), optimize("O3"))) static void tanh_avx2(const float *x, float *y, int n) {
+    for (int i = 0; i < n; i++) y[i] = tnn_vtanh(x[i]);
+}
+#endif
+__attribute__((optimize("O3"))) static void exp_vec(const float *x, float *y, int n) {
+    for (int i = 0; i < n; i++) y[i] = tnn_vexp(x[i]);
+}
+__attribute__((optimize("O3"))) static void tanh_vec(const float *x, float *y, int n) {
+    for (int i = 0; i < n; i++) y[i] = tnn_vtanh(x[i]);
+}
+__attribute__((noinline)) static float exp_scalar(float x) { return tnn_vexp(x); }
+__attribute__((noinline)) static float tanh_scalar(float x) { return tnn_vtanh(x); }
+
+enum { BLK = 4096 };
+
+typedef struct {
+    double max_rel, max_abs, max_ulp;
+    float at_rel;
+    long long n, mismatched;
+} sweep_t;
+
+/* All floats with bits in [lo, hi] (one sign), every `step`-th; f in {exp, tanh}. */
+static void sweep(int is_tanh, uint32_t lo, uint32_t hi, uint32_t step, sweep_t *r) {
+    static float x[BLK], yv[BLK], ya[BLK];
+    uint32_t b = lo;
+#ifdef HAVE_AVX2_BUILD
+    int avx2 = __builtin_cpu_supports("avx2");
+#endif
+    while (b <= hi) {
+        int n = 0;
+        for (; n < BLK && b <= hi; n++, b = (hi - b < step) ? hi + 1 : b + step) x[n] = bits_f(b);
+        if (is_tanh) tanh_vec(x, yv, n); else exp_vec(x, yv, n);
+#ifdef HAVE_AVX2_BUILD
+        if (avx2) {
+            if (is_tanh) tanh_avx2(x, ya, n); else exp_avx2(x, ya, n);
+        } else {
+            memcpy(ya, yv, sizeof(float) * (size_t)n);
+        }
+#else
+        memcpy(ya, yv, sizeof(float) * (size_t)n);
+#endif
+        for (int i = 0; i < n; i++) {
+            float ys = is_tanh ? tanh_scalar(x[i]) : exp_scalar(x[i]);
+            if (f_bits(ys) != f_bits(yv[i]) || f_bits(ys) != f_bits(ya[i])) r->mismatched++;
+            double ref = is_tanh ? tanh((double)x[i]) : exp((double)x[i]);
+            double err = fabs((double)yv[i] - ref), rel = err / fabs(ref);
+            /* ulp of the reference's float binade */
+            int e;
+            frexp(ref, &e);
+            double ulp = ldexp(1.0, e - 24);
+            if (rel > r->max_rel) r->max_rel = rel, r->at_rel = x[i];
+            if (err > r->max_abs) r->max_abs = err;
+            if (err / ulp > r->max_ulp) r->max_ulp = err / ulp;
+            r->n++;
+        }
+    }
+}
+
+static void test_sweeps(void) {
+    const char *full = getenv("TNN_VMATH_FULL");
+    uint32_t step = full && full[0] == '1' ? 1 : 37;
+    sweep_t e = {0}, t = {0};
+    /* exp over [-87.33654, 88.7228]: positive floats 0..88.7228 and negative 0..-87.33654 */
+    sweep(0, 0, f_bits(88.7228f), step, &e);
+    sweep(0, 0x80000000u, f_bits(-87.33654f), step, &e);
+    printf("exp:  %lld points (every %u-th float), max rel %.3g (at %.9g), max %.3f ulp, "
+           "%lld differing between scalar/vector/avx2 builds\n",
+           e.n, step, e.max_rel, e.at_rel, e.max_ulp, e.mismatched);
+    CHECK(e.max_rel < 2e-7, "exp max relative error %.3g at %.9g", e.max_rel, e.at_rel);
+    CHECK(e.mismatched == 0, "exp: %lld results differ between builds", e.mismatched);
+    /* tanh over every float in [-20, 20] (tiny ones included) */
+    sweep(1, 0, f_bits(20.0f), step, &t);
+    sweep(1, 0x80000000u, f_bits(-20.0f), step, &t);
+    printf("tanh: %lld points, max rel %.3g (at %.9g), max abs %.3g, max %.3f ulp, "
+           "%lld differing between builds\n",
+           t.n, t.max_rel, t.at_rel, t.max_abs, t.max_ulp, t.mismatched);
+    CHECK(t.max_rel < 3e-7, "tanh max relative error %.3g at %.9g", t.max_rel, t.at_rel);
+    CHECK(t.max_abs < 3e-7, "tanh max absolute error %.3g", t.max_abs);
+    CHECK(t.mismatched == 0, "tanh: %lld results differ between builds", t.mismatched);
+}
+
+static bool same_bits(float a, float b) { return f_bits(a) == f_bits(b); }
+
+static void test_edges(void) {
+    float inf = INFINITY, nan = NAN;
+    CHECK(same_bits(tnn_vexp(0.0f), 1.0f), "exp(0) = %g", tnn_vexp(0.0f));
+    CHECK(same_bits(tnn_vexp(-0.0f), 1.0f), "exp(-0) = %g", tnn_vexp(-0.0f));
+    CHECK(same_bits(tnn_vexp(inf), inf), "exp(inf) = %g", tnn_vexp(inf));
+    CHECK(same_bits(tnn_vexp(-inf), 0.0f), "exp(-inf) = %g", tnn_vexp(-inf));
+    CHECK(isnan(tnn_vexp(nan)) && isnan(tnn_vexp(-nan)), "exp(nan) = %g", tnn_vexp(nan));
+    CHECK(same_bits(tnn_vexp(88.8f), inf), "exp(88.8) = %g", tnn_vexp(88.8f));
+    CHECK(same_bits(tnn_vexp(1e30f), inf), "exp(1e30) = %g", tnn_vexp(1e30f));
+    CHECK(same_bits(tnn_vexp(FLT_MAX), inf), "exp(FLT_MAX) = %g", tnn_vexp(FLT_MAX));
+    CHECK(isfinite(tnn_vexp(88.72f)) && tnn_vexp(88.72f) > 3e38f, "exp(88.72) = %g",
+          tnn_vexp(88.72f));
+    /* below ln(FLT_MIN) the denormal results are flushed to +0 */
+    CHECK(same_bits(tnn_vexp(-87.5f), 0.0f), "exp(-87.5) = %g", tnn_vexp(-87.5f));
+    CHECK(same_bits(tnn_vexp(-1e30f), 0.0f), "exp(-1e30) = %g", tnn_vexp(-1e30f));
+    CHECK(same_bits(tnn_vexp(-FLT_MAX), 0.0f), "exp(-FLT_MAX) = %g", tnn_vexp(-FLT_MAX));
+    CHECK(tnn_vexp(-87.33f) >= FLT_MIN, "exp(-87.33) = %g", tnn_vexp(-87.33f));
+    CHECK(same_bits(tnn_vexp(1e-30f), 1.0f) && same_bits(tnn_vexp(FLT_TRUE_MIN), 1.0f),
+          "exp(tiny) = %g", tnn_vexp(1e-30f));
+    CHECK(same_bits(tnn_vexp(1.0f), 2.71828183f) || fabs(tnn_vexp(1.0f) - 2.718281828459045) < 3e-7,
+          "exp(1) = %.9g", tnn_vexp(1.0f));
+
+    CHECK(same_bits(tnn_vtanh(0.0f), 0.0f), "tanh(0) = %g", tnn_vtanh(0.0f));
+    CHECK(same_bits(tnn_vtanh(-0.0f), -0.0f), "tanh(-0) = %g", tnn_vtanh(-0.0f));
+    CHECK(same_bits(tnn_vtanh(inf), 1.0f), "tanh(inf) = %g", tnn_vtanh(inf));
+    CHECK(same_bits(tnn_vtanh(-inf), -1.0f), "tanh(-inf) = %g", tnn_vtanh(-inf));
+    CHECK(isnan(tnn_vtanh(nan)) && isnan(tnn_vtanh(-nan)), "tanh(nan) = %g", tnn_vtanh(nan));
+    CHECK(same_bits(tnn_vtanh(1e30f), 1.0f) && same_bits(tnn_vtanh(-1e30f), -1.0f),
+          "tanh(+-1e30) = %g", tnn_vtanh(1e30f));
+    CHECK(same_bits(tnn_vtanh(1e-30f), 1e-30f) && same_bits(tnn_vtanh(-FLT_TRUE_MIN), -FLT_TRUE_MIN),
+          "tanh(tiny) = %g", tnn_vtanh(1e-30f));
+    /* odd symmetry holds bit for bit */
+    int asym = 0;
+    for (float u = 1e-6f; u < 30.0f; u *= 1.001f) asym += !same_bits(tnn_vtanh(-u), -tnn_vtanh(u));
+    CHECK(asym == 0, "tanh(-u) != -tanh(u) at %d points", asym);
+    /* monotone across the switch point from the polynomial to the exp form */
+    float prev = tnn_vtanh(0.62f);
+    int nonmono = 0;
+    for (uint32_t b = f_bits(0.62f) + 1; b <= f_bits(0.63f); b++) {
+        float v = tnn_vtanh(bits_f(b));
+        nonmono += v < prev;
+        prev = v;
+    }
+    CHECK(nonmono == 0, "tanh decreases %d times near the 0.625 switch", nonmono);
+}
+
+/* gelu, silu and softmax through the public API against double references. */
+static void test_ops(void) {
+    enum { N = 4099, COLS = 1031 };
+    double *x = malloc(N * sizeof *x), *g = malloc(N * sizeof *g), *si = malloc(N * sizeof *si);
+    for (int i = 0; i < N; i++) x[i] = -12.0 + 24.0 * i / (N - 1);
+    tnn_session *s = tnn_session_new(0);
+    int64_t sh[1] = {N}, sh2[2] = {N / COLS, COLS};
+    tnn_tensor *tx = tnn_tensor_new(s, TNN_F32, 1, sh);
+    tnn_tensor *tg = tnn_gelu(s, tx), *ts = tnn_silu(s, tx);
+    tnn_tensor *tx2 = tnn_tensor_new(s, TNN_F32, 2, sh2);
+    tnn_tensor *tsm = tnn_softmax(s, tx2);
+    CHECK(tg && ts && tsm, "builders: %s", tnn_last_error());
+    if (!(tg && ts && tsm)) goto out;
+    tnn_set_output(tg);
+    tnn_set_output(ts);
+    CHECK_OK(tnn_realize(s, tsm));
+    CHECK_OK(tnn_upload_from_float_array(s, tx, x, N));
+    double *x2 = malloc((size_t)(N / COLS) * COLS * sizeof *x2), *sm = malloc((size_t)N * sizeof *sm);
+    for (int i = 0; i < (N / COLS) * COLS; i++) x2[i] = 30.0 * sin(0.37 * i);
+    CHECK_OK(tnn_upload_from_float_array(s, tx2, x2, (size_t)(N / COLS) * COLS));
+    CHECK_OK(tnn_compute(s));
+    CHECK_OK(tnn_download_to_f64_array(s, tg, g, N));
+    CHECK_OK(tnn_download_to_f64_array(s, ts, si, N));
+    CHECK_OK(tnn_download_to_f64_array(s, tsm, sm, (size_t)(N / COLS) * COLS));
+    double U = ldexp(1.0, -24), wg = 0, ws = 0, wsm = 0;
+    const double c = sqrt(2.0 / 3.14159265358979323846);
+    for (int i = 0; i < N; i++) {
+        double xf = (float)x[i];
+        double rg = 0.5 * xf * (1.0 + tanh(c * (xf + 0.044715 * xf * xf * xf)));
+        double rs = xf / (1.0 + exp(-xf));
+        double eg = fabs(g[i] - rg) / (U * fabs(xf) + FLT_MIN);
+        double es = fabs(si[i] - rs) / (U * fabs(rs) + FLT_MIN);
+        wg = eg > wg ? eg : wg;
+        ws = es > ws ? es : ws;
+    }
+    for (int r = 0; r < N / COLS; r++) {
+        double mx = -INFINITY, sum = 0;
+        for (int j = 0; j < COLS; j++) mx = fmax(mx, (float)x2[r * COLS + j]);
+        for (int j = 0; j < COLS; j++) sum += exp((float)x2[r * COLS + j] - mx);
+        for (int j = 0; j < COLS; j++) {
+            double ref = exp((float)x2[r * COLS + j] - mx) / sum;
+            /* x - mx rounds in f32: up to U |x - mx| relative error in e^(x - mx) */
+            double d = fabs((float)x2[r * COLS + j] - mx);
+            double e = fabs(sm[r * COLS + j] - ref) / (U * (1.0 + d) * ref + FLT_MIN);
+            wsm = e > wsm ? e : wsm;
+        }
+    }
+    printf("ops: gelu worst %.2f U|x|, silu worst %.2f U|ref|, softmax worst %.2f U(1+|x-max|)|ref|\n", wg,
+           ws, wsm);
+    CHECK(wg <= 8, "gelu error %.2f U|x|", wg);
+    CHECK(ws <= 6, "silu error %.2f U|ref|", ws);
+    CHECK(wsm <= 8, "softmax error %.2f U(1+|x-max|)|ref|", wsm);
+    free(x2), free(sm);
+out:
+    tnn_session_free(s);
+    free(x), free(g), free(si);
+}
+
+int main(void) {
+    test_edges();
+    test_sweeps();
+    test_ops();
+    return th_finish("test_vmath");
+}
