@@ -151,7 +151,7 @@ typedef struct {
 
 /* Dot product with 8 lane sums combined in a fixed order: the compiler
  * vectorizes it, and the result does not depend on the thread split. */
-TNN_VEC_CLONES static float dotf(const float *a, const float *b, int64_t n) {
+static inline float dotf(const float *a, const float *b, int64_t n) {
     float acc[8] = {0};
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
@@ -183,6 +183,14 @@ TNN_VEC_CLONES static void weighted_rows(const float *p, int64_t n, const float 
     }
 }
 
+/* out[j] = dot(q, row j) * scale for n rows `stride` apart: one cloned loop
+ * with the dot product inlined (a call per key would cost more than the
+ * 64-element dot itself). */
+TNN_VEC_CLONES static void dots(const float *q, const float *rows, int64_t stride, int64_t n,
+                                int64_t hd, float scale, float *out) {
+    for (int64_t j = 0; j < n; j++) out[j] = dotf(q, rows + j * stride, hd) * scale;
+}
+
 /* p[j] = e^(p[j] - mx), vectorized. */
 TNN_VEC_CLONES static void exp_shift(float *p, int64_t n, float mx) {
     for (int64_t j = 0; j < n; j++) p[j] = tnn_vexp(p[j] - mx);
@@ -192,11 +200,9 @@ TNN_VEC_CLONES static void exp_shift(float *p, int64_t n, float mx) {
  * Returns the row's normalizer 1/sum. */
 static void softmax_row(const float *q, const float *k0, int64_t kstride, int64_t t, int64_t hd,
                         float scale, float *p) {
+    dots(q, k0, kstride, t + 1, hd, scale, p);
     float mx = -INFINITY;
-    for (int64_t j = 0; j <= t; j++) {
-        p[j] = dotf(q, k0 + j * kstride, hd) * scale;
-        mx = p[j] > mx ? p[j] : mx;
-    }
+    for (int64_t j = 0; j <= t; j++) mx = p[j] > mx ? p[j] : mx;
     exp_shift(p, t + 1, mx);
     double sum = 0.0;
     for (int64_t j = 0; j <= t; j++) sum += p[j];
@@ -249,11 +255,9 @@ static void attn_bwd_range(void *p, int64_t lo, int64_t hi) {
                 const float *go = c->dout + row * qw + h * hd;
                 float *dq = c->out + row * ow + h * hd;
                 softmax_row(q, k0, kw, t, hd, c->scale, pr);
+                dots(go, v0, kw, t + 1, hd, 1.0f, dp);
                 double D = 0.0;
-                for (int64_t j = 0; j <= t; j++) {
-                    dp[j] = dotf(go, v0 + j * kw, hd);
-                    D += (double)pr[j] * dp[j];
-                }
+                for (int64_t j = 0; j <= t; j++) D += (double)pr[j] * dp[j];
                 float Df = (float)D;
                 memset(dq, 0, (size_t)hd * sizeof *dq);
                 for (int64_t j = 0; j <= t; j++) {
