@@ -23,7 +23,7 @@ static void usage(FILE *f) {
             "\n"
             "commands:\n"
             "  demo                 train the small demo model on a built-in corpus, then\n"
-            "                       generate text (about two minutes on 2 cores)\n"
+            "                       generate text (a few minutes on 2 cores)\n"
             "  train FILE...        train a byte-level transformer on text files\n"
             "  sample -m CKPT       continue a prompt with a trained checkpoint\n"
             "  info FILE.gguf       print a GGUF file's metadata and tensor table\n"
@@ -438,6 +438,7 @@ static int cmd_generate(int argc, char **argv) {
         lm_llama_free(m);
         return 1;
     }
+    tnn_clear_error(); /* optional keys the tokenizer looked for */
     char *text = NULL;
     if (chat) {
         const char *tmpl = NULL;
@@ -462,6 +463,9 @@ static int cmd_generate(int argc, char **argv) {
     int32_t need = lm_tokenize(tok, input, strlen(input), LM_ADD_BOS_MODEL, chat, NULL, 0);
     int32_t *ids = need > 0 ? malloc(sizeof *ids * (size_t)need) : NULL;
     int rc = need > 0 && ids ? TNN_OK : 1;
+    if (need <= 0)
+        fprintf(stderr, "tnn generate: the prompt gives no tokens%s%s\n", need < 0 ? ": " : "",
+                need < 0 ? tnn_last_error() : "");
     if (rc == TNN_OK) lm_tokenize(tok, input, strlen(input), LM_ADD_BOS_MODEL, chat, ids, need);
     const lm_llama_hparams *hp = lm_llama_hparams_of(m);
     float *logits = malloc(sizeof(float) * (size_t)hp->n_vocab);
@@ -504,8 +508,8 @@ static int cmd_generate(int argc, char **argv) {
         fputc('\n', stdout);
         fflush(stdout);
     }
-    if (rc != TNN_OK) fprintf(stderr, "tnn generate: %s\n", tnn_last_error());
-    else
+    if (rc != TNN_OK && tnn_last_error()[0]) fprintf(stderr, "tnn generate: %s\n", tnn_last_error());
+    else if (rc == TNN_OK)
         fprintf(stderr, "prompt: %d tokens, %.1f tokens/s; generation: %d tokens, %.1f tokens/s\n",
                 need, need / (t1 - t0 > 0 ? t1 - t0 : 1e-9), produced,
                 produced / (t2 - t1 > 0 ? t2 - t1 : 1e-9));
