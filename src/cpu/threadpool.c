@@ -23,7 +23,7 @@
 #include <unistd.h>
 
 #define TNN_MAX_THREADS 256
-#define SPIN_POLLS 20000 /* ~50-100 us of polling before a worker sleeps */
+#define SPIN_POLLS 2000 /* a few us of polling before a worker sleeps */
 
 typedef struct {
     pthread_mutex_t use; /* held by the thread that owns the pool for a job */
