@@ -33,7 +33,7 @@ static void usage(FILE *f) {
             "  version              print the library version\n"
             "\n"
             "train/demo options:\n"
-            "  --steps N            optimizer steps (demo: 600)\n"
+            "  --steps N            optimizer steps (600; demo: 1200)\n"
             "  --batch N            sequences per step (16)\n"
             "  --seq N              context length in bytes (64)\n"
             "  --layers N --dim N --heads N --kv-heads N --ff N   model shape (4 128 4 2 352)\n"
@@ -41,7 +41,7 @@ static void usage(FILE *f) {
             "  --warmup N           warm-up steps (30)\n"
             "  --seed N             initialisation and batch seed (1337)\n"
             "  --threads N          worker threads (default: TNN_THREADS or all cores)\n"
-            "  --eval-every N       validation every N steps (100)\n"
+            "  --eval-every N       validation every N steps (100; demo: 200)\n"
             "  --sample-every N     print a sample every N steps (0: only at the end)\n"
             "  --sample-len N       bytes to generate (demo: 400)\n"
             "  --prompt TEXT        start of the generated text\n"
@@ -200,6 +200,8 @@ static int demo_corpus(const char **files, int max, glob_t *g) {
 static int cmd_train(int argc, char **argv, bool demo) {
     lm_train_opts o = lm_train_defaults();
     if (demo) {
+        o.steps = 1200; /* about two minutes on 2 idle cores */
+        o.eval_every = 200;
         o.sample_len = 400;
         o.log_csv = "tnn-demo-loss.csv";
         o.log_svg = "tnn-demo-loss.svg";
