@@ -6,8 +6,8 @@
 
 #include "llm/model.h"
 
-#ifndef TNN_PARITY_FILE
-#define TNN_PARITY_FILE "tests/data/parity_tiny.bin"
+#ifndef TNN_DATA_DIR
+#define TNN_DATA_DIR "tests/data"
 #endif
 
 /* The config, batch and optimizer of tools/torch_reference.py (see its header). */
@@ -338,7 +338,7 @@ static void test_adamw_steps(const golden *gd, walk_ctx *c, const int64_t *tok,
 }
 
 int main(int argc, char **argv) {
-    const char *path = argc > 1 ? argv[1] : TNN_PARITY_FILE;
+    const char *path = argc > 1 ? argv[1] : TNN_DATA_DIR "/parity_tiny.bin";
     golden gd = {0};
     if (load_golden(path, &gd)) {
         int64_t tok[N], tgt[N];

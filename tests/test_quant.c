@@ -9,8 +9,8 @@
 
 #include <float.h>
 
-#ifndef TNN_TEST_DATA
-#define TNN_TEST_DATA "tests/data"
+#ifndef TNN_DATA_DIR
+#define TNN_DATA_DIR "tests/data"
 #endif
 
 static const int all_types[] = {TNN_QT_F32,  TNN_QT_F16,  TNN_QT_BF16, TNN_QT_Q8_0,
@@ -695,7 +695,7 @@ static int take(const uint8_t **p, const uint8_t *end, void *dst, size_t n) {
 }
 
 static void test_golden(void) {
-    const char *path = TNN_TEST_DATA "/quant_golden.bin";
+    const char *path = TNN_DATA_DIR "/quant_golden.bin";
     FILE *f = fopen(path, "rb");
     CHECK(f != NULL, "cannot open %s", path);
     if (!f)

@@ -12,11 +12,11 @@
 
 #include <unistd.h>
 
-#ifndef TNN_TOKENIZER_MODEL
-#define TNN_TOKENIZER_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+#ifndef TNN_MODEL_FILE
+#define TNN_MODEL_FILE "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 #endif
-#ifndef TNN_TOKENIZER_DATA
-#define TNN_TOKENIZER_DATA "tests/data"
+#ifndef TNN_DATA_DIR
+#define TNN_DATA_DIR "tests/data"
 #endif
 
 /* ------------------------------------------------------------------------ */
@@ -716,7 +716,7 @@ enum { GOLD_CLEANS = 1, GOLD_SPM = 2 };
  * tokenizer.h) but round-tripped. */
 static void golden(const lm_tokenizer *t, const char *name, int mode) {
     char path[512];
-    snprintf(path, sizeof path, "%s/tokenizer_%s.txt", TNN_TOKENIZER_DATA, name);
+    snprintf(path, sizeof path, "%s/tokenizer_%s.txt", TNN_DATA_DIR, name);
     FILE *f = fopen(path, "r");
     CHECK(f != NULL, "golden file %s", path);
     if (!f) return;
@@ -818,12 +818,12 @@ static void golden(const lm_tokenizer *t, const char *name, int mode) {
 }
 
 static void test_model(void) {
-    if (access(TNN_TOKENIZER_MODEL, R_OK) != 0) {
-        printf("test_tokenizer: model checks skipped: run make models (%s not found)\n", TNN_TOKENIZER_MODEL);
+    if (access(TNN_MODEL_FILE, R_OK) != 0) {
+        printf("test_tokenizer: model checks skipped: run make models (%s not found)\n", TNN_MODEL_FILE);
         return;
     }
-    tnn_gguf *g = tnn_gguf_open(TNN_TOKENIZER_MODEL);
-    CHECK(g != NULL, "open %s: %s", TNN_TOKENIZER_MODEL, tnn_last_error());
+    tnn_gguf *g = tnn_gguf_open(TNN_MODEL_FILE);
+    CHECK(g != NULL, "open %s: %s", TNN_MODEL_FILE, tnn_last_error());
     if (!g) return;
     lm_tokenizer *t = lm_tokenizer_from_gguf(g);
     tnn_gguf_close(g); /* the tokenizer keeps copies */
@@ -1000,8 +1000,8 @@ static int write_variant(const tnn_gguf *g, const lm_tokenizer *smol, const char
 }
 
 static void test_variants(void) {
-    if (access(TNN_TOKENIZER_MODEL, R_OK) != 0) return; /* reported by test_model */
-    tnn_gguf *g = tnn_gguf_open(TNN_TOKENIZER_MODEL);
+    if (access(TNN_MODEL_FILE, R_OK) != 0) return; /* reported by test_model */
+    tnn_gguf *g = tnn_gguf_open(TNN_MODEL_FILE);
     lm_tokenizer *smol = g ? lm_tokenizer_from_gguf(g) : NULL;
     CHECK(smol != NULL, "SmolLM2 tokenizer");
     char dir[] = "/tmp/tnn_tokvar_XXXXXX";
