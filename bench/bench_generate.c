@@ -50,7 +50,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: bench_generate MODEL.gguf\n");
         return 2;
     }
-    lm_llama *m = lm_llama_load(argv[1], 1024);
+    lm_llama *m = lm_llama_load(argv[1], 1024, TNN_F16);
     if (!m) {
         fprintf(stderr, "%s\n", tnn_last_error());
         return 1;

@@ -124,8 +124,8 @@ TNN_API int tnn_get_num_threads(void);
 typedef struct tnn_session tnn_session;
 typedef struct tnn_tensor tnn_tensor;
 
-/* Element types. Values are fixed and append-only. F16, BF16 and the block
- * quantized types are reserved for model weights (not all ops take them). */
+/* Element types. Values are fixed and append-only. F16 and BF16 are storage
+ * types (see tnn_tensor_new); GGML types are borrowed model weights. */
 typedef enum tnn_dtype {
     TNN_F32 = 0,
     TNN_I32 = 1,
@@ -156,7 +156,9 @@ TNN_API size_t tnn_session_arena_bytes(const tnn_session *s);
 
 /* A leaf tensor of `ndim` (1..4) dimensions, row-major, filled with zeros at
  * realize. Its storage is allocated by tnn_realize and kept across later
- * realizes of the same session. */
+ * realizes of the same session. dtype TNN_F32, TNN_I32, TNN_F16 or TNN_BF16
+ * (the 16-bit types are storage: KV caches, tnn_reshape, f32 transfers;
+ * arithmetic ops want f32 and refuse them). */
 TNN_API tnn_tensor *tnn_tensor_new(tnn_session *s, int dtype, int ndim,
                                    const int64_t *shape);
 /* Seed ABI: a rows x cols f32 tensor (element (r,c) at r*cols + c). */
@@ -258,14 +260,17 @@ TNN_API tnn_tensor *tnn_rope_ext(tnn_session *s, tnn_tensor *x, int n_head,
 /* KV cache: writes the n rows of x (n, W) into rows pos .. pos+n-1 of the
  * leaf `cache` (ctx, W), pos read from the int32 (1) tensor `pos` at compute
  * time; the result is the cache itself (same storage), to feed
- * tnn_attention_cached after the write. pos + n > ctx fails the compute with
- * TNN_ERR_RANGE. */
+ * tnn_attention_cached after the write. The cache is f32, or f16 (rows
+ * rounded to nearest even: half the memory and bandwidth, as llama.cpp
+ * keeps its cache). pos + n > ctx fails the compute with TNN_ERR_RANGE. */
 TNN_API tnn_tensor *tnn_kv_write(tnn_session *s, tnn_tensor *cache, tnn_tensor *x,
                                  tnn_tensor *pos);
 /* Causal attention of one sequence against a KV cache: q (n, n_head*hd)
  * holds the queries at positions pos .. pos+n-1 (pos an int32 (1) tensor
- * read at compute time); kcache and vcache (ctx, n_kv_head*hd) hold keys and
- * values at positions 0 .. pos+n-1. Returns (n, n_head*hd). */
+ * read at compute time); kcache and vcache (ctx, n_kv_head*hd), both f32 or
+ * both f16, hold keys and values at positions 0 .. pos+n-1. Returns f32
+ * (n, n_head*hd). Keys are taken in chunks of 64 merged in a fixed order, so
+ * the bits do not depend on the thread count. */
 TNN_API tnn_tensor *tnn_attention_cached(tnn_session *s, tnn_tensor *q, tnn_tensor *kcache,
                                          tnn_tensor *vcache, int n_head, int n_kv_head,
                                          tnn_tensor *pos);
@@ -411,7 +416,9 @@ TNN_API int tnn_download_to_f64_array(tnn_session *s, tnn_tensor *t, double *dst
  * This is the seed module's download_matmul in one call. */
 TNN_API int tnn_download_transposed_f64(tnn_session *s, tnn_tensor *t, double *dst,
                                         int rows, int cols);
-/* f32 transfers. n must equal nelements(t); t must be f32. */
+/* f32 transfers. n must equal nelements(t); t must be f32, or f16 / bf16
+ * (converted: rounded to nearest even on upload, widened exactly on
+ * download). */
 TNN_API int tnn_upload_f32(tnn_session *s, tnn_tensor *t, const float *src, size_t n);
 TNN_API int tnn_download_f32(tnn_session *s, tnn_tensor *t, float *dst, size_t n);
 /* int32 transfers. n must equal nelements(t); t must be i32. */

@@ -474,10 +474,8 @@ static void test_sizes(tnn_session *s) {
                 "dtype=");
     CHECK_NULL2(tnn_tensor_new(s, 1000, 2, ok2), TNN_ERR_ARG, "tnn_tensor_new", "dtype=1000");
     /* A known dtype this build cannot make is not an argument error. */
-    CHECK_NULL2(tnn_tensor_new(s, TNN_F16, 2, ok2), TNN_ERR_UNSUPPORTED, "tnn_tensor_new",
-                "dtype=2");
-    CHECK_NULL2(tnn_tensor_new(s, TNN_BF16, 2, ok2), TNN_ERR_UNSUPPORTED, "tnn_tensor_new",
-                "dtype=3");
+    CHECK_NULL2(tnn_tensor_new(s, TNN_GGML, 2, ok2), TNN_ERR_UNSUPPORTED, "tnn_tensor_new",
+                "dtype=4");
 
     /* Size products that overflow int64, or exceed the largest tensor. */
     int64_t cube[3] = {(int64_t)1 << 30, (int64_t)1 << 30, (int64_t)1 << 30};
@@ -561,6 +559,22 @@ static void test_shapes_and_dtypes(tnn_session *s) {
     }
     for (int i = 0; i < N_UNARY; i++)
         CHECK_NULL2(unary_ops[i].fn(s, ia), TNN_ERR_ARG, unary_ops[i].name, "i32");
+    /* f16 / bf16 tensors are storage: arithmetic refuses them */
+    for (int dt = TNN_F16; dt <= TNN_BF16; dt++) {
+        tnn_tensor *ha = tnn_tensor_new(s, dt, 2, (int64_t[]){2, 3});
+        CHECK(ha != NULL, "16-bit tensor: %s", tnn_last_error());
+        const char *tag = dt == TNN_F16 ? "f16" : "bf16";
+        for (int i = 0; i < N_BINARY; i++) {
+            CHECK_NULL2(binary_ops[i].fn(s, ha, a2), TNN_ERR_ARG, binary_ops[i].name, tag);
+            CHECK_NULL2(binary_ops[i].fn(s, a, ha), TNN_ERR_ARG, binary_ops[i].name, tag);
+        }
+        for (int i = 0; i < N_UNARY; i++)
+            CHECK_NULL2(unary_ops[i].fn(s, ha), TNN_ERR_ARG, unary_ops[i].name, tag);
+        CHECK_NULL2(tnn_matmul_nt(s, a, ha), TNN_ERR_ARG, "tnn_matmul_nt", tag);
+        CHECK_NULL2(tnn_sum(s, ha), TNN_ERR_ARG, "tnn_sum", tag);
+        tnn_set_param(ha);
+        CHECK(tnn_last_status() == TNN_ERR_ARG, "tnn_set_param took a %s tensor", tag);
+    }
 
     /* Products need matrices; batch dimensions must agree or be 1. */
     CHECK_NULL2(tnn_matmul_nn(s, v, a), TNN_ERR_SHAPE, "tnn_matmul_nn", "at least 2");

@@ -94,6 +94,117 @@ static void test_cached_attention(void) {
     tnn_session_free(s);
 }
 
+/* Runs T positions of random q, k, v through kv_write + attention_cached
+ * with an f32 or f16 cache of C rows, `step` rows per compute (T: a prompt
+ * in one call, 1: decoding), and returns the (T, H*hd) outputs. */
+static float *run_cached(int dtype, int T, int C, int H, int Hkv, int hd, int step,
+                         const float *qa, const float *ka, const float *va) {
+    tnn_session *s = tnn_session_new(0);
+    tnn_tensor *q = tnn_input_2d_f32(s, step, H * hd), *k = tnn_input_2d_f32(s, step, Hkv * hd);
+    tnn_tensor *v = tnn_input_2d_f32(s, step, Hkv * hd), *p0 = tnn_input_1d_i32(s, 1);
+    int64_t sh[2] = {C, Hkv * hd};
+    tnn_tensor *kc = tnn_tensor_new(s, dtype, 2, sh), *vc = tnn_tensor_new(s, dtype, 2, sh);
+    tnn_tensor *o = tnn_attention_cached(s, q, tnn_kv_write(s, kc, k, p0),
+                                         tnn_kv_write(s, vc, v, p0), H, Hkv, p0);
+    CHECK(o != NULL, "%s", tnn_last_error());
+    CHECK_OK(tnn_realize(s, o));
+    float *out = malloc(sizeof(float) * (size_t)T * H * hd);
+    for (int t = 0; t < T; t += step) {
+        CHECK_OK(tnn_upload_f32(s, q, qa + (size_t)t * H * hd, (size_t)step * H * hd));
+        CHECK_OK(tnn_upload_f32(s, k, ka + (size_t)t * Hkv * hd, (size_t)step * Hkv * hd));
+        CHECK_OK(tnn_upload_f32(s, v, va + (size_t)t * Hkv * hd, (size_t)step * Hkv * hd));
+        int32_t pt = t;
+        CHECK_OK(tnn_upload_i32(s, p0, &pt, 1));
+        CHECK_OK(tnn_compute(s));
+        CHECK_OK(tnn_download_f32(s, o, out + (size_t)t * H * hd, (size_t)step * H * hd));
+    }
+    if (dtype == TNN_F16) { /* the cache holds the rows rounded to f16 */
+        float *all = malloc(sizeof(float) * (size_t)C * Hkv * hd);
+        CHECK_OK(tnn_download_f32(s, kc, all, (size_t)C * Hkv * hd));
+        int bad = 0;
+        for (int i = 0; i < T * Hkv * hd; i++)
+            bad += all[i] != tnn__f16_to_f32(tnn__f32_to_f16(ka[i]));
+        CHECK(bad == 0, "%d f16 cache values are not the rounded keys", bad);
+        free(all);
+    }
+    tnn_session_free(s);
+    return out;
+}
+
+/* Long contexts (several 64-key chunks), head sizes with and without a
+ * multiple of 8, f32 and f16 caches: against a double reference; the prompt
+ * path (whole rows per task), the decoding path (chunks in parallel, merged
+ * after), every kernel and 1/2/3 threads give the same bits. */
+static void test_cached_attention_long(void) {
+    const int T = 200, C = 256, H = 6, Hkv = 2;
+    static const int hds[] = {64, 12};
+    for (int hi = 0; hi < 2; hi++) {
+        int hd = hds[hi];
+        size_t nq = (size_t)T * H * hd, nk = (size_t)T * Hkv * hd;
+        float *qa = malloc(nq * sizeof *qa), *ka = malloc(nk * sizeof *ka);
+        float *va = malloc(nk * sizeof *va);
+        th_seed(77 + (uint64_t)hd);
+        for (size_t i = 0; i < nq; i++) qa[i] = (float)th_sym(2.0);
+        for (size_t i = 0; i < nk; i++) ka[i] = (float)th_sym(2.0), va[i] = (float)th_sym(1.0);
+        for (int dt = 0; dt < 2; dt++) {
+            int dtype = dt ? TNN_F16 : TNN_F32;
+            /* double reference on the values the cache holds */
+            double *kr = malloc(nk * sizeof *kr), *vr = malloc(nk * sizeof *vr);
+            for (size_t i = 0; i < nk; i++) {
+                kr[i] = dt ? tnn__f16_to_f32(tnn__f32_to_f16(ka[i])) : ka[i];
+                vr[i] = dt ? tnn__f16_to_f32(tnn__f32_to_f16(va[i])) : va[i];
+            }
+            double *ref = calloc(nq, sizeof *ref), *sc = malloc(T * sizeof *sc);
+            for (int t = 0; t < T; t++)
+                for (int h = 0; h < H; h++) {
+                    int g = h / (H / Hkv);
+                    double mx = -INFINITY, sum = 0;
+                    for (int j = 0; j <= t; j++) {
+                        double d = 0;
+                        for (int e = 0; e < hd; e++)
+                            d += (double)qa[(size_t)t * H * hd + h * hd + e] *
+                                 kr[(size_t)j * Hkv * hd + g * hd + e];
+                        sc[j] = d / sqrt((double)hd);
+                        if (sc[j] > mx) mx = sc[j];
+                    }
+                    for (int j = 0; j <= t; j++) sum += (sc[j] = exp(sc[j] - mx));
+                    for (int j = 0; j <= t; j++)
+                        for (int e = 0; e < hd; e++)
+                            ref[(size_t)t * H * hd + h * hd + e] +=
+                                sc[j] / sum * vr[(size_t)j * Hkv * hd + g * hd + e];
+                }
+            float *prompt = run_cached(dtype, T, C, H, Hkv, hd, T, qa, ka, va);
+            float *dec = run_cached(dtype, T, C, H, Hkv, hd, 1, qa, ka, va);
+            double worst = 0;
+            for (size_t i = 0; i < nq; i++) {
+                double e = fabs(dec[i] - ref[i]) / (1e-5 + 1e-5 * fabs(ref[i]));
+                if (e > worst) worst = e;
+            }
+            CHECK(worst <= 1.0, "hd %d %s: decoding vs double reference: %g of the bound", hd,
+                  dt ? "f16" : "f32", worst);
+            CHECK(memcmp(prompt, dec, nq * sizeof *dec) == 0,
+                  "hd %d %s: the prompt path and the decoding path differ in bits", hd,
+                  dt ? "f16" : "f32");
+            for (int kid = 0; kid < TNN_QK_COUNT; kid++) {
+                if (!tnn__quant_kernel_supported(kid)) continue;
+                CHECK_OK(tnn__quant_set_kernel(kid));
+                for (int th = 1; th <= 3; th++) {
+                    CHECK_OK(tnn_set_num_threads(th));
+                    float *d2 = run_cached(dtype, T, C, H, Hkv, hd, 1, qa, ka, va);
+                    CHECK(memcmp(d2, dec, nq * sizeof *dec) == 0,
+                          "hd %d %s: kernel %s, %d threads: different bits", hd,
+                          dt ? "f16" : "f32", tnn__quant_kernel_name(kid), th);
+                    free(d2);
+                }
+            }
+            CHECK_OK(tnn__quant_set_kernel(TNN_QK_AUTO));
+            CHECK_OK(tnn_set_num_threads(0));
+            free(prompt), free(dec), free(ref), free(sc), free(kr), free(vr);
+        }
+        free(qa), free(ka), free(va);
+    }
+}
+
 /* A GGUF file with quantized tensors, written here, read back as borrowed
  * leaves: matmul_nt and get_rows against their dequantized f32 twins. */
 static void test_quantized_ops(void) {
@@ -245,6 +356,7 @@ static void test_quantize_file(void) {
 
 int main(void) {
     test_cached_attention();
+    test_cached_attention_long();
     test_quantized_ops();
     test_quantize_file();
     return th_finish("test_infer");

@@ -74,7 +74,7 @@ int main(void) {
     record rec[8];
     int n = read_records(TNN_DATA_DIR "/llama_smollm2.txt", rec, 8);
     CHECK(n >= 4, "golden file: %d records", n);
-    lm_llama *m = lm_llama_load(TNN_MODEL_FILE, 256);
+    lm_llama *m = lm_llama_load(TNN_MODEL_FILE, 256, TNN_F16);
     CHECK(m != NULL, "load: %s", tnn_last_error());
     if (!m) return th_finish("test_llama");
     int V = lm_llama_hparams_of(m)->n_vocab;

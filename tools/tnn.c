@@ -58,7 +58,8 @@ static void usage(FILE *f) {
             "\n"
             "generate options: -m MODEL.gguf, -p PROMPT, -n N (tokens, 128), --temp X (0 =\n"
             "  greedy; 0.8), --top-k N (40), --top-p X (0.95), --min-p X (0.05),\n"
-            "  --repeat-penalty X (1.0), --seed N, --ctx N, --chat (ChatML template)\n");
+            "  --repeat-penalty X (1.0), --seed N, --ctx N, --kv f16|f32 (cache type, f16),\n"
+            "  --chat (ChatML template)\n");
 }
 
 static bool parse_int(const char *s, int lo, int hi, int *out) {
@@ -396,7 +397,7 @@ static double now_s(void) {
 /* `tnn generate`: prompt in, streamed text out, speeds on stderr. */
 static int cmd_generate(int argc, char **argv) {
     const char *model = NULL, *prompt = NULL;
-    int n = 128, n_ctx = 0, chat = 0;
+    int n = 128, n_ctx = 0, chat = 0, kv_dtype = TNN_F16;
     lm_sampler_params sp = lm_sampler_defaults();
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -414,6 +415,8 @@ static int cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) prompt = v;
         else if (!strcmp(a, "-n") && parse_int(v, 1, 1000000, &n)) continue;
         else if (!strcmp(a, "--ctx") && parse_int(v, 16, 1 << 20, &n_ctx)) continue;
+        else if (!strcmp(a, "--kv") && (!strcmp(v, "f16") || !strcmp(v, "f32")))
+            kv_dtype = strcmp(v, "f16") ? TNN_F32 : TNN_F16;
         else if (!strcmp(a, "--temp") && parse_double(v, &sp.temperature)) continue;
         else if (!strcmp(a, "--top-k") && parse_int(v, 0, 1000000, &sp.top_k)) continue;
         else if (!strcmp(a, "--top-p") && parse_double(v, &sp.top_p)) continue;
@@ -429,7 +432,7 @@ static int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "usage: tnn generate -m MODEL.gguf -p PROMPT [options] (tnn help)\n");
         return 2;
     }
-    lm_llama *m = lm_llama_load(model, n_ctx);
+    lm_llama *m = lm_llama_load(model, n_ctx, kv_dtype);
     if (!m) {
         fprintf(stderr, "tnn generate: %s\n", tnn_last_error());
         return 1;

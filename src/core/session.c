@@ -282,9 +282,10 @@ tnn_tensor *tnn__node_new(tnn_session *s, int op, int dtype, int ndim, const int
 
 tnn_tensor *tnn_tensor_new(tnn_session *s, int dtype, int ndim, const int64_t *shape) {
     if (tnn__check_session(s, __func__)) return NULL;
-    if (dtype != TNN_F32 && dtype != TNN_I32)
+    if (dtype != TNN_F32 && dtype != TNN_I32 && dtype != TNN_F16 && dtype != TNN_BF16)
         return TNN_ERR_NULL(dtype >= 0 && dtype < TNN_DTYPE_COUNT ? TNN_ERR_UNSUPPORTED : TNN_ERR_ARG,
-                            "dtype=%d: only TNN_F32 and TNN_I32 tensors can be made yet", dtype);
+                            "dtype=%d: tensors of TNN_F32, TNN_I32, TNN_F16 or TNN_BF16 can be "
+                            "made (GGML types come from tnn_tensor_from_gguf)", dtype);
     return tensor_new(s, TNN_OP_NONE, dtype, ndim, shape, __func__);
 }
 

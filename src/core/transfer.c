@@ -5,6 +5,8 @@
  */
 #include "internal.h"
 
+#include "../quant/quant.h"
+
 #include "../ops/kernels.h"
 
 #include <math.h>
@@ -305,12 +307,25 @@ int tnn_download_transposed_f64(tnn_session *s, tnn_tensor *t, double *dst, int 
     return read_chunks(s, t, sink_f64_transposed, &c);
 }
 
+static bool is_half(const tnn_tensor *t) { return t->dtype == TNN_F16 || t->dtype == TNN_BF16; }
+
 int tnn_upload_f32(tnn_session *s, tnn_tensor *t, const float *src, size_t n) {
     int rc = check_upload(s, t, __func__);
     if (rc) return rc;
-    if ((rc = check_f32(t, __func__)) || (rc = check_count(t, n, __func__))) return rc;
+    if ((!is_half(t) && (rc = check_f32(t, __func__))) || (rc = check_count(t, n, __func__)))
+        return rc;
     if (!src) return TNN_ERR(TNN_ERR_ARG, "src is NULL");
-    return s->backend->copy_in(t->data, src, t->nbytes);
+    if (!is_half(t)) return s->backend->copy_in(t->data, src, t->nbytes);
+    uint16_t buf[XFER_CHUNK]; /* f16 / bf16: rounded to nearest even, staged */
+    for (size_t off = 0; off < n; off += XFER_CHUNK) {
+        size_t m = n - off < XFER_CHUNK ? n - off : XFER_CHUNK;
+        for (size_t i = 0; i < m; i++)
+            buf[i] = t->dtype == TNN_F16 ? tnn__f32_to_f16(src[off + i])
+                                         : tnn__f32_to_bf16(src[off + i]);
+        rc = s->backend->copy_in((uint16_t *)t->data + off, buf, m * sizeof *buf);
+        if (rc) return rc;
+    }
+    return TNN_OK;
 }
 
 static int check_i32(const tnn_tensor *t, const char *func) {
@@ -341,9 +356,19 @@ int tnn_download_i32(tnn_session *s, tnn_tensor *t, int32_t *dst, size_t n) {
 int tnn_download_f32(tnn_session *s, tnn_tensor *t, float *dst, size_t n) {
     int rc = check_download(s, t, __func__);
     if (rc) return rc;
-    if ((rc = check_f32(t, __func__)) || (rc = check_count(t, n, __func__))) return rc;
+    if ((!is_half(t) && (rc = check_f32(t, __func__))) || (rc = check_count(t, n, __func__)))
+        return rc;
     if (!dst) return TNN_ERR(TNN_ERR_ARG, "dst is NULL");
-    return s->backend->copy_out(dst, t->data, t->nbytes);
+    if (!is_half(t)) return s->backend->copy_out(dst, t->data, t->nbytes);
+    uint16_t buf[XFER_CHUNK]; /* f16 / bf16: widened exactly */
+    for (size_t off = 0; off < n; off += XFER_CHUNK) {
+        size_t m = n - off < XFER_CHUNK ? n - off : XFER_CHUNK;
+        rc = s->backend->copy_out(buf, (const uint16_t *)t->data + off, m * sizeof *buf);
+        if (rc) return rc;
+        for (size_t i = 0; i < m; i++)
+            dst[off + i] = t->dtype == TNN_F16 ? tnn__f16_to_f32(buf[i]) : tnn__bf16_to_f32(buf[i]);
+    }
+    return TNN_OK;
 }
 
 /* ------------------------------------------------------------------------ */

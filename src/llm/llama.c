@@ -135,7 +135,9 @@ static tnn_tensor *layer_w(lm_llama *m, int l, const char *what, int64_t d0, int
     return weight(m, name, d0, d1, rc);
 }
 
-lm_llama *lm_llama_load(const char *path, int n_ctx) {
+lm_llama *lm_llama_load(const char *path, int n_ctx, int kv_dtype) {
+    if (kv_dtype != TNN_F32 && kv_dtype != TNN_F16)
+        return TNN_ERR_NULL(TNN_ERR_ARG, "kv_dtype=%d: want TNN_F32 or TNN_F16", kv_dtype);
     lm_llama *m = calloc(1, sizeof *m);
     if (!m) return TNN_ERR_NULL(TNN_ERR_NOMEM, "out of memory");
     m->realized = -1;
@@ -189,8 +191,8 @@ lm_llama *lm_llama_load(const char *path, int n_ctx) {
         int64_t kv = (int64_t)hp->n_kv_head * hp->head_dim;
         for (int l = 0; l < hp->n_layer && rc == TNN_OK; l++) {
             int64_t sh[2] = {n_ctx, kv};
-            m->L[l].kcache = tnn_tensor_new(m->s, TNN_F32, 2, sh);
-            m->L[l].vcache = tnn_tensor_new(m->s, TNN_F32, 2, sh);
+            m->L[l].kcache = tnn_tensor_new(m->s, kv_dtype, 2, sh);
+            m->L[l].vcache = tnn_tensor_new(m->s, kv_dtype, 2, sh);
             if (!m->L[l].kcache || !m->L[l].vcache) rc = tnn_last_status();
         }
     }

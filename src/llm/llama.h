@@ -22,9 +22,10 @@ typedef struct {
 typedef struct lm_llama lm_llama;
 
 /* Opens the model; n_ctx = KV cache positions (0: min(training context,
- * 4096)). NULL with the reason in tnn_last_error() (missing key or tensor,
- * unsupported architecture or type). */
-lm_llama *lm_llama_load(const char *path, int n_ctx);
+ * 4096)); kv_dtype = TNN_F16 (the default of the tools, as llama.cpp's) or
+ * TNN_F32 for the cache. NULL with the reason in tnn_last_error() (missing
+ * key or tensor, unsupported architecture or type). */
+lm_llama *lm_llama_load(const char *path, int n_ctx, int kv_dtype);
 void lm_llama_free(lm_llama *m);
 const lm_llama_hparams *lm_llama_hparams_of(const lm_llama *m);
 const tnn_gguf *lm_llama_gguf(const lm_llama *m);

@@ -7,8 +7,11 @@
  * matrix: each query keeps one row of T scores while it is processed, and
  * the backward pass recomputes them.
  */
+#include "attn_kern.h"
 #include "common.h"
 #include "vmath.h"
+
+#include "../quant/quant.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -378,16 +381,17 @@ tnn_tensor *tnn_kv_write(tnn_session *s, tnn_tensor *cache, tnn_tensor *x, tnn_t
     char bc[TNN_SHAPE_BUF], bx[TNN_SHAPE_BUF];
     tnn__shape_str(cache, bc, sizeof bc);
     tnn__shape_str(x, bx, sizeof bx);
-    if (cache->op != TNN_OP_NONE || cache->dtype != TNN_F32 || cache->ndim != 2 ||
-        (cache->flags & TNN_FLAG_EXTERNAL))
-        return TNN_ERR_NULL(TNN_ERR_ARG, "cache %s: want a writable 2-D f32 leaf (ctx, W)", bc);
+    if (cache->op != TNN_OP_NONE || (cache->dtype != TNN_F32 && cache->dtype != TNN_F16) ||
+        cache->ndim != 2 || (cache->flags & TNN_FLAG_EXTERNAL))
+        return TNN_ERR_NULL(TNN_ERR_ARG, "cache %s: want a writable 2-D f32 or f16 leaf (ctx, W)",
+                            bc);
     if (x->dtype != TNN_F32 || x->ndim != 2 || x->shape[1] != cache->shape[1])
         return TNN_ERR_NULL(TNN_ERR_SHAPE, "x %s: want (n, %lld) f32 rows for cache %s", bx,
                             (long long)cache->shape[1], bc);
     if (pos->dtype != TNN_I32 || pos->nelem != 1)
         return TNN_ERR_NULL(TNN_ERR_SHAPE, "pos: want an int32 tensor of one element");
     tnn_tensor *src[3] = {cache, x, pos};
-    tnn_tensor *t = tnn__node_new(s, TNN_OP_KV_WRITE, TNN_F32, 2, cache->shape, src, 3);
+    tnn_tensor *t = tnn__node_new(s, TNN_OP_KV_WRITE, cache->dtype, 2, cache->shape, src, 3);
     if (t) t->flags |= TNN_FLAG_ALIAS;
     return t;
 }
@@ -399,7 +403,13 @@ int tnn__fwd_kv_write(tnn_tensor *t) {
         return tnn__error(TNN_ERR_RANGE, "tnn_kv_write",
                           "rows %lld .. %lld do not fit a cache of %lld positions (node #%d)",
                           (long long)p, (long long)(p + n - 1), (long long)cache->shape[0], t->id);
-    memcpy(F32(t) + p * W, CF32(x), (size_t)(n * W) * sizeof(float));
+    if (cache->dtype == TNN_F16) {
+        uint16_t *dst = (uint16_t *)t->data + p * W;
+        const float *src = CF32(x);
+        for (int64_t i = 0; i < n * W; i++) dst[i] = tnn__f32_to_f16(src[i]);
+    } else {
+        memcpy(F32(t) + p * W, CF32(x), (size_t)(n * W) * sizeof(float));
+    }
     return TNN_OK;
 }
 
@@ -417,12 +427,13 @@ tnn_tensor *tnn_attention_cached(tnn_session *s, tnn_tensor *q, tnn_tensor *kcac
     if (n_head <= 0 || n_kv_head <= 0 || n_head % n_kv_head)
         return TNN_ERR_NULL(TNN_ERR_ARG, "n_head=%d n_kv_head=%d: n_head must be a positive "
                             "multiple of n_kv_head", n_head, n_kv_head);
-    if (q->dtype != TNN_F32 || kcache->dtype != TNN_F32 || q->ndim != 2 || kcache->ndim != 2 ||
+    if (q->dtype != TNN_F32 || (kcache->dtype != TNN_F32 && kcache->dtype != TNN_F16) ||
+        vcache->dtype != kcache->dtype || q->ndim != 2 || kcache->ndim != 2 ||
         !same_shape(kcache, vcache) || q->shape[1] % n_head ||
         kcache->shape[1] * n_head != q->shape[1] * n_kv_head)
-        return TNN_ERR_NULL(TNN_ERR_SHAPE, "q %s, kcache %s, n_head=%d n_kv_head=%d: want q "
-                            "(n, n_head*hd) and caches (ctx, n_kv_head*hd)", bq, bk, n_head,
-                            n_kv_head);
+        return TNN_ERR_NULL(TNN_ERR_SHAPE, "q %s, kcache %s, n_head=%d n_kv_head=%d: want f32 q "
+                            "(n, n_head*hd) and caches (ctx, n_kv_head*hd) both f32 or both f16",
+                            bq, bk, n_head, n_kv_head);
     if (pos->dtype != TNN_I32 || pos->nelem != 1)
         return TNN_ERR_NULL(TNN_ERR_SHAPE, "pos: want an int32 tensor of one element");
     tnn_tensor *src[4] = {q, kcache, vcache, pos};
@@ -431,35 +442,113 @@ tnn_tensor *tnn_attention_cached(tnn_session *s, tnn_tensor *q, tnn_tensor *kcac
     return t;
 }
 
+/* Keys are taken in chunks of TNN_ATTN_CHUNK; each (query row, head, chunk)
+ * gives a partial (m, l, o) (attn_kern.h), and the chunks of a row are merged
+ * in ascending order:
+ *   M = m_0, L = l_0, O = o_0; then for c = 1, 2, ...: M' = max(M, m_c),
+ *   a = e^(M - M'), b = e^(m_c - M'), L = L a + l_c b, O = O a + o_c b;
+ *   out = O * (1 / L).
+ * Decoding (few query rows) computes the chunks of a row in parallel into a
+ * scratch buffer and merges them after; long prompts give each task whole
+ * rows and merge as they go. Both run the same operations in the same order,
+ * so the bits do not depend on the path or the thread count. */
 typedef struct {
-    const float *q, *k, *v;
+    const float *q;
+    const void *k, *v;
+    bool f16;
     float *out;
-    int64_t H, Hkv, hd, n, pos;
+    int64_t H, Hkv, hd, n, pos, nch;
     float scale;
+    float *part; /* split path: per (row, head, chunk) hd + 2 floats, or NULL */
+    tnn_attn_chunk_fn kern;
 } cattn_ctx;
 
-/* Tasks: (head, query row). */
-static void cattn_range(void *p, int64_t lo, int64_t hi) {
-    const cattn_ctx *c = p;
-    float *pr = malloc((size_t)(c->pos + c->n) * sizeof *pr);
-    if (!pr) return;
-    int64_t qw = c->H * c->hd, kw = c->Hkv * c->hd, grp = c->H / c->Hkv;
-    for (int64_t task = lo; task < hi; task++) {
-        int64_t h = task / c->n, i = task % c->n, last = c->pos + i;
-        const float *q = c->q + i * qw + h * c->hd;
-        const float *k0 = c->k + (h / grp) * c->hd, *v0 = c->v + (h / grp) * c->hd;
-        float *o = c->out + i * qw + h * c->hd;
-        softmax_row(q, k0, kw, last, c->hd, c->scale, pr);
-        weighted_rows(pr, last + 1, v0, kw, c->hd, o);
-    }
-    free(pr);
+static inline void merge(float *M, float *L, float *O, float m, float l, const float *o,
+                         int64_t hd) {
+    float mx = m > *M ? m : *M;
+    float a = tnn_vexp(*M - mx), b = tnn_vexp(m - mx);
+    *L = *L * a + l * b;
+    for (int64_t d = 0; d < hd; d++) O[d] = O[d] * a + o[d] * b;
+    *M = mx;
 }
+
+static inline void finish(const float *O, float L, int64_t hd, float *out) {
+    float inv = 1.0f / L;
+    for (int64_t d = 0; d < hd; d++) out[d] = O[d] * inv;
+}
+
+/* The chunk c of query row i, head h: keys [c*CH, min((c+1)*CH, pos+i+1)). */
+static void one_chunk(const cattn_ctx *c, int64_t i, int64_t h, int64_t ch, float *m, float *l,
+                      float *o) {
+    int64_t kw = c->Hkv * c->hd, j0 = ch * TNN_ATTN_CHUNK, last = c->pos + i;
+    int64_t nk = last + 1 - j0 < TNN_ATTN_CHUNK ? last + 1 - j0 : TNN_ATTN_CHUNK;
+    int64_t off = j0 * kw + (h / (c->H / c->Hkv)) * c->hd;
+    size_t es = c->f16 ? 2 : 4;
+    c->kern(c->q + i * c->H * c->hd + h * c->hd, (const char *)c->k + (size_t)off * es,
+            (const char *)c->v + (size_t)off * es, c->f16, kw, nk, c->hd, c->scale, m, l, o);
+}
+
+/* Split path tasks: (row i, chunk), all heads: the chunk's keys and values
+ * are whole cache rows, read from memory once, in order. */
+static void cattn_split_range(void *p, int64_t lo, int64_t hi) {
+    const cattn_ctx *c = p;
+    for (int64_t task = lo; task < hi; task++) {
+        int64_t ch = task % c->nch, i = task / c->nch;
+        if (ch * TNN_ATTN_CHUNK > c->pos + i) continue; /* beyond this row's last key */
+        for (int64_t h = 0; h < c->H; h++) {
+            float *pt = c->part + ((i * c->H + h) * c->nch + ch) * (c->hd + 2);
+            one_chunk(c, i, h, ch, pt, pt + 1, pt + 2);
+        }
+    }
+}
+
+/* Merge tasks: (row i, head h). */
+static void cattn_merge_range(void *p, int64_t lo, int64_t hi) {
+    const cattn_ctx *c = p;
+    for (int64_t task = lo; task < hi; task++) {
+        int64_t i = task / c->H, h = task % c->H;
+        int64_t nc = (c->pos + i) / TNN_ATTN_CHUNK + 1;
+        float *p0 = c->part + task * c->nch * (c->hd + 2), M = p0[0], L = p0[1], *O = p0 + 2;
+        for (int64_t ch = 1; ch < nc; ch++) {
+            const float *pc = p0 + ch * (c->hd + 2);
+            merge(&M, &L, O, pc[0], pc[1], pc + 2, c->hd);
+        }
+        finish(O, L, c->hd, c->out + i * c->H * c->hd + h * c->hd);
+    }
+}
+
+/* Row path tasks: (row i, kv head g), merging chunk by chunk. */
+static void cattn_row_range(void *p, int64_t lo, int64_t hi) {
+    const cattn_ctx *c = p;
+    int64_t grp = c->H / c->Hkv;
+    float *buf = malloc(2 * (size_t)c->hd * sizeof *buf);
+    if (!buf) return; /* cannot happen for sane hd */
+    float *O = buf, *o = buf + c->hd;
+    for (int64_t task = lo; task < hi; task++) {
+        int64_t i = task / c->Hkv, g = task % c->Hkv, nc = (c->pos + i) / TNN_ATTN_CHUNK + 1;
+        for (int64_t h = g * grp; h < (g + 1) * grp; h++) {
+            float M, L, m, l;
+            one_chunk(c, i, h, 0, &M, &L, O);
+            for (int64_t ch = 1; ch < nc; ch++) {
+                one_chunk(c, i, h, ch, &m, &l, o);
+                merge(&M, &L, O, m, l, o, c->hd);
+            }
+            finish(O, L, c->hd, c->out + i * c->H * c->hd + h * c->hd);
+        }
+    }
+    free(buf);
+}
+
+/* Scratch of the split path at most (bytes); longer prompts take rows. */
+#define CATTN_SPLIT_BYTES ((int64_t)1 << 20)
 
 int tnn__fwd_attention_cached(tnn_tensor *t) {
     const tnn_tensor *q = t->src[0], *kc = t->src[1];
-    cattn_ctx c = {.q = CF32(q), .k = CF32(kc), .v = CF32(t->src[2]), .out = F32(t),
-                   .H = t->iparam[0], .Hkv = t->iparam[1], .n = q->shape[0],
-                   .pos = ((const int32_t *)t->src[3]->data)[0]};
+    cattn_ctx c = {.q = CF32(q), .k = kc->data, .v = t->src[2]->data,
+                   .f16 = kc->dtype == TNN_F16, .out = F32(t), .H = t->iparam[0],
+                   .Hkv = t->iparam[1], .n = q->shape[0],
+                   .pos = ((const int32_t *)t->src[3]->data)[0],
+                   .kern = tnn__attn_chunk_kernel()};
     c.hd = q->shape[1] / c.H;
     c.scale = (float)(1.0 / sqrt((double)c.hd));
     if (c.pos < 0 || c.pos + c.n > kc->shape[0])
@@ -467,6 +556,16 @@ int tnn__fwd_attention_cached(tnn_tensor *t) {
                           "positions %lld .. %lld do not fit a cache of %lld (node #%d)",
                           (long long)c.pos, (long long)(c.pos + c.n - 1),
                           (long long)kc->shape[0], t->id);
-    tnn__parallel_for(c.H * c.n, 1, cattn_range, &c);
+    c.nch = (c.pos + c.n - 1) / TNN_ATTN_CHUNK + 1;
+    int64_t part = c.n * c.H * c.nch * (c.hd + 2);
+    if (part * (int64_t)sizeof(float) <= CATTN_SPLIT_BYTES) {
+        c.part = malloc((size_t)part * sizeof(float));
+        if (!c.part) return TNN_ERR(TNN_ERR_NOMEM, "out of memory");
+        tnn__parallel_for(c.n * c.nch, 1, cattn_split_range, &c);
+        tnn__parallel_for(c.n * c.H, 4, cattn_merge_range, &c);
+        free(c.part);
+    } else {
+        tnn__parallel_for(c.n * c.Hkv, 1, cattn_row_range, &c);
+    }
     return TNN_OK;
 }
