@@ -130,6 +130,8 @@ static const int shapes[][3] = {
     {1, 1, 1},     {1, 1, 7},     {3, 7, 1},    {7, 3, 33},    {33, 1, 127},  {1, 33, 513},
     {127, 7, 3},   {13, 127, 33}, {33, 33, 257}, {127, 127, 127}, {6, 16, 256}, {12, 32, 300},
     {145, 17, 513}, {7, 600, 40}, {513, 127, 7}, {150, 3100, 2}, {64, 70, 520}, {3, 1100, 13},
+    /* skinny path (M <= 8, N >= 64): full 8x8 transposes, K and column tails */
+    {1, 1536, 576}, {4, 130, 77},  {8, 200, 33}, {5, 70, 16},   {2, 64, 9},    {6, 95, 130},
 };
 #define N_SHAPES ((int)(sizeof shapes / sizeof shapes[0]))
 
@@ -161,7 +163,7 @@ static void test_kernels_vs_reference(void) {
 
 /* Shapes that the pool really splits: over columns, and over rows. */
 static const int thread_shapes[][3] = {{200, 300, 600}, {600, 20, 300}, {64, 1500, 70},
-                                       {37, 700, 1030}};
+                                       {37, 700, 1030},  {1, 3000, 300}, {8, 2000, 100}};
 
 static void test_threads_bit_identical(void) {
     for (int ki = 0; ki < n_kernels; ki++) {
@@ -201,7 +203,9 @@ static void test_threads_bit_identical(void) {
  * roles swapped (flags !tb, !ta on the same stored arrays): C'[j][i] must
  * equal C[i][j] bit for bit, because each element is the same fma chain. */
 static void test_operand_swap(void) {
-    static const int sw[][3] = {{7, 33, 127}, {65, 129, 300}, {150, 40, 513}, {1, 300, 64}};
+    /* with M <= 8 one side runs the skinny path and the other the packed one */
+    static const int sw[][3] = {{7, 33, 127}, {65, 129, 300}, {150, 40, 513}, {1, 300, 64},
+                                {4, 1100, 77}, {8, 200, 33}};
     for (int ki = 0; ki < n_kernels; ki++) {
         const char *kname = tnn__gemm_kernel_name(kernels[ki]);
         CHECK_OK(tnn__gemm_set_kernel(kernels[ki]));

@@ -28,6 +28,7 @@
 #include "gemm.h"
 #include "pool.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -462,6 +463,34 @@ static void gemm_range(void *p, int64_t u0, int64_t u1) {
 /* Multiply-adds a thread should at least get before the pool is worth it. */
 #define GEMM_MIN_WORK ((int64_t)1 << 19)
 
+/* The portable skinny product (see tnn__gemm_skinny_fn). */
+static void skinny_generic(bool tb, int64_t M, int64_t K, const float *ap, const float *B,
+                           int64_t ldb, float *C, int64_t ldc, int64_t n0, int64_t n1) {
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = n0; j < n1; j++) {
+            float c = 0.0f;
+            for (int64_t k = 0; k < K; k++)
+                c = fmaf(ap[k * M + i], tb ? B[j * ldb + k] : B[k * ldb + j], c);
+            C[i * ldc + j] = c;
+        }
+}
+
+/* Columns per unit of the skinny split, and bytes of op(B) a thread should
+ * at least stream. */
+#define SKINNY_UNIT 16
+#define SKINNY_MIN_BYTES ((int64_t)1 << 16)
+
+/* g->A is op(A) packed k-major here. */
+static void skinny_range(void *p, int64_t u0, int64_t u1) {
+    const gemm_job *g = p;
+    tnn__gemm_skinny_fn f = g->kr->skinny ? g->kr->skinny : skinny_generic;
+    int64_t n1 = u1 * SKINNY_UNIT < g->N ? u1 * SKINNY_UNIT : g->N;
+    f(g->tb, g->M, g->K, g->A, g->B, g->ldb, g->C, g->ldc, u0 * SKINNY_UNIT, n1);
+}
+
+/* Rows of op(A) at most this many floats are packed on the stack. */
+#define SKINNY_STACK_A 4096
+
 int tnn__gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
                   const float *B, int64_t ldb, float *C, int64_t ldc) {
     if (M <= 0 || N <= 0) return TNN_OK;
@@ -472,6 +501,25 @@ int tnn__gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float
     gemm_job g = {.kr = kernel_table(tnn__gemm_get_kernel()), .ta = ta, .tb = tb, .M = M,
                   .N = N, .K = K, .A = A, .lda = lda, .B = B, .ldb = ldb, .C = C, .ldc = ldc};
     atomic_init(&g.status, TNN_OK);
+    if (M <= TNN_GEMM_SKINNY_M && N >= SKINNY_UNIT) { /* a few rows: stream op(B) once */
+        /* op(A) packed k-major (a vector as it is) */
+        float stack_a[SKINNY_STACK_A], *ap = stack_a;
+        if (M == 1 && (ta ? lda == 1 : true)) {
+            ap = (float *)A;
+        } else {
+            if (M * K > SKINNY_STACK_A && !(ap = malloc((size_t)(M * K) * sizeof *ap)))
+                return TNN_ERR(TNN_ERR_NOMEM, "out of memory (M=%lld K=%lld)", (long long)M,
+                               (long long)K);
+            for (int64_t k = 0; k < K; k++)
+                for (int64_t i = 0; i < M; i++) ap[k * M + i] = ta ? A[k * lda + i] : A[i * lda + k];
+        }
+        g.A = ap;
+        /* memory-bound: every thread helps once it streams SKINNY_MIN_BYTES */
+        int64_t units = (N + SKINNY_UNIT - 1) / SKINNY_UNIT, per_unit = K * SKINNY_UNIT * 4;
+        tnn__parallel_for(units, (SKINNY_MIN_BYTES + per_unit - 1) / per_unit, skinny_range, &g);
+        if (ap != stack_a && ap != A) free(ap);
+        return TNN_OK;
+    }
     /* Split the larger side of C: the other operand is packed by every
      * thread, so it should be the smaller one. Too few units on that side
      * to share out: split the other. */

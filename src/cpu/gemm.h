@@ -36,6 +36,16 @@ typedef void (*tnn__gemm_ukr_fn)(int64_t kc, const float *a, const float *b, flo
 typedef void (*tnn__gemm_pack_fn)(float *dst, const float *src, int64_t lds, int64_t kc, int w,
                                   int valid);
 
+/* Skinny product: C[0:M, n0:n1] = op(A) (M x K) @ op(B)[:, n0:n1] for
+ * 1 <= M <= TNN_GEMM_SKINNY_M, streaming op(B) once without packing it (LLM
+ * decoding, small batches). op(A) comes packed k-major: ap[k*M + i] =
+ * op(A)[i][k]. Each C element is one fma chain over ascending k from +0, so
+ * it gives the same bits as the packed path. */
+typedef void (*tnn__gemm_skinny_fn)(bool tb, int64_t M, int64_t K, const float *ap,
+                                    const float *B, int64_t ldb, float *C, int64_t ldc,
+                                    int64_t n0, int64_t n1);
+#define TNN_GEMM_SKINNY_M 8
+
 typedef struct {
     const char *name;
     int mr, nr;         /* register tile (mr <= TNN_GEMM_MR_MAX, nr <= TNN_GEMM_NR_MAX) */
@@ -43,6 +53,7 @@ typedef struct {
     int nc_small;       /* nc when op(A) is one block (few rows): B panels stay in L2 */
     tnn__gemm_ukr_fn ukr;
     tnn__gemm_pack_fn pack_t; /* NULL: the portable one in gemm.c */
+    tnn__gemm_skinny_fn skinny; /* NULL: the portable one in gemm.c */
 } tnn__gemm_kernel;
 
 #define TNN_GEMM_MR_MAX 16
@@ -58,6 +69,9 @@ extern const tnn__gemm_kernel tnn__gemm_kernel_avx512;
  * and AVX-512 kernels (every avx512f CPU has AVX2). */
 void tnn__gemm_pack_t_avx2(float *dst, const float *src, int64_t lds, int64_t kc, int w,
                            int valid);
+/* The AVX2 skinny product, likewise shared. */
+void tnn__gemm_skinny_avx2(bool tb, int64_t M, int64_t K, const float *ap, const float *B,
+                           int64_t ldb, float *C, int64_t ldc, int64_t n0, int64_t n1);
 #endif
 
 /* Whether kernel `id` can run on this CPU (and was built). */

@@ -164,6 +164,123 @@ void tnn__gemm_pack_t_avx2(float *dst, const float *src, int64_t lds, int64_t kc
     }
 }
 
+/* ------------------------------------------------------------------------ */
+/* Skinny products (M <= TNN_GEMM_SKINNY_M rows of op(A)): op(B) streams once */
+/* ------------------------------------------------------------------------ */
+
+#define INL static inline __attribute__((always_inline))
+
+/* Short rows (K at most this) are too short for the hardware prefetcher to
+ * ramp up on each: the next 8 rows (one contiguous block of at most 32 KiB)
+ * are prefetched while the current ones are used. */
+#define SKINNY_PF_K 1024
+
+/* B stored N x K (tb): 8 columns are 8 rows of B; 8 k at a time are loaded
+ * and transposed so that lane r carries column j+r, then every row of op(A)
+ * adds its broadcast value times them: each C element is one fma chain in
+ * ascending k. M is a constant after inlining. */
+INL void skinny_tb_8(int M, int64_t K, const float *ap, const float *b, int64_t ldb, float *C,
+                     int64_t ldc, bool pf_next) {
+    __m256 acc[TNN_GEMM_SKINNY_M];
+    for (int i = 0; i < M; i++) acc[i] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8) {
+        if (pf_next) { /* the next 8 rows, contiguous when ldb == K: 4 lines per step */
+            const char *p = (const char *)(b + 8 * ldb) + k * 32;
+            _mm_prefetch(p, _MM_HINT_T0);
+            _mm_prefetch(p + 64, _MM_HINT_T0);
+            _mm_prefetch(p + 128, _MM_HINT_T0);
+            _mm_prefetch(p + 192, _MM_HINT_T0);
+        }
+        __m256 r0 = _mm256_loadu_ps(b + k), r1 = _mm256_loadu_ps(b + ldb + k);
+        __m256 r2 = _mm256_loadu_ps(b + 2 * ldb + k), r3 = _mm256_loadu_ps(b + 3 * ldb + k);
+        __m256 r4 = _mm256_loadu_ps(b + 4 * ldb + k), r5 = _mm256_loadu_ps(b + 5 * ldb + k);
+        __m256 r6 = _mm256_loadu_ps(b + 6 * ldb + k), r7 = _mm256_loadu_ps(b + 7 * ldb + k);
+        TRANSPOSE8(r0, r1, r2, r3, r4, r5, r6, r7);
+        const __m256 t[8] = {r0, r1, r2, r3, r4, r5, r6, r7};
+        const float *a = ap + k * M;
+        for (int kk = 0; kk < 8; kk++)
+            for (int i = 0; i < M; i++)
+                acc[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + kk * M + i), t[kk], acc[i]);
+    }
+    for (; k < K; k++) {
+        __m256 bv = _mm256_setr_ps(b[k], b[ldb + k], b[2 * ldb + k], b[3 * ldb + k],
+                                   b[4 * ldb + k], b[5 * ldb + k], b[6 * ldb + k], b[7 * ldb + k]);
+        for (int i = 0; i < M; i++)
+            acc[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(ap + k * M + i), bv, acc[i]);
+    }
+    for (int i = 0; i < M; i++) _mm256_storeu_ps(C + i * ldc, acc[i]);
+}
+
+/* B stored K x N: 8 rows of B at a time (8 sequential streams), each
+ * 8-column vector of C carried in a register through them and stored back
+ * (the stored float continues the chain exactly). */
+INL void skinny_nb(int M, int64_t K, const float *ap, const float *B, int64_t ldb, float *C,
+                   int64_t ldc, int64_t n0, int64_t n1) {
+    int64_t nv = n0 + (n1 - n0) / 8 * 8;
+    for (int64_t k0 = 0; k0 < K; k0 += 8) {
+        int kn = K - k0 < 8 ? (int)(K - k0) : 8;
+        const float *b = B + k0 * ldb, *a = ap + k0 * M;
+        for (int64_t j = n0; j < nv; j += 8) {
+            __m256 acc[TNN_GEMM_SKINNY_M];
+            for (int i = 0; i < M; i++)
+                acc[i] = k0 ? _mm256_loadu_ps(C + i * ldc + j) : _mm256_setzero_ps();
+            if (kn == 8) { /* unrolled */
+                for (int t = 0; t < 8; t++) {
+                    __m256 bv = _mm256_loadu_ps(b + t * ldb + j);
+                    for (int i = 0; i < M; i++)
+                        acc[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + t * M + i), bv, acc[i]);
+                }
+            } else {
+                for (int t = 0; t < kn; t++) {
+                    __m256 bv = _mm256_loadu_ps(b + t * ldb + j);
+                    for (int i = 0; i < M; i++)
+                        acc[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + t * M + i), bv, acc[i]);
+                }
+            }
+            for (int i = 0; i < M; i++) _mm256_storeu_ps(C + i * ldc + j, acc[i]);
+        }
+        for (int64_t j = nv; j < n1; j++) /* last columns: the same chain in scalar */
+            for (int i = 0; i < M; i++) {
+                float c = k0 ? C[i * ldc + j] : 0.0f;
+                for (int t = 0; t < kn; t++) c = __builtin_fmaf(a[t * M + i], b[t * ldb + j], c);
+                C[i * ldc + j] = c;
+            }
+    }
+}
+
+INL void skinny_m(int M, bool tb, int64_t K, const float *ap, const float *B, int64_t ldb,
+                  float *C, int64_t ldc, int64_t n0, int64_t n1) {
+    if (!tb) {
+        skinny_nb(M, K, ap, B, ldb, C, ldc, n0, n1);
+        return;
+    }
+    int64_t j = n0;
+    for (; j + 8 <= n1; j += 8)
+        skinny_tb_8(M, K, ap, B + j * ldb, ldb, C + j, ldc,
+                    ldb == K && K <= SKINNY_PF_K && j + 16 <= n1);
+    for (; j < n1; j++) /* last columns: one chain each, fmaf = the same FMA */
+        for (int i = 0; i < M; i++) {
+            float c = 0.0f;
+            for (int64_t k = 0; k < K; k++) c = __builtin_fmaf(ap[k * M + i], B[j * ldb + k], c);
+            C[i * ldc + j] = c;
+        }
+}
+
+void tnn__gemm_skinny_avx2(bool tb, int64_t M, int64_t K, const float *ap, const float *B,
+                           int64_t ldb, float *C, int64_t ldc, int64_t n0, int64_t n1) {
+    switch (M) {
+    case 1: skinny_m(1, tb, K, ap, B, ldb, C, ldc, n0, n1); break;
+    case 2: skinny_m(2, tb, K, ap, B, ldb, C, ldc, n0, n1); break;
+    case 3: skinny_m(3, tb, K, ap, B, ldb, C, ldc, n0, n1); break;
+    case 4: skinny_m(4, tb, K, ap, B, ldb, C, ldc, n0, n1); break;
+    case 5: skinny_m(5, tb, K, ap, B, ldb, C, ldc, n0, n1); break;
+    case 6: skinny_m(6, tb, K, ap, B, ldb, C, ldc, n0, n1); break;
+    case 7: skinny_m(7, tb, K, ap, B, ldb, C, ldc, n0, n1); break;
+    default: skinny_m(8, tb, K, ap, B, ldb, C, ldc, n0, n1); break;
+    }
+}
+
 const tnn__gemm_kernel tnn__gemm_kernel_avx2 = {
     .name = "avx2",
     .mr = MR, .nr = NR,
@@ -174,6 +291,7 @@ const tnn__gemm_kernel tnn__gemm_kernel_avx2 = {
     .mc = 96, .kc = 384, .nc = 1536, .nc_small = 512,
     .ukr = ukr_avx2_6x16,
     .pack_t = tnn__gemm_pack_t_avx2,
+    .skinny = tnn__gemm_skinny_avx2,
 };
 
 #else

@@ -56,6 +56,7 @@ const tnn__gemm_kernel tnn__gemm_kernel_avx512 = {
     .mc = 144, .kc = 256, .nc = 3072, .nc_small = 1024,
     .ukr = ukr_avx512_12x32,
     .pack_t = tnn__gemm_pack_t_avx2,
+    .skinny = tnn__gemm_skinny_avx2,
 };
 
 #else
