@@ -53,9 +53,10 @@ bench: configure
 	    echo "bench: could not install OpenBLAS; running without it"; \
 	  else echo "bench: OpenBLAS not installed (apt-get install libopenblas0-pthread); running without it"; fi; \
 	fi
-	cmake --build $(BUILD) -j$(JOBS) --target bench_gemm bench_quant bench_train
+	cmake --build $(BUILD) -j$(JOBS) --target bench_gemm bench_kernels bench_quant bench_train
 	@mkdir -p bench/results
 	./$(BUILD)/bench/bench_gemm $(BENCH_ARGS)
+	./$(BUILD)/bench/bench_kernels
 	./$(BUILD)/bench/bench_quant
 	./$(BUILD)/bench/bench_train all
 

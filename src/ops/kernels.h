@@ -32,6 +32,13 @@ void tnn__k_rms_norm(const float *x, const float *gamma, float *y, int64_t rows,
 void tnn__k_rms_norm_back(const float *dy, const float *x, float *dx, int64_t rows,
                           int64_t cols, double eps);
 
+/* Layer norm of each row (gamma, beta may be NULL), and the input gradient
+ * of the plain normalization given g = dL/dy. */
+void tnn__k_layer_norm(const float *x, const float *gamma, const float *beta, float *y,
+                       int64_t rows, int64_t cols, double eps);
+void tnn__k_layer_norm_back(const float *g, const float *x, float *dx, int64_t rows,
+                            int64_t cols, double eps);
+
 /* out (batch, cols, rows) = transpose of a (batch, rows, cols). */
 void tnn__k_transpose(const float *a, float *out, int64_t batch, int64_t rows, int64_t cols);
 

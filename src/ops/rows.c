@@ -1,6 +1,7 @@
 /* rows.c - ops that work on each row (the last dimension): softmax,
- * RMSNorm and their backward rules. Row sums are accumulated in double in
- * index order, so a row's result never depends on the thread split.
+ * RMSNorm and their backward rules. Row sums are accumulated in double in a
+ * fixed order of 8 lanes (vmath.h), so a row's result never depends on the
+ * thread split or the clone, and the loops vectorize.
  */
 #include "common.h"
 #include "vmath.h"
@@ -20,23 +21,15 @@ static int64_t min_rows(int64_t cols) { return 4096 / cols + 1; }
 /* Softmax                                                                  */
 /* ------------------------------------------------------------------------ */
 
-/* y[j] = e^(x[j] - mx), vectorized (vmath.h). */
-TNN_VEC_CLONES static void exp_shift(const float *x, float *y, int64_t n, float mx) {
-    for (int64_t j = 0; j < n; j++) y[j] = tnn_vexp(x[j] - mx);
-}
-
-static void softmax_range(void *p, int64_t lo, int64_t hi) {
+TNN_VEC_CLONES static void softmax_range(void *p, int64_t lo, int64_t hi) {
     const row_ctx *c = p;
     int64_t n = c->cols;
     for (int64_t r = lo; r < hi; r++) {
         const float *x = c->x + r * n;
         float *y = c->out + r * n;
-        float mx = x[0];
-        for (int64_t j = 1; j < n; j++) mx = x[j] > mx ? x[j] : mx;
-        exp_shift(x, y, n, mx);
-        double sum = 0.0;
-        for (int64_t j = 0; j < n; j++) sum += y[j];
-        float inv = (float)(1.0 / sum);
+        float mx = tnn_vmax(x, n);
+        for (int64_t j = 0; j < n; j++) y[j] = tnn_vexp(x[j] - mx);
+        float inv = (float)(1.0 / tnn_vsum_d(y, n));
         for (int64_t j = 0; j < n; j++) y[j] *= inv;
     }
 }
@@ -46,15 +39,13 @@ void tnn__k_softmax(const float *x, float *y, int64_t rows, int64_t cols) {
     tnn__parallel_for(rows, min_rows(cols), softmax_range, &c);
 }
 
-static void softmax_back_range(void *p, int64_t lo, int64_t hi) {
+TNN_VEC_CLONES static void softmax_back_range(void *p, int64_t lo, int64_t hi) {
     const row_ctx *c = p;
     int64_t n = c->cols;
     for (int64_t r = lo; r < hi; r++) {
         const float *dy = c->dy + r * n, *y = c->y + r * n;
         float *dx = c->out + r * n;
-        double dot = 0.0;
-        for (int64_t j = 0; j < n; j++) dot += (double)dy[j] * y[j];
-        float d = (float)dot;
+        float d = (float)tnn_vdot_d(dy, y, n);
         for (int64_t j = 0; j < n; j++) dx[j] = y[j] * (dy[j] - d);
     }
 }
@@ -68,17 +59,16 @@ void tnn__k_softmax_back(const float *dy, const float *y, float *dx, int64_t row
 /* RMSNorm                                                                  */
 /* ------------------------------------------------------------------------ */
 
-static void rms_norm_range(void *p, int64_t lo, int64_t hi) {
+TNN_VEC_CLONES static void rms_norm_range(void *p, int64_t lo, int64_t hi) {
     const row_ctx *c = p;
     int64_t n = c->cols;
     for (int64_t r = lo; r < hi; r++) {
         const float *x = c->x + r * n;
         float *y = c->out + r * n;
-        double ss = 0.0;
-        for (int64_t j = 0; j < n; j++) ss += (double)x[j] * x[j];
-        float scale = (float)(1.0 / sqrt(ss / (double)n + c->eps));
+        float scale = (float)(1.0 / sqrt(tnn_vdot_d(x, x, n) / (double)n + c->eps));
         if (c->gamma) {
-            for (int64_t j = 0; j < n; j++) y[j] = (x[j] * scale) * c->gamma[j];
+            const float *g = c->gamma;
+            for (int64_t j = 0; j < n; j++) y[j] = (x[j] * scale) * g[j];
         } else {
             for (int64_t j = 0; j < n; j++) y[j] = x[j] * scale;
         }
@@ -93,17 +83,13 @@ void tnn__k_rms_norm(const float *x, const float *gamma, float *y, int64_t rows,
 
 /* y = x * r with r = (mean(x^2) + eps)^-1/2:
  * dx_i = r * dy_i - r^3 * x_i * sum_j(dy_j x_j) / n */
-static void rms_norm_back_range(void *p, int64_t lo, int64_t hi) {
+TNN_VEC_CLONES static void rms_norm_back_range(void *p, int64_t lo, int64_t hi) {
     const row_ctx *c = p;
     int64_t n = c->cols;
     for (int64_t r = lo; r < hi; r++) {
         const float *x = c->x + r * n, *dy = c->dy + r * n;
         float *dx = c->out + r * n;
-        double ss = 0.0, dot = 0.0;
-        for (int64_t j = 0; j < n; j++) {
-            ss += (double)x[j] * x[j];
-            dot += (double)dy[j] * x[j];
-        }
+        double ss = tnn_vdot_d(x, x, n), dot = tnn_vdot_d(dy, x, n);
         double rr = 1.0 / sqrt(ss / (double)n + c->eps);
         float a = (float)rr, b = (float)(rr * rr * rr * dot / (double)n);
         for (int64_t j = 0; j < n; j++) dx[j] = a * dy[j] - b * x[j];

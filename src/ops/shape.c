@@ -2,6 +2,7 @@
  * permute, concat and narrow, each with its gradient rule.
  */
 #include "common.h"
+#include "vmath.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -18,55 +19,66 @@ typedef struct {
     double eps;
 } ln_ctx;
 
-static void row_stats(const float *x, int64_t n, double eps, double *mean, double *rstd) {
-    double m = 0, v = 0;
-    for (int64_t j = 0; j < n; j++) m += x[j];
-    m /= (double)n;
-    for (int64_t j = 0; j < n; j++) v += ((double)x[j] - m) * ((double)x[j] - m);
+/* Mean and 1/sqrt(var + eps) of a row, with the fixed-order lane sums of
+ * vmath.h (two passes: the variance is taken about the mean). */
+static inline __attribute__((always_inline)) void row_stats(const float *x, int64_t n, double eps,
+                                                           double *mean, double *rstd) {
+    double m = tnn_vsum_d(x, n) / (double)n;
     *mean = m;
-    *rstd = 1.0 / sqrt(v / (double)n + eps);
+    *rstd = 1.0 / sqrt(tnn_vsqdev_d(x, m, n) / (double)n + eps);
 }
 
-static void ln_range(void *p, int64_t lo, int64_t hi) {
+TNN_VEC_CLONES static void ln_range(void *p, int64_t lo, int64_t hi) {
     const ln_ctx *c = p;
     int64_t n = c->cols;
+    const float *ga = c->gamma, *be = c->beta;
     for (int64_t r = lo; r < hi; r++) {
         const float *x = c->x + r * n;
         float *y = c->out + r * n;
         double mean, rstd;
         row_stats(x, n, c->eps, &mean, &rstd);
         float m = (float)mean, rs = (float)rstd;
-        for (int64_t j = 0; j < n; j++) {
-            float v = (x[j] - m) * rs;
-            if (c->gamma) v *= c->gamma[j];
-            if (c->beta) v += c->beta[j];
-            y[j] = v;
-        }
+        if (ga && be)
+            for (int64_t j = 0; j < n; j++) y[j] = ((x[j] - m) * rs) * ga[j] + be[j];
+        else if (ga)
+            for (int64_t j = 0; j < n; j++) y[j] = ((x[j] - m) * rs) * ga[j];
+        else if (be)
+            for (int64_t j = 0; j < n; j++) y[j] = ((x[j] - m) * rs) + be[j];
+        else
+            for (int64_t j = 0; j < n; j++) y[j] = (x[j] - m) * rs;
     }
 }
 
 /* y = xhat with xhat = (x - mean) rstd; given g = dL/dy:
- * dx = rstd (g - mean(g) - xhat mean(g xhat)) */
-static void ln_back_range(void *p, int64_t lo, int64_t hi) {
+ * dx = rstd (g - mean(g) - xhat mean(g xhat)), where
+ * mean(g xhat) = rstd (sum(g x) - mean sum(g)) / n. */
+TNN_VEC_CLONES static void ln_back_range(void *p, int64_t lo, int64_t hi) {
     const ln_ctx *c = p;
     int64_t n = c->cols;
     for (int64_t r = lo; r < hi; r++) {
         const float *x = c->x + r * n, *g = c->g + r * n;
         float *dx = c->out + r * n;
-        double mean, rstd, mg = 0, mgx = 0;
+        double mean, rstd;
         row_stats(x, n, c->eps, &mean, &rstd);
+        double sg = tnn_vsum_d(g, n), sgx = tnn_vdot_d(g, x, n);
+        double mg = sg / (double)n, mgx = rstd * (sgx - mean * sg) / (double)n;
         for (int64_t j = 0; j < n; j++) {
             double xh = ((double)x[j] - mean) * rstd;
-            mg += g[j];
-            mgx += g[j] * xh;
-        }
-        mg /= (double)n;
-        mgx /= (double)n;
-        for (int64_t j = 0; j < n; j++) {
-            double xh = ((double)x[j] - mean) * rstd;
-            dx[j] = (float)(rstd * (g[j] - mg - xh * mgx));
+            dx[j] = (float)(rstd * (((double)g[j] - mg) - xh * mgx));
         }
     }
+}
+
+void tnn__k_layer_norm(const float *x, const float *gamma, const float *beta, float *y,
+                       int64_t rows, int64_t cols, double eps) {
+    ln_ctx c = {.x = x, .gamma = gamma, .beta = beta, .out = y, .cols = cols, .eps = eps};
+    tnn__parallel_for(rows, 4096 / cols + 1, ln_range, &c);
+}
+
+void tnn__k_layer_norm_back(const float *g, const float *x, float *dx, int64_t rows,
+                            int64_t cols, double eps) {
+    ln_ctx c = {.g = g, .x = x, .out = dx, .cols = cols, .eps = eps};
+    tnn__parallel_for(rows, 4096 / cols + 1, ln_back_range, &c);
 }
 
 static int check_gain(tnn_session *s, const tnn_tensor *x, tnn_tensor *v, const char *name,
@@ -95,17 +107,15 @@ tnn_tensor *tnn_layer_norm(tnn_session *s, tnn_tensor *x, tnn_tensor *gamma, tnn
 }
 
 int tnn__fwd_layer_norm(tnn_tensor *t) {
-    ln_ctx c = {.x = CF32(t->src[0]), .gamma = t->src[1] ? CF32(t->src[1]) : NULL,
-                .beta = t->src[2] ? CF32(t->src[2]) : NULL, .out = F32(t),
-                .cols = last_dim(t), .eps = t->fparam[0]};
-    tnn__parallel_for(n_rows(t), 4096 / c.cols + 1, ln_range, &c);
+    tnn__k_layer_norm(CF32(t->src[0]), t->src[1] ? CF32(t->src[1]) : NULL,
+                      t->src[2] ? CF32(t->src[2]) : NULL, F32(t), n_rows(t), last_dim(t),
+                      t->fparam[0]);
     return TNN_OK;
 }
 
 int tnn__fwd_layer_norm_back(tnn_tensor *t) {
-    ln_ctx c = {.g = CF32(t->src[0]), .x = CF32(t->src[1]), .out = F32(t), .cols = last_dim(t),
-                .eps = t->fparam[0]};
-    tnn__parallel_for(n_rows(t), 4096 / c.cols + 1, ln_back_range, &c);
+    tnn__k_layer_norm_back(CF32(t->src[0]), CF32(t->src[1]), F32(t), n_rows(t), last_dim(t),
+                           t->fparam[0]);
     return TNN_OK;
 }
 

@@ -104,4 +104,65 @@ static inline float tnn_vtanh(float u) {
 /* 1 / (1 + e^-x); 0 for x < -88.7, 1 for x > 17. */
 static inline float tnn_vsigmoid(float x) { return 1.0f / (1.0f + tnn_vexp(-x)); }
 
+/* ------------------------------------------------------------------------ */
+/* Row reductions in a fixed order                                          */
+/* ------------------------------------------------------------------------ */
+
+/* Element j goes to lane j % 8; each lane adds in ascending j (in double);
+ * the lanes are then combined as ((l0 + l1) + (l2 + l3)) + ((l4 + l5) +
+ * (l6 + l7)). The order depends on n only, so a row's result is the same in
+ * every build, clone and thread split, and the loops vectorize. */
+#define TNN_LANES8_REDUCE(a) (((a)[0] + (a)[1]) + ((a)[2] + (a)[3])) + (((a)[4] + (a)[5]) + ((a)[6] + (a)[7]))
+
+/* sum x[j] */
+static inline __attribute__((always_inline)) double tnn_vsum_d(const float *x, int64_t n) {
+    double a[8] = {0};
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int k = 0; k < 8; k++) a[k] += (double)x[j + k];
+    for (int k = 0; j + k < n; k++) a[k] += (double)x[j + k];
+    return TNN_LANES8_REDUCE(a);
+}
+
+/* sum x[j] y[j] (y = x: the sum of squares) */
+static inline __attribute__((always_inline)) double tnn_vdot_d(const float *x, const float *y,
+                                                               int64_t n) {
+    double a[8] = {0};
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int k = 0; k < 8; k++) a[k] += (double)x[j + k] * (double)y[j + k];
+    for (int k = 0; j + k < n; k++) a[k] += (double)x[j + k] * (double)y[j + k];
+    return TNN_LANES8_REDUCE(a);
+}
+
+/* sum (x[j] - m)^2 */
+static inline __attribute__((always_inline)) double tnn_vsqdev_d(const float *x, double m,
+                                                                 int64_t n) {
+    double a[8] = {0};
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int k = 0; k < 8; k++) {
+            double d = (double)x[j + k] - m;
+            a[k] += d * d;
+        }
+    for (int k = 0; j + k < n; k++) {
+        double d = (double)x[j + k] - m;
+        a[k] += d * d;
+    }
+    return TNN_LANES8_REDUCE(a);
+}
+
+/* The largest x[j] (n >= 1; NaNs are skipped unless x[0] is one). */
+static inline __attribute__((always_inline)) float tnn_vmax(const float *x, int64_t n) {
+    float m[8];
+    for (int k = 0; k < 8; k++) m[k] = x[0];
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int k = 0; k < 8; k++) m[k] = tnn__sel(x[j + k] > m[k], x[j + k], m[k]);
+    for (int k = 0; j + k < n; k++) m[k] = tnn__sel(x[j + k] > m[k], x[j + k], m[k]);
+    float r = m[0];
+    for (int k = 1; k < 8; k++) r = tnn__sel(m[k] > r, m[k], r);
+    return r;
+}
+
 #endif

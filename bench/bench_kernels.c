@@ -1,0 +1,462 @@
+/* bench_kernels.c - the memory-bound kernels against bandwidth measured in
+ * the same run, and the fixed cost of small calls:
+ *
+ *   matrix-vector  f32 products with 1-8 rows (the GEMM's skinny path), GB/s
+ *                  of the matrix streamed, against the triad of the same
+ *                  thread count (the matrices rotate through >= 256 MiB so
+ *                  they come from memory, as a model's weights do);
+ *   element-wise   add, mul, scale, gelu, silu and their backwards, GB/s of
+ *                  the arrays read and written (16 Mi floats each);
+ *   row kernels    softmax, rms_norm, layer norm and backwards on 16384 x
+ *                  1024 rows, GB/s read and written;
+ *   overhead       the one-call f64 functions on 64 x 64: microseconds per
+ *                  call, and what is left after the f64<->f32 conversion and
+ *                  the kernel itself; a 6-node graph on 64 x 64 data:
+ *                  microseconds per tnn_compute, and per realize + compute.
+ *
+ * Bandwidth baselines (same run, same thread count): the triad a = b + 3 c
+ * (2 reads, 1 write) and a copy. Prints a table and writes JSON.
+ * Usage: bench_kernels [--reps N] [--threads 1|2] [--quick] [--out FILE]
+ */
+#include "cpu/pool.h"
+#include "ops/kernels.h"
+#include "tinynn.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef TNN_BENCH_RESULTS
+#define TNN_BENCH_RESULTS "bench/results"
+#endif
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void *xalloc(size_t n) {
+    void *p = aligned_alloc(64, (n + 63) & ~(size_t)63);
+    if (!p) {
+        fprintf(stderr, "bench_kernels: out of memory (%zu bytes)\n", n);
+        exit(1);
+    }
+    return p;
+}
+
+static float *falloc_fill(size_t n, unsigned seed) {
+    float *p = xalloc(n * sizeof *p);
+    uint32_t x = seed * 2654435761u + 1;
+    for (size_t i = 0; i < n; i++) {
+        x = x * 1664525u + 1013904223u;
+        p[i] = (float)((int32_t)(x >> 8) - (1 << 23)) / (float)(1 << 23);
+    }
+    return p;
+}
+
+static int g_reps = 7;
+
+typedef struct {
+    double best, median;
+} stat2;
+
+/* Best and median of g_reps runs of fn(ctx), each a rate = amount / seconds. */
+static stat2 measure(void (*fn)(void *), void *ctx, double amount) {
+    double *r = calloc((size_t)g_reps, sizeof *r);
+    fn(ctx); /* warm */
+    for (int i = 0; i < g_reps; i++) {
+        double t0 = now();
+        fn(ctx);
+        r[i] = amount / (now() - t0);
+    }
+    qsort(r, (size_t)g_reps, sizeof *r, cmp_double);
+    stat2 s = {r[g_reps - 1], r[g_reps / 2]};
+    free(r);
+    return s;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Bandwidth baselines                                                      */
+/* ------------------------------------------------------------------------ */
+
+#define BIG ((int64_t)1 << 24) /* floats per array: 64 MiB */
+
+typedef struct {
+    float *a, *b, *c;
+} arrays3;
+
+static void triad_range(void *p, int64_t lo, int64_t hi) {
+    arrays3 *t = p;
+    for (int64_t i = lo; i < hi; i++) t->a[i] = t->b[i] + 3.0f * t->c[i];
+}
+static void triad(void *p) { tnn__parallel_for(BIG, 1 << 16, triad_range, p); }
+
+static void copy_range(void *p, int64_t lo, int64_t hi) {
+    arrays3 *t = p;
+    memcpy(t->a + lo, t->b + lo, (size_t)(hi - lo) * sizeof(float));
+}
+static void copy(void *p) { tnn__parallel_for(BIG, 1 << 16, copy_range, p); }
+
+/* ------------------------------------------------------------------------ */
+/* Rows of the table                                                        */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    char group[16], name[48];
+    int threads;
+    stat2 v;           /* GB/s, or microseconds for "overhead" rows (best = lowest) */
+    double ratio;      /* to the triad (GB/s rows), or < 0 */
+    double target;     /* the floor for the ratio, or < 0 */
+    const char *unit;  /* "GB/s" or "us" */
+} row;
+
+static row rows[256];
+static int nrows;
+
+static void add_row(const char *group, const char *name, int threads, stat2 v, double triad_b,
+                    double target, const char *unit) {
+    if (nrows == 256) return;
+    row *r = &rows[nrows++];
+    snprintf(r->group, sizeof r->group, "%s", group);
+    snprintf(r->name, sizeof r->name, "%s", name);
+    r->threads = threads;
+    r->v = v;
+    r->ratio = triad_b > 0 ? v.best / triad_b : -1;
+    r->target = target;
+    r->unit = unit;
+    if (triad_b > 0)
+        printf("%-10s %-34s %d | %7.2f / %7.2f %-4s | %5.2f of triad%s\n", group, name, threads,
+               v.best, v.median, unit, r->ratio,
+               target > 0 ? (r->ratio >= target ? "  (target met)" : "  (BELOW TARGET)") : "");
+    else
+        printf("%-10s %-34s %d | %7.2f / %7.2f %-4s%s\n", group, name, threads, v.best, v.median,
+               unit,
+               target > 0 ? (v.best <= target ? "  (target met)" : "  (ABOVE TARGET)") : "");
+    fflush(stdout);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Matrix-vector                                                            */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    int M, K, N;
+    bool tb;
+    int copies;
+    float **W, *x, *y;
+} mv_ctx;
+
+static void mv_run(void *p) {
+    mv_ctx *c = p;
+    for (int i = 0; i < c->copies; i++)
+        tnn__gemm_f32(false, c->tb, c->M, c->N, c->K, c->x, c->K, c->W[i], c->tb ? c->K : c->N,
+                      c->y, c->N);
+}
+
+static void bench_matvec(int threads, double triad_b, bool quick) {
+    static const int shapes[][3] = {{1, 576, 1536}, {1, 4096, 4096}, {8, 4096, 4096}};
+    for (int s = 0; s < 3; s++) {
+        for (int tb = 1; tb >= 0; tb--) {
+            if (quick && tb == 0) continue;
+            mv_ctx c = {.M = shapes[s][0], .K = shapes[s][1], .N = shapes[s][2], .tb = tb};
+            size_t wn = (size_t)c.K * c.N;
+            c.copies = (int)(((size_t)256 << 20) / (wn * 4)) + 1;
+            c.W = malloc(sizeof(float *) * (size_t)c.copies);
+            for (int i = 0; i < c.copies; i++) c.W[i] = falloc_fill(wn, 10 + (unsigned)i);
+            c.x = falloc_fill((size_t)c.M * c.K, 3);
+            c.y = falloc_fill((size_t)c.M * c.N, 4);
+            char name[48];
+            snprintf(name, sizeof name, "%dx%dx%d %s", c.M, c.K, c.N, tb ? "NT (W rows)" : "NN");
+            stat2 v = measure(mv_run, &c, (double)wn * 4 * c.copies / 1e9);
+            add_row("matvec", name, threads, v, triad_b, 0.8, "GB/s");
+            for (int i = 0; i < c.copies; i++) free(c.W[i]);
+            free(c.W), free(c.x), free(c.y);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Element-wise and row kernels                                             */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    int which;
+    float *a, *b, *c, *g;
+} ew_ctx;
+
+enum { EW_ADD, EW_MUL, EW_SCALE, EW_GELU, EW_SILU, EW_GELU_B, EW_SILU_B, EW_N };
+static const char *const ew_names[EW_N] = {"add",  "mul",       "scale",    "gelu",
+                                           "silu", "gelu_back", "silu_back"};
+static const int ew_arrays[EW_N] = {3, 3, 2, 2, 2, 3, 3}; /* arrays read + written */
+
+static void ew_run(void *p) {
+    ew_ctx *c = p;
+    switch (c->which) {
+    case EW_ADD: tnn__k_binary(TNN_BIN_ADD, c->a, c->b, c->c, BIG); break;
+    case EW_MUL: tnn__k_binary(TNN_BIN_MUL, c->a, c->b, c->c, BIG); break;
+    case EW_SCALE: tnn__k_scale(c->a, 0.5f, c->c, BIG); break;
+    case EW_GELU: tnn__k_gelu(c->a, c->c, BIG); break;
+    case EW_SILU: tnn__k_silu(c->a, c->c, BIG); break;
+    case EW_GELU_B: tnn__k_gelu_back(c->a, c->b, c->c, BIG); break;
+    case EW_SILU_B: tnn__k_silu_back(c->a, c->b, c->c, BIG); break;
+    }
+}
+
+#define ROWS 16384
+#define COLS 1024
+
+enum { RK_SOFTMAX, RK_SOFTMAX_B, RK_RMS, RK_RMS_B, RK_LN, RK_LN_B, RK_N };
+static const char *const rk_names[RK_N] = {"softmax",  "softmax_back", "rms_norm",
+                                           "rms_norm_back", "layer_norm", "layer_norm_back"};
+static const int rk_arrays[RK_N] = {2, 3, 2, 3, 2, 3};
+
+typedef struct {
+    int which;
+    float *a, *b, *c, *gamma;
+} rk_ctx;
+
+static void rk_run(void *p) {
+    rk_ctx *c = p;
+    switch (c->which) {
+    case RK_SOFTMAX: tnn__k_softmax(c->a, c->c, ROWS, COLS); break;
+    case RK_SOFTMAX_B: tnn__k_softmax_back(c->b, c->a, c->c, ROWS, COLS); break;
+    case RK_RMS: tnn__k_rms_norm(c->a, c->gamma, c->c, ROWS, COLS, 1e-5); break;
+    case RK_RMS_B: tnn__k_rms_norm_back(c->b, c->a, c->c, ROWS, COLS, 1e-5); break;
+    case RK_LN: tnn__k_layer_norm(c->a, c->gamma, c->gamma, c->c, ROWS, COLS, 1e-5); break;
+    default: tnn__k_layer_norm_back(c->b, c->a, c->c, ROWS, COLS, 1e-5); break;
+    }
+}
+
+static void bench_memory_kernels(int threads, double triad_b) {
+    ew_ctx e = {.a = falloc_fill(BIG, 1), .b = falloc_fill(BIG, 2), .c = falloc_fill(BIG, 3)};
+    for (int w = 0; w < EW_N; w++) {
+        e.which = w;
+        stat2 v = measure(ew_run, &e, (double)BIG * 4 * ew_arrays[w] / 1e9);
+        add_row("eltwise", ew_names[w], threads, v, triad_b, 0.7, "GB/s");
+    }
+    rk_ctx r = {.a = e.a, .b = e.b, .c = e.c, .gamma = falloc_fill(COLS, 5)};
+    for (int w = 0; w < RK_N; w++) {
+        r.which = w;
+        double bytes = (double)ROWS * COLS * 4 * rk_arrays[w];
+        stat2 v = measure(rk_run, &r, bytes / 1e9);
+        add_row("rows", rk_names[w], threads, v, triad_b, 0.7, "GB/s");
+    }
+    free(e.a), free(e.b), free(e.c), free(r.gamma);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Fixed cost of small calls                                                */
+/* ------------------------------------------------------------------------ */
+
+#define SMALL 64
+#define CALLS 2000
+
+typedef struct {
+    int which;
+    double *a, *b, *out;
+    float *fa, *fb, *fo;
+} oc_ctx;
+
+enum { OC_ADD, OC_GELU, OC_SOFTMAX, OC_MATMUL, OC_N };
+static const char *const oc_names[OC_N] = {"tnn_mat_add", "tnn_mat_gelu", "tnn_mat_softmax",
+                                           "tnn_mat_matmul"};
+
+/* The whole one-call function, CALLS times. */
+static void oc_call(void *p) {
+    oc_ctx *c = p;
+    for (int i = 0; i < CALLS; i++) {
+        switch (c->which) {
+        case OC_ADD: tnn_mat_add(c->a, c->b, SMALL, SMALL, c->out); break;
+        case OC_GELU: tnn_mat_gelu(c->a, SMALL, SMALL, c->out); break;
+        case OC_SOFTMAX: tnn_mat_softmax(c->a, SMALL, SMALL, c->out); break;
+        case OC_MATMUL: tnn_mat_matmul(c->a, SMALL, SMALL, c->b, SMALL, SMALL, c->out); break;
+        }
+    }
+}
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define VEC_CLONES __attribute__((target_clones("avx2", "default"), optimize("O3")))
+#else
+#define VEC_CLONES
+#endif
+
+VEC_CLONES static void narrow_b(float *restrict d, const double *restrict s, int n) {
+    for (int j = 0; j < n; j++) d[j] = (float)s[j];
+}
+VEC_CLONES static void widen_b(double *restrict d, const float *restrict s, int n) {
+    for (int j = 0; j < n; j++) d[j] = (double)s[j];
+}
+
+/* What the call cannot avoid: narrowing its inputs, the f32 kernel, and
+ * widening the result (vectorized loops), CALLS times. */
+static void oc_floor(void *p) {
+    oc_ctx *c = p;
+    const int n = SMALL * SMALL;
+    for (int i = 0; i < CALLS; i++) {
+        narrow_b(c->fa, c->a, n);
+        if (c->which == OC_ADD || c->which == OC_MATMUL) narrow_b(c->fb, c->b, n);
+        switch (c->which) {
+        case OC_ADD: tnn__k_binary(TNN_BIN_ADD, c->fa, c->fb, c->fo, n); break;
+        case OC_GELU: tnn__k_gelu(c->fa, c->fo, n); break;
+        case OC_SOFTMAX: tnn__k_softmax(c->fa, c->fo, SMALL, SMALL); break;
+        case OC_MATMUL:
+            tnn__gemm_f32(false, false, SMALL, SMALL, SMALL, c->fa, SMALL, c->fb, SMALL, c->fo,
+                          SMALL);
+            break;
+        }
+        widen_b(c->out, c->fo, n);
+    }
+}
+
+typedef struct {
+    tnn_session *s;
+    tnn_tensor *root;
+    bool realize;
+} graph_ctx;
+
+static void graph_run(void *p) {
+    graph_ctx *g = p;
+    for (int i = 0; i < CALLS; i++) {
+        if (g->realize) tnn_realize(g->s, g->root);
+        tnn_compute(g->s);
+    }
+}
+
+static void bench_overhead(int threads) {
+    const int n = SMALL * SMALL;
+    oc_ctx c = {.a = xalloc(n * sizeof(double)), .b = xalloc(n * sizeof(double)),
+                .out = xalloc(n * sizeof(double)), .fa = falloc_fill(n, 1),
+                .fb = falloc_fill(n, 2), .fo = falloc_fill(n, 3)};
+    for (int j = 0; j < n; j++) c.a[j] = c.fa[j], c.b[j] = c.fb[j];
+    for (int w = 0; w < OC_N; w++) {
+        c.which = w;
+        /* rates in calls per microsecond; report microseconds per call */
+        stat2 call = measure(oc_call, &c, CALLS / 1e6), floor = measure(oc_floor, &c, CALLS / 1e6);
+        stat2 us = {1.0 / call.best, 1.0 / call.median};
+        char name[48];
+        snprintf(name, sizeof name, "%s 64x64", oc_names[w]);
+        add_row("call", name, threads, us, 0, -1, "us");
+        stat2 over = {1.0 / call.best - 1.0 / floor.best, 1.0 / call.median - 1.0 / floor.median};
+        snprintf(name, sizeof name, "%s overhead", oc_names[w]);
+        add_row("call", name, threads, over, 0, 5.0, "us");
+    }
+    free(c.a), free(c.b), free(c.out), free(c.fa), free(c.fb), free(c.fo);
+
+    /* a 6-node graph: y = softmax(gelu(x @ w + b) * x) + x on 64 x 64 */
+    graph_ctx g = {.s = tnn_session_new(0)};
+    tnn_tensor *x = tnn_input_2d_f32(g.s, SMALL, SMALL), *w = tnn_input_2d_f32(g.s, SMALL, SMALL);
+    tnn_tensor *b = tnn_input_1d_f32(g.s, SMALL);
+    g.root = tnn_add(g.s, tnn_softmax(g.s, tnn_mul(g.s, tnn_gelu(g.s, tnn_add(g.s,
+                                                   tnn_matmul_nn(g.s, x, w), b)), x)), x);
+    if (!g.root || tnn_realize(g.s, g.root)) {
+        fprintf(stderr, "bench_kernels: graph: %s\n", tnn_last_error());
+        exit(1);
+    }
+    stat2 r = measure(graph_run, &g, CALLS / 1e6);
+    add_row("graph", "6 nodes 64x64: tnn_compute", threads, (stat2){1 / r.best, 1 / r.median},
+            0, -1, "us");
+    g.realize = true;
+    r = measure(graph_run, &g, CALLS / 1e6);
+    add_row("graph", "6 nodes 64x64: realize + compute", threads,
+            (stat2){1 / r.best, 1 / r.median}, 0, -1, "us");
+    tnn_session_free(g.s);
+}
+
+/* ------------------------------------------------------------------------ */
+/* JSON                                                                     */
+/* ------------------------------------------------------------------------ */
+
+static int mkdirs(const char *path) {
+    char buf[1024];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0755) && errno != EEXIST) return -1;
+        *p = '/';
+    }
+    return 0;
+}
+
+static void write_json(const char *path, const double *triad_b, const double *copy_b) {
+    FILE *f = mkdirs(path) ? NULL : fopen(path, "w");
+    if (!f) {
+        fprintf(stderr, "cannot write %s\n", path);
+        return;
+    }
+    char host[256] = "?", date[64];
+    gethostname(host, sizeof host);
+    time_t t = time(NULL);
+    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));
+    fprintf(f, "{\n  \"bench\": \"kernels\",\n  \"date\": \"%s\",\n  \"host\": \"%s\",\n", date,
+            host);
+    fprintf(f, "  \"reps\": %d,\n  \"triad_gbs\": {\"1\": %.2f, \"2\": %.2f},\n", g_reps,
+            triad_b[1], triad_b[2]);
+    fprintf(f, "  \"copy_gbs\": {\"1\": %.2f, \"2\": %.2f},\n  \"results\": [\n", copy_b[1],
+            copy_b[2]);
+    for (int i = 0; i < nrows; i++) {
+        const row *r = &rows[i];
+        fprintf(f, "    {\"group\": \"%s\", \"name\": \"%s\", \"threads\": %d, \"unit\": \"%s\", "
+                   "\"best\": %.3f, \"median\": %.3f",
+                r->group, r->name, r->threads, r->unit, r->v.best, r->v.median);
+        if (r->ratio >= 0) fprintf(f, ", \"ratio_to_triad\": %.3f", r->ratio);
+        if (r->target > 0) fprintf(f, ", \"target\": %.2f", r->target);
+        fprintf(f, "}%s\n", i + 1 < nrows ? "," : "");
+    }
+    fprintf(f, "  ]\n}\n");
+    fclose(f);
+    printf("\nwrote %s\n", path);
+}
+
+int main(int argc, char **argv) {
+    const char *out = TNN_BENCH_RESULTS "/kernels.json";
+    int only = 0;
+    bool quick = false;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--reps") && i + 1 < argc) g_reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) only = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--out") && i + 1 < argc) out = argv[++i];
+        else if (!strcmp(argv[i], "--quick")) quick = true;
+        else {
+            fprintf(stderr, "usage: %s [--reps N] [--threads 1|2] [--quick] [--out FILE]\n",
+                    argv[0]);
+            return 2;
+        }
+    }
+    if (g_reps < 3) g_reps = 3;
+    if (g_reps > 50) g_reps = 50;
+    double triad_b[3] = {0}, copy_b[3] = {0};
+    printf("tinynn kernel bench: best / median of %d repetitions; ratios use the best triad of "
+           "the same thread count\n\n",
+           g_reps);
+    for (int t = 1; t <= 2; t++) {
+        if (only && t != only) continue;
+        tnn_set_num_threads(t);
+        arrays3 a = {falloc_fill(BIG, 1), falloc_fill(BIG, 2), falloc_fill(BIG, 3)};
+        stat2 tr = measure(triad, &a, (double)BIG * 12 / 1e9);
+        stat2 cp = measure(copy, &a, (double)BIG * 8 / 1e9);
+        free(a.a), free(a.b), free(a.c);
+        triad_b[t] = tr.best, copy_b[t] = cp.best;
+        printf("%d thread%s: triad %.2f / %.2f GB/s, copy %.2f / %.2f GB/s\n", t, t > 1 ? "s" : "",
+               tr.best, tr.median, cp.best, cp.median);
+        bench_matvec(t, tr.best, quick);
+        bench_memory_kernels(t, tr.best);
+        bench_overhead(t);
+        printf("\n");
+    }
+    tnn_set_num_threads(0);
+    write_json(out, triad_b, copy_b);
+    return 0;
+}
