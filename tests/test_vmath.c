@@ -207,7 +207,43 @@ out:
     free(x), free(g), free(si);
 }
 
+/* The fixed-order row reductions: the max equals a plain scan (NaN comes
+ * out), the sums are within double rounding of the exact value and follow
+ * the documented lane order exactly. */
+static void test_reductions(void) {
+    float x[301];
+    th_seed(5);
+    for (int n = 1; n <= 301; n += (n < 40 ? 1 : 37)) {
+        for (int i = 0; i < n; i++) x[i] = (float)th_sym(100.0) - 50.0f;
+        float m = x[0];
+        for (int i = 1; i < n; i++) m = x[i] > m ? x[i] : m;
+        CHECK(tnn_vmax(x, n) == m, "n=%d: max %g, want %g", n, tnn_vmax(x, n), m);
+        double lanes[8] = {0}, exact = 0, sq[8] = {0};
+        for (int i = 0; i < n; i++) {
+            lanes[i % 8] += (double)x[i];
+            sq[i % 8] += (double)x[i] * (double)x[i];
+            exact += (double)x[i];
+        }
+        double want = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
+                      ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+        double want2 = ((sq[0] + sq[1]) + (sq[2] + sq[3])) + ((sq[4] + sq[5]) + (sq[6] + sq[7]));
+        CHECK(tnn_vsum_d(x, n) == want, "n=%d: sum not in lane order", n);
+        CHECK(tnn_vdot_d(x, x, n) == want2, "n=%d: sum of squares not in lane order", n);
+        CHECK(fabs(tnn_vsum_d(x, n) - exact) <= 1e-9 * (1 + fabs(exact)), "n=%d: sum off", n);
+    }
+    /* all negative, signed zeros, infinities, NaN */
+    float neg[5] = {-3, -1, -7, -2, -9};
+    CHECK(tnn_vmax(neg, 5) == -1.0f, "all-negative max %g", tnn_vmax(neg, 5));
+    float z[3] = {-0.0f, 0.0f, -0.0f};
+    CHECK(tnn_vmax(z, 3) == 0.0f && !signbit(tnn_vmax(z, 3)), "max of signed zeros");
+    float inf[4] = {-INFINITY, 1, INFINITY, 2};
+    CHECK(tnn_vmax(inf, 4) == INFINITY, "max with +inf");
+    float nan[11] = {1, 2, 3, 4, 5, 6, 7, 8, NAN, 10, 11};
+    CHECK(isnan(tnn_vmax(nan, 11)), "a NaN in the row comes out of the max");
+}
+
 int main(void) {
+    test_reductions();
     test_edges();
     test_sweeps();
     test_ops();

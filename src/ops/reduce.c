@@ -275,9 +275,10 @@ TNN_VEC_CLONES static void exp_shift(const float *x, float *y, int64_t n, float 
     for (; j < n; j++) y[j] = tnn_vexp(x[j] - mx);
 }
 
+TNN_VEC_CLONES static float row_max(const float *x, int64_t V) { return tnn_vmax(x, V); }
+
 static double row_lse(const float *x, int64_t V) {
-    float mx = x[0];
-    for (int64_t j = 1; j < V; j++) mx = x[j] > mx ? x[j] : mx;
+    float mx = row_max(x, V);
     double sum = 0.0;
     float b[CE_BLK];
     for (int64_t j = 0; j < V; j += CE_BLK) {
@@ -323,8 +324,7 @@ static void ce_back_range(void *p, int64_t lo, int64_t hi) {
             continue;
         }
         /* softmax with the forward's exp, scaled by dloss/count */
-        float mx = x[0];
-        for (int64_t j = 1; j < c->V; j++) mx = x[j] > mx ? x[j] : mx;
+        float mx = row_max(x, c->V);
         exp_shift(x, d, c->V, mx);
         double sum = 0.0;
         for (int64_t j = 0; j < c->V; j++) sum += d[j];

@@ -152,17 +152,31 @@ static inline __attribute__((always_inline)) double tnn_vsqdev_d(const float *x,
     return TNN_LANES8_REDUCE(a);
 }
 
-/* The largest x[j] (n >= 1; NaNs are skipped unless x[0] is one). */
+/* The largest x[j] (n >= 1), found on integer keys that order floats as
+ * numbers (bits ^ 0x7fffffff when the sign is set), which vectorize as an
+ * integer max. A positive NaN is larger than everything, so it comes out
+ * as the maximum (and then spreads through softmax); -0 ranks below +0. */
+static inline __attribute__((always_inline)) int32_t tnn__fkey(float f) {
+    int32_t b = (int32_t)tnn__f32_bits(f);
+    return b ^ ((b >> 31) & 0x7fffffff);
+}
+
 static inline __attribute__((always_inline)) float tnn_vmax(const float *x, int64_t n) {
-    float m[8];
-    for (int k = 0; k < 8; k++) m[k] = x[0];
+    int32_t m[8];
+    for (int k = 0; k < 8; k++) m[k] = tnn__fkey(x[0]);
     int64_t j = 0;
     for (; j + 8 <= n; j += 8)
-        for (int k = 0; k < 8; k++) m[k] = tnn__sel(x[j + k] > m[k], x[j + k], m[k]);
-    for (int k = 0; j + k < n; k++) m[k] = tnn__sel(x[j + k] > m[k], x[j + k], m[k]);
-    float r = m[0];
-    for (int k = 1; k < 8; k++) r = tnn__sel(m[k] > r, m[k], r);
-    return r;
+        for (int k = 0; k < 8; k++) {
+            int32_t v = tnn__fkey(x[j + k]);
+            m[k] = v > m[k] ? v : m[k];
+        }
+    for (int k = 0; j + k < n; k++) {
+        int32_t v = tnn__fkey(x[j + k]);
+        m[k] = v > m[k] ? v : m[k];
+    }
+    int32_t r = m[0];
+    for (int k = 1; k < 8; k++) r = m[k] > r ? m[k] : r;
+    return tnn__f32_from_bits((uint32_t)(r ^ ((r >> 31) & 0x7fffffff)));
 }
 
 #endif
