@@ -6,6 +6,7 @@
 #include "harness.h"
 
 #include "llm/quantize.h"
+#include "ops/kernels.h"
 #include "quant/quant.h"
 
 #include <unistd.h>
@@ -233,7 +234,10 @@ static void test_quantized_ops(void) {
     for (size_t ti = 0; g && ti < sizeof types / sizeof types[0]; ti++) {
         char name[32];
         snprintf(name, sizeof name, "w%zu", ti);
-        for (int n = 1; n <= N; n += N - 1) { /* 1 row: matrix-vector path; 6: panel GEMM */
+        for (int pass = 0; pass < 3; pass++) {
+            /* 1 row: matrix-vector path; 6: GEMM on the whole dequantized W, or in panels */
+            int n = pass == 0 ? 1 : N;
+            tnn__qmm_set_full_bytes(pass == 2 ? 0 : (int64_t)32 << 20);
             tnn_session *s = tnn_session_new(0);
             tnn_tensor *W = tnn_tensor_from_gguf(s, g, name);
             CHECK(W && tnn_tensor_dtype(W) == TNN_GGML && tnn_tensor_ggml_type(W) == types[ti],
@@ -263,6 +267,10 @@ static void test_quantized_ops(void) {
             double tol = (types[ti] == TNN_GGML_F16 || types[ti] == TNN_GGML_BF16) ? 1e-5 : 2e-2;
             CHECK(th_err(a, b, (size_t)n * M, tol * 8, tol) <= 1.0, "%s n=%d: quantized matmul",
                   tnn_ggml_type_name(types[ti]), n);
+            if (n > 4) /* the GEMM paths are the f32 product with the dequantized weights */
+                CHECK(memcmp(a, b, sizeof(double) * (size_t)n * M) == 0,
+                      "%s n=%d pass %d: not the f32 product's bits", tnn_ggml_type_name(types[ti]),
+                      n, pass);
             double ra[3 * 64], rr[3 * 64];
             get(s, rows, ra);
             get(s, rref, rr);
@@ -274,6 +282,7 @@ static void test_quantized_ops(void) {
             tnn_session_free(s);
         }
     }
+    tnn__qmm_set_full_bytes((int64_t)32 << 20);
     tnn_session *s = tnn_session_new(0);
     CHECK_NULL(tnn_tensor_from_gguf(s, g, "nope"), TNN_ERR_RANGE, "nope");
     CHECK_NULL(tnn_tensor_from_gguf(s, NULL, "w0"), TNN_ERR_ARG, "NULL");

@@ -519,7 +519,9 @@ static void cattn_merge_range(void *p, int64_t lo, int64_t hi) {
     }
 }
 
-/* Row path tasks: (row i, kv head g), merging chunk by chunk. */
+/* Row path tasks: (row i, kv head g), merging chunk by chunk. Later rows
+ * have more keys, so task t takes rows from both ends in turn (0, n-1, 1,
+ * n-2, ...): the pool's contiguous shares then cost about the same. */
 static void cattn_row_range(void *p, int64_t lo, int64_t hi) {
     const cattn_ctx *c = p;
     int64_t grp = c->H / c->Hkv;
@@ -527,7 +529,9 @@ static void cattn_row_range(void *p, int64_t lo, int64_t hi) {
     if (!buf) return; /* cannot happen for sane hd */
     float *O = buf, *o = buf + c->hd;
     for (int64_t task = lo; task < hi; task++) {
-        int64_t i = task / c->Hkv, g = task % c->Hkv, nc = (c->pos + i) / TNN_ATTN_CHUNK + 1;
+        int64_t z = task / c->Hkv, g = task % c->Hkv;
+        int64_t i = z % 2 ? c->n - 1 - z / 2 : z / 2;
+        int64_t nc = (c->pos + i) / TNN_ATTN_CHUNK + 1;
         for (int64_t h = g * grp; h < (g + 1) * grp; h++) {
             float M, L, m, l;
             one_chunk(c, i, h, 0, &M, &L, O);

@@ -56,6 +56,11 @@ int64_t tnn__k_get_rows_back(const float *d_out, int64_t n, int64_t d, const int
 int tnn__gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
                   const float *B, int64_t ldb, float *C, int64_t ldc);
 
+/* For tests: quantized weights of at most this many bytes as f32 are
+ * dequantized whole for a prompt's product (default 32 MiB); larger ones go
+ * in panels. */
+void tnn__qmm_set_full_bytes(int64_t bytes);
+
 /* Adam, in place (see tnn_adam_step_scratch). */
 void tnn__k_adam(float *p, const float *g, float *m, float *v, int64_t n, double lr, double b1,
                  double b2, double eps, double omc1, double omc2);

@@ -9,6 +9,8 @@
 
 #include "../quant/quant.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -100,9 +102,73 @@ tnn_tensor *tnn_matmul(tnn_session *s, tnn_tensor *a, tnn_tensor *b) {
 
 /* y (N, M) = x (N, K) @ W^T for W (M, K) of a GGML type: a few rows go
  * through the quantized matrix-vector kernel (decoding); more rows
- * dequantize W in panels and use the f32 GEMM (prompts). */
+ * dequantize W (in parallel, into a per-thread buffer kept between calls)
+ * and run one f32 GEMM (prompts). W above qmm_full_bytes as f32 goes in
+ * panels of QMM_PANEL rows instead. Both give the bits of the f32 GEMM with
+ * the dequantized weights. */
 #define QMM_ROWS 4
 #define QMM_PANEL 64
+static _Atomic int64_t qmm_full_bytes = (int64_t)32 << 20;
+
+void tnn__qmm_set_full_bytes(int64_t bytes) { atomic_store(&qmm_full_bytes, bytes); }
+
+typedef struct {
+    int gtype;
+    const char *w;
+    int64_t row_bytes, K;
+    float *dst;
+    atomic_int rc;
+} deq_ctx;
+
+static void deq_range(void *p, int64_t lo, int64_t hi) {
+    deq_ctx *c = p;
+    for (int64_t r = lo; r < hi; r++) {
+        int rc = tnn__dequantize_row(c->gtype, c->w + r * c->row_bytes, c->dst + r * c->K, c->K);
+        if (rc) atomic_store(&c->rc, rc);
+    }
+}
+
+/* The calling thread's dequantization buffer (grown, kept, freed at thread
+ * exit). */
+static pthread_key_t qbuf_key;
+static pthread_once_t qbuf_once = PTHREAD_ONCE_INIT;
+static bool qbuf_ok;
+typedef struct {
+    float *p;
+    size_t cap;
+} qbuf;
+static void qbuf_free(void *v) {
+    qbuf *b = v;
+    if (b) free(b->p);
+    free(b);
+}
+static void qbuf_init(void) { qbuf_ok = pthread_key_create(&qbuf_key, qbuf_free) == 0; }
+__attribute__((destructor)) static void qbuf_atexit(void) {
+    if (!qbuf_ok) return;
+    qbuf *b = pthread_getspecific(qbuf_key);
+    pthread_setspecific(qbuf_key, NULL);
+    qbuf_free(b);
+}
+static float *qbuf_get(size_t n) {
+    pthread_once(&qbuf_once, qbuf_init);
+    if (!qbuf_ok) return NULL;
+    qbuf *b = pthread_getspecific(qbuf_key);
+    if (!b) {
+        if (!(b = calloc(1, sizeof *b))) return NULL;
+        if (pthread_setspecific(qbuf_key, b)) {
+            free(b);
+            return NULL;
+        }
+    }
+    if (b->cap < n) {
+        float *p = malloc(n * sizeof *p);
+        if (!p) return NULL;
+        free(b->p);
+        b->p = p;
+        b->cap = n;
+    }
+    return b->p;
+}
 
 static int qmatmul(tnn_tensor *t) {
     const tnn_tensor *x = t->src[0], *w = t->src[1];
@@ -120,19 +186,31 @@ static int qmatmul(tnn_tensor *t) {
         free(work);
         return rc;
     }
-    float *panel = malloc((size_t)QMM_PANEL * (size_t)K * sizeof *panel);
-    float *out = malloc((size_t)N * QMM_PANEL * sizeof *out);
-    int rc = (panel && out) ? TNN_OK : TNN_ERR(TNN_ERR_NOMEM, "out of memory");
-    for (int64_t j0 = 0; j0 < M && rc == TNN_OK; j0 += QMM_PANEL) {
-        int64_t pr = M - j0 < QMM_PANEL ? M - j0 : QMM_PANEL;
-        for (int64_t j = 0; j < pr && rc == TNN_OK; j++)
-            rc = tnn__dequantize_row(w->gtype, (const char *)w->data + (j0 + j) * row_bytes,
-                                     panel + j * K, K);
-        if (rc == TNN_OK) rc = tnn__gemm_f32(false, true, N, pr, K, CF32(x), K, panel, K, out, pr);
+    bool full = M * K * (int64_t)sizeof(float) <= atomic_load(&qmm_full_bytes);
+    int64_t pm = full ? M : QMM_PANEL;
+    float *panel = qbuf_get((size_t)(pm * K));
+    float *out = full ? NULL : malloc((size_t)N * QMM_PANEL * sizeof *out);
+    if (!panel || (!full && !out)) {
+        free(out);
+        return TNN_ERR(TNN_ERR_NOMEM, "out of memory");
+    }
+    int rc = TNN_OK;
+    for (int64_t j0 = 0; j0 < M && rc == TNN_OK; j0 += pm) {
+        int64_t pr = M - j0 < pm ? M - j0 : pm;
+        deq_ctx dc = {.gtype = w->gtype, .w = (const char *)w->data + j0 * row_bytes,
+                      .row_bytes = row_bytes, .K = K, .dst = panel};
+        atomic_init(&dc.rc, TNN_OK);
+        tnn__parallel_for(pr, 1 + 16384 / K, deq_range, &dc);
+        rc = atomic_load(&dc.rc);
+        if (rc) break;
+        if (full) {
+            rc = tnn__gemm_f32(false, true, N, M, K, CF32(x), K, panel, K, F32(t), M);
+            break;
+        }
+        rc = tnn__gemm_f32(false, true, N, pr, K, CF32(x), K, panel, K, out, pr);
         for (int64_t r = 0; r < N && rc == TNN_OK; r++)
             memcpy(F32(t) + r * M + j0, out + r * pr, (size_t)pr * sizeof(float));
     }
-    free(panel);
     free(out);
     return rc;
 }
