@@ -6,6 +6,8 @@
 #define _GNU_SOURCE
 #include "harness.h"
 
+#include "llm/checkpoint.h"
+#include "llm/llama.h"
 #include "llm/model.h"
 #include "llm/train.h"
 
@@ -188,8 +190,88 @@ static void test_training_run(void) {
     unlink(path);
 }
 
+/* Training on a GGUF model's tokenizer (SmolLM2's, when `make models` has
+ * fetched it): the vocabulary comes from it, the loss falls, the checkpoint
+ * carries the tokenizer (same ids for the same text), and the checkpoint is
+ * a llama model file whose logits through lm_llama equal the training
+ * graph's. */
+static void test_gguf_tokenizer(void) {
+    FILE *probe = fopen(TNN_MODEL_FILE, "rb");
+    if (!probe) {
+        printf("skipped: training with a GGUF tokenizer (%s is absent; run make models)\n",
+               TNN_MODEL_FILE);
+        return;
+    }
+    fclose(probe);
+    char path[64], ck[96];
+    CHECK(write_corpus(path, 3000) != NULL, "corpus");
+    snprintf(ck, sizeof ck, "/tmp/tnn-test-tokck-%d.gguf", (int)getpid());
+    const char *files[1] = {path};
+    lm_train_opts o = short_run(files);
+    o.tokenizer = TNN_MODEL_FILE;
+    o.model.seq_len = 16;
+    o.steps = 60;
+    o.eval_every = 60;
+    o.checkpoint = ck;
+    lm_train_result r;
+    CHECK(lm_train(&o, &r) == 0, "training with the tokenizer failed");
+    CHECK(r.first_val > 9.0 && r.last_val < r.first_val - 2.0,
+          "validation loss %.3f -> %.3f (ln 49152 = 10.8 at the start; want a fall of 2)",
+          r.first_val, r.last_val);
+    printf("GGUF tokenizer run: validation loss %.3f -> %.3f\n", r.first_val, r.last_val);
+
+    lm_tokenizer *t0 = NULL, *t1 = NULL;
+    tnn_gguf *g0 = NULL, *g1 = NULL;
+    CHECK_OK(lm_tokenizer_open(TNN_MODEL_FILE, &t0, &g0));
+    CHECK_OK(lm_tokenizer_open(ck, &t1, &g1));
+    CHECK(t0 && t1, "the checkpoint has no tokenizer");
+    if (t0 && t1) {
+        const char *text = "Cats sleep 16 hours a day; naïve café — 東京!";
+        int32_t a[64], b[64];
+        int32_t na = lm_tokenize(t0, text, strlen(text), 0, 0, a, 64);
+        int32_t nb = lm_tokenize(t1, text, strlen(text), 0, 0, b, 64);
+        CHECK(na > 0 && na == nb && memcmp(a, b, sizeof(int32_t) * (size_t)na) == 0,
+              "the checkpoint's tokenizer gives other ids (%d vs %d tokens)", na, nb);
+    }
+    lm_tokenizer_free(t0), lm_tokenizer_free(t1);
+    tnn_gguf_close(g0), tnn_gguf_close(g1);
+
+    /* the checkpoint as a model: lm_llama against the training graph */
+    lm_config cfg;
+    CHECK_OK(lm_checkpoint_read_config(ck, &cfg, NULL));
+    lm_graph g;
+    CHECK_OK(lm_graph_build(&g, &cfg, 1, cfg.seq_len, false, NULL));
+    CHECK_OK(lm_checkpoint_load(ck, &g, false));
+    lm_llama *m = lm_llama_load(ck, 64, TNN_F32);
+    CHECK(m != NULL, "the checkpoint does not load as a llama model: %s", tnn_last_error());
+    if (m) {
+        const int n = 11, V = cfg.vocab, T = cfg.seq_len;
+        int32_t ids[16];
+        int64_t tok[16] = {0};
+        for (int i = 0; i < n; i++) ids[i] = tok[i] = 100 + 37 * i;
+        float *lg = malloc(sizeof(float) * (size_t)V), *all = malloc(sizeof(float) * (size_t)T * V);
+        CHECK_OK(lm_llama_eval(m, ids, n, lg));
+        CHECK_OK(tnn_upload_from_int_array(g.s, g.tokens, tok, (size_t)T));
+        CHECK_OK(tnn_compute(g.s));
+        CHECK_OK(tnn_download_f32(g.s, g.logits, all, (size_t)T * V));
+        double worst = 0;
+        for (int v = 0; v < V; v++) {
+            double e = fabs(lg[v] - all[(size_t)(n - 1) * V + v]) / (1e-4 + 1e-4 * fabs(lg[v]));
+            if (e > worst) worst = e;
+        }
+        CHECK(worst <= 1.0, "lm_llama and the training graph differ: %.3g of the bound", worst);
+        free(lg), free(all);
+        lm_llama_free(m);
+    }
+    lm_graph_free(&g);
+    fclose(o.out);
+    unlink(ck);
+    unlink(path);
+}
+
 int main(void) {
     test_model_gradients();
     test_training_run();
+    test_gguf_tokenizer();
     return th_finish("test_train");
 }

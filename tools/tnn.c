@@ -35,7 +35,7 @@ static void usage(FILE *f) {
             "train/demo options:\n"
             "  --steps N            optimizer steps (600; demo: 1200)\n"
             "  --batch N            sequences per step (16)\n"
-            "  --seq N              context length in bytes (64)\n"
+            "  --seq N              context length in tokens (64)\n"
             "  --layers N --dim N --heads N --kv-heads N --ff N   model shape (4 128 4 2 352)\n"
             "  --lr X               peak learning rate (3e-3); warm-up then cosine\n"
             "  --warmup N           warm-up steps (30)\n"
@@ -43,7 +43,7 @@ static void usage(FILE *f) {
             "  --threads N          worker threads (default: TNN_THREADS or all cores)\n"
             "  --eval-every N       validation every N steps (100; demo: 200)\n"
             "  --sample-every N     print a sample every N steps (0: only at the end)\n"
-            "  --sample-len N       bytes to generate (demo: 400)\n"
+            "  --sample-len N       tokens to generate (demo: 400)\n"
             "  --prompt TEXT        start of the generated text\n"
             "  --temp X --top-k N --top-p X   sampling (0.8 40 0.95; temp 0 = greedy)\n"
             "  --log FILE.csv --svg FILE.svg  loss log and loss-curve picture\n"
@@ -52,8 +52,10 @@ static void usage(FILE *f) {
             "  --checkpoint-every N   ... every N steps as well as at the end\n"
             "  --resume FILE        continue a run from its checkpoint (same data files);\n"
             "                       --steps then sets the new total\n"
+            "  --tokenizer MODEL.gguf   tokens from that model's tokenizer (its vocabulary)\n"
+            "                       instead of bytes; checkpoints carry it\n"
             "\n"
-            "sample options: -m CKPT, --prompt TEXT, -n N (bytes, 200), --temp, --top-k,\n"
+            "sample options: -m CKPT, --prompt TEXT, -n N (tokens, 200), --temp, --top-k,\n"
             "  --top-p, --seed\n"
             "\n"
             "generate options: -m MODEL.gguf, -p PROMPT, -n N (tokens, 128), --temp X (0 =\n"
@@ -148,6 +150,7 @@ static bool parse_opts(int argc, char **argv, lm_train_opts *o, const char **fil
         STR_OPT("--svg", o->log_svg)
         STR_OPT("--checkpoint", o->checkpoint)
         STR_OPT("--resume", o->resume)
+        STR_OPT("--tokenizer", o->tokenizer)
         INT_OPT("--checkpoint-every", 0, 100000000, o->checkpoint_every)
         if (!strcmp(a, "--seed")) {
             if (!v || !parse_double(v, &x) || x < 0) {
@@ -379,9 +382,19 @@ static int cmd_sample(int argc, char **argv) {
         fprintf(stderr, "tnn sample: %s\n", why);
         rc = 1;
     } else {
-        fputs(prompt, stdout);
-        rc = lm_generate(&g, &sm, (const unsigned char *)prompt, strlen(prompt), n, stdout);
-        fputc('\n', stdout);
+        /* a checkpoint trained with a GGUF tokenizer carries it */
+        lm_tokenizer *tk = NULL;
+        tnn_gguf *tf = NULL;
+        rc = lm_tokenizer_open(model, &tk, &tf);
+        if (rc != TNN_OK) {
+            fprintf(stderr, "tnn sample: tokenizer: %s\n", tnn_last_error());
+        } else {
+            fputs(prompt, stdout);
+            rc = lm_generate(&g, &sm, tk, prompt, strlen(prompt), n, stdout);
+            fputc('\n', stdout);
+        }
+        lm_tokenizer_free(tk);
+        tnn_gguf_close(tf);
         lm_sampler_free(&sm);
     }
     lm_graph_free(&g);

@@ -219,8 +219,12 @@ TNN_VEC_CLONES static void adamw_range(void *q, int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; i++) {
         double g = (double)c->g[i] * c->gscale;
         double p = (double)c->p[i] * (1.0 - c->lr * c->wd);
-        double m = c->b1 * c->m[i] + (1.0 - c->b1) * g;
-        double v = c->b2 * c->v[i] + (1.0 - c->b2) * g * g;
+        /* the moments start at zero: not read on the first step, so their
+         * fresh pages are first touched by a write (no copy-on-write of the
+         * zero page and TLB flush per page) */
+        double m0 = c->first ? 0.0 : c->m[i], v0 = c->first ? 0.0 : c->v[i];
+        double m = c->b1 * m0 + (1.0 - c->b1) * g;
+        double v = c->b2 * v0 + (1.0 - c->b2) * g * g;
         c->m[i] = (float)m;
         c->v[i] = (float)v;
         c->p[i] = (float)(p - step_size * m / (sqrt(v) / sq_bc2 + c->eps));

@@ -7,6 +7,8 @@
  */
 #include "checkpoint.h"
 
+#include "quantize.h"
+
 #include "../core/internal.h"
 
 #include <stdio.h>
@@ -64,7 +66,14 @@ static int save_one(void *p, const char *name, tnn_tensor *t) {
     return rc;
 }
 
-int lm_checkpoint_save(const char *path, const lm_graph *g, const lm_train_state *st) {
+bool lm_gguf_has_tokenizer(const tnn_gguf *g) {
+    bool has = g && tnn_gguf_find_key(g, "tokenizer.ggml.model") >= 0;
+    tnn_clear_error();
+    return has;
+}
+
+int lm_checkpoint_save(const char *path, const lm_graph *g, const lm_train_state *st,
+                       const tnn_gguf *tok) {
     const lm_config *m = &g->cfg;
     tnn_gguf_writer *w = tnn_gguf_writer_new();
     if (!w) return TNN_ERR_NOMEM;
@@ -74,7 +83,8 @@ int lm_checkpoint_save(const char *path, const lm_graph *g, const lm_train_state
         if (rc == TNN_OK) rc = (call);                                                        \
     } while (0)
     ADD(tnn_gguf_writer_add_str(w, "general.architecture", "llama"));
-    ADD(tnn_gguf_writer_add_str(w, "general.name", "tinynn byte-level transformer"));
+    ADD(tnn_gguf_writer_add_str(w, "general.name", tok ? "tinynn transformer"
+                                                        : "tinynn byte-level transformer"));
     ADD(tnn_gguf_writer_add_u32(w, "llama.vocab_size", (uint32_t)m->vocab));
     ADD(tnn_gguf_writer_add_u32(w, "llama.context_length", (uint32_t)m->seq_len));
     ADD(tnn_gguf_writer_add_u32(w, "llama.embedding_length", (uint32_t)m->d_model));
@@ -86,7 +96,11 @@ int lm_checkpoint_save(const char *path, const lm_graph *g, const lm_train_state
                                 (uint32_t)(m->d_model / m->n_head)));
     ADD(tnn_gguf_writer_add_f32(w, "llama.rope.freq_base", (float)m->rope_base));
     ADD(tnn_gguf_writer_add_f32(w, "llama.attention.layer_norm_rms_epsilon", (float)m->norm_eps));
-    ADD(tnn_gguf_writer_add_str(w, "tinynn.tokenizer", "bytes"));
+    ADD(tnn_gguf_writer_add_str(w, "tinynn.tokenizer", tok ? "gguf" : "bytes"));
+    for (int64_t i = 0; tok && rc == TNN_OK && i < tnn_gguf_n_kv(tok); i++) {
+        const char *key = tnn_gguf_key(tok, i);
+        if (key && !strncmp(key, "tokenizer.", 10)) rc = lm_gguf_copy_kv(tok, w, key);
+    }
     if (st) {
         ADD(tnn_gguf_writer_add_i64(w, "tinynn.train.step", st->step));
         ADD(tnn_gguf_writer_add_i64(w, "tinynn.train.adam_steps", st->adam_steps));

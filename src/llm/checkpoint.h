@@ -19,8 +19,15 @@ typedef struct {
 } lm_train_state;
 
 /* Writes the model of g (and, with st, its optimizer state and st) to path,
- * atomically. Returns TNN_OK or a status with the message set. */
-int lm_checkpoint_save(const char *path, const lm_graph *g, const lm_train_state *st);
+ * atomically. tok: the GGUF whose tokenizer the model was trained with
+ * (every tokenizer.* key is copied, so the checkpoint carries it), or NULL
+ * for the byte-level vocabulary. Returns TNN_OK or a status with the
+ * message set. */
+int lm_checkpoint_save(const char *path, const lm_graph *g, const lm_train_state *st,
+                       const tnn_gguf *tok);
+
+/* Whether the GGUF file g carries a tokenizer (tokenizer.ggml.model). */
+bool lm_gguf_has_tokenizer(const tnn_gguf *g);
 
 /* Reads the config (and, when st is non-NULL, the training state: the file
  * must then be a training checkpoint) of a checkpoint. */

@@ -40,9 +40,13 @@ static int file_type_of(int type) {
 }
 
 static int copy_kv(const tnn_gguf *g, tnn_gguf_writer *w, const char *key, int out_type) {
-    int type = tnn_gguf_kv_type(g, key);
     if (!strcmp(key, "general.file_type"))
         return tnn_gguf_writer_add_u32(w, key, (uint32_t)file_type_of(out_type));
+    return lm_gguf_copy_kv(g, w, key);
+}
+
+int lm_gguf_copy_kv(const tnn_gguf *g, tnn_gguf_writer *w, const char *key) {
+    int type = tnn_gguf_kv_type(g, key);
     if (!strcmp(key, "general.alignment")) {
         uint32_t a;
         return tnn_gguf_get_u32(g, key, &a) ? tnn_last_status() : tnn_gguf_writer_add_u32(w, key, a);

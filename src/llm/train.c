@@ -1,7 +1,8 @@
 /* train.c - the training loop behind `tnn train` and `tnn demo`.
  *
- * Bytes of the text files are the tokens (vocab 256). The last 10% is the
- * validation split. Each step draws B random windows of T+1 bytes from the
+ * The tokens are the bytes of the text files (vocab 256), or the text
+ * tokenized with a GGUF model's tokenizer. The last 10% of the tokens is the
+ * validation split. Each step draws B random windows of T+1 tokens from the
  * training split (seeded RNG), runs forward, backward and AdamW in one
  * tnn_compute, and reads back only the loss. The learning rate warms up
  * linearly, then follows a cosine down to lr * min_lr_ratio.
@@ -90,8 +91,58 @@ static double lr_at(const lm_train_opts *o, int step) { /* step from 1 */
     return min_lr + 0.5 * (o->lr - min_lr) * (1.0 + cos(3.141592653589793 * p));
 }
 
+int lm_tokenizer_open(const char *path, lm_tokenizer **tok, tnn_gguf **g) {
+    *tok = NULL;
+    *g = tnn_gguf_open(path);
+    if (!*g) return tnn_last_status();
+    if (!lm_gguf_has_tokenizer(*g)) return TNN_OK;
+    *tok = lm_tokenizer_from_gguf(*g);
+    if (*tok) {
+        tnn_clear_error(); /* optional keys it looked for */
+        return TNN_OK;
+    }
+    int rc = tnn_last_status();
+    tnn_gguf_close(*g);
+    *g = NULL;
+    return rc;
+}
+
+/* The text as tokens: its bytes, or the tokenizer's ids (no BOS; control
+ * tokens are plain text). NULL with *why on failure. */
+static int32_t *tokenize_text(const unsigned char *text, size_t len, const lm_tokenizer *tok,
+                              size_t *n, const char **why) {
+    if (!tok) {
+        int32_t *ids = malloc((len ? len : 1) * sizeof *ids);
+        if (!ids) {
+            *why = "out of memory";
+            return NULL;
+        }
+        for (size_t i = 0; i < len; i++) ids[i] = text[i];
+        *n = len;
+        return ids;
+    }
+    if (len > INT32_MAX - 1) {
+        *why = "the text is over 2 GiB: too long to tokenize at once";
+        return NULL;
+    }
+    /* at most one token per byte */
+    int32_t *ids = malloc((len + 1) * sizeof *ids);
+    if (!ids) {
+        *why = "out of memory";
+        return NULL;
+    }
+    int32_t got = lm_tokenize(tok, (const char *)text, len, 0, 0, ids, (int32_t)len + 1);
+    if (got < 0 || (size_t)got > len + 1) {
+        *why = got < 0 ? tnn_last_error() : "the tokenizer produced more tokens than bytes";
+        free(ids);
+        return NULL;
+    }
+    *n = (size_t)got;
+    return ids;
+}
+
 /* Windows: tokens = data[s .. s+T), targets = data[s+1 .. s+T]. */
-static void fill_window(const unsigned char *data, size_t start, int T, int64_t *tok,
+static void fill_window(const int32_t *data, size_t start, int T, int64_t *tok,
                         int64_t *tgt) {
     for (int t = 0; t < T; t++) {
         tok[t] = data[start + (size_t)t];
@@ -110,7 +161,7 @@ static int run_batch(lm_graph *g, const int64_t *tok, const int64_t *tgt, double
 
 /* Mean loss over eval_batches batches of windows spread evenly over the
  * validation split (the same windows every time). */
-static int evaluate(lm_graph *ev, const unsigned char *val, size_t vlen, int n_batches,
+static int evaluate(lm_graph *ev, const int32_t *val, size_t vlen, int n_batches,
                     int64_t *tok, int64_t *tgt, double *out) {
     int T = ev->T, B = ev->B;
     size_t span = vlen - (size_t)T - 1;
@@ -129,16 +180,27 @@ static int evaluate(lm_graph *ev, const unsigned char *val, size_t vlen, int n_b
     return TNN_OK;
 }
 
-int lm_generate(lm_graph *g, lm_sampler *sm, const unsigned char *prompt, size_t plen, int n,
-                FILE *out) {
+int lm_generate(lm_graph *g, lm_sampler *sm, const lm_tokenizer *tk, const char *prompt,
+                size_t plen, int n, FILE *out) {
     int T = g->T, V = g->cfg.vocab;
-    int *ctx = malloc(((size_t)T + (size_t)n + plen + 1) * sizeof *ctx);
+    int32_t np = tk ? lm_tokenize(tk, prompt, plen, 0, 0, NULL, 0) : (int32_t)plen;
+    if (np < 0) return np;
+    int *ctx = malloc(((size_t)T + (size_t)n + (size_t)np + 1) * sizeof *ctx);
+    int32_t *ids = malloc(((size_t)np + 1) * sizeof *ids);
     int64_t *tok = calloc((size_t)T, sizeof *tok);
     float *logits = malloc((size_t)T * (size_t)V * sizeof *logits);
-    int rc = (ctx && tok && logits) ? TNN_OK : TNN_ERR_NOMEM;
+    lm_detokenizer *dt = tk ? lm_detokenizer_new(tk, 0) : NULL;
+    int rc = (ctx && ids && tok && logits && (!tk || dt)) ? TNN_OK : TNN_ERR_NOMEM;
     size_t len = 0;
-    for (size_t i = 0; i < plen; i++) ctx[len++] = prompt[i];
-    if (len == 0) ctx[len++] = '\n';
+    if (rc == TNN_OK) {
+        if (tk) lm_tokenize(tk, prompt, plen, 0, 0, ids, np + 1);
+        for (int32_t i = 0; i < np; i++) ctx[len++] = tk ? ids[i] : (unsigned char)prompt[i];
+        if (len == 0) { /* an empty prompt: BOS, or a newline */
+            int32_t bos = tk ? lm_tokenizer_bos(tk) : -1, nl = '\n';
+            if (tk && bos < 0) lm_tokenize(tk, "\n", 1, 0, 0, &nl, 1);
+            ctx[len++] = bos >= 0 ? bos : nl;
+        }
+    }
     for (int step = 0; step < n && rc == TNN_OK; step++) {
         size_t start = len > (size_t)T ? len - (size_t)T : 0, w = len - start;
         for (size_t i = 0; i < (size_t)T; i++) tok[i] = i < w ? ctx[start + i] : 0;
@@ -149,11 +211,26 @@ int lm_generate(lm_graph *g, lm_sampler *sm, const unsigned char *prompt, size_t
         int recent_n = w < 64 ? (int)w : 64;
         int next = lm_sample(sm, logits + (w - 1) * (size_t)V, ctx + len - recent_n, recent_n);
         ctx[len++] = next;
-        unsigned char c = (unsigned char)next;
-        if (c == '\n' || c == '\t' || c >= 32) fputc(c, out);
+        if (tk) {
+            size_t m;
+            const char *piece = lm_detokenizer_feed(dt, next, &m);
+            if (!piece) rc = tnn_last_status();
+            else fwrite(piece, 1, m, out);
+            if (lm_token_is_eog(tk, next)) break;
+        } else {
+            unsigned char c = (unsigned char)next;
+            if (c == '\n' || c == '\t' || c >= 32) fputc(c, out);
+        }
+    }
+    if (dt && rc == TNN_OK) {
+        size_t m;
+        const char *rest = lm_detokenizer_flush(dt, &m);
+        if (rest) fwrite(rest, 1, m, out);
     }
     fflush(out);
+    lm_detokenizer_free(dt);
     free(ctx);
+    free(ids);
     free(tok);
     free(logits);
     return rc;
@@ -257,21 +334,52 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
         fprintf(out, "resuming from %s at step %lld of %d\n", o->resume, (long long)st.step,
                 o->steps);
     }
+    /* the tokenizer: the one asked for, else the resumed checkpoint's */
+    lm_tokenizer *tk = NULL;
+    tnn_gguf *tk_file = NULL;
+    const char *tk_path = o->tokenizer ? o->tokenizer : o->resume;
+    if (tk_path && lm_tokenizer_open(tk_path, &tk, &tk_file) != TNN_OK) {
+        fprintf(out, "error: tokenizer of %s: %s\n", tk_path, tnn_last_error());
+        return 1;
+    }
+    if (o->tokenizer && !tk) {
+        fprintf(out, "error: %s has no tokenizer (tokenizer.ggml.model)\n", o->tokenizer);
+        tnn_gguf_close(tk_file);
+        return 1;
+    }
+    if (!tk) { /* a byte-level checkpoint: its file is not needed here */
+        tnn_gguf_close(tk_file);
+        tk_file = NULL;
+    }
+    if (tk && !o->resume) o->model.vocab = lm_tokenizer_n_vocab(tk);
+    if (tk && o->model.vocab != lm_tokenizer_n_vocab(tk)) {
+        fprintf(out, "error: the model's vocabulary (%d) is not the tokenizer's (%d)\n",
+                o->model.vocab, lm_tokenizer_n_vocab(tk));
+        lm_tokenizer_free(tk);
+        tnn_gguf_close(tk_file);
+        return 1;
+    }
     const char *why = NULL;
-    size_t len = 0;
-    unsigned char *data = lm_read_files(o->data_files, o->n_data_files, &len, &why);
+    size_t bytes = 0, len = 0;
+    unsigned char *text = lm_read_files(o->data_files, o->n_data_files, &bytes, &why);
+    int32_t *data = text ? tokenize_text(text, bytes, tk, &len, &why) : NULL;
+    free(text);
     if (!data) {
         fprintf(out, "error: cannot read the training data: %s\n", why);
+        lm_tokenizer_free(tk);
+        tnn_gguf_close(tk_file);
         return 1;
     }
     int T = o->model.seq_len, B = o->batch;
     size_t vlen = len / 10, tlen = len - vlen;
     if (vlen < (size_t)T + 2 || tlen < (size_t)T + 2) {
-        fprintf(out, "error: %zu bytes of text is too little for windows of %d\n", len, T + 1);
+        fprintf(out, "error: %zu tokens of text is too little for windows of %d\n", len, T + 1);
         free(data);
+        lm_tokenizer_free(tk);
+        tnn_gguf_close(tk_file);
         return 1;
     }
-    const unsigned char *train = data, *val = data + tlen;
+    const int32_t *train = data, *val = data + tlen;
     lm_optim opt = o->optim;
     opt.lr = lr_at(o, 1);
     lm_graph g, ev, gen;
@@ -308,7 +416,11 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
                  "%lld parameters\n",
             o->model.n_layer, o->model.d_model, o->model.n_head, o->model.n_kv_head,
             o->model.d_ff, o->model.vocab, T, (long long)lm_param_count(&o->model));
-    fprintf(out, "data: %zu bytes (%zu train, %zu validation); batch %d x %d tokens; %d steps; "
+    if (tk)
+        fprintf(out, "tokenizer: %s (%s, %d tokens); %zu bytes of text\n", tk_path,
+                lm_tokenizer_kind(tk) == LM_VOCAB_SPM ? "SentencePiece" : "BPE",
+                lm_tokenizer_n_vocab(tk), bytes);
+    fprintf(out, "data: %zu tokens (%zu train, %zu validation); batch %d x %d tokens; %d steps; "
                  "%d threads\n", len, tlen, vlen, B, T, o->steps, tnn_get_num_threads());
     rc = lm_copy_weights(&ev, &g);
     if (rc == TNN_OK) rc = evaluate(&ev, val, vlen, o->eval_batches, tok, tgt, &res->first_val);
@@ -380,7 +492,7 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
             char path[4096];
             checkpoint_path(o->checkpoint, step, path, sizeof path);
             lm_train_state now = train_state(o, step, &g, &rng);
-            rc = lm_checkpoint_save(path, &g, &now);
+            rc = lm_checkpoint_save(path, &g, &now, tk ? tk_file : NULL);
             if (rc != TNN_OK) goto done;
             fprintf(out, "checkpoint: %s (step %d)\n", path, step);
         }
@@ -388,8 +500,8 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
             rc = lm_copy_weights(&gen, &g);
             if (rc != TNN_OK) goto done;
             fprintf(out, "--- sample at step %d ---\n", step);
-            rc = lm_generate(&gen, &sm, (const unsigned char *)o->sample_prompt,
-                             strlen(o->sample_prompt), o->sample_len, out);
+            rc = lm_generate(&gen, &sm, tk, o->sample_prompt, strlen(o->sample_prompt),
+                             o->sample_len, out);
             fprintf(out, "\n---\n");
             if (rc != TNN_OK) goto done;
         }
@@ -401,8 +513,8 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
         fprintf(out, "--- generated text (temperature %.2f, top-k %d, seed %llu) ---\n",
                 o->sampler.temperature, o->sampler.top_k, (unsigned long long)o->sampler.seed);
         fputs(o->sample_prompt, out);
-        rc = lm_generate(&gen, &sm, (const unsigned char *)o->sample_prompt,
-                         strlen(o->sample_prompt), o->sample_len, out);
+        rc = lm_generate(&gen, &sm, tk, o->sample_prompt, strlen(o->sample_prompt),
+                         o->sample_len, out);
         fprintf(out, "\n---\n");
     }
 done:
@@ -416,5 +528,7 @@ done:
     lm_graph_free(&ev);
     if (g.s) lm_graph_free(&g);
     free(data);
+    lm_tokenizer_free(tk);
+    tnn_gguf_close(tk_file);
     return rc == TNN_OK ? 0 : 1;
 }

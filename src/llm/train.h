@@ -7,6 +7,7 @@
 
 #include "model.h"
 #include "sampler.h"
+#include "tokenizer.h"
 
 #include <stdio.h>
 
@@ -25,6 +26,9 @@ typedef struct {
     const char *checkpoint;        /* NULL: none; written every checkpoint_every steps and at the end */
     int checkpoint_every;
     const char *resume;            /* continue from this checkpoint (its shape and schedule) */
+    const char *tokenizer;         /* a GGUF model whose tokenizer makes the tokens (its vocab
+                                    * size replaces model.vocab); NULL: bytes, vocab 256. A
+                                    * resumed checkpoint brings its own. */
     int steps_override;            /* > 0: with resume, train to this many steps instead */
     FILE *out;                     /* progress and samples */
 } lm_train_opts;
@@ -45,8 +49,17 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res);
 /* Reads and concatenates files; returns NULL (with *why) on failure. */
 unsigned char *lm_read_files(const char **files, int n, size_t *len, const char **why);
 
-/* Continues `prompt` by n bytes with the model in g (B=1) into out. */
-int lm_generate(lm_graph *g, lm_sampler *sm, const unsigned char *prompt, size_t plen, int n,
-                FILE *out);
+/* Continues `prompt` by n tokens with the model in g (B=1) into out: bytes
+ * when tok is NULL, else tokens of tok (the prompt tokenized, the output
+ * decoded to whole UTF-8 characters). */
+int lm_generate(lm_graph *g, lm_sampler *sm, const lm_tokenizer *tok, const char *prompt,
+                size_t plen, int n, FILE *out);
+
+/* The tokenizer of a GGUF file when it has one: *tok and *g (the open file,
+ * which the tokenizer reads from) are set, or both NULL when the file has no
+ * tokenizer. Returns TNN_OK or a status with the message set (unreadable
+ * file, a tokenizer that cannot be built). Free with lm_tokenizer_free and
+ * tnn_gguf_close. */
+int lm_tokenizer_open(const char *path, lm_tokenizer **tok, tnn_gguf **g);
 
 #endif
