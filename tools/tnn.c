@@ -23,8 +23,8 @@ static void usage(FILE *f) {
             "\n"
             "commands:\n"
             "  demo                 train the small demo model on a built-in corpus, then\n"
-            "                       generate text (a few minutes on 2 cores)\n"
-            "  train FILE...        train a byte-level transformer on text files\n"
+            "                       generate text (about two minutes on 2 cores)\n"
+            "  train FILE...        train a transformer on text files (bytes or --tokenizer)\n"
             "  sample -m CKPT       continue a prompt with a trained checkpoint\n"
             "  info FILE.gguf       print a GGUF file's metadata and tensor table\n"
             "  generate -m MODEL.gguf -p PROMPT   run a llama/qwen2 GGUF model\n"
@@ -204,7 +204,7 @@ static int demo_corpus(const char **files, int max, glob_t *g) {
 static int cmd_train(int argc, char **argv, bool demo) {
     lm_train_opts o = lm_train_defaults();
     if (demo) {
-        o.steps = 1200; /* about two minutes on 2 idle cores */
+        o.steps = 1200; /* about a minute and a half on 2 idle cores */
         o.eval_every = 200;
         o.sample_len = 400;
         o.log_csv = "tnn-demo-loss.csv";
