@@ -12,6 +12,8 @@
  * the repetitions; the "other" column says how busy the machine was.
  */
 #include "tinynn.h"
+
+#include "bench_common.h"
 #include "cpu/gemm.h"
 #include "ops/kernels.h"
 
@@ -38,12 +40,6 @@
 #define TNN_BENCH_RESULTS "bench/results"
 #endif
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* The machine is shared: how many cores did other processes (and the
  * hypervisor's steal) keep busy during a measurement? From /proc/stat and
  * this process's own CPU time (children included); -1 when unknown. */
@@ -52,7 +48,7 @@ typedef struct {
 } load_mark;
 
 static load_mark load_now(void) {
-    load_mark m = {now(), -1, 0};
+    load_mark m = {bench_now(), -1, 0};
     FILE *f = fopen("/proc/stat", "r");
     if (f) {
         unsigned long long v[8] = {0};
@@ -79,11 +75,6 @@ static double other_load(load_mark a, load_mark b) {
     if (a.busy < 0 || b.busy < 0 || b.wall - a.wall < 1e-3) return -1;
     double o = ((b.busy - a.busy) - (b.own - a.own)) / (b.wall - a.wall);
     return o < 0 ? 0 : o;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -150,11 +141,11 @@ static double fma_peak(int threads, int width) {
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return 0.0;
     pthread_t th[64];
     float sink[64];
-    double t0 = now();
+    double t0 = bench_now();
     for (int i = 1; i < threads; i++) pthread_create(&th[i], NULL, fn, &sink[i]);
     fn(&sink[0]);
     for (int i = 1; i < threads; i++) pthread_join(th[i], NULL);
-    double dt = now() - t0;
+    double dt = bench_now() - t0;
     return (double)threads * PEAK_ITERS * 12 * width * 2 / dt * 1e-9;
 #else
     (void)threads, (void)width;
@@ -201,11 +192,11 @@ static gstat measure(int impl, int threads, const shape *s, const float *A, cons
         return st;
     }
     for (int r = 0; r < reps; r++) {
-        double t0 = now();
+        double t0 = bench_now();
         run_once(impl, s, A, B, C);
-        t[r] = now() - t0;
+        t[r] = bench_now() - t0;
     }
-    qsort(t, (size_t)reps, sizeof t[0], cmp_double);
+    qsort(t, (size_t)reps, sizeof t[0], bench_cmp_double);
     st.best = flops / t[0] * 1e-9;
     st.median = flops / t[reps / 2] * 1e-9;
     tnn__gemm_set_kernel(TNN_GEMM_AUTO);
@@ -350,10 +341,10 @@ static void measure_child(int fd, const void *arg) {
         if (set_threads) set_threads(j->threads);
         int lda = s->ta ? s->M : s->K, ldb = s->tb ? s->K : s->N;
         for (int rep = 0; rep < 2; rep++) {
-            double t0 = now();
+            double t0 = bench_now();
             sgemm(101 /* row major */, s->ta ? 112 : 111, s->tb ? 112 : 111, s->M, s->N, s->K,
                   1.0f, j->A, lda, j->B, ldb, 0.0f, j->C, s->N);
-            r.seconds = now() - t0;
+            r.seconds = bench_now() - t0;
         }
         r.diff = max_rel_diff(j->C_tnn, j->C, (size_t)s->M * s->N);
         r.ok = 1;
@@ -362,7 +353,7 @@ static void measure_child(int fd, const void *arg) {
 }
 
 static gstat stats(double *t, int n, double flops) {
-    qsort(t, (size_t)n, sizeof t[0], cmp_double);
+    qsort(t, (size_t)n, sizeof t[0], bench_cmp_double);
     return (gstat){flops / t[0] * 1e-9, flops / t[n / 2] * 1e-9};
 }
 
@@ -386,9 +377,9 @@ static void measure_pair(int threads, const shape *s, const float *A, const floa
          * sleep between calls), which a model running GEMMs back to back
          * does not pay; the warm-up keeps that out of the figure. */
         run_once(IMPL_TNN, s, A, B, C);
-        double t0 = now();
+        double t0 = bench_now();
         run_once(IMPL_TNN, s, A, B, C);
-        tt[r] = now() - t0;
+        tt[r] = bench_now() - t0;
         if (*has_blas) {
             blas_job job = {.threads = threads, .s = s, .A = A, .B = B, .C_tnn = C, .C = C2};
             blas_result br = in_child(measure_child, &job);
@@ -437,21 +428,9 @@ static void print_row(const row *r, double peak) {
     fflush(stdout);
 }
 
-static int mkdirs(const char *path) {
-    char buf[1024];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(buf, 0755) && errno != EEXIST) return -1;
-        *p = '/';
-    }
-    return 0;
-}
-
 static void write_json(const char *path, const row *rows, int n, const double *peak,
                        int max_threads, const char *kernel) {
-    if (mkdirs(path)) {
+    if (bench_mkdirs(path)) {
         fprintf(stderr, "cannot create the folder of %s\n", path);
         return;
     }

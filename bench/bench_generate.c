@@ -7,23 +7,14 @@
  */
 #include "tinynn.h"
 
+#include "bench_common.h"
+
 #include "llm/llama.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 /* a[i] = b[i] + s c[i] over 3 x 256 MiB on one thread: the streaming
  * bandwidth of one core now (GB/s, best of 5). */
@@ -34,9 +25,9 @@ static double triad_gbs(void) {
     for (size_t i = 0; i < n; i++) b[i] = 1.0f, c[i] = 2.0f, a[i] = 0;
     double best = 0;
     for (int r = 0; r < 5; r++) {
-        double t0 = now_s();
+        double t0 = bench_now();
         for (size_t i = 0; i < n; i++) a[i] = b[i] + 3.0f * c[i];
-        double gbs = 3.0 * (double)n * 4 / (now_s() - t0) / 1e9;
+        double gbs = 3.0 * (double)n * 4 / (bench_now() - t0) / 1e9;
         if (gbs > best) best = gbs;
     }
     volatile float sink = a[n / 2];
@@ -62,12 +53,12 @@ int main(int argc, char **argv) {
     double pp[3], tg[3];
     for (int r = 0; r < 3; r++) {
         lm_llama_reset(m);
-        double t0 = now_s();
+        double t0 = bench_now();
         if (lm_llama_eval(m, prompt, 512, lg)) {
             fprintf(stderr, "%s\n", tnn_last_error());
             return 1;
         }
-        double t1 = now_s();
+        double t1 = bench_now();
         int tok = 504;
         for (int i = 0; i < 128; i++) {
             if (lm_llama_eval(m, &tok, 1, lg)) return 1;
@@ -77,10 +68,10 @@ int main(int argc, char **argv) {
             tok = b;
         }
         pp[r] = 512 / (t1 - t0);
-        tg[r] = 128 / (now_s() - t1);
+        tg[r] = 128 / (bench_now() - t1);
     }
-    qsort(pp, 3, sizeof pp[0], cmp);
-    qsort(tg, 3, sizeof tg[0], cmp);
+    qsort(pp, 3, sizeof pp[0], bench_cmp_double);
+    qsort(tg, 3, sizeof tg[0], bench_cmp_double);
     /* bytes of weights streamed per generated token */
     const tnn_gguf *g = lm_llama_gguf(m);
     int64_t bytes = 0;

@@ -22,6 +22,8 @@
 #include "ops/kernels.h"
 #include "tinynn.h"
 
+#include "bench_common.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdbool.h>
@@ -36,28 +38,8 @@
 #define TNN_BENCH_RESULTS "bench/results"
 #endif
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static void *xalloc(size_t n) {
-    void *p = aligned_alloc(64, (n + 63) & ~(size_t)63);
-    if (!p) {
-        fprintf(stderr, "bench_kernels: out of memory (%zu bytes)\n", n);
-        exit(1);
-    }
-    return p;
-}
-
 static float *falloc_fill(size_t n, unsigned seed) {
-    float *p = xalloc(n * sizeof *p);
+    float *p = bench_xalloc(n * sizeof *p);
     uint32_t x = seed * 2654435761u + 1;
     for (size_t i = 0; i < n; i++) {
         x = x * 1664525u + 1013904223u;
@@ -77,11 +59,11 @@ static stat2 measure(void (*fn)(void *), void *ctx, double amount) {
     double *r = calloc((size_t)g_reps, sizeof *r);
     fn(ctx); /* warm */
     for (int i = 0; i < g_reps; i++) {
-        double t0 = now();
+        double t0 = bench_now();
         fn(ctx);
-        r[i] = amount / (now() - t0);
+        r[i] = amount / (bench_now() - t0);
     }
-    qsort(r, (size_t)g_reps, sizeof *r, cmp_double);
+    qsort(r, (size_t)g_reps, sizeof *r, bench_cmp_double);
     stat2 s = {r[g_reps - 1], r[g_reps / 2]};
     free(r);
     return s;
@@ -336,8 +318,8 @@ static void graph_run(void *p) {
 
 static void bench_overhead(int threads) {
     const int n = SMALL * SMALL;
-    oc_ctx c = {.a = xalloc(n * sizeof(double)), .b = xalloc(n * sizeof(double)),
-                .out = xalloc(n * sizeof(double)), .fa = falloc_fill(n, 1),
+    oc_ctx c = {.a = bench_xalloc(n * sizeof(double)), .b = bench_xalloc(n * sizeof(double)),
+                .out = bench_xalloc(n * sizeof(double)), .fa = falloc_fill(n, 1),
                 .fb = falloc_fill(n, 2), .fo = falloc_fill(n, 3)};
     for (int j = 0; j < n; j++) c.a[j] = c.fa[j], c.b[j] = c.fb[j];
     for (int w = 0; w < OC_N; w++) {
@@ -378,20 +360,8 @@ static void bench_overhead(int threads) {
 /* JSON                                                                     */
 /* ------------------------------------------------------------------------ */
 
-static int mkdirs(const char *path) {
-    char buf[1024];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(buf, 0755) && errno != EEXIST) return -1;
-        *p = '/';
-    }
-    return 0;
-}
-
 static void write_json(const char *path, const double *triad_b, const double *copy_b) {
-    FILE *f = mkdirs(path) ? NULL : fopen(path, "w");
+    FILE *f = bench_mkdirs(path) ? NULL : fopen(path, "w");
     if (!f) {
         fprintf(stderr, "cannot write %s\n", path);
         return;

@@ -9,32 +9,14 @@
 #include "quant/quant.h"
 #include "tinynn.h"
 
+#include "bench_common.h"
+
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static void *xalloc(size_t n) {
-    void *p = aligned_alloc(64, (n + 63) & ~(size_t)63);
-    if (!p) {
-        fprintf(stderr, "bench_quant: out of memory (%zu bytes)\n", n);
-        exit(2);
-    }
-    return p;
-}
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 static uint32_t rnd(void) {
@@ -61,18 +43,18 @@ static void triad_range(void *p, int64_t begin, int64_t end) {
 
 static void triad(int reps, double *best, double *median) {
     const int64_t n = (int64_t)1 << 24;
-    float *a = xalloc((size_t)n * 4), *b = xalloc((size_t)n * 4), *c = xalloc((size_t)n * 4);
+    float *a = bench_xalloc((size_t)n * 4), *b = bench_xalloc((size_t)n * 4), *c = bench_xalloc((size_t)n * 4);
     for (int64_t i = 0; i < n; i++)
         a[i] = 0, b[i] = 1, c[i] = 2;
     triad_ctx t = {a, b, c};
     double *gb = calloc((size_t)reps, sizeof(double));
     tnn__parallel_for(n, 1 << 16, triad_range, &t); /* warm */
     for (int r = 0; r < reps; r++) {
-        double t0 = now();
+        double t0 = bench_now();
         tnn__parallel_for(n, 1 << 16, triad_range, &t);
-        gb[r] = 3.0 * (double)n * 4 / (now() - t0) / 1e9;
+        gb[r] = 3.0 * (double)n * 4 / (bench_now() - t0) / 1e9;
     }
-    qsort(gb, (size_t)reps, sizeof(double), cmp_double);
+    qsort(gb, (size_t)reps, sizeof(double), bench_cmp_double);
     *best = gb[reps - 1];
     *median = gb[reps / 2];
     free(gb);
@@ -169,11 +151,11 @@ int main(int argc, char **argv) {
     enum { NT = sizeof types / sizeof types[0] };
     result res[NT];
     memset(res, 0, sizeof res);
-    float *x = xalloc((size_t)n * 4), *y = xalloc((size_t)n * 4);
+    float *x = bench_xalloc((size_t)n * 4), *y = bench_xalloc((size_t)n * 4);
     for (int64_t i = 0; i < n; i++)
         x[i] = (float)(rnd() >> 8) / 16777216.0f - 0.5f;
     int64_t wq = tnn__qact_bytes(TNN_QT_Q8_0, n), wk = tnn__qact_bytes(TNN_QT_Q4_K, n);
-    void *work = xalloc((size_t)(wq > wk ? wq : wk));
+    void *work = bench_xalloc((size_t)(wq > wk ? wq : wk));
     double *t = calloc((size_t)reps, sizeof(double));
     for (int k = 0; k < NT; k++) {
         int type = types[k];
@@ -181,7 +163,7 @@ int main(int argc, char **argv) {
         size_t mat = (size_t)(rb * n);
         /* enough copies to stream >= 160 MiB: weights come from memory, not L3 */
         int copies = (int)((160u << 20) / mat + 1);
-        uint8_t *w = xalloc(mat * (size_t)copies);
+        uint8_t *w = bench_xalloc(mat * (size_t)copies);
         for (int c = 0; c < copies; c++)
             fill(type, w + mat * (size_t)c, n, n);
         res[k].type = type;
@@ -193,11 +175,11 @@ int main(int argc, char **argv) {
             tnn__quant_matvec(type, w, n, n, x, y, work); /* warm */
             for (int r = 0; r < kreps; r++) {
                 int c = r % copies;
-                double t0 = now();
+                double t0 = bench_now();
                 tnn__quant_matvec(type, w + mat * (size_t)c, n, n, x, y, work);
-                t[r] = now() - t0;
+                t[r] = bench_now() - t0;
             }
-            qsort(t, (size_t)kreps, sizeof(double), cmp_double);
+            qsort(t, (size_t)kreps, sizeof(double), bench_cmp_double);
             res[k].gbs[kern][0] = (double)mat / t[0] / 1e9;
             res[k].gbs[kern][1] = (double)mat / t[kreps / 2] / 1e9;
             res[k].us[kern] = t[kreps / 2] * 1e6;
@@ -218,7 +200,7 @@ int main(int argc, char **argv) {
         int type = types[k];
         const int64_t m = 1024;
         int64_t rb = tnn__qtype_row_bytes(type, m);
-        uint8_t *w = xalloc((size_t)(rb * m));
+        uint8_t *w = bench_xalloc((size_t)(rb * m));
         fill(type, w, m, m);
         double g[2][2] = {{0, 0}, {0, 0}};
         for (int kern = 0; kern < TNN_QK_COUNT; kern++) {
@@ -228,12 +210,12 @@ int main(int argc, char **argv) {
             int kreps = kern == TNN_QK_SCALAR ? 5 : 4 * reps;
             tnn__quant_matvec(type, w, m, m, x, y, work);
             for (int r = 0; r < kreps; r++) {
-                double t0 = now();
+                double t0 = bench_now();
                 tnn__quant_matvec(type, w, m, m, x, y, work);
-                t[r % reps] = now() - t0; /* the last `reps` runs count */
+                t[r % reps] = bench_now() - t0; /* the last `reps` runs count */
             }
             int cnt = kreps < reps ? kreps : reps;
-            qsort(t, (size_t)cnt, sizeof(double), cmp_double);
+            qsort(t, (size_t)cnt, sizeof(double), bench_cmp_double);
             g[kern][0] = (double)(m * m) / t[0] / 1e9;
             g[kern][1] = (double)(m * m) / t[cnt / 2] / 1e9;
         }

@@ -6,6 +6,8 @@
  */
 #include "tinynn.h"
 
+#include "bench_common.h"
+
 #include "llm/model.h"
 
 #include <stdio.h>
@@ -13,17 +15,6 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 typedef struct {
     const char *name;
@@ -53,7 +44,7 @@ static void run(const config *c, FILE *json, int *first) {
             tok[i] = (int64_t)((x >> 33) % (uint64_t)c->V);
             tgt[i] = (int64_t)((x >> 13) % (uint64_t)c->V);
         }
-        double t0 = now_s();
+        double t0 = bench_now();
         tnn_upload_from_int_array(g.s, g.tokens, tok, n);
         tnn_upload_from_int_array(g.s, g.targets, tgt, n);
         if (tnn_compute(g.s) != TNN_OK) {
@@ -61,9 +52,9 @@ static void run(const config *c, FILE *json, int *first) {
             break;
         }
         tnn_download_to_f64_array(g.s, g.loss, &loss, 1);
-        if (s > 0) times[s - 1] = now_s() - t0; /* step 0 warms up */
+        if (s > 0) times[s - 1] = bench_now() - t0; /* step 0 warms up */
     }
-    qsort(times, (size_t)c->steps, sizeof times[0], cmp);
+    qsort(times, (size_t)c->steps, sizeof times[0], bench_cmp_double);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     double best = (double)n / times[0], med = (double)n / times[c->steps / 2];
