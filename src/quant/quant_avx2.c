@@ -159,80 +159,44 @@ INL __m256i block_dot(int type, const uint8_t *blk, const int8_t *qx) {
 INL int code_offset(int type) { return type == TNN_QT_Q4_0 ? 8 : type == TNN_QT_Q5_0 ? 16 : 0; }
 INL int has_min(int type) { return type == TNN_QT_Q4_1 || type == TNN_QT_Q5_1; }
 
-/* The products p_b of blocks b .. b+7 of one row (quant.h contract), the
- * first n of them real and the rest +0 (a +0 or -0 added to a lane leaves
- * it as it was: the lanes start at +0 and never become -0), so the last
- * blocks of a row go through the same vector code. */
-INL __m256 group_p(int type, const uint8_t *wr, int64_t b, int n, const tnn_qact *a, size_t bsz) {
-    const uint8_t *blk = wr + b * bsz;
-    const int off = code_offset(type);
-    __m256i v[8];
-    for (int k = 0; k < 8; k++)
-        v[k] = k < n ? block_dot(type, blk + k * bsz, a->q + 32 * (b + k)) : _mm256_setzero_si256();
-    __m256i s = hsum8x8(v);
-    __m256i qs;
-    __m256 dw, dx, mw = _mm256_setzero_ps(), sx = _mm256_setzero_ps();
-    if (n == 8) {
-        qs = _mm256_loadu_si256((const __m256i *)(a->qsum + b));
-        dw = load_f16x8(blk, bsz);
-        dx = _mm256_loadu_ps(a->d + b);
-        if (has_min(type)) mw = load_f16x8(blk + 2, bsz), sx = _mm256_loadu_ps(a->s + b);
-    } else {
-        int32_t qv[8] = {0};
-        float dwv[8] = {0}, dxv[8] = {0}, mwv[8] = {0}, sxv[8] = {0};
-        for (int k = 0; k < n; k++) {
-            qv[k] = a->qsum[b + k];
-            dwv[k] = f16(ld16(blk + k * bsz));
-            dxv[k] = a->d[b + k];
-            if (has_min(type)) mwv[k] = f16(ld16(blk + k * bsz + 2)), sxv[k] = a->s[b + k];
-        }
-        qs = _mm256_loadu_si256((const __m256i *)qv);
-        dw = _mm256_loadu_ps(dwv), dx = _mm256_loadu_ps(dxv);
-        mw = _mm256_loadu_ps(mwv), sx = _mm256_loadu_ps(sxv);
-    }
-    if (off) s = _mm256_sub_epi32(s, _mm256_slli_epi32(qs, off == 8 ? 3 : 4));
-    __m256 p = _mm256_mul_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(s));
-    if (has_min(type)) p = _mm256_add_ps(p, _mm256_mul_ps(mw, sx));
-    return p;
-}
-
-/* tnn__qreduce8 of the 8 lanes: ((v0 + v4) + (v2 + v6)) + ((v1 + v5) + (v3 + v7)). */
-INL float reduce8(__m256 acc) {
-    __m128 t = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    __m128 u = _mm_add_ps(t, _mm_shuffle_ps(t, t, _MM_SHUFFLE(1, 0, 3, 2)));
-    return _mm_cvtss_f32(_mm_add_ss(u, _mm_shuffle_ps(u, u, 1)));
-}
-
-/* Two rows at a time share the activation loads. */
 INL void dot_q32(int type, const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
     const size_t bsz = block_bytes32(type);
     const int64_t nb = a->n / TNN_QK;
-    int64_t r = 0;
-    for (; r + 2 <= rows; r += 2) {
-        const uint8_t *w0 = (const uint8_t *)w + r * rb, *w1 = w0 + rb;
-        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-        for (int64_t b = 0; b < nb; b += 8) {
-            int n = nb - b < 8 ? (int)(nb - b) : 8;
-            if (n == 8) {
-                acc0 = _mm256_add_ps(acc0, group_p(type, w0, b, 8, a, bsz));
-                acc1 = _mm256_add_ps(acc1, group_p(type, w1, b, 8, a, bsz));
-            } else {
-                acc0 = _mm256_add_ps(acc0, group_p(type, w0, b, n, a, bsz));
-                acc1 = _mm256_add_ps(acc1, group_p(type, w1, b, n, a, bsz));
-            }
-        }
-        y[r] = reduce8(acc0);
-        y[r + 1] = reduce8(acc1);
-    }
-    for (; r < rows; r++) {
+    const int off = code_offset(type);
+    for (int64_t r = 0; r < rows; r++) {
         const uint8_t *wr = (const uint8_t *)w + r * rb;
         __m256 acc = _mm256_setzero_ps();
-        for (int64_t b = 0; b < nb; b += 8) {
-            int n = nb - b < 8 ? (int)(nb - b) : 8;
-            acc = _mm256_add_ps(acc, n == 8 ? group_p(type, wr, b, 8, a, bsz)
-                                            : group_p(type, wr, b, n, a, bsz));
+        int64_t b = 0;
+        for (; b + 8 <= nb; b += 8) {
+            const uint8_t *blk = wr + b * bsz;
+            __m256i v[8];
+            for (int k = 0; k < 8; k++)
+                v[k] = block_dot(type, blk + k * bsz, a->q + 32 * (b + k));
+            __m256i s = hsum8x8(v);
+            if (off) {
+                __m256i qs = _mm256_loadu_si256((const __m256i *)(a->qsum + b));
+                s = _mm256_sub_epi32(s, _mm256_slli_epi32(qs, off == 8 ? 3 : 4));
+            }
+            __m256 dw = load_f16x8(blk, bsz);
+            __m256 p =
+                _mm256_mul_ps(_mm256_mul_ps(dw, _mm256_loadu_ps(a->d + b)), _mm256_cvtepi32_ps(s));
+            if (has_min(type)) {
+                __m256 mw = load_f16x8(blk + 2, bsz);
+                p = _mm256_add_ps(p, _mm256_mul_ps(mw, _mm256_loadu_ps(a->s + b)));
+            }
+            acc = _mm256_add_ps(acc, p);
         }
-        y[r] = reduce8(acc);
+        float lanes[8];
+        _mm256_storeu_ps(lanes, acc);
+        for (; b < nb; b++) {
+            const uint8_t *blk = wr + b * bsz;
+            int32_t s = hsum_i32(block_dot(type, blk, a->q + 32 * b)) - off * a->qsum[b];
+            float p = (f16(ld16(blk)) * a->d[b]) * (float)s;
+            if (has_min(type))
+                p = p + f16(ld16(blk + 2)) * a->s[b];
+            lanes[b & 7] += p;
+        }
+        y[r] = tnn__qreduce8(lanes);
     }
 }
 
