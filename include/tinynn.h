@@ -269,8 +269,9 @@ TNN_API tnn_tensor *tnn_kv_write(tnn_session *s, tnn_tensor *cache, tnn_tensor *
  * holds the queries at positions pos .. pos+n-1 (pos an int32 (1) tensor
  * read at compute time); kcache and vcache (ctx, n_kv_head*hd), both f32 or
  * both f16, hold keys and values at positions 0 .. pos+n-1. Returns f32
- * (n, n_head*hd). Keys are taken in chunks of 64 merged in a fixed order, so
- * the bits do not depend on the thread count. */
+ * (n, n_head*hd). Decoding takes keys in chunks of 64 merged in a fixed
+ * order; prompts of 64 rows or more go through GEMMs by blocks of rows. The
+ * bits never depend on the thread count. */
 TNN_API tnn_tensor *tnn_attention_cached(tnn_session *s, tnn_tensor *q, tnn_tensor *kcache,
                                          tnn_tensor *vcache, int n_head, int n_kv_head,
                                          tnn_tensor *pos);

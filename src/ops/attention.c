@@ -14,6 +14,7 @@
 #include "../quant/quant.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -545,6 +546,82 @@ static void cattn_row_range(void *p, int64_t lo, int64_t hi) {
     free(buf);
 }
 
+/* Block path (prompts of at least CATTN_BLOCK rows): tasks are (kv head,
+ * block of CATTN_BLOCK query rows). The block's keys and values (positions
+ * 0 .. the block's last) are widened to f32 once for the group's heads;
+ * then per head S = Q K^T and O = P V are two GEMMs and the softmax runs on
+ * whole rows of S in between (keys past a row's position masked). Blocks are
+ * taken from both ends in turn so the threads' shares cost the same. The
+ * rounding differs from the chunked paths (the GEMM's chains, one softmax
+ * per row), so a prompt agrees with token-by-token decoding to rounding,
+ * not to the bit; each row is still computed by one task in a fixed way, so
+ * the thread count changes nothing. */
+#define CATTN_BLOCK 64
+
+typedef struct {
+    const cattn_ctx *c;
+    int64_t nblk;
+    atomic_int rc;
+} cblk_ctx;
+
+/* rows x hd values, rows `stride` elements apart, to packed f32 (f16
+ * through the F16C dequantization kernel where the CPU has it). */
+static void widen_rows(const void *src, bool f16, int64_t rows, int64_t stride, int64_t hd,
+                       float *dst) {
+    for (int64_t j = 0; j < rows; j++) {
+        if (f16)
+            tnn__dequantize_row(TNN_QT_F16, (const uint16_t *)src + j * stride, dst + j * hd, hd);
+        else
+            memcpy(dst + j * hd, (const float *)src + j * stride, (size_t)hd * sizeof(float));
+    }
+}
+
+/* One row of scores: p = e^(scale s - max) over keys 0 .. last, 0 after;
+ * returns 1 / sum. */
+TNN_VEC_CLONES static float softmax_scores(float *s, int64_t last, int64_t nk, float scale) {
+    for (int64_t j = 0; j <= last; j++) s[j] *= scale;
+    float mx = tnn_vmax(s, last + 1);
+    for (int64_t j = 0; j <= last; j++) s[j] = tnn_vexp(s[j] - mx);
+    for (int64_t j = last + 1; j < nk; j++) s[j] = 0.0f;
+    return (float)(1.0 / tnn_vsum_d(s, last + 1));
+}
+
+static void cattn_block_range(void *p, int64_t lo, int64_t hi) {
+    cblk_ctx *bc = p;
+    const cattn_ctx *c = bc->c;
+    int64_t kw = c->Hkv * c->hd, qw = c->H * c->hd, grp = c->H / c->Hkv, hd = c->hd;
+    size_t es = c->f16 ? 2 : 4;
+    int64_t most = c->pos + c->n; /* keys of the last block */
+    float *kf = malloc((size_t)(most * hd) * sizeof *kf), *vf = malloc((size_t)(most * hd) * sizeof *vf);
+    float *sc = malloc((size_t)(CATTN_BLOCK * most) * sizeof *sc);
+    if (!kf || !vf || !sc) {
+        atomic_store(&bc->rc, TNN_ERR_NOMEM);
+        goto out;
+    }
+    for (int64_t task = lo; task < hi; task++) {
+        int64_t z = task / c->Hkv, g = task % c->Hkv;
+        int64_t blk = z % 2 ? bc->nblk - 1 - z / 2 : z / 2;
+        int64_t i0 = blk * CATTN_BLOCK, m = c->n - i0 < CATTN_BLOCK ? c->n - i0 : CATTN_BLOCK;
+        int64_t nk = c->pos + i0 + m; /* keys 0 .. the block's last row's position */
+        widen_rows((const char *)c->k + (size_t)(g * hd) * es, c->f16, nk, kw, hd, kf);
+        widen_rows((const char *)c->v + (size_t)(g * hd) * es, c->f16, nk, kw, hd, vf);
+        for (int64_t h = g * grp; h < (g + 1) * grp; h++) {
+            int rc = tnn__gemm_f32(false, true, m, nk, hd, c->q + i0 * qw + h * hd, qw, kf, hd,
+                                   sc, nk);
+            for (int64_t r = 0; r < m && rc == TNN_OK; r++) {
+                float *row = sc + r * nk, inv = softmax_scores(row, c->pos + i0 + r, nk, c->scale);
+                for (int64_t j = 0; j < nk; j++) row[j] *= inv;
+            }
+            if (rc == TNN_OK)
+                rc = tnn__gemm_f32(false, false, m, hd, nk, sc, nk, vf, hd,
+                                   c->out + i0 * qw + h * hd, qw);
+            if (rc) atomic_store(&bc->rc, rc);
+        }
+    }
+out:
+    free(kf), free(vf), free(sc);
+}
+
 /* Scratch of the split path at most (bytes); longer prompts take rows. */
 #define CATTN_SPLIT_BYTES ((int64_t)1 << 20)
 
@@ -564,6 +641,13 @@ int tnn__fwd_attention_cached(tnn_tensor *t) {
                           (long long)kc->shape[0], t->id);
     c.nch = (c.pos + c.n - 1) / TNN_ATTN_CHUNK + 1;
     int64_t part = c.n * c.H * c.nch * (c.hd + 2);
+    if (c.n >= CATTN_BLOCK) {
+        cblk_ctx bc = {.c = &c, .nblk = (c.n + CATTN_BLOCK - 1) / CATTN_BLOCK};
+        atomic_init(&bc.rc, TNN_OK);
+        tnn__parallel_for(bc.nblk * c.Hkv, 1, cattn_block_range, &bc);
+        int rc = atomic_load(&bc.rc);
+        return rc ? TNN_ERR(rc, "tnn_attention_cached: out of memory") : TNN_OK;
+    }
     if (part * (int64_t)sizeof(float) <= CATTN_SPLIT_BYTES) {
         c.part = malloc((size_t)part * sizeof(float));
         if (!c.part) return TNN_ERR(TNN_ERR_NOMEM, "out of memory");
