@@ -452,9 +452,11 @@ tnn_tensor *tnn_attention_cached(tnn_session *s, tnn_tensor *q, tnn_tensor *kcac
  *   a = e^(M - M'), b = e^(m_c - M'), L = L a + l_c b, O = O a + o_c b;
  *   out = O * (1 / L).
  * Decoding (few query rows) computes the chunks of a row in parallel into a
- * scratch buffer and merges them after; long prompts give each task whole
- * rows and merge as they go. Both run the same operations in the same order,
- * so the bits do not depend on the path or the thread count. */
+ * scratch buffer and merges them after; a few rows against a long context
+ * (where that scratch would be large) give each task whole rows and merge as
+ * they go. Both run the same operations in the same order, so the bits do
+ * not depend on which of the two runs or on the thread count. Prompts of
+ * CATTN_BLOCK rows or more take the block path below. */
 typedef struct {
     const float *q;
     const void *k, *v;
