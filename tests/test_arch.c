@@ -1,0 +1,234 @@
+/* test_arch.c - the model variants that real llama-family files come in,
+ * checked against llama.cpp on tiny random-weight models: qwen2 (Q/K/V
+ * biases, NeoX RoPE, separate output matrix, as Qwen2.5), llama with
+ * rope_freqs and a large RoPE base (as Llama 3.x), and llama with tied
+ * embeddings and a single kv head (multi-query).
+ *
+ * The models are written here with tinynn's GGUF writer from a fixed RNG, so
+ * no binary model is committed; tools/arch_reference.py runs this program
+ * with --write DIR and feeds the same files to llama.cpp (llama-cpp-python)
+ * once, writing tests/data/llama_arch.txt: per model, the prompt's token
+ * ids, the top-10 logits after it and 8 greedy tokens with their margins.
+ * The test compares top-10 logits within 0.02 and the greedy tokens wherever
+ * llama.cpp's top-2 margin is above 0.05 (its KV cache is f16, as ours is
+ * here).
+ */
+#include "harness.h"
+
+#include "llm/llama.h"
+
+#include <unistd.h>
+
+typedef struct {
+    const char *name, *arch;
+    uint64_t seed;
+    int n_kv;
+    bool bias, rope_freqs, tied;
+    double base;
+} variant;
+
+static const variant variants[] = {
+    {"qwen2", "qwen2", 11, 2, true, false, false, 1000000.0},
+    {"llama3", "llama", 12, 2, false, true, false, 500000.0},
+    {"llama_tied_mqa", "llama", 13, 1, false, false, true, 10000.0},
+};
+#define N_VARIANTS ((int)(sizeof variants / sizeof variants[0]))
+
+enum { VOCAB = 259, D = 64, LAYERS = 2, HEADS = 4, FF = 128 };
+
+static int add_f32(tnn_gguf_writer *w, const char *name, int ndim, int64_t d0, int64_t d1,
+                   double scale, double offset) {
+    int64_t n = ndim == 1 ? d0 : d0 * d1, shape[2] = {d0, d1};
+    float *v = malloc(sizeof(float) * (size_t)n);
+    for (int64_t i = 0; i < n; i++) v[i] = (float)(offset + th_sym(scale));
+    int rc = tnn_gguf_writer_add_tensor(w, name, TNN_GGML_F32, ndim, shape, v, sizeof(float) * (size_t)n);
+    free(v);
+    return rc;
+}
+
+/* A tiny model of variant v with a SentencePiece-style vocabulary of
+ * <unk>, <s>, </s> and the 256 byte tokens. */
+static int write_model(const variant *v, const char *path) {
+    tnn_gguf_writer *w = tnn_gguf_writer_new();
+    int rc = TNN_OK, hd = D / HEADS;
+    char k[96];
+#define KEY(suffix) (snprintf(k, sizeof k, "%s.%s", v->arch, suffix), k)
+#define ADD(call)                                                                             \
+    do {                                                                                      \
+        if (rc == TNN_OK) rc = (call);                                                        \
+    } while (0)
+    ADD(tnn_gguf_writer_add_str(w, "general.architecture", v->arch));
+    ADD(tnn_gguf_writer_add_u32(w, KEY("context_length"), 256));
+    ADD(tnn_gguf_writer_add_u32(w, KEY("embedding_length"), D));
+    ADD(tnn_gguf_writer_add_u32(w, KEY("block_count"), LAYERS));
+    ADD(tnn_gguf_writer_add_u32(w, KEY("feed_forward_length"), FF));
+    ADD(tnn_gguf_writer_add_u32(w, KEY("attention.head_count"), HEADS));
+    ADD(tnn_gguf_writer_add_u32(w, KEY("attention.head_count_kv"), (uint32_t)v->n_kv));
+    ADD(tnn_gguf_writer_add_f32(w, KEY("rope.freq_base"), (float)v->base));
+    ADD(tnn_gguf_writer_add_u32(w, KEY("rope.dimension_count"), (uint32_t)hd));
+    ADD(tnn_gguf_writer_add_f32(w, KEY("attention.layer_norm_rms_epsilon"), 1e-5f));
+    char names[VOCAB][8];
+    const char *toks[VOCAB];
+    float scores[VOCAB];
+    int32_t types[VOCAB];
+    for (int i = 0; i < VOCAB; i++) {
+        if (i < 3)
+            snprintf(names[i], sizeof names[i], "%s", i == 0 ? "<unk>" : i == 1 ? "<s>" : "</s>");
+        else
+            snprintf(names[i], sizeof names[i], "<0x%02X>", i - 3);
+        toks[i] = names[i];
+        scores[i] = 0.0f;
+        types[i] = i == 0 ? 2 : i < 3 ? 3 : 6; /* unknown, control, byte */
+    }
+    ADD(tnn_gguf_writer_add_str(w, "tokenizer.ggml.model", "llama"));
+    ADD(tnn_gguf_writer_add_arr_str(w, "tokenizer.ggml.tokens", toks, VOCAB));
+    ADD(tnn_gguf_writer_add_arr(w, "tokenizer.ggml.scores", TNN_GGUF_FLOAT32, scores, VOCAB));
+    ADD(tnn_gguf_writer_add_arr(w, "tokenizer.ggml.token_type", TNN_GGUF_INT32, types, VOCAB));
+    ADD(tnn_gguf_writer_add_u32(w, "tokenizer.ggml.bos_token_id", 1));
+    ADD(tnn_gguf_writer_add_u32(w, "tokenizer.ggml.eos_token_id", 2));
+    ADD(tnn_gguf_writer_add_u32(w, "tokenizer.ggml.unknown_token_id", 0));
+#undef KEY
+    th_seed(v->seed);
+    int kvw = v->n_kv * hd;
+    ADD(add_f32(w, "token_embd.weight", 2, VOCAB, D, 1.0, 0.0));
+    ADD(add_f32(w, "output_norm.weight", 1, D, 0, 0.1, 1.0));
+    if (!v->tied) ADD(add_f32(w, "output.weight", 2, VOCAB, D, 0.2, 0.0));
+    if (v->rope_freqs) ADD(add_f32(w, "rope_freqs.weight", 1, hd / 2, 0, 1.5, 2.5));
+    for (int l = 0; l < LAYERS && rc == TNN_OK; l++) {
+        char n[64];
+#define T(what, nd, a, b, sc, off) \
+    (snprintf(n, sizeof n, "blk.%d.%s", l, what), add_f32(w, n, nd, a, b, sc, off))
+        ADD(T("attn_norm.weight", 1, D, 0, 0.1, 1.0));
+        ADD(T("attn_q.weight", 2, D, D, 0.2, 0.0));
+        ADD(T("attn_k.weight", 2, kvw, D, 0.2, 0.0));
+        ADD(T("attn_v.weight", 2, kvw, D, 0.2, 0.0));
+        if (v->bias) {
+            ADD(T("attn_q.bias", 1, D, 0, 0.2, 0.0));
+            ADD(T("attn_k.bias", 1, kvw, 0, 0.2, 0.0));
+            ADD(T("attn_v.bias", 1, kvw, 0, 0.2, 0.0));
+        }
+        ADD(T("attn_output.weight", 2, D, D, 0.2, 0.0));
+        ADD(T("ffn_norm.weight", 1, D, 0, 0.1, 1.0));
+        ADD(T("ffn_gate.weight", 2, FF, D, 0.2, 0.0));
+        ADD(T("ffn_up.weight", 2, FF, D, 0.2, 0.0));
+        ADD(T("ffn_down.weight", 2, D, FF, 0.2, 0.0));
+#undef T
+    }
+#undef ADD
+    if (rc == TNN_OK) rc = tnn_gguf_writer_write(w, path);
+    tnn_gguf_writer_free(w);
+    return rc;
+}
+
+/* One record of the golden file. */
+typedef struct {
+    char name[32];
+    int n_tok, tok[32];
+    int top_id[10];
+    double top_logit[10];
+    int greedy[8];
+    double margin[8];
+} record;
+
+static int read_records(const char *path, record *rec, int max) {
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    char line[4096];
+    int n = -1;
+    while (fgets(line, sizeof line, f)) {
+        if (!strncmp(line, "model ", 6) && n + 1 < max) {
+            n++;
+            memset(&rec[n], 0, sizeof rec[n]);
+            sscanf(line + 6, "%31s", rec[n].name);
+        } else if (n >= 0 && !strncmp(line, "tokens ", 7)) {
+            char *p = line + 7;
+            rec[n].n_tok = (int)strtol(p, &p, 10);
+            for (int i = 0; i < rec[n].n_tok && i < 32; i++) rec[n].tok[i] = (int)strtol(p, &p, 10);
+        } else if (n >= 0 && !strncmp(line, "top10 ", 6)) {
+            char *p = line + 6;
+            for (int i = 0; i < 10; i++) {
+                rec[n].top_id[i] = (int)strtol(p, &p, 10);
+                p++; /* ':' */
+                rec[n].top_logit[i] = strtod(p, &p);
+            }
+        } else if (n >= 0 && !strncmp(line, "greedy ", 7)) {
+            char *p = line + 7;
+            for (int i = 0; i < 8; i++) rec[n].greedy[i] = (int)strtol(p, &p, 10);
+        } else if (n >= 0 && !strncmp(line, "margin ", 7)) {
+            char *p = line + 7;
+            for (int i = 0; i < 8; i++) rec[n].margin[i] = strtod(p, &p);
+        }
+    }
+    fclose(f);
+    return n + 1;
+}
+
+static int argmax(const float *x, int n) {
+    int b = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[b]) b = i;
+    return b;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 3 && !strcmp(argv[1], "--write")) { /* for tools/arch_reference.py */
+        for (int v = 0; v < N_VARIANTS; v++) {
+            char path[512];
+            snprintf(path, sizeof path, "%s/tiny_%s.gguf", argv[2], variants[v].name);
+            if (write_model(&variants[v], path)) {
+                fprintf(stderr, "%s: %s\n", path, tnn_last_error());
+                return 1;
+            }
+            printf("%s\n", path);
+        }
+        return 0;
+    }
+    record rec[N_VARIANTS];
+    int n = read_records(TNN_DATA_DIR "/llama_arch.txt", rec, N_VARIANTS);
+    CHECK(n == N_VARIANTS, "golden file: %d records", n);
+    for (int r = 0; r < n; r++) {
+        const variant *v = NULL;
+        for (int i = 0; i < N_VARIANTS; i++)
+            if (!strcmp(variants[i].name, rec[r].name)) v = &variants[i];
+        CHECK(v != NULL, "golden record for an unknown model %s", rec[r].name);
+        if (!v) continue;
+        char path[96];
+        snprintf(path, sizeof path, "/tmp/tnn-test-arch-%d-%s.gguf", (int)getpid(), v->name);
+        CHECK_OK(write_model(v, path));
+        lm_llama *m = lm_llama_load(path, 64, TNN_F16);
+        CHECK(m != NULL, "%s: %s", v->name, tnn_last_error());
+        if (!m) continue;
+        const lm_llama_hparams *hp = lm_llama_hparams_of(m);
+        CHECK(hp->qkv_bias == v->bias && hp->rope_factors == v->rope_freqs &&
+                  hp->tied_output == v->tied && hp->n_kv_head == v->n_kv,
+              "%s: hyper-parameters read wrong", v->name);
+        float lg[VOCAB];
+        int32_t tok[40];
+        for (int i = 0; i < rec[r].n_tok; i++) tok[i] = rec[r].tok[i];
+        CHECK_OK(lm_llama_eval(m, tok, rec[r].n_tok, lg));
+        double worst = 0;
+        for (int i = 0; i < 10; i++) {
+            double e = fabs(lg[rec[r].top_id[i]] - rec[r].top_logit[i]);
+            if (e > worst) worst = e;
+        }
+        CHECK(worst <= 0.02, "%s: top-10 logits differ from llama.cpp by %.4f (bound 0.02)",
+              v->name, worst);
+        int compared = 0, equal = 0;
+        for (int s = 0; s < 8; s++) {
+            int next = argmax(lg, VOCAB);
+            if (rec[r].margin[s] > 0.05) {
+                compared++;
+                equal += next == rec[r].greedy[s];
+            }
+            if (next != rec[r].greedy[s]) break; /* the sequences part: stop comparing */
+            int32_t t1 = next;
+            CHECK_OK(lm_llama_eval(m, &t1, 1, lg));
+        }
+        CHECK(equal == compared, "%s: greedy tokens: %d of %d equal", v->name, equal, compared);
+        printf("%s: top-10 logits within %.4f of llama.cpp; greedy %d of %d equal\n", v->name,
+               worst, equal, compared);
+        lm_llama_free(m);
+        unlink(path);
+    }
+    return th_finish("test_arch");
+}
