@@ -43,7 +43,8 @@ static void triad_range(void *p, int64_t begin, int64_t end) {
 
 static void triad(int reps, double *best, double *median) {
     const int64_t n = (int64_t)1 << 24;
-    float *a = bench_xalloc((size_t)n * 4), *b = bench_xalloc((size_t)n * 4), *c = bench_xalloc((size_t)n * 4);
+    float *a = bench_xalloc((size_t)n * 4), *b = bench_xalloc((size_t)n * 4);
+    float *c = bench_xalloc((size_t)n * 4);
     for (int64_t i = 0; i < n; i++)
         a[i] = 0, b[i] = 1, c[i] = 2;
     triad_ctx t = {a, b, c};

@@ -41,7 +41,8 @@ static int add_f32(tnn_gguf_writer *w, const char *name, int ndim, int64_t d0, i
     int64_t n = ndim == 1 ? d0 : d0 * d1, shape[2] = {d0, d1};
     float *v = malloc(sizeof(float) * (size_t)n);
     for (int64_t i = 0; i < n; i++) v[i] = (float)(offset + th_sym(scale));
-    int rc = tnn_gguf_writer_add_tensor(w, name, TNN_GGML_F32, ndim, shape, v, sizeof(float) * (size_t)n);
+    int rc = tnn_gguf_writer_add_tensor(w, name, TNN_GGML_F32, ndim, shape, v,
+                                        sizeof(float) * (size_t)n);
     free(v);
     return rc;
 }

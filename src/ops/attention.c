@@ -466,6 +466,7 @@ typedef struct {
     float scale;
     float *part; /* split path: per (row, head, chunk) hd + 2 floats, or NULL */
     tnn_attn_chunk_fn kern;
+    atomic_int *fail; /* set when a task could not get its buffer */
 } cattn_ctx;
 
 static inline void merge(float *M, float *L, float *O, float m, float l, const float *o,
@@ -528,8 +529,11 @@ static void cattn_merge_range(void *p, int64_t lo, int64_t hi) {
 static void cattn_row_range(void *p, int64_t lo, int64_t hi) {
     const cattn_ctx *c = p;
     int64_t grp = c->H / c->Hkv;
-    float *buf = malloc(2 * (size_t)c->hd * sizeof *buf);
-    if (!buf) return; /* cannot happen for sane hd */
+    float local[512], *buf = c->hd <= 256 ? local : malloc(2 * (size_t)c->hd * sizeof *buf);
+    if (!buf) {
+        atomic_store(c->fail, 1);
+        return;
+    }
     float *O = buf, *o = buf + c->hd;
     for (int64_t task = lo; task < hi; task++) {
         int64_t z = task / c->Hkv, g = task % c->Hkv;
@@ -545,7 +549,7 @@ static void cattn_row_range(void *p, int64_t lo, int64_t hi) {
             finish(O, L, c->hd, c->out + i * c->H * c->hd + h * c->hd);
         }
     }
-    free(buf);
+    if (buf != local) free(buf);
 }
 
 /* Block path (prompts of at least CATTN_BLOCK rows): tasks are (kv head,
@@ -594,7 +598,8 @@ static void cattn_block_range(void *p, int64_t lo, int64_t hi) {
     int64_t kw = c->Hkv * c->hd, qw = c->H * c->hd, grp = c->H / c->Hkv, hd = c->hd;
     size_t es = c->f16 ? 2 : 4;
     int64_t most = c->pos + c->n; /* keys of the last block */
-    float *kf = malloc((size_t)(most * hd) * sizeof *kf), *vf = malloc((size_t)(most * hd) * sizeof *vf);
+    float *kf = malloc((size_t)(most * hd) * sizeof *kf);
+    float *vf = malloc((size_t)(most * hd) * sizeof *vf);
     float *sc = malloc((size_t)(CATTN_BLOCK * most) * sizeof *sc);
     if (!kf || !vf || !sc) {
         atomic_store(&bc->rc, TNN_ERR_NOMEM);
@@ -657,7 +662,12 @@ int tnn__fwd_attention_cached(tnn_tensor *t) {
         tnn__parallel_for(c.n * c.H, 4, cattn_merge_range, &c);
         free(c.part);
     } else {
+        atomic_int fail;
+        atomic_init(&fail, 0);
+        c.fail = &fail;
         tnn__parallel_for(c.n * c.Hkv, 1, cattn_row_range, &c);
+        if (atomic_load(&fail))
+            return TNN_ERR(TNN_ERR_NOMEM, "tnn_attention_cached: out of memory");
     }
     return TNN_OK;
 }

@@ -19,7 +19,8 @@
 #define INL static inline __attribute__((always_inline))
 
 INL const void *at(const void *base, bool f16, int64_t i) {
-    return f16 ? (const void *)((const uint16_t *)base + i) : (const void *)((const float *)base + i);
+    if (f16) return (const uint16_t *)base + i;
+    return (const float *)base + i;
 }
 
 INL __m256 load8(const void *base, bool f16, int64_t i) {
@@ -57,7 +58,8 @@ INL __m256 scores8(const float *q, const void *k, bool f16, int64_t stride, int6
 
 INL float score1(const float *q, const void *k, bool f16, int64_t hd) {
     __m256 a = _mm256_setzero_ps();
-    for (int64_t d = 0; d < hd; d += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), load8(k, f16, d), a);
+    for (int64_t d = 0; d < hd; d += 8)
+        a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), load8(k, f16, d), a);
     return tree1(a);
 }
 
@@ -88,7 +90,8 @@ static void chunk(const float *q, const void *k, const void *v, bool f16, int64_
     const __m256 sc = _mm256_set1_ps(scale);
     int64_t j = 0;
     for (; j + 8 <= n; j += 8)
-        _mm256_store_ps(s + j, _mm256_mul_ps(scores8(q, at(k, f16, j * stride), f16, stride, hd), sc));
+        _mm256_store_ps(s + j,
+                        _mm256_mul_ps(scores8(q, at(k, f16, j * stride), f16, stride, hd), sc));
     for (; j < n; j++) s[j] = score1(q, at(k, f16, j * stride), f16, hd) * scale;
     /* the largest score: exact in any order */
     __m256 m8 = _mm256_set1_ps(-INFINITY);

@@ -112,7 +112,8 @@ static inline float tnn_vsigmoid(float x) { return 1.0f / (1.0f + tnn_vexp(-x));
  * the lanes are then combined as ((l0 + l1) + (l2 + l3)) + ((l4 + l5) +
  * (l6 + l7)). The order depends on n only, so a row's result is the same in
  * every build, clone and thread split, and the loops vectorize. */
-#define TNN_LANES8_REDUCE(a) (((a)[0] + (a)[1]) + ((a)[2] + (a)[3])) + (((a)[4] + (a)[5]) + ((a)[6] + (a)[7]))
+#define TNN_LANES8_REDUCE(a)                                                                  \
+    ((((a)[0] + (a)[1]) + ((a)[2] + (a)[3])) + (((a)[4] + (a)[5]) + ((a)[6] + (a)[7])))
 
 /* sum x[j] */
 static inline __attribute__((always_inline)) double tnn_vsum_d(const float *x, int64_t n) {
