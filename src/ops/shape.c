@@ -62,10 +62,10 @@ TNN_VEC_CLONES static void ln_back_range(void *p, int64_t lo, int64_t hi) {
         row_stats(x, n, c->eps, &mean, &rstd);
         double sg = tnn_vsum_d(g, n), sgx = tnn_vdot_d(g, x, n);
         double mg = sg / (double)n, mgx = rstd * (sgx - mean * sg) / (double)n;
-        for (int64_t j = 0; j < n; j++) {
-            double xh = ((double)x[j] - mean) * rstd;
-            dx[j] = (float)(rstd * (((double)g[j] - mg) - xh * mgx));
-        }
+        /* dx = rstd (g - mg) - (rstd^2 mgx) (x - mean), the row's constants
+         * rounded to float once, the per-element arithmetic in float */
+        float ka = (float)rstd, kb = (float)mg, kc = (float)(rstd * rstd * mgx), m = (float)mean;
+        for (int64_t j = 0; j < n; j++) dx[j] = ka * (g[j] - kb) - kc * (x[j] - m);
     }
 }
 
