@@ -242,8 +242,42 @@ static void test_reductions(void) {
     CHECK(isnan(tnn_vmax(nan, 11)), "a NaN in the row comes out of the max");
 }
 
+/* tnn_vexp_le0 gives tnn_vexp's bits for every x <= 0 (every 97th float of
+ * the negative half, the edges, NaN), in a scalar and an AVX2 build. */
+#ifdef HAVE_AVX2_BUILD
+__attribute__((target("avx2"), optimize("O3"))) static void exp_le0_avx2(const float *x, float *y,
+                                                                          int n) {
+    for (int i = 0; i < n; i++) y[i] = tnn_vexp_le0(x[i]);
+}
+#endif
+__attribute__((noinline)) static float exp_le0_scalar(float x) { return tnn_vexp_le0(x); }
+
+static void test_exp_le0(void) {
+    static float x[BLK], ya[BLK];
+    long long bad = 0, n_all = 0;
+    for (uint64_t b = 0x80000000u; b <= 0xff800000u;) {
+        int n = 0;
+        for (; n < BLK && b <= 0xff800000u; n++, b += 97) x[n] = bits_f((uint32_t)b);
+#ifdef HAVE_AVX2_BUILD
+        if (__builtin_cpu_supports("avx2")) exp_le0_avx2(x, ya, n);
+        else
+#endif
+            for (int i = 0; i < n; i++) ya[i] = exp_le0_scalar(x[i]);
+        for (int i = 0; i < n; i++) {
+            uint32_t want = f_bits(exp_scalar(x[i]));
+            bad += f_bits(exp_le0_scalar(x[i])) != want || f_bits(ya[i]) != want;
+        }
+        n_all += n;
+    }
+    float edge[4] = {-0.0f, -87.33654f, -88.0f, -INFINITY};
+    for (int i = 0; i < 4; i++) bad += f_bits(exp_le0_scalar(edge[i])) != f_bits(exp_scalar(edge[i]));
+    CHECK(isnan(exp_le0_scalar(NAN)), "NaN stays NaN");
+    CHECK(bad == 0, "tnn_vexp_le0 differs from tnn_vexp at %lld of %lld points", bad, n_all);
+}
+
 int main(void) {
     test_reductions();
+    test_exp_le0();
     test_edges();
     test_sweeps();
     test_ops();

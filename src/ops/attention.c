@@ -200,7 +200,7 @@ TNN_VEC_CLONES static float row_max(const float *p, int64_t n) { return tnn_vmax
 
 /* p[j] = e^(p[j] - mx), vectorized. */
 TNN_VEC_CLONES static void exp_shift(float *p, int64_t n, float mx) {
-    for (int64_t j = 0; j < n; j++) p[j] = tnn_vexp(p[j] - mx);
+    for (int64_t j = 0; j < n; j++) p[j] = tnn_vexp_le0(p[j] - mx);
 }
 
 /* Scores of query row q against keys 0..t, softmaxed in place into p.
@@ -472,7 +472,7 @@ typedef struct {
 static inline void merge(float *M, float *L, float *O, float m, float l, const float *o,
                          int64_t hd) {
     float mx = m > *M ? m : *M;
-    float a = tnn_vexp(*M - mx), b = tnn_vexp(m - mx);
+    float a = tnn_vexp_le0(*M - mx), b = tnn_vexp_le0(m - mx);
     *L = *L * a + l * b;
     for (int64_t d = 0; d < hd; d++) O[d] = O[d] * a + o[d] * b;
     *M = mx;
@@ -587,7 +587,7 @@ static void widen_rows(const void *src, bool f16, int64_t rows, int64_t stride, 
 TNN_VEC_CLONES static float softmax_scores(float *s, int64_t last, int64_t nk, float scale) {
     for (int64_t j = 0; j <= last; j++) s[j] *= scale;
     float mx = tnn_vmax(s, last + 1);
-    for (int64_t j = 0; j <= last; j++) s[j] = tnn_vexp(s[j] - mx);
+    for (int64_t j = 0; j <= last; j++) s[j] = tnn_vexp_le0(s[j] - mx);
     for (int64_t j = last + 1; j < nk; j++) s[j] = 0.0f;
     return (float)(1.0 / tnn_vsum_d(s, last + 1));
 }

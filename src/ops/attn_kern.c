@@ -25,7 +25,7 @@ void tnn__attn_chunk_scalar(const float *q, const void *k, const void *v, bool f
     }
     float b[8] = {0};
     for (int64_t j = 0; j < n; j++) {
-        s[j] = tnn_vexp(s[j] - mx);
+        s[j] = tnn_vexp_le0(s[j] - mx);
         b[j % 8] += s[j];
     }
     for (int64_t d = 0; d < hd; d++) o[d] = 0.0f;

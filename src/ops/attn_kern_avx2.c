@@ -102,7 +102,7 @@ static void chunk(const float *q, const void *k, const void *v, bool f16, int64_
     float mx = -INFINITY;
     for (int r = 0; r < 8; r++) mx = mv[r] > mx ? mv[r] : mx;
     for (; i < n; i++) mx = s[i] > mx ? s[i] : mx;
-    for (i = 0; i < n; i++) s[i] = tnn_vexp(s[i] - mx); /* vectorized by the compiler */
+    for (i = 0; i < n; i++) s[i] = tnn_vexp_le0(s[i] - mx); /* vectorized by the compiler */
     /* lane sums: lane r takes p_j for j % 8 == r, in ascending j */
     __m256 b8 = _mm256_setzero_ps();
     for (i = 0; i + 8 <= n; i += 8) b8 = _mm256_add_ps(b8, _mm256_load_ps(s + i));

@@ -269,10 +269,10 @@ TNN_VEC_CLONES static void exp_shift(const float *x, float *y, int64_t n, float 
     int64_t j = 0;
     for (; j + CE_BLK <= n; j += CE_BLK) {
         float b[CE_BLK];
-        for (int k = 0; k < CE_BLK; k++) b[k] = tnn_vexp(x[j + k] - mx);
+        for (int k = 0; k < CE_BLK; k++) b[k] = tnn_vexp_le0(x[j + k] - mx);
         memcpy(y + j, b, sizeof b);
     }
-    for (; j < n; j++) y[j] = tnn_vexp(x[j] - mx);
+    for (; j < n; j++) y[j] = tnn_vexp_le0(x[j] - mx);
 }
 
 TNN_VEC_CLONES static float row_max(const float *x, int64_t V) { return tnn_vmax(x, V); }

@@ -28,7 +28,7 @@ TNN_VEC_CLONES static void softmax_range(void *p, int64_t lo, int64_t hi) {
         const float *x = c->x + r * n;
         float *y = c->out + r * n;
         float mx = tnn_vmax(x, n);
-        for (int64_t j = 0; j < n; j++) y[j] = tnn_vexp(x[j] - mx);
+        for (int64_t j = 0; j < n; j++) y[j] = tnn_vexp_le0(x[j] - mx);
         float inv = (float)(1.0 / tnn_vsum_d(y, n));
         for (int64_t j = 0; j < n; j++) y[j] *= inv;
     }

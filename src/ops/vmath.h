@@ -83,6 +83,30 @@ static inline float tnn_vexp(float x) {
     return tnn__sel((tnn__f32_bits(x) & 0x7fffffffu) > 0x7f800000u, x, y);
 }
 
+/* tnn_vexp for x <= 0 (or NaN), as softmax and attention take it (x minus
+ * the row's max): no upper clamp, and 2^n in one factor (n lies in [-127, 0]).
+ * Both scalings by powers of two are exact while the result is normal and
+ * round once when it is not, so this gives the same bits as tnn_vexp for
+ * every x <= 0; a positive x gives a wrong result. */
+static inline float tnn_vexp_le0(float x) {
+    const float log2e = 1.44269502f;
+    const float ln2_hi = 0.693359375f;
+    const float ln2_lo = -2.12194440e-4f;
+    const float round_magic = 12582912.0f;
+    float xc = tnn__sel(x > -88.0f, x, -88.0f); /* NaN -> -88 here; put back below */
+    float nf = (xc * log2e + round_magic) - round_magic;
+    float r = (xc - nf * ln2_hi) - nf * ln2_lo;
+    float q = 1.38145930e-3f;
+    q = q * r + 8.36871564e-3f;
+    q = q * r + 4.16683890e-2f;
+    q = q * r + 1.66665211e-1f;
+    q = q * r + 4.99999940e-1f;
+    float p = (1.0f + r) + (r * r) * q;
+    float y = p * tnn__pow2i((int32_t)nf); /* pow2i(-127) is +0: flushed below anyway */
+    y = tnn__sel(x < -87.33654f, 0.0f, y);
+    return tnn__sel((tnn__f32_bits(x) & 0x7fffffffu) > 0x7f800000u, x, y);
+}
+
 static inline float tnn_vtanh(float u) {
     uint32_t ub = tnn__f32_bits(u);
     float a = tnn__f32_from_bits(ub & 0x7fffffffu); /* |u|; the sign goes back at the end */
