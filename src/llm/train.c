@@ -125,15 +125,24 @@ static int32_t *tokenize_text(const unsigned char *text, size_t len, const lm_to
         *why = "the text is over 2 GiB: too long to tokenize at once";
         return NULL;
     }
-    /* at most one token per byte */
-    int32_t *ids = malloc((len + 1) * sizeof *ids);
-    if (!ids) {
-        *why = "out of memory";
-        return NULL;
+    /* about one token per byte at most; asked again with the exact count
+     * when a vocabulary needs more (a leading space marker) */
+    int32_t cap = (int32_t)len + 1, got = -1;
+    int32_t *ids = NULL;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        int32_t *grown = realloc(ids, (size_t)cap * sizeof *ids);
+        if (!grown) {
+            free(ids);
+            *why = "out of memory";
+            return NULL;
+        }
+        ids = grown;
+        got = lm_tokenize(tok, (const char *)text, len, 0, 0, ids, cap);
+        if (got < 0 || got <= cap) break;
+        cap = got;
     }
-    int32_t got = lm_tokenize(tok, (const char *)text, len, 0, 0, ids, (int32_t)len + 1);
-    if (got < 0 || (size_t)got > len + 1) {
-        *why = got < 0 ? tnn_last_error() : "the tokenizer produced more tokens than bytes";
+    if (got < 0 || got > cap) {
+        *why = got < 0 ? tnn_last_error() : "the tokenizer's count changed between calls";
         free(ids);
         return NULL;
     }
