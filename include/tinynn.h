@@ -401,7 +401,10 @@ TNN_API int tnn_upload(tnn_session *s, tnn_tensor *t);
 /* Copy t into slots 0 .. nelements(t)-1 (the scratch grows as needed). */
 TNN_API int tnn_download(tnn_session *s, tnn_tensor *t);
 
-/* Direct transfers, no scratch. n must equal nelements(t). */
+/* Direct transfers, no scratch. n must equal nelements(t). The float ones
+ * take f32 tensors, and f16 / bf16 ones (values narrowed to f32, then
+ * rounded to nearest even; widened exactly on the way back); downloads also
+ * take int32 tensors. */
 TNN_API int tnn_upload_from_float_array(tnn_session *s, tnn_tensor *t,
                                         const double *src, size_t n);
 /* int32 tensor from int64 values; a value outside int32 is an error. */

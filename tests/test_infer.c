@@ -236,6 +236,44 @@ static void test_cached_attention_paths(void) {
     free(rows), free(dec), free(blk), free(qa), free(ka), free(va);
 }
 
+/* f16 / bf16 storage tensors through every float transfer: values come back
+ * rounded to nearest even (through f32 from doubles), transposed ones in
+ * the right places; arithmetic ops refuse them. */
+static void test_half_transfers(void) {
+    for (int dt = TNN_F16; dt <= TNN_BF16; dt++) {
+        tnn_session *s = tnn_session_new(0);
+        int64_t sh[2] = {3, 5};
+        tnn_tensor *h = tnn_tensor_new(s, dt, 2, sh);
+        CHECK(h != NULL, "%s", tnn_last_error());
+        CHECK_OK(tnn_realize(s, h));
+        double d[15], back[15], want[15];
+        float f[15], fb[15];
+        for (int i = 0; i < 15; i++) {
+            d[i] = (i - 7) * 0.3333333333 + 1e-9;
+            float r = (float)d[i];
+            want[i] = dt == TNN_F16 ? tnn__f16_to_f32(tnn__f32_to_f16(r))
+                                    : tnn__bf16_to_f32(tnn__f32_to_bf16(r));
+            f[i] = r;
+        }
+        CHECK_OK(tnn_upload_from_float_array(s, h, d, 15));
+        CHECK_OK(tnn_download_to_f64_array(s, h, back, 15));
+        CHECK(memcmp(back, want, sizeof want) == 0, "dtype %d: f64 round trip", dt);
+        CHECK_OK(tnn_upload_f32(s, h, f, 15));
+        CHECK_OK(tnn_download_f32(s, h, fb, 15));
+        int bad = 0;
+        for (int i = 0; i < 15; i++) bad += fb[i] != (float)want[i];
+        CHECK(bad == 0, "dtype %d: f32 round trip (%d wrong)", dt, bad);
+        /* transposed: src (5 x 3) lands as t[j*5 + i] = src[i*3 + j] */
+        CHECK_OK(tnn_upload_transposed_f64(s, h, d, 5, 3));
+        CHECK_OK(tnn_download_transposed_f64(s, h, back, 5, 3));
+        CHECK(memcmp(back, want, sizeof want) == 0, "dtype %d: transposed round trip", dt);
+        CHECK_OK(tnn_download_to_f64_array(s, h, back, 15));
+        CHECK(back[1 * 5 + 2] == want[2 * 3 + 1], "dtype %d: transposed placement", dt);
+        CHECK_ERR(tnn_download_to_f64_array(s, h, back, 14), TNN_ERR_SHAPE, "15 elements");
+        tnn_session_free(s);
+    }
+}
+
 /* A GGUF file with quantized tensors, written here, read back as borrowed
  * leaves: matmul_nt and get_rows against their dequantized f32 twins. */
 static void test_quantized_ops(void) {
@@ -397,6 +435,7 @@ int main(void) {
     test_cached_attention();
     test_cached_attention_long();
     test_cached_attention_paths();
+    test_half_transfers();
     test_quantized_ops();
     test_quantize_file();
     return th_finish("test_infer");

@@ -143,6 +143,21 @@ static int check_f32(const tnn_tensor *t, const char *func) {
 
 static size_t esz(const tnn_tensor *t) { return tnn__dtype_size(t->dtype); }
 
+static bool is_half(const tnn_tensor *t) { return t->dtype == TNN_F16 || t->dtype == TNN_BF16; }
+
+/* f32, or f16 / bf16 storage (the f32 and f64 array transfers convert). */
+static int check_float(const tnn_tensor *t, const char *func) {
+    return is_half(t) ? TNN_OK : check_f32(t, func);
+}
+
+/* Element i of a staging buffer of t's dtype gets v (narrowed to f32, then
+ * to f16 / bf16 rounding to nearest even). */
+static inline void stage(void *buf, size_t i, int dtype, float v) {
+    if (dtype == TNN_F16) ((uint16_t *)buf)[i] = tnn__f32_to_f16(v);
+    else if (dtype == TNN_BF16) ((uint16_t *)buf)[i] = tnn__f32_to_bf16(v);
+    else ((float *)buf)[i] = v;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Scratch <-> tensor                                                       */
 /* ------------------------------------------------------------------------ */
@@ -184,13 +199,13 @@ int tnn_download(tnn_session *s, tnn_tensor *t) {
 int tnn_upload_from_float_array(tnn_session *s, tnn_tensor *t, const double *src, size_t n) {
     int rc = check_upload(s, t, __func__);
     if (rc) return rc;
-    if ((rc = check_f32(t, __func__)) || (rc = check_count(t, n, __func__))) return rc;
+    if ((rc = check_float(t, __func__)) || (rc = check_count(t, n, __func__))) return rc;
     if (!src) return TNN_ERR(TNN_ERR_ARG, "src is NULL");
     float buf[XFER_CHUNK];
     for (size_t off = 0; off < n; off += XFER_CHUNK) {
         size_t m = n - off < XFER_CHUNK ? n - off : XFER_CHUNK;
-        for (size_t i = 0; i < m; i++) buf[i] = (float)src[off + i];
-        rc = s->backend->copy_in((float *)t->data + off, buf, m * sizeof(float));
+        for (size_t i = 0; i < m; i++) stage(buf, i, t->dtype, (float)src[off + i]);
+        rc = s->backend->copy_in((char *)t->data + off * esz(t), buf, m * esz(t));
         if (rc) return rc;
     }
     return TNN_OK;
@@ -224,7 +239,7 @@ int tnn_upload_transposed_f64(tnn_session *s, tnn_tensor *t, const double *src, 
                               int ncols) {
     int rc = check_upload(s, t, __func__);
     if (rc) return rc;
-    if ((rc = check_f32(t, __func__))) return rc;
+    if ((rc = check_float(t, __func__))) return rc;
     if (nrows <= 0 || ncols <= 0)
         return TNN_ERR(TNN_ERR_ARG, "nrows=%d ncols=%d: want sizes >= 1", nrows, ncols);
     if ((rc = check_count(t, (size_t)nrows * (size_t)ncols, __func__))) return rc;
@@ -236,9 +251,9 @@ int tnn_upload_transposed_f64(tnn_session *s, tnn_tensor *t, const double *src, 
         size_t m = n - off < XFER_CHUNK ? n - off : XFER_CHUNK;
         for (size_t q = 0; q < m; q++) {
             size_t f = off + q, j = f / (size_t)nrows, i = f % (size_t)nrows;
-            buf[q] = (float)src[i * (size_t)ncols + j];
+            stage(buf, q, t->dtype, (float)src[i * (size_t)ncols + j]);
         }
-        rc = s->backend->copy_in((float *)t->data + off, buf, m * sizeof(float));
+        rc = s->backend->copy_in((char *)t->data + off * esz(t), buf, m * esz(t));
         if (rc) return rc;
     }
     return TNN_OK;
@@ -261,25 +276,29 @@ static int read_chunks(tnn_session *s, const tnn_tensor *t, chunk_sink sink, voi
 
 typedef struct {
     double *dst;
-    bool is_int;
+    int dtype;
     int rows, cols; /* for the transposed download */
 } f64_sink_ctx;
 
-static double widen(const void *chunk, size_t i, bool is_int) {
-    if (is_int) return (double)((const int32_t *)chunk)[i];
-    return (double)((const float *)chunk)[i];
+static double widen(const void *chunk, size_t i, int dtype) {
+    switch (dtype) {
+    case TNN_I32: return (double)((const int32_t *)chunk)[i];
+    case TNN_F16: return (double)tnn__f16_to_f32(((const uint16_t *)chunk)[i]);
+    case TNN_BF16: return (double)tnn__bf16_to_f32(((const uint16_t *)chunk)[i]);
+    default: return (double)((const float *)chunk)[i];
+    }
 }
 
 static void sink_f64(void *p, const void *chunk, size_t off, size_t m) {
     const f64_sink_ctx *c = p;
-    for (size_t i = 0; i < m; i++) c->dst[off + i] = widen(chunk, i, c->is_int);
+    for (size_t i = 0; i < m; i++) c->dst[off + i] = widen(chunk, i, c->dtype);
 }
 
 static void sink_f64_transposed(void *p, const void *chunk, size_t off, size_t m) {
     const f64_sink_ctx *c = p;
     for (size_t q = 0; q < m; q++) {
         size_t f = off + q, j = f / (size_t)c->rows, i = f % (size_t)c->rows;
-        c->dst[i * (size_t)c->cols + j] = widen(chunk, q, c->is_int);
+        c->dst[i * (size_t)c->cols + j] = widen(chunk, q, c->dtype);
     }
 }
 
@@ -288,9 +307,10 @@ int tnn_download_to_f64_array(tnn_session *s, tnn_tensor *t, double *dst, size_t
     if (rc) return rc;
     if ((rc = check_count(t, n, __func__))) return rc;
     if (!dst) return TNN_ERR(TNN_ERR_ARG, "dst is NULL");
-    if (t->dtype != TNN_F32 && t->dtype != TNN_I32)
-        return TNN_ERR(TNN_ERR_UNSUPPORTED, "tensor #%d: only f32 and i32 tensors", t->id);
-    f64_sink_ctx c = {.dst = dst, .is_int = t->dtype == TNN_I32};
+    if (t->dtype != TNN_F32 && t->dtype != TNN_I32 && !is_half(t))
+        return TNN_ERR(TNN_ERR_UNSUPPORTED, "tensor #%d: only f32, i32, f16 and bf16 tensors",
+                       t->id);
+    f64_sink_ctx c = {.dst = dst, .dtype = t->dtype};
     return read_chunks(s, t, sink_f64, &c);
 }
 
@@ -301,19 +321,17 @@ int tnn_download_transposed_f64(tnn_session *s, tnn_tensor *t, double *dst, int 
         return TNN_ERR(TNN_ERR_ARG, "rows=%d cols=%d: want sizes >= 1", rows, cols);
     if ((rc = check_count(t, (size_t)rows * (size_t)cols, __func__))) return rc;
     if (!dst) return TNN_ERR(TNN_ERR_ARG, "dst is NULL");
-    if (t->dtype != TNN_F32 && t->dtype != TNN_I32)
-        return TNN_ERR(TNN_ERR_UNSUPPORTED, "tensor #%d: only f32 and i32 tensors", t->id);
-    f64_sink_ctx c = {.dst = dst, .is_int = t->dtype == TNN_I32, .rows = rows, .cols = cols};
+    if (t->dtype != TNN_F32 && t->dtype != TNN_I32 && !is_half(t))
+        return TNN_ERR(TNN_ERR_UNSUPPORTED, "tensor #%d: only f32, i32, f16 and bf16 tensors",
+                       t->id);
+    f64_sink_ctx c = {.dst = dst, .dtype = t->dtype, .rows = rows, .cols = cols};
     return read_chunks(s, t, sink_f64_transposed, &c);
 }
-
-static bool is_half(const tnn_tensor *t) { return t->dtype == TNN_F16 || t->dtype == TNN_BF16; }
 
 int tnn_upload_f32(tnn_session *s, tnn_tensor *t, const float *src, size_t n) {
     int rc = check_upload(s, t, __func__);
     if (rc) return rc;
-    if ((!is_half(t) && (rc = check_f32(t, __func__))) || (rc = check_count(t, n, __func__)))
-        return rc;
+    if ((rc = check_float(t, __func__)) || (rc = check_count(t, n, __func__))) return rc;
     if (!src) return TNN_ERR(TNN_ERR_ARG, "src is NULL");
     if (!is_half(t)) return s->backend->copy_in(t->data, src, t->nbytes);
     uint16_t buf[XFER_CHUNK]; /* f16 / bf16: rounded to nearest even, staged */
@@ -356,8 +374,7 @@ int tnn_download_i32(tnn_session *s, tnn_tensor *t, int32_t *dst, size_t n) {
 int tnn_download_f32(tnn_session *s, tnn_tensor *t, float *dst, size_t n) {
     int rc = check_download(s, t, __func__);
     if (rc) return rc;
-    if ((!is_half(t) && (rc = check_f32(t, __func__))) || (rc = check_count(t, n, __func__)))
-        return rc;
+    if ((rc = check_float(t, __func__)) || (rc = check_count(t, n, __func__))) return rc;
     if (!dst) return TNN_ERR(TNN_ERR_ARG, "dst is NULL");
     if (!is_half(t)) return s->backend->copy_out(dst, t->data, t->nbytes);
     uint16_t buf[XFER_CHUNK]; /* f16 / bf16: widened exactly */
