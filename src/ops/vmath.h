@@ -59,14 +59,13 @@ static inline float tnn__sel(int c, float a, float b) {
 /* 2^k for k in [-126, 127]. */
 static inline float tnn__pow2i(int32_t k) { return tnn__f32_from_bits((uint32_t)(k + 127) << 23); }
 
-static inline float tnn_vexp(float x) {
+/* The core both exps share, for xc in [-88, 89]: nf = round(xc / ln2) (as a
+ * float) and the return value p = e^(xc - nf ln2), so that e^xc = p 2^nf. */
+static inline float tnn__vexp_core(float xc, float *nf_out) {
     const float log2e = 1.44269502f;
     const float ln2_hi = 0.693359375f;     /* 11 significant bits: n * ln2_hi is exact */
     const float ln2_lo = -2.12194440e-4f;  /* ln2 - ln2_hi */
     const float round_magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
-    /* Clamp so n stays in [-127, 128]; NaN compares false and becomes -88. */
-    float xc = tnn__sel(x > -88.0f, x, -88.0f);
-    xc = tnn__sel(xc < 89.0f, xc, 89.0f);
     float nf = (xc * log2e + round_magic) - round_magic;
     float r = (xc - nf * ln2_hi) - nf * ln2_lo;
     float q = 1.38145930e-3f;
@@ -74,13 +73,25 @@ static inline float tnn_vexp(float x) {
     q = q * r + 4.16683890e-2f;
     q = q * r + 1.66665211e-1f;
     q = q * r + 4.99999940e-1f;
-    float p = (1.0f + r) + (r * r) * q;
+    *nf_out = nf;
+    return (1.0f + r) + (r * r) * q;
+}
+
+/* y for x, except: 0 where the result would be denormal, x itself for NaN
+ * (tested on the bits: x != x does not vectorize under -ftrapping-math). */
+static inline float tnn__vexp_finish(float x, float y) {
+    y = tnn__sel(x < -87.33654f, 0.0f, y);
+    return tnn__sel((tnn__f32_bits(x) & 0x7fffffffu) > 0x7f800000u, x, y);
+}
+
+static inline float tnn_vexp(float x) {
+    /* Clamp so n stays in [-127, 128]; NaN compares false and becomes -88. */
+    float xc = tnn__sel(x > -88.0f, x, -88.0f);
+    xc = tnn__sel(xc < 89.0f, xc, 89.0f);
+    float nf, p = tnn__vexp_core(xc, &nf);
     int32_t n = (int32_t)nf;
     int32_t n1 = n >> 1; /* floor(n/2): both halves lie in [-64, 64] */
-    float y = (p * tnn__pow2i(n1)) * tnn__pow2i(n - n1);
-    y = tnn__sel(x < -87.33654f, 0.0f, y);
-    /* NaN test on the bits (x != x does not vectorize under -ftrapping-math) */
-    return tnn__sel((tnn__f32_bits(x) & 0x7fffffffu) > 0x7f800000u, x, y);
+    return tnn__vexp_finish(x, (p * tnn__pow2i(n1)) * tnn__pow2i(n - n1));
 }
 
 /* tnn_vexp for x <= 0 (or NaN), as softmax and attention take it (x minus
@@ -89,22 +100,10 @@ static inline float tnn_vexp(float x) {
  * round once when it is not, so this gives the same bits as tnn_vexp for
  * every x <= 0; a positive x gives a wrong result. */
 static inline float tnn_vexp_le0(float x) {
-    const float log2e = 1.44269502f;
-    const float ln2_hi = 0.693359375f;
-    const float ln2_lo = -2.12194440e-4f;
-    const float round_magic = 12582912.0f;
     float xc = tnn__sel(x > -88.0f, x, -88.0f); /* NaN -> -88 here; put back below */
-    float nf = (xc * log2e + round_magic) - round_magic;
-    float r = (xc - nf * ln2_hi) - nf * ln2_lo;
-    float q = 1.38145930e-3f;
-    q = q * r + 8.36871564e-3f;
-    q = q * r + 4.16683890e-2f;
-    q = q * r + 1.66665211e-1f;
-    q = q * r + 4.99999940e-1f;
-    float p = (1.0f + r) + (r * r) * q;
-    float y = p * tnn__pow2i((int32_t)nf); /* pow2i(-127) is +0: flushed below anyway */
-    y = tnn__sel(x < -87.33654f, 0.0f, y);
-    return tnn__sel((tnn__f32_bits(x) & 0x7fffffffu) > 0x7f800000u, x, y);
+    float nf, p = tnn__vexp_core(xc, &nf);
+    /* pow2i(-127) is +0: flushed by the finish anyway */
+    return tnn__vexp_finish(x, p * tnn__pow2i((int32_t)nf));
 }
 
 static inline float tnn_vtanh(float u) {
