@@ -259,7 +259,7 @@ int tnn_upload_transposed_f64(tnn_session *s, tnn_tensor *t, const double *src, 
     return TNN_OK;
 }
 
-/* Reads t in chunks and hands each (as 4-byte elements) to `sink`. */
+/* Reads t in chunks and hands each (elements of t's own size) to `sink`. */
 typedef void (*chunk_sink)(void *ctx, const void *chunk, size_t off, size_t m);
 
 static int read_chunks(tnn_session *s, const tnn_tensor *t, chunk_sink sink, void *ctx) {
@@ -302,6 +302,16 @@ static void sink_f64_transposed(void *p, const void *chunk, size_t off, size_t m
     }
 }
 
+typedef struct {
+    float *dst;
+    int dtype;
+} f32_sink_ctx;
+
+static void sink_f32(void *p, const void *chunk, size_t off, size_t m) {
+    const f32_sink_ctx *c = p;
+    for (size_t i = 0; i < m; i++) c->dst[off + i] = (float)widen(chunk, i, c->dtype);
+}
+
 int tnn_download_to_f64_array(tnn_session *s, tnn_tensor *t, double *dst, size_t n) {
     int rc = check_download(s, t, __func__);
     if (rc) return rc;
@@ -337,9 +347,7 @@ int tnn_upload_f32(tnn_session *s, tnn_tensor *t, const float *src, size_t n) {
     uint16_t buf[XFER_CHUNK]; /* f16 / bf16: rounded to nearest even, staged */
     for (size_t off = 0; off < n; off += XFER_CHUNK) {
         size_t m = n - off < XFER_CHUNK ? n - off : XFER_CHUNK;
-        for (size_t i = 0; i < m; i++)
-            buf[i] = t->dtype == TNN_F16 ? tnn__f32_to_f16(src[off + i])
-                                         : tnn__f32_to_bf16(src[off + i]);
+        for (size_t i = 0; i < m; i++) stage(buf, i, t->dtype, src[off + i]);
         rc = s->backend->copy_in((uint16_t *)t->data + off, buf, m * sizeof *buf);
         if (rc) return rc;
     }
@@ -377,15 +385,8 @@ int tnn_download_f32(tnn_session *s, tnn_tensor *t, float *dst, size_t n) {
     if ((rc = check_float(t, __func__)) || (rc = check_count(t, n, __func__))) return rc;
     if (!dst) return TNN_ERR(TNN_ERR_ARG, "dst is NULL");
     if (!is_half(t)) return s->backend->copy_out(dst, t->data, t->nbytes);
-    uint16_t buf[XFER_CHUNK]; /* f16 / bf16: widened exactly */
-    for (size_t off = 0; off < n; off += XFER_CHUNK) {
-        size_t m = n - off < XFER_CHUNK ? n - off : XFER_CHUNK;
-        rc = s->backend->copy_out(buf, (const uint16_t *)t->data + off, m * sizeof *buf);
-        if (rc) return rc;
-        for (size_t i = 0; i < m; i++)
-            dst[off + i] = t->dtype == TNN_F16 ? tnn__f16_to_f32(buf[i]) : tnn__bf16_to_f32(buf[i]);
-    }
-    return TNN_OK;
+    f32_sink_ctx c = {.dst = dst, .dtype = t->dtype}; /* f16 / bf16: widened exactly */
+    return read_chunks(s, t, sink_f32, &c);
 }
 
 /* ------------------------------------------------------------------------ */
