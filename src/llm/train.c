@@ -192,18 +192,18 @@ static int evaluate(lm_graph *ev, const int32_t *val, size_t vlen, int n_batches
 int lm_generate(lm_graph *g, lm_sampler *sm, const lm_tokenizer *tk, const char *prompt,
                 size_t plen, int n, FILE *out) {
     int T = g->T, V = g->cfg.vocab;
-    int32_t np = tk ? lm_tokenize(tk, prompt, plen, 0, 0, NULL, 0) : (int32_t)plen;
-    if (np < 0) return np;
-    int *ctx = malloc(((size_t)T + (size_t)n + (size_t)np + 1) * sizeof *ctx);
-    int32_t *ids = malloc(((size_t)np + 1) * sizeof *ids);
+    const char *why = NULL;
+    size_t np = 0;
+    int32_t *ids = tokenize_text((const unsigned char *)prompt, plen, tk, &np, &why);
+    if (!ids) return TNN_ERR_NOMEM; /* the tokenizer fails only for memory */
+    int *ctx = malloc(((size_t)T + (size_t)n + np + 1) * sizeof *ctx);
     int64_t *tok = calloc((size_t)T, sizeof *tok);
     float *logits = malloc((size_t)T * (size_t)V * sizeof *logits);
     lm_detokenizer *dt = tk ? lm_detokenizer_new(tk, 0) : NULL;
-    int rc = (ctx && ids && tok && logits && (!tk || dt)) ? TNN_OK : TNN_ERR_NOMEM;
+    int rc = (ctx && tok && logits && (!tk || dt)) ? TNN_OK : TNN_ERR_NOMEM;
     size_t len = 0;
     if (rc == TNN_OK) {
-        if (tk) lm_tokenize(tk, prompt, plen, 0, 0, ids, np + 1);
-        for (int32_t i = 0; i < np; i++) ctx[len++] = tk ? ids[i] : (unsigned char)prompt[i];
+        for (size_t i = 0; i < np; i++) ctx[len++] = ids[i];
         if (len == 0) { /* an empty prompt: BOS, or a newline */
             int32_t bos = tk ? lm_tokenizer_bos(tk) : -1, nl = '\n';
             if (tk && bos < 0) lm_tokenize(tk, "\n", 1, 0, 0, &nl, 1);
