@@ -129,65 +129,18 @@ int tnn__gemm_set_kernel(int id) {
 }
 
 /* ------------------------------------------------------------------------ */
-/* Per-thread packing buffers: grown when a call needs more, kept for the    */
-/* next call, freed when the thread exits.                                   */
+/* Packing buffers: the calling thread's (pool.h), kept between calls        */
 /* ------------------------------------------------------------------------ */
 
 typedef struct {
     float *a, *b;
-    size_t a_cap, b_cap; /* in floats */
 } pack_bufs;
 
-static pthread_key_t bufs_key;
-static pthread_once_t bufs_once = PTHREAD_ONCE_INIT;
-static bool bufs_key_ok;
-
-static void bufs_free(void *p) {
-    pack_bufs *pb = p;
-    if (!pb) return;
-    free(pb->a);
-    free(pb->b);
-    free(pb);
-}
-
-static void bufs_init(void) { bufs_key_ok = pthread_key_create(&bufs_key, bufs_free) == 0; }
-
-/* The calling thread's buffers, by the time the library unloads. */
-__attribute__((destructor)) static void bufs_atexit(void) {
-    if (!bufs_key_ok) return;
-    pack_bufs *pb = pthread_getspecific(bufs_key);
-    if (pb) {
-        pthread_setspecific(bufs_key, NULL);
-        bufs_free(pb);
-    }
-}
-
-static bool grow(float **p, size_t *cap, size_t need) {
-    if (need <= *cap) return true;
-    size_t bytes = (need * sizeof(float) + 63) & ~(size_t)63;
-    float *q = aligned_alloc(64, bytes);
-    if (!q) return false;
-    free(*p);
-    *p = q;
-    *cap = bytes / sizeof(float);
-    return true;
-}
-
-/* Buffers of at least na and nb floats, 64-byte aligned, or NULL. */
-static pack_bufs *get_bufs(size_t na, size_t nb) {
-    pthread_once(&bufs_once, bufs_init);
-    if (!bufs_key_ok) return NULL;
-    pack_bufs *pb = pthread_getspecific(bufs_key);
-    if (!pb) {
-        pb = calloc(1, sizeof *pb);
-        if (!pb) return NULL;
-        if (pthread_setspecific(bufs_key, pb) != 0) {
-            free(pb);
-            return NULL;
-        }
-    }
-    if (!grow(&pb->a, &pb->a_cap, na) || !grow(&pb->b, &pb->b_cap, nb)) return NULL;
-    return pb;
+/* Buffers of at least na and nb floats, 64-byte aligned, or false. */
+static bool get_bufs(size_t na, size_t nb, pack_bufs *pb) {
+    pb->a = tnn__thread_buf(TNN_TBUF_PACK_A, na);
+    pb->b = tnn__thread_buf(TNN_TBUF_PACK_B, nb);
+    return pb->a && pb->b;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -402,8 +355,8 @@ static void gemm_block(gemm_job *g, int64_t m0, int64_t m1, int64_t n0, int64_t 
     if (a_once) NC = kr->nc_small;
     int64_t nc_pad = round_up(nspan < NC ? nspan : NC, kr->nr);
     size_t a_size = (size_t)(mc_pad * (a_once ? K : kc_max));
-    pack_bufs *pb = get_bufs(a_size, (size_t)(nc_pad * kc_max));
-    if (!pb) {
+    pack_bufs bufs, *pb = &bufs;
+    if (!get_bufs(a_size, (size_t)(nc_pad * kc_max), pb)) {
         int ok = TNN_OK;
         atomic_compare_exchange_strong(&g->status, &ok, TNN_ERR_NOMEM);
         return;

@@ -220,3 +220,58 @@ void tnn__parallel_for(int64_t n, int64_t min_chunk, tnn_range_fn fn, void *ctx)
     }
     pthread_mutex_unlock(&pool.use);
 }
+
+/* ------------------------------------------------------------------------ */
+/* Per-thread scratch buffers                                               */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    float *p[TNN_TBUF_COUNT];
+    size_t cap[TNN_TBUF_COUNT]; /* in floats */
+} thread_bufs;
+
+static pthread_key_t tbuf_key;
+static pthread_once_t tbuf_once = PTHREAD_ONCE_INIT;
+static bool tbuf_key_ok;
+
+static void tbuf_free(void *v) {
+    thread_bufs *tb = v;
+    if (!tb) return;
+    for (int i = 0; i < TNN_TBUF_COUNT; i++) free(tb->p[i]);
+    free(tb);
+}
+
+static void tbuf_init(void) { tbuf_key_ok = pthread_key_create(&tbuf_key, tbuf_free) == 0; }
+
+/* The calling thread's buffers, by the time the library unloads. */
+__attribute__((destructor)) static void tbuf_atexit(void) {
+    if (!tbuf_key_ok) return;
+    thread_bufs *tb = pthread_getspecific(tbuf_key);
+    if (tb) {
+        pthread_setspecific(tbuf_key, NULL);
+        tbuf_free(tb);
+    }
+}
+
+float *tnn__thread_buf(int slot, size_t n) {
+    if (slot < 0 || slot >= TNN_TBUF_COUNT) return NULL;
+    pthread_once(&tbuf_once, tbuf_init);
+    if (!tbuf_key_ok) return NULL;
+    thread_bufs *tb = pthread_getspecific(tbuf_key);
+    if (!tb) {
+        if (!(tb = calloc(1, sizeof *tb))) return NULL;
+        if (pthread_setspecific(tbuf_key, tb) != 0) {
+            free(tb);
+            return NULL;
+        }
+    }
+    if (n > tb->cap[slot]) {
+        size_t bytes = (n * sizeof(float) + 63) & ~(size_t)63;
+        float *q = aligned_alloc(64, bytes);
+        if (!q) return NULL;
+        free(tb->p[slot]);
+        tb->p[slot] = q;
+        tb->cap[slot] = bytes / sizeof(float);
+    }
+    return tb->p[slot];
+}

@@ -9,7 +9,6 @@
 
 #include "../quant/quant.h"
 
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -128,48 +127,6 @@ static void deq_range(void *p, int64_t lo, int64_t hi) {
     }
 }
 
-/* The calling thread's dequantization buffer (grown, kept, freed at thread
- * exit). */
-static pthread_key_t qbuf_key;
-static pthread_once_t qbuf_once = PTHREAD_ONCE_INIT;
-static bool qbuf_ok;
-typedef struct {
-    float *p;
-    size_t cap;
-} qbuf;
-static void qbuf_free(void *v) {
-    qbuf *b = v;
-    if (b) free(b->p);
-    free(b);
-}
-static void qbuf_init(void) { qbuf_ok = pthread_key_create(&qbuf_key, qbuf_free) == 0; }
-__attribute__((destructor)) static void qbuf_atexit(void) {
-    if (!qbuf_ok) return;
-    qbuf *b = pthread_getspecific(qbuf_key);
-    pthread_setspecific(qbuf_key, NULL);
-    qbuf_free(b);
-}
-static float *qbuf_get(size_t n) {
-    pthread_once(&qbuf_once, qbuf_init);
-    if (!qbuf_ok) return NULL;
-    qbuf *b = pthread_getspecific(qbuf_key);
-    if (!b) {
-        if (!(b = calloc(1, sizeof *b))) return NULL;
-        if (pthread_setspecific(qbuf_key, b)) {
-            free(b);
-            return NULL;
-        }
-    }
-    if (b->cap < n) {
-        float *p = malloc(n * sizeof *p);
-        if (!p) return NULL;
-        free(b->p);
-        b->p = p;
-        b->cap = n;
-    }
-    return b->p;
-}
-
 static int qmatmul(tnn_tensor *t) {
     const tnn_tensor *x = t->src[0], *w = t->src[1];
     int64_t N = x->shape[0], K = x->shape[1], M = w->shape[0];
@@ -188,7 +145,7 @@ static int qmatmul(tnn_tensor *t) {
     }
     bool full = M * K * (int64_t)sizeof(float) <= atomic_load(&qmm_full_bytes);
     int64_t pm = full ? M : QMM_PANEL;
-    float *panel = qbuf_get((size_t)(pm * K));
+    float *panel = tnn__thread_buf(TNN_TBUF_DEQUANT, (size_t)(pm * K));
     float *out = full ? NULL : malloc((size_t)N * QMM_PANEL * sizeof *out);
     if (!panel || (!full && !out)) {
         free(out);
