@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 /* Seconds on the monotonic clock. */
 static inline double bench_now(void) {
@@ -48,6 +49,31 @@ static inline int bench_mkdirs(const char *path) {
         *p = '/';
     }
     return 0;
+}
+
+/* Opens the JSON results file `path` (its folders made) and writes the
+ * opening of its object: "bench", "date" (UTC) and "host"; the caller adds
+ * its own keys and the "results" array. NULL (with a message) on failure. */
+static inline FILE *bench_json_open(const char *path, const char *bench) {
+    FILE *f = bench_mkdirs(path) ? NULL : fopen(path, "w");
+    if (!f) {
+        fprintf(stderr, "cannot write %s\n", path);
+        return NULL;
+    }
+    char host[256] = "?", date[64];
+    gethostname(host, sizeof host);
+    time_t t = time(NULL);
+    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));
+    fprintf(f, "{\n  \"bench\": \"%s\",\n  \"date\": \"%s\",\n  \"host\": \"%s\",\n", bench,
+            date, host);
+    return f;
+}
+
+/* Ends the "results" array and the object, closes f and says where it went. */
+static inline void bench_json_close(FILE *f, const char *path) {
+    fprintf(f, "  ]\n}\n");
+    fclose(f);
+    printf("\nwrote %s\n", path);
 }
 
 #endif

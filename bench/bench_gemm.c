@@ -430,22 +430,8 @@ static void print_row(const row *r, double peak) {
 
 static void write_json(const char *path, const row *rows, int n, const double *peak,
                        int max_threads, const char *kernel) {
-    if (bench_mkdirs(path)) {
-        fprintf(stderr, "cannot create the folder of %s\n", path);
-        return;
-    }
-    FILE *f = fopen(path, "w");
-    if (!f) {
-        fprintf(stderr, "cannot write %s\n", path);
-        return;
-    }
-    char host[256] = "?";
-    gethostname(host, sizeof host);
-    time_t t = time(NULL);
-    char date[64];
-    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));
-    fprintf(f, "{\n  \"bench\": \"gemm_f32\",\n  \"date\": \"%s\",\n  \"host\": \"%s\",\n", date,
-            host);
+    FILE *f = bench_json_open(path, "gemm_f32");
+    if (!f) return;
     fprintf(f, "  \"kernel\": \"%s\",\n  \"reps\": %d,\n", kernel, g_reps);
     fprintf(f, "  \"openblas\": %s%s%s,\n", blas_present ? "\"" : "",
             blas_present ? blas_config : "null", blas_present ? "\"" : "");
@@ -472,9 +458,7 @@ static void write_json(const char *path, const row *rows, int n, const double *p
         fprintf(f, ", \"other_load_cores\": %.2f", r->other);
         fprintf(f, "}%s\n", i + 1 < n ? "," : "");
     }
-    fprintf(f, "  ]\n}\n");
-    fclose(f);
-    printf("\nwrote %s\n", path);
+    bench_json_close(f, path);
 }
 
 int main(int argc, char **argv) {

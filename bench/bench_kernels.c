@@ -361,17 +361,8 @@ static void bench_overhead(int threads) {
 /* ------------------------------------------------------------------------ */
 
 static void write_json(const char *path, const double *triad_b, const double *copy_b) {
-    FILE *f = bench_mkdirs(path) ? NULL : fopen(path, "w");
-    if (!f) {
-        fprintf(stderr, "cannot write %s\n", path);
-        return;
-    }
-    char host[256] = "?", date[64];
-    gethostname(host, sizeof host);
-    time_t t = time(NULL);
-    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));
-    fprintf(f, "{\n  \"bench\": \"kernels\",\n  \"date\": \"%s\",\n  \"host\": \"%s\",\n", date,
-            host);
+    FILE *f = bench_json_open(path, "kernels");
+    if (!f) return;
     fprintf(f, "  \"reps\": %d,\n  \"triad_gbs\": {\"1\": %.2f, \"2\": %.2f},\n", g_reps,
             triad_b[1], triad_b[2]);
     fprintf(f, "  \"copy_gbs\": {\"1\": %.2f, \"2\": %.2f},\n  \"results\": [\n", copy_b[1],
@@ -385,9 +376,7 @@ static void write_json(const char *path, const double *triad_b, const double *co
         if (r->target > 0) fprintf(f, ", \"target\": %.2f", r->target);
         fprintf(f, "}%s\n", i + 1 < nrows ? "," : "");
     }
-    fprintf(f, "  ]\n}\n");
-    fclose(f);
-    printf("\nwrote %s\n", path);
+    bench_json_close(f, path);
 }
 
 int main(int argc, char **argv) {
