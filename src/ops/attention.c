@@ -629,7 +629,8 @@ out:
     free(kf), free(vf), free(sc);
 }
 
-/* Scratch of the split path at most (bytes); longer prompts take rows. */
+/* Scratch of the split path at most (bytes); a few rows against a longer
+ * context take the row path. */
 #define CATTN_SPLIT_BYTES ((int64_t)1 << 20)
 
 int tnn__fwd_attention_cached(tnn_tensor *t) {

@@ -9,7 +9,7 @@
  *   score s_j: lanes a_l (l = 0..7) start at +0 and, for d = l, l+8, ... in
  *     ascending order, a_l = fmaf(q[d], k_j[d], a_l); then
  *     s_j = (((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))) * scale;
- *   m = the largest s_j;  p_j = tnn_vexp(s_j - m);
+ *   m = the largest s_j;  p_j = tnn_vexp_le0(s_j - m) (tnn_vexp's bits);
  *   l: lanes b_l start at +0, b_(j % 8) += p_j in ascending j, then the same
  *     tree as the score;
  *   o[d] starts at +0 and o[d] = fmaf(p_j, v_j[d], o[d]) in ascending j.
