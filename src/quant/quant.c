@@ -65,75 +65,15 @@ int64_t tnn__qtype_row_bytes(int type, int64_t n) {
 /* Conversions                                                              */
 /* ------------------------------------------------------------------------ */
 
-static inline uint32_t f32_bits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-static inline float bits_f32(uint32_t u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
+float tnn__f16_to_f32(uint16_t h) { return tnn__h2f(h); }
+uint16_t tnn__f32_to_f16(float f) { return tnn__f2h(f); }
+float tnn__bf16_to_f32(uint16_t h) { return tnn__bf2f(h); }
+uint16_t tnn__f32_to_bf16(float f) { return tnn__f2bf(f); }
 
-float tnn__f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu, x;
-    if (e == 0x1f) {
-        /* inf, or NaN made quiet as F16C's vcvtph2ps does */
-        x = sign | 0x7f800000u | (m << 13) | (m ? 0x400000u : 0);
-    } else if (e) {
-        x = sign | ((e + 112) << 23) | (m << 13);
-    } else if (!m) {
-        x = sign;
-    } else { /* subnormal: m * 2^-24, renormalized */
-        int s = 0;
-        while (!(m & 0x400u)) {
-            m <<= 1;
-            s++;
-        }
-        x = sign | ((uint32_t)(113 - s) << 23) | ((m & 0x3ffu) << 13);
-    }
-    return bits_f32(x);
-}
-
-uint16_t tnn__f32_to_f16(float f) {
-    uint32_t x = f32_bits(f);
-    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
-    uint32_t ax = x & 0x7fffffffu;
-    if (ax > 0x7f800000u)
-        return (uint16_t)(sign | 0x7e00u | ((ax >> 13) & 0x3ffu)); /* NaN */
-    if (ax >= 0x477ff000u)
-        return (uint16_t)(sign | 0x7c00u); /* >= 65520 rounds to inf */
-    if (ax >= 0x38800000u) {               /* normal half */
-        uint32_t r = ax - 0x38000000u;     /* exponent rebiased */
-        r += 0xfffu + ((r >> 13) & 1u);
-        return (uint16_t)(sign | (r >> 13));
-    }
-    if (ax <= 0x33000000u)
-        return sign; /* <= 2^-25: ties to the even zero */
-    /* subnormal half: units of 2^-24, rounded to nearest even */
-    uint32_t e = ax >> 23, m = (ax & 0x7fffffu) | 0x800000u;
-    int shift = 126 - (int)e; /* 14..24 */
-    uint32_t q = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
-    if (rem > half || (rem == half && (q & 1u)))
-        q++;
-    return (uint16_t)(sign | q);
-}
-
-float tnn__bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
-
-uint16_t tnn__f32_to_bf16(float f) {
-    uint32_t x = f32_bits(f);
-    if ((x & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((x >> 16) | 0x40u); /* quiet NaN */
-    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
-}
-
-#define F16(h) tnn__f16_to_f32(h)
+#define F16(h) tnn__h2f(h)
 
 /* ------------------------------------------------------------------------ */
-/* Scalar dequantization                                                    */
+/* Scalar dequantization (qdecode.h decodes each block)                     */
 /* ------------------------------------------------------------------------ */
 
 static void deq_f32(const void *src, float *dst, int64_t n) {
@@ -149,131 +89,24 @@ static void deq_f16(const void *src, float *dst, int64_t n) {
 static void deq_bf16(const void *src, float *dst, int64_t n) {
     const uint16_t *s = src;
     for (int64_t i = 0; i < n; i++)
-        dst[i] = tnn__bf16_to_f32(s[i]);
+        dst[i] = tnn__bf2f(s[i]);
 }
 
-static void deq_q8_0(const void *src, float *dst, int64_t n) {
-    const tnn_block_q8_0 *b = src;
-    for (int64_t k = 0; k < n / TNN_QK; k++, b++) {
-        float d = F16(b->d);
-        for (int i = 0; i < 32; i++)
-            dst[32 * k + i] = d * (float)b->qs[i];
+#define DEQ_BLOCKS(name, type, bs)                                                            \
+    static void deq_##name(const void *src, float *dst, int64_t n) {                          \
+        const type *b = src;                                                                  \
+        for (int64_t k = 0; k < n / (bs); k++)                                                \
+            tnn__deq_##name(b + k, dst + (bs) * k);                                           \
     }
-}
-
-static void deq_q4_0(const void *src, float *dst, int64_t n) {
-    const tnn_block_q4_0 *b = src;
-    for (int64_t k = 0; k < n / TNN_QK; k++, b++) {
-        float d = F16(b->d);
-        float *y = dst + 32 * k;
-        for (int i = 0; i < 16; i++) {
-            y[i] = d * (float)((b->qs[i] & 15) - 8);
-            y[i + 16] = d * (float)((b->qs[i] >> 4) - 8);
-        }
-    }
-}
-
-static void deq_q4_1(const void *src, float *dst, int64_t n) {
-    const tnn_block_q4_1 *b = src;
-    for (int64_t k = 0; k < n / TNN_QK; k++, b++) {
-        float d = F16(b->d), m = F16(b->m);
-        float *y = dst + 32 * k;
-        for (int i = 0; i < 16; i++) {
-            y[i] = d * (float)(b->qs[i] & 15) + m;
-            y[i + 16] = d * (float)(b->qs[i] >> 4) + m;
-        }
-    }
-}
-
-static inline uint32_t ld_u32(const uint8_t *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-/* The 32 five-bit codes of a Q5_0 / Q5_1 block. */
-static inline void q5_codes(const uint8_t *qh4, const uint8_t *qs, int q[32]) {
-    uint32_t qh = ld_u32(qh4);
-    for (int i = 0; i < 16; i++) {
-        q[i] = (qs[i] & 15) | (int)((qh >> i) & 1u) << 4;
-        q[i + 16] = (qs[i] >> 4) | (int)((qh >> (i + 16)) & 1u) << 4;
-    }
-}
-
-static void deq_q5_0(const void *src, float *dst, int64_t n) {
-    const tnn_block_q5_0 *b = src;
-    for (int64_t k = 0; k < n / TNN_QK; k++, b++) {
-        int q[32];
-        q5_codes(b->qh, b->qs, q);
-        float d = F16(b->d);
-        for (int i = 0; i < 32; i++)
-            dst[32 * k + i] = d * (float)(q[i] - 16);
-    }
-}
-
-static void deq_q5_1(const void *src, float *dst, int64_t n) {
-    const tnn_block_q5_1 *b = src;
-    for (int64_t k = 0; k < n / TNN_QK; k++, b++) {
-        int q[32];
-        q5_codes(b->qh, b->qs, q);
-        float d = F16(b->d), m = F16(b->m);
-        for (int i = 0; i < 32; i++)
-            dst[32 * k + i] = d * (float)q[i] + m;
-    }
-}
-
-/* Code of element l (0..31) of sub-block j (0..7) of a Q4_K / Q5_K block. */
-static inline int q4k_code(const uint8_t *qs, int j, int l) {
-    uint8_t v = qs[32 * (j >> 1) + l];
-    return (j & 1) ? v >> 4 : v & 15;
-}
-
-static void deq_q4_K(const void *src, float *dst, int64_t n) {
-    const tnn_block_q4_K *b = src;
-    for (int64_t k = 0; k < n / TNN_QK_K; k++, b++) {
-        float d = F16(b->d), dmin = F16(b->dmin);
-        for (int j = 0; j < 8; j++) {
-            int sc, mn;
-            tnn__qk_scale_min(b->scales, j, &sc, &mn);
-            float d1 = d * (float)sc, m1 = dmin * (float)mn;
-            float *y = dst + 256 * k + 32 * j;
-            for (int l = 0; l < 32; l++)
-                y[l] = d1 * (float)q4k_code(b->qs, j, l) - m1;
-        }
-    }
-}
-
-static void deq_q5_K(const void *src, float *dst, int64_t n) {
-    const tnn_block_q5_K *b = src;
-    for (int64_t k = 0; k < n / TNN_QK_K; k++, b++) {
-        float d = F16(b->d), dmin = F16(b->dmin);
-        for (int j = 0; j < 8; j++) {
-            int sc, mn;
-            tnn__qk_scale_min(b->scales, j, &sc, &mn);
-            float d1 = d * (float)sc, m1 = dmin * (float)mn;
-            float *y = dst + 256 * k + 32 * j;
-            for (int l = 0; l < 32; l++) {
-                int q = q4k_code(b->qs, j, l) | ((b->qh[l] >> j) & 1) << 4;
-                y[l] = d1 * (float)q - m1;
-            }
-        }
-    }
-}
-
-/* Code (0..63, before the -32) of element e (0..255) of a Q6_K block. */
-static inline int q6k_code(const tnn_block_q6_K *b, int e) {
-    int h = e >> 7, i = e & 127;
-    uint8_t lo = b->ql[64 * h + (i & 63)];
-    int q = (i < 64) ? (lo & 15) : (lo >> 4);
-    return q | ((b->qh[32 * h + (i & 31)] >> (2 * (i >> 5))) & 3) << 4;
-}
-
-static void deq_q6_K(const void *src, float *dst, int64_t n) {
-    const tnn_block_q6_K *b = src;
-    for (int64_t k = 0; k < n / TNN_QK_K; k++, b++) {
-        float d = F16(b->d);
-        for (int e = 0; e < 256; e++)
-            dst[256 * k + e] = (d * (float)b->scales[e >> 4]) * (float)(q6k_code(b, e) - 32);
-    }
-}
+DEQ_BLOCKS(q8_0, tnn_block_q8_0, TNN_QK)
+DEQ_BLOCKS(q4_0, tnn_block_q4_0, TNN_QK)
+DEQ_BLOCKS(q4_1, tnn_block_q4_1, TNN_QK)
+DEQ_BLOCKS(q5_0, tnn_block_q5_0, TNN_QK)
+DEQ_BLOCKS(q5_1, tnn_block_q5_1, TNN_QK)
+DEQ_BLOCKS(q4_K, tnn_block_q4_K, TNN_QK_K)
+DEQ_BLOCKS(q5_K, tnn_block_q5_K, TNN_QK_K)
+DEQ_BLOCKS(q6_K, tnn_block_q6_K, TNN_QK_K)
+#undef DEQ_BLOCKS
 
 /* ------------------------------------------------------------------------ */
 /* Quantization of weights (byte-identical to the gguf package)             */
@@ -601,14 +434,14 @@ static void dot_q32(const tnn_qact *a, const void *w, size_t rb, int64_t rows, f
             }
             case TNN_QT_Q5_0: {
                 const tnn_block_q5_0 *B = (const tnn_block_q5_0 *)wr + b;
-                q5_codes(B->qh, B->qs, q);
+                tnn__q5_codes(B->qh, B->qs, q);
                 dw = F16(B->d);
                 off = 16;
                 break;
             }
             default: { /* Q5_1 */
                 const tnn_block_q5_1 *B = (const tnn_block_q5_1 *)wr + b;
-                q5_codes(B->qh, B->qs, q);
+                tnn__q5_codes(B->qh, B->qs, q);
                 dw = F16(B->d);
                 mw = F16(B->m);
                 has_min = true;
@@ -649,7 +482,7 @@ static void dot_q4_K(const tnn_qact *a, const void *w, size_t rb, int64_t rows, 
                 tnn__qk_scale_min(scales, j, &sc, &mn);
                 int32_t sj = 0;
                 for (int l = 0; l < 32; l++) {
-                    int q = q4k_code(qs, j, l);
+                    int q = tnn__q4k_code(qs, j, l);
                     if (qh)
                         q |= ((qh[l] >> j) & 1) << 4;
                     sj += q * qx[32 * j + l];
@@ -677,7 +510,7 @@ static void dot_q6_K(const tnn_qact *a, const void *w, size_t rb, int64_t rows, 
             for (int g = 0; g < 16; g++) {
                 int32_t sg = 0;
                 for (int i = 0; i < 16; i++)
-                    sg += q6k_code(B, 16 * g + i) * qx[16 * g + i];
+                    sg += tnn__q6k_code(B, 16 * g + i) * qx[16 * g + i];
                 s1 += B->scales[g] * sg;
                 s2 += B->scales[g] * bs[g];
             }

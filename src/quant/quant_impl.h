@@ -5,7 +5,7 @@
 #ifndef TNN_QUANT_IMPL_H
 #define TNN_QUANT_IMPL_H
 
-#include "quant.h"
+#include "qdecode.h"
 
 /* y[r] for r < rows: the dot of row r (rows row_bytes apart) with a. */
 typedef void (*tnn_qdot_fn)(const tnn_qact *a, const void *w, size_t row_bytes, int64_t rows,
@@ -34,17 +34,6 @@ extern const tnn_qkernels tnn__qk_avx2;
 /* The fixed final reduction of 8 partial sums (quant.h contract). */
 static inline float tnn__qreduce8(const float v[8]) {
     return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
-}
-
-/* Scale and min of sub-block j (0..7) of a Q4_K / Q5_K super-block. */
-static inline void tnn__qk_scale_min(const uint8_t *s, int j, int *sc, int *mn) {
-    if (j < 4) {
-        *sc = s[j] & 63;
-        *mn = s[j + 4] & 63;
-    } else {
-        *sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
-        *mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-    }
 }
 
 #endif
