@@ -69,7 +69,10 @@ int tnn_backward(tnn_session *s, tnn_tensor *loss) {
         for (int k = 0; k < TNN_MAX_SRC && rc == TNN_OK; k++) {
             if (!sneed[k]) continue;
             if (!d[k]) {
-                rc = tnn_last_status() ? tnn_last_status() : TNN_ERR_INTERNAL;
+                rc = tnn_last_status() ? tnn_last_status()
+                                       : TNN_ERR(TNN_ERR_INTERNAL, "the gradient rule of %s "
+                                                 "(node #%d) gave nothing for source %d",
+                                                 def->name, t->id, k);
                 break;
             }
             int32_t sid = t->src[k]->id;

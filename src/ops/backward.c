@@ -113,6 +113,8 @@ int tnn__bwd_get_rows(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *
 int tnn__bwd_get_rows_back(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
                            tnn_tensor **d) {
     if (need[0]) d[0] = tnn_get_rows(s, g, B);
+    /* the third source only gives the shape: its values get no gradient */
+    if (need[2]) d[2] = tnn__fill(s, t->src[2]->ndim, t->src[2]->shape, 0.0);
     return TNN_OK;
 }
 
