@@ -73,7 +73,8 @@ typedef enum tnn_status {
     TNN_ERR_UNSUPPORTED = -7, /* valid request this build cannot do */
     TNN_ERR_IO = -8,          /* file could not be read or written */
     TNN_ERR_FORMAT = -9,      /* malformed file or data */
-    TNN_ERR_INTERNAL = -10    /* a bug in tinynn: please report it */
+    TNN_ERR_INTERNAL = -10,   /* a bug in tinynn: please report it */
+    TNN_ERR_DEVICE = -11      /* the GPU or its runtime failed (the message has its error) */
 } tnn_status;
 
 /* Static name of a status ("TNN_ERR_SHAPE"); "unknown" for other values. */

@@ -102,4 +102,25 @@ static inline double *th_alloc(size_t n) {
     return p;
 }
 
+/* A test built a second time with TNN_TEST_CUDA (tests/CMakeLists.txt)
+ * runs its models on the CUDA backend: the GPU, or the CPU emulator build.
+ * Without a CUDA backend it reports itself skipped (exit 77). */
+#ifdef TNN_TEST_CUDA
+#include "llm/model.h"
+static inline void th_use_cuda(const char *name) {
+    lm_use_cuda(true);
+    tnn_set_log_level(TNN_LOG_ERROR);
+    tnn_session *s = tnn_session_new(1);
+    bool ok = s && strcmp(tnn_session_backend(s), "cuda") == 0;
+    tnn_session_free(s);
+    if (!ok) {
+        printf("%s: skipped (no CUDA backend or no GPU)\n", name);
+        exit(77);
+    }
+}
+#define TH_USE_CUDA(name) th_use_cuda(name)
+#else
+#define TH_USE_CUDA(name) ((void)0)
+#endif
+
 #endif

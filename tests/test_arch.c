@@ -172,6 +172,7 @@ static int argmax(const float *x, int n) {
 }
 
 int main(int argc, char **argv) {
+    TH_USE_CUDA("test_arch");
     if (argc == 3 && !strcmp(argv[1], "--write")) { /* for tools/arch_reference.py */
         for (int v = 0; v < N_VARIANTS; v++) {
             char path[512];

@@ -202,6 +202,7 @@ static void test_version_and_status(void) {
         {TNN_ERR_IO, "TNN_ERR_IO"},
         {TNN_ERR_FORMAT, "TNN_ERR_FORMAT"},
         {TNN_ERR_INTERNAL, "TNN_ERR_INTERNAL"},
+        {TNN_ERR_DEVICE, "TNN_ERR_DEVICE"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         const char *got = tnn_status_name(names[i].status);
@@ -212,9 +213,9 @@ static void test_version_and_status(void) {
     CHECK(TNN_ERR_ARG == -1 && TNN_ERR_SHAPE == -2 && TNN_ERR_RANGE == -3 &&
               TNN_ERR_STATE == -4 && TNN_ERR_NOMEM == -5 && TNN_ERR_OVERFLOW == -6 &&
               TNN_ERR_UNSUPPORTED == -7 && TNN_ERR_IO == -8 && TNN_ERR_FORMAT == -9 &&
-              TNN_ERR_INTERNAL == -10,
+              TNN_ERR_INTERNAL == -10 && TNN_ERR_DEVICE == -11,
           "status values moved");
-    const int unknown[] = {1, 7, -11, -100, INT_MIN, INT_MAX};
+    const int unknown[] = {1, 7, -12, -100, INT_MIN, INT_MAX};
     for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
         const char *got = tnn_status_name(unknown[i]);
         CHECK(got && strcmp(got, "unknown") == 0, "tnn_status_name(%d) = \"%s\", want unknown",

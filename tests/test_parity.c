@@ -338,6 +338,7 @@ static void test_adamw_steps(const golden *gd, walk_ctx *c, const int64_t *tok,
 }
 
 int main(int argc, char **argv) {
+    TH_USE_CUDA("test_parity");
     const char *path = argc > 1 ? argv[1] : TNN_DATA_DIR "/parity_tiny.bin";
     golden gd = {0};
     if (load_golden(path, &gd)) {

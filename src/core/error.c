@@ -62,6 +62,7 @@ const char *tnn_status_name(int status) {
     case TNN_ERR_IO: return "TNN_ERR_IO";
     case TNN_ERR_FORMAT: return "TNN_ERR_FORMAT";
     case TNN_ERR_INTERNAL: return "TNN_ERR_INTERNAL";
+    case TNN_ERR_DEVICE: return "TNN_ERR_DEVICE";
     default: return "unknown";
     }
 }

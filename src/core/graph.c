@@ -108,7 +108,8 @@ static bool plan_free(planner *p, size_t off, size_t size) {
 /* ------------------------------------------------------------------------ */
 
 /* Every leaf gets storage (kept from then on), so any input can be
- * uploaded after a realize, whichever graph it feeds. */
+ * uploaded after a realize, whichever graph it feeds. A borrowed leaf on a
+ * device backend is copied there once, from the mapped file. */
 static int alloc_leaves(tnn_session *s) {
     for (int32_t i = 0; i < s->n_tensors; i++) {
         tnn_tensor *t = tnn__tensor_at(s, i);
@@ -117,6 +118,14 @@ static int alloc_leaves(tnn_session *s) {
         if (!t->data) /* reported as tnn_realize's failure: the caller's function */
             return tnn__error(TNN_ERR_NOMEM, "tnn_realize",
                               "out of memory for leaf tensor #%d (%zu bytes)", t->id, t->nbytes);
+        if (t->host_data) {
+            int rc = s->backend->copy_in(t->data, t->host_data, t->nbytes);
+            if (rc) {
+                s->backend->free(t->data);
+                t->data = NULL;
+                return rc;
+            }
+        }
     }
     return TNN_OK;
 }
@@ -225,6 +234,10 @@ int tnn_compute(tnn_session *s) {
     for (int32_t i = 0; i < s->n_plan; i++) {
         tnn_tensor *t = s->plan[i];
         int rc = s->backend->run(t);
+        if (rc != TNN_OK) return rc;
+    }
+    if (s->backend->finish) {
+        int rc = s->backend->finish();
         if (rc != TNN_OK) return rc;
     }
     if (s->optim) return tnn__optim_step(s);

@@ -116,6 +116,7 @@ struct tnn_tensor {
     double fparam[2];
     int64_t iparam[4];
     void *data; /* set by realize: leaf storage or a place in the arena */
+    const void *host_data; /* a borrowed leaf on a device backend: the mapped file's bytes */
     int64_t arena_off; /* offset in the arena for planned nodes, -1 if none */
     int32_t last_use;  /* planning: index in the plan of the last reader */
     tnn_tensor *grad;  /* parameters, after tnn_backward: the gradient node */
@@ -146,8 +147,21 @@ extern const tnn_op_def tnn__ops[TNN_OP_COUNT];
 /* Backends                                                                 */
 /* ------------------------------------------------------------------------ */
 
-/* A backend is a table of functions; CPU and (later) CUDA plug in the same
- * way. Memory handles are plain pointers the backend understands. */
+/* One optimizer update of one parameter (src/core/optimizer.c), for a
+ * backend that runs it where the parameter lives. */
+typedef struct tnn_update {
+    int adamw; /* 1: AdamW (m and v), 0: SGD (m only with momentum) */
+    float *p, *m, *v;
+    const float *g;
+    int64_t n;
+    double lr, b1, b2, eps, wd, momentum, gscale, bc1, bc2;
+    bool first; /* the first step: the moments are not read */
+} tnn_update;
+
+/* A backend is a table of functions; CPU and CUDA plug in the same way.
+ * Memory handles are plain pointers the backend understands. The hooks
+ * after `run` may be NULL on a backend whose memory is the host's: the
+ * engine then does that work itself. */
 typedef struct tnn_backend {
     const char *name;
     void *(*alloc)(size_t nbytes);                 /* zeroed, 64-byte aligned */
@@ -155,10 +169,21 @@ typedef struct tnn_backend {
     int (*copy_in)(void *dst, const void *src, size_t nbytes); /* host -> backend */
     int (*copy_out)(void *dst, const void *src, size_t nbytes); /* backend -> host */
     bool (*supports)(const tnn_tensor *t);
-    int (*run)(tnn_tensor *t); /* compute one node */
+    int (*run)(tnn_tensor *t); /* compute one node (may only queue it) */
+    bool host_memory;          /* data pointers are host memory */
+    /* After a compute's last node: waits for the queued work and reports an
+     * error a kernel found (a bad index) as the status of the compute. */
+    int (*finish)(void);
+    /* The sum of squares of the gradients of `n` parameters, in a fixed
+     * order (the same value for every run). */
+    int (*sqnorm)(tnn_tensor *const *params, int n, double *out);
+    int (*update)(const tnn_update *u);
 } tnn_backend;
 
 extern const tnn_backend tnn__cpu_backend;
+/* The CUDA backend, opened on first use; NULL (with the reason logged) when
+ * this build has none or no usable GPU is present (src/cuda). */
+const tnn_backend *tnn__cuda_backend(void);
 
 /* ------------------------------------------------------------------------ */
 /* Sessions                                                                 */

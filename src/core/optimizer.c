@@ -204,17 +204,11 @@ void tnn_set_no_decay(tnn_tensor *t) {
 /* The step                                                                 */
 /* ------------------------------------------------------------------------ */
 
-typedef struct {
-    float *p, *m, *v;
-    const float *g;
-    double lr, b1, b2, eps, wd, momentum, gscale, bc1, bc2;
-    bool first;
-} upd_ctx;
 
 /* The update loops are vectorized (an AVX2 clone where the CPU has it; the
  * same double operations in every clone, so the same bits). */
 TNN_VEC_CLONES static void adamw_range(void *q, int64_t lo, int64_t hi) {
-    const upd_ctx *c = q;
+    const tnn_update *c = q;
     double step_size = c->lr / c->bc1, sq_bc2 = sqrt(c->bc2);
     for (int64_t i = lo; i < hi; i++) {
         double g = (double)c->g[i] * c->gscale;
@@ -232,7 +226,7 @@ TNN_VEC_CLONES static void adamw_range(void *q, int64_t lo, int64_t hi) {
 }
 
 TNN_VEC_CLONES static void sgd_range(void *q, int64_t lo, int64_t hi) {
-    const upd_ctx *c = q;
+    const tnn_update *c = q;
     for (int64_t i = lo; i < hi; i++) {
         double d = (double)c->g[i] * c->gscale + c->wd * c->p[i];
         if (c->momentum > 0.0) {
@@ -263,7 +257,8 @@ TNN_VEC_CLONES static void norm_range(void *q, int64_t lo, int64_t hi) {
     }
 }
 
-static int grad_norm2(const struct tnn_optim *o, double *out) {
+static int grad_norm2(const tnn_session *s, const struct tnn_optim *o, double *out) {
+    if (s->backend->sqnorm) return s->backend->sqnorm(o->params, o->n, out);
     int64_t most = 1;
     for (int k = 0; k < o->n; k++) {
         int64_t nb = (o->params[k]->nelem + NORM_BLOCK - 1) / NORM_BLOCK;
@@ -289,7 +284,7 @@ int tnn__optim_step(tnn_session *s) {
     int rc = s->backend->copy_out(&loss, s->loss->data, sizeof loss);
     if (rc) return rc;
     double norm2 = 0.0;
-    rc = grad_norm2(o, &norm2);
+    rc = grad_norm2(s, o, &norm2);
     if (rc) return rc;
     o->last_norm = sqrt(norm2);
     if (!isfinite(loss) || !isfinite(o->last_norm)) {
@@ -303,13 +298,19 @@ int tnn__optim_step(tnn_session *s) {
     if (o->clip > 0.0 && o->last_norm > o->clip) gscale = o->clip / (o->last_norm + 1e-6);
     for (int k = 0; k < o->n; k++) {
         tnn_tensor *p = o->params[k];
-        upd_ctx c = {.p = p->data, .g = p->grad->data, .m = o->m[k], .v = o->v[k], .lr = o->lr,
-                     .b1 = o->b1, .b2 = o->b2, .eps = o->eps, .momentum = o->momentum,
-                     .gscale = gscale, .first = o->step == 1,
-                     .wd = (p->flags & TNN_FLAG_NO_DECAY) ? 0.0 : o->wd,
-                     .bc1 = 1.0 - pow(o->b1, (double)o->step),
-                     .bc2 = 1.0 - pow(o->b2, (double)o->step)};
-        tnn__parallel_for(p->nelem, 8192, o->kind == OPT_ADAMW ? adamw_range : sgd_range, &c);
+        tnn_update u = {.adamw = o->kind == OPT_ADAMW, .p = p->data, .g = p->grad->data,
+                        .m = o->m[k], .v = o->v[k], .n = p->nelem, .lr = o->lr, .b1 = o->b1,
+                        .b2 = o->b2, .eps = o->eps, .momentum = o->momentum, .gscale = gscale,
+                        .first = o->step == 1,
+                        .wd = (p->flags & TNN_FLAG_NO_DECAY) ? 0.0 : o->wd,
+                        .bc1 = 1.0 - pow(o->b1, (double)o->step),
+                        .bc2 = 1.0 - pow(o->b2, (double)o->step)};
+        if (s->backend->update) {
+            rc = s->backend->update(&u);
+            if (rc) return rc;
+        } else {
+            tnn__parallel_for(p->nelem, 8192, u.adamw ? adamw_range : sgd_range, &u);
+        }
     }
     return TNN_OK;
 }

@@ -126,10 +126,13 @@ tnn_session *tnn_session_new(int prefer_cuda) {
     s->magic = TNN_SESSION_MAGIC;
     s->backend = &tnn__cpu_backend;
     if (prefer_cuda) {
-        tnn__log(TNN_LOG_INFO,
-                 "tnn_session_new(prefer_cuda=%d): this build has no CUDA backend; "
-                 "using the CPU",
-                 prefer_cuda);
+        /* tnn__cuda_backend logs why when it cannot give one */
+        const tnn_backend *cuda = tnn__cuda_backend();
+        if (cuda)
+            s->backend = cuda;
+        else
+            tnn__log(TNN_LOG_INFO, "tnn_session_new(prefer_cuda=%d): no CUDA backend; "
+                                   "using the CPU", prefer_cuda);
     }
     if (!reg_add(s)) {
         free(s);
@@ -146,8 +149,8 @@ void tnn_session_free(tnn_session *s) {
     tnn__release_plan(s);
     for (int32_t i = 0; i < s->n_tensors; i++) {
         tnn_tensor *t = tnn__tensor_at(s, i);
-        if (t->op == TNN_OP_NONE && t->data && !(t->flags & TNN_FLAG_EXTERNAL))
-            s->backend->free(t->data);
+        bool owned = !(t->flags & TNN_FLAG_EXTERNAL) || !s->backend->host_memory;
+        if (t->op == TNN_OP_NONE && t->data && owned) s->backend->free(t->data);
     }
     for (int32_t b = 0; b < s->n_blocks; b++) free(s->blocks[b]);
     free(s->blocks);
@@ -367,7 +370,12 @@ tnn_tensor *tnn_tensor_from_gguf(tnn_session *s, const tnn_gguf *g, const char *
     for (int k = 0; k < nd; k++) t->shape[k] = shape[k];
     t->nelem = tnn_gguf_tensor_nelements(g, i);
     t->nbytes = (size_t)tnn_gguf_tensor_nbytes(g, i);
-    t->data = (void *)tnn_gguf_tensor_data(g, i);
+    /* On the CPU the mapped bytes are the storage (zero-copy); a device
+     * backend gets its own copy at the next realize (graph.c). */
+    if (s->backend->host_memory)
+        t->data = (void *)tnn_gguf_tensor_data(g, i);
+    else
+        t->host_data = tnn_gguf_tensor_data(g, i);
     t->flags |= TNN_FLAG_EXTERNAL;
     snprintf(t->name, sizeof t->name, "%s", name);
     return t;

@@ -60,4 +60,5 @@ const tnn_backend tnn__cpu_backend = {
     .copy_out = cpu_copy,
     .supports = cpu_supports,
     .run = cpu_run,
+    .host_memory = true,
 };

@@ -1,0 +1,312 @@
+/* backend.cu - the CUDA backend: device memory, the stream every node runs
+ * on, cuBLAS (loaded at run time, so the library loads on machines without
+ * it), the node dispatch and the reports of faults kernels found.
+ *
+ * Everything is opened on the first request for a CUDA session; a machine
+ * with no driver or no GPU gets NULL and a logged reason, never a crash.
+ */
+#include "cuda_impl.h"
+
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+tnn_cu_state tnn__cu;
+
+/* ------------------------------------------------------------------------ */
+/* Errors                                                                   */
+/* ------------------------------------------------------------------------ */
+
+int tnn__cu_status(cudaError_t e, const char *what) {
+    if (e == cudaSuccess) return TNN_OK;
+    int st = e == cudaErrorMemoryAllocation ? TNN_ERR_NOMEM : TNN_ERR_DEVICE;
+    return tnn__error(st, what, "CUDA error %s: %s", cudaGetErrorName(e), cudaGetErrorString(e));
+}
+
+int tnn__cu_launched(const char *what) { return tnn__cu_status(cudaGetLastError(), what); }
+
+void *tnn__cu_scratch(size_t bytes) {
+    if (bytes <= tnn__cu.scratch_size) return tnn__cu.scratch;
+    size_t want = bytes + bytes / 4;
+    if (tnn__cu.scratch) cudaFree(tnn__cu.scratch); /* waits for the work using it */
+    tnn__cu.scratch = NULL;
+    tnn__cu.scratch_size = 0;
+    cudaError_t e = cudaMalloc(&tnn__cu.scratch, want);
+    if (e != cudaSuccess) {
+        tnn__cu_status(e, "tnn_compute");
+        tnn__cu.scratch = NULL;
+        return NULL;
+    }
+    tnn__cu.scratch_size = want;
+    return tnn__cu.scratch;
+}
+
+/* ------------------------------------------------------------------------ */
+/* cuBLAS, loaded at run time                                               */
+/* ------------------------------------------------------------------------ */
+
+typedef int (*blas_create_fn)(void **);
+typedef int (*blas_stream_fn)(void *, cudaStream_t);
+typedef int (*blas_sgemm_sb_fn)(void *, int, int, int, int, int, const float *, const float *,
+                                int, long long, const float *, int, long long, const float *,
+                                float *, int, long long, int);
+
+static struct {
+    blas_create_fn create;
+    blas_stream_fn set_stream;
+    blas_sgemm_sb_fn sgemm;
+} blas;
+
+enum { BLAS_OP_N = 0, BLAS_OP_T = 1 };
+
+#if TNN_CUDA_EMULATED
+/* The emulator's cuBLAS: the column-major reference product, so the
+ * row-major mapping in tnn__cu_gemm is tested as it runs on a GPU. */
+static int emu_create(void **h) {
+    static int token;
+    *h = &token;
+    return 0;
+}
+static int emu_set_stream(void *h, cudaStream_t s) { return 0; }
+static int emu_sgemm(void *h, int ta, int tb, int m, int n, int k, const float *alpha,
+                     const float *A, int lda, long long sa, const float *B, int ldb, long long sb,
+                     const float *beta, float *C, int ldc, long long sc, int batch) {
+    for (int p = 0; p < batch; p++)
+        for (int j = 0; j < n; j++)
+            for (int i = 0; i < m; i++) {
+                float acc = 0.0f;
+                for (int l = 0; l < k; l++) {
+                    float a = ta ? A[p * sa + i * lda + l] : A[p * sa + l * lda + i];
+                    float b = tb ? B[p * sb + l * ldb + j] : B[p * sb + j * ldb + l];
+                    acc += a * b;
+                }
+                float *c = &C[p * sc + j * ldc + i];
+                *c = *alpha * acc + (*beta != 0.0f ? *beta * *c : 0.0f);
+            }
+    return 0;
+}
+static bool blas_open(void) {
+    blas.create = emu_create;
+    blas.set_stream = emu_set_stream;
+    blas.sgemm = emu_sgemm;
+    return true;
+}
+#else
+static bool blas_open(void) {
+    static const char *names[] = {"libcublas.so.13", "libcublas.so.12", "libcublas.so.11",
+                                  "libcublas.so"};
+    void *lib = NULL;
+    for (size_t i = 0; i < sizeof names / sizeof *names && !lib; i++)
+        lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        tnn__log(TNN_LOG_WARN, "CUDA backend: cuBLAS not found (%s)", dlerror());
+        return false;
+    }
+    blas.create = (blas_create_fn)dlsym(lib, "cublasCreate_v2");
+    blas.set_stream = (blas_stream_fn)dlsym(lib, "cublasSetStream_v2");
+    blas.sgemm = (blas_sgemm_sb_fn)dlsym(lib, "cublasSgemmStridedBatched");
+    if (!blas.create || !blas.set_stream || !blas.sgemm) {
+        tnn__log(TNN_LOG_WARN, "CUDA backend: cuBLAS lacks a needed function");
+        return false;
+    }
+    return true;
+}
+#endif
+
+/* Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: cuBLAS
+ * gets B first, each operand flagged as stored (a row-major matrix is the
+ * transpose of the column-major one in the same bytes). */
+int tnn__cu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                 int64_t sa, const float *B, int64_t ldb, int64_t sb, float *C, int64_t sc,
+                 int64_t batch) {
+    const int64_t lim = INT32_MAX;
+    if (M > lim || N > lim || K > lim || lda > lim || ldb > lim || batch > lim)
+        return TNN_ERR(TNN_ERR_UNSUPPORTED, "a product of %lld x %lld x %lld is beyond cuBLAS's "
+                       "32-bit sizes", (long long)M, (long long)N, (long long)K);
+    if (M == 0 || N == 0 || batch == 0) return TNN_OK;
+    float one = 1.0f, zero = 0.0f;
+    int rc = blas.sgemm(tnn__cu.blas, tb ? BLAS_OP_T : BLAS_OP_N, ta ? BLAS_OP_T : BLAS_OP_N,
+                        (int)N, (int)M, (int)K, &one, B, (int)ldb, sb, A, (int)lda, sa, &zero, C,
+                        (int)N, sc, (int)batch);
+    if (rc != 0) return TNN_ERR(TNN_ERR_DEVICE, "cuBLAS sgemm failed (status %d)", rc);
+    return tnn__cu_launched("tnn_compute");
+}
+
+/* ------------------------------------------------------------------------ */
+/* Memory                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static void *cu_alloc(size_t nbytes) {
+    void *p = NULL;
+    size_t n = nbytes ? nbytes : 1;
+    if (cudaMalloc(&p, n) != cudaSuccess) {
+        cudaGetLastError(); /* an allocation failure is not sticky: clear it */
+        return NULL;
+    }
+    if (cudaMemsetAsync(p, 0, n, tnn__cu.stream) != cudaSuccess) {
+        cudaFree(p);
+        return NULL;
+    }
+    return p;
+}
+
+static void cu_free(void *p) {
+    if (p) cudaFree(p);
+}
+
+/* Pageable host memory: the copies are synchronous with the host, so the
+ * caller's buffer may be reused on return. */
+static int cu_copy_in(void *dst, const void *src, size_t n) {
+    cudaError_t e = cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, tnn__cu.stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(tnn__cu.stream);
+    return tnn__cu_status(e, "upload");
+}
+
+static int cu_copy_out(void *dst, const void *src, size_t n) {
+    cudaError_t e = cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, tnn__cu.stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(tnn__cu.stream);
+    return tnn__cu_status(e, "download");
+}
+
+/* ------------------------------------------------------------------------ */
+/* Nodes                                                                    */
+/* ------------------------------------------------------------------------ */
+
+static int cu_run(tnn_tensor *t) {
+    switch (t->op) {
+    case TNN_OP_ADD:
+    case TNN_OP_SUB:
+    case TNN_OP_MUL:
+    case TNN_OP_SCALE:
+    case TNN_OP_GELU:
+    case TNN_OP_SILU:
+    case TNN_OP_GELU_BACK:
+    case TNN_OP_SILU_BACK:
+    case TNN_OP_FILL: return tnn__cu_elementwise(t);
+    case TNN_OP_SOFTMAX:
+    case TNN_OP_SOFTMAX_BACK:
+    case TNN_OP_RMS_NORM:
+    case TNN_OP_RMS_NORM_BACK:
+    case TNN_OP_LAYER_NORM:
+    case TNN_OP_LAYER_NORM_BACK:
+    case TNN_OP_CROSS_ENTROPY:
+    case TNN_OP_CROSS_ENTROPY_BACK: return tnn__cu_rows(t);
+    case TNN_OP_TRANSPOSE:
+    case TNN_OP_RESHAPE:
+    case TNN_OP_EXPAND:
+    case TNN_OP_PERMUTE:
+    case TNN_OP_CONCAT:
+    case TNN_OP_NARROW:
+    case TNN_OP_SLICE: return tnn__cu_shape(t);
+    case TNN_OP_SUM:
+    case TNN_OP_MEAN:
+    case TNN_OP_REDUCE_TO: return tnn__cu_reduce(t);
+    case TNN_OP_GET_ROWS:
+    case TNN_OP_GET_ROWS_BACK: return tnn__cu_embed(t);
+    case TNN_OP_MATMUL: return tnn__cu_matmul(t);
+    case TNN_OP_ROPE:
+    case TNN_OP_ATTENTION:
+    case TNN_OP_ATTENTION_BACK:
+    case TNN_OP_KV_WRITE:
+    case TNN_OP_ATTENTION_CACHED: return tnn__cu_attention(t);
+    default:
+        return TNN_ERR(TNN_ERR_UNSUPPORTED, "op %s (node #%d) has no CUDA kernel",
+                       tnn__ops[t->op].name, t->id);
+    }
+}
+
+static bool cu_supports(const tnn_tensor *t) { return t->op > TNN_OP_NONE && t->op < TNN_OP_COUNT; }
+
+/* Waits for the queued nodes; a fault a kernel recorded becomes the
+ * status, and the record is cleared for the next compute. */
+static int cu_finish(void) {
+    int rc = tnn__cu_status(cudaStreamSynchronize(tnn__cu.stream), "tnn_compute");
+    if (rc) return rc;
+    tnn_cu_fault f = *tnn__cu.fault;
+    if (!f.code) return TNN_OK;
+    memset(tnn__cu.fault, 0, sizeof f);
+    switch (f.code) {
+    case CU_FAULT_INDEX:
+        return tnn__error(TNN_ERR_RANGE, "tnn_compute",
+                          "idx[%lld] = %lld is outside [0, %lld) (node #%d)", f.a, f.b, f.c,
+                          f.node);
+    case CU_FAULT_TARGET:
+        return tnn__error(TNN_ERR_RANGE, "tnn_compute",
+                          "targets[%lld] = %lld is outside [0, %lld) (node #%d)", f.a, f.b, f.c,
+                          f.node);
+    case CU_FAULT_KV:
+        return tnn__error(TNN_ERR_RANGE, "tnn_kv_write",
+                          "rows %lld .. %lld do not fit a cache of %lld positions (node #%d)",
+                          f.a, f.b, f.c, f.node);
+    default:
+        return tnn__error(TNN_ERR_RANGE, "tnn_attention_cached",
+                          "positions %lld .. %lld do not fit a cache of %lld (node #%d)", f.a,
+                          f.b, f.c, f.node);
+    }
+}
+
+static const tnn_backend cuda_backend = {
+    .name = "cuda",
+    .alloc = cu_alloc,
+    .free = cu_free,
+    .copy_in = cu_copy_in,
+    .copy_out = cu_copy_out,
+    .supports = cu_supports,
+    .run = cu_run,
+    .host_memory = false,
+    .finish = cu_finish,
+    .sqnorm = tnn__cu_sqnorm,
+    .update = tnn__cu_update,
+};
+
+/* ------------------------------------------------------------------------ */
+/* Opening                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static pthread_once_t open_once = PTHREAD_ONCE_INIT;
+static const tnn_backend *opened;
+
+static void open_backend(void) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n < 1) {
+        tnn__log(TNN_LOG_INFO, "CUDA backend: no usable GPU (%s)",
+                 e != cudaSuccess ? cudaGetErrorString(e) : "no device");
+        cudaGetLastError();
+        return;
+    }
+    cudaDeviceProp prop;
+    if (cudaSetDevice(0) != cudaSuccess || cudaGetDeviceProperties(&prop, 0) != cudaSuccess ||
+        cudaStreamCreateWithFlags(&tnn__cu.stream, cudaStreamNonBlocking) != cudaSuccess ||
+        cudaMallocHost((void **)&tnn__cu.fault, sizeof *tnn__cu.fault) != cudaSuccess) {
+        tnn__log(TNN_LOG_WARN, "CUDA backend: device setup failed (%s)",
+                 cudaGetErrorString(cudaGetLastError()));
+        return;
+    }
+    memset(tnn__cu.fault, 0, sizeof *tnn__cu.fault);
+    tnn__cu.sm_count = prop.multiProcessorCount;
+    if (!blas_open() || blas.create(&tnn__cu.blas) != 0 ||
+        blas.set_stream(tnn__cu.blas, tnn__cu.stream) != 0) {
+        tnn__log(TNN_LOG_WARN, "CUDA backend: cuBLAS could not be initialized");
+        return;
+    }
+    tnn__log(TNN_LOG_INFO, "CUDA backend: %s (sm_%d%d, %d SMs, %.1f GiB)%s", prop.name,
+             prop.major, prop.minor, prop.multiProcessorCount,
+             (double)prop.totalGlobalMem / (1 << 30), TNN_CUDA_EMULATED ? " [emulated]" : "");
+    opened = &cuda_backend;
+}
+
+extern "C" const tnn_backend *tnn__cuda_backend(void) {
+    pthread_once(&open_once, open_backend);
+    return opened;
+}
+
+#if TNN_CUDA_EMULATED
+/* Test hooks of the emulator build (tests/test_cuda.c, TNN_TEST_EMU). */
+extern "C" void tnn__cu_emu_counts(long *launches, long *d2h) {
+    *launches = tnn_emu_launch_count();
+    *d2h = tnn_emu_copy_count(cudaMemcpyDeviceToHost);
+}
+extern "C" void tnn__cu_emu_mem_limit(size_t bytes) { tnn_emu_set_mem_limit(bytes); }
+#endif

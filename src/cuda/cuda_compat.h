@@ -1,0 +1,26 @@
+/* cuda_compat.h - what lets the CUDA backend's sources build two ways: with
+ * nvcc for a real GPU, or with g++ against the CPU emulator (cuda_emu.h), so
+ * the kernels' indexing, shared memory and reductions are tested on machines
+ * without a GPU. Kernel code launches through TNN_LAUNCH and takes dynamic
+ * shared memory through TNN_DYN_SMEM, never the <<<>>> syntax directly.
+ */
+#ifndef TNN_CUDA_COMPAT_H
+#define TNN_CUDA_COMPAT_H
+
+#ifdef __CUDACC__
+#include <cuda_runtime.h>
+#define TNN_LAUNCH(k, grid, block, smem, stream, ...)                                         \
+    k<<<(grid), (block), (smem), (stream)>>>(__VA_ARGS__)
+#define TNN_DYN_SMEM(type, name)                                                              \
+    extern __shared__ unsigned char tnn__smem_raw[];                                          \
+    type *name = reinterpret_cast<type *>(tnn__smem_raw)
+#define TNN_CUDA_EMULATED 0
+#else
+#include "cuda_emu.h"
+#define TNN_LAUNCH(k, grid, block, smem, stream, ...)                                         \
+    tnn_emu_launch(dim3(grid), dim3(block), (size_t)(smem), (stream), [&] { k(__VA_ARGS__); })
+#define TNN_DYN_SMEM(type, name) type *name = reinterpret_cast<type *>(tnn_emu_dyn_smem())
+#define TNN_CUDA_EMULATED 1
+#endif
+
+#endif

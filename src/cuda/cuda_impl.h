@@ -1,0 +1,149 @@
+/* cuda_impl.h - what the CUDA backend's sources share: the process-wide
+ * device state, error conversion, launch shapes and block reductions.
+ * Included only by the .cu files of src/cuda (C++: nvcc or the emulator).
+ */
+#ifndef TNN_CUDA_IMPL_H
+#define TNN_CUDA_IMPL_H
+
+#include "cuda_compat.h"
+
+extern "C" {
+#include "../core/internal.h"
+#include "../quant/qdecode.h"
+}
+
+#include <stdint.h>
+
+/* A bad value a kernel found (an index out of range): the first one wins
+ * and tnn_compute reports it once the queued work is done. It lives in
+ * pinned host memory, which kernels write directly. */
+typedef struct tnn_cu_fault {
+    int code; /* 0: none; else the kind below */
+    int node;
+    long long a, b, c;
+} tnn_cu_fault;
+enum { CU_FAULT_INDEX = 1, CU_FAULT_TARGET = 2, CU_FAULT_KV = 3, CU_FAULT_CACHE = 4 };
+
+typedef struct tnn_cu_state {
+    cudaStream_t stream;
+    void *blas;           /* cublasHandle_t */
+    tnn_cu_fault *fault;  /* pinned */
+    void *scratch;        /* device scratch, grown on demand, stream-ordered */
+    size_t scratch_size;
+    int sm_count;
+} tnn_cu_state;
+
+extern tnn_cu_state tnn__cu;
+
+/* TNN_OK, or the CUDA error as a status with a message naming `what`. */
+int tnn__cu_status(cudaError_t e, const char *what);
+/* The status of the launches just queued (cudaGetLastError). */
+int tnn__cu_launched(const char *what);
+/* Device scratch of at least `bytes`; NULL (error set) when out of memory.
+ * Valid until the next call; work queued before a growth has finished. */
+void *tnn__cu_scratch(size_t bytes);
+
+/* f32 GEMM, row-major: C (M x N) = op(A) @ op(B), batched with element
+ * strides (0 broadcasts an operand). lda/ldb are the stored row lengths. */
+int tnn__cu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                 int64_t sa, const float *B, int64_t ldb, int64_t sb, float *C, int64_t sc,
+                 int64_t batch);
+
+/* Rows of the GGML-typed matrix w (rows 0..rows-1, or those idx names) as
+ * f32 into out (rows x w->shape[1]); a bad index is a fault of `node`. */
+int tnn__cu_dequantize(const tnn_tensor *w, const int32_t *idx, int64_t rows, float *out,
+                       int node);
+
+/* The op families (kernels.cu, attention.cu): each launches its kernels for
+ * node t on the backend's stream and returns the launch status. */
+int tnn__cu_elementwise(tnn_tensor *t);
+int tnn__cu_rows(tnn_tensor *t);
+int tnn__cu_shape(tnn_tensor *t);
+int tnn__cu_reduce(tnn_tensor *t);
+int tnn__cu_embed(tnn_tensor *t);
+int tnn__cu_matmul(tnn_tensor *t);
+int tnn__cu_attention(tnn_tensor *t);
+int tnn__cu_sqnorm(tnn_tensor *const *params, int n, double *out);
+int tnn__cu_update(const tnn_update *u);
+
+/* ------------------------------------------------------------------------ */
+/* Device helpers                                                           */
+/* ------------------------------------------------------------------------ */
+
+#define CU_THREADS 256
+/* Grid-stride loops make results independent of the grid; the emulator
+ * runs a few blocks so tests stay fast and still cross block edges. */
+#define CU_MAX_BLOCKS (TNN_CUDA_EMULATED ? 3 : 65535)
+
+static inline unsigned cu_blocks(int64_t n, int per = CU_THREADS) {
+    int64_t b = (n + per - 1) / per;
+    if (b < 1) b = 1;
+    return (unsigned)(b < CU_MAX_BLOCKS ? b : CU_MAX_BLOCKS);
+}
+
+#define CU_FOR(i, n)                                                                          \
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                 \
+         i += (int64_t)gridDim.x * blockDim.x)
+
+template <typename T> __device__ __forceinline__ T cu_warp_sum(T v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+template <typename T> __device__ __forceinline__ T cu_warp_max(T v) {
+    for (int o = 16; o > 0; o >>= 1) {
+        T w = __shfl_xor_sync(0xffffffffu, v, o);
+        v = w > v ? w : v;
+    }
+    return v;
+}
+
+/* Sum over the block (blockDim.x a multiple of 32), the same value in every
+ * thread: warp sums, then the warps' sums in ascending order. `sh` is
+ * 32 elements of shared memory. */
+template <typename T> __device__ T cu_block_sum(T v, T *sh) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = cu_warp_sum(v);
+    __syncthreads(); /* sh may still be read by a previous reduction */
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    T r = sh[0];
+    for (int i = 1; i < nw; i++) r += sh[i];
+    return r;
+}
+template <typename T> __device__ T cu_block_max(T v, T *sh) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = cu_warp_max(v);
+    __syncthreads();
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    T r = sh[0];
+    for (int i = 1; i < nw; i++) r = sh[i] > r ? sh[i] : r;
+    return r;
+}
+
+__device__ __forceinline__ void cu_fault(tnn_cu_fault *f, int code, int node, long long a,
+                                         long long b, long long c) {
+    if (atomicCAS(&f->code, 0, code) == 0) {
+        f->node = node;
+        f->a = a;
+        f->b = b;
+        f->c = c;
+    }
+}
+
+/* Shapes right-aligned to 4 dimensions, passed to kernels by value. */
+typedef struct {
+    int64_t d[4];
+} cu_dims;
+
+static inline cu_dims cu_shape4(const tnn_tensor *t) {
+    cu_dims s;
+    int pad = 4 - t->ndim;
+    for (int i = 0; i < 4; i++) s.d[i] = i < pad ? 1 : t->shape[i - pad];
+    return s;
+}
+
+#define CF(t) ((const float *)(t)->data)
+#define FP(t) ((float *)(t)->data)
+
+#endif

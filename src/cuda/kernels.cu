@@ -1,0 +1,750 @@
+/* kernels.cu - the CUDA kernels of the element-wise, row, shape, reduction
+ * and embedding ops, the products, and the optimizer's update. The formulas
+ * are the CPU kernels' (src/ops); sums run in double like theirs, in a fixed
+ * order, so a result never depends on the launch shape or on timing.
+ */
+#include "cuda_impl.h"
+
+#include <math.h>
+
+/* ------------------------------------------------------------------------ */
+/* Element-wise                                                             */
+/* ------------------------------------------------------------------------ */
+
+#define GELU_C 0.7978845608028654f /* sqrt(2/pi) */
+#define GELU_A 0.044715f
+
+/* x * sigmoid(2u), u = c (x + a x^3): the CPU's form of tanh-GELU */
+__device__ __forceinline__ float cu_gelu(float x) {
+    float u = GELU_C * (x + GELU_A * x * x * x);
+    return x / (1.0f + expf(-2.0f * u));
+}
+__device__ __forceinline__ float cu_gelu_grad(float x) {
+    float u = GELU_C * (x + GELU_A * x * x * x);
+    float sg = 1.0f / (1.0f + expf(-2.0f * u));
+    float du = GELU_C * (1.0f + 3.0f * GELU_A * x * x);
+    return sg + 2.0f * x * (sg * (1.0f - sg)) * du;
+}
+__device__ __forceinline__ float cu_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+/* Flat index f of a 4-D shape -> offset with the given element strides. */
+__device__ __forceinline__ int64_t cu_offset(int64_t f, const cu_dims &shape, const cu_dims &st) {
+    int64_t off = 0;
+    for (int d = 3; d >= 0; d--) {
+        off += (f % shape.d[d]) * st.d[d];
+        f /= shape.d[d];
+    }
+    return off;
+}
+
+/* Broadcast strides of `small` (right-aligned) read at the shape `big`. */
+static cu_dims bcast_strides(const cu_dims &small, const cu_dims &big) {
+    cu_dims st;
+    int64_t acc = 1;
+    for (int i = 3; i >= 0; i--) {
+        st.d[i] = (small.d[i] == 1 && big.d[i] != 1) ? 0 : acc;
+        acc *= small.d[i];
+    }
+    return st;
+}
+
+__global__ void k_binary(int op, const float *a, const float *b, float *o, int64_t n, cu_dims os,
+                         cu_dims as, cu_dims bs, int plain) {
+    CU_FOR(f, n) {
+        float x = plain ? a[f] : a[cu_offset(f, os, as)];
+        float y = plain ? b[f] : b[cu_offset(f, os, bs)];
+        o[f] = op == TNN_OP_ADD ? x + y : op == TNN_OP_SUB ? x - y : x * y;
+    }
+}
+
+__global__ void k_unary(int op, const float *x, const float *dy, float k, float *o, int64_t n) {
+    CU_FOR(i, n) {
+        float v = x ? x[i] : 0.0f, r;
+        switch (op) {
+        case TNN_OP_SCALE: r = v * k; break;
+        case TNN_OP_GELU: r = cu_gelu(v); break;
+        case TNN_OP_SILU: r = v * cu_sigmoid(v); break;
+        case TNN_OP_GELU_BACK: r = dy[i] * cu_gelu_grad(v); break;
+        case TNN_OP_SILU_BACK: {
+            float s = cu_sigmoid(v);
+            r = dy[i] * s * (1.0f + v * (1.0f - s));
+            break;
+        }
+        default: r = k; break; /* fill */
+        }
+        o[i] = r;
+    }
+}
+
+int tnn__cu_elementwise(tnn_tensor *t) {
+    cudaStream_t st = tnn__cu.stream;
+    int64_t n = t->nelem;
+    switch (t->op) {
+    case TNN_OP_ADD:
+    case TNN_OP_SUB:
+    case TNN_OP_MUL: {
+        const tnn_tensor *a = t->src[0], *b = t->src[1];
+        cu_dims os = cu_shape4(t), as = cu_shape4(a), bs = cu_shape4(b);
+        int plain = a->nelem == n && b->nelem == n;
+        TNN_LAUNCH(k_binary, cu_blocks(n), CU_THREADS, 0, st, t->op, CF(a), CF(b), FP(t), n, os,
+                   bcast_strides(as, os), bcast_strides(bs, os), plain);
+        break;
+    }
+    case TNN_OP_GELU_BACK:
+    case TNN_OP_SILU_BACK:
+        TNN_LAUNCH(k_unary, cu_blocks(n), CU_THREADS, 0, st, t->op, CF(t->src[0]), CF(t->src[1]),
+                   0.0f, FP(t), n);
+        break;
+    case TNN_OP_FILL:
+        TNN_LAUNCH(k_unary, cu_blocks(n), CU_THREADS, 0, st, t->op, (const float *)NULL,
+                   (const float *)NULL, (float)t->fparam[0], FP(t), n);
+        break;
+    default:
+        TNN_LAUNCH(k_unary, cu_blocks(n), CU_THREADS, 0, st, t->op, CF(t->src[0]),
+                   (const float *)NULL, (float)t->fparam[0], FP(t), n);
+        break;
+    }
+    return tnn__cu_launched(tnn__ops[t->op].name);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Rows: one block per row                                                  */
+/* ------------------------------------------------------------------------ */
+
+__global__ void k_softmax(const float *x, float *y, int64_t cols) {
+    __shared__ float shf[32];
+    __shared__ double shd[32];
+    const float *xr = x + blockIdx.x * cols;
+    float *yr = y + blockIdx.x * cols;
+    float mx = -INFINITY;
+    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) mx = fmaxf(mx, xr[j]);
+    mx = cu_block_max(mx, shf);
+    double s = 0.0;
+    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
+        float e = expf(xr[j] - mx);
+        yr[j] = e;
+        s += e;
+    }
+    float inv = (float)(1.0 / cu_block_sum(s, shd));
+    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) yr[j] *= inv;
+}
+
+/* Dots of two rows in double (b may be a, for sums of squares). */
+__device__ double cu_row_dot(const float *a, const float *b, int64_t n, double *sh) {
+    double s = 0.0;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) s += (double)a[j] * b[j];
+    return cu_block_sum(s, sh);
+}
+__device__ double cu_row_sum(const float *a, int64_t n, double *sh) {
+    double s = 0.0;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) s += a[j];
+    return cu_block_sum(s, sh);
+}
+
+__global__ void k_softmax_back(const float *dy, const float *y, float *dx, int64_t cols) {
+    __shared__ double sh[32];
+    int64_t o = blockIdx.x * cols;
+    float d = (float)cu_row_dot(dy + o, y + o, cols, sh);
+    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) dx[o + j] = y[o + j] * (dy[o + j] - d);
+}
+
+__global__ void k_rms_norm(const float *x, const float *g, float *y, int64_t n, double eps) {
+    __shared__ double sh[32];
+    int64_t o = blockIdx.x * n;
+    float scale = (float)(1.0 / sqrt(cu_row_dot(x + o, x + o, n, sh) / (double)n + eps));
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
+        y[o + j] = g ? (x[o + j] * scale) * g[j] : x[o + j] * scale;
+}
+
+__global__ void k_rms_norm_back(const float *dy, const float *x, float *dx, int64_t n, double eps) {
+    __shared__ double sh[32];
+    int64_t o = blockIdx.x * n;
+    double ss = cu_row_dot(x + o, x + o, n, sh), dot = cu_row_dot(dy + o, x + o, n, sh);
+    double rr = 1.0 / sqrt(ss / (double)n + eps);
+    float a = (float)rr, b = (float)(rr * rr * rr * dot / (double)n);
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) dx[o + j] = a * dy[o + j] - b * x[o + j];
+}
+
+/* Mean and 1 / sqrt(var + eps) of a row (two passes, as the CPU). */
+__device__ void cu_row_stats(const float *x, int64_t n, double eps, double *sh, double *mean,
+                             double *rstd) {
+    double m = cu_row_sum(x, n, sh) / (double)n, v = 0.0;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) v += ((double)x[j] - m) * (x[j] - m);
+    v = cu_block_sum(v, sh);
+    *mean = m;
+    *rstd = 1.0 / sqrt(v / (double)n + eps);
+}
+
+__global__ void k_layer_norm(const float *x, const float *ga, const float *be, float *y, int64_t n,
+                             double eps) {
+    __shared__ double sh[32];
+    int64_t o = blockIdx.x * n;
+    double mean, rstd;
+    cu_row_stats(x + o, n, eps, sh, &mean, &rstd);
+    float m = (float)mean, rs = (float)rstd;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+        float v = (x[o + j] - m) * rs;
+        if (ga) v = v * ga[j];
+        if (be) v = v + be[j];
+        y[o + j] = v;
+    }
+}
+
+__global__ void k_layer_norm_back(const float *g, const float *x, float *dx, int64_t n, double eps) {
+    __shared__ double sh[32];
+    int64_t o = blockIdx.x * n;
+    double mean, rstd;
+    cu_row_stats(x + o, n, eps, sh, &mean, &rstd);
+    double sg = cu_row_sum(g + o, n, sh), sgx = cu_row_dot(g + o, x + o, n, sh);
+    double mg = sg / (double)n, mgx = rstd * (sgx - mean * sg) / (double)n;
+    float ka = (float)rstd, kb = (float)mg, kc = (float)(rstd * rstd * mgx), m = (float)mean;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
+        dx[o + j] = ka * (g[o + j] - kb) - kc * (x[o + j] - m);
+}
+
+/* Cross-entropy: the loss of each row (0 for ignored rows), then the mean
+ * over the counted rows; the backward pass is softmax * dloss / count minus
+ * dloss / count at the target. */
+__global__ void k_ce_rows(const float *lg, const int32_t *tg, int64_t V, int32_t ign, float *rows,
+                          tnn_cu_fault *fault, int node) {
+    __shared__ float shf[32];
+    __shared__ double shd[32];
+    int64_t r = blockIdx.x;
+    const float *x = lg + r * V;
+    int32_t c = tg[r];
+    if (c == ign || c < 0 || c >= V) {
+        if (threadIdx.x == 0) {
+            rows[r] = 0.0f;
+            if (c != ign) cu_fault(fault, CU_FAULT_TARGET, node, r, c, V);
+        }
+        return;
+    }
+    float mx = -INFINITY;
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, x[j]);
+    mx = cu_block_max(mx, shf);
+    double s = 0.0;
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) s += expf(x[j] - mx);
+    s = cu_block_sum(s, shd);
+    if (threadIdx.x == 0) rows[r] = (float)((double)mx + log(s) - x[c]);
+}
+
+/* One thread: the count of rows that count, and (forward) the mean loss. */
+__global__ void k_ce_total(const int32_t *tg, int64_t N, int64_t V, int32_t ign,
+                           const float *rows, float *out, int *count) {
+    int64_t cnt = 0;
+    double total = 0.0;
+    for (int64_t r = 0; r < N; r++) {
+        if (tg[r] == ign || tg[r] < 0 || tg[r] >= V) continue;
+        cnt++;
+        if (rows) total += rows[r];
+    }
+    if (out) out[0] = cnt ? (float)(total / (double)cnt) : 0.0f;
+    if (count) *count = (int)cnt;
+}
+
+__global__ void k_ce_back(const float *lg, const int32_t *tg, const float *dloss, const int *count,
+                          int64_t V, int32_t ign, float *d, tnn_cu_fault *fault, int node) {
+    __shared__ float shf[32];
+    __shared__ double shd[32];
+    int64_t r = blockIdx.x;
+    const float *x = lg + r * V;
+    float *dr = d + r * V;
+    int32_t c = tg[r];
+    if (c == ign || c < 0 || c >= V) {
+        for (int64_t j = threadIdx.x; j < V; j += blockDim.x) dr[j] = 0.0f;
+        if (c != ign && threadIdx.x == 0) cu_fault(fault, CU_FAULT_TARGET, node, r, c, V);
+        return;
+    }
+    double scale = *count ? (double)dloss[0] / (double)*count : 0.0;
+    float mx = -INFINITY;
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, x[j]);
+    mx = cu_block_max(mx, shf);
+    double s = 0.0;
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+        float e = expf(x[j] - mx);
+        dr[j] = e;
+        s += e;
+    }
+    s = cu_block_sum(s, shd);
+    float k = (float)(scale / s);
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) dr[j] *= k;
+    __syncthreads(); /* the target's element may have been scaled by another thread */
+    if (threadIdx.x == 0) dr[c] -= (float)scale;
+}
+
+static int ce(tnn_tensor *t) {
+    const tnn_tensor *lg = t->src[0];
+    const int32_t *tg = (const int32_t *)t->src[1]->data;
+    int64_t N = lg->shape[0], V = lg->shape[1];
+    int32_t ign = (int32_t)t->iparam[0];
+    cudaStream_t st = tnn__cu.stream;
+    if (N == 0) return TNN_OK;
+    if (N > INT32_MAX) return TNN_ERR(TNN_ERR_UNSUPPORTED, "%lld rows: too many for one grid", (long long)N);
+    char *scr = (char *)tnn__cu_scratch((size_t)N * sizeof(float) + 16);
+    if (!scr) return tnn_last_status();
+    int *count = (int *)scr;
+    float *rows = (float *)(scr + 16);
+    if (t->op == TNN_OP_CROSS_ENTROPY) {
+        TNN_LAUNCH(k_ce_rows, (unsigned)N, CU_THREADS, 0, st, CF(lg), tg, V, ign, rows,
+                   tnn__cu.fault, t->id);
+        TNN_LAUNCH(k_ce_total, 1, 1, 0, st, tg, N, V, ign, (const float *)rows, FP(t),
+                   (int *)NULL);
+    } else {
+        TNN_LAUNCH(k_ce_total, 1, 1, 0, st, tg, N, V, ign, (const float *)NULL, (float *)NULL,
+                   count);
+        TNN_LAUNCH(k_ce_back, (unsigned)N, CU_THREADS, 0, st, CF(lg), tg, CF(t->src[2]),
+                   (const int *)count, V, ign, FP(t), tnn__cu.fault, t->id);
+    }
+    return tnn__cu_launched(tnn__ops[t->op].name);
+}
+
+int tnn__cu_rows(tnn_tensor *t) {
+    if (t->op == TNN_OP_CROSS_ENTROPY || t->op == TNN_OP_CROSS_ENTROPY_BACK) return ce(t);
+    int64_t cols = t->shape[t->ndim - 1], rows = t->nelem / cols;
+    if (rows == 0) return TNN_OK;
+    if (rows > INT32_MAX) return TNN_ERR(TNN_ERR_UNSUPPORTED, "%lld rows: too many for one grid", (long long)rows);
+    cudaStream_t st = tnn__cu.stream;
+    unsigned g = (unsigned)rows;
+    double eps = t->fparam[0];
+    const float *s0 = CF(t->src[0]);
+    const float *s1 = t->src[1] ? CF(t->src[1]) : NULL;
+    switch (t->op) {
+    case TNN_OP_SOFTMAX: TNN_LAUNCH(k_softmax, g, CU_THREADS, 0, st, s0, FP(t), cols); break;
+    case TNN_OP_SOFTMAX_BACK:
+        TNN_LAUNCH(k_softmax_back, g, CU_THREADS, 0, st, s0, s1, FP(t), cols);
+        break;
+    case TNN_OP_RMS_NORM: TNN_LAUNCH(k_rms_norm, g, CU_THREADS, 0, st, s0, s1, FP(t), cols, eps); break;
+    case TNN_OP_RMS_NORM_BACK:
+        TNN_LAUNCH(k_rms_norm_back, g, CU_THREADS, 0, st, s0, s1, FP(t), cols, eps);
+        break;
+    case TNN_OP_LAYER_NORM:
+        TNN_LAUNCH(k_layer_norm, g, CU_THREADS, 0, st, s0, s1,
+                   t->src[2] ? CF(t->src[2]) : (const float *)NULL, FP(t), cols, eps);
+        break;
+    default:
+        TNN_LAUNCH(k_layer_norm_back, g, CU_THREADS, 0, st, s0, s1, FP(t), cols, eps);
+        break;
+    }
+    return tnn__cu_launched(tnn__ops[t->op].name);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Shape ops: gathers with strides, block copies                            */
+/* ------------------------------------------------------------------------ */
+
+/* out[f] = a[offset of f's coordinates under the strides st] */
+__global__ void k_gather(const float *a, float *o, int64_t n, cu_dims os, cu_dims st) {
+    CU_FOR(f, n) o[f] = a[cu_offset(f, os, st)];
+}
+
+/* dst[b * ds + i] = src[b * ss + i] for b < outer, i < n */
+__global__ void k_copy_blocks(float *dst, int64_t ds, const float *src, int64_t ss, int64_t outer,
+                              int64_t n) {
+    CU_FOR(f, outer * n) {
+        int64_t b = f / n, i = f % n;
+        dst[b * ds + i] = src[b * ss + i];
+    }
+}
+
+static void axis_split(const tnn_tensor *t, int axis, int64_t *outer, int64_t *inner) {
+    *outer = 1;
+    *inner = 1;
+    for (int i = 0; i < axis; i++) *outer *= t->shape[i];
+    for (int i = axis + 1; i < t->ndim; i++) *inner *= t->shape[i];
+}
+
+static void copy_blocks(float *dst, int64_t ds, const float *src, int64_t ss, int64_t outer,
+                        int64_t n) {
+    if (outer * n > 0)
+        TNN_LAUNCH(k_copy_blocks, cu_blocks(outer * n), CU_THREADS, 0, tnn__cu.stream, dst, ds,
+                   src, ss, outer, n);
+}
+
+int tnn__cu_shape(tnn_tensor *t) {
+    const tnn_tensor *a = t->src[0];
+    cudaStream_t st = tnn__cu.stream;
+    cu_dims os = cu_shape4(t), str;
+    switch (t->op) {
+    case TNN_OP_RESHAPE:
+        return tnn__cu_status(cudaMemcpyAsync(t->data, a->data, t->nbytes,
+                                              cudaMemcpyDeviceToDevice, st), "tnn_reshape");
+    case TNN_OP_EXPAND: str = bcast_strides(cu_shape4(a), os); break;
+    case TNN_OP_TRANSPOSE: { /* out (.., c, r) of a (.., r, c) */
+        int64_t r = a->ndim == 1 ? 1 : a->shape[a->ndim - 2], c = a->shape[a->ndim - 1];
+        str.d[0] = 0;
+        str.d[1] = r * c;
+        str.d[2] = 1;
+        str.d[3] = c;
+        os.d[0] = 1;
+        os.d[1] = a->nelem / (r * c);
+        os.d[2] = c;
+        os.d[3] = r;
+        break;
+    }
+    case TNN_OP_PERMUTE: {
+        int nd = a->ndim, pad = 4 - nd;
+        int64_t astride[TNN_MAX_DIMS];
+        astride[nd - 1] = 1;
+        for (int i = nd - 2; i >= 0; i--) astride[i] = astride[i + 1] * a->shape[i + 1];
+        for (int i = 0; i < 4; i++) {
+            int ax = i < pad ? -1 : (int)((t->iparam[0] >> (4 * (i - pad))) & 15);
+            str.d[i] = ax < 0 ? 0 : astride[ax];
+        }
+        break;
+    }
+    case TNN_OP_CONCAT: {
+        const tnn_tensor *b = t->src[1];
+        int ax = (int)t->iparam[0];
+        int64_t outer, inner;
+        axis_split(t, ax, &outer, &inner);
+        int64_t na = a->shape[ax] * inner, nb = b->shape[ax] * inner, nt = t->shape[ax] * inner;
+        copy_blocks(FP(t), nt, CF(a), na, outer, na);
+        copy_blocks(FP(t) + na, nt, CF(b), nb, outer, nb);
+        return tnn__cu_launched("tnn_concat");
+    }
+    case TNN_OP_NARROW: {
+        int ax = (int)t->iparam[0];
+        int64_t outer, inner;
+        axis_split(a, ax, &outer, &inner);
+        int64_t na = a->shape[ax] * inner, nt = t->shape[ax] * inner;
+        copy_blocks(FP(t), nt, CF(a) + t->iparam[1] * inner, na, outer, nt);
+        return tnn__cu_launched("tnn_narrow");
+    }
+    default: /* slice: columns [iparam[0], + width) of a 2-D source */
+        copy_blocks(FP(t), t->shape[1], CF(a) + t->iparam[0], a->shape[1], t->shape[0],
+                    t->shape[1]);
+        return tnn__cu_launched("slice");
+    }
+    if (t->nelem > 0)
+        TNN_LAUNCH(k_gather, cu_blocks(t->nelem), CU_THREADS, 0, st, CF(a), FP(t), t->nelem, os,
+                   str);
+    return tnn__cu_launched(tnn__ops[t->op].name);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Reductions                                                               */
+/* ------------------------------------------------------------------------ */
+
+/* Whole-tensor sums: SUM_PARTS blocks each sum a fixed share, then one
+ * thread adds the shares in order. */
+#define SUM_PARTS 64
+
+__global__ void k_sum_parts(const float *x, int64_t n, double *part) {
+    __shared__ double sh[32];
+    double s = 0.0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)SUM_PARTS * blockDim.x)
+        s += x[i];
+    s = cu_block_sum(s, sh);
+    if (threadIdx.x == 0) part[blockIdx.x] = s;
+}
+
+__global__ void k_sum_final(const double *part, int np, double div, float *out) {
+    double s = 0.0;
+    for (int i = 0; i < np; i++) s += part[i];
+    out[0] = (float)(s / div);
+}
+
+/* reduce_to: each output element sums its sources in the source's flat
+ * order (the reduced coordinates in row-major order), in double: the CPU's
+ * order, so the same bits. */
+__global__ void k_reduce_to(const float *a, float *o, int64_t n, cu_dims os, cu_dims as,
+                            cu_dims ast, int64_t R) {
+    CU_FOR(f, n) {
+        int64_t base = 0, rem = f;
+        for (int d = 3; d >= 0; d--) {
+            int64_t c = rem % os.d[d];
+            rem /= os.d[d];
+            if (os.d[d] == as.d[d]) base += c * ast.d[d];
+        }
+        double s = 0.0;
+        for (int64_t k = 0; k < R; k++) {
+            int64_t off = base, kr = k;
+            for (int d = 3; d >= 0; d--) {
+                if (os.d[d] == as.d[d]) continue;
+                off += (kr % as.d[d]) * ast.d[d];
+                kr /= as.d[d];
+            }
+            s += a[off];
+        }
+        o[f] = (float)s;
+    }
+}
+
+int tnn__cu_reduce(tnn_tensor *t) {
+    const tnn_tensor *a = t->src[0];
+    cudaStream_t st = tnn__cu.stream;
+    if (t->op == TNN_OP_REDUCE_TO) {
+        cu_dims os = cu_shape4(t), as = cu_shape4(a), ast;
+        int64_t acc = 1, R = 1;
+        for (int d = 3; d >= 0; d--) {
+            ast.d[d] = acc;
+            acc *= as.d[d];
+            if (os.d[d] != as.d[d]) R *= as.d[d];
+        }
+        TNN_LAUNCH(k_reduce_to, cu_blocks(t->nelem), CU_THREADS, 0, st, CF(a), FP(t), t->nelem,
+                   os, as, ast, R);
+        return tnn__cu_launched("reduce_to");
+    }
+    double *part = (double *)tnn__cu_scratch(SUM_PARTS * sizeof(double));
+    if (!part) return tnn_last_status();
+    TNN_LAUNCH(k_sum_parts, SUM_PARTS, CU_THREADS, 0, st, CF(a), a->nelem, part);
+    double div = t->op == TNN_OP_MEAN ? (double)a->nelem : 1.0;
+    TNN_LAUNCH(k_sum_final, 1, 1, 0, st, (const double *)part, SUM_PARTS, div, FP(t));
+    return tnn__cu_launched(tnn__ops[t->op].name);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Embeddings and dequantization                                            */
+/* ------------------------------------------------------------------------ */
+
+/* Rows of a GGML-typed matrix to f32, one thread per block of bs values:
+ * rows 0..rows-1, or the rows idx names (checked against V). */
+__global__ void k_deq_rows(int type, const char *w, int64_t row_bytes, const int32_t *idx,
+                           int64_t V, int64_t rows, int64_t K, int bs, float *out,
+                           tnn_cu_fault *fault, int node) {
+    int64_t nb = K / bs;
+    CU_FOR(f, rows * nb) {
+        int64_t r = f / nb, k = f % nb, src = r;
+        if (idx) {
+            src = idx[r];
+            if (src < 0 || src >= V) {
+                if (k == 0) cu_fault(fault, CU_FAULT_INDEX, node, r, src, V);
+                continue;
+            }
+        }
+        tnn__deq_block(type, w + src * row_bytes, k, out + r * K + k * bs);
+    }
+}
+
+int tnn__cu_dequantize(const tnn_tensor *w, const int32_t *idx, int64_t rows, float *out,
+                       int node) {
+    const tnn_qtype_info *qi = tnn__qtype(w->gtype);
+    int64_t rb = tnn__qtype_row_bytes(w->gtype, w->shape[1]);
+    if (!qi || rb < 0) return tnn_last_status() ? tnn_last_status() : TNN_ERR_FORMAT;
+    int64_t K = w->shape[1];
+    if (rows > 0)
+        TNN_LAUNCH(k_deq_rows, cu_blocks(rows * (K / qi->block)), CU_THREADS, 0, tnn__cu.stream,
+                   w->gtype, (const char *)w->data, rb, idx, w->shape[0], rows, K, qi->block, out,
+                   tnn__cu.fault, node);
+    return tnn__cu_launched("dequantize");
+}
+
+__global__ void k_get_rows(const float *tab, int64_t V, int64_t d, const int32_t *idx, int64_t n,
+                           float *out, tnn_cu_fault *fault, int node) {
+    CU_FOR(f, n * d) {
+        int64_t i = f / d, j = f % d;
+        int32_t r = idx[i];
+        if (r < 0 || r >= V) {
+            if (j == 0) cu_fault(fault, CU_FAULT_INDEX, node, i, r, V);
+            continue;
+        }
+        out[f] = tab[(int64_t)r * d + j];
+    }
+}
+
+/* One thread per column adds the rows in index order: deterministic. */
+__global__ void k_get_rows_back(const float *dout, int64_t n, int64_t d, const int32_t *idx,
+                                int64_t V, float *out, tnn_cu_fault *fault, int node) {
+    CU_FOR(j, d) {
+        for (int64_t i = 0; i < n; i++) {
+            int32_t r = idx[i];
+            if (r < 0 || r >= V) {
+                if (j == 0) cu_fault(fault, CU_FAULT_INDEX, node, i, r, V);
+                continue;
+            }
+            out[(int64_t)r * d + j] += dout[i * d + j];
+        }
+    }
+}
+
+int tnn__cu_embed(tnn_tensor *t) {
+    cudaStream_t st = tnn__cu.stream;
+    const tnn_tensor *idx = t->src[1];
+    if (t->op == TNN_OP_GET_ROWS_BACK) {
+        const tnn_tensor *d = t->src[0];
+        int rc = tnn__cu_status(cudaMemsetAsync(t->data, 0, t->nbytes, st), "tnn_get_rows_back");
+        if (rc) return rc;
+        TNN_LAUNCH(k_get_rows_back, cu_blocks(d->shape[1]), CU_THREADS, 0, st, CF(d), d->shape[0],
+                   d->shape[1], (const int32_t *)idx->data, t->shape[0], FP(t), tnn__cu.fault,
+                   t->id);
+        return tnn__cu_launched("tnn_get_rows_back");
+    }
+    const tnn_tensor *tab = t->src[0];
+    int64_t n = idx->shape[0], V = tab->shape[0], d = tab->shape[1];
+    if (tab->dtype == TNN_GGML)
+        return tnn__cu_dequantize(tab, (const int32_t *)idx->data, n, FP(t), t->id);
+    TNN_LAUNCH(k_get_rows, cu_blocks(n * d), CU_THREADS, 0, st, CF(tab), V, d,
+               (const int32_t *)idx->data, n, FP(t), tnn__cu.fault, t->id);
+    return tnn__cu_launched("tnn_get_rows");
+}
+
+/* ------------------------------------------------------------------------ */
+/* Products                                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* Batch dims right-aligned to 2 (as matmul.c). */
+static void batch2(const tnn_tensor *t, int64_t out[2]) {
+    int nb = t->ndim - 2;
+    out[0] = nb >= 2 ? t->shape[nb - 2] : 1;
+    out[1] = nb >= 1 ? t->shape[nb - 1] : 1;
+}
+
+__global__ void k_widen_bf16(const uint16_t *src, float *dst, int64_t n) {
+    CU_FOR(i, n) dst[i] = tnn__bf2f(src[i]);
+}
+
+/* Decoding: y (N, M) = x (N, K) @ W^T for a GGML-typed W (M, K) and a few
+ * rows, reading W once: a warp per weight row, each lane decoding whole
+ * blocks (lane, lane + 32, ...) into registers and multiplying them with
+ * every x row; the lanes' sums are then added by the warp. */
+#define QMV_ROWS 8
+
+template <int BS>
+__global__ void k_qmatvec(int type, const char *w, int64_t row_bytes, const float *x, int64_t N,
+                          int64_t M, int64_t K, float *y) {
+    int lane = threadIdx.x & 31;
+    int64_t m = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (m >= M) return; /* whole warps leave together */
+    float acc[QMV_ROWS] = {0};
+    float v[BS];
+    const char *row = w + m * row_bytes;
+    for (int64_t k = lane; k < K / BS; k += 32) {
+        tnn__deq_block(type, row, k, v);
+        for (int64_t n = 0; n < N; n++) {
+            const float *xr = x + n * K + k * BS;
+            float s = 0.0f;
+            for (int i = 0; i < BS; i++) s += v[i] * xr[i];
+            acc[n] += s;
+        }
+    }
+    for (int64_t n = 0; n < N; n++) {
+        float s = cu_warp_sum(acc[n]);
+        if (lane == 0) y[n * M + m] = s;
+    }
+}
+
+static int qmatvec(tnn_tensor *t) {
+    const tnn_tensor *x = t->src[0], *w = t->src[1];
+    int64_t N = x->shape[0], K = x->shape[1], M = w->shape[0];
+    const tnn_qtype_info *qi = tnn__qtype(w->gtype);
+    int64_t rb = tnn__qtype_row_bytes(w->gtype, K);
+    if (!qi || rb < 0) return tnn_last_status() ? tnn_last_status() : TNN_ERR_FORMAT;
+    unsigned g = (unsigned)((M + 7) / 8);
+    cudaStream_t st = tnn__cu.stream;
+    const char *wd = (const char *)w->data;
+    if (qi->block == 1)
+        TNN_LAUNCH(k_qmatvec<1>, g, 256, 0, st, w->gtype, wd, rb, CF(x), N, M, K, FP(t));
+    else if (qi->block == 32)
+        TNN_LAUNCH(k_qmatvec<32>, g, 256, 0, st, w->gtype, wd, rb, CF(x), N, M, K, FP(t));
+    else
+        TNN_LAUNCH(k_qmatvec<256>, g, 256, 0, st, w->gtype, wd, rb, CF(x), N, M, K, FP(t));
+    return tnn__cu_launched("tnn_matmul_nt");
+}
+
+int tnn__cu_matmul(tnn_tensor *t) {
+    const tnn_tensor *a = t->src[0], *b = t->src[1];
+    bool ta = t->iparam[0] & TNN_MM_TA, tb = t->iparam[0] & TNN_MM_TB;
+    const float *B = CF(b);
+    if (b->dtype == TNN_GGML && a->shape[0] <= QMV_ROWS) return qmatvec(t);
+    if (b->dtype == TNN_GGML || b->dtype == TNN_BF16) {
+        /* weights widened to f32 in the scratch, then the f32 product */
+        float *w = (float *)tnn__cu_scratch((size_t)b->nelem * sizeof(float));
+        if (!w) return tnn_last_status();
+        int rc = TNN_OK;
+        if (b->dtype == TNN_GGML)
+            rc = tnn__cu_dequantize(b, NULL, b->shape[0], w, t->id);
+        else
+            TNN_LAUNCH(k_widen_bf16, cu_blocks(b->nelem), CU_THREADS, 0, tnn__cu.stream,
+                       (const uint16_t *)b->data, w, b->nelem);
+        if (rc) return rc;
+        B = w;
+    }
+    int64_t ar = a->shape[a->ndim - 2], ac = a->shape[a->ndim - 1];
+    int64_t br = b->shape[b->ndim - 2], bc = b->shape[b->ndim - 1];
+    int64_t M = ta ? ac : ar, K = ta ? ar : ac, N = tb ? br : bc;
+    int64_t abat[2], bbat[2], obat[2];
+    batch2(a, abat);
+    batch2(b, bbat);
+    batch2(t, obat);
+    for (int64_t i0 = 0; i0 < obat[0]; i0++) {
+        const float *A0 = CF(a) + (abat[0] == 1 ? 0 : i0) * abat[1] * ar * ac;
+        const float *B0 = B + (bbat[0] == 1 ? 0 : i0) * bbat[1] * br * bc;
+        int rc = tnn__cu_gemm(ta, tb, M, N, K, A0, ac, abat[1] == 1 ? 0 : ar * ac, B0, bc,
+                              bbat[1] == 1 ? 0 : br * bc, FP(t) + i0 * obat[1] * M * N, M * N,
+                              obat[1]);
+        if (rc) return rc;
+    }
+    return TNN_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Optimizer                                                                */
+/* ------------------------------------------------------------------------ */
+
+/* Sum of squares: NORM_PARTS blocks per parameter, each a fixed share, then
+ * one thread adds every share in order into pinned memory. */
+#define NORM_PARTS 32
+
+__global__ void k_sqnorm_parts(const float *g, int64_t n, double *part) {
+    __shared__ double sh[32];
+    double s = 0.0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)NORM_PARTS * blockDim.x)
+        s += (double)g[i] * g[i];
+    s = cu_block_sum(s, sh);
+    if (threadIdx.x == 0) part[blockIdx.x] = s;
+}
+
+__global__ void k_sqnorm_final(const double *part, int64_t np, double *out) {
+    double s = 0.0;
+    for (int64_t i = 0; i < np; i++) s += part[i];
+    *out = s;
+}
+
+int tnn__cu_sqnorm(tnn_tensor *const *params, int n, double *out) {
+    cudaStream_t st = tnn__cu.stream;
+    double *part = (double *)tnn__cu_scratch(((size_t)n * NORM_PARTS + 1) * sizeof(double));
+    if (!part) return tnn_last_status();
+    for (int k = 0; k < n; k++)
+        TNN_LAUNCH(k_sqnorm_parts, NORM_PARTS, CU_THREADS, 0, st, CF(params[k]->grad),
+                   params[k]->nelem, part + (int64_t)k * NORM_PARTS);
+    double *res = part + (int64_t)n * NORM_PARTS;
+    TNN_LAUNCH(k_sqnorm_final, 1, 1, 0, st, (const double *)part, (int64_t)n * NORM_PARTS, res);
+    int rc = tnn__cu_launched("optimizer");
+    if (rc) return rc;
+    /* the one value the host needs to decide on clipping and skipping */
+    rc = tnn__cu_status(cudaMemcpyAsync(out, res, sizeof *out, cudaMemcpyDeviceToHost, st),
+                        "optimizer");
+    return rc ? rc : tnn__cu_status(cudaStreamSynchronize(st), "optimizer");
+}
+
+/* The CPU's update (optimizer.c) element by element, in the same double
+ * arithmetic. */
+__global__ void k_update(tnn_update u) {
+    CU_FOR(i, u.n) {
+        if (u.adamw) {
+            double step_size = u.lr / u.bc1, sq_bc2 = sqrt(u.bc2);
+            double g = (double)u.g[i] * u.gscale;
+            double p = (double)u.p[i] * (1.0 - u.lr * u.wd);
+            double m0 = u.first ? 0.0 : u.m[i], v0 = u.first ? 0.0 : u.v[i];
+            double m = u.b1 * m0 + (1.0 - u.b1) * g;
+            double v = u.b2 * v0 + (1.0 - u.b2) * g * g;
+            u.m[i] = (float)m;
+            u.v[i] = (float)v;
+            u.p[i] = (float)(p - step_size * m / (sqrt(v) / sq_bc2 + u.eps));
+        } else {
+            double d = (double)u.g[i] * u.gscale + u.wd * u.p[i];
+            if (u.momentum > 0.0) {
+                d = u.first ? d : u.momentum * u.m[i] + d;
+                u.m[i] = (float)d;
+            }
+            u.p[i] = (float)(u.p[i] - u.lr * d);
+        }
+    }
+}
+
+int tnn__cu_update(const tnn_update *u) {
+    if (u->n > 0) TNN_LAUNCH(k_update, cu_blocks(u->n), CU_THREADS, 0, tnn__cu.stream, *u);
+    return tnn__cu_launched("optimizer");
+}

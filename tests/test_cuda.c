@@ -1,0 +1,463 @@
+/* test_cuda.c - the CUDA backend against the CPU: every op forward, the
+ * gradients of the differentiable ones through tnn_backward, optimizer
+ * steps, quantized weights, the KV cache, faults found by kernels, and the
+ * training step's traffic. Each case builds the same graph in a CPU
+ * session and a CUDA session from the same inputs and compares the results
+ * with a stated tolerance (the kernels sum in other orders than the CPU's
+ * and use the GPU's exp, so bits differ; the tolerances are relative to the
+ * largest value of the result).
+ *
+ * Linked with the real library it runs on a GPU and is skipped (exit 77)
+ * without one; linked with the emulator build (test_cuda_emu) it runs the
+ * same kernels on the CPU.
+ */
+#include "harness.h"
+
+#include "quant/quant.h"
+
+#include <unistd.h>
+
+#define SKIP 77
+#define MAXIN 6
+
+typedef struct {
+    int dtype; /* TNN_F32 or TNN_I32 (values in [0, imax)) */
+    int ndim;
+    int64_t shape[4];
+    int imax;
+    bool param; /* a parameter: its gradient is compared too */
+} in_spec;
+
+typedef tnn_tensor *(*build_fn)(tnn_session *s, tnn_tensor **in);
+
+static int64_t numel(const in_spec *sp) {
+    int64_t n = 1;
+    for (int i = 0; i < sp->ndim; i++) n *= sp->shape[i];
+    return n;
+}
+
+/* Runs `build` on backend `cuda` with inputs from `seed`; returns the
+ * result and the parameters' gradients, concatenated, as doubles. */
+static double *run_on(int cuda, build_fn build, const in_spec *ins, int nin, bool grads,
+                      uint64_t seed, int64_t *n_out) {
+    tnn_session *s = tnn_session_new(cuda);
+    tnn_tensor *in[MAXIN];
+    th_seed(seed);
+    for (int i = 0; i < nin; i++) {
+        in[i] = tnn_tensor_new(s, ins[i].dtype, ins[i].ndim, ins[i].shape);
+        if (ins[i].param) tnn_set_param(in[i]);
+    }
+    tnn_tensor *out = build(s, in);
+    if (!out) {
+        fprintf(stderr, "build failed: %s\n", tnn_last_error());
+        tnn_session_free(s);
+        return NULL;
+    }
+    tnn_tensor *loss = NULL;
+    if (grads) {
+        loss = tnn_sum(s, out);
+        if (tnn_backward(s, loss) != TNN_OK) {
+            fprintf(stderr, "backward failed: %s\n", tnn_last_error());
+            tnn_session_free(s);
+            return NULL;
+        }
+    }
+    tnn_set_output(out);
+    int rc = tnn_realize(s, loss ? loss : out);
+    for (int i = 0; i < nin && rc == TNN_OK; i++) {
+        int64_t n = numel(&ins[i]);
+        if (ins[i].dtype == TNN_I32) {
+            int32_t *v = malloc((size_t)n * sizeof *v);
+            for (int64_t k = 0; k < n; k++) v[k] = (int32_t)(th_uniform() * ins[i].imax);
+            rc = tnn_upload_i32(s, in[i], v, (size_t)n);
+            free(v);
+        } else {
+            float *v = malloc((size_t)n * sizeof *v);
+            for (int64_t k = 0; k < n; k++) v[k] = (float)th_sym(1.0);
+            rc = tnn_upload_f32(s, in[i], v, (size_t)n);
+            free(v);
+        }
+    }
+    if (rc == TNN_OK) rc = tnn_compute(s);
+    if (rc != TNN_OK) {
+        fprintf(stderr, "%s run failed: %s\n", cuda ? "cuda" : "cpu", tnn_last_error());
+        tnn_session_free(s);
+        return NULL;
+    }
+    int64_t total = tnn_tensor_nelements(out);
+    for (int i = 0; i < nin; i++)
+        if (grads && ins[i].param) total += numel(&ins[i]);
+    double *res = th_alloc((size_t)total);
+    float *buf = malloc((size_t)total * sizeof *buf);
+    int64_t at = tnn_tensor_nelements(out);
+    tnn_download_f32(s, out, buf, (size_t)at);
+    for (int i = 0; i < nin; i++) {
+        if (!grads || !ins[i].param) continue;
+        int64_t n = numel(&ins[i]);
+        tnn_download_f32(s, tnn_grad(s, in[i]), buf + at, (size_t)n);
+        at += n;
+    }
+    for (int64_t k = 0; k < total; k++) res[k] = buf[k];
+    free(buf);
+    tnn_session_free(s);
+    *n_out = total;
+    return res;
+}
+
+/* The same graph on both backends: max |gpu - cpu| <= tol * max |cpu|. */
+static void twin(const char *name, build_fn build, const in_spec *ins, int nin, bool grads,
+                 double tol) {
+    int64_t nc = 0, ng = 0;
+    double *c = run_on(0, build, ins, nin, grads, 7, &nc);
+    double *g = run_on(1, build, ins, nin, grads, 7, &ng);
+    CHECK(c && g && nc == ng, "%s: a run failed", name);
+    if (c && g && nc == ng) {
+        double scale = 1e-30;
+        for (int64_t i = 0; i < nc; i++) scale = fmax(scale, fabs(c[i]));
+        double err = th_err(g, c, (size_t)nc, tol * scale, 0.0);
+        CHECK(err <= 1.0, "%s: error %.3g of the tolerance %.1e (scale %.3g)", name, err, tol, scale);
+    }
+    free(c);
+    free(g);
+}
+
+#define F(nd, ...) {TNN_F32, nd, {__VA_ARGS__}, 0, false}
+#define P(nd, ...) {TNN_F32, nd, {__VA_ARGS__}, 0, true}
+#define I(n, mx) {TNN_I32, 1, {n}, mx, false}
+
+/* ------------------------------------------------------------------------ */
+/* Cases                                                                    */
+/* ------------------------------------------------------------------------ */
+
+static tnn_tensor *b_add(tnn_session *s, tnn_tensor **x) { return tnn_add(s, x[0], x[1]); }
+static tnn_tensor *b_sub(tnn_session *s, tnn_tensor **x) { return tnn_sub(s, x[0], x[1]); }
+static tnn_tensor *b_mul(tnn_session *s, tnn_tensor **x) { return tnn_mul(s, x[0], x[1]); }
+static tnn_tensor *b_unary(tnn_session *s, tnn_tensor **x) {
+    tnn_tensor *a = tnn_gelu(s, x[0]), *b = tnn_silu(s, tnn_scale(s, x[0], -1.5));
+    return tnn_add(s, tnn_mul(s, a, b), tnn_gelu_back(s, x[0], tnn_silu_back(s, x[0], x[1])));
+}
+static tnn_tensor *b_rows(tnn_session *s, tnn_tensor **x) {
+    tnn_tensor *y = tnn_softmax(s, x[0]);
+    tnn_tensor *a = tnn_softmax_back(s, x[1], y);
+    tnn_tensor *b = tnn_rms_norm(s, x[0], x[2], 1e-5);
+    tnn_tensor *c = tnn_rms_norm_back(s, x[1], x[0], 1e-5);
+    tnn_tensor *d = tnn_layer_norm(s, x[0], x[2], x[3], 1e-5);
+    tnn_tensor *e = tnn_layer_norm(s, x[1], NULL, NULL, 1e-5);
+    return tnn_add(s, tnn_add(s, tnn_add(s, a, b), tnn_add(s, c, d)), tnn_scale(s, e, 0.5));
+}
+static tnn_tensor *b_mm_nn(tnn_session *s, tnn_tensor **x) { return tnn_matmul_nn(s, x[0], x[1]); }
+static tnn_tensor *b_mm_nt(tnn_session *s, tnn_tensor **x) { return tnn_matmul_nt(s, x[0], x[1]); }
+static tnn_tensor *b_mm_tn(tnn_session *s, tnn_tensor **x) { return tnn_matmul_tn(s, x[0], x[1]); }
+static tnn_tensor *b_mm_seed(tnn_session *s, tnn_tensor **x) { return tnn_matmul(s, x[0], x[1]); }
+static tnn_tensor *b_shape(tnn_session *s, tnn_tensor **x) {
+    int axes[4] = {2, 0, 3, 1};
+    tnn_tensor *p = tnn_permute(s, x[0], axes); /* (4, 2, 5, 3) */
+    int64_t sh[2] = {20, 6};
+    tnn_tensor *r = tnn_reshape(s, p, 2, sh);
+    tnn_tensor *t = tnn_transpose(s, r);                         /* (6, 20) */
+    tnn_tensor *c = tnn_concat(s, t, tnn_narrow(s, t, 0, 1, 3), 0); /* (9, 20) */
+    return tnn_concat(s, c, tnn_narrow(s, c, 1, 4, 7), 1);          /* (9, 27) */
+}
+static tnn_tensor *b_reduce(tnn_session *s, tnn_tensor **x) {
+    tnn_tensor *a = tnn_add(s, tnn_sum(s, x[0]), tnn_mean(s, x[0]));
+    return tnn_mul(s, x[1], a);
+}
+static tnn_tensor *b_embed(tnn_session *s, tnn_tensor **x) {
+    tnn_tensor *e = tnn_get_rows(s, x[0], x[1]);
+    return tnn_add(s, e, tnn_get_rows(s, tnn_get_rows_back(s, x[2], x[1], x[0]), x[1]));
+}
+static tnn_tensor *b_rope(tnn_session *s, tnn_tensor **x) {
+    tnn_tensor *a = tnn_rope(s, x[0], 2, 4, 10000.0, 0);
+    tnn_tensor *b = tnn_rope(s, x[0], 2, 4, 500000.0, 1);
+    tnn_tensor *c = tnn_rope_ext(s, x[0], 2, x[1], 10000.0, 1, x[2]);
+    return tnn_add(s, tnn_add(s, a, b), c);
+}
+static tnn_tensor *b_attn(tnn_session *s, tnn_tensor **x) {
+    return tnn_mul(s, tnn_attention(s, x[0], x[1], x[2], 4, 2, 6), x[3]);
+}
+static tnn_tensor *b_ce(tnn_session *s, tnn_tensor **x) {
+    tnn_tensor *h = tnn_matmul_nt(s, x[0], x[1]);
+    return tnn_scale(s, tnn_cross_entropy(s, h, x[2], 3), 1.0);
+}
+/* A little transformer-like block: every differentiable op on one path. */
+static tnn_tensor *b_block(tnn_session *s, tnn_tensor **x) {
+    tnn_tensor *h = tnn_rms_norm(s, x[0], x[1], 1e-5);
+    tnn_tensor *q = tnn_rope(s, tnn_matmul_nt(s, h, x[2]), 2, 4, 10000.0, 0);
+    tnn_tensor *a = tnn_attention(s, q, q, h, 2, 2, 4);
+    tnn_tensor *g = tnn_gelu(s, tnn_layer_norm(s, tnn_add(s, a, x[0]), NULL, x[1], 1e-5));
+    tnn_tensor *y = tnn_mul(s, tnn_silu(s, g), tnn_softmax(s, tnn_transpose(s, tnn_transpose(s, g))));
+    return tnn_cross_entropy(s, tnn_matmul_nn(s, y, x[3]), x[4], -1);
+}
+
+static void test_ops(void) {
+    in_spec same[2] = {P(2, 7, 33), P(2, 7, 33)};
+    in_spec bc[2] = {P(3, 3, 1, 5), P(2, 4, 1)};
+    twin("add", b_add, same, 2, true, 1e-6);
+    twin("sub broadcast", b_sub, bc, 2, true, 1e-6);
+    twin("mul broadcast", b_mul, bc, 2, true, 1e-6);
+    in_spec un[2] = {P(2, 5, 300), F(2, 5, 300)};
+    twin("gelu/silu and backs", b_unary, un, 2, false, 1e-5);
+    in_spec rows[4] = {P(2, 6, 37), P(2, 6, 37), P(1, 37), P(1, 37)};
+    twin("softmax/rms_norm/layer_norm and backs", b_rows, rows, 4, false, 1e-5);
+    in_spec nn[2] = {P(3, 2, 5, 7), P(2, 7, 9)};
+    in_spec nt[2] = {P(4, 2, 3, 5, 7), P(4, 1, 3, 9, 7)};
+    in_spec tn[2] = {P(3, 2, 7, 5), P(3, 1, 7, 4)};
+    in_spec sd[2] = {P(2, 6, 8), P(2, 5, 8)};
+    twin("matmul_nn batched", b_mm_nn, nn, 2, true, 1e-5);
+    twin("matmul_nt broadcast batches", b_mm_nt, nt, 2, true, 1e-5);
+    twin("matmul_tn", b_mm_tn, tn, 2, true, 1e-5);
+    twin("tnn_matmul (seed layout)", b_mm_seed, sd, 2, true, 1e-5);
+    in_spec sh[1] = {P(4, 2, 3, 4, 5)};
+    twin("permute/reshape/transpose/concat/narrow", b_shape, sh, 1, true, 1e-7);
+    in_spec rd[2] = {P(2, 9, 70), P(2, 3, 1)};
+    twin("sum/mean/expand/reduce_to", b_reduce, rd, 2, true, 1e-6);
+    in_spec em[3] = {P(2, 11, 6), I(9, 11), P(2, 9, 6)};
+    twin("get_rows/get_rows_back", b_embed, em, 3, true, 1e-6);
+    in_spec ro[3] = {P(2, 8, 16), I(8, 100), F(1, 4)};
+    twin("rope modes, rope_ext", b_rope, ro, 3, true, 1e-5);
+    in_spec at[4] = {P(2, 12, 32), P(2, 12, 16), P(2, 12, 16), F(2, 12, 32)};
+    twin("attention GQA forward/backward", b_attn, at, 4, true, 1e-5);
+    in_spec ce[3] = {P(2, 10, 8), P(2, 13, 8), I(10, 13)};
+    twin("cross_entropy (ignore 3)", b_ce, ce, 3, true, 1e-5);
+    in_spec bl[5] = {P(2, 8, 8), P(1, 8), P(2, 8, 8), P(2, 8, 12), I(8, 12)};
+    twin("block: gradients of every parameter", b_block, bl, 5, true, 1e-4);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Optimizer steps                                                          */
+/* ------------------------------------------------------------------------ */
+
+/* Three AdamW (or SGD) steps of a tiny regression on both backends. */
+static void optim_run(int cuda, int adamw, float *out, int64_t *losses_ok) {
+    tnn_session *s = tnn_session_new(cuda);
+    tnn_tensor *x = tnn_input_2d_f32(s, 6, 5), *w = tnn_input_2d_f32(s, 4, 5);
+    tnn_tensor *b = tnn_input_1d_f32(s, 4);
+    tnn_set_param(w);
+    tnn_set_param(b);
+    tnn_set_no_decay(b);
+    tnn_tensor *loss = tnn_mean(s, tnn_mul(s, tnn_add(s, tnn_matmul_nt(s, x, w), b),
+                                           tnn_add(s, tnn_matmul_nt(s, x, w), b)));
+    CHECK_OK(tnn_backward(s, loss));
+    if (adamw)
+        CHECK_OK(tnn_optimizer_adamw(s, 0.05, 0.9, 0.999, 1e-8, 0.1));
+    else
+        CHECK_OK(tnn_optimizer_sgd(s, 0.1, 0.9, 0.01));
+    CHECK_OK(tnn_set_grad_clip(s, 0.5));
+    CHECK_OK(tnn_realize(s, loss));
+    float xv[30], wv[20], bv[4];
+    th_seed(3);
+    for (int i = 0; i < 30; i++) xv[i] = (float)th_sym(1.0);
+    for (int i = 0; i < 20; i++) wv[i] = (float)th_sym(1.0);
+    for (int i = 0; i < 4; i++) bv[i] = (float)th_sym(1.0);
+    CHECK_OK(tnn_upload_f32(s, x, xv, 30));
+    CHECK_OK(tnn_upload_f32(s, w, wv, 20));
+    CHECK_OK(tnn_upload_f32(s, b, bv, 4));
+    for (int k = 0; k < 3; k++) CHECK_OK(tnn_compute(s));
+    *losses_ok = tnn_optimizer_steps(s);
+    CHECK_OK(tnn_download_f32(s, w, out, 20));
+    CHECK_OK(tnn_download_f32(s, b, out + 20, 4));
+    CHECK_OK(tnn_optimizer_get_state(s, w, 0, out + 24, 20));
+    tnn_session_free(s);
+}
+
+static void test_optim(void) {
+    for (int adamw = 0; adamw < 2; adamw++) {
+        float c[44], g[44];
+        int64_t sc = 0, sg = 0;
+        optim_run(0, adamw, c, &sc);
+        optim_run(1, adamw, g, &sg);
+        double worst = 0.0;
+        for (int i = 0; i < 44; i++) worst = fmax(worst, fabs((double)c[i] - g[i]));
+        CHECK(sc == 3 && sg == 3, "steps %lld / %lld", (long long)sc, (long long)sg);
+        CHECK(worst < 1e-5, "%s: parameters and moments differ by %.3g", adamw ? "AdamW" : "SGD",
+              worst);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Quantized weights, KV cache                                              */
+/* ------------------------------------------------------------------------ */
+
+static const int qtypes[] = {TNN_GGML_F16, TNN_GGML_BF16, 8 /* Q8_0 */, 2 /* Q4_0 */,
+                             3 /* Q4_1 */, 6 /* Q5_0 */, 7 /* Q5_1 */, 12 /* Q4_K */,
+                             13 /* Q5_K */, 14 /* Q6_K */};
+#define NQ (int)(sizeof qtypes / sizeof *qtypes)
+enum { QM = 6, QK = 256 };
+
+/* A GGUF file of one (QM, QK) matrix per type: quantized from random values
+ * where tinynn quantizes the type, else random blocks with sane scales. */
+static void write_qfile(const char *path) {
+    tnn_gguf_writer *wr = tnn_gguf_writer_new();
+    float x[QK];
+    for (int ti = 0; ti < NQ; ti++) {
+        int type = qtypes[ti];
+        int64_t rb = tnn__qtype_row_bytes(type, QK);
+        unsigned char *q = malloc((size_t)(rb * QM));
+        for (int r = 0; r < QM; r++) {
+            unsigned char *row = q + r * rb;
+            if (tnn__qtype(type)->can_quantize) {
+                for (int k = 0; k < QK; k++) x[k] = (float)th_sym(1.0);
+                tnn__quantize_row(type, x, row, QK);
+            } else {
+                for (int64_t k = 0; k < rb; k++) row[k] = (unsigned char)(th_uniform() * 256);
+                uint16_t d = tnn__f32_to_f16(0.01f);
+                if (type == 14) memcpy(row + rb - 2, &d, 2); /* Q6_K: d last */
+                else { memcpy(row, &d, 2); memcpy(row + 2, &d, 2); } /* d, dmin */
+            }
+        }
+        char name[16];
+        snprintf(name, sizeof name, "w%d", ti);
+        int64_t shape[2] = {QM, QK};
+        CHECK_OK(tnn_gguf_writer_add_tensor(wr, name, type, 2, shape, q, (size_t)(rb * QM)));
+        free(q);
+    }
+    CHECK_OK(tnn_gguf_writer_write(wr, path));
+    tnn_gguf_writer_free(wr);
+}
+
+static tnn_gguf *qfile;
+static int qcur;
+static tnn_tensor *b_qmm(tnn_session *s, tnn_tensor **x) {
+    char name[16];
+    snprintf(name, sizeof name, "w%d", qcur);
+    tnn_tensor *w = tnn_tensor_from_gguf(s, qfile, name);
+    return tnn_add(s, tnn_matmul_nt(s, x[0], w), tnn_matmul_nt(s, tnn_get_rows(s, w, x[1]), w));
+}
+
+static void test_quant(void) {
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/tnn-test-cuda-%d.gguf", (int)getpid());
+    th_seed(11);
+    write_qfile(path);
+    qfile = tnn_gguf_open(path);
+    CHECK(qfile != NULL, "open %s: %s", path, tnn_last_error());
+    /* Five rows: the CPU multiplies the dequantized weights in f32 as the
+     * GPU does. One row: the CPU's matrix-vector kernel quantizes the
+     * activations to 8 bits, hence the wider tolerance. */
+    in_spec five[2] = {F(2, 5, QK), I(5, QM)}, one[2] = {F(2, 1, QK), I(1, QM)};
+    for (qcur = 0; qfile && qcur < NQ; qcur++) {
+        char name[64];
+        snprintf(name, sizeof name, "quantized %s matmul_nt + get_rows, 5 rows",
+                 tnn_ggml_type_name(qtypes[qcur]));
+        twin(name, b_qmm, five, 2, false, 1e-5);
+        snprintf(name, sizeof name, "quantized %s, 1 row", tnn_ggml_type_name(qtypes[qcur]));
+        twin(name, b_qmm, one, 2, false, 2e-2);
+    }
+    tnn_gguf_close(qfile);
+    unlink(path);
+}
+
+static int kv_f16;
+static tnn_tensor *b_kv(tnn_session *s, tnn_tensor **x) {
+    int64_t sh[2] = {10, 16};
+    tnn_tensor *kc = tnn_tensor_new(s, kv_f16 ? TNN_F16 : TNN_F32, 2, sh);
+    tnn_tensor *vc = tnn_tensor_new(s, kv_f16 ? TNN_F16 : TNN_F32, 2, sh);
+    /* positions 4..6 of the cache (x[3] holds 4, as a 1-element i32 in [4, 5)) */
+    tnn_tensor *kw = tnn_kv_write(s, kc, x[1], x[3]);
+    tnn_tensor *vw = tnn_kv_write(s, vc, x[2], x[3]);
+    return tnn_attention_cached(s, x[0], kw, vw, 4, 2, x[3]);
+}
+
+static void test_kv(void) {
+    in_spec ins[4] = {F(2, 3, 32), F(2, 3, 16), F(2, 3, 16), {TNN_I32, 1, {1}, 1, false}};
+    /* the position input is drawn in [0, 1): 0; rows 0..2 of the cache */
+    for (kv_f16 = 0; kv_f16 < 2; kv_f16++)
+        twin(kv_f16 ? "kv_write + attention_cached, f16 cache" : "kv_write + attention_cached",
+             b_kv, ins, 4, false, 1e-5);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Faults and traffic                                                       */
+/* ------------------------------------------------------------------------ */
+
+static void test_faults(void) {
+    tnn_session *s = tnn_session_new(1);
+    tnn_tensor *tab = tnn_input_2d_f32(s, 5, 3), *idx = tnn_input_1d_i32(s, 2);
+    tnn_tensor *e = tnn_get_rows(s, tab, idx);
+    CHECK_OK(tnn_realize(s, e));
+    int32_t bad[2] = {1, 7}, good[2] = {4, 0};
+    CHECK_OK(tnn_upload_i32(s, idx, bad, 2));
+    CHECK_ERR(tnn_compute(s), TNN_ERR_RANGE, "idx[1] = 7 is outside [0, 5)");
+    CHECK_OK(tnn_upload_i32(s, idx, good, 2)); /* the session stays usable */
+    CHECK_OK(tnn_compute(s));
+
+    int64_t sh[2] = {4, 2};
+    tnn_tensor *cache = tnn_tensor_new(s, TNN_F32, 2, sh), *x = tnn_input_2d_f32(s, 2, 2);
+    tnn_tensor *pos = tnn_input_1d_i32(s, 1);
+    tnn_tensor *w = tnn_kv_write(s, cache, x, pos);
+    CHECK_OK(tnn_realize(s, w));
+    int32_t p = 3;
+    CHECK_OK(tnn_upload_i32(s, pos, &p, 1));
+    CHECK_ERR(tnn_compute(s), TNN_ERR_RANGE, "do not fit a cache of 4");
+    p = 2;
+    CHECK_OK(tnn_upload_i32(s, pos, &p, 1));
+    CHECK_OK(tnn_compute(s));
+
+    tnn_tensor *lg = tnn_input_2d_f32(s, 2, 3), *tg = tnn_input_1d_i32(s, 2);
+    tnn_tensor *ce = tnn_cross_entropy(s, lg, tg, -1);
+    CHECK_OK(tnn_realize(s, ce));
+    int32_t tv[2] = {0, 3};
+    CHECK_OK(tnn_upload_i32(s, tg, tv, 2));
+    CHECK_ERR(tnn_compute(s), TNN_ERR_RANGE, "targets[1] = 3");
+    tnn_session_free(s);
+}
+
+#ifdef TNN_TEST_EMU
+void tnn__cu_emu_counts(long *launches, long *d2h);
+void tnn__cu_emu_mem_limit(size_t bytes);
+
+/* The emulator counts what reaches the "device": a training step must run
+ * on it (launches) and copy to the host only the loss and the gradient
+ * norm; running out of device memory is a status and the session lives. */
+static void test_emu_traffic(void) {
+    tnn_session *s = tnn_session_new(1);
+    tnn_tensor *x = tnn_input_2d_f32(s, 8, 16), *w = tnn_input_2d_f32(s, 4, 16);
+    tnn_tensor *tg = tnn_input_1d_i32(s, 8);
+    tnn_set_param(w);
+    tnn_tensor *loss = tnn_cross_entropy(s, tnn_matmul_nt(s, x, w), tg, -1);
+    CHECK_OK(tnn_backward(s, loss));
+    CHECK_OK(tnn_optimizer_adamw(s, 0.01, 0.9, 0.999, 1e-8, 0.0));
+    CHECK_OK(tnn_set_grad_clip(s, 1.0));
+    CHECK_OK(tnn_realize(s, loss));
+    int32_t t[8] = {0, 1, 2, 3, 0, 1, 2, 3};
+    CHECK_OK(tnn_upload_i32(s, tg, t, 8));
+    CHECK_OK(tnn_compute(s));
+    long l0, d0, l1, d1;
+    tnn__cu_emu_counts(&l0, &d0);
+    CHECK_OK(tnn_compute(s));
+    tnn__cu_emu_counts(&l1, &d1);
+    CHECK(l1 - l0 >= 8, "a training step launched %ld kernels", l1 - l0);
+    CHECK(d1 - d0 == 2, "a training step made %ld device-to-host copies (want 2: loss, norm)",
+          d1 - d0);
+    CHECK(tnn_optimizer_steps(s) == 2, "steps %lld", (long long)tnn_optimizer_steps(s));
+
+    tnn__cu_emu_mem_limit(1);
+    tnn_tensor *big = tnn_input_2d_f32(s, 64, 64);
+    CHECK_ERR(tnn_realize(s, tnn_scale(s, big, 2.0)), TNN_ERR_NOMEM, "out of memory");
+    tnn__cu_emu_mem_limit(0);
+    CHECK_OK(tnn_realize(s, loss));
+    CHECK_OK(tnn_compute(s));
+    tnn_session_free(s);
+}
+#endif
+
+int main(void) {
+    tnn_set_log_level(TNN_LOG_ERROR);
+    tnn_session *s = tnn_session_new(1);
+    bool cuda = s && strcmp(tnn_session_backend(s), "cuda") == 0;
+    tnn_session_free(s);
+    if (!cuda) {
+        printf("test_cuda: skipped (no CUDA backend or no GPU: %s)\n",
+               "tnn_session_new(1) gave a CPU session");
+        return SKIP;
+    }
+    test_ops();
+    test_optim();
+    test_quant();
+    test_kv();
+    test_faults();
+#ifdef TNN_TEST_EMU
+    test_emu_traffic();
+#endif
+    return th_finish("test_cuda");
+}
