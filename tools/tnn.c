@@ -32,6 +32,8 @@ static void usage(FILE *f) {
             "                       q5_0, q5_1, f16, bf16, f32)\n"
             "  version              print the library version\n"
             "\n"
+            "  --cuda (with any command): run the model on the GPU (CUDA builds)\n"
+            "\n"
             "train/demo options:\n"
             "  --steps N            optimizer steps (600; demo: 1200)\n"
             "  --batch N            sequences per step (16)\n"
@@ -552,6 +554,16 @@ int main(int argc, char **argv) {
         printf("tinynn %s\n", tnn_version());
         return 0;
     }
+    /* --cuda, anywhere: the models' sessions run on the GPU (the CPU when
+     * this build or machine has none; the library logs why). */
+    int kept = 1;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--cuda"))
+            lm_use_cuda(true);
+        else
+            argv[kept++] = argv[i];
+    }
+    argc = kept;
     if (!strcmp(argv[1], "demo")) return cmd_train(argc - 2, argv + 2, true);
     if (!strcmp(argv[1], "train")) return cmd_train(argc - 2, argv + 2, false);
     if (!strcmp(argv[1], "sample")) return cmd_sample(argc - 2, argv + 2);

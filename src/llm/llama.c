@@ -10,6 +10,7 @@
  * positions and the cache offset are inputs read at compute time.
  */
 #include "llama.h"
+#include "model.h"
 
 #include "../core/internal.h"
 
@@ -145,7 +146,7 @@ lm_llama *lm_llama_load(const char *path, int n_ctx, int kv_dtype) {
     int rc = m->g ? read_hparams(m->g, &m->hp) : tnn_last_status();
     lm_llama_hparams *hp = &m->hp;
     if (rc == TNN_OK) {
-        m->s = tnn_session_new(0);
+        m->s = tnn_session_new(lm_cuda());
         m->L = calloc((size_t)hp->n_layer, sizeof *m->L);
         if (!m->s || !m->L) rc = TNN_ERR(TNN_ERR_NOMEM, "out of memory");
     }

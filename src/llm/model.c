@@ -16,6 +16,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+static _Atomic bool use_cuda;
+
+void lm_use_cuda(bool on) { use_cuda = on; }
+bool lm_cuda(void) { return use_cuda; }
+
 lm_config lm_default_config(void) {
     lm_config c = {.vocab = 256, .d_model = 128, .n_layer = 4, .n_head = 4, .n_kv_head = 2,
                    .d_ff = 352, .seq_len = 64, .rope_base = 10000.0, .norm_eps = 1e-5};
@@ -131,7 +136,7 @@ int lm_graph_build(lm_graph *g, const lm_config *cfg, int B, int T, bool with_lo
     g->cfg.rope_base = f32_round(cfg->rope_base);
     g->B = B;
     g->T = T;
-    g->s = tnn_session_new(0);
+    g->s = tnn_session_new(lm_cuda());
     if (!g->s) return TNN_ERR_NOMEM;
     int rc = TNN_ERR_INTERNAL;
     if (!make_params(g)) goto fail;

@@ -17,6 +17,11 @@ typedef struct {
     double rope_base, norm_eps;
 } lm_config;
 
+/* Whether the models' sessions (training graphs, lm_llama) ask for the CUDA
+ * backend; off by default. Set it before building a model. */
+void lm_use_cuda(bool on);
+bool lm_cuda(void);
+
 /* The small default model of the demo. */
 lm_config lm_default_config(void);
 /* NULL if the config is usable, else a static message saying why not. */
