@@ -10,6 +10,7 @@
 #include "bench_common.h"
 
 #include "llm/llama.h"
+#include "llm/model.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,9 +39,10 @@ static double triad_gbs(void) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: bench_generate MODEL.gguf\n");
+        fprintf(stderr, "usage: bench_generate MODEL.gguf [--cuda]\n");
         return 2;
     }
+    if (argc > 2 && !strcmp(argv[2], "--cuda")) lm_use_cuda(true);
     lm_llama *m = lm_llama_load(argv[1], 1024, TNN_F16);
     if (!m) {
         fprintf(stderr, "%s\n", tnn_last_error());

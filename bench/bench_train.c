@@ -2,7 +2,9 @@
  * llm.c's GPT-2-shaped configs, tokens/s (best and median of the timed
  * steps) and peak memory, with the same-run ratio to llm.c's CPU trainer
  * when TNN_LLMC_BENCH names a program that runs it (built outside this
- * repository; see docs/PERFORMANCE.md). Usage: bench_train [small|gpt2|all]
+ * repository; see docs/PERFORMANCE.md). Usage: bench_train [small|gpt2|all] [--cuda]
+ * (--cuda: on the GPU; the peer is then PyTorch on the GPU when
+ * TNN_TORCH_BENCH names tools/torch_train_speed.py's command line).
  */
 #include "tinynn.h"
 
@@ -66,14 +68,16 @@ static void run(const config *c, FILE *json, int *first) {
                   "%.2f, \"peak_rss_mib\": %.1f}", *first ? "" : ",\n", c->name, best, med,
             ru.ru_maxrss / 1024.0);
     *first = 0;
-    const char *peer = getenv("TNN_LLMC_BENCH");
+    const char *peer = getenv(lm_cuda() ? "TNN_TORCH_BENCH" : "TNN_LLMC_BENCH");
     if (peer && *peer) {
         char cmd[512];
         snprintf(cmd, sizeof cmd, "%s %d %d %d %d %d %d %d", peer, c->L, c->C, c->H, c->V, c->B,
                  c->T, c->steps + 1);
-        printf("  llm.c (same run): ");
+        printf("  %s (same run): ", lm_cuda() ? "PyTorch" : "llm.c");
         fflush(stdout);
-        if (system(cmd) != 0) printf("  llm.c: failed to run %s\n", peer);
+        if (system(cmd) != 0) printf("  peer: failed to run %s\n", peer);
+    } else if (lm_cuda()) {
+        printf("  PyTorch: skipped (set TNN_TORCH_BENCH to \"python3 tools/torch_train_speed.py\")\n");
     } else {
         printf("  llm.c: skipped (set TNN_LLMC_BENCH to a program running its trainer)\n");
     }
@@ -83,12 +87,19 @@ static void run(const config *c, FILE *json, int *first) {
 }
 
 int main(int argc, char **argv) {
-    const char *which = argc > 1 ? argv[1] : "small";
+    const char *which = "small";
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--cuda"))
+            lm_use_cuda(true);
+        else
+            which = argv[i];
+    }
     static const config cfgs[] = {
         {"small", 4, 256, 4, 8192, 8, 64, 10},
         {"gpt2", 12, 768, 12, 50257, 4, 64, 4},
     };
-    printf("training throughput, %d threads\n", tnn_get_num_threads());
+    printf("training throughput, %s\n", lm_cuda() ? "CUDA requested" : "CPU");
+    printf("threads: %d\n", tnn_get_num_threads());
     FILE *json = fopen(TNN_BENCH_RESULTS "/train.json", "w");
     if (!json) json = fopen("/dev/null", "w");
     fprintf(json, "[\n");

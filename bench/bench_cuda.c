@@ -1,0 +1,113 @@
+/* bench_cuda.c - f32 GEMM on the GPU: tnn_matmul_{nn,nt,tn} in a CUDA
+ * session (one graph, computed repeatedly; each compute waits for its
+ * result) against cuBLAS's sgemm called directly on the same shapes, same
+ * run, each call also waited for. Prints GFLOP/s and the ratio; writes
+ * bench/results/cuda_gemm.json. Skips (exit 0) without a GPU.
+ */
+#include "tinynn.h"
+
+#include "bench_common.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    int M, K, N;
+} shape;
+
+static double tnn_gflops(int M, int K, int N, int flags, int reps) {
+    tnn_session *s = tnn_session_new(1);
+    int64_t sa[2] = {flags == 2 ? K : M, flags == 2 ? M : K};
+    int64_t sb[2] = {flags == 1 ? N : K, flags == 1 ? K : N};
+    tnn_tensor *a = tnn_tensor_new(s, TNN_F32, 2, sa), *b = tnn_tensor_new(s, TNN_F32, 2, sb);
+    tnn_tensor *c = flags == 0 ? tnn_matmul_nn(s, a, b)
+                    : flags == 1 ? tnn_matmul_nt(s, a, b)
+                                 : tnn_matmul_tn(s, a, b);
+    double best = 1e30;
+    if (c && tnn_realize(s, c) == TNN_OK) {
+        float *x = bench_xalloc((size_t)M * K * sizeof(float) + (size_t)K * N * sizeof(float));
+        for (size_t i = 0; i < (size_t)M * K + (size_t)K * N; i++) x[i] = (float)(i % 7) * 0.1f;
+        tnn_upload_f32(s, a, x, (size_t)M * K);
+        tnn_upload_f32(s, b, x + (size_t)M * K, (size_t)K * N);
+        free(x);
+        tnn_compute(s);
+        for (int r = 0; r < reps; r++) {
+            double t0 = bench_now();
+            if (tnn_compute(s) != TNN_OK) break;
+            double dt = bench_now() - t0;
+            best = dt < best ? dt : best;
+        }
+    }
+    tnn_session_free(s);
+    return 2.0 * M * K * N / best * 1e-9;
+}
+
+static double cublas_gflops(int M, int K, int N, int flags, int reps) {
+    cublasHandle_t h;
+    float *A, *B, *C;
+    if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) return 0.0;
+    cudaMalloc((void **)&A, (size_t)M * K * sizeof(float));
+    cudaMalloc((void **)&B, (size_t)K * N * sizeof(float));
+    cudaMalloc((void **)&C, (size_t)M * N * sizeof(float));
+    cudaMemset(A, 0, (size_t)M * K * sizeof(float));
+    cudaMemset(B, 0, (size_t)K * N * sizeof(float));
+    float one = 1.0f, zero = 0.0f;
+    bool ta = flags == 2, tb = flags == 1;
+    /* row-major C = op(A) op(B) as column-major C^T = op(B)^T op(A)^T */
+    double best = 1e30;
+    for (int r = 0; r <= reps; r++) {
+        double t0 = bench_now();
+        cublasSgemm(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K,
+                    &one, B, tb ? K : N, A, ta ? M : K, &zero, C, N);
+        cudaDeviceSynchronize();
+        double dt = bench_now() - t0;
+        if (r > 0 && dt < best) best = dt;
+    }
+    cudaFree(A);
+    cudaFree(B);
+    cudaFree(C);
+    cublasDestroy(h);
+    return 2.0 * M * K * N / best * 1e-9;
+}
+
+int main(void) {
+    tnn_session *probe = tnn_session_new(1);
+    int cuda = probe && !strcmp(tnn_session_backend(probe), "cuda");
+    tnn_session_free(probe);
+    if (!cuda) {
+        printf("bench_cuda: skipped (no CUDA backend or no GPU)\n");
+        return 0;
+    }
+    struct cudaDeviceProp prop;
+    cudaGetDeviceProperties(&prop, 0);
+    static const shape shapes[] = {{512, 768, 768},   {512, 768, 3072}, {512, 3072, 768},
+                                   {64, 576, 49152},  {1024, 1024, 1024}, {2048, 2048, 2048},
+                                   {4096, 4096, 4096}};
+    static const char *cases[] = {"NN", "NT", "TN"};
+    const char *path = TNN_BENCH_RESULTS "/cuda_gemm.json";
+    FILE *json = bench_json_open(path, "bench_cuda");
+    if (json) fprintf(json, "  \"gpu\": \"%s\",\n  \"results\": [\n", prop.name);
+    printf("f32 GEMM on %s: GFLOP/s tinynn / cuBLAS (ratio), best of 20\n", prop.name);
+    int first = 1;
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
+        const shape *s = &shapes[i];
+        printf("%5dx%5dx%5d", s->M, s->K, s->N);
+        for (int f = 0; f < 3; f++) {
+            double t = tnn_gflops(s->M, s->K, s->N, f, 20), c = cublas_gflops(s->M, s->K, s->N, f, 20);
+            printf("  %s %7.0f/%7.0f (%.2f)", cases[f], t, c, t / c);
+            if (json)
+                fprintf(json, "%s    {\"M\": %d, \"K\": %d, \"N\": %d, \"case\": \"%s\", "
+                              "\"tinynn_gflops\": %.1f, \"cublas_gflops\": %.1f}",
+                        first ? "" : ",\n", s->M, s->K, s->N, cases[f], t, c);
+            first = 0;
+        }
+        printf("\n");
+    }
+    if (json) bench_json_close(json, path);
+    return 0;
+}
