@@ -5,7 +5,9 @@
  * its defining chain of VDPBF16PS steps, and the vdpbf16ps kernel equal to
  * the twin where the CPU has AVX512_BF16 (skipped, with a line, elsewhere);
  * 1, 2 and 3 threads bit-identical; the dot path's error against a double
- * reference measured and bounded.
+ * reference measured and bounded. Then bf16 weights in the public
+ * tnn_matmul_nn/nt/tn and tnn_matmul: results and the gradient of the
+ * activations against the widened f32 weights, and the refusals.
  */
 #define _POSIX_C_SOURCE 200809L /* setenv, fork */
 
@@ -516,6 +518,138 @@ static void test_env(void) {
     }
 }
 
+/* ------------------------------------------------------------------------ */
+/* The public products with bf16 weights                                    */
+/* ------------------------------------------------------------------------ */
+
+static tnn_tensor *input(tnn_session *s, int dtype, int nd, const int64_t *sh) {
+    tnn_tensor *t = tnn_tensor_new(s, dtype, nd, sh);
+    CHECK(t != NULL, "tensor: %s", tnn_last_error());
+    return t;
+}
+
+static int64_t count(int nd, const int64_t *sh) {
+    int64_t n = 1;
+    for (int i = 0; i < nd; i++) n *= sh[i];
+    return n;
+}
+
+typedef tnn_tensor *(*mm_fn)(tnn_session *, tnn_tensor *, tnn_tensor *);
+
+/* One product, its output and the gradient of x under a random linear
+ * loss, with w given as bf16 (rounded from w0) or as f32 holding the same
+ * (widened) values. out and gx get the results. */
+static void run_graph(mm_fn f, bool seed_order, int wdtype, int xnd, const int64_t *xsh, int wnd,
+                      const int64_t *wsh, const float *x0, const float *w0, const float *r0,
+                      float *out, int64_t nout, float *gx) {
+    tnn_session *s = tnn_session_new(0);
+    tnn_tensor *x = input(s, TNN_F32, xnd, xsh), *w = input(s, wdtype, wnd, wsh);
+    tnn_set_param(x);
+    tnn_tensor *y = seed_order ? tnn_matmul(s, w, x) : f(s, x, w);
+    CHECK(y != NULL && tnn_tensor_nelements(y) == nout, "product: %s", tnn_last_error());
+    if (!y) {
+        tnn_session_free(s);
+        return;
+    }
+    int ynd = tnn_tensor_ndim(y);
+    int64_t ysh[TNN_MAX_DIMS];
+    for (int i = 0; i < ynd; i++) ysh[i] = tnn_tensor_dim(y, i);
+    tnn_tensor *r = input(s, TNN_F32, ynd, ysh);
+    tnn_tensor *loss = tnn_sum(s, tnn_mul(s, y, r));
+    tnn_set_output(y);
+    CHECK_OK(tnn_backward(s, loss));
+    CHECK_OK(tnn_realize(s, loss));
+    int64_t nx = count(xnd, xsh), nw = count(wnd, wsh);
+    float *wv = xalloc((size_t)nw * sizeof(float));
+    for (int64_t i = 0; i < nw; i++) wv[i] = bf(tnn__f32_to_bf16(w0[i]));
+    CHECK_OK(tnn_upload_f32(s, x, x0, (size_t)nx));
+    CHECK_OK(tnn_upload_f32(s, w, wdtype == TNN_BF16 ? w0 : wv, (size_t)nw));
+    CHECK_OK(tnn_upload_f32(s, r, r0, (size_t)nout));
+    CHECK_OK(tnn_compute(s));
+    CHECK_OK(tnn_download_f32(s, y, out, (size_t)nout));
+    CHECK_OK(tnn_download_f32(s, tnn_grad(s, x), gx, (size_t)nx));
+    free(wv);
+    tnn_session_free(s);
+}
+
+static void test_public(void) {
+    bool exact = tnn__gemm_bf16_auto_path() == TNN_GEMM_BF16_WIDEN;
+    struct {
+        const char *name;
+        mm_fn f;
+        bool seed;
+        int xnd, wnd;
+        int64_t xsh[4], wsh[4];
+    } cs[] = {
+        {"nt", tnn_matmul_nt, false, 2, 2, {13, 37}, {19, 37}},
+        {"nn", tnn_matmul_nn, false, 2, 2, {5, 33}, {33, 21}},
+        {"tn", tnn_matmul_tn, false, 2, 2, {29, 7}, {29, 18}},
+        {"tnn_matmul", NULL, true, 2, 2, {6, 40}, {17, 40}},
+        {"nt batched, shared w", tnn_matmul_nt, false, 3, 2, {3, 9, 20}, {11, 20}},
+        {"nn batched w", tnn_matmul_nn, false, 4, 3, {2, 3, 4, 10}, {3, 10, 7}},
+        {"tn batched", tnn_matmul_tn, false, 3, 3, {2, 12, 5}, {2, 12, 9}},
+        {"nt big", tnn_matmul_nt, false, 2, 2, {70, 300}, {130, 300}},
+    };
+    for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
+        int64_t nx = count(cs[ci].xnd, cs[ci].xsh), nw = count(cs[ci].wnd, cs[ci].wsh);
+        /* output size: rows of op(x) times columns of op(w), times batch */
+        tnn_session *probe = tnn_session_new(0);
+        tnn_tensor *px = input(probe, TNN_F32, cs[ci].xnd, cs[ci].xsh);
+        tnn_tensor *pw = input(probe, TNN_BF16, cs[ci].wnd, cs[ci].wsh);
+        tnn_tensor *py = cs[ci].seed ? tnn_matmul(probe, pw, px) : cs[ci].f(probe, px, pw);
+        CHECK(py != NULL, "%s: bf16 weights refused: %s", cs[ci].name, tnn_last_error());
+        int64_t ny = py ? tnn_tensor_nelements(py) : 1;
+        tnn_session_free(probe);
+        float *x0 = xalloc((size_t)nx * sizeof(float)), *w0 = xalloc((size_t)nw * sizeof(float));
+        float *r0 = xalloc((size_t)ny * sizeof(float));
+        for (int64_t i = 0; i < nx; i++) x0[i] = (float)th_sym(1.0);
+        for (int64_t i = 0; i < nw; i++) w0[i] = (float)th_sym(1.0);
+        for (int64_t i = 0; i < ny; i++) r0[i] = (float)th_sym(1.0);
+        float *y16 = xalloc((size_t)ny * sizeof(float)), *y32 = xalloc((size_t)ny * sizeof(float));
+        float *g16 = xalloc((size_t)nx * sizeof(float)), *g32 = xalloc((size_t)nx * sizeof(float));
+        run_graph(cs[ci].f, cs[ci].seed, TNN_BF16, cs[ci].xnd, cs[ci].xsh, cs[ci].wnd,
+                  cs[ci].wsh, x0, w0, r0, y16, ny, g16);
+        run_graph(cs[ci].f, cs[ci].seed, TNN_F32, cs[ci].xnd, cs[ci].xsh, cs[ci].wnd, cs[ci].wsh,
+                  x0, w0, r0, y32, ny, g32);
+        if (exact) {
+            CHECK(same_bits(y16, y32, (size_t)ny) == 0,
+                  "%s: bf16 weights differ from their widened f32 copy", cs[ci].name);
+            CHECK(same_bits(g16, g32, (size_t)nx) == 0,
+                  "%s: the gradient of x differs with bf16 weights", cs[ci].name);
+        } else { /* the dot path: activations rounded to bf16 */
+            double ey = 0, my = 0, eg = 0, mg = 0;
+            for (int64_t i = 0; i < ny; i++)
+                ey = fmax(ey, fabs(y16[i] - y32[i])), my = fmax(my, fabs(y32[i]));
+            for (int64_t i = 0; i < nx; i++)
+                eg = fmax(eg, fabs(g16[i] - g32[i])), mg = fmax(mg, fabs(g32[i]));
+            CHECK(ey <= 0x1p-6 * my && eg <= 0x1p-6 * mg, "%s: dot path off by %g (y), %g (dx)",
+                  cs[ci].name, ey / my, eg / mg);
+        }
+        free(x0), free(w0), free(r0), free(y16), free(y32), free(g16), free(g32);
+    }
+    if (!exact) printf("test_gemm_bf16: public products ran the dot path (compared to tolerance)\n");
+
+    /* refusals */
+    tnn_session *s = tnn_session_new(0);
+    int64_t xs[2] = {4, 6}, ws[2] = {5, 6}, wk[2] = {5, 7};
+    tnn_tensor *x = input(s, TNN_F32, 2, xs), *w = input(s, TNN_BF16, 2, ws);
+    tnn_tensor *wbad = input(s, TNN_BF16, 2, wk), *h = input(s, TNN_F16, 2, ws);
+    tnn_tensor *iw = input(s, TNN_I32, 2, ws), *x16 = input(s, TNN_BF16, 2, xs);
+    CHECK_NULL(tnn_matmul_nt(s, w, x), TNN_ERR_ARG, "bf16");          /* bf16 as activations */
+    CHECK_NULL(tnn_matmul_nt(s, x16, w), TNN_ERR_ARG, "bf16");        /* both bf16 */
+    CHECK_NULL(tnn_matmul_nt(s, x, h), TNN_ERR_ARG, "f16");           /* f16 weights */
+    CHECK_NULL(tnn_matmul_nt(s, x, iw), TNN_ERR_ARG, "i32");
+    CHECK_NULL(tnn_matmul_nt(s, x, wbad), TNN_ERR_SHAPE, "inner dimensions");
+    CHECK_NULL(tnn_matmul_nn(s, x, w), TNN_ERR_SHAPE, "inner dimensions");
+    CHECK_NULL(tnn_matmul(s, x, w), TNN_ERR_ARG, "bf16"); /* seed order: b = x is the weights */
+    CHECK_NULL(tnn_add(s, w, w), TNN_ERR_ARG, "bf16");
+    CHECK_NULL(tnn_transpose(s, w), TNN_ERR_ARG, "bf16");
+    tnn_clear_error();
+    tnn_set_param(w);
+    CHECK(tnn_last_status() == TNN_ERR_ARG, "tnn_set_param took a bf16 tensor");
+    tnn_session_free(s);
+}
+
 int main(void) {
     have_dot_avx512 = tnn__gemm_kernel_supported(TNN_GEMM_AVX512BF16);
     test_env(); /* first: the children must not inherit a made selection */
@@ -531,5 +665,6 @@ int main(void) {
     test_dot_paths();
     test_nonfinite();
     test_threads();
+    test_public();
     return th_finish("test_gemm_bf16");
 }
