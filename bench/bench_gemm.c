@@ -1,10 +1,13 @@
 /* bench_gemm.c - f32 GEMM throughput of tnn__gemm_f32 against, in the same
  * run, the machine's FMA peak, the scalar twin and OpenBLAS's cblas_sgemm
- * (dlopen'ed at run time, never linked; skipped when absent). Prints a table
- * and writes JSON to bench/results/gemm.json.
+ * (dlopen'ed at run time, never linked; skipped when absent); then the bf16
+ * product (tnn__gemm_bf16: f32 activations, bf16 weights, the path this CPU
+ * takes) at the transformer shapes against OpenBLAS's sgemm on the f32
+ * weights, with its error against tinynn's f32 product. Prints tables and
+ * writes JSON to bench/results/gemm.json.
  *
- * Usage: bench_gemm [--reps N] [--quick] [--no-scalar] [--no-big] [--threads 1|2]
- *                   [--out FILE]
+ * Usage: bench_gemm [--reps N] [--quick] [--no-scalar] [--no-big] [--no-bf16]
+ *                   [--threads 1|2] [--out FILE]
  *
  * Method: tinynn and OpenBLAS repetitions alternate (OpenBLAS in a forked
  * child each time, so its spinning threads never share the cores with
@@ -16,6 +19,7 @@
 #include "bench_common.h"
 #include "cpu/gemm.h"
 #include "ops/kernels.h"
+#include "quant/quant.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -167,13 +171,17 @@ typedef struct {
     double best, median; /* GFLOP/s: from the fastest and the median repetition */
 } gstat;
 
-enum { IMPL_TNN, IMPL_SCALAR };
+enum { IMPL_TNN, IMPL_SCALAR, IMPL_BF16 };
 
 static int g_reps = 7;
+/* The bf16 weights (B rounded) that IMPL_BF16 multiplies, same layout as B. */
+static const uint16_t *g_bf16_b;
 
 static int run_once(int impl, const shape *s, const float *A, const float *B, float *C) {
-    (void)impl;
     int lda = s->ta ? s->M : s->K, ldb = s->tb ? s->K : s->N;
+    if (impl == IMPL_BF16)
+        return tnn__gemm_bf16(TNN_GEMM_BF16_AUTO, s->ta, s->tb, s->M, s->N, s->K, A, lda,
+                              g_bf16_b, ldb, C, s->N);
     return tnn__gemm_f32(s->ta, s->tb, s->M, s->N, s->K, A, lda, B, ldb, C, s->N);
 }
 
@@ -360,13 +368,14 @@ static gstat stats(double *t, int n, double flops) {
 /* tinynn and OpenBLAS repetitions taken in turn, so that both see the same
  * moments of a shared, noisy machine (the 2-thread figures above all: the
  * host does not always run both virtual CPUs at once). */
-static void measure_pair(int threads, const shape *s, const float *A, const float *B, float *C,
-                         float *C2, gstat *tnn, gstat *blas, bool *has_blas, double *diff) {
+static void measure_pair(int impl, int threads, const shape *s, const float *A, const float *B,
+                         float *C, float *C2, gstat *tnn, gstat *blas, bool *has_blas,
+                         double *diff) {
     double tt[64], tb[64], flops = 2.0 * s->M * (double)s->N * s->K;
     tnn_set_num_threads(threads);
     tnn__gemm_set_kernel(TNN_GEMM_AUTO);
     *has_blas = blas_present;
-    if (run_once(IMPL_TNN, s, A, B, C)) { /* warm-up: buffers, pages, threads */
+    if (run_once(impl, s, A, B, C)) { /* warm-up: buffers, pages, threads */
         fprintf(stderr, "gemm failed: %s\n", tnn_last_error());
         *has_blas = false;
         return;
@@ -376,9 +385,9 @@ static void measure_pair(int threads, const shape *s, const float *A, const floa
          * idle virtual CPU here can take ~2 ms to wake (the pool's workers
          * sleep between calls), which a model running GEMMs back to back
          * does not pay; the warm-up keeps that out of the figure. */
-        run_once(IMPL_TNN, s, A, B, C);
+        run_once(impl, s, A, B, C);
         double t0 = bench_now();
-        run_once(IMPL_TNN, s, A, B, C);
+        run_once(impl, s, A, B, C);
         tt[r] = bench_now() - t0;
         if (*has_blas) {
             blas_job job = {.threads = threads, .s = s, .A = A, .B = B, .C_tnn = C, .C = C2};
@@ -402,6 +411,12 @@ typedef struct {
     double diff;  /* against OpenBLAS */
     double other; /* cores busy with other work meanwhile (-1: unknown) */
     bool scalar_same; /* scalar twin bit-identical to the fast kernel */
+    /* bf16 rows: the path, and the error against tinynn's f32 product on the
+     * unrounded weights (max |diff| / max |C_f32|, relative RMS); for the
+     * widening path also the dot path's (its scalar twin on a block) */
+    const char *bf16_path;
+    double err_max, err_rms, dot_err_max, dot_err_rms;
+    bool has_dot_err;
 } row;
 
 static void print_header(void) {
@@ -453,6 +468,14 @@ static void write_json(const char *path, const row *rows, int n, const double *p
         if (r->has_scalar)
             fprintf(f, ", \"scalar\": {\"best\": %.3f, \"median\": %.3f, \"bit_identical\": %s}",
                     r->scalar.best, r->scalar.median, r->scalar_same ? "true" : "false");
+        if (r->bf16_path) {
+            fprintf(f, ", \"dtype\": \"bf16\", \"path\": \"%s\", \"err_max_rel\": %.3g, "
+                       "\"err_rms_rel\": %.3g",
+                    r->bf16_path, r->err_max, r->err_rms);
+            if (r->has_dot_err)
+                fprintf(f, ", \"dot_twin_err_max_rel\": %.3g, \"dot_twin_err_rms_rel\": %.3g",
+                        r->dot_err_max, r->dot_err_rms);
+        }
         if (peak[r->threads] > 0)
             fprintf(f, ", \"tnn_pct_peak\": %.1f", 100 * r->tnn.best / peak[r->threads]);
         fprintf(f, ", \"other_load_cores\": %.2f", r->other);
@@ -461,9 +484,87 @@ static void write_json(const char *path, const row *rows, int n, const double *p
     bench_json_close(f, path);
 }
 
+/* ------------------------------------------------------------------------ */
+/* bf16 products                                                           */
+/* ------------------------------------------------------------------------ */
+
+/* max |x - y| / max |y| and sqrt(sum (x - y)^2 / sum y^2) over an m x n
+ * block (row strides ldx, ldy). */
+static void block_err(const float *x, int64_t ldx, const float *y, int64_t ldy, int m, int n,
+                      double *emax, double *erms) {
+    double dmax = 0, ymax = 0, d2 = 0, y2 = 0;
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            double a = x[i * ldx + j], b = y[i * ldy + j], d = fabs(a - b);
+            if (d > dmax || isnan(d)) dmax = d;
+            if (fabs(b) > ymax) ymax = fabs(b);
+            d2 += d * d, y2 += b * b;
+        }
+    *emax = ymax > 0 ? dmax / ymax : dmax;
+    *erms = y2 > 0 ? sqrt(d2 / y2) : sqrt(d2);
+}
+
+static void print_bf16_header(void) {
+    printf("\n%-18s %-3s %3s | %-15s | %-15s | %-13s | %-19s | %-19s | %s\n", "M x K x N", "op",
+           "thr", "bf16 best/med", "openblas b/med", "bf16/oblas", "err max / rms", "dot err max / rms",
+           "other");
+    printf("-------------------------------------------------------------------------------"
+           "--------------------------------------------------\n");
+}
+
+static void print_bf16_row(const row *r) {
+    char sh[32], blas[32] = "-", ratio[32] = "-", dot[32] = "-";
+    snprintf(sh, sizeof sh, "%dx%dx%d", r->s.M, r->s.K, r->s.N);
+    if (r->has_blas) {
+        snprintf(blas, sizeof blas, "%6.1f /%6.1f", r->blas.best, r->blas.median);
+        snprintf(ratio, sizeof ratio, "%5.2f /%5.2f", r->tnn.best / r->blas.best,
+                 r->tnn.median / r->blas.median);
+    }
+    if (r->has_dot_err) snprintf(dot, sizeof dot, "%.2e / %.2e", r->dot_err_max, r->dot_err_rms);
+    printf("%-18s %-3s %3d | %6.1f /%6.1f | %-15s | %-13s | %.2e / %.2e | %-19s | %5.2f\n", sh,
+           r->s.tcase, r->threads, r->tnn.best, r->tnn.median, blas, ratio, r->err_max,
+           r->err_rms, dot, r->other);
+    fflush(stdout);
+}
+
+/* One bf16 row: B rounded to bf16 once (as a model stores its weights), the
+ * bf16 product timed against OpenBLAS's sgemm on the f32 B, its error
+ * against tinynn's f32 product on the f32 B; when this CPU takes the
+ * widening path, the dot path's error too, from its scalar twin on the
+ * first 64 rows and 768 columns (the twin is slow). */
+static row bf16_row(int threads, const shape *s, bool twin) {
+    size_t na = (size_t)s->M * s->K, nb = (size_t)s->K * s->N, nc = (size_t)s->M * s->N;
+    float *A = alloc_fill(na, 1), *B = alloc_fill(nb, 2), *C = alloc_fill(nc, 3);
+    float *C2 = alloc_fill(nc, 4), *Cf = alloc_fill(nc, 5);
+    uint16_t *Bh = bench_xalloc(nb * sizeof *Bh);
+    for (size_t i = 0; i < nb; i++) Bh[i] = tnn__f32_to_bf16(B[i]);
+    g_bf16_b = Bh;
+    row r = {.s = *s, .threads = threads,
+             .bf16_path = tnn__gemm_bf16_path_name(tnn__gemm_bf16_auto_path())};
+    int lda = s->ta ? s->M : s->K, ldb = s->tb ? s->K : s->N;
+    tnn_set_num_threads(threads);
+    if (tnn__gemm_f32(s->ta, s->tb, s->M, s->N, s->K, A, lda, B, ldb, Cf, s->N))
+        fprintf(stderr, "gemm failed: %s\n", tnn_last_error());
+    load_mark l0 = load_now();
+    measure_pair(IMPL_BF16, threads, s, A, B, C, C2, &r.tnn, &r.blas, &r.has_blas, &r.diff);
+    r.other = other_load(l0, load_now());
+    block_err(C, s->N, Cf, s->N, s->M, s->N, &r.err_max, &r.err_rms);
+    if (twin && tnn__gemm_bf16_auto_path() == TNN_GEMM_BF16_WIDEN) {
+        int m = s->M < 64 ? s->M : 64, n = s->N < 768 ? s->N : 768;
+        if (tnn__gemm_bf16(TNN_GEMM_BF16_DOT_SCALAR, s->ta, s->tb, m, n, s->K, A, lda, Bh, ldb,
+                           C2, n) == TNN_OK) {
+            block_err(C2, n, Cf, s->N, m, n, &r.dot_err_max, &r.dot_err_rms);
+            r.has_dot_err = true;
+        }
+    }
+    free(A), free(B), free(C), free(C2), free(Cf), free(Bh);
+    g_bf16_b = NULL;
+    return r;
+}
+
 int main(int argc, char **argv) {
     const char *out = TNN_BENCH_RESULTS "/gemm.json";
-    bool quick = false, scalar = true, big = true;
+    bool quick = false, scalar = true, big = true, bf16 = true;
     int only_threads = 0; /* 0: 1 and 2 */
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc) g_reps = atoi(argv[++i]);
@@ -471,11 +572,12 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--quick")) quick = true;
         else if (!strcmp(argv[i], "--no-scalar")) scalar = false;
         else if (!strcmp(argv[i], "--no-big")) big = false;
+        else if (!strcmp(argv[i], "--no-bf16")) bf16 = false;
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) only_threads = atoi(argv[++i]);
         else {
             fprintf(stderr,
-                    "usage: %s [--reps N] [--quick] [--no-scalar] [--no-big] [--threads 1|2] "
-                    "[--out FILE]\n",
+                    "usage: %s [--reps N] [--quick] [--no-scalar] [--no-big] [--no-bf16] "
+                    "[--threads 1|2] [--out FILE]\n",
                     argv[0]);
             return 2;
         }
@@ -490,7 +592,7 @@ int main(int argc, char **argv) {
     const int max_threads = 2;
     double peak[3] = {0, 0, 0};
     /* The peak of the instruction set the selected kernel uses. */
-    int width = tnn__gemm_get_kernel() == TNN_GEMM_AVX512 ? 16 : 8;
+    int width = tnn__gemm_get_kernel() >= TNN_GEMM_AVX512 ? 16 : 8;
     for (int t = 1; t <= max_threads; t++) {
         for (int r = 0; r < 5; r++) { /* best of five */
             double p = fma_peak(t, width);
@@ -526,7 +628,8 @@ int main(int argc, char **argv) {
                 float *C2 = alloc_fill(nc, 4);
                 row r = {.s = s, .threads = t};
                 load_mark l0 = load_now();
-                measure_pair(t, &s, A, B, C, C2, &r.tnn, &r.blas, &r.has_blas, &r.diff);
+                measure_pair(IMPL_TNN, t, &s, A, B, C, C2, &r.tnn, &r.blas, &r.has_blas,
+                             &r.diff);
                 /* The scalar twin on a subset: it is slow. */
                 if (scalar && c == 0 && (s.M * (double)s.N * s.K <= 512.0 * 768 * 768)) {
                     r.scalar = measure(IMPL_SCALAR, t, &s, A, B, C2);
@@ -544,6 +647,30 @@ int main(int argc, char **argv) {
     printf("\n%% peak = best GFLOP/s / FMA-loop peak of the same thread count (tnn / openblas)\n"
            "other = cores kept busy by other processes (and steal) during the row: above ~0.2\n"
            "the row's figures, 2-thread ones above all, are disturbed\n");
+
+    /* bf16 products at the transformer shapes, 2 threads (the target's
+     * setting), unless --threads says otherwise; --quick: 512x768x768 only. */
+    if (bf16) {
+        int t = only_threads ? only_threads : 2;
+        printf("\nbf16 products: A f32, B bf16 (rounded from the f32 B), f32 result; path %s on "
+               "this CPU\n(AVX512_BF16 %s). OpenBLAS runs sgemm on the f32 B. err: against "
+               "tinynn's f32 product\non the f32 B, max |diff| / max |C_f32| and relative RMS; dot "
+               "err: the same for the\nvdpbf16ps path (A rounded to bf16 too), from its scalar "
+               "twin on a 64x768 block\n",
+               tnn__gemm_bf16_path_name(tnn__gemm_bf16_auto_path()),
+               tnn__gemm_kernel_supported(TNN_GEMM_AVX512BF16) ? "present" : "absent");
+        print_bf16_header();
+        for (int b = 3; b <= 6; b++) { /* 512x768x768 ... 64x576x49152 */
+            if (quick && b != 3) continue;
+            for (int c = 0; c < 3; c++) {
+                shape s = {base[b][0], base[b][1], base[b][2], cases[c].ta, cases[c].tb,
+                           cases[c].name};
+                row r = bf16_row(t, &s, !quick || c == 0);
+                print_bf16_row(&r);
+                if (nrows < 256) rows[nrows++] = r;
+            }
+        }
+    }
     write_json(out, rows, nrows, peak, max_threads, kernel);
     return 0;
 }

@@ -159,7 +159,8 @@ TNN_API size_t tnn_session_arena_bytes(const tnn_session *s);
  * realize. Its storage is allocated by tnn_realize and kept across later
  * realizes of the same session. dtype TNN_F32, TNN_I32, TNN_F16 or TNN_BF16
  * (the 16-bit types are storage: KV caches, tnn_reshape, f32 transfers;
- * arithmetic ops want f32 and refuse them). */
+ * arithmetic ops want f32 and refuse them, except that the products take a
+ * bf16 tensor as their weights operand, see tnn_matmul_nn). */
 TNN_API tnn_tensor *tnn_tensor_new(tnn_session *s, int dtype, int ndim,
                                    const int64_t *shape);
 /* Seed ABI: a rows x cols f32 tensor (element (r,c) at r*cols + c). */
@@ -190,7 +191,8 @@ TNN_API const char *tnn_tensor_name(const tnn_tensor *t);
 /* Seed ABI, ggml's mul_mat: a is (m, k), b is (n, k) (same k = cols). The
  * result holds sum_k a[i][k]*b[j][k] at flat index j*m + i; as a row-major
  * tensor it is (n, m), i.e. b @ a^T. For NumPy-order products use the
- * tnn_matmul_nn/nt/tn family below. */
+ * tnn_matmul_nn/nt/tn family below. a may be bf16 weights (it is the
+ * second operand of tnn_matmul_nt(b, a)). */
 TNN_API tnn_tensor *tnn_matmul(tnn_session *s, tnn_tensor *a, tnn_tensor *b);
 
 /* NumPy-order products, batched over the leading dimensions (up to 2 batch
@@ -198,7 +200,14 @@ TNN_API tnn_tensor *tnn_matmul(tnn_session *s, tnn_tensor *a, tnn_tensor *b);
  *   nn: a (..., M, K) @ b (..., K, N)    -> (..., M, N)
  *   nt: a (..., M, K) @ b (..., N, K)^T  -> (..., M, N)
  *   tn: a (..., K, M)^T @ b (..., K, N)  -> (..., M, N)
- * Backward: for C = A@B, dA = dC @ B^T (nt) and dB = A^T @ dC (tn). */
+ * Backward: for C = A@B, dA = dC @ B^T (nt) and dB = A^T @ dC (tn).
+ * a is f32; b is f32, or bf16 weights (a TNN_BF16 tensor: f32 result, f32
+ * accumulation). Where the CPU has AVX512_BF16 a bf16 b runs through
+ * vdpbf16ps, which rounds a to bf16 first (relative error about 2^-9 per
+ * product; see docs/PERFORMANCE.md); elsewhere b is widened to f32 and the
+ * result is bit for bit the f32 product with the widened weights.
+ * TNN_KERNEL=avx512 (or lower) forces the widening path. A bf16 b gets no
+ * gradient (it cannot be a parameter); a's gradient works. */
 TNN_API tnn_tensor *tnn_matmul_nn(tnn_session *s, tnn_tensor *a, tnn_tensor *b);
 TNN_API tnn_tensor *tnn_matmul_nt(tnn_session *s, tnn_tensor *a, tnn_tensor *b);
 TNN_API tnn_tensor *tnn_matmul_tn(tnn_session *s, tnn_tensor *a, tnn_tensor *b);

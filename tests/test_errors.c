@@ -566,12 +566,20 @@ static void test_shapes_and_dtypes(tnn_session *s) {
         CHECK(ha != NULL, "16-bit tensor: %s", tnn_last_error());
         const char *tag = dt == TNN_F16 ? "f16" : "bf16";
         for (int i = 0; i < N_BINARY; i++) {
-            CHECK_NULL2(binary_ops[i].fn(s, ha, a2), TNN_ERR_ARG, binary_ops[i].name, tag);
-            CHECK_NULL2(binary_ops[i].fn(s, a, ha), TNN_ERR_ARG, binary_ops[i].name, tag);
+            /* products take bf16 as their weights operand (tests/test_gemm_bf16.c):
+             * the first of tnn_matmul, the second of the others */
+            bool product = strncmp(binary_ops[i].name, "tnn_matmul", 10) == 0;
+            bool seed = strcmp(binary_ops[i].name, "tnn_matmul") == 0;
+            if (!(dt == TNN_BF16 && product && seed))
+                CHECK_NULL2(binary_ops[i].fn(s, ha, a2), TNN_ERR_ARG, binary_ops[i].name, tag);
+            if (!(dt == TNN_BF16 && product && !seed))
+                CHECK_NULL2(binary_ops[i].fn(s, a, ha), TNN_ERR_ARG, binary_ops[i].name, tag);
         }
         for (int i = 0; i < N_UNARY; i++)
             CHECK_NULL2(unary_ops[i].fn(s, ha), TNN_ERR_ARG, unary_ops[i].name, tag);
-        CHECK_NULL2(tnn_matmul_nt(s, a, ha), TNN_ERR_ARG, "tnn_matmul_nt", tag);
+        if (dt == TNN_BF16)
+            CHECK(tnn_matmul_nt(s, a, ha) != NULL && tnn_matmul(s, ha, a) != NULL,
+                  "bf16 weights refused: %s", tnn_last_error());
         CHECK_NULL2(tnn_sum(s, ha), TNN_ERR_ARG, "tnn_sum", tag);
         tnn_set_param(ha);
         CHECK(tnn_last_status() == TNN_ERR_ARG, "tnn_set_param took a %s tensor", tag);

@@ -1,6 +1,8 @@
 /* gemm.c - f32 matrix product C = op(A) @ op(B) on the CPU: a packed,
  * cache-blocked GEMM (the Goto/BLIS loop nest) around a register-tiled
  * micro-kernel chosen at run time (gemm_scalar.c, gemm_avx2.c, gemm_avx512.c).
+ * The same loop nest runs the bf16 products (f32 A, bf16 B): their packs
+ * and dot kernels are in gemm_bf16.c and gemm_avx512bf16.c.
  *
  * Loops, outermost first, for the C tile a thread owns:
  *   jc over N by nc   -> the B panel (kc x nc) is packed once per (jc, pc)
@@ -22,6 +24,11 @@
  * gives the same bits (the scalar twin uses fmaf); and C = A @ B equals, bit
  * for bit, the transpose of B^T @ A^T computed with the roles swapped
  * (fma(a, b, c) == fma(b, a, c)), which the library's matmul routes rely on.
+ *
+ * bf16 products keep the same rules. The widening path packs B as the f32
+ * values it holds, so it gives the bits of the f32 product on widen(B). The
+ * dot path's K blocks are even, so k pairs (2p, 2p+1) are global and each C
+ * element is one chain of VDPBF16PS steps over ascending pairs.
  */
 #include "../core/internal.h"
 #include "../ops/kernels.h"
@@ -34,11 +41,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(TNN_GEMM_X86)
+#include <cpuid.h>
+#endif
+
 /* ------------------------------------------------------------------------ */
 /* Kernel choice                                                            */
 /* ------------------------------------------------------------------------ */
 
-static const char *const kernel_names[TNN_GEMM_KERNEL_COUNT] = {"scalar", "avx2", "avx512"};
+static const char *const kernel_names[TNN_GEMM_KERNEL_COUNT] = {"scalar", "avx2", "avx512",
+                                                                 "avx512bf16"};
 _Static_assert(sizeof kernel_names / sizeof kernel_names[0] == TNN_GEMM_KERNEL_COUNT,
                "one name per kernel id");
 
@@ -47,7 +59,8 @@ static const tnn__gemm_kernel *kernel_table(int id) {
     case TNN_GEMM_SCALAR: return &tnn__gemm_kernel_scalar;
 #if defined(TNN_GEMM_X86)
     case TNN_GEMM_AVX2: return &tnn__gemm_kernel_avx2;
-    case TNN_GEMM_AVX512: return &tnn__gemm_kernel_avx512;
+    case TNN_GEMM_AVX512:
+    case TNN_GEMM_AVX512BF16: return &tnn__gemm_kernel_avx512; /* its f32 products */
 #endif
     default: return NULL;
     }
@@ -56,6 +69,25 @@ static const tnn__gemm_kernel *kernel_table(int id) {
 const char *tnn__gemm_kernel_name(int id) {
     return id >= 0 && id < TNN_GEMM_KERNEL_COUNT ? kernel_names[id] : "?";
 }
+
+#if defined(TNN_GEMM_X86)
+/* AVX512_BF16: CPUID leaf 7 subleaf 1 EAX bit 5, with AVX512F (leaf 7
+ * EBX bit 16) and the OS saving the opmask and zmm state (XCR0 bits 1, 2,
+ * 5, 6, 7 through OSXSAVE). */
+static bool cpu_avx512bf16(void) {
+    unsigned a, b, c, d;
+    if (__get_cpuid_max(0, NULL) < 7 || !__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27)))
+        return false;
+    unsigned xlo, xhi;
+    __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+    (void)xhi;
+    if ((xlo & 0xe6u) != 0xe6u) return false;
+    __cpuid_count(7, 0, a, b, c, d);
+    if (!(b & (1u << 16))) return false;
+    __cpuid_count(7, 1, a, b, c, d);
+    return (a & (1u << 5)) != 0;
+}
+#endif
 
 bool tnn__gemm_kernel_supported(int id) {
     switch (id) {
@@ -67,6 +99,8 @@ bool tnn__gemm_kernel_supported(int id) {
     case TNN_GEMM_AVX512:
         __builtin_cpu_init();
         return __builtin_cpu_supports("avx512f");
+    case TNN_GEMM_AVX512BF16:
+        return tnn__gemm_kernel_supported(TNN_GEMM_AVX512) && cpu_avx512bf16();
 #endif
     default: return false;
     }
@@ -76,6 +110,7 @@ static int best_kernel(void) {
     /* On Zen 4 AVX-512 f32 runs at the AVX2 rate (512-bit ops are
      * double-pumped), so the larger tile mainly helps CPUs with full-width
      * units; it is still preferred when reported. */
+    if (tnn__gemm_kernel_supported(TNN_GEMM_AVX512BF16)) return TNN_GEMM_AVX512BF16;
     if (tnn__gemm_kernel_supported(TNN_GEMM_AVX512)) return TNN_GEMM_AVX512;
     if (tnn__gemm_kernel_supported(TNN_GEMM_AVX2)) return TNN_GEMM_AVX2;
     return TNN_GEMM_SCALAR;
@@ -95,8 +130,9 @@ static void kernel_init(void) {
         for (int i = 0; i < TNN_GEMM_KERNEL_COUNT; i++)
             if (strcmp(e, kernel_names[i]) == 0) want = i;
         if (want < 0)
-            tnn__log(TNN_LOG_WARN, "TNN_KERNEL=%s is not one of scalar, avx2, avx512; using %s",
-                     e, kernel_names[best]);
+            tnn__log(TNN_LOG_WARN,
+                     "TNN_KERNEL=%s is not one of scalar, avx2, avx512, avx512bf16; using %s", e,
+                     kernel_names[best]);
         else if (!tnn__gemm_kernel_supported(want))
             tnn__log(TNN_LOG_WARN, "TNN_KERNEL=%s is not supported on this CPU; using %s", e,
                      kernel_names[best]);
@@ -147,13 +183,24 @@ static bool get_bufs(size_t na, size_t nb, pack_bufs *pb) {
 /* Packing                                                                  */
 /* ------------------------------------------------------------------------ */
 
+/* What the loop nest multiplies. */
+enum {
+    GEMM_F32,   /* f32 B, the f32 micro-kernel */
+    GEMM_WIDEN, /* bf16 B widened to f32 while packing, the f32 micro-kernel */
+    GEMM_DOT    /* bf16 B, A rounded to bf16 while packing, in k pairs: a dot kernel */
+};
+
 typedef struct {
-    const tnn__gemm_kernel *kr;
+    int mode;
+    const tnn__gemm_kernel *kr;     /* GEMM_F32, GEMM_WIDEN */
+    const tnn__gemm_dot_kernel *dk; /* GEMM_DOT */
+    int mr, nr, mc, kc, nc, nc_small; /* the micro-kernel's tile and blocks */
     bool ta, tb;
     int64_t M, N, K;
     const float *A;
     int64_t lda;
-    const float *B;
+    const float *B;     /* GEMM_F32 */
+    const uint16_t *Bh; /* GEMM_WIDEN, GEMM_DOT */
     int64_t ldb;
     float *C;
     int64_t ldc;
@@ -161,6 +208,12 @@ typedef struct {
     int64_t unit;        /* columns (rows) per unit of the split */
     atomic_int status;   /* TNN_OK, or the first failure in a thread */
 } gemm_job;
+
+/* 4-byte words per k of a packed row or column for a block kc deep: one
+ * float, or for GEMM_DOT one word per k pair. */
+static inline int64_t depth(const gemm_job *g, int64_t kc) {
+    return g->mode == GEMM_DOT ? (kc + 1) / 2 : kc;
+}
 
 /* The portable transposing pack (see tnn__gemm_pack_fn). */
 static void pack_t_generic(float *restrict dst, const float *restrict src, int64_t lds,
@@ -226,7 +279,11 @@ static void pack_n(float *dst, const float *src, int64_t lds, int64_t kc, int64_
  * holds, for each k, the mr values of rows i0 + p*mr ... (zero past mc). */
 static void pack_a(const gemm_job *g, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
                    float *dst) {
-    const int mr = g->kr->mr;
+    const int mr = g->mr;
+    if (g->mode == GEMM_DOT) {
+        tnn__gemm_dot_pack_a((uint32_t *)dst, g->ta, g->A, g->lda, i0, mc, k0, kc, mr);
+        return;
+    }
     if (g->ta) { /* op(A)[i][k] = A[k][i]: runs along i */
         pack_n(dst, g->A + k0 * g->lda + i0, g->lda, kc, mc, mr);
         return;
@@ -241,7 +298,23 @@ static void pack_a(const gemm_job *g, int64_t i0, int64_t mc, int64_t k0, int64_
  * holds, for each k, the nr values of columns j0 + q*nr ... (zero past nc). */
 static void pack_b(const gemm_job *g, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
                    float *dst) {
-    const int nr = g->kr->nr;
+    const int nr = g->nr;
+    if (g->mode == GEMM_DOT) {
+        tnn__gemm_dot_pack_b((uint32_t *)dst, g->tb, g->Bh, g->ldb, k0, kc, j0, nc, nr);
+        return;
+    }
+    if (g->mode == GEMM_WIDEN) {
+        if (!g->tb) {
+            tnn__gemm_bf16_pack_n_widen(dst, g->Bh + k0 * g->ldb + j0, g->ldb, kc, nc, nr);
+            return;
+        }
+        tnn__gemm_pack_bf16_fn pw =
+            g->kr->pack_t_widen ? g->kr->pack_t_widen : tnn__gemm_bf16_pack_t_widen;
+        for (int64_t q = 0; q < nc; q += nr)
+            pw(dst + q * kc, g->Bh + (j0 + q) * g->ldb + k0, g->ldb, kc, nr,
+               (int)(nc - q < nr ? nc - q : nr));
+        return;
+    }
     if (!g->tb) { /* op(B)[k][j] = B[k][j]: runs along j */
         pack_n(dst, g->B + k0 * g->ldb + j0, g->ldb, kc, nc, nr);
         return;
@@ -257,44 +330,54 @@ static void pack_b(const gemm_job *g, int64_t k0, int64_t kc, int64_t j0, int64_
 /* ------------------------------------------------------------------------ */
 
 /* A region of memory to bring into L2 while the micro-kernels run: `rows`
- * runs of `cols` floats, ld apart. The loop nest points it at the source of
- * the next B panel when each panel is used only once, so that the pack which
- * follows reads from L2 instead of waiting on DRAM. */
+ * runs of `cols` bytes, ld bytes apart. The loop nest points it at the
+ * source of the next B panel when each panel is used only once, so that the
+ * pack which follows reads from L2 instead of waiting on DRAM. */
 typedef struct {
-    const float *base;
+    const char *base;
     int64_t ld, rows, cols;
     int64_t r, line, per_call; /* cursor, and lines to fetch per micro-kernel call */
 } pf_region;
 
 static void pf_start(pf_region *pf, int64_t calls) {
-    int64_t lines = pf->rows * ((pf->cols + 15) / 16 + 1);
+    int64_t lines = pf->rows * ((pf->cols + 63) / 64 + 1);
     pf->r = pf->line = 0;
     pf->per_call = calls > 0 ? (lines + calls - 1) / calls : lines;
 }
 
 static inline void pf_step(pf_region *pf) {
-    int64_t per_row = (pf->cols + 15) / 16 + 1; /* + 1: a run need not start a line */
+    int64_t per_row = (pf->cols + 63) / 64 + 1; /* + 1: a run need not start a line */
     for (int64_t i = 0; i < pf->per_call && pf->r < pf->rows; i++) {
-        const float *row = pf->base + pf->r * pf->ld;
-        int64_t off = pf->line * 16 < pf->cols ? pf->line * 16 : pf->cols - 1;
+        const char *row = pf->base + pf->r * pf->ld;
+        int64_t off = pf->line * 64 < pf->cols ? pf->line * 64 : pf->cols - 1;
         __builtin_prefetch(row + off, 0, 2);
         if (++pf->line == per_row) pf->line = 0, pf->r++;
     }
 }
 
+/* The micro-kernel of g on an mr x nr tile, kc deep. */
+static inline void ukr(const gemm_job *g, int64_t kc, const float *a, const float *b, float *c,
+                       int64_t ldc, int load) {
+    if (g->mode == GEMM_DOT)
+        g->dk->ukr((kc + 1) / 2, (const uint32_t *)a, (const uint32_t *)b, c, ldc, load);
+    else
+        g->kr->ukr(kc, a, b, c, ldc, load);
+}
+
 /* C[0:mc, 0:nc] (row stride ldc) from packed pa (mc x kc) and pb (kc x nc);
  * load = 0 on the first K block, 1 after (continue the running sums). */
-static void macro_kernel(const tnn__gemm_kernel *kr, int64_t mc, int64_t nc, int64_t kc,
+static void macro_kernel(const gemm_job *g, int64_t mc, int64_t nc, int64_t kc,
                          const float *pa, const float *pb, float *C, int64_t ldc, int load,
                          pf_region *pf) {
-    const int mr = kr->mr, nr = kr->nr;
+    const int mr = g->mr, nr = g->nr;
+    const int64_t kd = depth(g, kc);
     if (pf) pf_start(pf, ((nc + nr - 1) / nr) * ((mc + mr - 1) / mr));
     for (int64_t jr = 0; jr < nc; jr += nr) {
         int64_t n = nc - jr < nr ? nc - jr : nr;
-        const float *bp = pb + jr * kc;
+        const float *bp = pb + jr * kd;
         for (int64_t ir = 0; ir < mc; ir += mr) {
             int64_t m = mc - ir < mr ? mc - ir : mr;
-            const float *ap = pa + ir * kc;
+            const float *ap = pa + ir * kd;
             float *c = C + ir * ldc + jr;
             if (pf) pf_step(pf);
             if (load) {
@@ -312,7 +395,7 @@ static void macro_kernel(const tnn__gemm_kernel *kr, int64_t mc, int64_t nc, int
                 }
             }
             if (m == mr && n == nr) {
-                kr->ukr(kc, ap, bp, c, ldc, load);
+                ukr(g, kc, ap, bp, c, ldc, load);
                 continue;
             }
             /* Edge tile: run the full tile on a buffer, keep the valid part. */
@@ -322,7 +405,7 @@ static void macro_kernel(const tnn__gemm_kernel *kr, int64_t mc, int64_t nc, int
                 for (int64_t i = 0; i < m; i++)
                     memcpy(tmp + i * nr, c + i * ldc, sizeof(float) * (size_t)n);
             }
-            kr->ukr(kc, ap, bp, tmp, nr, load);
+            ukr(g, kc, ap, bp, tmp, nr, load);
             for (int64_t i = 0; i < m; i++)
                 memcpy(c + i * ldc, tmp + i * nr, sizeof(float) * (size_t)n);
         }
@@ -336,34 +419,39 @@ static int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 /* C[m0:m1, n0:n1] in full (every k). */
 static void gemm_block(gemm_job *g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-    const tnn__gemm_kernel *kr = g->kr;
-    int64_t MC = kr->mc, KC = kr->kc, NC = kr->nc, K = g->K;
+    int64_t MC = g->mc, KC = g->kc, NC = g->nc, K = g->K;
     /* K blocks of about equal depth, a multiple of 8 (the packs' step):
      * 576 = 2 x 288, not 384 + 192; a short last block would pay the C loads
-     * and stores for little work. */
+     * and stores for little work. The dot kernels' blocks stay even, so
+     * that every block but the last holds whole k pairs. */
     if (K > KC) {
         int64_t blocks = (K + KC - 1) / KC, even = (K + blocks - 1) / blocks;
-        KC = round_up(even, 8) <= KC ? round_up(even, 8) : even;
+        KC = round_up(even, 8) <= KC ? round_up(even, 8)
+             : g->mode == GEMM_DOT    ? round_up(even, 2)
+                                      : even;
     }
     int64_t mspan = m1 - m0, nspan = n1 - n0;
     int64_t kc_max = K < KC ? K : KC;
-    int64_t mc_pad = round_up(mspan < MC ? mspan : MC, kr->mr);
+    int64_t mc_pad = round_up(mspan < MC ? mspan : MC, g->mr);
     /* One A block (few rows, e.g. an LM head): pack all of op(A) once and
      * keep it for every column panel; B panels are then used once right
      * after packing, so they are kept small enough to stay in L2. */
-    bool a_once = mspan <= MC && mc_pad * K <= GEMM_A_ONCE_MAX;
-    if (a_once) NC = kr->nc_small;
-    int64_t nc_pad = round_up(nspan < NC ? nspan : NC, kr->nr);
-    size_t a_size = (size_t)(mc_pad * (a_once ? K : kc_max));
+    bool a_once = mspan <= MC && mc_pad * depth(g, K) <= GEMM_A_ONCE_MAX;
+    if (a_once) NC = g->nc_small;
+    int64_t nc_pad = round_up(nspan < NC ? nspan : NC, g->nr);
+    size_t a_size = (size_t)(mc_pad * depth(g, a_once ? K : kc_max));
     pack_bufs bufs, *pb = &bufs;
-    if (!get_bufs(a_size, (size_t)(nc_pad * kc_max), pb)) {
+    if (!get_bufs(a_size, (size_t)(nc_pad * depth(g, kc_max)), pb)) {
         int ok = TNN_OK;
         atomic_compare_exchange_strong(&g->status, &ok, TNN_ERR_NOMEM);
         return;
     }
+    /* B's source, for the prefetch of the next panel */
+    const char *bsrc = g->mode == GEMM_F32 ? (const char *)g->B : (const char *)g->Bh;
+    int64_t esize = g->mode == GEMM_F32 ? (int64_t)sizeof(float) : (int64_t)sizeof(uint16_t);
     if (a_once)
         for (int64_t pc = 0; pc < K; pc += KC)
-            pack_a(g, m0, mspan, pc, K - pc < KC ? K - pc : KC, pb->a + mc_pad * pc);
+            pack_a(g, m0, mspan, pc, K - pc < KC ? K - pc : KC, pb->a + mc_pad * depth(g, pc));
     for (int64_t jc = n0; jc < n1; jc += NC) {
         int64_t nc = n1 - jc < NC ? n1 - jc : NC;
         for (int64_t pc = 0; pc < K; pc += KC) {
@@ -371,7 +459,7 @@ static void gemm_block(gemm_job *g, int64_t m0, int64_t m1, int64_t n0, int64_t 
             pack_b(g, pc, kc, jc, nc, pb->b);
             for (int64_t ic = m0; ic < m1; ic += MC) {
                 int64_t mc = m1 - ic < MC ? m1 - ic : MC;
-                const float *pa = pb->a + mc_pad * pc;
+                const float *pa = pb->a + mc_pad * depth(g, pc);
                 if (!a_once) {
                     pack_a(g, ic, mc, pc, kc, pb->a);
                     pa = pb->a;
@@ -386,15 +474,17 @@ static void gemm_block(gemm_job *g, int64_t m0, int64_t m1, int64_t n0, int64_t 
                         int64_t kc2 = K - pc2 < KC ? K - pc2 : KC;
                         int64_t nc2 = n1 - jc2 < NC ? n1 - jc2 : NC;
                         if (g->tb) /* B is N x K: nc2 runs of kc2 */
-                            pf = (pf_region){.base = g->B + jc2 * g->ldb + pc2, .ld = g->ldb,
-                                             .rows = nc2, .cols = kc2};
+                            pf = (pf_region){.base = bsrc + (jc2 * g->ldb + pc2) * esize,
+                                             .ld = g->ldb * esize, .rows = nc2,
+                                             .cols = kc2 * esize};
                         else /* B is K x N: kc2 runs of nc2 */
-                            pf = (pf_region){.base = g->B + pc2 * g->ldb + jc2, .ld = g->ldb,
-                                             .rows = kc2, .cols = nc2};
+                            pf = (pf_region){.base = bsrc + (pc2 * g->ldb + jc2) * esize,
+                                             .ld = g->ldb * esize, .rows = kc2,
+                                             .cols = nc2 * esize};
                         pfp = &pf;
                     }
                 }
-                macro_kernel(kr, mc, nc, kc, pa, pb->b, g->C + ic * g->ldc + jc, g->ldc,
+                macro_kernel(g, mc, nc, kc, pa, pb->b, g->C + ic * g->ldc + jc, g->ldc,
                              pc > 0, pfp);
             }
         }
@@ -444,6 +534,31 @@ static void skinny_range(void *p, int64_t u0, int64_t u1) {
 /* Rows of op(A) at most this many floats are packed on the stack. */
 #define SKINNY_STACK_A 4096
 
+/* The packed product of g (geometry set): threads split C, then run the
+ * loop nest on their share. */
+static int gemm_packed(gemm_job *g) {
+    /* Split the larger side of C: the other operand is packed by every
+     * thread, so it should be the smaller one. Too few units on that side
+     * to share out: split the other. */
+    int64_t M = g->M, N = g->N, K = g->K;
+    int64_t nu = (N + g->nr - 1) / g->nr, mu = (M + g->mr - 1) / g->mr;
+    g->split_n = N >= M ? (nu >= 4 || nu >= mu) : !(mu >= 4 || mu >= nu);
+    g->unit = g->split_n ? g->nr : g->mr;
+    int64_t units = g->split_n ? nu : mu;
+    int64_t per_unit = (g->split_n ? M : N) * K * g->unit;
+    int64_t min_chunk = per_unit >= GEMM_MIN_WORK ? 1 : (GEMM_MIN_WORK + per_unit - 1) / per_unit;
+    tnn__parallel_for(units, min_chunk, gemm_range, g);
+    int st = atomic_load(&g->status);
+    if (st != TNN_OK)
+        return TNN_ERR(st, "out of memory for the packing buffers (M=%lld N=%lld K=%lld)",
+                       (long long)M, (long long)N, (long long)K);
+    return TNN_OK;
+}
+
+static void set_geometry(gemm_job *g, int mr, int nr, int mc, int kc, int nc, int nc_small) {
+    g->mr = mr, g->nr = nr, g->mc = mc, g->kc = kc, g->nc = nc, g->nc_small = nc_small;
+}
+
 int tnn__gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
                   const float *B, int64_t ldb, float *C, int64_t ldc) {
     if (M <= 0 || N <= 0) return TNN_OK;
@@ -451,8 +566,10 @@ int tnn__gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float
         for (int64_t i = 0; i < M; i++) memset(C + i * ldc, 0, (size_t)N * sizeof(float));
         return TNN_OK;
     }
-    gemm_job g = {.kr = kernel_table(tnn__gemm_get_kernel()), .ta = ta, .tb = tb, .M = M,
-                  .N = N, .K = K, .A = A, .lda = lda, .B = B, .ldb = ldb, .C = C, .ldc = ldc};
+    gemm_job g = {.mode = GEMM_F32, .kr = kernel_table(tnn__gemm_get_kernel()), .ta = ta,
+                  .tb = tb, .M = M, .N = N, .K = K, .A = A, .lda = lda, .B = B, .ldb = ldb,
+                  .C = C, .ldc = ldc};
+    set_geometry(&g, g.kr->mr, g.kr->nr, g.kr->mc, g.kr->kc, g.kr->nc, g.kr->nc_small);
     atomic_init(&g.status, TNN_OK);
     if (M <= TNN_GEMM_SKINNY_M && N >= SKINNY_UNIT) { /* a few rows: stream op(B) once */
         /* op(A) packed k-major (a vector as it is) */
@@ -473,19 +590,60 @@ int tnn__gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float
         if (ap != stack_a && ap != A) free(ap);
         return TNN_OK;
     }
-    /* Split the larger side of C: the other operand is packed by every
-     * thread, so it should be the smaller one. Too few units on that side
-     * to share out: split the other. */
-    int64_t nu = (N + g.kr->nr - 1) / g.kr->nr, mu = (M + g.kr->mr - 1) / g.kr->mr;
-    g.split_n = N >= M ? (nu >= 4 || nu >= mu) : !(mu >= 4 || mu >= nu);
-    g.unit = g.split_n ? g.kr->nr : g.kr->mr;
-    int64_t units = g.split_n ? nu : mu;
-    int64_t per_unit = (g.split_n ? M : N) * K * g.unit;
-    int64_t min_chunk = per_unit >= GEMM_MIN_WORK ? 1 : (GEMM_MIN_WORK + per_unit - 1) / per_unit;
-    tnn__parallel_for(units, min_chunk, gemm_range, &g);
-    int st = atomic_load(&g.status);
-    if (st != TNN_OK)
-        return TNN_ERR(st, "out of memory for the packing buffers (M=%lld N=%lld K=%lld)",
-                       (long long)M, (long long)N, (long long)K);
-    return TNN_OK;
+    return gemm_packed(&g);
+}
+
+/* ------------------------------------------------------------------------ */
+/* bf16 products                                                            */
+/* ------------------------------------------------------------------------ */
+
+static const char *const bf16_path_names[TNN_GEMM_BF16_PATH_COUNT] = {"widen", "dot-scalar",
+                                                                      "dot-avx512"};
+_Static_assert(sizeof bf16_path_names / sizeof bf16_path_names[0] == TNN_GEMM_BF16_PATH_COUNT,
+               "one name per bf16 path");
+
+const char *tnn__gemm_bf16_path_name(int path) {
+    return path >= 0 && path < TNN_GEMM_BF16_PATH_COUNT ? bf16_path_names[path] : "?";
+}
+
+int tnn__gemm_bf16_auto_path(void) {
+    return tnn__gemm_get_kernel() == TNN_GEMM_AVX512BF16 ? TNN_GEMM_BF16_DOT_AVX512
+                                                         : TNN_GEMM_BF16_WIDEN;
+}
+
+int tnn__gemm_bf16(int path, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A,
+                   int64_t lda, const uint16_t *B, int64_t ldb, float *C, int64_t ldc) {
+    if (path == TNN_GEMM_BF16_AUTO) path = tnn__gemm_bf16_auto_path();
+    if (path < 0 || path >= TNN_GEMM_BF16_PATH_COUNT)
+        return TNN_ERR(TNN_ERR_ARG, "bf16 path %d: want -1 (auto) or 0..%d", path,
+                       TNN_GEMM_BF16_PATH_COUNT - 1);
+    if (path == TNN_GEMM_BF16_DOT_AVX512 && !tnn__gemm_kernel_supported(TNN_GEMM_AVX512BF16))
+        return TNN_ERR(TNN_ERR_ARG, "bf16 path dot-avx512 needs AVX512_BF16, which this CPU "
+                                    "does not report");
+    if (M <= 0 || N <= 0) return TNN_OK;
+    if (K <= 0) {
+        for (int64_t i = 0; i < M; i++) memset(C + i * ldc, 0, (size_t)N * sizeof(float));
+        return TNN_OK;
+    }
+    gemm_job g = {.ta = ta, .tb = tb, .M = M, .N = N, .K = K, .A = A, .lda = lda, .Bh = B,
+                  .ldb = ldb, .C = C, .ldc = ldc};
+    atomic_init(&g.status, TNN_OK);
+    if (path == TNN_GEMM_BF16_WIDEN) {
+        /* Every k of the packed panels holds f32 values equal to B's, so the
+         * f32 kernel computes the same chains as tnn__gemm_f32 on widen(B).
+         * (No skinny path: a few rows pack B too; the bits are the same.) */
+        g.mode = GEMM_WIDEN;
+        g.kr = kernel_table(tnn__gemm_get_kernel());
+        set_geometry(&g, g.kr->mr, g.kr->nr, g.kr->mc, g.kr->kc, g.kr->nc, g.kr->nc_small);
+    } else {
+        g.mode = GEMM_DOT;
+#if defined(TNN_GEMM_X86)
+        g.dk = path == TNN_GEMM_BF16_DOT_AVX512 ? &tnn__gemm_dot_kernel_avx512bf16
+                                                : &tnn__gemm_dot_kernel_scalar;
+#else
+        g.dk = &tnn__gemm_dot_kernel_scalar;
+#endif
+        set_geometry(&g, g.dk->mr, g.dk->nr, g.dk->mc, g.dk->kc, g.dk->nc, g.dk->nc_small);
+    }
+    return gemm_packed(&g);
 }

@@ -1,5 +1,6 @@
-/* gemm.h - internals of the packed f32 GEMM (src/cpu/gemm*.c): the
- * micro-kernel interface each instruction-set file implements, and the
+/* gemm.h - internals of the packed GEMM (src/cpu/gemm*.c): the f32
+ * micro-kernel interface each instruction-set file implements, the bf16
+ * products (f32 activations times bf16 weights) and their kernels, and the
  * kernel choice (CPU features, TNN_KERNEL, or a test's explicit setting).
  */
 #ifndef TNN_GEMM_H
@@ -9,13 +10,17 @@
 #include <stdint.h>
 
 /* Kernel ids; values are fixed. TNN_GEMM_AUTO means "what the CPU and
- * TNN_KERNEL pick". */
+ * TNN_KERNEL pick". TNN_GEMM_AVX512BF16 runs f32 products on the AVX-512
+ * kernel and bf16 products through vdpbf16ps (gemm_avx512bf16.c); every
+ * other id runs bf16 products by widening the weights to f32 for that id's
+ * f32 kernel (see tnn__gemm_bf16). */
 enum {
     TNN_GEMM_AUTO = -1,
     TNN_GEMM_SCALAR = 0,
     TNN_GEMM_AVX2 = 1,
     TNN_GEMM_AVX512 = 2,
-    TNN_GEMM_KERNEL_COUNT = 3
+    TNN_GEMM_AVX512BF16 = 3,
+    TNN_GEMM_KERNEL_COUNT = 4
 };
 
 /* The micro-kernel: C (mr x nr, row stride ldc) = a running sum over
@@ -46,6 +51,11 @@ typedef void (*tnn__gemm_skinny_fn)(bool tb, int64_t M, int64_t K, const float *
                                     int64_t n0, int64_t n1);
 #define TNN_GEMM_SKINNY_M 8
 
+/* The transposing pack of bf16 products that widen their weights: as
+ * tnn__gemm_pack_fn, with src bf16 and each value widened to f32 (exact). */
+typedef void (*tnn__gemm_pack_bf16_fn)(float *dst, const uint16_t *src, int64_t lds, int64_t kc,
+                                       int w, int valid);
+
 typedef struct {
     const char *name;
     int mr, nr;         /* register tile (mr <= TNN_GEMM_MR_MAX, nr <= TNN_GEMM_NR_MAX) */
@@ -54,6 +64,7 @@ typedef struct {
     tnn__gemm_ukr_fn ukr;
     tnn__gemm_pack_fn pack_t; /* NULL: the portable one in gemm.c */
     tnn__gemm_skinny_fn skinny; /* NULL: the portable one in gemm.c */
+    tnn__gemm_pack_bf16_fn pack_t_widen; /* NULL: the portable one in gemm_bf16.c */
 } tnn__gemm_kernel;
 
 #define TNN_GEMM_MR_MAX 16
@@ -74,9 +85,10 @@ void tnn__gemm_skinny_avx2(bool tb, int64_t M, int64_t K, const float *ap, const
                            int64_t ldb, float *C, int64_t ldc, int64_t n0, int64_t n1);
 #endif
 
-/* Whether kernel `id` can run on this CPU (and was built). */
+/* Whether kernel `id` can run on this CPU (and was built). AVX512BF16 needs
+ * CPUID leaf 7 subleaf 1 EAX bit 5 and the OS saving the zmm state. */
 bool tnn__gemm_kernel_supported(int id);
-/* "scalar", "avx2", "avx512", or "?" */
+/* "scalar", "avx2", "avx512", "avx512bf16", or "?" */
 const char *tnn__gemm_kernel_name(int id);
 /* Selects the kernel for every later call in the process; TNN_GEMM_AUTO
  * returns to the default (TNN_KERNEL, else the best the CPU supports).
@@ -87,5 +99,97 @@ const char *tnn__gemm_kernel_name(int id);
 int tnn__gemm_set_kernel(int id);
 /* The kernel that the next call uses. */
 int tnn__gemm_get_kernel(void);
+
+/* ------------------------------------------------------------------------ */
+/* bf16 products: C (f32) = op(A) @ op(B), A f32 (activations), B bf16      */
+/* ------------------------------------------------------------------------ */
+
+/* The paths of a bf16 product; values are fixed.
+ *   WIDEN       B widened to f32 while packing (exact), the selected f32
+ *               kernel: the bits of tnn__gemm_f32 on (A, widen(B)).
+ *   DOT_SCALAR  the scalar twin of DOT_AVX512: the same bits.
+ *   DOT_AVX512  vdpbf16ps: A rounded to bf16 while packing, then per k pair
+ *               the semantics of tnn__gemm_dot_step (gemm_bf16.c).
+ * TNN_GEMM_BF16_AUTO is DOT_AVX512 when the selected kernel is
+ * TNN_GEMM_AVX512BF16 (the default where the CPU has it), else WIDEN. */
+enum {
+    TNN_GEMM_BF16_AUTO = -1,
+    TNN_GEMM_BF16_WIDEN = 0,
+    TNN_GEMM_BF16_DOT_SCALAR = 1,
+    TNN_GEMM_BF16_DOT_AVX512 = 2,
+    TNN_GEMM_BF16_PATH_COUNT = 3
+};
+
+/* C (M x N, row stride ldc) = op(A) @ op(B) through `path`. op(A) = A^T when
+ * ta (A stored K x M), op(B) = B^T when tb (B stored N x K); leading
+ * dimensions are row strides in elements. Any thread count gives the same
+ * bits (threads split C's columns or rows, never K). Returns TNN_OK,
+ * TNN_ERR_NOMEM, or TNN_ERR_ARG for an unknown path or DOT_AVX512 on a CPU
+ * without AVX512_BF16 (recorded). */
+int tnn__gemm_bf16(int path, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A,
+                   int64_t lda, const uint16_t *B, int64_t ldb, float *C, int64_t ldc);
+/* "widen", "dot-scalar", "dot-avx512", or "?" */
+const char *tnn__gemm_bf16_path_name(int path);
+/* The path TNN_GEMM_BF16_AUTO takes now. */
+int tnn__gemm_bf16_auto_path(void);
+
+/* f32 -> bf16 as the dot path rounds activations (VCVTNEPS2BF16): nearest
+ * even; zeros and f32 subnormals give a zero of the same sign; NaN stays a
+ * quiet NaN (the upper half with the quiet bit set); infinities stay. */
+uint16_t tnn__gemm_bf16_round(float x);
+/* One step of the dot path, as VDPBF16PS does it per f32 lane: a*b + acc
+ * computed exactly and rounded once to nearest even, with a, b and acc
+ * zero when subnormal (DAZ) and a tiny result (|r| < 2^-126, tininess
+ * detected after rounding as x86 does) flushed to a zero of its sign (FTZ).
+ * a and b are widened bf16 values (their product is exact in f32). */
+float tnn__gemm_dot_step(float acc, float a, float b);
+
+/* The dot micro-kernel: C (mr x nr, row stride ldc) over kp pairs of k.
+ * a: mr words per pair (word i = bf16 of row i at k = 2p in the low half,
+ * 2p+1 in the high half); b: nr words per pair (word j likewise for column
+ * j), 64-byte aligned. Per C element and pair p, in ascending p:
+ *   acc = step(acc, a.hi, b.hi); acc = step(acc, a.lo, b.lo)
+ * (the odd k first, as the Intel SDM's pseudo-code orders them), from +0
+ * when load_c is 0, else continuing from C. An odd K is padded with a zero
+ * pair half. */
+typedef void (*tnn__gemm_dot_ukr_fn)(int64_t kp, const uint32_t *a, const uint32_t *b, float *c,
+                                     int64_t ldc, int load_c);
+typedef struct {
+    const char *name;
+    int mr, nr;       /* mr <= TNN_GEMM_MR_MAX, nr <= TNN_GEMM_NR_MAX */
+    int mc, kc, nc;   /* kc even: a K block never splits a pair */
+    int nc_small;
+    tnn__gemm_dot_ukr_fn ukr;
+} tnn__gemm_dot_kernel;
+
+/* gemm_bf16.c (always) and gemm_avx512bf16.c (x86). */
+extern const tnn__gemm_dot_kernel tnn__gemm_dot_kernel_scalar;
+#if defined(TNN_GEMM_X86)
+extern const tnn__gemm_dot_kernel tnn__gemm_dot_kernel_avx512bf16;
+#endif
+
+/* Packing for bf16 products (gemm_bf16.c); each only moves and converts.
+ * Widening (exact), like tnn__gemm_pack_fn and gemm.c's pack_n:
+ *   pack_t_widen: dst[k*w + c] = src[c*lds + k] for c < valid, else 0;
+ *   pack_n_widen: for each k the run src[k*lds + 0 : n] cut into panels of
+ *                 w (panel q at dst + q*w*kc), zero past n. */
+void tnn__gemm_bf16_pack_t_widen(float *dst, const uint16_t *src, int64_t lds, int64_t kc, int w,
+                                 int valid);
+void tnn__gemm_bf16_pack_n_widen(float *dst, const uint16_t *src, int64_t lds, int64_t kc,
+                                 int64_t n, int w);
+/* The AVX2 pack_t_widen (gemm_avx2.c, 8x8 transposes): the same output. */
+#if defined(TNN_GEMM_X86)
+void tnn__gemm_bf16_pack_t_widen_avx2(float *dst, const uint16_t *src, int64_t lds, int64_t kc,
+                                      int w, int valid);
+#endif
+/* Pair panels for the dot kernels, (kc+1)/2 pairs deep: op(A)[i0 : i0+mc,
+ * k0 : k0+kc] rounded by tnn__gemm_bf16_round, the panel of rows
+ * i0+p ... i0+p+mr-1 at dst + p*((kc+1)/2); op(B)[k0 : k0+kc, j0 : j0+nc],
+ * the panel of columns j0+q ... at dst + q*((kc+1)/2). Zero past mc / nc
+ * and past kc. k0 is even. */
+void tnn__gemm_dot_pack_a(uint32_t *dst, bool ta, const float *A, int64_t lda, int64_t i0,
+                          int64_t mc, int64_t k0, int64_t kc, int mr);
+void tnn__gemm_dot_pack_b(uint32_t *dst, bool tb, const uint16_t *B, int64_t ldb, int64_t k0,
+                          int64_t kc, int64_t j0, int64_t nc, int nr);
 
 #endif

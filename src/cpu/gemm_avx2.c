@@ -11,6 +11,7 @@
 #endif
 
 #include <immintrin.h>
+#include <string.h>
 
 #define MR 6
 #define NR 16
@@ -164,6 +165,54 @@ void tnn__gemm_pack_t_avx2(float *dst, const float *src, int64_t lds, int64_t kc
     }
 }
 
+/* The same pack for bf16 sources (bf16 products that widen their weights):
+ * 8 bf16 of a row widened to 8 f32 (a 16-bit shift, exact), then the same
+ * 8x8 transposes. */
+static inline __attribute__((always_inline)) __m256 widen8(const uint16_t *s) {
+    __m128i h = _mm_loadu_si128((const __m128i *)s);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+static inline float widen1(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+void tnn__gemm_bf16_pack_t_widen_avx2(float *dst, const uint16_t *src, int64_t lds, int64_t kc,
+                                      int w, int valid) {
+    int64_t k8 = kc & ~(int64_t)7;
+    for (int c0 = 0; c0 < w; c0 += 8) {
+        int g = w - c0 < 8 ? w - c0 : 8;                                 /* lanes stored */
+        int rows = valid - c0 < 0 ? 0 : valid - c0 < 8 ? valid - c0 : 8; /* rows read */
+        const uint16_t *s = src + c0 * lds;
+        float *d = dst + c0;
+        int64_t k = 0;
+        if (rows == 8 && g == 8) {
+            for (; k < k8; k += 8) {
+                __m256 r0 = widen8(s + k), r1 = widen8(s + lds + k);
+                __m256 r2 = widen8(s + 2 * lds + k), r3 = widen8(s + 3 * lds + k);
+                __m256 r4 = widen8(s + 4 * lds + k), r5 = widen8(s + 5 * lds + k);
+                __m256 r6 = widen8(s + 6 * lds + k), r7 = widen8(s + 7 * lds + k);
+                TRANSPOSE8(r0, r1, r2, r3, r4, r5, r6, r7);
+                float *o = d + k * w;
+                _mm256_storeu_ps(o, r0);
+                _mm256_storeu_ps(o + w, r1);
+                _mm256_storeu_ps(o + 2 * w, r2);
+                _mm256_storeu_ps(o + 3 * w, r3);
+                _mm256_storeu_ps(o + 4 * w, r4);
+                _mm256_storeu_ps(o + 5 * w, r5);
+                _mm256_storeu_ps(o + 6 * w, r6);
+                _mm256_storeu_ps(o + 7 * w, r7);
+            }
+        }
+        for (; k < kc; k++) /* edge panels and the k tail */
+            for (int i = 0; i < g; i++)
+                d[k * w + i] = i < rows ? widen1(s[i * lds + k]) : 0.0f;
+    }
+}
+
 /* ------------------------------------------------------------------------ */
 /* Skinny products (M <= TNN_GEMM_SKINNY_M rows of op(A)): op(B) streams once */
 /* ------------------------------------------------------------------------ */
@@ -292,6 +341,7 @@ const tnn__gemm_kernel tnn__gemm_kernel_avx2 = {
     .ukr = ukr_avx2_6x16,
     .pack_t = tnn__gemm_pack_t_avx2,
     .skinny = tnn__gemm_skinny_avx2,
+    .pack_t_widen = tnn__gemm_bf16_pack_t_widen_avx2,
 };
 
 #else

@@ -57,6 +57,7 @@ const tnn__gemm_kernel tnn__gemm_kernel_avx512 = {
     .ukr = ukr_avx512_12x32,
     .pack_t = tnn__gemm_pack_t_avx2,
     .skinny = tnn__gemm_skinny_avx2,
+    .pack_t_widen = tnn__gemm_bf16_pack_t_widen_avx2,
 };
 
 #else

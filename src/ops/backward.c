@@ -76,11 +76,23 @@ int tnn__bwd_rms_norm(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *
 /* C = op(A) @ op(B) with op = transpose where flagged:
  *   nn: dA = dC @ B^T   dB = A^T @ dC
  *   nt: dA = dC @ B     dB = dC^T @ A
- *   tn: dA = B @ dC^T   dB = A @ dC */
+ *   tn: dA = B @ dC^T   dB = A @ dC
+ * A bf16 B (weights) is storage: it is never a parameter and gets no
+ * gradient. Products take it only as their second operand, so tn's dA is
+ * (dC @ B^T)^T, the same fma chains with the factors swapped. */
 int tnn__bwd_matmul(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
                     tnn_tensor **d) {
     int f = (int)t->iparam[0];
     tnn_tensor *da = NULL, *db = NULL;
+    if (B->dtype != TNN_F32) {
+        if (need[1])
+            return TNN_ERR(TNN_ERR_UNSUPPORTED, "a %s matmul operand has no gradient",
+                           B->dtype == TNN_BF16 ? "bf16" : "non-f32");
+        if (f == TNN_MM_TA && need[0]) {
+            d[0] = tnn__sum_like(s, tnn_transpose(s, tnn_matmul_nt(s, g, B)), A);
+            return TNN_OK;
+        }
+    }
     if (f == 0) {
         if (need[0]) da = tnn_matmul_nt(s, g, B);
         if (need[1]) db = tnn_matmul_tn(s, A, g);

@@ -3,10 +3,12 @@
  * and transpose.
  *
  * All products are one node, TNN_OP_MATMUL, with flags saying which operand
- * is read transposed: C (..., M, N) = op(src0) @ op(src1).
+ * is read transposed: C (..., M, N) = op(src0) @ op(src1). src1 may be bf16
+ * (weights) with an f32 src0: the bf16 GEMM (src/cpu/gemm.h) runs it.
  */
 #include "common.h"
 
+#include "../cpu/gemm.h"
 #include "../quant/quant.h"
 
 #include <stdatomic.h>
@@ -41,8 +43,12 @@ static tnn_tensor *matmul_build(tnn_session *s, tnn_tensor *a, tnn_tensor *b, in
         if (t) t->iparam[0] = flags;
         return t;
     }
-    if (a->dtype != TNN_F32 || b->dtype != TNN_F32)
-        return (tnn__error(TNN_ERR_ARG, func, "%s %s and %s %s: want f32 tensors", an, ba, bn, bb),
+    /* f32 @ f32, or f32 activations @ bf16 weights (the second operand) */
+    if (a->dtype != TNN_F32 || (b->dtype != TNN_F32 && b->dtype != TNN_BF16))
+        return (tnn__error(TNN_ERR_ARG, func,
+                           "%s %s and %s %s: want f32 tensors, or an f32 %s with a bf16 %s "
+                           "(weights)",
+                           an, ba, bn, bb, an, bn),
                 NULL);
     if (a->ndim < 2 || b->ndim < 2)
         return (tnn__error(TNN_ERR_SHAPE, func, "%s %s and %s %s: want at least 2 dimensions", an,
@@ -189,8 +195,13 @@ int tnn__fwd_matmul(tnn_tensor *t) {
             int64_t ai = (abat[0] == 1 ? 0 : i0) * abat[1] + (abat[1] == 1 ? 0 : i1);
             int64_t bi = (bbat[0] == 1 ? 0 : i0) * bbat[1] + (bbat[1] == 1 ? 0 : i1);
             int64_t oi = i0 * obat[1] + i1;
-            int rc = tnn__gemm_f32(ta, tb, M, N, K, CF32(a) + ai * ar * ac, ac,
-                                   CF32(b) + bi * br * bc, bc, F32(t) + oi * M * N, N);
+            int rc = b->dtype == TNN_BF16
+                         ? tnn__gemm_bf16(TNN_GEMM_BF16_AUTO, ta, tb, M, N, K,
+                                          CF32(a) + ai * ar * ac, ac,
+                                          (const uint16_t *)b->data + bi * br * bc, bc,
+                                          F32(t) + oi * M * N, N)
+                         : tnn__gemm_f32(ta, tb, M, N, K, CF32(a) + ai * ar * ac, ac,
+                                         CF32(b) + bi * br * bc, bc, F32(t) + oi * M * N, N);
             if (rc) return rc;
         }
     }
