@@ -207,6 +207,10 @@ static void test_ops(void) {
     twin("matmul_nt broadcast batches", b_mm_nt, nt, 2, true, 1e-5);
     twin("matmul_tn", b_mm_tn, tn, 2, true, 1e-5);
     twin("tnn_matmul (seed layout)", b_mm_seed, sd, 2, true, 1e-5);
+    in_spec bf[2] = {P(3, 2, 5, 16), {TNN_BF16, 2, {7, 16}, 0, false}};
+    twin("matmul_nt with bf16 weights", b_mm_nt, bf, 2, true, 1e-5);
+    in_spec bfn[2] = {P(2, 5, 16), {TNN_BF16, 2, {16, 7}, 0, false}};
+    twin("matmul_nn with bf16 weights", b_mm_nn, bfn, 2, true, 1e-5);
     in_spec sh[1] = {P(4, 2, 3, 4, 5)};
     twin("permute/reshape/transpose/concat/narrow", b_shape, sh, 1, true, 1e-7);
     in_spec rd[2] = {P(2, 9, 70), P(2, 3, 1)};
