@@ -108,6 +108,22 @@ int main(void) {
         }
         printf("\n");
     }
+    /* device memory bandwidth: the bound of memory-bound kernels */
+    size_t bytes = (size_t)1 << 30;
+    void *src = NULL, *dst = NULL;
+    if (cudaMalloc(&src, bytes) == cudaSuccess && cudaMalloc(&dst, bytes) == cudaSuccess) {
+        double best = 1e30;
+        for (int r = 0; r < 6; r++) {
+            double t0 = bench_now();
+            cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice);
+            cudaDeviceSynchronize();
+            double dt = bench_now() - t0;
+            if (r > 0 && dt < best) best = dt;
+        }
+        printf("device copy bandwidth (read + write): %.0f GB/s\n", 2.0 * bytes / best * 1e-9);
+    }
+    cudaFree(src);
+    cudaFree(dst);
     if (json) bench_json_close(json, path);
     return 0;
 }

@@ -51,7 +51,7 @@ int main(int argc, char **argv) {
     const lm_llama_hparams *hp = lm_llama_hparams_of(m);
     float *lg = malloc(sizeof(float) * (size_t)hp->n_vocab);
     int32_t prompt[512];
-    for (int i = 0; i < 512; i++) prompt[i] = 1000 + i;
+    for (int i = 0; i < 512; i++) prompt[i] = (1000 + i) % hp->n_vocab;
     double pp[3], tg[3];
     for (int r = 0; r < 3; r++) {
         lm_llama_reset(m);
@@ -61,9 +61,12 @@ int main(int argc, char **argv) {
             return 1;
         }
         double t1 = bench_now();
-        int tok = 504;
+        int tok = 504 % hp->n_vocab;
         for (int i = 0; i < 128; i++) {
-            if (lm_llama_eval(m, &tok, 1, lg)) return 1;
+            if (lm_llama_eval(m, &tok, 1, lg)) {
+                fprintf(stderr, "%s\n", tnn_last_error());
+                return 1;
+            }
             int b = 0;
             for (int v = 1; v < hp->n_vocab; v++)
                 if (lg[v] > lg[b]) b = v;
@@ -77,11 +80,12 @@ int main(int argc, char **argv) {
     /* bytes of weights streamed per generated token */
     const tnn_gguf *g = lm_llama_gguf(m);
     int64_t bytes = 0;
-    for (int64_t i = 0; i < tnn_gguf_n_tensors(g); i++) bytes += tnn_gguf_tensor_nbytes(g, i);
+    for (int64_t i = 0; i < tnn_gguf_n_tensors(g); i++) /* a checkpoint's moments aside */
+        if (strncmp(tnn_gguf_tensor_name(g, i), "opt.", 4)) bytes += tnn_gguf_tensor_nbytes(g, i);
     double triad = triad_gbs();
-    printf("%s, %d threads: prompt 512: %.1f / %.1f tokens/s; generation 128: %.1f / %.1f "
+    printf("%s, %s, %d threads: prompt 512: %.1f / %.1f tokens/s; generation 128: %.1f / %.1f "
            "tokens/s (best / median of 3)\n",
-           argv[1], tnn_get_num_threads(), pp[2], pp[1], tg[2], tg[1]);
+           argv[1], lm_cuda() ? "CUDA requested" : "CPU", tnn_get_num_threads(), pp[2], pp[1], tg[2], tg[1]);
     printf("weights %.1f MB per token; triad (1 thread) %.1f GB/s; generation streams %.1f GB/s "
            "= %.2f of that bound\n",
            bytes / 1e6, triad, bytes * tg[2] / 1e9, triad > 0 ? bytes * tg[2] / 1e9 / triad : 0);

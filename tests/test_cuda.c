@@ -11,6 +11,8 @@
  * without one; linked with the emulator build (test_cuda_emu) it runs the
  * same kernels on the CPU.
  */
+#define _POSIX_C_SOURCE 200809L
+
 #include "harness.h"
 
 #include "quant/quant.h"
@@ -207,6 +209,14 @@ static void test_ops(void) {
     twin("matmul_nt broadcast batches", b_mm_nt, nt, 2, true, 1e-5);
     twin("matmul_tn", b_mm_tn, tn, 2, true, 1e-5);
     twin("tnn_matmul (seed layout)", b_mm_seed, sd, 2, true, 1e-5);
+    /* tinynn's own GEMM kernel (machines without cuBLAS) on the same shapes */
+    setenv("TNN_CUDA_GEMM", "own", 1);
+    twin("own GEMM: matmul_nn batched", b_mm_nn, nn, 2, true, 1e-5);
+    twin("own GEMM: matmul_nt broadcast batches", b_mm_nt, nt, 2, true, 1e-5);
+    twin("own GEMM: matmul_tn", b_mm_tn, tn, 2, true, 1e-5);
+    in_spec big[2] = {P(2, 70, 33), P(2, 130, 33)};
+    twin("own GEMM: 70 x 33 x 130 (several tiles)", b_mm_nt, big, 2, true, 1e-5);
+    unsetenv("TNN_CUDA_GEMM");
     in_spec bf[2] = {P(3, 2, 5, 16), {TNN_BF16, 2, {7, 16}, 0, false}};
     twin("matmul_nt with bf16 weights", b_mm_nt, bf, 2, true, 1e-5);
     in_spec bfn[2] = {P(2, 5, 16), {TNN_BF16, 2, {16, 7}, 0, false}};

@@ -10,6 +10,7 @@
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 tnn_cu_state tnn__cu;
@@ -96,9 +97,17 @@ static bool blas_open(void) {
 static bool blas_open(void) {
     static const char *names[] = {"libcublas.so.13", "libcublas.so.12", "libcublas.so.11",
                                   "libcublas.so"};
-    void *lib = NULL;
-    for (size_t i = 0; i < sizeof names / sizeof *names && !lib; i++)
-        lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    /* the loader's path, then the toolkit's usual place; TNN_CUBLAS names a file */
+    static const char *dirs[] = {"", "/usr/local/cuda/lib64/",
+                                 "/usr/local/cuda/targets/x86_64-linux/lib/"};
+    const char *env = getenv("TNN_CUBLAS");
+    void *lib = env && *env ? dlopen(env, RTLD_NOW | RTLD_LOCAL) : NULL;
+    for (size_t d = 0; d < sizeof dirs / sizeof *dirs && !lib; d++)
+        for (size_t i = 0; i < sizeof names / sizeof *names && !lib; i++) {
+            char path[256];
+            snprintf(path, sizeof path, "%s%s", dirs[d], names[i]);
+            lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+        }
     if (!lib) {
         tnn__log(TNN_LOG_WARN, "CUDA backend: cuBLAS not found (%s)", dlerror());
         return false;
@@ -114,17 +123,83 @@ static bool blas_open(void) {
 }
 #endif
 
+/* tinynn's own product, for machines without cuBLAS (and TNN_CUDA_GEMM=own):
+ * 64 x 64 tiles of C per block of 256 threads, each thread 4 x 4 of them,
+ * K in steps of 16 through shared memory; z is the batch. */
+#define GT 64
+#define GK 16
+
+template <bool TA, bool TB>
+__global__ void k_sgemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, int64_t sa,
+                        const float *B, int64_t ldb, int64_t sb, float *C, int64_t sc) {
+    __shared__ float As[GK][GT + 4];
+    __shared__ float Bs[GK][GT + 4];
+    A += (int64_t)blockIdx.z * sa;
+    B += (int64_t)blockIdx.z * sb;
+    C += (int64_t)blockIdx.z * sc;
+    int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    int64_t r0 = (int64_t)blockIdx.y * GT, c0 = (int64_t)blockIdx.x * GT;
+    float acc[4][4] = {{0}};
+    for (int64_t k0 = 0; k0 < K; k0 += GK) {
+        for (int i = threadIdx.x; i < GT * GK; i += blockDim.x) {
+            int r = i / GK, k = i % GK;
+            int64_t gr = r0 + r, gk = k0 + k;
+            As[k][r] = gr < M && gk < K ? (TA ? A[gk * lda + gr] : A[gr * lda + gk]) : 0.0f;
+            int c = i % GT, kb = i / GT;
+            int64_t gc = c0 + c, gkb = k0 + kb;
+            Bs[kb][c] = gc < N && gkb < K ? (TB ? B[gc * ldb + gkb] : B[gkb * ldb + gc]) : 0.0f;
+        }
+        __syncthreads();
+        for (int k = 0; k < GK; k++) {
+            float a[4], b[4];
+            for (int i = 0; i < 4; i++) a[i] = As[k][ty * 4 + i];
+            for (int j = 0; j < 4; j++) b[j] = Bs[k][tx * 4 + j];
+            for (int i = 0; i < 4; i++)
+                for (int j = 0; j < 4; j++) acc[i][j] += a[i] * b[j];
+        }
+        __syncthreads();
+    }
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++) {
+            int64_t r = r0 + ty * 4 + i, c = c0 + tx * 4 + j;
+            if (r < M && c < N) C[r * N + c] = acc[i][j];
+        }
+}
+
+static int own_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A,
+                    int64_t lda, int64_t sa, const float *B, int64_t ldb, int64_t sb, float *C,
+                    int64_t sc, int64_t batch) {
+    if ((M + GT - 1) / GT > 65535 || batch > 65535)
+        return TNN_ERR(TNN_ERR_UNSUPPORTED, "a product of %lld rows in %lld batches is beyond "
+                       "the grid of tinynn's own GEMM kernel", (long long)M, (long long)batch);
+    dim3 grid((unsigned)((N + GT - 1) / GT), (unsigned)((M + GT - 1) / GT), (unsigned)batch);
+    cudaStream_t st = tnn__cu.stream;
+    if (ta && tb)
+        TNN_LAUNCH(k_sgemm<true COMMA true>, grid, 256, 0, st, M, N, K, A, lda, sa, B, ldb, sb, C, sc);
+    else if (ta)
+        TNN_LAUNCH(k_sgemm<true COMMA false>, grid, 256, 0, st, M, N, K, A, lda, sa, B, ldb, sb, C, sc);
+    else if (tb)
+        TNN_LAUNCH(k_sgemm<false COMMA true>, grid, 256, 0, st, M, N, K, A, lda, sa, B, ldb, sb, C, sc);
+    else
+        TNN_LAUNCH(k_sgemm<false COMMA false>, grid, 256, 0, st, M, N, K, A, lda, sa, B, ldb, sb, C, sc);
+    return tnn__cu_launched("tnn_compute");
+}
+
 /* Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: cuBLAS
  * gets B first, each operand flagged as stored (a row-major matrix is the
- * transpose of the column-major one in the same bytes). */
+ * transpose of the column-major one in the same bytes). Without cuBLAS, or
+ * with TNN_CUDA_GEMM=own, tinynn's own kernel runs. */
 int tnn__cu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
                  int64_t sa, const float *B, int64_t ldb, int64_t sb, float *C, int64_t sc,
                  int64_t batch) {
+    if (M == 0 || N == 0 || batch == 0) return TNN_OK;
+    const char *e = getenv("TNN_CUDA_GEMM");
+    if (!tnn__cu.blas || (e && !strcmp(e, "own")))
+        return own_gemm(ta, tb, M, N, K, A, lda, sa, B, ldb, sb, C, sc, batch);
     const int64_t lim = INT32_MAX;
     if (M > lim || N > lim || K > lim || lda > lim || ldb > lim || batch > lim)
         return TNN_ERR(TNN_ERR_UNSUPPORTED, "a product of %lld x %lld x %lld is beyond cuBLAS's "
                        "32-bit sizes", (long long)M, (long long)N, (long long)K);
-    if (M == 0 || N == 0 || batch == 0) return TNN_OK;
     float one = 1.0f, zero = 0.0f;
     int rc = blas.sgemm(tnn__cu.blas, tb ? BLAS_OP_T : BLAS_OP_N, ta ? BLAS_OP_T : BLAS_OP_N,
                         (int)N, (int)M, (int)K, &one, B, (int)ldb, sb, A, (int)lda, sa, &zero, C,
@@ -288,8 +363,8 @@ static void open_backend(void) {
     tnn__cu.sm_count = prop.multiProcessorCount;
     if (!blas_open() || blas.create(&tnn__cu.blas) != 0 ||
         blas.set_stream(tnn__cu.blas, tnn__cu.stream) != 0) {
-        tnn__log(TNN_LOG_WARN, "CUDA backend: cuBLAS could not be initialized");
-        return;
+        tnn__cu.blas = NULL;
+        tnn__log(TNN_LOG_WARN, "CUDA backend: no cuBLAS; products use tinynn's own GEMM kernel");
     }
     tnn__log(TNN_LOG_INFO, "CUDA backend: %s (sm_%d%d, %d SMs, %.1f GiB)%s", prop.name,
              prop.major, prop.minor, prop.multiProcessorCount,

@@ -7,6 +7,9 @@
 #ifndef TNN_CUDA_COMPAT_H
 #define TNN_CUDA_COMPAT_H
 
+/* A comma inside a macro argument (template arguments of a kernel). */
+#define COMMA ,
+
 #ifdef __CUDACC__
 #include <cuda_runtime.h>
 #define TNN_LAUNCH(k, grid, block, smem, stream, ...)                                         \

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# cuda_check.sh - what the CUDA issue runs on a GPU machine, in one go (about 5 minutes):
+# the CUDA suite, the demo model trained on the CPU and on the GPU (loss curves compared),
+# greedy sampling of one checkpoint on both, GEMM against cuBLAS, training throughput (with
+# PyTorch beside it when installed), generation speed of a SmolLM2-shaped Q4_1 model against
+# the device's bandwidth bound, and the CPU's AVX512_BF16 GEMM when the host has it.
+#
+#   tools/cuda_check.sh [BIN]      BIN: a CUDA build folder (default build-gpu, configured
+#                                  and built here when missing: needs cmake and nvcc)
+# Logs and a summary go to $OUT (default /tmp/cuda_check). Every step is bounded and a
+# failing step does not stop the next.
+set -u
+cd "$(dirname "$0")/.."
+BIN=${1:-build-gpu}
+OUT=${OUT:-/tmp/cuda_check}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+S=$OUT/summary.txt
+: > "$S"
+note() { echo "$*" | tee -a "$S"; }
+step() { # name, timeout seconds, command...
+  local name=$1 t=$2; shift 2
+  local t0=$SECONDS
+  timeout "$t" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  note "[$name] rc=$rc ($((SECONDS - t0)) s): $(tail -n 2 "$OUT/$name.log" | tr '\n' ' ' | cut -c1-300)"
+}
+
+note "== machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$S"
+grep -m1 "model name" /proc/cpuinfo | tee -a "$S"
+for f in avx512f avx512_bf16 amx_bf16; do note "$f: $(grep -c -w $f /proc/cpuinfo)"; done
+note "nproc $(nproc); nvcc: $(command -v nvcc || echo none); torch: $(python3 -c 'import torch; print(torch.__version__)' 2>/dev/null || echo none)"
+
+if [ ! -x "$BIN/tests/test_cuda" ]; then
+  step build 400 bash -c "cmake -S . -B $BIN -DTNN_CUDA=ON -DTNN_CUDA_EMU=OFF -DCMAKE_CUDA_ARCHITECTURES='80;90' && cmake --build $BIN -j$(nproc)"
+fi
+# The tests find their data by the absolute path they were built with.
+DATA=$(strings "$BIN/tests/test_arch_cuda" 2>/dev/null | grep -m1 '/tests/data$' || true)
+if [ -n "$DATA" ] && [ ! -d "$DATA" ]; then
+  ROOT=$(dirname "$(dirname "$DATA")")
+  mkdir -p "$(dirname "$ROOT")" && ln -s "$PWD" "$ROOT" 2>/dev/null || true
+fi
+
+note "== CUDA suite"
+step test_cuda 120 "$BIN/tests/test_cuda"
+step test_arch_cuda 120 "$BIN/tests/test_arch_cuda"
+step test_parity_cuda 120 "$BIN/tests/test_parity_cuda"
+TNN_CUDA_GEMM=own step test_cuda_owngemm 120 "$BIN/tests/test_cuda"
+
+note "== the demo model: 200 steps on the CPU and on the GPU, same data and seed"
+DOCS="README.md docs/ARCHITECTURE.md docs/PERFORMANCE.md"
+step train_cpu 240 "$BIN/tnn" train $DOCS --steps 200 --eval-every 50 --sample-len 0 --log "$OUT/cpu.csv" --checkpoint "$OUT/ck.gguf"
+step train_cuda 240 "$BIN/tnn" train $DOCS --steps 200 --eval-every 50 --sample-len 0 --log "$OUT/cuda.csv" --cuda
+if [ -f "$OUT/cpu.csv" ] && [ -f "$OUT/cuda.csv" ]; then
+  paste -d, "$OUT/cpu.csv" "$OUT/cuda.csv" | awk -F, 'NR > 1 { d = $2 - $8; if (d < 0) d = -d; r = d / $2; if (r > w) { w = r; s = $1 } }
+    END { printf "loss curves: worst relative difference of the training loss %.2e (step %d)\n", w, s }' | tee -a "$S"
+  note "cpu  last: $(tail -n 1 "$OUT/cpu.csv")"
+  note "cuda last: $(tail -n 1 "$OUT/cuda.csv")"
+fi
+if [ -f "$OUT/ck.gguf" ]; then
+  step sample_cpu 60 "$BIN/tnn" sample -m "$OUT/ck.gguf" --prompt "The " -n 64 --temp 0
+  step sample_cuda 60 "$BIN/tnn" sample -m "$OUT/ck.gguf" --prompt "The " -n 64 --temp 0 --cuda
+  if cmp -s "$OUT/sample_cpu.log" "$OUT/sample_cuda.log"; then note "greedy sample: identical"; else note "greedy sample: DIFFERS"; fi
+fi
+
+note "== benchmarks"
+step bench_cuda 180 "$BIN/bench/bench_cuda"
+cat "$OUT/bench_cuda.log" >> "$S"
+TORCH=""
+python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null && TORCH="python3 $PWD/tools/torch_train_speed.py"
+TNN_TORCH_BENCH="$TORCH" step bench_train_cuda 240 "$BIN/bench/bench_train" all --cuda
+cat "$OUT/bench_train_cuda.log" >> "$S"
+# A SmolLM2-135M-shaped model (30 layers, 576 wide, 9 heads / 3 KV, FF 1536; byte vocabulary)
+step smol_make 200 bash -c "'$BIN/tnn' train $DOCS --layers 30 --dim 576 --heads 9 --kv-heads 3 --ff 1536 --seq 128 --batch 4 --steps 2 --eval-every 0 --sample-len 0 --checkpoint '$OUT/smol.gguf' --cuda && '$BIN/tnn' quantize '$OUT/smol.gguf' '$OUT/smol-q4_1.gguf' q4_1"
+if [ -f "$OUT/smol-q4_1.gguf" ]; then
+  step gen_cpu 120 "$BIN/bench/bench_generate" "$OUT/smol-q4_1.gguf"
+  step gen_cuda 120 "$BIN/bench/bench_generate" "$OUT/smol-q4_1.gguf" --cuda
+  cat "$OUT/gen_cpu.log" "$OUT/gen_cuda.log" >> "$S"
+fi
+
+note "== bf16 GEMM on this host's CPU"
+if [ -x "$BIN/tests/test_gemm_bf16" ]; then
+  step test_gemm_bf16 120 "$BIN/tests/test_gemm_bf16"
+  grep -i "avx512bf16\|skipped\|passed" "$OUT/test_gemm_bf16.log" | tail -5 >> "$S"
+  OB=$(ls "$BIN"/lib/libopenblas.so.0 2>/dev/null)
+  [ -n "$OB" ] && export LD_LIBRARY_PATH=$PWD/$BIN/lib:$LD_LIBRARY_PATH
+  step bench_gemm_bf16 150 "$BIN/bench/bench_gemm" --quick
+  tail -n 30 "$OUT/bench_gemm_bf16.log" >> "$S"
+fi
+note "== done"
