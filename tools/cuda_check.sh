@@ -7,13 +7,14 @@
 #
 #   tools/cuda_check.sh [BIN]      BIN: a CUDA build folder (default build-gpu, configured
 #                                  and built here when missing: needs cmake and nvcc)
-# Logs and a summary go to $OUT (default /tmp/cuda_check). Every step is bounded and a
+# Logs and a summary go to $OUT (default /tmp/cuda_check), model files to $WORK. Every step is bounded and a
 # failing step does not stop the next.
 set -u
 cd "$(dirname "$0")/.."
 BIN=${1:-build-gpu}
 OUT=${OUT:-/tmp/cuda_check}
-mkdir -p "$OUT"
+W=${WORK:-/tmp/cuda_check_models} # model files, kept out of $OUT
+mkdir -p "$OUT" "$W"
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 S=$OUT/summary.txt
 : > "$S"
@@ -36,7 +37,7 @@ if [ ! -x "$BIN/tests/test_cuda" ]; then
   step build 400 bash -c "cmake -S . -B $BIN -DTNN_CUDA=ON -DTNN_CUDA_EMU=OFF -DCMAKE_CUDA_ARCHITECTURES='80;90' && cmake --build $BIN -j$(nproc)"
 fi
 # The tests find their data by the absolute path they were built with.
-DATA=$(strings "$BIN/tests/test_arch_cuda" 2>/dev/null | grep -m1 '/tests/data$' || true)
+DATA=$(grep -aoE '/[[:alnum:]_./-]*/tests/data' "$BIN/tests/test_arch_cuda" 2>/dev/null | head -n 1)
 if [ -n "$DATA" ] && [ ! -d "$DATA" ]; then
   ROOT=$(dirname "$(dirname "$DATA")")
   mkdir -p "$(dirname "$ROOT")" && ln -s "$PWD" "$ROOT" 2>/dev/null || true
@@ -50,7 +51,7 @@ TNN_CUDA_GEMM=own step test_cuda_owngemm 120 "$BIN/tests/test_cuda"
 
 note "== the demo model: 200 steps on the CPU and on the GPU, same data and seed"
 DOCS="README.md docs/ARCHITECTURE.md docs/PERFORMANCE.md"
-step train_cpu 240 "$BIN/tnn" train $DOCS --steps 200 --eval-every 50 --sample-len 0 --log "$OUT/cpu.csv" --checkpoint "$OUT/ck.gguf"
+step train_cpu 240 "$BIN/tnn" train $DOCS --steps 200 --eval-every 50 --sample-len 0 --log "$OUT/cpu.csv" --checkpoint "$W/ck.gguf"
 step train_cuda 240 "$BIN/tnn" train $DOCS --steps 200 --eval-every 50 --sample-len 0 --log "$OUT/cuda.csv" --cuda
 if [ -f "$OUT/cpu.csv" ] && [ -f "$OUT/cuda.csv" ]; then
   paste -d, "$OUT/cpu.csv" "$OUT/cuda.csv" | awk -F, 'NR > 1 { d = $2 - $8; if (d < 0) d = -d; r = d / $2; if (r > w) { w = r; s = $1 } }
@@ -58,9 +59,9 @@ if [ -f "$OUT/cpu.csv" ] && [ -f "$OUT/cuda.csv" ]; then
   note "cpu  last: $(tail -n 1 "$OUT/cpu.csv")"
   note "cuda last: $(tail -n 1 "$OUT/cuda.csv")"
 fi
-if [ -f "$OUT/ck.gguf" ]; then
-  step sample_cpu 60 "$BIN/tnn" sample -m "$OUT/ck.gguf" --prompt "The " -n 64 --temp 0
-  step sample_cuda 60 "$BIN/tnn" sample -m "$OUT/ck.gguf" --prompt "The " -n 64 --temp 0 --cuda
+if [ -f "$W/ck.gguf" ]; then
+  step sample_cpu 60 "$BIN/tnn" sample -m "$W/ck.gguf" --prompt "The " -n 64 --temp 0
+  step sample_cuda 60 "$BIN/tnn" sample -m "$W/ck.gguf" --prompt "The " -n 64 --temp 0 --cuda
   if cmp -s "$OUT/sample_cpu.log" "$OUT/sample_cuda.log"; then note "greedy sample: identical"; else note "greedy sample: DIFFERS"; fi
 fi
 
@@ -72,10 +73,10 @@ python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null && TORCH
 TNN_TORCH_BENCH="$TORCH" step bench_train_cuda 240 "$BIN/bench/bench_train" all --cuda
 cat "$OUT/bench_train_cuda.log" >> "$S"
 # A SmolLM2-135M-shaped model (30 layers, 576 wide, 9 heads / 3 KV, FF 1536; byte vocabulary)
-step smol_make 200 bash -c "'$BIN/tnn' train $DOCS --layers 30 --dim 576 --heads 9 --kv-heads 3 --ff 1536 --seq 128 --batch 4 --steps 2 --eval-every 0 --sample-len 0 --checkpoint '$OUT/smol.gguf' --cuda && '$BIN/tnn' quantize '$OUT/smol.gguf' '$OUT/smol-q4_1.gguf' q4_1"
-if [ -f "$OUT/smol-q4_1.gguf" ]; then
-  step gen_cpu 120 "$BIN/bench/bench_generate" "$OUT/smol-q4_1.gguf"
-  step gen_cuda 120 "$BIN/bench/bench_generate" "$OUT/smol-q4_1.gguf" --cuda
+step smol_make 200 bash -c "'$BIN/tnn' train $DOCS --layers 30 --dim 576 --heads 9 --kv-heads 3 --ff 1536 --seq 128 --batch 4 --steps 2 --eval-every 0 --sample-len 0 --checkpoint '$W/smol.gguf' --cuda && '$BIN/tnn' quantize '$W/smol.gguf' '$W/smol-q4_1.gguf' q4_1"
+if [ -f "$W/smol-q4_1.gguf" ]; then
+  step gen_cpu 120 "$BIN/bench/bench_generate" "$W/smol-q4_1.gguf"
+  step gen_cuda 120 "$BIN/bench/bench_generate" "$W/smol-q4_1.gguf" --cuda
   cat "$OUT/gen_cpu.log" "$OUT/gen_cuda.log" >> "$S"
 fi
 
