@@ -42,6 +42,9 @@ __global__ void k_rope(const float *x, float *o, const int32_t *pos, const float
 /* Warp helpers                                                             */
 /* ------------------------------------------------------------------------ */
 
+__device__ __forceinline__ float cu_to_float(float x) { return x; }
+__device__ __forceinline__ float cu_to_float(uint16_t h) { return tnn__h2f(h); }
+
 /* A head row's slice held by this lane: v[u] = row[lane + 32 u]. */
 template <typename T>
 __device__ __forceinline__ void cu_load_head(const T *row, int64_t hd, int lane, float v[CU_HD_UNITS]);
@@ -269,6 +272,75 @@ __global__ void k_attn_cached(const float *q, const T *kc, const T *vc, float *o
     cu_store_head(out + i * H * hd + h * hd, hd, lane, acc, 1.0f / l);
 }
 
+/* Decoding (a few rows against a long cache): the keys in chunks of 32, a
+ * warp per (row, head, chunk) and a lane per key, so no warp walks the
+ * context alone. Each chunk gives a partial (max m, sum l, weighted values);
+ * a second kernel merges a row's chunks in ascending order. The host sizes
+ * the grid by the cache's capacity (the position is read on the device);
+ * chunks past a row's last key leave at once. */
+#define SPLIT_ROWS 8
+
+template <typename T>
+__global__ void k_attn_split(const float *q, const T *kc, const T *vc, float *part, int64_t n,
+                             int64_t ctx, int64_t H, int64_t Hkv, int64_t hd, float scale,
+                             int64_t nch, const int32_t *pos, tnn_cu_fault *fault, int node) {
+    int lane = threadIdx.x & 31;
+    int64_t task = (int64_t)blockIdx.x * CU_WARPS + (threadIdx.x >> 5), p = pos[0];
+    if (p < 0 || p + n > ctx) {
+        if (task == 0 && lane == 0) cu_fault(fault, CU_FAULT_CACHE, node, p, p + n - 1, ctx);
+        return;
+    }
+    if (task >= n * H * nch) return;
+    int64_t c = task % nch, h = (task / nch) % H, i = task / (nch * H);
+    int64_t last = p + i, j0 = c * 32, kw = Hkv * hd, kh = h / (H / Hkv);
+    if (j0 > last) return; /* whole warps leave together */
+    int64_t j = j0 + lane;
+    const float *qr = q + i * H * hd + h * hd;
+    float s = -INFINITY;
+    if (j <= last) {
+        const T *kr = kc + j * kw + kh * hd;
+        float acc = 0.0f;
+        for (int64_t d = 0; d < hd; d++) acc += qr[d] * cu_to_float(kr[d]);
+        s = acc * scale;
+    }
+    float m = cu_warp_max(s);
+    float e = j <= last ? expf(s - m) : 0.0f;
+    float l = cu_warp_sum(e);
+    float o[CU_HD_UNITS] = {0};
+    int64_t nk = last - j0 + 1 < 32 ? last - j0 + 1 : 32;
+    for (int jj = 0; jj < 32; jj++) {
+        float pj = __shfl_sync(0xffffffffu, e, jj);
+        if (jj >= nk) continue; /* after the shuffle: every lane took part */
+        float v[CU_HD_UNITS];
+        cu_load_head<T>(vc + (j0 + jj) * kw + kh * hd, hd, lane, v);
+        for (int u = 0; u < CU_HD_UNITS; u++) o[u] += pj * v[u];
+    }
+    float *pr = part + task * (hd + 2);
+    if (lane == 0) {
+        pr[0] = m;
+        pr[1] = l;
+    }
+    cu_store_head(pr + 2, hd, lane, o, 1.0f);
+}
+
+__global__ void k_attn_merge(const float *part, float *out, int64_t n, int64_t H, int64_t hd,
+                             int64_t nch, const int32_t *pos, int64_t ctx) {
+    int lane = threadIdx.x & 31;
+    int64_t task = (int64_t)blockIdx.x * CU_WARPS + (threadIdx.x >> 5), p = pos[0];
+    if (p < 0 || p + n > ctx || task >= n * H) return; /* the fault is the split's to report */
+    int64_t i = task / H, last = p + i;
+    float M = -INFINITY, L = 0.0f, O[CU_HD_UNITS] = {0};
+    for (int64_t c = 0; c * 32 <= last; c++) {
+        const float *pr = part + (task * nch + c) * (hd + 2);
+        float mc = pr[0], mn = fmaxf(M, mc), a = expf(M - mn), b = expf(mc - mn), o[CU_HD_UNITS];
+        cu_load_head<float>(pr + 2, hd, lane, o);
+        L = L * a + pr[1] * b;
+        for (int u = 0; u < CU_HD_UNITS; u++) O[u] = O[u] * a + o[u] * b;
+        M = mn;
+    }
+    cu_store_head(out + i * H * hd + (task % H) * hd, hd, lane, O, 1.0f / L);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Dispatch                                                                 */
 /* ------------------------------------------------------------------------ */
@@ -281,13 +353,31 @@ static int cached(tnn_tensor *t) {
                        (long long)hd, 32 * CU_HD_UNITS);
     float scale = (float)(1.0 / sqrt((double)hd));
     const int32_t *pos = (const int32_t *)t->src[3]->data;
+    int64_t ctx = kc->shape[0];
+    cudaStream_t st = tnn__cu.stream;
+    if (n <= SPLIT_ROWS) {
+        int64_t nch = (ctx + 31) / 32;
+        float *part = (float *)tnn__cu_scratch((size_t)(n * H * nch * (hd + 2)) * sizeof(float));
+        if (!part) return tnn_last_status();
+        unsigned gs = warp_blocks(n * H * nch);
+        if (kc->dtype == TNN_F16)
+            TNN_LAUNCH(k_attn_split<uint16_t>, gs, 32 * CU_WARPS, 0, st, CF(q),
+                       (const uint16_t *)kc->data, (const uint16_t *)vc->data, part, n, ctx, H,
+                       Hkv, hd, scale, nch, pos, tnn__cu.fault, t->id);
+        else
+            TNN_LAUNCH(k_attn_split<float>, gs, 32 * CU_WARPS, 0, st, CF(q), CF(kc), CF(vc), part,
+                       n, ctx, H, Hkv, hd, scale, nch, pos, tnn__cu.fault, t->id);
+        TNN_LAUNCH(k_attn_merge, warp_blocks(n * H), 32 * CU_WARPS, 0, st, (const float *)part,
+                   FP(t), n, H, hd, nch, pos, ctx);
+        return tnn__cu_launched("tnn_attention_cached");
+    }
     unsigned g = warp_blocks(n * H);
     if (kc->dtype == TNN_F16)
-        TNN_LAUNCH(k_attn_cached<uint16_t>, g, 32 * CU_WARPS, 0, tnn__cu.stream, CF(q),
+        TNN_LAUNCH(k_attn_cached<uint16_t>, g, 32 * CU_WARPS, 0, st, CF(q),
                    (const uint16_t *)kc->data, (const uint16_t *)vc->data, FP(t), n,
                    kc->shape[0], H, Hkv, hd, scale, pos, tnn__cu.fault, t->id);
     else
-        TNN_LAUNCH(k_attn_cached<float>, g, 32 * CU_WARPS, 0, tnn__cu.stream, CF(q), CF(kc),
+        TNN_LAUNCH(k_attn_cached<float>, g, 32 * CU_WARPS, 0, st, CF(q), CF(kc),
                    CF(vc), FP(t), n, kc->shape[0], H, Hkv, hd, scale, pos, tnn__cu.fault, t->id);
     return tnn__cu_launched("tnn_attention_cached");
 }
