@@ -430,7 +430,7 @@ static void test_faults(void) {
 }
 
 #ifdef TNN_TEST_EMU
-void tnn__cu_emu_counts(long *launches, long *d2h);
+void tnn__cu_emu_counts(long *launches, long *d2h, long *graphs);
 void tnn__cu_emu_mem_limit(size_t bytes);
 
 /* The emulator counts what reaches the "device": a training step must run
@@ -449,14 +449,16 @@ static void test_emu_traffic(void) {
     int32_t t[8] = {0, 1, 2, 3, 0, 1, 2, 3};
     CHECK_OK(tnn_upload_i32(s, tg, t, 8));
     CHECK_OK(tnn_compute(s));
-    long l0, d0, l1, d1;
-    tnn__cu_emu_counts(&l0, &d0);
-    CHECK_OK(tnn_compute(s));
-    tnn__cu_emu_counts(&l1, &d1);
+    CHECK_OK(tnn_compute(s)); /* the second compute records the plan as a graph */
+    long l0, d0, g0, l1, d1, g1;
+    tnn__cu_emu_counts(&l0, &d0, &g0);
+    CHECK_OK(tnn_compute(s)); /* ... which the third replays */
+    tnn__cu_emu_counts(&l1, &d1, &g1);
     CHECK(l1 - l0 >= 8, "a training step launched %ld kernels", l1 - l0);
+    CHECK(g1 - g0 == 1, "a training step replayed %ld graphs (want 1)", g1 - g0);
     CHECK(d1 - d0 == 2, "a training step made %ld device-to-host copies (want 2: loss, norm)",
           d1 - d0);
-    CHECK(tnn_optimizer_steps(s) == 2, "steps %lld", (long long)tnn_optimizer_steps(s));
+    CHECK(tnn_optimizer_steps(s) == 3, "steps %lld", (long long)tnn_optimizer_steps(s));
 
     tnn__cu_emu_mem_limit(1);
     tnn_tensor *big = tnn_input_2d_f32(s, 64, 64);

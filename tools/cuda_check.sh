@@ -7,7 +7,8 @@
 #
 #   tools/cuda_check.sh [BIN]      BIN: a CUDA build folder (default build-gpu, configured
 #                                  and built here when missing: needs cmake and nvcc)
-# Logs and a summary go to $OUT (default /tmp/cuda_check), model files to $WORK. Every step is bounded and a
+# Logs and a summary go to $OUT (default /tmp/cuda_check), model files to $WORK. ONLY=REGEX
+# runs only the steps whose names match it. Every step is bounded and a
 # failing step does not stop the next.
 set -u
 cd "$(dirname "$0")/.."
@@ -19,8 +20,9 @@ export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH
 S=$OUT/summary.txt
 : > "$S"
 note() { echo "$*" | tee -a "$S"; }
-step() { # name, timeout seconds, command...
+step() { # name, timeout seconds, command... (ONLY=regex runs only the steps it matches)
   local name=$1 t=$2; shift 2
+  if [ -n "${ONLY:-}" ] && ! [[ $name =~ $ONLY ]]; then return 0; fi
   local t0=$SECONDS
   timeout "$t" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?

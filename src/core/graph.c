@@ -15,6 +15,7 @@
 #define ARENA_ALIGN 64
 
 void tnn__release_plan(tnn_session *s) {
+    if (s->backend->release) s->backend->release(s);
     if (s->arena) s->backend->free(s->arena);
     s->arena = NULL;
     s->arena_size = 0;
@@ -231,10 +232,14 @@ int tnn_compute(tnn_session *s) {
     if (tnn__check_session(s, __func__)) return tnn_last_status();
     if (!s->realized)
         return TNN_ERR(TNN_ERR_STATE, "the session has no realized graph: call tnn_realize first");
-    for (int32_t i = 0; i < s->n_plan; i++) {
-        tnn_tensor *t = s->plan[i];
-        int rc = s->backend->run(t);
+    if (s->backend->run_plan) {
+        int rc = s->backend->run_plan(s);
         if (rc != TNN_OK) return rc;
+    } else {
+        for (int32_t i = 0; i < s->n_plan; i++) {
+            int rc = s->backend->run(s->plan[i]);
+            if (rc != TNN_OK) return rc;
+        }
     }
     if (s->backend->finish) {
         int rc = s->backend->finish();

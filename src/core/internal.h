@@ -178,6 +178,11 @@ typedef struct tnn_backend {
      * order (the same value for every run). */
     int (*sqnorm)(tnn_tensor *const *params, int n, double *out);
     int (*update)(const tnn_update *u);
+    /* Runs the session's whole plan (NULL: the engine runs it node by node)
+     * and drops what the backend kept for a plan (s->bstate) when the plan
+     * goes. */
+    int (*run_plan)(tnn_session *s);
+    void (*release)(tnn_session *s);
 } tnn_backend;
 
 extern const tnn_backend tnn__cpu_backend;
@@ -213,6 +218,7 @@ struct tnn_session {
     bool realized;
     void *arena;
     size_t arena_size;
+    void *bstate; /* the backend's own state for the plan (see tnn_backend) */
 
     /* Training: the loss given to tnn_backward, and the optimizer run at
      * the end of every compute (src/core/optimizer.c). */

@@ -40,6 +40,7 @@ void *tnn__cu_scratch(size_t bytes) {
         return NULL;
     }
     tnn__cu.scratch_size = want;
+    tnn__cu.scratch_gen++;
     return tnn__cu.scratch;
 }
 
@@ -64,15 +65,22 @@ enum { BLAS_OP_N = 0, BLAS_OP_T = 1 };
 #if TNN_CUDA_EMULATED
 /* The emulator's cuBLAS: the column-major reference product, so the
  * row-major mapping in tnn__cu_gemm is tested as it runs on a GPU. */
+static cudaStream_t emu_stream;
 static int emu_create(void **h) {
     static int token;
     *h = &token;
     return 0;
 }
-static int emu_set_stream(void *h, cudaStream_t s) { return 0; }
-static int emu_sgemm(void *h, int ta, int tb, int m, int n, int k, const float *alpha,
-                     const float *A, int lda, long long sa, const float *B, int ldb, long long sb,
-                     const float *beta, float *C, int ldc, long long sc, int batch) {
+static int emu_set_stream(void *h, cudaStream_t s) {
+    emu_stream = s;
+    return 0;
+}
+/* One "thread" runs the product, launched on the handle's stream as
+ * cuBLAS's kernels are, so a stream capture records it. */
+static __global__ void k_emu_sgemm(int ta, int tb, int m, int n, int k, float alpha,
+                                   const float *A, int lda, long long sa, const float *B, int ldb,
+                                   long long sb, float beta, float *C, int ldc, long long sc,
+                                   int batch) {
     for (int p = 0; p < batch; p++)
         for (int j = 0; j < n; j++)
             for (int i = 0; i < m; i++) {
@@ -83,8 +91,14 @@ static int emu_sgemm(void *h, int ta, int tb, int m, int n, int k, const float *
                     acc += a * b;
                 }
                 float *c = &C[p * sc + j * ldc + i];
-                *c = *alpha * acc + (*beta != 0.0f ? *beta * *c : 0.0f);
+                *c = alpha * acc + (beta != 0.0f ? beta * *c : 0.0f);
             }
+}
+static int emu_sgemm(void *h, int ta, int tb, int m, int n, int k, const float *alpha,
+                     const float *A, int lda, long long sa, const float *B, int ldb, long long sb,
+                     const float *beta, float *C, int ldc, long long sc, int batch) {
+    TNN_LAUNCH(k_emu_sgemm, 1, 1, 0, emu_stream, ta, tb, m, n, k, *alpha, A, lda, sa, B, ldb, sb,
+               *beta, C, ldc, sc, batch);
     return 0;
 }
 static bool blas_open(void) {
@@ -291,6 +305,74 @@ static int cu_run(tnn_tensor *t) {
     }
 }
 
+/* A plan's CUDA graph: the second compute of a realized plan records its
+ * launches (the first runs them directly and sizes the scratch), every
+ * later one replays the recording in one launch, which spares a decoding
+ * step hundreds of kernel launches. A plan whose capture fails (or with
+ * TNN_CUDA_GRAPHS=0) runs node by node. Kernel arguments are fixed once
+ * realized: positions and the like are read on the device. */
+typedef struct {
+    cudaGraphExec_t exec;
+    unsigned scratch_gen; /* the scratch the recording uses */
+    int runs;
+    bool eager;
+} cu_plan;
+
+static int run_nodes(tnn_session *s) {
+    for (int32_t i = 0; i < s->n_plan; i++) {
+        int rc = cu_run(s->plan[i]);
+        if (rc != TNN_OK) return rc;
+    }
+    return TNN_OK;
+}
+
+static void cu_release(tnn_session *s) {
+    cu_plan *g = (cu_plan *)s->bstate;
+    if (!g) return;
+    if (g->exec) cudaGraphExecDestroy(g->exec);
+    free(g);
+    s->bstate = NULL;
+}
+
+static int cu_run_plan(tnn_session *s) {
+    cu_plan *g = (cu_plan *)s->bstate;
+    if (!g) {
+        g = (cu_plan *)calloc(1, sizeof *g);
+        if (!g) return TNN_ERR(TNN_ERR_NOMEM, "out of memory");
+        const char *e = getenv("TNN_CUDA_GRAPHS");
+        g->eager = e && !strcmp(e, "0");
+        s->bstate = g;
+    }
+    cudaStream_t st = tnn__cu.stream;
+    if (g->exec && g->scratch_gen == tnn__cu.scratch_gen)
+        return tnn__cu_status(cudaGraphLaunch(g->exec, st), "tnn_compute");
+    if (g->exec) { /* the scratch moved: record again */
+        cudaGraphExecDestroy(g->exec);
+        g->exec = NULL;
+    }
+    if (g->eager || g->runs++ == 0) return run_nodes(s);
+    unsigned gen = tnn__cu.scratch_gen;
+    cudaGraph_t graph = NULL;
+    int rc = TNN_ERR_DEVICE;
+    if (cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal) == cudaSuccess) {
+        rc = run_nodes(s);
+        if (cudaStreamEndCapture(st, &graph) != cudaSuccess) rc = TNN_ERR_DEVICE;
+    }
+    if (rc == TNN_OK && gen == tnn__cu.scratch_gen &&
+        cudaGraphInstantiate(&g->exec, graph, 0) == cudaSuccess) {
+        cudaGraphDestroy(graph);
+        g->scratch_gen = gen;
+        return tnn__cu_status(cudaGraphLaunch(g->exec, st), "tnn_compute");
+    }
+    /* not recordable: this plan runs node by node from now on */
+    if (graph) cudaGraphDestroy(graph);
+    g->exec = NULL;
+    g->eager = true;
+    cudaGetLastError();
+    tnn__log(TNN_LOG_DEBUG, "CUDA backend: the plan could not be recorded as a graph");
+    return run_nodes(s);
+}
+
 static bool cu_supports(const tnn_tensor *t) { return t->op > TNN_OP_NONE && t->op < TNN_OP_COUNT; }
 
 /* Waits for the queued nodes; a fault a kernel recorded becomes the
@@ -333,6 +415,8 @@ static const tnn_backend cuda_backend = {
     .finish = cu_finish,
     .sqnorm = tnn__cu_sqnorm,
     .update = tnn__cu_update,
+    .run_plan = cu_run_plan,
+    .release = cu_release,
 };
 
 /* ------------------------------------------------------------------------ */
@@ -379,9 +463,10 @@ extern "C" const tnn_backend *tnn__cuda_backend(void) {
 
 #if TNN_CUDA_EMULATED
 /* Test hooks of the emulator build (tests/test_cuda.c, TNN_TEST_EMU). */
-extern "C" void tnn__cu_emu_counts(long *launches, long *d2h) {
+extern "C" void tnn__cu_emu_counts(long *launches, long *d2h, long *graphs) {
     *launches = tnn_emu_launch_count();
     *d2h = tnn_emu_copy_count(cudaMemcpyDeviceToHost);
+    *graphs = tnn_emu_graph_launch_count();
 }
 extern "C" void tnn__cu_emu_mem_limit(size_t bytes) { tnn_emu_set_mem_limit(bytes); }
 #endif

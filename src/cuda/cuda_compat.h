@@ -20,8 +20,22 @@
 #define TNN_CUDA_EMULATED 0
 #else
 #include "cuda_emu.h"
+
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+/* As on a GPU, the arguments are evaluated and converted to the kernel's
+ * parameter types at the launch: a launch recorded into a graph keeps those
+ * values, not the expressions (which may name dead locals by then). */
+template <class... P, class... A>
+void tnn_emu_launch_args(void (*k)(P...), dim3 grid, dim3 block, size_t smem,
+                         cudaStream_t stream, A &&...a) {
+    std::tuple<std::decay_t<P>...> args(std::forward<A>(a)...);
+    tnn_emu_launch(grid, block, smem, stream, [k, args] { std::apply(k, args); });
+}
 #define TNN_LAUNCH(k, grid, block, smem, stream, ...)                                         \
-    tnn_emu_launch(dim3(grid), dim3(block), (size_t)(smem), (stream), [&] { k(__VA_ARGS__); })
+    tnn_emu_launch_args(k, dim3(grid), dim3(block), (size_t)(smem), (stream), __VA_ARGS__)
 #define TNN_DYN_SMEM(type, name) type *name = reinterpret_cast<type *>(tnn_emu_dyn_smem())
 #define TNN_CUDA_EMULATED 1
 #endif

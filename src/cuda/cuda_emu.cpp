@@ -103,6 +103,27 @@ Device &device() {
     return d;
 }
 
+/* The stream being captured (one at a time), what it recorded, and whether
+ * an illegal call broke the capture. */
+struct Capture {
+    cudaStream_t stream = nullptr;
+    bool active = false, broken = false;
+    std::vector<std::function<void()>> ops;
+};
+Capture &capture() {
+    static Capture c;
+    return c;
+}
+std::atomic<long> g_graph_launches{0};
+
+/* An illegal call during a capture: the capture is broken. */
+bool capture_forbids() {
+    Capture &c = capture();
+    if (!c.active) return false;
+    c.broken = true;
+    return true;
+}
+
 /* The live allocation of `map` that holds address p, or end(). */
 std::map<uintptr_t, size_t>::const_iterator find_alloc(const std::map<uintptr_t, size_t> &map,
                                                        const void *p) {
@@ -681,6 +702,12 @@ void tnn_emu_launch(dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
         record(err);
         return;
     }
+    Capture &cap = capture();
+    if (cap.active && cap.stream == stream) { /* recorded: replayed by cudaGraphLaunch */
+        std::function<void()> copy = body;
+        cap.ops.push_back([=] { tnn_emu_launch(grid, block, smem, stream, copy); });
+        return;
+    }
     Sched &s = sched();
     if (s.body != nullptr) { /* from inside a kernel: no dynamic parallelism */
         record(cudaErrorLaunchFailure);
@@ -745,6 +772,8 @@ const char *cudaGetErrorName(cudaError_t error) {
     case cudaErrorNoDevice: return "cudaErrorNoDevice";
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
     case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
     case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
     }
     return "cudaErrorUnknown";
@@ -761,6 +790,8 @@ const char *cudaGetErrorString(cudaError_t error) {
     case cudaErrorNoDevice: return "no CUDA-capable device is detected";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
     case cudaErrorLaunchFailure: return "unspecified launch failure";
     }
     return "unrecognized error code";
@@ -823,6 +854,8 @@ cudaError_t cudaRuntimeGetVersion(int *version) { return cudaDriverGetVersion(ve
 /* Exactly `size` bytes, so ASan catches a kernel reading one element past
  * the end of a buffer; garbage-filled, as a GPU gives no zeros either. */
 cudaError_t cudaMalloc(void **ptr, size_t size) {
+    if (capture_forbids())
+        return record(cudaErrorStreamCaptureUnsupported);
     if (ptr == nullptr)
         return record(cudaErrorInvalidValue);
     *ptr = nullptr;
@@ -846,6 +879,8 @@ cudaError_t cudaMalloc(void **ptr, size_t size) {
 }
 
 cudaError_t cudaFree(void *ptr) {
+    if (capture_forbids())
+        return record(cudaErrorStreamCaptureUnsupported);
     if (ptr == nullptr)
         return cudaSuccess;
     Device &d = device();
@@ -906,6 +941,15 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t count, cudaMemcpy
                             cudaStream_t stream) {
     if (!stream_ok(device(), stream))
         return record(cudaErrorInvalidResourceHandle);
+    Capture &c = capture();
+    if (c.active && c.stream == stream) {
+        if (kind != cudaMemcpyDeviceToDevice) { /* host memory in a graph: not emulated */
+            c.broken = true;
+            return record(cudaErrorStreamCaptureUnsupported);
+        }
+        c.ops.push_back([=] { copy(dst, src, count, kind); });
+        return cudaSuccess;
+    }
     return copy(dst, src, count, kind);
 }
 
@@ -914,6 +958,11 @@ cudaError_t cudaMemset(void *ptr, int value, size_t count) { return set(ptr, val
 cudaError_t cudaMemsetAsync(void *ptr, int value, size_t count, cudaStream_t stream) {
     if (!stream_ok(device(), stream))
         return record(cudaErrorInvalidResourceHandle);
+    Capture &c = capture();
+    if (c.active && c.stream == stream) {
+        c.ops.push_back([=] { set(ptr, value, count); });
+        return cudaSuccess;
+    }
     return set(ptr, value, count);
 }
 
@@ -956,8 +1005,77 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
 }
 
 cudaError_t cudaDeviceSynchronize() {
+    if (capture_forbids())
+        return record(cudaErrorStreamCaptureUnsupported);
     return t_last_error == cudaErrorLaunchFailure ? cudaErrorLaunchFailure : cudaSuccess;
 }
+
+struct CUgraph_st {
+    std::vector<std::function<void()>> ops;
+};
+struct CUgraphExec_st {
+    std::vector<std::function<void()>> ops;
+};
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode mode) {
+    if (!stream_ok(device(), stream) || stream == nullptr)
+        return record(cudaErrorInvalidResourceHandle);
+    Capture &c = capture();
+    if (c.active)
+        return record(cudaErrorStreamCaptureUnsupported);
+    c.stream = stream;
+    c.active = true;
+    c.broken = false;
+    c.ops.clear();
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t *graph) {
+    Capture &c = capture();
+    if (!c.active || c.stream != stream || graph == nullptr)
+        return record(cudaErrorInvalidValue);
+    c.active = false;
+    *graph = nullptr;
+    if (c.broken) {
+        c.ops.clear();
+        return record(cudaErrorStreamCaptureInvalidated);
+    }
+    *graph = new CUgraph_st{std::move(c.ops)};
+    c.ops.clear();
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t graph,
+                                 unsigned long long flags) {
+    if (exec == nullptr || graph == nullptr)
+        return record(cudaErrorInvalidValue);
+    *exec = new CUgraphExec_st{graph->ops};
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
+    if (exec == nullptr)
+        return record(cudaErrorInvalidValue);
+    if (!stream_ok(device(), stream))
+        return record(cudaErrorInvalidResourceHandle);
+    if (capture().active)
+        return record(cudaErrorStreamCaptureUnsupported);
+    for (const auto &op : exec->ops) op();
+    g_graph_launches++;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+    delete exec;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+    delete graph;
+    return cudaSuccess;
+}
+
+long tnn_emu_graph_launch_count() { return g_graph_launches.load(); }
 
 cudaError_t cudaFuncSetAttribute(const void *func, cudaFuncAttribute attr, int value) {
     bool ok = func != nullptr && attr == cudaFuncAttributeMaxDynamicSharedMemorySize &&

@@ -86,6 +86,8 @@ enum cudaError {
     cudaErrorInvalidDevice = 101,
     cudaErrorInvalidResourceHandle = 400,
     cudaErrorLaunchFailure = 719,
+    cudaErrorStreamCaptureUnsupported = 900,
+    cudaErrorStreamCaptureInvalidated = 901,
 };
 typedef enum cudaError cudaError_t;
 
@@ -145,6 +147,27 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned flags);
 cudaError_t cudaStreamDestroy(cudaStream_t stream);
 cudaError_t cudaStreamSynchronize(cudaStream_t stream);
 cudaError_t cudaDeviceSynchronize();
+
+/* Stream capture and graphs. While a stream captures, launches and async
+ * copies/memsets on it are recorded instead of run (a launch's arguments are
+ * copied: TNN_LAUNCH captures by value); a graph launch replays them in
+ * order. As on a GPU, synchronizing, cudaMalloc or cudaFree during a capture
+ * fail with cudaErrorStreamCaptureUnsupported and invalidate the capture, so
+ * cudaStreamEndCapture then fails with cudaErrorStreamCaptureInvalidated. */
+typedef struct CUgraph_st *cudaGraph_t;
+typedef struct CUgraphExec_st *cudaGraphExec_t;
+enum cudaStreamCaptureMode {
+    cudaStreamCaptureModeGlobal = 0,
+    cudaStreamCaptureModeThreadLocal = 1,
+    cudaStreamCaptureModeRelaxed = 2,
+};
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode mode);
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t *graph);
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t graph,
+                                 unsigned long long flags = 0);
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream);
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec);
+cudaError_t cudaGraphDestroy(cudaGraph_t graph);
 
 /* Checks the attribute and value; launches accept up to 227 KiB of dynamic
  * shared memory anyway, as if every kernel had been raised. */
@@ -282,6 +305,9 @@ size_t tnn_emu_mem_in_use();
  * bytes that succeeded, by direction (cudaMemcpyDefault ones counted under
  * the direction their pointers gave; -1 for a kind out of range). */
 long tnn_emu_launch_count();
+/* Graph launches that ran (each replays its recorded launches, counted
+ * above too). */
+long tnn_emu_graph_launch_count();
 long tnn_emu_copy_count(cudaMemcpyKind kind);
 
 #endif

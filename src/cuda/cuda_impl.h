@@ -30,6 +30,7 @@ typedef struct tnn_cu_state {
     tnn_cu_fault *fault;  /* pinned */
     void *scratch;        /* device scratch, grown on demand, stream-ordered */
     size_t scratch_size;
+    unsigned scratch_gen; /* bumped when the scratch moves (graphs hold its address) */
     int sm_count;
 } tnn_cu_state;
 
