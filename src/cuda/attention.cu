@@ -300,6 +300,7 @@ __global__ void k_attn_split(const float *q, const T *kc, const T *vc, float *pa
     if (j <= last) {
         const T *kr = kc + j * kw + kh * hd;
         float acc = 0.0f;
+CU_UNROLL(8)
         for (int64_t d = 0; d < hd; d++) acc += qr[d] * cu_to_float(kr[d]);
         s = acc * scale;
     }
@@ -307,12 +308,15 @@ __global__ void k_attn_split(const float *q, const T *kc, const T *vc, float *pa
     float e = j <= last ? expf(s - m) : 0.0f;
     float l = cu_warp_sum(e);
     float o[CU_HD_UNITS] = {0};
-    int64_t nk = last - j0 + 1 < 32 ? last - j0 + 1 : 32;
+    /* every lane walks the chunk's 32 value rows (rows past the last key
+     * read the last one with weight 0), so the loads do not wait on each
+     * other */
+CU_UNROLL(4)
     for (int jj = 0; jj < 32; jj++) {
         float pj = __shfl_sync(0xffffffffu, e, jj);
-        if (jj >= nk) continue; /* after the shuffle: every lane took part */
+        int64_t jr = j0 + jj <= last ? j0 + jj : last;
         float v[CU_HD_UNITS];
-        cu_load_head<T>(vc + (j0 + jj) * kw + kh * hd, hd, lane, v);
+        cu_load_head<T>(vc + jr * kw + kh * hd, hd, lane, v);
         for (int u = 0; u < CU_HD_UNITS; u++) o[u] += pj * v[u];
     }
     float *pr = part + task * (hd + 2);
@@ -323,20 +327,27 @@ __global__ void k_attn_split(const float *q, const T *kc, const T *vc, float *pa
     cu_store_head(pr + 2, hd, lane, o, 1.0f);
 }
 
+/* Warp per (row, head): the lanes take the chunks for the maximum and the
+ * normalizer (each a warp reduction in a fixed order), then the head
+ * elements for the weighted sum of the chunks' values. */
 __global__ void k_attn_merge(const float *part, float *out, int64_t n, int64_t H, int64_t hd,
                              int64_t nch, const int32_t *pos, int64_t ctx) {
     int lane = threadIdx.x & 31;
     int64_t task = (int64_t)blockIdx.x * CU_WARPS + (threadIdx.x >> 5), p = pos[0];
     if (p < 0 || p + n > ctx || task >= n * H) return; /* the fault is the split's to report */
-    int64_t i = task / H, last = p + i;
-    float M = -INFINITY, L = 0.0f, O[CU_HD_UNITS] = {0};
-    for (int64_t c = 0; c * 32 <= last; c++) {
-        const float *pr = part + (task * nch + c) * (hd + 2);
-        float mc = pr[0], mn = fmaxf(M, mc), a = expf(M - mn), b = expf(mc - mn), o[CU_HD_UNITS];
+    int64_t i = task / H, nc = (p + i) / 32 + 1;
+    const float *pt = part + task * nch * (hd + 2);
+    float mloc = -INFINITY;
+    for (int64_t c = lane; c < nc; c += 32) mloc = fmaxf(mloc, pt[c * (hd + 2)]);
+    float M = cu_warp_max(mloc), lloc = 0.0f;
+    for (int64_t c = lane; c < nc; c += 32) lloc += pt[c * (hd + 2) + 1] * expf(pt[c * (hd + 2)] - M);
+    float L = cu_warp_sum(lloc), O[CU_HD_UNITS] = {0};
+CU_UNROLL(4)
+    for (int64_t c = 0; c < nc; c++) {
+        const float *pr = pt + c * (hd + 2);
+        float w = expf(pr[0] - M), o[CU_HD_UNITS];
         cu_load_head<float>(pr + 2, hd, lane, o);
-        L = L * a + pr[1] * b;
-        for (int u = 0; u < CU_HD_UNITS; u++) O[u] = O[u] * a + o[u] * b;
-        M = mn;
+        for (int u = 0; u < CU_HD_UNITS; u++) O[u] += w * o[u];
     }
     cu_store_head(out + i * H * hd + (task % H) * hd, hd, lane, O, 1.0f / L);
 }

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 tnn_cu_state tnn__cu;
 
@@ -244,17 +245,25 @@ static void cu_free(void *p) {
     if (p) cudaFree(p);
 }
 
+static bool profiling(void);
+static void prof_copy(int dir, double t0);
+static double now_s(void);
+
 /* Pageable host memory: the copies are synchronous with the host, so the
  * caller's buffer may be reused on return. */
 static int cu_copy_in(void *dst, const void *src, size_t n) {
+    double t0 = now_s();
     cudaError_t e = cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, tnn__cu.stream);
     if (e == cudaSuccess) e = cudaStreamSynchronize(tnn__cu.stream);
+    prof_copy(0, t0);
     return tnn__cu_status(e, "upload");
 }
 
 static int cu_copy_out(void *dst, const void *src, size_t n) {
+    double t0 = now_s();
     cudaError_t e = cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, tnn__cu.stream);
     if (e == cudaSuccess) e = cudaStreamSynchronize(tnn__cu.stream);
+    prof_copy(1, t0);
     return tnn__cu_status(e, "download");
 }
 
@@ -318,10 +327,60 @@ typedef struct {
     bool eager;
 } cu_plan;
 
+/* TNN_CUDA_PROFILE=1: plans run node by node, each waited for and timed
+ * (launch + run + the wait), and the totals per op go to stderr at exit. */
+static struct {
+    double seconds[TNN_OP_COUNT], copy_s[2];
+    long count[TNN_OP_COUNT], copies[2];
+} prof;
+
+static void prof_copy(int dir, double t0) {
+    if (!profiling()) return;
+    prof.copy_s[dir] += now_s() - t0;
+    prof.copies[dir]++;
+}
+
+static void prof_report(void) {
+    double total = 0.0;
+    for (int i = 0; i < TNN_OP_COUNT; i++) total += prof.seconds[i];
+    fprintf(stderr, "tinynn CUDA profile: %.3f s in nodes\n", total);
+    for (int d = 0; d < 2; d++)
+        fprintf(stderr, "  %-22s %8ld copies %9.3f ms %8.2f us each\n", d ? "downloads" : "uploads",
+                prof.copies[d], prof.copy_s[d] * 1e3,
+                prof.copies[d] ? prof.copy_s[d] / prof.copies[d] * 1e6 : 0.0);
+    for (int i = 0; i < TNN_OP_COUNT; i++)
+        if (prof.count[i])
+            fprintf(stderr, "  %-22s %8ld nodes %10.3f ms %8.2f us each\n", tnn__ops[i].name,
+                    prof.count[i], prof.seconds[i] * 1e3, prof.seconds[i] / prof.count[i] * 1e6);
+}
+
+static bool profiling(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("TNN_CUDA_PROFILE");
+        on = e && *e && strcmp(e, "0");
+        if (on) atexit(prof_report);
+    }
+    return on;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 static int run_nodes(tnn_session *s) {
+    bool prof_on = profiling();
     for (int32_t i = 0; i < s->n_plan; i++) {
+        double t0 = prof_on ? now_s() : 0.0;
         int rc = cu_run(s->plan[i]);
         if (rc != TNN_OK) return rc;
+        if (prof_on) {
+            cudaStreamSynchronize(tnn__cu.stream);
+            prof.seconds[s->plan[i]->op] += now_s() - t0;
+            prof.count[s->plan[i]->op]++;
+        }
     }
     return TNN_OK;
 }
@@ -340,7 +399,7 @@ static int cu_run_plan(tnn_session *s) {
         g = (cu_plan *)calloc(1, sizeof *g);
         if (!g) return TNN_ERR(TNN_ERR_NOMEM, "out of memory");
         const char *e = getenv("TNN_CUDA_GRAPHS");
-        g->eager = e && !strcmp(e, "0");
+        g->eager = (e && !strcmp(e, "0")) || profiling();
         s->bstate = g;
     }
     cudaStream_t st = tnn__cu.stream;

@@ -9,6 +9,13 @@
 
 /* A comma inside a macro argument (template arguments of a kernel). */
 #define COMMA ,
+/* Loop unrolling for nvcc (the emulator's compiler ignores it). */
+#define CU_PRAGMA(x) _Pragma(#x)
+#ifdef __CUDACC__
+#define CU_UNROLL(n) CU_PRAGMA(unroll n)
+#else
+#define CU_UNROLL(n)
+#endif
 
 #ifdef __CUDACC__
 #include <cuda_runtime.h>

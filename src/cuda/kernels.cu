@@ -471,9 +471,44 @@ __global__ void k_reduce_to(const float *a, float *o, int64_t n, cu_dims os, cu_
     }
 }
 
+/* reduce_to's common case, a gradient summed over leading rows (out[j] =
+ * sum over r of a[r * inner + j]): blocks of 32 columns x 8 row slices,
+ * each thread a slice's rows in order, then the 8 slices in order. */
+__global__ void k_reduce_rows(const float *a, float *o, int64_t outer, int64_t inner) {
+    __shared__ double sh[8][33];
+    int cx = threadIdx.x & 31, sy = threadIdx.x >> 5;
+    int64_t j = (int64_t)blockIdx.x * 32 + cx;
+    double s = 0.0;
+    if (j < inner)
+        for (int64_t r = sy; r < outer; r += 8) s += a[r * inner + j];
+    sh[sy][cx] = s;
+    __syncthreads();
+    if (sy == 0 && j < inner) {
+        double t = sh[0][cx];
+        for (int k = 1; k < 8; k++) t += sh[k][cx];
+        o[j] = (float)t;
+    }
+}
+
+/* Whether t's shape (leading 1s aside) is a's trailing shape. */
+static bool trailing_shape(const tnn_tensor *t, const tnn_tensor *a) {
+    int lead = 0;
+    while (lead < t->ndim - 1 && t->shape[lead] == 1) lead++;
+    if (t->ndim - lead > a->ndim) return false;
+    for (int i = lead; i < t->ndim; i++)
+        if (t->shape[i] != a->shape[a->ndim - t->ndim + i]) return false;
+    return true;
+}
+
 int tnn__cu_reduce(tnn_tensor *t) {
     const tnn_tensor *a = t->src[0];
     cudaStream_t st = tnn__cu.stream;
+    if (t->op == TNN_OP_REDUCE_TO && t->nelem > 1 && trailing_shape(t, a)) {
+        int64_t inner = t->nelem;
+        TNN_LAUNCH(k_reduce_rows, (unsigned)((inner + 31) / 32), 256, 0, st, CF(a), FP(t),
+                   a->nelem / inner, inner);
+        return tnn__cu_launched("reduce_to");
+    }
     if (t->op == TNN_OP_REDUCE_TO) {
         cu_dims os = cu_shape4(t), as = cu_shape4(a), ast;
         int64_t acc = 1, R = 1;
