@@ -20,11 +20,12 @@ typedef struct {
     int M, K, N;
 } shape;
 
-static double tnn_gflops(int M, int K, int N, int flags, int reps) {
+static double tnn_gflops(int M, int K, int N, int flags, int reps, bool bf16) {
     tnn_session *s = tnn_session_new(1);
     int64_t sa[2] = {flags == 2 ? K : M, flags == 2 ? M : K};
     int64_t sb[2] = {flags == 1 ? N : K, flags == 1 ? K : N};
-    tnn_tensor *a = tnn_tensor_new(s, TNN_F32, 2, sa), *b = tnn_tensor_new(s, TNN_F32, 2, sb);
+    tnn_tensor *a = tnn_tensor_new(s, TNN_F32, 2, sa);
+    tnn_tensor *b = tnn_tensor_new(s, bf16 ? TNN_BF16 : TNN_F32, 2, sb);
     tnn_tensor *c = flags == 0 ? tnn_matmul_nn(s, a, b)
                     : flags == 1 ? tnn_matmul_nt(s, a, b)
                                  : tnn_matmul_tn(s, a, b);
@@ -47,23 +48,30 @@ static double tnn_gflops(int M, int K, int N, int flags, int reps) {
     return 2.0 * M * K * N / best * 1e-9;
 }
 
-static double cublas_gflops(int M, int K, int N, int flags, int reps) {
+/* bf16: both operands bf16 (cublasGemmEx, f32 compute and result). */
+static double cublas_gflops(int M, int K, int N, int flags, int reps, bool bf16) {
     cublasHandle_t h;
     float *A, *B, *C;
+    size_t es = bf16 ? 2 : sizeof(float);
     if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) return 0.0;
-    cudaMalloc((void **)&A, (size_t)M * K * sizeof(float));
-    cudaMalloc((void **)&B, (size_t)K * N * sizeof(float));
+    cudaMalloc((void **)&A, (size_t)M * K * es);
+    cudaMalloc((void **)&B, (size_t)K * N * es);
     cudaMalloc((void **)&C, (size_t)M * N * sizeof(float));
-    cudaMemset(A, 0, (size_t)M * K * sizeof(float));
-    cudaMemset(B, 0, (size_t)K * N * sizeof(float));
+    cudaMemset(A, 0, (size_t)M * K * es);
+    cudaMemset(B, 0, (size_t)K * N * es);
     float one = 1.0f, zero = 0.0f;
     bool ta = flags == 2, tb = flags == 1;
     /* row-major C = op(A) op(B) as column-major C^T = op(B)^T op(A)^T */
     double best = 1e30;
     for (int r = 0; r <= reps; r++) {
         double t0 = bench_now();
-        cublasSgemm(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K,
-                    &one, B, tb ? K : N, A, ta ? M : K, &zero, C, N);
+        if (bf16)
+            cublasGemmEx(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M,
+                         K, &one, B, CUDA_R_16BF, tb ? K : N, A, CUDA_R_16BF, ta ? M : K, &zero, C,
+                         CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        else
+            cublasSgemm(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M,
+                        K, &one, B, tb ? K : N, A, ta ? M : K, &zero, C, N);
         cudaDeviceSynchronize();
         double dt = bench_now() - t0;
         if (r > 0 && dt < best) best = dt;
@@ -92,21 +100,30 @@ int main(void) {
     const char *path = TNN_BENCH_RESULTS "/cuda_gemm.json";
     FILE *json = bench_json_open(path, "bench_cuda");
     if (json) fprintf(json, "  \"gpu\": \"%s\",\n  \"results\": [\n", prop.name);
-    printf("f32 GEMM on %s: GFLOP/s tinynn / cuBLAS (ratio), best of 20\n", prop.name);
     int first = 1;
-    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
-        const shape *s = &shapes[i];
-        printf("%5dx%5dx%5d", s->M, s->K, s->N);
-        for (int f = 0; f < 3; f++) {
-            double t = tnn_gflops(s->M, s->K, s->N, f, 20), c = cublas_gflops(s->M, s->K, s->N, f, 20);
-            printf("  %s %7.0f/%7.0f (%.2f)", cases[f], t, c, t / c);
-            if (json)
-                fprintf(json, "%s    {\"M\": %d, \"K\": %d, \"N\": %d, \"case\": \"%s\", "
-                              "\"tinynn_gflops\": %.1f, \"cublas_gflops\": %.1f}",
-                        first ? "" : ",\n", s->M, s->K, s->N, cases[f], t, c);
-            first = 0;
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+        printf("%s GEMM on %s: GFLOP/s tinynn / cuBLAS (ratio), best of 20%s\n",
+               bf16 ? "bf16" : "f32", prop.name,
+               bf16 ? " (tinynn: f32 activations rounded on the device, bf16 weights; cuBLAS: "
+                      "both bf16)"
+                    : "");
+        for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
+            const shape *s = &shapes[i];
+            printf("%5dx%5dx%5d", s->M, s->K, s->N);
+            for (int f = 0; f < 3; f++) {
+                double t = tnn_gflops(s->M, s->K, s->N, f, 20, bf16);
+                double c = cublas_gflops(s->M, s->K, s->N, f, 20, bf16);
+                printf("  %s %7.0f/%7.0f (%.2f)", cases[f], t, c, t / c);
+                if (json)
+                    fprintf(json, "%s    {\"type\": \"%s\", \"M\": %d, \"K\": %d, \"N\": %d, "
+                                  "\"case\": \"%s\", \"tinynn_gflops\": %.1f, "
+                                  "\"cublas_gflops\": %.1f}",
+                            first ? "" : ",\n", bf16 ? "bf16" : "f32", s->M, s->K, s->N, cases[f],
+                            t, c);
+                first = 0;
+            }
+            printf("\n");
         }
-        printf("\n");
     }
     /* device memory bandwidth: the bound of memory-bound kernels */
     size_t bytes = (size_t)1 << 30;

@@ -216,6 +216,8 @@ static void test_ops(void) {
     twin("own GEMM: matmul_tn", b_mm_tn, tn, 2, true, 1e-5);
     in_spec big[2] = {P(2, 70, 33), P(2, 130, 33)};
     twin("own GEMM: 70 x 33 x 130 (several tiles)", b_mm_nt, big, 2, true, 1e-5);
+    in_spec bfo[2] = {P(2, 5, 16), {TNN_BF16, 2, {7, 16}, 0, false}};
+    twin("own GEMM: bf16 weights widened", b_mm_nt, bfo, 2, true, 5e-3);
     unsetenv("TNN_CUDA_GEMM");
     /* bf16 weights: the GPU widens them and multiplies in f32; a CPU with
      * AVX512_BF16 also rounds the activations to bf16 (2^-9 relative each) */
@@ -394,6 +396,37 @@ static void test_kv(void) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* The seed's protocol: host scratch slots, tnn_upload/tnn_download, and    */
+/* the scratch kernels, on a CUDA session as on the CPU                     */
+/* ------------------------------------------------------------------------ */
+
+static void seed_run(int cuda, double *out) {
+    tnn_session *s = tnn_session_new(cuda);
+    tnn_tensor *x = tnn_input_2d_f32(s, 2, 3), *w = tnn_input_2d_f32(s, 4, 3);
+    tnn_tensor *y = tnn_gelu(s, tnn_matmul(s, x, w)); /* seed layout: (4, 2) */
+    CHECK_OK(tnn_realize(s, y));
+    for (int i = 0; i < 6; i++) tnn_scratch_set(s, i, 0.25 * i - 0.5);
+    CHECK_OK(tnn_upload(s, x));
+    for (int i = 0; i < 12; i++) tnn_scratch_set(s, i, 0.125 * (i % 5) - 0.25);
+    CHECK_OK(tnn_upload(s, w));
+    CHECK_OK(tnn_compute(s));
+    CHECK_OK(tnn_download(s, y));
+    for (int i = 0; i < 8; i++) out[i] = tnn_scratch_get(s, i);
+    for (int i = 0; i < 8; i++) tnn_scratch_set(s, 8 + i, 1.0 + i);
+    tnn_gelu_back_scratch(s, 8); /* x = the result, dh = 1..8 */
+    for (int i = 0; i < 8; i++) out[8 + i] = tnn_scratch_get(s, 16 + i);
+    tnn_session_free(s);
+}
+
+static void test_seed_protocol(void) {
+    double c[16], g[16];
+    seed_run(0, c);
+    seed_run(1, g);
+    double err = th_err(g, c, 16, 1e-6, 1e-5);
+    CHECK(err <= 1.0, "the seed's scratch protocol on CUDA differs from the CPU: %.3g", err);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Faults and traffic                                                       */
 /* ------------------------------------------------------------------------ */
 
@@ -484,6 +517,7 @@ int main(void) {
     test_optim();
     test_quant();
     test_kv();
+    test_seed_protocol();
     test_faults();
 #ifdef TNN_TEST_EMU
     test_emu_traffic();

@@ -55,13 +55,20 @@ typedef int (*blas_sgemm_sb_fn)(void *, int, int, int, int, int, const float *, 
                                 int, long long, const float *, int, long long, const float *,
                                 float *, int, long long, int);
 
+typedef int (*blas_gemm_ex_fn)(void *, int, int, int, int, int, const void *, const void *, int,
+                               int, long long, const void *, int, int, long long, const void *,
+                               void *, int, int, long long, int, int, int);
+
 static struct {
     blas_create_fn create;
     blas_stream_fn set_stream;
     blas_sgemm_sb_fn sgemm;
+    blas_gemm_ex_fn gemm_ex; /* optional: bf16 products on the tensor cores */
 } blas;
 
 enum { BLAS_OP_N = 0, BLAS_OP_T = 1 };
+/* cudaDataType, cublasComputeType_t and cublasGemmAlgo_t values */
+enum { DT_R_32F = 0, DT_R_16BF = 14, COMPUTE_32F = 68, GEMM_DEFAULT = -1 };
 
 #if TNN_CUDA_EMULATED
 /* The emulator's cuBLAS: the column-major reference product, so the
@@ -102,10 +109,39 @@ static int emu_sgemm(void *h, int ta, int tb, int m, int n, int k, const float *
                *beta, C, ldc, sc, batch);
     return 0;
 }
+/* cublasGemmStridedBatchedEx for bf16 A and B, f32 C and compute. */
+static __global__ void k_emu_gemm_bf16(int ta, int tb, int m, int n, int k, float alpha,
+                                       const uint16_t *A, int lda, long long sa,
+                                       const uint16_t *B, int ldb, long long sb, float beta,
+                                       float *C, int ldc, long long sc, int batch) {
+    for (int p = 0; p < batch; p++)
+        for (int j = 0; j < n; j++)
+            for (int i = 0; i < m; i++) {
+                float acc = 0.0f;
+                for (int l = 0; l < k; l++) {
+                    uint16_t a = ta ? A[p * sa + i * lda + l] : A[p * sa + l * lda + i];
+                    uint16_t b = tb ? B[p * sb + l * ldb + j] : B[p * sb + j * ldb + l];
+                    acc += tnn__bf2f(a) * tnn__bf2f(b);
+                }
+                float *c = &C[p * sc + j * ldc + i];
+                *c = alpha * acc + (beta != 0.0f ? beta * *c : 0.0f);
+            }
+}
+static int emu_gemm_ex(void *h, int ta, int tb, int m, int n, int k, const void *alpha,
+                       const void *A, int at, int lda, long long sa, const void *B, int bt,
+                       int ldb, long long sb, const void *beta, void *C, int ct, int ldc,
+                       long long sc, int batch, int compute, int algo) {
+    if (at != DT_R_16BF || bt != DT_R_16BF || ct != DT_R_32F || compute != COMPUTE_32F) return 7;
+    TNN_LAUNCH(k_emu_gemm_bf16, 1, 1, 0, emu_stream, ta, tb, m, n, k, *(const float *)alpha,
+               (const uint16_t *)A, lda, sa, (const uint16_t *)B, ldb, sb, *(const float *)beta,
+               (float *)C, ldc, sc, batch);
+    return 0;
+}
 static bool blas_open(void) {
     blas.create = emu_create;
     blas.set_stream = emu_set_stream;
     blas.sgemm = emu_sgemm;
+    blas.gemm_ex = emu_gemm_ex;
     return true;
 }
 #else
@@ -130,6 +166,7 @@ static bool blas_open(void) {
     blas.create = (blas_create_fn)dlsym(lib, "cublasCreate_v2");
     blas.set_stream = (blas_stream_fn)dlsym(lib, "cublasSetStream_v2");
     blas.sgemm = (blas_sgemm_sb_fn)dlsym(lib, "cublasSgemmStridedBatched");
+    blas.gemm_ex = (blas_gemm_ex_fn)dlsym(lib, "cublasGemmStridedBatchedEx");
     if (!blas.create || !blas.set_stream || !blas.sgemm) {
         tnn__log(TNN_LOG_WARN, "CUDA backend: cuBLAS lacks a needed function");
         return false;
@@ -220,6 +257,27 @@ int tnn__cu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float 
                         (int)N, (int)M, (int)K, &one, B, (int)ldb, sb, A, (int)lda, sa, &zero, C,
                         (int)N, sc, (int)batch);
     if (rc != 0) return TNN_ERR(TNN_ERR_DEVICE, "cuBLAS sgemm failed (status %d)", rc);
+    return tnn__cu_launched("tnn_compute");
+}
+
+/* The same product with bf16 operands (f32 accumulation and result) on
+ * cuBLAS's tensor-core path; TNN_ERR_UNSUPPORTED when this cuBLAS has none
+ * (the caller then widens to f32). */
+int tnn__cu_gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const uint16_t *A,
+                      int64_t lda, int64_t sa, const uint16_t *B, int64_t ldb, int64_t sb,
+                      float *C, int64_t sc, int64_t batch) {
+    const char *e = getenv("TNN_CUDA_GEMM");
+    if (!tnn__cu.blas || !blas.gemm_ex || (e && !strcmp(e, "own"))) return TNN_ERR_UNSUPPORTED;
+    if (M == 0 || N == 0 || batch == 0) return TNN_OK;
+    const int64_t lim = INT32_MAX;
+    if (M > lim || N > lim || K > lim || lda > lim || ldb > lim || batch > lim)
+        return TNN_ERR_UNSUPPORTED;
+    float one = 1.0f, zero = 0.0f;
+    int rc = blas.gemm_ex(tnn__cu.blas, tb ? BLAS_OP_T : BLAS_OP_N, ta ? BLAS_OP_T : BLAS_OP_N,
+                          (int)N, (int)M, (int)K, &one, B, DT_R_16BF, (int)ldb, sb, A, DT_R_16BF,
+                          (int)lda, sa, &zero, C, DT_R_32F, (int)N, sc, (int)batch, COMPUTE_32F,
+                          GEMM_DEFAULT);
+    if (rc != 0) return TNN_ERR(TNN_ERR_DEVICE, "cuBLAS bf16 GEMM failed (status %d)", rc);
     return tnn__cu_launched("tnn_compute");
 }
 

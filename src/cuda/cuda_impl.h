@@ -50,6 +50,13 @@ int tnn__cu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float 
                  int64_t sa, const float *B, int64_t ldb, int64_t sb, float *C, int64_t sc,
                  int64_t batch);
 
+/* The same with bf16 operands on the tensor cores (f32 accumulation and
+ * result); TNN_ERR_UNSUPPORTED (no message) where cuBLAS is missing or has no
+ * such product, for the caller to widen to f32 instead. */
+int tnn__cu_gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const uint16_t *A,
+                      int64_t lda, int64_t sa, const uint16_t *B, int64_t ldb, int64_t sb,
+                      float *C, int64_t sc, int64_t batch);
+
 /* Rows of the GGML-typed matrix w (rows 0..rows-1, or those idx names) as
  * f32 into out (rows x w->shape[1]); a bad index is a fault of `node`. */
 int tnn__cu_dequantize(const tnn_tensor *w, const int32_t *idx, int64_t rows, float *out,

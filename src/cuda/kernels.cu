@@ -629,6 +629,39 @@ __global__ void k_widen_bf16(const uint16_t *src, float *dst, int64_t n) {
     CU_FOR(i, n) dst[i] = tnn__bf2f(src[i]);
 }
 
+__global__ void k_narrow_bf16(const float *src, uint16_t *dst, int64_t n) {
+    CU_FOR(i, n) dst[i] = tnn__f2bf(src[i]);
+}
+
+/* bf16 weights on the tensor cores: the activations rounded to bf16 (as
+ * the CPU's vdpbf16ps path does), f32 accumulation. TNN_ERR_UNSUPPORTED
+ * when cuBLAS cannot: the caller widens the weights instead. */
+static int matmul_bf16(tnn_tensor *t, bool ta, bool tb) {
+    const tnn_tensor *a = t->src[0], *b = t->src[1];
+    uint16_t *a16 = (uint16_t *)tnn__cu_scratch((size_t)a->nelem * sizeof(uint16_t));
+    if (!a16) return tnn_last_status();
+    TNN_LAUNCH(k_narrow_bf16, cu_blocks(a->nelem), CU_THREADS, 0, tnn__cu.stream, CF(a), a16,
+               a->nelem);
+    int64_t ar = a->shape[a->ndim - 2], ac = a->shape[a->ndim - 1];
+    int64_t br = b->shape[b->ndim - 2], bc = b->shape[b->ndim - 1];
+    int64_t M = ta ? ac : ar, K = ta ? ar : ac, N = tb ? br : bc;
+    int64_t abat[2], bbat[2], obat[2];
+    batch2(a, abat);
+    batch2(b, bbat);
+    batch2(t, obat);
+    const uint16_t *B = (const uint16_t *)b->data;
+    for (int64_t i0 = 0; i0 < obat[0]; i0++) {
+        int rc = tnn__cu_gemm_bf16(ta, tb, M, N, K,
+                                   a16 + (abat[0] == 1 ? 0 : i0) * abat[1] * ar * ac, ac,
+                                   abat[1] == 1 ? 0 : ar * ac,
+                                   B + (bbat[0] == 1 ? 0 : i0) * bbat[1] * br * bc, bc,
+                                   bbat[1] == 1 ? 0 : br * bc, FP(t) + i0 * obat[1] * M * N,
+                                   M * N, obat[1]);
+        if (rc) return rc;
+    }
+    return TNN_OK;
+}
+
 /* Decoding: y (N, M) = x (N, K) @ W^T for a GGML-typed W (M, K) and a few
  * rows, reading W once: a warp per weight row, each lane decoding whole
  * blocks (lane, lane + 32, ...) into registers and multiplying them with
@@ -682,6 +715,10 @@ int tnn__cu_matmul(tnn_tensor *t) {
     bool ta = t->iparam[0] & TNN_MM_TA, tb = t->iparam[0] & TNN_MM_TB;
     const float *B = CF(b);
     if (b->dtype == TNN_GGML && a->shape[0] <= QMV_ROWS) return qmatvec(t);
+    if (b->dtype == TNN_BF16) {
+        int rc = matmul_bf16(t, ta, tb);
+        if (rc != TNN_ERR_UNSUPPORTED) return rc;
+    }
     if (b->dtype == TNN_GGML || b->dtype == TNN_BF16) {
         /* weights widened to f32 in the scratch, then the f32 product */
         float *w = (float *)tnn__cu_scratch((size_t)b->nelem * sizeof(float));
