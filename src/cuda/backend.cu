@@ -64,6 +64,7 @@ static struct {
     blas_stream_fn set_stream;
     blas_sgemm_sb_fn sgemm;
     blas_gemm_ex_fn gemm_ex; /* optional: bf16 products on the tensor cores */
+    int (*set_workspace)(void *, void *, size_t); /* optional */
 } blas;
 
 enum { BLAS_OP_N = 0, BLAS_OP_T = 1 };
@@ -167,6 +168,7 @@ static bool blas_open(void) {
     blas.set_stream = (blas_stream_fn)dlsym(lib, "cublasSetStream_v2");
     blas.sgemm = (blas_sgemm_sb_fn)dlsym(lib, "cublasSgemmStridedBatched");
     blas.gemm_ex = (blas_gemm_ex_fn)dlsym(lib, "cublasGemmStridedBatchedEx");
+    blas.set_workspace = (int (*)(void *, void *, size_t))dlsym(lib, "cublasSetWorkspace_v2");
     if (!blas.create || !blas.set_stream || !blas.sgemm) {
         tnn__log(TNN_LOG_WARN, "CUDA backend: cuBLAS lacks a needed function");
         return false;
@@ -566,6 +568,16 @@ static void open_backend(void) {
         blas.set_stream(tnn__cu.blas, tnn__cu.stream) != 0) {
         tnn__cu.blas = NULL;
         tnn__log(TNN_LOG_WARN, "CUDA backend: no cuBLAS; products use tinynn's own GEMM kernel");
+    } else if (blas.set_workspace) {
+        /* products recorded into a CUDA graph cannot allocate: give cuBLAS
+         * its workspace up front (32 MiB, NVIDIA's figure for Hopper) */
+        void *ws = NULL;
+        size_t wsz = (size_t)32 << 20;
+        if (cudaMalloc(&ws, wsz) == cudaSuccess && blas.set_workspace(tnn__cu.blas, ws, wsz) != 0) {
+            cudaFree(ws);
+            tnn__log(TNN_LOG_DEBUG, "CUDA backend: cuBLAS refused a workspace");
+        }
+        cudaGetLastError();
     }
     tnn__log(TNN_LOG_INFO, "CUDA backend: %s (sm_%d%d, %d SMs, %.1f GiB)%s", prop.name,
              prop.major, prop.minor, prop.multiProcessorCount,
