@@ -142,7 +142,14 @@ typedef enum tnn_dtype {
 /* A new session. prefer_cuda = 0: CPU. prefer_cuda = 1: the CUDA backend
  * when it is built in and a device is present, else the CPU (the reason is
  * logged at TNN_LOG_INFO; this never fails). Returns NULL only when memory
- * runs out. */
+ * runs out. On a CUDA session tensors live on the GPU, every op, the
+ * backward graph and the optimizer run there, transfers are copies to and
+ * from the device, and tnn_compute returns once the GPU is done (a bad index
+ * a kernel found is its TNN_ERR_RANGE; GPU failures are TNN_ERR_DEVICE or
+ * TNN_ERR_NOMEM). Results agree with the CPU's to rounding, not bit for
+ * bit. Environment: TNN_CUDA_GRAPHS=0 (no CUDA graphs), TNN_CUDA_GEMM=own
+ * (tinynn's GEMM kernel instead of cuBLAS), TNN_CUBLAS=path (the cuBLAS
+ * library to open), TNN_CUDA_PROFILE=1 (time each node, report at exit). */
 TNN_API tnn_session *tnn_session_new(int prefer_cuda);
 /* Frees the session and every tensor made in it. NULL is a no-op. Using a
  * freed session or its tensors afterwards is refused without touching freed
