@@ -44,6 +44,8 @@ install: all
 	cmake --install $(BUILD)
 
 # Benchmarks (bench/): builds them and runs each; results in bench/results/.
+# bench_cuda (GPU GEMM against cuBLAS) runs in CUDA builds and skips without a
+# GPU; tools/cuda_check.sh runs every GPU benchmark on a GPU machine.
 # Inference runs when models/ has the SmolLM2 file (llama.cpp beside it when
 # llama-cpp-python is installed).
 # OpenBLAS is the peer baseline, loaded at run time when present; as root with
@@ -64,6 +66,8 @@ bench: configure
 	./$(BUILD)/bench/bench_kernels
 	./$(BUILD)/bench/bench_quant
 	./$(BUILD)/bench/bench_train all
+	@if cmake --build $(BUILD) -j$(JOBS) --target bench_cuda >/dev/null 2>&1; then \
+	  ./$(BUILD)/bench/bench_cuda; else echo "bench: no CUDA build; no GPU figures"; fi
 	@if [ -f $(SMOLLM2) ]; then ./$(BUILD)/bench/bench_generate $(SMOLLM2); \
 	  if python3 -c 'import llama_cpp' 2>/dev/null; then python3 tools/llama_speed.py $(SMOLLM2); \
 	  else echo "bench: llama-cpp-python not installed; no llama.cpp figures"; fi; \

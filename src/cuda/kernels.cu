@@ -111,21 +111,27 @@ int tnn__cu_elementwise(tnn_tensor *t) {
 /* Rows: one block per row                                                  */
 /* ------------------------------------------------------------------------ */
 
-__global__ void k_softmax(const float *x, float *y, int64_t cols) {
+/* A row's max (into *mx) and sum of e^(x - max) in double, the
+ * exponentials also stored into y when it is not NULL. */
+__device__ double cu_row_expsum(const float *x, int64_t n, float *y, float *mx) {
     __shared__ float shf[32];
     __shared__ double shd[32];
-    const float *xr = x + blockIdx.x * cols;
-    float *yr = y + blockIdx.x * cols;
-    float mx = -INFINITY;
-    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) mx = fmaxf(mx, xr[j]);
-    mx = cu_block_max(mx, shf);
+    float m = -INFINITY;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) m = fmaxf(m, x[j]);
+    m = cu_block_max(m, shf);
     double s = 0.0;
-    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
-        float e = expf(xr[j] - mx);
-        yr[j] = e;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+        float e = expf(x[j] - m);
+        if (y) y[j] = e;
         s += e;
     }
-    float inv = (float)(1.0 / cu_block_sum(s, shd));
+    *mx = m;
+    return cu_block_sum(s, shd);
+}
+
+__global__ void k_softmax(const float *x, float *y, int64_t cols) {
+    float *yr = y + blockIdx.x * cols, mx;
+    float inv = (float)(1.0 / cu_row_expsum(x + blockIdx.x * cols, cols, yr, &mx));
     for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) yr[j] *= inv;
 }
 
@@ -207,8 +213,6 @@ __global__ void k_layer_norm_back(const float *g, const float *x, float *dx, int
  * dloss / count at the target. */
 __global__ void k_ce_rows(const float *lg, const int32_t *tg, int64_t V, int32_t ign, float *rows,
                           tnn_cu_fault *fault, int node) {
-    __shared__ float shf[32];
-    __shared__ double shd[32];
     int64_t r = blockIdx.x;
     const float *x = lg + r * V;
     int32_t c = tg[r];
@@ -219,12 +223,8 @@ __global__ void k_ce_rows(const float *lg, const int32_t *tg, int64_t V, int32_t
         }
         return;
     }
-    float mx = -INFINITY;
-    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, x[j]);
-    mx = cu_block_max(mx, shf);
-    double s = 0.0;
-    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) s += expf(x[j] - mx);
-    s = cu_block_sum(s, shd);
+    float mx;
+    double s = cu_row_expsum(x, V, NULL, &mx);
     if (threadIdx.x == 0) rows[r] = (float)((double)mx + log(s) - x[c]);
 }
 
@@ -244,8 +244,6 @@ __global__ void k_ce_total(const int32_t *tg, int64_t N, int64_t V, int32_t ign,
 
 __global__ void k_ce_back(const float *lg, const int32_t *tg, const float *dloss, const int *count,
                           int64_t V, int32_t ign, float *d, tnn_cu_fault *fault, int node) {
-    __shared__ float shf[32];
-    __shared__ double shd[32];
     int64_t r = blockIdx.x;
     const float *x = lg + r * V;
     float *dr = d + r * V;
@@ -256,17 +254,8 @@ __global__ void k_ce_back(const float *lg, const int32_t *tg, const float *dloss
         return;
     }
     double scale = *count ? (double)dloss[0] / (double)*count : 0.0;
-    float mx = -INFINITY;
-    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, x[j]);
-    mx = cu_block_max(mx, shf);
-    double s = 0.0;
-    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-        float e = expf(x[j] - mx);
-        dr[j] = e;
-        s += e;
-    }
-    s = cu_block_sum(s, shd);
-    float k = (float)(scale / s);
+    float mx;
+    float k = (float)(scale / cu_row_expsum(x, V, dr, &mx));
     for (int64_t j = threadIdx.x; j < V; j += blockDim.x) dr[j] *= k;
     __syncthreads(); /* the target's element may have been scaled by another thread */
     if (threadIdx.x == 0) dr[c] -= (float)scale;
