@@ -65,6 +65,7 @@ static int argmax(const float *x, int n) {
 }
 
 int main(void) {
+    TH_USE_CUDA("test_llama");
     FILE *probe = fopen(TNN_MODEL_FILE, "rb");
     if (!probe) {
         printf("skipped: %s is absent (run make models)\n", TNN_MODEL_FILE);
