@@ -94,7 +94,7 @@ static tnn_tensor *param(tnn_session *s, param_t *p, int nd, int64_t d0, int64_t
 #define TOL 3e-3
 
 static void test_mlp_cross_entropy(void) {
-    tnn_session *s = tnn_session_new(0);
+    tnn_session *s = tnn_session_new(TH_BACKEND);
     param_t ps[4];
     tnn_tensor *x = param(s, &ps[0], 2, 6, 5, 0);
     tnn_tensor *w1 = param(s, &ps[1], 2, 5, 7, 0);
@@ -111,7 +111,7 @@ static void test_mlp_cross_entropy(void) {
 
 /* A llama-style block: RMSNorm with gain, q k^T softmax v, SwiGLU. */
 static void test_attention_block(void) {
-    tnn_session *s = tnn_session_new(0);
+    tnn_session *s = tnn_session_new(TH_BACKEND);
     param_t ps[7];
     tnn_tensor *x = param(s, &ps[0], 2, 5, 8, 0);
     tnn_tensor *g = param(s, &ps[1], 2, 1, 8, 0);
@@ -134,7 +134,7 @@ static void test_attention_block(void) {
 /* Broadcasting, batched products with a broadcast batch, transpose,
  * reshape, sub, scale, sum, and a parameter read twice (accumulation). */
 static void test_shapes_and_accumulation(void) {
-    tnn_session *s = tnn_session_new(0);
+    tnn_session *s = tnn_session_new(TH_BACKEND);
     param_t ps[5];
     tnn_tensor *a = param(s, &ps[0], 3, 3, 4, 5);
     tnn_tensor *b = param(s, &ps[1], 2, 5, 2, 0);  /* broadcast over the batch */
@@ -154,7 +154,7 @@ static void test_shapes_and_accumulation(void) {
 }
 
 static void test_embedding_path(void) {
-    tnn_session *s = tnn_session_new(0);
+    tnn_session *s = tnn_session_new(TH_BACKEND);
     param_t ps[2];
     tnn_tensor *tab = param(s, &ps[0], 2, 9, 4, 0);
     tnn_tensor *w = param(s, &ps[1], 2, 8, 3, 0);
@@ -170,7 +170,7 @@ static void test_embedding_path(void) {
 }
 
 static void test_unused_param_and_errors(void) {
-    tnn_session *s = tnn_session_new(0);
+    tnn_session *s = tnn_session_new(TH_BACKEND);
     tnn_tensor *a = tnn_input_2d_f32(s, 2, 2), *unused = tnn_input_2d_f32(s, 2, 2);
     tnn_tensor *x = tnn_input_2d_f32(s, 2, 2);
     CHECK_ERR(tnn_backward(s, tnn_sum(s, x)), TNN_ERR_ARG, "no parameter");
@@ -181,7 +181,7 @@ static void test_unused_param_and_errors(void) {
               "no gradient rule");
     tnn_session_free(s);
 
-    s = tnn_session_new(0);
+    s = tnn_session_new(TH_BACKEND);
     a = tnn_input_2d_f32(s, 2, 2);
     unused = tnn_input_2d_f32(s, 2, 2);
     tnn_set_param(a);
@@ -219,7 +219,7 @@ static void ref_rope(double *x, int N, int H, int hd, int T, double base, int mo
 static void test_rope_attention(void) {
     const int B = 2, T = 7, H = 4, Hkv = 2, hd = 6, N = B * T;
     for (int mode = 0; mode <= 1; mode++) {
-        tnn_session *s = tnn_session_new(0);
+        tnn_session *s = tnn_session_new(TH_BACKEND);
         tnn_tensor *q = tnn_input_2d_f32(s, N, H * hd), *k = tnn_input_2d_f32(s, N, Hkv * hd);
         tnn_tensor *v = tnn_input_2d_f32(s, N, Hkv * hd);
         tnn_tensor *qr = tnn_rope(s, q, H, T, 10000.0, mode), *kr = tnn_rope(s, k, Hkv, T, 10000.0, mode);
@@ -270,7 +270,7 @@ static void test_rope_attention(void) {
     }
 
     /* gradients through projections, rope and attention */
-    tnn_session *s = tnn_session_new(0);
+    tnn_session *s = tnn_session_new(TH_BACKEND);
     param_t ps[5];
     const int C = 12;
     tnn_tensor *x = param(s, &ps[0], 2, N, C, 0);
@@ -290,7 +290,7 @@ static void test_rope_attention(void) {
 /* LayerNorm (gain and bias), permute, concat and narrow: forward against
  * references, then gradients by finite differences. */
 static void test_layer_norm_and_shapes(void) {
-    tnn_session *s = tnn_session_new(0);
+    tnn_session *s = tnn_session_new(TH_BACKEND);
     tnn_tensor *x = tnn_input_2d_f32(s, 3, 5), *g = tnn_input_1d_f32(s, 5), *b = tnn_input_1d_f32(s, 5);
     tnn_tensor *ln = tnn_layer_norm(s, x, g, b, 1e-5);
     int axes[2] = {1, 0};
@@ -338,7 +338,7 @@ static void test_layer_norm_and_shapes(void) {
     CHECK_NULL(tnn_permute(s, x, bad), TNN_ERR_ARG, "permutation");
     tnn_session_free(s);
 
-    s = tnn_session_new(0);
+    s = tnn_session_new(TH_BACKEND);
     param_t ps[4];
     tnn_tensor *a = param(s, &ps[0], 3, 2, 3, 4);
     tnn_tensor *gg = param(s, &ps[1], 1, 4, 0, 0);
@@ -361,7 +361,7 @@ static void test_layer_norm_and_shapes(void) {
  * double. */
 static void run_optimizer(int adam, double clip) {
     const int n = 37, steps = 5;
-    tnn_session *s = tnn_session_new(0);
+    tnn_session *s = tnn_session_new(TH_BACKEND);
     tnn_tensor *w = tnn_input_1d_f32(s, n), *c = tnn_input_1d_f32(s, n);
     tnn_set_param(w);
     tnn_tensor *loss = tnn_sum(s, tnn_mul(s, tnn_mul(s, w, w), c));
@@ -434,7 +434,7 @@ typedef struct {
 } quad_t;
 
 static void quad_build(quad_t *q, int n) {
-    q->s = tnn_session_new(0);
+    q->s = tnn_session_new(TH_BACKEND);
     q->w = tnn_input_1d_f32(q->s, n);
     q->c = tnn_input_1d_f32(q->s, n);
     tnn_set_param(q->w);
@@ -480,6 +480,7 @@ static void test_optimizer_resume(void) {
 }
 
 int main(void) {
+    TH_USE_CUDA("test_autograd");
     test_mlp_cross_entropy();
     test_attention_block();
     test_shapes_and_accumulation();

@@ -287,7 +287,7 @@ static void test_binary(void) {
         double *a = th_alloc(na), *b = th_alloc(nb), *got = th_alloc(no), *ref = th_alloc(no);
         th_fill_f32(a, na, 4.0);
         th_fill_f32(b, nb, 4.0);
-        tnn_session *s = tnn_session_new(0);
+        tnn_session *s = tnn_session_new(TH_BACKEND);
         tnn_tensor *ta = leaf(s, sa), *tb = leaf(s, sb), *r[3] = {NULL, NULL, NULL};
         bool ok = ta && tb;
         char what[160];
@@ -322,7 +322,7 @@ static void test_scale(void) {
             size_t n = numel(sh);
             double *x = th_alloc(n), *got = th_alloc(n), *ref = th_alloc(n);
             th_fill_f32(x, n, 100.0);
-            tnn_session *s = tnn_session_new(0);
+            tnn_session *s = tnn_session_new(TH_BACKEND);
             tnn_tensor *tx = leaf(s, sh), *r = tx ? tnn_scale(s, tx, ks[q]) : NULL;
             char what[160];
             snprintf(what, sizeof what, "tnn_scale %s by %g", sstr(sh), ks[q]);
@@ -364,7 +364,7 @@ static void test_gelu_silu(void) {
         double *x = th_alloc(n), *g = th_alloc(n), *si = th_alloc(n), *ref = th_alloc(n),
                *bound = th_alloc(n);
         fill_unary_input(x, n, 8.0);
-        tnn_session *s = tnn_session_new(0);
+        tnn_session *s = tnn_session_new(TH_BACKEND);
         tnn_tensor *tx = leaf(s, sh);
         tnn_tensor *rg = tx ? tnn_gelu(s, tx) : NULL, *rs = tx ? tnn_silu(s, tx) : NULL;
         char wg[160], ws[160];
@@ -454,7 +454,7 @@ static void test_softmax(void) {
         for (size_t r = 0; r < rows; r++)
             fill_row(x + r * cols, cols,
                      cases[c].kind == ROW_MIXED ? (int)(r % ROW_KINDS) : cases[c].kind);
-        tnn_session *s = tnn_session_new(0);
+        tnn_session *s = tnn_session_new(TH_BACKEND);
         tnn_tensor *tx = leaf(s, sh), *ty = tx ? tnn_softmax(s, tx) : NULL;
         char what[160];
         snprintf(what, sizeof what, "tnn_softmax %s, rows %s", sstr(sh),
@@ -497,7 +497,7 @@ static void test_transpose(void) {
         size_t rows = sh.nd == 1 ? 1 : (size_t)sh.d[sh.nd - 2], cols = (size_t)sh.d[sh.nd - 1];
         double *x = th_alloc(n), *got = th_alloc(n), *ref = th_alloc(n);
         th_fill_f32(x, n, 10.0);
-        tnn_session *s = tnn_session_new(0);
+        tnn_session *s = tnn_session_new(TH_BACKEND);
         tnn_tensor *tx = leaf(s, sh), *r = tx ? tnn_transpose(s, tx) : NULL;
         char what[160];
         snprintf(what, sizeof what, "tnn_transpose %s -> %s", sstr(sh), sstr(so));
@@ -542,7 +542,7 @@ static void test_rms_norm(void) {
         th_fill_f32(g, cols, 2.0);
         if (cases[c].zero_row >= 0)
             memset(x + (size_t)cases[c].zero_row * cols, 0, cols * sizeof *x);
-        tnn_session *s = tnn_session_new(0);
+        tnn_session *s = tnn_session_new(TH_BACKEND);
         tnn_tensor *tx = leaf(s, sh), *tg = NULL;
         if (cases[c].gamma == G_VEC) tg = leaf(s, shp(1, (int64_t)cols, 0, 0, 0));
         if (cases[c].gamma == G_ROW) tg = leaf(s, shp(2, 1, (int64_t)cols, 0, 0));
@@ -589,7 +589,7 @@ static void test_get_rows(void) {
         th_fill_f32(tab, V * d, 10.0);
         th_fill_f32(dout, n * d, 10.0);
         fill_indices(idx, n, (int64_t)V);
-        tnn_session *s = tnn_session_new(0);
+        tnn_session *s = tnn_session_new(TH_BACKEND);
         tnn_tensor *tt = tnn_input_2d_f32(s, (int)V, (int)d), *ti = tnn_input_1d_i32(s, (int)n);
         tnn_tensor *td = tnn_input_2d_f32(s, (int)n, (int)d),
                    *tshape = tnn_input_2d_f32(s, (int)V, (int)d);
@@ -644,7 +644,7 @@ static void test_matmul_seed(void) {
                *ref = th_alloc(m * n), *bound = th_alloc(m * n);
         th_fill_f32(a, m * k, 2.0);
         th_fill_f32(b, n * k, 2.0);
-        tnn_session *s = tnn_session_new(0);
+        tnn_session *s = tnn_session_new(TH_BACKEND);
         tnn_tensor *ta = tnn_input_2d_f32(s, (int)m, (int)k),
                    *tb = tnn_input_2d_f32(s, (int)n, (int)k);
         CHECK(ta && tb, "inputs: %s", tnn_last_error());
@@ -779,7 +779,7 @@ static void test_matmul_family(void) {
                    *bound = th_alloc(no);
             th_fill_f32(a, na, 2.0);
             th_fill_f32(b, nb, 2.0);
-            tnn_session *s = tnn_session_new(0);
+            tnn_session *s = tnn_session_new(TH_BACKEND);
             tnn_tensor *ta = leaf(s, sa), *tb = leaf(s, sb);
             tnn_tensor *r = ta && tb ? mm_build(kind, s, ta, tb) : NULL;
             char what[160];
@@ -890,7 +890,7 @@ static void test_grad_gelu_silu(void) {
                *fd = th_alloc(n), *noise = th_alloc(n), *scale = th_alloc(n);
         fill_unary_input(x, n, 6.0);
         th_fill_f32(w, n, 2.0);
-        tnn_session *s = tnn_session_new(0);
+        tnn_session *s = tnn_session_new(TH_BACKEND);
         tnn_tensor *tx = leaf(s, sh), *tw = leaf(s, sh);
         tnn_tensor *rg = tx && tw ? tnn_gelu_back(s, tx, tw) : NULL;
         tnn_tensor *rs = tx && tw ? tnn_silu_back(s, tx, tw) : NULL;
@@ -929,7 +929,7 @@ static void test_grad_softmax(void) {
                *noise = th_alloc(n), *scale = th_alloc(n), *y = th_alloc(n);
         th_fill_f32(x, n, cases[c].mag);
         th_fill_f32(w, n, 2.0);
-        tnn_session *s = tnn_session_new(0);
+        tnn_session *s = tnn_session_new(TH_BACKEND);
         tnn_tensor *tx = leaf(s, sh), *tw = leaf(s, sh);
         tnn_tensor *ty = tx ? tnn_softmax(s, tx) : NULL;
         tnn_tensor *r = ty && tw ? tnn_softmax_back(s, tw, ty) : NULL;
@@ -978,7 +978,7 @@ static void test_grad_rms_norm(void) {
                *noise = th_alloc(n), *scale = th_alloc(n);
         th_fill_f32(x, n, cases[c].mag);
         th_fill_f32(w, n, 2.0);
-        tnn_session *s = tnn_session_new(0);
+        tnn_session *s = tnn_session_new(TH_BACKEND);
         tnn_tensor *tx = leaf(s, sh), *tw = leaf(s, sh);
         tnn_tensor *r = tx && tw ? tnn_rms_norm_back(s, tw, tx, eps) : NULL;
         char what[160];
@@ -1040,7 +1040,7 @@ static void test_grad_get_rows(void) {
         if (V > 3) /* leave row 1 unused: its gradient must be exactly 0 */
             for (size_t i = 0; i < n; i++)
                 if (idx[i] == 1) idx[i] = 2;
-        tnn_session *s = tnn_session_new(0);
+        tnn_session *s = tnn_session_new(TH_BACKEND);
         tnn_tensor *tt = tnn_input_2d_f32(s, (int)V, (int)d), *ti = tnn_input_1d_i32(s, (int)n);
         tnn_tensor *tw = tnn_input_2d_f32(s, (int)n, (int)d);
         CHECK(tt && ti && tw, "inputs: %s", tnn_last_error());
@@ -1127,7 +1127,7 @@ static void test_grad_matmul(void) {
         th_fill_f32(A, na, 2.0);
         th_fill_f32(B, nb, 2.0);
         th_fill_f32(W, nc, 2.0);
-        tnn_session *s = tnn_session_new(0);
+        tnn_session *s = tnn_session_new(TH_BACKEND);
         tnn_tensor *tA = leaf(s, sa), *tB = leaf(s, sb), *tW = leaf(s, sc);
         tnn_tensor *rA = tA && tB && tW ? tnn_matmul_nt(s, tW, tB) : NULL;
         tnn_tensor *rB = tA && tB && tW ? tnn_matmul_tn(s, tA, tW) : NULL;
@@ -1189,7 +1189,7 @@ static void test_chain(void) {
     float *xf = malloc(n * sizeof *xf), *g1 = malloc(n * sizeof *g1), *g2 = malloc(n * sizeof *g2);
     th_fill_f32(x, n, 3.0);
     for (size_t i = 0; i < n; i++) xf[i] = (float)x[i];
-    tnn_session *s = tnn_session_new(0);
+    tnn_session *s = tnn_session_new(TH_BACKEND);
     tnn_tensor *tx = tnn_input_2d_f32(s, R, R), *node = tx, *t_first = NULL, *t_mid = NULL;
     CHECK(tx != NULL, "input: %s", tnn_last_error());
     for (int i = 0; i < STEPS && node; i++) {
@@ -1255,7 +1255,7 @@ static void test_random_graph(void) {
     double *v[NODES];
     bool keep[NODES];
     int n = 0;
-    tnn_session *s = tnn_session_new(0);
+    tnn_session *s = tnn_session_new(TH_BACKEND);
     bool ok = true;
     for (; n < LEAVES && ok; n++) {
         g[n] = (g_node){G_LEAF, -1, -1, 0.0, leaf_shapes[n]};
@@ -1336,6 +1336,7 @@ static void test_random_graph(void) {
 }
 
 int main(void) {
+    TH_USE_CUDA("test_ops");
     const char *v = getenv("TNN_TEST_VERBOSE");
     verbose = v && *v && strcmp(v, "0") != 0;
     th_seed(20240601);
