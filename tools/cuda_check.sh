@@ -47,8 +47,9 @@ fi
 
 note "== CUDA suite"
 step test_cuda 120 "$BIN/tests/test_cuda"
-step test_arch_cuda 120 "$BIN/tests/test_arch_cuda"
-step test_parity_cuda 120 "$BIN/tests/test_parity_cuda"
+for t in test_ops_cuda test_autograd_cuda test_arch_cuda test_parity_cuda test_llama_cuda; do
+  [ -x "$BIN/tests/$t" ] && step $t 120 "$BIN/tests/$t"
+done
 TNN_CUDA_GEMM=own step test_cuda_owngemm 120 "$BIN/tests/test_cuda"
 
 note "== the demo model: 200 steps on the CPU and on the GPU, same data and seed"
