@@ -17,6 +17,7 @@
 
 #include "quant/quant.h"
 
+#include <pthread.h>
 #include <unistd.h>
 
 #define SKIP 77
@@ -292,6 +293,57 @@ static void test_optim(void) {
     }
 }
 
+/* Sessions on two host threads at once (they share the device's stream and
+ * scratch): each gets the parameters a lone run gets, bit for bit. */
+typedef struct {
+    int seed;
+    float w[20];
+    int rc;
+} thread_run;
+
+static void *train_thread(void *p) {
+    thread_run *r = p;
+    tnn_session *s = tnn_session_new(1);
+    tnn_tensor *x = tnn_input_2d_f32(s, 64, 32), *w = tnn_input_2d_f32(s, 20, 32);
+    tnn_tensor *tg = tnn_input_1d_i32(s, 64);
+    tnn_set_param(w);
+    tnn_tensor *loss = tnn_cross_entropy(s, tnn_gelu(s, tnn_matmul_nt(s, x, w)), tg, -1);
+    r->rc = tnn_backward(s, loss);
+    if (!r->rc) r->rc = tnn_optimizer_adamw(s, 0.01, 0.9, 0.999, 1e-8, 0.01);
+    if (!r->rc) r->rc = tnn_realize(s, loss);
+    float xv[64 * 32], wv[20 * 32];
+    int32_t t[64];
+    for (int i = 0; i < 64 * 32; i++) xv[i] = (float)(((i + r->seed) * 37 % 101) - 50) / 50.0f;
+    for (int i = 0; i < 20 * 32; i++) wv[i] = (float)(((i + r->seed) * 53 % 97) - 48) / 96.0f;
+    for (int i = 0; i < 64; i++) t[i] = (i + r->seed) % 20;
+    if (!r->rc) r->rc = tnn_upload_f32(s, x, xv, 64 * 32);
+    if (!r->rc) r->rc = tnn_upload_f32(s, w, wv, 20 * 32);
+    if (!r->rc) r->rc = tnn_upload_i32(s, tg, t, 64);
+    for (int k = 0; k < 6 && !r->rc; k++) r->rc = tnn_compute(s);
+    float all[20 * 32];
+    if (!r->rc) r->rc = tnn_download_f32(s, w, all, 20 * 32);
+    memcpy(r->w, all, sizeof r->w);
+    tnn_session_free(s);
+    return NULL;
+}
+
+static void test_threads(void) {
+    thread_run lone_a = {.seed = 1}, lone_b = {.seed = 2}, a = {.seed = 1}, b = {.seed = 2};
+    train_thread(&lone_a);
+    train_thread(&lone_b);
+    for (int round = 0; round < 3; round++) {
+        pthread_t ta, tb;
+        pthread_create(&ta, NULL, train_thread, &a);
+        pthread_create(&tb, NULL, train_thread, &b);
+        pthread_join(ta, NULL);
+        pthread_join(tb, NULL);
+        CHECK(lone_a.rc == 0 && lone_b.rc == 0 && a.rc == 0 && b.rc == 0,
+              "a threaded run failed: %d %d %d %d", lone_a.rc, lone_b.rc, a.rc, b.rc);
+        CHECK(!memcmp(lone_a.w, a.w, sizeof a.w) && !memcmp(lone_b.w, b.w, sizeof b.w),
+              "sessions trained on two threads at once differ from lone runs (round %d)", round);
+    }
+}
+
 /* ------------------------------------------------------------------------ */
 /* Quantized weights, KV cache                                              */
 /* ------------------------------------------------------------------------ */
@@ -515,6 +567,7 @@ int main(void) {
     }
     test_ops();
     test_optim();
+    test_threads();
     test_quant();
     test_kv();
     test_seed_protocol();

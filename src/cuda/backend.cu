@@ -16,6 +16,18 @@
 
 tnn_cu_state tnn__cu;
 
+/* Sessions on other host threads share the stream, the scratch, the cuBLAS
+ * handle and the fault record: every entry point of the backend holds this
+ * lock, so one session's nodes (or capture, or copy) never interleave with
+ * another's. */
+static pthread_mutex_t cu_mu = PTHREAD_MUTEX_INITIALIZER;
+struct cu_lock {
+    cu_lock() { pthread_mutex_lock(&cu_mu); }
+    ~cu_lock() { pthread_mutex_unlock(&cu_mu); }
+    cu_lock(const cu_lock &) = delete;
+    cu_lock &operator=(const cu_lock &) = delete;
+};
+
 /* ------------------------------------------------------------------------ */
 /* Errors                                                                   */
 /* ------------------------------------------------------------------------ */
@@ -288,6 +300,7 @@ int tnn__cu_gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const u
 /* ------------------------------------------------------------------------ */
 
 static void *cu_alloc(size_t nbytes) {
+    cu_lock held;
     void *p = NULL;
     size_t n = nbytes ? nbytes : 1;
     if (cudaMalloc(&p, n) != cudaSuccess) {
@@ -302,6 +315,7 @@ static void *cu_alloc(size_t nbytes) {
 }
 
 static void cu_free(void *p) {
+    cu_lock held;
     if (p) cudaFree(p);
 }
 
@@ -312,6 +326,7 @@ static double now_s(void);
 /* Pageable host memory: the copies are synchronous with the host, so the
  * caller's buffer may be reused on return. */
 static int cu_copy_in(void *dst, const void *src, size_t n) {
+    cu_lock held;
     double t0 = now_s();
     cudaError_t e = cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, tnn__cu.stream);
     if (e == cudaSuccess) e = cudaStreamSynchronize(tnn__cu.stream);
@@ -320,6 +335,7 @@ static int cu_copy_in(void *dst, const void *src, size_t n) {
 }
 
 static int cu_copy_out(void *dst, const void *src, size_t n) {
+    cu_lock held;
     double t0 = now_s();
     cudaError_t e = cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, tnn__cu.stream);
     if (e == cudaSuccess) e = cudaStreamSynchronize(tnn__cu.stream);
@@ -446,6 +462,7 @@ static int run_nodes(tnn_session *s) {
 }
 
 static void cu_release(tnn_session *s) {
+    cu_lock held;
     cu_plan *g = (cu_plan *)s->bstate;
     if (!g) return;
     if (g->exec) cudaGraphExecDestroy(g->exec);
@@ -454,6 +471,7 @@ static void cu_release(tnn_session *s) {
 }
 
 static int cu_run_plan(tnn_session *s) {
+    cu_lock held;
     cu_plan *g = (cu_plan *)s->bstate;
     if (!g) {
         g = (cu_plan *)calloc(1, sizeof *g);
@@ -497,6 +515,7 @@ static bool cu_supports(const tnn_tensor *t) { return t->op > TNN_OP_NONE && t->
 /* Waits for the queued nodes; a fault a kernel recorded becomes the
  * status, and the record is cleared for the next compute. */
 static int cu_finish(void) {
+    cu_lock held;
     int rc = tnn__cu_status(cudaStreamSynchronize(tnn__cu.stream), "tnn_compute");
     if (rc) return rc;
     tnn_cu_fault f = *tnn__cu.fault;
@@ -522,6 +541,16 @@ static int cu_finish(void) {
     }
 }
 
+static int cu_sqnorm(tnn_tensor *const *params, int n, double *out) {
+    cu_lock held;
+    return tnn__cu_sqnorm(params, n, out);
+}
+
+static int cu_update(const tnn_update *u) {
+    cu_lock held;
+    return tnn__cu_update(u);
+}
+
 static const tnn_backend cuda_backend = {
     .name = "cuda",
     .alloc = cu_alloc,
@@ -532,8 +561,8 @@ static const tnn_backend cuda_backend = {
     .run = cu_run,
     .host_memory = false,
     .finish = cu_finish,
-    .sqnorm = tnn__cu_sqnorm,
-    .update = tnn__cu_update,
+    .sqnorm = cu_sqnorm,
+    .update = cu_update,
     .run_plan = cu_run_plan,
     .release = cu_release,
 };
