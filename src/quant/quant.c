@@ -4,7 +4,6 @@
  * matrix-vector entry point. Layouts and the rounding contract: quant.h.
  */
 #include "quant_impl.h"
-#include "qdot.h"
 
 #include "../core/internal.h"
 #include "../cpu/pool.h"
@@ -261,25 +260,47 @@ int tnn__quantize_row(int type, const float *src, void *dst, int64_t n) {
 /* Activations: x quantized to 8 bits for the integer dot products          */
 /* ------------------------------------------------------------------------ */
 
+static bool is_float_type(int t) { return t == TNN_QT_F32 || t == TNN_QT_F16 || t == TNN_QT_BF16; }
+static bool is_k_type(int t) { return t == TNN_QT_Q4_K || t == TNN_QT_Q5_K || t == TNN_QT_Q6_K; }
+
+static int64_t round64(int64_t v) { return (v + 63) & ~(int64_t)63; }
 
 int64_t tnn__qact_bytes(int wtype, int64_t n) {
     if (tnn__qtype_row_bytes(wtype, n) < 0)
         return -1;
-    if (tnn__qt_is_float(wtype))
+    if (is_float_type(wtype))
         return 0;
-    if (tnn__qt_is_k(wtype)) {
+    if (is_k_type(wtype)) {
         int64_t nb = n / TNN_QK_K;
-        return tnn__round64(n) + tnn__round64(nb * 4) + tnn__round64(nb * 16 * 2);
+        return round64(n) + round64(nb * 4) + round64(nb * 16 * 2);
     }
     int64_t nb = n / TNN_QK;
-    return tnn__round64(n) + 3 * tnn__round64(nb * 4);
+    return round64(n) + 3 * round64(nb * 4);
 }
 
 /* One activation code: v clamped to [-127, 127] (NaN -> -127), rounded half
  * away from zero (= roundf; exact, as a - t is exact below 2^23). */
+static inline int8_t act_code(float v) {
+    v = v > -127.0f ? v : -127.0f;
+    v = v < 127.0f ? v : 127.0f;
+    float a = fabsf(v);
+    int t = (int)a;
+    t += (a - (float)t) >= 0.5f;
+    return (int8_t)(v < 0.0f ? -t : t);
+}
+
 static void act_scalar(const float *x, int64_t nb, int bs, int8_t *q, float *d) {
-    for (int64_t b = 0; b < nb; b++)
-        tnn__act_block(x + b * bs, bs, q + b * bs, d + b);
+    for (int64_t b = 0; b < nb; b++, x += bs, q += bs) {
+        float amax = 0.0f;
+        for (int i = 0; i < bs; i++) {
+            float a = fabsf(x[i]);
+            amax = a > amax ? a : amax; /* NaN ignored */
+        }
+        float db = amax / 127.0f, id = db != 0.0f ? 1.0f / db : 0.0f;
+        d[b] = db;
+        for (int i = 0; i < bs; i++)
+            q[i] = act_code(x[i] * id);
+    }
 }
 
 static const tnn_qkernels *kernels(int id);
@@ -293,17 +314,47 @@ static int prepare(tnn_qact *a, int kernel, int wtype, const float *x, int64_t n
     int64_t bytes = tnn__qact_bytes(wtype, n);
     if (bytes < 0)
         return TNN_ERR_ARG;
-    if (bytes && !work)
-        return TNN_ERR(TNN_ERR_ARG, "NULL workspace");
-    tnn__qact_layout(a, wtype, x, n, work);
+    memset(a, 0, sizeof *a);
+    a->wtype = wtype;
+    a->n = n;
+    a->x = x;
     if (bytes == 0)
         return TNN_OK;
-    int bs = tnn__qt_is_k(wtype) ? TNN_QK_K : TNN_QK;
+    if (!work)
+        return TNN_ERR(TNN_ERR_ARG, "NULL workspace");
+    uint8_t *p = work;
+    a->q = (int8_t *)p;
+    p += round64(n);
+    int bs = is_k_type(wtype) ? TNN_QK_K : TNN_QK;
     int64_t nb = n / bs;
+    a->d = (float *)p;
+    p += round64(nb * 4);
+    if (is_k_type(wtype)) {
+        a->bsum = (int16_t *)p;
+    } else {
+        a->s = (float *)p;
+        p += round64(nb * 4);
+        a->qsum = (int32_t *)p;
+    }
     tnn_qact_fn act = kernels(kernel)->act;
     (act ? act : act_scalar)(x, nb, bs, a->q, a->d);
-    for (int64_t b = 0; b < nb; b++)
-        tnn__act_sums(a, b);
+    for (int64_t b = 0; b < nb; b++) {
+        const int8_t *q = a->q + b * bs;
+        if (bs == TNN_QK) {
+            int32_t sum = 0;
+            for (int i = 0; i < 32; i++)
+                sum += q[i];
+            a->qsum[b] = sum;
+            a->s[b] = a->d[b] * (float)sum;
+        } else {
+            for (int g = 0; g < 16; g++) {
+                int sum = 0;
+                for (int i = 0; i < 16; i++)
+                    sum += q[16 * g + i];
+                a->bsum[16 * b + g] = (int16_t)sum;
+            }
+        }
+    }
     return TNN_OK;
 }
 
@@ -311,10 +362,163 @@ static int prepare(tnn_qact *a, int kernel, int wtype, const float *x, int64_t n
 /* Scalar dot products (the oracle: quant.h states the contract)            */
 /* ------------------------------------------------------------------------ */
 
-/* The scalar twin: each row through qdot.h, which the GPU shares. */
-static void dot_rows(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
-    for (int64_t r = 0; r < rows; r++)
-        y[r] = tnn__qdot_row(a, (const uint8_t *)w + r * rb);
+static float wval(int type, const void *w, int64_t i) {
+    switch (type) {
+    case TNN_QT_F16: return F16(((const uint16_t *)w)[i]);
+    case TNN_QT_BF16: return tnn__bf16_to_f32(((const uint16_t *)w)[i]);
+    default: return ((const float *)w)[i];
+    }
+}
+
+static void dot_float(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
+    for (int64_t r = 0; r < rows; r++) {
+        const void *wr = (const uint8_t *)w + r * rb;
+        float acc[32] = {0};
+        for (int64_t i = 0; i < a->n; i++)
+            acc[i & 31] = fmaf(wval(a->wtype, wr, i), a->x[i], acc[i & 31]);
+        float v[8];
+        for (int l = 0; l < 8; l++)
+            v[l] = (acc[l] + acc[l + 8]) + (acc[l + 16] + acc[l + 24]);
+        y[r] = tnn__qreduce8(v);
+    }
+}
+
+/* The exact integer sum of one 32-element block: q_w codes (offset already
+ * applied by the caller through qsum) times the activation codes. */
+static inline int32_t idot32(const int *q, const int8_t *qx) {
+    int32_t s = 0;
+    for (int i = 0; i < 32; i++)
+        s += q[i] * qx[i];
+    return s;
+}
+
+static void dot_q32(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
+    int64_t nb = a->n / TNN_QK;
+    int type = a->wtype;
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *wr = (const uint8_t *)w + r * rb;
+        float acc[8] = {0};
+        for (int64_t b = 0; b < nb; b++) {
+            int q[32];
+            float dw, mw = 0.0f;
+            int off = 0;
+            bool has_min = false;
+            switch (type) {
+            case TNN_QT_Q8_0: {
+                const tnn_block_q8_0 *B = (const tnn_block_q8_0 *)wr + b;
+                for (int i = 0; i < 32; i++)
+                    q[i] = B->qs[i];
+                dw = F16(B->d);
+                break;
+            }
+            case TNN_QT_Q4_0: {
+                const tnn_block_q4_0 *B = (const tnn_block_q4_0 *)wr + b;
+                for (int i = 0; i < 16; i++) {
+                    q[i] = B->qs[i] & 15;
+                    q[i + 16] = B->qs[i] >> 4;
+                }
+                dw = F16(B->d);
+                off = 8;
+                break;
+            }
+            case TNN_QT_Q4_1: {
+                const tnn_block_q4_1 *B = (const tnn_block_q4_1 *)wr + b;
+                for (int i = 0; i < 16; i++) {
+                    q[i] = B->qs[i] & 15;
+                    q[i + 16] = B->qs[i] >> 4;
+                }
+                dw = F16(B->d);
+                mw = F16(B->m);
+                has_min = true;
+                break;
+            }
+            case TNN_QT_Q5_0: {
+                const tnn_block_q5_0 *B = (const tnn_block_q5_0 *)wr + b;
+                tnn__q5_codes(B->qh, B->qs, q);
+                dw = F16(B->d);
+                off = 16;
+                break;
+            }
+            default: { /* Q5_1 */
+                const tnn_block_q5_1 *B = (const tnn_block_q5_1 *)wr + b;
+                tnn__q5_codes(B->qh, B->qs, q);
+                dw = F16(B->d);
+                mw = F16(B->m);
+                has_min = true;
+                break;
+            }
+            }
+            int32_t s = idot32(q, a->q + 32 * b) - off * a->qsum[b];
+            float p = (dw * a->d[b]) * (float)s;
+            if (has_min)
+                p = p + mw * a->s[b];
+            acc[b & 7] += p;
+        }
+        y[r] = tnn__qreduce8(acc);
+    }
+}
+
+static void dot_q4_K(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
+    int64_t nb = a->n / TNN_QK_K;
+    bool five = a->wtype == TNN_QT_Q5_K;
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *wr = (const uint8_t *)w + r * rb;
+        float acc[8] = {0};
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *scales, *qs, *qh = NULL;
+            uint16_t d16, dmin16;
+            if (five) {
+                const tnn_block_q5_K *B = (const tnn_block_q5_K *)wr + b;
+                scales = B->scales, qs = B->qs, qh = B->qh, d16 = B->d, dmin16 = B->dmin;
+            } else {
+                const tnn_block_q4_K *B = (const tnn_block_q4_K *)wr + b;
+                scales = B->scales, qs = B->qs, d16 = B->d, dmin16 = B->dmin;
+            }
+            const int8_t *qx = a->q + 256 * b;
+            const int16_t *bs = a->bsum + 16 * b;
+            int32_t s1 = 0, s2 = 0;
+            for (int j = 0; j < 8; j++) {
+                int sc, mn;
+                tnn__qk_scale_min(scales, j, &sc, &mn);
+                int32_t sj = 0;
+                for (int l = 0; l < 32; l++) {
+                    int q = tnn__q4k_code(qs, j, l);
+                    if (qh)
+                        q |= ((qh[l] >> j) & 1) << 4;
+                    sj += q * qx[32 * j + l];
+                }
+                s1 += sc * sj;
+                s2 += mn * (bs[2 * j] + bs[2 * j + 1]);
+            }
+            float dx = a->d[b];
+            float p = (F16(d16) * dx) * (float)s1 - (F16(dmin16) * dx) * (float)s2;
+            acc[b & 7] += p;
+        }
+        y[r] = tnn__qreduce8(acc);
+    }
+}
+
+static void dot_q6_K(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
+    int64_t nb = a->n / TNN_QK_K;
+    for (int64_t r = 0; r < rows; r++) {
+        const tnn_block_q6_K *B = (const tnn_block_q6_K *)((const uint8_t *)w + r * rb);
+        float acc[8] = {0};
+        for (int64_t b = 0; b < nb; b++, B++) {
+            const int8_t *qx = a->q + 256 * b;
+            const int16_t *bs = a->bsum + 16 * b;
+            int32_t s1 = 0, s2 = 0;
+            for (int g = 0; g < 16; g++) {
+                int32_t sg = 0;
+                for (int i = 0; i < 16; i++)
+                    sg += tnn__q6k_code(B, 16 * g + i) * qx[16 * g + i];
+                s1 += B->scales[g] * sg;
+                s2 += B->scales[g] * bs[g];
+            }
+            float p = (F16(B->d) * a->d[b]) * (float)(s1 - 32 * s2);
+            acc[b & 7] += p;
+        }
+        y[r] = tnn__qreduce8(acc);
+    }
 }
 
 const tnn_qkernels tnn__qk_scalar = {
@@ -322,17 +526,17 @@ const tnn_qkernels tnn__qk_scalar = {
     .act = act_scalar,
     .dot =
         {
-            [TNN_QT_F32] = dot_rows,
-            [TNN_QT_F16] = dot_rows,
-            [TNN_QT_BF16] = dot_rows,
-            [TNN_QT_Q8_0] = dot_rows,
-            [TNN_QT_Q4_0] = dot_rows,
-            [TNN_QT_Q4_1] = dot_rows,
-            [TNN_QT_Q5_0] = dot_rows,
-            [TNN_QT_Q5_1] = dot_rows,
-            [TNN_QT_Q4_K] = dot_rows,
-            [TNN_QT_Q5_K] = dot_rows,
-            [TNN_QT_Q6_K] = dot_rows,
+            [TNN_QT_F32] = dot_float,
+            [TNN_QT_F16] = dot_float,
+            [TNN_QT_BF16] = dot_float,
+            [TNN_QT_Q8_0] = dot_q32,
+            [TNN_QT_Q4_0] = dot_q32,
+            [TNN_QT_Q4_1] = dot_q32,
+            [TNN_QT_Q5_0] = dot_q32,
+            [TNN_QT_Q5_1] = dot_q32,
+            [TNN_QT_Q4_K] = dot_q4_K,
+            [TNN_QT_Q5_K] = dot_q4_K,
+            [TNN_QT_Q6_K] = dot_q6_K,
         },
     .deq =
         {

@@ -5,7 +5,7 @@
 #ifndef TNN_QUANT_IMPL_H
 #define TNN_QUANT_IMPL_H
 
-#include "qdot.h"
+#include "qdecode.h"
 
 /* y[r] for r < rows: the dot of row r (rows row_bytes apart) with a. */
 typedef void (*tnn_qdot_fn)(const tnn_qact *a, const void *w, size_t row_bytes, int64_t rows,
@@ -31,5 +31,9 @@ extern const tnn_qkernels tnn__qk_scalar;
 extern const tnn_qkernels tnn__qk_avx2;
 #endif
 
+/* The fixed final reduction of 8 partial sums (quant.h contract). */
+static inline float tnn__qreduce8(const float v[8]) {
+    return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+}
 
 #endif
