@@ -405,6 +405,7 @@ static void test_quant(void) {
      * GPU does. One row: the CPU's matrix-vector kernel quantizes the
      * activations to 8 bits, hence the wider tolerance. */
     in_spec five[2] = {F(2, 5, QK), I(5, QM)}, one[2] = {F(2, 1, QK), I(1, QM)};
+    in_spec three[2] = {F(2, 3, QK), I(3, QM)};
     for (qcur = 0; qfile && qcur < NQ; qcur++) {
         char name[64];
         snprintf(name, sizeof name, "quantized %s matmul_nt + get_rows, 5 rows",
@@ -412,6 +413,8 @@ static void test_quant(void) {
         twin(name, b_qmm, five, 2, false, 1e-5);
         snprintf(name, sizeof name, "quantized %s, 1 row", tnn_ggml_type_name(qtypes[qcur]));
         twin(name, b_qmm, one, 2, false, 2e-2);
+        snprintf(name, sizeof name, "quantized %s, 3 rows", tnn_ggml_type_name(qtypes[qcur]));
+        twin(name, b_qmm, three, 2, false, 2e-2);
     }
     tnn_gguf_close(qfile);
     unlink(path);
