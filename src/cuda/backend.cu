@@ -96,20 +96,24 @@ static int emu_set_stream(void *h, cudaStream_t s) {
     emu_stream = s;
     return 0;
 }
-/* One "thread" runs the product, launched on the handle's stream as
- * cuBLAS's kernels are, so a stream capture records it. */
-static __global__ void k_emu_sgemm(int ta, int tb, int m, int n, int k, float alpha,
-                                   const float *A, int lda, long long sa, const float *B, int ldb,
-                                   long long sb, float beta, float *C, int ldc, long long sc,
-                                   int batch) {
+/* One "thread" runs the product (f32, or bf16 operands with f32 sums),
+ * launched on the handle's stream as cuBLAS's kernels are, so a stream
+ * capture records it. */
+static inline float emu_val(float x) { return x; }
+static inline float emu_val(uint16_t x) { return tnn__bf2f(x); }
+
+template <typename T>
+static __global__ void k_emu_gemm(int ta, int tb, int m, int n, int k, float alpha, const T *A,
+                                  int lda, long long sa, const T *B, int ldb, long long sb,
+                                  float beta, float *C, int ldc, long long sc, int batch) {
     for (int p = 0; p < batch; p++)
         for (int j = 0; j < n; j++)
             for (int i = 0; i < m; i++) {
                 float acc = 0.0f;
                 for (int l = 0; l < k; l++) {
-                    float a = ta ? A[p * sa + i * lda + l] : A[p * sa + l * lda + i];
-                    float b = tb ? B[p * sb + l * ldb + j] : B[p * sb + j * ldb + l];
-                    acc += a * b;
+                    T a = ta ? A[p * sa + i * lda + l] : A[p * sa + l * lda + i];
+                    T b = tb ? B[p * sb + l * ldb + j] : B[p * sb + j * ldb + l];
+                    acc += emu_val(a) * emu_val(b);
                 }
                 float *c = &C[p * sc + j * ldc + i];
                 *c = alpha * acc + (beta != 0.0f ? beta * *c : 0.0f);
@@ -118,34 +122,17 @@ static __global__ void k_emu_sgemm(int ta, int tb, int m, int n, int k, float al
 static int emu_sgemm(void *h, int ta, int tb, int m, int n, int k, const float *alpha,
                      const float *A, int lda, long long sa, const float *B, int ldb, long long sb,
                      const float *beta, float *C, int ldc, long long sc, int batch) {
-    TNN_LAUNCH(k_emu_sgemm, 1, 1, 0, emu_stream, ta, tb, m, n, k, *alpha, A, lda, sa, B, ldb, sb,
-               *beta, C, ldc, sc, batch);
+    TNN_LAUNCH(k_emu_gemm<float>, 1, 1, 0, emu_stream, ta, tb, m, n, k, *alpha, A, lda, sa, B,
+               ldb, sb, *beta, C, ldc, sc, batch);
     return 0;
 }
 /* cublasGemmStridedBatchedEx for bf16 A and B, f32 C and compute. */
-static __global__ void k_emu_gemm_bf16(int ta, int tb, int m, int n, int k, float alpha,
-                                       const uint16_t *A, int lda, long long sa,
-                                       const uint16_t *B, int ldb, long long sb, float beta,
-                                       float *C, int ldc, long long sc, int batch) {
-    for (int p = 0; p < batch; p++)
-        for (int j = 0; j < n; j++)
-            for (int i = 0; i < m; i++) {
-                float acc = 0.0f;
-                for (int l = 0; l < k; l++) {
-                    uint16_t a = ta ? A[p * sa + i * lda + l] : A[p * sa + l * lda + i];
-                    uint16_t b = tb ? B[p * sb + l * ldb + j] : B[p * sb + j * ldb + l];
-                    acc += tnn__bf2f(a) * tnn__bf2f(b);
-                }
-                float *c = &C[p * sc + j * ldc + i];
-                *c = alpha * acc + (beta != 0.0f ? beta * *c : 0.0f);
-            }
-}
 static int emu_gemm_ex(void *h, int ta, int tb, int m, int n, int k, const void *alpha,
                        const void *A, int at, int lda, long long sa, const void *B, int bt,
                        int ldb, long long sb, const void *beta, void *C, int ct, int ldc,
                        long long sc, int batch, int compute, int algo) {
     if (at != DT_R_16BF || bt != DT_R_16BF || ct != DT_R_32F || compute != COMPUTE_32F) return 7;
-    TNN_LAUNCH(k_emu_gemm_bf16, 1, 1, 0, emu_stream, ta, tb, m, n, k, *(const float *)alpha,
+    TNN_LAUNCH(k_emu_gemm<uint16_t>, 1, 1, 0, emu_stream, ta, tb, m, n, k, *(const float *)alpha,
                (const uint16_t *)A, lda, sa, (const uint16_t *)B, ldb, sb, *(const float *)beta,
                (float *)C, ldc, sc, batch);
     return 0;

@@ -414,24 +414,27 @@ int tnn__cu_shape(tnn_tensor *t) {
 /* Reductions                                                               */
 /* ------------------------------------------------------------------------ */
 
-/* Whole-tensor sums: SUM_PARTS blocks each sum a fixed share, then one
- * thread adds the shares in order. */
+/* Whole-tensor sums (of values, or of squares): `parts` blocks each sum a
+ * fixed share in double, then one thread adds the shares in order. */
 #define SUM_PARTS 64
 
-__global__ void k_sum_parts(const float *x, int64_t n, double *part) {
+__global__ void k_sum_parts(const float *x, int64_t n, int parts, int square, double *part) {
     __shared__ double sh[32];
     double s = 0.0;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-         i += (int64_t)SUM_PARTS * blockDim.x)
-        s += x[i];
+         i += (int64_t)parts * blockDim.x)
+        s += square ? (double)x[i] * x[i] : (double)x[i];
     s = cu_block_sum(s, sh);
     if (threadIdx.x == 0) part[blockIdx.x] = s;
 }
 
-__global__ void k_sum_final(const double *part, int np, double div, float *out) {
+/* The shares in order, divided by div: into outf (as float) or outd. */
+__global__ void k_sum_final(const double *part, int64_t np, double div, float *outf,
+                            double *outd) {
     double s = 0.0;
-    for (int i = 0; i < np; i++) s += part[i];
-    out[0] = (float)(s / div);
+    for (int64_t i = 0; i < np; i++) s += part[i];
+    if (outf) outf[0] = (float)(s / div);
+    if (outd) *outd = s / div;
 }
 
 /* reduce_to: each output element sums its sources in the source's flat
@@ -512,9 +515,10 @@ int tnn__cu_reduce(tnn_tensor *t) {
     }
     double *part = (double *)tnn__cu_scratch(SUM_PARTS * sizeof(double));
     if (!part) return tnn_last_status();
-    TNN_LAUNCH(k_sum_parts, SUM_PARTS, CU_THREADS, 0, st, CF(a), a->nelem, part);
+    TNN_LAUNCH(k_sum_parts, SUM_PARTS, CU_THREADS, 0, st, CF(a), a->nelem, SUM_PARTS, 0, part);
     double div = t->op == TNN_OP_MEAN ? (double)a->nelem : 1.0;
-    TNN_LAUNCH(k_sum_final, 1, 1, 0, st, (const double *)part, SUM_PARTS, div, FP(t));
+    TNN_LAUNCH(k_sum_final, 1, 1, 0, st, (const double *)part, (int64_t)SUM_PARTS, div, FP(t),
+               (double *)NULL);
     return tnn__cu_launched(tnn__ops[t->op].name);
 }
 
@@ -743,35 +747,20 @@ int tnn__cu_matmul(tnn_tensor *t) {
 /* Optimizer                                                                */
 /* ------------------------------------------------------------------------ */
 
-/* Sum of squares: NORM_PARTS blocks per parameter, each a fixed share, then
- * one thread adds every share in order into pinned memory. */
+/* The clipping norm: each parameter's squares in NORM_PARTS shares (the sum
+ * kernels above), every share added in order. */
 #define NORM_PARTS 32
-
-__global__ void k_sqnorm_parts(const float *g, int64_t n, double *part) {
-    __shared__ double sh[32];
-    double s = 0.0;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-         i += (int64_t)NORM_PARTS * blockDim.x)
-        s += (double)g[i] * g[i];
-    s = cu_block_sum(s, sh);
-    if (threadIdx.x == 0) part[blockIdx.x] = s;
-}
-
-__global__ void k_sqnorm_final(const double *part, int64_t np, double *out) {
-    double s = 0.0;
-    for (int64_t i = 0; i < np; i++) s += part[i];
-    *out = s;
-}
 
 int tnn__cu_sqnorm(tnn_tensor *const *params, int n, double *out) {
     cudaStream_t st = tnn__cu.stream;
     double *part = (double *)tnn__cu_scratch(((size_t)n * NORM_PARTS + 1) * sizeof(double));
     if (!part) return tnn_last_status();
     for (int k = 0; k < n; k++)
-        TNN_LAUNCH(k_sqnorm_parts, NORM_PARTS, CU_THREADS, 0, st, CF(params[k]->grad),
-                   params[k]->nelem, part + (int64_t)k * NORM_PARTS);
+        TNN_LAUNCH(k_sum_parts, NORM_PARTS, CU_THREADS, 0, st, CF(params[k]->grad),
+                   params[k]->nelem, NORM_PARTS, 1, part + (int64_t)k * NORM_PARTS);
     double *res = part + (int64_t)n * NORM_PARTS;
-    TNN_LAUNCH(k_sqnorm_final, 1, 1, 0, st, (const double *)part, (int64_t)n * NORM_PARTS, res);
+    TNN_LAUNCH(k_sum_final, 1, 1, 0, st, (const double *)part, (int64_t)n * NORM_PARTS, 1.0,
+               (float *)NULL, res);
     int rc = tnn__cu_launched("optimizer");
     if (rc) return rc;
     /* the one value the host needs to decide on clipping and skipping */
