@@ -204,7 +204,6 @@ void tnn_set_no_decay(tnn_tensor *t) {
 /* The step                                                                 */
 /* ------------------------------------------------------------------------ */
 
-
 /* The update loops are vectorized (an AVX2 clone where the CPU has it; the
  * same double operations in every clone, so the same bits). */
 TNN_VEC_CLONES static void adamw_range(void *q, int64_t lo, int64_t hi) {
