@@ -7,15 +7,17 @@
 #
 #   tools/cuda_check.sh [BIN]      BIN: a CUDA build folder (default build-gpu, configured
 #                                  and built here when missing: needs cmake and nvcc)
-# Logs and a summary go to $OUT (default /tmp/cuda_check), model files to $WORK. ONLY=REGEX
-# runs only the steps whose names match it. Every step is bounded and a
+# The summary (with the tail of every failing step) and the loss curves go to $OUT (default
+# /tmp/cuda_check); whole logs and model files to $WORK. ONLY=REGEX runs only the steps whose
+# names match it. Every step is bounded and a
 # failing step does not stop the next.
 set -u
 cd "$(dirname "$0")/.."
 BIN=${1:-build-gpu}
 OUT=${OUT:-/tmp/cuda_check}
-W=${WORK:-/tmp/cuda_check_models} # model files, kept out of $OUT
-mkdir -p "$OUT" "$W"
+W=${WORK:-/tmp/cuda_check_models} # model files and whole logs, kept out of $OUT
+L=$W/logs                          # (the device tool returns only a few files)
+mkdir -p "$OUT" "$W" "$L"
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 S=$OUT/summary.txt
 : > "$S"
@@ -24,9 +26,10 @@ step() { # name, timeout seconds, command... (ONLY=regex runs only the steps it 
   local name=$1 t=$2; shift 2
   if [ -n "${ONLY:-}" ] && ! [[ $name =~ $ONLY ]]; then return 0; fi
   local t0=$SECONDS
-  timeout "$t" "$@" > "$OUT/$name.log" 2>&1
+  timeout "$t" "$@" > "$L/$name.log" 2>&1
   local rc=$?
-  note "[$name] rc=$rc ($((SECONDS - t0)) s): $(tail -n 2 "$OUT/$name.log" | tr '\n' ' ' | cut -c1-300)"
+  note "[$name] rc=$rc ($((SECONDS - t0)) s): $(tail -n 2 "$L/$name.log" | tr '\n' ' ' | cut -c1-300)"
+  if [ $rc -ne 0 ] && [ $rc -ne 77 ]; then tail -n 20 "$L/$name.log" | sed 's/^/    /' >> "$S"; fi
 }
 
 note "== machine"
@@ -65,31 +68,34 @@ fi
 if [ -f "$W/ck.gguf" ]; then
   step sample_cpu 60 "$BIN/tnn" sample -m "$W/ck.gguf" --prompt "The " -n 64 --temp 0
   step sample_cuda 60 "$BIN/tnn" sample -m "$W/ck.gguf" --prompt "The " -n 64 --temp 0 --cuda
-  if cmp -s "$OUT/sample_cpu.log" "$OUT/sample_cuda.log"; then note "greedy sample: identical"; else note "greedy sample: DIFFERS"; fi
+  if cmp -s "$L/sample_cpu.log" "$L/sample_cuda.log"; then note "greedy sample: identical"; else note "greedy sample: DIFFERS"; fi
 fi
 
 note "== benchmarks"
 step bench_cuda 180 "$BIN/bench/bench_cuda"
-cat "$OUT/bench_cuda.log" >> "$S"
+cat "$L/bench_cuda.log" 2>/dev/null >> "$S"
 TORCH=""
 python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null && TORCH="python3 $PWD/tools/torch_train_speed.py"
 TNN_TORCH_BENCH="$TORCH" step bench_train_cuda 240 "$BIN/bench/bench_train" all --cuda
-cat "$OUT/bench_train_cuda.log" >> "$S"
+cat "$L/bench_train_cuda.log" 2>/dev/null >> "$S"
 # A SmolLM2-135M-shaped model (30 layers, 576 wide, 9 heads / 3 KV, FF 1536; byte vocabulary)
 step smol_make 200 bash -c "'$BIN/tnn' train $DOCS --layers 30 --dim 576 --heads 9 --kv-heads 3 --ff 1536 --seq 128 --batch 4 --steps 2 --eval-every 0 --sample-len 0 --checkpoint '$W/smol.gguf' --cuda && '$BIN/tnn' quantize '$W/smol.gguf' '$W/smol-q4_1.gguf' q4_1"
 if [ -f "$W/smol-q4_1.gguf" ]; then
   step gen_cpu 120 "$BIN/bench/bench_generate" "$W/smol-q4_1.gguf"
   step gen_cuda 120 "$BIN/bench/bench_generate" "$W/smol-q4_1.gguf" --cuda
-  cat "$OUT/gen_cpu.log" "$OUT/gen_cuda.log" >> "$S"
+  cat "$L/gen_cpu.log" "$L/gen_cuda.log" 2>/dev/null >> "$S"
+  TNN_CUDA_PROFILE=1 step gen_profile 120 "$BIN/bench/bench_generate" "$W/smol-q4_1.gguf" --cuda
+  tail -n 14 "$L/gen_profile.log" 2>/dev/null >> "$S"
 fi
 
 note "== bf16 GEMM on this host's CPU"
 if [ -x "$BIN/tests/test_gemm_bf16" ]; then
   step test_gemm_bf16 120 "$BIN/tests/test_gemm_bf16"
-  grep -i "avx512bf16\|skipped\|passed" "$OUT/test_gemm_bf16.log" | tail -5 >> "$S"
+  grep -i "avx512bf16\|skipped\|passed" "$L/test_gemm_bf16.log" 2>/dev/null | tail -5 >> "$S"
   OB=$(ls "$BIN"/lib/libopenblas.so.0 2>/dev/null)
   [ -n "$OB" ] && export LD_LIBRARY_PATH=$PWD/$BIN/lib:$LD_LIBRARY_PATH
-  step bench_gemm_bf16 150 "$BIN/bench/bench_gemm" --quick
-  tail -n 30 "$OUT/bench_gemm_bf16.log" >> "$S"
+  # OpenBLAS 0.3.21 does not know newer Xeons and falls back to old kernels
+  OPENBLAS_CORETYPE=SkylakeX step bench_gemm_bf16 150 "$BIN/bench/bench_gemm" --quick
+  tail -n 30 "$L/bench_gemm_bf16.log" 2>/dev/null >> "$S"
 fi
 note "== done"
