@@ -264,11 +264,15 @@ int tnn__cu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float 
 /* The same product with bf16 operands (f32 accumulation and result) on
  * cuBLAS's tensor-core path; TNN_ERR_UNSUPPORTED when this cuBLAS has none
  * (the caller then widens to f32). */
+bool tnn__cu_bf16_gemm_ok(void) {
+    const char *e = getenv("TNN_CUDA_GEMM");
+    return tnn__cu.blas && blas.gemm_ex && !(e && !strcmp(e, "own"));
+}
+
 int tnn__cu_gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const uint16_t *A,
                       int64_t lda, int64_t sa, const uint16_t *B, int64_t ldb, int64_t sb,
                       float *C, int64_t sc, int64_t batch) {
-    const char *e = getenv("TNN_CUDA_GEMM");
-    if (!tnn__cu.blas || !blas.gemm_ex || (e && !strcmp(e, "own"))) return TNN_ERR_UNSUPPORTED;
+    if (!tnn__cu_bf16_gemm_ok()) return TNN_ERR_UNSUPPORTED;
     if (M == 0 || N == 0 || batch == 0) return TNN_OK;
     const int64_t lim = INT32_MAX;
     if (M > lim || N > lim || K > lim || lda > lim || ldb > lim || batch > lim)

@@ -56,6 +56,8 @@ int tnn__cu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float 
 int tnn__cu_gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const uint16_t *A,
                       int64_t lda, int64_t sa, const uint16_t *B, int64_t ldb, int64_t sb,
                       float *C, int64_t sc, int64_t batch);
+/* Whether tnn__cu_gemm_bf16 can run (checked before preparing its operands). */
+bool tnn__cu_bf16_gemm_ok(void);
 
 /* Rows of the GGML-typed matrix w (rows 0..rows-1, or those idx names) as
  * f32 into out (rows x w->shape[1]); a bad index is a fault of `node`. */

@@ -611,11 +611,37 @@ int tnn__cu_embed(tnn_tensor *t) {
 /* Products                                                                 */
 /* ------------------------------------------------------------------------ */
 
-/* Batch dims right-aligned to 2 (as matmul.c). */
+/* A batched product's geometry: C (.., M, N) = op(A) @ op(B), the operands'
+ * stored row lengths, and per batch element offsets of the outer and inner
+ * batch dimension (0 where an operand is broadcast); batch dims are
+ * right-aligned to 2 as matmul.c does. */
+typedef struct {
+    int64_t M, N, K, lda, ldb;
+    int64_t outer, inner;     /* the output's batch dims */
+    int64_t a_out, a_in;      /* A's offsets per outer / inner batch index */
+    int64_t b_out, b_in;
+} mm_geom;
+
 static void batch2(const tnn_tensor *t, int64_t out[2]) {
     int nb = t->ndim - 2;
     out[0] = nb >= 2 ? t->shape[nb - 2] : 1;
     out[1] = nb >= 1 ? t->shape[nb - 1] : 1;
+}
+
+static mm_geom mm_geometry(const tnn_tensor *t, bool ta, bool tb) {
+    const tnn_tensor *a = t->src[0], *b = t->src[1];
+    int64_t ar = a->shape[a->ndim - 2], ac = a->shape[a->ndim - 1];
+    int64_t br = b->shape[b->ndim - 2], bc = b->shape[b->ndim - 1];
+    int64_t abat[2], bbat[2], obat[2];
+    batch2(a, abat);
+    batch2(b, bbat);
+    batch2(t, obat);
+    mm_geom g = {ta ? ac : ar, tb ? br : bc, ta ? ar : ac, ac, bc, obat[0], obat[1], 0, 0, 0, 0};
+    g.a_out = abat[0] == 1 ? 0 : abat[1] * ar * ac;
+    g.a_in = abat[1] == 1 ? 0 : ar * ac;
+    g.b_out = bbat[0] == 1 ? 0 : bbat[1] * br * bc;
+    g.b_in = bbat[1] == 1 ? 0 : br * bc;
+    return g;
 }
 
 __global__ void k_widen_bf16(const uint16_t *src, float *dst, int64_t n) {
@@ -630,26 +656,18 @@ __global__ void k_narrow_bf16(const float *src, uint16_t *dst, int64_t n) {
  * the CPU's vdpbf16ps path does), f32 accumulation. TNN_ERR_UNSUPPORTED
  * when cuBLAS cannot: the caller widens the weights instead. */
 static int matmul_bf16(tnn_tensor *t, bool ta, bool tb) {
-    const tnn_tensor *a = t->src[0], *b = t->src[1];
+    if (!tnn__cu_bf16_gemm_ok()) return TNN_ERR_UNSUPPORTED;
+    const tnn_tensor *a = t->src[0];
     uint16_t *a16 = (uint16_t *)tnn__cu_scratch((size_t)a->nelem * sizeof(uint16_t));
     if (!a16) return tnn_last_status();
     TNN_LAUNCH(k_narrow_bf16, cu_blocks(a->nelem), CU_THREADS, 0, tnn__cu.stream, CF(a), a16,
                a->nelem);
-    int64_t ar = a->shape[a->ndim - 2], ac = a->shape[a->ndim - 1];
-    int64_t br = b->shape[b->ndim - 2], bc = b->shape[b->ndim - 1];
-    int64_t M = ta ? ac : ar, K = ta ? ar : ac, N = tb ? br : bc;
-    int64_t abat[2], bbat[2], obat[2];
-    batch2(a, abat);
-    batch2(b, bbat);
-    batch2(t, obat);
-    const uint16_t *B = (const uint16_t *)b->data;
-    for (int64_t i0 = 0; i0 < obat[0]; i0++) {
-        int rc = tnn__cu_gemm_bf16(ta, tb, M, N, K,
-                                   a16 + (abat[0] == 1 ? 0 : i0) * abat[1] * ar * ac, ac,
-                                   abat[1] == 1 ? 0 : ar * ac,
-                                   B + (bbat[0] == 1 ? 0 : i0) * bbat[1] * br * bc, bc,
-                                   bbat[1] == 1 ? 0 : br * bc, FP(t) + i0 * obat[1] * M * N,
-                                   M * N, obat[1]);
+    mm_geom g = mm_geometry(t, ta, tb);
+    const uint16_t *B = (const uint16_t *)t->src[1]->data;
+    for (int64_t i0 = 0; i0 < g.outer; i0++) {
+        int rc = tnn__cu_gemm_bf16(ta, tb, g.M, g.N, g.K, a16 + i0 * g.a_out, g.lda, g.a_in,
+                                   B + i0 * g.b_out, g.ldb, g.b_in, FP(t) + i0 * g.inner * g.M * g.N,
+                                   g.M * g.N, g.inner);
         if (rc) return rc;
     }
     return TNN_OK;
@@ -725,19 +743,11 @@ int tnn__cu_matmul(tnn_tensor *t) {
         if (rc) return rc;
         B = w;
     }
-    int64_t ar = a->shape[a->ndim - 2], ac = a->shape[a->ndim - 1];
-    int64_t br = b->shape[b->ndim - 2], bc = b->shape[b->ndim - 1];
-    int64_t M = ta ? ac : ar, K = ta ? ar : ac, N = tb ? br : bc;
-    int64_t abat[2], bbat[2], obat[2];
-    batch2(a, abat);
-    batch2(b, bbat);
-    batch2(t, obat);
-    for (int64_t i0 = 0; i0 < obat[0]; i0++) {
-        const float *A0 = CF(a) + (abat[0] == 1 ? 0 : i0) * abat[1] * ar * ac;
-        const float *B0 = B + (bbat[0] == 1 ? 0 : i0) * bbat[1] * br * bc;
-        int rc = tnn__cu_gemm(ta, tb, M, N, K, A0, ac, abat[1] == 1 ? 0 : ar * ac, B0, bc,
-                              bbat[1] == 1 ? 0 : br * bc, FP(t) + i0 * obat[1] * M * N, M * N,
-                              obat[1]);
+    mm_geom g = mm_geometry(t, ta, tb);
+    for (int64_t i0 = 0; i0 < g.outer; i0++) {
+        int rc = tnn__cu_gemm(ta, tb, g.M, g.N, g.K, CF(a) + i0 * g.a_out, g.lda, g.a_in,
+                              B + i0 * g.b_out, g.ldb, g.b_in, FP(t) + i0 * g.inner * g.M * g.N,
+                              g.M * g.N, g.inner);
         if (rc) return rc;
     }
     return TNN_OK;
