@@ -5,6 +5,7 @@
  * (tests/data/quant_golden.bin, written by tools/quant_reference.py).
  */
 #include "harness.h"
+#include "quant/qdecode.h"
 #include "quant/quant.h"
 
 #include <float.h>
@@ -783,6 +784,31 @@ static void test_golden(void) {
     free(buf);
 }
 
+/* The GPU's eight-value decoder (tnn__deq_part) against the whole-block
+ * decoder, bit for bit, for every part of random blocks of each block type. */
+static void test_parts(void) {
+    for (int ti = 0; ti < N_TYPES; ti++) {
+        int type = all_types[ti];
+        const tnn_qtype_info *t = tnn__qtype(type);
+        if (t->block == 1) continue;
+        int nb = 16, bad = 0, split = tnn__part_split(type);
+        uint8_t *w = xmalloc((size_t)(nb * t->block_bytes));
+        random_rows(type, w, 1, (int64_t)nb * t->block);
+        for (int k = 0; k < nb; k++) {
+            float whole[256], part[8];
+            tnn__deq_block(type, w, k, whole);
+            for (int p = 0; p < t->block / 8; p++) {
+                tnn__deq_part(type, w, k, p, part);
+                for (int i = 0; i < 8; i++)
+                    bad += !same(part[i], whole[tnn__part_elem(split, p, i)]);
+            }
+        }
+        CHECK(bad == 0, "%s: %d of %d part values differ from the block decoder", t->name, bad,
+              nb * t->block);
+        free(w);
+    }
+}
+
 int main(void) {
     printf("test_quant: default kernel %s\n", tnn__quant_kernel_name(tnn__quant_get_kernel()));
     test_table();
@@ -794,5 +820,6 @@ int main(void) {
     test_kernels();
     test_threads();
     test_golden();
+    test_parts();
     return th_finish("test_quant");
 }

@@ -122,9 +122,13 @@ TNN_HD static inline void tnn__deq_q4_1(const tnn_block_q4_1 *b, float *y) {
 }
 
 /* The 32 five-bit codes of a Q5_0 / Q5_1 block. */
+TNN_HD static inline uint32_t tnn__q5_high(const uint8_t *qh4) {
+    return (uint32_t)qh4[0] | (uint32_t)qh4[1] << 8 | (uint32_t)qh4[2] << 16 |
+           (uint32_t)qh4[3] << 24;
+}
+
 TNN_HD static inline void tnn__q5_codes(const uint8_t *qh4, const uint8_t *qs, int q[32]) {
-    uint32_t qh = (uint32_t)qh4[0] | (uint32_t)qh4[1] << 8 | (uint32_t)qh4[2] << 16 |
-                  (uint32_t)qh4[3] << 24;
+    uint32_t qh = tnn__q5_high(qh4);
     for (int i = 0; i < 16; i++) {
         q[i] = (qs[i] & 15) | (int)((qh >> i) & 1u) << 4;
         q[i + 16] = (qs[i] >> 4) | (int)((qh >> (i + 16)) & 1u) << 4;
@@ -207,6 +211,100 @@ TNN_HD static inline int tnn__deq_block(int type, const void *row, int64_t k, fl
     case TNN_QT_Q5_K: tnn__deq_q5_K((const tnn_block_q5_K *)row + k, y); return 1;
     case TNN_QT_Q6_K: tnn__deq_q6_K((const tnn_block_q6_K *)row + k, y); return 1;
     default: return 0;
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Eight values of a block                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* Part p of block k of a row (the GPU's matrix-vector kernel gives each lane
+ * one part, so a warp reads whole blocks side by side): 8 values, the same
+ * bits as the whole block's decoder gives them. 32-value blocks have 4
+ * parts, 256-value ones 32. Which values a part holds:
+ *   "split" types (Q4_0, Q4_1, Q5_0, Q5_1): value v[i] is element 4p + i and
+ *   v[4 + i] element 16 + 4p + i (i < 4): the low and high nibbles of the
+ *   block's bytes 4p .. 4p+3;  the others: v[i] is element 8p + i. */
+TNN_HD static inline int tnn__part_split(int type) {
+    return type == TNN_QT_Q4_0 || type == TNN_QT_Q4_1 || type == TNN_QT_Q5_0 ||
+           type == TNN_QT_Q5_1;
+}
+/* Element of value i (0..7) of part p. */
+TNN_HD static inline int tnn__part_elem(int split, int p, int i) {
+    return split ? (i < 4 ? 4 * p + i : 16 + 4 * p + i - 4) : 8 * p + i;
+}
+
+TNN_HD static inline void tnn__deq_part(int type, const void *row, int64_t k, int p, float *v) {
+    switch (type) {
+    case TNN_QT_Q8_0: {
+        const tnn_block_q8_0 *b = (const tnn_block_q8_0 *)row + k;
+        float d = tnn__h2f(b->d);
+        for (int i = 0; i < 8; i++) v[i] = d * (float)b->qs[8 * p + i];
+        break;
+    }
+    case TNN_QT_Q4_0: {
+        const tnn_block_q4_0 *b = (const tnn_block_q4_0 *)row + k;
+        float d = tnn__h2f(b->d);
+        for (int i = 0; i < 4; i++) {
+            uint8_t q = b->qs[4 * p + i];
+            v[i] = d * (float)((q & 15) - 8);
+            v[4 + i] = d * (float)((q >> 4) - 8);
+        }
+        break;
+    }
+    case TNN_QT_Q4_1: {
+        const tnn_block_q4_1 *b = (const tnn_block_q4_1 *)row + k;
+        float d = tnn__h2f(b->d), m = tnn__h2f(b->m);
+        for (int i = 0; i < 4; i++) {
+            uint8_t q = b->qs[4 * p + i];
+            v[i] = d * (float)(q & 15) + m;
+            v[4 + i] = d * (float)(q >> 4) + m;
+        }
+        break;
+    }
+    case TNN_QT_Q5_0:
+    case TNN_QT_Q5_1: {
+        const tnn_block_q5_1 *b1 = (const tnn_block_q5_1 *)row + k;
+        const tnn_block_q5_0 *b0 = (const tnn_block_q5_0 *)row + k;
+        int one = type == TNN_QT_Q5_1;
+        const uint8_t *qs = one ? b1->qs : b0->qs;
+        uint32_t qh = tnn__q5_high(one ? b1->qh : b0->qh);
+        float d = tnn__h2f(one ? b1->d : b0->d), m = one ? tnn__h2f(b1->m) : 0.0f;
+        for (int i = 0; i < 4; i++) {
+            int e = 4 * p + i;
+            int lo = (qs[e] & 15) | (int)((qh >> e) & 1u) << 4;
+            int hi = (qs[e] >> 4) | (int)((qh >> (e + 16)) & 1u) << 4;
+            v[i] = one ? d * (float)lo + m : d * (float)(lo - 16);
+            v[4 + i] = one ? d * (float)hi + m : d * (float)(hi - 16);
+        }
+        break;
+    }
+    case TNN_QT_Q4_K:
+    case TNN_QT_Q5_K: {
+        const tnn_block_q4_K *b4 = (const tnn_block_q4_K *)row + k;
+        const tnn_block_q5_K *b5 = (const tnn_block_q5_K *)row + k;
+        int five = type == TNN_QT_Q5_K;
+        int j = p >> 2, l0 = (p & 3) * 8, sc, mn;
+        tnn__qk_scale_min(five ? b5->scales : b4->scales, j, &sc, &mn);
+        float d = tnn__h2f(five ? b5->d : b4->d), dmin = tnn__h2f(five ? b5->dmin : b4->dmin);
+        float d1 = d * (float)sc, m1 = dmin * (float)mn;
+        for (int i = 0; i < 8; i++) {
+            int q = tnn__q4k_code(five ? b5->qs : b4->qs, j, l0 + i);
+            if (five) q |= ((b5->qh[l0 + i] >> j) & 1) << 4;
+            v[i] = d1 * (float)q - m1;
+        }
+        break;
+    }
+    case TNN_QT_Q6_K: {
+        const tnn_block_q6_K *b = (const tnn_block_q6_K *)row + k;
+        float d = tnn__h2f(b->d);
+        for (int i = 0; i < 8; i++) {
+            int e = 8 * p + i;
+            v[i] = (d * (float)b->scales[e >> 4]) * (float)(tnn__q6k_code(b, e) - 32);
+        }
+        break;
+    }
+    default: break;
     }
 }
 
