@@ -383,6 +383,10 @@ static void test_quantize_file(void) {
     int64_t sh2[2] = {8, 64}, sh1[1] = {64};
     CHECK_OK(tnn_gguf_writer_add_tensor(w, "blk.0.ffn_up.weight", TNN_GGML_F32, 2, sh2, wdat, sizeof wdat));
     CHECK_OK(tnn_gguf_writer_add_tensor(w, "blk.0.ffn_norm.weight", TNN_GGML_F32, 1, sh1, norm, sizeof norm));
+    /* a checkpoint's training state, which the inference model leaves out */
+    CHECK_OK(tnn_gguf_writer_add_tensor(w, "opt.m.blk.0.ffn_up.weight", TNN_GGML_F32, 2, sh2, wdat,
+                                        sizeof wdat));
+    CHECK_OK(tnn_gguf_writer_add_i64(w, "tinynn.train.step", 7));
     CHECK_OK(tnn_gguf_writer_write(w, in));
     tnn_gguf_writer_free(w);
     int n = -1;
@@ -407,6 +411,10 @@ static void test_quantize_file(void) {
         int64_t v = 0;
         CHECK(tnn_gguf_get_arr_i64(g, "x.ids", 1, &v) == TNN_OK && v == -1, "int array %lld",
               (long long)v);
+        CHECK(tnn_gguf_n_tensors(g) == 2 && tnn_gguf_find_tensor(g, "opt.m.blk.0.ffn_up.weight") < 0 &&
+                  tnn_gguf_find_key(g, "tinynn.train.step") < 0,
+              "the optimizer state and training keys are left out (%lld tensors)",
+              (long long)tnn_gguf_n_tensors(g));
         int64_t wi = tnn_gguf_find_tensor(g, "blk.0.ffn_up.weight");
         int64_t ni = tnn_gguf_find_tensor(g, "blk.0.ffn_norm.weight");
         CHECK(tnn_gguf_tensor_type(g, wi) == TNN_GGML_Q8_0, "weight type");

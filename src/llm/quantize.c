@@ -1,6 +1,7 @@
 /* quantize.c - tnn quantize: a GGUF model rewritten with its weight
  * matrices converted (through f32) to another tensor type. Metadata is
- * copied key by key; the writer makes the output atomically.
+ * copied key by key (a checkpoint's training state is left out); the writer
+ * makes the output atomically.
  */
 #include "quantize.h"
 
@@ -108,6 +109,12 @@ int lm_gguf_copy_kv(const tnn_gguf *g, tnn_gguf_writer *w, const char *key) {
     }
 }
 
+/* A training checkpoint's state (checkpoint.c): the output is a model for
+ * inference, which llama.cpp reads too, so the optimizer's moments and the
+ * run's settings stay behind. */
+#define TRAIN_KEYS "tinynn.train."
+#define OPT_TENSORS "opt."
+
 int lm_quantize_file(const char *in, const char *out, int type, int *converted) {
     if (!in || !out) return TNN_ERR(TNN_ERR_ARG, "paths must not be NULL");
     const tnn_qtype_info *qi = type == TNN_GGML_F32 ? NULL : tnn__qtype(type);
@@ -119,13 +126,15 @@ int lm_quantize_file(const char *in, const char *out, int type, int *converted) 
     tnn_gguf_writer *w = tnn_gguf_writer_new();
     int rc = w ? TNN_OK : TNN_ERR(TNN_ERR_NOMEM, "out of memory");
     for (int64_t i = 0; i < tnn_gguf_n_kv(g) && rc == TNN_OK; i++)
-        rc = copy_kv(g, w, tnn_gguf_key(g, i), type);
+        if (strncmp(tnn_gguf_key(g, i), TRAIN_KEYS, strlen(TRAIN_KEYS)))
+            rc = copy_kv(g, w, tnn_gguf_key(g, i), type);
     int64_t block = qi ? qi->block : 1;
     int n_conv = 0;
     float *row = NULL;
     void *buf = NULL;
     for (int64_t i = 0; i < tnn_gguf_n_tensors(g) && rc == TNN_OK; i++) {
         const char *name = tnn_gguf_tensor_name(g, i);
+        if (!strncmp(name, OPT_TENSORS, strlen(OPT_TENSORS))) continue;
         int st = tnn_gguf_tensor_type(g, i);
         int64_t shape[4];
         int nd = tnn_gguf_tensor_shape(g, i, shape);
