@@ -24,7 +24,7 @@
 #define MAXIN 6
 
 typedef struct {
-    int dtype; /* TNN_F32 or TNN_I32 (values in [0, imax)) */
+    int dtype; /* TNN_F32 or TNN_I32 (values in [0, imax); imax < 0: all -imax) */
     int ndim;
     int64_t shape[4];
     int imax;
@@ -71,7 +71,8 @@ static double *run_on(int cuda, build_fn build, const in_spec *ins, int nin, boo
         int64_t n = numel(&ins[i]);
         if (ins[i].dtype == TNN_I32) {
             int32_t *v = malloc((size_t)n * sizeof *v);
-            for (int64_t k = 0; k < n; k++) v[k] = (int32_t)(th_uniform() * ins[i].imax);
+            for (int64_t k = 0; k < n; k++)
+                v[k] = ins[i].imax < 0 ? -ins[i].imax : (int32_t)(th_uniform() * ins[i].imax);
             rc = tnn_upload_i32(s, in[i], v, (size_t)n);
             free(v);
         } else {
@@ -379,6 +380,12 @@ static void write_qfile(const char *path) {
         snprintf(name, sizeof name, "w%d", ti);
         int64_t shape[2] = {QM, QK};
         CHECK_OK(tnn_gguf_writer_add_tensor(wr, name, type, 2, shape, q, (size_t)(rb * QM)));
+        /* u: the same rows in reverse order, a second matrix of the type */
+        unsigned char *u = malloc((size_t)(rb * QM));
+        for (int r = 0; r < QM; r++) memcpy(u + r * rb, q + (QM - 1 - r) * rb, (size_t)rb);
+        snprintf(name, sizeof name, "u%d", ti);
+        CHECK_OK(tnn_gguf_writer_add_tensor(wr, name, type, 2, shape, u, (size_t)(rb * QM)));
+        free(u);
         free(q);
     }
     CHECK_OK(tnn_gguf_writer_write(wr, path));
@@ -392,6 +399,94 @@ static tnn_tensor *b_qmm(tnn_session *s, tnn_tensor **x) {
     snprintf(name, sizeof name, "w%d", qcur);
     tnn_tensor *w = tnn_tensor_from_gguf(s, qfile, name);
     return tnn_add(s, tnn_matmul_nt(s, x[0], w), tnn_matmul_nt(s, tnn_get_rows(s, w, x[1]), w));
+}
+
+/* A decoding product followed by each node the CUDA backend folds into its
+ * kernel: SiLU, GELU, a product with another tensor, a bias, and a KV cache
+ * write (the cache is the result: rows at the position x[2] holds). */
+static int qepi;
+static tnn_tensor *b_qepi(tnn_session *s, tnn_tensor **x) {
+    char name[16];
+    snprintf(name, sizeof name, "w%d", qcur);
+    tnn_tensor *w = tnn_tensor_from_gguf(s, qfile, name);
+    snprintf(name, sizeof name, "u%d", qcur);
+    tnn_tensor *u = tnn_tensor_from_gguf(s, qfile, name);
+    int64_t sh[2] = {12, QM}, flat[1] = {tnn_tensor_nelements(x[1])};
+    tnn_tensor *bias = tnn_narrow(s, tnn_reshape(s, x[1], 1, flat), 0, 0, QM);
+    tnn_tensor *y = tnn_matmul_nt(s, x[0], w);
+    if (qepi == 6) { /* the gated pair: one kernel */
+        y = tnn_silu(s, y);
+        return tnn_mul(s, y, tnn_matmul_nt(s, x[0], u));
+    }
+    if (qepi == 7) { /* three products of one x (one kernel, the last with its bias) */
+        tnn_tensor *b = tnn_matmul_nt(s, x[0], u);
+        tnn_tensor *c = tnn_matmul_nt(s, x[0], w);
+        c = tnn_add(s, c, bias);
+        return tnn_add(s, tnn_mul(s, y, b), c);
+    }
+    switch (qepi) {
+    case 0: return tnn_silu(s, y);
+    case 1: return tnn_gelu(s, y);
+    case 2: return tnn_mul(s, x[1], y);
+    case 3: return tnn_add(s, y, bias);
+    default: return tnn_kv_write(s, tnn_tensor_new(s, qepi == 4 ? TNN_F16 : TNN_F32, 2, sh), y, x[2]);
+    }
+}
+
+#ifdef TNN_TEST_EMU
+void tnn__cu_emu_counts(long *launches, long *d2h, long *graphs);
+#endif
+
+/* The fused pair is one kernel (counted on the emulator), and a cache write
+ * that does not fit is still a fault, reported by tnn_compute. */
+static void quant_epilogue_launches(void) {
+    tnn_session *s = tnn_session_new(1);
+    qcur = 3; /* Q4_0 */
+    tnn_tensor *x[3] = {tnn_input_2d_f32(s, 2, QK), tnn_input_2d_f32(s, 2, QM),
+                        tnn_input_1d_i32(s, 1)};
+    qepi = 0;
+    tnn_tensor *y = b_qepi(s, x);
+    CHECK_OK(tnn_realize(s, y));
+#ifdef TNN_TEST_EMU
+    long l0, l1, d, g;
+    tnn__cu_emu_counts(&l0, &d, &g);
+    CHECK_OK(tnn_compute(s));
+    tnn__cu_emu_counts(&l1, &d, &g);
+    CHECK(l1 - l0 == 1, "a product + SiLU launched %ld kernels (want 1)", l1 - l0);
+    for (qepi = 6; qepi < 8; qepi++) {
+        CHECK_OK(tnn_realize(s, b_qepi(s, x)));
+        tnn__cu_emu_counts(&l0, &d, &g);
+        CHECK_OK(tnn_compute(s));
+        tnn__cu_emu_counts(&l1, &d, &g);
+        /* the set: narrow, the set's kernel, mul, add */
+        CHECK(l1 - l0 == (qepi == 6 ? 1 : 4), "case %d launched %ld kernels", qepi, l1 - l0);
+    }
+#endif
+    qepi = 4;
+    y = b_qepi(s, x);
+    CHECK_OK(tnn_realize(s, y));
+    int32_t p = 11; /* rows 11 and 12 of a 12-row cache */
+    CHECK_OK(tnn_upload_i32(s, x[2], &p, 1));
+    CHECK_ERR(tnn_compute(s), TNN_ERR_RANGE, "do not fit");
+    p = 10;
+    CHECK_OK(tnn_upload_i32(s, x[2], &p, 1));
+    CHECK_OK(tnn_compute(s));
+    tnn_session_free(s);
+}
+
+static void test_quant_epilogues(void) {
+    quant_epilogue_launches();
+    static const char *what[] = {"silu",           "gelu",           "mul",
+                                 "bias add",       "f16 cache write", "f32 cache write",
+                                 "the gated pair", "a set of three"};
+    in_spec ins[3] = {F(2, 5, QK), F(2, 5, QM), {TNN_I32, 1, {1}, 7, false}};
+    for (qcur = 0; qfile && qcur < NQ; qcur++)
+        for (qepi = 0; qepi < 8; qepi++) {
+            char name[80];
+            snprintf(name, sizeof name, "quantized %s, 5 rows, then %s",
+                     tnn_ggml_type_name(qtypes[qcur]), what[qepi]);
+            twin(name, b_qepi, ins, 3, false, qepi == 4 ? 1e-3 : 1e-5);
+        }
 }
 
 static void test_quant(void) {
@@ -416,17 +511,21 @@ static void test_quant(void) {
         snprintf(name, sizeof name, "quantized %s, 3 rows", tnn_ggml_type_name(qtypes[qcur]));
         twin(name, b_qmm, three, 2, false, 2e-2);
     }
+    test_quant_epilogues();
     tnn_gguf_close(qfile);
     unlink(path);
 }
 
-static int kv_f16, kv_ctx = 10;
+static int kv_f16, kv_ctx = 10, kv_rope;
 static tnn_tensor *b_kv(tnn_session *s, tnn_tensor **x) {
-    int64_t sh[2] = {kv_ctx, 16};
+    int64_t sh[2] = {kv_ctx, tnn_tensor_dim(x[1], 1)};
     tnn_tensor *kc = tnn_tensor_new(s, kv_f16 ? TNN_F16 : TNN_F32, 2, sh);
     tnn_tensor *vc = tnn_tensor_new(s, kv_f16 ? TNN_F16 : TNN_F32, 2, sh);
     /* positions 4..6 of the cache (x[3] holds 4, as a 1-element i32 in [4, 5)) */
-    tnn_tensor *kw = tnn_kv_write(s, kc, x[1], x[3]);
+    /* kv_rope: the keys through RoPE first (the CUDA backend writes the
+     * rotated rows straight into the cache) */
+    tnn_tensor *k = kv_rope ? tnn_rope(s, x[1], 2, 3, 10000.0, 0) : x[1];
+    tnn_tensor *kw = tnn_kv_write(s, kc, k, x[3]);
     tnn_tensor *vw = tnn_kv_write(s, vc, x[2], x[3]);
     return tnn_attention_cached(s, x[0], kw, vw, 4, 2, x[3]);
 }
@@ -447,7 +546,51 @@ static void test_kv(void) {
         twin("attention_cached, 3 rows at a later position", b_kv, dec, 4, false, 1e-5);
         twin("attention_cached, 12 rows at a later position", b_kv, pre, 4, false, 1e-5);
     }
+    /* keys in three splits of the decoding kernel (rows at 600..602 of 700),
+     * with head sizes 8 (vector loads) and 6 */
+    kv_ctx = 700;
+    in_spec far8[4] = {F(2, 3, 32), F(2, 3, 16), F(2, 3, 16), {TNN_I32, 1, {1}, -600, false}};
+    in_spec far6[4] = {F(2, 3, 24), F(2, 3, 12), F(2, 3, 12), {TNN_I32, 1, {1}, -600, false}};
+    for (kv_f16 = 0; kv_f16 < 2; kv_f16++) {
+        kv_rope = 1;
+        twin("RoPE + kv_write + attention_cached, 3 rows at 600", b_kv, far8, 4, false, 1e-5);
+        kv_rope = 0;
+        twin("attention_cached, 3 rows at 600 (head size 8)", b_kv, far8, 4, false, 1e-5);
+        twin("attention_cached, 3 rows at 600 (head size 6)", b_kv, far6, 4, false, 1e-5);
+    }
     kv_ctx = 10;
+}
+
+/* The decoding attention's split counters go back to 0 after each run: the
+ * same inputs give the same bits on every compute (the third replays the
+ * recorded graph), also after a run that faulted. */
+static void test_kv_repeat(void) {
+    tnn_session *s = tnn_session_new(1);
+    kv_ctx = 700;
+    kv_f16 = 1;
+    tnn_tensor *x[4] = {tnn_input_2d_f32(s, 3, 32), tnn_input_2d_f32(s, 3, 16),
+                        tnn_input_2d_f32(s, 3, 16), tnn_input_1d_i32(s, 1)};
+    tnn_tensor *y = b_kv(s, x);
+    CHECK_OK(tnn_realize(s, y));
+    float in[96], out[4][96];
+    th_seed(5);
+    for (int i = 0; i < 96; i++) in[i] = (float)th_sym(1.0);
+    CHECK_OK(tnn_upload_f32(s, x[0], in, 96));
+    CHECK_OK(tnn_upload_f32(s, x[1], in, 48));
+    CHECK_OK(tnn_upload_f32(s, x[2], in + 48, 48));
+    int32_t p = 698;
+    CHECK_OK(tnn_upload_i32(s, x[3], &p, 1));
+    CHECK_ERR(tnn_compute(s), TNN_ERR_RANGE, "do not fit");
+    p = 600;
+    CHECK_OK(tnn_upload_i32(s, x[3], &p, 1));
+    for (int r = 0; r < 4; r++) {
+        CHECK_OK(tnn_compute(s));
+        CHECK_OK(tnn_download_f32(s, y, out[r], 96));
+    }
+    for (int r = 1; r < 4; r++)
+        CHECK(memcmp(out[0], out[r], sizeof out[0]) == 0, "compute %d differs from the first", r + 1);
+    kv_ctx = 10;
+    tnn_session_free(s);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -518,7 +661,6 @@ static void test_faults(void) {
 }
 
 #ifdef TNN_TEST_EMU
-void tnn__cu_emu_counts(long *launches, long *d2h, long *graphs);
 void tnn__cu_emu_mem_limit(size_t bytes);
 
 /* The emulator counts what reaches the "device": a training step must run
@@ -573,6 +715,7 @@ int main(void) {
     test_threads();
     test_quant();
     test_kv();
+    test_kv_repeat();
     test_seed_protocol();
     test_faults();
 #ifdef TNN_TEST_EMU

@@ -137,22 +137,36 @@ static bool kept(const tnn_session *s, const tnn_tensor *t) {
     return t == s->result || (t->flags & TNN_FLAG_OUTPUT);
 }
 
-/* Plans the arena for the nodes of `plan` in order. */
+/* Plans the arena for the nodes of `plan` in order. A buffer is reused
+ * once its last reader has run; with a backend that may run a node together
+ * with the next one (fuse_next), one node later, so the pair's output never
+ * lands on the first node's inputs. */
 static int plan_arena(tnn_session *s, tnn_tensor **plan, int32_t np, size_t *size) {
     planner p = {0};
     int rc = TNN_OK;
+    tnn_tensor *due[TNN_MAX_SRC + 1], *late[TNN_MAX_SRC + 1]; /* buffers to free */
+    int n_due = 0, n_late = 0;
+    bool delay = s->backend->fuse_next;
     for (int32_t i = 0; i < np; i++)
         for (int k = 0; k < TNN_MAX_SRC; k++)
             if (plan[i]->src[k]) plan[i]->src[k]->last_use = i;
-    for (int32_t i = 0; i < np && rc == TNN_OK; i++) {
-        tnn_tensor *t = plan[i];
-        size_t off;
-        if (t->flags & TNN_FLAG_ALIAS) continue; /* lives in its src[0]'s storage */
-        if (!plan_alloc(&p, t->nbytes, &off)) {
-            rc = TNN_ERR(TNN_ERR_OVERFLOW, "arena size overflows at node #%d", t->id);
-            break;
+    for (int32_t i = 0; i <= np && rc == TNN_OK; i++) {
+        tnn_tensor *t = i < np ? plan[i] : NULL;
+        size_t off = 0;
+        if (t && !(t->flags & TNN_FLAG_ALIAS)) {
+            if (!plan_alloc(&p, t->nbytes, &off)) {
+                rc = TNN_ERR(TNN_ERR_OVERFLOW, "arena size overflows at node #%d", t->id);
+                break;
+            }
+            t->arena_off = (int64_t)off;
         }
-        t->arena_off = (int64_t)off;
+        /* the previous node's frees, when delayed */
+        for (int k = 0; k < n_late && rc == TNN_OK; k++)
+            if (!plan_free(&p, (size_t)late[k]->arena_off, late[k]->nbytes))
+                rc = TNN_ERR(TNN_ERR_NOMEM, "out of memory planning buffers");
+        n_late = 0;
+        if (!t || (t->flags & TNN_FLAG_ALIAS)) continue; /* an alias lives in its src[0] */
+        n_due = 0;
         for (int k = 0; k < TNN_MAX_SRC; k++) {
             tnn_tensor *src = t->src[k];
             if (!src || src->op == TNN_OP_NONE || kept(s, src) || src->last_use != i) continue;
@@ -161,13 +175,18 @@ static int plan_arena(tnn_session *s, tnn_tensor **plan, int32_t np, size_t *siz
             for (int q = 0; q < k; q++) dup |= t->src[q] == src;
             if (dup) continue;
             src->flags |= TNN_FLAG_TRANSIENT;
-            if (!plan_free(&p, (size_t)src->arena_off, src->nbytes))
-                rc = TNN_ERR(TNN_ERR_NOMEM, "out of memory planning buffers");
+            due[n_due++] = src;
         }
         /* A node nobody reads and nobody keeps: its memory is reused at once. */
         if (t->last_use < 0 && !kept(s, t)) {
             t->flags |= TNN_FLAG_TRANSIENT;
-            if (!plan_free(&p, off, t->nbytes)) rc = TNN_ERR(TNN_ERR_NOMEM, "out of memory");
+            due[n_due++] = t;
+        }
+        for (int k = 0; k < n_due && rc == TNN_OK; k++) {
+            if (delay)
+                late[n_late++] = due[k];
+            else if (!plan_free(&p, (size_t)due[k]->arena_off, due[k]->nbytes))
+                rc = TNN_ERR(TNN_ERR_NOMEM, "out of memory planning buffers");
         }
     }
     free(p.free);

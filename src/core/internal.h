@@ -171,6 +171,10 @@ typedef struct tnn_backend {
     bool (*supports)(const tnn_tensor *t);
     int (*run)(tnn_tensor *t); /* compute one node (may only queue it) */
     bool host_memory;          /* data pointers are host memory */
+    /* run_plan may run a node together with the next one (the CUDA backend
+     * folds an element-wise node into the product before it): the planner
+     * then keeps a node's inputs one node longer. */
+    bool fuse_next;
     /* After a compute's last node: waits for the queued work and reports an
      * error a kernel found (a bad index) as the status of the compute. */
     int (*finish)(void);

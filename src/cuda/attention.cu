@@ -18,11 +18,30 @@
 /* RoPE                                                                     */
 /* ------------------------------------------------------------------------ */
 
+/* Where a RoPE kernel writes: its node's buffer, or (a KV cache write that
+ * reads only the RoPE node, folded into it) rows pos[0] .. of a cache. */
+typedef struct {
+    void *cache; /* NULL: the node's own output */
+    int f16;
+    int64_t ctx;
+    const int32_t *pos;
+    tnn_cu_fault *fault;
+    int node;
+} cu_rope_dst;
+
 /* One thread per (row, head, pair); the angle in double as the CPU. */
 __global__ void k_rope(const float *x, float *o, const int32_t *pos, const float *factors,
                        int64_t rows, int64_t n_head, int64_t hd, int64_t seq_len, int mode,
-                       double base, double sign) {
-    int64_t half = hd / 2;
+                       double base, double sign, cu_rope_dst dst) {
+    int64_t half = hd / 2, p0 = 0;
+    if (dst.cache) {
+        p0 = dst.pos[0];
+        if (p0 < 0 || p0 + rows > dst.ctx) {
+            if (blockIdx.x == 0 && threadIdx.x == 0)
+                cu_fault(dst.fault, CU_FAULT_KV, dst.node, p0, p0 + rows - 1, dst.ctx);
+            return;
+        }
+    }
     CU_FOR(f, rows * n_head * half) {
         int64_t i = f % half, h = (f / half) % n_head, r = f / (half * n_head);
         double p = pos ? (double)pos[r] : (double)(r % seq_len);
@@ -31,38 +50,58 @@ __global__ void k_rope(const float *x, float *o, const int32_t *pos, const float
         float cs = (float)cos(th), sn = (float)(sign * sin(th));
         int64_t a = mode ? i : 2 * i, b = mode ? i + half : 2 * i + 1;
         const float *xr = x + r * n_head * hd + h * hd;
-        float *orow = o + r * n_head * hd + h * hd;
         float x0 = xr[a], x1 = xr[b];
-        orow[a] = x0 * cs - x1 * sn;
-        orow[b] = x0 * sn + x1 * cs;
+        float ya = x0 * cs - x1 * sn, yb = x0 * sn + x1 * cs;
+        int64_t at = (p0 + r) * n_head * hd + h * hd;
+        if (!dst.cache) {
+            o[at + a] = ya;
+            o[at + b] = yb;
+        } else if (dst.f16) {
+            ((uint16_t *)dst.cache)[at + a] = tnn__f2h(ya);
+            ((uint16_t *)dst.cache)[at + b] = tnn__f2h(yb);
+        } else {
+            ((float *)dst.cache)[at + a] = ya;
+            ((float *)dst.cache)[at + b] = yb;
+        }
     }
+}
+
+static int rope(const tnn_tensor *t, float *out, const cu_rope_dst &dst) {
+    int64_t rows = t->shape[0], nh = t->iparam[0], hd = t->shape[1] / nh;
+    TNN_LAUNCH(k_rope, cu_blocks(rows * nh * (hd / 2)), CU_THREADS, 0, tnn__cu.stream,
+               CF(t->src[0]), out,
+               t->src[1] ? (const int32_t *)t->src[1]->data : (const int32_t *)NULL,
+               t->src[2] ? CF(t->src[2]) : (const float *)NULL, rows, nh, hd, t->iparam[1],
+               (int)t->iparam[2], t->fparam[0], t->fparam[1], dst);
+    return tnn__cu_launched("tnn_rope");
+}
+
+int tnn__cu_rope_to_cache(tnn_tensor *t, tnn_tensor *nx) {
+    const tnn_tensor *cache = nx->src[0];
+    if (t->op != TNN_OP_ROPE || nx->op != TNN_OP_KV_WRITE || nx->src[1] != t || t->ndim != 2 ||
+        cache->ndim != 2 || cache->shape[1] != t->shape[1] ||
+        (cache->dtype != TNN_F16 && cache->dtype != TNN_F32))
+        return 0;
+    cu_rope_dst dst = {nx->data, cache->dtype == TNN_F16, cache->shape[0],
+                       (const int32_t *)nx->src[2]->data, tnn__cu.fault, nx->id};
+    int rc = rope(t, NULL, dst);
+    return rc ? rc : 1;
 }
 
 /* ------------------------------------------------------------------------ */
 /* Warp helpers                                                             */
 /* ------------------------------------------------------------------------ */
 
-__device__ __forceinline__ float cu_to_float(float x) { return x; }
-__device__ __forceinline__ float cu_to_float(uint16_t h) { return tnn__h2f(h); }
+__device__ __forceinline__ float cu_val(float x) { return x; }
+__device__ __forceinline__ float cu_val(uint16_t h) { return cu_h2f(h); }
 
-/* A head row's slice held by this lane: v[u] = row[lane + 32 u]. */
-template <typename T>
-__device__ __forceinline__ void cu_load_head(const T *row, int64_t hd, int lane, float v[CU_HD_UNITS]);
-
-template <>
-__device__ __forceinline__ void cu_load_head<float>(const float *row, int64_t hd, int lane,
-                                                    float v[CU_HD_UNITS]) {
-    for (int u = 0; u < CU_HD_UNITS; u++) {
+/* A head row's slice held by this lane: v[u] = row[lane + 32 u], u < U
+ * (U = CU_HD_UNITS, or fewer where the head size is known to be small). */
+template <typename T, int U = CU_HD_UNITS>
+__device__ __forceinline__ void cu_load_head(const T *row, int64_t hd, int lane, float *v) {
+    for (int u = 0; u < U; u++) {
         int64_t d = lane + 32 * u;
-        v[u] = d < hd ? row[d] : 0.0f;
-    }
-}
-template <>
-__device__ __forceinline__ void cu_load_head<uint16_t>(const uint16_t *row, int64_t hd, int lane,
-                                                       float v[CU_HD_UNITS]) {
-    for (int u = 0; u < CU_HD_UNITS; u++) {
-        int64_t d = lane + 32 * u;
-        v[u] = d < hd ? tnn__h2f(row[d]) : 0.0f;
+        v[u] = d < hd ? cu_val(row[d]) : 0.0f;
     }
 }
 
@@ -88,9 +127,10 @@ __device__ __forceinline__ void cu_online(float s, const T *vrow, int64_t hd, in
     *m = mn;
 }
 
-__device__ __forceinline__ void cu_store_head(float *row, int64_t hd, int lane,
-                                              const float v[CU_HD_UNITS], float k) {
-    for (int u = 0; u < CU_HD_UNITS; u++) {
+template <int U = CU_HD_UNITS>
+__device__ __forceinline__ void cu_store_head(float *row, int64_t hd, int lane, const float *v,
+                                              float k) {
+    for (int u = 0; u < U; u++) {
         int64_t d = lane + 32 * u;
         if (d < hd) row[d] = v[u] * k;
     }
@@ -272,84 +312,179 @@ __global__ void k_attn_cached(const float *q, const T *kc, const T *vc, float *o
     cu_store_head(out + i * H * hd + h * hd, hd, lane, acc, 1.0f / l);
 }
 
-/* Decoding (a few rows against a long cache): the keys in chunks of 32, a
- * warp per (row, head, chunk) and a lane per key, so no warp walks the
- * context alone. Each chunk gives a partial (max m, sum l, weighted values);
- * a second kernel merges a row's chunks in ascending order. The host sizes
- * the grid by the cache's capacity (the position is read on the device);
- * chunks past a row's last key leave at once. */
-#define SPLIT_ROWS 8
+/* Decoding (a few rows against a long cache). A block of AD_WARPS warps per
+ * (row, head, split of AD_KEYS keys), a warp per 32 keys and a lane per key:
+ * the lane's score reads its key row with vector loads against q in shared
+ * memory; the warp's softmax partial (max, sum, weighted values) is merged
+ * with the block's other warps in warp order, and a row whose keys span
+ * several splits has its splits' partials merged, in split order, by the
+ * block that finishes last (a counter per (row, head) in tnn__cu.counters,
+ * put back to 0 by that block). The grid covers the cache's capacity (the
+ * position is read on the device); splits past a row's last key leave at
+ * once. The merges' order is fixed, so results do not depend on timing. */
+#define AD_WARPS 8
+#define AD_KEYS (32 * AD_WARPS)
+#define AD_ROWS 8 /* more query rows take k_attn_cached */
 
-template <typename T>
-__global__ void k_attn_split(const float *q, const T *kc, const T *vc, float *part, int64_t n,
-                             int64_t ctx, int64_t H, int64_t Hkv, int64_t hd, float scale,
-                             int64_t nch, const int32_t *pos, tnn_cu_fault *fault, int node) {
-    int lane = threadIdx.x & 31;
-    int64_t task = (int64_t)blockIdx.x * CU_WARPS + (threadIdx.x >> 5), p = pos[0];
-    if (p < 0 || p + n > ctx) {
-        if (task == 0 && lane == 0) cu_fault(fault, CU_FAULT_CACHE, node, p, p + n - 1, ctx);
-        return;
+/* q . key row for a lane's key, head size hd <= 32 U: 8 f16 (or 4 f32)
+ * values per load when the rows are 16-byte aligned (VEC); fully unrolled,
+ * so every load of the row is in flight at once. */
+template <int U>
+__device__ __forceinline__ float ad_key_dot(const uint16_t *kr, const float *qs, int64_t hd,
+                                            bool vec) {
+    float acc = 0.0f;
+    if (vec) {
+CU_UNROLL(4 * U)
+        for (int d = 0; d < 32 * U; d += 8) {
+            if (d >= hd) break;
+            uint4 u = *(const uint4 *)(kr + d);
+            unsigned w[4] = {u.x, u.y, u.z, u.w};
+            for (int k = 0; k < 4; k++)
+                acc += qs[d + 2 * k] * cu_h2f((uint16_t)(w[k] & 0xffffu)) +
+                       qs[d + 2 * k + 1] * cu_h2f((uint16_t)(w[k] >> 16));
+        }
+        return acc;
     }
-    if (task >= n * H * nch) return;
-    int64_t c = task % nch, h = (task / nch) % H, i = task / (nch * H);
-    int64_t last = p + i, j0 = c * 32, kw = Hkv * hd, kh = h / (H / Hkv);
-    if (j0 > last) return; /* whole warps leave together */
-    int64_t j = j0 + lane;
-    const float *qr = q + i * H * hd + h * hd;
-    float s = -INFINITY;
-    if (j <= last) {
-        const T *kr = kc + j * kw + kh * hd;
-        float acc = 0.0f;
-CU_UNROLL(8)
-        for (int64_t d = 0; d < hd; d++) acc += qr[d] * cu_to_float(kr[d]);
-        s = acc * scale;
+    for (int64_t d = 0; d < hd; d++) acc += qs[d] * cu_h2f(kr[d]);
+    return acc;
+}
+template <int U>
+__device__ __forceinline__ float ad_key_dot(const float *kr, const float *qs, int64_t hd,
+                                            bool vec) {
+    float acc = 0.0f;
+    if (vec) {
+CU_UNROLL(8 * U)
+        for (int d = 0; d < 32 * U; d += 4) {
+            if (d >= hd) break;
+            float4 k = *(const float4 *)(kr + d);
+            acc += qs[d] * k.x + qs[d + 1] * k.y + qs[d + 2] * k.z + qs[d + 3] * k.w;
+        }
+        return acc;
     }
-    float m = cu_warp_max(s);
-    float e = j <= last ? expf(s - m) : 0.0f;
-    float l = cu_warp_sum(e);
-    float o[CU_HD_UNITS] = {0};
-    /* every lane walks the chunk's 32 value rows (rows past the last key
-     * read the last one with weight 0), so the loads do not wait on each
-     * other */
-CU_UNROLL(4)
-    for (int jj = 0; jj < 32; jj++) {
-        float pj = __shfl_sync(0xffffffffu, e, jj);
-        int64_t jr = j0 + jj <= last ? j0 + jj : last;
-        float v[CU_HD_UNITS];
-        cu_load_head<T>(vc + jr * kw + kh * hd, hd, lane, v);
-        for (int u = 0; u < CU_HD_UNITS; u++) o[u] += pj * v[u];
-    }
-    float *pr = part + task * (hd + 2);
-    if (lane == 0) {
-        pr[0] = m;
-        pr[1] = l;
-    }
-    cu_store_head(pr + 2, hd, lane, o, 1.0f);
+    for (int64_t d = 0; d < hd; d++) acc += qs[d] * kr[d];
+    return acc;
 }
 
-/* Warp per (row, head): the lanes take the chunks for the maximum and the
- * normalizer (each a warp reduction in a fixed order), then the head
- * elements for the weighted sum of the chunks' values. */
-__global__ void k_attn_merge(const float *part, float *out, int64_t n, int64_t H, int64_t hd,
-                             int64_t nch, const int32_t *pos, int64_t ctx) {
-    int lane = threadIdx.x & 31;
-    int64_t task = (int64_t)blockIdx.x * CU_WARPS + (threadIdx.x >> 5), p = pos[0];
-    if (p < 0 || p + n > ctx || task >= n * H) return; /* the fault is the split's to report */
-    int64_t i = task / H, nc = (p + i) / 32 + 1;
-    const float *pt = part + task * nch * (hd + 2);
-    float mloc = -INFINITY;
-    for (int64_t c = lane; c < nc; c += 32) mloc = fmaxf(mloc, pt[c * (hd + 2)]);
-    float M = cu_warp_max(mloc), lloc = 0.0f;
-    for (int64_t c = lane; c < nc; c += 32) lloc += pt[c * (hd + 2) + 1] * expf(pt[c * (hd + 2)] - M);
-    float L = cu_warp_sum(lloc), O[CU_HD_UNITS] = {0};
-CU_UNROLL(4)
-    for (int64_t c = 0; c < nc; c++) {
-        const float *pr = pt + c * (hd + 2);
-        float w = expf(pr[0] - M), o[CU_HD_UNITS];
-        cu_load_head<float>(pr + 2, hd, lane, o);
-        for (int u = 0; u < CU_HD_UNITS; u++) O[u] += w * o[u];
+/* Merges partial softmaxes (max m, sum l, values o) in the order given:
+ * the lanes' head elements of sum_c e^(m_c - M) o_c, and L = sum_c e^(m_c - M) l_c.
+ * get(c, &m, &l, o) reads partial c (o NULL: only m and l); partials with
+ * l = 0 are skipped. */
+template <int U, typename Get>
+__device__ __forceinline__ float ad_merge(int n, Get get, float *O) {
+    float M = -INFINITY, L = 0.0f;
+    for (int c = 0; c < n; c++) {
+        float m, l;
+        get(c, &m, &l, (float *)NULL);
+        if (l > 0.0f) M = fmaxf(M, m);
     }
-    cu_store_head(out + i * H * hd + (task % H) * hd, hd, lane, O, 1.0f / L);
+    for (int u = 0; u < U; u++) O[u] = 0.0f;
+    for (int c = 0; c < n; c++) {
+        float m, l, o[U];
+        get(c, &m, &l, o);
+        if (!(l > 0.0f)) continue;
+        float w = expf(m - M);
+        L += w * l;
+        for (int u = 0; u < U; u++) O[u] += w * o[u];
+    }
+    return L;
+}
+
+/* U: head elements per lane (head size <= 32 U). */
+template <typename T, int U>
+__global__ void __launch_bounds__(32 * AD_WARPS)
+    k_attn_decode(const float *q, const T *kc, const T *vc, float *part, int *count, float *out,
+                  int64_t n, int64_t ctx, int64_t H, int64_t Hkv, int64_t hd, float scale,
+                  int64_t nsplit, bool vec, const int32_t *pos, tnn_cu_fault *fault, int node) {
+    __shared__ float qs[32 * U];
+    __shared__ float wm[AD_WARPS], wl[AD_WARPS];
+    __shared__ float wo[AD_WARPS][32 * U];
+    int lane = threadIdx.x & 31, wi = threadIdx.x >> 5;
+    int64_t task = blockIdx.y, sp = blockIdx.x, p = pos[0];
+    if (p < 0 || p + n > ctx) {
+        if (task == 0 && sp == 0 && threadIdx.x == 0)
+            cu_fault(fault, CU_FAULT_CACHE, node, p, p + n - 1, ctx);
+        return;
+    }
+    int64_t i = task / H, h = task % H, last = p + i, kw = Hkv * hd, kh = h / (H / Hkv);
+    int ns = (int)(last / AD_KEYS + 1); /* the splits that hold keys of this row */
+    if (sp >= ns) return;                /* the whole block leaves */
+    const float *qr = q + i * H * hd + h * hd;
+    for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = qr[d];
+    __syncthreads();
+
+    int64_t j0 = sp * AD_KEYS + wi * 32, j = j0 + lane;
+    float m = -INFINITY, l = 0.0f, o[U] = {0};
+    if (j0 <= last) { /* whole warps */
+        float s = j <= last ? ad_key_dot<U>(kc + j * kw + kh * hd, qs, hd, vec) * scale : -INFINITY;
+        m = cu_warp_max(s);
+        float e = j <= last ? expf(s - m) : 0.0f;
+        l = cu_warp_sum(e);
+        /* every lane walks the 32 value rows (rows past the last key read
+         * the last one with weight 0), all loads in flight together */
+CU_UNROLL((U <= 4 ? 32 : 8))
+        for (int jj = 0; jj < 32; jj++) {
+            float pj = __shfl_sync(0xffffffffu, e, jj);
+            int64_t jr = j0 + jj <= last ? j0 + jj : last;
+            float v[U];
+            cu_load_head<T, U>(vc + jr * kw + kh * hd, hd, lane, v);
+            for (int u = 0; u < U; u++) o[u] += pj * v[u];
+        }
+    }
+    if (lane == 0) {
+        wm[wi] = m;
+        wl[wi] = l;
+    }
+    cu_store_head<U>(wo[wi], hd, lane, o, 1.0f);
+    __syncthreads();
+    if (wi != 0) return;
+
+    /* warp 0: the block's warps in order */
+    float O[U];
+    float L = ad_merge<U>(
+        AD_WARPS,
+        [&](int c, float *pm, float *pl, float *po) {
+            *pm = wm[c];
+            *pl = wl[c];
+            if (po) cu_load_head<float, U>(wo[c], hd, lane, po);
+        },
+        O);
+    float *orow = out + i * H * hd + h * hd;
+    if (ns == 1) {
+        cu_store_head<U>(orow, hd, lane, O, 1.0f / L);
+        return;
+    }
+    float M = -INFINITY;
+    for (int c = 0; c < AD_WARPS; c++)
+        if (wl[c] > 0.0f) M = fmaxf(M, wm[c]);
+    float *pr = part + (task * nsplit + sp) * (hd + 2);
+    if (lane == 0) {
+        pr[0] = M;
+        pr[1] = L;
+    }
+    cu_store_head<U>(pr + 2, hd, lane, O, 1.0f);
+    __threadfence(); /* the partial is visible before the count says so */
+    int done = 0;
+    if (lane == 0) done = atomicAdd(&count[task], 1);
+    done = __shfl_sync(0xffffffffu, done, 0);
+    if (done != ns - 1) return;
+    __threadfence();
+    /* the last block: every split's partial, in split order */
+    const float *pt = part + task * nsplit * (hd + 2);
+    L = ad_merge<U>(
+        ns,
+        [&](int c, float *pm, float *pl, float *po) {
+            const float *q2 = pt + (int64_t)c * (hd + 2);
+            *pm = __ldcg(q2);
+            *pl = __ldcg(q2 + 1);
+            if (po)
+                for (int u = 0; u < U; u++) {
+                    int64_t d = lane + 32 * u;
+                    po[u] = d < hd ? __ldcg(q2 + 2 + d) : 0.0f;
+                }
+        },
+        O);
+    cu_store_head<U>(orow, hd, lane, O, 1.0f / L);
+    if (lane == 0) count[task] = 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -366,20 +501,27 @@ static int cached(tnn_tensor *t) {
     const int32_t *pos = (const int32_t *)t->src[3]->data;
     int64_t ctx = kc->shape[0];
     cudaStream_t st = tnn__cu.stream;
-    if (n <= SPLIT_ROWS) {
-        int64_t nch = (ctx + 31) / 32;
-        float *part = (float *)tnn__cu_scratch((size_t)(n * H * nch * (hd + 2)) * sizeof(float));
+    if (n <= AD_ROWS && n * H <= CU_COUNTERS) {
+        int64_t nsplit = (ctx + AD_KEYS - 1) / AD_KEYS;
+        float *part = (float *)tnn__cu_scratch((size_t)(n * H * nsplit * (hd + 2)) * sizeof(float));
         if (!part) return tnn_last_status();
-        unsigned gs = warp_blocks(n * H * nch);
-        if (kc->dtype == TNN_F16)
-            TNN_LAUNCH(k_attn_split<uint16_t>, gs, 32 * CU_WARPS, 0, st, CF(q),
-                       (const uint16_t *)kc->data, (const uint16_t *)vc->data, part, n, ctx, H,
-                       Hkv, hd, scale, nch, pos, tnn__cu.fault, t->id);
-        else
-            TNN_LAUNCH(k_attn_split<float>, gs, 32 * CU_WARPS, 0, st, CF(q), CF(kc), CF(vc), part,
-                       n, ctx, H, Hkv, hd, scale, nch, pos, tnn__cu.fault, t->id);
-        TNN_LAUNCH(k_attn_merge, warp_blocks(n * H), 32 * CU_WARPS, 0, st, (const float *)part,
-                   FP(t), n, H, hd, nch, pos, ctx);
+        dim3 grid((unsigned)nsplit, (unsigned)(n * H));
+        bool f16 = kc->dtype == TNN_F16;
+        bool vec = hd % (f16 ? 8 : 4) == 0 && (uintptr_t)kc->data % 16 == 0;
+        int *cnt = tnn__cu.counters;
+        int units = hd <= 64 ? 2 : hd <= 128 ? 4 : CU_HD_UNITS;
+#define AD_LAUNCH(T, U)                                                                       \
+    TNN_LAUNCH(k_attn_decode<T COMMA U>, grid, 32 * AD_WARPS, 0, st, CF(q),                   \
+               (const T *)kc->data, (const T *)vc->data, part, cnt, FP(t), n, ctx, H, Hkv, hd,  \
+               scale, nsplit, vec, pos, tnn__cu.fault, t->id)
+        if (f16)
+            if (units == 2) AD_LAUNCH(uint16_t, 2);
+            else if (units == 4) AD_LAUNCH(uint16_t, 4);
+            else AD_LAUNCH(uint16_t, CU_HD_UNITS);
+        else if (units == 2) AD_LAUNCH(float, 2);
+        else if (units == 4) AD_LAUNCH(float, 4);
+        else AD_LAUNCH(float, CU_HD_UNITS);
+#undef AD_LAUNCH
         return tnn__cu_launched("tnn_attention_cached");
     }
     unsigned g = warp_blocks(n * H);
@@ -397,12 +539,8 @@ int tnn__cu_attention(tnn_tensor *t) {
     cudaStream_t st = tnn__cu.stream;
     switch (t->op) {
     case TNN_OP_ROPE: {
-        int64_t rows = t->shape[0], nh = t->iparam[0], hd = t->shape[1] / nh;
-        TNN_LAUNCH(k_rope, cu_blocks(rows * nh * (hd / 2)), CU_THREADS, 0, st, CF(t->src[0]),
-                   FP(t), t->src[1] ? (const int32_t *)t->src[1]->data : (const int32_t *)NULL,
-                   t->src[2] ? CF(t->src[2]) : (const float *)NULL, rows, nh, hd, t->iparam[1],
-                   (int)t->iparam[2], t->fparam[0], t->fparam[1]);
-        return tnn__cu_launched("tnn_rope");
+        cu_rope_dst own = {NULL, 0, 0, NULL, NULL, 0};
+        return rope(t, FP(t), own);
     }
     case TNN_OP_KV_WRITE: {
         const tnn_tensor *cache = t->src[0], *x = t->src[1];

@@ -437,16 +437,33 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* TNN_CUDA_FUSE=0: every node its own kernel (no epilogues folded into the
+ * decoding products). */
+static bool fusing(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("TNN_CUDA_FUSE");
+        on = !(e && !strcmp(e, "0"));
+    }
+    return on;
+}
+
 static int run_nodes(tnn_session *s) {
-    bool prof_on = profiling();
+    bool prof_on = profiling(), fuse = fusing();
     for (int32_t i = 0; i < s->n_plan; i++) {
         double t0 = prof_on ? now_s() : 0.0;
-        int rc = cu_run(s->plan[i]);
-        if (rc != TNN_OK) return rc;
+        tnn_tensor *t = s->plan[i];
+        /* nodes a kernel can take on run inside it */
+        int rc = fuse ? tnn__cu_run_fused(s->plan, s->n_plan, i) : 0;
+        if (rc > 0)
+            i += rc - 1;
+        else if (rc == 0)
+            rc = cu_run(t);
+        if (rc < 0) return rc;
         if (prof_on) {
             cudaStreamSynchronize(tnn__cu.stream);
-            prof.seconds[s->plan[i]->op] += now_s() - t0;
-            prof.count[s->plan[i]->op]++;
+            prof.seconds[t->op] += now_s() - t0;
+            prof.count[t->op]++;
         }
     }
     return TNN_OK;
@@ -551,6 +568,7 @@ static const tnn_backend cuda_backend = {
     .supports = cu_supports,
     .run = cu_run,
     .host_memory = false,
+    .fuse_next = true,
     .finish = cu_finish,
     .sqnorm = cu_sqnorm,
     .update = cu_update,
@@ -577,7 +595,9 @@ static void open_backend(void) {
     cudaDeviceProp prop;
     if (cudaSetDevice(0) != cudaSuccess || cudaGetDeviceProperties(&prop, 0) != cudaSuccess ||
         cudaStreamCreateWithFlags(&tnn__cu.stream, cudaStreamNonBlocking) != cudaSuccess ||
-        cudaMallocHost((void **)&tnn__cu.fault, sizeof *tnn__cu.fault) != cudaSuccess) {
+        cudaMallocHost((void **)&tnn__cu.fault, sizeof *tnn__cu.fault) != cudaSuccess ||
+        cudaMalloc((void **)&tnn__cu.counters, CU_COUNTERS * sizeof(int)) != cudaSuccess ||
+        cudaMemset(tnn__cu.counters, 0, CU_COUNTERS * sizeof(int)) != cudaSuccess) {
         tnn__log(TNN_LOG_WARN, "CUDA backend: device setup failed (%s)",
                  cudaGetErrorString(cudaGetLastError()));
         return;

@@ -64,6 +64,21 @@ struct dim3 {
     constexpr dim3(uint3 v) : x(v.x), y(v.y), z(v.z) {}
 };
 
+/* Vector types with CUDA's alignment (a misaligned vector load faults on a
+ * GPU; here the sanitizer build's alignment check catches it). */
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+struct alignas(8) float2 {
+    float x, y;
+};
+struct alignas(16) uint4 {
+    unsigned x, y, z, w;
+};
+struct alignas(8) uint2 {
+    unsigned x, y;
+};
+
 /* Set for each emulated thread; constinit lets g++ read them without a TLS
  * wrapper call. */
 extern thread_local constinit uint3 threadIdx;
@@ -257,6 +272,9 @@ unsigned __float_as_uint(float x);
 float __uint_as_float(unsigned x);
 
 template <class T> T __ldg(const T *address) { return *address; }
+template <class T> T __ldcg(const T *address) { return *address; }
+/* Blocks run one after another: every write is already visible. */
+inline void __threadfence() {}
 
 /* CUDA's min/max of any two arithmetic types: the common type, floats as
  * fmin/fmax. A template, so std::min stays the better match for std:: calls. */

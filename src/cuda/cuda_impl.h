@@ -14,6 +14,10 @@ extern "C" {
 
 #include <stdint.h>
 
+#ifdef __CUDACC__
+#include <cuda_fp16.h>
+#endif
+
 /* A bad value a kernel found (an index out of range): the first one wins
  * and tnn_compute reports it once the queued work is done. It lives in
  * pinned host memory, which kernels write directly. */
@@ -32,7 +36,9 @@ typedef struct tnn_cu_state {
     size_t scratch_size;
     unsigned scratch_gen; /* bumped when the scratch moves (graphs hold its address) */
     int sm_count;
+    int *counters;        /* CU_COUNTERS ints, 0 between kernels (attention.cu) */
 } tnn_cu_state;
+#define CU_COUNTERS 4096
 
 extern tnn_cu_state tnn__cu;
 
@@ -72,6 +78,17 @@ int tnn__cu_shape(tnn_tensor *t);
 int tnn__cu_reduce(tnn_tensor *t);
 int tnn__cu_embed(tnn_tensor *t);
 int tnn__cu_matmul(tnn_tensor *t);
+/* Runs plan[i] together with the nodes after it that its kernel can take
+ * on: element-wise nodes that only finish a decoding product's result, a KV
+ * cache write of that or of a RoPE result, the other products of the same
+ * x (q, k, v), a gated feed-forward pair. Returns how many nodes it ran (0:
+ * none, nothing launched; the caller runs plan[i] alone), or a negative
+ * status. */
+int tnn__cu_run_fused(tnn_tensor **plan, int32_t np, int32_t i);
+/* RoPE node t writing its rows straight into the KV cache of nx, a cache
+ * write of t's result (attention.cu): 1 when it did, 0 when nx is not such
+ * a write (nothing launched), or a negative status. */
+int tnn__cu_rope_to_cache(tnn_tensor *t, tnn_tensor *nx);
 int tnn__cu_attention(tnn_tensor *t);
 int tnn__cu_sqnorm(tnn_tensor *const *params, int n, double *out);
 int tnn__cu_update(const tnn_update *u);
@@ -152,6 +169,14 @@ static inline cu_dims cu_shape4(const tnn_tensor *t) {
     for (int i = 0; i < 4; i++) s.d[i] = i < pad ? 1 : t->shape[i - pad];
     return s;
 }
+
+/* f16 bits to float: the hardware conversion on a GPU (exact, as
+ * tnn__h2f is). */
+#ifdef __CUDACC__
+__device__ __forceinline__ float cu_h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+#else
+static inline float cu_h2f(uint16_t h) { return tnn__h2f(h); }
+#endif
 
 #define CF(t) ((const float *)(t)->data)
 #define FP(t) ((float *)(t)->data)

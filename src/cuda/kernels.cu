@@ -673,59 +673,340 @@ static int matmul_bf16(tnn_tensor *t, bool ta, bool tb) {
     return TNN_OK;
 }
 
-/* Decoding: y (N, M) = x (N, K) @ W^T for a GGML-typed W (M, K) and a few
- * rows, reading W once: a warp per weight row, each lane decoding whole
- * blocks (lane, lane + 32, ...) into registers and multiplying them with
- * every x row; the lanes' sums are then added by the warp. */
-#define QMV_ROWS 8
+/* ------------------------------------------------------------------------ */
+/* Decoding products                                                        */
+/* ------------------------------------------------------------------------ */
 
-template <int BS>
-__global__ void k_qmatvec(int type, const char *w, int64_t row_bytes, const float *x, int64_t N,
-                          int64_t M, int64_t K, float *y) {
-    int lane = threadIdx.x & 31;
-    int64_t m = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (m >= M) return; /* whole warps leave together */
-    float acc[QMV_ROWS] = {0};
-    float v[BS];
-    const char *row = w + m * row_bytes;
-    for (int64_t k = lane; k < K / BS; k += 32) {
-        tnn__deq_block(type, row, k, v);
-        for (int64_t n = 0; n < N; n++) {
-            const float *xr = x + n * K + k * BS;
-            float s = 0.0f;
-            for (int i = 0; i < BS; i++) s += v[i] * xr[i];
-            acc[n] += s;
+/* Decoding: y (N, M) = x (N, K) @ W^T for a GGML-typed W (M, K) and a few
+ * rows of x, reading W once, a warp per weight row. One launch serves a set
+ * of up to QMV_SET such products that share x (a layer's q, k and v: their
+ * rows one after another over the grid), or a gated pair (the feed-forward's
+ * silu(x Wg^T) * (x Wu^T): a warp takes the same row of both).
+ *
+ * k_qmv (block types, K a multiple of 4): each lane decodes one 8-value
+ * part of a block (tnn__deq_part), so a warp reads 8 blocks of 32 values,
+ * or one of 256, side by side, and the matching x values as two float4
+ * loads; the lanes' sums are then added by the warp. k_qmatvec (any type):
+ * each lane decodes whole blocks. Either ends with the epilogue below. */
+#define QMV_ROWS 8
+#define QMV_WARPS 4 /* weight rows per block */
+#define QMV_CHUNK 4 /* warp steps whose loads are issued together */
+#define QMV_SET 3
+
+/* What a decoding product does with each result: store it, or (the node
+ * after the product in the plan, folded into it by tnn__cu_run_fused) add
+ * or multiply the same element of another tensor (or a bias, zrow 0), apply
+ * SiLU/GELU, or write it into a KV cache at row pos[0] + n. */
+typedef struct {
+    int op;         /* TNN_OP_NONE, ADD, MUL, SILU, GELU or KV_WRITE */
+    const float *z; /* ADD/MUL: the other operand */
+    int64_t zrow;   /* its row length, 0 for a bias read at [m] */
+    void *cache;    /* KV_WRITE: the cache (ctx rows of M), f16 or f32 */
+    int f16;
+    int64_t ctx;
+    const int32_t *pos;
+    tnn_cu_fault *fault;
+    int node;
+} cu_epi;
+
+/* The products of one launch: the same x, weight type and K. */
+typedef struct {
+    int n;                   /* products */
+    const char *w[QMV_SET];  /* their weights */
+    const char *up;          /* gated pair (n = 1): y = silu(x w[0]^T) * (x up^T) */
+    float *y[QMV_SET];       /* their outputs (unused where the epilogue writes elsewhere) */
+    int64_t M[QMV_SET];      /* their rows */
+    cu_epi e[QMV_SET];
+} cu_mv;
+
+/* Lane 0 of the warp of row m stores the results of the n rows of x. */
+__device__ __forceinline__ void epi_store(const cu_epi &e, float *y, int64_t N, int64_t n,
+                                          int64_t M, int64_t m, float s) {
+    switch (e.op) {
+    case TNN_OP_ADD: s = s + e.z[n * e.zrow + m]; break;
+    case TNN_OP_MUL: s = s * e.z[n * e.zrow + m]; break;
+    case TNN_OP_SILU: s = s * cu_sigmoid(s); break;
+    case TNN_OP_GELU: s = cu_gelu(s); break;
+    case TNN_OP_KV_WRITE: {
+        int64_t p = e.pos[0];
+        if (p < 0 || p + N > e.ctx) {
+            if (m == 0 && n == 0) cu_fault(e.fault, CU_FAULT_KV, e.node, p, p + N - 1, e.ctx);
+            return;
         }
+        if (e.f16)
+            ((uint16_t *)e.cache)[(p + n) * M + m] = tnn__f2h(s);
+        else
+            ((float *)e.cache)[(p + n) * M + m] = s;
+        return;
     }
-    for (int64_t n = 0; n < N; n++) {
-        float s = cu_warp_sum(acc[n]);
-        if (lane == 0) y[n * M + m] = s;
+    default: break;
+    }
+    y[n * M + m] = s;
+}
+
+/* The warp's product (index g) and its row m within it; false past the end. */
+__device__ __forceinline__ bool mv_row(const cu_mv &p, int *g, int64_t *m) {
+    *m = (int64_t)blockIdx.x * QMV_WARPS + (threadIdx.x >> 5);
+    for (*g = 0; *g < p.n; (*g)++) {
+        if (*m < p.M[*g]) return true;
+        *m -= p.M[*g];
+    }
+    return false;
+}
+
+/* The warp's sums for each row of x and, for a gated pair, of the up row:
+ * reduced over the warp, then stored by lane 0. */
+__device__ __forceinline__ void mv_finish(const cu_mv &p, int g, int64_t N, int64_t m,
+                                          const float *acc, const float *acc_up) {
+    int lane = threadIdx.x & 31;
+CU_UNROLL(QMV_ROWS)
+    for (int n = 0; n < QMV_ROWS; n++) {
+        if (n < N) {
+            float s = cu_warp_sum(acc[n]);
+            if (p.up) {
+                float u = cu_warp_sum(acc_up[n]);
+                s = (s * cu_sigmoid(s)) * u; /* silu, then the product: the unfused ops */
+            }
+            if (lane == 0) epi_store(p.e[g], p.y[g], N, n, p.M[g], m, s);
+        }
     }
 }
 
-static int qmatvec(tnn_tensor *t) {
+template <int QT, bool GATED>
+__global__ void __launch_bounds__(32 * QMV_WARPS)
+    k_qmv(cu_mv p, int64_t row_bytes, const float *__restrict__ x, int64_t N, int64_t K) {
+    constexpr int BS = QT == TNN_QT_Q4_K || QT == TNN_QT_Q5_K || QT == TNN_QT_Q6_K ? 256 : 32;
+    constexpr int PARTS = BS / 8, STEP = 32 / PARTS; /* blocks per warp step */
+    constexpr bool SPLIT = QT == TNN_QT_Q4_0 || QT == TNN_QT_Q4_1 || QT == TNN_QT_Q5_0 ||
+                           QT == TNN_QT_Q5_1;
+    int lane = threadIdx.x & 31, part = lane % PARTS, g;
+    int64_t m;
+    if (!mv_row(p, &g, &m)) return; /* whole warps leave together */
+    const char *row = p.w[g] + m * row_bytes, *urow = GATED ? p.up + m * row_bytes : NULL;
+    /* this lane's values sit at o0 .. o0+3 and o1 .. o1+3 of a block */
+    int o0 = SPLIT ? 4 * part : 8 * part, o1 = SPLIT ? 16 + 4 * part : 8 * part + 4;
+    float acc[QMV_ROWS] = {0}, acc_up[QMV_ROWS] = {0};
+    int64_t nb = K / BS;
+    /* QMV_CHUNK steps at a time: their weight loads are issued together
+     * (a loop of unknown length would run its few steps one by one) */
+    for (int64_t kb0 = lane / PARTS; kb0 < nb; kb0 += QMV_CHUNK * STEP) {
+        float v[QMV_CHUNK][8], vu[GATED ? QMV_CHUNK : 1][8];
+CU_UNROLL(QMV_CHUNK)
+        for (int c = 0; c < QMV_CHUNK; c++)
+            if (kb0 + c * STEP < nb) {
+                tnn__deq_part(QT, row, kb0 + c * STEP, part, v[c]);
+                if (GATED) tnn__deq_part(QT, urow, kb0 + c * STEP, part, vu[GATED ? c : 0]);
+            }
+CU_UNROLL(QMV_CHUNK)
+        for (int c = 0; c < QMV_CHUNK; c++) {
+            if (kb0 + c * STEP >= nb) break;
+            const float *xb = x + (kb0 + c * STEP) * BS;
+CU_UNROLL(QMV_ROWS)
+            for (int n = 0; n < QMV_ROWS; n++) {
+                if (n < N) {
+                    float4 a = *(const float4 *)(xb + n * K + o0);
+                    float4 b = *(const float4 *)(xb + n * K + o1);
+                    acc[n] += v[c][0] * a.x + v[c][1] * a.y + v[c][2] * a.z + v[c][3] * a.w +
+                              v[c][4] * b.x + v[c][5] * b.y + v[c][6] * b.z + v[c][7] * b.w;
+                    if (GATED) {
+                        const float *u = vu[GATED ? c : 0];
+                        acc_up[n] += u[0] * a.x + u[1] * a.y + u[2] * a.z + u[3] * a.w +
+                                     u[4] * b.x + u[5] * b.y + u[6] * b.z + u[7] * b.w;
+                    }
+                }
+            }
+        }
+    }
+    mv_finish(p, g, N, m, acc, acc_up);
+}
+
+template <int BS>
+__global__ void k_qmatvec(int type, cu_mv p, int64_t row_bytes, const float *x, int64_t N,
+                          int64_t K) {
+    int lane = threadIdx.x & 31, g;
+    int64_t m;
+    if (!mv_row(p, &g, &m)) return; /* whole warps leave together */
+    float acc[QMV_ROWS] = {0}, acc_up[QMV_ROWS] = {0};
+    float v[BS];
+    const char *row = p.w[g] + m * row_bytes, *urow = p.up ? p.up + m * row_bytes : NULL;
+    for (int64_t k = lane; k < K / BS; k += 32) {
+        for (int r = 0; r < (urow ? 2 : 1); r++) {
+            tnn__deq_block(type, r ? urow : row, k, v);
+            for (int64_t n = 0; n < N; n++) {
+                const float *xr = x + n * K + k * BS;
+                float s = 0.0f;
+                for (int i = 0; i < BS; i++) s += v[i] * xr[i];
+                (r ? acc_up : acc)[n] += s;
+            }
+        }
+    }
+    mv_finish(p, g, N, m, acc, acc_up);
+}
+
+/* Launches the products of p, all with t's x and weight type. */
+static int qmatvec(const tnn_tensor *t, const cu_mv &p) {
     const tnn_tensor *x = t->src[0], *w = t->src[1];
-    int64_t N = x->shape[0], K = x->shape[1], M = w->shape[0];
+    int64_t N = x->shape[0], K = x->shape[1], rows = 0;
+    for (int i = 0; i < p.n; i++) rows += p.M[i];
     const tnn_qtype_info *qi = tnn__qtype(w->gtype);
     int64_t rb = tnn__qtype_row_bytes(w->gtype, K);
     if (!qi || rb < 0) return tnn_last_status() ? tnn_last_status() : TNN_ERR_FORMAT;
-    unsigned g = (unsigned)((M + 7) / 8);
+    unsigned g = (unsigned)((rows + QMV_WARPS - 1) / QMV_WARPS);
+    unsigned nt = 32 * QMV_WARPS;
     cudaStream_t st = tnn__cu.stream;
-    const char *wd = (const char *)w->data;
-    if (qi->block == 1)
-        TNN_LAUNCH(k_qmatvec<1>, g, 256, 0, st, w->gtype, wd, rb, CF(x), N, M, K, FP(t));
-    else if (qi->block == 32)
-        TNN_LAUNCH(k_qmatvec<32>, g, 256, 0, st, w->gtype, wd, rb, CF(x), N, M, K, FP(t));
-    else
-        TNN_LAUNCH(k_qmatvec<256>, g, 256, 0, st, w->gtype, wd, rb, CF(x), N, M, K, FP(t));
+    bool vec = K % 4 == 0 && (uintptr_t)x->data % 16 == 0 && qi->block > 1;
+    const float *X = CF(x);
+#define QMV_CASE(qt)                                                                          \
+    case qt:                                                                                  \
+        if (p.up)                                                                             \
+            TNN_LAUNCH(k_qmv<qt COMMA true>, g, nt, 0, st, p, rb, X, N, K);                   \
+        else                                                                                  \
+            TNN_LAUNCH(k_qmv<qt COMMA false>, g, nt, 0, st, p, rb, X, N, K);                  \
+        break
+    if (vec) {
+        switch (w->gtype) {
+            QMV_CASE(TNN_QT_Q4_0);
+            QMV_CASE(TNN_QT_Q4_1);
+            QMV_CASE(TNN_QT_Q5_0);
+            QMV_CASE(TNN_QT_Q5_1);
+            QMV_CASE(TNN_QT_Q8_0);
+            QMV_CASE(TNN_QT_Q4_K);
+            QMV_CASE(TNN_QT_Q5_K);
+            QMV_CASE(TNN_QT_Q6_K);
+        default: vec = false; break;
+        }
+    }
+#undef QMV_CASE
+    if (!vec) {
+        if (qi->block == 1)
+            TNN_LAUNCH(k_qmatvec<1>, g, nt, 0, st, w->gtype, p, rb, X, N, K);
+        else if (qi->block == 32)
+            TNN_LAUNCH(k_qmatvec<32>, g, nt, 0, st, w->gtype, p, rb, X, N, K);
+        else
+            TNN_LAUNCH(k_qmatvec<256>, g, nt, 0, st, w->gtype, p, rb, X, N, K);
+    }
     return tnn__cu_launched("tnn_matmul_nt");
+}
+
+static bool qmatvec_node(const tnn_tensor *t) {
+    return t->op == TNN_OP_MATMUL && t->src[1]->dtype == TNN_GGML && t->src[0]->ndim == 2 &&
+           t->src[0]->shape[0] <= QMV_ROWS;
+}
+
+/* Node t (plan index i) is read only by the node at index `by`, and kept by
+ * nobody: its value need not exist once that node has run. */
+static bool only_read_by(const tnn_tensor *t, int32_t by) {
+    return t->last_use == by && !(t->flags & TNN_FLAG_OUTPUT) && t != t->sess->result;
+}
+
+/* Whether node nx (the next in the plan, the only reader of t) can be
+ * folded into the decoding product t; fills the epilogue when it can. */
+static bool epilogue_of(const tnn_tensor *t, const tnn_tensor *nx, cu_epi *e) {
+    memset(e, 0, sizeof *e);
+    int64_t N = t->shape[0], M = t->shape[1];
+    switch (nx->op) {
+    case TNN_OP_ADD:
+    case TNN_OP_MUL: {
+        if (nx->src[0] != t && nx->src[1] != t) return false;
+        const tnn_tensor *z = nx->src[0] == t ? nx->src[1] : nx->src[0];
+        if (z == t || nx->nelem != t->nelem || z->dtype != TNN_F32) return false;
+        if (z->nelem == N * M && z->shape[z->ndim - 1] == M)
+            e->zrow = M;
+        else if (z->nelem == M && z->shape[z->ndim - 1] == M)
+            e->zrow = 0; /* a bias row, broadcast */
+        else
+            return false;
+        e->z = CF(z);
+        break;
+    }
+    case TNN_OP_SILU:
+    case TNN_OP_GELU:
+        if (nx->src[0] != t) return false;
+        break;
+    case TNN_OP_KV_WRITE: {
+        const tnn_tensor *cache = nx->src[0];
+        if (nx->src[1] != t || cache->ndim != 2 || cache->shape[1] != M ||
+            (cache->dtype != TNN_F16 && cache->dtype != TNN_F32))
+            return false;
+        e->cache = nx->data;
+        e->f16 = cache->dtype == TNN_F16;
+        e->ctx = cache->shape[0];
+        e->pos = (const int32_t *)nx->src[2]->data;
+        e->fault = tnn__cu.fault;
+        e->node = nx->id;
+        break;
+    }
+    default: return false;
+    }
+    e->op = nx->op;
+    return true;
+}
+
+/* Products b and a read the same x with weights of the same type and K. */
+static bool same_input(const tnn_tensor *a, const tnn_tensor *b) {
+    return qmatvec_node(b) && b->src[0] == a->src[0] && b->src[1]->gtype == a->src[1]->gtype;
+}
+
+int tnn__cu_run_fused(tnn_tensor **plan, int32_t np, int32_t i) {
+    tnn_tensor *t = plan[i];
+    if (t->op == TNN_OP_ROPE) {
+        if (i + 1 >= np || !only_read_by(t, i + 1)) return 0;
+        int rc = tnn__cu_rope_to_cache(t, plan[i + 1]);
+        return rc == 1 ? 2 : rc;
+    }
+    if (!qmatvec_node(t)) return 0;
+    cu_mv p;
+    memset(&p, 0, sizeof p);
+    /* the gated pair: t, silu(t), u (same x), silu(t) * u */
+    if (i + 3 < np) {
+        tnn_tensor *sg = plan[i + 1], *u = plan[i + 2], *mul = plan[i + 3];
+        if (sg->op == TNN_OP_SILU && sg->src[0] == t && only_read_by(t, i + 1) &&
+            same_input(t, u) && u->src[1]->shape[0] == t->src[1]->shape[0] &&
+            mul->op == TNN_OP_MUL && only_read_by(sg, i + 3) && only_read_by(u, i + 3) &&
+            ((mul->src[0] == sg && mul->src[1] == u) || (mul->src[0] == u && mul->src[1] == sg))) {
+            p.n = 1;
+            p.w[0] = (const char *)t->src[1]->data;
+            p.up = (const char *)u->src[1]->data;
+            p.y[0] = FP(mul);
+            p.M[0] = t->shape[1];
+            int rc = qmatvec(t, p);
+            return rc ? rc : 4;
+        }
+    }
+    /* a set: t and the products after it that read the same x; the last
+     * one's reader folded in when it can be */
+    int k = 0;
+    while (k < QMV_SET && i + k < np && (k == 0 || same_input(t, plan[i + k]))) {
+        p.w[k] = (const char *)plan[i + k]->src[1]->data;
+        p.y[k] = FP(plan[i + k]);
+        p.M[k] = plan[i + k]->shape[1];
+        k++;
+    }
+    p.n = k;
+    int ran = k;
+    tnn_tensor *lastp = plan[i + k - 1];
+    if (i + k < np && only_read_by(lastp, i + k) && epilogue_of(lastp, plan[i + k], &p.e[k - 1])) {
+        p.y[k - 1] = FP(plan[i + k]);
+        ran++;
+    }
+    if (ran == 1) return 0; /* nothing to fuse: the plain path runs it */
+    int rc = qmatvec(t, p);
+    return rc ? rc : ran;
 }
 
 int tnn__cu_matmul(tnn_tensor *t) {
     const tnn_tensor *a = t->src[0], *b = t->src[1];
     bool ta = t->iparam[0] & TNN_MM_TA, tb = t->iparam[0] & TNN_MM_TB;
     const float *B = CF(b);
-    if (b->dtype == TNN_GGML && a->shape[0] <= QMV_ROWS) return qmatvec(t);
+    if (qmatvec_node(t)) {
+        cu_mv p;
+        memset(&p, 0, sizeof p);
+        p.n = 1;
+        p.w[0] = (const char *)b->data;
+        p.y[0] = FP(t);
+        p.M[0] = t->shape[1];
+        return qmatvec(t, p);
+    }
     if (b->dtype == TNN_BF16) {
         int rc = matmul_bf16(t, ta, tb);
         if (rc != TNN_ERR_UNSUPPORTED) return rc;

@@ -242,20 +242,30 @@ static int build_graph(lm_llama *m, llama_graph *gr, int n) {
     tnn_tensor *x = tnn_get_rows(s, m->tok_embd, gr->tokens);
     for (int l = 0; l < hp->n_layer; l++) {
         const llama_layer *L = &m->L[l];
+        /* Nodes are made in the order they run, which the CUDA backend uses:
+         * it runs q, k and v (one x) in one kernel, folds an element-wise node
+         * or a cache write into the node right before it that it only reads,
+         * and the gate/SiLU/up/product sequence into one kernel. */
         tnn_tensor *h = tnn_rms_norm(s, x, L->attn_norm, eps);
-        tnn_tensor *q = tnn_rope_ext(s, linear(s, h, L->wq, L->bq), hp->n_head, gr->positions,
-                                     hp->rope_base, hp->rope_mode, m->rope_freqs);
-        tnn_tensor *k = tnn_rope_ext(s, linear(s, h, L->wk, L->bk), hp->n_kv_head, gr->positions,
-                                     hp->rope_base, hp->rope_mode, m->rope_freqs);
+        tnn_tensor *q = linear(s, h, L->wq, L->bq);
+        tnn_tensor *k = linear(s, h, L->wk, L->bk);
         tnn_tensor *v = linear(s, h, L->wv, L->bv);
-        tnn_tensor *kc = tnn_kv_write(s, L->kcache, k, gr->pos0);
         tnn_tensor *vc = tnn_kv_write(s, L->vcache, v, gr->pos0);
+        q = tnn_rope_ext(s, q, hp->n_head, gr->positions, hp->rope_base, hp->rope_mode,
+                         m->rope_freqs);
+        k = tnn_rope_ext(s, k, hp->n_kv_head, gr->positions, hp->rope_base, hp->rope_mode,
+                         m->rope_freqs);
+        tnn_tensor *kc = tnn_kv_write(s, L->kcache, k, gr->pos0);
         tnn_tensor *a = tnn_attention_cached(s, q, kc, vc, hp->n_head, hp->n_kv_head, gr->pos0);
-        x = tnn_add(s, x, tnn_matmul_nt(s, a, L->wo));
+        tnn_tensor *o = tnn_matmul_nt(s, a, L->wo);
+        x = tnn_add(s, x, o);
         h = tnn_rms_norm(s, x, L->ffn_norm, eps);
-        tnn_tensor *f = tnn_mul(s, tnn_silu(s, tnn_matmul_nt(s, h, L->w_gate)),
-                                tnn_matmul_nt(s, h, L->w_up));
-        x = tnn_add(s, x, tnn_matmul_nt(s, f, L->w_down));
+        tnn_tensor *gate = tnn_matmul_nt(s, h, L->w_gate);
+        gate = tnn_silu(s, gate);
+        tnn_tensor *up = tnn_matmul_nt(s, h, L->w_up);
+        tnn_tensor *f = tnn_mul(s, gate, up);
+        tnn_tensor *down = tnn_matmul_nt(s, f, L->w_down);
+        x = tnn_add(s, x, down);
     }
     if (n > 1) x = tnn_get_rows(s, x, gr->last); /* only the last row's logits */
     gr->logits = tnn_matmul_nt(s, tnn_rms_norm(s, x, m->out_norm, eps), m->output);
