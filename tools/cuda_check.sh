@@ -86,6 +86,16 @@ if [ -f "$W/smol-q4_1.gguf" ]; then
   cat "$L/gen_cpu.log" "$L/gen_cuda.log" 2>/dev/null >> "$S"
   TNN_CUDA_PROFILE=1 step gen_profile 120 "$BIN/bench/bench_generate" "$W/smol-q4_1.gguf" --cuda
   tail -n 14 "$L/gen_profile.log" 2>/dev/null >> "$S"
+  # the same without CUDA graphs, and without the fused epilogues (what each is worth)
+  TNN_CUDA_GRAPHS=0 step gen_nographs 120 "$BIN/bench/bench_generate" "$W/smol-q4_1.gguf" --cuda
+  TNN_CUDA_FUSE=0 step gen_nofuse 120 "$BIN/bench/bench_generate" "$W/smol-q4_1.gguf" --cuda
+  # each decoding kernel's GPU time (ncu runs them one at a time, caches and clocks left as
+  # they are): ~3 tokens of the first generation, well past the prompt and the recording
+  NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null)
+  if [ -n "$NCU" ]; then
+    step gen_ncu 300 "$NCU" --metrics gpu__time_duration.sum --cache-control none --clock-control none --csv --launch-skip 6000 --launch-count 1200 "$BIN/bench/bench_generate" "$W/smol-q4_1.gguf" --cuda
+    python3 tools/ncu_summary.py "$L/gen_ncu.log" >> "$S" 2>&1
+  fi
 fi
 
 note "== bf16 GEMM on this host's CPU"
