@@ -402,8 +402,11 @@ static tnn_tensor *b_qmm(tnn_session *s, tnn_tensor **x) {
 }
 
 /* A decoding product followed by each node the CUDA backend folds into its
- * kernel: SiLU, GELU, a product with another tensor, a bias, and a KV cache
- * write (the cache is the result: rows at the position x[2] holds). */
+ * kernel: SiLU, GELU, a product with another tensor, a bias, a KV cache
+ * write (the cache is the result: rows at the position x[2] holds), the
+ * gated pair and a set of three products of one x; cases 8-10 put an RMS
+ * norm before the products (with the gain x[3], without, and before a
+ * product that is the result). */
 static int qepi;
 static tnn_tensor *b_qepi(tnn_session *s, tnn_tensor **x) {
     char name[16];
@@ -413,23 +416,27 @@ static tnn_tensor *b_qepi(tnn_session *s, tnn_tensor **x) {
     tnn_tensor *u = tnn_tensor_from_gguf(s, qfile, name);
     int64_t sh[2] = {12, QM}, flat[1] = {tnn_tensor_nelements(x[1])};
     tnn_tensor *bias = tnn_narrow(s, tnn_reshape(s, x[1], 1, flat), 0, 0, QM);
-    tnn_tensor *y = tnn_matmul_nt(s, x[0], w);
-    if (qepi == 6) { /* the gated pair: one kernel */
+    int kind = qepi < 8 ? qepi : qepi == 8 ? 7 : qepi == 9 ? 6 : -1;
+    tnn_tensor *in = qepi < 8 ? x[0] : tnn_rms_norm(s, x[0], qepi == 9 ? NULL : x[3], 1e-5);
+    tnn_tensor *y = tnn_matmul_nt(s, in, w);
+    if (kind == 6) { /* the gated pair: one kernel */
         y = tnn_silu(s, y);
-        return tnn_mul(s, y, tnn_matmul_nt(s, x[0], u));
+        return tnn_mul(s, y, tnn_matmul_nt(s, in, u));
     }
-    if (qepi == 7) { /* three products of one x (one kernel, the last with its bias) */
-        tnn_tensor *b = tnn_matmul_nt(s, x[0], u);
-        tnn_tensor *c = tnn_matmul_nt(s, x[0], w);
+    if (kind == 7) { /* three products of one x (one kernel, the last with its bias) */
+        tnn_tensor *b = tnn_matmul_nt(s, in, u);
+        tnn_tensor *c = tnn_matmul_nt(s, in, w);
         c = tnn_add(s, c, bias);
         return tnn_add(s, tnn_mul(s, y, b), c);
     }
-    switch (qepi) {
+    switch (kind) {
     case 0: return tnn_silu(s, y);
     case 1: return tnn_gelu(s, y);
     case 2: return tnn_mul(s, x[1], y);
     case 3: return tnn_add(s, y, bias);
-    default: return tnn_kv_write(s, tnn_tensor_new(s, qepi == 4 ? TNN_F16 : TNN_F32, 2, sh), y, x[2]);
+    case 4:
+    case 5: return tnn_kv_write(s, tnn_tensor_new(s, kind == 4 ? TNN_F16 : TNN_F32, 2, sh), y, x[2]);
+    default: return y;
     }
 }
 
@@ -442,8 +449,8 @@ void tnn__cu_emu_counts(long *launches, long *d2h, long *graphs);
 static void quant_epilogue_launches(void) {
     tnn_session *s = tnn_session_new(1);
     qcur = 3; /* Q4_0 */
-    tnn_tensor *x[3] = {tnn_input_2d_f32(s, 2, QK), tnn_input_2d_f32(s, 2, QM),
-                        tnn_input_1d_i32(s, 1)};
+    tnn_tensor *x[4] = {tnn_input_2d_f32(s, 2, QK), tnn_input_2d_f32(s, 2, QM),
+                        tnn_input_1d_i32(s, 1), tnn_input_1d_f32(s, QK)};
     qepi = 0;
     tnn_tensor *y = b_qepi(s, x);
     CHECK_OK(tnn_realize(s, y));
@@ -453,13 +460,14 @@ static void quant_epilogue_launches(void) {
     CHECK_OK(tnn_compute(s));
     tnn__cu_emu_counts(&l1, &d, &g);
     CHECK(l1 - l0 == 1, "a product + SiLU launched %ld kernels (want 1)", l1 - l0);
-    for (qepi = 6; qepi < 8; qepi++) {
+    for (qepi = 6; qepi < 11; qepi++) {
         CHECK_OK(tnn_realize(s, b_qepi(s, x)));
         tnn__cu_emu_counts(&l0, &d, &g);
         CHECK_OK(tnn_compute(s));
         tnn__cu_emu_counts(&l1, &d, &g);
-        /* the set: narrow, the set's kernel, mul, add */
-        CHECK(l1 - l0 == (qepi == 6 ? 1 : 4), "case %d launched %ld kernels", qepi, l1 - l0);
+        /* the sets: narrow, the set's kernel (with the norm), mul, add */
+        long want = qepi == 7 || qepi == 8 ? 4 : 1;
+        CHECK(l1 - l0 == want, "case %d launched %ld kernels (want %ld)", qepi, l1 - l0, want);
     }
 #endif
     qepi = 4;
@@ -476,16 +484,19 @@ static void quant_epilogue_launches(void) {
 
 static void test_quant_epilogues(void) {
     quant_epilogue_launches();
-    static const char *what[] = {"silu",           "gelu",           "mul",
-                                 "bias add",       "f16 cache write", "f32 cache write",
-                                 "the gated pair", "a set of three"};
-    in_spec ins[3] = {F(2, 5, QK), F(2, 5, QM), {TNN_I32, 1, {1}, 7, false}};
+    static const char *what[] = {"silu",           "gelu",
+                                 "mul",            "bias add",
+                                 "f16 cache write", "f32 cache write",
+                                 "the gated pair", "a set of three",
+                                 "RMS norm, a set of three", "RMS norm (no gain), the gated pair",
+                                 "RMS norm, the result"};
+    in_spec ins[4] = {F(2, 5, QK), F(2, 5, QM), {TNN_I32, 1, {1}, 7, false}, F(1, QK)};
     for (qcur = 0; qfile && qcur < NQ; qcur++)
-        for (qepi = 0; qepi < 8; qepi++) {
-            char name[80];
+        for (qepi = 0; qepi < 11; qepi++) {
+            char name[96];
             snprintf(name, sizeof name, "quantized %s, 5 rows, then %s",
                      tnn_ggml_type_name(qtypes[qcur]), what[qepi]);
-            twin(name, b_qepi, ins, 3, false, qepi == 4 ? 1e-3 : 1e-5);
+            twin(name, b_qepi, ins, 4, false, qepi == 4 ? 1e-3 : 1e-5);
         }
 }
 

@@ -717,7 +717,35 @@ typedef struct {
     float *y[QMV_SET];       /* their outputs (unused where the epilogue writes elsewhere) */
     int64_t M[QMV_SET];      /* their rows */
     cu_epi e[QMV_SET];
+    /* norm: x is an RMS norm's input, normalized (times g, when not NULL)
+     * as the products read it, as k_rms_norm would */
+    int norm;
+    const float *g;
+    double eps;
 } cu_mv;
+
+/* The RMS norm scales of x's N rows (norm set), as k_rms_norm computes them
+ * (the squares summed in double), every lane of the warp getting them. */
+__device__ __forceinline__ void mv_norm_scales(const cu_mv &p, const float *x, int64_t N,
+                                               int64_t K, float *sc) {
+    int lane = threadIdx.x & 31;
+CU_UNROLL(QMV_ROWS)
+    for (int n = 0; n < QMV_ROWS; n++) {
+        sc[n] = 1.0f;
+        if (p.norm && n < N) {
+            double ss = 0.0;
+            for (int64_t k = lane; k < K; k += 32) ss += (double)x[n * K + k] * x[n * K + k];
+            ss = cu_warp_sum(ss);
+            sc[n] = (float)(1.0 / sqrt(ss / (double)K + p.eps));
+        }
+    }
+}
+
+/* x[k] as the product reads it: normalized when p.norm. */
+__device__ __forceinline__ float mv_x(const cu_mv &p, float x, float sc, int64_t k) {
+    if (!p.norm) return x;
+    return p.g ? (x * sc) * p.g[k] : x * sc;
+}
 
 /* Lane 0 of the warp of row m stores the results of the n rows of x. */
 __device__ __forceinline__ void epi_store(const cu_epi &e, float *y, int64_t N, int64_t n,
@@ -785,7 +813,8 @@ __global__ void __launch_bounds__(32 * QMV_WARPS)
     const char *row = p.w[g] + m * row_bytes, *urow = GATED ? p.up + m * row_bytes : NULL;
     /* this lane's values sit at o0 .. o0+3 and o1 .. o1+3 of a block */
     int o0 = SPLIT ? 4 * part : 8 * part, o1 = SPLIT ? 16 + 4 * part : 8 * part + 4;
-    float acc[QMV_ROWS] = {0}, acc_up[QMV_ROWS] = {0};
+    float acc[QMV_ROWS] = {0}, acc_up[QMV_ROWS] = {0}, sc[QMV_ROWS];
+    mv_norm_scales(p, x, N, K, sc);
     int64_t nb = K / BS;
     /* QMV_CHUNK steps at a time: their weight loads are issued together
      * (a loop of unknown length would run its few steps one by one) */
@@ -800,12 +829,23 @@ CU_UNROLL(QMV_CHUNK)
 CU_UNROLL(QMV_CHUNK)
         for (int c = 0; c < QMV_CHUNK; c++) {
             if (kb0 + c * STEP >= nb) break;
-            const float *xb = x + (kb0 + c * STEP) * BS;
+            int64_t k0 = (kb0 + c * STEP) * BS;
+            const float *xb = x + k0;
+            float4 ga = {1.0f, 1.0f, 1.0f, 1.0f}, gb = ga;
+            if (p.norm && p.g) {
+                ga = *(const float4 *)(p.g + k0 + o0);
+                gb = *(const float4 *)(p.g + k0 + o1);
+            }
 CU_UNROLL(QMV_ROWS)
             for (int n = 0; n < QMV_ROWS; n++) {
                 if (n < N) {
                     float4 a = *(const float4 *)(xb + n * K + o0);
                     float4 b = *(const float4 *)(xb + n * K + o1);
+                    if (p.norm) { /* (x * scale) * g, as k_rms_norm */
+                        float s = sc[n];
+                        a = {(a.x * s) * ga.x, (a.y * s) * ga.y, (a.z * s) * ga.z, (a.w * s) * ga.w};
+                        b = {(b.x * s) * gb.x, (b.y * s) * gb.y, (b.z * s) * gb.z, (b.w * s) * gb.w};
+                    }
                     acc[n] += v[c][0] * a.x + v[c][1] * a.y + v[c][2] * a.z + v[c][3] * a.w +
                               v[c][4] * b.x + v[c][5] * b.y + v[c][6] * b.z + v[c][7] * b.w;
                     if (GATED) {
@@ -826,7 +866,8 @@ __global__ void k_qmatvec(int type, cu_mv p, int64_t row_bytes, const float *x, 
     int lane = threadIdx.x & 31, g;
     int64_t m;
     if (!mv_row(p, &g, &m)) return; /* whole warps leave together */
-    float acc[QMV_ROWS] = {0}, acc_up[QMV_ROWS] = {0};
+    float acc[QMV_ROWS] = {0}, acc_up[QMV_ROWS] = {0}, sc[QMV_ROWS];
+    mv_norm_scales(p, x, N, K, sc);
     float v[BS];
     const char *row = p.w[g] + m * row_bytes, *urow = p.up ? p.up + m * row_bytes : NULL;
     for (int64_t k = lane; k < K / BS; k += 32) {
@@ -835,7 +876,7 @@ __global__ void k_qmatvec(int type, cu_mv p, int64_t row_bytes, const float *x, 
             for (int64_t n = 0; n < N; n++) {
                 const float *xr = x + n * K + k * BS;
                 float s = 0.0f;
-                for (int i = 0; i < BS; i++) s += v[i] * xr[i];
+                for (int i = 0; i < BS; i++) s += v[i] * mv_x(p, xr[i], sc[n], k * BS + i);
                 (r ? acc_up : acc)[n] += s;
             }
         }
@@ -843,9 +884,10 @@ __global__ void k_qmatvec(int type, cu_mv p, int64_t row_bytes, const float *x, 
     mv_finish(p, g, N, m, acc, acc_up);
 }
 
-/* Launches the products of p, all with t's x and weight type. */
+/* Launches the products of p, all with t's x (or, p.norm, the input of
+ * the RMS norm that made it) and weight type. */
 static int qmatvec(const tnn_tensor *t, const cu_mv &p) {
-    const tnn_tensor *x = t->src[0], *w = t->src[1];
+    const tnn_tensor *x = p.norm ? t->src[0]->src[0] : t->src[0], *w = t->src[1];
     int64_t N = x->shape[0], K = x->shape[1], rows = 0;
     for (int i = 0; i < p.n; i++) rows += p.M[i];
     const tnn_qtype_info *qi = tnn__qtype(w->gtype);
@@ -854,7 +896,8 @@ static int qmatvec(const tnn_tensor *t, const cu_mv &p) {
     unsigned g = (unsigned)((rows + QMV_WARPS - 1) / QMV_WARPS);
     unsigned nt = 32 * QMV_WARPS;
     cudaStream_t st = tnn__cu.stream;
-    bool vec = K % 4 == 0 && (uintptr_t)x->data % 16 == 0 && qi->block > 1;
+    bool vec = K % 4 == 0 && (uintptr_t)x->data % 16 == 0 && qi->block > 1 &&
+               (!p.g || (uintptr_t)p.g % 16 == 0);
     const float *X = CF(x);
 #define QMV_CASE(qt)                                                                          \
     case qt:                                                                                  \
@@ -897,6 +940,15 @@ static bool qmatvec_node(const tnn_tensor *t) {
  * nobody: its value need not exist once that node has run. */
 static bool only_read_by(const tnn_tensor *t, int32_t by) {
     return t->last_use == by && !(t->flags & TNN_FLAG_OUTPUT) && t != t->sess->result;
+}
+
+/* Whether a node's input x, read by the kernel that runs the r nodes from
+ * plan index i, keeps its buffer that long: the planner (fuse_next) frees a
+ * buffer after the node that follows its last reader has its own, so only
+ * nodes two past that reader can land on it. */
+static bool lives_through(const tnn_tensor *x, int32_t i, int r) {
+    return x->op == TNN_OP_NONE || (x->flags & TNN_FLAG_OUTPUT) || x == x->sess->result ||
+           x->last_use >= i + r - 2;
 }
 
 /* Whether node nx (the next in the plan, the only reader of t) can be
@@ -947,16 +999,13 @@ static bool same_input(const tnn_tensor *a, const tnn_tensor *b) {
     return qmatvec_node(b) && b->src[0] == a->src[0] && b->src[1]->gtype == a->src[1]->gtype;
 }
 
-int tnn__cu_run_fused(tnn_tensor **plan, int32_t np, int32_t i) {
+/* The products starting at plan[i] one kernel can run (filled into p):
+ * a gated pair, or a set of products of the same x with the last one's
+ * reader folded in where it can be. Returns the nodes it covers; *last is
+ * the index of the last product in it. */
+static int match_products(tnn_tensor **plan, int32_t np, int32_t i, cu_mv *p, int32_t *last) {
     tnn_tensor *t = plan[i];
-    if (t->op == TNN_OP_ROPE) {
-        if (i + 1 >= np || !only_read_by(t, i + 1)) return 0;
-        int rc = tnn__cu_rope_to_cache(t, plan[i + 1]);
-        return rc == 1 ? 2 : rc;
-    }
-    if (!qmatvec_node(t)) return 0;
-    cu_mv p;
-    memset(&p, 0, sizeof p);
+    memset(p, 0, sizeof *p);
     /* the gated pair: t, silu(t), u (same x), silu(t) * u */
     if (i + 3 < np) {
         tnn_tensor *sg = plan[i + 1], *u = plan[i + 2], *mul = plan[i + 3];
@@ -964,31 +1013,60 @@ int tnn__cu_run_fused(tnn_tensor **plan, int32_t np, int32_t i) {
             same_input(t, u) && u->src[1]->shape[0] == t->src[1]->shape[0] &&
             mul->op == TNN_OP_MUL && only_read_by(sg, i + 3) && only_read_by(u, i + 3) &&
             ((mul->src[0] == sg && mul->src[1] == u) || (mul->src[0] == u && mul->src[1] == sg))) {
-            p.n = 1;
-            p.w[0] = (const char *)t->src[1]->data;
-            p.up = (const char *)u->src[1]->data;
-            p.y[0] = FP(mul);
-            p.M[0] = t->shape[1];
-            int rc = qmatvec(t, p);
-            return rc ? rc : 4;
+            p->n = 1;
+            p->w[0] = (const char *)t->src[1]->data;
+            p->up = (const char *)u->src[1]->data;
+            p->y[0] = FP(mul);
+            p->M[0] = t->shape[1];
+            *last = i + 2;
+            return 4;
         }
     }
-    /* a set: t and the products after it that read the same x; the last
-     * one's reader folded in when it can be */
+    /* a set: t and the products after it that read the same x */
     int k = 0;
     while (k < QMV_SET && i + k < np && (k == 0 || same_input(t, plan[i + k]))) {
-        p.w[k] = (const char *)plan[i + k]->src[1]->data;
-        p.y[k] = FP(plan[i + k]);
-        p.M[k] = plan[i + k]->shape[1];
+        p->w[k] = (const char *)plan[i + k]->src[1]->data;
+        p->y[k] = FP(plan[i + k]);
+        p->M[k] = plan[i + k]->shape[1];
         k++;
     }
-    p.n = k;
-    int ran = k;
-    tnn_tensor *lastp = plan[i + k - 1];
-    if (i + k < np && only_read_by(lastp, i + k) && epilogue_of(lastp, plan[i + k], &p.e[k - 1])) {
-        p.y[k - 1] = FP(plan[i + k]);
-        ran++;
+    p->n = k;
+    *last = i + k - 1;
+    tnn_tensor *lp = plan[i + k - 1];
+    if (i + k < np && only_read_by(lp, i + k) && epilogue_of(lp, plan[i + k], &p->e[k - 1])) {
+        p->y[k - 1] = FP(plan[i + k]);
+        return k + 1;
     }
+    return k;
+}
+
+int tnn__cu_run_fused(tnn_tensor **plan, int32_t np, int32_t i) {
+    tnn_tensor *t = plan[i];
+    if (t->op == TNN_OP_ROPE) {
+        if (i + 1 >= np || !only_read_by(t, i + 1)) return 0;
+        int rc = tnn__cu_rope_to_cache(t, plan[i + 1]);
+        return rc == 1 ? 2 : rc;
+    }
+    cu_mv p;
+    int32_t last;
+    /* an RMS norm read only by the products that follow it: they normalize
+     * x themselves */
+    if (t->op == TNN_OP_RMS_NORM && t->ndim == 2 && i + 1 < np && qmatvec_node(plan[i + 1]) &&
+        plan[i + 1]->src[0] == t && !(t->flags & TNN_FLAG_OUTPUT) && t != t->sess->result &&
+        t->src[0]->dtype == TNN_F32 && (!t->src[1] || t->src[1]->nelem == t->shape[1])) {
+        int ran = match_products(plan, np, i + 1, &p, &last);
+        if (t->last_use <= last && lives_through(t->src[0], i, ran + 1) &&
+            (!t->src[1] || lives_through(t->src[1], i, ran + 1))) {
+            p.norm = 1;
+            p.g = t->src[1] ? CF(t->src[1]) : NULL;
+            p.eps = t->fparam[0];
+            int rc = qmatvec(plan[i + 1], p);
+            return rc ? rc : ran + 1;
+        }
+        return 0;
+    }
+    if (!qmatvec_node(t)) return 0;
+    int ran = match_products(plan, np, i, &p, &last);
     if (ran == 1) return 0; /* nothing to fuse: the plain path runs it */
     int rc = qmatvec(t, p);
     return rc ? rc : ran;
