@@ -534,11 +534,13 @@ static tnn_tensor *b_kv(tnn_session *s, tnn_tensor **x) {
     tnn_tensor *vc = tnn_tensor_new(s, kv_f16 ? TNN_F16 : TNN_F32, 2, sh);
     /* positions 4..6 of the cache (x[3] holds 4, as a 1-element i32 in [4, 5)) */
     /* kv_rope: the keys through RoPE first (the CUDA backend writes the
-     * rotated rows straight into the cache) */
+     * rotated rows straight into the cache), and q */
     tnn_tensor *k = kv_rope ? tnn_rope(s, x[1], 2, 3, 10000.0, 0) : x[1];
     tnn_tensor *kw = tnn_kv_write(s, kc, k, x[3]);
     tnn_tensor *vw = tnn_kv_write(s, vc, x[2], x[3]);
-    return tnn_attention_cached(s, x[0], kw, vw, 4, 2, x[3]);
+    /* ... and q too (rotated inside the attention kernel) */
+    tnn_tensor *q = kv_rope ? tnn_rope(s, x[0], 4, 3, 10000.0, 1) : x[0];
+    return tnn_attention_cached(s, q, kw, vw, 4, 2, x[3]);
 }
 
 static void test_kv(void) {
@@ -564,7 +566,8 @@ static void test_kv(void) {
     in_spec far6[4] = {F(2, 3, 24), F(2, 3, 12), F(2, 3, 12), {TNN_I32, 1, {1}, -600, false}};
     for (kv_f16 = 0; kv_f16 < 2; kv_f16++) {
         kv_rope = 1;
-        twin("RoPE + kv_write + attention_cached, 3 rows at 600", b_kv, far8, 4, false, 1e-5);
+        twin("RoPE + kv_write + RoPE + attention_cached, 3 rows at 600", b_kv, far8, 4, false,
+             1e-5);
         kv_rope = 0;
         twin("attention_cached, 3 rows at 600 (head size 8)", b_kv, far8, 4, false, 1e-5);
         twin("attention_cached, 3 rows at 600 (head size 6)", b_kv, far6, 4, false, 1e-5);
@@ -579,6 +582,7 @@ static void test_kv_repeat(void) {
     tnn_session *s = tnn_session_new(1);
     kv_ctx = 700;
     kv_f16 = 1;
+    kv_rope = 1;
     tnn_tensor *x[4] = {tnn_input_2d_f32(s, 3, 32), tnn_input_2d_f32(s, 3, 16),
                         tnn_input_2d_f32(s, 3, 16), tnn_input_1d_i32(s, 1)};
     tnn_tensor *y = b_kv(s, x);
@@ -594,6 +598,14 @@ static void test_kv_repeat(void) {
     CHECK_ERR(tnn_compute(s), TNN_ERR_RANGE, "do not fit");
     p = 600;
     CHECK_OK(tnn_upload_i32(s, x[3], &p, 1));
+#ifdef TNN_TEST_EMU
+    long l0, l1, d, g;
+    tnn__cu_emu_counts(&l0, &d, &g);
+    CHECK_OK(tnn_compute(s));
+    tnn__cu_emu_counts(&l1, &d, &g);
+    /* RoPE k into the cache, the v cache write, RoPE q inside attention */
+    CHECK(l1 - l0 == 3, "RoPE + caches + attention launched %ld kernels (want 3)", l1 - l0);
+#endif
     for (int r = 0; r < 4; r++) {
         CHECK_OK(tnn_compute(s));
         CHECK_OK(tnn_download_f32(s, y, out[r], 96));
@@ -601,6 +613,7 @@ static void test_kv_repeat(void) {
     for (int r = 1; r < 4; r++)
         CHECK(memcmp(out[0], out[r], sizeof out[0]) == 0, "compute %d differs from the first", r + 1);
     kv_ctx = 10;
+    kv_rope = 0;
     tnn_session_free(s);
 }
 

@@ -29,11 +29,42 @@ typedef struct {
     int node;
 } cu_rope_dst;
 
-/* One thread per (row, head, pair); the angle in double as the CPU. */
-__global__ void k_rope(const float *x, float *o, const int32_t *pos, const float *factors,
-                       int64_t rows, int64_t n_head, int64_t hd, int64_t seq_len, int mode,
-                       double base, double sign, cu_rope_dst dst) {
-    int64_t half = hd / 2, p0 = 0;
+/* A RoPE node's parameters, as a kernel reads them. */
+typedef struct {
+    const int32_t *pos;     /* per row, or NULL: row % seq_len */
+    const float *factors;   /* per pair, or NULL */
+    int64_t n_head, hd, seq_len;
+    int mode;               /* 0: pairs (2i, 2i+1); 1: (i, i + hd/2) */
+    double base, sign;
+} cu_rope;
+
+static cu_rope rope_params(const tnn_tensor *t) {
+    cu_rope r = {t->src[1] ? (const int32_t *)t->src[1]->data : (const int32_t *)NULL,
+                 t->src[2] ? CF(t->src[2]) : (const float *)NULL, t->iparam[0],
+                 t->shape[1] / t->iparam[0], t->iparam[1], (int)t->iparam[2], t->fparam[0],
+                 t->fparam[1]};
+    return r;
+}
+
+/* Pair i of a head of row r: the elements' offsets a and b in the head and
+ * their rotated values (the angle in double as on the CPU). */
+__device__ __forceinline__ void cu_rope_pair(const cu_rope &c, const float *head, int64_t r,
+                                             int64_t i, int64_t *a, int64_t *b, float *ya,
+                                             float *yb) {
+    double p = c.pos ? (double)c.pos[r] : (double)(r % c.seq_len);
+    double th = p * pow(c.base, -2.0 * (double)i / (double)c.hd);
+    if (c.factors) th /= (double)c.factors[i];
+    float cs = (float)cos(th), sn = (float)(c.sign * sin(th));
+    *a = c.mode ? i : 2 * i;
+    *b = c.mode ? i + c.hd / 2 : 2 * i + 1;
+    float x0 = head[*a], x1 = head[*b];
+    *ya = x0 * cs - x1 * sn;
+    *yb = x0 * sn + x1 * cs;
+}
+
+/* One thread per (row, head, pair). */
+__global__ void k_rope(const float *x, float *o, int64_t rows, cu_rope c, cu_rope_dst dst) {
+    int64_t half = c.hd / 2, p0 = 0;
     if (dst.cache) {
         p0 = dst.pos[0];
         if (p0 < 0 || p0 + rows > dst.ctx) {
@@ -42,17 +73,11 @@ __global__ void k_rope(const float *x, float *o, const int32_t *pos, const float
             return;
         }
     }
-    CU_FOR(f, rows * n_head * half) {
-        int64_t i = f % half, h = (f / half) % n_head, r = f / (half * n_head);
-        double p = pos ? (double)pos[r] : (double)(r % seq_len);
-        double th = p * pow(base, -2.0 * (double)i / (double)hd);
-        if (factors) th /= (double)factors[i];
-        float cs = (float)cos(th), sn = (float)(sign * sin(th));
-        int64_t a = mode ? i : 2 * i, b = mode ? i + half : 2 * i + 1;
-        const float *xr = x + r * n_head * hd + h * hd;
-        float x0 = xr[a], x1 = xr[b];
-        float ya = x0 * cs - x1 * sn, yb = x0 * sn + x1 * cs;
-        int64_t at = (p0 + r) * n_head * hd + h * hd;
+    CU_FOR(f, rows * c.n_head * half) {
+        int64_t i = f % half, h = (f / half) % c.n_head, r = f / (half * c.n_head), a, b;
+        float ya, yb;
+        cu_rope_pair(c, x + r * c.n_head * c.hd + h * c.hd, r, i, &a, &b, &ya, &yb);
+        int64_t at = (p0 + r) * c.n_head * c.hd + h * c.hd;
         if (!dst.cache) {
             o[at + a] = ya;
             o[at + b] = yb;
@@ -67,25 +92,11 @@ __global__ void k_rope(const float *x, float *o, const int32_t *pos, const float
 }
 
 static int rope(const tnn_tensor *t, float *out, const cu_rope_dst &dst) {
-    int64_t rows = t->shape[0], nh = t->iparam[0], hd = t->shape[1] / nh;
-    TNN_LAUNCH(k_rope, cu_blocks(rows * nh * (hd / 2)), CU_THREADS, 0, tnn__cu.stream,
-               CF(t->src[0]), out,
-               t->src[1] ? (const int32_t *)t->src[1]->data : (const int32_t *)NULL,
-               t->src[2] ? CF(t->src[2]) : (const float *)NULL, rows, nh, hd, t->iparam[1],
-               (int)t->iparam[2], t->fparam[0], t->fparam[1], dst);
+    cu_rope c = rope_params(t);
+    int64_t rows = t->shape[0];
+    TNN_LAUNCH(k_rope, cu_blocks(rows * c.n_head * (c.hd / 2)), CU_THREADS, 0, tnn__cu.stream,
+               CF(t->src[0]), out, rows, c, dst);
     return tnn__cu_launched("tnn_rope");
-}
-
-int tnn__cu_rope_to_cache(tnn_tensor *t, tnn_tensor *nx) {
-    const tnn_tensor *cache = nx->src[0];
-    if (t->op != TNN_OP_ROPE || nx->op != TNN_OP_KV_WRITE || nx->src[1] != t || t->ndim != 2 ||
-        cache->ndim != 2 || cache->shape[1] != t->shape[1] ||
-        (cache->dtype != TNN_F16 && cache->dtype != TNN_F32))
-        return 0;
-    cu_rope_dst dst = {nx->data, cache->dtype == TNN_F16, cache->shape[0],
-                       (const int32_t *)nx->src[2]->data, tnn__cu.fault, nx->id};
-    int rc = rope(t, NULL, dst);
-    return rc ? rc : 1;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -394,7 +405,8 @@ template <typename T, int U>
 __global__ void __launch_bounds__(32 * AD_WARPS)
     k_attn_decode(const float *q, const T *kc, const T *vc, float *part, int *count, float *out,
                   int64_t n, int64_t ctx, int64_t H, int64_t Hkv, int64_t hd, float scale,
-                  int64_t nsplit, bool vec, const int32_t *pos, tnn_cu_fault *fault, int node) {
+                  int64_t nsplit, bool vec, const int32_t *pos, cu_rope qrope, tnn_cu_fault *fault,
+                  int node) {
     __shared__ float qs[32 * U];
     __shared__ float wm[AD_WARPS], wl[AD_WARPS];
     __shared__ float wo[AD_WARPS][32 * U];
@@ -409,7 +421,16 @@ __global__ void __launch_bounds__(32 * AD_WARPS)
     int ns = (int)(last / AD_KEYS + 1); /* the splits that hold keys of this row */
     if (sp >= ns) return;                /* the whole block leaves */
     const float *qr = q + i * H * hd + h * hd;
-    for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = qr[d];
+    if (qrope.n_head) /* q is a RoPE node's input (folded in): rotate it here */
+        for (int64_t d = threadIdx.x; d < hd / 2; d += blockDim.x) {
+            int64_t a, b;
+            float ya, yb;
+            cu_rope_pair(qrope, qr, i, d, &a, &b, &ya, &yb);
+            qs[a] = ya;
+            qs[b] = yb;
+        }
+    else
+        for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = qr[d];
     __syncthreads();
 
     int64_t j0 = sp * AD_KEYS + wi * 32, j = j0 + lane;
@@ -491,8 +512,14 @@ CU_UNROLL((U <= 4 ? 32 : 8))
 /* Dispatch                                                                 */
 /* ------------------------------------------------------------------------ */
 
-static int cached(tnn_tensor *t) {
-    const tnn_tensor *q = t->src[0], *kc = t->src[1], *vc = t->src[2];
+/* Attention over the cache; with qr (a RoPE node whose result is t's q and
+ * nothing else's), q rotated inside the decoding kernel: TNN_ERR_UNSUPPORTED
+ * (nothing launched) where that kernel does not run. */
+static int cached(tnn_tensor *t, const tnn_tensor *qr = NULL) {
+    const tnn_tensor *q = qr ? qr->src[0] : t->src[0], *kc = t->src[1], *vc = t->src[2];
+    cu_rope qrope;
+    memset(&qrope, 0, sizeof qrope);
+    if (qr) qrope = rope_params(qr);
     int64_t H = t->iparam[0], Hkv = t->iparam[1], n = q->shape[0], hd = q->shape[1] / H;
     if (hd > 32 * CU_HD_UNITS)
         return TNN_ERR(TNN_ERR_UNSUPPORTED, "head size %lld: the CUDA attention takes up to %d",
@@ -513,7 +540,7 @@ static int cached(tnn_tensor *t) {
 #define AD_LAUNCH(T, U)                                                                       \
     TNN_LAUNCH(k_attn_decode<T COMMA U>, grid, 32 * AD_WARPS, 0, st, CF(q),                   \
                (const T *)kc->data, (const T *)vc->data, part, cnt, FP(t), n, ctx, H, Hkv, hd,  \
-               scale, nsplit, vec, pos, tnn__cu.fault, t->id)
+               scale, nsplit, vec, pos, qrope, tnn__cu.fault, t->id)
         if (f16)
             if (units == 2) AD_LAUNCH(uint16_t, 2);
             else if (units == 4) AD_LAUNCH(uint16_t, 4);
@@ -524,6 +551,7 @@ static int cached(tnn_tensor *t) {
 #undef AD_LAUNCH
         return tnn__cu_launched("tnn_attention_cached");
     }
+    if (qr) return TNN_ERR_UNSUPPORTED;
     unsigned g = warp_blocks(n * H);
     if (kc->dtype == TNN_F16)
         TNN_LAUNCH(k_attn_cached<uint16_t>, g, 32 * CU_WARPS, 0, st, CF(q),
@@ -533,6 +561,23 @@ static int cached(tnn_tensor *t) {
         TNN_LAUNCH(k_attn_cached<float>, g, 32 * CU_WARPS, 0, st, CF(q), CF(kc),
                    CF(vc), FP(t), n, kc->shape[0], H, Hkv, hd, scale, pos, tnn__cu.fault, t->id);
     return tnn__cu_launched("tnn_attention_cached");
+}
+
+int tnn__cu_rope_fused(tnn_tensor *t, tnn_tensor *nx) {
+    if (t->op != TNN_OP_ROPE || t->ndim != 2) return 0;
+    if (nx->op == TNN_OP_ATTENTION_CACHED && nx->src[0] == t) {
+        int rc = cached(nx, t);
+        return rc == TNN_ERR_UNSUPPORTED ? 0 : rc ? rc : 1;
+    }
+    const tnn_tensor *cache = nx->src[0];
+    if (nx->op != TNN_OP_KV_WRITE || nx->src[1] != t ||
+        cache->ndim != 2 || cache->shape[1] != t->shape[1] ||
+        (cache->dtype != TNN_F16 && cache->dtype != TNN_F32))
+        return 0;
+    cu_rope_dst dst = {nx->data, cache->dtype == TNN_F16, cache->shape[0],
+                       (const int32_t *)nx->src[2]->data, tnn__cu.fault, nx->id};
+    int rc = rope(t, NULL, dst);
+    return rc ? rc : 1;
 }
 
 int tnn__cu_attention(tnn_tensor *t) {

@@ -81,14 +81,16 @@ int tnn__cu_matmul(tnn_tensor *t);
 /* Runs plan[i] together with the nodes after it that its kernel can take
  * on: element-wise nodes that only finish a decoding product's result, a KV
  * cache write of that or of a RoPE result, the other products of the same
- * x (q, k, v), a gated feed-forward pair. Returns how many nodes it ran (0:
- * none, nothing launched; the caller runs plan[i] alone), or a negative
- * status. */
+ * x (q, k, v), a gated feed-forward pair, the RMS norm before such
+ * products, a RoPE node before attention over the cache. Returns how many
+ * nodes it ran (0: none, nothing launched; the caller runs plan[i] alone),
+ * or a negative status. */
 int tnn__cu_run_fused(tnn_tensor **plan, int32_t np, int32_t i);
-/* RoPE node t writing its rows straight into the KV cache of nx, a cache
- * write of t's result (attention.cu): 1 when it did, 0 when nx is not such
- * a write (nothing launched), or a negative status. */
-int tnn__cu_rope_to_cache(tnn_tensor *t, tnn_tensor *nx);
+/* RoPE node t folded into nx, the only reader of its result (attention.cu):
+ * a KV cache write (t writes its rows straight into the cache) or attention
+ * over the cache (which rotates q itself). 1 when it did, 0 when nx is
+ * neither (nothing launched), or a negative status. */
+int tnn__cu_rope_fused(tnn_tensor *t, tnn_tensor *nx);
 int tnn__cu_attention(tnn_tensor *t);
 int tnn__cu_sqnorm(tnn_tensor *const *params, int n, double *out);
 int tnn__cu_update(const tnn_update *u);

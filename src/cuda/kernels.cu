@@ -1044,7 +1044,7 @@ int tnn__cu_run_fused(tnn_tensor **plan, int32_t np, int32_t i) {
     tnn_tensor *t = plan[i];
     if (t->op == TNN_OP_ROPE) {
         if (i + 1 >= np || !only_read_by(t, i + 1)) return 0;
-        int rc = tnn__cu_rope_to_cache(t, plan[i + 1]);
+        int rc = tnn__cu_rope_fused(t, plan[i + 1]);
         return rc == 1 ? 2 : rc;
     }
     cu_mv p;

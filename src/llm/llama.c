@@ -243,19 +243,20 @@ static int build_graph(lm_llama *m, llama_graph *gr, int n) {
     for (int l = 0; l < hp->n_layer; l++) {
         const llama_layer *L = &m->L[l];
         /* Nodes are made in the order they run, which the CUDA backend uses:
-         * it runs q, k and v (one x) in one kernel, folds an element-wise node
-         * or a cache write into the node right before it that it only reads,
-         * and the gate/SiLU/up/product sequence into one kernel. */
+         * it runs the norm with q, k and v (one x) in one kernel, folds an
+         * element-wise node, a cache write or attention into the node right
+         * before it that it alone reads, and the norm, gate, SiLU, up and
+         * their product into one kernel: 6 launches a layer. */
         tnn_tensor *h = tnn_rms_norm(s, x, L->attn_norm, eps);
         tnn_tensor *q = linear(s, h, L->wq, L->bq);
         tnn_tensor *k = linear(s, h, L->wk, L->bk);
         tnn_tensor *v = linear(s, h, L->wv, L->bv);
         tnn_tensor *vc = tnn_kv_write(s, L->vcache, v, gr->pos0);
-        q = tnn_rope_ext(s, q, hp->n_head, gr->positions, hp->rope_base, hp->rope_mode,
-                         m->rope_freqs);
         k = tnn_rope_ext(s, k, hp->n_kv_head, gr->positions, hp->rope_base, hp->rope_mode,
                          m->rope_freqs);
         tnn_tensor *kc = tnn_kv_write(s, L->kcache, k, gr->pos0);
+        q = tnn_rope_ext(s, q, hp->n_head, gr->positions, hp->rope_base, hp->rope_mode,
+                         m->rope_freqs);
         tnn_tensor *a = tnn_attention_cached(s, q, kc, vc, hp->n_head, hp->n_kv_head, gr->pos0);
         tnn_tensor *o = tnn_matmul_nt(s, a, L->wo);
         x = tnn_add(s, x, o);
