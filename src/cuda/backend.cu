@@ -314,13 +314,45 @@ static bool profiling(void);
 static void prof_copy(int dir, double t0);
 static double now_s(void);
 
-/* Pageable host memory: the copies are synchronous with the host, so the
- * caller's buffer may be reused on return. */
+/* Small uploads (a decoding step's token and positions) go through pinned
+ * staging memory: copied there, then queued on the stream, so the caller's
+ * buffer is free at once and the host does not wait. A slot is reused only
+ * after the stream has been waited for (a download, the end of a compute).
+ * Larger uploads copy from the caller's memory and wait. */
+#define STAGE_BYTES ((size_t)1 << 20)
+#define STAGE_MAX (STAGE_BYTES / 16) /* larger uploads are not staged */
+static struct {
+    char *buf; /* pinned, STAGE_BYTES */
+    size_t used;
+} stage;
+
+static cudaError_t synced(void) {
+    cudaError_t e = cudaStreamSynchronize(tnn__cu.stream);
+    if (e == cudaSuccess) stage.used = 0;
+    return e;
+}
+
 static int cu_copy_in(void *dst, const void *src, size_t n) {
     cu_lock held;
     double t0 = now_s();
-    cudaError_t e = cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, tnn__cu.stream);
-    if (e == cudaSuccess) e = cudaStreamSynchronize(tnn__cu.stream);
+    cudaError_t e = cudaSuccess;
+    if (n <= STAGE_MAX && !stage.buf &&
+        cudaMallocHost((void **)&stage.buf, STAGE_BYTES) != cudaSuccess) {
+        cudaGetLastError(); /* no staging: the waiting path below */
+        stage.buf = NULL;
+    }
+    if (n <= STAGE_MAX && stage.buf) {
+        if (stage.used + n > STAGE_BYTES) e = synced();
+        if (e == cudaSuccess) {
+            char *slot = stage.buf + stage.used;
+            memcpy(slot, src, n);
+            stage.used += (n + 63) & ~(size_t)63;
+            e = cudaMemcpyAsync(dst, slot, n, cudaMemcpyHostToDevice, tnn__cu.stream);
+        }
+    } else {
+        e = cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, tnn__cu.stream);
+        if (e == cudaSuccess) e = synced();
+    }
     prof_copy(0, t0);
     return tnn__cu_status(e, "upload");
 }
@@ -329,7 +361,7 @@ static int cu_copy_out(void *dst, const void *src, size_t n) {
     cu_lock held;
     double t0 = now_s();
     cudaError_t e = cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, tnn__cu.stream);
-    if (e == cudaSuccess) e = cudaStreamSynchronize(tnn__cu.stream);
+    if (e == cudaSuccess) e = synced();
     prof_copy(1, t0);
     return tnn__cu_status(e, "download");
 }
@@ -524,7 +556,7 @@ static bool cu_supports(const tnn_tensor *t) { return t->op > TNN_OP_NONE && t->
  * status, and the record is cleared for the next compute. */
 static int cu_finish(void) {
     cu_lock held;
-    int rc = tnn__cu_status(cudaStreamSynchronize(tnn__cu.stream), "tnn_compute");
+    int rc = tnn__cu_status(synced(), "tnn_compute");
     if (rc) return rc;
     tnn_cu_fault f = *tnn__cu.fault;
     if (!f.code) return TNN_OK;
