@@ -57,8 +57,22 @@ static double cublas_gflops(int M, int K, int N, int flags, int reps, bool bf16)
     cudaMalloc((void **)&A, (size_t)M * K * es);
     cudaMalloc((void **)&B, (size_t)K * N * es);
     cudaMalloc((void **)&C, (size_t)M * N * sizeof(float));
-    cudaMemset(A, 0, (size_t)M * K * es);
-    cudaMemset(B, 0, (size_t)K * N * es);
+    /* the values tinynn's run multiplies (zeros would let the tensor cores
+     * run cooler, hence faster, than on real data) */
+    size_t na = (size_t)M * K, nb = (size_t)K * N;
+    float *x = bench_xalloc((na + nb) * sizeof(float));
+    for (size_t i = 0; i < na + nb; i++) x[i] = (float)(i % 7) * 0.1f;
+    if (bf16) {
+        uint16_t *h16 = (uint16_t *)x; /* in place: element i is read before it is written */
+        for (size_t i = 0; i < na + nb; i++) {
+            uint32_t u;
+            memcpy(&u, &x[i], 4);
+            h16[i] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+        }
+    }
+    cudaMemcpy(A, x, na * es, cudaMemcpyHostToDevice);
+    cudaMemcpy(B, (char *)x + na * es, nb * es, cudaMemcpyHostToDevice);
+    free(x);
     float one = 1.0f, zero = 0.0f;
     bool ta = flags == 2, tb = flags == 1;
     /* row-major C = op(A) op(B) as column-major C^T = op(B)^T op(A)^T */

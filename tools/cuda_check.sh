@@ -78,12 +78,22 @@ TORCH=""
 python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null && TORCH="python3 $PWD/tools/torch_train_speed.py"
 TNN_TORCH_BENCH="$TORCH" step bench_train_cuda 240 "$BIN/bench/bench_train" all --cuda
 cat "$L/bench_train_cuda.log" 2>/dev/null >> "$S"
-# A SmolLM2-135M-shaped model (30 layers, 576 wide, 9 heads / 3 KV, FF 1536; byte vocabulary)
-step smol_make 200 bash -c "'$BIN/tnn' train $DOCS --layers 30 --dim 576 --heads 9 --kv-heads 3 --ff 1536 --seq 128 --batch 4 --steps 2 --eval-every 0 --sample-len 0 --checkpoint '$W/smol.gguf' --cuda && '$BIN/tnn' quantize '$W/smol.gguf' '$W/smol-q4_1.gguf' q4_1"
+# A SmolLM2-135M-shaped model (30 layers, 576 wide, 9 heads / 3 KV, FF 1536), with SmolLM2's
+# tokenizer (49152 tokens) when $BIN/tok.gguf has it (any GGUF model or checkpoint carrying it:
+# SmolLM2 itself is larger than what can be carried to a GPU machine), else bytes
+TOK=""
+[ -f "$BIN/tok.gguf" ] && TOK="--tokenizer $BIN/tok.gguf"
+step smol_make 200 bash -c "'$BIN/tnn' train $DOCS $TOK --layers 30 --dim 576 --heads 9 --kv-heads 3 --ff 1536 --seq 128 --batch 4 --steps 2 --eval-every 0 --sample-len 0 --checkpoint '$W/smol.gguf' --cuda && '$BIN/tnn' quantize '$W/smol.gguf' '$W/smol-q4_1.gguf' q4_1"
 if [ -f "$W/smol-q4_1.gguf" ]; then
   step gen_cpu 120 "$BIN/bench/bench_generate" "$W/smol-q4_1.gguf"
   step gen_cuda 120 "$BIN/bench/bench_generate" "$W/smol-q4_1.gguf" --cuda
   cat "$L/gen_cpu.log" "$L/gen_cuda.log" 2>/dev/null >> "$S"
+  # llama.cpp's CUDA build on the same file, when BIN has its llama-bench (built elsewhere):
+  # 128 tokens after 512 of context, as bench_generate measures, flash attention off and on
+  if [ -x "$BIN/llama-bench" ]; then
+    step llama_bench 300 "$BIN/llama-bench" -m "$W/smol-q4_1.gguf" -p 512 -n 128 -d 512 -ngl 99 -fa 0,1 -r 3
+    cat "$L/llama_bench.log" 2>/dev/null | grep -E "^\|" >> "$S"
+  fi
   TNN_CUDA_PROFILE=1 step gen_profile 120 "$BIN/bench/bench_generate" "$W/smol-q4_1.gguf" --cuda
   tail -n 14 "$L/gen_profile.log" 2>/dev/null >> "$S"
   # the same without CUDA graphs, and without the fused epilogues (what each is worth)
