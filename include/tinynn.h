@@ -147,7 +147,8 @@ typedef enum tnn_dtype {
  * from the device, and tnn_compute returns once the GPU is done (a bad index
  * a kernel found is its TNN_ERR_RANGE; GPU failures are TNN_ERR_DEVICE or
  * TNN_ERR_NOMEM). Results agree with the CPU's to rounding, not bit for
- * bit. Environment: TNN_CUDA_GRAPHS=0 (no CUDA graphs), TNN_CUDA_GEMM=own
+ * bit. Environment: TNN_CUDA_GRAPHS=0 (no CUDA graphs), TNN_CUDA_FUSE=0 (no
+ * node folded into the kernel of the node before it), TNN_CUDA_GEMM=own
  * (tinynn's GEMM kernel instead of cuBLAS), TNN_CUBLAS=path (the cuBLAS
  * library to open), TNN_CUDA_PROFILE=1 (time each node, report at exit). */
 TNN_API tnn_session *tnn_session_new(int prefer_cuda);
