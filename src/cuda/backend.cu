@@ -442,7 +442,8 @@ static void prof_copy(int dir, double t0) {
 static void prof_report(void) {
     double total = 0.0;
     for (int i = 0; i < TNN_OP_COUNT; i++) total += prof.seconds[i];
-    fprintf(stderr, "tinynn CUDA profile: %.3f s in nodes\n", total);
+    fprintf(stderr, "tinynn CUDA profile: %.3f s in nodes (a fused kernel counts as its first "
+                    "node)\n", total);
     for (int d = 0; d < 2; d++)
         fprintf(stderr, "  %-22s %8ld copies %9.3f ms %8.2f us each\n", d ? "downloads" : "uploads",
                 prof.copies[d], prof.copy_s[d] * 1e3,
