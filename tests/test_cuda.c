@@ -442,6 +442,15 @@ static tnn_tensor *b_qepi(tnn_session *s, tnn_tensor **x) {
 
 #ifdef TNN_TEST_EMU
 void tnn__cu_emu_counts(long *launches, long *d2h, long *graphs);
+
+/* The kernels one tnn_compute launches (the emulator counts them). */
+static long compute_launches(tnn_session *s) {
+    long l0, l1, d, g;
+    tnn__cu_emu_counts(&l0, &d, &g);
+    CHECK_OK(tnn_compute(s));
+    tnn__cu_emu_counts(&l1, &d, &g);
+    return l1 - l0;
+}
 #endif
 
 /* The fused pair is one kernel (counted on the emulator), and a cache write
@@ -455,19 +464,14 @@ static void quant_epilogue_launches(void) {
     tnn_tensor *y = b_qepi(s, x);
     CHECK_OK(tnn_realize(s, y));
 #ifdef TNN_TEST_EMU
-    long l0, l1, d, g;
-    tnn__cu_emu_counts(&l0, &d, &g);
-    CHECK_OK(tnn_compute(s));
-    tnn__cu_emu_counts(&l1, &d, &g);
-    CHECK(l1 - l0 == 1, "a product + SiLU launched %ld kernels (want 1)", l1 - l0);
+    long n = compute_launches(s);
+    CHECK(n == 1, "a product + SiLU launched %ld kernels (want 1)", n);
     for (qepi = 6; qepi < 11; qepi++) {
         CHECK_OK(tnn_realize(s, b_qepi(s, x)));
-        tnn__cu_emu_counts(&l0, &d, &g);
-        CHECK_OK(tnn_compute(s));
-        tnn__cu_emu_counts(&l1, &d, &g);
         /* the sets: narrow, the set's kernel (with the norm), mul, add */
         long want = qepi == 7 || qepi == 8 ? 4 : 1;
-        CHECK(l1 - l0 == want, "case %d launched %ld kernels (want %ld)", qepi, l1 - l0, want);
+        n = compute_launches(s);
+        CHECK(n == want, "case %d launched %ld kernels (want %ld)", qepi, n, want);
     }
 #endif
     qepi = 4;
@@ -599,12 +603,9 @@ static void test_kv_repeat(void) {
     p = 600;
     CHECK_OK(tnn_upload_i32(s, x[3], &p, 1));
 #ifdef TNN_TEST_EMU
-    long l0, l1, d, g;
-    tnn__cu_emu_counts(&l0, &d, &g);
-    CHECK_OK(tnn_compute(s));
-    tnn__cu_emu_counts(&l1, &d, &g);
     /* RoPE k into the cache, the v cache write, RoPE q inside attention */
-    CHECK(l1 - l0 == 3, "RoPE + caches + attention launched %ld kernels (want 3)", l1 - l0);
+    long n = compute_launches(s);
+    CHECK(n == 3, "RoPE + caches + attention launched %ld kernels (want 3)", n);
 #endif
     for (int r = 0; r < 4; r++) {
         CHECK_OK(tnn_compute(s));

@@ -337,42 +337,38 @@ __global__ void k_attn_cached(const float *q, const T *kc, const T *vc, float *o
 #define AD_KEYS (32 * AD_WARPS)
 #define AD_ROWS 8 /* more query rows take k_attn_cached */
 
-/* q . key row for a lane's key, head size hd <= 32 U: 8 f16 (or 4 f32)
- * values per load when the rows are 16-byte aligned (VEC); fully unrolled,
- * so every load of the row is in flight at once. */
-template <int U>
-__device__ __forceinline__ float ad_key_dot(const uint16_t *kr, const float *qs, int64_t hd,
-                                            bool vec) {
-    float acc = 0.0f;
-    if (vec) {
-CU_UNROLL(4 * U)
-        for (int d = 0; d < 32 * U; d += 8) {
-            if (d >= hd) break;
-            uint4 u = *(const uint4 *)(kr + d);
-            unsigned w[4] = {u.x, u.y, u.z, u.w};
-            for (int k = 0; k < 4; k++)
-                acc += qs[d + 2 * k] * cu_h2f((uint16_t)(w[k] & 0xffffu)) +
-                       qs[d + 2 * k + 1] * cu_h2f((uint16_t)(w[k] >> 16));
-        }
-        return acc;
+/* 16 bytes of a row as floats: 8 f16 or 4 f32 values (p 16-byte aligned). */
+__device__ __forceinline__ void cu_load16(const uint16_t *p, float *v) {
+    uint4 u = *(const uint4 *)p;
+    unsigned w[4] = {u.x, u.y, u.z, u.w};
+    for (int k = 0; k < 4; k++) {
+        v[2 * k] = cu_h2f((uint16_t)(w[k] & 0xffffu));
+        v[2 * k + 1] = cu_h2f((uint16_t)(w[k] >> 16));
     }
-    for (int64_t d = 0; d < hd; d++) acc += qs[d] * cu_h2f(kr[d]);
-    return acc;
 }
-template <int U>
-__device__ __forceinline__ float ad_key_dot(const float *kr, const float *qs, int64_t hd,
-                                            bool vec) {
+__device__ __forceinline__ void cu_load16(const float *p, float *v) {
+    float4 u = *(const float4 *)p;
+    v[0] = u.x, v[1] = u.y, v[2] = u.z, v[3] = u.w;
+}
+
+/* q . key row for a lane's key, head size hd <= 32 U: 16 bytes per load
+ * when the rows are 16-byte aligned (vec), fully unrolled, so every load of
+ * the row is in flight at once. */
+template <int U, typename T>
+__device__ __forceinline__ float ad_key_dot(const T *kr, const float *qs, int64_t hd, bool vec) {
+    constexpr int E = 16 / sizeof(T); /* values per load */
     float acc = 0.0f;
     if (vec) {
-CU_UNROLL(8 * U)
-        for (int d = 0; d < 32 * U; d += 4) {
+CU_UNROLL(32 * U / E)
+        for (int d = 0; d < 32 * U; d += E) {
             if (d >= hd) break;
-            float4 k = *(const float4 *)(kr + d);
-            acc += qs[d] * k.x + qs[d + 1] * k.y + qs[d + 2] * k.z + qs[d + 3] * k.w;
+            float v[E];
+            cu_load16(kr + d, v);
+            for (int e = 0; e < E; e++) acc += qs[d + e] * v[e];
         }
         return acc;
     }
-    for (int64_t d = 0; d < hd; d++) acc += qs[d] * kr[d];
+    for (int64_t d = 0; d < hd; d++) acc += qs[d] * cu_val(kr[d]);
     return acc;
 }
 
