@@ -90,8 +90,11 @@ if [ -f "$W/smol-q4_1.gguf" ]; then
   cat "$L/gen_cpu.log" "$L/gen_cuda.log" 2>/dev/null >> "$S"
   # llama.cpp's CUDA build on the same file, when BIN has its llama-bench (built elsewhere):
   # 128 tokens after 512 of context, as bench_generate measures, flash attention off and on
+  # (its libraries: BIN/llamalib, else the system's; NCCL from wherever it is installed)
   if [ -x "$BIN/llama-bench" ]; then
-    step llama_bench 300 "$BIN/llama-bench" -m "$W/smol-q4_1.gguf" -p 512 -n 128 -d 512 -ngl 99 -fa 0,1 -r 3
+    NCCL=$(find /usr /opt -name libnccl.so.2 2>/dev/null | head -n 1)
+    LLP=$PWD/$BIN/llamalib${NCCL:+:$(dirname "$NCCL")}
+    LD_LIBRARY_PATH=$LLP:$LD_LIBRARY_PATH step llama_bench 300 "$BIN/llama-bench" -m "$W/smol-q4_1.gguf" -p 512 -n 128 -d 512 -ngl 99 -fa 0,1 -r 3
     cat "$L/llama_bench.log" 2>/dev/null | grep -E "^\|" >> "$S"
   fi
   TNN_CUDA_PROFILE=1 step gen_profile 120 "$BIN/bench/bench_generate" "$W/smol-q4_1.gguf" --cuda
