@@ -683,11 +683,12 @@ static int matmul_bf16(tnn_tensor *t, bool ta, bool tb) {
  * rows one after another over the grid), or a gated pair (the feed-forward's
  * silu(x Wg^T) * (x Wu^T): a warp takes the same row of both).
  *
- * k_qmv (block types, K a multiple of 4): each lane decodes one 8-value
- * part of a block (tnn__deq_part), so a warp reads 8 blocks of 32 values,
- * or one of 256, side by side, and the matching x values as two float4
- * loads; the lanes' sums are then added by the warp. k_qmatvec (any type):
- * each lane decodes whole blocks. Either ends with the epilogue below. */
+ * k_qmv (block types, K a multiple of 4, x small enough to stage in shared
+ * memory): each lane decodes one 8-value part of a block (tnn__deq_part), so
+ * a warp reads 8 blocks of 32 values, or one of 256, side by side, and the
+ * matching x values as two float4 loads from shared memory; the lanes' sums
+ * are then added by the warp. k_qmatvec (any type): each lane decodes whole
+ * blocks, x read from global memory. Either ends with the epilogue below. */
 #define QMV_ROWS 8
 #define QMV_WARPS 4 /* weight rows per block */
 #define QMV_CHUNK 4 /* warp steps whose loads are issued together */
@@ -800,52 +801,108 @@ CU_UNROLL(QMV_ROWS)
     }
 }
 
+/* Part p of block kb of a row: tnn__deq_part's values, with word loads
+ * where the block layout keeps them aligned (Q4_1: 20-byte blocks) or
+ * half-word loads (Q4_0, Q8_0), fewer load instructions than bytes. */
+template <int QT>
+__device__ __forceinline__ void qmv_part(const char *row, int64_t kb, int p, float *v) {
+    if constexpr (QT == TNN_QT_Q4_1) {
+        const char *b = row + kb * (int64_t)sizeof(tnn_block_q4_1);
+        uint32_t dm = *(const uint32_t *)b, q = *(const uint32_t *)(b + 4 + 4 * p);
+        float d = cu_h2f((uint16_t)(dm & 0xffffu)), m = cu_h2f((uint16_t)(dm >> 16));
+        for (int i = 0; i < 4; i++) {
+            unsigned c = (q >> (8 * i)) & 255u;
+            v[i] = d * (float)(c & 15u) + m;
+            v[4 + i] = d * (float)(c >> 4) + m;
+        }
+    } else if constexpr (QT == TNN_QT_Q4_0) {
+        const char *b = row + kb * (int64_t)sizeof(tnn_block_q4_0);
+        const uint16_t *h = (const uint16_t *)b;
+        float d = cu_h2f(h[0]);
+        unsigned q = h[1 + 2 * p] | (unsigned)h[2 + 2 * p] << 16;
+        for (int i = 0; i < 4; i++) {
+            unsigned c = (q >> (8 * i)) & 255u;
+            v[i] = d * (float)((int)(c & 15u) - 8);
+            v[4 + i] = d * (float)((int)(c >> 4) - 8);
+        }
+    } else if constexpr (QT == TNN_QT_Q8_0) {
+        const char *b = row + kb * (int64_t)sizeof(tnn_block_q8_0);
+        const uint16_t *h = (const uint16_t *)b;
+        float d = cu_h2f(h[0]);
+        for (int i = 0; i < 4; i++) {
+            unsigned w = h[1 + 4 * p + i];
+            v[2 * i] = d * (float)(int8_t)(w & 255u);
+            v[2 * i + 1] = d * (float)(int8_t)(w >> 8);
+        }
+    } else {
+        tnn__deq_part(QT, row, kb, p, v);
+    }
+}
+
+/* x (N rows of K) is staged in shared memory by the block, normalized once
+ * when p.norm (the scales as k_rms_norm computes them); the host runs this
+ * kernel only where N K floats fit (QMV_SMEM). */
+#define QMV_SMEM (48 * 1024)
+
 template <int QT, bool GATED>
-__global__ void __launch_bounds__(32 * QMV_WARPS)
+/* occupancy: at most 64 registers (128 gated), more warps to keep loads in
+ * flight; Q6_K's decoder needs more */
+__global__ void __launch_bounds__(32 * QMV_WARPS, QT == TNN_QT_Q6_K ? 1 : GATED ? 4 : 8)
     k_qmv(cu_mv p, int64_t row_bytes, const float *__restrict__ x, int64_t N, int64_t K) {
     constexpr int BS = QT == TNN_QT_Q4_K || QT == TNN_QT_Q5_K || QT == TNN_QT_Q6_K ? 256 : 32;
     constexpr int PARTS = BS / 8, STEP = 32 / PARTS; /* blocks per warp step */
     constexpr bool SPLIT = QT == TNN_QT_Q4_0 || QT == TNN_QT_Q4_1 || QT == TNN_QT_Q5_0 ||
                            QT == TNN_QT_Q5_1;
-    int lane = threadIdx.x & 31, part = lane % PARTS, g;
-    int64_t m;
-    if (!mv_row(p, &g, &m)) return; /* whole warps leave together */
-    const char *row = p.w[g] + m * row_bytes, *urow = GATED ? p.up + m * row_bytes : NULL;
+    TNN_DYN_SMEM(float, xs); /* N x K */
+    __shared__ float scale[QMV_ROWS];
+    int lane = threadIdx.x & 31, wi = threadIdx.x >> 5, part = lane % PARTS, g;
+    int64_t m, nb = K / BS;
+    bool live = mv_row(p, &g, &m);
+    const char *row = live ? p.w[g] + m * row_bytes : NULL;
+    const char *urow = GATED && live ? p.up + m * row_bytes : NULL;
+    /* QMV_CHUNK steps at a time: their weight loads are issued together
+     * (a loop of unknown length would run its few steps one by one); the
+     * first chunk's are in flight while the block stages x */
+    float v[QMV_CHUNK][8], vu[GATED ? QMV_CHUNK : 1][8];
+    int64_t kb0 = lane / PARTS;
+#define QMV_LOAD_CHUNK()                                                                      \
+    CU_UNROLL(QMV_CHUNK)                                                                       \
+    for (int c = 0; c < QMV_CHUNK; c++)                                                       \
+        if (kb0 + c * STEP < nb) {                                                            \
+            qmv_part<QT>(row, kb0 + c * STEP, part, v[c]);                                    \
+            if (GATED) qmv_part<QT>(urow, kb0 + c * STEP, part, vu[GATED ? c : 0]);           \
+        }
+    if (live) {
+        QMV_LOAD_CHUNK()
+    }
+    if (p.norm)
+        for (int64_t n = wi; n < N; n += QMV_WARPS) {
+            double ss = 0.0;
+            for (int64_t k = lane; k < K; k += 32) ss += (double)x[n * K + k] * x[n * K + k];
+            ss = cu_warp_sum(ss);
+            if (lane == 0) scale[n] = (float)(1.0 / sqrt(ss / (double)K + p.eps));
+        }
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < N * K; i += blockDim.x) {
+        float xv = x[i];
+        if (p.norm) xv = p.g ? (xv * scale[i / K]) * p.g[i % K] : xv * scale[i / K];
+        xs[i] = xv;
+    }
+    __syncthreads();
+    if (!live) return; /* whole warps leave together */
     /* this lane's values sit at o0 .. o0+3 and o1 .. o1+3 of a block */
     int o0 = SPLIT ? 4 * part : 8 * part, o1 = SPLIT ? 16 + 4 * part : 8 * part + 4;
-    float acc[QMV_ROWS] = {0}, acc_up[QMV_ROWS] = {0}, sc[QMV_ROWS];
-    mv_norm_scales(p, x, N, K, sc);
-    int64_t nb = K / BS;
-    /* QMV_CHUNK steps at a time: their weight loads are issued together
-     * (a loop of unknown length would run its few steps one by one) */
-    for (int64_t kb0 = lane / PARTS; kb0 < nb; kb0 += QMV_CHUNK * STEP) {
-        float v[QMV_CHUNK][8], vu[GATED ? QMV_CHUNK : 1][8];
-CU_UNROLL(QMV_CHUNK)
-        for (int c = 0; c < QMV_CHUNK; c++)
-            if (kb0 + c * STEP < nb) {
-                tnn__deq_part(QT, row, kb0 + c * STEP, part, v[c]);
-                if (GATED) tnn__deq_part(QT, urow, kb0 + c * STEP, part, vu[GATED ? c : 0]);
-            }
+    float acc[QMV_ROWS] = {0}, acc_up[QMV_ROWS] = {0};
+    while (kb0 < nb) {
 CU_UNROLL(QMV_CHUNK)
         for (int c = 0; c < QMV_CHUNK; c++) {
             if (kb0 + c * STEP >= nb) break;
-            int64_t k0 = (kb0 + c * STEP) * BS;
-            const float *xb = x + k0;
-            float4 ga = {1.0f, 1.0f, 1.0f, 1.0f}, gb = ga;
-            if (p.norm && p.g) {
-                ga = *(const float4 *)(p.g + k0 + o0);
-                gb = *(const float4 *)(p.g + k0 + o1);
-            }
+            const float *xb = xs + (kb0 + c * STEP) * BS;
 CU_UNROLL(QMV_ROWS)
             for (int n = 0; n < QMV_ROWS; n++) {
                 if (n < N) {
                     float4 a = *(const float4 *)(xb + n * K + o0);
                     float4 b = *(const float4 *)(xb + n * K + o1);
-                    if (p.norm) { /* (x * scale) * g, as k_rms_norm */
-                        float s = sc[n];
-                        a = {(a.x * s) * ga.x, (a.y * s) * ga.y, (a.z * s) * ga.z, (a.w * s) * ga.w};
-                        b = {(b.x * s) * gb.x, (b.y * s) * gb.y, (b.z * s) * gb.z, (b.w * s) * gb.w};
-                    }
                     acc[n] += v[c][0] * a.x + v[c][1] * a.y + v[c][2] * a.z + v[c][3] * a.w +
                               v[c][4] * b.x + v[c][5] * b.y + v[c][6] * b.z + v[c][7] * b.w;
                     if (GATED) {
@@ -856,7 +913,12 @@ CU_UNROLL(QMV_ROWS)
                 }
             }
         }
+        kb0 += QMV_CHUNK * STEP;
+        if (kb0 < nb) {
+            QMV_LOAD_CHUNK()
+        }
     }
+#undef QMV_LOAD_CHUNK
     mv_finish(p, g, N, m, acc, acc_up);
 }
 
@@ -896,15 +958,15 @@ static int qmatvec(const tnn_tensor *t, const cu_mv &p) {
     unsigned g = (unsigned)((rows + QMV_WARPS - 1) / QMV_WARPS);
     unsigned nt = 32 * QMV_WARPS;
     cudaStream_t st = tnn__cu.stream;
-    bool vec = K % 4 == 0 && (uintptr_t)x->data % 16 == 0 && qi->block > 1 &&
-               (!p.g || (uintptr_t)p.g % 16 == 0);
+    size_t smem = (size_t)(N * K) * sizeof(float);
+    bool vec = K % 4 == 0 && qi->block > 1 && smem <= QMV_SMEM;
     const float *X = CF(x);
 #define QMV_CASE(qt)                                                                          \
     case qt:                                                                                  \
         if (p.up)                                                                             \
-            TNN_LAUNCH(k_qmv<qt COMMA true>, g, nt, 0, st, p, rb, X, N, K);                   \
+            TNN_LAUNCH(k_qmv<qt COMMA true>, g, nt, smem, st, p, rb, X, N, K);                \
         else                                                                                  \
-            TNN_LAUNCH(k_qmv<qt COMMA false>, g, nt, 0, st, p, rb, X, N, K);                  \
+            TNN_LAUNCH(k_qmv<qt COMMA false>, g, nt, smem, st, p, rb, X, N, K);               \
         break
     if (vec) {
         switch (w->gtype) {
