@@ -372,6 +372,20 @@ CU_UNROLL(32 * U / E)
     return acc;
 }
 
+/* A key row into registers (k[d], d < 32 U; 0 past hd), with 16-byte
+ * loads when vec: loaded early, before q is ready. */
+template <int U, typename T>
+__device__ __forceinline__ void ad_key_load(const T *kr, int64_t hd, bool vec, float *k) {
+    constexpr int E = 16 / sizeof(T);
+CU_UNROLL(32 * U / E)
+    for (int d = 0; d < 32 * U; d += E) {
+        if (vec && d < hd)
+            cu_load16(kr + d, k + d);
+        else
+            for (int e = 0; e < E; e++) k[d + e] = d + e < hd ? cu_val(kr[d + e]) : 0.0f;
+    }
+}
+
 /* Merges partial softmaxes (max m, sum l, values o) in the order given:
  * the lanes' head elements of sum_c e^(m_c - M) o_c, and L = sum_c e^(m_c - M) l_c.
  * get(c, &m, &l, o) reads partial c (o NULL: only m and l); partials with
@@ -416,6 +430,19 @@ __global__ void __launch_bounds__(32 * AD_WARPS)
     int64_t i = task / H, h = task % H, last = p + i, kw = Hkv * hd, kh = h / (H / Hkv);
     int ns = (int)(last / AD_KEYS + 1); /* the splits that hold keys of this row */
     if (sp >= ns) return;                /* the whole block leaves */
+    int64_t j0 = sp * AD_KEYS + wi * 32, j = j0 + lane;
+    /* head sizes up to 64: the lane's key row and its elements of the warp's
+     * 32 value rows are loaded first, in flight while q is staged */
+    constexpr bool PRE = U <= 2;
+    float kpre[PRE ? 32 * U : 1], vpre[PRE ? 32 : 1][U];
+    if (PRE && j0 <= last) {
+        if (j <= last) ad_key_load<U>(kc + j * kw + kh * hd, hd, vec, kpre);
+CU_UNROLL(32)
+        for (int jj = 0; jj < 32; jj++) {
+            int64_t jr = j0 + jj <= last ? j0 + jj : last;
+            cu_load_head<T, U>(vc + jr * kw + kh * hd, hd, lane, vpre[PRE ? jj : 0]);
+        }
+    }
     const float *qr = q + i * H * hd + h * hd;
     if (qrope.n_head) /* q is a RoPE node's input (folded in): rotate it here */
         for (int64_t d = threadIdx.x; d < hd / 2; d += blockDim.x) {
@@ -429,10 +456,16 @@ __global__ void __launch_bounds__(32 * AD_WARPS)
         for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = qr[d];
     __syncthreads();
 
-    int64_t j0 = sp * AD_KEYS + wi * 32, j = j0 + lane;
     float m = -INFINITY, l = 0.0f, o[U] = {0};
     if (j0 <= last) { /* whole warps */
-        float s = j <= last ? ad_key_dot<U>(kc + j * kw + kh * hd, qs, hd, vec) * scale : -INFINITY;
+        float s = -INFINITY;
+        if (j <= last && PRE) {
+            float acc = 0.0f;
+            for (int d = 0; d < (PRE ? 32 * U : 0); d++) acc += qs[d] * kpre[d];
+            s = acc * scale;
+        } else if (j <= last) {
+            s = ad_key_dot<U>(kc + j * kw + kh * hd, qs, hd, vec) * scale;
+        }
         m = cu_warp_max(s);
         float e = j <= last ? expf(s - m) : 0.0f;
         l = cu_warp_sum(e);
@@ -441,9 +474,13 @@ __global__ void __launch_bounds__(32 * AD_WARPS)
 CU_UNROLL((U <= 4 ? 32 : 8))
         for (int jj = 0; jj < 32; jj++) {
             float pj = __shfl_sync(0xffffffffu, e, jj);
-            int64_t jr = j0 + jj <= last ? j0 + jj : last;
             float v[U];
-            cu_load_head<T, U>(vc + jr * kw + kh * hd, hd, lane, v);
+            if (PRE) {
+                for (int u = 0; u < U; u++) v[u] = vpre[PRE ? jj : 0][u];
+            } else {
+                int64_t jr = j0 + jj <= last ? j0 + jj : last;
+                cu_load_head<T, U>(vc + jr * kw + kh * hd, hd, lane, v);
+            }
             for (int u = 0; u < U; u++) o[u] += pj * v[u];
         }
     }
