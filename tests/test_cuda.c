@@ -353,40 +353,51 @@ static const int qtypes[] = {TNN_GGML_F16, TNN_GGML_BF16, 8 /* Q8_0 */, 2 /* Q4_
                              3 /* Q4_1 */, 6 /* Q5_0 */, 7 /* Q5_1 */, 12 /* Q4_K */,
                              13 /* Q5_K */, 14 /* Q6_K */};
 #define NQ (int)(sizeof qtypes / sizeof *qtypes)
-enum { QM = 6, QK = 256 };
+/* QK_BIG: 8 rows of it (64 KiB) are more than the GPU's decoding kernel
+ * stages in shared memory, so those products take the other kernel */
+enum { QM = 6, QK = 256, QK_BIG = 2048 };
 
-/* A GGUF file of one (QM, QK) matrix per type: quantized from random values
- * where tinynn quantizes the type, else random blocks with sane scales. */
-static void write_qfile(const char *path) {
-    tnn_gguf_writer *wr = tnn_gguf_writer_new();
-    float x[QK];
-    for (int ti = 0; ti < NQ; ti++) {
-        int type = qtypes[ti];
-        int64_t rb = tnn__qtype_row_bytes(type, QK);
-        unsigned char *q = malloc((size_t)(rb * QM));
-        for (int r = 0; r < QM; r++) {
-            unsigned char *row = q + r * rb;
-            if (tnn__qtype(type)->can_quantize) {
-                for (int k = 0; k < QK; k++) x[k] = (float)th_sym(1.0);
-                tnn__quantize_row(type, x, row, QK);
-            } else {
-                for (int64_t k = 0; k < rb; k++) row[k] = (unsigned char)(th_uniform() * 256);
-                uint16_t d = tnn__f32_to_f16(0.01f);
-                if (type == 14) memcpy(row + rb - 2, &d, 2); /* Q6_K: d last */
-                else { memcpy(row, &d, 2); memcpy(row + 2, &d, 2); } /* d, dmin */
+/* Two (QM, k) matrices of a type, named w<ti>/u<ti> (k = QK) or W<ti>/U<ti>
+ * (k = QK_BIG): quantized from random values where tinynn quantizes the
+ * type, else random blocks with sane scales; u holds w's rows in reverse. */
+static void add_qpair(tnn_gguf_writer *wr, int ti, int64_t k) {
+    int type = qtypes[ti];
+    int64_t rb = tnn__qtype_row_bytes(type, k);
+    unsigned char *q = malloc((size_t)(rb * QM)), *u = malloc((size_t)(rb * QM));
+    float *x = malloc((size_t)k * sizeof *x);
+    for (int r = 0; r < QM; r++) {
+        unsigned char *row = q + r * rb;
+        if (tnn__qtype(type)->can_quantize) {
+            for (int64_t c = 0; c < k; c++) x[c] = (float)th_sym(1.0);
+            tnn__quantize_row(type, x, row, k);
+        } else {
+            for (int64_t c = 0; c < rb; c++) row[c] = (unsigned char)(th_uniform() * 256);
+            uint16_t d = tnn__f32_to_f16(0.01f);
+            for (int64_t b = 0; b < k / 256; b++) { /* each super-block's scales */
+                unsigned char *blk = row + b * (rb / (k / 256));
+                if (type == 14) memcpy(blk + rb / (k / 256) - 2, &d, 2); /* Q6_K: d last */
+                else { memcpy(blk, &d, 2); memcpy(blk + 2, &d, 2); }   /* d, dmin */
             }
         }
-        char name[16];
-        snprintf(name, sizeof name, "w%d", ti);
-        int64_t shape[2] = {QM, QK};
-        CHECK_OK(tnn_gguf_writer_add_tensor(wr, name, type, 2, shape, q, (size_t)(rb * QM)));
-        /* u: the same rows in reverse order, a second matrix of the type */
-        unsigned char *u = malloc((size_t)(rb * QM));
-        for (int r = 0; r < QM; r++) memcpy(u + r * rb, q + (QM - 1 - r) * rb, (size_t)rb);
-        snprintf(name, sizeof name, "u%d", ti);
-        CHECK_OK(tnn_gguf_writer_add_tensor(wr, name, type, 2, shape, u, (size_t)(rb * QM)));
-        free(u);
-        free(q);
+    }
+    for (int r = 0; r < QM; r++) memcpy(u + r * rb, q + (QM - 1 - r) * rb, (size_t)rb);
+    char name[16];
+    int64_t shape[2] = {QM, k};
+    snprintf(name, sizeof name, k == QK ? "w%d" : "W%d", ti);
+    CHECK_OK(tnn_gguf_writer_add_tensor(wr, name, type, 2, shape, q, (size_t)(rb * QM)));
+    snprintf(name, sizeof name, k == QK ? "u%d" : "U%d", ti);
+    CHECK_OK(tnn_gguf_writer_add_tensor(wr, name, type, 2, shape, u, (size_t)(rb * QM)));
+    free(x);
+    free(u);
+    free(q);
+}
+
+/* The test file: both pairs of every type. */
+static void write_qfile(const char *path) {
+    tnn_gguf_writer *wr = tnn_gguf_writer_new();
+    for (int ti = 0; ti < NQ; ti++) {
+        add_qpair(wr, ti, QK);
+        add_qpair(wr, ti, QK_BIG);
     }
     CHECK_OK(tnn_gguf_writer_write(wr, path));
     tnn_gguf_writer_free(wr);
@@ -407,12 +418,12 @@ static tnn_tensor *b_qmm(tnn_session *s, tnn_tensor **x) {
  * gated pair and a set of three products of one x; cases 8-10 put an RMS
  * norm before the products (with the gain x[3], without, and before a
  * product that is the result). */
-static int qepi;
+static int qepi, qbig;
 static tnn_tensor *b_qepi(tnn_session *s, tnn_tensor **x) {
     char name[16];
-    snprintf(name, sizeof name, "w%d", qcur);
+    snprintf(name, sizeof name, qbig ? "W%d" : "w%d", qcur);
     tnn_tensor *w = tnn_tensor_from_gguf(s, qfile, name);
-    snprintf(name, sizeof name, "u%d", qcur);
+    snprintf(name, sizeof name, qbig ? "U%d" : "u%d", qcur);
     tnn_tensor *u = tnn_tensor_from_gguf(s, qfile, name);
     int64_t sh[2] = {12, QM}, flat[1] = {tnn_tensor_nelements(x[1])};
     tnn_tensor *bias = tnn_narrow(s, tnn_reshape(s, x[1], 1, flat), 0, 0, QM);
@@ -502,6 +513,17 @@ static void test_quant_epilogues(void) {
                      tnn_ggml_type_name(qtypes[qcur]), what[qepi]);
             twin(name, b_qepi, ins, 4, false, qepi == 4 ? 1e-3 : 1e-5);
         }
+    /* 8 rows of QK_BIG: the products that read x from global memory */
+    in_spec big[4] = {F(2, 8, QK_BIG), F(2, 8, QM), {TNN_I32, 1, {1}, 4, false}, F(1, QK_BIG)};
+    qbig = 1;
+    for (qcur = 0; qfile && qcur < NQ; qcur++)
+        for (qepi = 6; qepi < 11; qepi++) {
+            char name[112];
+            snprintf(name, sizeof name, "quantized %s, 8 rows of %d, then %s",
+                     tnn_ggml_type_name(qtypes[qcur]), QK_BIG, what[qepi]);
+            twin(name, b_qepi, big, 4, false, 1e-5);
+        }
+    qbig = 0;
 }
 
 static void test_quant(void) {
