@@ -773,14 +773,20 @@ __device__ __forceinline__ void epi_store(const cu_epi &e, float *y, int64_t N, 
     y[n * M + m] = s;
 }
 
-/* The warp's product (index g) and its row m within it; false past the end. */
-__device__ __forceinline__ bool mv_row(const cu_mv &p, int *g, int64_t *m) {
-    *m = (int64_t)blockIdx.x * QMV_WARPS + (threadIdx.x >> 5);
+/* Row r of the products' rows laid end to end: its product g and its row m
+ * there; false past the end. */
+__device__ __forceinline__ bool mv_locate(const cu_mv &p, int64_t r, int *g, int64_t *m) {
+    *m = r;
     for (*g = 0; *g < p.n; (*g)++) {
         if (*m < p.M[*g]) return true;
         *m -= p.M[*g];
     }
     return false;
+}
+
+/* The warp's row when each warp takes one. */
+__device__ __forceinline__ bool mv_row(const cu_mv &p, int *g, int64_t *m) {
+    return mv_locate(p, (int64_t)blockIdx.x * QMV_WARPS + (threadIdx.x >> 5), g, m);
 }
 
 /* The warp's sums for each row of x and, for a gated pair, of the up row:
@@ -841,10 +847,12 @@ __device__ __forceinline__ void qmv_part(const char *row, int64_t kb, int p, flo
 
 /* x (N rows of K) is staged in shared memory by the block, normalized once
  * when p.norm (the scales as k_rms_norm computes them); the host runs this
- * kernel only where N K floats fit (QMV_SMEM). */
+ * kernel only where N K floats fit (QMV_SMEM), on at most the blocks the
+ * GPU holds at once, each warp then taking rows r, r + the grid's warps, ...
+ * so a large product (an LM head) stages x once per block, not per 4 rows. */
 #define QMV_SMEM (48 * 1024)
 
-template <int QT, bool GATED>
+template <int QT, bool GATED, bool MULTI>
 /* occupancy: at most 64 registers (128 gated), more warps to keep loads in
  * flight; Q6_K's decoder needs more */
 __global__ void __launch_bounds__(32 * QMV_WARPS, QT == TNN_QT_Q6_K ? 1 : GATED ? 4 : 8)
@@ -856,8 +864,10 @@ __global__ void __launch_bounds__(32 * QMV_WARPS, QT == TNN_QT_Q6_K ? 1 : GATED 
     TNN_DYN_SMEM(float, xs); /* N x K */
     __shared__ float scale[QMV_ROWS];
     int lane = threadIdx.x & 31, wi = threadIdx.x >> 5, part = lane % PARTS, g;
-    int64_t m, nb = K / BS;
-    bool live = mv_row(p, &g, &m);
+    /* rows r0, r0 + rstep, ...: a block stages x once for all its warps' rows */
+    int64_t m, nb = K / BS, r = (int64_t)blockIdx.x * QMV_WARPS + wi;
+    int64_t rstep = (int64_t)gridDim.x * QMV_WARPS;
+    bool live = mv_locate(p, r, &g, &m);
     const char *row = live ? p.w[g] + m * row_bytes : NULL;
     const char *urow = GATED && live ? p.up + m * row_bytes : NULL;
     /* QMV_CHUNK steps at a time: their weight loads are issued together
@@ -889,37 +899,45 @@ __global__ void __launch_bounds__(32 * QMV_WARPS, QT == TNN_QT_Q6_K ? 1 : GATED 
         xs[i] = xv;
     }
     __syncthreads();
-    if (!live) return; /* whole warps leave together */
     /* this lane's values sit at o0 .. o0+3 and o1 .. o1+3 of a block */
     int o0 = SPLIT ? 4 * part : 8 * part, o1 = SPLIT ? 16 + 4 * part : 8 * part + 4;
-    float acc[QMV_ROWS] = {0}, acc_up[QMV_ROWS] = {0};
-    while (kb0 < nb) {
+    for (; live; live = MULTI && mv_locate(p, r += rstep, &g, &m)) { /* whole warps */
+        if (MULTI && r != (int64_t)blockIdx.x * QMV_WARPS + wi) { /* a later row */
+            row = p.w[g] + m * row_bytes;
+            urow = GATED ? p.up + m * row_bytes : NULL;
+            kb0 = lane / PARTS;
+            QMV_LOAD_CHUNK()
+        }
+        float acc[QMV_ROWS] = {0}, acc_up[QMV_ROWS] = {0};
+        while (kb0 < nb) {
 CU_UNROLL(QMV_CHUNK)
-        for (int c = 0; c < QMV_CHUNK; c++) {
-            if (kb0 + c * STEP >= nb) break;
-            const float *xb = xs + (kb0 + c * STEP) * BS;
+            for (int c = 0; c < QMV_CHUNK; c++) {
+                if (kb0 + c * STEP >= nb) break;
+                const float *xb = xs + (kb0 + c * STEP) * BS;
 CU_UNROLL(QMV_ROWS)
-            for (int n = 0; n < QMV_ROWS; n++) {
-                if (n < N) {
-                    float4 a = *(const float4 *)(xb + n * K + o0);
-                    float4 b = *(const float4 *)(xb + n * K + o1);
-                    acc[n] += v[c][0] * a.x + v[c][1] * a.y + v[c][2] * a.z + v[c][3] * a.w +
-                              v[c][4] * b.x + v[c][5] * b.y + v[c][6] * b.z + v[c][7] * b.w;
-                    if (GATED) {
-                        const float *u = vu[GATED ? c : 0];
-                        acc_up[n] += u[0] * a.x + u[1] * a.y + u[2] * a.z + u[3] * a.w +
-                                     u[4] * b.x + u[5] * b.y + u[6] * b.z + u[7] * b.w;
+                for (int n = 0; n < QMV_ROWS; n++) {
+                    if (n < N) {
+                        float4 a = *(const float4 *)(xb + n * K + o0);
+                        float4 b = *(const float4 *)(xb + n * K + o1);
+                        const float *w = v[c];
+                        acc[n] += w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w +
+                                  w[4] * b.x + w[5] * b.y + w[6] * b.z + w[7] * b.w;
+                        if (GATED) {
+                            const float *u = vu[GATED ? c : 0];
+                            acc_up[n] += u[0] * a.x + u[1] * a.y + u[2] * a.z + u[3] * a.w +
+                                         u[4] * b.x + u[5] * b.y + u[6] * b.z + u[7] * b.w;
+                        }
                     }
                 }
             }
+            kb0 += QMV_CHUNK * STEP;
+            if (kb0 < nb) {
+                QMV_LOAD_CHUNK()
+            }
         }
-        kb0 += QMV_CHUNK * STEP;
-        if (kb0 < nb) {
-            QMV_LOAD_CHUNK()
-        }
+        mv_finish(p, g, N, m, acc, acc_up);
     }
 #undef QMV_LOAD_CHUNK
-    mv_finish(p, g, N, m, acc, acc_up);
 }
 
 template <int BS>
@@ -957,6 +975,12 @@ static int qmatvec(const tnn_tensor *t, const cu_mv &p) {
     if (!qi || rb < 0) return tnn_last_status() ? tnn_last_status() : TNN_ERR_FORMAT;
     unsigned g = (unsigned)((rows + QMV_WARPS - 1) / QMV_WARPS);
     unsigned nt = 32 * QMV_WARPS;
+    /* k_qmv: a product larger than the GPU holds at once (8 blocks an SM)
+     * runs on that many blocks, each warp then taking several rows (MULTI:
+     * a separate instance, since the loop costs the small products time) */
+    unsigned cap = (unsigned)tnn__cu.sm_count * 8;
+    bool multi = g > cap && !p.up; /* (gated pairs: one row a warp) */
+    unsigned gq = multi ? cap : g;
     cudaStream_t st = tnn__cu.stream;
     size_t smem = (size_t)(N * K) * sizeof(float);
     bool vec = K % 4 == 0 && qi->block > 1 && smem <= QMV_SMEM;
@@ -964,9 +988,11 @@ static int qmatvec(const tnn_tensor *t, const cu_mv &p) {
 #define QMV_CASE(qt)                                                                          \
     case qt:                                                                                  \
         if (p.up)                                                                             \
-            TNN_LAUNCH(k_qmv<qt COMMA true>, g, nt, smem, st, p, rb, X, N, K);                \
+            TNN_LAUNCH(k_qmv<qt COMMA true COMMA false>, gq, nt, smem, st, p, rb, X, N, K);   \
+        else if (multi)                                                                       \
+            TNN_LAUNCH(k_qmv<qt COMMA false COMMA true>, gq, nt, smem, st, p, rb, X, N, K);   \
         else                                                                                  \
-            TNN_LAUNCH(k_qmv<qt COMMA false>, g, nt, smem, st, p, rb, X, N, K);               \
+            TNN_LAUNCH(k_qmv<qt COMMA false COMMA false>, gq, nt, smem, st, p, rb, X, N, K);  \
         break
     if (vec) {
         switch (w->gtype) {
