@@ -2,15 +2,17 @@
 # cuda_check.sh - what the CUDA issue runs on a GPU machine, in one go (about 5 minutes):
 # the CUDA suite, the demo model trained on the CPU and on the GPU (loss curves compared),
 # greedy sampling of one checkpoint on both, GEMM against cuBLAS, training throughput (with
-# PyTorch beside it when installed), generation speed of a SmolLM2-shaped Q4_1 model against
-# the device's bandwidth bound, and the CPU's AVX512_BF16 GEMM when the host has it.
+# PyTorch beside it when installed), generation speed of a SmolLM2-shaped Q4_1 model (with
+# llama.cpp's llama-bench on the same file, and per-kernel GPU times from ncu, when there),
+# and the CPU's AVX512_BF16 GEMM when the host has it.
 #
 #   tools/cuda_check.sh [BIN]      BIN: a CUDA build folder (default build-gpu, configured
-#                                  and built here when missing: needs cmake and nvcc)
+#                                  and built here when missing: needs cmake and nvcc); it may
+#                                  also hold tok.gguf (a GGUF file with SmolLM2's tokenizer)
+#                                  and llama-bench (+ llamalib/), built elsewhere
 # The summary (with the tail of every failing step) and the loss curves go to $OUT (default
 # /tmp/cuda_check); whole logs and model files to $WORK. ONLY=REGEX runs only the steps whose
-# names match it. Every step is bounded and a
-# failing step does not stop the next.
+# names match it. Every step is bounded and a failing step does not stop the next.
 set -u
 cd "$(dirname "$0")/.."
 BIN=${1:-build-gpu}
