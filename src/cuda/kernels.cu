@@ -725,21 +725,21 @@ typedef struct {
     double eps;
 } cu_mv;
 
-/* The RMS norm scales of x's N rows (norm set), as k_rms_norm computes them
- * (the squares summed in double), every lane of the warp getting them. */
+/* The RMS norm scale of one row of K, as k_rms_norm computes it (the
+ * squares summed in double), every lane of the warp getting it. */
+__device__ __forceinline__ float mv_row_scale(const float *row, int64_t K, double eps) {
+    double ss = 0.0;
+    for (int64_t k = threadIdx.x & 31; k < K; k += 32) ss += (double)row[k] * row[k];
+    ss = cu_warp_sum(ss);
+    return (float)(1.0 / sqrt(ss / (double)K + eps));
+}
+
+/* The scales of x's N rows (1 unless p.norm), each warp computing all. */
 __device__ __forceinline__ void mv_norm_scales(const cu_mv &p, const float *x, int64_t N,
                                                int64_t K, float *sc) {
-    int lane = threadIdx.x & 31;
 CU_UNROLL(QMV_ROWS)
-    for (int n = 0; n < QMV_ROWS; n++) {
-        sc[n] = 1.0f;
-        if (p.norm && n < N) {
-            double ss = 0.0;
-            for (int64_t k = lane; k < K; k += 32) ss += (double)x[n * K + k] * x[n * K + k];
-            ss = cu_warp_sum(ss);
-            sc[n] = (float)(1.0 / sqrt(ss / (double)K + p.eps));
-        }
-    }
+    for (int n = 0; n < QMV_ROWS; n++)
+        sc[n] = p.norm && n < N ? mv_row_scale(x + n * K, K, p.eps) : 1.0f;
 }
 
 /* x[k] as the product reads it: normalized when p.norm. */
@@ -887,10 +887,8 @@ __global__ void __launch_bounds__(32 * QMV_WARPS, QT == TNN_QT_Q6_K ? 1 : GATED 
     }
     if (p.norm)
         for (int64_t n = wi; n < N; n += QMV_WARPS) {
-            double ss = 0.0;
-            for (int64_t k = lane; k < K; k += 32) ss += (double)x[n * K + k] * x[n * K + k];
-            ss = cu_warp_sum(ss);
-            if (lane == 0) scale[n] = (float)(1.0 / sqrt(ss / (double)K + p.eps));
+            float sc = mv_row_scale(x + n * K, K, p.eps);
+            if (lane == 0) scale[n] = sc;
         }
     __syncthreads();
     for (int64_t i = threadIdx.x; i < N * K; i += blockDim.x) {
