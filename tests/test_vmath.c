@@ -13,14 +13,14 @@
 static float bits_f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 static uint32_t f_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 
-/* The same loop built three ways: vectorized for AVX2, vectorized for the
+/* The same loop built three ways: vectorized for AVX2 + FMA, vectorized for the
  * baseline ISA, and kept scalar. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define HAVE_AVX2_BUILD 1
-__attribute__((target("avx2"), optimize("O3"))) static void exp_avx2(const float *x, float *y, int n) {
+__attribute__((target("avx2,fma"), optimize("O3"))) static void exp_avx2(const float *x, float *y, int n) {
     for (int i = 0; i < n; i++) y[i] = tnn_vexp(x[i]);
 }
-__attribute__((target("avx2"), optimize("O3"))) static void tanh_avx2(const float *x, float *y, int n) {
+__attribute__((target("avx2,fma"), optimize("O3"))) static void tanh_avx2(const float *x, float *y, int n) {
     for (int i = 0; i < n; i++) y[i] = tnn_vtanh(x[i]);
 }
 #endif
@@ -46,7 +46,7 @@ static void sweep(int is_tanh, uint32_t lo, uint32_t hi, uint32_t step, sweep_t 
     static float x[BLK], yv[BLK], ya[BLK];
     uint32_t b = lo;
 #ifdef HAVE_AVX2_BUILD
-    int avx2 = __builtin_cpu_supports("avx2");
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
     while (b <= hi) {
         int n = 0;
@@ -245,7 +245,7 @@ static void test_reductions(void) {
 /* tnn_vexp_le0 gives tnn_vexp's bits for every x <= 0 (every 97th float of
  * the negative half, the edges, NaN), in a scalar and an AVX2 build. */
 #ifdef HAVE_AVX2_BUILD
-__attribute__((target("avx2"), optimize("O3"))) static void exp_le0_avx2(const float *x, float *y,
+__attribute__((target("avx2,fma"), optimize("O3"))) static void exp_le0_avx2(const float *x, float *y,
                                                                           int n) {
     for (int i = 0; i < n; i++) y[i] = tnn_vexp_le0(x[i]);
 }
@@ -259,7 +259,7 @@ static void test_exp_le0(void) {
         int n = 0;
         for (; n < BLK && b <= 0xff800000u; n++, b += 97) x[n] = bits_f((uint32_t)b);
 #ifdef HAVE_AVX2_BUILD
-        if (__builtin_cpu_supports("avx2")) exp_le0_avx2(x, ya, n);
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) exp_le0_avx2(x, ya, n);
         else
 #endif
             for (int i = 0; i < n; i++) ya[i] = exp_le0_scalar(x[i]);

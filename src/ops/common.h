@@ -6,11 +6,19 @@
 #include "../cpu/pool.h"
 #include "kernels.h"
 
-/* The hot loops get an AVX2 clone picked at load time where the CPU has it
- * (GCC function multi-versioning). Contraction stays off, so every clone
- * computes the same bits. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(TNN_NO_CLONES)
-#define TNN_VEC_CLONES __attribute__((target_clones("avx2", "default")))
+/* The hot loops get a clone with AVX2 + FMA (GCC 12 and later: x86-64-v3,
+ * which adds F16C and BMI) picked at load time where the CPU has it (function
+ * multi-versioning), and a baseline one. Contraction stays off and the only
+ * fused operations are explicit fmaf calls (vmath.h), so every clone computes
+ * the same bits; in the baseline clone fmaf is a libm call (correct, slow:
+ * only x86 CPUs without FMA run it). Older GCC and clang clone for "fma"
+ * (AVX + FMA): clang 14's resolver never picks an arch= clone on AMD CPUs. */
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(TNN_NO_CLONES)
+#if !defined(__clang__) && __GNUC__ >= 12
+#define TNN_VEC_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define TNN_VEC_CLONES __attribute__((target_clones("fma", "default")))
+#endif
 #else
 #define TNN_VEC_CLONES
 #endif

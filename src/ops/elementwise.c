@@ -52,24 +52,25 @@ void tnn__k_scale(const float *a, float k, float *out, int64_t n) {
     tnn__parallel_for(n, EW_CHUNK, scale_range, &c);
 }
 
-#define GELU_C 0.7978845608028654f /* sqrt(2/pi) */
-#define GELU_A 0.044715f
+/* The tanh form of GELU, 0.5 x (1 + tanh(u)) with u = c (x + a x^3),
+ * c = sqrt(2/pi), a = 0.044715, taken as x s with s = 0.5 (1 + tanh(u)) =
+ * sigmoid(v), v = 2u = x (2c + 2ca x^2): one exponential and one division
+ * (vmath.h, branch-free, so these loops vectorize), and no cancellation in
+ * 1 + tanh(u) for negative x. */
+#define GELU_2C 1.5957691216057308f    /* 2 sqrt(2/pi) */
+#define GELU_2CA 0.07135481627260025f  /* 2 sqrt(2/pi) 0.044715 */
+#define GELU_6CA 0.21406444881780075f  /* 3 GELU_2CA */
 
-/* The tanh form of GELU, 0.5 x (1 + tanh(u)) with u = c (x + a x^3), taken
- * as x s with s = 0.5 (1 + tanh(u)) = sigmoid(2u) = 1 / (1 + e^(-2u)): one
- * exp and one division (vmath.h, branch-free, so these loops vectorize),
- * and no cancellation in 1 + tanh(u) for negative x. */
 static inline float gelu1(float x) {
-    float u = GELU_C * (x + GELU_A * x * x * x);
-    return x / (1.0f + tnn_vexp(-2.0f * u));
+    return x * tnn_vsigmoid(x * fmaf(GELU_2CA, x * x, GELU_2C));
 }
 
-/* d/dx [x s] = s + x s' with s' = 2 s (1 - s) du/dx, du/dx = c (1 + 3 a x^2). */
+/* d/dx [x s] = s + x s' with s' = s (1 - s) dv/dx, dv/dx = 2c + 6ca x^2. */
 static inline float gelu_grad1(float x) {
-    float u = GELU_C * (x + GELU_A * x * x * x);
-    float sg = 1.0f / (1.0f + tnn_vexp(-2.0f * u));
-    float du = GELU_C * (1.0f + 3.0f * GELU_A * x * x);
-    return sg + 2.0f * x * (sg * (1.0f - sg)) * du;
+    float x2 = x * x;
+    float sg = tnn_vsigmoid(x * fmaf(GELU_2CA, x2, GELU_2C));
+    float dv = fmaf(GELU_6CA, x2, GELU_2C);
+    return sg + x * (sg * (1.0f - sg)) * dv;
 }
 
 static inline float sigmoid1(float x) { return tnn_vsigmoid(x); }

@@ -21,16 +21,45 @@ static int64_t min_rows(int64_t cols) { return 4096 / cols + 1; }
 /* Softmax                                                                  */
 /* ------------------------------------------------------------------------ */
 
+/* y[j] = e^(x[j] - mx) for j < n, and the largest xn[j] (tnn_vmax of the
+ * next row): that row's first pass, a wait on memory, runs under this
+ * row's exponentials instead of after them. */
+static inline __attribute__((always_inline)) float exp_row_max_next(const float *x, float mx,
+                                                                   float *y, const float *xn,
+                                                                   int64_t n) {
+    int32_t m[8];
+    for (int k = 0; k < 8; k++) m[k] = tnn__fkey(xn[0]);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int k = 0; k < 8; k++) {
+            y[j + k] = tnn_vexp_le0(x[j + k] - mx);
+            int32_t v = tnn__fkey(xn[j + k]);
+            m[k] = v > m[k] ? v : m[k];
+        }
+    for (int k = 0; j + k < n; k++) {
+        y[j + k] = tnn_vexp_le0(x[j + k] - mx);
+        int32_t v = tnn__fkey(xn[j + k]);
+        m[k] = v > m[k] ? v : m[k];
+    }
+    return tnn__fkey_max8(m);
+}
+
 TNN_VEC_CLONES static void softmax_range(void *p, int64_t lo, int64_t hi) {
     const row_ctx *c = p;
     int64_t n = c->cols;
+    float mx = lo < hi ? tnn_vmax(c->x + lo * n, n) : 0.0f;
     for (int64_t r = lo; r < hi; r++) {
         const float *x = c->x + r * n;
-        float *y = c->out + r * n;
-        float mx = tnn_vmax(x, n);
-        for (int64_t j = 0; j < n; j++) y[j] = tnn_vexp_le0(x[j] - mx);
+        float *y = c->out + r * n, mnext = 0.0f;
+        if (r + 1 < hi && (y + n <= x + n || y >= x + 2 * n)) { /* y does not overlap row r+1 */
+            mnext = exp_row_max_next(x, mx, y, x + n, n);
+        } else {
+            for (int64_t j = 0; j < n; j++) y[j] = tnn_vexp_le0(x[j] - mx);
+            if (r + 1 < hi) mnext = tnn_vmax(x + n, n);
+        }
         float inv = (float)(1.0 / tnn_vsum_d(y, n));
         for (int64_t j = 0; j < n; j++) y[j] *= inv;
+        mx = mnext;
     }
 }
 
