@@ -261,16 +261,56 @@ INL void skinny_tb_8(int M, int64_t K, const float *ap, const float *b, int64_t 
     for (int i = 0; i < M; i++) _mm256_storeu_ps(C + i * ldc, acc[i]);
 }
 
+/* g (<= 4) rows of C from row r0, 16 columns from j, through kn rows of B:
+ * 8 accumulators, and per k two loads of B and g broadcasts of A for 2g
+ * fmas (a broadcast served 8 columns before; three vectors, 12
+ * accumulators, measured slower: too few registers left). first: start
+ * from +0. */
+#define NBV 2
+INL void skinny_nb_rows(int g, int M, int r0, int kn, const float *a, const float *b, int64_t ldb,
+                       float *C, int64_t ldc, int64_t j, bool first) {
+    __m256 acc[4][NBV];
+    for (int i = 0; i < g; i++)
+        for (int v = 0; v < NBV; v++)
+            acc[i][v] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(C + (r0 + i) * ldc + j + 8 * v);
+    for (int t = 0; t < kn; t++) {
+        const float *bt = b + t * ldb + j;
+        __m256 bv[NBV];
+        for (int v = 0; v < NBV; v++) bv[v] = _mm256_loadu_ps(bt + 8 * v);
+        for (int i = 0; i < g; i++) {
+            __m256 av = _mm256_broadcast_ss(a + t * M + r0 + i);
+            for (int v = 0; v < NBV; v++) acc[i][v] = _mm256_fmadd_ps(av, bv[v], acc[i][v]);
+        }
+    }
+    for (int i = 0; i < g; i++)
+        for (int v = 0; v < NBV; v++) _mm256_storeu_ps(C + (r0 + i) * ldc + j + 8 * v, acc[i][v]);
+}
+
 /* B stored K x N: 8 rows of B at a time (8 sequential streams), each
  * 8-column vector of C carried in a register through them and stored back
- * (the stored float continues the chain exactly). */
+ * (the stored float continues the chain exactly). More than 4 rows of C:
+ * 16 columns at a time in groups of 4 rows (the second group reads the
+ * same 8 x 16 of B from L1), which halves the loads per fma. (Blocks of 16
+ * rows of B, and prefetching the next block, measured slower from memory.) */
 INL void skinny_nb(int M, int64_t K, const float *ap, const float *B, int64_t ldb, float *C,
                    int64_t ldc, int64_t n0, int64_t n1) {
     int64_t nv = n0 + (n1 - n0) / 8 * 8;
     for (int64_t k0 = 0; k0 < K; k0 += 8) {
         int kn = K - k0 < 8 ? (int)(K - k0) : 8;
         const float *b = B + k0 * ldb, *a = ap + k0 * M;
-        for (int64_t j = n0; j < nv; j += 8) {
+        int64_t j = n0;
+        const int g0 = M > 4 ? 4 : M; /* rows of the first group */
+        if (M > 1)
+            for (; j + 8 * NBV <= nv; j += 8 * NBV) {
+                if (kn == 8) {
+                    skinny_nb_rows(g0, M, 0, 8, a, b, ldb, C, ldc, j, k0 == 0);
+                    if (M > 4) skinny_nb_rows(M - 4, M, 4, 8, a, b, ldb, C, ldc, j, k0 == 0);
+                } else {
+                    skinny_nb_rows(g0, M, 0, kn, a, b, ldb, C, ldc, j, k0 == 0);
+                    if (M > 4) skinny_nb_rows(M - 4, M, 4, kn, a, b, ldb, C, ldc, j, k0 == 0);
+                }
+            }
+        for (; j < nv; j += 8) {
             __m256 acc[TNN_GEMM_SKINNY_M];
             for (int i = 0; i < M; i++)
                 acc[i] = k0 ? _mm256_loadu_ps(C + i * ldc + j) : _mm256_setzero_ps();
@@ -289,7 +329,7 @@ INL void skinny_nb(int M, int64_t K, const float *ap, const float *B, int64_t ld
             }
             for (int i = 0; i < M; i++) _mm256_storeu_ps(C + i * ldc + j, acc[i]);
         }
-        for (int64_t j = nv; j < n1; j++) /* last columns: the same chain in scalar */
+        for (j = nv; j < n1; j++) /* last columns: the same chain in scalar */
             for (int i = 0; i < M; i++) {
                 float c = k0 ? C[i * ldc + j] : 0.0f;
                 for (int t = 0; t < kn; t++) c = __builtin_fmaf(a[t * M + i], b[t * ldb + j], c);
