@@ -1,8 +1,9 @@
 /* bench_kernels.c - the memory-bound kernels against bandwidth measured in
  * the same run, and the fixed cost of small calls:
  *
- *   matrix-vector  f32 products with 1-8 rows (the GEMM's skinny path), GB/s
- *                  of the matrix streamed, against the triad of the same
+ *   matrix-vector  f32 products with 1-8 rows (the GEMM's skinny path), then
+ *                  the same with bf16 weights (widened as read), GB/s of the
+ *                  matrix streamed, against the triad of the same
  *                  thread count (the matrices rotate through >= 256 MiB so
  *                  they come from memory, as a model's weights do);
  *   element-wise   add, mul, scale, gelu, silu and their backwards, GB/s of
@@ -20,6 +21,7 @@
  * Prints a table and writes JSON.
  * Usage: bench_kernels [--reps N] [--threads 1|2] [--quick] [--out FILE]
  */
+#include "cpu/gemm.h"
 #include "cpu/pool.h"
 #include "ops/kernels.h"
 #include "tinynn.h"
@@ -166,38 +168,59 @@ static void add_row(const char *group, const char *name, int threads, stat2 v, d
 
 typedef struct {
     int M, K, N;
-    bool tb;
+    bool tb, bf16;
     int copies;
-    float **W, *x, *y;
+    float **W, *x, *y; /* W: f32, or bf16 bits (bf16) */
 } mv_ctx;
 
 static void mv_run(void *p) {
     mv_ctx *c = p;
-    for (int i = 0; i < c->copies; i++)
-        tnn__gemm_f32(false, c->tb, c->M, c->N, c->K, c->x, c->K, c->W[i], c->tb ? c->K : c->N,
-                      c->y, c->N);
+    for (int i = 0; i < c->copies; i++) {
+        int64_t ldb = c->tb ? c->K : c->N;
+        if (c->bf16)
+            tnn__gemm_bf16(TNN_GEMM_BF16_AUTO, false, c->tb, c->M, c->N, c->K, c->x, c->K,
+                           (const uint16_t *)c->W[i], ldb, c->y, c->N);
+        else
+            tnn__gemm_f32(false, c->tb, c->M, c->N, c->K, c->x, c->K, c->W[i], ldb, c->y, c->N);
+    }
 }
 
+/* f32 matrix-vector products, then the same with bf16 weights (the bytes
+ * streamed are halved; the target is the same fraction of the triad). */
 static void bench_matvec(int threads, bool quick) {
     static const int shapes[][3] = {{1, 576, 1536}, {1, 4096, 4096}, {8, 4096, 4096}};
-    for (int s = 0; s < 3; s++) {
-        for (int tb = 1; tb >= 0; tb--) {
-            if (quick && tb == 0) continue;
-            mv_ctx c = {.M = shapes[s][0], .K = shapes[s][1], .N = shapes[s][2], .tb = tb};
-            size_t wn = (size_t)c.K * c.N;
-            c.copies = (int)(((size_t)256 << 20) / (wn * 4)) + 1;
-            c.W = malloc(sizeof(float *) * (size_t)c.copies);
-            for (int i = 0; i < c.copies; i++) c.W[i] = falloc_fill(wn, 10 + (unsigned)i);
-            c.x = falloc_fill((size_t)c.M * c.K, 3);
-            c.y = falloc_fill((size_t)c.M * c.N, 4);
-            char name[48];
-            snprintf(name, sizeof name, "%dx%dx%d %s", c.M, c.K, c.N, tb ? "NT (W rows)" : "NN");
-            stat2 tri, v = measure_vs_triad(mv_run, &c, (double)wn * 4 * c.copies / 1e9, &tri);
-            add_row("matvec", name, threads, v, tri.best, 0.8, "GB/s");
-            for (int i = 0; i < c.copies; i++) free(c.W[i]);
-            free(c.W), free(c.x), free(c.y);
+    for (int bf16 = 0; bf16 <= 1; bf16++)
+        for (int s = 0; s < 3; s++) {
+            for (int tb = 1; tb >= 0; tb--) {
+                if (quick && (tb == 0 || bf16)) continue;
+                mv_ctx c = {.M = shapes[s][0], .K = shapes[s][1], .N = shapes[s][2], .tb = tb,
+                            .bf16 = bf16};
+                size_t wn = (size_t)c.K * c.N, esize = bf16 ? 2 : 4;
+                c.copies = (int)(((size_t)256 << 20) / (wn * esize)) + 1;
+                c.W = malloc(sizeof(float *) * (size_t)c.copies);
+                for (int i = 0; i < c.copies; i++) {
+                    c.W[i] = falloc_fill(wn, 10 + (unsigned)i);
+                    if (bf16) { /* in place: the first half of the buffer, rounded to bf16 */
+                        uint16_t *h = (uint16_t *)c.W[i];
+                        for (size_t e = 0; e < wn; e++) {
+                            uint32_t u;
+                            memcpy(&u, &c.W[i][e], 4);
+                            h[e] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+                        }
+                    }
+                }
+                c.x = falloc_fill((size_t)c.M * c.K, 3);
+                c.y = falloc_fill((size_t)c.M * c.N, 4);
+                char name[48];
+                snprintf(name, sizeof name, "%dx%dx%d %s%s", c.M, c.K, c.N,
+                         tb ? "NT (W rows)" : "NN", bf16 ? " bf16" : "");
+                stat2 tri,
+                    v = measure_vs_triad(mv_run, &c, (double)(wn * esize) * c.copies / 1e9, &tri);
+                add_row("matvec", name, threads, v, tri.best, 0.8, "GB/s");
+                for (int i = 0; i < c.copies; i++) free(c.W[i]);
+                free(c.W), free(c.x), free(c.y);
+            }
         }
-    }
 }
 
 /* ------------------------------------------------------------------------ */

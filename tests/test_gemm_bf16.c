@@ -161,7 +161,7 @@ static int same_bits(const float *x, const float *y, size_t n) {
 
 /* Every row count 1..17 against odd widths and depths that are not
  * multiples of 2 or 16, then shapes with several K blocks, edge tiles in
- * both directions, and op(A) packed once. */
+ * both directions, op(A) packed once, and the skinny path (1-8 rows). */
 static const int nk[][2] = {{1, 1}, {3, 2}, {17, 3}, {33, 15}, {5, 17}, {65, 31},
                             {1, 33}, {19, 300}, {7, 77}};
 #define N_NK ((int)(sizeof nk / sizeof nk[0]))
@@ -169,6 +169,8 @@ static const int big[][3] = {
     /* M, N, K */
     {33, 127, 513}, {150, 37, 1031}, {64, 130, 777}, {13, 1100, 390}, {145, 33, 1025},
     {100, 99, 1}, {40, 40, 2},
+    /* 1-8 rows against N >= 16: the widening skinny kernels (B widened as read) */
+    {1, 1536, 576}, {8, 200, 33}, {5, 70, 16}, {4, 130, 77}, {7, 100, 40},
 };
 #define N_BIG ((int)(sizeof big / sizeof big[0]))
 

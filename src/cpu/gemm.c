@@ -506,7 +506,7 @@ static void gemm_range(void *p, int64_t u0, int64_t u1) {
 /* Multiply-adds a thread should at least get before the pool is worth it. */
 #define GEMM_MIN_WORK ((int64_t)1 << 19)
 
-/* The portable skinny product (see tnn__gemm_skinny_fn). */
+/* The portable skinny products (see tnn__gemm_skinny_fn). */
 static void skinny_generic(bool tb, int64_t M, int64_t K, const float *ap, const float *B,
                            int64_t ldb, float *C, int64_t ldc, int64_t n0, int64_t n1) {
     for (int64_t i = 0; i < M; i++)
@@ -514,6 +514,25 @@ static void skinny_generic(bool tb, int64_t M, int64_t K, const float *ap, const
             float c = 0.0f;
             for (int64_t k = 0; k < K; k++)
                 c = fmaf(ap[k * M + i], tb ? B[j * ldb + k] : B[k * ldb + j], c);
+            C[i * ldc + j] = c;
+        }
+}
+
+static inline float widen_bf16(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static void skinny_widen_generic(bool tb, int64_t M, int64_t K, const float *ap,
+                                 const uint16_t *B, int64_t ldb, float *C, int64_t ldc,
+                                 int64_t n0, int64_t n1) {
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = n0; j < n1; j++) {
+            float c = 0.0f;
+            for (int64_t k = 0; k < K; k++)
+                c = fmaf(ap[k * M + i], widen_bf16(tb ? B[j * ldb + k] : B[k * ldb + j]), c);
             C[i * ldc + j] = c;
         }
 }
@@ -526,9 +545,15 @@ static void skinny_generic(bool tb, int64_t M, int64_t K, const float *ap, const
 /* g->A is op(A) packed k-major here. */
 static void skinny_range(void *p, int64_t u0, int64_t u1) {
     const gemm_job *g = p;
+    int64_t n0 = u0 * SKINNY_UNIT, n1 = u1 * SKINNY_UNIT < g->N ? u1 * SKINNY_UNIT : g->N;
+    if (g->mode == GEMM_WIDEN) {
+        tnn__gemm_skinny_bf16_fn f = g->kr->skinny_widen ? g->kr->skinny_widen
+                                                         : skinny_widen_generic;
+        f(g->tb, g->M, g->K, g->A, g->Bh, g->ldb, g->C, g->ldc, n0, n1);
+        return;
+    }
     tnn__gemm_skinny_fn f = g->kr->skinny ? g->kr->skinny : skinny_generic;
-    int64_t n1 = u1 * SKINNY_UNIT < g->N ? u1 * SKINNY_UNIT : g->N;
-    f(g->tb, g->M, g->K, g->A, g->B, g->ldb, g->C, g->ldc, u0 * SKINNY_UNIT, n1);
+    f(g->tb, g->M, g->K, g->A, g->B, g->ldb, g->C, g->ldc, n0, n1);
 }
 
 /* Rows of op(A) at most this many floats are packed on the stack. */
@@ -555,6 +580,32 @@ static int gemm_packed(gemm_job *g) {
     return TNN_OK;
 }
 
+/* A few rows (g->mode GEMM_F32 or GEMM_WIDEN): stream op(B) once, no
+ * packing; every thread helps once it streams SKINNY_MIN_BYTES. */
+static int gemm_skinny(gemm_job *g) {
+    int64_t M = g->M, K = g->K, lda = g->lda;
+    const float *A = g->A;
+    bool ta = g->ta;
+    /* op(A) packed k-major (a vector as it is) */
+    float stack_a[SKINNY_STACK_A], *ap = stack_a;
+    if (M == 1 && (ta ? lda == 1 : true)) {
+        ap = (float *)A;
+    } else {
+        if (M * K > SKINNY_STACK_A && !(ap = malloc((size_t)(M * K) * sizeof *ap)))
+            return TNN_ERR(TNN_ERR_NOMEM, "out of memory (M=%lld K=%lld)", (long long)M,
+                           (long long)K);
+        for (int64_t k = 0; k < K; k++)
+            for (int64_t i = 0; i < M; i++) ap[k * M + i] = ta ? A[k * lda + i] : A[i * lda + k];
+    }
+    g->A = ap;
+    int64_t esize = g->mode == GEMM_WIDEN ? 2 : 4;
+    int64_t units = (g->N + SKINNY_UNIT - 1) / SKINNY_UNIT, per_unit = K * SKINNY_UNIT * esize;
+    tnn__parallel_for(units, (SKINNY_MIN_BYTES + per_unit - 1) / per_unit, skinny_range, g);
+    if (ap != stack_a && ap != A) free(ap);
+    g->A = A;
+    return TNN_OK;
+}
+
 static void set_geometry(gemm_job *g, int mr, int nr, int mc, int kc, int nc, int nc_small) {
     g->mr = mr, g->nr = nr, g->mc = mc, g->kc = kc, g->nc = nc, g->nc_small = nc_small;
 }
@@ -571,25 +622,7 @@ int tnn__gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float
                   .C = C, .ldc = ldc};
     set_geometry(&g, g.kr->mr, g.kr->nr, g.kr->mc, g.kr->kc, g.kr->nc, g.kr->nc_small);
     atomic_init(&g.status, TNN_OK);
-    if (M <= TNN_GEMM_SKINNY_M && N >= SKINNY_UNIT) { /* a few rows: stream op(B) once */
-        /* op(A) packed k-major (a vector as it is) */
-        float stack_a[SKINNY_STACK_A], *ap = stack_a;
-        if (M == 1 && (ta ? lda == 1 : true)) {
-            ap = (float *)A;
-        } else {
-            if (M * K > SKINNY_STACK_A && !(ap = malloc((size_t)(M * K) * sizeof *ap)))
-                return TNN_ERR(TNN_ERR_NOMEM, "out of memory (M=%lld K=%lld)", (long long)M,
-                               (long long)K);
-            for (int64_t k = 0; k < K; k++)
-                for (int64_t i = 0; i < M; i++) ap[k * M + i] = ta ? A[k * lda + i] : A[i * lda + k];
-        }
-        g.A = ap;
-        /* memory-bound: every thread helps once it streams SKINNY_MIN_BYTES */
-        int64_t units = (N + SKINNY_UNIT - 1) / SKINNY_UNIT, per_unit = K * SKINNY_UNIT * 4;
-        tnn__parallel_for(units, (SKINNY_MIN_BYTES + per_unit - 1) / per_unit, skinny_range, &g);
-        if (ap != stack_a && ap != A) free(ap);
-        return TNN_OK;
-    }
+    if (M <= TNN_GEMM_SKINNY_M && N >= SKINNY_UNIT) return gemm_skinny(&g);
     return gemm_packed(&g);
 }
 
@@ -630,11 +663,13 @@ int tnn__gemm_bf16(int path, bool ta, bool tb, int64_t M, int64_t N, int64_t K, 
     atomic_init(&g.status, TNN_OK);
     if (path == TNN_GEMM_BF16_WIDEN) {
         /* Every k of the packed panels holds f32 values equal to B's, so the
-         * f32 kernel computes the same chains as tnn__gemm_f32 on widen(B).
-         * (No skinny path: a few rows pack B too; the bits are the same.) */
+         * f32 kernel computes the same chains as tnn__gemm_f32 on widen(B);
+         * a few rows take the skinny kernels, widening B as it streams by
+         * (the same chains again). */
         g.mode = GEMM_WIDEN;
         g.kr = kernel_table(tnn__gemm_get_kernel());
         set_geometry(&g, g.kr->mr, g.kr->nr, g.kr->mc, g.kr->kc, g.kr->nc, g.kr->nc_small);
+        if (M <= TNN_GEMM_SKINNY_M && N >= SKINNY_UNIT) return gemm_skinny(&g);
     } else {
         g.mode = GEMM_DOT;
 #if defined(TNN_GEMM_X86)

@@ -51,6 +51,12 @@ typedef void (*tnn__gemm_skinny_fn)(bool tb, int64_t M, int64_t K, const float *
                                     int64_t n0, int64_t n1);
 #define TNN_GEMM_SKINNY_M 8
 
+/* The same for bf16 B widened to f32 as it is read (exact): the bits of
+ * tnn__gemm_skinny_fn on widen(B), hence of the packed widening path. */
+typedef void (*tnn__gemm_skinny_bf16_fn)(bool tb, int64_t M, int64_t K, const float *ap,
+                                         const uint16_t *B, int64_t ldb, float *C, int64_t ldc,
+                                         int64_t n0, int64_t n1);
+
 /* The transposing pack of bf16 products that widen their weights: as
  * tnn__gemm_pack_fn, with src bf16 and each value widened to f32 (exact). */
 typedef void (*tnn__gemm_pack_bf16_fn)(float *dst, const uint16_t *src, int64_t lds, int64_t kc,
@@ -65,6 +71,7 @@ typedef struct {
     tnn__gemm_pack_fn pack_t; /* NULL: the portable one in gemm.c */
     tnn__gemm_skinny_fn skinny; /* NULL: the portable one in gemm.c */
     tnn__gemm_pack_bf16_fn pack_t_widen; /* NULL: the portable one in gemm_bf16.c */
+    tnn__gemm_skinny_bf16_fn skinny_widen; /* NULL: the portable one in gemm.c */
 } tnn__gemm_kernel;
 
 #define TNN_GEMM_MR_MAX 16
@@ -80,9 +87,12 @@ extern const tnn__gemm_kernel tnn__gemm_kernel_avx512;
  * and AVX-512 kernels (every avx512f CPU has AVX2). */
 void tnn__gemm_pack_t_avx2(float *dst, const float *src, int64_t lds, int64_t kc, int w,
                            int valid);
-/* The AVX2 skinny product, likewise shared. */
+/* The AVX2 skinny products (f32 B, bf16 B widened), likewise shared. */
 void tnn__gemm_skinny_avx2(bool tb, int64_t M, int64_t K, const float *ap, const float *B,
                            int64_t ldb, float *C, int64_t ldc, int64_t n0, int64_t n1);
+void tnn__gemm_skinny_widen_avx2(bool tb, int64_t M, int64_t K, const float *ap,
+                                 const uint16_t *B, int64_t ldb, float *C, int64_t ldc,
+                                 int64_t n0, int64_t n1);
 #endif
 
 /* Whether kernel `id` can run on this CPU (and was built). AVX512BF16 needs

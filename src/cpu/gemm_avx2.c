@@ -219,6 +219,20 @@ void tnn__gemm_bf16_pack_t_widen_avx2(float *dst, const uint16_t *src, int64_t l
 
 #define INL static inline __attribute__((always_inline))
 
+/* B's elements are f32, or bf16 (h) widened exactly as they are loaded: the
+ * bf16 products that widen their weights take the same skinny kernels, with
+ * the same bits as their packed path (the f32 product on widen(B)). h is a
+ * constant in every instance. */
+INL const void *bat(const void *b, bool h, int64_t i) {
+    return h ? (const void *)((const uint16_t *)b + i) : (const void *)((const float *)b + i);
+}
+INL __m256 bload8(const void *b, bool h, int64_t i) {
+    return h ? widen8((const uint16_t *)b + i) : _mm256_loadu_ps((const float *)b + i);
+}
+INL float bload1(const void *b, bool h, int64_t i) {
+    return h ? widen1(((const uint16_t *)b)[i]) : ((const float *)b)[i];
+}
+
 /* Short rows (K at most this) are too short for the hardware prefetcher to
  * ramp up on each: the next 8 rows (one contiguous block of at most 32 KiB)
  * are prefetched while the current ones are used. */
@@ -228,23 +242,20 @@ void tnn__gemm_bf16_pack_t_widen_avx2(float *dst, const uint16_t *src, int64_t l
  * and transposed so that lane r carries column j+r, then every row of op(A)
  * adds its broadcast value times them: each C element is one fma chain in
  * ascending k. M is a constant after inlining. */
-INL void skinny_tb_8(int M, int64_t K, const float *ap, const float *b, int64_t ldb, float *C,
-                     int64_t ldc, bool pf_next) {
+INL void skinny_tb_8(int M, bool h, int64_t K, const float *ap, const void *b, int64_t ldb,
+                     float *C, int64_t ldc, bool pf_next) {
     __m256 acc[TNN_GEMM_SKINNY_M];
     for (int i = 0; i < M; i++) acc[i] = _mm256_setzero_ps();
     int64_t k = 0;
     for (; k + 8 <= K; k += 8) {
-        if (pf_next) { /* the next 8 rows, contiguous when ldb == K: 4 lines per step */
-            const char *p = (const char *)(b + 8 * ldb) + k * 32;
-            _mm_prefetch(p, _MM_HINT_T0);
-            _mm_prefetch(p + 64, _MM_HINT_T0);
-            _mm_prefetch(p + 128, _MM_HINT_T0);
-            _mm_prefetch(p + 192, _MM_HINT_T0);
+        if (pf_next) { /* the next 8 rows, contiguous when ldb == K: 4 (bf16: 2) lines a step */
+            const char *p = (const char *)bat(b, h, 8 * ldb + 8 * k);
+            for (int l = 0; l < (h ? 2 : 4); l++) _mm_prefetch(p + 64 * l, _MM_HINT_T0);
         }
-        __m256 r0 = _mm256_loadu_ps(b + k), r1 = _mm256_loadu_ps(b + ldb + k);
-        __m256 r2 = _mm256_loadu_ps(b + 2 * ldb + k), r3 = _mm256_loadu_ps(b + 3 * ldb + k);
-        __m256 r4 = _mm256_loadu_ps(b + 4 * ldb + k), r5 = _mm256_loadu_ps(b + 5 * ldb + k);
-        __m256 r6 = _mm256_loadu_ps(b + 6 * ldb + k), r7 = _mm256_loadu_ps(b + 7 * ldb + k);
+        __m256 r0 = bload8(b, h, k), r1 = bload8(b, h, ldb + k);
+        __m256 r2 = bload8(b, h, 2 * ldb + k), r3 = bload8(b, h, 3 * ldb + k);
+        __m256 r4 = bload8(b, h, 4 * ldb + k), r5 = bload8(b, h, 5 * ldb + k);
+        __m256 r6 = bload8(b, h, 6 * ldb + k), r7 = bload8(b, h, 7 * ldb + k);
         TRANSPOSE8(r0, r1, r2, r3, r4, r5, r6, r7);
         const __m256 t[8] = {r0, r1, r2, r3, r4, r5, r6, r7};
         const float *a = ap + k * M;
@@ -253,8 +264,10 @@ INL void skinny_tb_8(int M, int64_t K, const float *ap, const float *b, int64_t 
                 acc[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + kk * M + i), t[kk], acc[i]);
     }
     for (; k < K; k++) {
-        __m256 bv = _mm256_setr_ps(b[k], b[ldb + k], b[2 * ldb + k], b[3 * ldb + k],
-                                   b[4 * ldb + k], b[5 * ldb + k], b[6 * ldb + k], b[7 * ldb + k]);
+        __m256 bv = _mm256_setr_ps(bload1(b, h, k), bload1(b, h, ldb + k), bload1(b, h, 2 * ldb + k),
+                                   bload1(b, h, 3 * ldb + k), bload1(b, h, 4 * ldb + k),
+                                   bload1(b, h, 5 * ldb + k), bload1(b, h, 6 * ldb + k),
+                                   bload1(b, h, 7 * ldb + k));
         for (int i = 0; i < M; i++)
             acc[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(ap + k * M + i), bv, acc[i]);
     }
@@ -267,16 +280,15 @@ INL void skinny_tb_8(int M, int64_t K, const float *ap, const float *b, int64_t 
  * accumulators, measured slower: too few registers left). first: start
  * from +0. */
 #define NBV 2
-INL void skinny_nb_rows(int g, int M, int r0, int kn, const float *a, const float *b, int64_t ldb,
-                       float *C, int64_t ldc, int64_t j, bool first) {
+INL void skinny_nb_rows(int g, int M, bool h, int r0, int kn, const float *a, const void *b,
+                        int64_t ldb, float *C, int64_t ldc, int64_t j, bool first) {
     __m256 acc[4][NBV];
     for (int i = 0; i < g; i++)
         for (int v = 0; v < NBV; v++)
             acc[i][v] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(C + (r0 + i) * ldc + j + 8 * v);
     for (int t = 0; t < kn; t++) {
-        const float *bt = b + t * ldb + j;
         __m256 bv[NBV];
-        for (int v = 0; v < NBV; v++) bv[v] = _mm256_loadu_ps(bt + 8 * v);
+        for (int v = 0; v < NBV; v++) bv[v] = bload8(b, h, t * ldb + j + 8 * v);
         for (int i = 0; i < g; i++) {
             __m256 av = _mm256_broadcast_ss(a + t * M + r0 + i);
             for (int v = 0; v < NBV; v++) acc[i][v] = _mm256_fmadd_ps(av, bv[v], acc[i][v]);
@@ -292,22 +304,23 @@ INL void skinny_nb_rows(int g, int M, int r0, int kn, const float *a, const floa
  * 16 columns at a time in groups of 4 rows (the second group reads the
  * same 8 x 16 of B from L1), which halves the loads per fma. (Blocks of 16
  * rows of B, and prefetching the next block, measured slower from memory.) */
-INL void skinny_nb(int M, int64_t K, const float *ap, const float *B, int64_t ldb, float *C,
-                   int64_t ldc, int64_t n0, int64_t n1) {
+INL void skinny_nb(int M, bool h, int64_t K, const float *ap, const void *B, int64_t ldb,
+                   float *C, int64_t ldc, int64_t n0, int64_t n1) {
     int64_t nv = n0 + (n1 - n0) / 8 * 8;
     for (int64_t k0 = 0; k0 < K; k0 += 8) {
         int kn = K - k0 < 8 ? (int)(K - k0) : 8;
-        const float *b = B + k0 * ldb, *a = ap + k0 * M;
+        const void *b = bat(B, h, k0 * ldb);
+        const float *a = ap + k0 * M;
         int64_t j = n0;
         const int g0 = M > 4 ? 4 : M; /* rows of the first group */
         if (M > 1)
             for (; j + 8 * NBV <= nv; j += 8 * NBV) {
                 if (kn == 8) {
-                    skinny_nb_rows(g0, M, 0, 8, a, b, ldb, C, ldc, j, k0 == 0);
-                    if (M > 4) skinny_nb_rows(M - 4, M, 4, 8, a, b, ldb, C, ldc, j, k0 == 0);
+                    skinny_nb_rows(g0, M, h, 0, 8, a, b, ldb, C, ldc, j, k0 == 0);
+                    if (M > 4) skinny_nb_rows(M - 4, M, h, 4, 8, a, b, ldb, C, ldc, j, k0 == 0);
                 } else {
-                    skinny_nb_rows(g0, M, 0, kn, a, b, ldb, C, ldc, j, k0 == 0);
-                    if (M > 4) skinny_nb_rows(M - 4, M, 4, kn, a, b, ldb, C, ldc, j, k0 == 0);
+                    skinny_nb_rows(g0, M, h, 0, kn, a, b, ldb, C, ldc, j, k0 == 0);
+                    if (M > 4) skinny_nb_rows(M - 4, M, h, 4, kn, a, b, ldb, C, ldc, j, k0 == 0);
                 }
             }
         for (; j < nv; j += 8) {
@@ -316,13 +329,13 @@ INL void skinny_nb(int M, int64_t K, const float *ap, const float *B, int64_t ld
                 acc[i] = k0 ? _mm256_loadu_ps(C + i * ldc + j) : _mm256_setzero_ps();
             if (kn == 8) { /* unrolled */
                 for (int t = 0; t < 8; t++) {
-                    __m256 bv = _mm256_loadu_ps(b + t * ldb + j);
+                    __m256 bv = bload8(b, h, t * ldb + j);
                     for (int i = 0; i < M; i++)
                         acc[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + t * M + i), bv, acc[i]);
                 }
             } else {
                 for (int t = 0; t < kn; t++) {
-                    __m256 bv = _mm256_loadu_ps(b + t * ldb + j);
+                    __m256 bv = bload8(b, h, t * ldb + j);
                     for (int i = 0; i < M; i++)
                         acc[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + t * M + i), bv, acc[i]);
                 }
@@ -332,42 +345,54 @@ INL void skinny_nb(int M, int64_t K, const float *ap, const float *B, int64_t ld
         for (j = nv; j < n1; j++) /* last columns: the same chain in scalar */
             for (int i = 0; i < M; i++) {
                 float c = k0 ? C[i * ldc + j] : 0.0f;
-                for (int t = 0; t < kn; t++) c = __builtin_fmaf(a[t * M + i], b[t * ldb + j], c);
+                for (int t = 0; t < kn; t++)
+                    c = __builtin_fmaf(a[t * M + i], bload1(b, h, t * ldb + j), c);
                 C[i * ldc + j] = c;
             }
     }
 }
 
-INL void skinny_m(int M, bool tb, int64_t K, const float *ap, const float *B, int64_t ldb,
+INL void skinny_m(int M, bool h, bool tb, int64_t K, const float *ap, const void *B, int64_t ldb,
                   float *C, int64_t ldc, int64_t n0, int64_t n1) {
     if (!tb) {
-        skinny_nb(M, K, ap, B, ldb, C, ldc, n0, n1);
+        skinny_nb(M, h, K, ap, B, ldb, C, ldc, n0, n1);
         return;
     }
     int64_t j = n0;
     for (; j + 8 <= n1; j += 8)
-        skinny_tb_8(M, K, ap, B + j * ldb, ldb, C + j, ldc,
+        skinny_tb_8(M, h, K, ap, bat(B, h, j * ldb), ldb, C + j, ldc,
                     ldb == K && K <= SKINNY_PF_K && j + 16 <= n1);
     for (; j < n1; j++) /* last columns: one chain each, fmaf = the same FMA */
         for (int i = 0; i < M; i++) {
             float c = 0.0f;
-            for (int64_t k = 0; k < K; k++) c = __builtin_fmaf(ap[k * M + i], B[j * ldb + k], c);
+            for (int64_t k = 0; k < K; k++)
+                c = __builtin_fmaf(ap[k * M + i], bload1(B, h, j * ldb + k), c);
             C[i * ldc + j] = c;
         }
 }
 
+/* M as a constant in each instance. */
+#define SKINNY_BY_M(h)                                                                        \
+    switch (M) {                                                                              \
+    case 1: skinny_m(1, h, tb, K, ap, B, ldb, C, ldc, n0, n1); break;                         \
+    case 2: skinny_m(2, h, tb, K, ap, B, ldb, C, ldc, n0, n1); break;                         \
+    case 3: skinny_m(3, h, tb, K, ap, B, ldb, C, ldc, n0, n1); break;                         \
+    case 4: skinny_m(4, h, tb, K, ap, B, ldb, C, ldc, n0, n1); break;                         \
+    case 5: skinny_m(5, h, tb, K, ap, B, ldb, C, ldc, n0, n1); break;                         \
+    case 6: skinny_m(6, h, tb, K, ap, B, ldb, C, ldc, n0, n1); break;                         \
+    case 7: skinny_m(7, h, tb, K, ap, B, ldb, C, ldc, n0, n1); break;                         \
+    default: skinny_m(8, h, tb, K, ap, B, ldb, C, ldc, n0, n1); break;                        \
+    }
+
 void tnn__gemm_skinny_avx2(bool tb, int64_t M, int64_t K, const float *ap, const float *B,
                            int64_t ldb, float *C, int64_t ldc, int64_t n0, int64_t n1) {
-    switch (M) {
-    case 1: skinny_m(1, tb, K, ap, B, ldb, C, ldc, n0, n1); break;
-    case 2: skinny_m(2, tb, K, ap, B, ldb, C, ldc, n0, n1); break;
-    case 3: skinny_m(3, tb, K, ap, B, ldb, C, ldc, n0, n1); break;
-    case 4: skinny_m(4, tb, K, ap, B, ldb, C, ldc, n0, n1); break;
-    case 5: skinny_m(5, tb, K, ap, B, ldb, C, ldc, n0, n1); break;
-    case 6: skinny_m(6, tb, K, ap, B, ldb, C, ldc, n0, n1); break;
-    case 7: skinny_m(7, tb, K, ap, B, ldb, C, ldc, n0, n1); break;
-    default: skinny_m(8, tb, K, ap, B, ldb, C, ldc, n0, n1); break;
-    }
+    SKINNY_BY_M(false)
+}
+
+void tnn__gemm_skinny_widen_avx2(bool tb, int64_t M, int64_t K, const float *ap,
+                                 const uint16_t *B, int64_t ldb, float *C, int64_t ldc,
+                                 int64_t n0, int64_t n1) {
+    SKINNY_BY_M(true)
 }
 
 const tnn__gemm_kernel tnn__gemm_kernel_avx2 = {
@@ -382,6 +407,7 @@ const tnn__gemm_kernel tnn__gemm_kernel_avx2 = {
     .pack_t = tnn__gemm_pack_t_avx2,
     .skinny = tnn__gemm_skinny_avx2,
     .pack_t_widen = tnn__gemm_bf16_pack_t_widen_avx2,
+    .skinny_widen = tnn__gemm_skinny_widen_avx2,
 };
 
 #else

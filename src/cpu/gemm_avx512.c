@@ -58,6 +58,7 @@ const tnn__gemm_kernel tnn__gemm_kernel_avx512 = {
     .pack_t = tnn__gemm_pack_t_avx2,
     .skinny = tnn__gemm_skinny_avx2,
     .pack_t_widen = tnn__gemm_bf16_pack_t_widen_avx2,
+    .skinny_widen = tnn__gemm_skinny_widen_avx2,
 };
 
 #else
