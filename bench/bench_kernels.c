@@ -21,6 +21,7 @@
  * Prints a table and writes JSON.
  * Usage: bench_kernels [--reps N] [--threads 1|2] [--quick] [--out FILE]
  */
+#include "core/internal.h"
 #include "cpu/gemm.h"
 #include "cpu/pool.h"
 #include "ops/kernels.h"
@@ -411,6 +412,82 @@ static void bench_overhead(int threads) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* Fusion: a product and the element-wise node after it                     */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    tnn_session *s;
+} fuse_ctx;
+
+static void fuse_run(void *p) {
+    fuse_ctx *c = p;
+    if (tnn_compute(c->s)) {
+        fprintf(stderr, "bench_kernels: fusion graph: %s\n", tnn_last_error());
+        exit(1);
+    }
+}
+
+/* Milliseconds per tnn_compute of x @ w followed by gelu, silu or a residual
+ * add, with the CPU plan runner's fusion on and off (alternating runs), and
+ * the ratio off / on. */
+static void bench_fusion(int threads) {
+    static const struct {
+        int M, K, N, op; /* op: 0 gelu, 1 add residual, 2 silu */
+        bool nt;
+        const char *what;
+    } cases[] = {
+        {512, 768, 3072, 0, false, "512x768x3072 + gelu"},
+        {4096, 768, 3072, 0, false, "4096x768x3072 + gelu"},
+        {2048, 768, 768, 1, false, "2048x768x768 + add"},
+        {16384, 768, 768, 1, false, "16384x768x768 + add"},
+        {1, 576, 1536, 2, true, "1x576x1536 nt + silu"},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        fuse_ctx c = {.s = tnn_session_new(0)};
+        int M = cases[k].M, K = cases[k].K, N = cases[k].N;
+        tnn_tensor *x = tnn_input_2d_f32(c.s, M, K);
+        tnn_tensor *w = cases[k].nt ? tnn_input_2d_f32(c.s, N, K) : tnn_input_2d_f32(c.s, K, N);
+        tnn_tensor *r = tnn_input_2d_f32(c.s, M, N);
+        tnn_tensor *mm = cases[k].nt ? tnn_matmul_nt(c.s, x, w) : tnn_matmul_nn(c.s, x, w);
+        tnn_tensor *y = cases[k].op == 0   ? tnn_gelu(c.s, mm)
+                        : cases[k].op == 1 ? tnn_add(c.s, mm, r)
+                                           : tnn_silu(c.s, mm);
+        if (!y || tnn_realize(c.s, y)) {
+            fprintf(stderr, "bench_kernels: fusion graph: %s\n", tnn_last_error());
+            exit(1);
+        }
+        float *v = falloc_fill((size_t)M * N > (size_t)K * N ? (size_t)M * N : (size_t)K * N, 9);
+        tnn_upload_f32(c.s, x, v, (size_t)M * K);
+        tnn_upload_f32(c.s, w, v, (size_t)K * N);
+        tnn_upload_f32(c.s, r, v, (size_t)M * N);
+        free(v);
+        double on[64], off[64];
+        int reps = g_reps * 2 < 64 ? g_reps * 2 : 64;
+        fuse_run(&c);
+        for (int i = 0; i < reps; i++) {
+            tnn__cpu_set_fuse(i & 1);
+            double t0 = bench_now();
+            fuse_run(&c);
+            double ms = (bench_now() - t0) * 1e3;
+            if (i & 1) on[i / 2] = ms;
+            else off[i / 2] = ms;
+        }
+        tnn__cpu_set_fuse(-1);
+        int h = reps / 2;
+        qsort(on, (size_t)h, sizeof *on, bench_cmp_double);
+        qsort(off, (size_t)h, sizeof *off, bench_cmp_double);
+        char name[48];
+        snprintf(name, sizeof name, "%s fused", cases[k].what);
+        add_row("fusion", name, threads, (stat2){on[0], on[h / 2]}, 0, -1, "ms");
+        snprintf(name, sizeof name, "%s unfused", cases[k].what);
+        add_row("fusion", name, threads, (stat2){off[0], off[h / 2]}, 0, -1, "ms");
+        printf("%-10s %-34s %d | unfused / fused: %.3f best, %.3f median\n", "fusion",
+               cases[k].what, threads, off[0] / on[0], off[h / 2] / on[h / 2]);
+        tnn_session_free(c.s);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
 /* JSON                                                                     */
 /* ------------------------------------------------------------------------ */
 
@@ -469,6 +546,7 @@ int main(int argc, char **argv) {
         bench_memory_kernels(t);
         free(a.a), free(a.b), free(a.c);
         bench_overhead(t);
+        bench_fusion(t);
         printf("\n");
     }
     tnn_set_num_threads(0);

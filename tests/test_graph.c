@@ -1,8 +1,11 @@
 /* test_graph.c - the graph engine: buffer planning reuses memory along a
  * chain, outputs survive, leaves keep their values across realizes, a node
- * that reads the same tensor twice, repeated computes.
+ * that reads the same tensor twice, repeated computes, and the CPU plan
+ * runner's fusion of an element-wise node into the product before it.
  */
 #include "harness.h"
+
+#include "core/internal.h"
 
 static void test_chain_reuses_memory(void) {
     tnn_session *s = tnn_session_new(0);
@@ -99,7 +102,123 @@ static void test_tensor_accessors(void) {
     tnn_session_free(s);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Fusion: product + element-wise node, the same bits as two passes          */
+/* ------------------------------------------------------------------------ */
+
+enum { F_GELU, F_SILU, F_SCALE, F_ADD_SAME, F_ADD_BIAS_FIRST, F_SUB_BIAS1N, F_SUB_SAME_FIRST,
+       F_MUL_SELF, F_ADD_COL, F_COUNT };
+static const char *const f_names[F_COUNT] = {"gelu", "silu", "scale", "add same-shape",
+                                             "add bias first", "sub bias (1,N)",
+                                             "sub same-shape first", "mul by itself",
+                                             "add column (not fusable)"};
+
+typedef struct {
+    int kind;      /* 0 nn, 1 nt, 2 tn */
+    int batch;     /* 0: 2-D; else a (2, 3, M, K) */
+    bool bf16;     /* b in bf16 (nt, 2-D) */
+    int M, K, N;
+} fuse_case;
+
+/* Random values in [-1, 1) for a leaf (after tnn_realize). */
+static void fill_leaf(tnn_session *s, tnn_tensor *t) {
+    size_t e = (size_t)t->nelem;
+    double *v = th_alloc(e);
+    th_fill_f32(v, e, 1.0);
+    CHECK_OK(tnn_upload_from_float_array(s, t, v, e));
+    free(v);
+}
+
+/* Builds the product and the element-wise node f on it, computes with the
+ * fusion on and off at 1, 2 and 3 threads; every result must be the same
+ * bits, and the pair must have run fused (except the unfusable column). */
+static void fuse_one(const fuse_case *fc, int f) {
+    tnn_session *s = tnn_session_new(0);
+    int M = fc->M, K = fc->K, N = fc->N;
+    int64_t ash[4], bsh[2], osh[4];
+    int nd = fc->batch ? 4 : 2, o = nd - 2;
+    if (fc->batch) ash[0] = osh[0] = 2, ash[1] = osh[1] = 3;
+    ash[o] = fc->kind == 2 ? K : M, ash[o + 1] = fc->kind == 2 ? M : K;
+    bsh[0] = fc->kind == 1 ? N : K, bsh[1] = fc->kind == 1 ? K : N;
+    osh[o] = M, osh[o + 1] = N;
+    int64_t bias_sh[2] = {1, N}, col_sh[2] = {M, 1};
+    tnn_tensor *leaves[6] = {
+        tnn_tensor_new(s, TNN_F32, nd, ash), tnn_tensor_new(s, fc->bf16 ? TNN_BF16 : TNN_F32, 2, bsh),
+        tnn_tensor_new(s, TNN_F32, nd, osh), tnn_tensor_new(s, TNN_F32, 1, bias_sh + 1),
+        tnn_tensor_new(s, TNN_F32, 2, bias_sh), tnn_tensor_new(s, TNN_F32, 2, col_sh)};
+    tnn_tensor *a = leaves[0], *b = leaves[1], *r = leaves[2], *bias = leaves[3],
+               *bias1n = leaves[4], *col = leaves[5];
+    tnn_tensor *mm = fc->kind == 0   ? tnn_matmul_nn(s, a, b)
+                     : fc->kind == 1 ? tnn_matmul_nt(s, a, b)
+                                     : tnn_matmul_tn(s, a, b);
+    tnn_tensor *y = NULL;
+    switch (f) {
+    case F_GELU: y = tnn_gelu(s, mm); break;
+    case F_SILU: y = tnn_silu(s, mm); break;
+    case F_SCALE: y = tnn_scale(s, mm, 0.37); break;
+    case F_ADD_SAME: y = tnn_add(s, mm, r); break;
+    case F_ADD_BIAS_FIRST: y = tnn_add(s, bias, mm); break;
+    case F_SUB_BIAS1N: y = tnn_sub(s, mm, bias1n); break;
+    case F_SUB_SAME_FIRST: y = tnn_sub(s, r, mm); break;
+    case F_MUL_SELF: y = tnn_mul(s, mm, mm); break;
+    default: y = fc->batch ? tnn_add(s, mm, r) : tnn_add(s, mm, col); break;
+    }
+    CHECK(y != NULL, "%s: %s", f_names[f], tnn_last_error());
+    if (!y) {
+        tnn_session_free(s);
+        return;
+    }
+    /* one more node after, so the pair is not the graph's last */
+    tnn_tensor *z = tnn_scale(s, y, 2.0);
+    tnn_set_output(y);
+    CHECK_OK(tnn_realize(s, z));
+    th_seed(7);
+    for (int i = 0; i < 6; i++) fill_leaf(s, leaves[i]);
+    size_t n = (size_t)y->nelem;
+    float *want = malloc(n * sizeof *want), *got = malloc(n * sizeof *got);
+    tnn__cpu_set_fuse(0);
+    tnn_set_num_threads(2);
+    CHECK_OK(tnn_compute(s));
+    CHECK_OK(tnn_download_f32(s, y, want, n));
+    for (int th = 1; th <= 3; th++) {
+        tnn_set_num_threads(th);
+        tnn__cpu_set_fuse(1);
+        long long before = tnn__cpu_fused_pairs();
+        memset(got, 0, n * sizeof *got);
+        CHECK_OK(tnn_compute(s));
+        bool fused = tnn__cpu_fused_pairs() > before;
+        CHECK_OK(tnn_download_f32(s, y, got, n));
+        bool expect = f != F_ADD_COL || fc->batch;
+        CHECK(fused == expect, "%s on %dx%dx%d (kind %d, batch %d, bf16 %d): fused %d, want %d",
+              f_names[f], M, K, N, fc->kind, fc->batch, fc->bf16, fused, expect);
+        CHECK(memcmp(want, got, n * sizeof *got) == 0,
+              "%s on %dx%dx%d (kind %d, batch %d, bf16 %d), %d threads: fused result differs",
+              f_names[f], M, K, N, fc->kind, fc->batch, fc->bf16, th);
+    }
+    tnn__cpu_set_fuse(-1);
+    tnn_set_num_threads(0);
+    free(want), free(got);
+    tnn_session_free(s);
+}
+
+static void test_cpu_fusion(void) {
+    static const fuse_case cases[] = {
+        {0, 0, false, 64, 96, 80},    /* packed, edge tiles */
+        {1, 0, false, 37, 50, 70},    /* nt */
+        {2, 0, false, 33, 50, 70},    /* tn */
+        {0, 0, false, 3, 40, 200},    /* skinny */
+        {1, 0, false, 5, 64, 300},    /* skinny nt */
+        {1, 0, true, 20, 48, 90},     /* bf16 weights */
+        {1, 0, true, 4, 48, 90},      /* bf16 weights, skinny */
+        {0, 1, false, 10, 24, 40},    /* batched (2, 3) */
+        {0, 0, false, 200, 700, 1700} /* K blocks, column panels */
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+        for (int f = 0; f < F_COUNT; f++) fuse_one(&cases[c], f);
+}
+
 int main(void) {
+    test_cpu_fusion();
     test_chain_reuses_memory();
     test_outputs_and_reuse();
     test_leaf_only_graph();

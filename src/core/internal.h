@@ -190,6 +190,15 @@ typedef struct tnn_backend {
 } tnn_backend;
 
 extern const tnn_backend tnn__cpu_backend;
+/* The CPU plan runner folds an element-wise node into the product before it
+ * (ops/matmul.c): 2 when both ran, 0 when they cannot be fused (nothing
+ * ran), or a negative status. */
+int tnn__fwd_matmul_then(tnn_tensor *t, tnn_tensor *next);
+/* Fusion on the CPU: on unless TNN_CPU_FUSE=0; the tests switch it (1, 0;
+ * -1: back to the environment's choice). */
+void tnn__cpu_set_fuse(int on);
+/* How many pairs the CPU plan runner has run fused (the tests look). */
+long long tnn__cpu_fused_pairs(void);
 /* The CUDA backend, opened on first use; NULL (with the reason logged) when
  * this build has none or no usable GPU is present (src/cuda). */
 const tnn_backend *tnn__cuda_backend(void);

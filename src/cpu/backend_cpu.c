@@ -2,6 +2,7 @@
  * kernels on the process-wide thread pool. */
 #include "../core/internal.h"
 
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,6 +53,43 @@ static bool cpu_supports(const tnn_tensor *t) { return tnn__ops[t->op].forward !
 
 static int cpu_run(tnn_tensor *t) { return tnn__ops[t->op].forward(t); }
 
+/* Fusion switch: -1 until read from TNN_CPU_FUSE (on unless "0"). */
+static _Atomic int fuse_on = -1;
+static _Atomic long long fused_pairs; /* pairs run fused, for the tests */
+
+long long tnn__cpu_fused_pairs(void) { return atomic_load(&fused_pairs); }
+
+void tnn__cpu_set_fuse(int on) { atomic_store(&fuse_on, on < 0 ? -1 : on != 0); }
+
+static bool fusing(void) {
+    int on = atomic_load(&fuse_on);
+    if (on < 0) {
+        const char *e = getenv("TNN_CPU_FUSE");
+        on = !(e && !strcmp(e, "0"));
+        atomic_store(&fuse_on, on);
+    }
+    return on;
+}
+
+/* The plan in order; a product followed by an element-wise node that reads
+ * it runs that node as its epilogue, on each block of the product's output
+ * while the block is still in cache (the same bits as two passes). The
+ * planner keeps a node's inputs one node longer (fuse_next), so the second
+ * node's output never lands on the product's inputs. */
+static int cpu_run_plan(tnn_session *s) {
+    bool fuse = fusing();
+    for (int32_t i = 0; i < s->n_plan; i++) {
+        tnn_tensor *t = s->plan[i];
+        int rc = fuse && i + 1 < s->n_plan ? tnn__fwd_matmul_then(t, s->plan[i + 1]) : 0;
+        if (rc > 0)
+            i += rc - 1, atomic_fetch_add(&fused_pairs, 1);
+        else if (rc == 0)
+            rc = cpu_run(t);
+        if (rc < 0) return rc;
+    }
+    return TNN_OK;
+}
+
 const tnn_backend tnn__cpu_backend = {
     .name = "cpu",
     .alloc = cpu_alloc,
@@ -61,4 +99,6 @@ const tnn_backend tnn__cpu_backend = {
     .supports = cpu_supports,
     .run = cpu_run,
     .host_memory = true,
+    .fuse_next = true,
+    .run_plan = cpu_run_plan,
 };

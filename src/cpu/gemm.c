@@ -204,6 +204,7 @@ typedef struct {
     int64_t ldb;
     float *C;
     int64_t ldc;
+    const tnn_gemm_epi *epi; /* or NULL */
     bool split_n;        /* threads split columns (else rows) */
     int64_t unit;        /* columns (rows) per unit of the split */
     atomic_int status;   /* TNN_OK, or the first failure in a thread */
@@ -486,6 +487,7 @@ static void gemm_block(gemm_job *g, int64_t m0, int64_t m1, int64_t n0, int64_t 
                 }
                 macro_kernel(g, mc, nc, kc, pa, pb->b, g->C + ic * g->ldc + jc, g->ldc,
                              pc > 0, pfp);
+                if (g->epi && pc + kc >= K) g->epi->fn(g->epi->ctx, ic, ic + mc, jc, jc + nc);
             }
         }
     }
@@ -550,10 +552,11 @@ static void skinny_range(void *p, int64_t u0, int64_t u1) {
         tnn__gemm_skinny_bf16_fn f = g->kr->skinny_widen ? g->kr->skinny_widen
                                                          : skinny_widen_generic;
         f(g->tb, g->M, g->K, g->A, g->Bh, g->ldb, g->C, g->ldc, n0, n1);
-        return;
+    } else {
+        tnn__gemm_skinny_fn f = g->kr->skinny ? g->kr->skinny : skinny_generic;
+        f(g->tb, g->M, g->K, g->A, g->B, g->ldb, g->C, g->ldc, n0, n1);
     }
-    tnn__gemm_skinny_fn f = g->kr->skinny ? g->kr->skinny : skinny_generic;
-    f(g->tb, g->M, g->K, g->A, g->B, g->ldb, g->C, g->ldc, n0, n1);
+    if (g->epi) g->epi->fn(g->epi->ctx, 0, g->M, n0, n1);
 }
 
 /* Rows of op(A) at most this many floats are packed on the stack. */
@@ -610,16 +613,26 @@ static void set_geometry(gemm_job *g, int mr, int nr, int mc, int kc, int nc, in
     g->mr = mr, g->nr = nr, g->mc = mc, g->kc = kc, g->nc = nc, g->nc_small = nc_small;
 }
 
+/* C = 0 for K <= 0, then the epilogue over all of it. */
+static int gemm_zero(int64_t M, int64_t N, float *C, int64_t ldc, const tnn_gemm_epi *epi) {
+    for (int64_t i = 0; i < M; i++) memset(C + i * ldc, 0, (size_t)N * sizeof(float));
+    if (epi) epi->fn(epi->ctx, 0, M, 0, N);
+    return TNN_OK;
+}
+
 int tnn__gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
                   const float *B, int64_t ldb, float *C, int64_t ldc) {
+    return tnn__gemm_f32_epi(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, NULL);
+}
+
+int tnn__gemm_f32_epi(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A,
+                      int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc,
+                      const tnn_gemm_epi *epi) {
     if (M <= 0 || N <= 0) return TNN_OK;
-    if (K <= 0) {
-        for (int64_t i = 0; i < M; i++) memset(C + i * ldc, 0, (size_t)N * sizeof(float));
-        return TNN_OK;
-    }
+    if (K <= 0) return gemm_zero(M, N, C, ldc, epi);
     gemm_job g = {.mode = GEMM_F32, .kr = kernel_table(tnn__gemm_get_kernel()), .ta = ta,
                   .tb = tb, .M = M, .N = N, .K = K, .A = A, .lda = lda, .B = B, .ldb = ldb,
-                  .C = C, .ldc = ldc};
+                  .C = C, .ldc = ldc, .epi = epi};
     set_geometry(&g, g.kr->mr, g.kr->nr, g.kr->mc, g.kr->kc, g.kr->nc, g.kr->nc_small);
     atomic_init(&g.status, TNN_OK);
     if (M <= TNN_GEMM_SKINNY_M && N >= SKINNY_UNIT) return gemm_skinny(&g);
@@ -646,6 +659,12 @@ int tnn__gemm_bf16_auto_path(void) {
 
 int tnn__gemm_bf16(int path, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A,
                    int64_t lda, const uint16_t *B, int64_t ldb, float *C, int64_t ldc) {
+    return tnn__gemm_bf16_epi(path, ta, tb, M, N, K, A, lda, B, ldb, C, ldc, NULL);
+}
+
+int tnn__gemm_bf16_epi(int path, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
+                       const float *A, int64_t lda, const uint16_t *B, int64_t ldb, float *C,
+                       int64_t ldc, const tnn_gemm_epi *epi) {
     if (path == TNN_GEMM_BF16_AUTO) path = tnn__gemm_bf16_auto_path();
     if (path < 0 || path >= TNN_GEMM_BF16_PATH_COUNT)
         return TNN_ERR(TNN_ERR_ARG, "bf16 path %d: want -1 (auto) or 0..%d", path,
@@ -654,12 +673,9 @@ int tnn__gemm_bf16(int path, bool ta, bool tb, int64_t M, int64_t N, int64_t K, 
         return TNN_ERR(TNN_ERR_ARG, "bf16 path dot-avx512 needs AVX512_BF16, which this CPU "
                                     "does not report");
     if (M <= 0 || N <= 0) return TNN_OK;
-    if (K <= 0) {
-        for (int64_t i = 0; i < M; i++) memset(C + i * ldc, 0, (size_t)N * sizeof(float));
-        return TNN_OK;
-    }
+    if (K <= 0) return gemm_zero(M, N, C, ldc, epi);
     gemm_job g = {.ta = ta, .tb = tb, .M = M, .N = N, .K = K, .A = A, .lda = lda, .Bh = B,
-                  .ldb = ldb, .C = C, .ldc = ldc};
+                  .ldb = ldb, .C = C, .ldc = ldc, .epi = epi};
     atomic_init(&g.status, TNN_OK);
     if (path == TNN_GEMM_BF16_WIDEN) {
         /* Every k of the packed panels holds f32 values equal to B's, so the

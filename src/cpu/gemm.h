@@ -6,6 +6,8 @@
 #ifndef TNN_GEMM_H
 #define TNN_GEMM_H
 
+#include "../ops/kernels.h"
+
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -138,6 +140,10 @@ enum {
  * without AVX512_BF16 (recorded). */
 int tnn__gemm_bf16(int path, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A,
                    int64_t lda, const uint16_t *B, int64_t ldb, float *C, int64_t ldc);
+/* With an epilogue (NULL: none; see tnn_gemm_epi in ops/kernels.h). */
+int tnn__gemm_bf16_epi(int path, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
+                       const float *A, int64_t lda, const uint16_t *B, int64_t ldb, float *C,
+                       int64_t ldc, const tnn_gemm_epi *epi);
 /* "widen", "dot-scalar", "dot-avx512", or "?" */
 const char *tnn__gemm_bf16_path_name(int path);
 /* The path TNN_GEMM_BF16_AUTO takes now. */

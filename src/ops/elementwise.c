@@ -127,6 +127,64 @@ void tnn__k_silu_back(const float *x, const float *dy, float *dx, int64_t n) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* As the epilogue of a product (the CPU plan runner's fusion)              */
+/* ------------------------------------------------------------------------ */
+
+bool tnn__ew_epi_init(tnn_ew_epi *e, const tnn_tensor *t, const tnn_tensor *prod) {
+    if (t->dtype != TNN_F32 || prod->dtype != TNN_F32 || !same_shape(t, prod) || !t->data ||
+        !prod->data)
+        return false;
+    int64_t N = prod->shape[prod->ndim - 1];
+    *e = (tnn_ew_epi){.op = t->op, .c = CF32(prod), .out = F32(t), .N = N};
+    switch (t->op) {
+    case TNN_OP_SCALE: e->k = (float)t->fparam[0]; /* fall through */
+    case TNN_OP_GELU:
+    case TNN_OP_SILU: return t->src[0] == prod;
+    case TNN_OP_ADD:
+    case TNN_OP_SUB:
+    case TNN_OP_MUL: {
+        if (t->src[0] != prod && t->src[1] != prod) return false;
+        e->o_first = t->src[0] != prod;
+        const tnn_tensor *o = t->src[e->o_first ? 0 : 1];
+        if (o->dtype != TNN_F32 || !o->data) return false;
+        e->o = CF32(o);
+        if (same_shape(o, t)) return true;
+        /* one row of N broadcast over every row (a bias) */
+        if (o->nelem != N || o->shape[o->ndim - 1] != N) return false;
+        e->o_row = true;
+        return true;
+    }
+    default: return false;
+    }
+}
+
+static const int bin_of[TNN_OP_COUNT] = {[TNN_OP_ADD] = TNN_BIN_ADD, [TNN_OP_SUB] = TNN_BIN_SUB,
+                                         [TNN_OP_MUL] = TNN_BIN_MUL};
+
+/* out = op(C) on rows i0..i1, columns j0..j1 of the product at e->base, by
+ * the same range functions as the node's own kernels (the same bits). */
+void tnn__ew_epi_fn(void *ctx, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    const tnn_ew_epi *e = ctx;
+    int64_t n = j1 - j0;
+    for (int64_t r = i0; r < i1; r++) {
+        int64_t off = e->base + r * e->N + j0;
+        ew_ctx c = {.x = e->c + off, .a = e->c + off, .out = e->out + off, .k = e->k};
+        switch (e->op) {
+        case TNN_OP_GELU: gelu_range(&c, 0, n); break;
+        case TNN_OP_SILU: silu_range(&c, 0, n); break;
+        case TNN_OP_SCALE: scale_range(&c, 0, n); break;
+        default: {
+            const float *o = e->o_row ? e->o + j0 : e->o + off;
+            c.op = bin_of[e->op];
+            c.a = e->o_first ? o : e->c + off;
+            c.b = e->o_first ? e->c + off : o;
+            binary_range(&c, 0, n);
+        }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------ */
 /* Broadcasting binary ops                                                  */
 /* ------------------------------------------------------------------------ */
 

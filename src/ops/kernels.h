@@ -56,6 +56,40 @@ int64_t tnn__k_get_rows_back(const float *d_out, int64_t n, int64_t d, const int
 int tnn__gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
                   const float *B, int64_t ldb, float *C, int64_t ldc);
 
+/* An epilogue of a product: fn(ctx, i0, i1, j0, j1) is called once C[i0:i1,
+ * j0:j1] holds its final values, by the thread that computed them, while
+ * they are still in its cache (blocks of C cover it exactly once). The
+ * plan runner uses it to apply the element-wise node that follows a product
+ * (gemm.c; elementwise.c builds the context). */
+typedef struct {
+    void (*fn)(void *ctx, int64_t i0, int64_t i1, int64_t j0, int64_t j1);
+    void *ctx;
+} tnn_gemm_epi;
+
+/* The element-wise node t (add, sub, mul with a same-shape operand or a
+ * bias row, scale, gelu, silu) applied as the epilogue of the product prod
+ * that it reads: init says whether it can be (f32, t shaped as prod) and
+ * fills e; the product sets e->base (its first element) before each GEMM
+ * and passes {tnn__ew_epi_fn, e}. */
+typedef struct tnn_tensor tnn_tensor;
+typedef struct {
+    int op;            /* t's op */
+    const float *c;    /* the product's output */
+    const float *o;    /* the other operand (binary ops) */
+    float *out;        /* t's output */
+    int64_t N, base;   /* columns of a product row; offset of the current product */
+    float k;           /* scale */
+    bool o_first;      /* the other operand is t's first */
+    bool o_row;        /* the other operand is one row, broadcast */
+} tnn_ew_epi;
+bool tnn__ew_epi_init(tnn_ew_epi *e, const tnn_tensor *t, const tnn_tensor *prod);
+void tnn__ew_epi_fn(void *ctx, int64_t i0, int64_t i1, int64_t j0, int64_t j1);
+
+/* tnn__gemm_f32 with an epilogue (NULL: none). */
+int tnn__gemm_f32_epi(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A,
+                      int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc,
+                      const tnn_gemm_epi *epi);
+
 /* For tests: quantized weights of at most this many bytes as f32 are
  * dequantized whole for a prompt's product (default 32 MiB); larger ones go
  * in panels. */

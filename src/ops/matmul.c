@@ -178,9 +178,9 @@ static int qmatmul(tnn_tensor *t) {
     return rc;
 }
 
-int tnn__fwd_matmul(tnn_tensor *t) {
+/* The product t, with the element-wise node of e as its epilogue (or none). */
+static int matmul_run(tnn_tensor *t, tnn_ew_epi *e) {
     const tnn_tensor *a = t->src[0], *b = t->src[1];
-    if (b->dtype == TNN_GGML) return qmatmul(t);
     bool ta = t->iparam[0] & TNN_MM_TA, tb = t->iparam[0] & TNN_MM_TB;
     int64_t ar = a->shape[a->ndim - 2], ac = a->shape[a->ndim - 1];
     int64_t br = b->shape[b->ndim - 2], bc = b->shape[b->ndim - 1];
@@ -195,17 +195,34 @@ int tnn__fwd_matmul(tnn_tensor *t) {
             int64_t ai = (abat[0] == 1 ? 0 : i0) * abat[1] + (abat[1] == 1 ? 0 : i1);
             int64_t bi = (bbat[0] == 1 ? 0 : i0) * bbat[1] + (bbat[1] == 1 ? 0 : i1);
             int64_t oi = i0 * obat[1] + i1;
+            tnn_gemm_epi epi = {tnn__ew_epi_fn, e};
+            if (e) e->base = oi * M * N;
             int rc = b->dtype == TNN_BF16
-                         ? tnn__gemm_bf16(TNN_GEMM_BF16_AUTO, ta, tb, M, N, K,
-                                          CF32(a) + ai * ar * ac, ac,
-                                          (const uint16_t *)b->data + bi * br * bc, bc,
-                                          F32(t) + oi * M * N, N)
-                         : tnn__gemm_f32(ta, tb, M, N, K, CF32(a) + ai * ar * ac, ac,
-                                         CF32(b) + bi * br * bc, bc, F32(t) + oi * M * N, N);
+                         ? tnn__gemm_bf16_epi(TNN_GEMM_BF16_AUTO, ta, tb, M, N, K,
+                                              CF32(a) + ai * ar * ac, ac,
+                                              (const uint16_t *)b->data + bi * br * bc, bc,
+                                              F32(t) + oi * M * N, N, e ? &epi : NULL)
+                         : tnn__gemm_f32_epi(ta, tb, M, N, K, CF32(a) + ai * ar * ac, ac,
+                                             CF32(b) + bi * br * bc, bc, F32(t) + oi * M * N,
+                                             N, e ? &epi : NULL);
             if (rc) return rc;
         }
     }
     return TNN_OK;
+}
+
+int tnn__fwd_matmul(tnn_tensor *t) {
+    if (t->src[1]->dtype == TNN_GGML) return qmatmul(t);
+    return matmul_run(t, NULL);
+}
+
+int tnn__fwd_matmul_then(tnn_tensor *t, tnn_tensor *next) {
+    tnn_ew_epi e;
+    if (t->op != TNN_OP_MATMUL || t->src[1]->dtype == TNN_GGML ||
+        !tnn__ew_epi_init(&e, next, t))
+        return 0;
+    int rc = matmul_run(t, &e);
+    return rc == TNN_OK ? 2 : rc;
 }
 
 /* ------------------------------------------------------------------------ */
