@@ -2,7 +2,8 @@
  * llm.c's GPT-2-shaped configs, tokens/s (best and median of the timed
  * steps) and peak memory, with the same-run ratio to llm.c's CPU trainer
  * when TNN_LLMC_BENCH names a program that runs it (built outside this
- * repository; see docs/PERFORMANCE.md). Usage: bench_train [small|gpt2|all] [--cuda]
+ * repository; see docs/PERFORMANCE.md). Usage: bench_train [small|gpt2|all] [--cuda] [--bf16]
+ * (--bf16: mixed precision, the products on bf16 copies of the weights)
  * (--cuda: on the GPU; the peer is then PyTorch on the GPU when
  * TNN_TORCH_BENCH names tools/torch_train_speed.py's command line).
  */
@@ -25,11 +26,14 @@ typedef struct {
 
 /* One config: llama-style with as many parameters per block as GPT-2's
  * (SwiGLU d_ff = 8C/3 matches the 4C GELU MLP), all heads as KV heads. */
+static bool g_bf16;
+
 static void run(const config *c, FILE *json, int *first) {
     lm_config m = {.vocab = c->V, .d_model = c->C, .n_layer = c->L, .n_head = c->H,
                    .n_kv_head = c->H, .d_ff = (8 * c->C / 3 + 7) / 8 * 8, .seq_len = c->T,
                    .rope_base = 10000.0, .norm_eps = 1e-5};
-    lm_optim opt = {.lr = 1e-4, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.0};
+    lm_optim opt = {.lr = 1e-4, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.0,
+                    .bf16 = g_bf16};
     lm_graph g;
     if (lm_graph_build(&g, &m, c->B, c->T, true, &opt) != TNN_OK) {
         fprintf(stderr, "%s: %s\n", c->name, tnn_last_error());
@@ -91,6 +95,8 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--cuda"))
             lm_use_cuda(true);
+        else if (!strcmp(argv[i], "--bf16"))
+            g_bf16 = true;
         else
             which = argv[i];
     }
@@ -98,7 +104,8 @@ int main(int argc, char **argv) {
         {"small", 4, 256, 4, 8192, 8, 64, 10},
         {"gpt2", 12, 768, 12, 50257, 4, 64, 4},
     };
-    printf("training throughput, %s\n", lm_cuda() ? "CUDA requested" : "CPU");
+    printf("training throughput, %s%s\n", lm_cuda() ? "CUDA requested" : "CPU",
+           g_bf16 ? ", mixed precision (bf16 products)" : "");
     printf("threads: %d\n", tnn_get_num_threads());
     FILE *json = fopen(TNN_BENCH_RESULTS "/train.json", "w");
     if (!json) json = fopen("/dev/null", "w");

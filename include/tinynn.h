@@ -217,8 +217,9 @@ TNN_API tnn_tensor *tnn_matmul(tnn_session *s, tnn_tensor *a, tnn_tensor *b);
  * vdpbf16ps, which rounds a to bf16 first (relative error about 2^-9 per
  * product; see docs/PERFORMANCE.md); elsewhere b is widened to f32 and the
  * result is bit for bit the f32 product with the widened weights.
- * TNN_KERNEL=avx512 (or lower) forces the widening path. A bf16 b gets no
- * gradient (it cannot be a parameter); a's gradient works. */
+ * TNN_KERNEL=avx512 (or lower) forces the widening path. A bf16 b gets a
+ * gradient only when it is tnn_to_bf16 of an f32 tensor (which passes it
+ * on); a's gradient works either way. */
 TNN_API tnn_tensor *tnn_matmul_nn(tnn_session *s, tnn_tensor *a, tnn_tensor *b);
 TNN_API tnn_tensor *tnn_matmul_nt(tnn_session *s, tnn_tensor *a, tnn_tensor *b);
 TNN_API tnn_tensor *tnn_matmul_tn(tnn_session *s, tnn_tensor *a, tnn_tensor *b);
@@ -234,6 +235,12 @@ TNN_API tnn_tensor *tnn_scale(tnn_session *s, tnn_tensor *a, double k);
 TNN_API tnn_tensor *tnn_gelu(tnn_session *s, tnn_tensor *a);
 /* x * sigmoid(x) */
 TNN_API tnn_tensor *tnn_silu(tnn_session *s, tnn_tensor *a);
+/* a (f32) rounded to bf16 (nearest even, as a bf16 upload rounds): a TNN_BF16
+ * tensor for the bf16 products (tnn_matmul_nn/nt/tn's b). Its gradient
+ * passes through unchanged (straight through), so a product with
+ * tnn_to_bf16(w) of an f32 parameter w trains w: mixed precision, bf16
+ * products and f32 master weights (the trainer's --bf16). */
+TNN_API tnn_tensor *tnn_to_bf16(tnn_session *s, tnn_tensor *a);
 /* Softmax of each row (over the last dimension), max-subtracted. */
 TNN_API tnn_tensor *tnn_softmax(tnn_session *s, tnn_tensor *a);
 /* Swaps the last two dimensions: (..., r, c) -> (..., c, r), contiguous. */

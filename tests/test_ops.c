@@ -1170,6 +1170,106 @@ static void test_grad_matmul(void) {
     }
 }
 
+/* tnn_to_bf16: the rounding (nearest even, on the float's bits), and a
+ * mixed-precision product: C = A @ to_bf16(W)^T with W an f32 parameter.
+ * dW must be the f32 product dC^T A (the rounding passes the gradient
+ * straight through) and dA = dC @ bf16(W), against double references. */
+static double bf16_round_ref(double v) {
+    float f = (float)v;
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return v; /* NaN stays NaN */
+    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static void test_to_bf16(void) {
+    /* forward: ties both ways, the largest finite, tiny and negative values */
+    enum { N = 515 };
+    double *x = th_alloc(N), *got = th_alloc(N), *ref = th_alloc(N);
+    th_fill_f32(x, N, 1000.0);
+    static const double specials[] = {0.0, -0.0, 1.0, -1.0, 1.00390625, 1.01171875, -1.00390625,
+                                      3.4e38, -3.4e38, 1e-30, -1e-30, 65504.0, 0.1, -0.3};
+    for (size_t i = 0; i < sizeof specials / sizeof specials[0]; i++) x[i] = specials[i];
+    tnn_session *s = tnn_session_new(TH_BACKEND);
+    shape_t sh = shp(2, 5, 103, 0, 0);
+    tnn_tensor *tx = leaf(s, sh), *r = tx ? tnn_to_bf16(s, tx) : NULL;
+    if (result_ok("tnn_to_bf16 (5, 103)", r, sh) && realize(s, r) && put(s, tx, x) &&
+        compute(s) && get(s, r, got)) {
+        CHECK(tnn_tensor_dtype(r) == TNN_BF16, "tnn_to_bf16: dtype %d", tnn_tensor_dtype(r));
+        for (size_t i = 0; i < N; i++) ref[i] = bf16_round_ref(x[i]);
+        expect_equal("tnn_to_bf16 (5, 103): round to nearest even", got, ref, N);
+    }
+    tnn_session_free(s);
+    free(x), free(got), free(ref);
+
+    /* mixed precision: gradients through a bf16 product */
+    int M = 6, K = 37, Nn = 19;
+    size_t na = (size_t)M * K, nw = (size_t)Nn * K, nc = (size_t)M * Nn;
+    double *A = th_alloc(na), *W = th_alloc(nw), *G = th_alloc(nc), *dA = th_alloc(na),
+           *dW = th_alloc(nw), *rA = th_alloc(na), *rW = th_alloc(nw), *aA = th_alloc(na),
+           *aW = th_alloc(nw), *C = th_alloc(nc), *rC = th_alloc(nc), *aC = th_alloc(nc);
+    th_fill_f32(A, na, 2.0);
+    th_fill_f32(W, nw, 2.0);
+    th_fill_f32(G, nc, 2.0);
+    s = tnn_session_new(TH_BACKEND);
+    tnn_tensor *tA = leaf(s, shp(2, M, K, 0, 0)), *tW = leaf(s, shp(2, Nn, K, 0, 0)),
+               *tG = leaf(s, shp(2, M, Nn, 0, 0));
+    tnn_set_param(tA);
+    tnn_set_param(tW);
+    tnn_tensor *tC = tnn_matmul_nt(s, tA, tnn_to_bf16(s, tW));
+    tnn_tensor *loss = tnn_sum(s, tnn_mul(s, tC, tG)); /* dC = G */
+    CHECK(loss != NULL, "mixed-precision graph: %s", tnn_last_error());
+    if (loss && tnn_backward(s, loss) == TNN_OK) {
+        tnn_tensor *gA = tnn_grad(s, tA), *gW = tnn_grad(s, tW);
+        tnn_set_output(gA);
+        tnn_set_output(gW);
+        tnn_set_output(tC);
+        if (realize(s, loss) && put(s, tA, A) && put(s, tW, W) && put(s, tG, G) && compute(s) &&
+            get(s, gA, dA) && get(s, gW, dW) && get(s, tC, C)) {
+            for (int i = 0; i < M; i++)
+                for (int j = 0; j < Nn; j++) {
+                    double c = 0, a = 0;
+                    for (int k = 0; k < K; k++) {
+                        double w = bf16_round_ref(W[j * K + k]);
+                        c += A[i * K + k] * w, a += fabs(A[i * K + k] * w);
+                    }
+                    rC[i * Nn + j] = c, aC[i * Nn + j] = a;
+                }
+            for (int i = 0; i < M; i++)
+                for (int k = 0; k < K; k++) {
+                    double v = 0, a = 0;
+                    for (int j = 0; j < Nn; j++) {
+                        double w = bf16_round_ref(W[j * K + k]);
+                        v += G[i * Nn + j] * w, a += fabs(G[i * Nn + j] * w);
+                    }
+                    rA[i * K + k] = v, aA[i * K + k] = a;
+                }
+            for (int j = 0; j < Nn; j++)
+                for (int k = 0; k < K; k++) {
+                    double v = 0, a = 0;
+                    for (int i = 0; i < M; i++)
+                        v += G[i * Nn + j] * A[i * K + k], a += fabs(G[i * Nn + j] * A[i * K + k]);
+                    rW[j * K + k] = v, aW[j * K + k] = a;
+                }
+            /* f32 sums (or, on a CPU with vdpbf16ps, A rounded to bf16 too: 2^-8) */
+            double tol = 1.0 / 256;
+            for (size_t i = 0; i < nc; i++) aC[i] *= tol;
+            for (size_t i = 0; i < na; i++) aA[i] *= tol;
+            for (size_t i = 0; i < nw; i++) aW[i] *= 64 * U;
+            expect_bounded("C = A @ bf16(W)^T", C, rC, aC, nc);
+            expect_bounded("dA = dC @ bf16(W)", dA, rA, aA, na);
+            expect_bounded("dW = dC^T @ A (straight through the rounding)", dW, rW, aW, nw);
+        }
+    } else {
+        CHECK(false, "tnn_backward through tnn_to_bf16: %s", tnn_last_error());
+    }
+    tnn_session_free(s);
+    free(A), free(W), free(G), free(dA), free(dW), free(rA), free(rW), free(aA), free(aW);
+    free(C), free(rC), free(aC);
+}
+
 /* ------------------------------------------------------------------------ */
 /* 3. Long and random graphs: buffer reuse                                  */
 /* ------------------------------------------------------------------------ */
@@ -1359,5 +1459,6 @@ int main(void) {
 
     test_chain();
     test_random_graph();
+    test_to_bf16(); /* last: its random draws leave the other tests' inputs as they were */
     return th_finish("test_ops");
 }

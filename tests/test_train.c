@@ -269,9 +269,45 @@ static void test_gguf_tokenizer(void) {
     unlink(path);
 }
 
+/* Mixed precision (--bf16): the products on bf16 copies of the weights,
+ * f32 masters. The model must learn the corpus as the f32 run does, follow
+ * the f32 run's loss closely (not exactly: the products round), and give
+ * the same bits with 1 and 2 threads. */
+static void test_bf16_training(void) {
+    char path[64];
+    CHECK(write_corpus(path, 3000) != NULL, "corpus");
+    const char *files[1] = {path};
+    lm_train_opts o = short_run(files);
+    lm_train_result f, m, m1;
+    CHECK_OK(tnn_set_num_threads(2));
+    CHECK(lm_train(&o, &f) == 0, "f32 run failed");
+    o.optim.bf16 = true;
+    CHECK(lm_train(&o, &m) == 0, "bf16 run failed");
+    printf("mixed precision: validation loss %.3f -> %.3f (f32: %.3f -> %.3f), training loss "
+           "%.4f (f32 %.4f)\n",
+           m.first_val, m.last_val, f.first_val, f.last_val, m.last_loss, f.last_loss);
+    CHECK(m.last_val < 0.5, "bf16: validation loss after %d steps: %.3f (bound 0.5)",
+          m.steps_done, m.last_val);
+    CHECK(fabs(m.first_loss - f.first_loss) < 0.01 * f.first_loss && m.first_loss != f.first_loss,
+          "bf16 first loss %.9g vs f32 %.9g: want close, not equal", m.first_loss, f.first_loss);
+    CHECK(fabs(m.last_val - f.last_val) < 0.1, "bf16 validation %.4f vs f32 %.4f", m.last_val,
+          f.last_val);
+    o.steps = 30;
+    CHECK(lm_train(&o, &m) == 0, "bf16 run, 2 threads");
+    CHECK_OK(tnn_set_num_threads(1));
+    CHECK(lm_train(&o, &m1) == 0, "bf16 run, 1 thread");
+    CHECK_OK(tnn_set_num_threads(2));
+    CHECK(m.last_loss == m1.last_loss && m.last_val == m1.last_val,
+          "bf16, 1 vs 2 threads: %.9g/%.9g vs %.9g/%.9g", m1.last_loss, m1.last_val, m.last_loss,
+          m.last_val);
+    fclose(o.out);
+    remove(path);
+}
+
 int main(void) {
     test_model_gradients();
     test_training_run();
+    test_bf16_training();
     test_gguf_tokenizer();
     return th_finish("test_train");
 }

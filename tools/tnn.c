@@ -42,6 +42,8 @@ static void usage(FILE *f) {
             "  --layers N --dim N --heads N --kv-heads N --ff N   model shape (4 128 4 2 352)\n"
             "  --lr X               peak learning rate (3e-3); warm-up then cosine\n"
             "  --warmup N           warm-up steps (30)\n"
+            "  --bf16               mixed precision: products on bf16 copies of the weights,\n"
+            "                       f32 master weights, gradients and AdamW\n"
             "  --seed N             initialisation and batch seed (1337)\n"
             "  --threads N          worker threads (default: TNN_THREADS or all cores)\n"
             "  --eval-every N       validation every N steps (100; demo: 200)\n"
@@ -155,6 +157,10 @@ static bool parse_opts(int argc, char **argv, lm_train_opts *o, const char **fil
         STR_OPT("--resume", o->resume)
         STR_OPT("--tokenizer", o->tokenizer)
         INT_OPT("--checkpoint-every", 0, 100000000, o->checkpoint_every)
+        if (!strcmp(a, "--bf16")) {
+            o->optim.bf16 = true;
+            continue;
+        }
         if (!strcmp(a, "--seed")) {
             if (!v || !parse_double(v, &x) || x < 0) {
                 fprintf(stderr, "tnn: --seed wants a non-negative integer\n");

@@ -82,6 +82,7 @@ typedef enum tnn_op {
     TNN_OP_PERMUTE = 33,         /* iparam[0] packs the axis order, 4 bits each */
     TNN_OP_CONCAT = 34,          /* (a, b) along iparam[0] */
     TNN_OP_NARROW = 35,          /* src along iparam[0]: [iparam[1], + this size) */
+    TNN_OP_TO_BF16 = 36,         /* f32 src rounded to bf16 (gradient passes through) */
     TNN_OP_COUNT
 } tnn_op;
 

@@ -76,6 +76,8 @@ __global__ void k_unary(int op, const float *x, const float *dy, float k, float 
     }
 }
 
+__global__ void k_narrow_bf16(const float *src, uint16_t *dst, int64_t n);
+
 int tnn__cu_elementwise(tnn_tensor *t) {
     cudaStream_t st = tnn__cu.stream;
     int64_t n = t->nelem;
@@ -98,6 +100,10 @@ int tnn__cu_elementwise(tnn_tensor *t) {
     case TNN_OP_FILL:
         TNN_LAUNCH(k_unary, cu_blocks(n), CU_THREADS, 0, st, t->op, (const float *)NULL,
                    (const float *)NULL, (float)t->fparam[0], FP(t), n);
+        break;
+    case TNN_OP_TO_BF16: /* the CPU's rounding (tnn__f2bf): the same bits */
+        TNN_LAUNCH(k_narrow_bf16, cu_blocks(n), CU_THREADS, 0, st, CF(t->src[0]),
+                   (uint16_t *)t->data, n);
         break;
     default:
         TNN_LAUNCH(k_unary, cu_blocks(n), CU_THREADS, 0, st, t->op, CF(t->src[0]),

@@ -86,6 +86,11 @@ static bool make_params(lm_graph *g) {
     return ok;
 }
 
+/* x @ w^T, on a bf16 copy of w in mixed precision. */
+static tnn_tensor *linear(lm_graph *g, tnn_tensor *x, tnn_tensor *w) {
+    return tnn_matmul_nt(g->s, x, g->bf16 ? tnn_to_bf16(g->s, w) : w);
+}
+
 static tnn_tensor *forward(lm_graph *g) {
     const lm_config *c = &g->cfg;
     tnn_session *s = g->s;
@@ -94,19 +99,17 @@ static tnn_tensor *forward(lm_graph *g) {
     for (int l = 0; l < c->n_layer; l++) {
         const lm_layer *L = &g->p.layer[l];
         tnn_tensor *h = tnn_rms_norm(s, x, L->attn_norm, eps);
-        tnn_tensor *q = tnn_rope(s, tnn_matmul_nt(s, h, L->wq), c->n_head, g->T, c->rope_base, 0);
-        tnn_tensor *k =
-            tnn_rope(s, tnn_matmul_nt(s, h, L->wk), c->n_kv_head, g->T, c->rope_base, 0);
-        tnn_tensor *v = tnn_matmul_nt(s, h, L->wv);
+        tnn_tensor *q = tnn_rope(s, linear(g, h, L->wq), c->n_head, g->T, c->rope_base, 0);
+        tnn_tensor *k = tnn_rope(s, linear(g, h, L->wk), c->n_kv_head, g->T, c->rope_base, 0);
+        tnn_tensor *v = linear(g, h, L->wv);
         tnn_tensor *a = tnn_attention(s, q, k, v, c->n_head, c->n_kv_head, g->T);
-        x = tnn_add(s, x, tnn_matmul_nt(s, a, L->wo));
+        x = tnn_add(s, x, linear(g, a, L->wo));
         h = tnn_rms_norm(s, x, L->ffn_norm, eps);
-        tnn_tensor *f = tnn_mul(s, tnn_silu(s, tnn_matmul_nt(s, h, L->w_gate)),
-                                tnn_matmul_nt(s, h, L->w_up));
-        x = tnn_add(s, x, tnn_matmul_nt(s, f, L->w_down));
+        tnn_tensor *f = tnn_mul(s, tnn_silu(s, linear(g, h, L->w_gate)), linear(g, h, L->w_up));
+        x = tnn_add(s, x, linear(g, f, L->w_down));
     }
     x = tnn_rms_norm(s, x, g->p.out_norm, eps);
-    return tnn_matmul_nt(s, x, g->p.tok_emb); /* tied output projection */
+    return linear(g, x, g->p.tok_emb); /* tied output projection */
 }
 
 /* (double)(float)v. Through a volatile because GCC 12.2's SLP vectorizer
@@ -136,6 +139,7 @@ int lm_graph_build(lm_graph *g, const lm_config *cfg, int B, int T, bool with_lo
     g->cfg.rope_base = f32_round(cfg->rope_base);
     g->B = B;
     g->T = T;
+    g->bf16 = optim && optim->bf16;
     g->s = tnn_session_new(lm_cuda());
     if (!g->s) return TNN_ERR_NOMEM;
     int rc = TNN_ERR_INTERNAL;

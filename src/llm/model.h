@@ -50,10 +50,14 @@ typedef struct {
     tnn_tensor *tokens, *targets; /* int32 (B*T) */
     tnn_tensor *logits;           /* (B*T, vocab) */
     tnn_tensor *loss;             /* (1), when built with targets */
+    bool bf16;                    /* products on bf16 copies of the weights */
 } lm_graph;
 
 typedef struct {
     double lr, beta1, beta2, eps, weight_decay, grad_clip;
+    /* Mixed precision: every product takes its weight through tnn_to_bf16
+     * (bf16 products, f32 master weights and gradients, f32 AdamW). */
+    bool bf16;
 } lm_optim;
 
 /* Builds and realizes the graph. with_loss adds targets and the loss;

@@ -80,19 +80,20 @@ int tnn__bwd_rms_norm(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *
  * A bf16 B (weights) is storage: it is never a parameter and gets no
  * gradient. Products take it only as their second operand, so tn's dA is
  * (dC @ B^T)^T, the same fma chains with the factors swapped. */
+/* Products with a bf16 (or quantized) b: b has a gradient only when it is
+ * tnn_to_bf16 of an f32 tensor (mixed precision); that gradient is the f32
+ * product of a and g, and tnn_to_bf16 passes it to the f32 master. a's
+ * gradient multiplies by b itself, so it takes b as the second operand. */
 int tnn__bwd_matmul(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
                     tnn_tensor **d) {
     int f = (int)t->iparam[0];
     tnn_tensor *da = NULL, *db = NULL;
-    if (B->dtype != TNN_F32) {
-        if (need[1])
-            return TNN_ERR(TNN_ERR_UNSUPPORTED, "a %s matmul operand has no gradient",
-                           B->dtype == TNN_BF16 ? "bf16" : "non-f32");
-        if (f == TNN_MM_TA && need[0]) {
-            d[0] = tnn__sum_like(s, tnn_transpose(s, tnn_matmul_nt(s, g, B)), A);
-            return TNN_OK;
-        }
-    }
+    bool narrow_b = B->dtype != TNN_F32;
+    if (narrow_b && need[1] && B->op != TNN_OP_TO_BF16)
+        return TNN_ERR(TNN_ERR_UNSUPPORTED,
+                       "a %s matmul operand has no gradient (make it tnn_to_bf16 of an f32 "
+                       "tensor to train it)",
+                       B->dtype == TNN_BF16 ? "bf16" : "non-f32");
     if (f == 0) {
         if (need[0]) da = tnn_matmul_nt(s, g, B);
         if (need[1]) db = tnn_matmul_tn(s, A, g);
@@ -100,13 +101,22 @@ int tnn__bwd_matmul(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *ne
         if (need[0]) da = tnn_matmul_nn(s, g, B);
         if (need[1]) db = tnn_matmul_tn(s, g, A);
     } else if (f == TNN_MM_TA) {
-        if (need[0]) da = tnn_matmul_nt(s, B, g);
+        if (need[0]) da = narrow_b ? tnn_transpose(s, tnn_matmul_nt(s, g, B))
+                                   : tnn_matmul_nt(s, B, g);
         if (need[1]) db = tnn_matmul_nn(s, A, g);
     } else {
         return TNN_ERR(TNN_ERR_INTERNAL, "matmul flags %d have no gradient rule", f);
     }
     if (need[0]) d[0] = tnn__sum_like(s, da, A);
     if (need[1]) d[1] = tnn__sum_like(s, db, B);
+    return TNN_OK;
+}
+
+/* Straight through: the rounding's gradient is taken as 1. */
+int tnn__bwd_to_bf16(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
+                     tnn_tensor **d) {
+    (void)s, (void)t;
+    if (need[0]) d[0] = g;
     return TNN_OK;
 }
 

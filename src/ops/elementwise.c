@@ -4,6 +4,8 @@
 #include "common.h"
 #include "vmath.h"
 
+#include "../quant/quant.h"
+
 #include <math.h>
 #include <string.h>
 
@@ -296,7 +298,9 @@ tnn_tensor *tnn_mul(tnn_session *s, tnn_tensor *a, tnn_tensor *b) {
 /* Unary ops                                                                */
 /* ------------------------------------------------------------------------ */
 
-static tnn_tensor *unary_build(tnn_session *s, tnn_tensor *a, int op, const char *func) {
+/* A node of op on the f32 tensor a, of the same shape, of dtype dtype. */
+static tnn_tensor *unary_node(tnn_session *s, tnn_tensor *a, int op, int dtype,
+                              const char *func) {
     if (tnn__check_session(s, func) || tnn__check_tensor(s, a, func, "a")) return NULL;
     if (a->dtype != TNN_F32) {
         char b[TNN_SHAPE_BUF];
@@ -305,7 +309,11 @@ static tnn_tensor *unary_build(tnn_session *s, tnn_tensor *a, int op, const char
                 NULL);
     }
     tnn_tensor *src[1] = {a};
-    return tnn__node_new(s, op, TNN_F32, a->ndim, a->shape, src, 1);
+    return tnn__node_new(s, op, dtype, a->ndim, a->shape, src, 1);
+}
+
+static tnn_tensor *unary_build(tnn_session *s, tnn_tensor *a, int op, const char *func) {
+    return unary_node(s, a, op, TNN_F32, func);
 }
 
 tnn_tensor *tnn_scale(tnn_session *s, tnn_tensor *a, double k) {
@@ -318,6 +326,23 @@ tnn_tensor *tnn_gelu(tnn_session *s, tnn_tensor *a) {
 }
 tnn_tensor *tnn_silu(tnn_session *s, tnn_tensor *a) {
     return unary_build(s, a, TNN_OP_SILU, __func__);
+}
+
+tnn_tensor *tnn_to_bf16(tnn_session *s, tnn_tensor *a) {
+    return unary_node(s, a, TNN_OP_TO_BF16, TNN_BF16, __func__);
+}
+
+/* Rounded to nearest even, as uploads to a bf16 tensor round (quant.h). */
+static void to_bf16_range(void *p, int64_t lo, int64_t hi) {
+    const ew_ctx *c = p;
+    uint16_t *o = (uint16_t *)(void *)c->out;
+    for (int64_t i = lo; i < hi; i++) o[i] = tnn__f32_to_bf16(c->a[i]);
+}
+
+int tnn__fwd_to_bf16(tnn_tensor *t) {
+    ew_ctx c = {.a = CF32(t->src[0]), .out = (float *)t->data};
+    tnn__parallel_for(t->nelem, EW_CHUNK, to_bf16_range, &c);
+    return TNN_OK;
 }
 
 int tnn__fwd_scale(tnn_tensor *t) {

@@ -38,6 +38,7 @@ int tnn__fwd_layer_norm_back(tnn_tensor *t);
 int tnn__fwd_permute(tnn_tensor *t);
 int tnn__fwd_concat(tnn_tensor *t);
 int tnn__fwd_narrow(tnn_tensor *t);
+int tnn__fwd_to_bf16(tnn_tensor *t);
 
 #define BWD(name)                                                                             \
     int tnn__bwd_##name(tnn_session *s, tnn_tensor *t, tnn_tensor *dt, const bool *need,      \
@@ -45,7 +46,7 @@ int tnn__fwd_narrow(tnn_tensor *t);
 BWD(add) BWD(sub) BWD(mul) BWD(scale) BWD(gelu) BWD(silu) BWD(softmax) BWD(rms_norm)
 BWD(matmul) BWD(transpose) BWD(get_rows) BWD(get_rows_back) BWD(sum) BWD(mean) BWD(reshape)
 BWD(expand) BWD(reduce_to) BWD(cross_entropy) BWD(rope) BWD(attention)
-BWD(layer_norm) BWD(permute) BWD(concat) BWD(narrow)
+BWD(layer_norm) BWD(permute) BWD(concat) BWD(narrow) BWD(to_bf16)
 #undef BWD
 
 const tnn_op_def tnn__ops[TNN_OP_COUNT] = {
@@ -87,4 +88,5 @@ const tnn_op_def tnn__ops[TNN_OP_COUNT] = {
     [TNN_OP_PERMUTE] = {"tnn_permute", 1, tnn__fwd_permute, tnn__bwd_permute},
     [TNN_OP_CONCAT] = {"tnn_concat", 2, tnn__fwd_concat, tnn__bwd_concat},
     [TNN_OP_NARROW] = {"tnn_narrow", 1, tnn__fwd_narrow, tnn__bwd_narrow},
+    [TNN_OP_TO_BF16] = {"tnn_to_bf16", 1, tnn__fwd_to_bf16, tnn__bwd_to_bf16},
 };
