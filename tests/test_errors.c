@@ -168,6 +168,7 @@ static const struct {
     {"tnn_scale", scale_by_2},        {"tnn_gelu", tnn_gelu},       {"tnn_silu", tnn_silu},
     {"tnn_softmax", tnn_softmax},     {"tnn_transpose", tnn_transpose},
     {"tnn_rms_norm", rms_norm_nogain}, {"tnn_sum", tnn_sum},     {"tnn_mean", tnn_mean},
+    {"tnn_to_bf16", tnn_to_bf16},
 };
 #define N_UNARY (int)(sizeof unary_ops / sizeof unary_ops[0])
 
