@@ -80,22 +80,29 @@ void tnn__gemm_bf16_pack_t_widen(float *restrict dst, const uint16_t *restrict s
     }
 }
 
-/* Rows ahead that the non-transposing pack prefetches (as gemm.c's pack_n). */
-#define PACK_PF 4
+/* Rows read side by side by the non-transposing pack (as gemm.c's pack_n:
+ * several streams of misses in flight rather than one row at a time). */
+#define PACK_ROWS 8
+
+/* Row k of the panels: 8 bf16 of row k widened, zero past n. */
+static inline void widen_row(float *restrict d, const uint16_t *restrict s, int64_t m, int w) {
+    int64_t c = 0;
+    for (; c < m; c++) d[c] = widen(s[c]);
+    for (; c < w; c++) d[c] = 0.0f;
+}
 
 void tnn__gemm_bf16_pack_n_widen(float *restrict dst, const uint16_t *restrict src, int64_t lds,
                                  int64_t kc, int64_t n, int w) {
-    for (int64_t k = 0; k < kc; k++) {
-        const uint16_t *s = src + k * lds;
-        float *d = dst + k * w;
-        if (k + PACK_PF < kc)
-            for (int64_t q = 0; q < n; q += 32) __builtin_prefetch(s + PACK_PF * lds + q);
-        for (int64_t q = 0; q < n; q += w, d += w * kc) {
-            int64_t m = n - q < w ? n - q : w, c = 0;
-            for (; c < m; c++) d[c] = widen(s[q + c]);
-            for (; c < w; c++) d[c] = 0.0f;
+    int64_t k = 0;
+    for (; k + PACK_ROWS <= kc; k += PACK_ROWS)
+        for (int64_t q = 0; q < n; q += w) {
+            int64_t m = n - q < w ? n - q : w;
+            for (int r = 0; r < PACK_ROWS; r++)
+                widen_row(dst + q * kc + (k + r) * w, src + (k + r) * lds + q, m, w);
         }
-    }
+    for (; k < kc; k++)
+        for (int64_t q = 0; q < n; q += w)
+            widen_row(dst + q * kc + k * w, src + k * lds + q, n - q < w ? n - q : w, w);
 }
 
 /* ------------------------------------------------------------------------ */
