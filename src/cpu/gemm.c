@@ -251,8 +251,8 @@ static inline __attribute__((always_inline)) void copy_run(float *restrict d,
  * wide matrix are far apart and each run is short (a few KiB), too short
  * for the hardware prefetcher, so GEMM_PACK_ROWS rows are read side by
  * side, panel by panel: eight independent streams of misses in flight. (It
- * replaced copying row by row with a software prefetch 4 rows ahead: 3-11%
- * faster products on the VM, the LM head's most; A/B in one process.) */
+ * replaced copying row by row with a software prefetch 4 rows ahead: 1-11%
+ * faster products on the VM, A/B in one process; docs/PERFORMANCE.md.) */
 static inline __attribute__((always_inline)) void pack_n_w(float *restrict dst,
                                                            const float *restrict src,
                                                            int64_t lds, int64_t kc, int64_t n,

@@ -77,13 +77,11 @@ int tnn__bwd_rms_norm(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *
  *   nn: dA = dC @ B^T   dB = A^T @ dC
  *   nt: dA = dC @ B     dB = dC^T @ A
  *   tn: dA = B @ dC^T   dB = A @ dC
- * A bf16 B (weights) is storage: it is never a parameter and gets no
- * gradient. Products take it only as their second operand, so tn's dA is
- * (dC @ B^T)^T, the same fma chains with the factors swapped. */
-/* Products with a bf16 (or quantized) b: b has a gradient only when it is
- * tnn_to_bf16 of an f32 tensor (mixed precision); that gradient is the f32
- * product of a and g, and tnn_to_bf16 passes it to the f32 master. a's
- * gradient multiplies by b itself, so it takes b as the second operand. */
+ * A bf16 (or quantized) B is never a parameter itself. It gets a gradient
+ * only when it is tnn_to_bf16 of an f32 tensor (mixed precision): dB is the
+ * f32 product of A and dC above, which tnn_to_bf16 passes on to the f32
+ * master. Products take a narrow B only as their second operand, so tn's
+ * dA is (dC @ B^T)^T, the same fma chains with the factors swapped. */
 int tnn__bwd_matmul(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
                     tnn_tensor **d) {
     int f = (int)t->iparam[0];
