@@ -456,7 +456,10 @@ static void bench_fusion(int threads) {
             fprintf(stderr, "bench_kernels: fusion graph: %s\n", tnn_last_error());
             exit(1);
         }
-        float *v = falloc_fill((size_t)M * N > (size_t)K * N ? (size_t)M * N : (size_t)K * N, 9);
+        size_t most = (size_t)M * K; /* the largest of x, w and r */
+        if ((size_t)K * N > most) most = (size_t)K * N;
+        if ((size_t)M * N > most) most = (size_t)M * N;
+        float *v = falloc_fill(most, 9);
         tnn_upload_f32(c.s, x, v, (size_t)M * K);
         tnn_upload_f32(c.s, w, v, (size_t)K * N);
         tnn_upload_f32(c.s, r, v, (size_t)M * N);

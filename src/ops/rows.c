@@ -51,7 +51,7 @@ TNN_VEC_CLONES static void softmax_range(void *p, int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; r++) {
         const float *x = c->x + r * n;
         float *y = c->out + r * n, mnext = 0.0f;
-        if (r + 1 < hi && (y + n <= x + n || y >= x + 2 * n)) { /* y does not overlap row r+1 */
+        if (r + 1 < hi && (y <= x || y >= x + 2 * n)) { /* y does not overlap row r+1 */
             mnext = exp_row_max_next(x, mx, y, x + n, n);
         } else {
             for (int64_t j = 0; j < n; j++) y[j] = tnn_vexp_le0(x[j] - mx);
