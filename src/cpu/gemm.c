@@ -10,11 +10,14 @@
  *   ic over M by mc   -> the A block (mc x kc) is packed, stays in L2
  *   jr, ir            -> the micro-kernel on an mr x nr tile of C
  * Packing reads A and B through their (ta, tb) layouts, so no transpose pass
- * is needed; edge panels are padded with zeros and edge tiles go through a
- * small buffer. K is cut into equal blocks (576 = 2 x 288). When op(A) is a
+ * is needed; edge panels are padded with zeros; a block's last rows (fewer
+ * than mr) take the kernel's short-tile variant straight into C where it
+ * has one, other edge tiles go through a small buffer. K is cut into equal blocks (576 = 2 x 288). When op(A) is a
  * single block (few rows: an LM head, a small batch) it is packed once for
- * all column panels, the B panels are kept L2-sized and the source of the
- * next one is prefetched while the micro-kernels run on the current one.
+ * all column panels and the B panels are kept L2-sized. (Prefetching the
+ * next B panel's source while the micro-kernels ran was dropped: on AMD
+ * cores a software prefetch fills L1 too, and it slowed the micro-kernels
+ * more than it sped the pack.)
  *
  * Determinism: the first K block starts every accumulator from +0 and each
  * later block continues from the value stored in C, so each C element is ONE
@@ -333,32 +336,6 @@ static void pack_b(const gemm_job *g, int64_t k0, int64_t kc, int64_t j0, int64_
 /* The loop nest                                                            */
 /* ------------------------------------------------------------------------ */
 
-/* A region of memory to bring into L2 while the micro-kernels run: `rows`
- * runs of `cols` bytes, ld bytes apart. The loop nest points it at the
- * source of the next B panel when each panel is used only once, so that the
- * pack which follows reads from L2 instead of waiting on DRAM. */
-typedef struct {
-    const char *base;
-    int64_t ld, rows, cols;
-    int64_t r, line, per_call; /* cursor, and lines to fetch per micro-kernel call */
-} pf_region;
-
-static void pf_start(pf_region *pf, int64_t calls) {
-    int64_t lines = pf->rows * ((pf->cols + 63) / 64 + 1);
-    pf->r = pf->line = 0;
-    pf->per_call = calls > 0 ? (lines + calls - 1) / calls : lines;
-}
-
-static inline void pf_step(pf_region *pf) {
-    int64_t per_row = (pf->cols + 63) / 64 + 1; /* + 1: a run need not start a line */
-    for (int64_t i = 0; i < pf->per_call && pf->r < pf->rows; i++) {
-        const char *row = pf->base + pf->r * pf->ld;
-        int64_t off = pf->line * 64 < pf->cols ? pf->line * 64 : pf->cols - 1;
-        __builtin_prefetch(row + off, 0, 2);
-        if (++pf->line == per_row) pf->line = 0, pf->r++;
-    }
-}
-
 /* The micro-kernel of g on an mr x nr tile, kc deep. */
 static inline void ukr(const gemm_job *g, int64_t kc, const float *a, const float *b, float *c,
                        int64_t ldc, int load) {
@@ -371,11 +348,9 @@ static inline void ukr(const gemm_job *g, int64_t kc, const float *a, const floa
 /* C[0:mc, 0:nc] (row stride ldc) from packed pa (mc x kc) and pb (kc x nc);
  * load = 0 on the first K block, 1 after (continue the running sums). */
 static void macro_kernel(const gemm_job *g, int64_t mc, int64_t nc, int64_t kc,
-                         const float *pa, const float *pb, float *C, int64_t ldc, int load,
-                         pf_region *pf) {
+                         const float *pa, const float *pb, float *C, int64_t ldc, int load) {
     const int mr = g->mr, nr = g->nr;
     const int64_t kd = depth(g, kc);
-    if (pf) pf_start(pf, ((nc + nr - 1) / nr) * ((mc + mr - 1) / mr));
     for (int64_t jr = 0; jr < nc; jr += nr) {
         int64_t n = nc - jr < nr ? nc - jr : nr;
         const float *bp = pb + jr * kd;
@@ -383,23 +358,28 @@ static void macro_kernel(const gemm_job *g, int64_t mc, int64_t nc, int64_t kc,
             int64_t m = mc - ir < mr ? mc - ir : mr;
             const float *ap = pa + ir * kd;
             float *c = C + ir * ldc + jr;
-            if (pf) pf_step(pf);
-            if (load) {
-                /* The micro-kernel starts from C's values, so fetch the next
-                 * tile's rows now: its loads then hit the cache. */
-                int64_t ir2 = ir + mr, jr2 = jr;
-                if (ir2 >= mc) ir2 = 0, jr2 = jr + nr;
-                if (jr2 < nc) {
-                    int64_t m2 = mc - ir2 < mr ? mc - ir2 : mr, n2 = nc - jr2 < nr ? nc - jr2 : nr;
-                    const float *c2 = C + ir2 * ldc + jr2;
-                    for (int64_t i = 0; i < m2; i++) {
-                        __builtin_prefetch(c2 + i * ldc, 1, 3);
-                        __builtin_prefetch(c2 + i * ldc + n2 - 1, 1, 3);
-                    }
+            /* Fetch the next tile's rows of C (for writing) while this
+             * one computes: the micro-kernel loads them when it continues
+             * a K block's sums, and on the first block its stores would
+             * otherwise each wait for a line from memory (C is large for
+             * an LM head: 64 x 49152 floats, +7-11% there; see
+             * docs/PERFORMANCE.md). */
+            int64_t ir2 = ir + mr, jr2 = jr;
+            if (ir2 >= mc) ir2 = 0, jr2 = jr + nr;
+            if (jr2 < nc) {
+                int64_t m2 = mc - ir2 < mr ? mc - ir2 : mr, n2 = nc - jr2 < nr ? nc - jr2 : nr;
+                const float *c2 = C + ir2 * ldc + jr2;
+                for (int64_t i = 0; i < m2; i++) {
+                    __builtin_prefetch(c2 + i * ldc, 1, 3);
+                    __builtin_prefetch(c2 + i * ldc + n2 - 1, 1, 3);
                 }
             }
             if (m == mr && n == nr) {
                 ukr(g, kc, ap, bp, c, ldc, load);
+                continue;
+            }
+            if (n == nr && g->mode != GEMM_DOT && g->kr->ukr_rows) {
+                g->kr->ukr_rows((int)m, kc, ap, bp, c, ldc, load);
                 continue;
             }
             /* Edge tile: run the full tile on a buffer, keep the valid part. */
@@ -450,9 +430,6 @@ static void gemm_block(gemm_job *g, int64_t m0, int64_t m1, int64_t n0, int64_t 
         atomic_compare_exchange_strong(&g->status, &ok, TNN_ERR_NOMEM);
         return;
     }
-    /* B's source, for the prefetch of the next panel */
-    const char *bsrc = g->mode == GEMM_F32 ? (const char *)g->B : (const char *)g->Bh;
-    int64_t esize = g->mode == GEMM_F32 ? (int64_t)sizeof(float) : (int64_t)sizeof(uint16_t);
     if (a_once)
         for (int64_t pc = 0; pc < K; pc += KC)
             pack_a(g, m0, mspan, pc, K - pc < KC ? K - pc : KC, pb->a + mc_pad * depth(g, pc));
@@ -468,28 +445,8 @@ static void gemm_block(gemm_job *g, int64_t m0, int64_t m1, int64_t n0, int64_t 
                     pack_a(g, ic, mc, pc, kc, pb->a);
                     pa = pb->a;
                 }
-                /* With A packed once, each B panel serves one A block: fetch
-                 * the next panel's source meanwhile. */
-                pf_region pf, *pfp = NULL;
-                if (a_once) {
-                    int64_t pc2 = pc + KC, jc2 = jc;
-                    if (pc2 >= K) pc2 = 0, jc2 = jc + NC;
-                    if (jc2 < n1) {
-                        int64_t kc2 = K - pc2 < KC ? K - pc2 : KC;
-                        int64_t nc2 = n1 - jc2 < NC ? n1 - jc2 : NC;
-                        if (g->tb) /* B is N x K: nc2 runs of kc2 */
-                            pf = (pf_region){.base = bsrc + (jc2 * g->ldb + pc2) * esize,
-                                             .ld = g->ldb * esize, .rows = nc2,
-                                             .cols = kc2 * esize};
-                        else /* B is K x N: kc2 runs of nc2 */
-                            pf = (pf_region){.base = bsrc + (pc2 * g->ldb + jc2) * esize,
-                                             .ld = g->ldb * esize, .rows = kc2,
-                                             .cols = nc2 * esize};
-                        pfp = &pf;
-                    }
-                }
                 macro_kernel(g, mc, nc, kc, pa, pb->b, g->C + ic * g->ldc + jc, g->ldc,
-                             pc > 0, pfp);
+                             pc > 0);
                 if (g->epi && pc + kc >= K) g->epi->fn(g->epi->ctx, ic, ic + mc, jc, jc + nc);
             }
         }

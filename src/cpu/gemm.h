@@ -36,6 +36,12 @@ enum {
 typedef void (*tnn__gemm_ukr_fn)(int64_t kc, const float *a, const float *b, float *c,
                                  int64_t ldc, int load_c);
 
+/* The same for the first m rows (1 <= m < mr) of a full-width tile: a is
+ * still packed mr values per k (rows m.. are ignored), only C's rows
+ * 0..m-1 are read and written. The same chains, hence the same bits. */
+typedef void (*tnn__gemm_ukr_rows_fn)(int m, int64_t kc, const float *a, const float *b,
+                                      float *c, int64_t ldc, int load_c);
+
 /* The transposing pack: dst[k*w + c] = src[c*lds + k] for c < valid and
  * k < kc, and 0 for valid <= c < w. It packs the panels whose source runs
  * along k: op(A) when A is not transposed, op(B) when B is. dst is 32-byte
@@ -70,6 +76,7 @@ typedef struct {
     int mc, kc, nc;     /* cache blocks: mc a multiple of mr, nc of nr */
     int nc_small;       /* nc when op(A) is one block (few rows): B panels stay in L2 */
     tnn__gemm_ukr_fn ukr;
+    tnn__gemm_ukr_rows_fn ukr_rows; /* NULL: edge rows go through a buffer */
     tnn__gemm_pack_fn pack_t; /* NULL: the portable one in gemm.c */
     tnn__gemm_skinny_fn skinny; /* NULL: the portable one in gemm.c */
     tnn__gemm_pack_bf16_fn pack_t_widen; /* NULL: the portable one in gemm_bf16.c */

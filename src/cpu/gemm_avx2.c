@@ -70,6 +70,55 @@ static void ukr_avx2_6x16(int64_t kc, const float *a, const float *b, float *c, 
     _mm256_storeu_ps(c + 5 * ldc, c50), _mm256_storeu_ps(c + 5 * ldc + 8, c51);
 }
 
+/* The first m (1..5) rows of a 6x16 tile (the packed A panel keeps its
+ * stride of 6 per k): the last rows of a block whose row count is not a
+ * multiple of 6 (64 = 10 x 6 + 4), written straight into C instead of
+ * through the edge buffer with a whole tile's work. m is a constant once
+ * inlined, so the unused rows vanish. Same chains as ukr_avx2_6x16, hence
+ * the same bits. */
+static inline __attribute__((always_inline)) void ukr_rows_m(const int m, int64_t kc,
+                                                             const float *a, const float *b,
+                                                             float *c, int64_t ldc, int load_c) {
+    /* Named accumulators, not an array: GCC kept an array on the stack. */
+    __m256 z = _mm256_setzero_ps();
+    __m256 c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z, c30 = z, c31 = z, c40 = z,
+           c41 = z;
+#define ROWS_EACH(X) X(0, c00, c01) X(1, c10, c11) X(2, c20, c21) X(3, c30, c31) X(4, c40, c41)
+#define ROW_LOAD(i, x0, x1)                                                                    \
+    if (i < m && load_c) x0 = _mm256_loadu_ps(c + i * ldc), x1 = _mm256_loadu_ps(c + i * ldc + 8);
+#define ROW_FMA(i, x0, x1)                                                                     \
+    if (i < m) {                                                                               \
+        __m256 av = _mm256_broadcast_ss(a + i);                                                \
+        x0 = _mm256_fmadd_ps(av, b0, x0);                                                      \
+        x1 = _mm256_fmadd_ps(av, b1, x1);                                                      \
+    }
+#define ROW_STORE(i, x0, x1)                                                                   \
+    if (i < m) _mm256_storeu_ps(c + i * ldc, x0), _mm256_storeu_ps(c + i * ldc + 8, x1);
+    ROWS_EACH(ROW_LOAD)
+    for (int64_t k = 0; k < kc; k++) {
+        __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+        ROWS_EACH(ROW_FMA)
+        a += MR;
+        b += NR;
+    }
+    ROWS_EACH(ROW_STORE)
+#undef ROWS_EACH
+#undef ROW_LOAD
+#undef ROW_FMA
+#undef ROW_STORE
+}
+
+static void ukr_avx2_rows(int m, int64_t kc, const float *a, const float *b, float *c,
+                          int64_t ldc, int load_c) {
+    switch (m) {
+    case 1: ukr_rows_m(1, kc, a, b, c, ldc, load_c); break;
+    case 2: ukr_rows_m(2, kc, a, b, c, ldc, load_c); break;
+    case 3: ukr_rows_m(3, kc, a, b, c, ldc, load_c); break;
+    case 4: ukr_rows_m(4, kc, a, b, c, ldc, load_c); break;
+    default: ukr_rows_m(5, kc, a, b, c, ldc, load_c); break;
+    }
+}
+
 /* ------------------------------------------------------------------------ */
 /* Transposing pack: 8 source rows x 8 k at a time through an 8x8 transpose  */
 /* ------------------------------------------------------------------------ */
@@ -404,6 +453,7 @@ const tnn__gemm_kernel tnn__gemm_kernel_avx2 = {
      * 4: ~5% over 256 deep, 3072 wide at 512x768x3072). */
     .mc = 96, .kc = 384, .nc = 1536, .nc_small = 512,
     .ukr = ukr_avx2_6x16,
+    .ukr_rows = ukr_avx2_rows,
     .pack_t = tnn__gemm_pack_t_avx2,
     .skinny = tnn__gemm_skinny_avx2,
     .pack_t_widen = tnn__gemm_bf16_pack_t_widen_avx2,
