@@ -23,25 +23,22 @@ static int64_t min_rows(int64_t cols) { return 4096 / cols + 1; }
 
 /* y[j] = e^(x[j] - mx) for j < n, and the largest xn[j] (tnn_vmax of the
  * next row): that row's first pass, a wait on memory, runs under this
- * row's exponentials instead of after them. */
+ * row's exponentials instead of after them. One flat loop with a single
+ * key maximum (an integer max: any order gives the same result): written
+ * as 8 lanes, GCC checked y against x and xn on every 8 elements and kept
+ * the lanes on the stack (1.18 -> 0.79 ns per element in L1, one core).
+ * (Hand-written AVX2 with the row sum in the same loop was no faster: the
+ * loop is bound by its floating-point operations, not the sum's latency.) */
 static inline __attribute__((always_inline)) float exp_row_max_next(const float *x, float mx,
                                                                    float *y, const float *xn,
                                                                    int64_t n) {
-    int32_t m[8];
-    for (int k = 0; k < 8; k++) m[k] = tnn__fkey(xn[0]);
-    int64_t j = 0;
-    for (; j + 8 <= n; j += 8)
-        for (int k = 0; k < 8; k++) {
-            y[j + k] = tnn_vexp_le0(x[j + k] - mx);
-            int32_t v = tnn__fkey(xn[j + k]);
-            m[k] = v > m[k] ? v : m[k];
-        }
-    for (int k = 0; j + k < n; k++) {
-        y[j + k] = tnn_vexp_le0(x[j + k] - mx);
-        int32_t v = tnn__fkey(xn[j + k]);
-        m[k] = v > m[k] ? v : m[k];
+    int32_t mk = tnn__fkey(xn[0]);
+    for (int64_t j = 0; j < n; j++) {
+        y[j] = tnn_vexp_le0(x[j] - mx);
+        int32_t v = tnn__fkey(xn[j]);
+        mk = v > mk ? v : mk;
     }
-    return tnn__fkey_max8(m);
+    return tnn__fkey_float(mk);
 }
 
 TNN_VEC_CLONES static void softmax_range(void *p, int64_t lo, int64_t hi) {

@@ -201,11 +201,16 @@ static inline __attribute__((always_inline)) int32_t tnn__fkey(float f) {
     return b ^ ((b >> 31) & 0x7fffffff);
 }
 
+/* The float of a key (tnn__fkey's inverse). */
+static inline __attribute__((always_inline)) float tnn__fkey_float(int32_t r) {
+    return tnn__f32_from_bits((uint32_t)(r ^ ((r >> 31) & 0x7fffffff)));
+}
+
 /* The float of the largest of 8 keys. */
 static inline __attribute__((always_inline)) float tnn__fkey_max8(const int32_t m[8]) {
     int32_t r = m[0];
     for (int k = 1; k < 8; k++) r = m[k] > r ? m[k] : r;
-    return tnn__f32_from_bits((uint32_t)(r ^ ((r >> 31) & 0x7fffffff)));
+    return tnn__fkey_float(r);
 }
 
 static inline __attribute__((always_inline)) float tnn_vmax(const float *x, int64_t n) {
