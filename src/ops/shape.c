@@ -58,27 +58,17 @@ TNN_VEC_CLONES static void ln_back_range(void *p, int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; r++) {
         const float *x = c->x + r * n, *g = c->g + r * n;
         float *dx = c->out + r * n;
-        /* sum x, sum g and sum g x in one pass (each in tnn_vsum_d's lane
-         * order), then the variance about the mean in a second */
-        double ax[8] = {0}, ag[8] = {0}, agx[8] = {0};
-        int64_t j = 0;
-        for (; j + 8 <= n; j += 8)
-            for (int k = 0; k < 8; k++) {
-                double xv = (double)x[j + k], gv = (double)g[j + k];
-                ax[k] += xv, ag[k] += gv, agx[k] += gv * xv;
-            }
-        for (int k = 0; j + k < n; k++) {
-            double xv = (double)x[j + k], gv = (double)g[j + k];
-            ax[k] += xv, ag[k] += gv, agx[k] += gv * xv;
-        }
-        double mean = TNN_LANES8_REDUCE(ax) / (double)n;
-        double rstd = 1.0 / sqrt(tnn_vsqdev_d(x, mean, n) / (double)n + c->eps);
-        double sg = TNN_LANES8_REDUCE(ag), sgx = TNN_LANES8_REDUCE(agx);
+        /* sum x, sum g and sum g x as three passes over the row (in L1):
+         * GCC compiled the three sums in one 8-lane loop with the lanes on
+         * the stack, 1.24 against 0.92 ns per element (one core, in cache) */
+        double mean, rstd;
+        row_stats(x, n, c->eps, &mean, &rstd);
+        double sg = tnn_vsum_d(g, n), sgx = tnn_vdot_d(g, x, n);
         double mg = sg / (double)n, mgx = rstd * (sgx - mean * sg) / (double)n;
         /* dx = rstd (g - mg) - (rstd^2 mgx) (x - mean), the row's constants
          * rounded to float once, the per-element arithmetic in float */
         float ka = (float)rstd, kb = (float)mg, kc = (float)(rstd * rstd * mgx), m = (float)mean;
-        for (j = 0; j < n; j++) dx[j] = ka * (g[j] - kb) - kc * (x[j] - m);
+        for (int64_t j = 0; j < n; j++) dx[j] = ka * (g[j] - kb) - kc * (x[j] - m);
     }
 }
 
