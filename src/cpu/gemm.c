@@ -504,18 +504,36 @@ static void skinny_widen_generic(bool tb, int64_t M, int64_t K, const float *ap,
 #define SKINNY_UNIT 16
 #define SKINNY_MIN_BYTES ((int64_t)1 << 16)
 
-/* g->A is op(A) packed k-major here. */
+/* g->A is op(A) packed k-major here. A non-transposed op(B) is read 8 rows
+ * at a time, each C element's running sum stored back after them; when C's
+ * rows are a multiple of 4 KiB apart (1024 floats) they all share L1 sets
+ * (with B's rows, when those are too), and the stores hold up the loads of
+ * B at the same address bits 0-11. The sums then run in a buffer whose rows
+ * are 64 bytes off that multiple, copied to C at the end (the stored floats
+ * continue the chains exactly: the same bits): 8x4096x4096 on one thread
+ * 3.4 -> 9.0 GB/s of B. */
 static void skinny_range(void *p, int64_t u0, int64_t u1) {
     const gemm_job *g = p;
     int64_t n0 = u0 * SKINNY_UNIT, n1 = u1 * SKINNY_UNIT < g->N ? u1 * SKINNY_UNIT : g->N;
+    float *C = g->C + n0, *buf = NULL;
+    int64_t ldc = g->ldc, w = n1 - n0;
+    if (!g->tb && g->M > 1 && g->ldc % 1024 == 0) {
+        int64_t ldw = round_up(w, 16) + 16;
+        if ((buf = tnn__thread_buf(TNN_TBUF_PACK_B, (size_t)(g->M * ldw)))) C = buf, ldc = ldw;
+    }
+    /* columns n0.. of op(B) as columns 0.. */
+    int64_t boff = g->tb ? n0 * g->ldb : n0;
     if (g->mode == GEMM_WIDEN) {
         tnn__gemm_skinny_bf16_fn f = g->kr->skinny_widen ? g->kr->skinny_widen
                                                          : skinny_widen_generic;
-        f(g->tb, g->M, g->K, g->A, g->Bh, g->ldb, g->C, g->ldc, n0, n1);
+        f(g->tb, g->M, g->K, g->A, g->Bh + boff, g->ldb, C, ldc, 0, w);
     } else {
         tnn__gemm_skinny_fn f = g->kr->skinny ? g->kr->skinny : skinny_generic;
-        f(g->tb, g->M, g->K, g->A, g->B, g->ldb, g->C, g->ldc, n0, n1);
+        f(g->tb, g->M, g->K, g->A, g->B + boff, g->ldb, C, ldc, 0, w);
     }
+    if (buf)
+        for (int64_t i = 0; i < g->M; i++)
+            memcpy(g->C + i * g->ldc + n0, buf + i * ldc, (size_t)w * sizeof(float));
     if (g->epi) g->epi->fn(g->epi->ctx, 0, g->M, n0, n1);
 }
 
