@@ -6,7 +6,9 @@
  * per function by default).
  */
 #include "harness.h"
+#include "ops/kernels.h"
 #include "ops/vmath.h"
+#include "quant/quant.h"
 
 #include <float.h>
 
@@ -275,11 +277,73 @@ static void test_exp_le0(void) {
     CHECK(bad == 0, "tnn_vexp_le0 differs from tnn_vexp at %lld of %lld points", bad, n_all);
 }
 
+/* layer_norm_back's row sums: the AVX2 loop (three chains side by side) and
+ * the portable passes (TNN_KERNEL=scalar) give the same bits, on widths
+ * with and without a tail of 8, and both agree with a double reference. */
+static void test_layer_norm_back_kernels(void) {
+    static const int widths[] = {1, 7, 8, 9, 63, 100, 1031};
+    for (size_t w = 0; w < sizeof widths / sizeof widths[0]; w++) {
+        int n = widths[w], rows = 3;
+        size_t len = (size_t)rows * n;
+        float *x = malloc(len * sizeof *x), *g = malloc(len * sizeof *g);
+        float *d0 = malloc(len * sizeof *d0), *d1 = malloc(len * sizeof *d1);
+        for (size_t i = 0; i < len; i++) x[i] = (float)th_sym(3.0) + 0.5f, g[i] = (float)th_sym(1.0);
+        /* the sums themselves, bit for bit, in every kernel, on values of
+         * magnitudes 2^-40 .. 2^40 (double sums of like floats are exact
+         * in any order, so these are what tell the orders apart) */
+        float *xw = malloc(len * sizeof *xw), *gw = malloc(len * sizeof *gw);
+        for (size_t i = 0; i < len; i++) {
+            xw[i] = (float)ldexp(th_sym(1.0), (int)(th_uniform() * 80) - 40);
+            gw[i] = (float)ldexp(th_sym(1.0), (int)(th_uniform() * 80) - 40);
+        }
+        for (int kid = 0; kid < TNN_QK_COUNT; kid++) {
+            if (!tnn__quant_kernel_supported(kid)) continue;
+            CHECK_OK(tnn__quant_set_kernel(kid));
+            double sx, sg, sgx;
+            tnn__k_ln_sums(xw, gw, len, &sx, &sg, &sgx);
+            CHECK(sx == tnn_vsum_d(xw, len) && sg == tnn_vsum_d(gw, len) &&
+                      sgx == tnn_vdot_d(gw, xw, len),
+                  "n=%d: kernel %s: row sums not in the lane order", (int)len,
+                  tnn__quant_kernel_name(kid));
+        }
+        free(xw), free(gw);
+        CHECK_OK(tnn__quant_set_kernel(TNN_QK_SCALAR));
+        tnn__k_layer_norm_back(g, x, d0, rows, n, 1e-5);
+        if (tnn__quant_kernel_supported(TNN_QK_AVX2)) {
+            CHECK_OK(tnn__quant_set_kernel(TNN_QK_AVX2));
+            tnn__k_layer_norm_back(g, x, d1, rows, n, 1e-5);
+            CHECK(memcmp(d0, d1, len * sizeof *d0) == 0, "n=%d: avx2 and portable sums differ", n);
+        }
+        CHECK_OK(tnn__quant_set_kernel(TNN_QK_AUTO));
+        for (int r = 0; r < rows; r++) {
+            const float *xr = x + (size_t)r * n, *gr = g + (size_t)r * n;
+            double m = 0, v = 0, mg = 0, mgx = 0;
+            for (int j = 0; j < n; j++) m += xr[j];
+            m /= n;
+            for (int j = 0; j < n; j++) v += (xr[j] - m) * (xr[j] - m);
+            double rs = 1.0 / sqrt(v / n + 1e-5);
+            for (int j = 0; j < n; j++) mg += gr[j], mgx += gr[j] * (xr[j] - m) * rs;
+            mg /= n, mgx /= n;
+            double worst = 0;
+            for (int j = 0; j < n; j++) {
+                double xh = (xr[j] - m) * rs, want = rs * (gr[j] - mg - xh * mgx);
+                double bound = 1e-5 * (rs * (fabs(gr[j]) + fabs(mg)) + fabs(xh * mgx) * rs) + 1e-30;
+                double e = fabs(d0[(size_t)r * n + j] - want) / bound;
+                if (e > worst) worst = e;
+            }
+            CHECK(worst <= 1.0, "n=%d row %d: layer_norm_back vs double: %g of the bound", n, r,
+                  worst);
+        }
+        free(x), free(g), free(d0), free(d1);
+    }
+}
+
 int main(void) {
     test_reductions();
     test_exp_le0();
     test_edges();
     test_sweeps();
     test_ops();
+    test_layer_norm_back_kernels();
     return th_finish("test_vmath");
 }

@@ -38,6 +38,12 @@ void tnn__k_layer_norm(const float *x, const float *gamma, const float *beta, fl
                        int64_t rows, int64_t cols, double eps);
 void tnn__k_layer_norm_back(const float *g, const float *x, float *dx, int64_t rows,
                             int64_t cols, double eps);
+/* layer_norm_back's row sums: *sx = tnn_vsum_d(x, n), *sg = tnn_vsum_d(g, n),
+ * *sgx = tnn_vdot_d(g, x, n) (vmath.h's lane order), through the kernel of
+ * the quantized kernels' choice (AVX2, or the portable passes): the same
+ * bits. Exposed for the tests. */
+void tnn__k_ln_sums(const float *x, const float *g, int64_t n, double *sx, double *sg,
+                    double *sgx);
 
 /* out (batch, cols, rows) = transpose of a (batch, rows, cols). */
 void tnn__k_transpose(const float *a, float *out, int64_t batch, int64_t rows, int64_t cols);
