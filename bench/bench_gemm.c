@@ -6,13 +6,17 @@
  * weights, with its error against tinynn's f32 product. Prints tables and
  * writes JSON to bench/results/gemm.json.
  *
- * Usage: bench_gemm [--reps N] [--quick] [--no-scalar] [--no-big] [--no-bf16]
- *                   [--threads 1|2] [--out FILE]
+ * Usage: bench_gemm [--reps N] [--passes N] [--quick] [--no-scalar] [--no-big]
+ *                   [--no-bf16] [--threads 1|2] [--out FILE]
  *
  * Method: tinynn and OpenBLAS repetitions alternate (OpenBLAS in a forked
  * child each time, so its spinning threads never share the cores with
- * tinynn), each timed call preceded by a warm-up call; best and median of
- * the repetitions; the "other" column says how busy the machine was.
+ * tinynn), each timed call preceded by a warm-up call. The f32 table is
+ * measured in --passes passes (default 2) over all its rows, so that each
+ * row's repetitions come from moments a minute or more apart (on a shared
+ * VM a core can be taken away for seconds, a whole row's worth); best and
+ * median are over all the repetitions of both libraries alike. The "other"
+ * column says how busy the machine was (what /proc/stat can see).
  */
 #include "tinynn.h"
 
@@ -174,6 +178,8 @@ typedef struct {
 enum { IMPL_TNN, IMPL_SCALAR, IMPL_BF16 };
 
 static int g_reps = 7;
+static int g_passes = 2;
+#define MAX_SAMPLES 128 /* repetitions x passes */
 /* The bf16 weights (B rounded) that IMPL_BF16 multiplies, same layout as B. */
 static const uint16_t *g_bf16_b;
 
@@ -369,15 +375,15 @@ static gstat stats(double *t, int n, double flops) {
  * moments of a shared, noisy machine (the 2-thread figures above all: the
  * host does not always run both virtual CPUs at once). */
 static void measure_pair(int impl, int threads, const shape *s, const float *A, const float *B,
-                         float *C, float *C2, gstat *tnn, gstat *blas, bool *has_blas,
+                         float *C, float *C2, double *tt, double *tb, bool *has_blas,
                          double *diff) {
-    double tt[64], tb[64], flops = 2.0 * s->M * (double)s->N * s->K;
     tnn_set_num_threads(threads);
     tnn__gemm_set_kernel(TNN_GEMM_AUTO);
     *has_blas = blas_present;
     if (run_once(impl, s, A, B, C)) { /* warm-up: buffers, pages, threads */
         fprintf(stderr, "gemm failed: %s\n", tnn_last_error());
         *has_blas = false;
+        for (int r = 0; r < g_reps; r++) tt[r] = tb[r] = INFINITY; /* 0 GFLOP/s */
         return;
     }
     for (int r = 0; r < g_reps; r++) {
@@ -397,8 +403,6 @@ static void measure_pair(int impl, int threads, const shape *s, const float *A, 
             *diff = br.diff;
         }
     }
-    *tnn = stats(tt, g_reps, flops);
-    if (*has_blas) *blas = stats(tb, g_reps, flops);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -408,6 +412,8 @@ typedef struct {
     int threads;
     gstat tnn, scalar, blas;
     bool has_scalar, has_blas;
+    double t_tnn[MAX_SAMPLES], t_blas[MAX_SAMPLES]; /* seconds, all passes */
+    int n_samples;
     double diff;  /* against OpenBLAS */
     double other; /* cores busy with other work meanwhile (-1: unknown) */
     bool scalar_same; /* scalar twin bit-identical to the fast kernel */
@@ -447,7 +453,8 @@ static void write_json(const char *path, const row *rows, int n, const double *p
                        int max_threads, const char *kernel) {
     FILE *f = bench_json_open(path, "gemm_f32");
     if (!f) return;
-    fprintf(f, "  \"kernel\": \"%s\",\n  \"reps\": %d,\n", kernel, g_reps);
+    fprintf(f, "  \"kernel\": \"%s\",\n  \"reps\": %d,\n  \"passes\": %d,\n", kernel, g_reps,
+            g_passes);
     fprintf(f, "  \"openblas\": %s%s%s,\n", blas_present ? "\"" : "",
             blas_present ? blas_config : "null", blas_present ? "\"" : "");
     fprintf(f, "  \"fma_peak_gflops\": {");
@@ -546,7 +553,11 @@ static row bf16_row(int threads, const shape *s, bool twin) {
     if (tnn__gemm_f32(s->ta, s->tb, s->M, s->N, s->K, A, lda, B, ldb, Cf, s->N))
         fprintf(stderr, "gemm failed: %s\n", tnn_last_error());
     load_mark l0 = load_now();
-    measure_pair(IMPL_BF16, threads, s, A, B, C, C2, &r.tnn, &r.blas, &r.has_blas, &r.diff);
+    measure_pair(IMPL_BF16, threads, s, A, B, C, C2, r.t_tnn, r.t_blas, &r.has_blas, &r.diff);
+    double flops = 2.0 * s->M * (double)s->N * s->K;
+    r.n_samples = g_reps;
+    r.tnn = stats(r.t_tnn, g_reps, flops);
+    if (r.has_blas) r.blas = stats(r.t_blas, g_reps, flops);
     r.other = other_load(l0, load_now());
     block_err(C, s->N, Cf, s->N, s->M, s->N, &r.err_max, &r.err_rms);
     if (twin && tnn__gemm_bf16_auto_path() == TNN_GEMM_BF16_WIDEN) {
@@ -568,6 +579,7 @@ int main(int argc, char **argv) {
     int only_threads = 0; /* 0: 1 and 2 */
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc) g_reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--passes") && i + 1 < argc) g_passes = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--out") && i + 1 < argc) out = argv[++i];
         else if (!strcmp(argv[i], "--quick")) quick = true;
         else if (!strcmp(argv[i], "--no-scalar")) scalar = false;
@@ -576,17 +588,21 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) only_threads = atoi(argv[++i]);
         else {
             fprintf(stderr,
-                    "usage: %s [--reps N] [--quick] [--no-scalar] [--no-big] [--no-bf16] "
-                    "[--threads 1|2] [--out FILE]\n",
+                    "usage: %s [--reps N] [--passes N] [--quick] [--no-scalar] [--no-big] "
+                    "[--no-bf16] [--threads 1|2] [--out FILE]\n",
                     argv[0]);
             return 2;
         }
     }
     if (g_reps < 3) g_reps = 3;
     if (g_reps > 64) g_reps = 64;
+    if (g_passes < 1) g_passes = 1;
+    if (g_passes * g_reps > MAX_SAMPLES) g_passes = MAX_SAMPLES / g_reps;
 
     const char *kernel = tnn__gemm_kernel_name(tnn__gemm_get_kernel());
-    printf("tinynn gemm bench: kernel %s, %d repetitions (best and median)\n", kernel, g_reps);
+    printf("tinynn gemm bench: kernel %s, %d repetitions in each of %d passes (best and median "
+           "of all)\n",
+           kernel, g_reps, g_passes);
     blas_probe();
 
     const int max_threads = 2;
@@ -610,39 +626,58 @@ int main(int argc, char **argv) {
     static const struct { bool ta, tb; const char *name; } cases[] = {
         {false, false, "NN"}, {false, true, "NT"}, {true, false, "TN"}};
 
-    row rows[256];
+    static row rows[256];
     int nrows = 0;
-    for (int t = 1; t <= max_threads; t++) {
-        if (only_threads && t != only_threads) continue;
-        print_header();
-        for (int b = 0; b < nbase; b++) {
-            bool is_big = base[b][0] == 2048;
-            if (is_big && !big) continue;
-            if (quick && b != 3 && b != 6) continue;
-            for (int c = 0; c < 3; c++) {
-                if (is_big && c != 0) continue; /* 2048^3: NN only */
-                shape s = {base[b][0], base[b][1], base[b][2], cases[c].ta, cases[c].tb,
-                           cases[c].name};
-                size_t na = (size_t)s.M * s.K, nb = (size_t)s.K * s.N, nc = (size_t)s.M * s.N;
-                float *A = alloc_fill(na, 1), *B = alloc_fill(nb, 2), *C = alloc_fill(nc, 3);
-                float *C2 = alloc_fill(nc, 4);
-                row r = {.s = s, .threads = t};
-                load_mark l0 = load_now();
-                measure_pair(IMPL_TNN, t, &s, A, B, C, C2, &r.tnn, &r.blas, &r.has_blas,
-                             &r.diff);
-                /* The scalar twin on a subset: it is slow. */
-                if (scalar && c == 0 && (s.M * (double)s.N * s.K <= 512.0 * 768 * 768)) {
-                    r.scalar = measure(IMPL_SCALAR, t, &s, A, B, C2);
-                    r.has_scalar = true;
-                    r.scalar_same = memcmp(C, C2, nc * sizeof(float)) == 0;
-                    if (!r.scalar_same) printf("WARNING: the scalar twin and %s differ\n", kernel);
+    for (int pass = 0; pass < g_passes; pass++) {
+        bool last = pass == g_passes - 1;
+        if (!last) printf("\npass %d of %d over the f32 rows...\n", pass + 1, g_passes);
+        int idx = 0;
+        for (int t = 1; t <= max_threads; t++) {
+            if (only_threads && t != only_threads) continue;
+            if (last) print_header();
+            for (int b = 0; b < nbase; b++) {
+                bool is_big = base[b][0] == 2048;
+                if (is_big && !big) continue;
+                if (quick && b != 3 && b != 6) continue;
+                for (int c = 0; c < 3; c++) {
+                    if (is_big && c != 0) continue; /* 2048^3: NN only */
+                    if (idx >= 256) continue;
+                    shape s = {base[b][0], base[b][1], base[b][2], cases[c].ta, cases[c].tb,
+                               cases[c].name};
+                    size_t na = (size_t)s.M * s.K, nb = (size_t)s.K * s.N,
+                           nc = (size_t)s.M * s.N;
+                    float *A = alloc_fill(na, 1), *B = alloc_fill(nb, 2), *C = alloc_fill(nc, 3);
+                    float *C2 = alloc_fill(nc, 4);
+                    row *r = &rows[idx++];
+                    if (pass == 0) *r = (row){.s = s, .threads = t, .has_blas = true};
+                    load_mark l0 = load_now();
+                    bool has_blas;
+                    measure_pair(IMPL_TNN, t, &s, A, B, C, C2, r->t_tnn + r->n_samples,
+                                 r->t_blas + r->n_samples, &has_blas, &r->diff);
+                    r->n_samples += g_reps;
+                    r->has_blas = r->has_blas && has_blas;
+                    /* The scalar twin on a subset (it is slow), in the first pass. */
+                    if (pass == 0 && scalar && c == 0 &&
+                        (s.M * (double)s.N * s.K <= 512.0 * 768 * 768)) {
+                        r->scalar = measure(IMPL_SCALAR, t, &s, A, B, C2);
+                        r->has_scalar = true;
+                        r->scalar_same = memcmp(C, C2, nc * sizeof(float)) == 0;
+                        if (!r->scalar_same)
+                            printf("WARNING: the scalar twin and %s differ\n", kernel);
+                    }
+                    double other = other_load(l0, load_now());
+                    if (pass == 0 || other > r->other) r->other = other;
+                    if (last) {
+                        double flops = 2.0 * s.M * (double)s.N * s.K;
+                        r->tnn = stats(r->t_tnn, r->n_samples, flops);
+                        if (r->has_blas) r->blas = stats(r->t_blas, r->n_samples, flops);
+                        print_row(r, peak[t]);
+                    }
+                    free(A), free(B), free(C), free(C2);
                 }
-                r.other = other_load(l0, load_now());
-                print_row(&r, peak[t]);
-                if (nrows < 256) rows[nrows++] = r;
-                free(A), free(B), free(C), free(C2);
             }
         }
+        nrows = idx;
     }
     printf("\n%% peak = best GFLOP/s / FMA-loop peak of the same thread count (tnn / openblas)\n"
            "other = cores kept busy by other processes (and steal) during the row: above ~0.2\n"
