@@ -365,11 +365,11 @@ INL void skinny_nb(int M, bool h, int64_t K, const float *ap, const void *B, int
         if (M > 1) {
             /* The second group runs one step behind the first (columns
              * j - 16): right after the first group stores C at columns j,
-             * loads of B at the same columns would share those stores'
-             * address bits 0-11 whenever B's and C's rows are 4 KiB
-             * multiples apart (4096 columns): the core then holds each
-             * load until the store has gone (3.4 -> 9.6 GB/s, 8x4096x4096,
-             * one thread). */
+             * loads of B at the same columns share those stores' address
+             * bits 0-11 when B's and C's rows are 4 KiB multiples apart,
+             * and the core holds such a load until the store has gone. (On
+             * its own this took 8x4096x4096 on one thread from 3.4 to 5.1
+             * GB/s; gemm.c's buffer for such C does the rest.) */
             int64_t jp = -1; /* the first group's previous columns */
             for (; j + 8 * NBV <= nv; j += 8 * NBV) {
                 if (kn == 8) {

@@ -61,8 +61,8 @@ TNN_VEC_CLONES static void ln_range(void *p, int64_t lo, int64_t hi) {
  * against 0.73 for three passes). Each pass is a chain of double adds,
  * 3 cycles per 8 elements; the AVX2 loop below runs the three chains side
  * by side (0.51 ns in cache, 1.52 -> 1.12 from memory). */
-static void ln_sums(const float *x, const float *g, int64_t n, double *sx, double *sg,
-                    double *sgx) {
+TNN_VEC_CLONES static void ln_sums(const float *x, const float *g, int64_t n, double *sx,
+                                   double *sg, double *sgx) {
     *sx = tnn_vsum_d(x, n);
     *sg = tnn_vsum_d(g, n);
     *sgx = tnn_vdot_d(g, x, n);
@@ -100,15 +100,20 @@ __attribute__((target("avx2"))) static void ln_sums_avx2(const float *x, const f
 }
 #endif
 
+typedef void (*ln_sums_fn)(const float *x, const float *g, int64_t n, double *sx, double *sg,
+                           double *sgx);
+
+/* The quantized kernels' choice (TNN_KERNEL=scalar: the portable passes). */
+static ln_sums_fn ln_sums_kernel(void) {
+#if defined(TNN_LN_AVX2)
+    if (tnn__quant_get_kernel() == TNN_QK_AVX2) return ln_sums_avx2;
+#endif
+    return ln_sums;
+}
+
 void tnn__k_ln_sums(const float *x, const float *g, int64_t n, double *sx, double *sg,
                     double *sgx) {
-#if defined(TNN_LN_AVX2)
-    if (tnn__quant_get_kernel() == TNN_QK_AVX2) {
-        ln_sums_avx2(x, g, n, sx, sg, sgx);
-        return;
-    }
-#endif
-    ln_sums(x, g, n, sx, sg, sgx);
+    ln_sums_kernel()(x, g, n, sx, sg, sgx);
 }
 
 /* y = xhat with xhat = (x - mean) rstd; given g = dL/dy:
@@ -117,19 +122,12 @@ void tnn__k_ln_sums(const float *x, const float *g, int64_t n, double *sx, doubl
 TNN_VEC_CLONES static void ln_back_range(void *p, int64_t lo, int64_t hi) {
     const ln_ctx *c = p;
     int64_t n = c->cols;
-#if defined(TNN_LN_AVX2)
-    bool avx2 = tnn__quant_get_kernel() == TNN_QK_AVX2; /* TNN_KERNEL=scalar: the twin */
-#endif
+    ln_sums_fn sums = ln_sums_kernel();
     for (int64_t r = lo; r < hi; r++) {
         const float *x = c->x + r * n, *g = c->g + r * n;
         float *dx = c->out + r * n;
         double sx, sg, sgx;
-#if defined(TNN_LN_AVX2)
-        if (avx2)
-            ln_sums_avx2(x, g, n, &sx, &sg, &sgx);
-        else
-#endif
-            ln_sums(x, g, n, &sx, &sg, &sgx);
+        sums(x, g, n, &sx, &sg, &sgx);
         double mean = sx / (double)n;
         double rstd = 1.0 / sqrt(tnn_vsqdev_d(x, mean, n) / (double)n + c->eps);
         double mg = sg / (double)n, mgx = rstd * (sgx - mean * sg) / (double)n;
