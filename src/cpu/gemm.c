@@ -198,6 +198,7 @@ typedef struct {
     const tnn__gemm_kernel *kr;     /* GEMM_F32, GEMM_WIDEN */
     const tnn__gemm_dot_kernel *dk; /* GEMM_DOT */
     int mr, nr, mc, kc, nc, nc_small; /* the micro-kernel's tile and blocks */
+    int nc_small_t;                   /* nc_small when B is transposed (0: nc_small) */
     bool ta, tb;
     int64_t M, N, K;
     const float *A;
@@ -421,7 +422,7 @@ static void gemm_block(gemm_job *g, int64_t m0, int64_t m1, int64_t n0, int64_t 
      * keep it for every column panel; B panels are then used once right
      * after packing, so they are kept small enough to stay in L2. */
     bool a_once = mspan <= MC && mc_pad * depth(g, K) <= GEMM_A_ONCE_MAX;
-    if (a_once) NC = g->nc_small;
+    if (a_once) NC = g->tb && g->nc_small_t ? g->nc_small_t : g->nc_small;
     int64_t nc_pad = round_up(nspan < NC ? nspan : NC, g->nr);
     size_t a_size = (size_t)(mc_pad * depth(g, a_once ? K : kc_max));
     pack_bufs bufs, *pb = &bufs;
@@ -612,6 +613,7 @@ int tnn__gemm_f32_epi(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const f
                   .tb = tb, .M = M, .N = N, .K = K, .A = A, .lda = lda, .B = B, .ldb = ldb,
                   .C = C, .ldc = ldc, .epi = epi};
     set_geometry(&g, g.kr->mr, g.kr->nr, g.kr->mc, g.kr->kc, g.kr->nc, g.kr->nc_small);
+    g.nc_small_t = g.kr->nc_small_t;
     atomic_init(&g.status, TNN_OK);
     if (M <= TNN_GEMM_SKINNY_M && N >= SKINNY_UNIT) return gemm_skinny(&g);
     return gemm_packed(&g);
@@ -663,6 +665,7 @@ int tnn__gemm_bf16_epi(int path, bool ta, bool tb, int64_t M, int64_t N, int64_t
         g.mode = GEMM_WIDEN;
         g.kr = kernel_table(tnn__gemm_get_kernel());
         set_geometry(&g, g.kr->mr, g.kr->nr, g.kr->mc, g.kr->kc, g.kr->nc, g.kr->nc_small);
+        g.nc_small_t = g.kr->nc_small_t;
         if (M <= TNN_GEMM_SKINNY_M && N >= SKINNY_UNIT) return gemm_skinny(&g);
     } else {
         g.mode = GEMM_DOT;

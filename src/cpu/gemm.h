@@ -75,6 +75,7 @@ typedef struct {
     int mr, nr;         /* register tile (mr <= TNN_GEMM_MR_MAX, nr <= TNN_GEMM_NR_MAX) */
     int mc, kc, nc;     /* cache blocks: mc a multiple of mr, nc of nr */
     int nc_small;       /* nc when op(A) is one block (few rows): B panels stay in L2 */
+    int nc_small_t;     /* the same when B is transposed (0: nc_small) */
     tnn__gemm_ukr_fn ukr;
     tnn__gemm_ukr_rows_fn ukr_rows; /* NULL: edge rows go through a buffer */
     tnn__gemm_pack_fn pack_t; /* NULL: the portable one in gemm.c */

@@ -462,10 +462,15 @@ const tnn__gemm_kernel tnn__gemm_kernel_avx2 = {
     .name = "avx2",
     .mr = MR, .nr = NR,
     /* A block 96 x 384 (144 KiB) and B micro-panel 384 x 16 (24 KiB) for L2
-     * and L1; B panel 384 x 1536 (L3), or 384 x 512 (L2) when A is one
-     * block. Deeper K blocks mean fewer passes reloading C (measured on Zen
-     * 4: ~5% over 256 deep, 3072 wide at 512x768x3072). */
-    .mc = 96, .kc = 384, .nc = 1536, .nc_small = 512,
+     * and L1; B panel 384 x 1536 (L3), or 384 x 512 when A is one block.
+     * Deeper K blocks mean fewer passes reloading C (measured on Zen 4: ~5%
+     * over 256 deep, 3072 wide at 512x768x3072). With A one block and B
+     * transposed, panels of 64 columns (96 KiB, in L2 when the micro-kernels
+     * read it; 512 is 768 KiB): 9-96 rows against 576-4096 x 1536-49152,
+     * +5-25% on 2 threads, +3-15% on one (A/B in one process). A
+     * non-transposed B keeps 512: its pack reads rows of the panel's width,
+     * and 64 made it slower (16x4096x4096: 0.9x). */
+    .mc = 96, .kc = 384, .nc = 1536, .nc_small = 512, .nc_small_t = 64,
     .ukr = ukr_avx2_6x16,
     .ukr_rows = ukr_avx2_rows,
     .pack_t = tnn__gemm_pack_t_avx2,
