@@ -12,12 +12,12 @@
  * Packing reads A and B through their (ta, tb) layouts, so no transpose pass
  * is needed; edge panels are padded with zeros; a block's last rows (fewer
  * than mr) take the kernel's short-tile variant straight into C where it
- * has one, other edge tiles go through a small buffer. K is cut into equal blocks (576 = 2 x 288). When op(A) is a
- * single block (few rows: an LM head, a small batch) it is packed once for
- * all column panels and the B panels are kept L2-sized. (Prefetching the
- * next B panel's source while the micro-kernels ran was dropped: on AMD
- * cores a software prefetch fills L1 too, and it slowed the micro-kernels
- * more than it sped the pack.)
+ * has one, other edge tiles go through a small buffer. K is cut into equal
+ * blocks (576 = 2 x 288). When op(A) is a single block (few rows: an LM
+ * head, a small batch) it is packed once for all column panels and the B
+ * panels are kept L2-sized. (Prefetching the next B panel's source while
+ * the micro-kernels ran was dropped: on AMD cores a software prefetch fills
+ * L1 too, and it slowed the micro-kernels more than it sped the pack.)
  *
  * Determinism: the first K block starts every accumulator from +0 and each
  * later block continues from the value stored in C, so each C element is ONE
