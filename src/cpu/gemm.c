@@ -233,8 +233,6 @@ static void pack_t_generic(float *restrict dst, const float *restrict src, int64
     }
 }
 
-/* Rows of the source the non-transposing pack reads side by side. */
-#define GEMM_PACK_ROWS 8
 
 /* dst[0:w] = s[0:n], zero past n. Inlined with w constant for the common
  * tile widths so the copy is a few vector moves. */
@@ -253,7 +251,7 @@ static inline __attribute__((always_inline)) void copy_run(float *restrict d,
 /* The non-transposing pack: for each k, a contiguous run src[k*lds + 0 : n]
  * is cut into panels of w (panel q at dst + q*w*kc, zero past n). Rows of a
  * wide matrix are far apart and each run is short (a few KiB), too short
- * for the hardware prefetcher, so GEMM_PACK_ROWS rows are read side by
+ * for the hardware prefetcher, so TNN_GEMM_PACK_ROWS rows are read side by
  * side, panel by panel: eight independent streams of misses in flight. (It
  * replaced copying row by row with a software prefetch 4 rows ahead: 1-11%
  * faster products on the VM, A/B in one process; docs/PERFORMANCE.md.) */
@@ -262,10 +260,10 @@ static inline __attribute__((always_inline)) void pack_n_w(float *restrict dst,
                                                            int64_t lds, int64_t kc, int64_t n,
                                                            int w) {
     int64_t k = 0;
-    for (; k + GEMM_PACK_ROWS <= kc; k += GEMM_PACK_ROWS)
+    for (; k + TNN_GEMM_PACK_ROWS <= kc; k += TNN_GEMM_PACK_ROWS)
         for (int64_t q = 0; q < n; q += w) {
             int64_t m = n - q < w ? n - q : w;
-            for (int r = 0; r < GEMM_PACK_ROWS; r++)
+            for (int r = 0; r < TNN_GEMM_PACK_ROWS; r++)
                 copy_run(dst + q * kc + (k + r) * w, src + (k + r) * lds + q, m, w);
         }
     for (; k < kc; k++)

@@ -42,6 +42,11 @@ typedef void (*tnn__gemm_ukr_fn)(int64_t kc, const float *a, const float *b, flo
 typedef void (*tnn__gemm_ukr_rows_fn)(int m, int64_t kc, const float *a, const float *b,
                                       float *c, int64_t ldc, int load_c);
 
+/* Rows of the source the non-transposing packs (gemm.c's pack_n and
+ * gemm_bf16.c's pack_n_widen) read side by side, panel by panel: several
+ * streams of misses in flight rather than one row at a time. */
+#define TNN_GEMM_PACK_ROWS 8
+
 /* The transposing pack: dst[k*w + c] = src[c*lds + k] for c < valid and
  * k < kc, and 0 for valid <= c < w. It packs the panels whose source runs
  * along k: op(A) when A is not transposed, op(B) when B is. dst is 32-byte

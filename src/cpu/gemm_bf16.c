@@ -80,11 +80,7 @@ void tnn__gemm_bf16_pack_t_widen(float *restrict dst, const uint16_t *restrict s
     }
 }
 
-/* Rows read side by side by the non-transposing pack (as gemm.c's pack_n:
- * several streams of misses in flight rather than one row at a time). */
-#define PACK_ROWS 8
-
-/* Row k of the panels: 8 bf16 of row k widened, zero past n. */
+/* d[0:w] = s[0:m] widened, zero past m (one row of a panel). */
 static inline void widen_row(float *restrict d, const uint16_t *restrict s, int64_t m, int w) {
     int64_t c = 0;
     for (; c < m; c++) d[c] = widen(s[c]);
@@ -94,10 +90,10 @@ static inline void widen_row(float *restrict d, const uint16_t *restrict s, int6
 void tnn__gemm_bf16_pack_n_widen(float *restrict dst, const uint16_t *restrict src, int64_t lds,
                                  int64_t kc, int64_t n, int w) {
     int64_t k = 0;
-    for (; k + PACK_ROWS <= kc; k += PACK_ROWS)
+    for (; k + TNN_GEMM_PACK_ROWS <= kc; k += TNN_GEMM_PACK_ROWS)
         for (int64_t q = 0; q < n; q += w) {
             int64_t m = n - q < w ? n - q : w;
-            for (int r = 0; r < PACK_ROWS; r++)
+            for (int r = 0; r < TNN_GEMM_PACK_ROWS; r++)
                 widen_row(dst + q * kc + (k + r) * w, src + (k + r) * lds + q, m, w);
         }
     for (; k < kc; k++)
