@@ -46,15 +46,22 @@ static cu_rope rope_params(const tnn_tensor *t) {
     return r;
 }
 
-/* Pair i of a head of row r: the elements' offsets a and b in the head and
- * their rotated values (the angle in double as on the CPU). */
-__device__ __forceinline__ void cu_rope_pair(const cu_rope &c, const float *head, int64_t r,
-                                             int64_t i, int64_t *a, int64_t *b, float *ya,
-                                             float *yb) {
+/* The rotation of pair i of row r: its cosine and sine (the angle in
+ * double as on the CPU). */
+__device__ __forceinline__ void cu_rope_angle(const cu_rope &c, int64_t r, int64_t i, float *cs,
+                                              float *sn) {
     double p = c.pos ? (double)c.pos[r] : (double)(r % c.seq_len);
     double th = p * pow(c.base, -2.0 * (double)i / (double)c.hd);
     if (c.factors) th /= (double)c.factors[i];
-    float cs = (float)cos(th), sn = (float)(c.sign * sin(th));
+    *cs = (float)cos(th);
+    *sn = (float)(c.sign * sin(th));
+}
+
+/* Pair i of a head, rotated by (cs, sn): the elements' offsets a and b in
+ * the head and their rotated values. */
+__device__ __forceinline__ void cu_rope_apply(const cu_rope &c, const float *head, int64_t i,
+                                              float cs, float sn, int64_t *a, int64_t *b,
+                                              float *ya, float *yb) {
     *a = c.mode ? i : 2 * i;
     *b = c.mode ? i + c.hd / 2 : 2 * i + 1;
     float x0 = head[*a], x1 = head[*b];
@@ -62,9 +69,22 @@ __device__ __forceinline__ void cu_rope_pair(const cu_rope &c, const float *head
     *yb = x0 * sn + x1 * cs;
 }
 
-/* One thread per (row, head, pair). */
-__global__ void k_rope(const float *x, float *o, int64_t rows, cu_rope c, cu_rope_dst dst) {
-    int64_t half = c.hd / 2, p0 = 0;
+/* Whether a kernel may read c's positions and factors before cu_pdl_wait(). */
+static bool rope_settled(const tnn_tensor *t) {
+    return cu_settled(t->src[1]) && cu_settled(t->src[2]);
+}
+
+/* One thread per (row, head, pair); early: the angle of the thread's first
+ * pair is taken before cu_pdl_wait() (rope_settled). */
+__global__ void k_rope(const float *x, float *o, int64_t rows, cu_rope c, cu_rope_dst dst,
+                       bool early) {
+    int64_t half = c.hd / 2, p0 = 0, total = rows * c.n_head * half;
+    int64_t f0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    float cs0 = 0.0f, sn0 = 0.0f;
+    if (!early) cu_pdl_wait();
+    if (f0 < total) cu_rope_angle(c, f0 / (half * c.n_head), f0 % half, &cs0, &sn0);
+    cu_pdl_wait();
+    cu_pdl_next();
     if (dst.cache) {
         p0 = dst.pos[0];
         if (p0 < 0 || p0 + rows > dst.ctx) {
@@ -73,10 +93,11 @@ __global__ void k_rope(const float *x, float *o, int64_t rows, cu_rope c, cu_rop
             return;
         }
     }
-    CU_FOR(f, rows * c.n_head * half) {
+    CU_FOR(f, total) {
         int64_t i = f % half, h = (f / half) % c.n_head, r = f / (half * c.n_head), a, b;
-        float ya, yb;
-        cu_rope_pair(c, x + r * c.n_head * c.hd + h * c.hd, r, i, &a, &b, &ya, &yb);
+        float ya, yb, cs = cs0, sn = sn0;
+        if (f != f0) cu_rope_angle(c, r, i, &cs, &sn);
+        cu_rope_apply(c, x + r * c.n_head * c.hd + h * c.hd, i, cs, sn, &a, &b, &ya, &yb);
         int64_t at = (p0 + r) * c.n_head * c.hd + h * c.hd;
         if (!dst.cache) {
             o[at + a] = ya;
@@ -94,8 +115,8 @@ __global__ void k_rope(const float *x, float *o, int64_t rows, cu_rope c, cu_rop
 static int rope(const tnn_tensor *t, float *out, const cu_rope_dst &dst) {
     cu_rope c = rope_params(t);
     int64_t rows = t->shape[0];
-    TNN_LAUNCH(k_rope, cu_blocks(rows * c.n_head * (c.hd / 2)), CU_THREADS, 0, tnn__cu.stream,
-               CF(t->src[0]), out, rows, c, dst);
+    TNN_LAUNCH_PDL(k_rope, cu_blocks(rows * c.n_head * (c.hd / 2)), CU_THREADS, 0,
+                   tnn__cu.stream, CF(t->src[0]), out, rows, c, dst, rope_settled(t));
     return tnn__cu_launched("tnn_rope");
 }
 
@@ -415,13 +436,21 @@ template <typename T, int U>
 __global__ void __launch_bounds__(32 * AD_WARPS)
     k_attn_decode(const float *q, const T *kc, const T *vc, float *part, int *count, float *out,
                   int64_t n, int64_t ctx, int64_t H, int64_t Hkv, int64_t hd, float scale,
-                  int64_t nsplit, bool vec, const int32_t *pos, cu_rope qrope, tnn_cu_fault *fault,
-                  int node) {
+                  int64_t nsplit, bool vec, const int32_t *pos, cu_rope qrope, bool early,
+                  tnn_cu_fault *fault, int node) {
     __shared__ float qs[32 * U];
     __shared__ float wm[AD_WARPS], wl[AD_WARPS];
     __shared__ float wo[AD_WARPS][32 * U];
     int lane = threadIdx.x & 31, wi = threadIdx.x >> 5;
-    int64_t task = blockIdx.y, sp = blockIdx.x, p = pos[0];
+    int64_t task = blockIdx.y, sp = blockIdx.x;
+    /* early (the positions are settled and no node of this compute writes
+     * cache rows before them): q's rotation angles and the rows older than
+     * the position are read while the kernel before finishes */
+    float qcs = 0.0f, qsn = 0.0f;
+    if (!early) cu_pdl_wait();
+    if (qrope.n_head && threadIdx.x < hd / 2)
+        cu_rope_angle(qrope, task / H, threadIdx.x, &qcs, &qsn);
+    int64_t p = pos[0];
     if (p < 0 || p + n > ctx) {
         if (task == 0 && sp == 0 && threadIdx.x == 0)
             cu_fault(fault, CU_FAULT_CACHE, node, p, p + n - 1, ctx);
@@ -435,20 +464,26 @@ __global__ void __launch_bounds__(32 * AD_WARPS)
      * 32 value rows are loaded first, in flight while q is staged */
     constexpr bool PRE = U <= 2;
     float kpre[PRE ? 32 * U : 1], vpre[PRE ? 32 : 1][U];
-    if (PRE && j0 <= last) {
+    auto preload = [&]() {
         if (j <= last) ad_key_load<U>(kc + j * kw + kh * hd, hd, vec, kpre);
 CU_UNROLL(32)
         for (int jj = 0; jj < 32; jj++) {
             int64_t jr = j0 + jj <= last ? j0 + jj : last;
             cu_load_head<T, U>(vc + jr * kw + kh * hd, hd, lane, vpre[PRE ? jj : 0]);
         }
-    }
+    };
+    bool old = j0 + 31 < p; /* the warp's rows were all written before this compute */
+    if (PRE && j0 <= last && old) preload();
+    cu_pdl_wait();
+    cu_pdl_next();
+    if (PRE && j0 <= last && !old) preload();
     const float *qr = q + i * H * hd + h * hd;
     if (qrope.n_head) /* q is a RoPE node's input (folded in): rotate it here */
         for (int64_t d = threadIdx.x; d < hd / 2; d += blockDim.x) {
             int64_t a, b;
-            float ya, yb;
-            cu_rope_pair(qrope, qr, i, d, &a, &b, &ya, &yb);
+            float ya, yb, cs = qcs, sn = qsn;
+            if (d != threadIdx.x) cu_rope_angle(qrope, i, d, &cs, &sn);
+            cu_rope_apply(qrope, qr, d, cs, sn, &a, &b, &ya, &yb);
             qs[a] = ya;
             qs[b] = yb;
         }
@@ -545,6 +580,24 @@ CU_UNROLL((U <= 4 ? 32 : 8))
 /* Dispatch                                                                 */
 /* ------------------------------------------------------------------------ */
 
+/* Whether attention node t may read its position and the cache rows
+ * before it ahead of cu_pdl_wait(): the position is settled, and every node
+ * of the plan that writes either cache in place is a KV write at that same
+ * position (so this compute writes only rows from there on). */
+static bool kv_rows_settled(const tnn_tensor *t) {
+    const tnn_tensor *pos = t->src[3];
+    if (!cu_settled(pos)) return false;
+    const tnn_session *s = t->sess;
+    for (int32_t i = 0; i < s->n_plan; i++) {
+        const tnn_tensor *x = s->plan[i];
+        if ((x->flags & TNN_FLAG_ALIAS) && x->data &&
+            (x->data == t->src[1]->data || x->data == t->src[2]->data) &&
+            !(x->op == TNN_OP_KV_WRITE && x->src[2] == pos))
+            return false;
+    }
+    return true;
+}
+
 /* Attention over the cache; with qr (a RoPE node whose result is t's q and
  * nothing else's), q rotated inside the decoding kernel: TNN_ERR_UNSUPPORTED
  * (nothing launched) where that kernel does not run. */
@@ -553,6 +606,7 @@ static int cached(tnn_tensor *t, const tnn_tensor *qr = NULL) {
     cu_rope qrope;
     memset(&qrope, 0, sizeof qrope);
     if (qr) qrope = rope_params(qr);
+    bool early = (!qr || rope_settled(qr)) && kv_rows_settled(t);
     int64_t H = t->iparam[0], Hkv = t->iparam[1], n = q->shape[0], hd = q->shape[1] / H;
     if (hd > 32 * CU_HD_UNITS)
         return TNN_ERR(TNN_ERR_UNSUPPORTED, "head size %lld: the CUDA attention takes up to %d",
@@ -571,9 +625,9 @@ static int cached(tnn_tensor *t, const tnn_tensor *qr = NULL) {
         int *cnt = tnn__cu.counters;
         int units = hd <= 64 ? 2 : hd <= 128 ? 4 : CU_HD_UNITS;
 #define AD_LAUNCH(T, U)                                                                       \
-    TNN_LAUNCH(k_attn_decode<T COMMA U>, grid, 32 * AD_WARPS, 0, st, CF(q),                   \
-               (const T *)kc->data, (const T *)vc->data, part, cnt, FP(t), n, ctx, H, Hkv, hd,  \
-               scale, nsplit, vec, pos, qrope, tnn__cu.fault, t->id)
+    TNN_LAUNCH_PDL(k_attn_decode<T COMMA U>, grid, 32 * AD_WARPS, 0, st, CF(q),               \
+                   (const T *)kc->data, (const T *)vc->data, part, cnt, FP(t), n, ctx, H, Hkv,  \
+                   hd, scale, nsplit, vec, pos, qrope, early, tnn__cu.fault, t->id)
         if (f16)
             if (units == 2) AD_LAUNCH(uint16_t, 2);
             else if (units == 4) AD_LAUNCH(uint16_t, 4);

@@ -638,6 +638,8 @@ static void open_backend(void) {
     }
     memset(tnn__cu.fault, 0, sizeof *tnn__cu.fault);
     tnn__cu.sm_count = prop.multiProcessorCount;
+    const char *pdl = getenv("TNN_CUDA_PDL");
+    tnn__cu.pdl = prop.major >= 9 && !(pdl && !strcmp(pdl, "0"));
     if (!blas_open() || blas.create(&tnn__cu.blas) != 0 ||
         blas.set_stream(tnn__cu.blas, tnn__cu.stream) != 0) {
         tnn__cu.blas = NULL;
@@ -653,9 +655,10 @@ static void open_backend(void) {
         }
         cudaGetLastError();
     }
-    tnn__log(TNN_LOG_INFO, "CUDA backend: %s (sm_%d%d, %d SMs, %.1f GiB)%s", prop.name,
+    tnn__log(TNN_LOG_INFO, "CUDA backend: %s (sm_%d%d, %d SMs, %.1f GiB%s)%s", prop.name,
              prop.major, prop.minor, prop.multiProcessorCount,
-             (double)prop.totalGlobalMem / (1 << 30), TNN_CUDA_EMULATED ? " [emulated]" : "");
+             (double)prop.totalGlobalMem / (1 << 30), tnn__cu.pdl ? ", overlapped launches" : "",
+             TNN_CUDA_EMULATED ? " [emulated]" : "");
     opened = &cuda_backend;
 }
 

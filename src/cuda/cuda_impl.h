@@ -14,6 +14,8 @@ extern "C" {
 
 #include <stdint.h>
 
+#include <utility>
+
 #ifdef __CUDACC__
 #include <cuda_fp16.h>
 #endif
@@ -37,10 +39,63 @@ typedef struct tnn_cu_state {
     unsigned scratch_gen; /* bumped when the scratch moves (graphs hold its address) */
     int sm_count;
     int *counters;        /* CU_COUNTERS ints, 0 between kernels (attention.cu) */
+    int pdl;              /* launches through TNN_LAUNCH_PDL overlap (see there) */
 } tnn_cu_state;
 #define CU_COUNTERS 4096
 
 extern tnn_cu_state tnn__cu;
+
+/* Programmatic dependent launch (Hopper and later; TNN_CUDA_PDL=0 turns it
+ * off): a kernel launched with TNN_LAUNCH_PDL may start while the kernel
+ * before it on the stream still runs, so that it can read what no kernel of
+ * this compute writes (weights, RoPE angles, older KV cache rows, the
+ * positions uploaded before the compute) while its predecessor finishes.
+ * Such a kernel must call cu_pdl_wait() before it reads anything an earlier
+ * kernel wrote and before it writes anything, and then cu_pdl_next(), which
+ * lets the kernel after it start the same way; since every kernel passes its
+ * wait before that, all work two launches back has finished when a kernel
+ * starts. Elsewhere (an older GPU, the emulator, a plain launch) the two
+ * calls do nothing and the launch is an ordinary one. */
+#if defined(__CUDACC__)
+template <class... P, class... A>
+static inline void tnn_cu_launch_pdl(void (*k)(P...), dim3 grid, dim3 block, size_t smem,
+                                     cudaStream_t stream, int pdl, A &&...a) {
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cfg.attrs = attr;
+    cfg.numAttrs = pdl ? 1 : 0;
+    cudaLaunchKernelEx(&cfg, k, std::forward<A>(a)...);
+}
+#define TNN_LAUNCH_PDL(k, grid, block, smem, stream, ...)                                     \
+    tnn_cu_launch_pdl(k, dim3(grid), dim3(block), (size_t)(smem), (stream), tnn__cu.pdl,      \
+                      __VA_ARGS__)
+#else
+#define TNN_LAUNCH_PDL TNN_LAUNCH
+#endif
+__device__ __forceinline__ void cu_pdl_wait(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    cudaGridDependencySynchronize();
+#endif
+}
+__device__ __forceinline__ void cu_pdl_next(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    cudaTriggerProgrammaticLaunchCompletion();
+#endif
+}
+
+/* Whether a kernel may read t before cu_pdl_wait(): a leaf (uploaded data,
+ * written by no node) that is not a parameter (an update changes those).
+ * Not for KV caches, which KV_WRITE nodes fill in place. NULL: nothing to
+ * read, so yes. */
+static inline bool cu_settled(const tnn_tensor *t) {
+    return !t || (t->op == TNN_OP_NONE && !(t->flags & TNN_FLAG_PARAM));
+}
 
 /* TNN_OK, or the CUDA error as a status with a message naming `what`. */
 int tnn__cu_status(cudaError_t e, const char *what);

@@ -77,6 +77,7 @@ __global__ void k_unary(int op, const float *x, const float *dy, float k, float 
 }
 
 __global__ void k_narrow_bf16(const float *src, uint16_t *dst, int64_t n);
+static unsigned narrow_blocks(int64_t n);
 
 int tnn__cu_elementwise(tnn_tensor *t) {
     cudaStream_t st = tnn__cu.stream;
@@ -102,7 +103,7 @@ int tnn__cu_elementwise(tnn_tensor *t) {
                    (const float *)NULL, (float)t->fparam[0], FP(t), n);
         break;
     case TNN_OP_TO_BF16: /* the CPU's rounding (tnn__f2bf): the same bits */
-        TNN_LAUNCH(k_narrow_bf16, cu_blocks(n), CU_THREADS, 0, st, CF(t->src[0]),
+        TNN_LAUNCH(k_narrow_bf16, narrow_blocks(n), CU_THREADS, 0, st, CF(t->src[0]),
                    (uint16_t *)t->data, n);
         break;
     default:
@@ -654,9 +655,20 @@ __global__ void k_widen_bf16(const uint16_t *src, float *dst, int64_t n) {
     CU_FOR(i, n) dst[i] = tnn__bf2f(src[i]);
 }
 
+/* Four values a thread (one 16-byte load, one 8-byte store) where both
+ * buffers are aligned for it, as planned buffers and the scratch are. */
 __global__ void k_narrow_bf16(const float *src, uint16_t *dst, int64_t n) {
-    CU_FOR(i, n) dst[i] = tnn__f2bf(src[i]);
+    int64_t n4 = (uintptr_t)src % 16 == 0 && (uintptr_t)dst % 8 == 0 ? n / 4 : 0;
+    CU_FOR(i, n4) {
+        float4 v = ((const float4 *)src)[i];
+        uint2 o;
+        o.x = tnn__f2bf(v.x) | (uint32_t)tnn__f2bf(v.y) << 16;
+        o.y = tnn__f2bf(v.z) | (uint32_t)tnn__f2bf(v.w) << 16;
+        ((uint2 *)dst)[i] = o;
+    }
+    CU_FOR(i, n - 4 * n4) dst[4 * n4 + i] = tnn__f2bf(src[4 * n4 + i]);
 }
+static unsigned narrow_blocks(int64_t n) { return cu_blocks(n % 4 ? n : n / 4); }
 
 /* bf16 weights on the tensor cores: the activations rounded to bf16 (as
  * the CPU's vdpbf16ps path does), f32 accumulation. TNN_ERR_UNSUPPORTED
@@ -666,7 +678,7 @@ static int matmul_bf16(tnn_tensor *t, bool ta, bool tb) {
     const tnn_tensor *a = t->src[0];
     uint16_t *a16 = (uint16_t *)tnn__cu_scratch((size_t)a->nelem * sizeof(uint16_t));
     if (!a16) return tnn_last_status();
-    TNN_LAUNCH(k_narrow_bf16, cu_blocks(a->nelem), CU_THREADS, 0, tnn__cu.stream, CF(a), a16,
+    TNN_LAUNCH(k_narrow_bf16, narrow_blocks(a->nelem), CU_THREADS, 0, tnn__cu.stream, CF(a), a16,
                a->nelem);
     mm_geom g = mm_geometry(t, ta, tb);
     const uint16_t *B = (const uint16_t *)t->src[1]->data;
@@ -729,6 +741,7 @@ typedef struct {
     int norm;
     const float *g;
     double eps;
+    int early; /* the weights may be read before cu_pdl_wait() (cu_settled) */
 } cu_mv;
 
 /* The RMS norm scale of one row of K, as k_rms_norm computes it (the
@@ -797,11 +810,12 @@ __device__ __forceinline__ bool mv_row(const cu_mv &p, int *g, int64_t *m) {
 
 /* The warp's sums for each row of x and, for a gated pair, of the up row:
  * reduced over the warp, then stored by lane 0. */
+template <int R = QMV_ROWS>
 __device__ __forceinline__ void mv_finish(const cu_mv &p, int g, int64_t N, int64_t m,
                                           const float *acc, const float *acc_up) {
     int lane = threadIdx.x & 31;
-CU_UNROLL(QMV_ROWS)
-    for (int n = 0; n < QMV_ROWS; n++) {
+CU_UNROLL(R)
+    for (int n = 0; n < R; n++) {
         if (n < N) {
             float s = cu_warp_sum(acc[n]);
             if (p.up) {
@@ -857,10 +871,13 @@ __device__ __forceinline__ void qmv_part(const char *row, int64_t kb, int p, flo
  * GPU holds at once, each warp then taking rows r, r + the grid's warps, ...
  * so a large product (an LM head) stages x once per block, not per 4 rows. */
 #define QMV_SMEM (48 * 1024)
+#define QMV_XLOADS 4 /* x's 16-byte loads a thread issues together */
 
-template <int QT, bool GATED, bool MULTI>
+template <int QT, bool GATED, bool MULTI, int R>
 /* occupancy: at most 64 registers (128 gated), more warps to keep loads in
- * flight; Q6_K's decoder needs more */
+ * flight; Q6_K's decoder needs more. R: the most rows of x (1: decoding one
+ * sequence, whose single sum per row then fits the 64 registers unspilled;
+ * else QMV_ROWS). */
 __global__ void __launch_bounds__(32 * QMV_WARPS, QT == TNN_QT_Q6_K ? 1 : GATED ? 4 : 8)
     k_qmv(cu_mv p, int64_t row_bytes, const float *__restrict__ x, int64_t N, int64_t K) {
     constexpr int BS = QT == TNN_QT_Q4_K || QT == TNN_QT_Q5_K || QT == TNN_QT_Q6_K ? 256 : 32;
@@ -878,48 +895,73 @@ __global__ void __launch_bounds__(32 * QMV_WARPS, QT == TNN_QT_Q6_K ? 1 : GATED 
     const char *urow = GATED && live ? p.up + m * row_bytes : NULL;
     /* QMV_CHUNK steps at a time: their weight loads are issued together
      * (a loop of unknown length would run its few steps one by one); the
-     * first chunk's are in flight while the block stages x */
+     * first chunk's are in flight while the block stages x. Steps past the
+     * row's end load its last block again (unused): with no branch between
+     * them, the compiler issues all the loads before the first decode. */
     float v[QMV_CHUNK][8], vu[GATED ? QMV_CHUNK : 1][8];
     int64_t kb0 = lane / PARTS;
 #define QMV_LOAD_CHUNK()                                                                      \
     CU_UNROLL(QMV_CHUNK)                                                                       \
-    for (int c = 0; c < QMV_CHUNK; c++)                                                       \
-        if (kb0 + c * STEP < nb) {                                                            \
-            qmv_part<QT>(row, kb0 + c * STEP, part, v[c]);                                    \
-            if (GATED) qmv_part<QT>(urow, kb0 + c * STEP, part, vu[GATED ? c : 0]);           \
-        }
-    if (live) {
+    for (int c = 0; c < QMV_CHUNK; c++) {                                                     \
+        int64_t kb = kb0 + c * STEP < nb ? kb0 + c * STEP : nb - 1;                           \
+        qmv_part<QT>(row, kb, part, v[c]);                                                    \
+        if (GATED) qmv_part<QT>(urow, kb, part, vu[GATED ? c : 0]);                           \
+    }
+    if (!p.early) cu_pdl_wait();
+    if (live && nb > 0) {
         QMV_LOAD_CHUNK()
     }
-    if (p.norm)
+    cu_pdl_wait(); /* x and the epilogue's operands are the kernels' before */
+    cu_pdl_next();
+    /* x into shared memory, each thread's loads in flight together (16
+     * bytes each: one trip to L2, not one per element) */
+    int64_t n4 = N * K / 4;
+    for (int64_t i0 = 0; i0 < n4; i0 += QMV_XLOADS * blockDim.x) {
+        float4 xv[QMV_XLOADS];
+CU_UNROLL(QMV_XLOADS)
+        for (int u = 0; u < QMV_XLOADS; u++) {
+            int64_t i = i0 + u * blockDim.x + threadIdx.x;
+            if (i < n4) xv[u] = ((const float4 *)x)[i];
+        }
+CU_UNROLL(QMV_XLOADS)
+        for (int u = 0; u < QMV_XLOADS; u++) {
+            int64_t i = i0 + u * blockDim.x + threadIdx.x;
+            if (i < n4) ((float4 *)xs)[i] = xv[u];
+        }
+    }
+    if (p.norm) { /* the rows' scales from there (k_rms_norm's order), then x scaled in place */
+        __syncthreads();
         for (int64_t n = wi; n < N; n += QMV_WARPS) {
-            float sc = mv_row_scale(x + n * K, K, p.eps);
+            float sc = mv_row_scale(xs + n * K, K, p.eps);
             if (lane == 0) scale[n] = sc;
         }
-    __syncthreads();
-    for (int64_t i = threadIdx.x; i < N * K; i += blockDim.x) {
-        float xv = x[i];
-        if (p.norm) xv = p.g ? (xv * scale[i / K]) * p.g[i % K] : xv * scale[i / K];
-        xs[i] = xv;
+        __syncthreads();
+        for (int64_t i0 = 0; i0 < N * K; i0 += QMV_XLOADS * blockDim.x) {
+            float gv[QMV_XLOADS];
+CU_UNROLL(QMV_XLOADS)
+            for (int u = 0; u < QMV_XLOADS; u++) {
+                int64_t i = i0 + u * blockDim.x + threadIdx.x;
+                gv[u] = p.g && i < N * K ? p.g[i % K] : 1.0f;
+            }
+CU_UNROLL(QMV_XLOADS)
+            for (int u = 0; u < QMV_XLOADS; u++) {
+                int64_t i = i0 + u * blockDim.x + threadIdx.x;
+                if (i < N * K) xs[i] = p.g ? (xs[i] * scale[i / K]) * gv[u] : xs[i] * scale[i / K];
+            }
+        }
     }
     __syncthreads();
     /* this lane's values sit at o0 .. o0+3 and o1 .. o1+3 of a block */
     int o0 = SPLIT ? 4 * part : 8 * part, o1 = SPLIT ? 16 + 4 * part : 8 * part + 4;
-    for (; live; live = MULTI && mv_locate(p, r += rstep, &g, &m)) { /* whole warps */
-        if (MULTI && r != (int64_t)blockIdx.x * QMV_WARPS + wi) { /* a later row */
-            row = p.w[g] + m * row_bytes;
-            urow = GATED ? p.up + m * row_bytes : NULL;
-            kb0 = lane / PARTS;
-            QMV_LOAD_CHUNK()
-        }
-        float acc[QMV_ROWS] = {0}, acc_up[QMV_ROWS] = {0};
+    while (live) { /* whole warps */
+        float acc[R] = {0}, acc_up[R] = {0};
         while (kb0 < nb) {
 CU_UNROLL(QMV_CHUNK)
             for (int c = 0; c < QMV_CHUNK; c++) {
                 if (kb0 + c * STEP >= nb) break;
                 const float *xb = xs + (kb0 + c * STEP) * BS;
-CU_UNROLL(QMV_ROWS)
-                for (int n = 0; n < QMV_ROWS; n++) {
+CU_UNROLL(R)
+                for (int n = 0; n < R; n++) {
                     if (n < N) {
                         float4 a = *(const float4 *)(xb + n * K + o0);
                         float4 b = *(const float4 *)(xb + n * K + o1);
@@ -939,7 +981,18 @@ CU_UNROLL(QMV_ROWS)
                 QMV_LOAD_CHUNK()
             }
         }
-        mv_finish(p, g, N, m, acc, acc_up);
+        /* MULTI: the warp's next row, its loads in flight during this
+         * row's sums */
+        int gd = g;
+        int64_t md = m;
+        live = MULTI && mv_locate(p, r += rstep, &g, &m);
+        if (live) {
+            row = p.w[g] + m * row_bytes;
+            urow = GATED ? p.up + m * row_bytes : NULL;
+            kb0 = lane / PARTS;
+            QMV_LOAD_CHUNK()
+        }
+        mv_finish<R>(p, gd, N, md, acc, acc_up);
     }
 #undef QMV_LOAD_CHUNK
 }
@@ -949,6 +1002,8 @@ __global__ void k_qmatvec(int type, cu_mv p, int64_t row_bytes, const float *x, 
                           int64_t K) {
     int lane = threadIdx.x & 31, g;
     int64_t m;
+    cu_pdl_wait();
+    cu_pdl_next();
     if (!mv_row(p, &g, &m)) return; /* whole warps leave together */
     float acc[QMV_ROWS] = {0}, acc_up[QMV_ROWS] = {0}, sc[QMV_ROWS];
     mv_norm_scales(p, x, N, K, sc);
@@ -987,16 +1042,24 @@ static int qmatvec(const tnn_tensor *t, const cu_mv &p) {
     unsigned gq = multi ? cap : g;
     cudaStream_t st = tnn__cu.stream;
     size_t smem = (size_t)(N * K) * sizeof(float);
-    bool vec = K % 4 == 0 && qi->block > 1 && smem <= QMV_SMEM;
+    bool vec = K % 4 == 0 && (uintptr_t)CF(x) % 16 == 0 && qi->block > 1 && smem <= QMV_SMEM;
     const float *X = CF(x);
+#define QMV_GO(qt, gated, multi, r)                                                           \
+    TNN_LAUNCH_PDL(k_qmv<qt COMMA gated COMMA multi COMMA r>, gq, nt, smem, st, p, rb, X, N, K)
 #define QMV_CASE(qt)                                                                          \
     case qt:                                                                                  \
-        if (p.up)                                                                             \
-            TNN_LAUNCH(k_qmv<qt COMMA true COMMA false>, gq, nt, smem, st, p, rb, X, N, K);   \
+        if (p.up && N == 1)                                                                   \
+            QMV_GO(qt, true, false, 1);                                                       \
+        else if (p.up)                                                                        \
+            QMV_GO(qt, true, false, QMV_ROWS);                                                \
+        else if (multi && N == 1)                                                             \
+            QMV_GO(qt, false, true, 1);                                                       \
         else if (multi)                                                                       \
-            TNN_LAUNCH(k_qmv<qt COMMA false COMMA true>, gq, nt, smem, st, p, rb, X, N, K);   \
+            QMV_GO(qt, false, true, QMV_ROWS);                                                \
+        else if (N == 1)                                                                      \
+            QMV_GO(qt, false, false, 1);                                                      \
         else                                                                                  \
-            TNN_LAUNCH(k_qmv<qt COMMA false COMMA false>, gq, nt, smem, st, p, rb, X, N, K);  \
+            QMV_GO(qt, false, false, QMV_ROWS);                                               \
         break
     if (vec) {
         switch (w->gtype) {
@@ -1012,13 +1075,14 @@ static int qmatvec(const tnn_tensor *t, const cu_mv &p) {
         }
     }
 #undef QMV_CASE
+#undef QMV_GO
     if (!vec) {
         if (qi->block == 1)
-            TNN_LAUNCH(k_qmatvec<1>, g, nt, 0, st, w->gtype, p, rb, X, N, K);
+            TNN_LAUNCH_PDL(k_qmatvec<1>, g, nt, 0, st, w->gtype, p, rb, X, N, K);
         else if (qi->block == 32)
-            TNN_LAUNCH(k_qmatvec<32>, g, nt, 0, st, w->gtype, p, rb, X, N, K);
+            TNN_LAUNCH_PDL(k_qmatvec<32>, g, nt, 0, st, w->gtype, p, rb, X, N, K);
         else
-            TNN_LAUNCH(k_qmatvec<256>, g, nt, 0, st, w->gtype, p, rb, X, N, K);
+            TNN_LAUNCH_PDL(k_qmatvec<256>, g, nt, 0, st, w->gtype, p, rb, X, N, K);
     }
     return tnn__cu_launched("tnn_matmul_nt");
 }
@@ -1110,13 +1174,16 @@ static int match_products(tnn_tensor **plan, int32_t np, int32_t i, cu_mv *p, in
             p->up = (const char *)u->src[1]->data;
             p->y[0] = FP(mul);
             p->M[0] = t->shape[1];
+            p->early = cu_settled(t->src[1]) && cu_settled(u->src[1]);
             *last = i + 2;
             return 4;
         }
     }
     /* a set: t and the products after it that read the same x */
     int k = 0;
+    p->early = 1;
     while (k < QMV_SET && i + k < np && (k == 0 || same_input(t, plan[i + k]))) {
+        p->early = p->early && cu_settled(plan[i + k]->src[1]);
         p->w[k] = (const char *)plan[i + k]->src[1]->data;
         p->y[k] = FP(plan[i + k]);
         p->M[k] = plan[i + k]->shape[1];
@@ -1175,6 +1242,7 @@ int tnn__cu_matmul(tnn_tensor *t) {
         p.w[0] = (const char *)b->data;
         p.y[0] = FP(t);
         p.M[0] = t->shape[1];
+        p.early = cu_settled(b);
         return qmatvec(t, p);
     }
     if (b->dtype == TNN_BF16) {
