@@ -150,7 +150,8 @@ typedef enum tnn_dtype {
  * bit. Environment: TNN_CUDA_GRAPHS=0 (no CUDA graphs), TNN_CUDA_FUSE=0 (no
  * node folded into the kernel of the node before it), TNN_CUDA_GEMM=own
  * (tinynn's GEMM kernel instead of cuBLAS), TNN_CUBLAS=path (the cuBLAS
- * library to open), TNN_CUDA_PROFILE=1 (time each node, report at exit).
+ * library to open), TNN_CUDA_PROFILE=1 (time each node, report at exit),
+ * TNN_CUDA_PDL=0 (no overlapped launches of the decoding kernels on Hopper).
  * On the CPU, TNN_CPU_FUSE=0 runs an element-wise node after a product as a
  * pass of its own instead of on each block of the product's output (the
  * same bits either way). */

@@ -560,10 +560,12 @@ static tnn_tensor *b_kv(tnn_session *s, tnn_tensor **x) {
     tnn_tensor *vc = tnn_tensor_new(s, kv_f16 ? TNN_F16 : TNN_F32, 2, sh);
     /* positions 4..6 of the cache (x[3] holds 4, as a 1-element i32 in [4, 5)) */
     /* kv_rope: the keys through RoPE first (the CUDA backend writes the
-     * rotated rows straight into the cache), and q */
+     * rotated rows straight into the cache), and q; kv_rope 2: in the
+     * decoding layer's order (v's write first) */
+    tnn_tensor *vw = kv_rope == 2 ? tnn_kv_write(s, vc, x[2], x[3]) : NULL;
     tnn_tensor *k = kv_rope ? tnn_rope(s, x[1], 2, 3, 10000.0, 0) : x[1];
     tnn_tensor *kw = tnn_kv_write(s, kc, k, x[3]);
-    tnn_tensor *vw = tnn_kv_write(s, vc, x[2], x[3]);
+    if (!vw) vw = tnn_kv_write(s, vc, x[2], x[3]);
     /* ... and q too (rotated inside the attention kernel) */
     tnn_tensor *q = kv_rope ? tnn_rope(s, x[0], 4, 3, 10000.0, 1) : x[0];
     return tnn_attention_cached(s, q, kw, vw, 4, 2, x[3]);
@@ -590,10 +592,19 @@ static void test_kv(void) {
     kv_ctx = 700;
     in_spec far8[4] = {F(2, 3, 32), F(2, 3, 16), F(2, 3, 16), {TNN_I32, 1, {1}, -600, false}};
     in_spec far6[4] = {F(2, 3, 24), F(2, 3, 12), F(2, 3, 12), {TNN_I32, 1, {1}, -600, false}};
+    /* the new rows across two splits (254..256) */
+    in_spec edge8[4] = {F(2, 3, 32), F(2, 3, 16), F(2, 3, 16), {TNN_I32, 1, {1}, -254, false}};
     for (kv_f16 = 0; kv_f16 < 2; kv_f16++) {
         kv_rope = 1;
         twin("RoPE + kv_write + RoPE + attention_cached, 3 rows at 600", b_kv, far8, 4, false,
              1e-5);
+        kv_rope = 2;
+        twin("kv_write v, RoPE + kv_write k + RoPE + attention_cached, 3 rows at 600", b_kv,
+             far8, 4, false, 1e-5);
+        twin("kv_write v, RoPE + kv_write k + RoPE + attention_cached, 3 rows at 254", b_kv,
+             edge8, 4, false, 1e-5);
+        twin("kv_write v, RoPE + kv_write k + RoPE + attention_cached, head size 6", b_kv, far6,
+             4, false, 1e-5);
         kv_rope = 0;
         twin("attention_cached, 3 rows at 600 (head size 8)", b_kv, far8, 4, false, 1e-5);
         twin("attention_cached, 3 rows at 600 (head size 6)", b_kv, far6, 4, false, 1e-5);
@@ -601,18 +612,27 @@ static void test_kv(void) {
     kv_ctx = 10;
 }
 
+/* b_kv's graph on 3 rows of a 700-row cache in session s, realized (the
+ * globals set as given; the callers put kv_ctx and kv_rope back). */
+static tnn_tensor *kv_graph(tnn_session *s, int rope, int f16, tnn_tensor **x) {
+    kv_ctx = 700;
+    kv_f16 = f16;
+    kv_rope = rope;
+    x[0] = tnn_input_2d_f32(s, 3, 32);
+    x[1] = tnn_input_2d_f32(s, 3, 16);
+    x[2] = tnn_input_2d_f32(s, 3, 16);
+    x[3] = tnn_input_1d_i32(s, 1);
+    tnn_tensor *y = b_kv(s, x);
+    CHECK_OK(tnn_realize(s, y));
+    return y;
+}
+
 /* The decoding attention's split counters go back to 0 after each run: the
  * same inputs give the same bits on every compute (the third replays the
  * recorded graph), also after a run that faulted. */
 static void test_kv_repeat(void) {
     tnn_session *s = tnn_session_new(1);
-    kv_ctx = 700;
-    kv_f16 = 1;
-    kv_rope = 1;
-    tnn_tensor *x[4] = {tnn_input_2d_f32(s, 3, 32), tnn_input_2d_f32(s, 3, 16),
-                        tnn_input_2d_f32(s, 3, 16), tnn_input_1d_i32(s, 1)};
-    tnn_tensor *y = b_kv(s, x);
-    CHECK_OK(tnn_realize(s, y));
+    tnn_tensor *x[4], *y = kv_graph(s, 1, 1, x);
     float in[96], out[4][96];
     th_seed(5);
     for (int i = 0; i < 96; i++) in[i] = (float)th_sym(1.0);
@@ -638,6 +658,60 @@ static void test_kv_repeat(void) {
     kv_ctx = 10;
     kv_rope = 0;
     tnn_session_free(s);
+}
+
+/* Two decoding steps in the layer's order (kv_rope 2): the second reads
+ * the key rows the first wrote into the cache; the steps' outputs on the
+ * CPU and the GPU agree. Rows 253..255, then 256..258: across a split. */
+static void kv_steps(int cuda, int f16, float out[2][96]) {
+    tnn_session *s = tnn_session_new(cuda);
+    tnn_tensor *x[4], *y = kv_graph(s, 2, f16, x);
+    th_seed(11);
+    for (int step = 0; step < 2; step++) {
+        float in[96];
+        for (int i = 0; i < 96; i++) in[i] = (float)th_sym(1.0);
+        CHECK_OK(tnn_upload_f32(s, x[0], in, 96));
+        CHECK_OK(tnn_upload_f32(s, x[1], in, 48));
+        CHECK_OK(tnn_upload_f32(s, x[2], in + 48, 48));
+        int32_t p = 253 + 3 * step;
+        CHECK_OK(tnn_upload_i32(s, x[3], &p, 1));
+        CHECK_OK(tnn_compute(s));
+        CHECK_OK(tnn_download_f32(s, y, out[step], 96));
+    }
+    kv_ctx = 10;
+    kv_rope = 0;
+    tnn_session_free(s);
+}
+
+static void test_kv_steps(void) {
+    for (int f16 = 0; f16 < 2; f16++) {
+        float c[2][96], g[2][96];
+        kv_steps(0, f16, c);
+        kv_steps(1, f16, g);
+        for (int step = 0; step < 2; step++) {
+            double worst = 0.0;
+            for (int i = 0; i < 96; i++) worst = fmax(worst, fabs((double)g[step][i] - c[step][i]));
+            CHECK(worst <= 1e-5, "%s cache, decoding step %d: GPU and CPU differ by %.3g",
+                  f16 ? "f16" : "f32", step + 1, worst);
+        }
+    }
+#ifdef TNN_TEST_EMU
+    /* the v cache write, RoPE of k into its cache, attention rotating q */
+    tnn_session *s = tnn_session_new(1);
+    tnn_tensor *x[4];
+    kv_graph(s, 2, 0, x);
+    int32_t p = 600;
+    CHECK_OK(tnn_upload_i32(s, x[3], &p, 1));
+    long n = compute_launches(s);
+    CHECK(n == 3, "v write + RoPE + k write + RoPE + attention launched %ld kernels (want 3)", n);
+    /* a bad position is the cache writes' error, as on the CPU */
+    p = 698;
+    CHECK_OK(tnn_upload_i32(s, x[3], &p, 1));
+    CHECK_ERR(tnn_compute(s), TNN_ERR_RANGE, "rows 698 .. 700 do not fit");
+    kv_ctx = 10;
+    kv_rope = 0;
+    tnn_session_free(s);
+#endif
 }
 
 /* ------------------------------------------------------------------------ */
@@ -763,6 +837,7 @@ int main(void) {
     test_quant();
     test_kv();
     test_kv_repeat();
+    test_kv_steps();
     test_seed_protocol();
     test_faults();
 #ifdef TNN_TEST_EMU
