@@ -101,9 +101,11 @@ if [ -f "$W/smol-q4_1.gguf" ]; then
   fi
   TNN_CUDA_PROFILE=1 step gen_profile 120 "$BIN/bench/bench_generate" "$W/smol-q4_1.gguf" --cuda
   tail -n 14 "$L/gen_profile.log" 2>/dev/null >> "$S"
-  # the same without CUDA graphs, and without the fused epilogues (what each is worth)
+  # the same without CUDA graphs, without the fused epilogues and without overlapped
+  # launches (what each is worth)
   TNN_CUDA_GRAPHS=0 step gen_nographs 120 "$BIN/bench/bench_generate" "$W/smol-q4_1.gguf" --cuda
   TNN_CUDA_FUSE=0 step gen_nofuse 120 "$BIN/bench/bench_generate" "$W/smol-q4_1.gguf" --cuda
+  TNN_CUDA_PDL=0 step gen_nopdl 120 "$BIN/bench/bench_generate" "$W/smol-q4_1.gguf" --cuda
   # each decoding kernel's GPU time (ncu runs them one at a time, caches and clocks left as
   # they are): ~3 tokens of the first generation, well past the prompt and the recording
   NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null)
