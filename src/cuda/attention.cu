@@ -452,6 +452,7 @@ __global__ void __launch_bounds__(32 * AD_WARPS)
         cu_rope_angle(qrope, task / H, threadIdx.x, &qcs, &qsn);
     int64_t p = pos[0];
     if (p < 0 || p + n > ctx) {
+        cu_pdl_wait(); /* a fault of the kernels before (a cache write) is recorded first */
         if (task == 0 && sp == 0 && threadIdx.x == 0)
             cu_fault(fault, CU_FAULT_CACHE, node, p, p + n - 1, ctx);
         return;
