@@ -427,6 +427,19 @@ static tnn_tensor *b_qepi(tnn_session *s, tnn_tensor **x) {
     tnn_tensor *u = tnn_tensor_from_gguf(s, qfile, name);
     int64_t sh[2] = {12, QM}, flat[1] = {tnn_tensor_nelements(x[1])};
     tnn_tensor *bias = tnn_narrow(s, tnn_reshape(s, x[1], 1, flat), 0, 0, QM);
+    if (qepi == 11) { /* a decoding layer's start: norm, q/k/v, v's cache write, RoPE of
+                       * k into its cache (one kernel for one row); the rows the caches
+                       * got are read back */
+        int64_t csh[2] = {12, QM};
+        tnn_tensor *h = tnn_rms_norm(s, x[0], x[3], 1e-5);
+        tnn_tensor *q = tnn_matmul_nt(s, h, w), *k = tnn_matmul_nt(s, h, u);
+        tnn_tensor *v = tnn_matmul_nt(s, h, w);
+        tnn_tensor *vc = tnn_kv_write(s, tnn_tensor_new(s, TNN_F32, 2, csh), v, x[2]);
+        k = tnn_rope(s, k, 3, 1, 10000.0, 0);
+        tnn_tensor *kc = tnn_kv_write(s, tnn_tensor_new(s, TNN_F32, 2, csh), k, x[2]);
+        tnn_tensor *kr = tnn_get_rows(s, kc, x[2]), *vr = tnn_get_rows(s, vc, x[2]);
+        return tnn_add(s, tnn_scale(s, kr, 4.0), tnn_add(s, vr, q));
+    }
     int kind = qepi < 8 ? qepi : qepi == 8 ? 7 : qepi == 9 ? 6 : -1;
     tnn_tensor *in = qepi < 8 ? x[0] : tnn_rms_norm(s, x[0], qepi == 9 ? NULL : x[3], 1e-5);
     tnn_tensor *y = tnn_matmul_nt(s, in, w);
@@ -477,6 +490,17 @@ static void quant_epilogue_launches(void) {
 #ifdef TNN_TEST_EMU
     long n = compute_launches(s);
     CHECK(n == 1, "a product + SiLU launched %ld kernels (want 1)", n);
+    {
+        /* one row: norm, q/k/v, v's cache write, RoPE of k and its cache write
+         * in one kernel, then the reads of the rows written, scale and adds (5) */
+        tnn_tensor *x1[4] = {tnn_input_2d_f32(s, 1, QK), x[1], x[2], x[3]};
+        int32_t p0 = 5;
+        CHECK_OK(tnn_upload_i32(s, x[2], &p0, 1));
+        qepi = 11;
+        CHECK_OK(tnn_realize(s, b_qepi(s, x1)));
+        n = compute_launches(s);
+        CHECK(n == 6, "the layer's start launched %ld kernels (want 6)", n);
+    }
     for (qepi = 6; qepi < 11; qepi++) {
         CHECK_OK(tnn_realize(s, b_qepi(s, x)));
         /* the sets: narrow, the set's kernel (with the norm), mul, add */
@@ -513,6 +537,14 @@ static void test_quant_epilogues(void) {
                      tnn_ggml_type_name(qtypes[qcur]), what[qepi]);
             twin(name, b_qepi, ins, 4, false, qepi == 4 ? 1e-3 : 1e-5);
         }
+    in_spec one[4] = {F(2, 1, QK), F(2, 1, QM), {TNN_I32, 1, {1}, -7, false}, F(1, QK)};
+    qepi = 11;
+    for (qcur = 0; qfile && qcur < NQ; qcur++) {
+        char name[112];
+        snprintf(name, sizeof name, "quantized %s, 1 row: norm, q/k/v, v and RoPE(k) into "
+                 "caches", tnn_ggml_type_name(qtypes[qcur]));
+        twin(name, b_qepi, one, 4, false, 2e-2); /* the CPU's 1-row products: 8-bit x */
+    }
     /* 8 rows of QK_BIG: the products that read x from global memory */
     in_spec big[4] = {F(2, 8, QK_BIG), F(2, 8, QM), {TNN_I32, 1, {1}, 4, false}, F(1, QK_BIG)};
     qbig = 1;

@@ -12,6 +12,7 @@ extern "C" {
 #include "../quant/qdecode.h"
 }
 
+#include <math.h>
 #include <stdint.h>
 
 #include <utility>
@@ -237,5 +238,38 @@ static inline float cu_h2f(uint16_t h) { return tnn__h2f(h); }
 
 #define CF(t) ((const float *)(t)->data)
 #define FP(t) ((float *)(t)->data)
+
+/* A RoPE node's parameters, as a kernel reads them. */
+typedef struct {
+    const int32_t *pos;     /* per row, or NULL: row % seq_len */
+    const float *factors;   /* per pair, or NULL */
+    int64_t n_head, hd, seq_len;
+    int mode;               /* 0: pairs (2i, 2i+1); 1: (i, i + hd/2) */
+    double base, sign;
+} cu_rope;
+
+static inline cu_rope rope_params(const tnn_tensor *t) {
+    cu_rope r = {t->src[1] ? (const int32_t *)t->src[1]->data : (const int32_t *)NULL,
+                 t->src[2] ? CF(t->src[2]) : (const float *)NULL, t->iparam[0],
+                 t->shape[1] / t->iparam[0], t->iparam[1], (int)t->iparam[2], t->fparam[0],
+                 t->fparam[1]};
+    return r;
+}
+
+/* The rotation of pair i of row r: its cosine and sine (the angle in
+ * double as on the CPU). */
+__device__ __forceinline__ void cu_rope_angle(const cu_rope &c, int64_t r, int64_t i, float *cs,
+                                              float *sn) {
+    double p = c.pos ? (double)c.pos[r] : (double)(r % c.seq_len);
+    double th = p * pow(c.base, -2.0 * (double)i / (double)c.hd);
+    if (c.factors) th /= (double)c.factors[i];
+    *cs = (float)cos(th);
+    *sn = (float)(c.sign * sin(th));
+}
+
+/* Whether a kernel may read c's positions and factors before cu_pdl_wait(). */
+static inline bool rope_settled(const tnn_tensor *t) {
+    return cu_settled(t->src[1]) && cu_settled(t->src[2]);
+}
 
 #endif

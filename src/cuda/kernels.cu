@@ -715,9 +715,12 @@ static int matmul_bf16(tnn_tensor *t, bool ta, bool tb) {
 /* What a decoding product does with each result: store it, or (the node
  * after the product in the plan, folded into it by tnn__cu_run_fused) add
  * or multiply the same element of another tensor (or a bias, zrow 0), apply
- * SiLU/GELU, or write it into a KV cache at row pos[0] + n. */
+ * SiLU/GELU, or write it into a KV cache at row pos[0] + n; ROPE (one row
+ * of x, pairs (2i, 2i+1) on rows of the same block): the RoPE of the result
+ * written into a KV cache, each warp taking the other element of its pair
+ * from its neighbour through shared memory. */
 typedef struct {
-    int op;         /* TNN_OP_NONE, ADD, MUL, SILU, GELU or KV_WRITE */
+    int op;         /* TNN_OP_NONE, ADD, MUL, SILU, GELU, KV_WRITE or ROPE */
     const float *z; /* ADD/MUL: the other operand */
     int64_t zrow;   /* its row length, 0 for a bias read at [m] */
     void *cache;    /* KV_WRITE: the cache (ctx rows of M), f16 or f32 */
@@ -726,6 +729,7 @@ typedef struct {
     const int32_t *pos;
     tnn_cu_fault *fault;
     int node;
+    cu_rope rope; /* ROPE: the rotation */
 } cu_epi;
 
 /* The products of one launch: the same x, weight type and K. */
@@ -741,7 +745,8 @@ typedef struct {
     int norm;
     const float *g;
     double eps;
-    int early; /* the weights may be read before cu_pdl_wait() (cu_settled) */
+    int early; /* the weights (and RoPE angles) may be read before cu_pdl_wait() */
+    int rope;  /* some product's epilogue is ROPE */
 } cu_mv;
 
 /* The RMS norm scale of one row of K, as k_rms_norm computes it (the
@@ -812,7 +817,8 @@ __device__ __forceinline__ bool mv_row(const cu_mv &p, int *g, int64_t *m) {
  * reduced over the warp, then stored by lane 0. */
 template <int R = QMV_ROWS>
 __device__ __forceinline__ void mv_finish(const cu_mv &p, int g, int64_t N, int64_t m,
-                                          const float *acc, const float *acc_up) {
+                                          const float *acc, const float *acc_up,
+                                          float *rsum = NULL) {
     int lane = threadIdx.x & 31;
 CU_UNROLL(R)
     for (int n = 0; n < R; n++) {
@@ -822,7 +828,10 @@ CU_UNROLL(R)
                 float u = cu_warp_sum(acc_up[n]);
                 s = (s * cu_sigmoid(s)) * u; /* silu, then the product: the unfused ops */
             }
-            if (lane == 0) epi_store(p.e[g], p.y[g], N, n, p.M[g], m, s);
+            if (lane == 0 && rsum && p.e[g].op == TNN_OP_ROPE)
+                rsum[threadIdx.x >> 5] = s; /* rotated after the block's barrier */
+            else if (lane == 0)
+                epi_store(p.e[g], p.y[g], N, n, p.M[g], m, s);
         }
     }
 }
@@ -886,6 +895,7 @@ __global__ void __launch_bounds__(32 * QMV_WARPS, QT == TNN_QT_Q6_K ? 1 : GATED 
                            QT == TNN_QT_Q5_1;
     TNN_DYN_SMEM(float, xs); /* N x K */
     __shared__ float scale[QMV_ROWS];
+    __shared__ float rsum[QMV_WARPS]; /* ROPE epilogues: each warp's result */
     int lane = threadIdx.x & 31, wi = threadIdx.x >> 5, part = lane % PARTS, g;
     /* rows r0, r0 + rstep, ...: a block stages x once for all its warps' rows */
     int64_t m, nb = K / BS, r = (int64_t)blockIdx.x * QMV_WARPS + wi;
@@ -911,6 +921,12 @@ __global__ void __launch_bounds__(32 * QMV_WARPS, QT == TNN_QT_Q6_K ? 1 : GATED 
     if (live && nb > 0) {
         QMV_LOAD_CHUNK()
     }
+    /* a ROPE epilogue's angle (one row of x: row 0 of the positions) */
+    bool rope_row = !MULTI && p.rope && live && p.e[g].op == TNN_OP_ROPE;
+    int g0 = g;
+    int64_t m0 = m;
+    float rcs = 0.0f, rsn = 0.0f;
+    if (rope_row) cu_rope_angle(p.e[g].rope, 0, (m % p.e[g].rope.hd) / 2, &rcs, &rsn);
     cu_pdl_wait(); /* x and the epilogue's operands are the kernels' before */
     cu_pdl_next();
     /* x into shared memory, each thread's loads in flight together (16
@@ -992,9 +1008,26 @@ CU_UNROLL(R)
             kb0 = lane / PARTS;
             QMV_LOAD_CHUNK()
         }
-        mv_finish<R>(p, gd, N, md, acc, acc_up);
+        mv_finish<R>(p, gd, N, md, acc, acc_up, MULTI ? (float *)NULL : rsum);
     }
 #undef QMV_LOAD_CHUNK
+    if (!MULTI && p.rope) { /* (uniform over the grid) */
+        __syncthreads();
+        if (rope_row && lane == 0) {
+            const cu_epi &e = p.e[g0];
+            int64_t p0 = e.pos[0], M = p.M[g0];
+            if (p0 < 0 || p0 + 1 > e.ctx) {
+                if (m0 == 0) cu_fault(e.fault, CU_FAULT_KV, e.node, p0, p0, e.ctx);
+            } else {
+                float a = rsum[wi & ~1], b = rsum[wi | 1]; /* rows 2i and 2i + 1 */
+                float y = wi & 1 ? a * rsn + b * rcs : a * rcs - b * rsn;
+                if (e.f16)
+                    ((uint16_t *)e.cache)[p0 * M + m0] = tnn__f2h(y);
+                else
+                    ((float *)e.cache)[p0 * M + m0] = y;
+            }
+        }
+    }
 }
 
 template <int BS>
@@ -1155,6 +1188,62 @@ static bool same_input(const tnn_tensor *a, const tnn_tensor *b) {
     return qmatvec_node(b) && b->src[0] == a->src[0] && b->src[1]->gtype == a->src[1]->gtype;
 }
 
+/* Whether the set p of products of x (rows of x, K, weight type of w)
+ * runs as k_qmv with a warp per row (what a ROPE epilogue needs): the
+ * conditions qmatvec chooses by. x2: the norm's input the kernel may read
+ * instead (or NULL). */
+static bool qmv_single(const cu_mv &p, const tnn_tensor *x, const tnn_tensor *x2,
+                       const tnn_tensor *w) {
+    int64_t N = x->shape[0], K = x->shape[1], rows = 0;
+    for (int i = 0; i < p.n; i++) rows += p.M[i];
+    const tnn_qtype_info *qi = tnn__qtype(w->gtype);
+    bool typed = w->gtype == TNN_QT_Q4_0 || w->gtype == TNN_QT_Q4_1 || w->gtype == TNN_QT_Q5_0 ||
+                 w->gtype == TNN_QT_Q5_1 || w->gtype == TNN_QT_Q8_0 || w->gtype == TNN_QT_Q4_K ||
+                 w->gtype == TNN_QT_Q5_K || w->gtype == TNN_QT_Q6_K;
+    return qi && typed && qi->block > 1 && K % 4 == 0 && (uintptr_t)CF(x) % 16 == 0 &&
+           (!x2 || (uintptr_t)CF(x2) % 16 == 0) &&
+           (size_t)(N * K) * sizeof(float) <= QMV_SMEM &&
+           (rows + QMV_WARPS - 1) / QMV_WARPS <= (int64_t)tnn__cu.sm_count * 8 && !p.up;
+}
+
+/* After the ran nodes from plan[i] that the set p covers: a RoPE node of
+ * one of its products (read by it alone, pairs (2i, 2i+1)) and the KV
+ * write of its result, folded in as that product's ROPE epilogue. Returns
+ * the nodes taken (2) or 0. */
+static int rope_epilogue(tnn_tensor **plan, int32_t np, int32_t i, int ran, cu_mv *p) {
+    int32_t j = i + ran;
+    if (j + 1 >= np) return 0;
+    tnn_tensor *rp = plan[j], *kw = plan[j + 1];
+    if (rp->op != TNN_OP_ROPE || rp->ndim != 2 || rp->iparam[2] != 0 || rp->shape[0] != 1 ||
+        kw->op != TNN_OP_KV_WRITE || kw->src[1] != rp || !only_read_by(rp, j + 1))
+        return 0;
+    int64_t off = 0, hd = rp->shape[1] / rp->iparam[0];
+    for (int g = 0; g < p->n; off += p->M[g], g++) {
+        tnn_tensor *t = plan[i + g];
+        if (rp->src[0] != t) continue;
+        const tnn_tensor *cache = kw->src[0];
+        const tnn_tensor *x = t->src[0];
+        if (!only_read_by(t, j) || p->e[g].op != TNN_OP_NONE || off % 2 || p->M[g] % 2 ||
+            hd % 2 || cache->ndim != 2 || cache->shape[1] != p->M[g] ||
+            (cache->dtype != TNN_F16 && cache->dtype != TNN_F32) ||
+            !qmv_single(*p, x, x->op == TNN_OP_RMS_NORM ? x->src[0] : NULL, t->src[1]))
+            return 0;
+        cu_epi *e = &p->e[g];
+        e->op = TNN_OP_ROPE;
+        e->cache = kw->data;
+        e->f16 = cache->dtype == TNN_F16;
+        e->ctx = cache->shape[0];
+        e->pos = (const int32_t *)kw->src[2]->data;
+        e->fault = tnn__cu.fault;
+        e->node = kw->id;
+        e->rope = rope_params(rp);
+        p->rope = 1;
+        p->early = p->early && rope_settled(rp);
+        return 2;
+    }
+    return 0;
+}
+
 /* The products starting at plan[i] one kernel can run (filled into p):
  * a gated pair, or a set of products of the same x with the last one's
  * reader folded in where it can be. Returns the nodes it covers; *last is
@@ -1192,11 +1281,12 @@ static int match_products(tnn_tensor **plan, int32_t np, int32_t i, cu_mv *p, in
     p->n = k;
     *last = i + k - 1;
     tnn_tensor *lp = plan[i + k - 1];
+    int ran = k;
     if (i + k < np && only_read_by(lp, i + k) && epilogue_of(lp, plan[i + k], &p->e[k - 1])) {
         p->y[k - 1] = FP(plan[i + k]);
-        return k + 1;
+        ran = k + 1;
     }
-    return k;
+    return ran + rope_epilogue(plan, np, i, ran, p);
 }
 
 int tnn__cu_run_fused(tnn_tensor **plan, int32_t np, int32_t i) {

@@ -245,8 +245,9 @@ static int build_graph(lm_llama *m, llama_graph *gr, int n) {
         /* Nodes are made in the order they run, which the CUDA backend uses:
          * it runs the norm with q, k and v (one x) in one kernel, folds an
          * element-wise node, a cache write or attention into the node right
-         * before it that it alone reads, and the norm, gate, SiLU, up and
-         * their product into one kernel: 6 launches a layer. */
+         * before it that it alone reads (RoPE of k and its cache write into
+         * the q/k/v kernel), and the norm, gate, SiLU, up and their product
+         * into one kernel: 5 launches a layer. */
         tnn_tensor *h = tnn_rms_norm(s, x, L->attn_norm, eps);
         tnn_tensor *q = linear(s, h, L->wq, L->bq);
         tnn_tensor *k = linear(s, h, L->wk, L->bk);
