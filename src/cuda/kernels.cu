@@ -1140,6 +1140,17 @@ static bool lives_through(const tnn_tensor *x, int32_t i, int r) {
            x->last_use >= i + r - 2;
 }
 
+/* The cache that KV write node kw fills, as an epilogue writes it. */
+static void epi_cache(cu_epi *e, const tnn_tensor *kw) {
+    const tnn_tensor *cache = kw->src[0];
+    e->cache = kw->data;
+    e->f16 = cache->dtype == TNN_F16;
+    e->ctx = cache->shape[0];
+    e->pos = (const int32_t *)kw->src[2]->data;
+    e->fault = tnn__cu.fault;
+    e->node = kw->id;
+}
+
 /* Whether node nx (the next in the plan, the only reader of t) can be
  * folded into the decoding product t; fills the epilogue when it can. */
 static bool epilogue_of(const tnn_tensor *t, const tnn_tensor *nx, cu_epi *e) {
@@ -1169,12 +1180,7 @@ static bool epilogue_of(const tnn_tensor *t, const tnn_tensor *nx, cu_epi *e) {
         if (nx->src[1] != t || cache->ndim != 2 || cache->shape[1] != M ||
             (cache->dtype != TNN_F16 && cache->dtype != TNN_F32))
             return false;
-        e->cache = nx->data;
-        e->f16 = cache->dtype == TNN_F16;
-        e->ctx = cache->shape[0];
-        e->pos = (const int32_t *)nx->src[2]->data;
-        e->fault = tnn__cu.fault;
-        e->node = nx->id;
+        epi_cache(e, nx);
         break;
     }
     default: return false;
@@ -1230,12 +1236,7 @@ static int rope_epilogue(tnn_tensor **plan, int32_t np, int32_t i, int ran, cu_m
             return 0;
         cu_epi *e = &p->e[g];
         e->op = TNN_OP_ROPE;
-        e->cache = kw->data;
-        e->f16 = cache->dtype == TNN_F16;
-        e->ctx = cache->shape[0];
-        e->pos = (const int32_t *)kw->src[2]->data;
-        e->fault = tnn__cu.fault;
-        e->node = kw->id;
+        epi_cache(e, kw);
         e->rope = rope_params(rp);
         p->rope = 1;
         p->early = p->early && rope_settled(rp);
