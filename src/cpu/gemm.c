@@ -233,7 +233,6 @@ static void pack_t_generic(float *restrict dst, const float *restrict src, int64
     }
 }
 
-
 /* dst[0:w] = s[0:n], zero past n. Inlined with w constant for the common
  * tile widths so the copy is a few vector moves. */
 static inline __attribute__((always_inline)) void copy_run(float *restrict d,

@@ -1056,6 +1056,25 @@ __global__ void k_qmatvec(int type, cu_mv p, int64_t row_bytes, const float *x, 
     mv_finish(p, g, N, m, acc, acc_up);
 }
 
+/* Whether products of N rows of x (at X) by K-wide rows of a weight type
+ * take k_qmv: a block type its parts decoder knows, K a multiple of 4, x
+ * 16-byte aligned and small enough to stage in shared memory. */
+static bool qmv_vec(int gtype, int64_t N, int64_t K, const float *X) {
+    bool typed = gtype == TNN_QT_Q4_0 || gtype == TNN_QT_Q4_1 || gtype == TNN_QT_Q5_0 ||
+                 gtype == TNN_QT_Q5_1 || gtype == TNN_QT_Q8_0 || gtype == TNN_QT_Q4_K ||
+                 gtype == TNN_QT_Q5_K || gtype == TNN_QT_Q6_K;
+    return typed && K % 4 == 0 && (uintptr_t)X % 16 == 0 &&
+           (size_t)(N * K) * sizeof(float) <= QMV_SMEM;
+}
+
+/* Whether k_qmv runs p's products as the MULTI instance: more rows than
+ * the GPU holds blocks for at once (8 an SM), gated pairs excepted. */
+static bool qmv_multi(const cu_mv &p) {
+    int64_t rows = 0;
+    for (int i = 0; i < p.n; i++) rows += p.M[i];
+    return (rows + QMV_WARPS - 1) / QMV_WARPS > (int64_t)tnn__cu.sm_count * 8 && !p.up;
+}
+
 /* Launches the products of p, all with t's x (or, p.norm, the input of
  * the RMS norm that made it) and weight type. */
 static int qmatvec(const tnn_tensor *t, const cu_mv &p) {
@@ -1071,12 +1090,12 @@ static int qmatvec(const tnn_tensor *t, const cu_mv &p) {
      * runs on that many blocks, each warp then taking several rows (MULTI:
      * a separate instance, since the loop costs the small products time) */
     unsigned cap = (unsigned)tnn__cu.sm_count * 8;
-    bool multi = g > cap && !p.up; /* (gated pairs: one row a warp) */
+    bool multi = qmv_multi(p);
     unsigned gq = multi ? cap : g;
     cudaStream_t st = tnn__cu.stream;
     size_t smem = (size_t)(N * K) * sizeof(float);
-    bool vec = K % 4 == 0 && (uintptr_t)CF(x) % 16 == 0 && qi->block > 1 && smem <= QMV_SMEM;
     const float *X = CF(x);
+    bool vec = qmv_vec(w->gtype, N, K, X);
 #define QMV_GO(qt, gated, multi, r)                                                           \
     TNN_LAUNCH_PDL(k_qmv<qt COMMA gated COMMA multi COMMA r>, gq, nt, smem, st, p, rb, X, N, K)
 #define QMV_CASE(qt)                                                                          \
@@ -1140,15 +1159,20 @@ static bool lives_through(const tnn_tensor *x, int32_t i, int r) {
            x->last_use >= i + r - 2;
 }
 
-/* The cache that KV write node kw fills, as an epilogue writes it. */
-static void epi_cache(cu_epi *e, const tnn_tensor *kw) {
+/* The cache that KV write node kw fills, as an epilogue writes it (rows
+ * of M values): false, e untouched, when the epilogues cannot write it. */
+static bool epi_cache(cu_epi *e, const tnn_tensor *kw, int64_t M) {
     const tnn_tensor *cache = kw->src[0];
+    if (cache->ndim != 2 || cache->shape[1] != M ||
+        (cache->dtype != TNN_F16 && cache->dtype != TNN_F32))
+        return false;
     e->cache = kw->data;
     e->f16 = cache->dtype == TNN_F16;
     e->ctx = cache->shape[0];
     e->pos = (const int32_t *)kw->src[2]->data;
     e->fault = tnn__cu.fault;
     e->node = kw->id;
+    return true;
 }
 
 /* Whether node nx (the next in the plan, the only reader of t) can be
@@ -1176,11 +1200,7 @@ static bool epilogue_of(const tnn_tensor *t, const tnn_tensor *nx, cu_epi *e) {
         if (nx->src[0] != t) return false;
         break;
     case TNN_OP_KV_WRITE: {
-        const tnn_tensor *cache = nx->src[0];
-        if (nx->src[1] != t || cache->ndim != 2 || cache->shape[1] != M ||
-            (cache->dtype != TNN_F16 && cache->dtype != TNN_F32))
-            return false;
-        epi_cache(e, nx);
+        if (nx->src[1] != t || !epi_cache(e, nx, M)) return false;
         break;
     }
     default: return false;
@@ -1192,24 +1212,6 @@ static bool epilogue_of(const tnn_tensor *t, const tnn_tensor *nx, cu_epi *e) {
 /* Products b and a read the same x with weights of the same type and K. */
 static bool same_input(const tnn_tensor *a, const tnn_tensor *b) {
     return qmatvec_node(b) && b->src[0] == a->src[0] && b->src[1]->gtype == a->src[1]->gtype;
-}
-
-/* Whether the set p of products of x (rows of x, K, weight type of w)
- * runs as k_qmv with a warp per row (what a ROPE epilogue needs): the
- * conditions qmatvec chooses by. x2: the norm's input the kernel may read
- * instead (or NULL). */
-static bool qmv_single(const cu_mv &p, const tnn_tensor *x, const tnn_tensor *x2,
-                       const tnn_tensor *w) {
-    int64_t N = x->shape[0], K = x->shape[1], rows = 0;
-    for (int i = 0; i < p.n; i++) rows += p.M[i];
-    const tnn_qtype_info *qi = tnn__qtype(w->gtype);
-    bool typed = w->gtype == TNN_QT_Q4_0 || w->gtype == TNN_QT_Q4_1 || w->gtype == TNN_QT_Q5_0 ||
-                 w->gtype == TNN_QT_Q5_1 || w->gtype == TNN_QT_Q8_0 || w->gtype == TNN_QT_Q4_K ||
-                 w->gtype == TNN_QT_Q5_K || w->gtype == TNN_QT_Q6_K;
-    return qi && typed && qi->block > 1 && K % 4 == 0 && (uintptr_t)CF(x) % 16 == 0 &&
-           (!x2 || (uintptr_t)CF(x2) % 16 == 0) &&
-           (size_t)(N * K) * sizeof(float) <= QMV_SMEM &&
-           (rows + QMV_WARPS - 1) / QMV_WARPS <= (int64_t)tnn__cu.sm_count * 8 && !p.up;
 }
 
 /* After the ran nodes from plan[i] that the set p covers: a RoPE node of
@@ -1227,16 +1229,18 @@ static int rope_epilogue(tnn_tensor **plan, int32_t np, int32_t i, int ran, cu_m
     for (int g = 0; g < p->n; off += p->M[g], g++) {
         tnn_tensor *t = plan[i + g];
         if (rp->src[0] != t) continue;
-        const tnn_tensor *cache = kw->src[0];
         const tnn_tensor *x = t->src[0];
-        if (!only_read_by(t, j) || p->e[g].op != TNN_OP_NONE || off % 2 || p->M[g] % 2 ||
-            hd % 2 || cache->ndim != 2 || cache->shape[1] != p->M[g] ||
-            (cache->dtype != TNN_F16 && cache->dtype != TNN_F32) ||
-            !qmv_single(*p, x, x->op == TNN_OP_RMS_NORM ? x->src[0] : NULL, t->src[1]))
-            return 0;
+        int gt = t->src[1]->gtype;
         cu_epi *e = &p->e[g];
+        if (!only_read_by(t, j) || e->op != TNN_OP_NONE || off % 2 || p->M[g] % 2 || hd % 2 ||
+            qmv_multi(*p))
+            return 0;
+        /* k_qmv with a warp per row, whether it stages x or the norm's input */
+        if (!qmv_vec(gt, x->shape[0], x->shape[1], CF(x)) ||
+            (x->op == TNN_OP_RMS_NORM && !qmv_vec(gt, x->shape[0], x->shape[1], CF(x->src[0]))))
+            return 0;
+        if (!epi_cache(e, kw, p->M[g])) return 0;
         e->op = TNN_OP_ROPE;
-        epi_cache(e, kw);
         e->rope = rope_params(rp);
         p->rope = 1;
         p->early = p->early && rope_settled(rp);
