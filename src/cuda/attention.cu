@@ -519,12 +519,19 @@ CU_UNROLL((U <= 4 ? 32 : 8))
         pr[1] = L;
     }
     cu_store_head<U>(pr + 2, hd, lane, O, 1.0f);
-    __threadfence(); /* the partial is visible before the count says so */
+    /* the partial is visible before the count says so: every lane's stores
+     * are fenced, and the warp barrier orders them before lane 0's atomic
+     * (the fence alone orders only a lane's own stores) */
+    __threadfence();
+    __syncwarp();
     int done = 0;
-    if (lane == 0) done = atomicAdd(&count[task], 1);
+    if (lane == 0) {
+        done = atomicAdd(&count[task], 1);
+        __threadfence();
+    }
     done = __shfl_sync(0xffffffffu, done, 0);
     if (done != ns - 1) return;
-    __threadfence();
+    __syncwarp(); /* lane 0's acquiring fence before every lane's loads */
     /* the last block: every split's partial, in split order */
     const float *pt = part + task * nsplit * (hd + 2);
     L = ad_merge<U>(
@@ -592,10 +599,13 @@ static int cached(tnn_tensor *t, const tnn_tensor *qr = NULL) {
         bool vec = hd % (f16 ? 8 : 4) == 0 && (uintptr_t)kc->data % 16 == 0;
         int *cnt = tnn__cu.counters;
         int units = hd <= 64 ? 2 : hd <= 128 ? 4 : CU_HD_UNITS;
-        /* launched plainly, not with TNN_LAUNCH_PDL: overlapped, one test of
-         * attention after a RoPE cache write failed once in 9 runs on a GPU (an
-         * H100; the cause is not found); the early reads below are correct
-         * either way, the waits then doing nothing */
+        /* launched plainly, not with TNN_LAUNCH_PDL: overlapped (2-3% more
+         * tokens a second), test_cuda's attention after a RoPE cache write with
+         * head size 6 fails about once in 200 runs (an H100 and an H200; 0 in
+         * 309 runs launched plainly; the cause is not found, and the case
+         * alone on fresh sessions did not fail in 900,000 tries). Launched
+         * plainly, the kernel starts after the one before has finished, and
+         * its waits do nothing. */
 #define AD_LAUNCH(T, U)                                                                       \
     TNN_LAUNCH(k_attn_decode<T COMMA U>, grid, 32 * AD_WARPS, 0, st, CF(q),                   \
                (const T *)kc->data, (const T *)vc->data, part, cnt, FP(t), n, ctx, H, Hkv, hd,  \
