@@ -1,7 +1,8 @@
 /* bench_kernels.c - the memory-bound kernels against bandwidth measured in
  * the same run, and the fixed cost of small calls:
  *
- *   matrix-vector  f32 products with 1-8 rows (the GEMM's skinny path), then
+ *   matrix-vector  f32 products with 1, 8 and 16 rows (the GEMM's skinny
+ *                  path; 16 rows only with B transposed, NN packs), then
  *                  the same with bf16 weights (widened as read), GB/s of the
  *                  matrix streamed, against the triad of the same
  *                  thread count (the matrices rotate through >= 256 MiB so
@@ -189,9 +190,10 @@ static void mv_run(void *p) {
 /* f32 matrix-vector products, then the same with bf16 weights (the bytes
  * streamed are halved; the target is the same fraction of the triad). */
 static void bench_matvec(int threads, bool quick) {
-    static const int shapes[][3] = {{1, 576, 1536}, {1, 4096, 4096}, {8, 4096, 4096}};
+    static const int shapes[][3] = {
+        {1, 576, 1536}, {1, 4096, 4096}, {8, 4096, 4096}, {16, 4096, 4096} /* batched decoding */};
     for (int bf16 = 0; bf16 <= 1; bf16++)
-        for (int s = 0; s < 3; s++) {
+        for (int s = 0; s < 4; s++) {
             for (int tb = 1; tb >= 0; tb--) {
                 if (quick && (tb == 0 || bf16)) continue;
                 mv_ctx c = {.M = shapes[s][0], .K = shapes[s][1], .N = shapes[s][2], .tb = tb,

@@ -133,6 +133,7 @@ static const int shapes[][3] = {
     /* skinny path (M <= 8, N >= 64): full 8x8 transposes, K and column tails */
     {1, 1536, 576}, {4, 130, 77},  {8, 200, 33}, {5, 70, 16},   {2, 64, 9},    {6, 95, 130},
     {8, 70, 1200}, /* 8 rows, B as rows: skinny_tb_m8, long rows (no prefetch), a column tail */
+    {16, 70, 130}, {9, 40, 7}, /* 9-16 rows: skinny_tb_m16 when B is transposed */
     /* C rows 1024 and 2048 floats apart (ldc = N + 2): the skinny sums in a buffer */
     {6, 1022, 40},  {8, 2046, 19}, {2, 1022, 9},
 };

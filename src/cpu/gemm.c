@@ -535,6 +535,12 @@ static void skinny_range(void *p, int64_t u0, int64_t u1) {
     if (g->epi) g->epi->fn(g->epi->ctx, 0, g->M, n0, n1);
 }
 
+/* Whether a product takes the skinny path: a few rows of op(A) (more of
+ * them when B is transposed) against enough columns to share out. */
+static bool skinny_fits(bool tb, int64_t M, int64_t N) {
+    return (M <= TNN_GEMM_SKINNY_M || (tb && M <= TNN_GEMM_SKINNY_TB_M)) && N >= SKINNY_UNIT;
+}
+
 /* Rows of op(A) at most this many floats are packed on the stack. */
 #define SKINNY_STACK_A 4096
 
@@ -612,7 +618,7 @@ int tnn__gemm_f32_epi(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const f
     set_geometry(&g, g.kr->mr, g.kr->nr, g.kr->mc, g.kr->kc, g.kr->nc, g.kr->nc_small);
     g.nc_small_t = g.kr->nc_small_t;
     atomic_init(&g.status, TNN_OK);
-    if (M <= TNN_GEMM_SKINNY_M && N >= SKINNY_UNIT) return gemm_skinny(&g);
+    if (skinny_fits(tb, M, N)) return gemm_skinny(&g);
     return gemm_packed(&g);
 }
 
@@ -663,7 +669,7 @@ int tnn__gemm_bf16_epi(int path, bool ta, bool tb, int64_t M, int64_t N, int64_t
         g.kr = kernel_table(tnn__gemm_get_kernel());
         set_geometry(&g, g.kr->mr, g.kr->nr, g.kr->mc, g.kr->kc, g.kr->nc, g.kr->nc_small);
         g.nc_small_t = g.kr->nc_small_t;
-        if (M <= TNN_GEMM_SKINNY_M && N >= SKINNY_UNIT) return gemm_skinny(&g);
+        if (skinny_fits(tb, M, N)) return gemm_skinny(&g);
     } else {
         g.mode = GEMM_DOT;
 #if defined(TNN_GEMM_X86)

@@ -373,6 +373,69 @@ INL void skinny_tb_m8(bool h, int64_t K, const float *ap, const void *b, int64_t
     for (int i = 0; i < 8; i++) _mm256_storeu_ps(C + i * ldc, acc[i]);
 }
 
+/* 9-16 rows of op(A) (M), B stored N x K, 4 columns: skinny_tb_m8's form
+ * with two vectors of op(A) per k (the second's lanes past M masked off)
+ * and two accumulators per column: 8 chains, 2 loads of op(A) and 4
+ * broadcasts of B (bf16: 4 per two k) for 8 fmas. The 4 x 16 sums go to C
+ * through a small tile. */
+INL void skinny_tb_m16(int M, bool h, int64_t K, const float *ap, const void *b, int64_t ldb,
+                       float *C, int64_t ldc) {
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i hmask = _mm256_cmpgt_epi32(_mm256_set1_epi32(M - 8), lanes);
+    __m256 acc[4][2];
+    for (int c = 0; c < 4; c++) acc[c][0] = acc[c][1] = _mm256_setzero_ps();
+#define M16_A(kk, lo, hi)                                                                     \
+    __m256 lo = _mm256_loadu_ps(ap + (kk) * M);                                               \
+    __m256 hi = M == 16 ? _mm256_loadu_ps(ap + (kk) * M + 8)                                  \
+                        : _mm256_maskload_ps(ap + (kk) * M + 8, hmask)
+    int64_t k = 0;
+    if (h) {
+        const uint16_t *bh = (const uint16_t *)b;
+        const __m256i himask = _mm256_set1_epi32((int)0xFFFF0000u);
+        for (; k + 2 <= K; k += 2) {
+            M16_A(k, a0, a1);
+            M16_A(k + 1, a2, a3);
+            for (int c = 0; c < 4; c++) {
+                uint32_t pair;
+                memcpy(&pair, bh + c * ldb + k, sizeof pair);
+                __m256i p = _mm256_set1_epi32((int)pair);
+                __m256 w0 = _mm256_castsi256_ps(_mm256_slli_epi32(p, 16));
+                __m256 w1 = _mm256_castsi256_ps(_mm256_and_si256(p, himask));
+                acc[c][0] = _mm256_fmadd_ps(a0, w0, acc[c][0]);
+                acc[c][1] = _mm256_fmadd_ps(a1, w0, acc[c][1]);
+                acc[c][0] = _mm256_fmadd_ps(a2, w1, acc[c][0]);
+                acc[c][1] = _mm256_fmadd_ps(a3, w1, acc[c][1]);
+            }
+        }
+    } else {
+        const float *bf = (const float *)b;
+        for (; k < K; k++) {
+            M16_A(k, a0, a1);
+            for (int c = 0; c < 4; c++) {
+                __m256 w = _mm256_broadcast_ss(bf + c * ldb + k);
+                acc[c][0] = _mm256_fmadd_ps(a0, w, acc[c][0]);
+                acc[c][1] = _mm256_fmadd_ps(a1, w, acc[c][1]);
+            }
+        }
+    }
+    for (; k < K; k++) { /* bf16, odd K: the last k */
+        M16_A(k, a0, a1);
+        for (int c = 0; c < 4; c++) {
+            __m256 w = _mm256_set1_ps(bload1(b, h, c * ldb + k));
+            acc[c][0] = _mm256_fmadd_ps(a0, w, acc[c][0]);
+            acc[c][1] = _mm256_fmadd_ps(a1, w, acc[c][1]);
+        }
+    }
+#undef M16_A
+    float t[4][16];
+    for (int c = 0; c < 4; c++) {
+        _mm256_storeu_ps(t[c], acc[c][0]);
+        _mm256_storeu_ps(t[c] + 8, acc[c][1]);
+    }
+    for (int i = 0; i < M; i++)
+        for (int c = 0; c < 4; c++) C[i * ldc + c] = t[c][i];
+}
+
 /* g (<= 4) rows of C from row r0, 16 columns from j, through kn rows of B:
  * 8 accumulators, and per k two loads of B and g broadcasts of A for 2g
  * fmas (a broadcast served 8 columns before; three vectors, 12
@@ -467,6 +530,18 @@ INL void skinny_nb(int M, bool h, int64_t K, const float *ap, const void *B, int
 
 INL void skinny_m(int M, bool h, bool tb, int64_t K, const float *ap, const void *B, int64_t ldb,
                   float *C, int64_t ldc, int64_t n0, int64_t n1) {
+    if (M > 8) { /* B is transposed then (gemm.c, skinny_fits) */
+        int64_t j = n0;
+        for (; j + 4 <= n1; j += 4) skinny_tb_m16(M, h, K, ap, bat(B, h, j * ldb), ldb, C + j, ldc);
+        for (; j < n1; j++)
+            for (int i = 0; i < M; i++) {
+                float c = 0.0f;
+                for (int64_t k = 0; k < K; k++)
+                    c = __builtin_fmaf(ap[k * M + i], bload1(B, h, j * ldb + k), c);
+                C[i * ldc + j] = c;
+            }
+        return;
+    }
     if (!tb) {
         skinny_nb(M, h, K, ap, B, ldb, C, ldc, n0, n1);
         return;
@@ -498,7 +573,15 @@ INL void skinny_m(int M, bool h, bool tb, int64_t K, const float *ap, const void
     case 5: skinny_m(5, h, tb, K, ap, B, ldb, C, ldc, n0, n1); break;                         \
     case 6: skinny_m(6, h, tb, K, ap, B, ldb, C, ldc, n0, n1); break;                         \
     case 7: skinny_m(7, h, tb, K, ap, B, ldb, C, ldc, n0, n1); break;                         \
-    default: skinny_m(8, h, tb, K, ap, B, ldb, C, ldc, n0, n1); break;                        \
+    case 8: skinny_m(8, h, tb, K, ap, B, ldb, C, ldc, n0, n1); break;                         \
+    case 9: skinny_m(9, h, tb, K, ap, B, ldb, C, ldc, n0, n1); break;                         \
+    case 10: skinny_m(10, h, tb, K, ap, B, ldb, C, ldc, n0, n1); break;                       \
+    case 11: skinny_m(11, h, tb, K, ap, B, ldb, C, ldc, n0, n1); break;                       \
+    case 12: skinny_m(12, h, tb, K, ap, B, ldb, C, ldc, n0, n1); break;                       \
+    case 13: skinny_m(13, h, tb, K, ap, B, ldb, C, ldc, n0, n1); break;                       \
+    case 14: skinny_m(14, h, tb, K, ap, B, ldb, C, ldc, n0, n1); break;                       \
+    case 15: skinny_m(15, h, tb, K, ap, B, ldb, C, ldc, n0, n1); break;                       \
+    default: skinny_m(16, h, tb, K, ap, B, ldb, C, ldc, n0, n1); break;                       \
     }
 
 void tnn__gemm_skinny_avx2(bool tb, int64_t M, int64_t K, const float *ap, const float *B,
