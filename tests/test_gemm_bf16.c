@@ -171,7 +171,8 @@ static const int big[][3] = {
     {100, 99, 1}, {40, 40, 2},
     /* 1-8 rows against N >= 16 (9-16 with B transposed): the widening skinny
      * kernels (B widened as read) */
-    {1, 1536, 576}, {8, 200, 33}, {5, 70, 16}, {4, 130, 77}, {7, 100, 40}, {8, 70, 1200}, {16, 70, 1200}, {11, 37, 301},
+    {1, 1536, 576}, {8, 200, 33}, {5, 70, 16}, {4, 130, 77}, {7, 100, 40}, {8, 70, 1200},
+    {16, 70, 1200}, {11, 37, 301},
     /* C rows 1024 floats apart (ldc = N + 2): the skinny sums in a buffer */
     {7, 1022, 40},
 };

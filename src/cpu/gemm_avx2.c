@@ -344,7 +344,8 @@ INL void skinny_tb_m8(bool h, int64_t K, const float *ap, const void *b, int64_t
         const __m256i hi = _mm256_set1_epi32((int)0xFFFF0000u);
         for (; k + 2 <= K; k += 2) {
             if (pf_next && k % pf_every == 0)
-                for (int r = 0; r < 8; r++) _mm_prefetch((const char *)(bh + (8 + r) * ldb + k), _MM_HINT_T0);
+                for (int r = 0; r < 8; r++)
+                    _mm_prefetch((const char *)(bh + (8 + r) * ldb + k), _MM_HINT_T0);
             __m256 a0 = _mm256_loadu_ps(ap + k * 8), a1 = _mm256_loadu_ps(ap + k * 8 + 8);
             for (int r = 0; r < 8; r++) {
                 uint32_t pair;
@@ -358,7 +359,8 @@ INL void skinny_tb_m8(bool h, int64_t K, const float *ap, const void *b, int64_t
         const float *bf = (const float *)b;
         for (; k < K; k++) {
             if (pf_next && k % pf_every == 0)
-                for (int r = 0; r < 8; r++) _mm_prefetch((const char *)(bf + (8 + r) * ldb + k), _MM_HINT_T0);
+                for (int r = 0; r < 8; r++)
+                    _mm_prefetch((const char *)(bf + (8 + r) * ldb + k), _MM_HINT_T0);
             __m256 av = _mm256_loadu_ps(ap + k * 8);
             for (int r = 0; r < 8; r++)
                 acc[r] = _mm256_fmadd_ps(av, _mm256_broadcast_ss(bf + r * ldb + k), acc[r]);
