@@ -1,7 +1,9 @@
-/* bench_cuda.c - f32 GEMM on the GPU: tnn_matmul_{nn,nt,tn} in a CUDA
- * session (one graph, computed repeatedly; each compute waits for its
- * result) against cuBLAS's sgemm called directly on the same shapes, same
- * run, each call also waited for. Prints GFLOP/s and the ratio; writes
+/* bench_cuda.c - GEMM on the GPU: tnn_matmul_{nn,nt,tn} in a CUDA session
+ * (one graph, computed repeatedly; each compute waits for its result)
+ * against cuBLAS called directly on the same shapes, same run, each call
+ * also waited for: f32 (sgemm), then bf16 weights with f32 activations
+ * (tinynn rounds them each compute) and with bf16 activations, against
+ * cublasGemmEx on two bf16 operands. Prints GFLOP/s and the ratio; writes
  * bench/results/cuda_gemm.json. Skips (exit 0) without a GPU.
  */
 #include "tinynn.h"
@@ -20,11 +22,13 @@ typedef struct {
     int M, K, N;
 } shape;
 
-static double tnn_gflops(int M, int K, int N, int flags, int reps, bool bf16) {
+/* mode 0: f32; 1: f32 activations, bf16 weights; 2: both bf16. */
+static double tnn_gflops(int M, int K, int N, int flags, int reps, int mode) {
+    bool bf16 = mode > 0;
     tnn_session *s = tnn_session_new(1);
     int64_t sa[2] = {flags == 2 ? K : M, flags == 2 ? M : K};
     int64_t sb[2] = {flags == 1 ? N : K, flags == 1 ? K : N};
-    tnn_tensor *a = tnn_tensor_new(s, TNN_F32, 2, sa);
+    tnn_tensor *a = tnn_tensor_new(s, mode == 2 ? TNN_BF16 : TNN_F32, 2, sa);
     tnn_tensor *b = tnn_tensor_new(s, bf16 ? TNN_BF16 : TNN_F32, 2, sb);
     tnn_tensor *c = flags == 0 ? tnn_matmul_nn(s, a, b)
                     : flags == 1 ? tnn_matmul_nt(s, a, b)
@@ -115,24 +119,27 @@ int main(void) {
     FILE *json = bench_json_open(path, "bench_cuda");
     if (json) fprintf(json, "  \"gpu\": \"%s\",\n  \"results\": [\n", prop.name);
     int first = 1;
-    for (int bf16 = 0; bf16 < 2; bf16++) {
+    static const char *const types[] = {"f32", "bf16", "bf16_bf16"};
+    for (int mode = 0; mode < 3; mode++) {
+        bool bf16 = mode > 0;
         printf("%s GEMM on %s: GFLOP/s tinynn / cuBLAS (ratio), best of 20%s\n",
                bf16 ? "bf16" : "f32", prop.name,
-               bf16 ? " (tinynn: f32 activations rounded on the device, bf16 weights; cuBLAS: "
-                      "both bf16)"
-                    : "");
+               mode == 1 ? " (tinynn: f32 activations rounded on the device, bf16 weights; "
+                           "cuBLAS: both bf16)"
+               : mode == 2 ? " (both operands bf16 on both sides)"
+                           : "");
         for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
             const shape *s = &shapes[i];
             printf("%5dx%5dx%5d", s->M, s->K, s->N);
             for (int f = 0; f < 3; f++) {
-                double t = tnn_gflops(s->M, s->K, s->N, f, 20, bf16);
+                double t = tnn_gflops(s->M, s->K, s->N, f, 20, mode);
                 double c = cublas_gflops(s->M, s->K, s->N, f, 20, bf16);
                 printf("  %s %7.0f/%7.0f (%.2f)", cases[f], t, c, t / c);
                 if (json)
                     fprintf(json, "%s    {\"type\": \"%s\", \"M\": %d, \"K\": %d, \"N\": %d, "
                                   "\"case\": \"%s\", \"tinynn_gflops\": %.1f, "
                                   "\"cublas_gflops\": %.1f}",
-                            first ? "" : ",\n", bf16 ? "bf16" : "f32", s->M, s->K, s->N, cases[f],
+                            first ? "" : ",\n", types[mode], s->M, s->K, s->N, cases[f],
                             t, c);
                 first = 0;
             }

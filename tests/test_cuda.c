@@ -220,7 +220,15 @@ static void test_ops(void) {
     twin("own GEMM: 70 x 33 x 130 (several tiles)", b_mm_nt, big, 2, true, 1e-5);
     in_spec bfo[2] = {P(2, 5, 16), {TNN_BF16, 2, {7, 16}, 0, false}};
     twin("own GEMM: bf16 weights widened", b_mm_nt, bfo, 2, true, 5e-3);
+    /* bf16 activations too: both widened for the f32 product (exact values,
+     * f32 sums on both sides) */
+    in_spec bb[2] = {{TNN_BF16, 3, {2, 5, 16}, 0, false}, {TNN_BF16, 2, {7, 16}, 0, false}};
+    twin("own GEMM: bf16 activations and weights widened", b_mm_nt, bb, 2, false, 1e-5);
     unsetenv("TNN_CUDA_GEMM");
+    /* ... and on the tensor cores, read as they are (no rounding pass) */
+    twin("matmul_nt, bf16 activations and weights", b_mm_nt, bb, 2, false, 1e-5);
+    in_spec bbn[2] = {{TNN_BF16, 2, {5, 16}, 0, false}, {TNN_BF16, 2, {16, 7}, 0, false}};
+    twin("matmul_nn, bf16 activations and weights", b_mm_nn, bbn, 2, false, 1e-5);
     /* bf16 weights: the GPU widens them and multiplies in f32; a CPU with
      * AVX512_BF16 also rounds the activations to bf16 (2^-9 relative each) */
     in_spec bf[2] = {P(3, 2, 5, 16), {TNN_BF16, 2, {7, 16}, 0, false}};

@@ -579,8 +579,11 @@ static void test_shapes_and_dtypes(tnn_session *s) {
         for (int i = 0; i < N_UNARY; i++)
             CHECK_NULL2(unary_ops[i].fn(s, ha), TNN_ERR_ARG, unary_ops[i].name, tag);
         if (dt == TNN_BF16)
-            CHECK(tnn_matmul_nt(s, a, ha) != NULL && tnn_matmul(s, ha, a) != NULL,
-                  "bf16 weights refused: %s", tnn_last_error());
+            CHECK(tnn_matmul_nt(s, a, ha) != NULL && tnn_matmul(s, ha, a) != NULL &&
+                      tnn_matmul_nt(s, ha, ha) != NULL,
+                  "bf16 weights (or bf16 @ bf16) refused: %s", tnn_last_error());
+        else
+            CHECK_NULL2(tnn_matmul_nt(s, ha, ha), TNN_ERR_ARG, "tnn_matmul_nt", tag);
         CHECK_NULL2(tnn_sum(s, ha), TNN_ERR_ARG, "tnn_sum", tag);
         tnn_set_param(ha);
         CHECK(tnn_last_status() == TNN_ERR_ARG, "tnn_set_param took a %s tensor", tag);

@@ -642,7 +642,9 @@ static void test_public(void) {
     tnn_tensor *wbad = input(s, TNN_BF16, 2, wk), *h = input(s, TNN_F16, 2, ws);
     tnn_tensor *iw = input(s, TNN_I32, 2, ws), *x16 = input(s, TNN_BF16, 2, xs);
     CHECK_NULL(tnn_matmul_nt(s, w, x), TNN_ERR_ARG, "bf16");          /* bf16 as activations */
-    CHECK_NULL(tnn_matmul_nt(s, x16, w), TNN_ERR_ARG, "bf16");        /* both bf16 */
+    CHECK(tnn_matmul_nt(s, x16, w) != NULL, "bf16 @ bf16 refused: %s", tnn_last_error());
+    CHECK_NULL(tnn_matmul_nt(s, x16, x), TNN_ERR_ARG, "bf16");        /* bf16 @ f32 */
+    CHECK_NULL(tnn_matmul_nt(s, x16, h), TNN_ERR_ARG, "bf16");        /* bf16 @ f16 */
     CHECK_NULL(tnn_matmul_nt(s, x, h), TNN_ERR_ARG, "f16");           /* f16 weights */
     CHECK_NULL(tnn_matmul_nt(s, x, iw), TNN_ERR_ARG, "i32");
     CHECK_NULL(tnn_matmul_nt(s, x, wbad), TNN_ERR_SHAPE, "inner dimensions");

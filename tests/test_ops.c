@@ -1270,6 +1270,83 @@ static void test_to_bf16(void) {
     free(C), free(rC), free(aC);
 }
 
+/* bf16 activations too: C = bf16(A) @ bf16(W) (nt and nn) with A and W f32
+ * parameters behind tnn_to_bf16. Against double sums of the rounded values:
+ * C, dA = dC @ bf16(W) and dW = dC^T @ bf16(A) (nn: its transpose form);
+ * tn has no gradient for its second operand then, and says so. */
+static void test_bf16_activations(void) {
+    int M = 5, K = 41, Nn = 18;
+    size_t na = (size_t)M * K, nw = (size_t)Nn * K, nc = (size_t)M * Nn;
+    double *A = th_alloc(na), *W = th_alloc(nw), *G = th_alloc(nc), *got[3], *ref[3], *bnd[3];
+    size_t n[3] = {nc, na, nw};
+    for (int i = 0; i < 3; i++)
+        got[i] = th_alloc(n[i]), ref[i] = th_alloc(n[i]), bnd[i] = th_alloc(n[i]);
+    th_fill_f32(A, na, 2.0);
+    th_fill_f32(W, nw, 2.0);
+    th_fill_f32(G, nc, 2.0);
+    for (int nn = 0; nn < 2; nn++) {
+        tnn_session *s = tnn_session_new(TH_BACKEND);
+        tnn_tensor *tA = leaf(s, shp(2, M, K, 0, 0)),
+                   *tW = leaf(s, nn ? shp(2, K, Nn, 0, 0) : shp(2, Nn, K, 0, 0)),
+                   *tG = leaf(s, shp(2, M, Nn, 0, 0));
+        tnn_set_param(tA);
+        tnn_set_param(tW);
+        tnn_tensor *a16 = tnn_to_bf16(s, tA), *w16 = tnn_to_bf16(s, tW);
+        tnn_tensor *tC = nn ? tnn_matmul_nn(s, a16, w16) : tnn_matmul_nt(s, a16, w16);
+        tnn_tensor *loss = tnn_sum(s, tnn_mul(s, tC, tG));
+        const char *form = nn ? "nn" : "nt";
+        if (!loss || tnn_backward(s, loss) != TNN_OK) {
+            CHECK(false, "bf16 @ bf16 (%s): %s", form, tnn_last_error());
+            tnn_session_free(s);
+            continue;
+        }
+        tnn_tensor *gA = tnn_grad(s, tA), *gW = tnn_grad(s, tW);
+        tnn_set_output(gA);
+        tnn_set_output(gW);
+        tnn_set_output(tC);
+        if (realize(s, loss) && put(s, tA, A) && put(s, tW, W) && put(s, tG, G) && compute(s) &&
+            get(s, tC, got[0]) && get(s, gA, got[1]) && get(s, gW, got[2])) {
+            for (int i = 0; i < 3; i++) {
+                memset(ref[i], 0, n[i] * sizeof(double));
+                memset(bnd[i], 0, n[i] * sizeof(double));
+            }
+            for (int i = 0; i < M; i++)
+                for (int j = 0; j < Nn; j++)
+                    for (int k = 0; k < K; k++) {
+                        size_t wi = nn ? (size_t)k * Nn + j : (size_t)j * K + k;
+                        double a = bf16_round_ref(A[i * K + k]), w = bf16_round_ref(W[wi]);
+                        double g = G[i * Nn + j];
+                        ref[0][i * Nn + j] += a * w, bnd[0][i * Nn + j] += fabs(a * w);
+                        ref[1][i * K + k] += g * w, bnd[1][i * K + k] += fabs(g * w);
+                        ref[2][wi] += g * a, bnd[2][wi] += fabs(g * a);
+                    }
+            /* f32 sums (a vdpbf16ps CPU rounds dC to bf16 in dA: 2^-8) */
+            for (int i = 0; i < 3; i++)
+                for (size_t e = 0; e < n[i]; e++) bnd[i][e] *= 1.0 / 256;
+            char what[64];
+            snprintf(what, sizeof what, "C = bf16(A) @ bf16(W) (%s)", form);
+            expect_bounded(what, got[0], ref[0], bnd[0], nc);
+            snprintf(what, sizeof what, "dA of bf16(A) @ bf16(W) (%s)", form);
+            expect_bounded(what, got[1], ref[1], bnd[1], na);
+            snprintf(what, sizeof what, "dW of bf16(A) @ bf16(W) (%s)", form);
+            expect_bounded(what, got[2], ref[2], bnd[2], nw);
+        }
+        tnn_session_free(s);
+    }
+    tnn_session *s = tnn_session_new(TH_BACKEND);
+    tnn_tensor *p = leaf(s, shp(2, K, M, 0, 0)), *q = leaf(s, shp(2, K, Nn, 0, 0));
+    tnn_set_param(p);
+    tnn_set_param(q);
+    tnn_tensor *c = tnn_matmul_tn(s, tnn_to_bf16(s, p), tnn_to_bf16(s, q));
+    CHECK(c != NULL, "tnn_matmul_tn of two bf16 tensors: %s", tnn_last_error());
+    int rc = c ? tnn_backward(s, tnn_sum(s, c)) : TNN_OK;
+    CHECK(rc == TNN_ERR_UNSUPPORTED && strstr(tnn_last_error(), "second"),
+          "tn with a bf16 first operand: backward gave %d (%s)", rc, tnn_last_error());
+    tnn_session_free(s);
+    free(A), free(W), free(G);
+    for (int i = 0; i < 3; i++) free(got[i]), free(ref[i]), free(bnd[i]);
+}
+
 /* ------------------------------------------------------------------------ */
 /* 3. Long and random graphs: buffer reuse                                  */
 /* ------------------------------------------------------------------------ */
@@ -1459,6 +1536,8 @@ int main(void) {
 
     test_chain();
     test_random_graph();
-    test_to_bf16(); /* last: its random draws leave the other tests' inputs as they were */
+    /* last: their random draws leave the other tests' inputs as they were */
+    test_to_bf16();
+    test_bf16_activations();
     return th_finish("test_ops");
 }

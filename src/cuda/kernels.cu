@@ -676,10 +676,14 @@ static unsigned narrow_blocks(int64_t n) { return cu_blocks(n % 4 ? n : n / 4); 
 static int matmul_bf16(tnn_tensor *t, bool ta, bool tb) {
     if (!tnn__cu_bf16_gemm_ok()) return TNN_ERR_UNSUPPORTED;
     const tnn_tensor *a = t->src[0];
-    uint16_t *a16 = (uint16_t *)tnn__cu_scratch((size_t)a->nelem * sizeof(uint16_t));
-    if (!a16) return tnn_last_status();
-    TNN_LAUNCH(k_narrow_bf16, narrow_blocks(a->nelem), CU_THREADS, 0, tnn__cu.stream, CF(a), a16,
-               a->nelem);
+    const uint16_t *a16 = (const uint16_t *)a->data; /* bf16 activations: as they are */
+    if (a->dtype == TNN_F32) {
+        uint16_t *r = (uint16_t *)tnn__cu_scratch((size_t)a->nelem * sizeof(uint16_t));
+        if (!r) return tnn_last_status();
+        TNN_LAUNCH(k_narrow_bf16, narrow_blocks(a->nelem), CU_THREADS, 0, tnn__cu.stream, CF(a),
+                   r, a->nelem);
+        a16 = r;
+    }
     mm_geom g = mm_geometry(t, ta, tb);
     const uint16_t *B = (const uint16_t *)t->src[1]->data;
     for (int64_t i0 = 0; i0 < g.outer; i0++) {
@@ -1344,9 +1348,12 @@ int tnn__cu_matmul(tnn_tensor *t) {
         int rc = matmul_bf16(t, ta, tb);
         if (rc != TNN_ERR_UNSUPPORTED) return rc;
     }
+    const float *A = CF(a);
     if (b->dtype == TNN_GGML || b->dtype == TNN_BF16) {
-        /* weights widened to f32 in the scratch, then the f32 product */
-        float *w = (float *)tnn__cu_scratch((size_t)b->nelem * sizeof(float));
+        /* weights (and bf16 activations) widened to f32 in the scratch, then
+         * the f32 product */
+        int64_t an = a->dtype == TNN_BF16 ? a->nelem : 0;
+        float *w = (float *)tnn__cu_scratch((size_t)(b->nelem + an) * sizeof(float));
         if (!w) return tnn_last_status();
         int rc = TNN_OK;
         if (b->dtype == TNN_GGML)
@@ -1355,11 +1362,16 @@ int tnn__cu_matmul(tnn_tensor *t) {
             TNN_LAUNCH(k_widen_bf16, cu_blocks(b->nelem), CU_THREADS, 0, tnn__cu.stream,
                        (const uint16_t *)b->data, w, b->nelem);
         if (rc) return rc;
+        if (an) {
+            TNN_LAUNCH(k_widen_bf16, cu_blocks(an), CU_THREADS, 0, tnn__cu.stream,
+                       (const uint16_t *)a->data, w + b->nelem, an);
+            A = w + b->nelem;
+        }
         B = w;
     }
     mm_geom g = mm_geometry(t, ta, tb);
     for (int64_t i0 = 0; i0 < g.outer; i0++) {
-        int rc = tnn__cu_gemm(ta, tb, g.M, g.N, g.K, CF(a) + i0 * g.a_out, g.lda, g.a_in,
+        int rc = tnn__cu_gemm(ta, tb, g.M, g.N, g.K, A + i0 * g.a_out, g.lda, g.a_in,
                               B + i0 * g.b_out, g.ldb, g.b_in, FP(t) + i0 * g.inner * g.M * g.N,
                               g.M * g.N, g.inner);
         if (rc) return rc;

@@ -81,20 +81,28 @@ int tnn__bwd_rms_norm(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *
  * only when it is tnn_to_bf16 of an f32 tensor (mixed precision): dB is the
  * f32 product of A and dC above, which tnn_to_bf16 passes on to the f32
  * master. Products take a narrow B only as their second operand, so tn's
- * dA is (dC @ B^T)^T, the same fma chains with the factors swapped. */
+ * dA is (dC @ B^T)^T, the same fma chains with the factors swapped. A bf16
+ * A (with a bf16 B) likewise gets a gradient only through tnn_to_bf16; B's
+ * gradient then takes A as the second operand: nn's dB = (dC^T @ A)^T, and
+ * tn (A^T @ B) has no such form, so it has none. */
 int tnn__bwd_matmul(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
                     tnn_tensor **d) {
     int f = (int)t->iparam[0];
     tnn_tensor *da = NULL, *db = NULL;
-    bool narrow_b = B->dtype != TNN_F32;
-    if (narrow_b && need[1] && B->op != TNN_OP_TO_BF16)
+    bool narrow_b = B->dtype != TNN_F32, narrow_a = A->dtype != TNN_F32;
+    if ((narrow_b && need[1] && B->op != TNN_OP_TO_BF16) ||
+        (narrow_a && need[0] && A->op != TNN_OP_TO_BF16))
         return TNN_ERR(TNN_ERR_UNSUPPORTED,
                        "a %s matmul operand has no gradient (make it tnn_to_bf16 of an f32 "
                        "tensor to train it)",
-                       B->dtype == TNN_BF16 ? "bf16" : "non-f32");
+                       (narrow_b && need[1] ? B : A)->dtype == TNN_BF16 ? "bf16" : "non-f32");
+    if (narrow_a && need[1] && f == TNN_MM_TA)
+        return TNN_ERR(TNN_ERR_UNSUPPORTED,
+                       "tnn_matmul_tn with a bf16 first operand has no gradient for its second");
     if (f == 0) {
         if (need[0]) da = tnn_matmul_nt(s, g, B);
-        if (need[1]) db = tnn_matmul_tn(s, A, g);
+        if (need[1])
+            db = narrow_a ? tnn_transpose(s, tnn_matmul_tn(s, g, A)) : tnn_matmul_tn(s, A, g);
     } else if (f == TNN_MM_TB) {
         if (need[0]) da = tnn_matmul_nn(s, g, B);
         if (need[1]) db = tnn_matmul_tn(s, g, A);

@@ -4,7 +4,9 @@
  *
  * All products are one node, TNN_OP_MATMUL, with flags saying which operand
  * is read transposed: C (..., M, N) = op(src0) @ op(src1). src1 may be bf16
- * (weights) with an f32 src0: the bf16 GEMM (src/cpu/gemm.h) runs it.
+ * (weights) with an f32 src0, or src0 bf16 too (activations already
+ * rounded, e.g. tnn_to_bf16's): the bf16 GEMM (src/cpu/gemm.h) runs it, a
+ * bf16 src0 widened to f32 first (exact).
  */
 #include "common.h"
 
@@ -43,11 +45,14 @@ static tnn_tensor *matmul_build(tnn_session *s, tnn_tensor *a, tnn_tensor *b, in
         if (t) t->iparam[0] = flags;
         return t;
     }
-    /* f32 @ f32, or f32 activations @ bf16 weights (the second operand) */
-    if (a->dtype != TNN_F32 || (b->dtype != TNN_F32 && b->dtype != TNN_BF16))
+    /* f32 @ f32, f32 activations @ bf16 weights (the second operand), or
+     * bf16 @ bf16 */
+    bool ok = b->dtype == TNN_BF16 ? a->dtype == TNN_F32 || a->dtype == TNN_BF16
+                                   : a->dtype == TNN_F32 && b->dtype == TNN_F32;
+    if (!ok)
         return (tnn__error(TNN_ERR_ARG, func,
-                           "%s %s and %s %s: want f32 tensors, or an f32 %s with a bf16 %s "
-                           "(weights)",
+                           "%s %s and %s %s: want f32 tensors, an f32 or bf16 %s with a bf16 "
+                           "%s (weights), or both bf16",
                            an, ba, bn, bb, an, bn),
                 NULL);
     if (a->ndim < 2 || b->ndim < 2)
@@ -190,25 +195,37 @@ static int matmul_run(tnn_tensor *t, tnn_ew_epi *e) {
     batch2(a, abat);
     batch2(b, bbat);
     batch2(t, obat);
-    for (int64_t i0 = 0; i0 < obat[0]; i0++) {
-        for (int64_t i1 = 0; i1 < obat[1]; i1++) {
+    /* a bf16 first operand: widened to f32 (exact), then the f32 @ bf16
+     * product, the same values as an f32 a holding them */
+    const float *A = CF32(a);
+    float *wa = NULL;
+    if (a->dtype == TNN_BF16) {
+        if (!(wa = malloc((size_t)a->nelem * sizeof *wa)))
+            return TNN_ERR(TNN_ERR_NOMEM, "out of memory widening a bf16 operand (%lld values)",
+                           (long long)a->nelem);
+        const uint16_t *h = (const uint16_t *)a->data;
+        for (int64_t i = 0; i < a->nelem; i++) wa[i] = tnn__bf16_to_f32(h[i]);
+        A = wa;
+    }
+    int rc = TNN_OK;
+    for (int64_t i0 = 0; i0 < obat[0] && rc == TNN_OK; i0++) {
+        for (int64_t i1 = 0; i1 < obat[1] && rc == TNN_OK; i1++) {
             int64_t ai = (abat[0] == 1 ? 0 : i0) * abat[1] + (abat[1] == 1 ? 0 : i1);
             int64_t bi = (bbat[0] == 1 ? 0 : i0) * bbat[1] + (bbat[1] == 1 ? 0 : i1);
             int64_t oi = i0 * obat[1] + i1;
             tnn_gemm_epi epi = {tnn__ew_epi_fn, e};
             if (e) e->base = oi * M * N;
-            int rc = b->dtype == TNN_BF16
-                         ? tnn__gemm_bf16_epi(TNN_GEMM_BF16_AUTO, ta, tb, M, N, K,
-                                              CF32(a) + ai * ar * ac, ac,
-                                              (const uint16_t *)b->data + bi * br * bc, bc,
-                                              F32(t) + oi * M * N, N, e ? &epi : NULL)
-                         : tnn__gemm_f32_epi(ta, tb, M, N, K, CF32(a) + ai * ar * ac, ac,
-                                             CF32(b) + bi * br * bc, bc, F32(t) + oi * M * N,
-                                             N, e ? &epi : NULL);
-            if (rc) return rc;
+            rc = b->dtype == TNN_BF16
+                     ? tnn__gemm_bf16_epi(TNN_GEMM_BF16_AUTO, ta, tb, M, N, K, A + ai * ar * ac,
+                                          ac, (const uint16_t *)b->data + bi * br * bc, bc,
+                                          F32(t) + oi * M * N, N, e ? &epi : NULL)
+                     : tnn__gemm_f32_epi(ta, tb, M, N, K, A + ai * ar * ac, ac,
+                                         CF32(b) + bi * br * bc, bc, F32(t) + oi * M * N, N,
+                                         e ? &epi : NULL);
         }
     }
-    return TNN_OK;
+    free(wa);
+    return rc;
 }
 
 int tnn__fwd_matmul(tnn_tensor *t) {
