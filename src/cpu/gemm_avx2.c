@@ -532,30 +532,21 @@ INL void skinny_nb(int M, bool h, int64_t K, const float *ap, const void *B, int
 
 INL void skinny_m(int M, bool h, bool tb, int64_t K, const float *ap, const void *B, int64_t ldb,
                   float *C, int64_t ldc, int64_t n0, int64_t n1) {
-    if (M > 8) { /* B is transposed then (gemm.c, skinny_fits) */
-        int64_t j = n0;
-        for (; j + 4 <= n1; j += 4) skinny_tb_m16(M, h, K, ap, bat(B, h, j * ldb), ldb, C + j, ldc);
-        for (; j < n1; j++)
-            for (int i = 0; i < M; i++) {
-                float c = 0.0f;
-                for (int64_t k = 0; k < K; k++)
-                    c = __builtin_fmaf(ap[k * M + i], bload1(B, h, j * ldb + k), c);
-                C[i * ldc + j] = c;
-            }
-        return;
-    }
-    if (!tb) {
+    if (!tb && M <= 8) { /* (more rows come only with B transposed: gemm.c, skinny_fits) */
         skinny_nb(M, h, K, ap, B, ldb, C, ldc, n0, n1);
         return;
     }
     int64_t j = n0;
-    for (; j + 8 <= n1; j += 8) {
-        bool pf = ldb == K && K <= SKINNY_PF_K && j + 16 <= n1;
-        if (M == 8)
-            skinny_tb_m8(h, K, ap, bat(B, h, j * ldb), ldb, C + j, ldc, pf);
-        else
-            skinny_tb_8(M, h, K, ap, bat(B, h, j * ldb), ldb, C + j, ldc, pf);
-    }
+    if (M > 8)
+        for (; j + 4 <= n1; j += 4) skinny_tb_m16(M, h, K, ap, bat(B, h, j * ldb), ldb, C + j, ldc);
+    else
+        for (; j + 8 <= n1; j += 8) {
+            bool pf = ldb == K && K <= SKINNY_PF_K && j + 16 <= n1;
+            if (M == 8)
+                skinny_tb_m8(h, K, ap, bat(B, h, j * ldb), ldb, C + j, ldc, pf);
+            else
+                skinny_tb_8(M, h, K, ap, bat(B, h, j * ldb), ldb, C + j, ldc, pf);
+        }
     for (; j < n1; j++) /* last columns: one chain each, fmaf = the same FMA */
         for (int i = 0; i < M; i++) {
             float c = 0.0f;

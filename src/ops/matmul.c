@@ -203,8 +203,7 @@ static int matmul_run(tnn_tensor *t, tnn_ew_epi *e) {
         if (!(wa = malloc((size_t)a->nelem * sizeof *wa)))
             return TNN_ERR(TNN_ERR_NOMEM, "out of memory widening a bf16 operand (%lld values)",
                            (long long)a->nelem);
-        const uint16_t *h = (const uint16_t *)a->data;
-        for (int64_t i = 0; i < a->nelem; i++) wa[i] = tnn__bf16_to_f32(h[i]);
+        tnn__dequantize_row(TNN_QT_BF16, a->data, wa, a->nelem); /* cannot fail for bf16 */
         A = wa;
     }
     int rc = TNN_OK;
