@@ -286,7 +286,8 @@ static void pack_a(const gemm_job *g, int64_t i0, int64_t mc, int64_t k0, int64_
                    float *dst) {
     const int mr = g->mr;
     if (g->mode == GEMM_DOT) {
-        tnn__gemm_dot_pack_a((uint32_t *)dst, g->ta, g->A, g->lda, i0, mc, k0, kc, mr);
+        tnn__gemm_dot_pack_a_fn pk = g->dk->pack_a ? g->dk->pack_a : tnn__gemm_dot_pack_a;
+        pk((uint32_t *)dst, g->ta, g->A, g->lda, i0, mc, k0, kc, mr);
         return;
     }
     if (g->ta) { /* op(A)[i][k] = A[k][i]: runs along i */
@@ -305,7 +306,8 @@ static void pack_b(const gemm_job *g, int64_t k0, int64_t kc, int64_t j0, int64_
                    float *dst) {
     const int nr = g->nr;
     if (g->mode == GEMM_DOT) {
-        tnn__gemm_dot_pack_b((uint32_t *)dst, g->tb, g->Bh, g->ldb, k0, kc, j0, nc, nr);
+        tnn__gemm_dot_pack_b_fn pk = g->dk->pack_b ? g->dk->pack_b : tnn__gemm_dot_pack_b;
+        pk((uint32_t *)dst, g->tb, g->Bh, g->ldb, k0, kc, j0, nc, nr);
         return;
     }
     if (g->mode == GEMM_WIDEN) {

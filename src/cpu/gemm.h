@@ -185,12 +185,20 @@ float tnn__gemm_dot_step(float acc, float a, float b);
  * pair half. */
 typedef void (*tnn__gemm_dot_ukr_fn)(int64_t kp, const uint32_t *a, const uint32_t *b, float *c,
                                      int64_t ldc, int load_c);
+typedef void (*tnn__gemm_dot_pack_a_fn)(uint32_t *dst, bool ta, const float *A, int64_t lda,
+                                        int64_t i0, int64_t mc, int64_t k0, int64_t kc, int mr);
+typedef void (*tnn__gemm_dot_pack_b_fn)(uint32_t *dst, bool tb, const uint16_t *B, int64_t ldb,
+                                        int64_t k0, int64_t kc, int64_t j0, int64_t nc, int nr);
 typedef struct {
     const char *name;
     int mr, nr;       /* mr <= TNN_GEMM_MR_MAX, nr <= TNN_GEMM_NR_MAX */
     int mc, kc, nc;   /* kc even: a K block never splits a pair */
     int nc_small;
     tnn__gemm_dot_ukr_fn ukr;
+    /* The packs compiled for this kernel's instruction set (the same bytes
+     * as tnn__gemm_dot_pack_a/b, gemm_dot_pack.h); NULL: those. */
+    tnn__gemm_dot_pack_a_fn pack_a;
+    tnn__gemm_dot_pack_b_fn pack_b;
 } tnn__gemm_dot_kernel;
 
 /* gemm_bf16.c (always) and gemm_avx512bf16.c (x86). */

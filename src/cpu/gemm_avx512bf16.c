@@ -6,6 +6,7 @@
  * ukr_dot_scalar in gemm_bf16.c.
  */
 #include "gemm.h"
+#include "gemm_dot_pack.h"
 
 #if defined(TNN_GEMM_X86)
 #if !defined(__AVX512F__) || !defined(__AVX512BF16__)
@@ -51,6 +52,19 @@ static void ukr_dot_12x32(int64_t kp, const uint32_t *a, const uint32_t *b, floa
     }
 }
 
+/* The pair packs, vectorized for AVX-512 by the compiler (same bytes); mr
+ * is this kernel's MR, a constant here so that the transpose unrolls. */
+static void pack_a_avx512(uint32_t *restrict dst, bool ta, const float *restrict A, int64_t lda,
+                          int64_t i0, int64_t mc, int64_t k0, int64_t kc, int mr) {
+    (void)mr;
+    dot_pack_a_impl(dst, ta, A, lda, i0, mc, k0, kc, MR);
+}
+
+static void pack_b_avx512(uint32_t *restrict dst, bool tb, const uint16_t *restrict B, int64_t ldb,
+                          int64_t k0, int64_t kc, int64_t j0, int64_t nc, int nr) {
+    dot_pack_b_impl(dst, tb, B, ldb, k0, kc, j0, nc, nr);
+}
+
 const tnn__gemm_dot_kernel tnn__gemm_dot_kernel_avx512bf16 = {
     .name = "dot-avx512",
     .mr = MR, .nr = NR,
@@ -59,6 +73,8 @@ const tnn__gemm_dot_kernel tnn__gemm_dot_kernel_avx512bf16 = {
      * 512 x 1024 when A is one block. */
     .mc = 144, .kc = 512, .nc = 3072, .nc_small = 1024,
     .ukr = ukr_dot_12x32,
+    .pack_a = pack_a_avx512,
+    .pack_b = pack_b_avx512,
 };
 
 #else

@@ -5,6 +5,7 @@
  * gemm_avx512bf16.c, bit for bit).
  */
 #include "gemm.h"
+#include "gemm_dot_pack.h"
 
 #include <math.h>
 #include <string.h>
@@ -26,12 +27,7 @@ static inline float widen(uint16_t h) { return bits_f32((uint32_t)h << 16); }
 /* Rounding and the dot step                                                */
 /* ------------------------------------------------------------------------ */
 
-uint16_t tnn__gemm_bf16_round(float x) {
-    uint32_t u = f32_bits(x);
-    if ((u & 0x7f800000u) == 0) return (uint16_t)((u >> 16) & 0x8000u); /* zero, subnormal */
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u); /* quiet NaN */
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16); /* nearest even; inf stays */
-}
+uint16_t tnn__gemm_bf16_round(float x) { return (uint16_t)dot_round_bits(f32_bits(x)); }
 
 /* DAZ: a subnormal is a zero of its sign. */
 static inline float daz(float x) {
@@ -105,51 +101,14 @@ void tnn__gemm_bf16_pack_n_widen(float *restrict dst, const uint16_t *restrict s
 /* Pair packs (the DOT paths)                                               */
 /* ------------------------------------------------------------------------ */
 
-static inline uint32_t pair(uint16_t lo, uint16_t hi) { return (uint32_t)lo | (uint32_t)hi << 16; }
-
 void tnn__gemm_dot_pack_a(uint32_t *restrict dst, bool ta, const float *restrict A, int64_t lda,
                           int64_t i0, int64_t mc, int64_t k0, int64_t kc, int mr) {
-    int64_t kp = (kc + 1) / 2;
-    for (int64_t p = 0; p < mc; p += mr, dst += mr * kp) {
-        int rows = (int)(mc - p < mr ? mc - p : mr);
-        for (int64_t q = 0; q < kp; q++) {
-            int64_t k = k0 + 2 * q;
-            bool two = 2 * q + 1 < kc;
-            uint32_t *d = dst + q * mr;
-            for (int i = 0; i < rows; i++) {
-                int64_t r = i0 + p + i;
-                float lo = ta ? A[k * lda + r] : A[r * lda + k];
-                float hi = two ? (ta ? A[(k + 1) * lda + r] : A[r * lda + k + 1]) : 0.0f;
-                d[i] = pair(tnn__gemm_bf16_round(lo), tnn__gemm_bf16_round(hi));
-            }
-            for (int i = rows; i < mr; i++) d[i] = 0;
-        }
-    }
+    dot_pack_a_impl(dst, ta, A, lda, i0, mc, k0, kc, mr);
 }
 
 void tnn__gemm_dot_pack_b(uint32_t *restrict dst, bool tb, const uint16_t *restrict B, int64_t ldb,
                           int64_t k0, int64_t kc, int64_t j0, int64_t nc, int nr) {
-    int64_t kp = (kc + 1) / 2;
-    for (int64_t q0 = 0; q0 < nc; q0 += nr, dst += nr * kp) {
-        int cols = (int)(nc - q0 < nr ? nc - q0 : nr);
-        if (tb) { /* column j of op(B) is row j of B: its pairs are adjacent */
-            for (int c = 0; c < cols; c++) {
-                const uint16_t *s = B + (j0 + q0 + c) * ldb + k0;
-                for (int64_t q = 0; q < kp; q++)
-                    dst[q * nr + c] = pair(s[2 * q], 2 * q + 1 < kc ? s[2 * q + 1] : 0);
-            }
-            for (int c = cols; c < nr; c++)
-                for (int64_t q = 0; q < kp; q++) dst[q * nr + c] = 0;
-        } else { /* two rows of B give the pairs of a k pair */
-            for (int64_t q = 0; q < kp; q++) {
-                const uint16_t *s0 = B + (k0 + 2 * q) * ldb + j0 + q0, *s1 = s0 + ldb;
-                bool two = 2 * q + 1 < kc;
-                uint32_t *d = dst + q * nr;
-                for (int c = 0; c < cols; c++) d[c] = pair(s0[c], two ? s1[c] : 0);
-                for (int c = cols; c < nr; c++) d[c] = 0;
-            }
-        }
-    }
+    dot_pack_b_impl(dst, tb, B, ldb, k0, kc, j0, nc, nr);
 }
 
 /* ------------------------------------------------------------------------ */
