@@ -2,8 +2,10 @@
  * llm.c's GPT-2-shaped configs, tokens/s (best and median of the timed
  * steps) and peak memory, with the same-run ratio to llm.c's CPU trainer
  * when TNN_LLMC_BENCH names a program that runs it (built outside this
- * repository; see docs/PERFORMANCE.md). Usage: bench_train [small|gpt2|all] [--cuda] [--bf16]
- * (--bf16: mixed precision, the products on bf16 copies of the weights)
+ * repository; see docs/PERFORMANCE.md). Usage:
+ *   bench_train [small|gpt2|all] [--cuda] [--bf16] [--batch B] [--seq T] [--steps S]
+ * (--bf16: mixed precision, the products on bf16 copies of the weights;
+ * --batch/--seq/--steps replace the configs' own B, T and timed steps)
  * (--cuda: on the GPU; the peer is then PyTorch on the GPU when
  * TNN_TORCH_BENCH names tools/torch_train_speed.py's command line).
  */
@@ -90,20 +92,46 @@ static void run(const config *c, FILE *json, int *first) {
     lm_graph_free(&g);
 }
 
+/* The value after option argv[*i], a whole number in [1, max]; 0 if not. */
+static int opt_int(int argc, char **argv, int *i, int max) {
+    if (*i + 1 >= argc) return 0;
+    char *end;
+    long v = strtol(argv[++*i], &end, 10);
+    return *end || v < 1 || v > max ? 0 : (int)v;
+}
+
 int main(int argc, char **argv) {
     const char *which = "small";
+    int batch = 0, seq = 0, steps = 0;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--cuda"))
+        if (!strcmp(argv[i], "--cuda")) {
             lm_use_cuda(true);
-        else if (!strcmp(argv[i], "--bf16"))
+        } else if (!strcmp(argv[i], "--bf16")) {
             g_bf16 = true;
-        else
+        } else if (!strcmp(argv[i], "--batch") || !strcmp(argv[i], "--seq") ||
+                   !strcmp(argv[i], "--steps")) {
+            const char *o = argv[i];
+            bool is_steps = !strcmp(o, "--steps");
+            int v = opt_int(argc, argv, &i, is_steps ? 64 : 1 << 16);
+            if (!v) {
+                fprintf(stderr, "bench_train: %s wants a whole number from 1 to %d\n", o,
+                        is_steps ? 64 : 1 << 16);
+                return 2;
+            }
+            *(is_steps ? &steps : !strcmp(o, "--seq") ? &seq : &batch) = v;
+        } else {
             which = argv[i];
+        }
     }
-    static const config cfgs[] = {
+    config cfgs[] = {
         {"small", 4, 256, 4, 8192, 8, 64, 10},
         {"gpt2", 12, 768, 12, 50257, 4, 64, 4},
     };
+    for (size_t i = 0; i < sizeof cfgs / sizeof cfgs[0]; i++) {
+        if (batch) cfgs[i].B = batch;
+        if (seq) cfgs[i].T = seq;
+        if (steps) cfgs[i].steps = steps;
+    }
     printf("training throughput, %s%s\n", lm_cuda() ? "CUDA requested" : "CPU",
            g_bf16 ? ", mixed precision (bf16 products)" : "");
     printf("threads: %d\n", tnn_get_num_threads());
