@@ -151,7 +151,10 @@ typedef enum tnn_dtype {
  * node folded into the kernel of the node before it), TNN_CUDA_GEMM=own
  * (tinynn's GEMM kernel instead of cuBLAS), TNN_CUBLAS=path (the cuBLAS
  * library to open), TNN_CUDA_PROFILE=1 (time each node, report at exit),
- * TNN_CUDA_PDL=0 (no overlapped launches of the decoding kernels on Hopper).
+ * TNN_CUDA_PDL=0 (no overlapped launches of the decoding kernels on Hopper),
+ * TNN_CUDA_ATTN=rows|gemm (training attention by the warp-per-row kernels,
+ * or by cuBLAS products of the score matrices; default: cuBLAS from
+ * sequence length 128).
  * On the CPU, TNN_CPU_FUSE=0 runs an element-wise node after a product as a
  * pass of its own instead of on each block of the product's output (the
  * same bits either way). */

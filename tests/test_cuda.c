@@ -179,6 +179,14 @@ static tnn_tensor *b_rope(tnn_session *s, tnn_tensor **x) {
 static tnn_tensor *b_attn(tnn_session *s, tnn_tensor **x) {
     return tnn_mul(s, tnn_attention(s, x[0], x[1], x[2], 4, 2, 6), x[3]);
 }
+/* T = 160 (past ATTN_GEMM_MIN_T: the cuBLAS path by default) */
+static tnn_tensor *b_attn_long(tnn_session *s, tnn_tensor **x) {
+    return tnn_mul(s, tnn_attention(s, x[0], x[1], x[2], 4, 2, 160), x[3]);
+}
+/* head size 300, beyond the warp kernels' 256 */
+static tnn_tensor *b_attn_wide(tnn_session *s, tnn_tensor **x) {
+    return tnn_mul(s, tnn_attention(s, x[0], x[1], x[2], 1, 1, 128), x[3]);
+}
 static tnn_tensor *b_ce(tnn_session *s, tnn_tensor **x) {
     tnn_tensor *h = tnn_matmul_nt(s, x[0], x[1]);
     return tnn_scale(s, tnn_cross_entropy(s, h, x[2], 3), 1.0);
@@ -245,6 +253,22 @@ static void test_ops(void) {
     twin("rope modes, rope_ext", b_rope, ro, 3, true, 1e-5);
     in_spec at[4] = {P(2, 12, 32), P(2, 12, 16), P(2, 12, 16), F(2, 12, 32)};
     twin("attention GQA forward/backward", b_attn, at, 4, true, 1e-5);
+    /* the score matrices through cuBLAS (the default from T = 128), forced
+     * here at T = 6 and on a block; the warp kernels forced at T = 160 */
+    in_spec al[4] = {P(2, 320, 32), P(2, 320, 16), P(2, 320, 16), F(2, 320, 32)};
+    in_spec aw[4] = {P(2, 256, 300), P(2, 256, 300), P(2, 256, 300), F(2, 256, 300)};
+    in_spec blk[5] = {P(2, 8, 8), P(1, 8), P(2, 8, 8), P(2, 8, 12), I(8, 12)};
+    setenv("TNN_CUDA_ATTN", "gemm", 1);
+    twin("attention GQA forward/backward, cuBLAS path", b_attn, at, 4, true, 1e-5);
+    twin("block: gradients of every parameter, cuBLAS attention", b_block, blk, 5, true, 1e-4);
+    setenv("TNN_CUDA_GEMM", "own", 1); /* its alpha, beta and row length of C */
+    twin("attention GQA forward/backward, own GEMM kernel", b_attn, at, 4, true, 1e-5);
+    unsetenv("TNN_CUDA_GEMM");
+    setenv("TNN_CUDA_ATTN", "rows", 1);
+    twin("attention T = 160, warp kernels", b_attn_long, al, 4, true, 1e-5);
+    unsetenv("TNN_CUDA_ATTN");
+    twin("attention T = 160 (cuBLAS path)", b_attn_long, al, 4, true, 1e-5);
+    twin("attention head size 300, T = 128 (cuBLAS path)", b_attn_wide, aw, 4, true, 1e-5);
     in_spec ce[3] = {P(2, 10, 8), P(2, 13, 8), I(10, 13)};
     twin("cross_entropy (ignore 3)", b_ce, ce, 3, true, 1e-5);
     in_spec bl[5] = {P(2, 8, 8), P(1, 8), P(2, 8, 8), P(2, 8, 12), I(8, 12)};

@@ -257,14 +257,146 @@ static int attn_params(const tnn_tensor *t, cu_attn *c) {
     c->hd = t->src[0]->shape[1] / c->H;
     c->B = t->src[0]->shape[0] / c->T;
     c->scale = (float)(1.0 / sqrt((double)c->hd));
-    if (c->hd > 32 * CU_HD_UNITS)
-        return TNN_ERR(TNN_ERR_UNSUPPORTED, "head size %lld: the CUDA attention takes up to %d",
-                       (long long)c->hd, 32 * CU_HD_UNITS);
     return TNN_OK;
 }
 
 static unsigned warp_blocks(int64_t tasks) {
     return (unsigned)((tasks + CU_WARPS - 1) / CU_WARPS);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Training attention through cuBLAS                                        */
+/* ------------------------------------------------------------------------ */
+
+/* From this sequence length on (and whenever TNN_CUDA_ATTN=gemm), training
+ * attention multiplies whole score matrices with cuBLAS instead of running
+ * a warp per row: S = scale Q K^T for a batch of heads into scratch, a
+ * causal softmax in place, O = P V; the backward recomputes P and takes
+ * dP = dO V^T, dS = P (dP - D) scale, dQ = dS K, dK = dS^T Q, dV = P^T dO.
+ * The causal half of each product is wasted, but a warp per row walks its
+ * keys one at a time (at T = 1024 it took 72% of a GPT-2 small training
+ * step on an H200: docs/PERFORMANCE.md). TNN_CUDA_ATTN=rows keeps the warp
+ * kernels, whose memory stays linear in T. */
+#define ATTN_GEMM_MIN_T 128
+/* Scratch the score matrices may take (two of them in the backward). */
+#define ATTN_GEMM_SCRATCH ((int64_t)256 << 20)
+
+/* Heads per batched product (0: the rows kernels instead). */
+static int64_t attn_gemm_heads(const cu_attn &c) {
+    const char *e = getenv("TNN_CUDA_ATTN");
+    if (e && !strcmp(e, "rows")) return 0;
+    if (!(e && !strcmp(e, "gemm")) && c.T < ATTN_GEMM_MIN_T) return 0;
+    int64_t per_head = 2 * c.T * c.T * (int64_t)sizeof(float);
+    int64_t n = ATTN_GEMM_SCRATCH / per_head;
+    return n < 1 ? 0 : n < c.Hkv ? n : c.Hkv;
+}
+
+/* Row r of n rows of T scores (query t = r % T): the causal softmax in
+ * place, zero past key t. Warp per row. */
+__global__ void k_attn_softmax(float *S, int64_t n, int64_t T) {
+    int lane = threadIdx.x & 31;
+    int64_t r = (int64_t)blockIdx.x * CU_WARPS + (threadIdx.x >> 5);
+    if (r >= n) return;
+    int64_t t = r % T;
+    float *row = S + r * T;
+    float m = -INFINITY, l = 0.0f;
+    for (int64_t j = lane; j <= t; j += 32) m = fmaxf(m, row[j]);
+    m = cu_warp_max(m);
+    for (int64_t j = lane; j <= t; j += 32) l += expf(row[j] - m);
+    float inv = 1.0f / cu_warp_sum(l);
+    for (int64_t j = lane; j < T; j += 32) row[j] = j <= t ? expf(row[j] - m) * inv : 0.0f;
+}
+
+/* dS = P (dP - D) scale in place of dP, D = sum_j P_j dP_j; zero past t. */
+__global__ void k_attn_dsoftmax(const float *P, float *dP, int64_t n, int64_t T, float scale) {
+    int lane = threadIdx.x & 31;
+    int64_t r = (int64_t)blockIdx.x * CU_WARPS + (threadIdx.x >> 5);
+    if (r >= n) return;
+    int64_t t = r % T;
+    const float *p = P + r * T;
+    float *d = dP + r * T, D = 0.0f;
+    for (int64_t j = lane; j <= t; j += 32) D += p[j] * d[j];
+    D = cu_warp_sum(D);
+    for (int64_t j = lane; j < T; j += 32) d[j] = j <= t ? p[j] * (d[j] - D) * scale : 0.0f;
+}
+
+/* One batch of heads: query heads h = kh * grp + g for kh in [kh0, kh0 + n)
+ * of batch element b. Their operands' bases and the batch strides. */
+typedef struct {
+    const float *q, *k, *v, *dout;
+    int64_t sq, skv; /* batch strides: grp * hd between query heads, hd between kv heads */
+} attn_heads;
+
+static attn_heads heads_of(const cu_attn &c, int64_t b, int64_t g, int64_t kh0) {
+    int64_t grp = c.H / c.Hkv, qw = c.H * c.hd, kw = c.Hkv * c.hd;
+    int64_t qo = b * c.T * qw + (kh0 * grp + g) * c.hd, ko = b * c.T * kw + kh0 * c.hd;
+    attn_heads a = {c.q + qo, c.k + ko, c.v + ko, c.dout ? c.dout + qo : NULL, grp * c.hd, c.hd};
+    return a;
+}
+
+/* P = causal softmax(scale Q K^T) for n heads into S (n x T x T). */
+static int attn_probs(const cu_attn &c, const attn_heads &a, int64_t n, float *S) {
+    int64_t T = c.T, qw = c.H * c.hd, kw = c.Hkv * c.hd;
+    int rc = tnn__cu_gemm_ab(false, true, T, T, c.hd, c.scale, a.q, qw, a.sq, a.k, kw, a.skv,
+                             0.0f, S, T, T * T, n);
+    if (rc) return rc;
+    TNN_LAUNCH(k_attn_softmax, warp_blocks(n * T), 32 * CU_WARPS, 0, tnn__cu.stream, S, n * T, T);
+    return tnn__cu_launched("tnn_attention");
+}
+
+static int attn_gemm_fwd(const cu_attn &c, int64_t nh) {
+    int64_t T = c.T, grp = c.H / c.Hkv, qw = c.H * c.hd, kw = c.Hkv * c.hd;
+    float *S = (float *)tnn__cu_scratch((size_t)(nh * T * T) * sizeof(float));
+    if (!S) return tnn_last_status();
+    for (int64_t b = 0; b < c.B; b++)
+        for (int64_t g = 0; g < grp; g++)
+            for (int64_t kh0 = 0; kh0 < c.Hkv; kh0 += nh) {
+                int64_t n = c.Hkv - kh0 < nh ? c.Hkv - kh0 : nh;
+                attn_heads a = heads_of(c, b, g, kh0);
+                int rc = attn_probs(c, a, n, S);
+                if (!rc) /* O = P V, into the output's columns of these heads */
+                    rc = tnn__cu_gemm_ab(false, false, T, c.hd, T, 1.0f, S, T, T * T, a.v, kw,
+                                         a.skv, 0.0f, c.out + (a.q - c.q), qw, a.sq, n);
+                if (rc) return rc;
+            }
+    return TNN_OK;
+}
+
+/* The backward into the packed (dq | dk | dv) rows; dk and dv sum over
+ * the grp query heads of a kv head (beta = 1 after the first). */
+static int attn_gemm_bwd(const cu_attn &c, int64_t nh) {
+    int64_t T = c.T, grp = c.H / c.Hkv, qw = c.H * c.hd, kw = c.Hkv * c.hd, ow = qw + 2 * kw;
+    float *S = (float *)tnn__cu_scratch((size_t)(2 * nh * T * T) * sizeof(float));
+    if (!S) return tnn_last_status();
+    float *dS = S + nh * T * T;
+    for (int64_t b = 0; b < c.B; b++)
+        for (int64_t g = 0; g < grp; g++)
+            for (int64_t kh0 = 0; kh0 < c.Hkv; kh0 += nh) {
+                int64_t n = c.Hkv - kh0 < nh ? c.Hkv - kh0 : nh;
+                attn_heads a = heads_of(c, b, g, kh0);
+                float *orow = c.out + b * T * ow, beta = g > 0 ? 1.0f : 0.0f;
+                float *dq = orow + (kh0 * grp + g) * c.hd, *dk = orow + qw + kh0 * c.hd,
+                      *dv = dk + kw;
+                int rc = attn_probs(c, a, n, S);
+                if (!rc) /* dP = dO V^T */
+                    rc = tnn__cu_gemm_ab(false, true, T, T, c.hd, 1.0f, a.dout, qw, a.sq, a.v, kw,
+                                         a.skv, 0.0f, dS, T, T * T, n);
+                if (rc) return rc;
+                TNN_LAUNCH(k_attn_dsoftmax, warp_blocks(n * T), 32 * CU_WARPS, 0, tnn__cu.stream,
+                           S, dS, n * T, T, c.scale);
+                rc = tnn__cu_launched("attention_back");
+                if (!rc) /* dQ = dS K */
+                    rc = tnn__cu_gemm_ab(false, false, T, c.hd, T, 1.0f, dS, T, T * T, a.k, kw,
+                                         a.skv, 0.0f, dq, ow, a.sq, n);
+                if (!rc) /* dK (+)= dS^T Q */
+                    rc = tnn__cu_gemm_ab(true, false, T, c.hd, T, 1.0f, dS, T, T * T, a.q, qw,
+                                         a.sq, beta, dk, ow, c.hd, n);
+                if (!rc) /* dV (+)= P^T dO */
+                    rc = tnn__cu_gemm_ab(true, false, T, c.hd, T, 1.0f, S, T, T * T, a.dout, qw,
+                                         a.sq, beta, dv, ow, c.hd, n);
+                if (rc) return rc;
+            }
+    return TNN_OK;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -669,11 +801,17 @@ int tnn__cu_attention(tnn_tensor *t) {
     cu_attn c = {CF(t->src[0]), CF(t->src[1]), CF(t->src[2]), NULL, FP(t), NULL, 0, 0, 0, 0, 0, 0};
     int rc = attn_params(t, &c);
     if (rc) return rc;
+    if (t->op != TNN_OP_ATTENTION) c.dout = CF(t->src[3]);
+    int64_t nh = attn_gemm_heads(c);
+    if (nh > 0) return t->op == TNN_OP_ATTENTION ? attn_gemm_fwd(c, nh) : attn_gemm_bwd(c, nh);
+    if (c.hd > 32 * CU_HD_UNITS)
+        return TNN_ERR(TNN_ERR_UNSUPPORTED, "head size %lld: the CUDA attention takes up to %d "
+                       "(at sequence lengths from %d it has no limit)", (long long)c.hd,
+                       32 * CU_HD_UNITS, ATTN_GEMM_MIN_T);
     if (t->op == TNN_OP_ATTENTION) {
         TNN_LAUNCH(k_attn_fwd, warp_blocks(c.B * c.H * c.T), 32 * CU_WARPS, 0, st, c);
         return tnn__cu_launched("tnn_attention");
     }
-    c.dout = CF(t->src[3]);
     c.stats = (float *)tnn__cu_scratch((size_t)(c.B * c.H * c.T) * 2 * sizeof(float));
     if (!c.stats) return tnn_last_status();
     TNN_LAUNCH(k_attn_bwd_q, warp_blocks(c.B * c.H * c.T), 32 * CU_WARPS, 0, st, c);

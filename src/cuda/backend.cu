@@ -183,8 +183,9 @@ static bool blas_open(void) {
 #define GK 16
 
 template <bool TA, bool TB>
-__global__ void k_sgemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, int64_t sa,
-                        const float *B, int64_t ldb, int64_t sb, float *C, int64_t sc) {
+__global__ void k_sgemm(int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
+                        int64_t sa, const float *B, int64_t ldb, int64_t sb, float beta, float *C,
+                        int64_t ldc, int64_t sc) {
     __shared__ float As[GK][GT + 4];
     __shared__ float Bs[GK][GT + 4];
     A += (int64_t)blockIdx.z * sa;
@@ -215,26 +216,29 @@ __global__ void k_sgemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t
     for (int i = 0; i < 4; i++)
         for (int j = 0; j < 4; j++) {
             int64_t r = r0 + ty * 4 + i, c = c0 + tx * 4 + j;
-            if (r < M && c < N) C[r * N + c] = acc[i][j];
+            if (r < M && c < N) {
+                float *o = &C[r * ldc + c];
+                *o = alpha * acc[i][j] + (beta != 0.0f ? beta * *o : 0.0f);
+            }
         }
 }
 
-static int own_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A,
-                    int64_t lda, int64_t sa, const float *B, int64_t ldb, int64_t sb, float *C,
-                    int64_t sc, int64_t batch) {
+static int own_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
+                    const float *A, int64_t lda, int64_t sa, const float *B, int64_t ldb,
+                    int64_t sb, float beta, float *C, int64_t ldc, int64_t sc, int64_t batch) {
     if ((M + GT - 1) / GT > 65535 || batch > 65535)
         return TNN_ERR(TNN_ERR_UNSUPPORTED, "a product of %lld rows in %lld batches is beyond "
                        "the grid of tinynn's own GEMM kernel", (long long)M, (long long)batch);
     dim3 grid((unsigned)((N + GT - 1) / GT), (unsigned)((M + GT - 1) / GT), (unsigned)batch);
     cudaStream_t st = tnn__cu.stream;
     if (ta && tb)
-        TNN_LAUNCH(k_sgemm<true COMMA true>, grid, 256, 0, st, M, N, K, A, lda, sa, B, ldb, sb, C, sc);
+        TNN_LAUNCH(k_sgemm<true COMMA true>, grid, 256, 0, st, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc);
     else if (ta)
-        TNN_LAUNCH(k_sgemm<true COMMA false>, grid, 256, 0, st, M, N, K, A, lda, sa, B, ldb, sb, C, sc);
+        TNN_LAUNCH(k_sgemm<true COMMA false>, grid, 256, 0, st, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc);
     else if (tb)
-        TNN_LAUNCH(k_sgemm<false COMMA true>, grid, 256, 0, st, M, N, K, A, lda, sa, B, ldb, sb, C, sc);
+        TNN_LAUNCH(k_sgemm<false COMMA true>, grid, 256, 0, st, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc);
     else
-        TNN_LAUNCH(k_sgemm<false COMMA false>, grid, 256, 0, st, M, N, K, A, lda, sa, B, ldb, sb, C, sc);
+        TNN_LAUNCH(k_sgemm<false COMMA false>, grid, 256, 0, st, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc);
     return tnn__cu_launched("tnn_compute");
 }
 
@@ -245,22 +249,26 @@ static int own_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const flo
 int tnn__cu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
                  int64_t sa, const float *B, int64_t ldb, int64_t sb, float *C, int64_t sc,
                  int64_t batch) {
+    return tnn__cu_gemm_ab(ta, tb, M, N, K, 1.0f, A, lda, sa, B, ldb, sb, 0.0f, C, N, sc, batch);
+}
+
+int tnn__cu_gemm_ab(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
+                    const float *A, int64_t lda, int64_t sa, const float *B, int64_t ldb,
+                    int64_t sb, float beta, float *C, int64_t ldc, int64_t sc, int64_t batch) {
     if (M == 0 || N == 0 || batch == 0) return TNN_OK;
     const char *e = getenv("TNN_CUDA_GEMM");
     if (!tnn__cu.blas || (e && !strcmp(e, "own")))
-        return own_gemm(ta, tb, M, N, K, A, lda, sa, B, ldb, sb, C, sc, batch);
+        return own_gemm(ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc, batch);
     const int64_t lim = INT32_MAX;
-    if (M > lim || N > lim || K > lim || lda > lim || ldb > lim || batch > lim)
+    if (M > lim || N > lim || K > lim || lda > lim || ldb > lim || ldc > lim || batch > lim)
         return TNN_ERR(TNN_ERR_UNSUPPORTED, "a product of %lld x %lld x %lld is beyond cuBLAS's "
                        "32-bit sizes", (long long)M, (long long)N, (long long)K);
-    float one = 1.0f, zero = 0.0f;
     int rc = blas.sgemm(tnn__cu.blas, tb ? BLAS_OP_T : BLAS_OP_N, ta ? BLAS_OP_T : BLAS_OP_N,
-                        (int)N, (int)M, (int)K, &one, B, (int)ldb, sb, A, (int)lda, sa, &zero, C,
-                        (int)N, sc, (int)batch);
+                        (int)N, (int)M, (int)K, &alpha, B, (int)ldb, sb, A, (int)lda, sa, &beta,
+                        C, (int)ldc, sc, (int)batch);
     if (rc != 0) return TNN_ERR(TNN_ERR_DEVICE, "cuBLAS sgemm failed (status %d)", rc);
     return tnn__cu_launched("tnn_compute");
 }
-
 /* The same product with bf16 operands (f32 accumulation and result) on
  * cuBLAS's tensor-core path; TNN_ERR_UNSUPPORTED when this cuBLAS has none
  * (the caller then widens to f32). */

@@ -111,6 +111,11 @@ void *tnn__cu_scratch(size_t bytes);
 int tnn__cu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
                  int64_t sa, const float *B, int64_t ldb, int64_t sb, float *C, int64_t sc,
                  int64_t batch);
+/* The same as C = alpha op(A) @ op(B) + beta C with C's row length ldc (beta
+ * 0: C is only written). */
+int tnn__cu_gemm_ab(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
+                    const float *A, int64_t lda, int64_t sa, const float *B, int64_t ldb,
+                    int64_t sb, float beta, float *C, int64_t ldc, int64_t sc, int64_t batch);
 
 /* The same with bf16 operands on the tensor cores (f32 accumulation and
  * result); TNN_ERR_UNSUPPORTED (no message) where cuBLAS is missing or has no
