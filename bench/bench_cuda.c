@@ -5,6 +5,8 @@
  * (tinynn rounds them each compute) and with bf16 activations, against
  * cublasGemmEx on two bf16 operands. Prints GFLOP/s and the ratio; writes
  * bench/results/cuda_gemm.json. Skips (exit 0) without a GPU.
+ * --train: f32 only, at the products of a GPT-2 small training step with
+ * 4096 tokens (B 4, T 1024: C 768, SwiGLU 2048, vocabulary 50257).
  */
 #include "tinynn.h"
 
@@ -101,7 +103,8 @@ static double cublas_gflops(int M, int K, int N, int flags, int reps, bool bf16)
     return 2.0 * M * K * N / best * 1e-9;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    bool train = argc > 1 && !strcmp(argv[1], "--train");
     tnn_session *probe = tnn_session_new(1);
     int cuda = probe && !strcmp(tnn_session_backend(probe), "cuda");
     tnn_session_free(probe);
@@ -114,13 +117,19 @@ int main(void) {
     static const shape shapes[] = {{512, 768, 768},   {512, 768, 3072}, {512, 3072, 768},
                                    {64, 576, 49152},  {1024, 1024, 1024}, {2048, 2048, 2048},
                                    {4096, 4096, 4096}};
+    static const shape train_shapes[] = {{4096, 768, 768}, {4096, 768, 2048}, {4096, 2048, 768},
+                                         {4096, 768, 50257}};
+    const shape *sh = train ? train_shapes : shapes;
+    size_t nshapes = train ? sizeof train_shapes / sizeof *train_shapes
+                           : sizeof shapes / sizeof *shapes;
     static const char *cases[] = {"NN", "NT", "TN"};
-    const char *path = TNN_BENCH_RESULTS "/cuda_gemm.json";
+    const char *path = train ? TNN_BENCH_RESULTS "/cuda_gemm_train.json"
+                             : TNN_BENCH_RESULTS "/cuda_gemm.json";
     FILE *json = bench_json_open(path, "bench_cuda");
     if (json) fprintf(json, "  \"gpu\": \"%s\",\n  \"results\": [\n", prop.name);
     int first = 1;
     static const char *const types[] = {"f32", "bf16", "bf16_bf16"};
-    for (int mode = 0; mode < 3; mode++) {
+    for (int mode = 0; mode < (train ? 1 : 3); mode++) {
         bool bf16 = mode > 0;
         printf("%s GEMM on %s: GFLOP/s tinynn / cuBLAS (ratio), best of 20%s\n",
                bf16 ? "bf16" : "f32", prop.name,
@@ -128,8 +137,8 @@ int main(void) {
                            "cuBLAS: both bf16)"
                : mode == 2 ? " (both operands bf16 on both sides)"
                            : "");
-        for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
-            const shape *s = &shapes[i];
+        for (size_t i = 0; i < nshapes; i++) {
+            const shape *s = &sh[i];
             printf("%5dx%5dx%5d", s->M, s->K, s->N);
             for (int f = 0; f < 3; f++) {
                 double t = tnn_gflops(s->M, s->K, s->N, f, 20, mode);

@@ -81,7 +81,8 @@ static struct {
 
 enum { BLAS_OP_N = 0, BLAS_OP_T = 1 };
 /* cudaDataType, cublasComputeType_t and cublasGemmAlgo_t values */
-enum { DT_R_32F = 0, DT_R_16BF = 14, COMPUTE_32F = 68, GEMM_DEFAULT = -1 };
+enum { DT_R_32F = 0, DT_R_16BF = 14, COMPUTE_32F = 68, COMPUTE_32F_FAST_TF32 = 77,
+       GEMM_DEFAULT = -1 };
 
 #if TNN_CUDA_EMULATED
 /* The emulator's cuBLAS: the column-major reference product, so the
@@ -131,6 +132,11 @@ static int emu_gemm_ex(void *h, int ta, int tb, int m, int n, int k, const void 
                        const void *A, int at, int lda, long long sa, const void *B, int bt,
                        int ldb, long long sb, const void *beta, void *C, int ct, int ldc,
                        long long sc, int batch, int compute, int algo) {
+    if (at == DT_R_32F && bt == DT_R_32F && ct == DT_R_32F &&
+        (compute == COMPUTE_32F || compute == COMPUTE_32F_FAST_TF32)) /* TF32 not emulated */
+        return emu_sgemm(h, ta, tb, m, n, k, (const float *)alpha, (const float *)A, lda, sa,
+                         (const float *)B, ldb, sb, (const float *)beta, (float *)C, ldc, sc,
+                         batch);
     if (at != DT_R_16BF || bt != DT_R_16BF || ct != DT_R_32F || compute != COMPUTE_32F) return 7;
     TNN_LAUNCH(k_emu_gemm<uint16_t>, 1, 1, 0, emu_stream, ta, tb, m, n, k, *(const float *)alpha,
                (const uint16_t *)A, lda, sa, (const uint16_t *)B, ldb, sb, *(const float *)beta,
@@ -231,14 +237,18 @@ static int own_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alp
                        "the grid of tinynn's own GEMM kernel", (long long)M, (long long)batch);
     dim3 grid((unsigned)((N + GT - 1) / GT), (unsigned)((M + GT - 1) / GT), (unsigned)batch);
     cudaStream_t st = tnn__cu.stream;
+#define OWN_GEMM(TA, TB)                                                                      \
+    TNN_LAUNCH(k_sgemm<TA COMMA TB>, grid, 256, 0, st, M, N, K, alpha, A, lda, sa, B, ldb, sb, \
+               beta, C, ldc, sc)
     if (ta && tb)
-        TNN_LAUNCH(k_sgemm<true COMMA true>, grid, 256, 0, st, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc);
+        OWN_GEMM(true, true);
     else if (ta)
-        TNN_LAUNCH(k_sgemm<true COMMA false>, grid, 256, 0, st, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc);
+        OWN_GEMM(true, false);
     else if (tb)
-        TNN_LAUNCH(k_sgemm<false COMMA true>, grid, 256, 0, st, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc);
+        OWN_GEMM(false, true);
     else
-        TNN_LAUNCH(k_sgemm<false COMMA false>, grid, 256, 0, st, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc);
+        OWN_GEMM(false, false);
+#undef OWN_GEMM
     return tnn__cu_launched("tnn_compute");
 }
 
@@ -263,7 +273,18 @@ int tnn__cu_gemm_ab(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alp
     if (M > lim || N > lim || K > lim || lda > lim || ldb > lim || ldc > lim || batch > lim)
         return TNN_ERR(TNN_ERR_UNSUPPORTED, "a product of %lld x %lld x %lld is beyond cuBLAS's "
                        "32-bit sizes", (long long)M, (long long)N, (long long)K);
-    int rc = blas.sgemm(tnn__cu.blas, tb ? BLAS_OP_T : BLAS_OP_N, ta ? BLAS_OP_T : BLAS_OP_N,
+    /* TNN_CUDA_TF32=1: the f32 products on the tensor cores with TF32
+     * inputs (10-bit mantissas, f32 sums), as PyTorch's allow_tf32 and
+     * llm.c's default f32 build do */
+    const char *tf = getenv("TNN_CUDA_TF32");
+    int rc;
+    if (tf && !strcmp(tf, "1") && blas.gemm_ex)
+        rc = blas.gemm_ex(tnn__cu.blas, tb ? BLAS_OP_T : BLAS_OP_N, ta ? BLAS_OP_T : BLAS_OP_N,
+                          (int)N, (int)M, (int)K, &alpha, B, DT_R_32F, (int)ldb, sb, A, DT_R_32F,
+                          (int)lda, sa, &beta, C, DT_R_32F, (int)ldc, sc, (int)batch,
+                          COMPUTE_32F_FAST_TF32, GEMM_DEFAULT);
+    else
+        rc = blas.sgemm(tnn__cu.blas, tb ? BLAS_OP_T : BLAS_OP_N, ta ? BLAS_OP_T : BLAS_OP_N,
                         (int)N, (int)M, (int)K, &alpha, B, (int)ldb, sb, A, (int)lda, sa, &beta,
                         C, (int)ldc, sc, (int)batch);
     if (rc != 0) return TNN_ERR(TNN_ERR_DEVICE, "cuBLAS sgemm failed (status %d)", rc);
@@ -437,10 +458,36 @@ typedef struct {
 
 /* TNN_CUDA_PROFILE=1: plans run node by node, each waited for and timed
  * (launch + run + the wait), and the totals per op go to stderr at exit. */
+#define PROF_SHAPES 32
+typedef struct {
+    int64_t M, K, N, batch;
+    int flags;
+    long count;
+    double seconds;
+} prof_shape;
 static struct {
     double seconds[TNN_OP_COUNT], copy_s[2];
     long count[TNN_OP_COUNT], copies[2];
+    prof_shape mm[PROF_SHAPES]; /* products by shape, the first PROF_SHAPES shapes */
+    int n_mm;
 } prof;
+
+/* A product node's time under its shape (M x K x N, transposes, batch). */
+static void prof_matmul(const tnn_tensor *t, double sec) {
+    const tnn_tensor *a = t->src[0];
+    int flags = (int)t->iparam[0];
+    int64_t M = t->shape[t->ndim - 2], N = t->shape[t->ndim - 1];
+    int64_t K = a->shape[a->ndim - ((flags & TNN_MM_TA) ? 2 : 1)], batch = t->nelem / (M * N);
+    for (int i = 0; i < prof.n_mm; i++) {
+        prof_shape *e = &prof.mm[i];
+        if (e->M == M && e->K == K && e->N == N && e->batch == batch && e->flags == flags) {
+            e->count++;
+            e->seconds += sec;
+            return;
+        }
+    }
+    if (prof.n_mm < PROF_SHAPES) prof.mm[prof.n_mm++] = (prof_shape){M, K, N, batch, flags, 1, sec};
+}
 
 static void prof_copy(int dir, double t0) {
     if (!profiling()) return;
@@ -461,6 +508,15 @@ static void prof_report(void) {
         if (prof.count[i])
             fprintf(stderr, "  %-22s %8ld nodes %10.3f ms %8.2f us each\n", tnn__ops[i].name,
                     prof.count[i], prof.seconds[i] * 1e3, prof.seconds[i] / prof.count[i] * 1e6);
+    for (int i = 0; i < prof.n_mm; i++) {
+        const prof_shape *e = &prof.mm[i];
+        fprintf(stderr,
+                "  product %lldx%lldx%lld %s%s batch %lld: %ld nodes %9.3f ms, %.0f GFLOP/s\n",
+                (long long)e->M, (long long)e->K, (long long)e->N,
+                (e->flags & TNN_MM_TA) ? "T" : "N", (e->flags & TNN_MM_TB) ? "T" : "N",
+                (long long)e->batch, e->count, e->seconds * 1e3,
+                2.0 * e->M * e->K * e->N * e->batch * e->count / e->seconds * 1e-9);
+    }
 }
 
 static bool profiling(void) {
@@ -504,8 +560,10 @@ static int run_nodes(tnn_session *s) {
         if (rc < 0) return rc;
         if (prof_on) {
             cudaStreamSynchronize(tnn__cu.stream);
-            prof.seconds[t->op] += now_s() - t0;
+            double sec = now_s() - t0;
+            prof.seconds[t->op] += sec;
             prof.count[t->op]++;
+            if (t->op == TNN_OP_MATMUL) prof_matmul(t, sec);
         }
     }
     return TNN_OK;
