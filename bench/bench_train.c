@@ -3,8 +3,9 @@
  * steps) and peak memory, with the same-run ratio to llm.c's CPU trainer
  * when TNN_LLMC_BENCH names a program that runs it (built outside this
  * repository; see docs/PERFORMANCE.md). Usage:
- *   bench_train [small|gpt2|all] [--cuda] [--bf16] [--batch B] [--seq T] [--steps S]
+ *   bench_train [small|gpt2|all] [--cuda] [--bf16] [--tf32] [--batch B] [--seq T] [--steps S]
  * (--bf16: mixed precision, the products on bf16 copies of the weights;
+ * --tf32: TNN_CUDA_TF32=1, the GPU's f32 products with TF32 inputs;
  * --batch/--seq/--steps replace the configs' own B, T and timed steps)
  * (--cuda: on the GPU; the peer is then PyTorch on the GPU when
  * TNN_TORCH_BENCH names tools/torch_train_speed.py's command line).
@@ -108,6 +109,8 @@ int main(int argc, char **argv) {
             lm_use_cuda(true);
         } else if (!strcmp(argv[i], "--bf16")) {
             g_bf16 = true;
+        } else if (!strcmp(argv[i], "--tf32")) {
+            setenv("TNN_CUDA_TF32", "1", 1);
         } else if (!strcmp(argv[i], "--batch") || !strcmp(argv[i], "--seq") ||
                    !strcmp(argv[i], "--steps")) {
             const char *o = argv[i];
@@ -132,8 +135,10 @@ int main(int argc, char **argv) {
         if (seq) cfgs[i].T = seq;
         if (steps) cfgs[i].steps = steps;
     }
-    printf("training throughput, %s%s\n", lm_cuda() ? "CUDA requested" : "CPU",
-           g_bf16 ? ", mixed precision (bf16 products)" : "");
+    const char *tf = getenv("TNN_CUDA_TF32");
+    printf("training throughput, %s%s%s\n", lm_cuda() ? "CUDA requested" : "CPU",
+           g_bf16 ? ", mixed precision (bf16 products)" : "",
+           lm_cuda() && tf && !strcmp(tf, "1") ? ", TF32 products" : "");
     printf("threads: %d\n", tnn_get_num_threads());
     FILE *json = fopen(TNN_BENCH_RESULTS "/train.json", "w");
     if (!json) json = fopen("/dev/null", "w");

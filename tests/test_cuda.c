@@ -219,6 +219,13 @@ static void test_ops(void) {
     twin("matmul_nt broadcast batches", b_mm_nt, nt, 2, true, 1e-5);
     twin("matmul_tn", b_mm_tn, tn, 2, true, 1e-5);
     twin("tnn_matmul (seed layout)", b_mm_seed, sd, 2, true, 1e-5);
+    /* TF32 products (inputs rounded to 10-bit mantissas on the tensor
+     * cores: about 2^-11 relative each, so 3e-3 of the largest value) */
+    setenv("TNN_CUDA_TF32", "1", 1);
+    twin("TF32: matmul_nn batched", b_mm_nn, nn, 2, true, 3e-3);
+    twin("TF32: matmul_nt broadcast batches", b_mm_nt, nt, 2, true, 3e-3);
+    twin("TF32: matmul_tn", b_mm_tn, tn, 2, true, 3e-3);
+    unsetenv("TNN_CUDA_TF32");
     /* tinynn's own GEMM kernel (machines without cuBLAS) on the same shapes */
     setenv("TNN_CUDA_GEMM", "own", 1);
     twin("own GEMM: matmul_nn batched", b_mm_nn, nn, 2, true, 1e-5);
@@ -268,6 +275,9 @@ static void test_ops(void) {
     twin("attention T = 160, warp kernels", b_attn_long, al, 4, true, 1e-5);
     unsetenv("TNN_CUDA_ATTN");
     twin("attention T = 160 (cuBLAS path)", b_attn_long, al, 4, true, 1e-5);
+    setenv("TNN_CUDA_TF32", "1", 1);
+    twin("attention T = 160 (cuBLAS path, TF32)", b_attn_long, al, 4, true, 5e-3);
+    unsetenv("TNN_CUDA_TF32");
     twin("attention head size 300, T = 128 (cuBLAS path)", b_attn_wide, aw, 4, true, 1e-5);
     in_spec ce[3] = {P(2, 10, 8), P(2, 13, 8), I(10, 13)};
     twin("cross_entropy (ignore 3)", b_ce, ce, 3, true, 1e-5);
