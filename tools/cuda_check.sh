@@ -2,7 +2,7 @@
 # cuda_check.sh - what the CUDA issue runs on a GPU machine, in one go (about 5 minutes):
 # the CUDA suite, the demo model trained on the CPU and on the GPU (loss curves compared),
 # greedy sampling of one checkpoint on both, GEMM against cuBLAS, training throughput (with
-# PyTorch beside it when installed), generation speed of a SmolLM2-shaped Q4_1 model (with
+# PyTorch beside it when installed; GPT-2 small also at T = 1024 in f32, TF32 and bf16), generation speed of a SmolLM2-shaped Q4_1 model (with
 # llama.cpp's llama-bench on the same file, and per-kernel GPU times from ncu, when there),
 # and the CPU's AVX512_BF16 GEMM when the host has it.
 #
@@ -80,6 +80,16 @@ TORCH=""
 python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null && TORCH="python3 $PWD/tools/torch_train_speed.py"
 TNN_TORCH_BENCH="$TORCH" step bench_train_cuda 240 "$BIN/bench/bench_train" all --cuda
 cat "$L/bench_train_cuda.log" 2>/dev/null >> "$S"
+# GPT-2 small at T = 1024 (attention through cuBLAS): f32 beside PyTorch, then TF32 and
+# bf16 products; and the step's f32 product shapes against cuBLAS
+TNN_TORCH_BENCH="$TORCH" step bench_train_t1024 180 "$BIN/bench/bench_train" gpt2 --cuda --batch 4 --seq 1024 --steps 8
+step bench_train_t1024_tf32 120 "$BIN/bench/bench_train" gpt2 --cuda --tf32 --batch 4 --seq 1024 --steps 8
+step bench_train_t1024_bf16 120 "$BIN/bench/bench_train" gpt2 --cuda --bf16 --batch 4 --seq 1024 --steps 8
+for n in bench_train_t1024 bench_train_t1024_tf32 bench_train_t1024_bf16; do
+  grep -v "^threads" "$L/$n.log" 2>/dev/null >> "$S"
+done
+step bench_cuda_train 120 "$BIN/bench/bench_cuda" --train
+cat "$L/bench_cuda_train.log" 2>/dev/null >> "$S"
 # A SmolLM2-135M-shaped model (30 layers, 576 wide, 9 heads / 3 KV, FF 1536), with SmolLM2's
 # tokenizer (49152 tokens) when $BIN/tok.gguf has it (any GGUF model or checkpoint carrying it:
 # SmolLM2 itself is larger than what can be carried to a GPU machine), else bytes
