@@ -154,7 +154,8 @@ typedef enum tnn_dtype {
  * TNN_CUDA_PDL=0 (no overlapped launches of the decoding kernels on Hopper),
  * TNN_CUDA_ATTN=rows|gemm (training attention by the warp-per-row kernels,
  * or by cuBLAS products of the score matrices; default: cuBLAS from
- * sequence length 128), TNN_CUDA_TF32=1 (f32 products on the tensor cores
+ * sequence length 128; TNN_CUDA_ATTN_BLOCKS=N, 1-16, query row blocks of
+ * those products), TNN_CUDA_TF32=1 (f32 products on the tensor cores
  * with TF32 inputs, 10-bit mantissas: faster, about 1e-3 relative error).
  * On the CPU, TNN_CPU_FUSE=0 runs an element-wise node after a product as a
  * pass of its own instead of on each block of the product's output (the

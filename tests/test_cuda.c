@@ -183,6 +183,10 @@ static tnn_tensor *b_attn(tnn_session *s, tnn_tensor **x) {
 static tnn_tensor *b_attn_long(tnn_session *s, tnn_tensor **x) {
     return tnn_mul(s, tnn_attention(s, x[0], x[1], x[2], 4, 2, 160), x[3]);
 }
+/* T = 515: the cuBLAS path in 4 row blocks of 129, 129, 129, 128 queries */
+static tnn_tensor *b_attn_blocks(tnn_session *s, tnn_tensor **x) {
+    return tnn_mul(s, tnn_attention(s, x[0], x[1], x[2], 4, 2, 515), x[3]);
+}
 /* head size 300, beyond the warp kernels' 256 */
 static tnn_tensor *b_attn_wide(tnn_session *s, tnn_tensor **x) {
     return tnn_mul(s, tnn_attention(s, x[0], x[1], x[2], 1, 1, 128), x[3]);
@@ -279,6 +283,13 @@ static void test_ops(void) {
     twin("attention T = 160 (cuBLAS path, TF32)", b_attn_long, al, 4, true, 5e-3);
     unsetenv("TNN_CUDA_TF32");
     twin("attention head size 300, T = 128 (cuBLAS path)", b_attn_wide, aw, 4, true, 1e-5);
+    in_spec ab[4] = {P(2, 1030, 32), P(2, 1030, 16), P(2, 1030, 16), F(2, 1030, 32)};
+    twin("attention T = 515, 4 row blocks (cuBLAS path)", b_attn_blocks, ab, 4, true, 1e-5);
+    setenv("TNN_CUDA_ATTN_BLOCKS", "1", 1);
+    twin("attention T = 515, one row block (cuBLAS path)", b_attn_blocks, ab, 4, true, 1e-5);
+    setenv("TNN_CUDA_ATTN_BLOCKS", "7", 1);
+    twin("attention T = 515, 7 row blocks (cuBLAS path)", b_attn_blocks, ab, 4, true, 1e-5);
+    unsetenv("TNN_CUDA_ATTN_BLOCKS");
     in_spec ce[3] = {P(2, 10, 8), P(2, 13, 8), I(10, 13)};
     twin("cross_entropy (ignore 3)", b_ce, ce, 3, true, 1e-5);
     in_spec bl[5] = {P(2, 8, 8), P(1, 8), P(2, 8, 8), P(2, 8, 12), I(8, 12)};

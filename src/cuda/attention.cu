@@ -281,43 +281,56 @@ static unsigned warp_blocks(int64_t tasks) {
 /* Scratch the score matrices may take (two of them in the backward). */
 #define ATTN_GEMM_SCRATCH ((int64_t)256 << 20)
 
+/* Query rows a product takes at once: rows [r0, r1) see keys [0, r1) only,
+ * so the products go block by block (from T = 512, 4 blocks: 62.5% of the
+ * T x T products; the last block is the longest). TNN_CUDA_ATTN_BLOCKS=N
+ * (1-16) sets the number of blocks, for measuring. */
+static int64_t attn_row_block(int64_t T) {
+    int64_t nb = T >= 512 ? 4 : T >= 256 ? 2 : 1;
+    const char *e = getenv("TNN_CUDA_ATTN_BLOCKS");
+    if (e && atoi(e) >= 1 && atoi(e) <= 16) nb = atoi(e);
+    return (T + nb - 1) / nb;
+}
+
 /* Heads per batched product (0: the rows kernels instead). */
 static int64_t attn_gemm_heads(const cu_attn &c) {
     const char *e = getenv("TNN_CUDA_ATTN");
     if (e && !strcmp(e, "rows")) return 0;
     if (!(e && !strcmp(e, "gemm")) && c.T < ATTN_GEMM_MIN_T) return 0;
-    int64_t per_head = 2 * c.T * c.T * (int64_t)sizeof(float);
+    int64_t per_head = 2 * attn_row_block(c.T) * c.T * (int64_t)sizeof(float);
     int64_t n = ATTN_GEMM_SCRATCH / per_head;
     return n < 1 ? 0 : n < c.Hkv ? n : c.Hkv;
 }
 
-/* Row r of n rows of T scores (query t = r % T): the causal softmax in
- * place, zero past key t. Warp per row. */
-__global__ void k_attn_softmax(float *S, int64_t n, int64_t T) {
+/* Row r of n rows of len scores, `rows` rows a head from query r0 (query
+ * t = r0 + r % rows, keys 0..len-1): the causal softmax in place, zero past
+ * key t. Warp per row. */
+__global__ void k_attn_softmax(float *S, int64_t n, int64_t rows, int64_t r0, int64_t len) {
     int lane = threadIdx.x & 31;
     int64_t r = (int64_t)blockIdx.x * CU_WARPS + (threadIdx.x >> 5);
     if (r >= n) return;
-    int64_t t = r % T;
-    float *row = S + r * T;
+    int64_t t = r0 + r % rows;
+    float *row = S + r * len;
     float m = -INFINITY, l = 0.0f;
     for (int64_t j = lane; j <= t; j += 32) m = fmaxf(m, row[j]);
     m = cu_warp_max(m);
     for (int64_t j = lane; j <= t; j += 32) l += expf(row[j] - m);
     float inv = 1.0f / cu_warp_sum(l);
-    for (int64_t j = lane; j < T; j += 32) row[j] = j <= t ? expf(row[j] - m) * inv : 0.0f;
+    for (int64_t j = lane; j < len; j += 32) row[j] = j <= t ? expf(row[j] - m) * inv : 0.0f;
 }
 
 /* dS = P (dP - D) scale in place of dP, D = sum_j P_j dP_j; zero past t. */
-__global__ void k_attn_dsoftmax(const float *P, float *dP, int64_t n, int64_t T, float scale) {
+__global__ void k_attn_dsoftmax(const float *P, float *dP, int64_t n, int64_t rows, int64_t r0,
+                                int64_t len, float scale) {
     int lane = threadIdx.x & 31;
     int64_t r = (int64_t)blockIdx.x * CU_WARPS + (threadIdx.x >> 5);
     if (r >= n) return;
-    int64_t t = r % T;
-    const float *p = P + r * T;
-    float *d = dP + r * T, D = 0.0f;
+    int64_t t = r0 + r % rows;
+    const float *p = P + r * len;
+    float *d = dP + r * len, D = 0.0f;
     for (int64_t j = lane; j <= t; j += 32) D += p[j] * d[j];
     D = cu_warp_sum(D);
-    for (int64_t j = lane; j < T; j += 32) d[j] = j <= t ? p[j] * (d[j] - D) * scale : 0.0f;
+    for (int64_t j = lane; j < len; j += 32) d[j] = j <= t ? p[j] * (d[j] - D) * scale : 0.0f;
 }
 
 /* One batch of heads: query heads h = kh * grp + g for kh in [kh0, kh0 + n)
@@ -334,68 +347,82 @@ static attn_heads heads_of(const cu_attn &c, int64_t b, int64_t g, int64_t kh0) 
     return a;
 }
 
-/* P = causal softmax(scale Q K^T) for n heads into S (n x T x T). */
-static int attn_probs(const cu_attn &c, const attn_heads &a, int64_t n, float *S) {
-    int64_t T = c.T, qw = c.H * c.hd, kw = c.Hkv * c.hd;
-    int rc = tnn__cu_gemm_ab(false, true, T, T, c.hd, c.scale, a.q, qw, a.sq, a.k, kw, a.skv,
-                             0.0f, S, T, T * T, n);
+/* P = causal softmax(scale Q K^T) of query rows [r0, r0 + m) against keys
+ * [0, r0 + m), for n heads, into S (n x m x (r0 + m)). */
+static int attn_probs(const cu_attn &c, const attn_heads &a, int64_t n, int64_t r0, int64_t m,
+                      float *S) {
+    int64_t r1 = r0 + m, qw = c.H * c.hd, kw = c.Hkv * c.hd;
+    int rc = tnn__cu_gemm_ab(false, true, m, r1, c.hd, c.scale, a.q + r0 * qw, qw, a.sq, a.k, kw,
+                             a.skv, 0.0f, S, r1, m * r1, n);
     if (rc) return rc;
-    TNN_LAUNCH(k_attn_softmax, warp_blocks(n * T), 32 * CU_WARPS, 0, tnn__cu.stream, S, n * T, T);
+    TNN_LAUNCH(k_attn_softmax, warp_blocks(n * m), 32 * CU_WARPS, 0, tnn__cu.stream, S, n * m, m,
+               r0, r1);
     return tnn__cu_launched("tnn_attention");
 }
 
 static int attn_gemm_fwd(const cu_attn &c, int64_t nh) {
     int64_t T = c.T, grp = c.H / c.Hkv, qw = c.H * c.hd, kw = c.Hkv * c.hd;
-    float *S = (float *)tnn__cu_scratch((size_t)(nh * T * T) * sizeof(float));
+    int64_t rb = attn_row_block(T);
+    float *S = (float *)tnn__cu_scratch((size_t)(nh * rb * T) * sizeof(float));
     if (!S) return tnn_last_status();
     for (int64_t b = 0; b < c.B; b++)
         for (int64_t g = 0; g < grp; g++)
-            for (int64_t kh0 = 0; kh0 < c.Hkv; kh0 += nh) {
-                int64_t n = c.Hkv - kh0 < nh ? c.Hkv - kh0 : nh;
-                attn_heads a = heads_of(c, b, g, kh0);
-                int rc = attn_probs(c, a, n, S);
-                if (!rc) /* O = P V, into the output's columns of these heads */
-                    rc = tnn__cu_gemm_ab(false, false, T, c.hd, T, 1.0f, S, T, T * T, a.v, kw,
-                                         a.skv, 0.0f, c.out + (a.q - c.q), qw, a.sq, n);
-                if (rc) return rc;
-            }
+            for (int64_t kh0 = 0; kh0 < c.Hkv; kh0 += nh)
+                for (int64_t r0 = 0; r0 < T; r0 += rb) {
+                    int64_t n = c.Hkv - kh0 < nh ? c.Hkv - kh0 : nh;
+                    int64_t m = T - r0 < rb ? T - r0 : rb, r1 = r0 + m;
+                    attn_heads a = heads_of(c, b, g, kh0);
+                    int rc = attn_probs(c, a, n, r0, m, S);
+                    if (!rc) /* O = P V, into the output's rows and columns of these heads */
+                        rc = tnn__cu_gemm_ab(false, false, m, c.hd, r1, 1.0f, S, r1, m * r1, a.v,
+                                             kw, a.skv, 0.0f, c.out + (a.q - c.q) + r0 * qw, qw,
+                                             a.sq, n);
+                    if (rc) return rc;
+                }
     return TNN_OK;
 }
 
-/* The backward into the packed (dq | dk | dv) rows; dk and dv sum over
- * the grp query heads of a kv head (beta = 1 after the first). */
+/* The backward into the packed (dq | dk | dv) rows. dK and dV sum over the
+ * row blocks and the grp query heads of a kv head: the blocks run from the
+ * last (which reaches every key) down, so only the first of them with g = 0
+ * starts the sums (beta 0). */
 static int attn_gemm_bwd(const cu_attn &c, int64_t nh) {
     int64_t T = c.T, grp = c.H / c.Hkv, qw = c.H * c.hd, kw = c.Hkv * c.hd, ow = qw + 2 * kw;
-    float *S = (float *)tnn__cu_scratch((size_t)(2 * nh * T * T) * sizeof(float));
+    int64_t rb = attn_row_block(T), last = (T - 1) / rb * rb;
+    float *S = (float *)tnn__cu_scratch((size_t)(2 * nh * rb * T) * sizeof(float));
     if (!S) return tnn_last_status();
-    float *dS = S + nh * T * T;
+    float *dS = S + nh * rb * T;
     for (int64_t b = 0; b < c.B; b++)
         for (int64_t g = 0; g < grp; g++)
-            for (int64_t kh0 = 0; kh0 < c.Hkv; kh0 += nh) {
-                int64_t n = c.Hkv - kh0 < nh ? c.Hkv - kh0 : nh;
-                attn_heads a = heads_of(c, b, g, kh0);
-                float *orow = c.out + b * T * ow, beta = g > 0 ? 1.0f : 0.0f;
-                float *dq = orow + (kh0 * grp + g) * c.hd, *dk = orow + qw + kh0 * c.hd,
-                      *dv = dk + kw;
-                int rc = attn_probs(c, a, n, S);
-                if (!rc) /* dP = dO V^T */
-                    rc = tnn__cu_gemm_ab(false, true, T, T, c.hd, 1.0f, a.dout, qw, a.sq, a.v, kw,
-                                         a.skv, 0.0f, dS, T, T * T, n);
-                if (rc) return rc;
-                TNN_LAUNCH(k_attn_dsoftmax, warp_blocks(n * T), 32 * CU_WARPS, 0, tnn__cu.stream,
-                           S, dS, n * T, T, c.scale);
-                rc = tnn__cu_launched("attention_back");
-                if (!rc) /* dQ = dS K */
-                    rc = tnn__cu_gemm_ab(false, false, T, c.hd, T, 1.0f, dS, T, T * T, a.k, kw,
-                                         a.skv, 0.0f, dq, ow, a.sq, n);
-                if (!rc) /* dK (+)= dS^T Q */
-                    rc = tnn__cu_gemm_ab(true, false, T, c.hd, T, 1.0f, dS, T, T * T, a.q, qw,
-                                         a.sq, beta, dk, ow, c.hd, n);
-                if (!rc) /* dV (+)= P^T dO */
-                    rc = tnn__cu_gemm_ab(true, false, T, c.hd, T, 1.0f, S, T, T * T, a.dout, qw,
-                                         a.sq, beta, dv, ow, c.hd, n);
-                if (rc) return rc;
-            }
+            for (int64_t kh0 = 0; kh0 < c.Hkv; kh0 += nh)
+                for (int64_t r0 = last; r0 >= 0; r0 -= rb) {
+                    int64_t n = c.Hkv - kh0 < nh ? c.Hkv - kh0 : nh;
+                    int64_t m = T - r0 < rb ? T - r0 : rb, r1 = r0 + m;
+                    attn_heads a = heads_of(c, b, g, kh0);
+                    float *orow = c.out + b * T * ow;
+                    float beta = g == 0 && r0 == last ? 0.0f : 1.0f;
+                    float *dq = orow + r0 * ow + (kh0 * grp + g) * c.hd;
+                    float *dk = orow + qw + kh0 * c.hd, *dv = dk + kw;
+                    const float *qb = a.q + r0 * qw, *gb = a.dout + r0 * qw;
+                    int rc = attn_probs(c, a, n, r0, m, S);
+                    if (!rc) /* dP = dO V^T */
+                        rc = tnn__cu_gemm_ab(false, true, m, r1, c.hd, 1.0f, gb, qw, a.sq, a.v, kw,
+                                             a.skv, 0.0f, dS, r1, m * r1, n);
+                    if (rc) return rc;
+                    TNN_LAUNCH(k_attn_dsoftmax, warp_blocks(n * m), 32 * CU_WARPS, 0,
+                               tnn__cu.stream, S, dS, n * m, m, r0, r1, c.scale);
+                    rc = tnn__cu_launched("attention_back");
+                    if (!rc) /* dQ = dS K */
+                        rc = tnn__cu_gemm_ab(false, false, m, c.hd, r1, 1.0f, dS, r1, m * r1, a.k,
+                                             kw, a.skv, 0.0f, dq, ow, a.sq, n);
+                    if (!rc) /* dK (+)= dS^T Q */
+                        rc = tnn__cu_gemm_ab(true, false, r1, c.hd, m, 1.0f, dS, r1, m * r1, qb, qw,
+                                             a.sq, beta, dk, ow, c.hd, n);
+                    if (!rc) /* dV (+)= P^T dO */
+                        rc = tnn__cu_gemm_ab(true, false, r1, c.hd, m, 1.0f, S, r1, m * r1, gb, qw,
+                                             a.sq, beta, dv, ow, c.hd, n);
+                    if (rc) return rc;
+                }
     return TNN_OK;
 }
 
