@@ -273,10 +273,11 @@ static unsigned warp_blocks(int64_t tasks) {
  * a warp per row: S = scale Q K^T for a batch of heads into scratch, a
  * causal softmax in place, O = P V; the backward recomputes P and takes
  * dP = dO V^T, dS = P (dP - D) scale, dQ = dS K, dK = dS^T Q, dV = P^T dO.
- * The causal half of each product is wasted, but a warp per row walks its
- * keys one at a time (at T = 1024 it took 72% of a GPT-2 small training
- * step on an H200: docs/PERFORMANCE.md). TNN_CUDA_ATTN=rows keeps the warp
- * kernels, whose memory stays linear in T. */
+ * Part of the masked triangle is still computed and discarded (see the row
+ * blocks below), but a warp per row walks its keys one at a time (at
+ * T = 1024 it took 72% of a GPT-2 small training step on an H200:
+ * docs/PERFORMANCE.md). TNN_CUDA_ATTN=rows keeps the warp kernels, whose
+ * memory stays linear in T. */
 #define ATTN_GEMM_MIN_T 128
 /* Scratch the score matrices may take (two of them in the backward). */
 #define ATTN_GEMM_SCRATCH ((int64_t)256 << 20)
@@ -832,9 +833,10 @@ int tnn__cu_attention(tnn_tensor *t) {
     int64_t nh = attn_gemm_heads(c);
     if (nh > 0) return t->op == TNN_OP_ATTENTION ? attn_gemm_fwd(c, nh) : attn_gemm_bwd(c, nh);
     if (c.hd > 32 * CU_HD_UNITS)
-        return TNN_ERR(TNN_ERR_UNSUPPORTED, "head size %lld: the CUDA attention takes up to %d "
-                       "(at sequence lengths from %d it has no limit)", (long long)c.hd,
-                       32 * CU_HD_UNITS, ATTN_GEMM_MIN_T);
+        return TNN_ERR(TNN_ERR_UNSUPPORTED, "head size %lld: the CUDA attention's warp kernels "
+                       "take up to %d (its cuBLAS path, from sequence length %d or with "
+                       "TNN_CUDA_ATTN=gemm, has no limit)", (long long)c.hd, 32 * CU_HD_UNITS,
+                       ATTN_GEMM_MIN_T);
     if (t->op == TNN_OP_ATTENTION) {
         TNN_LAUNCH(k_attn_fwd, warp_blocks(c.B * c.H * c.T), 32 * CU_WARPS, 0, st, c);
         return tnn__cu_launched("tnn_attention");
