@@ -50,12 +50,13 @@ static inline void dot_pack_a_impl(uint32_t *restrict dst, bool ta, const float 
         const int rows = (int)(mc - p < mr ? mc - p : mr);
         if (ta) { /* A[k][r]: the rows of a pair's two k are adjacent */
             for (int64_t q = 0; q < kp; q++) {
-                const float *lo = A + (k0 + 2 * q) * lda + i0 + p, *hi = lo + lda;
+                const float *lo = A + (k0 + 2 * q) * lda + i0 + p;
                 uint32_t *d = dst + q * mr;
-                if (q < full)
+                if (q < full) {
+                    const float *hi = lo + lda; /* only where row k + 1 exists */
                     for (int i = 0; i < rows; i++)
                         d[i] = dot_round_f32(lo[i]) | dot_round_f32(hi[i]) << 16;
-                else
+                } else
                     for (int i = 0; i < rows; i++) d[i] = dot_round_f32(lo[i]);
                 for (int i = rows; i < mr; i++) d[i] = 0;
             }
@@ -99,11 +100,12 @@ static inline void dot_pack_b_impl(uint32_t *restrict dst, bool tb, const uint16
             continue;
         }
         for (int64_t q = 0; q < kp; q++) { /* B[k][j]: two rows give a pair's words */
-            const uint16_t *s0 = B + (k0 + 2 * q) * ldb + j0 + q0, *s1 = s0 + ldb;
+            const uint16_t *s0 = B + (k0 + 2 * q) * ldb + j0 + q0;
             uint32_t *d = dst + q * nr;
-            if (q < full)
+            if (q < full) {
+                const uint16_t *s1 = s0 + ldb; /* only where row k + 1 exists */
                 for (int c = 0; c < cols; c++) d[c] = (uint32_t)s0[c] | (uint32_t)s1[c] << 16;
-            else
+            } else
                 for (int c = 0; c < cols; c++) d[c] = s0[c];
             for (int c = cols; c < nr; c++) d[c] = 0;
         }
