@@ -268,10 +268,10 @@ static void test_ops(void) {
      * here at T = 6 and on a block; the warp kernels forced at T = 160 */
     in_spec al[4] = {P(2, 320, 32), P(2, 320, 16), P(2, 320, 16), F(2, 320, 32)};
     in_spec aw[4] = {P(2, 256, 300), P(2, 256, 300), P(2, 256, 300), F(2, 256, 300)};
-    in_spec blk[5] = {P(2, 8, 8), P(1, 8), P(2, 8, 8), P(2, 8, 12), I(8, 12)};
+    in_spec bl[5] = {P(2, 8, 8), P(1, 8), P(2, 8, 8), P(2, 8, 12), I(8, 12)};
     setenv("TNN_CUDA_ATTN", "gemm", 1);
     twin("attention GQA forward/backward, cuBLAS path", b_attn, at, 4, true, 1e-5);
-    twin("block: gradients of every parameter, cuBLAS attention", b_block, blk, 5, true, 1e-4);
+    twin("block: gradients of every parameter, cuBLAS attention", b_block, bl, 5, true, 1e-4);
     setenv("TNN_CUDA_GEMM", "own", 1); /* its alpha, beta and row length of C */
     twin("attention GQA forward/backward, own GEMM kernel", b_attn, at, 4, true, 1e-5);
     unsetenv("TNN_CUDA_GEMM");
@@ -292,7 +292,6 @@ static void test_ops(void) {
     unsetenv("TNN_CUDA_ATTN_BLOCKS");
     in_spec ce[3] = {P(2, 10, 8), P(2, 13, 8), I(10, 13)};
     twin("cross_entropy (ignore 3)", b_ce, ce, 3, true, 1e-5);
-    in_spec bl[5] = {P(2, 8, 8), P(1, 8), P(2, 8, 8), P(2, 8, 12), I(8, 12)};
     twin("block: gradients of every parameter", b_block, bl, 5, true, 1e-4);
 }
 

@@ -58,8 +58,8 @@ typedef void (*tnn__gemm_pack_fn)(float *dst, const float *src, int64_t lds, int
  * 1 <= M <= TNN_GEMM_SKINNY_M, or up to TNN_GEMM_SKINNY_TB_M when B is
  * transposed (tb: B stored N x K, weights as rows), streaming op(B) once
  * without packing it (LLM decoding, small batches). op(A) comes packed
- * k-major: ap[k*M + i] = op(A)[i][k]. Each C element is one fma chain over ascending k from +0, so
- * it gives the same bits as the packed path. */
+ * k-major: ap[k*M + i] = op(A)[i][k]. Each C element is one fma chain over
+ * ascending k from +0, so it gives the same bits as the packed path. */
 typedef void (*tnn__gemm_skinny_fn)(bool tb, int64_t M, int64_t K, const float *ap,
                                     const float *B, int64_t ldb, float *C, int64_t ldc,
                                     int64_t n0, int64_t n1);

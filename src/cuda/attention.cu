@@ -289,7 +289,8 @@ static unsigned warp_blocks(int64_t tasks) {
 static int64_t attn_row_block(int64_t T) {
     int64_t nb = T >= 512 ? 4 : T >= 256 ? 2 : 1;
     const char *e = getenv("TNN_CUDA_ATTN_BLOCKS");
-    if (e && atoi(e) >= 1 && atoi(e) <= 16) nb = atoi(e);
+    int v = e ? atoi(e) : 0;
+    if (v >= 1 && v <= 16) nb = v;
     return (T + nb - 1) / nb;
 }
 
