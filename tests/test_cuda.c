@@ -191,6 +191,14 @@ static tnn_tensor *b_attn_blocks(tnn_session *s, tnn_tensor **x) {
 static tnn_tensor *b_attn_wide(tnn_session *s, tnn_tensor **x) {
     return tnn_mul(s, tnn_attention(s, x[0], x[1], x[2], 1, 1, 128), x[3]);
 }
+/* head sizes the tensor-core kernels take: 64 (GQA, T = 160: two whole
+ * 64-row tiles and a part) and 32 (one kv head for two, T = 70) */
+static tnn_tensor *b_attn_fa64(tnn_session *s, tnn_tensor **x) {
+    return tnn_mul(s, tnn_attention(s, x[0], x[1], x[2], 4, 2, 160), x[3]);
+}
+static tnn_tensor *b_attn_fa32(tnn_session *s, tnn_tensor **x) {
+    return tnn_mul(s, tnn_attention(s, x[0], x[1], x[2], 2, 1, 70), x[3]);
+}
 static tnn_tensor *b_ce(tnn_session *s, tnn_tensor **x) {
     tnn_tensor *h = tnn_matmul_nt(s, x[0], x[1]);
     return tnn_scale(s, tnn_cross_entropy(s, h, x[2], 3), 1.0);
@@ -283,6 +291,22 @@ static void test_ops(void) {
     twin("attention T = 160 (cuBLAS path, TF32)", b_attn_long, al, 4, true, 5e-3);
     unsetenv("TNN_CUDA_TF32");
     twin("attention head size 300, T = 128 (cuBLAS path)", b_attn_wide, aw, 4, true, 1e-5);
+    /* the tensor-core kernels (3xTF32, and one TF32 pass), and the other
+     * paths on the same shapes */
+    in_spec f64[4] = {P(2, 320, 256), P(2, 320, 128), P(2, 320, 128), F(2, 320, 256)};
+    in_spec f32[4] = {P(2, 210, 64), P(2, 210, 32), P(2, 210, 32), F(2, 210, 64)};
+    twin("attention head size 64, T = 160 (tensor cores)", b_attn_fa64, f64, 4, true, 1e-5);
+    twin("attention head size 32, MQA, T = 70 (tensor cores)", b_attn_fa32, f32, 4, true, 1e-5);
+    setenv("TNN_CUDA_TF32", "1", 1);
+    twin("attention head size 64, T = 160 (tensor cores, TF32)", b_attn_fa64, f64, 4, true, 5e-3);
+    twin("attention head size 32, MQA, T = 70 (tensor cores, TF32)", b_attn_fa32, f32, 4, true,
+         5e-3);
+    unsetenv("TNN_CUDA_TF32");
+    setenv("TNN_CUDA_ATTN", "gemm", 1);
+    twin("attention head size 64, T = 160 (cuBLAS path)", b_attn_fa64, f64, 4, true, 1e-5);
+    setenv("TNN_CUDA_ATTN", "rows", 1);
+    twin("attention head size 32, MQA, T = 70 (warp kernels)", b_attn_fa32, f32, 4, true, 1e-5);
+    unsetenv("TNN_CUDA_ATTN");
     in_spec ab[4] = {P(2, 1030, 32), P(2, 1030, 16), P(2, 1030, 16), F(2, 1030, 32)};
     twin("attention T = 515, 4 row blocks (cuBLAS path)", b_attn_blocks, ab, 4, true, 1e-5);
     setenv("TNN_CUDA_ATTN_BLOCKS", "1", 1);

@@ -294,6 +294,17 @@ static int64_t attn_row_block(int64_t T) {
     return (T + nb - 1) / nb;
 }
 
+/* The tensor-core kernels of flash.cu, keeping the scores on chip, where
+ * they take the head size (32 or 64) and the GPU (sm_80 on); the products
+ * below and the warp kernels stay for the rest and as TNN_CUDA_ATTN=gemm
+ * and TNN_CUDA_ATTN=rows. */
+static bool attn_flash(const cu_attn &c) {
+    const char *e = getenv("TNN_CUDA_ATTN");
+    if (e && (!strcmp(e, "rows") || !strcmp(e, "gemm"))) return false;
+    const float *p[5] = {c.q, c.k, c.v, c.dout, c.out};
+    return tnn__cu_flash_ok(p, 5, c.hd, c.H, c.Hkv);
+}
+
 /* Heads per batched product (0: the rows kernels instead). */
 static int64_t attn_gemm_heads(const cu_attn &c) {
     const char *e = getenv("TNN_CUDA_ATTN");
@@ -831,6 +842,9 @@ int tnn__cu_attention(tnn_tensor *t) {
     int rc = attn_params(t, &c);
     if (rc) return rc;
     if (t->op != TNN_OP_ATTENTION) c.dout = CF(t->src[3]);
+    if (attn_flash(c))
+        return tnn__cu_flash(c.q, c.k, c.v, c.dout, c.out, c.B, c.T, c.H, c.Hkv, c.hd, c.scale,
+                             tnn__cu_tf32());
     int64_t nh = attn_gemm_heads(c);
     if (nh > 0) return t->op == TNN_OP_ATTENTION ? attn_gemm_fwd(c, nh) : attn_gemm_bwd(c, nh);
     if (c.hd > 32 * CU_HD_UNITS)

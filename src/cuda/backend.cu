@@ -262,6 +262,11 @@ int tnn__cu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float 
     return tnn__cu_gemm_ab(ta, tb, M, N, K, 1.0f, A, lda, sa, B, ldb, sb, 0.0f, C, N, sc, batch);
 }
 
+bool tnn__cu_tf32(void) {
+    const char *tf = getenv("TNN_CUDA_TF32");
+    return tf && !strcmp(tf, "1");
+}
+
 int tnn__cu_gemm_ab(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
                     const float *A, int64_t lda, int64_t sa, const float *B, int64_t ldb,
                     int64_t sb, float beta, float *C, int64_t ldc, int64_t sc, int64_t batch) {
@@ -276,9 +281,8 @@ int tnn__cu_gemm_ab(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alp
     /* TNN_CUDA_TF32=1: the f32 products on the tensor cores with TF32
      * inputs (10-bit mantissas, f32 sums), as PyTorch's allow_tf32 and
      * llm.c's default f32 build do */
-    const char *tf = getenv("TNN_CUDA_TF32");
     int rc;
-    if (tf && !strcmp(tf, "1") && blas.gemm_ex)
+    if (tnn__cu_tf32() && blas.gemm_ex)
         rc = blas.gemm_ex(tnn__cu.blas, tb ? BLAS_OP_T : BLAS_OP_N, ta ? BLAS_OP_T : BLAS_OP_N,
                           (int)N, (int)M, (int)K, &alpha, B, DT_R_32F, (int)ldb, sb, A, DT_R_32F,
                           (int)lda, sa, &beta, C, DT_R_32F, (int)ldc, sc, (int)batch,
@@ -704,6 +708,7 @@ static void open_backend(void) {
     }
     memset(tnn__cu.fault, 0, sizeof *tnn__cu.fault);
     tnn__cu.sm_count = prop.multiProcessorCount;
+    tnn__cu.cc_major = prop.major;
     const char *pdl = getenv("TNN_CUDA_PDL");
     tnn__cu.pdl = prop.major >= 9 && !(pdl && !strcmp(pdl, "0"));
     if (!blas_open() || blas.create(&tnn__cu.blas) != 0 ||

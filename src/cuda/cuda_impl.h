@@ -39,6 +39,7 @@ typedef struct tnn_cu_state {
     size_t scratch_size;
     unsigned scratch_gen; /* bumped when the scratch moves (graphs hold its address) */
     int sm_count;
+    int cc_major;         /* compute capability */
     int *counters;        /* CU_COUNTERS ints, 0 between kernels (attention.cu) */
     int pdl;              /* launches through TNN_LAUNCH_PDL overlap (see there) */
 } tnn_cu_state;
@@ -125,6 +126,19 @@ int tnn__cu_gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const u
                       float *C, int64_t sc, int64_t batch);
 /* Whether tnn__cu_gemm_bf16 can run (checked before preparing its operands). */
 bool tnn__cu_bf16_gemm_ok(void);
+
+/* Whether TNN_CUDA_TF32=1 asked for the f32 products on the tensor cores
+ * with TF32 inputs. */
+bool tnn__cu_tf32(void);
+
+/* Causal training attention on the tensor cores (flash.cu): whether it
+ * takes this head size, GPU and these operands (16-byte aligned; NULLs
+ * skipped), and the run: forward (dout NULL: O into out) or backward (the
+ * packed dq | dk | dv rows into out). tf32: one TF32 pass, else 3xTF32. */
+bool tnn__cu_flash_ok(const float *const *ptrs, int n, int64_t hd, int64_t H, int64_t Hkv);
+int tnn__cu_flash(const float *q, const float *k, const float *v, const float *dout, float *out,
+                  int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t hd, float scale,
+                  bool tf32);
 
 /* Rows of the GGML-typed matrix w (rows 0..rows-1, or those idx names) as
  * f32 into out (rows x w->shape[1]); a bad index is a fault of `node`. */
