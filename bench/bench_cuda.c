@@ -6,7 +6,11 @@
  * cublasGemmEx on two bf16 operands. Prints GFLOP/s and the ratio; writes
  * bench/results/cuda_gemm.json. Skips (exit 0) without a GPU.
  * --train: f32 only, at the products of a GPT-2 small training step with
- * 4096 tokens (B 4, T 1024: C 768, SwiGLU 2048, vocabulary 50257).
+ * 4096 tokens (B 4, T 1024: C 768, SwiGLU 2048, vocabulary 50257; the last
+ * three shapes are the weight gradients, K = 4096 tokens). With
+ * TNN_CUDA_TF32=1 both sides take TF32 inputs (cuBLAS's TF32 math mode).
+ * --attn: training attention (forward, forward + backward) by the
+ * tensor-core kernels and by the cuBLAS score matrices, f32 and TF32.
  */
 #include "tinynn.h"
 
@@ -60,6 +64,8 @@ static double cublas_gflops(int M, int K, int N, int flags, int reps, bool bf16)
     float *A, *B, *C;
     size_t es = bf16 ? 2 : sizeof(float);
     if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) return 0.0;
+    const char *tf = getenv("TNN_CUDA_TF32"); /* tinynn's TF32 products: the same for cuBLAS */
+    if (!bf16 && tf && !strcmp(tf, "1")) cublasSetMathMode(h, CUBLAS_TF32_TENSOR_OP_MATH);
     cudaMalloc((void **)&A, (size_t)M * K * es);
     cudaMalloc((void **)&B, (size_t)K * N * es);
     cudaMalloc((void **)&C, (size_t)M * N * sizeof(float));
@@ -103,6 +109,72 @@ static double cublas_gflops(int M, int K, int N, int flags, int reps, bool bf16)
     return 2.0 * M * K * N / best * 1e-9;
 }
 
+/* Causal attention of B x T tokens, H query heads and Hkv kv heads of
+ * size hd: milliseconds of the forward alone (back 0) or of the forward and
+ * backward (back 1), best of reps computes, each waited for. */
+static double attn_ms(int B, int T, int H, int Hkv, int hd, int back, int reps) {
+    tnn_session *s = tnn_session_new(1);
+    int64_t sq[2] = {(int64_t)B * T, (int64_t)H * hd}, sk[2] = {(int64_t)B * T, (int64_t)Hkv * hd};
+    tnn_tensor *q = tnn_tensor_new(s, TNN_F32, 2, sq), *k = tnn_tensor_new(s, TNN_F32, 2, sk);
+    tnn_tensor *v = tnn_tensor_new(s, TNN_F32, 2, sk), *r = tnn_tensor_new(s, TNN_F32, 2, sq);
+    tnn_set_param(q);
+    tnn_set_param(k);
+    tnn_set_param(v);
+    tnn_tensor *o = tnn_attention(s, q, k, v, H, Hkv, T), *root = o;
+    if (o && back) {
+        root = tnn_sum(s, tnn_mul(s, o, r));
+        if (tnn_backward(s, root) != TNN_OK) root = NULL;
+    }
+    double best = 1e30;
+    if (root && tnn_realize(s, root) == TNN_OK) {
+        size_t nq = (size_t)B * T * H * hd, nk = (size_t)B * T * Hkv * hd;
+        float *x = bench_xalloc((nq + 2) * sizeof(float));
+        for (size_t i = 0; i < nq + 2; i++) x[i] = (float)((i * 7919) % 2001) * 1e-3f - 1.0f;
+        tnn_upload_f32(s, q, x, nq);
+        tnn_upload_f32(s, k, x + 1, nk);
+        tnn_upload_f32(s, v, x + 2, nk);
+        tnn_upload_f32(s, r, x, nq);
+        free(x);
+        tnn_compute(s);
+        for (int i = 0; i < reps; i++) {
+            double t0 = bench_now();
+            if (tnn_compute(s) != TNN_OK) break;
+            double dt = bench_now() - t0;
+            best = dt < best ? dt : best;
+        }
+    }
+    tnn_session_free(s);
+    return best * 1e3;
+}
+
+/* --attn: training attention by each path and precision, same run. The
+ * forward's causal products are 2 B H T^2 hd flops (half the T x T), the
+ * backward's 2.5 times that (S again, dP, dQ, dK, dV). */
+static int bench_attn(const char *gpu) {
+    static const int cfg[][5] = {{4, 1024, 12, 12, 64}, {4, 1024, 9, 3, 64}, {1, 4096, 12, 12, 64}};
+    static const char *const path[] = {NULL, "gemm"}, *const prec[] = {NULL, "1"};
+    printf("training attention on %s: ms forward / forward+backward (TFLOP/s of the causal "
+           "products), best of 10\n", gpu);
+    for (size_t c = 0; c < sizeof cfg / sizeof *cfg; c++) {
+        const int *g = cfg[c];
+        double fl = 2.0 * g[0] * g[2] * (double)g[1] * g[1] * g[4];
+        printf("B %d T %d H %d/%d hd %d:\n", g[0], g[1], g[2], g[3], g[4]);
+        for (int p = 0; p < 2; p++)
+            for (int a = 0; a < 2; a++) {
+                if (prec[p]) setenv("TNN_CUDA_TF32", prec[p], 1); else unsetenv("TNN_CUDA_TF32");
+                if (path[a]) setenv("TNN_CUDA_ATTN", path[a], 1); else unsetenv("TNN_CUDA_ATTN");
+                double f = attn_ms(g[0], g[1], g[2], g[3], g[4], 0, 10);
+                double fb = attn_ms(g[0], g[1], g[2], g[3], g[4], 1, 10);
+                printf("  %-5s %-28s %8.3f / %8.3f ms (%5.1f / %5.1f)\n", prec[p] ? "TF32" : "f32",
+                       path[a] ? "cuBLAS score matrices" : "default (tensor-core kernels)", f, fb,
+                       fl / f * 1e-9, 3.5 * fl / fb * 1e-9);
+            }
+    }
+    unsetenv("TNN_CUDA_TF32");
+    unsetenv("TNN_CUDA_ATTN");
+    return 0;
+}
+
 int main(int argc, char **argv) {
     bool train = argc > 1 && !strcmp(argv[1], "--train");
     tnn_session *probe = tnn_session_new(1);
@@ -114,11 +186,13 @@ int main(int argc, char **argv) {
     }
     struct cudaDeviceProp prop;
     cudaGetDeviceProperties(&prop, 0);
+    if (argc > 1 && !strcmp(argv[1], "--attn")) return bench_attn(prop.name);
     static const shape shapes[] = {{512, 768, 768},   {512, 768, 3072}, {512, 3072, 768},
                                    {64, 576, 49152},  {1024, 1024, 1024}, {2048, 2048, 2048},
                                    {4096, 4096, 4096}};
-    static const shape train_shapes[] = {{4096, 768, 768}, {4096, 768, 2048}, {4096, 2048, 768},
-                                         {4096, 768, 50257}};
+    static const shape train_shapes[] = {{4096, 768, 768},  {4096, 768, 2048}, {4096, 2048, 768},
+                                         {4096, 768, 50257}, {768, 4096, 768},  {768, 4096, 2048},
+                                         {2048, 4096, 768}};
     const shape *sh = train ? train_shapes : shapes;
     size_t nshapes = train ? sizeof train_shapes / sizeof *train_shapes
                            : sizeof shapes / sizeof *shapes;
