@@ -153,9 +153,11 @@ typedef enum tnn_dtype {
  * library to open), TNN_CUDA_PROFILE=1 (time each node, report at exit),
  * TNN_CUDA_PDL=0 (no overlapped launches of the decoding kernels on Hopper),
  * TNN_CUDA_ATTN=rows|gemm (training attention by the warp-per-row kernels,
- * or by cuBLAS products of the score matrices; default: cuBLAS from
- * sequence length 128; TNN_CUDA_ATTN_BLOCKS=N, 1-16, query row blocks of
- * those products), TNN_CUDA_TF32=1 (f32 products on the tensor cores
+ * or by cuBLAS products of the score matrices, instead of the tensor-core
+ * kernels that take head sizes 32 and 64 on sm_80 and later; for other
+ * head sizes the default is cuBLAS from sequence length 128;
+ * TNN_CUDA_ATTN_BLOCKS=N, 1-16, query row blocks of those products),
+ * TNN_CUDA_TF32=1 (f32 products, attention's included, on the tensor cores
  * with TF32 inputs, 10-bit mantissas: faster, about 1e-3 relative error).
  * On the CPU, TNN_CPU_FUSE=0 runs an element-wise node after a product as a
  * pass of its own instead of on each block of the product's output (the
