@@ -231,14 +231,6 @@ static void test_ops(void) {
     twin("matmul_nt broadcast batches", b_mm_nt, nt, 2, true, 1e-5);
     twin("matmul_tn", b_mm_tn, tn, 2, true, 1e-5);
     twin("tnn_matmul (seed layout)", b_mm_seed, sd, 2, true, 1e-5);
-    /* split-K: few output tiles and a long K (in the emulator's 4 SMs, 4
-     * parts here), each operand layout */
-    in_spec sk_tn[2] = {P(2, 2048, 40), P(2, 2048, 24)};
-    in_spec sk_nt[2] = {P(2, 20, 1024), P(2, 24, 1024)};
-    in_spec sk_nn[2] = {P(2, 20, 1024), P(2, 1024, 24)};
-    twin("split-K matmul_tn", b_mm_tn, sk_tn, 2, true, 1e-5);
-    twin("split-K matmul_nt", b_mm_nt, sk_nt, 2, true, 1e-5);
-    twin("split-K matmul_nn", b_mm_nn, sk_nn, 2, true, 1e-5);
     /* TF32 products (inputs rounded to 10-bit mantissas on the tensor
      * cores: about 2^-11 relative each, so 3e-3 of the largest value) */
     setenv("TNN_CUDA_TF32", "1", 1);

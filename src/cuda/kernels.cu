@@ -1330,54 +1330,6 @@ int tnn__cu_run_fused(tnn_tensor **plan, int32_t np, int32_t i) {
     return rc ? rc : ran;
 }
 
-/* Split-K. A product with few output tiles and a long K (the weight
- * gradients dW = dY^T X: a 768 x 768 matrix summed over 4096 rows is 36
- * tiles of 128 x 128 for 132 SMs, and cuBLAS's TF32 kernel ran it at 30
- * TFLOP/s against 100-190 for the step's other products) runs as S batched
- * products over K/S each into the scratch, whose S partial results are then
- * added in order (deterministic). TNN_CUDA_SPLITK=0 turns it off. */
-#define SPLITK_MAX 8
-#define SPLITK_TILE 128     /* the output tile the count assumes */
-#define SPLITK_MIN_CHUNK 256 /* K per part at least */
-
-static int64_t splitk_parts(const mm_geom &g) {
-    static int off = -1;
-    if (off < 0) {
-        const char *e = getenv("TNN_CUDA_SPLITK");
-        off = e && !strcmp(e, "0");
-    }
-    int64_t tiles = ((g.M + SPLITK_TILE - 1) / SPLITK_TILE) * ((g.N + SPLITK_TILE - 1) / SPLITK_TILE);
-    int64_t sms = tnn__cu.sm_count > 0 ? tnn__cu.sm_count : 108;
-    if (off || tiles >= sms) return 1;
-    int64_t S = 1; /* the fewest parts that give about two waves of tiles */
-    while (S < SPLITK_MAX && tiles * S < 2 * sms && g.K % (2 * S) == 0 &&
-           g.K / (2 * S) >= SPLITK_MIN_CHUNK)
-        S *= 2;
-    return S;
-}
-
-/* C = the sum of the S parts, part 0 first. */
-__global__ void k_splitk_sum(const float *P, int64_t S, int64_t n, float *C) {
-    CU_FOR(i, n) {
-        float acc = P[i];
-        for (int64_t s = 1; s < S; s++) acc += P[s * n + i];
-        C[i] = acc;
-    }
-}
-
-static int matmul_splitk(tnn_tensor *t, bool ta, bool tb, const mm_geom &g, int64_t S) {
-    int64_t kc = g.K / S, mn = g.M * g.N;
-    float *P = (float *)tnn__cu_scratch((size_t)(S * mn) * sizeof(float));
-    if (!P) return tnn_last_status();
-    /* part s takes columns [s kc, (s + 1) kc) of op(A) and those rows of op(B) */
-    int rc = tnn__cu_gemm(ta, tb, g.M, g.N, kc, CF(t->src[0]), g.lda, ta ? kc * g.lda : kc,
-                          CF(t->src[1]), g.ldb, tb ? kc : kc * g.ldb, P, mn, S);
-    if (rc) return rc;
-    TNN_LAUNCH(k_splitk_sum, cu_blocks(mn), CU_THREADS, 0, tnn__cu.stream, (const float *)P, S,
-               mn, FP(t));
-    return tnn__cu_launched("tnn_matmul");
-}
-
 int tnn__cu_matmul(tnn_tensor *t) {
     const tnn_tensor *a = t->src[0], *b = t->src[1];
     bool ta = t->iparam[0] & TNN_MM_TA, tb = t->iparam[0] & TNN_MM_TB;
@@ -1418,8 +1370,6 @@ int tnn__cu_matmul(tnn_tensor *t) {
         B = w;
     }
     mm_geom g = mm_geometry(t, ta, tb);
-    int64_t S = B == CF(b) && A == CF(a) && g.outer == 1 && g.inner == 1 ? splitk_parts(g) : 1;
-    if (S > 1) return matmul_splitk(t, ta, tb, g, S);
     for (int64_t i0 = 0; i0 < g.outer; i0++) {
         int rc = tnn__cu_gemm(ta, tb, g.M, g.N, g.K, A + i0 * g.a_out, g.lda, g.a_in,
                               B + i0 * g.b_out, g.ldb, g.b_in, FP(t) + i0 * g.inner * g.M * g.N,
