@@ -44,9 +44,11 @@
 
 __device__ __forceinline__ float fa_f(uint32_t u) { return __uint_as_float(u); }
 
-/* x as a TF32 operand: its low 13 bits cleared (truncation: one logic op,
- * where a rounding cvt.rna would put a conversion instruction on every
- * operand of every product). */
+/* x truncated to TF32: its low 13 bits cleared. The tensor cores read only
+ * the top 19 bits of a TF32 operand's register, so the one-pass products
+ * take f32 registers as they are (no instruction at all per operand, where
+ * a rounding cvt.rna would add a conversion to each), and the three-pass
+ * ones use this to split x into x's TF32 part and the exact remainder. */
 __device__ __forceinline__ uint32_t fa_tf32(float x) { return __float_as_uint(x) & 0xffffe000u; }
 
 /* d += a b for one warp: a 16 x 8 A fragment, an 8 x 8 B fragment. */
@@ -63,9 +65,9 @@ __device__ __forceinline__ void fa_mma(float d[4], const uint32_t a[4], uint32_t
      * run one at a time, so a static array is the running block's) */
     static uint32_t ta[32][32][4], tb[32][32][2];
     int w = (int)(threadIdx.x >> 5) & 31, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    memcpy(ta[w][lane], a, sizeof ta[w][lane]);
-    tb[w][lane][0] = b0;
-    tb[w][lane][1] = b1;
+    for (int i = 0; i < 4; i++) ta[w][lane][i] = a[i] & 0xffffe000u; /* as the tensor cores read them */
+    tb[w][lane][0] = b0 & 0xffffe000u;
+    tb[w][lane][1] = b1 & 0xffffe000u;
     __syncwarp();
     for (int r = 0; r < 4; r++) {
         int row = g + 8 * (r >> 1), col = 2 * t + (r & 1);
@@ -86,14 +88,19 @@ __device__ __forceinline__ void fa_mma(float d[4], const uint32_t a[4], uint32_t
 /* d += a b with P passes: 1 (TF32) or 3 (3xTF32; the small terms first). */
 template <int P>
 __device__ __forceinline__ void fa_mma_p(float d[4], const float a[4], float b0, float b1) {
-    uint32_t ab[4], bb0 = fa_tf32(b0), bb1 = fa_tf32(b1);
-    for (int i = 0; i < 4; i++) ab[i] = fa_tf32(a[i]);
-    if (P == 3) {
-        uint32_t as[4];
-        for (int i = 0; i < 4; i++) as[i] = fa_tf32(a[i] - fa_f(ab[i]));
-        fa_mma(d, as, bb0, bb1);
-        fa_mma(d, ab, fa_tf32(b0 - fa_f(bb0)), fa_tf32(b1 - fa_f(bb1)));
+    uint32_t ab[4];
+    if (P == 1) {
+        for (int i = 0; i < 4; i++) ab[i] = __float_as_uint(a[i]);
+        fa_mma(d, ab, __float_as_uint(b0), __float_as_uint(b1));
+        return;
     }
+    uint32_t as[4], bb0 = fa_tf32(b0), bb1 = fa_tf32(b1);
+    for (int i = 0; i < 4; i++) {
+        ab[i] = fa_tf32(a[i]);
+        as[i] = __float_as_uint(a[i] - fa_f(ab[i]));
+    }
+    fa_mma(d, as, bb0, bb1);
+    fa_mma(d, ab, __float_as_uint(b0 - fa_f(bb0)), __float_as_uint(b1 - fa_f(bb1)));
     fa_mma(d, ab, bb0, bb1);
 }
 
@@ -104,7 +111,7 @@ __device__ __forceinline__ void fa_abt(float acc[8][4], const float *a, const fl
     int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     for (int n = 0; n < 8; n++)
         for (int r = 0; r < 4; r++) acc[n][r] = 0.0f;
-    CU_UNROLL(2)
+    CU_UNROLL(HD / 8)
     for (int kk = 0; kk < HD / 8; kk++) {
         const float *a0 = a + g * ld + 8 * kk + t;
         float af[4] = {a0[0], a0[8 * ld], a0[4], a0[8 * ld + 4]};
@@ -177,6 +184,22 @@ __device__ __forceinline__ float2 fa_f2(float x, float y) {
 
 #define FA_LOG2E 1.4426950408889634f
 
+/* On a diagonal tile (the query and key tiles start at the same row), the
+ * elements of a warp's 16 x 64 scores (rows from r0 of the tile) whose key
+ * comes after the query set to v; fa_mask_t for S^T, whose rows are keys. */
+__device__ __forceinline__ void fa_mask(float s[8][4], float v, int r0) {
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    for (int n = 0; n < 8; n++)
+        for (int r = 0; r < 4; r++)
+            if (8 * n + 2 * t + (r & 1) > r0 + g + 8 * (r >> 1)) s[n][r] = v;
+}
+__device__ __forceinline__ void fa_mask_t(float s[8][4], float v, int r0) {
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    for (int n = 0; n < 8; n++)
+        for (int r = 0; r < 4; r++)
+            if (8 * n + 2 * t + (r & 1) < r0 + g + 8 * (r >> 1)) s[n][r] = v;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Forward (and the backward's statistics)                                  */
 /* ------------------------------------------------------------------------ */
@@ -206,12 +229,12 @@ __global__ void __launch_bounds__(32 * FA_WARPS) k_fa_fwd(fa_args c) {
         __syncthreads();
         float s[8][4], mx[2] = {m[0], m[1]};
         fa_abt<HD, P>(s, sq + 16 * warp * ld, sk, ld);
+        if (j == qt) /* the diagonal tile: key > query masked (and keys from T on) */
+            fa_mask(s, -INFINITY, 16 * warp);
         for (int n = 0; n < 8; n++)
             for (int r = 0; r < 4; r++) {
-                int64_t key = j * FA_ROWS + 8 * n + 2 * t + (r & 1);
-                float x = key > row[r >> 1] ? -INFINITY : s[n][r] * sl2;
-                s[n][r] = x;
-                mx[r >> 1] = fmaxf(mx[r >> 1], x);
+                s[n][r] *= sl2;
+                mx[r >> 1] = fmaxf(mx[r >> 1], s[n][r]);
             }
         float al[2];
         for (int i = 0; i < 2; i++) { /* key 0 is in every row's first tile: mx is finite */
@@ -283,12 +306,11 @@ __global__ void __launch_bounds__(32 * FA_WARPS) k_fa_dq(fa_args c) {
         float s[8][4], dp[8][4];
         fa_abt<HD, P>(s, sq + 16 * warp * ld, sk, ld);
         fa_abt<HD, P>(dp, sdo + 16 * warp * ld, sv, ld);
+        if (j == qt) fa_mask(s, -INFINITY, 16 * warp);
         for (int n = 0; n < 8; n++)
             for (int r = 0; r < 4; r++) {
-                int64_t key = j * FA_ROWS + 8 * n + 2 * t + (r & 1);
                 const float2 &e = st[r >> 1];
-                float p = key > row[r >> 1] ? 0.0f : exp2f(s[n][r] * sl2 - e.x);
-                s[n][r] = p * (dp[n][r] - e.y);
+                s[n][r] = exp2f(s[n][r] * sl2 - e.x) * (dp[n][r] - e.y);
             }
         fa_cb<HD, P>(dq, s, sk, ld);
     }
@@ -332,12 +354,15 @@ __global__ void __launch_bounds__(32 * FA_WARPS) k_fa_dkv(fa_args c) {
             float s[8][4], dp[8][4];
             fa_abt<HD, P>(s, sk + 16 * warp * ld, sq, ld);
             fa_abt<HD, P>(dp, sv + 16 * warp * ld, sdo, ld);
+            /* S^T's rows are keys: on the diagonal tile, a query before the
+             * key is masked (as is a query from T on, whose Q and dO rows
+             * are zeros and whose statistics are 0: its terms vanish
+             * anyway) */
+            if (i == kt) fa_mask_t(s, -INFINITY, 16 * warp);
             for (int n = 0; n < 8; n++)
                 for (int r = 0; r < 4; r++) {
-                    int qc = 8 * n + 2 * t + (r & 1);
-                    int64_t qr = q0 + qc;
-                    float2 e = sst[qc];
-                    float p = qr < key[r >> 1] || qr >= c.T ? 0.0f : exp2f(s[n][r] * sl2 - e.x);
+                    float2 e = sst[8 * n + 2 * t + (r & 1)];
+                    float p = exp2f(s[n][r] * sl2 - e.x);
                     s[n][r] = p;
                     dp[n][r] = p * (dp[n][r] - e.y);
                 }
