@@ -151,17 +151,21 @@ typedef struct {
 } fa_args;
 
 /* Rows r0 .. r0 + 63 of a head (HD floats, rows ldg apart in global
- * memory) into a shared tile; rows from T on are zeros. 16-byte loads: the
- * caller checked the alignment. */
+ * memory) into a shared tile; rows from T on are zeros. 16-byte loads (the
+ * caller checked the alignment): a thread takes one 4-float column of
+ * every (128 / (HD / 4))-th row. */
 template <int HD>
 __device__ __forceinline__ void fa_load(float *s, const float *src, int64_t r0, int64_t T,
                                         int64_t ldg) {
-    const int ld = HD + FA_PAD, per = HD / 4;
-    for (int i = threadIdx.x; i < FA_ROWS * per; i += 32 * FA_WARPS) {
-        int r = i / per, c = 4 * (i % per);
+    const int ld = HD + FA_PAD, per = HD / 4, step = 32 * FA_WARPS / per;
+    int r = threadIdx.x / per, c = 4 * (threadIdx.x % per);
+    int n = T - r0 < FA_ROWS ? (int)(T - r0) : FA_ROWS; /* rows that exist */
+    const float *g = src + (r0 + r) * ldg + c;
+    CU_UNROLL(FA_ROWS / step)
+    for (int i = 0; i < FA_ROWS / step; i++) {
         float4 v = {0.0f, 0.0f, 0.0f, 0.0f};
-        if (r0 + r < T) v = *(const float4 *)(src + (r0 + r) * ldg + c);
-        *(float4 *)(s + r * ld + c) = v;
+        if (r + i * step < n) v = *(const float4 *)(g + (int64_t)i * step * ldg);
+        *(float4 *)(s + (r + i * step) * ld + c) = v;
     }
 }
 
