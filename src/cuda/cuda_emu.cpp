@@ -326,6 +326,10 @@ struct Sched {
     bool reverse = false, aborting = false;
     unsigned bar_arrived = 0;
     std::vector<Fiber *> bar_waiters;
+    /* __syncthreads_or: the predicates of the open barrier, and the answer
+     * of the last one completed (kept until the next completes, which its
+     * waiters cannot reach before they have read it) */
+    int bar_or = 0, bar_result = 0;
     std::vector<Warp> warps;
 
     Sched();
@@ -470,6 +474,8 @@ void deadlock(Sched &s, const Fiber *culprit) {
 }
 
 void release_block_barrier(Sched &s) {
+    s.bar_result = s.bar_or;
+    s.bar_or = 0;
     s.ready.insert(s.ready.end(), s.bar_waiters.begin(), s.bar_waiters.end());
     s.bar_waiters.clear();
     s.bar_arrived = 0;
@@ -604,6 +610,7 @@ bool run_block(Sched &s, bool reverse) {
     s.started = s.finished = 0;
     s.aborting = false;
     s.bar_arrived = 0;
+    s.bar_or = 0;
     for (unsigned w = 0; w < s.warps.size(); w++) {
         unsigned lanes = std::min(32u, s.nthreads - 32 * w);
         s.warps[w].live = lanes == 32 ? ~0u : (1u << lanes) - 1;
@@ -1097,6 +1104,12 @@ void __syncthreads() {
     s.bar_arrived++;
     s.bar_waiters.push_back(self);
     suspend(s, self);
+}
+
+int __syncthreads_or(int predicate) {
+    sched().bar_or |= predicate != 0;
+    __syncthreads();
+    return sched().bar_result;
 }
 
 void __syncwarp(unsigned mask) {

@@ -196,6 +196,9 @@ template <class F> cudaError_t cudaFuncSetAttribute(F *func, cudaFuncAttribute a
 /* ------------------------------------------------------------------------ */
 
 void __syncthreads();
+/* __syncthreads that returns, in every thread, whether any thread of the
+ * block passed a nonzero predicate (threads that returned pass nothing). */
+int __syncthreads_or(int predicate);
 void __syncwarp(unsigned mask = 0xffffffffu);
 unsigned __activemask();
 

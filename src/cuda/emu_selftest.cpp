@@ -203,6 +203,20 @@ __global__ void early_return(const float *x, float *out, int n) {
     out[t] = s[(t + n - 1) % n];
 }
 
+/* Threads past n return; the rest take three __syncthreads_or: of
+ * (t == 30 * block), true in blocks 0 and 1 only (block 2's thread 60 has
+ * returned), then of false, then of (t == last), each answer in every thread
+ * (out[3 t + k]), the next barrier's predicates not leaking into it. */
+__global__ void sync_or(int *out, unsigned n) {
+    unsigned t = threadIdx.x;
+    if (t >= n)
+        return;
+    int *o = out + 3 * (blockIdx.x * blockDim.x + t);
+    o[0] = __syncthreads_or(t == 30 * blockIdx.x);
+    o[1] = __syncthreads_or(0);
+    o[2] = __syncthreads_or(t == n - 1 ? 7 : 0);
+}
+
 /* Every element of a w x h array once, from a 2-D grid of 2-D blocks. */
 __global__ void grid_stride_2d(float *out, int *visits, int w, int h) {
     for (unsigned y = blockIdx.y * blockDim.y + threadIdx.y; y < (unsigned)h;
@@ -397,6 +411,27 @@ void test_early_return() {
     for (int t = 0; t < n; t++)
         CHECK(got[t] == 2.0f * h[t]); /* (t-1)'s neighbour is t */
     cudaFree(x), cudaFree(out);
+}
+
+void test_syncthreads_or() {
+    const unsigned n = 40, threads = 64, blocks = 3;
+    int *out = dev_alloc<int>(3 * threads * blocks);
+    CHECK(cudaMemset(out, 0xFF, 3 * threads * blocks * sizeof(int)) == cudaSuccess);
+    TNN_LAUNCH(sync_or, blocks, threads, 0, 0, out, n);
+    CHECK(cudaGetLastError() == cudaSuccess);
+    std::vector<int> o = to_host(out, 3 * threads * blocks);
+    for (unsigned b = 0; b < blocks; b++)
+        for (unsigned t = 0; t < threads; t++) {
+            const int *v = &o[3 * (b * threads + t)];
+            if (t >= n) {
+                CHECK(v[0] == -1 && v[1] == -1 && v[2] == -1);
+                continue;
+            }
+            CHECK(v[0] == (b < 2 ? 1 : 0));
+            CHECK(v[1] == 0);
+            CHECK(v[2] == 1);
+        }
+    cudaFree(out);
 }
 
 void test_grid_stride_2d() {
@@ -743,6 +778,7 @@ int main() {
     run("warp shuffle reductions, blockDim 256 and 48", test_warp_reductions);
     run("shuffle modes, widths, 64-bit values, missing lanes, __activemask", test_shuffle_modes);
     run("early return before barriers", test_early_return);
+    run("__syncthreads_or, with returned threads", test_syncthreads_or);
     run("grid-stride loops over a 2-D grid, 3-D indices", test_grid_stride_2d);
     run("atomics", test_atomics);
     run("launch configuration errors, streams", test_launch_errors);
