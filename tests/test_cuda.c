@@ -320,6 +320,90 @@ static void test_ops(void) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* Embedding gradients, bit for bit                                         */
+/* ------------------------------------------------------------------------ */
+
+/* get_rows_back of n rows of d on a CUDA session into out (V x d); returns
+ * tnn_compute's status, its message (if any) copied into msg. */
+static int grb_gpu(int n, int d, int V, const int32_t *idx, const float *dout, float *out,
+                   char *msg, size_t msg_size) {
+    tnn_session *s = tnn_session_new(1);
+    tnn_tensor *g = tnn_input_2d_f32(s, n, d), *ix = tnn_input_1d_i32(s, n);
+    tnn_tensor *tab = tnn_input_2d_f32(s, V, d);
+    tnn_tensor *r = tnn_get_rows_back(s, g, ix, tab);
+    tnn_set_output(r);
+    int rc = tnn_realize(s, r);
+    if (rc == TNN_OK) rc = tnn_upload_f32(s, g, dout, (size_t)n * d);
+    if (rc == TNN_OK) rc = tnn_upload_i32(s, ix, idx, (size_t)n);
+    int crc = rc == TNN_OK ? tnn_compute(s) : rc;
+    snprintf(msg, msg_size, "%s", crc == TNN_OK ? "" : tnn_last_error());
+    if (rc == TNN_OK) CHECK_OK(tnn_download_f32(s, r, out, (size_t)V * d));
+    tnn_session_free(s);
+    return crc;
+}
+
+/* One case: random values of many magnitudes (so that another order of the
+ * sums gives other bits), the result against a serial loop in i from +0
+ * (what the CPU computes), compared bit for bit. bad_at >= 0: the first
+ * row whose index is out of range, which the compute must report (the
+ * other rows still summed). */
+static void grb_case(const char *name, int n, int d, int V, const int32_t *idx, int bad_at) {
+    float *dout = malloc((size_t)n * d * sizeof *dout);
+    float *ref = calloc((size_t)V * d, sizeof *ref), *got = malloc((size_t)V * d * sizeof *got);
+    th_seed(11);
+    for (int64_t k = 0; k < (int64_t)n * d; k++)
+        dout[k] = (float)(th_sym(1.0) * ldexp(1.0, (int)(th_uniform() * 24) - 12));
+    for (int i = 0; i < n; i++)
+        if (idx[i] >= 0 && idx[i] < V)
+            for (int j = 0; j < d; j++) ref[(int64_t)idx[i] * d + j] += dout[(int64_t)i * d + j];
+    char msg[512], want[128];
+    int rc = grb_gpu(n, d, V, idx, dout, got, msg, sizeof msg);
+    if (bad_at < 0) {
+        CHECK(rc == TNN_OK, "%s: compute failed: %s", name, msg);
+    } else {
+        snprintf(want, sizeof want, "idx[%d] = %d is outside [0, %d)", bad_at, idx[bad_at], V);
+        CHECK(rc == TNN_ERR_RANGE && strstr(msg, want), "%s: got %d '%s', want '%s'", name, rc,
+              msg, want);
+    }
+    int64_t diff = 0, first = -1;
+    for (int64_t k = 0; k < (int64_t)V * d; k++)
+        if (memcmp(&got[k], &ref[k], sizeof(float))) {
+            if (first < 0) first = k;
+            diff++;
+        }
+    CHECK(diff == 0, "%s: %lld of %lld values differ from the serial sums (first: row %lld "
+          "col %lld, %.9g vs %.9g)", name, (long long)diff, (long long)V * d,
+          (long long)(first / d), (long long)(first % d), first >= 0 ? got[first] : 0.0,
+          first >= 0 ? ref[first] : 0.0);
+    free(dout);
+    free(ref);
+    free(got);
+}
+
+static void test_get_rows_back(void) {
+    enum { N = 2500, NR = 3000 }; /* past the kernel's chunks of 1024 rows */
+    static int32_t idx[NR];
+    for (int i = 0; i < N; i++) idx[i] = 3;
+    grb_case("get_rows_back, one index for all 2500 rows", N, 37, 5, idx, -1);
+    for (int i = 0; i < N; i++) idx[i] = i % 7;
+    grb_case("get_rows_back, indices 0..6 interleaved", N, 37, 9, idx, -1);
+    /* runs, repeats far apart and single rows */
+    th_seed(5);
+    for (int i = 0; i < NR; i++)
+        idx[i] = i % 500 < 40 ? 7 : th_uniform() < 0.5 ? (int32_t)(th_uniform() * 300)
+                                                         : (int32_t)(300 + th_uniform() * 900);
+    grb_case("get_rows_back, random repeats", NR, 70, 1200, idx, -1);
+    idx[0] = 2;
+    grb_case("get_rows_back, one row", 1, 3, 4, idx, -1);
+    for (int i = 0; i < 1500; i++) idx[i] = (int32_t)(th_uniform() * 50);
+    idx[1100] = -1; /* the first bad row: past the first chunk */
+    idx[1101] = 50;
+    idx[1300] = -1;
+    idx[1400] = 1000;
+    grb_case("get_rows_back, indices out of range", 1500, 5, 50, idx, 1100);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Optimizer steps                                                          */
 /* ------------------------------------------------------------------------ */
 
@@ -941,6 +1025,7 @@ int main(void) {
         return SKIP;
     }
     test_ops();
+    test_get_rows_back();
     test_optim();
     test_threads();
     test_quant();
