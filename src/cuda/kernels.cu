@@ -6,6 +6,7 @@
 #include "cuda_impl.h"
 
 #include <math.h>
+#include <pthread.h>
 
 /* ------------------------------------------------------------------------ */
 /* Element-wise                                                             */
@@ -217,9 +218,104 @@ __global__ void k_layer_norm_back(const float *g, const float *x, float *dx, int
 
 /* Cross-entropy: the loss of each row (0 for ignored rows), then the mean
  * over the counted rows; the backward pass is softmax * dloss / count minus
- * dloss / count at the target. */
-__global__ void k_ce_rows(const float *lg, const int32_t *tg, int64_t V, int32_t ign, float *rows,
-                          tnn_cu_fault *fault, int node) {
+ * dloss / count at the target.
+ * A row (50257 logits for GPT-2) is read once for its max and sum: each
+ * thread keeps a running max and the sum of e^(x - max) (a tile's float
+ * exps summed in float, the tiles in double) and rescales the sum when its
+ * max grows, at most once per tile of CE_TILE 16-byte loads; the block then
+ * brings the threads' sums to the row's max (float exps of the differences:
+ * each is off by an ulp or two, like every term's exp). Loads are 16 bytes
+ * from the row's first aligned element (an odd V leaves rows at any 4-byte
+ * offset), CE_TILE in flight a thread. The backward pass keeps the row in
+ * shared memory during that first read where it fits (the first S elements
+ * otherwise), so it reads the logits once and writes d once. */
+#define CE_THREADS 512       /* forward: several rows an SM */
+#define CE_BACK_THREADS 1024 /* backward: one row an SM when it is kept whole */
+#define CE_TILE 4
+
+/* Row x of n floats as 16-byte groups: h leading floats, then groups from
+ * x + h. */
+__device__ __forceinline__ int64_t cu_row_head(const float *x, int64_t n) {
+    uintptr_t a = (uintptr_t)x;
+    int64_t h = a & 3 ? n : (int64_t)(((16 - (a & 15)) & 15) >> 2);
+    return h < n ? h : n;
+}
+
+__device__ __forceinline__ float cu_max4(float4 v) {
+    return fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w));
+}
+__device__ __forceinline__ float cu_exp4(float4 v, float m) {
+    return (expf(v.x - m) + expf(v.y - m)) + (expf(v.z - m) + expf(v.w - m));
+}
+
+/* Raises a thread's running max *m to tm, rescaling its sum *s; returns
+ * the shift for the exponentials: the max, or 0 while it is -inf (e^(x - m)
+ * would be NaN for x = -inf, whose share is 0). */
+__device__ __forceinline__ float cu_lse_raise(float tm, float *m, double *s) {
+    if (tm > *m) {
+        *s *= (double)expf(*m - tm);
+        *m = tm;
+    }
+    return *m == -INFINITY ? 0.0f : *m;
+}
+
+/* Of a row of n with h leading floats, the elements j < K that a stash of S
+ * floats keeps: groups whole or not at all. */
+__device__ __forceinline__ int64_t cu_ce_kept(int64_t S, int64_t n, int64_t h) {
+    if (S >= n) return n;
+    return S <= h ? S : h + ((S - h) & ~(int64_t)3);
+}
+
+/* The row's max (into *mx) and sum of e^(x - max), read once; with stash,
+ * elements j < cu_ce_kept(S, ...) are also copied to stash[j + pad], pad =
+ * (4 - h) & 3 putting the groups at 16-byte boundaries. */
+__device__ double cu_ce_stats(const float *x, int64_t n, float *stash, int64_t S, float *mx) {
+    __shared__ float shf[32];
+    __shared__ double shd[32];
+    int64_t h = cu_row_head(x, n), nv = (n - h) >> 2, tail = h + 4 * nv;
+    int64_t pad = (4 - h) & 3, K = cu_ce_kept(S, n, h), kg = K > h ? (K - h) >> 2 : 0;
+    int64_t bd = blockDim.x, t = threadIdx.x;
+    float m = -INFINITY;
+    double s = 0.0;
+    for (int64_t e = t; e < h + n - tail; e += bd) { /* the leading floats, then the last */
+        int64_t j = e < h ? e : tail + e - h;
+        float v = x[j], sh = cu_lse_raise(v, &m, &s);
+        s += (double)expf(v - sh);
+        if (j < K) stash[j + pad] = v;
+    }
+    const float4 *xv = reinterpret_cast<const float4 *>(x + h);
+    float4 *sv = stash ? reinterpret_cast<float4 *>(stash + h + pad) : (float4 *)NULL;
+    int64_t g = t;
+    for (; g + (CE_TILE - 1) * bd < nv; g += CE_TILE * bd) {
+        float4 v[CE_TILE];
+        float tm = -INFINITY, e = 0.0f;
+        CU_UNROLL(CE_TILE)
+        for (int u = 0; u < CE_TILE; u++) v[u] = xv[g + u * bd];
+        CU_UNROLL(CE_TILE)
+        for (int u = 0; u < CE_TILE; u++) tm = fmaxf(tm, cu_max4(v[u]));
+        float sh = cu_lse_raise(tm, &m, &s);
+        CU_UNROLL(CE_TILE)
+        for (int u = 0; u < CE_TILE; u++) {
+            e += cu_exp4(v[u], sh);
+            if (g + u * bd < kg) sv[g + u * bd] = v[u];
+        }
+        s += (double)e;
+    }
+    for (; g < nv; g += bd) {
+        float4 v = xv[g];
+        float sh = cu_lse_raise(cu_max4(v), &m, &s);
+        s += (double)cu_exp4(v, sh);
+        if (g < kg) sv[g] = v;
+    }
+    float M = cu_block_max(m, shf); /* its barriers also complete the stash */
+    *mx = M;
+    /* a thread without elements has m = -inf and s = 0: a share of 0 */
+    return cu_block_sum(s * (double)expf(m - M), shd);
+}
+
+__global__ void __launch_bounds__(CE_THREADS)
+    k_ce_rows(const float *lg, const int32_t *tg, int64_t V, int32_t ign, float *rows,
+              tnn_cu_fault *fault, int node) {
     int64_t r = blockIdx.x;
     const float *x = lg + r * V;
     int32_t c = tg[r];
@@ -231,41 +327,108 @@ __global__ void k_ce_rows(const float *lg, const int32_t *tg, int64_t V, int32_t
         return;
     }
     float mx;
-    double s = cu_row_expsum(x, V, NULL, &mx);
+    double s = cu_ce_stats(x, V, (float *)NULL, 0, &mx);
     if (threadIdx.x == 0) rows[r] = (float)((double)mx + log(s) - x[c]);
 }
 
-/* One thread: the count of rows that count, and (forward) the mean loss. */
-__global__ void k_ce_total(const int32_t *tg, int64_t N, int64_t V, int32_t ign,
-                           const float *rows, float *out, int *count) {
-    int64_t cnt = 0;
+/* One block: the count of rows that count, and (forward) the mean loss;
+ * each thread's rows, then the block's fixed reduction order. */
+#define CE_TOTAL_THREADS 1024
+__global__ void __launch_bounds__(CE_TOTAL_THREADS)
+    k_ce_total(const int32_t *tg, int64_t N, int64_t V, int32_t ign, const float *rows,
+               float *out, int *count) {
+    __shared__ long long shc[32];
+    __shared__ double shd[32];
+    long long cnt = 0;
     double total = 0.0;
-    for (int64_t r = 0; r < N; r++) {
+    for (int64_t r = threadIdx.x; r < N; r += blockDim.x) {
         if (tg[r] == ign || tg[r] < 0 || tg[r] >= V) continue;
         cnt++;
         if (rows) total += rows[r];
     }
+    cnt = cu_block_sum(cnt, shc);
+    total = cu_block_sum(total, shd);
+    if (threadIdx.x != 0) return;
     if (out) out[0] = cnt ? (float)(total / (double)cnt) : 0.0f;
     if (count) *count = (int)cnt;
 }
 
-__global__ void k_ce_back(const float *lg, const int32_t *tg, const float *dloss, const int *count,
-                          int64_t V, int32_t ign, float *d, tnn_cu_fault *fault, int node) {
-    int64_t r = blockIdx.x;
+/* d = softmax * scale, minus scale at the target, each element written
+ * once, from the copy the stats kept (stash) or else from the logits again.
+ * Ignored rows get zeros; a bad target is a fault. */
+__global__ void __launch_bounds__(CE_BACK_THREADS)
+    k_ce_back(const float *lg, const int32_t *tg, const float *dloss, const int *count,
+              int64_t V, int32_t ign, int64_t S, float *d, tnn_cu_fault *fault, int node) {
+    TNN_DYN_SMEM(float, stash); /* S + 3 floats */
+    int64_t r = blockIdx.x, bd = blockDim.x, t = threadIdx.x;
     const float *x = lg + r * V;
     float *dr = d + r * V;
     int32_t c = tg[r];
-    if (c == ign || c < 0 || c >= V) {
-        for (int64_t j = threadIdx.x; j < V; j += blockDim.x) dr[j] = 0.0f;
-        if (c != ign && threadIdx.x == 0) cu_fault(fault, CU_FAULT_TARGET, node, r, c, V);
-        return;
-    }
+    bool skip = c == ign || c < 0 || c >= V;
+    if (skip && c != ign && t == 0) cu_fault(fault, CU_FAULT_TARGET, node, r, c, V);
     double scale = *count ? (double)dloss[0] / (double)*count : 0.0;
-    float mx;
-    float k = (float)(scale / cu_row_expsum(x, V, dr, &mx));
-    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) dr[j] *= k;
-    __syncthreads(); /* the target's element may have been scaled by another thread */
-    if (threadIdx.x == 0) dr[c] -= (float)scale;
+    float mx = 0.0f, k = 0.0f, sc = (float)scale;
+    if (!skip) k = (float)(scale / cu_ce_stats(x, V, stash, S, &mx));
+    /* x's groups, kept ones from the stash, where d is aligned as x is
+     * (buffers from cudaMalloc are); else floats one by one */
+    int64_t h = cu_row_head(x, V), pad = (4 - h) & 3, K = cu_ce_kept(S, V, h);
+    if ((((uintptr_t)x ^ (uintptr_t)dr) & 15) != 0) h = V;
+    int64_t nv = (V - h) >> 2, tail = h + 4 * nv, kg = K > h ? (K - h) >> 2 : 0;
+    for (int64_t e = t; e < h + V - tail; e += bd) {
+        int64_t j = e < h ? e : tail + e - h;
+        float v = 0.0f;
+        if (!skip) {
+            v = expf((j < K ? stash[j + pad] : x[j]) - mx) * k;
+            if (j == c) v -= sc;
+        }
+        dr[j] = v;
+    }
+    const float4 *xv = reinterpret_cast<const float4 *>(x + h);
+    const float4 *sv = reinterpret_cast<const float4 *>(stash + h + pad);
+    float4 *dv = reinterpret_cast<float4 *>(dr + h);
+    for (int64_t g = t; g < nv; g += bd) {
+        float4 o = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (!skip) {
+            float4 v = g < kg ? sv[g] : xv[g];
+            int64_t q = c - (h + 4 * g); /* the target's place in the group */
+            o.x = expf(v.x - mx) * k;
+            o.y = expf(v.y - mx) * k;
+            o.z = expf(v.z - mx) * k;
+            o.w = expf(v.w - mx) * k;
+            if (q == 0) o.x -= sc;
+            if (q == 1) o.y -= sc;
+            if (q == 2) o.z -= sc;
+            if (q == 3) o.w -= sc;
+        }
+        dv[g] = o;
+    }
+}
+
+/* Bytes of shared memory k_ce_back may keep a row in: the device's opt-in
+ * limit less a margin for its static arrays, raised once; 48 KiB if that
+ * fails. */
+#define CE_SMEM_STATIC 1024
+static size_t ce_stash_bytes = 48 * 1024 - CE_SMEM_STATIC;
+static pthread_once_t ce_stash_once = PTHREAD_ONCE_INIT;
+static void ce_stash_open(void) {
+    cudaDeviceProp p;
+    int dev = 0;
+    if (cudaGetDevice(&dev) == cudaSuccess && cudaGetDeviceProperties(&p, dev) == cudaSuccess &&
+        p.sharedMemPerBlockOptin > ce_stash_bytes + CE_SMEM_STATIC) {
+        size_t b = p.sharedMemPerBlockOptin - CE_SMEM_STATIC;
+        if (cudaFuncSetAttribute(k_ce_back, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 (int)b) == cudaSuccess)
+            ce_stash_bytes = b;
+    }
+    cudaGetLastError();
+}
+
+/* Threads for a row of V: a tile of CE_TILE groups each (short rows), at
+ * most `cap`. */
+static unsigned ce_threads(int64_t V, unsigned cap) {
+    unsigned n = 32;
+    while (n < cap && (int64_t)n * CE_TILE * 4 < V) n *= 2;
+    return n;
 }
 
 static int ce(tnn_tensor *t) {
@@ -281,15 +444,19 @@ static int ce(tnn_tensor *t) {
     int *count = (int *)scr;
     float *rows = (float *)(scr + 16);
     if (t->op == TNN_OP_CROSS_ENTROPY) {
-        TNN_LAUNCH(k_ce_rows, (unsigned)N, CU_THREADS, 0, st, CF(lg), tg, V, ign, rows,
-                   tnn__cu.fault, t->id);
-        TNN_LAUNCH(k_ce_total, 1, 1, 0, st, tg, N, V, ign, (const float *)rows, FP(t),
-                   (int *)NULL);
+        TNN_LAUNCH(k_ce_rows, (unsigned)N, ce_threads(V, CE_THREADS), 0, st, CF(lg), tg, V, ign,
+                   rows, tnn__cu.fault, t->id);
+        TNN_LAUNCH(k_ce_total, 1, CE_TOTAL_THREADS, 0, st, tg, N, V, ign, (const float *)rows,
+                   FP(t), (int *)NULL);
     } else {
-        TNN_LAUNCH(k_ce_total, 1, 1, 0, st, tg, N, V, ign, (const float *)NULL, (float *)NULL,
-                   count);
-        TNN_LAUNCH(k_ce_back, (unsigned)N, CU_THREADS, 0, st, CF(lg), tg, CF(t->src[2]),
-                   (const int *)count, V, ign, FP(t), tnn__cu.fault, t->id);
+        pthread_once(&ce_stash_once, ce_stash_open);
+        int64_t S = (int64_t)(ce_stash_bytes / sizeof(float)) - 3;
+        if (S > V) S = V;
+        TNN_LAUNCH(k_ce_total, 1, CE_TOTAL_THREADS, 0, st, tg, N, V, ign, (const float *)NULL,
+                   (float *)NULL, count);
+        TNN_LAUNCH(k_ce_back, (unsigned)N, ce_threads(V, CE_BACK_THREADS),
+                   (size_t)(S + 3) * sizeof(float), st, CF(lg), tg, CF(t->src[2]),
+                   (const int *)count, V, ign, S, FP(t), tnn__cu.fault, t->id);
     }
     return tnn__cu_launched(tnn__ops[t->op].name);
 }
