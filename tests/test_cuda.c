@@ -489,6 +489,74 @@ static void test_ce_rows(void) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* RoPE angles                                                              */
+/* ------------------------------------------------------------------------ */
+
+/* RoPE of rows of pairs (1, 0): the results are the cosines and sines
+ * themselves. Positions up to 130000, two bases, frequency factors, both
+ * pairings. Into out: RT_N values. */
+enum { RT_R = 64, RT_H = 2, RT_HD = 32, RT_W = RT_H * RT_HD, RT_N = 3 * RT_R * RT_W };
+static void rope_table(int cuda, float *out) {
+    tnn_session *s = tnn_session_new(cuda);
+    tnn_tensor *x0 = tnn_input_2d_f32(s, RT_R, RT_W), *x1 = tnn_input_2d_f32(s, RT_R, RT_W);
+    tnn_tensor *pos = tnn_input_1d_i32(s, RT_R), *fac = tnn_input_1d_f32(s, RT_HD / 2);
+    tnn_tensor *y[3] = {tnn_rope_ext(s, x0, RT_H, pos, 500000.0, 0, fac),
+                        tnn_rope_ext(s, x0, RT_H, pos, 10000.0, 0, NULL),
+                        tnn_rope(s, x1, RT_H, RT_R, 10000.0, 1)};
+    for (int k = 0; k < 3; k++) {
+        tnn_set_output(y[k]);
+        CHECK_OK(tnn_realize(s, y[k]));
+    }
+    float a[RT_R * RT_W], b[RT_R * RT_W], f[RT_HD / 2];
+    int32_t p[RT_R];
+    for (int k = 0; k < RT_R * RT_W; k++) {
+        int i = k % RT_HD;
+        a[k] = i % 2 ? 0.0f : 1.0f;          /* pairs (2i, 2i + 1) */
+        b[k] = i < RT_HD / 2 ? 1.0f : 0.0f; /* pairs (i, i + hd/2) */
+    }
+    for (int r = 0; r < RT_R; r++) p[r] = r * 2039 + 7;
+    for (int i = 0; i < RT_HD / 2; i++) f[i] = 1.0f + 0.37f * (float)i;
+    CHECK_OK(tnn_upload_f32(s, x0, a, RT_R * RT_W));
+    CHECK_OK(tnn_upload_f32(s, x1, b, RT_R * RT_W));
+    CHECK_OK(tnn_upload_i32(s, pos, p, RT_R));
+    CHECK_OK(tnn_upload_f32(s, fac, f, RT_HD / 2));
+    CHECK_OK(tnn_compute(s));
+    for (int k = 0; k < 3; k++)
+        CHECK_OK(tnn_download_f32(s, y[k], out + k * RT_R * RT_W, RT_R * RT_W));
+    tnn_session_free(s);
+}
+
+/* Floats apart, counting each representable value between (+0 and -0 the
+ * same). */
+static int64_t ulps(float a, float b) {
+    int32_t ia, ib;
+    memcpy(&ia, &a, sizeof ia);
+    memcpy(&ib, &b, sizeof ib);
+    if (ia < 0) ia = INT32_MIN - ia;
+    if (ib < 0) ib = INT32_MIN - ib;
+    return llabs((int64_t)ia - ib);
+}
+
+/* The GPU's cosines and sines are the CPU's floats: the same bits on the
+ * emulator (the same libm), within an ulp on a GPU (its double cos, sin and
+ * pow are within 2 ulps of the double value before rounding to float). */
+static void test_rope_angles(void) {
+    static float c[RT_N], g[RT_N];
+    rope_table(0, c);
+    rope_table(1, g);
+    int64_t worst = 0, at = 0;
+    for (int k = 0; k < RT_N; k++)
+        if (ulps(g[k], c[k]) > worst) worst = ulps(g[k], c[k]), at = k;
+#ifdef TNN_TEST_EMU
+    int64_t allowed = 0;
+#else
+    int64_t allowed = 1;
+#endif
+    CHECK(worst <= allowed, "RoPE cos/sin: %lld ulps from the CPU's (value %d: %.9g vs %.9g)",
+          (long long)worst, (int)at, g[at], c[at]);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Optimizer steps                                                          */
 /* ------------------------------------------------------------------------ */
 
@@ -1112,6 +1180,7 @@ int main(void) {
     test_ops();
     test_get_rows_back();
     test_ce_rows();
+    test_rope_angles();
     test_optim();
     test_threads();
     test_quant();

@@ -276,14 +276,18 @@ static inline cu_rope rope_params(const tnn_tensor *t) {
 }
 
 /* The rotation of pair i of row r: its cosine and sine (the angle in
- * double as on the CPU). */
+ * double as on the CPU). One sincos: one argument reduction where cos and
+ * sin take one each, the same values (CUDA's three share their reduction
+ * and polynomials; glibc's likewise). The frequency keeps pow: exp2 of the
+ * exponent times log2(base) is cheaper but not the same bits. */
 __device__ __forceinline__ void cu_rope_angle(const cu_rope &c, int64_t r, int64_t i, float *cs,
                                               float *sn) {
     double p = c.pos ? (double)c.pos[r] : (double)(r % c.seq_len);
-    double th = p * pow(c.base, -2.0 * (double)i / (double)c.hd);
+    double th = p * pow(c.base, -2.0 * (double)i / (double)c.hd), s, co;
     if (c.factors) th /= (double)c.factors[i];
-    *cs = (float)cos(th);
-    *sn = (float)(c.sign * sin(th));
+    sincos(th, &s, &co);
+    *cs = (float)co;
+    *sn = (float)(c.sign * s);
 }
 
 /* Whether a kernel may read c's positions and factors before cu_pdl_wait(). */
