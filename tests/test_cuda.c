@@ -270,6 +270,8 @@ static void test_ops(void) {
     twin("get_rows/get_rows_back", b_embed, em, 3, true, 1e-6);
     in_spec ro[3] = {P(2, 8, 16), I(8, 100), F(1, 4)};
     twin("rope modes, rope_ext", b_rope, ro, 3, true, 1e-5);
+    in_spec ro72[3] = {P(2, 72, 16), I(72, 1000), F(1, 4)}; /* a thread per pair, every head */
+    twin("rope modes, rope_ext, 72 rows", b_rope, ro72, 3, true, 1e-5);
     in_spec at[4] = {P(2, 12, 32), P(2, 12, 16), P(2, 12, 16), F(2, 12, 32)};
     twin("attention GQA forward/backward", b_attn, at, 4, true, 1e-5);
     /* the score matrices through cuBLAS (the default from T = 128), forced
@@ -898,7 +900,7 @@ static void test_quant(void) {
     unlink(path);
 }
 
-static int kv_f16, kv_ctx = 10, kv_rope;
+static int kv_f16, kv_ctx = 10, kv_rope, kv_seq = 3; /* kv_seq: RoPE's rows a sequence */
 static tnn_tensor *b_kv(tnn_session *s, tnn_tensor **x) {
     int64_t sh[2] = {kv_ctx, tnn_tensor_dim(x[1], 1)};
     tnn_tensor *kc = tnn_tensor_new(s, kv_f16 ? TNN_F16 : TNN_F32, 2, sh);
@@ -908,11 +910,11 @@ static tnn_tensor *b_kv(tnn_session *s, tnn_tensor **x) {
      * rotated rows straight into the cache), and q; kv_rope 2: in the
      * decoding layer's order (v's write first) */
     tnn_tensor *vw = kv_rope == 2 ? tnn_kv_write(s, vc, x[2], x[3]) : NULL;
-    tnn_tensor *k = kv_rope ? tnn_rope(s, x[1], 2, 3, 10000.0, 0) : x[1];
+    tnn_tensor *k = kv_rope ? tnn_rope(s, x[1], 2, kv_seq, 10000.0, 0) : x[1];
     tnn_tensor *kw = tnn_kv_write(s, kc, k, x[3]);
     if (!vw) vw = tnn_kv_write(s, vc, x[2], x[3]);
     /* ... and q too (rotated inside the attention kernel) */
-    tnn_tensor *q = kv_rope ? tnn_rope(s, x[0], 4, 3, 10000.0, 1) : x[0];
+    tnn_tensor *q = kv_rope ? tnn_rope(s, x[0], 4, kv_seq, 10000.0, 1) : x[0];
     return tnn_attention_cached(s, q, kw, vw, 4, 2, x[3]);
 }
 
@@ -939,6 +941,7 @@ static void test_kv(void) {
     in_spec far6[4] = {F(2, 3, 24), F(2, 3, 12), F(2, 3, 12), {TNN_I32, 1, {1}, -600, false}};
     /* the new rows across two splits (254..256) */
     in_spec edge8[4] = {F(2, 3, 32), F(2, 3, 16), F(2, 3, 16), {TNN_I32, 1, {1}, -254, false}};
+    in_spec edge70[4] = {F(2, 70, 32), F(2, 70, 16), F(2, 70, 16), {TNN_I32, 1, {1}, -254, false}};
     for (kv_f16 = 0; kv_f16 < 2; kv_f16++) {
         kv_rope = 1;
         twin("RoPE + kv_write + RoPE + attention_cached, 3 rows at 600", b_kv, far8, 4, false,
@@ -948,6 +951,11 @@ static void test_kv(void) {
              far8, 4, false, 1e-5);
         twin("kv_write v, RoPE + kv_write k + RoPE + attention_cached, 3 rows at 254", b_kv,
              edge8, 4, false, 1e-5);
+        /* 70 rows: RoPE by a thread per pair walking the heads, into the cache */
+        kv_seq = 70;
+        twin("kv_write v, RoPE + kv_write k + RoPE + attention_cached, 70 rows at 254", b_kv,
+             edge70, 4, false, 1e-5);
+        kv_seq = 3;
         twin("kv_write v, RoPE + kv_write k + RoPE + attention_cached, head size 6", b_kv, far6,
              4, false, 1e-5);
         kv_rope = 0;

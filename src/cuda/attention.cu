@@ -41,15 +41,16 @@ __device__ __forceinline__ void cu_rope_apply(const cu_rope &c, const float *hea
     *yb = x0 * sn + x1 * cs;
 }
 
-/* One thread per (row, head, pair); early: the angle of the thread's first
- * pair is taken before cu_pdl_wait() (rope_settled). */
+/* One thread per (row, head, pair), or (heads: many rows, as in training)
+ * per (row, pair), walking the heads with the one angle; early: the angle
+ * of the thread's first pair is taken before cu_pdl_wait() (rope_settled). */
 __global__ void k_rope(const float *x, float *o, int64_t rows, cu_rope c, cu_rope_dst dst,
-                       bool early) {
-    int64_t half = c.hd / 2, p0 = 0, total = rows * c.n_head * half;
+                       bool early, bool heads) {
+    int64_t half = c.hd / 2, p0 = 0, nh = heads ? 1 : c.n_head, total = rows * nh * half;
     int64_t f0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     float cs0 = 0.0f, sn0 = 0.0f;
     if (!early) cu_pdl_wait();
-    if (f0 < total) cu_rope_angle(c, f0 / (half * c.n_head), f0 % half, &cs0, &sn0);
+    if (f0 < total) cu_rope_angle(c, f0 / (half * nh), f0 % half, &cs0, &sn0);
     cu_pdl_wait();
     cu_pdl_next();
     if (dst.cache) {
@@ -61,29 +62,37 @@ __global__ void k_rope(const float *x, float *o, int64_t rows, cu_rope c, cu_rop
         }
     }
     CU_FOR(f, total) {
-        int64_t i = f % half, h = (f / half) % c.n_head, r = f / (half * c.n_head), a, b;
+        int64_t i = f % half, h0 = (f / half) % nh, r = f / (half * nh), a, b;
         float ya, yb, cs = cs0, sn = sn0;
         if (f != f0) cu_rope_angle(c, r, i, &cs, &sn);
-        cu_rope_apply(c, x + r * c.n_head * c.hd + h * c.hd, i, cs, sn, &a, &b, &ya, &yb);
-        int64_t at = (p0 + r) * c.n_head * c.hd + h * c.hd;
-        if (!dst.cache) {
-            o[at + a] = ya;
-            o[at + b] = yb;
-        } else if (dst.f16) {
-            ((uint16_t *)dst.cache)[at + a] = tnn__f2h(ya);
-            ((uint16_t *)dst.cache)[at + b] = tnn__f2h(yb);
-        } else {
-            ((float *)dst.cache)[at + a] = ya;
-            ((float *)dst.cache)[at + b] = yb;
+        for (int64_t h = h0; h < (heads ? c.n_head : h0 + 1); h++) {
+            cu_rope_apply(c, x + r * c.n_head * c.hd + h * c.hd, i, cs, sn, &a, &b, &ya, &yb);
+            int64_t at = (p0 + r) * c.n_head * c.hd + h * c.hd;
+            if (!dst.cache) {
+                o[at + a] = ya;
+                o[at + b] = yb;
+            } else if (dst.f16) {
+                ((uint16_t *)dst.cache)[at + a] = tnn__f2h(ya);
+                ((uint16_t *)dst.cache)[at + b] = tnn__f2h(yb);
+            } else {
+                ((float *)dst.cache)[at + a] = ya;
+                ((float *)dst.cache)[at + b] = yb;
+            }
         }
     }
 }
 
+/* From this many rows on, a thread rotates its pair in every head (the
+ * angle, pow and sincos in double, taken once instead of n_head times);
+ * fewer rows (decoding) keep a thread per head, for parallelism. */
+#define ROPE_HEADS_ROWS 64
+
 static int rope(const tnn_tensor *t, float *out, const cu_rope_dst &dst) {
     cu_rope c = rope_params(t);
     int64_t rows = t->shape[0];
-    TNN_LAUNCH_PDL(k_rope, cu_blocks(rows * c.n_head * (c.hd / 2)), CU_THREADS, 0,
-                   tnn__cu.stream, CF(t->src[0]), out, rows, c, dst, rope_settled(t));
+    bool heads = rows >= ROPE_HEADS_ROWS;
+    TNN_LAUNCH_PDL(k_rope, cu_blocks(rows * (heads ? 1 : c.n_head) * (c.hd / 2)), CU_THREADS, 0,
+                   tnn__cu.stream, CF(t->src[0]), out, rows, c, dst, rope_settled(t), heads);
     return tnn__cu_launched("tnn_rope");
 }
 
