@@ -32,7 +32,6 @@
 #include "cuda_impl.h"
 
 #include <math.h>
-#include <string.h>
 
 #define FA_ROWS 64 /* rows a block takes */
 #define FA_WARPS 4 /* 16 rows a warp */
@@ -359,9 +358,9 @@ __global__ void __launch_bounds__(32 * FA_WARPS) k_fa_dkv(fa_args c) {
             fa_abt<HD, P>(s, sk + 16 * warp * ld, sq, ld);
             fa_abt<HD, P>(dp, sv + 16 * warp * ld, sdo, ld);
             /* S^T's rows are keys: on the diagonal tile, a query before the
-             * key is masked (as is a query from T on, whose Q and dO rows
-             * are zeros and whose statistics are 0: its terms vanish
-             * anyway) */
+             * key is masked. Queries from T on need no mask: their Q and dO
+             * rows are zeros and their statistics 0, so P dO and dS Q get
+             * exact zeros from them. */
             if (i == kt) fa_mask_t(s, -INFINITY, 16 * warp);
             for (int n = 0; n < 8; n++)
                 for (int r = 0; r < 4; r++) {
