@@ -199,6 +199,11 @@ static tnn_tensor *b_attn_fa64(tnn_session *s, tnn_tensor **x) {
 static tnn_tensor *b_attn_fa32(tnn_session *s, tnn_tensor **x) {
     return tnn_mul(s, tnn_attention(s, x[0], x[1], x[2], 2, 1, 70), x[3]);
 }
+/* 8193 sequences of one token, 8 heads of 32: more blocks than a grid
+ * column takes, so the tensor-core path hands it to the warp kernels */
+static tnn_tensor *b_attn_many(tnn_session *s, tnn_tensor **x) {
+    return tnn_mul(s, tnn_attention(s, x[0], x[1], x[2], 8, 8, 1), x[3]);
+}
 static tnn_tensor *b_ce(tnn_session *s, tnn_tensor **x) {
     tnn_tensor *h = tnn_matmul_nt(s, x[0], x[1]);
     return tnn_scale(s, tnn_cross_entropy(s, h, x[2], 3), 1.0);
@@ -304,6 +309,9 @@ static void test_ops(void) {
     twin("attention head size 32, MQA, T = 70 (tensor cores, TF32)", b_attn_fa32, f32, 4, true,
          5e-3);
     unsetenv("TNN_CUDA_TF32");
+    in_spec many[4] = {F(2, 8193, 256), F(2, 8193, 256), F(2, 8193, 256), F(2, 8193, 256)};
+    twin("attention of 8193 x 8 heads (past the tensor-core kernels' grid)", b_attn_many, many, 4,
+         false, 1e-5);
     setenv("TNN_CUDA_ATTN", "gemm", 1);
     twin("attention head size 64, T = 160 (cuBLAS path)", b_attn_fa64, f64, 4, true, 1e-5);
     setenv("TNN_CUDA_ATTN", "rows", 1);

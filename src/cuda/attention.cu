@@ -311,7 +311,7 @@ static bool attn_flash(const cu_attn &c) {
     const char *e = getenv("TNN_CUDA_ATTN");
     if (e && (!strcmp(e, "rows") || !strcmp(e, "gemm"))) return false;
     const float *p[5] = {c.q, c.k, c.v, c.dout, c.out};
-    return tnn__cu_flash_ok(p, 5, c.hd, c.H, c.Hkv);
+    return tnn__cu_flash_ok(p, 5, c.hd, c.H, c.Hkv, c.B);
 }
 
 /* Heads per batched product (0: the rows kernels instead). */

@@ -391,8 +391,9 @@ static size_t fa_smem(int64_t hd, int tiles) {
     return (size_t)tiles * FA_ROWS * (hd + FA_PAD) * sizeof(float) + FA_ROWS * sizeof(float2);
 }
 
-bool tnn__cu_flash_ok(const float *const *ptrs, int n, int64_t hd, int64_t H, int64_t Hkv) {
-    if (tnn__cu.cc_major < 8 || (hd != 32 && hd != 64)) return false;
+bool tnn__cu_flash_ok(const float *const *ptrs, int n, int64_t hd, int64_t H, int64_t Hkv,
+                      int64_t B) {
+    if (tnn__cu.cc_major < 8 || (hd != 32 && hd != 64) || B * H > 65535) return false;
     for (int i = 0; i < n; i++)
         if (ptrs[i] && (uintptr_t)ptrs[i] % 16) return false;
     return (H * hd) % 4 == 0 && (Hkv * hd) % 4 == 0;
@@ -426,7 +427,7 @@ static int fa_run(const fa_args &a, bool backward) {
 int tnn__cu_flash(const float *q, const float *k, const float *v, const float *dout, float *out,
                   int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t hd, float scale,
                   bool tf32) {
-    if (B * H > 65535 || B * Hkv > 65535)
+    if (B * H > 65535) /* tnn__cu_flash_ok sends these to the other paths */
         return TNN_ERR(TNN_ERR_UNSUPPORTED, "%lld heads: too many for one grid", (long long)(B * H));
     fa_args a = {q, k, v, dout, out, NULL, H, Hkv, T, B, scale};
     if (dout) {
