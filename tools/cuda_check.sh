@@ -2,7 +2,8 @@
 # cuda_check.sh - what the CUDA issue runs on a GPU machine, in one go (about 5 minutes):
 # the CUDA suite, the demo model trained on the CPU and on the GPU (loss curves compared),
 # greedy sampling of one checkpoint on both, GEMM against cuBLAS, training throughput (with
-# PyTorch beside it when installed; GPT-2 small also at T = 1024 in f32, TF32 and bf16), generation speed of a SmolLM2-shaped Q4_1 model (with
+# PyTorch beside it when installed; GPT-2 small also at T = 1024 in f32, TF32 and bf16), training
+# attention by each path (bench_cuda --attn), generation speed of a SmolLM2-shaped Q4_1 model (with
 # llama.cpp's llama-bench on the same file, and per-kernel GPU times from ncu, when there),
 # and the CPU's AVX512_BF16 GEMM when the host has it.
 #
@@ -90,6 +91,8 @@ for n in bench_train_t1024 bench_train_t1024_tf32 bench_train_t1024_bf16; do
 done
 step bench_cuda_train 120 "$BIN/bench/bench_cuda" --train
 cat "$L/bench_cuda_train.log" 2>/dev/null >> "$S"
+step bench_cuda_attn 120 "$BIN/bench/bench_cuda" --attn
+cat "$L/bench_cuda_attn.log" 2>/dev/null >> "$S"
 # A SmolLM2-135M-shaped model (30 layers, 576 wide, 9 heads / 3 KV, FF 1536), with SmolLM2's
 # tokenizer (49152 tokens) when $BIN/tok.gguf has it (any GGUF model or checkpoint carrying it:
 # SmolLM2 itself is larger than what can be carried to a GPU machine), else bytes
