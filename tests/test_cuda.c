@@ -179,7 +179,9 @@ static tnn_tensor *b_rope(tnn_session *s, tnn_tensor **x) {
 static tnn_tensor *b_attn(tnn_session *s, tnn_tensor **x) {
     return tnn_mul(s, tnn_attention(s, x[0], x[1], x[2], 4, 2, 6), x[3]);
 }
-/* T = 160 (past ATTN_GEMM_MIN_T: the cuBLAS path by default) */
+/* T = 160: past ATTN_GEMM_MIN_T (the cuBLAS path by default for head size
+ * 8), and with head size 64 two whole 64-row tiles of the tensor-core
+ * kernels and a part */
 static tnn_tensor *b_attn_long(tnn_session *s, tnn_tensor **x) {
     return tnn_mul(s, tnn_attention(s, x[0], x[1], x[2], 4, 2, 160), x[3]);
 }
@@ -191,11 +193,7 @@ static tnn_tensor *b_attn_blocks(tnn_session *s, tnn_tensor **x) {
 static tnn_tensor *b_attn_wide(tnn_session *s, tnn_tensor **x) {
     return tnn_mul(s, tnn_attention(s, x[0], x[1], x[2], 1, 1, 128), x[3]);
 }
-/* head sizes the tensor-core kernels take: 64 (GQA, T = 160: two whole
- * 64-row tiles and a part) and 32 (one kv head for two, T = 70) */
-static tnn_tensor *b_attn_fa64(tnn_session *s, tnn_tensor **x) {
-    return tnn_mul(s, tnn_attention(s, x[0], x[1], x[2], 4, 2, 160), x[3]);
-}
+/* head size 32 on the tensor cores: one kv head for two, T = 70 */
 static tnn_tensor *b_attn_fa32(tnn_session *s, tnn_tensor **x) {
     return tnn_mul(s, tnn_attention(s, x[0], x[1], x[2], 2, 1, 70), x[3]);
 }
@@ -302,10 +300,11 @@ static void test_ops(void) {
      * paths on the same shapes */
     in_spec f64[4] = {P(2, 320, 256), P(2, 320, 128), P(2, 320, 128), F(2, 320, 256)};
     in_spec f32[4] = {P(2, 210, 64), P(2, 210, 32), P(2, 210, 32), F(2, 210, 64)};
-    twin("attention head size 64, T = 160 (tensor cores)", b_attn_fa64, f64, 4, true, 1e-5);
+    twin("attention head size 64, T = 160 (tensor cores)", b_attn_long, f64, 4, true, 1e-5);
     twin("attention head size 32, MQA, T = 70 (tensor cores)", b_attn_fa32, f32, 4, true, 1e-5);
     setenv("TNN_CUDA_TF32", "1", 1);
-    twin("attention head size 64, T = 160 (tensor cores, TF32)", b_attn_fa64, f64, 4, true, 5e-3);
+    twin("attention head size 64, T = 160 (tensor cores, TF32)", b_attn_long, f64, 4, true,
+         5e-3);
     twin("attention head size 32, MQA, T = 70 (tensor cores, TF32)", b_attn_fa32, f32, 4, true,
          5e-3);
     unsetenv("TNN_CUDA_TF32");
@@ -313,7 +312,7 @@ static void test_ops(void) {
     twin("attention of 8193 x 8 heads (past the tensor-core kernels' grid)", b_attn_many, many, 4,
          false, 1e-5);
     setenv("TNN_CUDA_ATTN", "gemm", 1);
-    twin("attention head size 64, T = 160 (cuBLAS path)", b_attn_fa64, f64, 4, true, 1e-5);
+    twin("attention head size 64, T = 160 (cuBLAS path)", b_attn_long, f64, 4, true, 1e-5);
     setenv("TNN_CUDA_ATTN", "rows", 1);
     twin("attention head size 32, MQA, T = 70 (warp kernels)", b_attn_fa32, f32, 4, true, 1e-5);
     unsetenv("TNN_CUDA_ATTN");

@@ -1,11 +1,13 @@
-/* attention.cu - RoPE, fused causal attention (forward and backward) and
+/* attention.cu - RoPE, causal training attention (forward and backward) and
  * attention over a KV cache on the GPU.
  *
- * Attention runs one warp per query row (and, for the key gradients, one
- * warp per key row): a lane holds head elements d = lane + 32 u, dot
- * products are warp sums, and the softmax is taken online (running max and
- * sum), so memory stays linear in the sequence length. Head sizes up to
- * 32 * CU_HD_UNITS are supported.
+ * Training attention goes to the tensor-core kernels of flash.cu where they
+ * take the head size and GPU; else, from T = 128, through cuBLAS products
+ * of the score matrices (below); else by the warp kernels: one warp per
+ * query row (and, for the key gradients, one warp per key row), a lane
+ * holding head elements d = lane + 32 u, dot products as warp sums and the
+ * softmax taken online (running max and sum), so memory stays linear in the
+ * sequence length; they take head sizes up to 32 * CU_HD_UNITS.
  */
 #include "cuda_impl.h"
 

@@ -64,14 +64,16 @@ __device__ __forceinline__ void fa_mma(float d[4], const uint32_t a[4], uint32_t
      * run one at a time, so a static array is the running block's) */
     static uint32_t ta[32][32][4], tb[32][32][2];
     int w = (int)(threadIdx.x >> 5) & 31, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    for (int i = 0; i < 4; i++) ta[w][lane][i] = a[i] & 0xffffe000u; /* as the tensor cores read them */
+    for (int i = 0; i < 4; i++) /* as the tensor cores read them */
+        ta[w][lane][i] = a[i] & 0xffffe000u;
     tb[w][lane][0] = b0 & 0xffffe000u;
     tb[w][lane][1] = b1 & 0xffffe000u;
     __syncwarp();
     for (int r = 0; r < 4; r++) {
         int row = g + 8 * (r >> 1), col = 2 * t + (r & 1);
         float acc = d[r];
-        for (int k = 0; k < 8; k++) { /* A (row, k): lane 4 (row % 8) + k % 4; B (k, col): 4 col + k % 4 */
+        /* A (row, k) is in lane 4 (row % 8) + k % 4, B (k, col) in 4 col + k % 4 */
+        for (int k = 0; k < 8; k++) {
             float av = fa_f(ta[w][4 * (row & 7) + (k & 3)][(row >> 3) + 2 * (k >> 2)]);
             float bv = fa_f(tb[w][4 * col + (k & 3)][k >> 2]);
             acc += av * bv;
@@ -296,7 +298,8 @@ __global__ void __launch_bounds__(32 * FA_WARPS) k_fa_dq(fa_args c) {
     fa_load<HD>(sdo, c.dout + b * c.T * qw + h * HD, q0, c.T, qw);
     int64_t row[2] = {q0 + 16 * warp + g, q0 + 16 * warp + g + 8};
     float2 st[2];
-    for (int i = 0; i < 2; i++) st[i] = row[i] < c.T ? c.stats[bh * c.T + row[i]] : fa_f2(0.0f, 0.0f);
+    for (int i = 0; i < 2; i++)
+        st[i] = row[i] < c.T ? c.stats[bh * c.T + row[i]] : fa_f2(0.0f, 0.0f);
     float dq[HD / 8][4];
     for (int n = 0; n < HD / 8; n++)
         for (int r = 0; r < 4; r++) dq[n][r] = 0.0f;
@@ -404,10 +407,11 @@ static int fa_run(const fa_args &a, bool backward) {
     static bool raised = false; /* the kernels' shared memory past 48 KiB, once */
     size_t s3 = fa_smem(HD, 3), s4 = fa_smem(HD, 4);
     if (!raised) {
-        cudaFuncSetAttribute(k_fa_fwd<HD, P, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s3);
-        cudaFuncSetAttribute(k_fa_fwd<HD, P, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s3);
-        cudaFuncSetAttribute(k_fa_dq<HD, P>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s4);
-        cudaFuncSetAttribute(k_fa_dkv<HD, P>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s4);
+        const cudaFuncAttribute smem = cudaFuncAttributeMaxDynamicSharedMemorySize;
+        cudaFuncSetAttribute(k_fa_fwd<HD, P, false>, smem, (int)s3);
+        cudaFuncSetAttribute(k_fa_fwd<HD, P, true>, smem, (int)s3);
+        cudaFuncSetAttribute(k_fa_dq<HD, P>, smem, (int)s4);
+        cudaFuncSetAttribute(k_fa_dkv<HD, P>, smem, (int)s4);
         raised = true;
     }
     cudaStream_t st = tnn__cu.stream;
@@ -428,7 +432,8 @@ int tnn__cu_flash(const float *q, const float *k, const float *v, const float *d
                   int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t hd, float scale,
                   bool tf32) {
     if (B * H > 65535) /* tnn__cu_flash_ok sends these to the other paths */
-        return TNN_ERR(TNN_ERR_UNSUPPORTED, "%lld heads: too many for one grid", (long long)(B * H));
+        return TNN_ERR(TNN_ERR_UNSUPPORTED, "%lld heads: too many for one grid",
+                       (long long)(B * H));
     fa_args a = {q, k, v, dout, out, NULL, H, Hkv, T, B, scale};
     if (dout) {
         a.stats = (float2 *)tnn__cu_scratch((size_t)(B * H * T) * sizeof(float2));
