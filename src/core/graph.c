@@ -260,6 +260,10 @@ int tnn_compute(tnn_session *s) {
             if (rc != TNN_OK) return rc;
         }
     }
+    if (s->optim && s->backend->step) {
+        int rc = tnn__optim_queue(s);
+        if (rc != TNN_OK) return rc;
+    }
     if (s->backend->finish) {
         int rc = s->backend->finish();
         if (rc != TNN_OK) return rc;

@@ -148,16 +148,28 @@ extern const tnn_op_def tnn__ops[TNN_OP_COUNT];
 /* Backends                                                                 */
 /* ------------------------------------------------------------------------ */
 
-/* One optimizer update of one parameter (src/core/optimizer.c), for a
- * backend that runs it where the parameter lives. */
-typedef struct tnn_update {
-    int adamw; /* 1: AdamW (m and v), 0: SGD (m only with momentum) */
-    float *p, *m, *v;
-    const float *g;
-    int64_t n;
-    double lr, b1, b2, eps, wd, momentum, gscale, bc1, bc2;
-    bool first; /* the first step: the moments are not read */
-} tnn_update;
+/* One optimizer step over every parameter (src/core/optimizer.c), for a
+ * backend that queues it where the parameters live. The step is skipped
+ * when the loss or the gradient norm is not finite, or when a kernel of the
+ * same compute recorded a fault; else the gradients are scaled by
+ * clip / (norm + 1e-6) when clip > 0 and the norm exceeds it. */
+typedef struct tnn_step {
+    int adamw;                 /* 1: AdamW (m and v), 0: SGD (m only with momentum) */
+    int n;                     /* parameters */
+    tnn_tensor *const *params; /* gradients in params[k]->grad; TNN_FLAG_NO_DECAY honoured */
+    float *const *m, *const *v;
+    const float *loss; /* backend memory */
+    double lr, b1, b2, eps, wd, momentum, clip;
+    double bc1, bc2; /* 1 - beta^t for the step this one would be */
+    bool first;      /* ... the first: the moments are not read */
+} tnn_step;
+
+/* What a queued step found, read after the compute has been waited for. */
+typedef struct tnn_step_result {
+    double loss, norm2; /* the loss and the squared gradient norm it read */
+    int applied;        /* 0: skipped */
+    int fault;          /* skipped because a kernel faulted (the compute fails) */
+} tnn_step_result;
 
 /* A backend is a table of functions; CPU and CUDA plug in the same way.
  * Memory handles are plain pointers the backend understands. The hooks
@@ -179,10 +191,12 @@ typedef struct tnn_backend {
     /* After a compute's last node: waits for the queued work and reports an
      * error a kernel found (a bad index) as the status of the compute. */
     int (*finish)(void);
-    /* The sum of squares of the gradients of `n` parameters, in a fixed
-     * order (the same value for every run). */
-    int (*sqnorm)(tnn_tensor *const *params, int n, double *out);
-    int (*update)(const tnn_update *u);
+    /* An optimizer step queued after the plan and before finish, so that
+     * the host waits once (NULL: the engine reads the loss and the norm and
+     * updates the parameters itself); step_result reads, once finish has
+     * waited, what the step found. */
+    int (*step)(tnn_session *s, const tnn_step *st);
+    int (*step_result)(tnn_session *s, tnn_step_result *r);
     /* Runs the session's whole plan (NULL: the engine runs it node by node)
      * and drops what the backend kept for a plan (s->bstate) when the plan
      * goes. */
@@ -243,7 +257,10 @@ struct tnn_session {
 /* Drops the realized plan and the arena (graph.c). */
 void tnn__release_plan(tnn_session *s);
 
-/* The optimizer step that tnn_compute runs after the graph. */
+/* The optimizer step that tnn_compute runs after the graph: queued on a
+ * backend with a step hook before the compute is waited for, then
+ * accounted (steps, skips, the norm) once it has been. */
+int tnn__optim_queue(tnn_session *s);
 int tnn__optim_step(tnn_session *s);
 void tnn__optim_free(tnn_session *s);
 

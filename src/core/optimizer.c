@@ -204,10 +204,19 @@ void tnn_set_no_decay(tnn_tensor *t) {
 /* The step                                                                 */
 /* ------------------------------------------------------------------------ */
 
+/* One parameter's update on the host. */
+typedef struct {
+    int adamw;
+    float *p, *m, *v;
+    const float *g;
+    double lr, b1, b2, eps, wd, momentum, gscale, bc1, bc2;
+    bool first;
+} host_update;
+
 /* The update loops are vectorized (an AVX2 clone where the CPU has it; the
  * same double operations in every clone, so the same bits). */
 TNN_VEC_CLONES static void adamw_range(void *q, int64_t lo, int64_t hi) {
-    const tnn_update *c = q;
+    const host_update *c = q;
     double step_size = c->lr / c->bc1, sq_bc2 = sqrt(c->bc2);
     for (int64_t i = lo; i < hi; i++) {
         double g = (double)c->g[i] * c->gscale;
@@ -225,7 +234,7 @@ TNN_VEC_CLONES static void adamw_range(void *q, int64_t lo, int64_t hi) {
 }
 
 TNN_VEC_CLONES static void sgd_range(void *q, int64_t lo, int64_t hi) {
-    const tnn_update *c = q;
+    const host_update *c = q;
     for (int64_t i = lo; i < hi; i++) {
         double d = (double)c->g[i] * c->gscale + c->wd * c->p[i];
         if (c->momentum > 0.0) {
@@ -256,8 +265,7 @@ TNN_VEC_CLONES static void norm_range(void *q, int64_t lo, int64_t hi) {
     }
 }
 
-static int grad_norm2(const tnn_session *s, const struct tnn_optim *o, double *out) {
-    if (s->backend->sqnorm) return s->backend->sqnorm(o->params, o->n, out);
+static int grad_norm2(const struct tnn_optim *o, double *out) {
     int64_t most = 1;
     for (int k = 0; k < o->n; k++) {
         int64_t nb = (o->params[k]->nelem + NORM_BLOCK - 1) / NORM_BLOCK;
@@ -277,39 +285,64 @@ static int grad_norm2(const tnn_session *s, const struct tnn_optim *o, double *o
     return TNN_OK;
 }
 
+/* 1 - beta^t for the step the next applied one will be. */
+static double bias_corr(double beta, const struct tnn_optim *o) {
+    return 1.0 - pow(beta, (double)(o->step + 1));
+}
+
+int tnn__optim_queue(tnn_session *s) {
+    struct tnn_optim *o = s->optim;
+    tnn_step st = {.adamw = o->kind == OPT_ADAMW, .n = o->n, .params = o->params, .m = o->m,
+                   .v = o->v, .loss = s->loss->data, .lr = o->lr, .b1 = o->b1, .b2 = o->b2,
+                   .eps = o->eps, .wd = o->wd, .momentum = o->momentum, .clip = o->clip,
+                   .bc1 = bias_corr(o->b1, o), .bc2 = bias_corr(o->b2, o),
+                   .first = o->step == 0};
+    return s->backend->step(s, &st);
+}
+
 int tnn__optim_step(tnn_session *s) {
     struct tnn_optim *o = s->optim;
-    float loss = 0.0f;
-    int rc = s->backend->copy_out(&loss, s->loss->data, sizeof loss);
-    if (rc) return rc;
-    double norm2 = 0.0;
-    rc = grad_norm2(s, o, &norm2);
-    if (rc) return rc;
+    bool queued = s->backend->step != NULL;
+    double loss = 0.0, norm2 = 0.0;
+    tnn_step_result r = {0};
+    int rc;
+    if (queued) { /* the backend ran it: read what it found */
+        rc = s->backend->step_result(s, &r);
+        if (rc) return rc;
+        loss = r.loss, norm2 = r.norm2;
+    } else {
+        float l = 0.0f;
+        rc = s->backend->copy_out(&l, s->loss->data, sizeof l);
+        if (rc) return rc;
+        loss = l;
+        rc = grad_norm2(o, &norm2);
+        if (rc) return rc;
+    }
     o->last_norm = sqrt(norm2);
-    if (!isfinite(loss) || !isfinite(o->last_norm)) {
+    if (queued ? !r.applied : (!isfinite(loss) || !isfinite(o->last_norm))) {
         o->skipped++;
-        tnn__log(TNN_LOG_WARN, "optimizer step skipped: loss %g, gradient norm %g (not finite)",
-                 (double)loss, o->last_norm);
+        if (r.fault)
+            tnn__log(TNN_LOG_WARN, "optimizer step skipped: a kernel of the compute faulted");
+        else
+            tnn__log(TNN_LOG_WARN,
+                     "optimizer step skipped: loss %g, gradient norm %g (not finite)", loss,
+                     o->last_norm);
         return TNN_OK;
     }
     o->step++;
+    if (queued) return TNN_OK;
     double gscale = 1.0;
     if (o->clip > 0.0 && o->last_norm > o->clip) gscale = o->clip / (o->last_norm + 1e-6);
     for (int k = 0; k < o->n; k++) {
         tnn_tensor *p = o->params[k];
-        tnn_update u = {.adamw = o->kind == OPT_ADAMW, .p = p->data, .g = p->grad->data,
-                        .m = o->m[k], .v = o->v[k], .n = p->nelem, .lr = o->lr, .b1 = o->b1,
-                        .b2 = o->b2, .eps = o->eps, .momentum = o->momentum, .gscale = gscale,
-                        .first = o->step == 1,
-                        .wd = (p->flags & TNN_FLAG_NO_DECAY) ? 0.0 : o->wd,
-                        .bc1 = 1.0 - pow(o->b1, (double)o->step),
-                        .bc2 = 1.0 - pow(o->b2, (double)o->step)};
-        if (s->backend->update) {
-            rc = s->backend->update(&u);
-            if (rc) return rc;
-        } else {
-            tnn__parallel_for(p->nelem, 8192, u.adamw ? adamw_range : sgd_range, &u);
-        }
+        host_update u = {.adamw = o->kind == OPT_ADAMW, .p = p->data, .g = p->grad->data,
+                         .m = o->m[k], .v = o->v[k], .lr = o->lr, .b1 = o->b1, .b2 = o->b2,
+                         .eps = o->eps, .momentum = o->momentum, .gscale = gscale,
+                         .first = o->step == 1,
+                         .wd = (p->flags & TNN_FLAG_NO_DECAY) ? 0.0 : o->wd,
+                         .bc1 = 1.0 - pow(o->b1, (double)o->step),
+                         .bc2 = 1.0 - pow(o->b2, (double)o->step)};
+        tnn__parallel_for(p->nelem, 8192, u.adamw ? adamw_range : sgd_range, &u);
     }
     return TNN_OK;
 }

@@ -365,9 +365,7 @@ static cudaError_t synced(void) {
     return e;
 }
 
-static int cu_copy_in(void *dst, const void *src, size_t n) {
-    cu_lock held;
-    double t0 = now_s();
+int tnn__cu_upload(void *dst, const void *src, size_t n) {
     cudaError_t e = cudaSuccess;
     if (n <= STAGE_MAX && !stage.buf &&
         cudaMallocHost((void **)&stage.buf, STAGE_BYTES) != cudaSuccess) {
@@ -386,8 +384,15 @@ static int cu_copy_in(void *dst, const void *src, size_t n) {
         e = cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, tnn__cu.stream);
         if (e == cudaSuccess) e = synced();
     }
-    prof_copy(0, t0);
     return tnn__cu_status(e, "upload");
+}
+
+static int cu_copy_in(void *dst, const void *src, size_t n) {
+    cu_lock held;
+    double t0 = now_s();
+    int rc = tnn__cu_upload(dst, src, n);
+    prof_copy(0, t0);
+    return rc;
 }
 
 static int cu_copy_out(void *dst, const void *src, size_t n) {
@@ -458,6 +463,7 @@ typedef struct {
     unsigned scratch_gen; /* the scratch the recording uses */
     int runs;
     bool eager;
+    tnn_step_result *step; /* pinned: what the optimizer step found */
 } cu_plan;
 
 /* TNN_CUDA_PROFILE=1: plans run node by node, each waited for and timed
@@ -578,6 +584,7 @@ static void cu_release(tnn_session *s) {
     cu_plan *g = (cu_plan *)s->bstate;
     if (!g) return;
     if (g->exec) cudaGraphExecDestroy(g->exec);
+    if (g->step) cudaFreeHost(g->step);
     free(g);
     s->bstate = NULL;
 }
@@ -653,14 +660,27 @@ static int cu_finish(void) {
     }
 }
 
-static int cu_sqnorm(tnn_tensor *const *params, int n, double *out) {
+/* The optimizer step, queued behind the plan (run_plan made the session's
+ * cu_plan); a session keeps its own result block, so sessions on other
+ * threads sharing the stream do not read each other's. */
+static int cu_step(tnn_session *s, const tnn_step *st) {
     cu_lock held;
-    return tnn__cu_sqnorm(params, n, out);
+    cu_plan *g = (cu_plan *)s->bstate;
+    if (!g) return TNN_ERR(TNN_ERR_STATE, "the optimizer step needs a realized plan");
+    if (!g->step && cudaMallocHost((void **)&g->step, sizeof *g->step) != cudaSuccess) {
+        g->step = NULL;
+        return tnn__cu_status(cudaGetLastError(), "optimizer");
+    }
+    memset(g->step, 0, sizeof *g->step);
+    return tnn__cu_step(st, g->step);
 }
 
-static int cu_update(const tnn_update *u) {
+static int cu_step_result(tnn_session *s, tnn_step_result *r) {
     cu_lock held;
-    return tnn__cu_update(u);
+    cu_plan *g = (cu_plan *)s->bstate;
+    if (!g || !g->step) return TNN_ERR(TNN_ERR_STATE, "no optimizer step was queued");
+    *r = *g->step;
+    return TNN_OK;
 }
 
 static const tnn_backend cuda_backend = {
@@ -674,8 +694,8 @@ static const tnn_backend cuda_backend = {
     .host_memory = false,
     .fuse_next = true,
     .finish = cu_finish,
-    .sqnorm = cu_sqnorm,
-    .update = cu_update,
+    .step = cu_step,
+    .step_result = cu_step_result,
     .run_plan = cu_run_plan,
     .release = cu_release,
 };

@@ -106,6 +106,10 @@ int tnn__cu_launched(const char *what);
 /* Device scratch of at least `bytes`; NULL (error set) when out of memory.
  * Valid until the next call; work queued before a growth has finished. */
 void *tnn__cu_scratch(size_t bytes);
+/* Host memory to the device in stream order: small copies through pinned
+ * staging without waiting (the source is free at once), larger ones waited
+ * for. The caller holds the backend's lock. */
+int tnn__cu_upload(void *dst, const void *src, size_t n);
 
 /* f32 GEMM, row-major: C (M x N) = op(A) @ op(B), batched with element
  * strides (0 broadcasts an operand). lda/ldb are the stored row lengths. */
@@ -168,8 +172,9 @@ int tnn__cu_run_fused(tnn_tensor **plan, int32_t np, int32_t i);
  * neither (nothing launched), or a negative status. */
 int tnn__cu_rope_fused(tnn_tensor *t, tnn_tensor *nx);
 int tnn__cu_attention(tnn_tensor *t);
-int tnn__cu_sqnorm(tnn_tensor *const *params, int n, double *out);
-int tnn__cu_update(const tnn_update *u);
+/* Queues an optimizer step over every parameter (kernels.cu); the decision
+ * it took lands in res, pinned host memory, once the stream gets there. */
+int tnn__cu_step(const tnn_step *st, tnn_step_result *res);
 
 /* ------------------------------------------------------------------------ */
 /* Device helpers                                                           */

@@ -1615,54 +1615,141 @@ int tnn__cu_matmul(tnn_tensor *t) {
 /* Optimizer                                                                */
 /* ------------------------------------------------------------------------ */
 
-/* The clipping norm: each parameter's squares in NORM_PARTS shares (the sum
- * kernels above), every share added in order. */
-#define NORM_PARTS 32
+/* A step over every parameter in three launches, none waited for: the
+ * squares of the gradients in chunks of OPT_CHUNK values (one block each,
+ * the chunks of all parameters in one grid), one block adding the chunks'
+ * sums in order and deciding (skip, clipping scale), and the update, again
+ * a block per chunk. The host reads what the decision found from pinned
+ * memory once the compute has been waited for. */
+#define OPT_CHUNK 4096
 
-int tnn__cu_sqnorm(tnn_tensor *const *params, int n, double *out) {
-    cudaStream_t st = tnn__cu.stream;
-    double *part = (double *)tnn__cu_scratch(((size_t)n * NORM_PARTS + 1) * sizeof(double));
-    if (!part) return tnn_last_status();
-    for (int k = 0; k < n; k++)
-        TNN_LAUNCH(k_sum_parts, NORM_PARTS, CU_THREADS, 0, st, CF(params[k]->grad),
-                   params[k]->nelem, NORM_PARTS, 1, part + (int64_t)k * NORM_PARTS);
-    double *res = part + (int64_t)n * NORM_PARTS;
-    TNN_LAUNCH(k_sum_final, 1, 1, 0, st, (const double *)part, (int64_t)n * NORM_PARTS, 1.0,
-               (float *)NULL, res);
-    int rc = tnn__cu_launched("optimizer");
-    if (rc) return rc;
-    /* the one value the host needs to decide on clipping and skipping */
-    rc = tnn__cu_status(cudaMemcpyAsync(out, res, sizeof *out, cudaMemcpyDeviceToHost, st),
-                        "optimizer");
-    return rc ? rc : tnn__cu_status(cudaStreamSynchronize(st), "optimizer");
+typedef struct {
+    float *p, *m, *v;
+    const float *g;
+    int64_t n, blk0; /* values; the parameter's first chunk in the grid */
+    double wd;
+} cu_opt_param;
+
+typedef struct {
+    double gscale;
+    int skip;
+} cu_opt_dec;
+
+typedef struct {
+    int adamw, first;
+    double lr, b1, b2, eps, momentum, bc1, bc2;
+} cu_opt_hyper;
+
+/* The parameter a chunk belongs to: the last one starting at or before it
+ * (an empty parameter shares its start with the next one). */
+__device__ const cu_opt_param *opt_param(const cu_opt_param *tab, int np, int64_t b) {
+    int lo = 0, hi = np - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (tab[mid].blk0 <= b)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return tab + lo;
+}
+
+__global__ void k_opt_norm(const cu_opt_param *tab, int np, double *part) {
+    __shared__ double sh[32];
+    const cu_opt_param *t = opt_param(tab, np, blockIdx.x);
+    int64_t i0 = ((int64_t)blockIdx.x - t->blk0) * OPT_CHUNK;
+    int64_t end = t->n - i0 < OPT_CHUNK ? t->n : i0 + OPT_CHUNK;
+    double s = 0.0;
+    for (int64_t i = i0 + threadIdx.x; i < end; i += blockDim.x) s += (double)t->g[i] * t->g[i];
+    s = cu_block_sum(s, sh);
+    if (threadIdx.x == 0) part[blockIdx.x] = s;
+}
+
+/* One block: each thread adds a run of the chunk sums in order, then the
+ * block sum in its fixed order; the same value every run. */
+__global__ void k_opt_decide(const double *part, int64_t nparts, const float *loss,
+                             const tnn_cu_fault *fault, double clip, cu_opt_dec *dec,
+                             tnn_step_result *res) {
+    __shared__ double sh[32];
+    int64_t per = (nparts + blockDim.x - 1) / blockDim.x, lo = threadIdx.x * per;
+    double s = 0.0;
+    for (int64_t i = lo; i < nparts && i < lo + per; i++) s += part[i];
+    s = cu_block_sum(s, sh);
+    if (threadIdx.x != 0) return;
+    double l = *loss, norm = sqrt(s);
+    int faulted = fault->code != 0;
+    int skip = faulted || !isfinite(l) || !isfinite(norm);
+    dec->skip = skip;
+    dec->gscale = clip > 0.0 && norm > clip ? clip / (norm + 1e-6) : 1.0;
+    res->loss = l;
+    res->norm2 = s;
+    res->applied = !skip;
+    res->fault = faulted;
 }
 
 /* The CPU's update (optimizer.c) element by element, in the same double
  * arithmetic. */
-__global__ void k_update(tnn_update u) {
-    CU_FOR(i, u.n) {
-        if (u.adamw) {
-            double step_size = u.lr / u.bc1, sq_bc2 = sqrt(u.bc2);
-            double g = (double)u.g[i] * u.gscale;
-            double p = (double)u.p[i] * (1.0 - u.lr * u.wd);
-            double m0 = u.first ? 0.0 : u.m[i], v0 = u.first ? 0.0 : u.v[i];
-            double m = u.b1 * m0 + (1.0 - u.b1) * g;
-            double v = u.b2 * v0 + (1.0 - u.b2) * g * g;
-            u.m[i] = (float)m;
-            u.v[i] = (float)v;
-            u.p[i] = (float)(p - step_size * m / (sqrt(v) / sq_bc2 + u.eps));
+__global__ void k_opt_update(const cu_opt_param *tab, int np, const cu_opt_dec *dec,
+                             cu_opt_hyper h) {
+    if (dec->skip) return;
+    const cu_opt_param *t = opt_param(tab, np, blockIdx.x);
+    int64_t i0 = ((int64_t)blockIdx.x - t->blk0) * OPT_CHUNK;
+    int64_t end = t->n - i0 < OPT_CHUNK ? t->n : i0 + OPT_CHUNK;
+    float *P = t->p, *M = t->m, *V = t->v;
+    const float *G = t->g;
+    double gscale = dec->gscale, wd = t->wd;
+    for (int64_t i = i0 + threadIdx.x; i < end; i += blockDim.x) {
+        if (h.adamw) {
+            double step_size = h.lr / h.bc1, sq_bc2 = sqrt(h.bc2);
+            double g = (double)G[i] * gscale;
+            double p = (double)P[i] * (1.0 - h.lr * wd);
+            double m0 = h.first ? 0.0 : M[i], v0 = h.first ? 0.0 : V[i];
+            double m = h.b1 * m0 + (1.0 - h.b1) * g;
+            double v = h.b2 * v0 + (1.0 - h.b2) * g * g;
+            M[i] = (float)m;
+            V[i] = (float)v;
+            P[i] = (float)(p - step_size * m / (sqrt(v) / sq_bc2 + h.eps));
         } else {
-            double d = (double)u.g[i] * u.gscale + u.wd * u.p[i];
-            if (u.momentum > 0.0) {
-                d = u.first ? d : u.momentum * u.m[i] + d;
-                u.m[i] = (float)d;
+            double d = (double)G[i] * gscale + wd * P[i];
+            if (h.momentum > 0.0) {
+                d = h.first ? d : h.momentum * M[i] + d;
+                M[i] = (float)d;
             }
-            u.p[i] = (float)(u.p[i] - u.lr * d);
+            P[i] = (float)(P[i] - h.lr * d);
         }
     }
 }
 
-int tnn__cu_update(const tnn_update *u) {
-    if (u->n > 0) TNN_LAUNCH(k_update, cu_blocks(u->n), CU_THREADS, 0, tnn__cu.stream, *u);
+static size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
+
+int tnn__cu_step(const tnn_step *st, tnn_step_result *res) {
+    cudaStream_t stream = tnn__cu.stream;
+    int np = st->n;
+    cu_opt_param *tab = (cu_opt_param *)malloc(((size_t)np + 1) * sizeof *tab);
+    if (!tab) return TNN_ERR(TNN_ERR_NOMEM, "out of memory");
+    int64_t nblk = 0;
+    for (int k = 0; k < np; k++) {
+        tnn_tensor *p = st->params[k];
+        tab[k] = {FP(p), st->m[k], st->v[k], CF(p->grad), p->nelem, nblk,
+                  (p->flags & TNN_FLAG_NO_DECAY) ? 0.0 : st->wd};
+        nblk += (p->nelem + OPT_CHUNK - 1) / OPT_CHUNK;
+    }
+    size_t tab_bytes = align256((size_t)np * sizeof *tab), dec_bytes = align256(sizeof(cu_opt_dec));
+    char *scr = (char *)tnn__cu_scratch(tab_bytes + dec_bytes + (size_t)(nblk + 1) * sizeof(double));
+    int rc = scr ? TNN_OK : tnn_last_status();
+    if (!rc && np) rc = tnn__cu_upload(scr, tab, (size_t)np * sizeof *tab);
+    free(tab);
+    if (rc) return rc;
+    const cu_opt_param *dtab = (const cu_opt_param *)scr;
+    cu_opt_dec *dec = (cu_opt_dec *)(scr + tab_bytes);
+    double *part = (double *)(scr + tab_bytes + dec_bytes);
+    if (nblk > 0) TNN_LAUNCH(k_opt_norm, (unsigned)nblk, CU_THREADS, 0, stream, dtab, np, part);
+    TNN_LAUNCH(k_opt_decide, 1, CU_THREADS, 0, stream, (const double *)part, nblk, st->loss,
+               (const tnn_cu_fault *)tnn__cu.fault, st->clip, dec, res);
+    cu_opt_hyper h = {st->adamw, st->first, st->lr, st->b1, st->b2, st->eps, st->momentum,
+                      st->bc1, st->bc2};
+    if (nblk > 0)
+        TNN_LAUNCH(k_opt_update, (unsigned)nblk, CU_THREADS, 0, stream, dtab, np,
+                   (const cu_opt_dec *)dec, h);
     return tnn__cu_launched("optimizer");
 }
