@@ -157,6 +157,9 @@ typedef enum tnn_dtype {
  * kernels that take head sizes 32 and 64 on sm_80 and later; for other
  * head sizes the default is cuBLAS from sequence length 128;
  * TNN_CUDA_ATTN_BLOCKS=N, 1-16, query row blocks of those products),
+ * TNN_CUDA_FLASH_LSE=0 (the tensor-core attention backward runs the forward
+ * again for each row's log-sum-exp instead of reading what the forward
+ * kept: the same result, for comparison),
  * TNN_CUDA_TF32=1 (f32 products, attention's included, on the tensor cores
  * with TF32 inputs, 10-bit mantissas: faster, about 1e-3 relative error).
  * On the CPU, TNN_CPU_FUSE=0 runs an element-wise node after a product as a

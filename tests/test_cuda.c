@@ -216,6 +216,30 @@ static tnn_tensor *b_block(tnn_session *s, tnn_tensor **x) {
     return tnn_cross_entropy(s, tnn_matmul_nn(s, y, x[3]), x[4], -1);
 }
 
+/* The tensor-core backward reading the log-sum-exp its forward kept (and D
+ * from the forward's output) gives the same bits as running the forward
+ * again for them (TNN_CUDA_FLASH_LSE=0), in both precisions. */
+static void flash_lse_same(const char *name, build_fn build, const in_spec *ins) {
+    for (int tf32 = 0; tf32 < 2; tf32++) {
+        if (tf32) setenv("TNN_CUDA_TF32", "1", 1);
+        int64_t na = 0, nb = 0;
+        double *a = run_on(1, build, ins, 4, true, 9, &na);
+        setenv("TNN_CUDA_FLASH_LSE", "0", 1);
+        double *b = run_on(1, build, ins, 4, true, 9, &nb);
+        unsetenv("TNN_CUDA_FLASH_LSE");
+        unsetenv("TNN_CUDA_TF32");
+        int64_t diff = -1;
+        for (int64_t i = 0; a && b && na == nb && i < na && diff < 0; i++)
+            if (a[i] != b[i]) diff = i;
+        CHECK(a && b && na == nb && diff < 0,
+              "attention %s%s: the kept log-sum-exp's gradients differ from the recomputed "
+              "one's at value %lld (%.9g vs %.9g)", name, tf32 ? " (TF32)" : "",
+              (long long)diff, diff >= 0 ? a[diff] : 0.0, diff >= 0 ? b[diff] : 0.0);
+        free(a);
+        free(b);
+    }
+}
+
 static void test_ops(void) {
     in_spec same[2] = {P(2, 7, 33), P(2, 7, 33)};
     in_spec bc[2] = {P(3, 3, 1, 5), P(2, 4, 1)};
@@ -308,6 +332,8 @@ static void test_ops(void) {
     twin("attention head size 32, MQA, T = 70 (tensor cores, TF32)", b_attn_fa32, f32, 4, true,
          5e-3);
     unsetenv("TNN_CUDA_TF32");
+    flash_lse_same("head size 64", b_attn_long, f64);
+    flash_lse_same("head size 32, MQA", b_attn_fa32, f32);
     in_spec many[4] = {F(2, 8193, 256), F(2, 8193, 256), F(2, 8193, 256), F(2, 8193, 256)};
     twin("attention of 8193 x 8 heads (past the tensor-core kernels' grid)", b_attn_many, many, 4,
          false, 1e-5);

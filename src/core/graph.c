@@ -154,7 +154,7 @@ static int plan_arena(tnn_session *s, tnn_tensor **plan, int32_t np, size_t *siz
         tnn_tensor *t = i < np ? plan[i] : NULL;
         size_t off = 0;
         if (t && !(t->flags & TNN_FLAG_ALIAS)) {
-            if (!plan_alloc(&p, t->nbytes, &off)) {
+            if (!plan_alloc(&p, t->nbytes + t->aux_bytes, &off)) {
                 rc = TNN_ERR(TNN_ERR_OVERFLOW, "arena size overflows at node #%d", t->id);
                 break;
             }
@@ -162,7 +162,7 @@ static int plan_arena(tnn_session *s, tnn_tensor **plan, int32_t np, size_t *siz
         }
         /* the previous node's frees, when delayed */
         for (int k = 0; k < n_late && rc == TNN_OK; k++)
-            if (!plan_free(&p, (size_t)late[k]->arena_off, late[k]->nbytes))
+            if (!plan_free(&p, (size_t)late[k]->arena_off, late[k]->nbytes + late[k]->aux_bytes))
                 rc = TNN_ERR(TNN_ERR_NOMEM, "out of memory planning buffers");
         n_late = 0;
         if (!t || (t->flags & TNN_FLAG_ALIAS)) continue; /* an alias lives in its src[0] */
@@ -185,7 +185,7 @@ static int plan_arena(tnn_session *s, tnn_tensor **plan, int32_t np, size_t *siz
         for (int k = 0; k < n_due && rc == TNN_OK; k++) {
             if (delay)
                 late[n_late++] = due[k];
-            else if (!plan_free(&p, (size_t)due[k]->arena_off, due[k]->nbytes))
+            else if (!plan_free(&p, (size_t)due[k]->arena_off, due[k]->nbytes + due[k]->aux_bytes))
                 rc = TNN_ERR(TNN_ERR_NOMEM, "out of memory planning buffers");
         }
     }

@@ -73,7 +73,7 @@ typedef enum tnn_op {
     TNN_OP_CROSS_ENTROPY_BACK = 24, /* (logits, targets, dloss) -> dlogits */
     TNN_OP_ROPE = 25,           /* iparam: n_head, seq_len, mode; fparam: base, sign */
     TNN_OP_ATTENTION = 26,      /* (q, k, v); iparam: n_head, n_kv_head, seq_len */
-    TNN_OP_ATTENTION_BACK = 27, /* (q, k, v, dout) -> [dq | dk | dv] per row */
+    TNN_OP_ATTENTION_BACK = 27, /* (q, k, v, dout, the forward node) -> [dq | dk | dv] */
     TNN_OP_SLICE = 28,          /* columns [iparam[0], +width) of a 2-D src */
     TNN_OP_KV_WRITE = 29,       /* (cache, x, pos): rows of x into the cache; aliases it */
     TNN_OP_ATTENTION_CACHED = 30, /* (q, kcache, vcache, pos) */
@@ -90,7 +90,7 @@ typedef enum tnn_op {
  * ggml layout (result = b @ a^T, operands swapped). */
 enum { TNN_MM_TA = 1, TNN_MM_TB = 2 };
 
-#define TNN_MAX_SRC 4
+#define TNN_MAX_SRC 5
 
 enum {
     TNN_FLAG_OUTPUT = 1u << 0,
@@ -113,6 +113,11 @@ struct tnn_tensor {
     int64_t shape[TNN_MAX_DIMS];
     int64_t nelem;
     size_t nbytes;
+    /* Bytes planned after the data for the backend's own use: what a
+     * forward node keeps for its backward (attention: each row's
+     * log-sum-exp, where the backend's forward writes it). Never copied in
+     * or out. */
+    size_t aux_bytes;
     tnn_tensor *src[TNN_MAX_SRC];
     double fparam[2];
     int64_t iparam[4];

@@ -853,9 +853,21 @@ int tnn__cu_attention(tnn_tensor *t) {
     int rc = attn_params(t, &c);
     if (rc) return rc;
     if (t->op != TNN_OP_ATTENTION) c.dout = CF(t->src[3]);
-    if (attn_flash(c))
-        return tnn__cu_flash(c.q, c.k, c.v, c.dout, c.out, c.B, c.T, c.H, c.Hkv, c.hd, c.scale,
-                             tnn__cu_tf32());
+    if (attn_flash(c)) {
+        /* the log-sum-exp the forward keeps after its output (aux_bytes),
+         * read by the backward when its forward ran here too */
+        const tnn_tensor *fw = t->op == TNN_OP_ATTENTION ? t : t->src[4];
+        const char *e = getenv("TNN_CUDA_FLASH_LSE"); /* 0: the backward runs the forward again */
+        float *lse = NULL;
+        if (fw && fw->aux_bytes && !(e && !strcmp(e, "0"))) {
+            cu_attn f = c;
+            f.dout = NULL;
+            f.out = FP(fw);
+            if (fw == t || attn_flash(f)) lse = (float *)((char *)fw->data + fw->nbytes);
+        }
+        return tnn__cu_flash(c.q, c.k, c.v, c.dout, c.out, lse, lse && fw != t ? CF(fw) : NULL,
+                             c.B, c.T, c.H, c.Hkv, c.hd, c.scale, tnn__cu_tf32());
+    }
     int64_t nh = attn_gemm_heads(c);
     if (nh > 0) return t->op == TNN_OP_ATTENTION ? attn_gemm_fwd(c, nh) : attn_gemm_bwd(c, nh);
     if (c.hd > 32 * CU_HD_UNITS)

@@ -137,13 +137,16 @@ bool tnn__cu_tf32(void);
 
 /* Causal training attention on the tensor cores (flash.cu): whether it
  * takes this head size, GPU, grid (B x H blocks a column) and these
- * operands (16-byte aligned; NULLs skipped), and the run: forward (dout NULL: O into out) or backward (the
- * packed dq | dk | dv rows into out). tf32: one TF32 pass, else 3xTF32. */
+ * operands (16-byte aligned; NULLs skipped), and the run: forward (dout
+ * NULL: O into out, and each row's log-sum-exp into lse unless NULL) or
+ * backward (the packed dq | dk | dv rows into out; lse and o, the forward's
+ * output, when that forward ran here and kept lse, else both NULL and the
+ * forward runs again). tf32: one TF32 pass, else 3xTF32. */
 bool tnn__cu_flash_ok(const float *const *ptrs, int n, int64_t hd, int64_t H, int64_t Hkv,
                       int64_t B);
 int tnn__cu_flash(const float *q, const float *k, const float *v, const float *dout, float *out,
-                  int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t hd, float scale,
-                  bool tf32);
+                  float *lse, const float *o, int64_t B, int64_t T, int64_t H, int64_t Hkv,
+                  int64_t hd, float scale, bool tf32);
 
 /* Rows of the GGML-typed matrix w (rows 0..rows-1, or those idx names) as
  * f32 into out (rows x w->shape[1]); a bad index is a fault of `node`. */

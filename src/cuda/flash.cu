@@ -12,9 +12,12 @@
  * matrix is ever stored:
  *
  *  - forward: O = softmax(scale Q K^T) V, causal;
- *  - backward, first the forward again, keeping per query row the
- *    log-sum-exp and D = dO . O (= sum_j P_j dP_j); then two kernels, each
- *    recomputing P from the log-sum-exp: query-major for dQ = scale dS K,
+ *  - backward: per query row the log-sum-exp and D = dO . O (= sum_j
+ *    P_j dP_j), the log-sum-exp kept by the forward after its output (the
+ *    node's aux bytes) where the forward ran here, else from the forward run
+ *    again; then two kernels, each recomputing P from the log-sum-exp (the
+ *    first also taking D from the kept forward's O): query-major for
+ *    dQ = scale dS K,
  *    key-major for dK = scale dS^T Q and dV = P^T dO (a kv head's block
  *    walks every query head of its group), with dS = P (dP - D) and
  *    dP = dO V^T. Each gradient row is summed by one warp in a fixed order,
@@ -147,6 +150,8 @@ typedef struct {
     const float *q, *k, *v, *dout;
     float *out;
     float2 *stats; /* per (b, h, t): log2-sum-exp2 of the scaled scores, D */
+    float *lse;    /* per (b, h, t): the log2-sum-exp2 the forward keeps, or NULL */
+    const float *o; /* the forward's output (backward with lse) */
     int64_t H, Hkv, T, B;
     float scale;
 } fa_args;
@@ -210,7 +215,8 @@ __device__ __forceinline__ void fa_mask_t(float s[8][4], float v, int r0) {
 /* ------------------------------------------------------------------------ */
 
 /* Block (query tile, b * H + h); the longest tiles first. STATS: instead
- * of O, the row's log-sum-exp and D = dO . O into c.stats. */
+ * of O, the row's log-sum-exp and D = dO . O into c.stats; else O, and the
+ * log-sum-exp into c.lse when the backward will read it. */
 template <int HD, int P, bool STATS>
 __global__ void __launch_bounds__(32 * FA_WARPS) k_fa_fwd(fa_args c) {
     const int ld = HD + FA_PAD;
@@ -275,6 +281,8 @@ __global__ void __launch_bounds__(32 * FA_WARPS) k_fa_fwd(fa_args c) {
             dot = fa_quad_sum(dot);
             if (t == 0 && row[i] < c.T)
                 c.stats[bh * c.T + row[i]] = fa_f2(m[i] + log2f(sum), dot);
+        } else if (c.lse && t == 0 && row[i] < c.T) {
+            c.lse[bh * c.T + row[i]] = m[i] + log2f(sum);
         }
     }
 }
@@ -298,8 +306,25 @@ __global__ void __launch_bounds__(32 * FA_WARPS) k_fa_dq(fa_args c) {
     fa_load<HD>(sdo, c.dout + b * c.T * qw + h * HD, q0, c.T, qw);
     int64_t row[2] = {q0 + 16 * warp + g, q0 + 16 * warp + g + 8};
     float2 st[2];
-    for (int i = 0; i < 2; i++)
-        st[i] = row[i] < c.T ? c.stats[bh * c.T + row[i]] : fa_f2(0.0f, 0.0f);
+    for (int i = 0; i < 2; i++) {
+        if (!c.lse) { /* the statistics pass ran */
+            st[i] = row[i] < c.T ? c.stats[bh * c.T + row[i]] : fa_f2(0.0f, 0.0f);
+            continue;
+        }
+        /* D from the forward's O, summed as the statistics pass sums it
+         * (the same bits), and handed on to the dK / dV kernel */
+        int64_t at = (b * c.T + row[i]) * qw + h * HD + 2 * t;
+        float dot = 0.0f;
+        if (row[i] < c.T)
+            for (int n = 0; n < HD / 8; n++) {
+                float2 y = *(const float2 *)(c.o + at + 8 * n);
+                float2 d = *(const float2 *)(c.dout + at + 8 * n);
+                dot += d.x * y.x + d.y * y.y;
+            }
+        dot = fa_quad_sum(dot);
+        st[i] = row[i] < c.T ? fa_f2(c.lse[bh * c.T + row[i]], dot) : fa_f2(0.0f, 0.0f);
+        if (t == 0 && row[i] < c.T) c.stats[bh * c.T + row[i]] = st[i];
+    }
     float dq[HD / 8][4];
     for (int n = 0; n < HD / 8; n++)
         for (int r = 0; r < 4; r++) dq[n][r] = 0.0f;
@@ -421,20 +446,21 @@ static int fa_run(const fa_args &a, bool backward) {
                    32 * FA_WARPS, s3, st, a);
         return tnn__cu_launched("tnn_attention");
     }
-    TNN_LAUNCH(k_fa_fwd<HD COMMA P COMMA true>, dim3(nq, (unsigned)(a.B * a.H)), 32 * FA_WARPS,
-               s3, st, a);
+    if (!a.lse) /* the forward did not keep its log-sum-exp: run it again */
+        TNN_LAUNCH(k_fa_fwd<HD COMMA P COMMA true>, dim3(nq, (unsigned)(a.B * a.H)),
+                   32 * FA_WARPS, s3, st, a);
     TNN_LAUNCH(k_fa_dq<HD COMMA P>, dim3(nq, (unsigned)(a.B * a.H)), 32 * FA_WARPS, s4, st, a);
     TNN_LAUNCH(k_fa_dkv<HD COMMA P>, dim3(nq, (unsigned)(a.B * a.Hkv)), 32 * FA_WARPS, s4, st, a);
     return tnn__cu_launched("attention_back");
 }
 
 int tnn__cu_flash(const float *q, const float *k, const float *v, const float *dout, float *out,
-                  int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t hd, float scale,
-                  bool tf32) {
+                  float *lse, const float *o, int64_t B, int64_t T, int64_t H, int64_t Hkv,
+                  int64_t hd, float scale, bool tf32) {
     if (B * H > 65535) /* tnn__cu_flash_ok sends these to the other paths */
         return TNN_ERR(TNN_ERR_UNSUPPORTED, "%lld heads: too many for one grid",
                        (long long)(B * H));
-    fa_args a = {q, k, v, dout, out, NULL, H, Hkv, T, B, scale};
+    fa_args a = {q, k, v, dout, out, NULL, lse, o, H, Hkv, T, B, scale};
     if (dout) {
         a.stats = (float2 *)tnn__cu_scratch((size_t)(B * H * T) * sizeof(float2));
         if (!a.stats) return tnn_last_status();

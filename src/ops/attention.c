@@ -362,9 +362,13 @@ int tnn__bwd_attention(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool 
                        tnn_tensor **d) {
     tnn_tensor *q = t->src[0], *k = t->src[1], *v = t->src[2];
     int64_t shape[2] = {q->shape[0], q->shape[1] + 2 * k->shape[1]};
-    tnn_tensor *src[4] = {q, k, v, g};
-    tnn_tensor *packed = tnn__node_new(s, TNN_OP_ATTENTION_BACK, TNN_F32, 2, shape, src, 4);
+    /* The forward node is a source: a backend may keep per-row statistics
+     * after its output (aux_bytes: one float per (sequence, head, row)) for
+     * the backward to read instead of running the forward again. */
+    tnn_tensor *src[5] = {q, k, v, g, t};
+    tnn_tensor *packed = tnn__node_new(s, TNN_OP_ATTENTION_BACK, TNN_F32, 2, shape, src, 5);
     if (!packed) return tnn_last_status();
+    t->aux_bytes = (size_t)t->nelem / (size_t)(q->shape[1] / t->iparam[0]) * sizeof(float);
     memcpy(packed->iparam, t->iparam, sizeof t->iparam);
     if (need[0]) d[0] = slice_cols(s, packed, 0, q->shape[1]);
     if (need[1]) d[1] = slice_cols(s, packed, q->shape[1], k->shape[1]);
