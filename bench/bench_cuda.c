@@ -6,8 +6,10 @@
  * cublasGemmEx on two bf16 operands. Prints GFLOP/s and the ratio; writes
  * bench/results/cuda_gemm.json. Skips (exit 0) without a GPU.
  * --train: f32 only, at the products of a GPT-2 small training step with
- * 4096 tokens (B 4, T 1024: C 768, SwiGLU 2048, vocabulary 50257; the last
- * three shapes are the weight gradients, K = 4096 tokens). With
+ * 4096 tokens (B 4, T 1024: C 768, SwiGLU 2048, vocabulary 50257: the
+ * forward's shapes, the weight gradients' with K = 4096 tokens, the LM
+ * head's backward, and the LM head's three at vocabulary 50304, a multiple
+ * of 64, to show what rows of an odd length cost the products). With
  * TNN_CUDA_TF32=1 both sides take TF32 inputs (cuBLAS's TF32 math mode).
  * --attn: training attention (forward, forward + backward) by the
  * tensor-core kernels and by the cuBLAS score matrices, f32 and TF32.
@@ -190,9 +192,10 @@ int main(int argc, char **argv) {
     static const shape shapes[] = {{512, 768, 768},   {512, 768, 3072}, {512, 3072, 768},
                                    {64, 576, 49152},  {1024, 1024, 1024}, {2048, 2048, 2048},
                                    {4096, 4096, 4096}};
-    static const shape train_shapes[] = {{4096, 768, 768},  {4096, 768, 2048}, {4096, 2048, 768},
-                                         {4096, 768, 50257}, {768, 4096, 768},  {768, 4096, 2048},
-                                         {2048, 4096, 768}};
+    static const shape train_shapes[] = {
+        {4096, 768, 768},   {4096, 768, 2048},  {4096, 2048, 768},  {4096, 768, 50257},
+        {768, 4096, 768},   {768, 4096, 2048},  {2048, 4096, 768},  {4096, 50257, 768},
+        {50257, 4096, 768}, {4096, 768, 50304}, {4096, 50304, 768}, {50304, 4096, 768}};
     const shape *sh = train ? train_shapes : shapes;
     size_t nshapes = train ? sizeof train_shapes / sizeof *train_shapes
                            : sizeof shapes / sizeof *shapes;
