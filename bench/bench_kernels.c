@@ -272,7 +272,7 @@ static void rk_run(void *p) {
     case RK_SOFTMAX: tnn__k_softmax(c->a, c->c, ROWS, COLS); break;
     case RK_SOFTMAX_B: tnn__k_softmax_back(c->b, c->a, c->c, ROWS, COLS); break;
     case RK_RMS: tnn__k_rms_norm(c->a, c->gamma, c->c, ROWS, COLS, 1e-5); break;
-    case RK_RMS_B: tnn__k_rms_norm_back(c->b, c->a, c->c, ROWS, COLS, 1e-5); break;
+    case RK_RMS_B: tnn__k_rms_norm_back(c->b, c->a, NULL, c->c, ROWS, COLS, 1e-5); break;
     case RK_LN: tnn__k_layer_norm(c->a, c->gamma, c->gamma, c->c, ROWS, COLS, 1e-5); break;
     default: tnn__k_layer_norm_back(c->b, c->a, c->c, ROWS, COLS, 1e-5); break;
     }

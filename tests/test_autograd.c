@@ -131,6 +131,59 @@ static void test_attention_block(void) {
     tnn_session_free(s);
 }
 
+/* rms_norm(x, gamma)'s gradient rule folds gamma into two kernels (dx, and
+ * dgamma summed over the rows); the same gradients as the composition it
+ * replaced, rms_norm(x) times gamma: bit for bit on the CPU (the same f32
+ * roundings, the rows summed in order), to rounding on a device (which
+ * sums in other orders). 300 rows of 70: several column blocks on both. */
+static void rms_gain_run(tnn_session *s, bool fused, int gdim, float *out) {
+    int64_t xs[3] = {3, 100, 70}, gs[2] = {1, 70};
+    tnn_tensor *x = tnn_tensor_new(s, TNN_F32, 3, xs), *w = tnn_tensor_new(s, TNN_F32, 3, xs);
+    tnn_tensor *g = tnn_tensor_new(s, TNN_F32, gdim, gdim == 1 ? gs + 1 : gs);
+    tnn_set_param(x);
+    tnn_set_param(g);
+    tnn_tensor *y = fused ? tnn_rms_norm(s, x, g, 1e-5) : tnn_mul(s, tnn_rms_norm(s, x, NULL, 1e-5), g);
+    tnn_tensor *loss = tnn_sum(s, tnn_mul(s, y, w));
+    CHECK_OK(tnn_backward(s, loss));
+    CHECK_OK(tnn_realize(s, loss));
+    double *v = th_alloc(21000);
+    th_seed(21);
+    th_fill_f32(v, 21000, 1.0);
+    CHECK_OK(tnn_upload_from_float_array(s, x, v, 21000));
+    th_fill_f32(v, 21000, 1.0);
+    CHECK_OK(tnn_upload_from_float_array(s, w, v, 21000));
+    th_fill_f32(v, 70, 2.0);
+    CHECK_OK(tnn_upload_from_float_array(s, g, v, 70));
+    free(v);
+    CHECK_OK(tnn_compute(s));
+    CHECK_OK(tnn_download_f32(s, tnn_grad(s, x), out, 21000));
+    CHECK_OK(tnn_download_f32(s, tnn_grad(s, g), out + 21000, 70));
+}
+
+static void test_rms_gain_folded(void) {
+    static float a[21070], b[21070];
+    for (int gdim = 1; gdim <= 2; gdim++) {
+        tnn_session *s = tnn_session_new(TH_BACKEND);
+        bool cpu = !strcmp(tnn_session_backend(s), "cpu");
+        rms_gain_run(s, true, gdim, a);
+        tnn_session_free(s);
+        s = tnn_session_new(TH_BACKEND);
+        rms_gain_run(s, false, gdim, b);
+        tnn_session_free(s);
+        double worst = 0.0, scale = 1e-30;
+        for (int i = 0; i < 21070; i++) {
+            worst = fmax(worst, fabs((double)a[i] - b[i]));
+            scale = fmax(scale, fabs((double)b[i]));
+        }
+        if (cpu)
+            CHECK(!memcmp(a, b, sizeof a), "rms_norm gamma %dD: the folded gradients differ from "
+                  "the composition's by %.3g (want the same bits)", gdim, worst);
+        else
+            CHECK(worst <= 1e-6 * scale, "rms_norm gamma %dD: the folded gradients differ from "
+                  "the composition's by %.3g of %.3g", gdim, worst, scale);
+    }
+}
+
 /* Broadcasting, batched products with a broadcast batch, transpose,
  * reshape, sub, scale, sum, and a parameter read twice (accumulation). */
 static void test_shapes_and_accumulation(void) {
@@ -483,6 +536,7 @@ int main(void) {
     TH_USE_CUDA("test_autograd");
     test_mlp_cross_entropy();
     test_attention_block();
+    test_rms_gain_folded();
     test_shapes_and_accumulation();
     test_embedding_path();
     test_unused_param_and_errors();

@@ -58,7 +58,7 @@ typedef enum tnn_op {
     TNN_OP_SOFTMAX = 9,
     TNN_OP_SOFTMAX_BACK = 10,
     TNN_OP_RMS_NORM = 11,
-    TNN_OP_RMS_NORM_BACK = 12,
+    TNN_OP_RMS_NORM_BACK = 12, /* (dy, x, gamma?): dx of rms_norm(x[, gamma]) */
     TNN_OP_MATMUL = 13, /* batched, flags in iparam[0] (TNN_MM_*) */
     TNN_OP_TRANSPOSE = 14,
     TNN_OP_GET_ROWS = 15,
@@ -83,6 +83,7 @@ typedef enum tnn_op {
     TNN_OP_CONCAT = 34,          /* (a, b) along iparam[0] */
     TNN_OP_NARROW = 35,          /* src along iparam[0]: [iparam[1], + this size) */
     TNN_OP_TO_BF16 = 36,         /* f32 src rounded to bf16 (gradient passes through) */
+    TNN_OP_RMS_NORM_GAIN = 37,   /* (dy, x) -> gamma's gradient of rms_norm(x, gamma) */
     TNN_OP_COUNT
 } tnn_op;
 
@@ -293,6 +294,12 @@ tnn_tensor *tnn__fill(tnn_session *s, int ndim, const int64_t *shape, double val
 tnn_tensor *tnn__cross_entropy_back(tnn_session *s, tnn_tensor *ce, tnn_tensor *dloss);
 /* reduce_to a's shape, or g itself when the shapes already match. */
 tnn_tensor *tnn__sum_like(tnn_session *s, tnn_tensor *g, const tnn_tensor *a);
+/* The gradient rule of rms_norm(x, gamma) (src/ops/rows.c): dx, and
+ * dgamma in gamma's shape. */
+tnn_tensor *tnn__rms_norm_back_gamma(tnn_session *s, tnn_tensor *dy, tnn_tensor *x,
+                                     tnn_tensor *gamma, double eps);
+tnn_tensor *tnn__rms_norm_gain(tnn_session *s, tnn_tensor *dy, tnn_tensor *x,
+                               const tnn_tensor *gamma, double eps);
 
 /* "(2, 3)" into buf, for messages. */
 const char *tnn__shape_str(const tnn_tensor *t, char *buf, size_t n);

@@ -424,6 +424,7 @@ static int cu_run(tnn_tensor *t) {
     case TNN_OP_SOFTMAX_BACK:
     case TNN_OP_RMS_NORM:
     case TNN_OP_RMS_NORM_BACK:
+    case TNN_OP_RMS_NORM_GAIN:
     case TNN_OP_LAYER_NORM:
     case TNN_OP_LAYER_NORM_BACK:
     case TNN_OP_CROSS_ENTROPY:

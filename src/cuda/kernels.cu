@@ -170,13 +170,83 @@ __global__ void k_rms_norm(const float *x, const float *g, float *y, int64_t n, 
         y[o + j] = g ? (x[o + j] * scale) * g[j] : x[o + j] * scale;
 }
 
-__global__ void k_rms_norm_back(const float *dy, const float *x, float *dx, int64_t n, double eps) {
+/* With gm (rms_norm's gamma, or NULL), dy is dy * gm, rounded to f32. */
+__global__ void k_rms_norm_back(const float *dy, const float *x, const float *gm, float *dx,
+                                int64_t n, double eps) {
     __shared__ double sh[32];
     int64_t o = blockIdx.x * n;
-    double ss = cu_row_dot(x + o, x + o, n, sh), dot = cu_row_dot(dy + o, x + o, n, sh);
+    double ss = cu_row_dot(x + o, x + o, n, sh), dot = 0.0;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+        float d = gm ? dy[o + j] * gm[j] : dy[o + j];
+        dot += (double)d * x[o + j];
+    }
+    dot = cu_block_sum(dot, sh);
     double rr = 1.0 / sqrt(ss / (double)n + eps);
     float a = (float)rr, b = (float)(rr * rr * rr * dot / (double)n);
-    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) dx[o + j] = a * dy[o + j] - b * x[o + j];
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+        float d = gm ? dy[o + j] * gm[j] : dy[o + j];
+        dx[o + j] = a * d - b * x[o + j];
+    }
+}
+
+/* rms_norm's gamma gradient, sum over rows of dy * (x * scale) (each
+ * product rounded to f32 as the CPU does), in three steps: each row's
+ * scale as k_rms_norm takes it; blocks of 32 columns x RS row slices, a
+ * warp a slice's rows in order and the block's 8 warps in order; the
+ * slices added in order. Deterministic; the CPU sums the rows in one run. */
+__global__ void k_rms_scale(const float *x, float *scale, int64_t n, double eps) {
+    __shared__ double sh[32];
+    int64_t o = blockIdx.x * n;
+    float s = (float)(1.0 / sqrt(cu_row_dot(x + o, x + o, n, sh) / (double)n + eps));
+    if (threadIdx.x == 0) scale[blockIdx.x] = s;
+}
+
+__global__ void k_rms_gain_parts(const float *dy, const float *x, const float *scale,
+                                 int64_t rows, int64_t cols, double *part) {
+    __shared__ double sh[8][33];
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    int64_t j = (int64_t)blockIdx.x * 32 + lane, step = (int64_t)gridDim.y * 8;
+    double s = 0.0;
+    if (j < cols)
+        for (int64_t r = (int64_t)blockIdx.y * 8 + w; r < rows; r += step) {
+            float nrm = x[r * cols + j] * scale[r], p = dy[r * cols + j] * nrm;
+            s += p;
+        }
+    sh[w][lane] = s;
+    __syncthreads();
+    if (w == 0 && j < cols) {
+        double t = sh[0][lane];
+        for (int k = 1; k < 8; k++) t += sh[k][lane];
+        part[(int64_t)blockIdx.y * cols + j] = t;
+    }
+}
+
+__global__ void k_rms_gain_final(const double *part, int nparts, int64_t cols, float *out) {
+    CU_FOR(j, cols) {
+        double t = 0.0;
+        for (int k = 0; k < nparts; k++) t += part[(int64_t)k * cols + j];
+        out[j] = (float)t;
+    }
+}
+
+static int rms_gain(tnn_tensor *t) {
+    const tnn_tensor *x = t->src[1];
+    int64_t cols = x->shape[x->ndim - 1], rows = x->nelem / cols;
+    if (rows > INT32_MAX) return TNN_ERR(TNN_ERR_UNSUPPORTED, "%lld rows: too many for one grid", (long long)rows);
+    int64_t rs = (rows + 255) / 256;
+    rs = rs < 1 ? 1 : rs > 64 ? 64 : rs;
+    size_t sbytes = ((size_t)rows * sizeof(float) + 255) & ~(size_t)255;
+    char *scr = (char *)tnn__cu_scratch(sbytes + (size_t)(rs * cols) * sizeof(double));
+    if (!scr) return tnn_last_status();
+    float *scale = (float *)scr;
+    double *part = (double *)(scr + sbytes);
+    cudaStream_t st = tnn__cu.stream;
+    if (rows > 0) TNN_LAUNCH(k_rms_scale, (unsigned)rows, CU_THREADS, 0, st, CF(x), scale, cols, t->fparam[0]);
+    TNN_LAUNCH(k_rms_gain_parts, dim3((unsigned)((cols + 31) / 32), (unsigned)rs), 256, 0, st,
+               CF(t->src[0]), CF(x), (const float *)scale, rows, cols, part);
+    TNN_LAUNCH(k_rms_gain_final, cu_blocks(cols), CU_THREADS, 0, st, (const double *)part, (int)rs,
+               cols, FP(t));
+    return tnn__cu_launched("rms_norm_gain");
 }
 
 /* Mean and 1 / sqrt(var + eps) of a row (two passes, as the CPU). */
@@ -463,6 +533,7 @@ static int ce(tnn_tensor *t) {
 
 int tnn__cu_rows(tnn_tensor *t) {
     if (t->op == TNN_OP_CROSS_ENTROPY || t->op == TNN_OP_CROSS_ENTROPY_BACK) return ce(t);
+    if (t->op == TNN_OP_RMS_NORM_GAIN) return rms_gain(t);
     int64_t cols = t->shape[t->ndim - 1], rows = t->nelem / cols;
     if (rows == 0) return TNN_OK;
     if (rows > INT32_MAX) return TNN_ERR(TNN_ERR_UNSUPPORTED, "%lld rows: too many for one grid", (long long)rows);
@@ -478,7 +549,8 @@ int tnn__cu_rows(tnn_tensor *t) {
         break;
     case TNN_OP_RMS_NORM: TNN_LAUNCH(k_rms_norm, g, CU_THREADS, 0, st, s0, s1, FP(t), cols, eps); break;
     case TNN_OP_RMS_NORM_BACK:
-        TNN_LAUNCH(k_rms_norm_back, g, CU_THREADS, 0, st, s0, s1, FP(t), cols, eps);
+        TNN_LAUNCH(k_rms_norm_back, g, CU_THREADS, 0, st, s0, s1,
+                   t->src[2] ? CF(t->src[2]) : (const float *)NULL, FP(t), cols, eps);
         break;
     case TNN_OP_LAYER_NORM:
         TNN_LAUNCH(k_layer_norm, g, CU_THREADS, 0, st, s0, s1,

@@ -184,7 +184,7 @@ static int binary(int kind, const double *a, const double *b, int rows, int cols
     case B_GELU_BACK: tnn__k_gelu_back(x, y, z, n); break;
     case B_SILU_BACK: tnn__k_silu_back(x, y, z, n); break;
     case B_SOFTMAX_BACK: tnn__k_softmax_back(y, x, z, rows, cols); break; /* (y, dy) */
-    default: tnn__k_rms_norm_back(y, x, z, rows, cols, eps); break;       /* (x, dy) */
+    default: tnn__k_rms_norm_back(y, x, NULL, z, rows, cols, eps); break; /* (x, dy) */
     }
     widen(z, out, n);
     free(t.base);

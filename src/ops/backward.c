@@ -67,9 +67,11 @@ int tnn__bwd_rms_norm(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *
                       tnn_tensor **d) {
     double eps = t->fparam[0];
     tnn_tensor *gamma = t->src[1];
-    if (need[0]) d[0] = tnn_rms_norm_back(s, gamma ? tnn_mul(s, g, gamma) : g, A, eps);
-    if (gamma && need[1])
-        d[1] = tnn__sum_like(s, tnn_mul(s, g, tnn_rms_norm(s, A, NULL, eps)), gamma);
+    /* gamma folded into the two kernels (the bits of rms_norm_back of
+     * g * gamma, and of summing g * rms_norm(x) over the rows) */
+    if (need[0]) d[0] = gamma ? tnn__rms_norm_back_gamma(s, g, A, gamma, eps)
+                              : tnn_rms_norm_back(s, g, A, eps);
+    if (gamma && need[1]) d[1] = tnn__rms_norm_gain(s, g, A, gamma, eps);
     return TNN_OK;
 }
 

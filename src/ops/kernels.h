@@ -29,8 +29,12 @@ void tnn__k_softmax_back(const float *dy, const float *y, float *dx, int64_t row
 /* gamma may be NULL (no gain). */
 void tnn__k_rms_norm(const float *x, const float *gamma, float *y, int64_t rows, int64_t cols,
                      double eps);
-void tnn__k_rms_norm_back(const float *dy, const float *x, float *dx, int64_t rows,
-                          int64_t cols, double eps);
+/* dx of rms_norm; with gamma (NULL: none), of rms_norm(x, gamma). */
+void tnn__k_rms_norm_back(const float *dy, const float *x, const float *gamma, float *dx,
+                          int64_t rows, int64_t cols, double eps);
+/* dgamma of rms_norm(x, gamma) (cols values); TNN_ERR_NOMEM possible. */
+int tnn__k_rms_norm_gain(const float *dy, const float *x, float *dgamma, int64_t rows,
+                         int64_t cols, double eps);
 
 /* Layer norm of each row (gamma, beta may be NULL), and the input gradient
  * of the plain normalization given g = dL/dy. */

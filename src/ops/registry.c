@@ -39,6 +39,7 @@ int tnn__fwd_permute(tnn_tensor *t);
 int tnn__fwd_concat(tnn_tensor *t);
 int tnn__fwd_narrow(tnn_tensor *t);
 int tnn__fwd_to_bf16(tnn_tensor *t);
+int tnn__fwd_rms_norm_gain(tnn_tensor *t);
 
 #define BWD(name)                                                                             \
     int tnn__bwd_##name(tnn_session *s, tnn_tensor *t, tnn_tensor *dt, const bool *need,      \
@@ -89,4 +90,5 @@ const tnn_op_def tnn__ops[TNN_OP_COUNT] = {
     [TNN_OP_CONCAT] = {"tnn_concat", 2, tnn__fwd_concat, tnn__bwd_concat},
     [TNN_OP_NARROW] = {"tnn_narrow", 1, tnn__fwd_narrow, tnn__bwd_narrow},
     [TNN_OP_TO_BF16] = {"tnn_to_bf16", 1, tnn__fwd_to_bf16, tnn__bwd_to_bf16},
+    [TNN_OP_RMS_NORM_GAIN] = {"rms_norm_gain", 2, tnn__fwd_rms_norm_gain, NULL},
 };
