@@ -250,6 +250,11 @@ TNN_API tnn_tensor *tnn_scale(tnn_session *s, tnn_tensor *a, double k);
 TNN_API tnn_tensor *tnn_gelu(tnn_session *s, tnn_tensor *a);
 /* x * sigmoid(x) */
 TNN_API tnn_tensor *tnn_silu(tnn_session *s, tnn_tensor *a);
+/* silu(gate) * up (same shapes, f32): the gated unit of a llama-style
+ * feed-forward block, one pass (and two backward nodes instead of three,
+ * with no silu(gate) kept for the backward); the same values as
+ * tnn_mul(tnn_silu(gate), up). */
+TNN_API tnn_tensor *tnn_swiglu(tnn_session *s, tnn_tensor *gate, tnn_tensor *up);
 /* a (f32) rounded to bf16 (nearest even, as a bf16 upload rounds): a TNN_BF16
  * tensor for the bf16 products (tnn_matmul_nn/nt/tn's b). Its gradient
  * passes through unchanged (straight through), so a product with

@@ -184,6 +184,72 @@ static void test_rms_gain_folded(void) {
     }
 }
 
+/* tnn_swiglu(gate, up) against tnn_mul(tnn_silu(gate), up): the value and
+ * both gradients, with gate and up made by products (the CPU runs swiglu
+ * as the up product's epilogue) and read elsewhere too. Bit for bit on the
+ * CPU, to rounding on a device. */
+static void swiglu_run(tnn_session *s, bool fused, float *out) {
+    int64_t xs[2] = {150, 24}, ws[2] = {40, 24};
+    tnn_tensor *x = tnn_tensor_new(s, TNN_F32, 2, xs), *wg = tnn_tensor_new(s, TNN_F32, 2, ws);
+    tnn_tensor *wu = tnn_tensor_new(s, TNN_F32, 2, ws);
+    tnn_set_param(x);
+    tnn_set_param(wg);
+    tnn_set_param(wu);
+    tnn_tensor *g = tnn_matmul_nt(s, x, wg), *u = tnn_matmul_nt(s, x, wu);
+    tnn_tensor *f = fused ? tnn_swiglu(s, g, u) : tnn_mul(s, tnn_silu(s, g), u);
+    tnn_tensor *loss = tnn_add(s, tnn_sum(s, tnn_mul(s, f, f)), tnn_mean(s, tnn_mul(s, g, u)));
+    CHECK_OK(tnn_backward(s, loss));
+    tnn_set_output(f);
+    CHECK_OK(tnn_realize(s, loss));
+    double *v = th_alloc(3600);
+    th_seed(33);
+    th_fill_f32(v, 3600, 1.0);
+    CHECK_OK(tnn_upload_from_float_array(s, x, v, 3600));
+    th_fill_f32(v, 960, 0.5);
+    CHECK_OK(tnn_upload_from_float_array(s, wg, v, 960));
+    th_fill_f32(v, 960, 0.5);
+    CHECK_OK(tnn_upload_from_float_array(s, wu, v, 960));
+    free(v);
+    CHECK_OK(tnn_compute(s));
+    CHECK_OK(tnn_download_f32(s, f, out, 6000));
+    CHECK_OK(tnn_download_f32(s, tnn_grad(s, x), out + 6000, 3600));
+    CHECK_OK(tnn_download_f32(s, tnn_grad(s, wg), out + 9600, 960));
+    CHECK_OK(tnn_download_f32(s, tnn_grad(s, wu), out + 10560, 960));
+}
+
+static void test_swiglu(void) {
+    static float a[11520], b[11520];
+    tnn_session *s = tnn_session_new(TH_BACKEND);
+    bool cpu = !strcmp(tnn_session_backend(s), "cpu");
+    swiglu_run(s, true, a);
+    int64_t s1[2] = {3, 4}, s2[2] = {4, 3};
+    tnn_tensor *p = tnn_tensor_new(s, TNN_F32, 2, s1), *q = tnn_tensor_new(s, TNN_F32, 2, s2);
+    CHECK(!tnn_swiglu(s, p, q) && tnn_last_status() == TNN_ERR_SHAPE,
+          "tnn_swiglu of (3, 4) and (4, 3): %s", tnn_last_error());
+    tnn_session_free(s);
+    s = tnn_session_new(TH_BACKEND);
+    swiglu_run(s, false, b);
+    tnn_session_free(s);
+    double worst = 0.0, scale = 1e-30;
+    for (int i = 0; i < 11520; i++) {
+        worst = fmax(worst, fabs((double)a[i] - b[i]));
+        scale = fmax(scale, fabs((double)b[i]));
+    }
+    if (cpu)
+        CHECK(!memcmp(a, b, sizeof a), "swiglu: differs from silu then mul by %.3g (want the "
+              "same bits)", worst);
+    else
+        CHECK(worst <= 1e-6 * scale, "swiglu: differs from silu then mul by %.3g of %.3g", worst,
+              scale);
+    /* and its gradients against finite differences */
+    s = tnn_session_new(TH_BACKEND);
+    param_t ps[2];
+    tnn_tensor *gt = param(s, &ps[0], 2, 6, 9, 0), *ut = param(s, &ps[1], 2, 6, 9, 0);
+    tnn_tensor *f = tnn_swiglu(s, gt, ut);
+    grad_check("swiglu", s, tnn_mean(s, tnn_mul(s, f, f)), ps, 2, NULL, H_STEP, TOL);
+    tnn_session_free(s);
+}
+
 /* Broadcasting, batched products with a broadcast batch, transpose,
  * reshape, sub, scale, sum, and a parameter read twice (accumulation). */
 static void test_shapes_and_accumulation(void) {
@@ -537,6 +603,7 @@ int main(void) {
     test_mlp_cross_entropy();
     test_attention_block();
     test_rms_gain_folded();
+    test_swiglu();
     test_shapes_and_accumulation();
     test_embedding_path();
     test_unused_param_and_errors();

@@ -140,6 +140,9 @@ static tnn_tensor *b_unary(tnn_session *s, tnn_tensor **x) {
     tnn_tensor *a = tnn_gelu(s, x[0]), *b = tnn_silu(s, tnn_scale(s, x[0], -1.5));
     return tnn_add(s, tnn_mul(s, a, b), tnn_gelu_back(s, x[0], tnn_silu_back(s, x[0], x[1])));
 }
+static tnn_tensor *b_swiglu(tnn_session *s, tnn_tensor **x) {
+    return tnn_mul(s, tnn_swiglu(s, x[0], x[1]), tnn_add(s, x[0], x[1]));
+}
 static tnn_tensor *b_rows(tnn_session *s, tnn_tensor **x) {
     tnn_tensor *y = tnn_softmax(s, x[0]);
     tnn_tensor *a = tnn_softmax_back(s, x[1], y);
@@ -248,6 +251,8 @@ static void test_ops(void) {
     twin("mul broadcast", b_mul, bc, 2, true, 1e-6);
     in_spec un[2] = {P(2, 5, 300), F(2, 5, 300)};
     twin("gelu/silu and backs", b_unary, un, 2, false, 1e-5);
+    in_spec sw[2] = {P(2, 5, 300), P(2, 5, 300)};
+    twin("swiglu and its gradients", b_swiglu, sw, 2, true, 1e-5);
     in_spec rows[4] = {P(2, 6, 37), P(2, 6, 37), P(1, 37), P(1, 37)};
     twin("softmax/rms_norm/layer_norm and backs", b_rows, rows, 4, false, 1e-5);
     in_spec nn[2] = {P(3, 2, 5, 7), P(2, 7, 9)};

@@ -84,6 +84,8 @@ typedef enum tnn_op {
     TNN_OP_NARROW = 35,          /* src along iparam[0]: [iparam[1], + this size) */
     TNN_OP_TO_BF16 = 36,         /* f32 src rounded to bf16 (gradient passes through) */
     TNN_OP_RMS_NORM_GAIN = 37,   /* (dy, x) -> gamma's gradient of rms_norm(x, gamma) */
+    TNN_OP_SWIGLU = 38,          /* (gate, up) -> silu(gate) * up */
+    TNN_OP_SWIGLU_BACK = 39,     /* (dy, gate, up): iparam[0] 0 -> d gate, 1 -> d up */
     TNN_OP_COUNT
 } tnn_op;
 

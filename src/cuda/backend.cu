@@ -419,6 +419,8 @@ static int cu_run(tnn_tensor *t) {
     case TNN_OP_GELU_BACK:
     case TNN_OP_SILU_BACK:
     case TNN_OP_TO_BF16:
+    case TNN_OP_SWIGLU:
+    case TNN_OP_SWIGLU_BACK:
     case TNN_OP_FILL: return tnn__cu_elementwise(t);
     case TNN_OP_SOFTMAX:
     case TNN_OP_SOFTMAX_BACK:

@@ -77,6 +77,24 @@ __global__ void k_unary(int op, const float *x, const float *dy, float k, float 
     }
 }
 
+/* silu(g) * u (dy NULL), or its gradients: d gate (u given) and d up (u
+ * NULL), rounded as the CPU's composition of silu, mul and silu_back. */
+__global__ void k_swiglu(const float *g, const float *u, const float *dy, float *o, int64_t n) {
+    CU_FOR(i, n) {
+        float x = g[i], s = cu_sigmoid(x);
+        if (!dy) {
+            float sg = x * s;
+            o[i] = sg * u[i];
+        } else if (u) {
+            float d = dy[i] * u[i];
+            o[i] = d * s * (1.0f + x * (1.0f - s));
+        } else {
+            float sg = x * s;
+            o[i] = dy[i] * sg;
+        }
+    }
+}
+
 __global__ void k_narrow_bf16(const float *src, uint16_t *dst, int64_t n);
 static unsigned narrow_blocks(int64_t n);
 
@@ -98,6 +116,14 @@ int tnn__cu_elementwise(tnn_tensor *t) {
     case TNN_OP_SILU_BACK:
         TNN_LAUNCH(k_unary, cu_blocks(n), CU_THREADS, 0, st, t->op, CF(t->src[0]), CF(t->src[1]),
                    0.0f, FP(t), n);
+        break;
+    case TNN_OP_SWIGLU:
+        TNN_LAUNCH(k_swiglu, cu_blocks(n), CU_THREADS, 0, st, CF(t->src[0]), CF(t->src[1]),
+                   (const float *)NULL, FP(t), n);
+        break;
+    case TNN_OP_SWIGLU_BACK:
+        TNN_LAUNCH(k_swiglu, cu_blocks(n), CU_THREADS, 0, st, CF(t->src[1]),
+                   t->iparam[0] ? (const float *)NULL : CF(t->src[2]), CF(t->src[0]), FP(t), n);
         break;
     case TNN_OP_FILL:
         TNN_LAUNCH(k_unary, cu_blocks(n), CU_THREADS, 0, st, t->op, (const float *)NULL,

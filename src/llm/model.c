@@ -105,7 +105,7 @@ static tnn_tensor *forward(lm_graph *g) {
         tnn_tensor *a = tnn_attention(s, q, k, v, c->n_head, c->n_kv_head, g->T);
         x = tnn_add(s, x, linear(g, a, L->wo));
         h = tnn_rms_norm(s, x, L->ffn_norm, eps);
-        tnn_tensor *f = tnn_mul(s, tnn_silu(s, linear(g, h, L->w_gate)), linear(g, h, L->w_up));
+        tnn_tensor *f = tnn_swiglu(s, linear(g, h, L->w_gate), linear(g, h, L->w_up));
         x = tnn_add(s, x, linear(g, f, L->w_down));
     }
     x = tnn_rms_norm(s, x, g->p.out_norm, eps);

@@ -91,6 +91,39 @@ TNN_VEC_CLONES static void silu_range(void *p, int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; i++) o[i] = x[i] * sigmoid1(x[i]);
 }
 
+/* silu(g) * u, each step rounded to f32 as silu and mul nodes round it */
+TNN_VEC_CLONES static void swiglu_range(void *p, int64_t lo, int64_t hi) {
+    const ew_ctx *c = p;
+    const float *g = c->x, *u = c->b;
+    float *o = c->out;
+    for (int64_t i = lo; i < hi; i++) {
+        float sg = g[i] * sigmoid1(g[i]);
+        o[i] = sg * u[i];
+    }
+}
+
+/* d gate = silu_back(g, dy * u); d up = dy * silu(g): the composition's
+ * bits */
+TNN_VEC_CLONES static void swiglu_dgate_range(void *p, int64_t lo, int64_t hi) {
+    const ew_ctx *c = p;
+    const float *g = c->x, *u = c->b, *dy = c->dy;
+    float *o = c->out;
+    for (int64_t i = lo; i < hi; i++) {
+        float x = g[i], s = sigmoid1(x), d = dy[i] * u[i];
+        o[i] = d * s * (1.0f + x * (1.0f - s));
+    }
+}
+
+TNN_VEC_CLONES static void swiglu_dup_range(void *p, int64_t lo, int64_t hi) {
+    const ew_ctx *c = p;
+    const float *g = c->x, *dy = c->dy;
+    float *o = c->out;
+    for (int64_t i = lo; i < hi; i++) {
+        float sg = g[i] * sigmoid1(g[i]);
+        o[i] = dy[i] * sg;
+    }
+}
+
 TNN_VEC_CLONES static void gelu_back_range(void *p, int64_t lo, int64_t hi) {
     const ew_ctx *c = p;
     const float *x = c->x, *dy = c->dy;
@@ -142,6 +175,14 @@ bool tnn__ew_epi_init(tnn_ew_epi *e, const tnn_tensor *t, const tnn_tensor *prod
     case TNN_OP_SCALE: e->k = (float)t->fparam[0]; /* fall through */
     case TNN_OP_GELU:
     case TNN_OP_SILU: return t->src[0] == prod;
+    case TNN_OP_SWIGLU: { /* the product is the gate or the up operand */
+        if (t->src[0] == t->src[1] || (t->src[0] != prod && t->src[1] != prod)) return false;
+        e->o_first = t->src[0] != prod;
+        const tnn_tensor *o = t->src[e->o_first ? 0 : 1];
+        if (o->dtype != TNN_F32 || !o->data || !same_shape(o, t)) return false;
+        e->o = CF32(o);
+        return true;
+    }
     case TNN_OP_ADD:
     case TNN_OP_SUB:
     case TNN_OP_MUL: {
@@ -175,6 +216,11 @@ void tnn__ew_epi_fn(void *ctx, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
         case TNN_OP_GELU: gelu_range(&c, 0, n); break;
         case TNN_OP_SILU: silu_range(&c, 0, n); break;
         case TNN_OP_SCALE: scale_range(&c, 0, n); break;
+        case TNN_OP_SWIGLU:
+            c.x = e->o_first ? e->o + off : e->c + off; /* the gate */
+            c.b = e->o_first ? e->c + off : e->o + off; /* up */
+            swiglu_range(&c, 0, n);
+            break;
         default: {
             const float *o = e->o_row ? e->o + j0 : e->o + off;
             c.op = bin_of[e->op];
@@ -382,6 +428,40 @@ tnn_tensor *tnn_silu_back(tnn_session *s, tnn_tensor *x, tnn_tensor *dy) {
 }
 tnn_tensor *tnn_gelu_back(tnn_session *s, tnn_tensor *x, tnn_tensor *dy) {
     return tnn__pair_build(s, x, dy, TNN_OP_GELU_BACK, __func__, "x", "dy");
+}
+
+tnn_tensor *tnn_swiglu(tnn_session *s, tnn_tensor *gate, tnn_tensor *up) {
+    return tnn__pair_build(s, gate, up, TNN_OP_SWIGLU, __func__, "gate", "up");
+}
+
+int tnn__fwd_swiglu(tnn_tensor *t) {
+    ew_ctx c = {.x = CF32(t->src[0]), .b = CF32(t->src[1]), .out = F32(t)};
+    tnn__parallel_for(t->nelem, EW_CHUNK / 4, swiglu_range, &c);
+    return TNN_OK;
+}
+
+int tnn__fwd_swiglu_back(tnn_tensor *t) {
+    ew_ctx c = {.dy = CF32(t->src[0]), .x = CF32(t->src[1]), .out = F32(t)};
+    if (t->iparam[0] == 0) c.b = CF32(t->src[2]);
+    tnn__parallel_for(t->nelem, EW_CHUNK / 4, t->iparam[0] ? swiglu_dup_range : swiglu_dgate_range,
+                      &c);
+    return TNN_OK;
+}
+
+static tnn_tensor *swiglu_back(tnn_session *s, tnn_tensor *dy, tnn_tensor *gate, tnn_tensor *up,
+                               int which) {
+    tnn_tensor *src[3] = {dy, gate, up};
+    tnn_tensor *t = tnn__node_new(s, TNN_OP_SWIGLU_BACK, TNN_F32, gate->ndim, gate->shape, src,
+                                  which ? 2 : 3);
+    if (t) t->iparam[0] = which;
+    return t;
+}
+
+int tnn__bwd_swiglu(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
+                    tnn_tensor **d) {
+    if (need[0]) d[0] = swiglu_back(s, g, t->src[0], t->src[1], 0);
+    if (need[1]) d[1] = swiglu_back(s, g, t->src[0], NULL, 1);
+    return TNN_OK;
 }
 
 int tnn__fwd_silu_back(tnn_tensor *t) {

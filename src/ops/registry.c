@@ -40,6 +40,8 @@ int tnn__fwd_concat(tnn_tensor *t);
 int tnn__fwd_narrow(tnn_tensor *t);
 int tnn__fwd_to_bf16(tnn_tensor *t);
 int tnn__fwd_rms_norm_gain(tnn_tensor *t);
+int tnn__fwd_swiglu(tnn_tensor *t);
+int tnn__fwd_swiglu_back(tnn_tensor *t);
 
 #define BWD(name)                                                                             \
     int tnn__bwd_##name(tnn_session *s, tnn_tensor *t, tnn_tensor *dt, const bool *need,      \
@@ -47,7 +49,7 @@ int tnn__fwd_rms_norm_gain(tnn_tensor *t);
 BWD(add) BWD(sub) BWD(mul) BWD(scale) BWD(gelu) BWD(silu) BWD(softmax) BWD(rms_norm)
 BWD(matmul) BWD(transpose) BWD(get_rows) BWD(get_rows_back) BWD(sum) BWD(mean) BWD(reshape)
 BWD(expand) BWD(reduce_to) BWD(cross_entropy) BWD(rope) BWD(attention)
-BWD(layer_norm) BWD(permute) BWD(concat) BWD(narrow) BWD(to_bf16)
+BWD(layer_norm) BWD(permute) BWD(concat) BWD(narrow) BWD(to_bf16) BWD(swiglu)
 #undef BWD
 
 const tnn_op_def tnn__ops[TNN_OP_COUNT] = {
@@ -91,4 +93,6 @@ const tnn_op_def tnn__ops[TNN_OP_COUNT] = {
     [TNN_OP_NARROW] = {"tnn_narrow", 1, tnn__fwd_narrow, tnn__bwd_narrow},
     [TNN_OP_TO_BF16] = {"tnn_to_bf16", 1, tnn__fwd_to_bf16, tnn__bwd_to_bf16},
     [TNN_OP_RMS_NORM_GAIN] = {"rms_norm_gain", 2, tnn__fwd_rms_norm_gain, NULL},
+    [TNN_OP_SWIGLU] = {"tnn_swiglu", 2, tnn__fwd_swiglu, tnn__bwd_swiglu},
+    [TNN_OP_SWIGLU_BACK] = {"swiglu_back", 3, tnn__fwd_swiglu_back, NULL},
 };
