@@ -201,6 +201,63 @@ static void fuse_one(const fuse_case *fc, int f) {
     tnn_session_free(s);
 }
 
+/* The attention gradient's three parts are views into one buffer: nothing
+ * planned while any view is still to be read may take that buffer's
+ * memory. Here the parts are read late: each goes back through a chain of
+ * nodes that allocate, v's (through a product with a wider input, whose
+ * gradient is larger than the whole buffer) and k's before q's. */
+static void test_views_keep_buffer(void) {
+    tnn_session *s = tnn_session_new(0);
+    tnn_tensor *x[3], *c[3];
+    for (int i = 0; i < 3; i++) {
+        x[i] = tnn_input_2d_f32(s, 16, i == 2 ? 64 : 8);
+        tnn_set_param(x[i]);
+        c[i] = x[i];
+        if (i == 2) {
+            tnn_tensor *wv = tnn_input_2d_f32(s, 8, 64);
+            tnn_set_param(wv);
+            c[i] = tnn_matmul_nt(s, x[i], wv);
+        }
+        for (int k = 0; k < 6; k++) c[i] = tnn_silu(s, tnn_scale(s, c[i], 0.9));
+    }
+    tnn_tensor *w = tnn_input_2d_f32(s, 16, 8);
+    tnn_tensor *a = tnn_attention(s, c[0], c[1], c[2], 2, 2, 8);
+    tnn_tensor *loss = tnn_sum(s, tnn_mul(s, a, w));
+    CHECK_OK(tnn_backward(s, loss));
+    CHECK_OK(tnn_realize(s, loss));
+    int32_t p = -1, last = -1, views = 0;
+    for (int32_t i = 0; i < s->n_plan; i++) {
+        tnn_tensor *t = s->plan[i];
+        if (t->op == TNN_OP_ATTENTION_BACK) p = i;
+        if (t->op == TNN_OP_VIEW) views++;
+        for (int k = 0; k < TNN_MAX_SRC; k++)
+            if (t->src[k] && t->src[k]->op == TNN_OP_VIEW) last = i;
+    }
+    CHECK(p >= 0 && views == 3 && last > p + 10, "plan: attention_back at %d, %d views, last "
+          "read at %d", p, views, last);
+    if (p < 0) {
+        tnn_session_free(s);
+        return;
+    }
+    const tnn_tensor *pk = s->plan[p];
+    int64_t lo = pk->arena_off, hi = lo + (int64_t)(pk->nbytes + pk->aux_bytes);
+    int clashes = 0;
+    for (int32_t i = p + 1; i <= last; i++) {
+        const tnn_tensor *t = s->plan[i];
+        if (t->flags & TNN_FLAG_ALIAS) {
+            clashes += t->op == TNN_OP_VIEW && ((char *)t->data < (char *)pk->data ||
+                                                (char *)t->data + t->nbytes >
+                                                    (char *)pk->data + pk->nbytes);
+            continue;
+        }
+        int64_t a0 = t->arena_off, a1 = a0 + (int64_t)(t->nbytes + t->aux_bytes);
+        clashes += a0 < hi && lo < a1;
+    }
+    CHECK(clashes == 0, "%d nodes planned into the attention gradient's buffer while its views "
+          "were still to be read (or a view outside it)", clashes);
+    tnn_session_free(s);
+}
+
 static void test_cpu_fusion(void) {
     static const fuse_case cases[] = {
         {0, 0, false, 64, 96, 80},    /* packed, edge tiles */
@@ -221,6 +278,7 @@ int main(void) {
     test_cpu_fusion();
     test_chain_reuses_memory();
     test_outputs_and_reuse();
+    test_views_keep_buffer();
     test_leaf_only_graph();
     test_tensor_accessors();
     return th_finish("test_graph");

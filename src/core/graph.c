@@ -137,8 +137,16 @@ static bool kept(const tnn_session *s, const tnn_tensor *t) {
     return t == s->result || (t->flags & TNN_FLAG_OUTPUT);
 }
 
+/* The tensor whose buffer t lives in: t, or for an alias (an in-place
+ * update, a view) the tensor under it. */
+static tnn_tensor *buffer_of(tnn_tensor *t) {
+    while (t && (t->flags & TNN_FLAG_ALIAS)) t = t->src[0];
+    return t;
+}
+
 /* Plans the arena for the nodes of `plan` in order. A buffer is reused
- * once its last reader has run; with a backend that may run a node together
+ * once its last reader has run (a reader of an alias reads the buffer under
+ * it; a kept alias keeps it); with a backend that may run a node together
  * with the next one (fuse_next), one node later, so the pair's output never
  * lands on the first node's inputs. */
 static int plan_arena(tnn_session *s, tnn_tensor **plan, int32_t np, size_t *size) {
@@ -149,7 +157,11 @@ static int plan_arena(tnn_session *s, tnn_tensor **plan, int32_t np, size_t *siz
     bool delay = s->backend->fuse_next;
     for (int32_t i = 0; i < np; i++)
         for (int k = 0; k < TNN_MAX_SRC; k++)
-            if (plan[i]->src[k]) plan[i]->src[k]->last_use = i;
+            for (tnn_tensor *u = plan[i]->src[k]; u; u = (u->flags & TNN_FLAG_ALIAS) ? u->src[0] : NULL)
+                u->last_use = i;
+    for (int32_t i = 0; i < np; i++)
+        if ((plan[i]->flags & TNN_FLAG_ALIAS) && kept(s, plan[i]))
+            buffer_of(plan[i])->last_use = INT32_MAX; /* never freed */
     for (int32_t i = 0; i <= np && rc == TNN_OK; i++) {
         tnn_tensor *t = i < np ? plan[i] : NULL;
         size_t off = 0;
@@ -165,20 +177,20 @@ static int plan_arena(tnn_session *s, tnn_tensor **plan, int32_t np, size_t *siz
             if (!plan_free(&p, (size_t)late[k]->arena_off, late[k]->nbytes + late[k]->aux_bytes))
                 rc = TNN_ERR(TNN_ERR_NOMEM, "out of memory planning buffers");
         n_late = 0;
-        if (!t || (t->flags & TNN_FLAG_ALIAS)) continue; /* an alias lives in its src[0] */
+        if (!t) continue;
         n_due = 0;
         for (int k = 0; k < TNN_MAX_SRC; k++) {
-            tnn_tensor *src = t->src[k];
+            tnn_tensor *src = buffer_of(t->src[k]);
             if (!src || src->op == TNN_OP_NONE || kept(s, src) || src->last_use != i) continue;
-            if (src->flags & TNN_FLAG_ALIAS) continue;
-            bool dup = false; /* the same source twice: free once */
-            for (int q = 0; q < k; q++) dup |= t->src[q] == src;
+            bool dup = false; /* the same buffer twice: free once */
+            for (int q = 0; q < k; q++) dup |= buffer_of(t->src[q]) == src;
             if (dup) continue;
             src->flags |= TNN_FLAG_TRANSIENT;
             due[n_due++] = src;
         }
-        /* A node nobody reads and nobody keeps: its memory is reused at once. */
-        if (t->last_use < 0 && !kept(s, t)) {
+        /* A node nobody reads and nobody keeps: its memory is reused at once
+         * (an alias has none of its own). */
+        if (!(t->flags & TNN_FLAG_ALIAS) && t->last_use < 0 && !kept(s, t)) {
             t->flags |= TNN_FLAG_TRANSIENT;
             due[n_due++] = t;
         }
@@ -233,9 +245,14 @@ int tnn_realize(tnn_session *s, tnn_tensor *result) {
         return rc;
     }
     s->arena_size = arena_size;
-    for (int32_t i = 0; i < np; i++)
-        plan[i]->data = (plan[i]->flags & TNN_FLAG_ALIAS) ? plan[i]->src[0]->data
-                                                          : (char *)s->arena + plan[i]->arena_off;
+    for (int32_t i = 0; i < np; i++) {
+        tnn_tensor *t = plan[i];
+        if (!(t->flags & TNN_FLAG_ALIAS))
+            t->data = (char *)s->arena + t->arena_off;
+        else /* a view starts iparam[0] elements into its source */
+            t->data = (char *)t->src[0]->data +
+                      (t->op == TNN_OP_VIEW ? (size_t)t->iparam[0] * tnn__dtype_size(t->dtype) : 0);
+    }
     s->plan = plan;
     s->n_plan = np;
     s->realized = true;

@@ -73,8 +73,9 @@ typedef enum tnn_op {
     TNN_OP_CROSS_ENTROPY_BACK = 24, /* (logits, targets, dloss) -> dlogits */
     TNN_OP_ROPE = 25,           /* iparam: n_head, seq_len, mode; fparam: base, sign */
     TNN_OP_ATTENTION = 26,      /* (q, k, v); iparam: n_head, n_kv_head, seq_len */
-    TNN_OP_ATTENTION_BACK = 27, /* (q, k, v, dout, the forward node) -> [dq | dk | dv] */
-    TNN_OP_SLICE = 28,          /* columns [iparam[0], +width) of a 2-D src */
+    /* (q, k, v, dout, the forward node) -> dq (N x qw), then dk and dv (N x kw each) */
+    TNN_OP_ATTENTION_BACK = 27,
+    TNN_OP_VIEW = 28, /* elements [iparam[0], + this size) of src, in place (an alias) */
     TNN_OP_KV_WRITE = 29,       /* (cache, x, pos): rows of x into the cache; aliases it */
     TNN_OP_ATTENTION_CACHED = 30, /* (q, kcache, vcache, pos) */
     TNN_OP_LAYER_NORM = 31,      /* (x, gamma?, beta?); fparam[0] eps */
@@ -101,7 +102,8 @@ enum {
     TNN_FLAG_TRANSIENT = 1u << 2, /* set by realize: memory reused after last read */
     TNN_FLAG_NO_DECAY = 1u << 3,  /* parameter excluded from weight decay */
     TNN_FLAG_EXTERNAL = 1u << 4,  /* leaf whose data is borrowed (a mapped file): read-only */
-    TNN_FLAG_ALIAS = 1u << 5,     /* node whose data is its src[0]'s (an in-place update) */
+    TNN_FLAG_ALIAS = 1u << 5,     /* node whose data is in its src[0]'s (an in-place update,
+                                     a view) */
 };
 
 struct tnn_tensor {

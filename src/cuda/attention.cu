@@ -178,14 +178,14 @@ __global__ void k_attn_fwd(cu_attn c) {
 
 /* Backward, part 1 (warp per query row): the row's log-sum-exp, then
  * D = sum_j p_j dp_j with dp_j = dout . v_j, then
- * dq = sum_j p_j (dp_j - D) scale k_j. Writes dq into the packed output
+ * dq = sum_j p_j (dp_j - D) scale k_j. Writes dq into the gradient's dq part
  * and (lse, D) for part 2. */
 __global__ void k_attn_bwd_q(cu_attn c) {
     int lane = threadIdx.x & 31;
     int64_t task = (int64_t)blockIdx.x * CU_WARPS + (threadIdx.x >> 5);
     if (task >= c.B * c.H * c.T) return;
     int64_t t = task % c.T, h = (task / c.T) % c.H, b = task / (c.T * c.H);
-    int64_t qw = c.H * c.hd, kw = c.Hkv * c.hd, ow = qw + 2 * kw;
+    int64_t qw = c.H * c.hd, kw = c.Hkv * c.hd;
     int64_t kh = h / (c.H / c.Hkv), row = b * c.T + t;
     float q[CU_HD_UNITS], go[CU_HD_UNITS], dq[CU_HD_UNITS] = {0};
     cu_load_head<float>(c.q + row * qw + h * c.hd, c.hd, lane, q);
@@ -215,7 +215,7 @@ __global__ void k_attn_bwd_q(cu_attn c) {
         float ds = p * (cu_head_dot<float>(go, c.v + kr, c.hd, lane) - Df) * c.scale;
         for (int u = 0; u < CU_HD_UNITS; u++) dq[u] += ds * kv[u];
     }
-    cu_store_head(c.out + row * ow + h * c.hd, c.hd, lane, dq, 1.0f);
+    cu_store_head(c.out + row * qw + h * c.hd, c.hd, lane, dq, 1.0f);
     if (lane == 0) {
         c.stats[2 * task] = lse;
         c.stats[2 * task + 1] = Df;
@@ -230,7 +230,7 @@ __global__ void k_attn_bwd_kv(cu_attn c) {
     int64_t task = (int64_t)blockIdx.x * CU_WARPS + (threadIdx.x >> 5);
     if (task >= c.B * c.Hkv * c.T) return;
     int64_t j = task % c.T, kh = (task / c.T) % c.Hkv, b = task / (c.T * c.Hkv);
-    int64_t qw = c.H * c.hd, kw = c.Hkv * c.hd, ow = qw + 2 * kw, grp = c.H / c.Hkv;
+    int64_t qw = c.H * c.hd, kw = c.Hkv * c.hd, nr = c.B * c.T, grp = c.H / c.Hkv;
     int64_t kr = (b * c.T + j) * kw + kh * c.hd;
     float kv[CU_HD_UNITS], vv[CU_HD_UNITS], dk[CU_HD_UNITS] = {0}, dv[CU_HD_UNITS] = {0};
     cu_load_head<float>(c.k + kr, c.hd, lane, kv);
@@ -256,9 +256,9 @@ __global__ void k_attn_bwd_kv(cu_attn c) {
             }
         }
     }
-    float *orow = c.out + (b * c.T + j) * ow;
-    cu_store_head(orow + qw + kh * c.hd, c.hd, lane, dk, 1.0f);
-    cu_store_head(orow + qw + kw + kh * c.hd, c.hd, lane, dv, 1.0f);
+    float *dkrow = c.out + nr * qw + (b * c.T + j) * kw + kh * c.hd;
+    cu_store_head(dkrow, c.hd, lane, dk, 1.0f);
+    cu_store_head(dkrow + nr * kw, c.hd, lane, dv, 1.0f);
 }
 
 static int attn_params(const tnn_tensor *t, cu_attn *c) {
@@ -406,12 +406,12 @@ static int attn_gemm_fwd(const cu_attn &c, int64_t nh) {
     return TNN_OK;
 }
 
-/* The backward into the packed (dq | dk | dv) rows. dK and dV sum over the
+/* The backward into the gradient's dq, dk and dv parts. dK and dV sum over the
  * row blocks and the grp query heads of a kv head: the blocks run from the
  * last (which reaches every key) down, so only the first of them with g = 0
  * starts the sums (beta 0). */
 static int attn_gemm_bwd(const cu_attn &c, int64_t nh) {
-    int64_t T = c.T, grp = c.H / c.Hkv, qw = c.H * c.hd, kw = c.Hkv * c.hd, ow = qw + 2 * kw;
+    int64_t T = c.T, grp = c.H / c.Hkv, qw = c.H * c.hd, kw = c.Hkv * c.hd, nr = c.B * T;
     int64_t rb = attn_row_block(T), last = (T - 1) / rb * rb;
     float *S = (float *)tnn__cu_scratch((size_t)(2 * nh * rb * T) * sizeof(float));
     if (!S) return tnn_last_status();
@@ -423,10 +423,9 @@ static int attn_gemm_bwd(const cu_attn &c, int64_t nh) {
                     int64_t n = c.Hkv - kh0 < nh ? c.Hkv - kh0 : nh;
                     int64_t m = T - r0 < rb ? T - r0 : rb, r1 = r0 + m;
                     attn_heads a = heads_of(c, b, g, kh0);
-                    float *orow = c.out + b * T * ow;
                     float beta = g == 0 && r0 == last ? 0.0f : 1.0f;
-                    float *dq = orow + r0 * ow + (kh0 * grp + g) * c.hd;
-                    float *dk = orow + qw + kh0 * c.hd, *dv = dk + kw;
+                    float *dq = c.out + (b * T + r0) * qw + (kh0 * grp + g) * c.hd;
+                    float *dk = c.out + nr * qw + b * T * kw + kh0 * c.hd, *dv = dk + nr * kw;
                     const float *qb = a.q + r0 * qw, *gb = a.dout + r0 * qw;
                     int rc = attn_probs(c, a, n, r0, m, S);
                     if (!rc) /* dP = dO V^T */
@@ -438,13 +437,13 @@ static int attn_gemm_bwd(const cu_attn &c, int64_t nh) {
                     rc = tnn__cu_launched("attention_back");
                     if (!rc) /* dQ = dS K */
                         rc = tnn__cu_gemm_ab(false, false, m, c.hd, r1, 1.0f, dS, r1, m * r1, a.k,
-                                             kw, a.skv, 0.0f, dq, ow, a.sq, n);
+                                             kw, a.skv, 0.0f, dq, qw, a.sq, n);
                     if (!rc) /* dK (+)= dS^T Q */
                         rc = tnn__cu_gemm_ab(true, false, r1, c.hd, m, 1.0f, dS, r1, m * r1, qb, qw,
-                                             a.sq, beta, dk, ow, c.hd, n);
+                                             a.sq, beta, dk, kw, c.hd, n);
                     if (!rc) /* dV (+)= P^T dO */
                         rc = tnn__cu_gemm_ab(true, false, r1, c.hd, m, 1.0f, S, r1, m * r1, gb, qw,
-                                             a.sq, beta, dv, ow, c.hd, n);
+                                             a.sq, beta, dv, kw, c.hd, n);
                     if (rc) return rc;
                 }
     return TNN_OK;

@@ -436,8 +436,8 @@ static int cu_run(tnn_tensor *t) {
     case TNN_OP_EXPAND:
     case TNN_OP_PERMUTE:
     case TNN_OP_CONCAT:
-    case TNN_OP_NARROW:
-    case TNN_OP_SLICE: return tnn__cu_shape(t);
+    case TNN_OP_NARROW: return tnn__cu_shape(t);
+    case TNN_OP_VIEW: return TNN_OK; /* its data is its source's */
     case TNN_OP_SUM:
     case TNN_OP_MEAN:
     case TNN_OP_REDUCE_TO: return tnn__cu_reduce(t);

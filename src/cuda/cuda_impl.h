@@ -139,7 +139,7 @@ bool tnn__cu_tf32(void);
  * takes this head size, GPU, grid (B x H blocks a column) and these
  * operands (16-byte aligned; NULLs skipped), and the run: forward (dout
  * NULL: O into out, and each row's log-sum-exp into lse unless NULL) or
- * backward (the packed dq | dk | dv rows into out; lse and o, the forward's
+ * backward (dq, then dk and dv, each N rows, into out; lse and o, the forward's
  * output, when that forward ran here and kept lse, else both NULL and the
  * forward runs again). tf32: one TF32 pass, else 3xTF32. */
 bool tnn__cu_flash_ok(const float *const *ptrs, int n, int64_t hd, int64_t H, int64_t Hkv,

@@ -291,7 +291,7 @@ __global__ void __launch_bounds__(32 * FA_WARPS) k_fa_fwd(fa_args c) {
 /* Backward                                                                 */
 /* ------------------------------------------------------------------------ */
 
-/* dQ: block (query tile, b * H + h), into the packed (dq | dk | dv) rows. */
+/* dQ: block (query tile, b * H + h), into the gradient's dq part. */
 template <int HD, int P>
 __global__ void __launch_bounds__(32 * FA_WARPS) k_fa_dq(fa_args c) {
     const int ld = HD + FA_PAD;
@@ -299,7 +299,7 @@ __global__ void __launch_bounds__(32 * FA_WARPS) k_fa_dq(fa_args c) {
     float *sq = sm, *sdo = sq + FA_ROWS * ld, *sk = sdo + FA_ROWS * ld, *sv = sk + FA_ROWS * ld;
     int64_t nq = (c.T + FA_ROWS - 1) / FA_ROWS, qt = nq - 1 - blockIdx.x, bh = blockIdx.y;
     int64_t b = bh / c.H, h = bh % c.H, kh = h / (c.H / c.Hkv);
-    int64_t qw = c.H * HD, kw = c.Hkv * HD, ow = qw + 2 * kw, q0 = qt * FA_ROWS;
+    int64_t qw = c.H * HD, kw = c.Hkv * HD, q0 = qt * FA_ROWS;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const float *K = c.k + b * c.T * kw + kh * HD, *V = c.v + b * c.T * kw + kh * HD;
     fa_load<HD>(sq, c.q + b * c.T * qw + h * HD, q0, c.T, qw);
@@ -347,7 +347,7 @@ __global__ void __launch_bounds__(32 * FA_WARPS) k_fa_dq(fa_args c) {
     }
     for (int i = 0; i < 2; i++) {
         if (row[i] >= c.T) continue;
-        float *o = c.out + (b * c.T + row[i]) * ow + h * HD + 2 * t;
+        float *o = c.out + (b * c.T + row[i]) * qw + h * HD + 2 * t;
         for (int n = 0; n < HD / 8; n++)
             *(float2 *)(o + 8 * n) = fa_f2(dq[n][2 * i] * c.scale, dq[n][2 * i + 1] * c.scale);
     }
@@ -363,7 +363,7 @@ __global__ void __launch_bounds__(32 * FA_WARPS) k_fa_dkv(fa_args c) {
     float2 *sst = (float2 *)(sdo + FA_ROWS * ld);
     int64_t nq = (c.T + FA_ROWS - 1) / FA_ROWS, kt = blockIdx.x, bk = blockIdx.y;
     int64_t b = bk / c.Hkv, kh = bk % c.Hkv, grp = c.H / c.Hkv;
-    int64_t qw = c.H * HD, kw = c.Hkv * HD, ow = qw + 2 * kw, k0 = kt * FA_ROWS;
+    int64_t qw = c.H * HD, kw = c.Hkv * HD, nr = c.B * c.T, k0 = kt * FA_ROWS;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     fa_load<HD>(sk, c.k + b * c.T * kw + kh * HD, k0, c.T, kw);
     fa_load<HD>(sv, c.v + b * c.T * kw + kh * HD, k0, c.T, kw);
@@ -403,10 +403,10 @@ __global__ void __launch_bounds__(32 * FA_WARPS) k_fa_dkv(fa_args c) {
     }
     for (int i = 0; i < 2; i++) {
         if (key[i] >= c.T) continue;
-        float *o = c.out + (b * c.T + key[i]) * ow + qw + kh * HD + 2 * t;
+        float *o = c.out + nr * qw + (b * c.T + key[i]) * kw + kh * HD + 2 * t;
         for (int n = 0; n < HD / 8; n++) {
             *(float2 *)(o + 8 * n) = fa_f2(dk[n][2 * i] * c.scale, dk[n][2 * i + 1] * c.scale);
-            *(float2 *)(o + kw + 8 * n) = fa_f2(dv[n][2 * i], dv[n][2 * i + 1]);
+            *(float2 *)(o + nr * kw + 8 * n) = fa_f2(dv[n][2 * i], dv[n][2 * i + 1]);
         }
     }
 }

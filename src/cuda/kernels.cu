@@ -663,7 +663,7 @@ int tnn__cu_shape(tnn_tensor *t) {
         copy_blocks(FP(t) + na, nt, CF(b), nb, outer, nb);
         return tnn__cu_launched("tnn_concat");
     }
-    case TNN_OP_NARROW: {
+    default: { /* narrow */
         int ax = (int)t->iparam[0];
         int64_t outer, inner;
         axis_split(a, ax, &outer, &inner);
@@ -671,10 +671,6 @@ int tnn__cu_shape(tnn_tensor *t) {
         copy_blocks(FP(t), nt, CF(a) + t->iparam[1] * inner, na, outer, nt);
         return tnn__cu_launched("tnn_narrow");
     }
-    default: /* slice: columns [iparam[0], + width) of a 2-D source */
-        copy_blocks(FP(t), t->shape[1], CF(a) + t->iparam[0], a->shape[1], t->shape[0],
-                    t->shape[1]);
-        return tnn__cu_launched("slice");
     }
     if (t->nelem > 0)
         TNN_LAUNCH(k_gather, cu_blocks(t->nelem), CU_THREADS, 0, st, CF(a), FP(t), t->nelem, os,

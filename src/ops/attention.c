@@ -243,23 +243,23 @@ static void attn_bwd_range(void *p, int64_t lo, int64_t hi) {
     if (!pr) return;
     float *dp = pr + c->T;
     int64_t hd = c->hd, qw = c->H * hd, kw = c->Hkv * hd, grp = c->H / c->Hkv;
-    int64_t ow = qw + 2 * kw; /* packed output row: dq | dk | dv */
+    int64_t N = c->B * c->T; /* the output: dq (N x qw), then dk, dv (N x kw each) */
     for (int64_t task = lo; task < hi; task++) {
         int64_t kh = task % c->Hkv, b = task / c->Hkv;
         const float *k0 = c->k + b * c->T * kw + kh * hd;
         const float *v0 = c->v + b * c->T * kw + kh * hd;
-        float *dk0 = c->out + b * c->T * ow + qw + kh * hd;
-        float *dv0 = dk0 + kw;
+        float *dk0 = c->out + N * qw + b * c->T * kw + kh * hd;
+        float *dv0 = dk0 + N * kw;
         for (int64_t j = 0; j < c->T; j++) {
-            memset(dk0 + j * ow, 0, (size_t)hd * sizeof(float));
-            memset(dv0 + j * ow, 0, (size_t)hd * sizeof(float));
+            memset(dk0 + j * kw, 0, (size_t)hd * sizeof(float));
+            memset(dv0 + j * kw, 0, (size_t)hd * sizeof(float));
         }
         for (int64_t h = kh * grp; h < (kh + 1) * grp; h++) {
             for (int64_t t = 0; t < c->T; t++) {
                 int64_t row = b * c->T + t;
                 const float *q = c->q + row * qw + h * hd;
                 const float *go = c->dout + row * qw + h * hd;
-                float *dq = c->out + row * ow + h * hd;
+                float *dq = c->out + row * qw + h * hd;
                 softmax_row(q, k0, kw, t, hd, c->scale, pr);
                 dots(go, v0, kw, t + 1, hd, 1.0f, dp);
                 double D = 0.0;
@@ -269,7 +269,7 @@ static void attn_bwd_range(void *p, int64_t lo, int64_t hi) {
                 for (int64_t j = 0; j <= t; j++) {
                     float ds = pr[j] * (dp[j] - Df) * c->scale;
                     const float *kj = k0 + j * kw;
-                    float *dkj = dk0 + j * ow, *dvj = dv0 + j * ow;
+                    float *dkj = dk0 + j * kw, *dvj = dv0 + j * kw;
                     float pj = pr[j];
                     for (int64_t d = 0; d < hd; d++) {
                         dq[d] += ds * kj[d];
@@ -339,29 +339,34 @@ int tnn__fwd_attention_back(tnn_tensor *t) {
 }
 
 /* ------------------------------------------------------------------------ */
-/* Column slices (splitting the packed attention gradient)                 */
+/* Views (the three parts of the attention gradient)                        */
 /* ------------------------------------------------------------------------ */
 
-static tnn_tensor *slice_cols(tnn_session *s, tnn_tensor *a, int64_t start, int64_t width) {
-    int64_t shape[2] = {a->shape[0], width};
+/* The rows x cols elements of a from element `at` on, in place (no copy). */
+static tnn_tensor *view_part(tnn_session *s, tnn_tensor *a, int64_t at, int64_t rows,
+                             int64_t cols) {
+    int64_t shape[2] = {rows, cols};
     tnn_tensor *src[1] = {a};
-    tnn_tensor *t = tnn__node_new(s, TNN_OP_SLICE, TNN_F32, 2, shape, src, 1);
-    if (t) t->iparam[0] = start;
+    tnn_tensor *t = tnn__node_new(s, TNN_OP_VIEW, TNN_F32, 2, shape, src, 1);
+    if (t) {
+        t->iparam[0] = at;
+        t->flags |= TNN_FLAG_ALIAS;
+    }
     return t;
 }
 
-int tnn__fwd_slice(tnn_tensor *t) {
-    const tnn_tensor *a = t->src[0];
-    int64_t w = t->shape[1], aw = a->shape[1];
-    for (int64_t r = 0; r < t->shape[0]; r++)
-        memcpy(F32(t) + r * w, CF32(a) + r * aw + t->iparam[0], (size_t)w * sizeof(float));
+int tnn__fwd_view(tnn_tensor *t) {
+    (void)t; /* its data is its source's */
     return TNN_OK;
 }
 
 int tnn__bwd_attention(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
                        tnn_tensor **d) {
     tnn_tensor *q = t->src[0], *k = t->src[1], *v = t->src[2];
-    int64_t shape[2] = {q->shape[0], q->shape[1] + 2 * k->shape[1]};
+    /* dq (N x qw), dk and dv (N x kw) one after the other: (N + 2 N kw / qw)
+     * rows of qw when kw divides qw, as it does (qw = kw * n_head / n_kv) */
+    int64_t N = q->shape[0], qw = q->shape[1], kw = k->shape[1];
+    int64_t shape[2] = {N + 2 * N * kw / qw, qw};
     /* The forward node is a source: a backend may keep per-row statistics
      * after its output (aux_bytes: one float per (sequence, head, row)) for
      * the backward to read instead of running the forward again. */
@@ -370,9 +375,9 @@ int tnn__bwd_attention(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool 
     if (!packed) return tnn_last_status();
     t->aux_bytes = (size_t)t->nelem / (size_t)(q->shape[1] / t->iparam[0]) * sizeof(float);
     memcpy(packed->iparam, t->iparam, sizeof t->iparam);
-    if (need[0]) d[0] = slice_cols(s, packed, 0, q->shape[1]);
-    if (need[1]) d[1] = slice_cols(s, packed, q->shape[1], k->shape[1]);
-    if (need[2]) d[2] = slice_cols(s, packed, q->shape[1] + k->shape[1], k->shape[1]);
+    if (need[0]) d[0] = view_part(s, packed, 0, N, qw);
+    if (need[1]) d[1] = view_part(s, packed, N * qw, N, kw);
+    if (need[2]) d[2] = view_part(s, packed, N * qw + N * kw, N, kw);
     return TNN_OK;
 }
 

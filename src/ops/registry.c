@@ -30,7 +30,7 @@ int tnn__fwd_cross_entropy_back(tnn_tensor *t);
 int tnn__fwd_rope(tnn_tensor *t);
 int tnn__fwd_attention(tnn_tensor *t);
 int tnn__fwd_attention_back(tnn_tensor *t);
-int tnn__fwd_slice(tnn_tensor *t);
+int tnn__fwd_view(tnn_tensor *t);
 int tnn__fwd_kv_write(tnn_tensor *t);
 int tnn__fwd_attention_cached(tnn_tensor *t);
 int tnn__fwd_layer_norm(tnn_tensor *t);
@@ -83,7 +83,7 @@ const tnn_op_def tnn__ops[TNN_OP_COUNT] = {
     [TNN_OP_ROPE] = {"tnn_rope", 3, tnn__fwd_rope, tnn__bwd_rope},
     [TNN_OP_ATTENTION] = {"tnn_attention", 3, tnn__fwd_attention, tnn__bwd_attention},
     [TNN_OP_ATTENTION_BACK] = {"attention_back", 5, tnn__fwd_attention_back, NULL},
-    [TNN_OP_SLICE] = {"slice", 1, tnn__fwd_slice, NULL},
+    [TNN_OP_VIEW] = {"view", 1, tnn__fwd_view, NULL},
     [TNN_OP_KV_WRITE] = {"tnn_kv_write", 3, tnn__fwd_kv_write, NULL},
     [TNN_OP_ATTENTION_CACHED] = {"tnn_attention_cached", 4, tnn__fwd_attention_cached, NULL},
     [TNN_OP_LAYER_NORM] = {"tnn_layer_norm", 3, tnn__fwd_layer_norm, tnn__bwd_layer_norm},
