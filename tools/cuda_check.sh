@@ -86,11 +86,17 @@ cat "$L/bench_train_cuda.log" 2>/dev/null >> "$S"
 TNN_TORCH_BENCH="$TORCH" step bench_train_t1024 180 "$BIN/bench/bench_train" gpt2 --cuda --batch 4 --seq 1024 --steps 8
 step bench_train_t1024_tf32 120 "$BIN/bench/bench_train" gpt2 --cuda --tf32 --batch 4 --seq 1024 --steps 8
 step bench_train_t1024_bf16 120 "$BIN/bench/bench_train" gpt2 --cuda --bf16 --batch 4 --seq 1024 --steps 8
-for n in bench_train_t1024 bench_train_t1024_tf32 bench_train_t1024_bf16; do
+# what keeping attention's log-sum-exp from the forward is worth (the backward runs the
+# forward again without it), same binary
+TNN_CUDA_FLASH_LSE=0 step bench_train_t1024_tf32_nolse 120 "$BIN/bench/bench_train" gpt2 --cuda --tf32 --batch 4 --seq 1024 --steps 8
+# where a short-sequence TF32 step goes (T = 64: 256 tokens a step), node by node
+TNN_CUDA_PROFILE=1 step profile_t64_tf32 120 "$BIN/bench/bench_train" gpt2 --cuda --tf32 --steps 3
+for n in bench_train_t1024 bench_train_t1024_tf32 bench_train_t1024_bf16 bench_train_t1024_tf32_nolse; do
   grep -v "^threads" "$L/$n.log" 2>/dev/null >> "$S"
 done
 step bench_cuda_train 120 "$BIN/bench/bench_cuda" --train
 cat "$L/bench_cuda_train.log" 2>/dev/null >> "$S"
+tail -n 40 "$L/profile_t64_tf32.log" 2>/dev/null >> "$S"
 step bench_cuda_attn 120 "$BIN/bench/bench_cuda" --attn
 cat "$L/bench_cuda_attn.log" 2>/dev/null >> "$S"
 # A SmolLM2-135M-shaped model (30 layers, 576 wide, 9 heads / 3 KV, FF 1536), with SmolLM2's
