@@ -91,6 +91,15 @@ step bench_train_t1024_bf16 120 "$BIN/bench/bench_train" gpt2 --cuda --bf16 --ba
 TNN_CUDA_FLASH_LSE=0 step bench_train_t1024_tf32_nolse 120 "$BIN/bench/bench_train" gpt2 --cuda --tf32 --batch 4 --seq 1024 --steps 8
 # where a short-sequence TF32 step goes (T = 64: 256 tokens a step), node by node
 TNN_CUDA_PROFILE=1 step profile_t64_tf32 120 "$BIN/bench/bench_train" gpt2 --cuda --tf32 --steps 3
+# the GPU time of every kernel inside the replayed CUDA graphs (no waits between nodes,
+# unlike TNN_CUDA_PROFILE), when Nsight Systems is installed: T = 1024 and T = 64, TF32
+NSYS=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -n 1)
+if [ -n "$NSYS" ]; then
+  for T in 1024 64; do
+    step nsys_t$T 240 bash -c "'$NSYS' profile -t cuda --cuda-graph-trace=node -f true -o '$W/nsys_t$T' '$BIN/bench/bench_train' gpt2 --cuda --tf32 --batch 4 --seq $T --steps 4 && '$NSYS' stats -q --report cuda_gpu_kern_sum --format csv '$W/nsys_t$T.nsys-rep' | head -n 40"
+    cat "$L/nsys_t$T.log" 2>/dev/null | grep -E '^"?[0-9]' | head -n 40 >> "$S"
+  done
+fi
 for n in bench_train_t1024 bench_train_t1024_tf32 bench_train_t1024_bf16 bench_train_t1024_tf32_nolse; do
   grep -v "^threads" "$L/$n.log" 2>/dev/null >> "$S"
 done
