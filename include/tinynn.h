@@ -148,7 +148,8 @@ typedef enum tnn_dtype {
  * a kernel found is its TNN_ERR_RANGE; GPU failures are TNN_ERR_DEVICE or
  * TNN_ERR_NOMEM). Results agree with the CPU's to rounding, not bit for
  * bit. Environment: TNN_CUDA_GRAPHS=0 (no CUDA graphs), TNN_CUDA_FUSE=0 (no
- * node folded into the kernel of the node before it), TNN_CUDA_GEMM=own
+ * node folded into the kernel of the node before it: decoding epilogues,
+ * gradient sums added by the product before them), TNN_CUDA_GEMM=own
  * (tinynn's GEMM kernel instead of cuBLAS), TNN_CUBLAS=path (the cuBLAS
  * library to open), TNN_CUDA_PROFILE=1 (time each node, report at exit),
  * TNN_CUDA_PDL=0 (no overlapped launches of the decoding kernels on Hopper),

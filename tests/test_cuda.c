@@ -205,6 +205,13 @@ static tnn_tensor *b_attn_fa32(tnn_session *s, tnn_tensor **x) {
 static tnn_tensor *b_attn_many(tnn_session *s, tnn_tensor **x) {
     return tnn_mul(s, tnn_attention(s, x[0], x[1], x[2], 8, 8, 1), x[3]);
 }
+/* x read by three products (as h by q, k and v): its gradient is a sum of
+ * three products, two of them added by the GEMM into the running sum */
+static tnn_tensor *b_three(tnn_session *s, tnn_tensor **x) {
+    tnn_tensor *q = tnn_matmul_nt(s, x[0], x[1]), *k = tnn_matmul_nt(s, x[0], x[2]);
+    tnn_tensor *v = tnn_matmul_nt(s, x[0], x[3]);
+    return tnn_add(s, tnn_mul(s, q, k), tnn_silu(s, v));
+}
 static tnn_tensor *b_ce(tnn_session *s, tnn_tensor **x) {
     tnn_tensor *h = tnn_matmul_nt(s, x[0], x[1]);
     return tnn_scale(s, tnn_cross_entropy(s, h, x[2], 3), 1.0);
@@ -241,6 +248,50 @@ static void flash_lse_same(const char *name, build_fn build, const in_spec *ins)
         free(a);
         free(b);
     }
+}
+
+#ifdef TNN_TEST_EMU
+void tnn__cu_emu_counts(long *launches, long *d2h, long *graphs);
+#endif
+
+/* Kernels launched so far (the emulator counts them; 0 on a GPU). */
+static long launches(void) {
+    long l = 0;
+#ifdef TNN_TEST_EMU
+    long d, g;
+    tnn__cu_emu_counts(&l, &d, &g);
+#endif
+    return l;
+}
+
+/* The gradient sums folded into the GEMMs (beta = 1 into the running sum,
+ * planned in place) against each sum its own kernel (TNN_CUDA_FUSE=0): the
+ * same values (on a GPU to cuBLAS's rounding of the epilogue), and in the
+ * emulator the two sums' launches gone. */
+static void fused_sums_same(build_fn build, const in_spec *ins) {
+    int64_t na = 0, nb = 0;
+    long l0 = launches();
+    double *a = run_on(1, build, ins, 4, true, 13, &na);
+    long l1 = launches();
+    setenv("TNN_CUDA_FUSE", "0", 1);
+    double *b = run_on(1, build, ins, 4, true, 13, &nb);
+    unsetenv("TNN_CUDA_FUSE");
+    long l2 = launches();
+    double worst = 0.0, scale = 1e-30;
+    for (int64_t i = 0; a && b && na == nb && i < na; i++) {
+        worst = fmax(worst, fabs(a[i] - b[i]));
+        scale = fmax(scale, fabs(b[i]));
+    }
+    CHECK(a && b && na == nb && worst <= 1e-6 * scale,
+          "gradient sums in the GEMMs: %.3g from each sum's own kernel (of %.3g)", worst, scale);
+#ifdef TNN_TEST_EMU
+    CHECK(worst == 0.0, "gradient sums in the GEMMs: not the emulator's bits (%.3g)", worst);
+    CHECK((l2 - l1) - (l1 - l0) == 2, "gradient sums in the GEMMs: %ld launches, %ld unfused "
+          "(want 2 fewer)", l1 - l0, l2 - l1);
+#endif
+    (void)l0, (void)l1, (void)l2;
+    free(a);
+    free(b);
 }
 
 static void test_ops(void) {
@@ -354,6 +405,10 @@ static void test_ops(void) {
     setenv("TNN_CUDA_ATTN_BLOCKS", "7", 1);
     twin("attention T = 515, 7 row blocks (cuBLAS path)", b_attn_blocks, ab, 4, true, 1e-5);
     unsetenv("TNN_CUDA_ATTN_BLOCKS");
+    in_spec three[4] = {P(2, 40, 24), P(2, 16, 24), P(2, 16, 24), P(2, 16, 24)};
+    twin("three products of one input (gradient sums in the GEMMs)", b_three, three, 4, true,
+         1e-5);
+    fused_sums_same(b_three, three);
     in_spec ce[3] = {P(2, 10, 8), P(2, 13, 8), I(10, 13)};
     twin("cross_entropy (ignore 3)", b_ce, ce, 3, true, 1e-5);
     twin("block: gradients of every parameter", b_block, bl, 5, true, 1e-4);

@@ -258,6 +258,70 @@ static void test_views_keep_buffer(void) {
     tnn_session_free(s);
 }
 
+/* Gradient sums planned in place (the running sum's buffer reused for the
+ * sum): x read by three products, so its gradient is dv W3 + dk W2 + dq W1,
+ * summed in that order; the same bits as a forward graph that computes it
+ * with a buffer for every node, and the overwritten running sum refused to
+ * a download. */
+static void inplace_inputs(tnn_session *s, tnn_tensor *x, tnn_tensor **w, const double *xv,
+                           const double *wv) {
+    CHECK_OK(tnn_upload_from_float_array(s, x, xv, 40 * 24));
+    for (int i = 0; i < 3; i++)
+        CHECK_OK(tnn_upload_from_float_array(s, w[i], wv + i * 384, 384));
+}
+
+static void test_inplace_sums(void) {
+    double *xv = th_alloc(40 * 24), *wv = th_alloc(3 * 16 * 24), *ov = th_alloc(40 * 16);
+    th_seed(17);
+    th_fill_f32(xv, 40 * 24, 1.0);
+    th_fill_f32(wv, 3 * 16 * 24, 0.5);
+    for (int i = 0; i < 40 * 16; i++) ov[i] = 1.0;
+    static float got[40 * 24], want[40 * 24];
+
+    tnn_session *s = tnn_session_new(0);
+    tnn_tensor *x = tnn_input_2d_f32(s, 40, 24), *w[3];
+    for (int i = 0; i < 3; i++) w[i] = tnn_input_2d_f32(s, 16, 24);
+    tnn_set_param(x);
+    tnn_tensor *q = tnn_matmul_nt(s, x, w[0]), *k = tnn_matmul_nt(s, x, w[1]);
+    tnn_tensor *v = tnn_matmul_nt(s, x, w[2]);
+    tnn_tensor *loss = tnn_sum(s, tnn_add(s, tnn_mul(s, q, k), tnn_silu(s, v)));
+    CHECK_OK(tnn_backward(s, loss));
+    CHECK_OK(tnn_realize(s, loss));
+    int inplace = 0;
+    tnn_tensor *over = NULL;
+    for (int32_t i = 0; i < s->n_plan; i++)
+        if (s->plan[i]->flags & TNN_FLAG_INPLACE) {
+            inplace++;
+            over = s->plan[i]->src[0];
+        }
+    CHECK(inplace == 2, "%d gradient sums planned in place (want 2)", inplace);
+    inplace_inputs(s, x, w, xv, wv);
+    CHECK_OK(tnn_compute(s));
+    CHECK_OK(tnn_download_f32(s, tnn_grad(s, x), got, 40 * 24));
+    if (over)
+        CHECK_ERR(tnn_download_f32(s, over, want, (size_t)over->nelem), TNN_ERR_STATE, "");
+    tnn_session_free(s);
+
+    s = tnn_session_new(0);
+    x = tnn_input_2d_f32(s, 40, 24);
+    for (int i = 0; i < 3; i++) w[i] = tnn_input_2d_f32(s, 16, 24);
+    tnn_tensor *one = tnn_input_2d_f32(s, 40, 16);
+    q = tnn_matmul_nt(s, x, w[0]), k = tnn_matmul_nt(s, x, w[1]), v = tnn_matmul_nt(s, x, w[2]);
+    tnn_tensor *dv = tnn_silu_back(s, v, one); /* dq = k, dk = q: the sum's gradient is 1 */
+    tnn_tensor *dx = tnn_add(s, tnn_add(s, tnn_matmul_nn(s, dv, w[2]), tnn_matmul_nn(s, q, w[1])),
+                             tnn_matmul_nn(s, k, w[0]));
+    CHECK_OK(tnn_realize(s, dx));
+    inplace_inputs(s, x, w, xv, wv);
+    CHECK_OK(tnn_upload_from_float_array(s, one, ov, 40 * 16));
+    CHECK_OK(tnn_compute(s));
+    CHECK_OK(tnn_download_f32(s, dx, want, 40 * 24));
+    CHECK(!memcmp(got, want, sizeof got), "the in-place gradient sums differ from plain sums");
+    tnn_session_free(s);
+    free(xv);
+    free(wv);
+    free(ov);
+}
+
 static void test_cpu_fusion(void) {
     static const fuse_case cases[] = {
         {0, 0, false, 64, 96, 80},    /* packed, edge tiles */
@@ -279,6 +343,7 @@ int main(void) {
     test_chain_reuses_memory();
     test_outputs_and_reuse();
     test_views_keep_buffer();
+    test_inplace_sums();
     test_leaf_only_graph();
     test_tensor_accessors();
     return th_finish("test_graph");

@@ -76,8 +76,16 @@ int tnn_backward(tnn_session *s, tnn_tensor *loss) {
                 break;
             }
             int32_t sid = t->src[k]->id;
-            grads[sid] = grads[sid] ? tnn_add(s, grads[sid], d[k]) : d[k];
-            if (!grads[sid]) rc = tnn_last_status();
+            if (!grads[sid]) {
+                grads[sid] = d[k];
+                continue;
+            }
+            /* a sum realize may write over the running sum (or the term) */
+            grads[sid] = tnn_add(s, grads[sid], d[k]);
+            if (!grads[sid])
+                rc = tnn_last_status();
+            else
+                grads[sid]->flags |= TNN_FLAG_ACCUM;
         }
     }
     for (int32_t i = 0; i < n && rc == TNN_OK; i++) {

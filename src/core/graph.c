@@ -30,6 +30,8 @@ void tnn__release_plan(tnn_session *s) {
             t->data = NULL;
             t->arena_off = -1;
             t->flags &= ~(uint32_t)TNN_FLAG_TRANSIENT;
+            if (t->flags & TNN_FLAG_INPLACE)
+                t->flags &= ~(uint32_t)(TNN_FLAG_INPLACE | TNN_FLAG_ALIAS);
         }
     }
 }
@@ -144,6 +146,50 @@ static tnn_tensor *buffer_of(tnn_tensor *t) {
     return t;
 }
 
+/* Every node's last reader in the plan; a reader of an alias also reads
+ * the tensors under it. */
+static void last_uses(tnn_tensor **plan, int32_t np) {
+    for (int32_t i = 0; i < np; i++) plan[i]->last_use = -1;
+    for (int32_t i = 0; i < np; i++)
+        for (int k = 0; k < TNN_MAX_SRC; k++)
+            for (tnn_tensor *u = plan[i]->src[k]; u; u = (u->flags & TNN_FLAG_ALIAS) ? u->src[0] : NULL)
+                u->last_use = i;
+}
+
+/* Whether the gradient sum t (plan[i]) can be written over its source u:
+ * u is a node (or a sum itself written in place) read for the last time
+ * here, not kept, of t's size, and not t's other source. */
+static bool inplace_ok(const tnn_session *s, const tnn_tensor *t, const tnn_tensor *u,
+                       const tnn_tensor *other, int32_t i) {
+    return u->op != TNN_OP_NONE && (!(u->flags & TNN_FLAG_ALIAS) || (u->flags & TNN_FLAG_INPLACE)) &&
+           !kept(s, u) && u->last_use == i && u->dtype == t->dtype && u->nbytes == t->nbytes &&
+           !u->aux_bytes && buffer_of((tnn_tensor *)u) != buffer_of((tnn_tensor *)other);
+}
+
+/* Gradient sums (same-shape adds made by tnn_backward) whose running sum,
+ * or new term, is read for the last time by the sum are written over it:
+ * the sum's operands are swapped so that one is src[0] (the same bits: a
+ * float add commutes), and the sum becomes an alias of it. */
+static void plan_inplace(tnn_session *s, tnn_tensor **plan, int32_t np) {
+    for (int32_t i = 0; i < np; i++) {
+        tnn_tensor *t = plan[i];
+        if (t->op != TNN_OP_ADD || !(t->flags & TNN_FLAG_ACCUM) || t->dtype != TNN_F32 ||
+            t->src[0]->nelem != t->nelem || t->src[1]->nelem != t->nelem)
+            continue;
+        int k = inplace_ok(s, t, t->src[0], t->src[1], i)   ? 0
+                : inplace_ok(s, t, t->src[1], t->src[0], i) ? 1
+                                                             : -1;
+        if (k < 0) continue;
+        if (k == 1) {
+            tnn_tensor *u = t->src[0];
+            t->src[0] = t->src[1];
+            t->src[1] = u;
+        }
+        t->src[0]->flags |= TNN_FLAG_TRANSIENT; /* its value is gone once t has run */
+        t->flags |= TNN_FLAG_ALIAS | TNN_FLAG_INPLACE;
+    }
+}
+
 /* Plans the arena for the nodes of `plan` in order. A buffer is reused
  * once its last reader has run (a reader of an alias reads the buffer under
  * it; a kept alias keeps it); with a backend that may run a node together
@@ -155,10 +201,9 @@ static int plan_arena(tnn_session *s, tnn_tensor **plan, int32_t np, size_t *siz
     tnn_tensor *due[TNN_MAX_SRC + 1], *late[TNN_MAX_SRC + 1]; /* buffers to free */
     int n_due = 0, n_late = 0;
     bool delay = s->backend->fuse_next;
-    for (int32_t i = 0; i < np; i++)
-        for (int k = 0; k < TNN_MAX_SRC; k++)
-            for (tnn_tensor *u = plan[i]->src[k]; u; u = (u->flags & TNN_FLAG_ALIAS) ? u->src[0] : NULL)
-                u->last_use = i;
+    last_uses(plan, np);
+    plan_inplace(s, plan, np);
+    last_uses(plan, np); /* again, through the sums now written in place */
     for (int32_t i = 0; i < np; i++)
         if ((plan[i]->flags & TNN_FLAG_ALIAS) && kept(s, plan[i]))
             buffer_of(plan[i])->last_use = INT32_MAX; /* never freed */

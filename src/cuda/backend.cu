@@ -466,6 +466,7 @@ typedef struct {
     unsigned scratch_gen; /* the scratch the recording uses */
     int runs;
     bool eager;
+    bool fuse;             /* TNN_CUDA_FUSE, when the plan first ran */
     tnn_step_result *step; /* pinned: what the optimizer step found */
 } cu_plan;
 
@@ -549,18 +550,15 @@ static double now_s(void) {
 }
 
 /* TNN_CUDA_FUSE=0: every node its own kernel (no epilogues folded into the
- * decoding products). */
+ * decoding products, no gradient sums into the products before them); read
+ * when a plan first runs. */
 static bool fusing(void) {
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("TNN_CUDA_FUSE");
-        on = !(e && !strcmp(e, "0"));
-    }
-    return on;
+    const char *e = getenv("TNN_CUDA_FUSE");
+    return !(e && !strcmp(e, "0"));
 }
 
-static int run_nodes(tnn_session *s) {
-    bool prof_on = profiling(), fuse = fusing();
+static int run_nodes(tnn_session *s, bool fuse) {
+    bool prof_on = profiling();
     for (int32_t i = 0; i < s->n_plan; i++) {
         double t0 = prof_on ? now_s() : 0.0;
         tnn_tensor *t = s->plan[i];
@@ -600,6 +598,7 @@ static int cu_run_plan(tnn_session *s) {
         if (!g) return TNN_ERR(TNN_ERR_NOMEM, "out of memory");
         const char *e = getenv("TNN_CUDA_GRAPHS");
         g->eager = (e && !strcmp(e, "0")) || profiling();
+        g->fuse = fusing();
         s->bstate = g;
     }
     cudaStream_t st = tnn__cu.stream;
@@ -609,12 +608,12 @@ static int cu_run_plan(tnn_session *s) {
         cudaGraphExecDestroy(g->exec);
         g->exec = NULL;
     }
-    if (g->eager || g->runs++ == 0) return run_nodes(s);
+    if (g->eager || g->runs++ == 0) return run_nodes(s, g->fuse);
     unsigned gen = tnn__cu.scratch_gen;
     cudaGraph_t graph = NULL;
     int rc = TNN_ERR_DEVICE;
     if (cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal) == cudaSuccess) {
-        rc = run_nodes(s);
+        rc = run_nodes(s, g->fuse);
         if (cudaStreamEndCapture(st, &graph) != cudaSuccess) rc = TNN_ERR_DEVICE;
     }
     if (rc == TNN_OK && gen == tnn__cu.scratch_gen &&
@@ -629,7 +628,7 @@ static int cu_run_plan(tnn_session *s) {
     g->eager = true;
     cudaGetLastError();
     tnn__log(TNN_LOG_DEBUG, "CUDA backend: the plan could not be recorded as a graph");
-    return run_nodes(s);
+    return run_nodes(s, g->fuse);
 }
 
 static bool cu_supports(const tnn_tensor *t) { return t->op > TNN_OP_NONE && t->op < TNN_OP_COUNT; }

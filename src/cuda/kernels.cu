@@ -1624,8 +1624,40 @@ static int match_products(tnn_tensor **plan, int32_t np, int32_t i, cu_mv *p, in
     return ran + rope_epilogue(plan, np, i, ran, p);
 }
 
+/* Whether the buffers of x and y (data and aux bytes) overlap. */
+static bool overlaps(const tnn_tensor *x, const tnn_tensor *y) {
+    const char *x0 = (const char *)x->data, *y0 = (const char *)y->data;
+    return x0 < y0 + y->nbytes + y->aux_bytes && y0 < x0 + x->nbytes + x->aux_bytes;
+}
+
+/* An f32 product read only by the gradient sum after it, which realize
+ * planned over the running sum (TNN_FLAG_INPLACE, the sum's src[0]): the
+ * GEMM adds the product there itself (beta = 1) and the sum's kernel is not
+ * needed. 2 when it ran, 0 when the pair does not fit (nothing launched). */
+static int matmul_accum(tnn_tensor *t, tnn_tensor *nx, int32_t i) {
+    if (nx->op != TNN_OP_ADD || !(nx->flags & TNN_FLAG_INPLACE) || nx->src[1] != t ||
+        nx->src[0] == t || nx->nelem != t->nelem || !only_read_by(t, i + 1))
+        return 0;
+    const tnn_tensor *a = t->src[0], *b = t->src[1];
+    if (a->dtype != TNN_F32 || b->dtype != TNN_F32 || overlaps(nx, a) || overlaps(nx, b))
+        return 0;
+    bool ta = t->iparam[0] & TNN_MM_TA, tb = t->iparam[0] & TNN_MM_TB;
+    mm_geom g = mm_geometry(t, ta, tb);
+    for (int64_t i0 = 0; i0 < g.outer; i0++) {
+        int rc = tnn__cu_gemm_ab(ta, tb, g.M, g.N, g.K, 1.0f, CF(a) + i0 * g.a_out, g.lda, g.a_in,
+                                 CF(b) + i0 * g.b_out, g.ldb, g.b_in, 1.0f,
+                                 FP(nx) + i0 * g.inner * g.M * g.N, g.N, g.M * g.N, g.inner);
+        if (rc) return rc;
+    }
+    return 2;
+}
+
 int tnn__cu_run_fused(tnn_tensor **plan, int32_t np, int32_t i) {
     tnn_tensor *t = plan[i];
+    if (t->op == TNN_OP_MATMUL && i + 1 < np) {
+        int rc = matmul_accum(t, plan[i + 1], i);
+        if (rc) return rc;
+    }
     if (t->op == TNN_OP_ROPE) {
         if (i + 1 >= np || !only_read_by(t, i + 1)) return 0;
         int rc = tnn__cu_rope_fused(t, plan[i + 1]);

@@ -101,22 +101,24 @@ int tnn__bwd_matmul(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *ne
     if (narrow_a && need[1] && f == TNN_MM_TA)
         return TNN_ERR(TNN_ERR_UNSUPPORTED,
                        "tnn_matmul_tn with a bf16 first operand has no gradient for its second");
+    /* dB first: dA is then the node just before the sum that adds it to
+     * A's other gradients (on a GPU the product adds itself there) */
     if (f == 0) {
-        if (need[0]) da = tnn_matmul_nt(s, g, B);
         if (need[1])
             db = narrow_a ? tnn_transpose(s, tnn_matmul_tn(s, g, A)) : tnn_matmul_tn(s, A, g);
+        if (need[0]) da = tnn_matmul_nt(s, g, B);
     } else if (f == TNN_MM_TB) {
-        if (need[0]) da = tnn_matmul_nn(s, g, B);
         if (need[1]) db = tnn_matmul_tn(s, g, A);
+        if (need[0]) da = tnn_matmul_nn(s, g, B);
     } else if (f == TNN_MM_TA) {
+        if (need[1]) db = tnn_matmul_nn(s, A, g);
         if (need[0]) da = narrow_b ? tnn_transpose(s, tnn_matmul_nt(s, g, B))
                                    : tnn_matmul_nt(s, B, g);
-        if (need[1]) db = tnn_matmul_nn(s, A, g);
     } else {
         return TNN_ERR(TNN_ERR_INTERNAL, "matmul flags %d have no gradient rule", f);
     }
-    if (need[0]) d[0] = tnn__sum_like(s, da, A);
     if (need[1]) d[1] = tnn__sum_like(s, db, B);
+    if (need[0]) d[0] = tnn__sum_like(s, da, A);
     return TNN_OK;
 }
 
