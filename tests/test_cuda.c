@@ -212,6 +212,12 @@ static tnn_tensor *b_three(tnn_session *s, tnn_tensor **x) {
     tnn_tensor *v = tnn_matmul_nt(s, x[0], x[3]);
     return tnn_add(s, tnn_mul(s, q, k), tnn_silu(s, v));
 }
+/* a residual around a normalized product: x's gradient is the residual's
+ * plus rms_norm's dx, which its kernel adds into the running sum */
+static tnn_tensor *b_resnorm(tnn_session *s, tnn_tensor **x) {
+    tnn_tensor *h = tnn_rms_norm(s, x[0], x[1], 1e-5);
+    return tnn_mul(s, tnn_add(s, tnn_matmul_nt(s, h, x[2]), x[0]), x[3]);
+}
 static tnn_tensor *b_ce(tnn_session *s, tnn_tensor **x) {
     tnn_tensor *h = tnn_matmul_nt(s, x[0], x[1]);
     return tnn_scale(s, tnn_cross_entropy(s, h, x[2], 3), 1.0);
@@ -264,11 +270,12 @@ static long launches(void) {
     return l;
 }
 
-/* The gradient sums folded into the GEMMs (beta = 1 into the running sum,
- * planned in place) against each sum its own kernel (TNN_CUDA_FUSE=0): the
- * same values (on a GPU to cuBLAS's rounding of the epilogue), and in the
- * emulator the two sums' launches gone. */
-static void fused_sums_same(build_fn build, const in_spec *ins) {
+/* The gradient sums folded into the kernels before them (a GEMM with
+ * beta = 1, rms_norm_back, adding into the running sum planned in place)
+ * against each sum its own kernel (TNN_CUDA_FUSE=0): the same values (on a
+ * GPU to cuBLAS's rounding of the epilogue), and in the emulator `sums`
+ * launches fewer. */
+static void fused_sums_same(build_fn build, const in_spec *ins, int sums) {
     int64_t na = 0, nb = 0;
     long l0 = launches();
     double *a = run_on(1, build, ins, 4, true, 13, &na);
@@ -283,11 +290,11 @@ static void fused_sums_same(build_fn build, const in_spec *ins) {
         scale = fmax(scale, fabs(b[i]));
     }
     CHECK(a && b && na == nb && worst <= 1e-6 * scale,
-          "gradient sums in the GEMMs: %.3g from each sum's own kernel (of %.3g)", worst, scale);
+          "gradient sums in the kernels before them: %.3g from each sum's own kernel (of %.3g)", worst, scale);
 #ifdef TNN_TEST_EMU
-    CHECK(worst == 0.0, "gradient sums in the GEMMs: not the emulator's bits (%.3g)", worst);
-    CHECK((l2 - l1) - (l1 - l0) == 2, "gradient sums in the GEMMs: %ld launches, %ld unfused "
-          "(want 2 fewer)", l1 - l0, l2 - l1);
+    CHECK(worst == 0.0, "gradient sums in the kernels before them: not the emulator's bits (%.3g)", worst);
+    CHECK((l2 - l1) - (l1 - l0) == sums, "gradient sums in the kernels before them: %ld "
+          "launches, %ld unfused (want %d fewer)", l1 - l0, l2 - l1, sums);
 #endif
     (void)l0, (void)l1, (void)l2;
     free(a);
@@ -408,7 +415,11 @@ static void test_ops(void) {
     in_spec three[4] = {P(2, 40, 24), P(2, 16, 24), P(2, 16, 24), P(2, 16, 24)};
     twin("three products of one input (gradient sums in the GEMMs)", b_three, three, 4, true,
          1e-5);
-    fused_sums_same(b_three, three);
+    fused_sums_same(b_three, three, 2);
+    in_spec rn[4] = {P(2, 40, 24), P(1, 24), P(2, 24, 24), F(2, 40, 24)};
+    twin("a residual around a normalized product (dx summed in rms_norm_back)", b_resnorm, rn,
+         4, true, 1e-5);
+    fused_sums_same(b_resnorm, rn, 1);
     in_spec ce[3] = {P(2, 10, 8), P(2, 13, 8), I(10, 13)};
     twin("cross_entropy (ignore 3)", b_ce, ce, 3, true, 1e-5);
     twin("block: gradients of every parameter", b_block, bl, 5, true, 1e-4);

@@ -196,9 +196,10 @@ __global__ void k_rms_norm(const float *x, const float *g, float *y, int64_t n, 
         y[o + j] = g ? (x[o + j] * scale) * g[j] : x[o + j] * scale;
 }
 
-/* With gm (rms_norm's gamma, or NULL), dy is dy * gm, rounded to f32. */
-__global__ void k_rms_norm_back(const float *dy, const float *x, const float *gm, float *dx,
-                                int64_t n, double eps) {
+/* With gm (rms_norm's gamma, or NULL), dy is dy * gm, rounded to f32.
+ * With acc, dx is added to acc's row (a gradient sum, dx may be acc). */
+__global__ void k_rms_norm_back(const float *dy, const float *x, const float *gm,
+                                const float *acc, float *dx, int64_t n, double eps) {
     __shared__ double sh[32];
     int64_t o = blockIdx.x * n;
     double ss = cu_row_dot(x + o, x + o, n, sh), dot = 0.0;
@@ -210,8 +211,8 @@ __global__ void k_rms_norm_back(const float *dy, const float *x, const float *gm
     double rr = 1.0 / sqrt(ss / (double)n + eps);
     float a = (float)rr, b = (float)(rr * rr * rr * dot / (double)n);
     for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
-        float d = gm ? dy[o + j] * gm[j] : dy[o + j];
-        dx[o + j] = a * d - b * x[o + j];
+        float d = gm ? dy[o + j] * gm[j] : dy[o + j], r = a * d - b * x[o + j];
+        dx[o + j] = acc ? acc[o + j] + r : r;
     }
 }
 
@@ -576,7 +577,8 @@ int tnn__cu_rows(tnn_tensor *t) {
     case TNN_OP_RMS_NORM: TNN_LAUNCH(k_rms_norm, g, CU_THREADS, 0, st, s0, s1, FP(t), cols, eps); break;
     case TNN_OP_RMS_NORM_BACK:
         TNN_LAUNCH(k_rms_norm_back, g, CU_THREADS, 0, st, s0, s1,
-                   t->src[2] ? CF(t->src[2]) : (const float *)NULL, FP(t), cols, eps);
+                   t->src[2] ? CF(t->src[2]) : (const float *)NULL, (const float *)NULL, FP(t),
+                   cols, eps);
         break;
     case TNN_OP_LAYER_NORM:
         TNN_LAUNCH(k_layer_norm, g, CU_THREADS, 0, st, s0, s1,
@@ -1630,17 +1632,25 @@ static bool overlaps(const tnn_tensor *x, const tnn_tensor *y) {
     return x0 < y0 + y->nbytes + y->aux_bytes && y0 < x0 + x->nbytes + x->aux_bytes;
 }
 
-/* An f32 product read only by the gradient sum after it, which realize
- * planned over the running sum (TNN_FLAG_INPLACE, the sum's src[0]): the
- * GEMM adds the product there itself (beta = 1) and the sum's kernel is not
- * needed. 2 when it ran, 0 when the pair does not fit (nothing launched). */
-static int matmul_accum(tnn_tensor *t, tnn_tensor *nx, int32_t i) {
+/* Whether nx is a gradient sum that realize planned over its running sum
+ * (TNN_FLAG_INPLACE, the sum's src[0]) adding t, plan[i], read by nothing
+ * else, and t's sources other than the running sum's buffer: t's kernel can
+ * then add its result there itself, and the sum's kernel is not needed. */
+static bool sum_after(const tnn_tensor *t, const tnn_tensor *nx, int32_t i) {
     if (nx->op != TNN_OP_ADD || !(nx->flags & TNN_FLAG_INPLACE) || nx->src[1] != t ||
         nx->src[0] == t || nx->nelem != t->nelem || !only_read_by(t, i + 1))
-        return 0;
+        return false;
+    for (int k = 0; k < TNN_MAX_SRC; k++)
+        if (t->src[k] && overlaps(nx, t->src[k])) return false;
+    return true;
+}
+
+/* An f32 product before its gradient sum (sum_after): the GEMM adds the
+ * product there (beta = 1). 2 when it ran, 0 when the pair does not fit
+ * (nothing launched). */
+static int matmul_accum(tnn_tensor *t, tnn_tensor *nx, int32_t i) {
     const tnn_tensor *a = t->src[0], *b = t->src[1];
-    if (a->dtype != TNN_F32 || b->dtype != TNN_F32 || overlaps(nx, a) || overlaps(nx, b))
-        return 0;
+    if (!sum_after(t, nx, i) || a->dtype != TNN_F32 || b->dtype != TNN_F32) return 0;
     bool ta = t->iparam[0] & TNN_MM_TA, tb = t->iparam[0] & TNN_MM_TB;
     mm_geom g = mm_geometry(t, ta, tb);
     for (int64_t i0 = 0; i0 < g.outer; i0++) {
@@ -1657,6 +1667,17 @@ int tnn__cu_run_fused(tnn_tensor **plan, int32_t np, int32_t i) {
     if (t->op == TNN_OP_MATMUL && i + 1 < np) {
         int rc = matmul_accum(t, plan[i + 1], i);
         if (rc) return rc;
+    }
+    if (t->op == TNN_OP_RMS_NORM_BACK && i + 1 < np && sum_after(t, plan[i + 1], i)) {
+        /* rms_norm's dx before its gradient sum: added there by its kernel */
+        tnn_tensor *nx = plan[i + 1];
+        int64_t cols = t->shape[t->ndim - 1], rows = t->nelem / cols;
+        if (rows > INT32_MAX) return 0;
+        TNN_LAUNCH(k_rms_norm_back, (unsigned)rows, CU_THREADS, 0, tnn__cu.stream,
+                   CF(t->src[0]), CF(t->src[1]), t->src[2] ? CF(t->src[2]) : (const float *)NULL,
+                   (const float *)FP(nx), FP(nx), cols, t->fparam[0]);
+        int rc = tnn__cu_launched("tnn_rms_norm_back");
+        return rc ? rc : 2;
     }
     if (t->op == TNN_OP_ROPE) {
         if (i + 1 >= np || !only_read_by(t, i + 1)) return 0;

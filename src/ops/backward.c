@@ -68,10 +68,12 @@ int tnn__bwd_rms_norm(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *
     double eps = t->fparam[0];
     tnn_tensor *gamma = t->src[1];
     /* gamma folded into the two kernels (the bits of rms_norm_back of
-     * g * gamma, and of summing g * rms_norm(x) over the rows) */
+     * g * gamma, and of summing g * rms_norm(x) over the rows); dx last, so
+     * that it is the node just before the sum that adds it to x's other
+     * gradients (on a GPU its kernel adds itself there) */
+    if (gamma && need[1]) d[1] = tnn__rms_norm_gain(s, g, A, gamma, eps);
     if (need[0]) d[0] = gamma ? tnn__rms_norm_back_gamma(s, g, A, gamma, eps)
                               : tnn_rms_norm_back(s, g, A, eps);
-    if (gamma && need[1]) d[1] = tnn__rms_norm_gain(s, g, A, gamma, eps);
     return TNN_OK;
 }
 
