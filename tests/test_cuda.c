@@ -218,6 +218,11 @@ static tnn_tensor *b_resnorm(tnn_session *s, tnn_tensor **x) {
     tnn_tensor *h = tnn_rms_norm(s, x[0], x[1], 1e-5);
     return tnn_mul(s, tnn_add(s, tnn_matmul_nt(s, h, x[2]), x[0]), x[3]);
 }
+/* a residual add whose result is normalized next (and read again) */
+static tnn_tensor *b_addnorm(tnn_session *s, tnn_tensor **x) {
+    tnn_tensor *r = tnn_add(s, x[0], x[1]);
+    return tnn_mul(s, tnn_add(s, tnn_rms_norm(s, r, x[2], 1e-5), r), x[3]);
+}
 static tnn_tensor *b_ce(tnn_session *s, tnn_tensor **x) {
     tnn_tensor *h = tnn_matmul_nt(s, x[0], x[1]);
     return tnn_scale(s, tnn_cross_entropy(s, h, x[2], 3), 1.0);
@@ -270,18 +275,20 @@ static long launches(void) {
     return l;
 }
 
-/* The gradient sums folded into the kernels before them (a GEMM with
- * beta = 1, rms_norm_back, adding into the running sum planned in place)
- * against each sum its own kernel (TNN_CUDA_FUSE=0): the same values (on a
- * GPU to cuBLAS's rounding of the epilogue), and in the emulator `sums`
- * launches fewer. */
-static void fused_sums_same(build_fn build, const in_spec *ins, int sums) {
+/* Nodes folded into the kernel of the node before them (gradient sums into
+ * a GEMM with beta = 1 or into rms_norm_back, adding into the running sum
+ * planned in place; swiglu's two gradients; a residual add and the RMS norm
+ * after it) against each node its own kernel (TNN_CUDA_FUSE=0): the same
+ * values (on a GPU to cuBLAS's rounding of the epilogue), and in the
+ * emulator `fewer` launches. */
+static void fused_same(const char *name, build_fn build, const in_spec *ins, int nin,
+                       int fewer) {
     int64_t na = 0, nb = 0;
     long l0 = launches();
-    double *a = run_on(1, build, ins, 4, true, 13, &na);
+    double *a = run_on(1, build, ins, nin, true, 13, &na);
     long l1 = launches();
     setenv("TNN_CUDA_FUSE", "0", 1);
-    double *b = run_on(1, build, ins, 4, true, 13, &nb);
+    double *b = run_on(1, build, ins, nin, true, 13, &nb);
     unsetenv("TNN_CUDA_FUSE");
     long l2 = launches();
     double worst = 0.0, scale = 1e-30;
@@ -290,11 +297,11 @@ static void fused_sums_same(build_fn build, const in_spec *ins, int sums) {
         scale = fmax(scale, fabs(b[i]));
     }
     CHECK(a && b && na == nb && worst <= 1e-6 * scale,
-          "gradient sums in the kernels before them: %.3g from each sum's own kernel (of %.3g)", worst, scale);
+          "%s: %.3g from each node's own kernel (of %.3g)", name, worst, scale);
 #ifdef TNN_TEST_EMU
-    CHECK(worst == 0.0, "gradient sums in the kernels before them: not the emulator's bits (%.3g)", worst);
-    CHECK((l2 - l1) - (l1 - l0) == sums, "gradient sums in the kernels before them: %ld "
-          "launches, %ld unfused (want %d fewer)", l1 - l0, l2 - l1, sums);
+    CHECK(worst == 0.0, "%s: not the emulator's bits (%.3g)", name, worst);
+    CHECK((l2 - l1) - (l1 - l0) == fewer, "%s: %ld launches, %ld unfused (want %d fewer)", name,
+          l1 - l0, l2 - l1, fewer);
 #endif
     (void)l0, (void)l1, (void)l2;
     free(a);
@@ -311,6 +318,7 @@ static void test_ops(void) {
     twin("gelu/silu and backs", b_unary, un, 2, false, 1e-5);
     in_spec sw[2] = {P(2, 5, 300), P(2, 5, 300)};
     twin("swiglu and its gradients", b_swiglu, sw, 2, true, 1e-5);
+    fused_same("swiglu's two gradients", b_swiglu, sw, 2, 1);
     in_spec rows[4] = {P(2, 6, 37), P(2, 6, 37), P(1, 37), P(1, 37)};
     twin("softmax/rms_norm/layer_norm and backs", b_rows, rows, 4, false, 1e-5);
     in_spec nn[2] = {P(3, 2, 5, 7), P(2, 7, 9)};
@@ -415,11 +423,14 @@ static void test_ops(void) {
     in_spec three[4] = {P(2, 40, 24), P(2, 16, 24), P(2, 16, 24), P(2, 16, 24)};
     twin("three products of one input (gradient sums in the GEMMs)", b_three, three, 4, true,
          1e-5);
-    fused_sums_same(b_three, three, 2);
+    fused_same("gradient sums in the GEMMs", b_three, three, 4, 2);
     in_spec rn[4] = {P(2, 40, 24), P(1, 24), P(2, 24, 24), F(2, 40, 24)};
     twin("a residual around a normalized product (dx summed in rms_norm_back)", b_resnorm, rn,
          4, true, 1e-5);
-    fused_sums_same(b_resnorm, rn, 1);
+    fused_same("a gradient sum in rms_norm_back", b_resnorm, rn, 4, 1);
+    in_spec an[4] = {P(2, 40, 24), P(2, 40, 24), P(1, 24), F(2, 40, 24)};
+    twin("a residual add and the RMS norm after it", b_addnorm, an, 4, true, 1e-5);
+    fused_same("a residual add and the RMS norm after it", b_addnorm, an, 4, 1);
     in_spec ce[3] = {P(2, 10, 8), P(2, 13, 8), I(10, 13)};
     twin("cross_entropy (ignore 3)", b_ce, ce, 3, true, 1e-5);
     twin("block: gradients of every parameter", b_block, bl, 5, true, 1e-4);

@@ -77,21 +77,22 @@ __global__ void k_unary(int op, const float *x, const float *dy, float k, float 
     }
 }
 
-/* silu(g) * u (dy NULL), or its gradients: d gate (u given) and d up (u
- * NULL), rounded as the CPU's composition of silu, mul and silu_back. */
-__global__ void k_swiglu(const float *g, const float *u, const float *dy, float *o, int64_t n) {
+/* silu(g) * u into o (dy NULL), or its gradients: d gate into o (u given)
+ * and d up into o2, either NULL when not wanted; rounded as the CPU's
+ * composition of silu, mul and silu_back. */
+__global__ void k_swiglu(const float *g, const float *u, const float *dy, float *o, float *o2,
+                         int64_t n) {
     CU_FOR(i, n) {
-        float x = g[i], s = cu_sigmoid(x);
+        float x = g[i], s = cu_sigmoid(x), sg = x * s;
         if (!dy) {
-            float sg = x * s;
             o[i] = sg * u[i];
-        } else if (u) {
+            continue;
+        }
+        if (o) {
             float d = dy[i] * u[i];
             o[i] = d * s * (1.0f + x * (1.0f - s));
-        } else {
-            float sg = x * s;
-            o[i] = dy[i] * sg;
         }
+        if (o2) o2[i] = dy[i] * sg;
     }
 }
 
@@ -119,11 +120,12 @@ int tnn__cu_elementwise(tnn_tensor *t) {
         break;
     case TNN_OP_SWIGLU:
         TNN_LAUNCH(k_swiglu, cu_blocks(n), CU_THREADS, 0, st, CF(t->src[0]), CF(t->src[1]),
-                   (const float *)NULL, FP(t), n);
+                   (const float *)NULL, FP(t), (float *)NULL, n);
         break;
     case TNN_OP_SWIGLU_BACK:
         TNN_LAUNCH(k_swiglu, cu_blocks(n), CU_THREADS, 0, st, CF(t->src[1]),
-                   t->iparam[0] ? (const float *)NULL : CF(t->src[2]), CF(t->src[0]), FP(t), n);
+                   t->iparam[0] ? (const float *)NULL : CF(t->src[2]), CF(t->src[0]),
+                   t->iparam[0] ? (float *)NULL : FP(t), t->iparam[0] ? FP(t) : (float *)NULL, n);
         break;
     case TNN_OP_FILL:
         TNN_LAUNCH(k_unary, cu_blocks(n), CU_THREADS, 0, st, t->op, (const float *)NULL,
@@ -192,6 +194,25 @@ __global__ void k_rms_norm(const float *x, const float *g, float *y, int64_t n, 
     __shared__ double sh[32];
     int64_t o = blockIdx.x * n;
     float scale = (float)(1.0 / sqrt(cu_row_dot(x + o, x + o, n, sh) / (double)n + eps));
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
+        y[o + j] = g ? (x[o + j] * scale) * g[j] : x[o + j] * scale;
+}
+
+/* x = a + b (a residual add), then y = rms_norm(x, g), in one pass over the
+ * row: the bits of k_binary and then k_rms_norm (each thread sums the same
+ * elements in the same order, then the same block sum). */
+__global__ void k_add_rms_norm(const float *a, const float *b, float *x, const float *g,
+                               float *y, int64_t n, double eps) {
+    __shared__ double sh[32];
+    int64_t o = blockIdx.x * n;
+    double ss = 0.0;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+        float v = a[o + j] + b[o + j];
+        x[o + j] = v;
+        ss += (double)v * v;
+    }
+    ss = cu_block_sum(ss, sh);
+    float scale = (float)(1.0 / sqrt(ss / (double)n + eps));
     for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
         y[o + j] = g ? (x[o + j] * scale) * g[j] : x[o + j] * scale;
 }
@@ -1667,6 +1688,35 @@ int tnn__cu_run_fused(tnn_tensor **plan, int32_t np, int32_t i) {
     if (t->op == TNN_OP_MATMUL && i + 1 < np) {
         int rc = matmul_accum(t, plan[i + 1], i);
         if (rc) return rc;
+    }
+    if (t->op == TNN_OP_SWIGLU_BACK && t->iparam[0] == 0 && i + 1 < np) {
+        /* swiglu's two gradients, made one after the other from the same dy
+         * and gate: one pass */
+        tnn_tensor *nx = plan[i + 1];
+        if (nx->op == TNN_OP_SWIGLU_BACK && nx->iparam[0] == 1 && nx->src[0] == t->src[0] &&
+            nx->src[1] == t->src[1]) {
+            TNN_LAUNCH(k_swiglu, cu_blocks(t->nelem), CU_THREADS, 0, tnn__cu.stream,
+                       CF(t->src[1]), CF(t->src[2]), CF(t->src[0]), FP(t), FP(nx), t->nelem);
+            int rc = tnn__cu_launched("swiglu_back");
+            return rc ? rc : 2;
+        }
+    }
+    if (t->op == TNN_OP_ADD && !(t->flags & TNN_FLAG_ALIAS) && i + 1 < np) {
+        /* a residual add and the RMS norm of its result (the next layer's
+         * input): one pass over each row */
+        tnn_tensor *nx = plan[i + 1];
+        const tnn_tensor *a = t->src[0], *b = t->src[1], *gm = nx->src[1];
+        int64_t cols = t->shape[t->ndim - 1], rows = t->nelem / cols;
+        /* (not where the products after the norm normalize x themselves) */
+        bool in_products = i + 2 < np && qmatvec_node(plan[i + 2]) && plan[i + 2]->src[0] == nx;
+        if (nx->op == TNN_OP_RMS_NORM && nx->src[0] == t && a->nelem == t->nelem &&
+            b->nelem == t->nelem && rows <= INT32_MAX && (!gm || gm->nelem == cols) &&
+            !in_products) {
+            TNN_LAUNCH(k_add_rms_norm, (unsigned)rows, CU_THREADS, 0, tnn__cu.stream, CF(a), CF(b),
+                       FP(t), gm ? CF(gm) : (const float *)NULL, FP(nx), cols, nx->fparam[0]);
+            int rc = tnn__cu_launched("tnn_rms_norm");
+            return rc ? rc : 2;
+        }
     }
     if (t->op == TNN_OP_RMS_NORM_BACK && i + 1 < np && sum_after(t, plan[i + 1], i)) {
         /* rms_norm's dx before its gradient sum: added there by its kernel */
