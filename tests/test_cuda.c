@@ -818,16 +818,27 @@ static void test_optim_many(void) {
     }
 }
 
+/* A CUDA session with a linear classifier, cross-entropy of x (n x d) W^T
+ * against n targets, its backward graph and AdamW. */
+static tnn_session *classifier(int64_t n, int64_t d, int64_t classes, double lr, double wd,
+                               tnn_tensor **x, tnn_tensor **w, tnn_tensor **tg,
+                               tnn_tensor **loss) {
+    tnn_session *s = tnn_session_new(1);
+    *x = tnn_input_2d_f32(s, n, d);
+    *w = tnn_input_2d_f32(s, classes, d);
+    *tg = tnn_input_1d_i32(s, n);
+    tnn_set_param(*w);
+    *loss = tnn_cross_entropy(s, tnn_matmul_nt(s, *x, *w), *tg, -1);
+    CHECK_OK(tnn_backward(s, *loss));
+    CHECK_OK(tnn_optimizer_adamw(s, lr, 0.9, 0.999, 1e-8, wd));
+    return s;
+}
+
 /* A kernel fault (a target out of range) fails the compute and the step is
  * not taken: parameters and moments as they were, no step counted. */
 static void test_optim_fault(void) {
-    tnn_session *s = tnn_session_new(1);
-    tnn_tensor *x = tnn_input_2d_f32(s, 4, 6), *w = tnn_input_2d_f32(s, 3, 6);
-    tnn_tensor *tg = tnn_input_1d_i32(s, 4);
-    tnn_set_param(w);
-    tnn_tensor *loss = tnn_cross_entropy(s, tnn_matmul_nt(s, x, w), tg, -1);
-    CHECK_OK(tnn_backward(s, loss));
-    CHECK_OK(tnn_optimizer_adamw(s, 0.05, 0.9, 0.999, 1e-8, 0.1));
+    tnn_tensor *x, *w, *tg, *loss;
+    tnn_session *s = classifier(4, 6, 3, 0.05, 0.1, &x, &w, &tg, &loss);
     CHECK_OK(tnn_realize(s, loss));
     float xv[24], wv[18], w1[18], w2[18], m1[18], m2[18];
     th_seed(5);
@@ -1386,15 +1397,11 @@ void tnn__cu_emu_mem_limit(size_t bytes);
 
 /* The emulator counts what reaches the "device": a training step must run
  * on it (launches) and copy nothing to the host (the optimizer decides on
- * clipping and skipping there; the caller downloads the loss); running out of device memory is a status and the session lives. */
+ * clipping and skipping there; the caller downloads the loss); running out
+ * of device memory is a status and the session lives. */
 static void test_emu_traffic(void) {
-    tnn_session *s = tnn_session_new(1);
-    tnn_tensor *x = tnn_input_2d_f32(s, 8, 16), *w = tnn_input_2d_f32(s, 4, 16);
-    tnn_tensor *tg = tnn_input_1d_i32(s, 8);
-    tnn_set_param(w);
-    tnn_tensor *loss = tnn_cross_entropy(s, tnn_matmul_nt(s, x, w), tg, -1);
-    CHECK_OK(tnn_backward(s, loss));
-    CHECK_OK(tnn_optimizer_adamw(s, 0.01, 0.9, 0.999, 1e-8, 0.0));
+    tnn_tensor *x, *w, *tg, *loss;
+    tnn_session *s = classifier(8, 16, 4, 0.01, 0.0, &x, &w, &tg, &loss);
     CHECK_OK(tnn_set_grad_clip(s, 1.0));
     CHECK_OK(tnn_realize(s, loss));
     int32_t t[8] = {0, 1, 2, 3, 0, 1, 2, 3};

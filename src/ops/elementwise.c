@@ -91,7 +91,9 @@ TNN_VEC_CLONES static void silu_range(void *p, int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; i++) o[i] = x[i] * sigmoid1(x[i]);
 }
 
-/* silu(g) * u, each step rounded to f32 as silu and mul nodes round it */
+/* silu(g) * u, each step rounded to f32 as silu and mul nodes round it;
+ * with dy for u, d up = dy * silu(g) (a float product commutes: the bits of
+ * mul(dy, silu(g))) */
 TNN_VEC_CLONES static void swiglu_range(void *p, int64_t lo, int64_t hi) {
     const ew_ctx *c = p;
     const float *g = c->x, *u = c->b;
@@ -102,8 +104,7 @@ TNN_VEC_CLONES static void swiglu_range(void *p, int64_t lo, int64_t hi) {
     }
 }
 
-/* d gate = silu_back(g, dy * u); d up = dy * silu(g): the composition's
- * bits */
+/* d gate = silu_back(g, dy * u): the composition's bits */
 TNN_VEC_CLONES static void swiglu_dgate_range(void *p, int64_t lo, int64_t hi) {
     const ew_ctx *c = p;
     const float *g = c->x, *u = c->b, *dy = c->dy;
@@ -111,16 +112,6 @@ TNN_VEC_CLONES static void swiglu_dgate_range(void *p, int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; i++) {
         float x = g[i], s = sigmoid1(x), d = dy[i] * u[i];
         o[i] = d * s * (1.0f + x * (1.0f - s));
-    }
-}
-
-TNN_VEC_CLONES static void swiglu_dup_range(void *p, int64_t lo, int64_t hi) {
-    const ew_ctx *c = p;
-    const float *g = c->x, *dy = c->dy;
-    float *o = c->out;
-    for (int64_t i = lo; i < hi; i++) {
-        float sg = g[i] * sigmoid1(g[i]);
-        o[i] = dy[i] * sg;
     }
 }
 
@@ -442,8 +433,8 @@ int tnn__fwd_swiglu(tnn_tensor *t) {
 
 int tnn__fwd_swiglu_back(tnn_tensor *t) {
     ew_ctx c = {.dy = CF32(t->src[0]), .x = CF32(t->src[1]), .out = F32(t)};
-    if (t->iparam[0] == 0) c.b = CF32(t->src[2]);
-    tnn__parallel_for(t->nelem, EW_CHUNK / 4, t->iparam[0] ? swiglu_dup_range : swiglu_dgate_range,
+    c.b = t->iparam[0] ? c.dy : CF32(t->src[2]); /* d up: silu(g) times dy */
+    tnn__parallel_for(t->nelem, EW_CHUNK / 4, t->iparam[0] ? swiglu_range : swiglu_dgate_range,
                       &c);
     return TNN_OK;
 }
