@@ -900,6 +900,47 @@ static void *train_thread(void *p) {
     return NULL;
 }
 
+/* A fault is its own session's: one thread computes with a target out of
+ * range while another computes with good ones (both share the device's
+ * stream); every compute of the first fails with the range error, none of
+ * the second's does. */
+typedef struct {
+    int bad, fails, oks;
+} fault_run;
+
+static void *fault_thread(void *p) {
+    fault_run *r = p;
+    tnn_session *s = tnn_session_new(1);
+    tnn_tensor *lg = tnn_input_2d_f32(s, 4, 3), *tg = tnn_input_1d_i32(s, 4);
+    tnn_tensor *ce = tnn_cross_entropy(s, lg, tg, -1);
+    float lv[12] = {0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f, 0.7f, 0.8f, 0.9f, 1.0f, 1.1f, 1.2f};
+    int32_t good[4] = {0, 1, 2, 2}, bad[4] = {0, 1, 5, 2};
+    if (tnn_realize(s, ce) || tnn_upload_f32(s, lg, lv, 12) ||
+        tnn_upload_i32(s, tg, r->bad ? bad : good, 4)) {
+        tnn_session_free(s);
+        return NULL;
+    }
+    for (int k = 0; k < 300; k++) {
+        int rc = tnn_compute(s);
+        r->oks += rc == TNN_OK;
+        r->fails += rc == TNN_ERR_RANGE;
+    }
+    tnn_session_free(s);
+    return NULL;
+}
+
+static void test_fault_threads(void) {
+    fault_run a = {.bad = 1}, b = {.bad = 0};
+    pthread_t ta, tb;
+    pthread_create(&ta, NULL, fault_thread, &a);
+    pthread_create(&tb, NULL, fault_thread, &b);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    CHECK(a.fails == 300 && a.oks == 0 && b.oks == 300 && b.fails == 0,
+          "faults across sessions: the faulting one failed %d and passed %d of 300, the other "
+          "passed %d and failed %d", a.fails, a.oks, b.oks, b.fails);
+}
+
 static void test_threads(void) {
     thread_run lone_a = {.seed = 1}, lone_b = {.seed = 2}, a = {.seed = 1}, b = {.seed = 2};
     train_thread(&lone_a);
@@ -1449,6 +1490,7 @@ int main(void) {
     test_optim_many();
     test_optim_fault();
     test_threads();
+    test_fault_threads();
     test_quant();
     test_kv();
     test_kv_repeat();

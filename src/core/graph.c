@@ -327,7 +327,7 @@ int tnn_compute(tnn_session *s) {
         if (rc != TNN_OK) return rc;
     }
     if (s->backend->finish) {
-        int rc = s->backend->finish();
+        int rc = s->backend->finish(s);
         if (rc != TNN_OK) return rc;
     }
     if (s->optim) return tnn__optim_step(s);

@@ -203,7 +203,7 @@ typedef struct tnn_backend {
     bool fuse_next;
     /* After a compute's last node: waits for the queued work and reports an
      * error a kernel found (a bad index) as the status of the compute. */
-    int (*finish)(void);
+    int (*finish)(tnn_session *s);
     /* An optimizer step queued after the plan and before finish, so that
      * the host waits once (NULL: the engine reads the loss and the norm and
      * updates the parameters itself); step_result reads, once finish has

@@ -468,7 +468,20 @@ typedef struct {
     bool eager;
     bool fuse;             /* TNN_CUDA_FUSE, when the plan first ran */
     tnn_step_result *step; /* pinned: what the optimizer step found */
+    tnn_cu_fault *fault;   /* pinned: the faults of this session's kernels */
 } cu_plan;
+
+/* While a session's kernels are launched (or recorded into its graph), the
+ * fault record they get is the session's own, so that a session's compute
+ * reports its own faults even when sessions on other threads share the
+ * stream; the process-wide record is back once the scope ends. */
+struct fault_scope {
+    tnn_cu_fault *saved;
+    explicit fault_scope(tnn_cu_fault *f) : saved(tnn__cu.fault) {
+        if (f) tnn__cu.fault = f;
+    }
+    ~fault_scope() { tnn__cu.fault = saved; }
+};
 
 /* TNN_CUDA_PROFILE=1: plans run node by node, each waited for and timed
  * (launch + run + the wait), and the totals per op go to stderr at exit. */
@@ -586,6 +599,7 @@ static void cu_release(tnn_session *s) {
     if (!g) return;
     if (g->exec) cudaGraphExecDestroy(g->exec);
     if (g->step) cudaFreeHost(g->step);
+    if (g->fault) cudaFreeHost(g->fault);
     free(g);
     s->bstate = NULL;
 }
@@ -599,8 +613,14 @@ static int cu_run_plan(tnn_session *s) {
         const char *e = getenv("TNN_CUDA_GRAPHS");
         g->eager = (e && !strcmp(e, "0")) || profiling();
         g->fuse = fusing();
+        if (cudaMallocHost((void **)&g->fault, sizeof *g->fault) != cudaSuccess) {
+            free(g);
+            return tnn__cu_status(cudaGetLastError(), "tnn_compute");
+        }
+        memset(g->fault, 0, sizeof *g->fault);
         s->bstate = g;
     }
+    fault_scope own(g->fault);
     cudaStream_t st = tnn__cu.stream;
     if (g->exec && g->scratch_gen == tnn__cu.scratch_gen)
         return tnn__cu_status(cudaGraphLaunch(g->exec, st), "tnn_compute");
@@ -633,15 +653,18 @@ static int cu_run_plan(tnn_session *s) {
 
 static bool cu_supports(const tnn_tensor *t) { return t->op > TNN_OP_NONE && t->op < TNN_OP_COUNT; }
 
-/* Waits for the queued nodes; a fault a kernel recorded becomes the
- * status, and the record is cleared for the next compute. */
-static int cu_finish(void) {
+/* Waits for the queued nodes; a fault one of the session's kernels recorded
+ * (or one launched outside any plan) becomes the status, and the record is
+ * cleared for the next compute. */
+static int cu_finish(tnn_session *s) {
     cu_lock held;
     int rc = tnn__cu_status(synced(), "tnn_compute");
     if (rc) return rc;
-    tnn_cu_fault f = *tnn__cu.fault;
+    cu_plan *g = (cu_plan *)s->bstate;
+    tnn_cu_fault *rec = g && g->fault && g->fault->code ? g->fault : tnn__cu.fault;
+    tnn_cu_fault f = *rec;
     if (!f.code) return TNN_OK;
-    memset(tnn__cu.fault, 0, sizeof f);
+    memset(rec, 0, sizeof f);
     switch (f.code) {
     case CU_FAULT_INDEX:
         return tnn__error(TNN_ERR_RANGE, "tnn_compute",
@@ -674,6 +697,7 @@ static int cu_step(tnn_session *s, const tnn_step *st) {
         return tnn__cu_status(cudaGetLastError(), "optimizer");
     }
     memset(g->step, 0, sizeof *g->step);
+    fault_scope own(g->fault); /* the step skips on this session's faults */
     return tnn__cu_step(st, g->step);
 }
 
