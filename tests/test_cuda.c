@@ -431,6 +431,11 @@ static void test_ops(void) {
     in_spec an[4] = {P(2, 40, 24), P(2, 40, 24), P(1, 24), F(2, 40, 24)};
     twin("a residual add and the RMS norm after it", b_addnorm, an, 4, true, 1e-5);
     fused_same("a residual add and the RMS norm after it", b_addnorm, an, 4, 1);
+    /* the logits are a product's, not kept: cross-entropy's gradient is
+     * written over them, past the backward kernel's shared-memory row too */
+    in_spec cebig[3] = {P(2, 6, 8), P(2, 60001, 8), I(6, 60001)};
+    twin("cross_entropy over 60001 classes, its gradient over the logits", b_ce, cebig, 3,
+         true, 1e-5);
     in_spec ce[3] = {P(2, 10, 8), P(2, 13, 8), I(10, 13)};
     twin("cross_entropy (ignore 3)", b_ce, ce, 3, true, 1e-5);
     twin("block: gradients of every parameter", b_block, bl, 5, true, 1e-4);

@@ -322,6 +322,53 @@ static void test_inplace_sums(void) {
     free(ov);
 }
 
+/* Cross-entropy's gradient written over the logits when nothing else reads
+ * them later: the same gradients as with the logits kept (their own
+ * buffer), and the logits refused to a download. */
+static void ce_inplace_run(bool keep, float *out, int *inplace) {
+    tnn_session *s = tnn_session_new(0);
+    tnn_tensor *x = tnn_input_2d_f32(s, 12, 16), *w = tnn_input_2d_f32(s, 300, 16);
+    tnn_tensor *tg = tnn_input_1d_i32(s, 12);
+    tnn_set_param(x);
+    tnn_set_param(w);
+    tnn_tensor *lg = tnn_matmul_nt(s, x, w);
+    tnn_tensor *loss = tnn_cross_entropy(s, lg, tg, 5);
+    CHECK_OK(tnn_backward(s, loss));
+    if (keep) tnn_set_output(lg);
+    CHECK_OK(tnn_realize(s, loss));
+    *inplace = 0;
+    for (int32_t i = 0; i < s->n_plan; i++)
+        *inplace += s->plan[i]->op == TNN_OP_CROSS_ENTROPY_BACK &&
+                    (s->plan[i]->flags & TNN_FLAG_INPLACE);
+    double xv[12 * 16], wv[300 * 16];
+    int64_t t[12];
+    th_seed(23);
+    th_fill_f32(xv, 12 * 16, 1.0);
+    th_fill_f32(wv, 300 * 16, 1.0);
+    for (int i = 0; i < 12; i++) t[i] = (i * 37) % 300;
+    CHECK_OK(tnn_upload_from_float_array(s, x, xv, 12 * 16));
+    CHECK_OK(tnn_upload_from_float_array(s, w, wv, 300 * 16));
+    CHECK_OK(tnn_upload_from_int_array(s, tg, t, 12));
+    CHECK_OK(tnn_compute(s));
+    CHECK_OK(tnn_download_f32(s, tnn_grad(s, x), out, 12 * 16));
+    CHECK_OK(tnn_download_f32(s, tnn_grad(s, w), out + 12 * 16, 300 * 16));
+    static float lv[12 * 300];
+    int rc = tnn_download_f32(s, lg, lv, 12 * 300);
+    CHECK(keep ? rc == TNN_OK : rc == TNN_ERR_STATE, "logits %s: download status %d",
+          keep ? "kept" : "overwritten", rc);
+    tnn_session_free(s);
+}
+
+static void test_ce_inplace(void) {
+    static float a[12 * 16 + 300 * 16], b[12 * 16 + 300 * 16];
+    int ia = 0, ib = 0;
+    ce_inplace_run(false, a, &ia);
+    ce_inplace_run(true, b, &ib);
+    CHECK(ia == 1 && ib == 0, "cross-entropy's gradient in place: %d without the logits kept, "
+          "%d with", ia, ib);
+    CHECK(!memcmp(a, b, sizeof a), "the gradients differ when written over the logits");
+}
+
 static void test_cpu_fusion(void) {
     static const fuse_case cases[] = {
         {0, 0, false, 64, 96, 80},    /* packed, edge tiles */
@@ -344,6 +391,7 @@ int main(void) {
     test_outputs_and_reuse();
     test_views_keep_buffer();
     test_inplace_sums();
+    test_ce_inplace();
     test_leaf_only_graph();
     test_tensor_accessors();
     return th_finish("test_graph");

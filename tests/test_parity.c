@@ -263,7 +263,7 @@ static bool setup(lm_graph *g, const lm_optim *opt, walk_ctx *c, const int64_t *
 static void test_forward_backward(const golden *gd, walk_ctx *c, const int64_t *tok,
                                   const int64_t *tgt) {
     lm_optim opt = {.lr = 0.0, .beta1 = BETA1, .beta2 = BETA2, .eps = ADAM_EPS,
-                    .weight_decay = WD, .grad_clip = CLIP};
+                    .weight_decay = WD, .grad_clip = CLIP, .keep_logits = true};
     lm_graph g;
     if (!setup(&g, &opt, c, tok, tgt)) return;
     CHECK_OK(tnn_compute(g.s));

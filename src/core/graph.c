@@ -156,29 +156,40 @@ static void last_uses(tnn_tensor **plan, int32_t np) {
                 u->last_use = i;
 }
 
-/* Whether the gradient sum t (plan[i]) can be written over its source u:
- * u is a node (or a sum itself written in place) read for the last time
- * here, not kept, of t's size, and not t's other source. */
-static bool inplace_ok(const tnn_session *s, const tnn_tensor *t, const tnn_tensor *u,
-                       const tnn_tensor *other, int32_t i) {
-    return u->op != TNN_OP_NONE && (!(u->flags & TNN_FLAG_ALIAS) || (u->flags & TNN_FLAG_INPLACE)) &&
-           !kept(s, u) && u->last_use == i && u->dtype == t->dtype && u->nbytes == t->nbytes &&
-           !u->aux_bytes && buffer_of((tnn_tensor *)u) != buffer_of((tnn_tensor *)other);
+/* Whether node t (plan[i]) can be written over its source k: that source
+ * is a node (or a node itself written in place) read for the last time
+ * here, not kept, of t's size, and its buffer is none of t's other
+ * sources'. */
+static bool inplace_ok(const tnn_session *s, const tnn_tensor *t, int k, int32_t i) {
+    const tnn_tensor *u = t->src[k];
+    if (u->op == TNN_OP_NONE || ((u->flags & TNN_FLAG_ALIAS) && !(u->flags & TNN_FLAG_INPLACE)) ||
+        kept(s, u) || u->last_use != i || u->dtype != t->dtype || u->nbytes != t->nbytes ||
+        u->aux_bytes)
+        return false;
+    for (int q = 0; q < TNN_MAX_SRC; q++)
+        if (q != k && t->src[q] && buffer_of(t->src[q]) == buffer_of((tnn_tensor *)u)) return false;
+    return true;
 }
 
-/* Gradient sums (same-shape adds made by tnn_backward) whose running sum,
- * or new term, is read for the last time by the sum are written over it:
- * the sum's operands are swapped so that one is src[0] (the same bits: a
- * float add commutes), and the sum becomes an alias of it. */
+/* Nodes written over a source read for the last time by them: gradient
+ * sums (same-shape adds made by tnn_backward) over their running sum or
+ * new term, the operands swapped so that it is src[0] (the same bits: a
+ * float add commutes); cross-entropy's gradient over the logits (its
+ * kernels read each value before writing it). Such a node becomes an alias
+ * of its src[0]. */
 static void plan_inplace(tnn_session *s, tnn_tensor **plan, int32_t np) {
     for (int32_t i = 0; i < np; i++) {
         tnn_tensor *t = plan[i];
+        if (t->op == TNN_OP_CROSS_ENTROPY_BACK && t->dtype == TNN_F32 &&
+            t->src[0]->nelem == t->nelem && inplace_ok(s, t, 0, i)) {
+            t->src[0]->flags |= TNN_FLAG_TRANSIENT;
+            t->flags |= TNN_FLAG_ALIAS | TNN_FLAG_INPLACE;
+            continue;
+        }
         if (t->op != TNN_OP_ADD || !(t->flags & TNN_FLAG_ACCUM) || t->dtype != TNN_F32 ||
             t->src[0]->nelem != t->nelem || t->src[1]->nelem != t->nelem)
             continue;
-        int k = inplace_ok(s, t, t->src[0], t->src[1], i)   ? 0
-                : inplace_ok(s, t, t->src[1], t->src[0], i) ? 1
-                                                             : -1;
+        int k = inplace_ok(s, t, 0, i) ? 0 : inplace_ok(s, t, 1, i) ? 1 : -1;
         if (k < 0) continue;
         if (k == 1) {
             tnn_tensor *u = t->src[0];

@@ -105,8 +105,9 @@ enum {
     TNN_FLAG_ALIAS = 1u << 5,     /* node whose data is in its src[0]'s (an in-place update,
                                      a view) */
     TNN_FLAG_ACCUM = 1u << 6,     /* a gradient sum (autograd): may be planned in place */
-    TNN_FLAG_INPLACE = 1u << 7,   /* set by realize: such a sum written over its src[0],
-                                     whose last read it is (with ALIAS) */
+    TNN_FLAG_INPLACE = 1u << 7,   /* set by realize: such a sum (or cross-entropy's
+                                     gradient) written over its src[0], whose last read
+                                     it is (with ALIAS) */
 };
 
 struct tnn_tensor {

@@ -152,7 +152,7 @@ int lm_graph_build(lm_graph *g, const lm_config *cfg, int B, int T, bool with_lo
     g->tokens = tnn_input_1d_i32(g->s, B * T);
     g->logits = g->tokens ? forward(g) : NULL;
     if (!g->logits) goto fail;
-    tnn_set_output(g->logits);
+    if (!optim || optim->keep_logits) tnn_set_output(g->logits);
     tnn_tensor *root = g->logits;
     if (with_loss) {
         g->targets = tnn_input_1d_i32(g->s, B * T);

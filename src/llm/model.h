@@ -41,7 +41,9 @@ typedef struct {
 } lm_params;
 
 /* A model graph in its own session: B sequences of T tokens. With `train`,
- * targets and the mean cross-entropy loss, its backward graph and AdamW. */
+ * targets and the mean cross-entropy loss, its backward graph and AdamW.
+ * The logits can be downloaded after a compute, except from a training
+ * graph built without lm_optim.keep_logits. */
 typedef struct {
     lm_config cfg;
     int B, T;
@@ -58,6 +60,10 @@ typedef struct {
     /* Mixed precision: every product takes its weight through tnn_to_bf16
      * (bf16 products, f32 master weights and gradients, f32 AdamW). */
     bool bf16;
+    /* Keep the logits readable after a training compute; without it their
+     * memory takes the cross-entropy's gradient (a training step needs
+     * only the loss). */
+    bool keep_logits;
 } lm_optim;
 
 /* Builds and realizes the graph. with_loss adds targets and the loss;
