@@ -613,9 +613,11 @@ static int cu_run_plan(tnn_session *s) {
         const char *e = getenv("TNN_CUDA_GRAPHS");
         g->eager = (e && !strcmp(e, "0")) || profiling();
         g->fuse = fusing();
-        if (cudaMallocHost((void **)&g->fault, sizeof *g->fault) != cudaSuccess) {
+        cudaError_t e2 = cudaMallocHost((void **)&g->fault, sizeof *g->fault);
+        if (e2 != cudaSuccess) {
             free(g);
-            return tnn__cu_status(cudaGetLastError(), "tnn_compute");
+            cudaGetLastError();
+            return tnn__cu_status(e2, "tnn_compute");
         }
         memset(g->fault, 0, sizeof *g->fault);
         s->bstate = g;
@@ -692,9 +694,13 @@ static int cu_step(tnn_session *s, const tnn_step *st) {
     cu_lock held;
     cu_plan *g = (cu_plan *)s->bstate;
     if (!g) return TNN_ERR(TNN_ERR_STATE, "the optimizer step needs a realized plan");
-    if (!g->step && cudaMallocHost((void **)&g->step, sizeof *g->step) != cudaSuccess) {
-        g->step = NULL;
-        return tnn__cu_status(cudaGetLastError(), "optimizer");
+    if (!g->step) {
+        cudaError_t e = cudaMallocHost((void **)&g->step, sizeof *g->step);
+        if (e != cudaSuccess) {
+            g->step = NULL;
+            cudaGetLastError();
+            return tnn__cu_status(e, "optimizer");
+        }
     }
     memset(g->step, 0, sizeof *g->step);
     fault_scope own(g->fault); /* the step skips on this session's faults */
