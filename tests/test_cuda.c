@@ -682,6 +682,18 @@ static void test_rope_angles(void) {
 /* Optimizer steps                                                          */
 /* ------------------------------------------------------------------------ */
 
+/* AdamW (lr 0.05, weight decay 0.1) or SGD (lr 0.1, momentum 0.9, decay
+ * 0.01) on s's parameters, clipping at `clip`, and the realized loss. */
+static void optim_setup(tnn_session *s, tnn_tensor *loss, int adamw, double clip) {
+    CHECK_OK(tnn_backward(s, loss));
+    if (adamw)
+        CHECK_OK(tnn_optimizer_adamw(s, 0.05, 0.9, 0.999, 1e-8, 0.1));
+    else
+        CHECK_OK(tnn_optimizer_sgd(s, 0.1, 0.9, 0.01));
+    CHECK_OK(tnn_set_grad_clip(s, clip));
+    CHECK_OK(tnn_realize(s, loss));
+}
+
 /* Three AdamW (or SGD) steps of a tiny regression on both backends. */
 static void optim_run(int cuda, int adamw, float *out, int64_t *losses_ok) {
     tnn_session *s = tnn_session_new(cuda);
@@ -692,13 +704,7 @@ static void optim_run(int cuda, int adamw, float *out, int64_t *losses_ok) {
     tnn_set_no_decay(b);
     tnn_tensor *loss = tnn_mean(s, tnn_mul(s, tnn_add(s, tnn_matmul_nt(s, x, w), b),
                                            tnn_add(s, tnn_matmul_nt(s, x, w), b)));
-    CHECK_OK(tnn_backward(s, loss));
-    if (adamw)
-        CHECK_OK(tnn_optimizer_adamw(s, 0.05, 0.9, 0.999, 1e-8, 0.1));
-    else
-        CHECK_OK(tnn_optimizer_sgd(s, 0.1, 0.9, 0.01));
-    CHECK_OK(tnn_set_grad_clip(s, 0.5));
-    CHECK_OK(tnn_realize(s, loss));
+    optim_setup(s, loss, adamw, 0.5);
     float xv[30], wv[20], bv[4];
     th_seed(3);
     for (int i = 0; i < 30; i++) xv[i] = (float)th_sym(1.0);
@@ -765,13 +771,7 @@ static void optim_many_run(int cuda, int adamw, optim_out *r) {
         tnn_tensor *y = tnn_mul(s, w[k], x[k]), *term = tnn_sum(s, tnn_mul(s, y, y));
         loss = loss ? tnn_add(s, loss, term) : term;
     }
-    CHECK_OK(tnn_backward(s, loss));
-    if (adamw)
-        CHECK_OK(tnn_optimizer_adamw(s, 0.05, 0.9, 0.999, 1e-8, 0.1));
-    else
-        CHECK_OK(tnn_optimizer_sgd(s, 0.1, 0.9, 0.01));
-    CHECK_OK(tnn_set_grad_clip(s, 1.0));
-    CHECK_OK(tnn_realize(s, loss));
+    optim_setup(s, loss, adamw, 1.0);
     static float xv[OPT_VALS], wv[OPT_VALS], w0[OPT_VALS], m0[OPT_VALS], v0[OPT_VALS];
     th_seed(11);
     for (int i = 0; i < OPT_VALS; i++) xv[i] = (float)th_sym(1.0);

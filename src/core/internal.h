@@ -182,7 +182,6 @@ typedef struct tnn_step {
 typedef struct tnn_step_result {
     double loss, norm2; /* the loss and the squared gradient norm it read */
     int applied;        /* 0: skipped */
-    int fault;          /* skipped because a kernel faulted (the compute fails) */
 } tnn_step_result;
 
 /* A backend is a table of functions; CPU and CUDA plug in the same way.

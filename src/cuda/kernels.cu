@@ -1881,7 +1881,6 @@ __global__ void k_opt_decide(const double *part, int64_t nparts, const float *lo
     res->loss = l;
     res->norm2 = s;
     res->applied = !skip;
-    res->fault = faulted;
 }
 
 /* The CPU's update (optimizer.c) element by element, in the same double
