@@ -4,7 +4,10 @@
  * when TNN_LLMC_BENCH names a program that runs it (built outside this
  * repository; see docs/PERFORMANCE.md). Usage:
  *   bench_train [small|gpt2|all] [--cuda] [--bf16] [--tf32] [--batch B] [--seq T] [--steps S]
+ *               [--vocab-align N]
  * (--bf16: mixed precision, the products on bf16 copies of the weights;
+ * --vocab-align: lm_optim.vocab_align, the output projection's rows rounded
+ * up to a multiple of N (1: none; default: 64 on the GPU, none on the CPU);
  * --tf32: TNN_CUDA_TF32=1, the GPU's f32 products with TF32 inputs;
  * --batch/--seq/--steps replace the configs' own B, T and timed steps)
  * (--cuda: on the GPU; the peer is then PyTorch on the GPU when
@@ -30,13 +33,14 @@ typedef struct {
 /* One config: llama-style with as many parameters per block as GPT-2's
  * (SwiGLU d_ff = 8C/3 matches the 4C GELU MLP), all heads as KV heads. */
 static bool g_bf16;
+static int g_vocab_align;
 
 static void run(const config *c, FILE *json, int *first) {
     lm_config m = {.vocab = c->V, .d_model = c->C, .n_layer = c->L, .n_head = c->H,
                    .n_kv_head = c->H, .d_ff = (8 * c->C / 3 + 7) / 8 * 8, .seq_len = c->T,
                    .rope_base = 10000.0, .norm_eps = 1e-5};
     lm_optim opt = {.lr = 1e-4, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.0,
-                    .bf16 = g_bf16};
+                    .bf16 = g_bf16, .vocab_align = g_vocab_align};
     lm_graph g;
     if (lm_graph_build(&g, &m, c->B, c->T, true, &opt) != TNN_OK) {
         fprintf(stderr, "%s: %s\n", c->name, tnn_last_error());
@@ -67,9 +71,10 @@ static void run(const config *c, FILE *json, int *first) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     double best = (double)n / times[0], med = (double)n / times[c->steps / 2];
-    printf("%-6s L=%d C=%d H=%d V=%d B=%d T=%d (%lld params): %.1f / %.1f tokens/s (best / "
-           "median of %d steps, %.0f ms/step), loss %.3f, peak RSS %.0f MiB\n",
-           c->name, c->L, c->C, c->H, c->V, c->B, c->T, (long long)lm_param_count(&m), best, med,
+    printf("%-6s L=%d C=%d H=%d V=%d (%lld rows) B=%d T=%d (%lld params): %.1f / %.1f tokens/s "
+           "(best / median of %d steps, %.0f ms/step), loss %.3f, peak RSS %.0f MiB\n",
+           c->name, c->L, c->C, c->H, c->V, (long long)g.vocab_rows, c->B, c->T,
+           (long long)lm_param_count(&m), best, med,
            c->steps, times[c->steps / 2] * 1e3, loss, ru.ru_maxrss / 1024.0);
     fprintf(json, "%s  {\"config\": \"%s\", \"tokens_per_s_best\": %.2f, \"tokens_per_s_median\": "
                   "%.2f, \"peak_rss_mib\": %.1f}", *first ? "" : ",\n", c->name, best, med,
@@ -111,6 +116,12 @@ int main(int argc, char **argv) {
             g_bf16 = true;
         } else if (!strcmp(argv[i], "--tf32")) {
             setenv("TNN_CUDA_TF32", "1", 1);
+        } else if (!strcmp(argv[i], "--vocab-align")) {
+            if (!(g_vocab_align = opt_int(argc, argv, &i, 1 << 16))) {
+                fprintf(stderr, "bench_train: --vocab-align wants a whole number from 1 to %d\n",
+                        1 << 16);
+                return 2;
+            }
         } else if (!strcmp(argv[i], "--batch") || !strcmp(argv[i], "--seq") ||
                    !strcmp(argv[i], "--steps")) {
             const char *o = argv[i];

@@ -358,6 +358,14 @@ TNN_API tnn_tensor *tnn_layer_norm(tnn_session *s, tnn_tensor *x, tnn_tensor *ga
  * makes tnn_compute fail with TNN_ERR_RANGE. */
 TNN_API tnn_tensor *tnn_cross_entropy(tnn_session *s, tnn_tensor *logits, tnn_tensor *targets,
                                       int ignore_index);
+/* The same over the first n_classes columns of each row (1 <= n_classes <=
+ * V): the columns after them are padding, outside the softmax, and their
+ * gradient is 0. For logits whose rows are rounded up to an aligned width
+ * (a vocabulary of 50257 as 50304 rows: the GPU's products run faster on
+ * aligned rows); a target at or past n_classes is a TNN_ERR_RANGE. */
+TNN_API tnn_tensor *tnn_cross_entropy_padded(tnn_session *s, tnn_tensor *logits,
+                                             tnn_tensor *targets, int ignore_index,
+                                             int64_t n_classes);
 
 /* ------------------------------------------------------------------------ */
 /* Graph control                                                            */

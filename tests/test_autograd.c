@@ -109,6 +109,70 @@ static void test_mlp_cross_entropy(void) {
     tnn_session_free(s);
 }
 
+/* Cross-entropy over the first V of W columns: the loss and gradient of
+ * the same logits narrowed to V columns (to 1e-6: the GPU sums the rows in
+ * an order that depends on their alignment), the padding's gradient 0 (a
+ * finite-difference check alone would pass a softmax that took the padding
+ * in); and finite differences through a product. */
+static void test_cross_entropy_padded(void) {
+    enum { N = 6, W = 9, V = 5 };
+    tnn_session *s = tnn_session_new(TH_BACKEND);
+    int64_t shape[2] = {N, W};
+    tnn_tensor *a = tnn_tensor_new(s, TNN_F32, 2, shape), *b = tnn_tensor_new(s, TNN_F32, 2, shape);
+    tnn_tensor *tg = tnn_input_1d_i32(s, N);
+    tnn_set_param(a);
+    tnn_set_param(b);
+    tnn_tensor *lp = tnn_cross_entropy_padded(s, tnn_scale(s, a, 1.5), tg, 2, V);
+    tnn_tensor *lu = tnn_cross_entropy(s, tnn_narrow(s, tnn_scale(s, b, 1.5), 1, 0, V), tg, 2);
+    tnn_tensor *loss = tnn_add(s, lp, lu);
+    CHECK(loss != NULL, "padded cross-entropy graph: %s", tnn_last_error());
+    if (!loss) {
+        tnn_session_free(s);
+        return;
+    }
+    tnn_set_output(lp);
+    tnn_set_output(lu);
+    CHECK_OK(tnn_backward(s, loss));
+    CHECK_OK(tnn_realize(s, loss));
+    double x[N * W], ga[N * W], gb[N * W], vp = 0, vu = 0;
+    th_fill_f32(x, N * W, 2.0);
+    static const int64_t t[N] = {0, 4, 2, 3, 1, 4}; /* row 2 ignored */
+    CHECK_OK(tnn_upload_from_float_array(s, a, x, N * W));
+    CHECK_OK(tnn_upload_from_float_array(s, b, x, N * W));
+    CHECK_OK(tnn_upload_from_int_array(s, tg, t, N));
+    CHECK_OK(tnn_compute(s));
+    CHECK_OK(tnn_download_to_f64_array(s, lp, &vp, 1));
+    CHECK_OK(tnn_download_to_f64_array(s, lu, &vu, 1));
+    CHECK_OK(tnn_download_to_f64_array(s, tnn_grad(s, a), ga, N * W));
+    CHECK_OK(tnn_download_to_f64_array(s, tnn_grad(s, b), gb, N * W));
+    CHECK(fabs(vp - vu) <= 1e-6 * fabs(vu) && vu > 0.1, "padded loss %.9g, narrowed %.9g", vp, vu);
+    double worst = 0.0, pad = 0.0;
+    for (int i = 0; i < N * W; i++) {
+        if (i % W < V)
+            worst = fmax(worst, fabs(ga[i] - gb[i]));
+        else
+            pad = fmax(pad, fabs(ga[i]));
+    }
+    CHECK(worst <= 1e-6 && pad == 0.0, "padded gradient off by %.3g, padding's largest %.3g",
+          worst, pad);
+    /* a target in the padding is out of range */
+    static const int64_t bad[N] = {0, 4, 2, 5, 1, 4};
+    CHECK_OK(tnn_upload_from_int_array(s, tg, bad, N));
+    CHECK_ERR(tnn_compute(s), TNN_ERR_RANGE, "targets[3] = 5 is outside [0, 5)");
+    tnn_session_free(s);
+
+    s = tnn_session_new(TH_BACKEND);
+    param_t ps[2];
+    tnn_tensor *h = param(s, &ps[0], 2, 4, 5, 0);
+    tnn_tensor *w = param(s, &ps[1], 2, 7, 5, 0);
+    tnn_tensor *tg2 = tnn_input_1d_i32(s, 4);
+    tnn_tensor *l2 = tnn_cross_entropy_padded(s, tnn_matmul_nt(s, h, w), tg2, -1, 4);
+    static const int64_t t2[4] = {3, 0, 2, 1};
+    int_input ii = {tg2, t2, 4};
+    grad_check("product + cross_entropy_padded", s, l2, ps, 2, &ii, H_STEP, TOL);
+    tnn_session_free(s);
+}
+
 /* A llama-style block: RMSNorm with gain, q k^T softmax v, SwiGLU. */
 static void test_attention_block(void) {
     tnn_session *s = tnn_session_new(TH_BACKEND);
@@ -601,6 +665,7 @@ static void test_optimizer_resume(void) {
 int main(void) {
     TH_USE_CUDA("test_autograd");
     test_mlp_cross_entropy();
+    test_cross_entropy_padded();
     test_attention_block();
     test_rms_gain_folded();
     test_swiglu();

@@ -529,11 +529,14 @@ static void test_get_rows_back(void) {
 /* Cross-entropy rows                                                       */
 /* ------------------------------------------------------------------------ */
 
-static int ce_ign;
+static int ce_ign, ce_classes;
 /* The logits a product of the inputs, so that the backward pass writes a
- * buffer of its own (of garbage until then), not a zeroed gradient. */
+ * buffer of its own (of garbage until then), not a zeroed gradient; with
+ * ce_classes, over that many of each row's columns. */
 static tnn_tensor *b_ce_rows(tnn_session *s, tnn_tensor **x) {
-    return tnn_cross_entropy(s, tnn_scale(s, x[0], 2.0), x[1], ce_ign);
+    tnn_tensor *lg = tnn_scale(s, x[0], 2.0);
+    return ce_classes ? tnn_cross_entropy_padded(s, lg, x[1], ce_ign, ce_classes)
+                      : tnn_cross_entropy(s, lg, x[1], ce_ign);
 }
 
 /* The loss (to 1e-6 of the CPU's, whose sums are in double) and the
@@ -608,6 +611,14 @@ static void test_ce_rows(void) {
     ce_case("cross_entropy, V = 3", 5, 3, 3, 0);
     ce_case("cross_entropy, V = 5, 1030 rows", 1030, 5, 5, 4); /* rows past 1024 threads */
     ce_case("cross_entropy, every row ignored", 4, 9, -2, 2);
+    /* padded rows: classes then zeros, both row ends off and on 16 bytes */
+    ce_classes = 60001;
+    ce_case("cross_entropy_padded, 60001 of 60032 columns", 5, 60032, 60001, 1);
+    ce_classes = 7;
+    ce_case("cross_entropy_padded, 7 of 13 columns, ignored rows", 9, 13, 7, 2);
+    ce_classes = 50257;
+    ce_case("cross_entropy_padded, 50257 of 50304 columns", 3, 50304, 50257, -1);
+    ce_classes = 0;
 }
 
 /* ------------------------------------------------------------------------ */

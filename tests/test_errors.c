@@ -1188,6 +1188,19 @@ static void test_model_ops(void) {
     CHECK_NULL2(tnn_cross_entropy(s, v, tg, -1), TNN_ERR_SHAPE, "tnn_cross_entropy", "logits");
     CHECK_NULL2(tnn_cross_entropy(s, logits, tg2, -1), TNN_ERR_SHAPE, "tnn_cross_entropy",
                 "targets i32(2)");
+    /* the padded form: 1 <= n_classes <= V, the same checks of its tensors */
+    CHECK_NULL2(tnn_cross_entropy_padded(NULL, logits, tg, -1, 4), TNN_ERR_ARG,
+                "tnn_cross_entropy_padded", "session");
+    CHECK_NULL2(tnn_cross_entropy_padded(s, logits, tg2, -1, 4), TNN_ERR_SHAPE,
+                "tnn_cross_entropy_padded", "targets i32(2)");
+    CHECK_NULL2(tnn_cross_entropy_padded(s, logits, tg, -1, 0), TNN_ERR_ARG,
+                "tnn_cross_entropy_padded", "n_classes = 0");
+    CHECK_NULL2(tnn_cross_entropy_padded(s, logits, tg, -1, -3), TNN_ERR_ARG,
+                "tnn_cross_entropy_padded", "n_classes = -3");
+    CHECK_NULL2(tnn_cross_entropy_padded(s, logits, tg, -1, 6), TNN_ERR_ARG,
+                "tnn_cross_entropy_padded", "n_classes = 6: want 1 to the logits' 5 columns");
+    CHECK(tnn_cross_entropy_padded(s, logits, tg, -1, 5) != NULL, "padded, 5 of 5: %s",
+          tnn_last_error());
     tnn_tensor *loss = tnn_cross_entropy(s, logits, tg, -100);
     CHECK(loss != NULL, "cross_entropy: %s", tnn_last_error());
     CHECK_OK(tnn_realize(s, loss));

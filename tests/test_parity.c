@@ -300,13 +300,19 @@ static void test_forward_backward(const golden *gd, walk_ctx *c, const int64_t *
     lm_graph_free(&g);
 }
 
-/* Five AdamW steps with clipping and decoupled weight decay (none on the gains). */
+/* Five AdamW steps with clipping and decoupled weight decay (none on the gains); with
+ * vocab_align 96, the output projection padded to 288 rows (zero rows, outside the loss). */
 static void test_adamw_steps(const golden *gd, walk_ctx *c, const int64_t *tok,
-                             const int64_t *tgt) {
+                             const int64_t *tgt, int vocab_align) {
     lm_optim opt = {.lr = LR, .beta1 = BETA1, .beta2 = BETA2, .eps = ADAM_EPS,
-                    .weight_decay = WD, .grad_clip = CLIP};
+                    .weight_decay = WD, .grad_clip = CLIP, .vocab_align = vocab_align};
     lm_graph g;
     if (!setup(&g, &opt, c, tok, tgt)) return;
+    int64_t rows = vocab_align > 1 ? (VOCAB + vocab_align - 1) / vocab_align * vocab_align : VOCAB;
+    CHECK(g.vocab_rows == rows && tnn_tensor_dim(g.logits, 1) == rows,
+          "vocab_align %d: %lld rows, logits of %lld", vocab_align, (long long)g.vocab_rows,
+          (long long)tnn_tensor_dim(g.logits, 1));
+    if (vocab_align > 1) printf("output projection padded to %lld rows\n", (long long)rows);
     double worst = 0.0;
     for (int k = 0; k < N_STEPS; k++) {
         CHECK_OK(tnn_set_lr(g.s, LR)); /* a constant schedule, as a training loop sets it */
@@ -357,7 +363,8 @@ int main(int argc, char **argv) {
                 printf("-- %d thread%s\n", threads, threads > 1 ? "s" : "");
                 CHECK_OK(tnn_set_num_threads(threads));
                 test_forward_backward(&gd, &c, tok, tgt);
-                test_adamw_steps(&gd, &c, tok, tgt);
+                test_adamw_steps(&gd, &c, tok, tgt, 0);
+                test_adamw_steps(&gd, &c, tok, tgt, 96);
             }
         }
         free(c.buf);

@@ -89,6 +89,9 @@ step bench_train_t1024_bf16 120 "$BIN/bench/bench_train" gpt2 --cuda --bf16 --ba
 # what keeping attention's log-sum-exp from the forward is worth (the backward runs the
 # forward again without it), same binary
 TNN_CUDA_FLASH_LSE=0 step bench_train_t1024_tf32_nolse 120 "$BIN/bench/bench_train" gpt2 --cuda --tf32 --batch 4 --seq 1024 --steps 8
+# what padding the output projection to 50304 rows is worth (the default on the GPU; the
+# products over the logits then have 16-byte-aligned rows), same binary
+step bench_train_t1024_tf32_nopad 120 "$BIN/bench/bench_train" gpt2 --cuda --tf32 --batch 4 --seq 1024 --steps 8 --vocab-align 1
 # where a short-sequence TF32 step goes (T = 64: 256 tokens a step), node by node
 TNN_CUDA_PROFILE=1 step profile_t64_tf32 120 "$BIN/bench/bench_train" gpt2 --cuda --tf32 --steps 3
 # the GPU time of every kernel inside the replayed CUDA graphs (no waits between nodes,
@@ -100,7 +103,7 @@ if [ -n "$NSYS" ]; then
     cat "$L/nsys_t$T.log" 2>/dev/null | grep -E '^"?[0-9]' | head -n 40 >> "$S"
   done
 fi
-for n in bench_train_t1024 bench_train_t1024_tf32 bench_train_t1024_bf16 bench_train_t1024_tf32_nolse; do
+for n in bench_train_t1024 bench_train_t1024_tf32 bench_train_t1024_bf16 bench_train_t1024_tf32_nolse bench_train_t1024_tf32_nopad; do
   grep -v "^threads" "$L/$n.log" 2>/dev/null >> "$S"
 done
 step bench_cuda_train 120 "$BIN/bench/bench_cuda" --train

@@ -69,8 +69,8 @@ typedef enum tnn_op {
     TNN_OP_EXPAND = 20,     /* broadcast src0 to this node's shape */
     TNN_OP_REDUCE_TO = 21,  /* sum src0 over the dimensions broadcast to this shape */
     TNN_OP_FILL = 22,       /* every element = fparam[0]; no sources */
-    TNN_OP_CROSS_ENTROPY = 23,      /* (logits, targets) -> mean loss (1) */
-    TNN_OP_CROSS_ENTROPY_BACK = 24, /* (logits, targets, dloss) -> dlogits */
+    TNN_OP_CROSS_ENTROPY = 23,      /* (logits, targets) -> mean loss (1); iparam: */
+    TNN_OP_CROSS_ENTROPY_BACK = 24, /* ignore, classes; (logits, targets, dloss) -> dlogits */
     TNN_OP_ROPE = 25,           /* iparam: n_head, seq_len, mode; fparam: base, sign */
     TNN_OP_ATTENTION = 26,      /* (q, k, v); iparam: n_head, n_kv_head, seq_len */
     /* (q, k, v, dout, the forward node) -> dq (N x qw), then dk and dv (N x kw each) */
@@ -298,6 +298,8 @@ tnn_tensor *tnn__node_new(tnn_session *s, int op, int dtype, int ndim, const int
 tnn_tensor *tnn__expand(tnn_session *s, tnn_tensor *a, int ndim, const int64_t *shape);
 tnn_tensor *tnn__reduce_to(tnn_session *s, tnn_tensor *a, int ndim, const int64_t *shape);
 tnn_tensor *tnn__fill(tnn_session *s, int ndim, const int64_t *shape, double value);
+/* The elements [at, at + the shape's size) of a, in place (an alias). */
+tnn_tensor *tnn__view(tnn_session *s, tnn_tensor *a, int64_t at, int ndim, const int64_t *shape);
 tnn_tensor *tnn__cross_entropy_back(tnn_session *s, tnn_tensor *ce, tnn_tensor *dloss);
 /* reduce_to a's shape, or g itself when the shapes already match. */
 tnn_tensor *tnn__sum_like(tnn_session *s, tnn_tensor *g, const tnn_tensor *a);

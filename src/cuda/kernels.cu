@@ -432,10 +432,10 @@ __device__ double cu_ce_stats(const float *x, int64_t n, float *stash, int64_t S
 }
 
 __global__ void __launch_bounds__(CE_THREADS)
-    k_ce_rows(const float *lg, const int32_t *tg, int64_t V, int32_t ign, float *rows,
-              tnn_cu_fault *fault, int node) {
+    k_ce_rows(const float *lg, const int32_t *tg, int64_t W, int64_t V, int32_t ign,
+              float *rows, tnn_cu_fault *fault, int node) {
     int64_t r = blockIdx.x;
-    const float *x = lg + r * V;
+    const float *x = lg + r * W; /* rows of W, the first V classes */
     int32_t c = tg[r];
     if (c == ign || c < 0 || c >= V) {
         if (threadIdx.x == 0) {
@@ -473,14 +473,17 @@ __global__ void __launch_bounds__(CE_TOTAL_THREADS)
 
 /* d = softmax * scale, minus scale at the target, each element written
  * once, from the copy the stats kept (stash) or else from the logits again.
- * Ignored rows get zeros; a bad target is a fault. */
+ * Ignored rows get zeros, as do a row's W - V padding columns (never read);
+ * a bad target is a fault. */
 __global__ void __launch_bounds__(CE_BACK_THREADS)
     k_ce_back(const float *lg, const int32_t *tg, const float *dloss, const int *count,
-              int64_t V, int32_t ign, int64_t S, float *d, tnn_cu_fault *fault, int node) {
+              int64_t W, int64_t V, int32_t ign, int64_t S, float *d, tnn_cu_fault *fault,
+              int node) {
     TNN_DYN_SMEM(float, stash); /* S + 3 floats */
     int64_t r = blockIdx.x, bd = blockDim.x, t = threadIdx.x;
-    const float *x = lg + r * V;
-    float *dr = d + r * V;
+    const float *x = lg + r * W;
+    float *dr = d + r * W;
+    for (int64_t j = V + t; j < W; j += bd) dr[j] = 0.0f;
     int32_t c = tg[r];
     bool skip = c == ign || c < 0 || c >= V;
     if (skip && c != ign && t == 0) cu_fault(fault, CU_FAULT_TARGET, node, r, c, V);
@@ -552,7 +555,7 @@ static unsigned ce_threads(int64_t V, unsigned cap) {
 static int ce(tnn_tensor *t) {
     const tnn_tensor *lg = t->src[0];
     const int32_t *tg = (const int32_t *)t->src[1]->data;
-    int64_t N = lg->shape[0], V = lg->shape[1];
+    int64_t N = lg->shape[0], W = lg->shape[1], V = t->iparam[1];
     int32_t ign = (int32_t)t->iparam[0];
     cudaStream_t st = tnn__cu.stream;
     if (N == 0) return TNN_OK;
@@ -562,7 +565,7 @@ static int ce(tnn_tensor *t) {
     int *count = (int *)scr;
     float *rows = (float *)(scr + 16);
     if (t->op == TNN_OP_CROSS_ENTROPY) {
-        TNN_LAUNCH(k_ce_rows, (unsigned)N, ce_threads(V, CE_THREADS), 0, st, CF(lg), tg, V, ign,
+        TNN_LAUNCH(k_ce_rows, (unsigned)N, ce_threads(V, CE_THREADS), 0, st, CF(lg), tg, W, V, ign,
                    rows, tnn__cu.fault, t->id);
         TNN_LAUNCH(k_ce_total, 1, CE_TOTAL_THREADS, 0, st, tg, N, V, ign, (const float *)rows,
                    FP(t), (int *)NULL);
@@ -574,7 +577,7 @@ static int ce(tnn_tensor *t) {
                    (float *)NULL, count);
         TNN_LAUNCH(k_ce_back, (unsigned)N, ce_threads(V, CE_BACK_THREADS),
                    (size_t)(S + 3) * sizeof(float), st, CF(lg), tg, CF(t->src[2]),
-                   (const int *)count, V, ign, S, FP(t), tnn__cu.fault, t->id);
+                   (const int *)count, W, V, ign, S, FP(t), tnn__cu.fault, t->id);
     }
     return tnn__cu_launched(tnn__ops[t->op].name);
 }

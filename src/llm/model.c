@@ -109,7 +109,24 @@ static tnn_tensor *forward(lm_graph *g) {
         x = tnn_add(s, x, linear(g, f, L->w_down));
     }
     x = tnn_rms_norm(s, x, g->p.out_norm, eps);
-    return linear(g, x, g->p.tok_emb); /* tied output projection */
+    tnn_tensor *w = g->p.tok_emb; /* tied output projection */
+    if (g->vocab_rows > c->vocab) {
+        int64_t shape[2] = {g->vocab_rows - c->vocab, c->d_model};
+        tnn_tensor *zeros = tnn_tensor_new(s, TNN_F32, 2, shape); /* a leaf: zero, never set */
+        w = zeros ? tnn_concat(s, w, zeros, 0) : NULL;
+    }
+    return linear(g, x, w);
+}
+
+/* The output projection's rows: the vocabulary rounded up to a multiple of
+ * `align` (optim->vocab_align, 0 picking by backend), in a training graph
+ * that does not keep its logits. */
+static int64_t vocab_rows(const lm_graph *g, const lm_optim *optim) {
+    int64_t V = g->cfg.vocab;
+    if (!optim || optim->keep_logits) return V;
+    int64_t align = optim->vocab_align;
+    if (align == 0) align = strcmp(tnn_session_backend(g->s), "cuda") ? 1 : 64;
+    return align > 1 ? (V + align - 1) / align * align : V;
 }
 
 /* (double)(float)v. Through a volatile because GCC 12.2's SLP vectorizer
@@ -126,6 +143,10 @@ int lm_graph_build(lm_graph *g, const lm_config *cfg, int B, int T, bool with_lo
     const char *why = lm_config_problem(cfg);
     if (why) {
         fprintf(stderr, "model config: %s\n", why);
+        return TNN_ERR_ARG;
+    }
+    if (optim && optim->vocab_align < 0) {
+        fprintf(stderr, "model graph: vocab_align %d (want 0 or more)\n", optim->vocab_align);
         return TNN_ERR_ARG;
     }
     if (B < 1 || T < 1 || T > cfg->seq_len) {
@@ -149,6 +170,7 @@ int lm_graph_build(lm_graph *g, const lm_config *cfg, int B, int T, bool with_lo
         tnn_set_no_decay(g->p.layer[l].attn_norm);
         tnn_set_no_decay(g->p.layer[l].ffn_norm);
     }
+    g->vocab_rows = vocab_rows(g, optim);
     g->tokens = tnn_input_1d_i32(g->s, B * T);
     g->logits = g->tokens ? forward(g) : NULL;
     if (!g->logits) goto fail;
@@ -156,7 +178,7 @@ int lm_graph_build(lm_graph *g, const lm_config *cfg, int B, int T, bool with_lo
     tnn_tensor *root = g->logits;
     if (with_loss) {
         g->targets = tnn_input_1d_i32(g->s, B * T);
-        g->loss = tnn_cross_entropy(g->s, g->logits, g->targets, -1);
+        g->loss = tnn_cross_entropy_padded(g->s, g->logits, g->targets, -1, cfg->vocab);
         if (!g->loss) goto fail;
         root = g->loss;
     }

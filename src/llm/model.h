@@ -50,7 +50,9 @@ typedef struct {
     tnn_session *s;
     lm_params p;
     tnn_tensor *tokens, *targets; /* int32 (B*T) */
-    tnn_tensor *logits;           /* (B*T, vocab) */
+    tnn_tensor *logits;           /* (B*T, vocab), or (B*T, vocab_rows) */
+    int64_t vocab_rows;           /* the output projection's rows: vocab, or
+                                   * rounded up (lm_optim.vocab_align) */
     tnn_tensor *loss;             /* (1), when built with targets */
     bool bf16;                    /* products on bf16 copies of the weights */
 } lm_graph;
@@ -64,6 +66,13 @@ typedef struct {
      * memory takes the cross-entropy's gradient (a training step needs
      * only the loss). */
     bool keep_logits;
+    /* Without keep_logits: the output projection of the training graph
+     * takes the embedding with zero rows added up to a multiple of this
+     * (its logits' padding columns outside the loss), so the GPU's
+     * products over the logits get aligned rows. 0: 64 on a CUDA session,
+     * none on the CPU; 1: none. The loss and gradients are those of the
+     * unpadded graph. */
+    int vocab_align;
 } lm_optim;
 
 /* Builds and realizes the graph. with_loss adds targets and the loss;

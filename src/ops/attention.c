@@ -338,28 +338,6 @@ int tnn__fwd_attention_back(tnn_tensor *t) {
     return TNN_OK;
 }
 
-/* ------------------------------------------------------------------------ */
-/* Views (the three parts of the attention gradient)                        */
-/* ------------------------------------------------------------------------ */
-
-/* The rows x cols elements of a from element `at` on, in place (no copy). */
-static tnn_tensor *view_part(tnn_session *s, tnn_tensor *a, int64_t at, int64_t rows,
-                             int64_t cols) {
-    int64_t shape[2] = {rows, cols};
-    tnn_tensor *src[1] = {a};
-    tnn_tensor *t = tnn__node_new(s, TNN_OP_VIEW, TNN_F32, 2, shape, src, 1);
-    if (t) {
-        t->iparam[0] = at;
-        t->flags |= TNN_FLAG_ALIAS;
-    }
-    return t;
-}
-
-int tnn__fwd_view(tnn_tensor *t) {
-    (void)t; /* its data is its source's */
-    return TNN_OK;
-}
-
 int tnn__bwd_attention(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
                        tnn_tensor **d) {
     tnn_tensor *q = t->src[0], *k = t->src[1], *v = t->src[2];
@@ -375,9 +353,10 @@ int tnn__bwd_attention(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool 
     if (!packed) return tnn_last_status();
     t->aux_bytes = (size_t)t->nelem / (size_t)(q->shape[1] / t->iparam[0]) * sizeof(float);
     memcpy(packed->iparam, t->iparam, sizeof t->iparam);
-    if (need[0]) d[0] = view_part(s, packed, 0, N, qw);
-    if (need[1]) d[1] = view_part(s, packed, N * qw, N, kw);
-    if (need[2]) d[2] = view_part(s, packed, N * qw + N * kw, N, kw);
+    int64_t sq[2] = {N, qw}, sk[2] = {N, kw}; /* its parts in place */
+    if (need[0]) d[0] = tnn__view(s, packed, 0, 2, sq);
+    if (need[1]) d[1] = tnn__view(s, packed, N * qw, 2, sk);
+    if (need[2]) d[2] = tnn__view(s, packed, N * qw + N * kw, 2, sk);
     return TNN_OK;
 }
 

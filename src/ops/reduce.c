@@ -204,35 +204,67 @@ int tnn__fwd_fill(tnn_tensor *t) {
 /* ------------------------------------------------------------------------ */
 
 /* loss = mean over rows r with targets[r] != ignore of
- *        logsumexp(logits[r]) - logits[r][targets[r]]  (0 if no row counts) */
-tnn_tensor *tnn_cross_entropy(tnn_session *s, tnn_tensor *logits, tnn_tensor *targets,
-                              int ignore_index) {
-    CHECK_SESSION_NULL(s);
-    CHECK_TENSOR_NULL(s, logits);
-    CHECK_TENSOR_NULL(s, targets);
+ *        logsumexp(logits[r][0..V)) - logits[r][targets[r]]  (0 if no row
+ * counts), V = n_classes (iparam[1]) of the row's width; columns past it
+ * are padding: no part of the loss, a zero gradient. */
+static tnn_tensor *cross_entropy(tnn_session *s, tnn_tensor *logits, tnn_tensor *targets,
+                                 int ignore_index, int64_t n_classes, const char *op) {
+    if (tnn__check_session(s, op) || tnn__check_tensor(s, logits, op, "logits") ||
+        tnn__check_tensor(s, targets, op, "targets"))
+        return NULL;
     char bl[TNN_SHAPE_BUF], bt[TNN_SHAPE_BUF];
     tnn__shape_str(logits, bl, sizeof bl);
     tnn__shape_str(targets, bt, sizeof bt);
     /* A wrong dtype is an argument error, a wrong shape a shape error. */
-    if (logits->dtype != TNN_F32 || logits->ndim != 2)
-        return TNN_ERR_NULL(logits->dtype != TNN_F32 ? TNN_ERR_ARG : TNN_ERR_SHAPE,
-                            "logits %s: want a 2-D f32 tensor (N, V)", bl);
-    if (targets->dtype != TNN_I32 || targets->ndim != 1 || targets->shape[0] != logits->shape[0])
-        return TNN_ERR_NULL(targets->dtype != TNN_I32 ? TNN_ERR_ARG : TNN_ERR_SHAPE,
-                            "targets %s: want a 1-D i32 tensor of N = %lld", bt,
-                            (long long)logits->shape[0]);
+    if (logits->dtype != TNN_F32 || logits->ndim != 2) {
+        tnn__error(logits->dtype != TNN_F32 ? TNN_ERR_ARG : TNN_ERR_SHAPE, op,
+                   "logits %s: want a 2-D f32 tensor (N, V)", bl);
+        return NULL;
+    }
+    if (targets->dtype != TNN_I32 || targets->ndim != 1 || targets->shape[0] != logits->shape[0]) {
+        tnn__error(targets->dtype != TNN_I32 ? TNN_ERR_ARG : TNN_ERR_SHAPE, op,
+                   "targets %s: want a 1-D i32 tensor of N = %lld", bt,
+                   (long long)logits->shape[0]);
+        return NULL;
+    }
+    if (n_classes == 0) n_classes = logits->shape[1];
+    if (n_classes < 1 || n_classes > logits->shape[1]) {
+        tnn__error(TNN_ERR_ARG, op, "n_classes = %lld: want 1 to the logits' %lld columns",
+                   (long long)n_classes, (long long)logits->shape[1]);
+        return NULL;
+    }
     int64_t one = 1;
     tnn_tensor *src[2] = {logits, targets};
     tnn_tensor *t = tnn__node_new(s, TNN_OP_CROSS_ENTROPY, TNN_F32, 1, &one, src, 2);
-    if (t) t->iparam[0] = ignore_index;
+    if (t) {
+        t->iparam[0] = ignore_index;
+        t->iparam[1] = n_classes;
+    }
     return t;
+}
+
+tnn_tensor *tnn_cross_entropy(tnn_session *s, tnn_tensor *logits, tnn_tensor *targets,
+                              int ignore_index) {
+    return cross_entropy(s, logits, targets, ignore_index, 0, __func__);
+}
+
+tnn_tensor *tnn_cross_entropy_padded(tnn_session *s, tnn_tensor *logits, tnn_tensor *targets,
+                                     int ignore_index, int64_t n_classes) {
+    if (n_classes == 0) { /* 0 would mean "the width" inside */
+        tnn__error(TNN_ERR_ARG, __func__, "n_classes = 0: want 1 to the logits' columns");
+        return NULL;
+    }
+    return cross_entropy(s, logits, targets, ignore_index, n_classes, __func__);
 }
 
 tnn_tensor *tnn__cross_entropy_back(tnn_session *s, tnn_tensor *ce, tnn_tensor *dloss) {
     tnn_tensor *src[3] = {ce->src[0], ce->src[1], dloss};
     tnn_tensor *t = tnn__node_new(s, TNN_OP_CROSS_ENTROPY_BACK, TNN_F32, 2, ce->src[0]->shape,
                                   src, 3);
-    if (t) t->iparam[0] = ce->iparam[0];
+    if (t) {
+        t->iparam[0] = ce->iparam[0];
+        t->iparam[1] = ce->iparam[1];
+    }
     return t;
 }
 
@@ -240,7 +272,7 @@ tnn_tensor *tnn__cross_entropy_back(tnn_session *s, tnn_tensor *ce, tnn_tensor *
 static int64_t ce_count(const tnn_tensor *t) {
     const tnn_tensor *lg = t->src[0];
     const int32_t *tg = t->src[1]->data;
-    int64_t N = lg->shape[0], V = lg->shape[1], count = 0;
+    int64_t N = lg->shape[0], V = t->iparam[1], count = 0;
     int32_t ign = (int32_t)t->iparam[0];
     for (int64_t r = 0; r < N; r++) {
         if (tg[r] == ign) continue;
@@ -257,7 +289,7 @@ typedef struct {
     const float *lg, *dloss;
     const int32_t *tg;
     float *out;   /* per-row losses (forward) or dlogits (backward) */
-    int64_t V;
+    int64_t V, W; /* classes; the row's width (V, or more with padding) */
     int32_t ign;
     double scale; /* backward: dloss / count */
 } ce_ctx;
@@ -292,7 +324,7 @@ static double row_lse(const float *x, int64_t V) {
 static void ce_fwd_range(void *p, int64_t lo, int64_t hi) {
     const ce_ctx *c = p;
     for (int64_t r = lo; r < hi; r++) {
-        const float *x = c->lg + r * c->V;
+        const float *x = c->lg + r * c->W;
         c->out[r] = c->tg[r] == c->ign ? 0.0f : (float)(row_lse(x, c->V) - x[c->tg[r]]);
     }
 }
@@ -304,8 +336,8 @@ int tnn__fwd_cross_entropy(tnn_tensor *t) {
     int64_t N = lg->shape[0];
     float *rows = malloc((size_t)N * sizeof *rows);
     if (!rows) return TNN_ERR(TNN_ERR_NOMEM, "out of memory");
-    ce_ctx c = {.lg = CF32(lg), .tg = t->src[1]->data, .out = rows, .V = lg->shape[1],
-                .ign = (int32_t)t->iparam[0]};
+    ce_ctx c = {.lg = CF32(lg), .tg = t->src[1]->data, .out = rows, .V = t->iparam[1],
+                .W = lg->shape[1], .ign = (int32_t)t->iparam[0]};
     tnn__parallel_for(N, 1 + 16384 / c.V, ce_fwd_range, &c);
     double total = 0.0;
     for (int64_t r = 0; r < N; r++) total += rows[r];
@@ -317,8 +349,9 @@ int tnn__fwd_cross_entropy(tnn_tensor *t) {
 static void ce_back_range(void *p, int64_t lo, int64_t hi) {
     const ce_ctx *c = p;
     for (int64_t r = lo; r < hi; r++) {
-        const float *x = c->lg + r * c->V;
-        float *d = c->out + r * c->V;
+        const float *x = c->lg + r * c->W;
+        float *d = c->out + r * c->W;
+        memset(d + c->V, 0, (size_t)(c->W - c->V) * sizeof *d); /* padding: after x's last read */
         if (c->tg[r] == c->ign) {
             memset(d, 0, (size_t)c->V * sizeof *d);
             continue;
@@ -339,8 +372,9 @@ int tnn__fwd_cross_entropy_back(tnn_tensor *t) {
     if (count < 0) return (int)count;
     const tnn_tensor *lg = t->src[0];
     double dl = CF32(t->src[2])[0];
-    ce_ctx c = {.lg = CF32(lg), .tg = t->src[1]->data, .out = F32(t), .V = lg->shape[1],
-                .ign = (int32_t)t->iparam[0], .scale = count ? dl / (double)count : 0.0};
+    ce_ctx c = {.lg = CF32(lg), .tg = t->src[1]->data, .out = F32(t), .V = t->iparam[1],
+                .W = lg->shape[1], .ign = (int32_t)t->iparam[0],
+                .scale = count ? dl / (double)count : 0.0};
     tnn__parallel_for(lg->shape[0], 1 + 16384 / c.V, ce_back_range, &c);
     return TNN_OK;
 }

@@ -351,12 +351,39 @@ int tnn__fwd_narrow(tnn_tensor *t) {
     return TNN_OK;
 }
 
+/* ------------------------------------------------------------------------ */
+/* Views: a contiguous part of a tensor, in place                           */
+/* ------------------------------------------------------------------------ */
+
+tnn_tensor *tnn__view(tnn_session *s, tnn_tensor *a, int64_t at, int ndim, const int64_t *shape) {
+    tnn_tensor *src[1] = {a};
+    tnn_tensor *t = tnn__node_new(s, TNN_OP_VIEW, a->dtype, ndim, shape, src, 1);
+    if (t) {
+        t->iparam[0] = at;
+        t->flags |= TNN_FLAG_ALIAS;
+    }
+    return t;
+}
+
+int tnn__fwd_view(tnn_tensor *t) {
+    (void)t; /* its data is its source's */
+    return TNN_OK;
+}
+
+/* The two parts of the gradient; along the outermost axis that has more
+ * than one element each is a contiguous range of g, taken in place. */
 int tnn__bwd_concat(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
                     tnn_tensor **d) {
     int ax = (int)t->iparam[0];
-    int64_t la = t->src[0]->shape[ax], lb = t->src[1]->shape[ax];
-    if (need[0]) d[0] = tnn_narrow(s, g, ax, 0, la);
-    if (need[1]) d[1] = tnn_narrow(s, g, ax, la, lb);
+    int64_t la = t->src[0]->shape[ax], lb = t->src[1]->shape[ax], outer, inner;
+    axis_split(g, ax, &outer, &inner);
+    for (int k = 0; k < 2; k++) {
+        if (!need[k]) continue;
+        const tnn_tensor *part = t->src[k];
+        int64_t start = k ? la : 0, len = k ? lb : la;
+        d[k] = outer == 1 ? tnn__view(s, g, start * inner, part->ndim, part->shape)
+                          : tnn_narrow(s, g, ax, start, len);
+    }
     return TNN_OK;
 }
 
