@@ -5,7 +5,8 @@
  * repository; see docs/PERFORMANCE.md). Usage:
  *   bench_train [small|gpt2|all] [--cuda] [--bf16] [--tf32] [--batch B] [--seq T] [--steps S]
  *               [--vocab-align N]
- * (--bf16: mixed precision, the products on bf16 copies of the weights;
+ * (--bf16: mixed precision, the products on bf16 copies of the weights, and
+ * with --cuda of the activations;
  * --vocab-align: lm_optim.vocab_align, the output projection's rows rounded
  * up to a multiple of N (1: none; default: 64 on the GPU, none on the CPU);
  * --tf32: TNN_CUDA_TF32=1, the GPU's f32 products with TF32 inputs;

@@ -235,7 +235,9 @@ TNN_API tnn_tensor *tnn_matmul(tnn_session *s, tnn_tensor *a, tnn_tensor *b);
  * gradient only when it is tnn_to_bf16 of an f32 tensor (which passes it
  * on); an f32 a's gradient works either way. A bf16 a likewise needs
  * tnn_to_bf16 for its gradient, and with it tnn_matmul_tn has none for b
- * (TNN_ERR_UNSUPPORTED from tnn_backward). */
+ * (TNN_ERR_UNSUPPORTED from tnn_backward). With both a and b bf16 the
+ * gradient products are bf16 too: dC is rounded to bf16 once and both take
+ * it (f32 results, f32 accumulation). */
 TNN_API tnn_tensor *tnn_matmul_nn(tnn_session *s, tnn_tensor *a, tnn_tensor *b);
 TNN_API tnn_tensor *tnn_matmul_nt(tnn_session *s, tnn_tensor *a, tnn_tensor *b);
 TNN_API tnn_tensor *tnn_matmul_tn(tnn_session *s, tnn_tensor *a, tnn_tensor *b);

@@ -212,6 +212,15 @@ static tnn_tensor *b_three(tnn_session *s, tnn_tensor **x) {
     tnn_tensor *v = tnn_matmul_nt(s, x[0], x[3]);
     return tnn_add(s, tnn_mul(s, q, k), tnn_silu(s, v));
 }
+/* the same in mixed precision (model.c's --bf16): bf16 products of the
+ * rounded x and weights; the gradient sums added by the bf16 GEMMs */
+static tnn_tensor *b_three_bf16(tnn_session *s, tnn_tensor **x) {
+    tnn_tensor *h = tnn_to_bf16(s, x[0]);
+    tnn_tensor *q = tnn_matmul_nt(s, h, tnn_to_bf16(s, x[1]));
+    tnn_tensor *k = tnn_matmul_nt(s, h, tnn_to_bf16(s, x[2]));
+    tnn_tensor *v = tnn_matmul_nt(s, h, tnn_to_bf16(s, x[3]));
+    return tnn_add(s, tnn_mul(s, q, k), tnn_silu(s, v));
+}
 /* a residual around a normalized product: x's gradient is the residual's
  * plus rms_norm's dx, which its kernel adds into the running sum */
 static tnn_tensor *b_resnorm(tnn_session *s, tnn_tensor **x) {
@@ -424,6 +433,9 @@ static void test_ops(void) {
     twin("three products of one input (gradient sums in the GEMMs)", b_three, three, 4, true,
          1e-5);
     fused_same("gradient sums in the GEMMs", b_three, three, 4, 2);
+    twin("three bf16 products of one rounded input (bf16 gradient products)", b_three_bf16,
+         three, 4, true, 5e-3);
+    fused_same("gradient sums in the bf16 GEMMs", b_three_bf16, three, 4, 2);
     in_spec rn[4] = {P(2, 40, 24), P(1, 24), P(2, 24, 24), F(2, 40, 24)};
     twin("a residual around a normalized product (dx summed in rms_norm_back)", b_resnorm, rn,
          4, true, 1e-5);

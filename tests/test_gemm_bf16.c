@@ -658,6 +658,59 @@ static void test_public(void) {
     tnn_session_free(s);
 }
 
+/* Mixed precision with the activations rounded too: the gradients of
+ * C = bf16(A) @ bf16(W)^T are the products of bf16(dC), on every kernel
+ * (the dot path rounds an f32 operand itself, the widening path does not:
+ * there the backward's own rounding of dC is what is checked). Each against
+ * the same product built directly, bit for bit. */
+static void test_mixed_gradients(void) {
+    enum { M = 7, K = 45, N = 19 };
+    float a[M * K], w[N * K], gc[M * N], da[M * K], dw[N * K], ra[M * K], rw[N * K];
+    for (int i = 0; i < M * K; i++) a[i] = (float)th_sym(1.0);
+    for (int i = 0; i < N * K; i++) w[i] = (float)th_sym(1.0);
+    for (int i = 0; i < M * N; i++) gc[i] = (float)th_sym(1.0);
+    int64_t sa[2] = {M, K}, sw[2] = {N, K}, sc[2] = {M, N};
+    for (int id = 0; id < TNN_GEMM_KERNEL_COUNT; id++) {
+        if (!tnn__gemm_kernel_supported(id)) continue;
+        CHECK_OK(tnn__gemm_set_kernel(id));
+        tnn_session *s = tnn_session_new(0);
+        tnn_tensor *ta = input(s, TNN_F32, 2, sa), *tw = input(s, TNN_F32, 2, sw);
+        tnn_tensor *tg = input(s, TNN_F32, 2, sc);
+        tnn_set_param(ta);
+        tnn_set_param(tw);
+        tnn_tensor *c = tnn_matmul_nt(s, tnn_to_bf16(s, ta), tnn_to_bf16(s, tw));
+        tnn_tensor *loss = tnn_sum(s, tnn_mul(s, c, tg)); /* dC = gc */
+        CHECK_OK(tnn_backward(s, loss));
+        CHECK_OK(tnn_realize(s, loss));
+        CHECK_OK(tnn_upload_f32(s, ta, a, M * K));
+        CHECK_OK(tnn_upload_f32(s, tw, w, N * K));
+        CHECK_OK(tnn_upload_f32(s, tg, gc, M * N));
+        CHECK_OK(tnn_compute(s));
+        CHECK_OK(tnn_download_f32(s, tnn_grad(s, ta), da, M * K));
+        CHECK_OK(tnn_download_f32(s, tnn_grad(s, tw), dw, N * K));
+        tnn_session_free(s);
+
+        s = tnn_session_new(0);
+        ta = input(s, TNN_F32, 2, sa), tw = input(s, TNN_F32, 2, sw), tg = input(s, TNN_F32, 2, sc);
+        tnn_tensor *g16 = tnn_to_bf16(s, tg);
+        tnn_tensor *xa = tnn_matmul_nn(s, g16, tnn_to_bf16(s, tw));
+        tnn_tensor *xw = tnn_matmul_tn(s, g16, tnn_to_bf16(s, ta));
+        tnn_set_output(xa);
+        CHECK_OK(tnn_realize(s, xw));
+        CHECK_OK(tnn_upload_f32(s, ta, a, M * K));
+        CHECK_OK(tnn_upload_f32(s, tw, w, N * K));
+        CHECK_OK(tnn_upload_f32(s, tg, gc, M * N));
+        CHECK_OK(tnn_compute(s));
+        CHECK_OK(tnn_download_f32(s, xa, ra, M * K));
+        CHECK_OK(tnn_download_f32(s, xw, rw, N * K));
+        tnn_session_free(s);
+        CHECK(same_bits(da, ra, M * K) == 0 && same_bits(dw, rw, N * K) == 0,
+              "%s: bf16 @ bf16 gradients are not the products of bf16(dC) (%d and %d differ)",
+              tnn__gemm_kernel_name(id), same_bits(da, ra, M * K), same_bits(dw, rw, N * K));
+    }
+    CHECK_OK(tnn__gemm_set_kernel(TNN_GEMM_AUTO));
+}
+
 int main(void) {
     have_dot_avx512 = tnn__gemm_kernel_supported(TNN_GEMM_AVX512BF16);
     test_env(); /* first: the children must not inherit a made selection */
@@ -674,5 +727,6 @@ int main(void) {
     test_nonfinite();
     test_threads();
     test_public();
+    test_mixed_gradients();
     return th_finish("test_gemm_bf16");
 }

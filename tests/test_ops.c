@@ -1272,8 +1272,9 @@ static void test_to_bf16(void) {
 
 /* bf16 activations too: C = bf16(A) @ bf16(W) (nt and nn) with A and W f32
  * parameters behind tnn_to_bf16. Against double sums of the rounded values:
- * C, dA = dC @ bf16(W) and dW = dC^T @ bf16(A) (nn: its transpose form);
- * tn has no gradient for its second operand then, and says so. */
+ * C, dA = bf16(dC) @ bf16(W) and dW = bf16(dC)^T @ bf16(A) (nn: its
+ * transpose form; the gradient products round dC as the forward rounds its
+ * operands); tn has no gradient for its second operand then, and says so. */
 static void test_bf16_activations(void) {
     int M = 5, K = 41, Nn = 18;
     size_t na = (size_t)M * K, nw = (size_t)Nn * K, nc = (size_t)M * Nn;
@@ -1315,14 +1316,15 @@ static void test_bf16_activations(void) {
                     for (int k = 0; k < K; k++) {
                         size_t wi = nn ? (size_t)k * Nn + j : (size_t)j * K + k;
                         double a = bf16_round_ref(A[i * K + k]), w = bf16_round_ref(W[wi]);
-                        double g = G[i * Nn + j];
+                        double g = bf16_round_ref(G[i * Nn + j]);
                         ref[0][i * Nn + j] += a * w, bnd[0][i * Nn + j] += fabs(a * w);
                         ref[1][i * K + k] += g * w, bnd[1][i * K + k] += fabs(g * w);
                         ref[2][wi] += g * a, bnd[2][wi] += fabs(g * a);
                     }
-            /* f32 sums (a vdpbf16ps CPU rounds dC to bf16 in dA: 2^-8) */
+            /* exact products of bf16 values, f32 sums of K <= 41 terms (an
+             * unrounded dC would be off by up to 2^-9) */
             for (int i = 0; i < 3; i++)
-                for (size_t e = 0; e < n[i]; e++) bnd[i][e] *= 1.0 / 256;
+                for (size_t e = 0; e < n[i]; e++) bnd[i][e] *= 64 * U;
             char what[64];
             snprintf(what, sizeof what, "C = bf16(A) @ bf16(W) (%s)", form);
             expect_bounded(what, got[0], ref[0], bnd[0], nc);

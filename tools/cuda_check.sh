@@ -62,11 +62,15 @@ note "== the demo model: 200 steps on the CPU and on the GPU, same data and seed
 DOCS="README.md docs/ARCHITECTURE.md docs/PERFORMANCE.md"
 step train_cpu 240 "$BIN/tnn" train $DOCS --steps 200 --eval-every 50 --sample-len 0 --log "$OUT/cpu.csv" --checkpoint "$W/ck.gguf"
 step train_cuda 240 "$BIN/tnn" train $DOCS --steps 200 --eval-every 50 --sample-len 0 --log "$OUT/cuda.csv" --cuda
+# mixed precision on the GPU (bf16 products of bf16 weights and activations): the same 200
+# steps, the loss compared with the f32 curves below
+step train_cuda_bf16 240 "$BIN/tnn" train $DOCS --steps 200 --eval-every 50 --sample-len 0 --log "$OUT/cuda_bf16.csv" --cuda --bf16
 if [ -f "$OUT/cpu.csv" ] && [ -f "$OUT/cuda.csv" ]; then
   paste -d, "$OUT/cpu.csv" "$OUT/cuda.csv" | awk -F, 'NR > 1 { d = $2 - $8; if (d < 0) d = -d; r = d / $2; if (r > w) { w = r; s = $1 } }
     END { printf "loss curves: worst relative difference of the training loss %.2e (step %d)\n", w, s }' | tee -a "$S"
   note "cpu  last: $(tail -n 1 "$OUT/cpu.csv")"
   note "cuda last: $(tail -n 1 "$OUT/cuda.csv")"
+  [ -f "$OUT/cuda_bf16.csv" ] && note "cuda --bf16 last: $(tail -n 1 "$OUT/cuda_bf16.csv")"
 fi
 if [ -f "$W/ck.gguf" ]; then
   step sample_cpu 60 "$BIN/tnn" sample -m "$W/ck.gguf" --prompt "The " -n 64 --temp 0

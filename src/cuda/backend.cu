@@ -304,16 +304,16 @@ bool tnn__cu_bf16_gemm_ok(void) {
 
 int tnn__cu_gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const uint16_t *A,
                       int64_t lda, int64_t sa, const uint16_t *B, int64_t ldb, int64_t sb,
-                      float *C, int64_t sc, int64_t batch) {
+                      float beta, float *C, int64_t sc, int64_t batch) {
     if (!tnn__cu_bf16_gemm_ok()) return TNN_ERR_UNSUPPORTED;
     if (M == 0 || N == 0 || batch == 0) return TNN_OK;
     const int64_t lim = INT32_MAX;
     if (M > lim || N > lim || K > lim || lda > lim || ldb > lim || batch > lim)
         return TNN_ERR_UNSUPPORTED;
-    float one = 1.0f, zero = 0.0f;
+    float one = 1.0f;
     int rc = blas.gemm_ex(tnn__cu.blas, tb ? BLAS_OP_T : BLAS_OP_N, ta ? BLAS_OP_T : BLAS_OP_N,
                           (int)N, (int)M, (int)K, &one, B, DT_R_16BF, (int)ldb, sb, A, DT_R_16BF,
-                          (int)lda, sa, &zero, C, DT_R_32F, (int)N, sc, (int)batch, COMPUTE_32F,
+                          (int)lda, sa, &beta, C, DT_R_32F, (int)N, sc, (int)batch, COMPUTE_32F,
                           GEMM_DEFAULT);
     if (rc != 0) return TNN_ERR(TNN_ERR_DEVICE, "cuBLAS bf16 GEMM failed (status %d)", rc);
     return tnn__cu_launched("tnn_compute");

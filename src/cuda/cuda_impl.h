@@ -122,12 +122,13 @@ int tnn__cu_gemm_ab(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alp
                     const float *A, int64_t lda, int64_t sa, const float *B, int64_t ldb,
                     int64_t sb, float beta, float *C, int64_t ldc, int64_t sc, int64_t batch);
 
-/* The same with bf16 operands on the tensor cores (f32 accumulation and
- * result); TNN_ERR_UNSUPPORTED (no message) where cuBLAS is missing or has no
- * such product, for the caller to widen to f32 instead. */
+/* C = op(A) @ op(B) + beta C with bf16 operands on the tensor cores (f32
+ * accumulation and result, C's rows N long); TNN_ERR_UNSUPPORTED (no
+ * message) where cuBLAS is missing or has no such product, for the caller to
+ * widen to f32 instead. */
 int tnn__cu_gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const uint16_t *A,
                       int64_t lda, int64_t sa, const uint16_t *B, int64_t ldb, int64_t sb,
-                      float *C, int64_t sc, int64_t batch);
+                      float beta, float *C, int64_t sc, int64_t batch);
 /* Whether tnn__cu_gemm_bf16 can run (checked before preparing its operands). */
 bool tnn__cu_bf16_gemm_ok(void);
 

@@ -1023,9 +1023,10 @@ __global__ void k_narrow_bf16(const float *src, uint16_t *dst, int64_t n) {
 static unsigned narrow_blocks(int64_t n) { return cu_blocks(n % 4 ? n : n / 4); }
 
 /* bf16 weights on the tensor cores: the activations rounded to bf16 (as
- * the CPU's vdpbf16ps path does), f32 accumulation. TNN_ERR_UNSUPPORTED
- * when cuBLAS cannot: the caller widens the weights instead. */
-static int matmul_bf16(tnn_tensor *t, bool ta, bool tb) {
+ * the CPU's vdpbf16ps path does), f32 accumulation, into C (t's data, or a
+ * sum the product is added to with beta 1). TNN_ERR_UNSUPPORTED when
+ * cuBLAS cannot: the caller widens the weights instead. */
+static int matmul_bf16(tnn_tensor *t, bool ta, bool tb, float *C, float beta) {
     if (!tnn__cu_bf16_gemm_ok()) return TNN_ERR_UNSUPPORTED;
     const tnn_tensor *a = t->src[0];
     const uint16_t *a16 = (const uint16_t *)a->data; /* bf16 activations: as they are */
@@ -1040,8 +1041,8 @@ static int matmul_bf16(tnn_tensor *t, bool ta, bool tb) {
     const uint16_t *B = (const uint16_t *)t->src[1]->data;
     for (int64_t i0 = 0; i0 < g.outer; i0++) {
         int rc = tnn__cu_gemm_bf16(ta, tb, g.M, g.N, g.K, a16 + i0 * g.a_out, g.lda, g.a_in,
-                                   B + i0 * g.b_out, g.ldb, g.b_in, FP(t) + i0 * g.inner * g.M * g.N,
-                                   g.M * g.N, g.inner);
+                                   B + i0 * g.b_out, g.ldb, g.b_in, beta,
+                                   C + i0 * g.inner * g.M * g.N, g.M * g.N, g.inner);
         if (rc) return rc;
     }
     return TNN_OK;
@@ -1669,13 +1670,19 @@ static bool sum_after(const tnn_tensor *t, const tnn_tensor *nx, int32_t i) {
     return true;
 }
 
-/* An f32 product before its gradient sum (sum_after): the GEMM adds the
- * product there (beta = 1). 2 when it ran, 0 when the pair does not fit
- * (nothing launched). */
+/* An f32 or bf16 product before its gradient sum (sum_after): the GEMM adds
+ * the product there (beta = 1). 2 when it ran, 0 when the pair does not fit
+ * (then the product runs alone). */
 static int matmul_accum(tnn_tensor *t, tnn_tensor *nx, int32_t i) {
     const tnn_tensor *a = t->src[0], *b = t->src[1];
-    if (!sum_after(t, nx, i) || a->dtype != TNN_F32 || b->dtype != TNN_F32) return 0;
+    if (!sum_after(t, nx, i) || a->dtype != b->dtype ||
+        (a->dtype != TNN_F32 && (a->dtype != TNN_BF16 || !tnn__cu_bf16_gemm_ok())))
+        return 0;
     bool ta = t->iparam[0] & TNN_MM_TA, tb = t->iparam[0] & TNN_MM_TB;
+    if (a->dtype == TNN_BF16) {
+        int rc = matmul_bf16(t, ta, tb, FP(nx), 1.0f);
+        return rc == TNN_ERR_UNSUPPORTED ? 0 : rc ? rc : 2;
+    }
     mm_geom g = mm_geometry(t, ta, tb);
     for (int64_t i0 = 0; i0 < g.outer; i0++) {
         int rc = tnn__cu_gemm_ab(ta, tb, g.M, g.N, g.K, 1.0f, CF(a) + i0 * g.a_out, g.lda, g.a_in,
@@ -1777,7 +1784,7 @@ int tnn__cu_matmul(tnn_tensor *t) {
         return qmatvec(t, p);
     }
     if (b->dtype == TNN_BF16) {
-        int rc = matmul_bf16(t, ta, tb);
+        int rc = matmul_bf16(t, ta, tb, FP(t), 0.0f);
         if (rc != TNN_ERR_UNSUPPORTED) return rc;
     }
     const float *A = CF(a);

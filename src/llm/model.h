@@ -55,12 +55,15 @@ typedef struct {
                                    * rounded up (lm_optim.vocab_align) */
     tnn_tensor *loss;             /* (1), when built with targets */
     bool bf16;                    /* products on bf16 copies of the weights */
+    bool bf16_acts;               /* ... and of the activations (on a GPU) */
 } lm_graph;
 
 typedef struct {
     double lr, beta1, beta2, eps, weight_decay, grad_clip;
-    /* Mixed precision: every product takes its weight through tnn_to_bf16
-     * (bf16 products, f32 master weights and gradients, f32 AdamW). */
+    /* Mixed precision: every product takes its weight through tnn_to_bf16,
+     * and on a GPU its activation too (bf16 products forward and backward,
+     * the gradient of their output rounded to bf16 once for both); f32
+     * master weights, residual stream, norms, attention and AdamW. */
     bool bf16;
     /* Keep the logits readable after a training compute; without it their
      * memory takes the cross-entropy's gradient (a training step needs

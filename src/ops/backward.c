@@ -88,7 +88,10 @@ int tnn__bwd_rms_norm(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *
  * dA is (dC @ B^T)^T, the same fma chains with the factors swapped. A bf16
  * A (with a bf16 B) likewise gets a gradient only through tnn_to_bf16; B's
  * gradient then takes A as the second operand: nn's dB = (dC^T @ A)^T, and
- * tn (A^T @ B) has no such form, so it has none. */
+ * tn (A^T @ B) has no such form, so it has none. With both operands bf16
+ * (mixed precision with the activations rounded too) dC is rounded to bf16
+ * once, by one node, and both gradient products take it: bf16 products
+ * throughout, as the forward's. */
 int tnn__bwd_matmul(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *need,
                     tnn_tensor **d) {
     int f = (int)t->iparam[0];
@@ -103,6 +106,9 @@ int tnn__bwd_matmul(tnn_session *s, tnn_tensor *t, tnn_tensor *g, const bool *ne
     if (narrow_a && need[1] && f == TNN_MM_TA)
         return TNN_ERR(TNN_ERR_UNSUPPORTED,
                        "tnn_matmul_tn with a bf16 first operand has no gradient for its second");
+    if (A->dtype == TNN_BF16 && B->dtype == TNN_BF16 && g->dtype == TNN_F32 &&
+        !(g = tnn_to_bf16(s, g)))
+        return tnn_last_status();
     /* dB first: dA is then the node just before the sum that adds it to
      * A's other gradients (on a GPU the product adds itself there) */
     if (f == 0) {
