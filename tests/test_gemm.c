@@ -317,9 +317,13 @@ static void count_warn(int level, const char *msg, void *user) {
     if (level == TNN_LOG_WARN && strstr(msg, "TNN_KERNEL")) warnings++;
 }
 
+/* The default: the highest kernel the CPU supports, avx512bf16 only where its
+ * bf16 dot path is the faster one (AMD). */
 static int best_supported(void) {
     for (int id = TNN_GEMM_KERNEL_COUNT - 1; id > 0; id--)
-        if (tnn__gemm_kernel_supported(id)) return id;
+        if (tnn__gemm_kernel_supported(id) &&
+            (id != TNN_GEMM_AVX512BF16 || tnn__gemm_dot_preferred()))
+            return id;
     return TNN_GEMM_SCALAR;
 }
 

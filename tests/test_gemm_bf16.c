@@ -495,8 +495,10 @@ static void test_args(void) {
                                              : TNN_GEMM_BF16_WIDEN),
           "auto path %d with kernel %s", tnn__gemm_bf16_auto_path(),
           tnn__gemm_kernel_name(tnn__gemm_get_kernel()));
-    CHECK(have_dot_avx512 == (tnn__gemm_get_kernel() == TNN_GEMM_AVX512BF16),
-          "the default kernel is avx512bf16 exactly where the CPU has it");
+    CHECK((have_dot_avx512 && tnn__gemm_dot_preferred()) ==
+              (tnn__gemm_get_kernel() == TNN_GEMM_AVX512BF16),
+          "the default kernel is avx512bf16 exactly where the CPU has it and it is the faster "
+          "bf16 path (AMD)");
     CHECK(strcmp(tnn__gemm_bf16_path_name(TNN_GEMM_BF16_WIDEN), "widen") == 0 &&
               strcmp(tnn__gemm_bf16_path_name(9), "?") == 0,
           "path names");
@@ -507,8 +509,10 @@ static void test_env(void) {
     static const char *values[] = {"scalar", "avx2", "avx512", "avx512bf16"};
     for (size_t v = 0; v < sizeof values / sizeof values[0]; v++) {
         int id = (int)v; /* values are in id order */
-        /* an id the CPU lacks falls back to the best one */
-        bool dot = tnn__gemm_kernel_supported(id) ? id == TNN_GEMM_AVX512BF16 : have_dot_avx512;
+        /* an id the CPU lacks falls back to the best one: the dot kernel
+         * only where it is the faster bf16 path */
+        bool dot = tnn__gemm_kernel_supported(id) ? id == TNN_GEMM_AVX512BF16
+                                                  : have_dot_avx512 && tnn__gemm_dot_preferred();
         int want = dot ? TNN_GEMM_BF16_DOT_AVX512 : TNN_GEMM_BF16_WIDEN;
         fflush(NULL);
         pid_t pid = fork();

@@ -109,11 +109,28 @@ bool tnn__gemm_kernel_supported(int id) {
     }
 }
 
+/* Whether the CPU is AMD's: there (Zen 4 and later) vdpbf16ps does twice
+ * the work of an f32 FMA at the same rate. Intel's AVX512_BF16 cores issue
+ * it at half the FMA's rate (measured on a Sapphire Rapids-class Xeon: 1.33
+ * against 5.4 G instructions/s a core), so there the dot path has at most
+ * the f32 kernel's speed, and measured 0.6x of it (PERFORMANCE.md). */
+bool tnn__gemm_dot_preferred(void) {
+#if defined(TNN_GEMM_X86)
+    unsigned a, b, c, d;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return false;
+    return b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u; /* "AuthenticAMD" */
+#else
+    return false;
+#endif
+}
+
 static int best_kernel(void) {
     /* On Zen 4 AVX-512 f32 runs at the AVX2 rate (512-bit ops are
      * double-pumped), so the larger tile mainly helps CPUs with full-width
-     * units; it is still preferred when reported. */
-    if (tnn__gemm_kernel_supported(TNN_GEMM_AVX512BF16)) return TNN_GEMM_AVX512BF16;
+     * units; it is still preferred when reported. The bf16 dot kernel only
+     * where it is the faster bf16 path. */
+    if (tnn__gemm_kernel_supported(TNN_GEMM_AVX512BF16) && tnn__gemm_dot_preferred())
+        return TNN_GEMM_AVX512BF16;
     if (tnn__gemm_kernel_supported(TNN_GEMM_AVX512)) return TNN_GEMM_AVX512;
     if (tnn__gemm_kernel_supported(TNN_GEMM_AVX2)) return TNN_GEMM_AVX2;
     return TNN_GEMM_SCALAR;

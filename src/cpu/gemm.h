@@ -117,8 +117,13 @@ void tnn__gemm_skinny_widen_avx2(bool tb, int64_t M, int64_t K, const float *ap,
 bool tnn__gemm_kernel_supported(int id);
 /* "scalar", "avx2", "avx512", "avx512bf16", or "?" */
 const char *tnn__gemm_kernel_name(int id);
+/* Whether the bf16 dot kernel is the faster bf16 path on this CPU (AMD's,
+ * where vdpbf16ps runs at the f32 FMA's rate; Intel's run it at half that).
+ * The default kernel is TNN_GEMM_AVX512BF16 only where this holds. */
+bool tnn__gemm_dot_preferred(void);
 /* Selects the kernel for every later call in the process; TNN_GEMM_AUTO
- * returns to the default (TNN_KERNEL, else the best the CPU supports).
+ * returns to the default (TNN_KERNEL, else the best the CPU supports: on an
+ * Intel CPU with AVX512_BF16 that is TNN_GEMM_AVX512, see above).
  * Returns TNN_OK, or TNN_ERR_ARG (recorded) when `id` is unknown or not
  * supported here (the selection is then unchanged). Not meant to be called
  * while another thread is inside a GEMM (the switch is atomic, but a call in
@@ -138,7 +143,8 @@ int tnn__gemm_get_kernel(void);
  *   DOT_AVX512  vdpbf16ps: A rounded to bf16 while packing, then per k pair
  *               the semantics of tnn__gemm_dot_step (gemm_bf16.c).
  * TNN_GEMM_BF16_AUTO is DOT_AVX512 when the selected kernel is
- * TNN_GEMM_AVX512BF16 (the default where the CPU has it), else WIDEN. */
+ * TNN_GEMM_AVX512BF16 (the default where the CPU has AVX512_BF16 and
+ * tnn__gemm_dot_preferred), else WIDEN. */
 enum {
     TNN_GEMM_BF16_AUTO = -1,
     TNN_GEMM_BF16_WIDEN = 0,
