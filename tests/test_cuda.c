@@ -236,6 +236,15 @@ static tnn_tensor *b_ce(tnn_session *s, tnn_tensor **x) {
     tnn_tensor *h = tnn_matmul_nt(s, x[0], x[1]);
     return tnn_scale(s, tnn_cross_entropy(s, h, x[2], 3), 1.0);
 }
+static int ce_classes; /* cross-entropy over the first ce_classes columns (0: all) */
+/* a bf16 LM head (mixed precision): the logits' gradient rounded for the
+ * bf16 gradient products, by cross-entropy's backward kernel itself; with
+ * ce_classes over that many of the columns (padding) */
+static tnn_tensor *b_ce_bf16(tnn_session *s, tnn_tensor **x) {
+    tnn_tensor *h = tnn_matmul_nt(s, tnn_to_bf16(s, x[0]), tnn_to_bf16(s, x[1]));
+    return ce_classes ? tnn_cross_entropy_padded(s, h, x[2], 3, ce_classes)
+                      : tnn_cross_entropy(s, h, x[2], 3);
+}
 /* A little transformer-like block: every differentiable op on one path. */
 static tnn_tensor *b_block(tnn_session *s, tnn_tensor **x) {
     tnn_tensor *h = tnn_rms_norm(s, x[0], x[1], 1e-5);
@@ -450,6 +459,19 @@ static void test_ops(void) {
          true, 1e-5);
     in_spec ce[3] = {P(2, 10, 8), P(2, 13, 8), I(10, 13)};
     twin("cross_entropy (ignore 3)", b_ce, ce, 3, true, 1e-5);
+    twin("a bf16 LM head (cross_entropy's gradient rounded in its kernel)", b_ce_bf16, ce, 3,
+         true, 5e-3);
+    fused_same("cross_entropy's gradient rounded to bf16 in its kernel (13 columns)", b_ce_bf16,
+               ce, 3, 1);
+    in_spec ce2[3] = {P(2, 10, 8), P(2, 4099, 8), I(10, 4099)};
+    fused_same("cross_entropy's gradient rounded to bf16 in its kernel (4099 columns)",
+               b_ce_bf16, ce2, 3, 1);
+    in_spec ce3[3] = {P(2, 10, 8), P(2, 16, 8), I(10, 13)};
+    ce_classes = 13;
+    twin("a padded bf16 LM head (13 of 16 columns)", b_ce_bf16, ce3, 3, true, 5e-3);
+    fused_same("cross_entropy_padded's gradient rounded to bf16 in its kernel (13 of 16)",
+               b_ce_bf16, ce3, 3, 1);
+    ce_classes = 0;
     twin("block: gradients of every parameter", b_block, bl, 5, true, 1e-4);
 }
 
@@ -541,7 +563,7 @@ static void test_get_rows_back(void) {
 /* Cross-entropy rows                                                       */
 /* ------------------------------------------------------------------------ */
 
-static int ce_ign, ce_classes;
+static int ce_ign;
 /* The logits a product of the inputs, so that the backward pass writes a
  * buffer of its own (of garbage until then), not a zeroed gradient; with
  * ce_classes, over that many of each row's columns. */

@@ -471,29 +471,43 @@ __global__ void __launch_bounds__(CE_TOTAL_THREADS)
     if (count) *count = (int)cnt;
 }
 
+/* One value, or a group of four, stored as f32 or rounded to bf16 (the
+ * CPU's rounding, tnn__f2bf, as TNN_OP_TO_BF16 does). */
+__device__ __forceinline__ void cu_st(float *d, float v) { *d = v; }
+__device__ __forceinline__ void cu_st(uint16_t *d, float v) { *d = tnn__f2bf(v); }
+__device__ __forceinline__ void cu_st4(float *d, float4 v) { *reinterpret_cast<float4 *>(d) = v; }
+__device__ __forceinline__ void cu_st4(uint16_t *d, float4 v) {
+    uint2 o;
+    o.x = tnn__f2bf(v.x) | (uint32_t)tnn__f2bf(v.y) << 16;
+    o.y = tnn__f2bf(v.z) | (uint32_t)tnn__f2bf(v.w) << 16;
+    *reinterpret_cast<uint2 *>(d) = o;
+}
+
 /* d = softmax * scale, minus scale at the target, each element written
- * once, from the copy the stats kept (stash) or else from the logits again.
- * Ignored rows get zeros, as do a row's W - V padding columns (never read);
- * a bad target is a fault. */
+ * once, from the copy the stats kept (stash) or else from the logits again;
+ * O = uint16_t writes it rounded to bf16 (the gradient's rounding for bf16
+ * products, folded in). Ignored rows get zeros, as do a row's W - V padding
+ * columns (never read); a bad target is a fault. */
+template <typename O>
 __global__ void __launch_bounds__(CE_BACK_THREADS)
     k_ce_back(const float *lg, const int32_t *tg, const float *dloss, const int *count,
-              int64_t W, int64_t V, int32_t ign, int64_t S, float *d, tnn_cu_fault *fault,
+              int64_t W, int64_t V, int32_t ign, int64_t S, O *d, tnn_cu_fault *fault,
               int node) {
     TNN_DYN_SMEM(float, stash); /* S + 3 floats */
     int64_t r = blockIdx.x, bd = blockDim.x, t = threadIdx.x;
     const float *x = lg + r * W;
-    float *dr = d + r * W;
-    for (int64_t j = V + t; j < W; j += bd) dr[j] = 0.0f;
+    O *dr = d + r * W;
+    for (int64_t j = V + t; j < W; j += bd) cu_st(dr + j, 0.0f);
     int32_t c = tg[r];
     bool skip = c == ign || c < 0 || c >= V;
     if (skip && c != ign && t == 0) cu_fault(fault, CU_FAULT_TARGET, node, r, c, V);
     double scale = *count ? (double)dloss[0] / (double)*count : 0.0;
     float mx = 0.0f, k = 0.0f, sc = (float)scale;
     if (!skip) k = (float)(scale / cu_ce_stats(x, V, stash, S, &mx));
-    /* x's groups, kept ones from the stash, where d is aligned as x is
-     * (buffers from cudaMalloc are); else floats one by one */
+    /* x's groups, kept ones from the stash, where d's groups of four are
+     * aligned as x's are (buffers from cudaMalloc are); else one by one */
     int64_t h = cu_row_head(x, V), pad = (4 - h) & 3, K = cu_ce_kept(S, V, h);
-    if ((((uintptr_t)x ^ (uintptr_t)dr) & 15) != 0) h = V;
+    if ((uintptr_t)(dr + h) % (4 * sizeof(O)) != 0) h = V;
     int64_t nv = (V - h) >> 2, tail = h + 4 * nv, kg = K > h ? (K - h) >> 2 : 0;
     for (int64_t e = t; e < h + V - tail; e += bd) {
         int64_t j = e < h ? e : tail + e - h;
@@ -502,11 +516,10 @@ __global__ void __launch_bounds__(CE_BACK_THREADS)
             v = expf((j < K ? stash[j + pad] : x[j]) - mx) * k;
             if (j == c) v -= sc;
         }
-        dr[j] = v;
+        cu_st(dr + j, v);
     }
     const float4 *xv = reinterpret_cast<const float4 *>(x + h);
     const float4 *sv = reinterpret_cast<const float4 *>(stash + h + pad);
-    float4 *dv = reinterpret_cast<float4 *>(dr + h);
     for (int64_t g = t; g < nv; g += bd) {
         float4 o = {0.0f, 0.0f, 0.0f, 0.0f};
         if (!skip) {
@@ -521,7 +534,7 @@ __global__ void __launch_bounds__(CE_BACK_THREADS)
             if (q == 2) o.z -= sc;
             if (q == 3) o.w -= sc;
         }
-        dv[g] = o;
+        cu_st4(dr + h + 4 * g, o);
     }
 }
 
@@ -537,7 +550,10 @@ static void ce_stash_open(void) {
     if (cudaGetDevice(&dev) == cudaSuccess && cudaGetDeviceProperties(&p, dev) == cudaSuccess &&
         p.sharedMemPerBlockOptin > ce_stash_bytes + CE_SMEM_STATIC) {
         size_t b = p.sharedMemPerBlockOptin - CE_SMEM_STATIC;
-        if (cudaFuncSetAttribute(k_ce_back, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        if (cudaFuncSetAttribute(k_ce_back<float>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 (int)b) == cudaSuccess &&
+            cudaFuncSetAttribute(k_ce_back<uint16_t>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  (int)b) == cudaSuccess)
             ce_stash_bytes = b;
     }
@@ -552,7 +568,9 @@ static unsigned ce_threads(int64_t V, unsigned cap) {
     return n;
 }
 
-static int ce(tnn_tensor *t) {
+/* Cross-entropy (t) or its gradient into out: t's data, or with bf16 a
+ * TNN_OP_TO_BF16 node's after it, which it then also computes. */
+static int ce(tnn_tensor *t, void *out, bool bf16) {
     const tnn_tensor *lg = t->src[0];
     const int32_t *tg = (const int32_t *)t->src[1]->data;
     int64_t N = lg->shape[0], W = lg->shape[1], V = t->iparam[1];
@@ -575,15 +593,21 @@ static int ce(tnn_tensor *t) {
         if (S > V) S = V;
         TNN_LAUNCH(k_ce_total, 1, CE_TOTAL_THREADS, 0, st, tg, N, V, ign, (const float *)NULL,
                    (float *)NULL, count);
-        TNN_LAUNCH(k_ce_back, (unsigned)N, ce_threads(V, CE_BACK_THREADS),
-                   (size_t)(S + 3) * sizeof(float), st, CF(lg), tg, CF(t->src[2]),
-                   (const int *)count, W, V, ign, S, FP(t), tnn__cu.fault, t->id);
+        size_t smem = (size_t)(S + 3) * sizeof(float);
+        unsigned th = ce_threads(V, CE_BACK_THREADS);
+        if (bf16)
+            TNN_LAUNCH(k_ce_back<uint16_t>, (unsigned)N, th, smem, st, CF(lg), tg, CF(t->src[2]),
+                       (const int *)count, W, V, ign, S, (uint16_t *)out, tnn__cu.fault, t->id);
+        else
+            TNN_LAUNCH(k_ce_back<float>, (unsigned)N, th, smem, st, CF(lg), tg, CF(t->src[2]),
+                       (const int *)count, W, V, ign, S, (float *)out, tnn__cu.fault, t->id);
     }
     return tnn__cu_launched(tnn__ops[t->op].name);
 }
 
 int tnn__cu_rows(tnn_tensor *t) {
-    if (t->op == TNN_OP_CROSS_ENTROPY || t->op == TNN_OP_CROSS_ENTROPY_BACK) return ce(t);
+    if (t->op == TNN_OP_CROSS_ENTROPY || t->op == TNN_OP_CROSS_ENTROPY_BACK)
+        return ce(t, t->data, false);
     if (t->op == TNN_OP_RMS_NORM_GAIN) return rms_gain(t);
     int64_t cols = t->shape[t->ndim - 1], rows = t->nelem / cols;
     if (rows == 0) return TNN_OK;
@@ -1698,6 +1722,15 @@ int tnn__cu_run_fused(tnn_tensor **plan, int32_t np, int32_t i) {
     if (t->op == TNN_OP_MATMUL && i + 1 < np) {
         int rc = matmul_accum(t, plan[i + 1], i);
         if (rc) return rc;
+    }
+    if (t->op == TNN_OP_CROSS_ENTROPY_BACK && i + 1 < np) {
+        /* the logits' gradient rounded to bf16 for bf16 products (mixed
+         * precision's LM head): written rounded, the f32 one never */
+        tnn_tensor *nx = plan[i + 1];
+        if (nx->op == TNN_OP_TO_BF16 && nx->src[0] == t && only_read_by(t, i + 1)) {
+            int rc = ce(t, nx->data, true);
+            return rc ? rc : 2;
+        }
     }
     if (t->op == TNN_OP_SWIGLU_BACK && t->iparam[0] == 0 && i + 1 < np) {
         /* swiglu's two gradients, made one after the other from the same dy
