@@ -236,6 +236,33 @@ static tnn_tensor *b_ce(tnn_session *s, tnn_tensor **x) {
     tnn_tensor *h = tnn_matmul_nt(s, x[0], x[1]);
     return tnn_scale(s, tnn_cross_entropy(s, h, x[2], 3), 1.0);
 }
+/* Mixed precision's forward: a norm, a SwiGLU product, and a residual add
+ * with the norm after it, each read only through tnn_to_bf16 by bf16
+ * products: their kernels write the rounded values themselves. In b_resid
+ * the add's second input is a product read by nothing after the add, so the
+ * add runs alone (the rounded rows could land on it) and the norm with its
+ * rounding; in b_leaves both inputs are leaves and the three are one. */
+static tnn_tensor *mm16(tnn_session *s, tnn_tensor *x16, tnn_tensor *w) {
+    return tnn_matmul_nt(s, x16, tnn_to_bf16(s, w));
+}
+static tnn_tensor *b_norm_bf16(tnn_session *s, tnn_tensor **x) {
+    tnn_tensor *h = tnn_to_bf16(s, tnn_rms_norm(s, x[0], x[1], 1e-5));
+    return tnn_mul(s, mm16(s, h, x[2]), x[3]);
+}
+static tnn_tensor *b_swiglu_bf16(tnn_session *s, tnn_tensor **x) {
+    tnn_tensor *f = tnn_to_bf16(s, tnn_swiglu(s, x[0], x[1]));
+    return tnn_mul(s, mm16(s, f, x[2]), x[3]);
+}
+static tnn_tensor *b_resid_bf16(tnn_session *s, tnn_tensor **x) {
+    tnn_tensor *r = tnn_add(s, x[0], mm16(s, tnn_to_bf16(s, x[0]), x[2]));
+    tnn_tensor *h = tnn_to_bf16(s, tnn_rms_norm(s, r, x[1], 1e-5));
+    return tnn_mul(s, mm16(s, h, x[2]), x[3]);
+}
+static tnn_tensor *b_leaves_bf16(tnn_session *s, tnn_tensor **x) {
+    tnn_tensor *r = tnn_add(s, x[0], x[3]);
+    tnn_tensor *h = tnn_to_bf16(s, tnn_rms_norm(s, r, x[1], 1e-5));
+    return tnn_mul(s, mm16(s, h, x[2]), x[3]);
+}
 static int ce_classes; /* cross-entropy over the first ce_classes columns (0: all) */
 /* a bf16 LM head (mixed precision): the logits' gradient rounded for the
  * bf16 gradient products, by cross-entropy's backward kernel itself; with
@@ -452,6 +479,20 @@ static void test_ops(void) {
     in_spec an[4] = {P(2, 40, 24), P(2, 40, 24), P(1, 24), F(2, 40, 24)};
     twin("a residual add and the RMS norm after it", b_addnorm, an, 4, true, 1e-5);
     fused_same("a residual add and the RMS norm after it", b_addnorm, an, 4, 1);
+    in_spec nb[4] = {P(2, 40, 24), P(1, 24), P(2, 24, 24), F(2, 40, 24)};
+    twin("a norm read by bf16 products", b_norm_bf16, nb, 4, true, 5e-3);
+    fused_same("a norm written rounded to bf16", b_norm_bf16, nb, 4, 1);
+    twin("a residual add and a norm read by bf16 products", b_resid_bf16, nb, 4, true, 5e-3);
+    fused_same("a residual add, then a norm written rounded to bf16", b_resid_bf16, nb, 4, 1);
+    in_spec lb[4] = {F(2, 40, 24), P(1, 24), P(2, 24, 24), F(2, 40, 24)};
+    twin("a residual add of leaves and a norm read by bf16 products", b_leaves_bf16, lb, 4, true,
+         5e-3);
+    fused_same("a residual add and a norm written rounded to bf16: one kernel", b_leaves_bf16, lb,
+               4, 2);
+    in_spec sb[4] = {P(2, 40, 24), P(2, 40, 24), P(2, 16, 24), F(2, 40, 16)};
+    twin("a SwiGLU product read by bf16 products", b_swiglu_bf16, sb, 4, true, 5e-3);
+    /* (and its two gradients in one pass) */
+    fused_same("a SwiGLU product written rounded to bf16", b_swiglu_bf16, sb, 4, 2);
     /* the logits are a product's, not kept: cross-entropy's gradient is
      * written over them, past the backward kernel's shared-memory row too */
     in_spec cebig[3] = {P(2, 6, 8), P(2, 60001, 8), I(6, 60001)};

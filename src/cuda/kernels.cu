@@ -28,6 +28,18 @@ __device__ __forceinline__ float cu_gelu_grad(float x) {
 }
 __device__ __forceinline__ float cu_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
+/* One value, or a group of four, stored as f32 or rounded to bf16 (the
+ * CPU's rounding, tnn__f2bf, as TNN_OP_TO_BF16 does). */
+__device__ __forceinline__ void cu_st(float *d, float v) { *d = v; }
+__device__ __forceinline__ void cu_st(uint16_t *d, float v) { *d = tnn__f2bf(v); }
+__device__ __forceinline__ void cu_st4(float *d, float4 v) { *reinterpret_cast<float4 *>(d) = v; }
+__device__ __forceinline__ void cu_st4(uint16_t *d, float4 v) {
+    uint2 o;
+    o.x = tnn__f2bf(v.x) | (uint32_t)tnn__f2bf(v.y) << 16;
+    o.y = tnn__f2bf(v.z) | (uint32_t)tnn__f2bf(v.w) << 16;
+    *reinterpret_cast<uint2 *>(d) = o;
+}
+
 /* Flat index f of a 4-D shape -> offset with the given element strides. */
 __device__ __forceinline__ int64_t cu_offset(int64_t f, const cu_dims &shape, const cu_dims &st) {
     int64_t off = 0;
@@ -79,20 +91,22 @@ __global__ void k_unary(int op, const float *x, const float *dy, float k, float 
 
 /* silu(g) * u into o (dy NULL), or its gradients: d gate into o (u given)
  * and d up into o2, either NULL when not wanted; rounded as the CPU's
- * composition of silu, mul and silu_back. */
-__global__ void k_swiglu(const float *g, const float *u, const float *dy, float *o, float *o2,
+ * composition of silu, mul and silu_back. O = uint16_t: the results rounded
+ * to bf16 (a TNN_OP_TO_BF16 after them folded in). */
+template <typename O>
+__global__ void k_swiglu(const float *g, const float *u, const float *dy, O *o, O *o2,
                          int64_t n) {
     CU_FOR(i, n) {
         float x = g[i], s = cu_sigmoid(x), sg = x * s;
         if (!dy) {
-            o[i] = sg * u[i];
+            cu_st(o + i, sg * u[i]);
             continue;
         }
         if (o) {
             float d = dy[i] * u[i];
-            o[i] = d * s * (1.0f + x * (1.0f - s));
+            cu_st(o + i, d * s * (1.0f + x * (1.0f - s)));
         }
-        if (o2) o2[i] = dy[i] * sg;
+        if (o2) cu_st(o2 + i, dy[i] * sg);
     }
 }
 
@@ -119,11 +133,11 @@ int tnn__cu_elementwise(tnn_tensor *t) {
                    0.0f, FP(t), n);
         break;
     case TNN_OP_SWIGLU:
-        TNN_LAUNCH(k_swiglu, cu_blocks(n), CU_THREADS, 0, st, CF(t->src[0]), CF(t->src[1]),
-                   (const float *)NULL, FP(t), (float *)NULL, n);
+        TNN_LAUNCH(k_swiglu<float>, cu_blocks(n), CU_THREADS, 0, st, CF(t->src[0]),
+                   CF(t->src[1]), (const float *)NULL, FP(t), (float *)NULL, n);
         break;
     case TNN_OP_SWIGLU_BACK:
-        TNN_LAUNCH(k_swiglu, cu_blocks(n), CU_THREADS, 0, st, CF(t->src[1]),
+        TNN_LAUNCH(k_swiglu<float>, cu_blocks(n), CU_THREADS, 0, st, CF(t->src[1]),
                    t->iparam[0] ? (const float *)NULL : CF(t->src[2]), CF(t->src[0]),
                    t->iparam[0] ? (float *)NULL : FP(t), t->iparam[0] ? FP(t) : (float *)NULL, n);
         break;
@@ -190,19 +204,22 @@ __global__ void k_softmax_back(const float *dy, const float *y, float *dx, int64
     for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) dx[o + j] = y[o + j] * (dy[o + j] - d);
 }
 
-__global__ void k_rms_norm(const float *x, const float *g, float *y, int64_t n, double eps) {
+/* O = uint16_t: y rounded to bf16 (a TNN_OP_TO_BF16 after it folded in). */
+template <typename O>
+__global__ void k_rms_norm(const float *x, const float *g, O *y, int64_t n, double eps) {
     __shared__ double sh[32];
     int64_t o = blockIdx.x * n;
     float scale = (float)(1.0 / sqrt(cu_row_dot(x + o, x + o, n, sh) / (double)n + eps));
     for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
-        y[o + j] = g ? (x[o + j] * scale) * g[j] : x[o + j] * scale;
+        cu_st(y + o + j, g ? (x[o + j] * scale) * g[j] : x[o + j] * scale);
 }
 
 /* x = a + b (a residual add), then y = rms_norm(x, g), in one pass over the
  * row: the bits of k_binary and then k_rms_norm (each thread sums the same
  * elements in the same order, then the same block sum). */
+template <typename O>
 __global__ void k_add_rms_norm(const float *a, const float *b, float *x, const float *g,
-                               float *y, int64_t n, double eps) {
+                               O *y, int64_t n, double eps) {
     __shared__ double sh[32];
     int64_t o = blockIdx.x * n;
     double ss = 0.0;
@@ -214,7 +231,7 @@ __global__ void k_add_rms_norm(const float *a, const float *b, float *x, const f
     ss = cu_block_sum(ss, sh);
     float scale = (float)(1.0 / sqrt(ss / (double)n + eps));
     for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
-        y[o + j] = g ? (x[o + j] * scale) * g[j] : x[o + j] * scale;
+        cu_st(y + o + j, g ? (x[o + j] * scale) * g[j] : x[o + j] * scale);
 }
 
 /* With gm (rms_norm's gamma, or NULL), dy is dy * gm, rounded to f32.
@@ -471,18 +488,6 @@ __global__ void __launch_bounds__(CE_TOTAL_THREADS)
     if (count) *count = (int)cnt;
 }
 
-/* One value, or a group of four, stored as f32 or rounded to bf16 (the
- * CPU's rounding, tnn__f2bf, as TNN_OP_TO_BF16 does). */
-__device__ __forceinline__ void cu_st(float *d, float v) { *d = v; }
-__device__ __forceinline__ void cu_st(uint16_t *d, float v) { *d = tnn__f2bf(v); }
-__device__ __forceinline__ void cu_st4(float *d, float4 v) { *reinterpret_cast<float4 *>(d) = v; }
-__device__ __forceinline__ void cu_st4(uint16_t *d, float4 v) {
-    uint2 o;
-    o.x = tnn__f2bf(v.x) | (uint32_t)tnn__f2bf(v.y) << 16;
-    o.y = tnn__f2bf(v.z) | (uint32_t)tnn__f2bf(v.w) << 16;
-    *reinterpret_cast<uint2 *>(d) = o;
-}
-
 /* d = softmax * scale, minus scale at the target, each element written
  * once, from the copy the stats kept (stash) or else from the logits again;
  * O = uint16_t writes it rounded to bf16 (the gradient's rounding for bf16
@@ -622,7 +627,9 @@ int tnn__cu_rows(tnn_tensor *t) {
     case TNN_OP_SOFTMAX_BACK:
         TNN_LAUNCH(k_softmax_back, g, CU_THREADS, 0, st, s0, s1, FP(t), cols);
         break;
-    case TNN_OP_RMS_NORM: TNN_LAUNCH(k_rms_norm, g, CU_THREADS, 0, st, s0, s1, FP(t), cols, eps); break;
+    case TNN_OP_RMS_NORM:
+        TNN_LAUNCH(k_rms_norm<float>, g, CU_THREADS, 0, st, s0, s1, FP(t), cols, eps);
+        break;
     case TNN_OP_RMS_NORM_BACK:
         TNN_LAUNCH(k_rms_norm_back, g, CU_THREADS, 0, st, s0, s1,
                    t->src[2] ? CF(t->src[2]) : (const float *)NULL, (const float *)NULL, FP(t),
@@ -1531,6 +1538,17 @@ static bool only_read_by(const tnn_tensor *t, int32_t by) {
     return t->last_use == by && !(t->flags & TNN_FLAG_OUTPUT) && t != t->sess->result;
 }
 
+/* The TNN_OP_TO_BF16 node after plan[j] when it is plan[j]'s only reader:
+ * plan[j]'s kernel can write the rounded values there itself. */
+static tnn_tensor *bf16_next(tnn_tensor **plan, int32_t np, int32_t j) {
+    if (j + 1 >= np) return NULL;
+    tnn_tensor *nx = plan[j + 1];
+    return nx->op == TNN_OP_TO_BF16 && nx->src[0] == plan[j] && plan[j]->dtype == TNN_F32 &&
+                   only_read_by(plan[j], j + 1)
+               ? nx
+               : NULL;
+}
+
 /* Whether a node's input x, read by the kernel that runs the r nodes from
  * plan index i, keeps its buffer that long: the planner (fuse_next) frees a
  * buffer after the node that follows its last reader has its own, so only
@@ -1723,14 +1741,29 @@ int tnn__cu_run_fused(tnn_tensor **plan, int32_t np, int32_t i) {
         int rc = matmul_accum(t, plan[i + 1], i);
         if (rc) return rc;
     }
-    if (t->op == TNN_OP_CROSS_ENTROPY_BACK && i + 1 < np) {
-        /* the logits' gradient rounded to bf16 for bf16 products (mixed
-         * precision's LM head): written rounded, the f32 one never */
-        tnn_tensor *nx = plan[i + 1];
-        if (nx->op == TNN_OP_TO_BF16 && nx->src[0] == t && only_read_by(t, i + 1)) {
-            int rc = ce(t, nx->data, true);
-            return rc ? rc : 2;
-        }
+    /* A value that only a rounding to bf16 reads next (mixed precision: the
+     * activations and gradients of bf16 products) is written rounded by the
+     * kernel that makes it, into the rounding's buffer; the f32 one never */
+    tnn_tensor *nb = bf16_next(plan, np, i);
+    if (nb && t->op == TNN_OP_CROSS_ENTROPY_BACK) { /* the LM head's gradient */
+        int rc = ce(t, nb->data, true);
+        return rc ? rc : 2;
+    }
+    if (nb && t->op == TNN_OP_SWIGLU) {
+        TNN_LAUNCH(k_swiglu<uint16_t>, cu_blocks(t->nelem), CU_THREADS, 0, tnn__cu.stream,
+                   CF(t->src[0]), CF(t->src[1]), (const float *)NULL, (uint16_t *)nb->data,
+                   (uint16_t *)NULL, t->nelem);
+        int rc = tnn__cu_launched("tnn_swiglu");
+        return rc ? rc : 2;
+    }
+    if (nb && t->op == TNN_OP_RMS_NORM) {
+        int64_t cols = t->shape[t->ndim - 1], rows = t->nelem / cols;
+        if (rows > INT32_MAX) return 0;
+        TNN_LAUNCH(k_rms_norm<uint16_t>, (unsigned)rows, CU_THREADS, 0, tnn__cu.stream,
+                   CF(t->src[0]), t->src[1] ? CF(t->src[1]) : (const float *)NULL,
+                   (uint16_t *)nb->data, cols, t->fparam[0]);
+        int rc = tnn__cu_launched("tnn_rms_norm");
+        return rc ? rc : 2;
     }
     if (t->op == TNN_OP_SWIGLU_BACK && t->iparam[0] == 0 && i + 1 < np) {
         /* swiglu's two gradients, made one after the other from the same dy
@@ -1738,7 +1771,7 @@ int tnn__cu_run_fused(tnn_tensor **plan, int32_t np, int32_t i) {
         tnn_tensor *nx = plan[i + 1];
         if (nx->op == TNN_OP_SWIGLU_BACK && nx->iparam[0] == 1 && nx->src[0] == t->src[0] &&
             nx->src[1] == t->src[1]) {
-            TNN_LAUNCH(k_swiglu, cu_blocks(t->nelem), CU_THREADS, 0, tnn__cu.stream,
+            TNN_LAUNCH(k_swiglu<float>, cu_blocks(t->nelem), CU_THREADS, 0, tnn__cu.stream,
                        CF(t->src[1]), CF(t->src[2]), CF(t->src[0]), FP(t), FP(nx), t->nelem);
             int rc = tnn__cu_launched("swiglu_back");
             return rc ? rc : 2;
@@ -1755,10 +1788,22 @@ int tnn__cu_run_fused(tnn_tensor **plan, int32_t np, int32_t i) {
         if (nx->op == TNN_OP_RMS_NORM && nx->src[0] == t && a->nelem == t->nelem &&
             b->nelem == t->nelem && rows <= INT32_MAX && (!gm || gm->nelem == cols) &&
             !in_products) {
-            TNN_LAUNCH(k_add_rms_norm, (unsigned)rows, CU_THREADS, 0, tnn__cu.stream, CF(a), CF(b),
-                       FP(t), gm ? CF(gm) : (const float *)NULL, FP(nx), cols, nx->fparam[0]);
+            /* with the norm's rounding to bf16 as well when the sum's inputs
+             * outlive the three (the rounded rows must not land on them);
+             * else the add alone, and the norm with its rounding */
+            tnn_tensor *nb2 = bf16_next(plan, np, i + 1);
+            if (nb2 && !(lives_through(a, i, 3) && lives_through(b, i, 3))) return 0;
+            if (nb2)
+                TNN_LAUNCH(k_add_rms_norm<uint16_t>, (unsigned)rows, CU_THREADS, 0,
+                           tnn__cu.stream, CF(a), CF(b), FP(t),
+                           gm ? CF(gm) : (const float *)NULL, (uint16_t *)nb2->data, cols,
+                           nx->fparam[0]);
+            else
+                TNN_LAUNCH(k_add_rms_norm<float>, (unsigned)rows, CU_THREADS, 0, tnn__cu.stream,
+                           CF(a), CF(b), FP(t), gm ? CF(gm) : (const float *)NULL, FP(nx), cols,
+                           nx->fparam[0]);
             int rc = tnn__cu_launched("tnn_rms_norm");
-            return rc ? rc : 2;
+            return rc ? rc : nb2 ? 3 : 2;
         }
     }
     if (t->op == TNN_OP_RMS_NORM_BACK && i + 1 < np && sum_after(t, plan[i + 1], i)) {
