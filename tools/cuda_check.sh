@@ -85,11 +85,12 @@ TORCH=""
 python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null && TORCH="python3 $PWD/tools/torch_train_speed.py"
 TNN_TORCH_BENCH="$TORCH" step bench_train_cuda 240 "$BIN/bench/bench_train" all --cuda
 cat "$L/bench_train_cuda.log" 2>/dev/null >> "$S"
-# GPT-2 small at T = 1024 (attention through cuBLAS): f32 beside PyTorch, then TF32 and
-# bf16 products; and the step's f32 product shapes against cuBLAS
+# GPT-2 small at T = 1024: f32 beside PyTorch, then TF32, and mixed precision (bf16 products
+# of bf16 weights and activations, attention in TF32); and the step's product shapes against
+# cuBLAS
 TNN_TORCH_BENCH="$TORCH" step bench_train_t1024 180 "$BIN/bench/bench_train" gpt2 --cuda --batch 4 --seq 1024 --steps 8
 step bench_train_t1024_tf32 120 "$BIN/bench/bench_train" gpt2 --cuda --tf32 --batch 4 --seq 1024 --steps 8
-step bench_train_t1024_bf16 120 "$BIN/bench/bench_train" gpt2 --cuda --bf16 --batch 4 --seq 1024 --steps 8
+step bench_train_t1024_bf16 120 "$BIN/bench/bench_train" gpt2 --cuda --bf16 --tf32 --batch 4 --seq 1024 --steps 8
 # what keeping attention's log-sum-exp from the forward is worth (the backward runs the
 # forward again without it), same binary
 TNN_CUDA_FLASH_LSE=0 step bench_train_t1024_tf32_nolse 120 "$BIN/bench/bench_train" gpt2 --cuda --tf32 --batch 4 --seq 1024 --steps 8

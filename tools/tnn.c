@@ -43,8 +43,9 @@ static void usage(FILE *f) {
             "  --lr X               peak learning rate (3e-3); warm-up then cosine\n"
             "  --warmup N           warm-up steps (30)\n"
             "  --bf16               mixed precision: products on bf16 copies of the weights\n"
-            "                       (with --cuda: of the activations too), f32 master\n"
-            "                       weights, gradients and AdamW\n"
+            "                       (with --cuda: of the activations too, and --tf32 for\n"
+            "                       attention unless TNN_CUDA_TF32=0), f32 master weights,\n"
+            "                       gradients and AdamW\n"
             "  --tf32               with --cuda: f32 products on the tensor cores with TF32\n"
             "                       inputs (TNN_CUDA_TF32=1; faster, about 1e-3 relative)\n"
             "  --seed N             initialisation and batch seed (1337)\n"
@@ -162,6 +163,9 @@ static bool parse_opts(int argc, char **argv, lm_train_opts *o, const char **fil
         INT_OPT("--checkpoint-every", 0, 100000000, o->checkpoint_every)
         if (!strcmp(a, "--bf16")) {
             o->optim.bf16 = true;
+            /* the f32 products left on a GPU (attention's) in TF32, unless
+             * TNN_CUDA_TF32 says otherwise: still finer than bf16 */
+            setenv("TNN_CUDA_TF32", "1", 0);
             continue;
         }
         if (!strcmp(a, "--tf32")) {
