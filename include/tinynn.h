@@ -227,10 +227,11 @@ TNN_API tnn_tensor *tnn_matmul(tnn_session *s, tnn_tensor *a, tnn_tensor *b);
  * a is f32; b is f32, or bf16 weights (a TNN_BF16 tensor: f32 result, f32
  * accumulation), and then a may be bf16 too (activations already rounded,
  * e.g. by tnn_to_bf16: widened exactly on the CPU, read as they are by the
- * GPU's tensor cores). Where the CPU's vdpbf16ps is the faster path (AMD's
- * AVX512_BF16 CPUs; TNN_KERNEL=avx512bf16 asks for it on any that has it) a
- * bf16 b runs through it, which rounds a to bf16 first (relative error about
- * 2^-9 per product; see docs/PERFORMANCE.md); elsewhere b is widened to f32
+ * GPU's tensor cores). Where the CPU has AMX-BF16 a bf16 b runs on the AMX
+ * tiles (TNN_KERNEL=amx), and where its vdpbf16ps is the faster path (AMD's
+ * AVX512_BF16 CPUs; TNN_KERNEL=avx512bf16 asks for it on any that has it)
+ * through that instruction: both round a to bf16 first (relative error about
+ * 2^-9 per product; see docs/PERFORMANCE.md). Elsewhere b is widened to f32
  * and the result is bit for bit the f32 product with the widened weights.
  * TNN_KERNEL=avx512 (or lower) forces the widening path. A bf16 b gets a
  * gradient only when it is tnn_to_bf16 of an f32 tensor (which passes it

@@ -328,7 +328,7 @@ static int best_supported(void) {
 }
 
 static void test_env(void) {
-    static const char *values[] = {"scalar", "avx2", "avx512", "avx512bf16", "sse9", ""};
+    static const char *values[] = {"scalar", "avx2", "avx512", "avx512bf16", "amx", "sse9", ""};
     int best = best_supported();
     for (size_t v = 0; v < sizeof values / sizeof values[0]; v++) {
         int want = best;

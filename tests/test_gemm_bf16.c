@@ -41,7 +41,7 @@ static void *xalloc(size_t n) {
     return p;
 }
 
-static bool have_dot_avx512;
+static bool have_dot_avx512, have_amx;
 
 /* ------------------------------------------------------------------------ */
 /* Problems: op(A) (M x K, f32) @ op(B) (K x N, bf16), padded strides        */
@@ -319,7 +319,7 @@ static double worst_dot_err, worst_dot_err_deep, worst_dot_rms;
 
 static void test_dot_paths(void) {
     tnn_set_num_threads(2);
-    int cases = 0, twin_bad = 0, simd_bad = 0, bound_bad = 0;
+    int cases = 0, twin_bad = 0, simd_bad = 0, bound_bad = 0, amx_bad = 0, amx_pad = 0;
     for (int s = 0; s < n_shapes(); s++) {
         int M, N, K;
         shape_at(s, &M, &N, &K);
@@ -331,7 +331,7 @@ static void test_dot_paths(void) {
                 problem_init(&p, M, N, K, c & 1, c & 2, scale);
                 size_t n = (size_t)M * N;
                 float *want = xalloc(n * sizeof(float)), *twin = xalloc(n * sizeof(float));
-                float *simd = xalloc(n * sizeof(float));
+                float *simd = xalloc(n * sizeof(float)), *amx = xalloc(n * sizeof(float));
                 dot_reference(&p, want);
                 CHECK_OK(run_bf16(&p, TNN_GEMM_BF16_DOT_SCALAR));
                 bool pad_ok = dense_c(&p, twin);
@@ -353,8 +353,14 @@ static void test_dot_paths(void) {
                               bad, pad_ok ? "" : ", padding of C written");
                     }
                 }
+                if (have_amx) {
+                    CHECK_OK(run_bf16(&p, TNN_GEMM_BF16_AMX));
+                    if (!dense_c(&p, amx)) amx_pad++;
+                }
                 /* Error: rounding A to bf16 costs at most 2^-8 relative per
-                 * product, the f32 chain at most ~K 2^-24 of sum |ab|. */
+                 * product, the f32 chain at most ~K 2^-24 of sum |ab|; the
+                 * AMX tiles' sums, in their own order, are held to the same
+                 * bound. */
                 if (scale == 1) {
                     double num = 0, den = 0;
                     for (int i = 0; i < M; i++)
@@ -367,6 +373,8 @@ static void test_dot_paths(void) {
                             double e = fabs(twin[(size_t)i * N + j] - r);
                             double bound = (0x1p-8 + 2.0 * K * 0x1p-24) * 1.01 * sa + 1e-30;
                             if (!(e <= bound)) bound_bad++;
+                            if (have_amx && !(fabs(amx[(size_t)i * N + j] - r) <= bound))
+                                amx_bad++;
                             if (sa > 0 && e / sa > worst_dot_err) worst_dot_err = e / sa;
                             if (sa > 0 && K >= 300 && e / sa > worst_dot_err_deep)
                                 worst_dot_err_deep = e / sa;
@@ -376,7 +384,7 @@ static void test_dot_paths(void) {
                         worst_dot_rms = sqrt(num / den);
                 }
                 cases++;
-                free(want), free(twin), free(simd);
+                free(want), free(twin), free(simd), free(amx);
                 problem_free(&p);
             }
         }
@@ -384,6 +392,12 @@ static void test_dot_paths(void) {
     CHECK(twin_bad == 0 && simd_bad == 0, "dot paths: %d twin, %d simd cases of %d differ",
           twin_bad, simd_bad, cases);
     CHECK(bound_bad == 0, "dot path: %d values beyond (2^-8 + 2K 2^-24) sum|ab|", bound_bad);
+    CHECK(amx_bad == 0 && amx_pad == 0,
+          "amx path: %d values beyond (2^-8 + 2K 2^-24) sum|ab|, %d cases wrote C's padding",
+          amx_bad, amx_pad);
+    if (!have_amx)
+        printf("test_gemm_bf16: the AMX path: skipped, this CPU does not report AMX-BF16 (or the "
+               "OS does not grant it)\n");
     /* A single product can lose 2^-8 of itself; over hundreds of terms of
      * either sign the rounding errors cancel far below that. */
     CHECK(worst_dot_err_deep < 0x1p-10, "dot path: worst error %.3g of sum|ab| for K >= 300",
@@ -401,9 +415,10 @@ static void test_dot_paths(void) {
 /* NaN and Inf stay in their rows and columns on every path. */
 static void test_nonfinite(void) {
     static const int paths[] = {TNN_GEMM_BF16_WIDEN, TNN_GEMM_BF16_DOT_SCALAR,
-                                TNN_GEMM_BF16_DOT_AVX512};
-    for (int pi = 0; pi < 3; pi++) {
+                                TNN_GEMM_BF16_DOT_AVX512, TNN_GEMM_BF16_AMX};
+    for (int pi = 0; pi < 4; pi++) {
         if (paths[pi] == TNN_GEMM_BF16_DOT_AVX512 && !have_dot_avx512) continue;
+        if (paths[pi] == TNN_GEMM_BF16_AMX && !have_amx) continue;
         problem p;
         problem_init(&p, 9, 21, 17, false, false, 1);
         p.A[2 * p.lda + 3] = NAN;            /* row 2 of C */
@@ -429,10 +444,11 @@ static void test_threads(void) {
     static const int ts[][3] = {{200, 300, 600}, {600, 20, 301}, {37, 700, 1030},
                                 {1, 3000, 300},  {8, 2000, 101}};
     static const int paths[] = {TNN_GEMM_BF16_WIDEN, TNN_GEMM_BF16_DOT_SCALAR,
-                                TNN_GEMM_BF16_DOT_AVX512};
-    for (int pi = 0; pi < 3; pi++) {
+                                TNN_GEMM_BF16_DOT_AVX512, TNN_GEMM_BF16_AMX};
+    for (int pi = 0; pi < 4; pi++) {
         int path = paths[pi];
         if (path == TNN_GEMM_BF16_DOT_AVX512 && !have_dot_avx512) continue;
+        if (path == TNN_GEMM_BF16_AMX && !have_amx) continue;
         for (size_t s = 0; s < sizeof ts / sizeof ts[0]; s++) {
             /* the scalar twin is slow: one transpose case, the smaller shapes */
             if (path == TNN_GEMM_BF16_DOT_SCALAR && ts[s][0] * ts[s][1] * ts[s][2] > 4000000)
@@ -478,6 +494,9 @@ static void test_args(void) {
         CHECK_ERR(tnn__gemm_bf16(TNN_GEMM_BF16_DOT_AVX512, false, false, 2, 2, 3, a, 3, b, 2, c,
                                  2),
                   TNN_ERR_ARG, "AVX512_BF16");
+    if (!have_amx)
+        CHECK_ERR(tnn__gemm_bf16(TNN_GEMM_BF16_AMX, false, false, 2, 2, 3, a, 3, b, 2, c, 2),
+                  TNN_ERR_ARG, "AMX-BF16");
     CHECK_OK(tnn__gemm_bf16(TNN_GEMM_BF16_AUTO, false, false, 0, 2, 3, a, 3, b, 2, c, 2));
     CHECK(c[0] == 9, "M = 0 wrote C");
     CHECK_OK(tnn__gemm_bf16(TNN_GEMM_BF16_AUTO, false, false, 2, 2, 0, a, 3, b, 2, c, 2));
@@ -490,15 +509,17 @@ static void test_args(void) {
               tnn__gemm_bf16_path_name(path));
     }
     /* AUTO follows the selected kernel */
-    CHECK(tnn__gemm_bf16_auto_path() == (tnn__gemm_get_kernel() == TNN_GEMM_AVX512BF16
+    CHECK(tnn__gemm_bf16_auto_path() == (tnn__gemm_get_kernel() == TNN_GEMM_AMX ? TNN_GEMM_BF16_AMX
+                                         : tnn__gemm_get_kernel() == TNN_GEMM_AVX512BF16
                                              ? TNN_GEMM_BF16_DOT_AVX512
                                              : TNN_GEMM_BF16_WIDEN),
           "auto path %d with kernel %s", tnn__gemm_bf16_auto_path(),
           tnn__gemm_kernel_name(tnn__gemm_get_kernel()));
-    CHECK((have_dot_avx512 && tnn__gemm_dot_preferred()) ==
-              (tnn__gemm_get_kernel() == TNN_GEMM_AVX512BF16),
-          "the default kernel is avx512bf16 exactly where the CPU has it and it is the faster "
-          "bf16 path (AMD)");
+    CHECK(have_amx == (tnn__gemm_get_kernel() == TNN_GEMM_AMX) &&
+              (!have_amx && have_dot_avx512 && tnn__gemm_dot_preferred()) ==
+                  (tnn__gemm_get_kernel() == TNN_GEMM_AVX512BF16),
+          "the default kernel is amx where the CPU has it, else avx512bf16 where that is the "
+          "faster bf16 path (AMD)");
     CHECK(strcmp(tnn__gemm_bf16_path_name(TNN_GEMM_BF16_WIDEN), "widen") == 0 &&
               strcmp(tnn__gemm_bf16_path_name(9), "?") == 0,
           "path names");
@@ -506,14 +527,18 @@ static void test_args(void) {
 
 /* TNN_KERNEL picks the bf16 path too: read once, so in child processes. */
 static void test_env(void) {
-    static const char *values[] = {"scalar", "avx2", "avx512", "avx512bf16"};
+    static const char *values[] = {"scalar", "avx2", "avx512", "avx512bf16", "amx"};
     for (size_t v = 0; v < sizeof values / sizeof values[0]; v++) {
         int id = (int)v; /* values are in id order */
-        /* an id the CPU lacks falls back to the best one: the dot kernel
-         * only where it is the faster bf16 path */
-        bool dot = tnn__gemm_kernel_supported(id) ? id == TNN_GEMM_AVX512BF16
-                                                  : have_dot_avx512 && tnn__gemm_dot_preferred();
-        int want = dot ? TNN_GEMM_BF16_DOT_AVX512 : TNN_GEMM_BF16_WIDEN;
+        /* an id the CPU lacks falls back to the best one: AMX, else the dot
+         * kernel where it is the faster bf16 path */
+        int best = have_amx ? TNN_GEMM_AMX
+                   : have_dot_avx512 && tnn__gemm_dot_preferred() ? TNN_GEMM_AVX512BF16
+                                                                  : TNN_GEMM_AVX512;
+        int k = tnn__gemm_kernel_supported(id) ? id : best;
+        int want = k == TNN_GEMM_AMX          ? TNN_GEMM_BF16_AMX
+                   : k == TNN_GEMM_AVX512BF16 ? TNN_GEMM_BF16_DOT_AVX512
+                                              : TNN_GEMM_BF16_WIDEN;
         fflush(NULL);
         pid_t pid = fork();
         if (pid == 0) {
@@ -717,6 +742,7 @@ static void test_mixed_gradients(void) {
 
 int main(void) {
     have_dot_avx512 = tnn__gemm_kernel_supported(TNN_GEMM_AVX512BF16);
+    have_amx = tnn__gemm_kernel_supported(TNN_GEMM_AMX);
     test_env(); /* first: the children must not inherit a made selection */
     th_seed(11);
     printf("test_gemm_bf16: default kernel %s, bf16 path %s; AVX512_BF16 %s\n",

@@ -53,7 +53,7 @@
 /* ------------------------------------------------------------------------ */
 
 static const char *const kernel_names[TNN_GEMM_KERNEL_COUNT] = {"scalar", "avx2", "avx512",
-                                                                 "avx512bf16"};
+                                                                 "avx512bf16", "amx"};
 _Static_assert(sizeof kernel_names / sizeof kernel_names[0] == TNN_GEMM_KERNEL_COUNT,
                "one name per kernel id");
 
@@ -63,7 +63,8 @@ static const tnn__gemm_kernel *kernel_table(int id) {
 #if defined(TNN_GEMM_X86)
     case TNN_GEMM_AVX2: return &tnn__gemm_kernel_avx2;
     case TNN_GEMM_AVX512:
-    case TNN_GEMM_AVX512BF16: return &tnn__gemm_kernel_avx512; /* its f32 products */
+    case TNN_GEMM_AVX512BF16:
+    case TNN_GEMM_AMX: return &tnn__gemm_kernel_avx512; /* its f32 products */
 #endif
     default: return NULL;
     }
@@ -90,6 +91,20 @@ static bool cpu_avx512bf16(void) {
     __cpuid_count(7, 1, a, b, c, d);
     return (a & (1u << 5)) != 0;
 }
+
+/* AMX-TILE and AMX-BF16 (CPUID leaf 7 EDX bits 24 and 22), the OS saving
+ * the tile state (XCR0 bits 17, 18) and granting it to this process. */
+static bool cpu_amx_bf16(void) {
+    unsigned a, b, c, d;
+    if (__get_cpuid_max(0, NULL) < 7 || !__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27)))
+        return false;
+    __cpuid_count(7, 0, a, b, c, d);
+    if (!(d & (1u << 24)) || !(d & (1u << 22))) return false;
+    unsigned xlo, xhi;
+    __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+    (void)xhi;
+    return (xlo & 0x60000u) == 0x60000u && tnn__gemm_amx_enable();
+}
 #endif
 
 bool tnn__gemm_kernel_supported(int id) {
@@ -104,6 +119,7 @@ bool tnn__gemm_kernel_supported(int id) {
         return __builtin_cpu_supports("avx512f");
     case TNN_GEMM_AVX512BF16:
         return tnn__gemm_kernel_supported(TNN_GEMM_AVX512) && cpu_avx512bf16();
+    case TNN_GEMM_AMX: return tnn__gemm_kernel_supported(TNN_GEMM_AVX512) && cpu_amx_bf16();
 #endif
     default: return false;
     }
@@ -128,7 +144,8 @@ static int best_kernel(void) {
     /* On Zen 4 AVX-512 f32 runs at the AVX2 rate (512-bit ops are
      * double-pumped), so the larger tile mainly helps CPUs with full-width
      * units; it is still preferred when reported. The bf16 dot kernel only
-     * where it is the faster bf16 path. */
+     * where it is the faster bf16 path; the AMX tiles before both. */
+    if (tnn__gemm_kernel_supported(TNN_GEMM_AMX)) return TNN_GEMM_AMX;
     if (tnn__gemm_kernel_supported(TNN_GEMM_AVX512BF16) && tnn__gemm_dot_preferred())
         return TNN_GEMM_AVX512BF16;
     if (tnn__gemm_kernel_supported(TNN_GEMM_AVX512)) return TNN_GEMM_AVX512;
@@ -151,7 +168,7 @@ static void kernel_init(void) {
             if (strcmp(e, kernel_names[i]) == 0) want = i;
         if (want < 0)
             tnn__log(TNN_LOG_WARN,
-                     "TNN_KERNEL=%s is not one of scalar, avx2, avx512, avx512bf16; using %s", e,
+                     "TNN_KERNEL=%s is not one of scalar, avx2, avx512, avx512bf16, amx; using %s", e,
                      kernel_names[best]);
         else if (!tnn__gemm_kernel_supported(want))
             tnn__log(TNN_LOG_WARN, "TNN_KERNEL=%s is not supported on this CPU; using %s", e,
@@ -232,9 +249,12 @@ typedef struct {
 } gemm_job;
 
 /* 4-byte words per k of a packed row or column for a block kc deep: one
- * float, or for GEMM_DOT one word per k pair. */
+ * float, or for GEMM_DOT one word per k pair (rounded up to the kernel's
+ * kstep). */
 static inline int64_t depth(const gemm_job *g, int64_t kc) {
-    return g->mode == GEMM_DOT ? (kc + 1) / 2 : kc;
+    if (g->mode != GEMM_DOT) return kc;
+    int64_t kp = (kc + 1) / 2, st = g->dk->kstep > 1 ? g->dk->kstep : 1;
+    return (kp + st - 1) / st * st;
 }
 
 /* The portable transposing pack (see tnn__gemm_pack_fn). */
@@ -357,7 +377,7 @@ static void pack_b(const gemm_job *g, int64_t k0, int64_t kc, int64_t j0, int64_
 static inline void ukr(const gemm_job *g, int64_t kc, const float *a, const float *b, float *c,
                        int64_t ldc, int load) {
     if (g->mode == GEMM_DOT)
-        g->dk->ukr((kc + 1) / 2, (const uint32_t *)a, (const uint32_t *)b, c, ldc, load);
+        g->dk->ukr(depth(g, kc), (const uint32_t *)a, (const uint32_t *)b, c, ldc, load);
     else
         g->kr->ukr(kc, a, b, c, ldc, load);
 }
@@ -437,10 +457,13 @@ static void gemm_block(gemm_job *g, int64_t m0, int64_t m1, int64_t n0, int64_t 
     /* One A block (few rows, e.g. an LM head): pack all of op(A) once and
      * keep it for every column panel; B panels are then used once right
      * after packing, so they are kept small enough to stay in L2. */
-    bool a_once = mspan <= MC && mc_pad * depth(g, K) <= GEMM_A_ONCE_MAX;
+    /* (the packed K blocks one after the other, each kc_max deep: a kernel
+     * with a kstep pads every block, the last too) */
+    int64_t a_all = (K + KC - 1) / KC * depth(g, kc_max);
+    bool a_once = mspan <= MC && mc_pad * a_all <= GEMM_A_ONCE_MAX;
     if (a_once) NC = g->tb && g->nc_small_t ? g->nc_small_t : g->nc_small;
     int64_t nc_pad = round_up(nspan < NC ? nspan : NC, g->nr);
-    size_t a_size = (size_t)(mc_pad * depth(g, a_once ? K : kc_max));
+    size_t a_size = (size_t)(mc_pad * (a_once ? a_all : depth(g, kc_max)));
     pack_bufs bufs, *pb = &bufs;
     if (!get_bufs(a_size, (size_t)(nc_pad * depth(g, kc_max)), pb)) {
         int ok = TNN_OK;
@@ -449,7 +472,8 @@ static void gemm_block(gemm_job *g, int64_t m0, int64_t m1, int64_t n0, int64_t 
     }
     if (a_once)
         for (int64_t pc = 0; pc < K; pc += KC)
-            pack_a(g, m0, mspan, pc, K - pc < KC ? K - pc : KC, pb->a + mc_pad * depth(g, pc));
+            pack_a(g, m0, mspan, pc, K - pc < KC ? K - pc : KC,
+                   pb->a + mc_pad * (pc / KC) * depth(g, kc_max));
     for (int64_t jc = n0; jc < n1; jc += NC) {
         int64_t nc = n1 - jc < NC ? n1 - jc : NC;
         for (int64_t pc = 0; pc < K; pc += KC) {
@@ -457,7 +481,7 @@ static void gemm_block(gemm_job *g, int64_t m0, int64_t m1, int64_t n0, int64_t 
             pack_b(g, pc, kc, jc, nc, pb->b);
             for (int64_t ic = m0; ic < m1; ic += MC) {
                 int64_t mc = m1 - ic < MC ? m1 - ic : MC;
-                const float *pa = pb->a + mc_pad * depth(g, pc);
+                const float *pa = pb->a + mc_pad * (pc / KC) * depth(g, kc_max);
                 if (!a_once) {
                     pack_a(g, ic, mc, pc, kc, pb->a);
                     pa = pb->a;
@@ -646,7 +670,7 @@ int tnn__gemm_f32_epi(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const f
 /* ------------------------------------------------------------------------ */
 
 static const char *const bf16_path_names[TNN_GEMM_BF16_PATH_COUNT] = {"widen", "dot-scalar",
-                                                                      "dot-avx512"};
+                                                                      "dot-avx512", "amx"};
 _Static_assert(sizeof bf16_path_names / sizeof bf16_path_names[0] == TNN_GEMM_BF16_PATH_COUNT,
                "one name per bf16 path");
 
@@ -655,8 +679,10 @@ const char *tnn__gemm_bf16_path_name(int path) {
 }
 
 int tnn__gemm_bf16_auto_path(void) {
-    return tnn__gemm_get_kernel() == TNN_GEMM_AVX512BF16 ? TNN_GEMM_BF16_DOT_AVX512
-                                                         : TNN_GEMM_BF16_WIDEN;
+    int k = tnn__gemm_get_kernel();
+    return k == TNN_GEMM_AMX          ? TNN_GEMM_BF16_AMX
+           : k == TNN_GEMM_AVX512BF16 ? TNN_GEMM_BF16_DOT_AVX512
+                                      : TNN_GEMM_BF16_WIDEN;
 }
 
 int tnn__gemm_bf16(int path, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A,
@@ -674,26 +700,34 @@ int tnn__gemm_bf16_epi(int path, bool ta, bool tb, int64_t M, int64_t N, int64_t
     if (path == TNN_GEMM_BF16_DOT_AVX512 && !tnn__gemm_kernel_supported(TNN_GEMM_AVX512BF16))
         return TNN_ERR(TNN_ERR_ARG, "bf16 path dot-avx512 needs AVX512_BF16, which this CPU "
                                     "does not report");
+    if (path == TNN_GEMM_BF16_AMX && !tnn__gemm_kernel_supported(TNN_GEMM_AMX))
+        return TNN_ERR(TNN_ERR_ARG, "bf16 path amx needs AMX-BF16, which this CPU does not "
+                                    "report or the OS does not grant");
     if (M <= 0 || N <= 0) return TNN_OK;
     if (K <= 0) return gemm_zero(M, N, C, ldc, epi);
     gemm_job g = {.ta = ta, .tb = tb, .M = M, .N = N, .K = K, .A = A, .lda = lda, .Bh = B,
                   .ldb = ldb, .C = C, .ldc = ldc, .epi = epi};
     atomic_init(&g.status, TNN_OK);
+    if (path == TNN_GEMM_BF16_AMX && skinny_fits(tb, M, N)) {
+        path = TNN_GEMM_BF16_WIDEN; /* a few rows: memory-bound, streamed */
+        g.kr = kernel_table(TNN_GEMM_AVX512);
+    }
     if (path == TNN_GEMM_BF16_WIDEN) {
         /* Every k of the packed panels holds f32 values equal to B's, so the
          * f32 kernel computes the same chains as tnn__gemm_f32 on widen(B);
          * a few rows take the skinny kernels, widening B as it streams by
          * (the same chains again). */
         g.mode = GEMM_WIDEN;
-        g.kr = kernel_table(tnn__gemm_get_kernel());
+        if (!g.kr) g.kr = kernel_table(tnn__gemm_get_kernel());
         set_geometry(&g, g.kr->mr, g.kr->nr, g.kr->mc, g.kr->kc, g.kr->nc, g.kr->nc_small);
         g.nc_small_t = g.kr->nc_small_t;
         if (skinny_fits(tb, M, N)) return gemm_skinny(&g);
     } else {
         g.mode = GEMM_DOT;
 #if defined(TNN_GEMM_X86)
-        g.dk = path == TNN_GEMM_BF16_DOT_AVX512 ? &tnn__gemm_dot_kernel_avx512bf16
-                                                : &tnn__gemm_dot_kernel_scalar;
+        g.dk = path == TNN_GEMM_BF16_AMX          ? &tnn__gemm_dot_kernel_amx
+               : path == TNN_GEMM_BF16_DOT_AVX512 ? &tnn__gemm_dot_kernel_avx512bf16
+                                                  : &tnn__gemm_dot_kernel_scalar;
 #else
         g.dk = &tnn__gemm_dot_kernel_scalar;
 #endif

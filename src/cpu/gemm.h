@@ -13,16 +13,18 @@
 
 /* Kernel ids; values are fixed. TNN_GEMM_AUTO means "what the CPU and
  * TNN_KERNEL pick". TNN_GEMM_AVX512BF16 runs f32 products on the AVX-512
- * kernel and bf16 products through vdpbf16ps (gemm_avx512bf16.c); every
- * other id runs bf16 products by widening the weights to f32 for that id's
- * f32 kernel (see tnn__gemm_bf16). */
+ * kernel and bf16 products through vdpbf16ps (gemm_avx512bf16.c);
+ * TNN_GEMM_AMX f32 products on the AVX-512 kernel and bf16 products on the
+ * AMX tiles (gemm_amx.c); every other id runs bf16 products by widening the
+ * weights to f32 for that id's f32 kernel (see tnn__gemm_bf16). */
 enum {
     TNN_GEMM_AUTO = -1,
     TNN_GEMM_SCALAR = 0,
     TNN_GEMM_AVX2 = 1,
     TNN_GEMM_AVX512 = 2,
     TNN_GEMM_AVX512BF16 = 3,
-    TNN_GEMM_KERNEL_COUNT = 4
+    TNN_GEMM_AMX = 4,
+    TNN_GEMM_KERNEL_COUNT = 5
 };
 
 /* The micro-kernel: C (mr x nr, row stride ldc) = a running sum over
@@ -91,7 +93,7 @@ typedef struct {
     tnn__gemm_skinny_bf16_fn skinny_widen; /* NULL: the portable one in gemm.c */
 } tnn__gemm_kernel;
 
-#define TNN_GEMM_MR_MAX 16
+#define TNN_GEMM_MR_MAX 32
 #define TNN_GEMM_NR_MAX 32
 
 /* Defined by gemm_scalar.c (always) and, on x86, gemm_avx2.c / gemm_avx512.c. */
@@ -142,15 +144,21 @@ int tnn__gemm_get_kernel(void);
  *   DOT_SCALAR  the scalar twin of DOT_AVX512: the same bits.
  *   DOT_AVX512  vdpbf16ps: A rounded to bf16 while packing, then per k pair
  *               the semantics of tnn__gemm_dot_step (gemm_bf16.c).
- * TNN_GEMM_BF16_AUTO is DOT_AVX512 when the selected kernel is
- * TNN_GEMM_AVX512BF16 (the default where the CPU has AVX512_BF16 and
- * tnn__gemm_dot_preferred), else WIDEN. */
+ *   AMX         TDPBF16PS on the AMX tiles: A rounded to bf16 while packing,
+ *               exact products, f32 sums in the tiles' own order (no scalar
+ *               twin; within the dot path's error bound). A few rows (the
+ *               skinny shapes) take the widening path's skinny kernels.
+ * TNN_GEMM_BF16_AUTO is AMX when the selected kernel is TNN_GEMM_AMX (the
+ * default where the CPU has AMX-BF16 and the OS grants the tiles),
+ * DOT_AVX512 when it is TNN_GEMM_AVX512BF16 (the default where the CPU has
+ * AVX512_BF16 and tnn__gemm_dot_preferred), else WIDEN. */
 enum {
     TNN_GEMM_BF16_AUTO = -1,
     TNN_GEMM_BF16_WIDEN = 0,
     TNN_GEMM_BF16_DOT_SCALAR = 1,
     TNN_GEMM_BF16_DOT_AVX512 = 2,
-    TNN_GEMM_BF16_PATH_COUNT = 3
+    TNN_GEMM_BF16_AMX = 3,
+    TNN_GEMM_BF16_PATH_COUNT = 4
 };
 
 /* C (M x N, row stride ldc) = op(A) @ op(B) through `path`. op(A) = A^T when
@@ -200,6 +208,8 @@ typedef struct {
     int mr, nr;       /* mr <= TNN_GEMM_MR_MAX, nr <= TNN_GEMM_NR_MAX */
     int mc, kc, nc;   /* kc even: a K block never splits a pair */
     int nc_small;
+    int kstep;        /* packed panels hold a multiple of this many pairs,
+                       * zero pairs after K's (0 or 1: exactly K's) */
     tnn__gemm_dot_ukr_fn ukr;
     /* The packs compiled for this kernel's instruction set (the same bytes
      * as tnn__gemm_dot_pack_a/b, gemm_dot_pack.h); NULL: those. */
@@ -207,10 +217,14 @@ typedef struct {
     tnn__gemm_dot_pack_b_fn pack_b;
 } tnn__gemm_dot_kernel;
 
-/* gemm_bf16.c (always) and gemm_avx512bf16.c (x86). */
+/* gemm_bf16.c (always), gemm_avx512bf16.c and gemm_amx.c (x86). */
 extern const tnn__gemm_dot_kernel tnn__gemm_dot_kernel_scalar;
 #if defined(TNN_GEMM_X86)
 extern const tnn__gemm_dot_kernel tnn__gemm_dot_kernel_avx512bf16;
+extern const tnn__gemm_dot_kernel tnn__gemm_dot_kernel_amx;
+/* Asks Linux once for this process's use of the AMX tile data; whether it
+ * was granted. */
+bool tnn__gemm_amx_enable(void);
 #endif
 
 /* Packing for bf16 products (gemm_bf16.c); each only moves and converts.

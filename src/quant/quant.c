@@ -599,12 +599,13 @@ static void kernel_init(void) {
         else if (strcmp(e, "avx2") == 0 && !tnn__quant_kernel_supported(TNN_QK_AVX2))
             tnn__log(TNN_LOG_WARN, "TNN_KERNEL=avx2 is not supported on this CPU; "
                                    "quantized kernels use scalar");
-        else if (strcmp(e, "avx2") != 0 && strcmp(e, "avx512") != 0)
+        else if (strcmp(e, "avx2") != 0 && strcmp(e, "avx512") != 0 &&
+                 strcmp(e, "avx512bf16") != 0 && strcmp(e, "amx") != 0)
             tnn__log(TNN_LOG_WARN,
-                     "TNN_KERNEL=%s is not one of scalar, avx2, avx512; "
+                     "TNN_KERNEL=%s is not one of scalar, avx2, avx512, avx512bf16, amx; "
                      "quantized kernels use %s",
                      e, kernel_names[best]);
-        /* "avx512": quant has no AVX-512 kernels; the best there is runs */
+        /* "avx512" and up: quant has no AVX-512 kernels; the best there is runs */
     }
     default_kernel = pick;
     atomic_store(&current_kernel, pick);
