@@ -107,7 +107,24 @@ static bool cpu_amx_bf16(void) {
 }
 #endif
 
+static bool kernel_probe(int id);
+
+/* CPUID traps to the hypervisor in a virtual machine (6.5 us a call measured
+ * on the development VM, and the AMX check takes several): the answers are
+ * taken once, so that the bf16 products' path checks cost nothing. */
+static pthread_once_t probe_once = PTHREAD_ONCE_INIT;
+static bool probed[TNN_GEMM_KERNEL_COUNT];
+static void probe_all(void) {
+    for (int id = 0; id < TNN_GEMM_KERNEL_COUNT; id++) probed[id] = kernel_probe(id);
+}
+
 bool tnn__gemm_kernel_supported(int id) {
+    if (id < 0 || id >= TNN_GEMM_KERNEL_COUNT) return false;
+    pthread_once(&probe_once, probe_all);
+    return probed[id];
+}
+
+static bool kernel_probe(int id) {
     switch (id) {
     case TNN_GEMM_SCALAR: return true;
 #if defined(TNN_GEMM_X86)
@@ -117,9 +134,8 @@ bool tnn__gemm_kernel_supported(int id) {
     case TNN_GEMM_AVX512:
         __builtin_cpu_init();
         return __builtin_cpu_supports("avx512f");
-    case TNN_GEMM_AVX512BF16:
-        return tnn__gemm_kernel_supported(TNN_GEMM_AVX512) && cpu_avx512bf16();
-    case TNN_GEMM_AMX: return tnn__gemm_kernel_supported(TNN_GEMM_AVX512) && cpu_amx_bf16();
+    case TNN_GEMM_AVX512BF16: return kernel_probe(TNN_GEMM_AVX512) && cpu_avx512bf16();
+    case TNN_GEMM_AMX: return kernel_probe(TNN_GEMM_AVX512) && cpu_amx_bf16();
 #endif
     default: return false;
     }
