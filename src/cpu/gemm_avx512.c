@@ -141,38 +141,44 @@ static inline __attribute__((always_inline)) void skinny_tb16(int M, int64_t K, 
 }
 
 /* B stored K x N: blocks of 8 rows of B (8 sequential streams), across all
- * the columns, 32 at a time; each C element's running sum is stored back
- * between blocks (the stored float continues the chain exactly), k
- * ascending. */
+ * the columns, 16 NBV(M) at a time (64 for one or two rows of C: four
+ * independent chains a row, 32 else); each C element's running sum is
+ * stored back between blocks (the stored float continues the chain
+ * exactly), k ascending. */
+#define NBV(M) ((M) == 1 ? 8 : (M) <= 2 ? 4 : 2)
 static inline __attribute__((always_inline)) void skinny_nb16(int M, int64_t K, const float *ap,
                                                                const uint16_t *B, int64_t ldb,
                                                                float *C, int64_t ldc,
                                                                int64_t n0, int64_t n1) {
+    const int V = NBV(M);
     for (int64_t k0 = 0; k0 < K; k0 += 8) {
         int kn = K - k0 < 8 ? (int)(K - k0) : 8;
-        for (int64_t j = n0; j < n1; j += 32) {
-            __m512 acc[8][2];
-            for (int i = 0; i < M; i++) {
-                acc[i][0] = k0 ? _mm512_loadu_ps(C + i * ldc + j) : _mm512_setzero_ps();
-                acc[i][1] = k0 ? _mm512_loadu_ps(C + i * ldc + j + 16) : _mm512_setzero_ps();
-            }
+        for (int64_t j = n0; j < n1; j += 16 * V) {
+            __m512 acc[8][8];
+            for (int i = 0; i < M; i++)
+                for (int v = 0; v < V; v++)
+                    acc[i][v] = k0 ? _mm512_loadu_ps(C + i * ldc + j + 16 * v)
+                                   : _mm512_setzero_ps();
+            if (k0 + 8 < K) /* the next block's rows of these columns */
+                for (int t = 0; t < 8 && k0 + 8 + t < K; t++)
+                    for (int v = 0; v < V; v += 2)
+                        _mm_prefetch((const char *)(B + (k0 + 8 + t) * ldb + j + 16 * v),
+                                     _MM_HINT_T0);
             for (int t = 0; t < kn; t++) {
                 const uint16_t *row = B + (k0 + t) * ldb + j;
-                __m512 b0 = _mm512_castsi512_ps(_mm512_slli_epi32(
-                    _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)row)), 16));
-                __m512 b1 = _mm512_castsi512_ps(_mm512_slli_epi32(
-                    _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(row + 16))), 16));
+                __m512 bv[8];
+                for (int v = 0; v < V; v++)
+                    bv[v] = _mm512_castsi512_ps(_mm512_slli_epi32(
+                        _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(row + 16 * v))),
+                        16));
                 const float *a = ap + (k0 + t) * M;
                 for (int i = 0; i < M; i++) {
                     __m512 av = _mm512_set1_ps(a[i]);
-                    acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
-                    acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
+                    for (int v = 0; v < V; v++) acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);
                 }
             }
-            for (int i = 0; i < M; i++) {
-                _mm512_storeu_ps(C + i * ldc + j, acc[i][0]);
-                _mm512_storeu_ps(C + i * ldc + j + 16, acc[i][1]);
-            }
+            for (int i = 0; i < M; i++)
+                for (int v = 0; v < V; v++) _mm512_storeu_ps(C + i * ldc + j + 16 * v, acc[i][v]);
         }
     }
 }
@@ -187,7 +193,7 @@ static inline __attribute__((always_inline)) void skinny_w512(int M, bool tb, in
             skinny_tb16(M, K, ap, B + j * ldb, ldb, C + j, ldc,
                         ldb == K && K <= SKINNY_PF_K512 && j + 32 <= n1);
     } else {
-        j = n0 + (n1 - n0) / 32 * 32;
+        j = n0 + (n1 - n0) / (16 * NBV(M)) * (16 * NBV(M));
         if (j > n0) skinny_nb16(M, K, ap, B, ldb, C, ldc, n0, j);
     }
     if (j < n1) tnn__gemm_skinny_widen_avx2(tb, M, K, ap, B, ldb, C, ldc, j, n1);
