@@ -1020,13 +1020,18 @@ static void *fault_thread(void *p) {
     return NULL;
 }
 
-static void test_fault_threads(void) {
-    fault_run a = {.bad = 1}, b = {.bad = 0};
+/* fn(a) and fn(b) on two threads at once, both joined. */
+static void two_threads(void *(*fn)(void *), void *a, void *b) {
     pthread_t ta, tb;
-    pthread_create(&ta, NULL, fault_thread, &a);
-    pthread_create(&tb, NULL, fault_thread, &b);
+    pthread_create(&ta, NULL, fn, a);
+    pthread_create(&tb, NULL, fn, b);
     pthread_join(ta, NULL);
     pthread_join(tb, NULL);
+}
+
+static void test_fault_threads(void) {
+    fault_run a = {.bad = 1}, b = {.bad = 0};
+    two_threads(fault_thread, &a, &b);
     CHECK(a.fails == 300 && a.oks == 0 && b.oks == 300 && b.fails == 0,
           "faults across sessions: the faulting one failed %d and passed %d of 300, the other "
           "passed %d and failed %d", a.fails, a.oks, b.oks, b.fails);
@@ -1037,11 +1042,7 @@ static void test_threads(void) {
     train_thread(&lone_a);
     train_thread(&lone_b);
     for (int round = 0; round < 3; round++) {
-        pthread_t ta, tb;
-        pthread_create(&ta, NULL, train_thread, &a);
-        pthread_create(&tb, NULL, train_thread, &b);
-        pthread_join(ta, NULL);
-        pthread_join(tb, NULL);
+        two_threads(train_thread, &a, &b);
         CHECK(lone_a.rc == 0 && lone_b.rc == 0 && a.rc == 0 && b.rc == 0,
               "a threaded run failed: %d %d %d %d", lone_a.rc, lone_b.rc, a.rc, b.rc);
         CHECK(!memcmp(lone_a.w, a.w, sizeof a.w) && !memcmp(lone_b.w, b.w, sizeof b.w),

@@ -724,17 +724,15 @@ int tnn__gemm_bf16_epi(int path, bool ta, bool tb, int64_t M, int64_t N, int64_t
     gemm_job g = {.ta = ta, .tb = tb, .M = M, .N = N, .K = K, .A = A, .lda = lda, .Bh = B,
                   .ldb = ldb, .C = C, .ldc = ldc, .epi = epi};
     atomic_init(&g.status, TNN_OK);
-    if (path == TNN_GEMM_BF16_AMX && skinny_fits(tb, M, N)) {
+    if (path == TNN_GEMM_BF16_AMX && skinny_fits(tb, M, N))
         path = TNN_GEMM_BF16_WIDEN; /* a few rows: memory-bound, streamed */
-        g.kr = kernel_table(TNN_GEMM_AVX512);
-    }
     if (path == TNN_GEMM_BF16_WIDEN) {
         /* Every k of the packed panels holds f32 values equal to B's, so the
          * f32 kernel computes the same chains as tnn__gemm_f32 on widen(B);
          * a few rows take the skinny kernels, widening B as it streams by
          * (the same chains again). */
         g.mode = GEMM_WIDEN;
-        if (!g.kr) g.kr = kernel_table(tnn__gemm_get_kernel());
+        g.kr = kernel_table(tnn__gemm_get_kernel());
         set_geometry(&g, g.kr->mr, g.kr->nr, g.kr->mc, g.kr->kc, g.kr->nc, g.kr->nc_small);
         g.nc_small_t = g.kr->nc_small_t;
         if (skinny_fits(tb, M, N)) return gemm_skinny(&g);

@@ -1,5 +1,6 @@
 /* gemm_avx512.c - the AVX-512F GEMM micro-kernel: a 12x32 tile of C held in
- * 24 zmm accumulators (packing borrows the AVX2 transposing pack). This file
+ * 24 zmm accumulators (packing borrows the AVX2 transposing pack), and the
+ * skinny products (1-8 rows) with bf16 weights, 16 columns a vector. This file
  * alone is compiled with -mavx512f and is only called after gemm.c has
  * checked that the CPU reports avx512f. Zen 4 runs it at the AVX2 rate.
  */

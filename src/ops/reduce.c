@@ -208,7 +208,8 @@ int tnn__fwd_fill(tnn_tensor *t) {
  * counts), V = n_classes (iparam[1]) of the row's width; columns past it
  * are padding: no part of the loss, a zero gradient. */
 static tnn_tensor *cross_entropy(tnn_session *s, tnn_tensor *logits, tnn_tensor *targets,
-                                 int ignore_index, int64_t n_classes, const char *op) {
+                                 int ignore_index, bool all_columns, int64_t n_classes,
+                                 const char *op) {
     if (tnn__check_session(s, op) || tnn__check_tensor(s, logits, op, "logits") ||
         tnn__check_tensor(s, targets, op, "targets"))
         return NULL;
@@ -227,7 +228,7 @@ static tnn_tensor *cross_entropy(tnn_session *s, tnn_tensor *logits, tnn_tensor 
                    (long long)logits->shape[0]);
         return NULL;
     }
-    if (n_classes == 0) n_classes = logits->shape[1];
+    if (all_columns) n_classes = logits->shape[1];
     if (n_classes < 1 || n_classes > logits->shape[1]) {
         tnn__error(TNN_ERR_ARG, op, "n_classes = %lld: want 1 to the logits' %lld columns",
                    (long long)n_classes, (long long)logits->shape[1]);
@@ -245,16 +246,12 @@ static tnn_tensor *cross_entropy(tnn_session *s, tnn_tensor *logits, tnn_tensor 
 
 tnn_tensor *tnn_cross_entropy(tnn_session *s, tnn_tensor *logits, tnn_tensor *targets,
                               int ignore_index) {
-    return cross_entropy(s, logits, targets, ignore_index, 0, __func__);
+    return cross_entropy(s, logits, targets, ignore_index, true, 0, __func__);
 }
 
 tnn_tensor *tnn_cross_entropy_padded(tnn_session *s, tnn_tensor *logits, tnn_tensor *targets,
                                      int ignore_index, int64_t n_classes) {
-    if (n_classes == 0) { /* 0 would mean "the width" inside */
-        tnn__error(TNN_ERR_ARG, __func__, "n_classes = 0: want 1 to the logits' columns");
-        return NULL;
-    }
-    return cross_entropy(s, logits, targets, ignore_index, n_classes, __func__);
+    return cross_entropy(s, logits, targets, ignore_index, false, n_classes, __func__);
 }
 
 tnn_tensor *tnn__cross_entropy_back(tnn_session *s, tnn_tensor *ce, tnn_tensor *dloss) {
