@@ -1,7 +1,8 @@
 /* bench_quant.c - matrix-vector (LLM decoding) throughput of every GGUF
  * tensor type in src/quant/: weight GB/s of y = W x for W 4096 x 4096, next
- * to a triad bandwidth measured in the same run, for the AVX2 kernels and
- * the scalar twin; then the compute rate with the weights in cache.
+ * to a triad bandwidth measured in the same run, for every kernel set the CPU
+ * runs (AVX-512, AVX2, the scalar twin); then the compute rate with the
+ * weights in cache.
  *
  * Usage: bench_quant [--threads N] [--reps N] [--n N] [--no-scalar] [--out FILE.json]
  */
@@ -103,10 +104,15 @@ static void fill(int type, uint8_t *w, int64_t rows, int64_t n) {
 
 typedef struct {
     int type;
-    double gbs[2][2]; /* [kernel][best, median] */
-    double us[2];     /* median microseconds per matvec */
-    double tri;       /* best triad run between the AVX2 repetitions, GB/s */
+    double gbs[TNN_QK_COUNT][2]; /* [kernel][best, median] */
+    double us[TNN_QK_COUNT];     /* median microseconds per matvec */
+    double tri[TNN_QK_COUNT];    /* best triad run between that kernel's repetitions, GB/s */
+    double cache[TNN_QK_COUNT][2]; /* in cache: G elements/s [best, median] */
 } result;
+
+static bool run_kernel(int kern, bool scalar) {
+    return tnn__quant_kernel_supported(kern) && (kern != TNN_QK_SCALAR || scalar);
+}
 
 int main(int argc, char **argv) {
     int threads = 2, reps = 30;
@@ -144,13 +150,18 @@ int main(int argc, char **argv) {
     }
     double tb, tm;
     triad(reps, &tb, &tm);
+    int top = tnn__quant_get_kernel();
     printf("bench_quant: %lld x %lld matrix-vector, %d threads, default kernel %s\n", (long long)n,
-           (long long)n, threads, tnn__quant_kernel_name(tnn__quant_get_kernel()));
-    printf("triad (3 x 64 MiB) at the start: best %.1f GB/s, median %.1f GB/s; each row's %% is\n"
-           "its best against the best triad run between its repetitions (the VM's speed drifts)\n\n",
+           (long long)n, threads, tnn__quant_kernel_name(top));
+    printf("triad (3 x 64 MiB) at the start: best %.1f GB/s, median %.1f GB/s; each %% is a\n"
+           "kernel's best against the best triad run between its repetitions (the VM's speed\n"
+           "drifts); the last column is the default kernel's median over the next one down\n\n",
            tb, tm);
-    printf("%-5s %9s | %-30s | %-26s | %s\n", "type", "MB", "avx2 GB/s best/med (%triad)",
-           "scalar GB/s best/med", "avx2/scalar");
+    printf("%-5s %6s", "type", "MB");
+    for (int kern = TNN_QK_COUNT - 1; kern >= 0; kern--)
+        if (run_kernel(kern, scalar))
+            printf(" | %-6s GB/s best/med (%%triad)", tnn__quant_kernel_name(kern));
+    printf(" | speed-up\n");
 
     static const int types[] = {TNN_QT_F32,  TNN_QT_F16,  TNN_QT_BF16, TNN_QT_Q8_0,
                                 TNN_QT_Q4_0, TNN_QT_Q4_1, TNN_QT_Q5_0, TNN_QT_Q5_1,
@@ -163,7 +174,12 @@ int main(int argc, char **argv) {
         x[i] = (float)(rnd() >> 8) / 16777216.0f - 0.5f;
     int64_t wq = tnn__qact_bytes(TNN_QT_Q8_0, n), wk = tnn__qact_bytes(TNN_QT_Q4_K, n);
     void *work = bench_xalloc((size_t)(wq > wk ? wq : wk));
-    double *t = calloc((size_t)reps, sizeof(double));
+    double *t = calloc((size_t)reps * 4, sizeof(double));
+    /* the next kernel down from the default that ran: the speed-up's base */
+    int base = -1;
+    for (int kern = top - 1; kern >= 0 && base < 0; kern--)
+        if (run_kernel(kern, scalar))
+            base = kern;
     for (int k = 0; k < NT; k++) {
         int type = types[k];
         int64_t rb = tnn__qtype_row_bytes(type, n);
@@ -174,38 +190,44 @@ int main(int argc, char **argv) {
         for (int c = 0; c < copies; c++)
             fill(type, w + mat * (size_t)c, n, n);
         res[k].type = type;
-        for (int kern = 0; kern < TNN_QK_COUNT; kern++) {
-            if (!tnn__quant_kernel_supported(kern) || (kern == TNN_QK_SCALAR && !scalar))
+        printf("%-5s %6.1f", tnn__qtype(type)->name, (double)mat / 1e6);
+        for (int kern = TNN_QK_COUNT - 1; kern >= 0; kern--) {
+            if (!run_kernel(kern, scalar))
                 continue;
             tnn__quant_set_kernel(kern);
             int kreps = kern == TNN_QK_SCALAR ? (reps < 5 ? reps : 5) : reps;
             tnn__quant_matvec(type, w, n, n, x, y, work); /* warm */
             for (int r = 0; r < kreps; r++) {
                 int c = r % copies;
-                if (kern != TNN_QK_SCALAR) { /* the triad alongside: the VM's speed drifts */
-                    double tr = triad_once();
-                    if (tr > res[k].tri) res[k].tri = tr;
-                }
+                double tr = triad_once(); /* the triad alongside: the VM's speed drifts */
+                if (tr > res[k].tri[kern]) res[k].tri[kern] = tr;
                 double t0 = bench_now();
                 tnn__quant_matvec(type, w + mat * (size_t)c, n, n, x, y, work);
                 t[r] = bench_now() - t0;
             }
             qsort(t, (size_t)kreps, sizeof(double), bench_cmp_double);
-            res[k].gbs[kern][0] = (double)mat / t[0] / 1e9;
-            res[k].gbs[kern][1] = (double)mat / t[kreps / 2] / 1e9;
+            double *g = res[k].gbs[kern];
+            g[0] = (double)mat / t[0] / 1e9;
+            g[1] = (double)mat / t[kreps / 2] / 1e9;
             res[k].us[kern] = t[kreps / 2] * 1e6;
+            printf(" | %8.1f / %6.1f (%3.0f%% of %4.1f)", g[0], g[1], 100.0 * g[0] / res[k].tri[kern],
+                   res[k].tri[kern]);
         }
         tnn__quant_set_kernel(TNN_QK_AUTO);
-        double *a = res[k].gbs[TNN_QK_AVX2], *s = res[k].gbs[TNN_QK_SCALAR];
-        printf("%-5s %9.1f | %6.1f / %6.1f (%3.0f%% of %4.1f) | %6.2f / %6.2f           | %5.1fx\n",
-               tnn__qtype(type)->name, (double)mat / 1e6, a[0], a[1], 100.0 * a[0] / res[k].tri,
-               res[k].tri, s[0], s[1], s[1] > 0 ? a[1] / s[1] : 0.0);
+        if (base >= 0)
+            printf(" | %5.2fx %s\n", res[k].gbs[top][1] / res[k].gbs[base][1],
+                   tnn__quant_kernel_name(base));
+        else
+            printf("\n");
         free(w);
     }
     /* compute rate with the weights in cache (L2 for the 4-bit types, L3 for
      * F32): 1024 x 1024, one thread */
-    printf("\nin cache (1024 x 1024 repeated, 1 thread): G elements/s best/median\n");
-    printf("%-5s | %-15s | %-15s | %s\n", "type", "avx2", "scalar", "avx2/scalar");
+    printf("\nin cache (1024 x 1024 repeated, 1 thread): G elements/s best/median\n%-5s", "type");
+    for (int kern = TNN_QK_COUNT - 1; kern >= 0; kern--)
+        if (run_kernel(kern, scalar))
+            printf(" | %-15s", tnn__quant_kernel_name(kern));
+    printf(" | speed-up\n");
     tnn_set_num_threads(1);
     for (int k = 0; k < NT; k++) {
         int type = types[k];
@@ -213,9 +235,9 @@ int main(int argc, char **argv) {
         int64_t rb = tnn__qtype_row_bytes(type, m);
         uint8_t *w = bench_xalloc((size_t)(rb * m));
         fill(type, w, m, m);
-        double g[2][2] = {{0, 0}, {0, 0}};
-        for (int kern = 0; kern < TNN_QK_COUNT; kern++) {
-            if (!tnn__quant_kernel_supported(kern) || (kern == TNN_QK_SCALAR && !scalar))
+        printf("%-5s", tnn__qtype(type)->name);
+        for (int kern = TNN_QK_COUNT - 1; kern >= 0; kern--) {
+            if (!run_kernel(kern, scalar))
                 continue;
             tnn__quant_set_kernel(kern);
             int kreps = kern == TNN_QK_SCALAR ? 5 : 4 * reps;
@@ -227,12 +249,17 @@ int main(int argc, char **argv) {
             }
             int cnt = kreps < reps ? kreps : reps;
             qsort(t, (size_t)cnt, sizeof(double), bench_cmp_double);
-            g[kern][0] = (double)(m * m) / t[0] / 1e9;
-            g[kern][1] = (double)(m * m) / t[cnt / 2] / 1e9;
+            double *g = res[k].cache[kern];
+            g[0] = (double)(m * m) / t[0] / 1e9;
+            g[1] = (double)(m * m) / t[cnt / 2] / 1e9;
+            printf(" | %6.2f / %6.2f", g[0], g[1]);
         }
         tnn__quant_set_kernel(TNN_QK_AUTO);
-        printf("%-5s | %6.2f / %6.2f | %6.2f / %6.2f | %5.1fx\n", tnn__qtype(type)->name, g[1][0],
-               g[1][1], g[0][0], g[0][1], g[0][1] > 0 ? g[1][1] / g[0][1] : 0.0);
+        if (base >= 0)
+            printf(" | %5.2fx %s\n", res[k].cache[top][1] / res[k].cache[base][1],
+                   tnn__quant_kernel_name(base));
+        else
+            printf("\n");
         free(w);
     }
     tnn_set_num_threads(threads);
@@ -243,16 +270,20 @@ int main(int argc, char **argv) {
         } else {
             fprintf(f,
                     "{\n  \"n\": %lld,\n  \"threads\": %d,\n  \"triad_gbs\": [%.2f, %.2f],\n"
-                    "  \"types\": [\n",
-                    (long long)n, threads, tb, tm);
-            for (int k = 0; k < NT; k++)
-                fprintf(f,
-                        "    {\"type\": \"%s\", \"avx2_gbs\": [%.2f, %.2f], \"avx2_us\": %.1f, "
-                        "\"triad_alongside_gbs\": %.2f, "
-                        "\"scalar_gbs\": [%.3f, %.3f], \"scalar_us\": %.1f}%s\n",
-                        tnn__qtype(res[k].type)->name, res[k].gbs[1][0], res[k].gbs[1][1],
-                        res[k].us[1], res[k].tri, res[k].gbs[0][0], res[k].gbs[0][1],
-                        res[k].us[0], k + 1 < NT ? "," : "");
+                    "  \"default_kernel\": \"%s\",\n  \"types\": [\n",
+                    (long long)n, threads, tb, tm, tnn__quant_kernel_name(top));
+            for (int k = 0; k < NT; k++) {
+                fprintf(f, "    {\"type\": \"%s\"", tnn__qtype(res[k].type)->name);
+                for (int kern = TNN_QK_COUNT - 1; kern >= 0; kern--)
+                    if (run_kernel(kern, scalar))
+                        fprintf(f,
+                                ", \"%s\": {\"gbs\": [%.3f, %.3f], \"us\": %.1f, "
+                                "\"triad_alongside_gbs\": %.2f, \"cache_gelems\": [%.3f, %.3f]}",
+                                tnn__quant_kernel_name(kern), res[k].gbs[kern][0],
+                                res[k].gbs[kern][1], res[k].us[kern], res[k].tri[kern],
+                                res[k].cache[kern][0], res[k].cache[kern][1]);
+                fprintf(f, "}%s\n", k + 1 < NT ? "," : "");
+            }
             fprintf(f, "  ]\n}\n");
             fclose(f);
         }

@@ -1,6 +1,6 @@
 /* test_quant.c - the GGUF tensor types (src/quant/): f16/bf16 conversion
  * edges, hand-built blocks of known value, quantize/dequantize round trips,
- * the AVX2 kernels against their scalar twin (bit for bit), thread-count
+ * the AVX2 and AVX-512 kernels against their scalar twin (bit for bit), thread-count
  * bit-identity, and golden data from the gguf Python package
  * (tests/data/quant_golden.bin, written by tools/quant_reference.py).
  */
@@ -219,12 +219,15 @@ static void put16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
 static void deq_both(int type, const void *src, float *dst, int64_t n, const char *what) {
     CHECK_OK(tnn__quant_set_kernel(TNN_QK_SCALAR));
     CHECK_OK(tnn__dequantize_row(type, src, dst, n));
-    if (have_avx2()) {
+    for (int kid = TNN_QK_SCALAR + 1; kid < TNN_QK_COUNT; kid++) {
+        if (!tnn__quant_kernel_supported(kid))
+            continue;
         float *v = xmalloc((size_t)n * sizeof(float));
-        CHECK_OK(tnn__quant_set_kernel(TNN_QK_AVX2));
+        CHECK_OK(tnn__quant_set_kernel(kid));
         CHECK_OK(tnn__dequantize_row(type, src, v, n));
         int64_t k = first_diff(dst, v, n);
-        CHECK(k < 0, "%s: avx2 dequantize differs at %lld", what, (long long)k);
+        CHECK(k < 0, "%s: %s dequantize differs at %lld", what, tnn__quant_kernel_name(kid),
+              (long long)k);
         free(v);
     }
     tnn__quant_set_kernel(TNN_QK_AUTO);
@@ -427,7 +430,7 @@ static void test_round_trips(void) {
 }
 
 /* ------------------------------------------------------------------------ */
-/* Random valid rows, AVX2 against scalar, and a double reference           */
+/* Random valid rows, each kernel against scalar, and a double reference    */
 /* ------------------------------------------------------------------------ */
 
 /* Random bytes with each block's f16 fields set to finite scales. */
@@ -485,7 +488,7 @@ static double dot_bound(int type, const float *w, const float *x, int64_t n) {
 static void check_type_kernels(int type, int64_t rows, int64_t n) {
     const char *name = tnn__qtype(type)->name;
     int64_t rb = tnn__qtype_row_bytes(type, n);
-    uint8_t *w = xmalloc((size_t)(rb * rows) + 64);
+    uint8_t *w = xmalloc((size_t)(rb * rows)); /* exact: a read past the end is a fault */
     float *x = xmalloc((size_t)n * sizeof(float));
     float *wd = xmalloc((size_t)(rows * n) * sizeof(float));
     float *wd2 = xmalloc((size_t)(rows * n) * sizeof(float));
@@ -518,19 +521,22 @@ static void check_type_kernels(int type, int64_t rows, int64_t n) {
     tnn__qdot_rows(&a, w, (size_t)rb, rows, yr);
     CHECK(first_diff(ys, yr, rows) < 0, "%s: qdot_rows != matvec", name);
 
-    if (have_avx2()) {
-        CHECK_OK(tnn__quant_set_kernel(TNN_QK_AVX2));
+    for (int kid = TNN_QK_SCALAR + 1; kid < TNN_QK_COUNT; kid++) {
+        if (!tnn__quant_kernel_supported(kid))
+            continue;
+        const char *kn = tnn__quant_kernel_name(kid);
+        CHECK_OK(tnn__quant_set_kernel(kid));
         CHECK_OK(tnn__dequantize_row(type, w, wd2, rows * n));
         int64_t k = first_diff(wd, wd2, rows * n);
-        CHECK(k < 0, "%s rows %lld n %lld: avx2 dequantize differs at %lld", name, (long long)rows,
-              (long long)n, (long long)k);
+        CHECK(k < 0, "%s rows %lld n %lld: %s dequantize differs at %lld", name, (long long)rows,
+              (long long)n, kn, (long long)k);
         CHECK_OK(tnn__quant_matvec(type, w, rows, n, x, yv, NULL));
         k = first_diff(ys, yv, rows);
-        CHECK(k < 0, "%s rows %lld n %lld: avx2 dot row %lld: %.9g vs scalar %.9g", name,
-              (long long)rows, (long long)n, (long long)k, k >= 0 ? yv[k] : 0.0,
+        CHECK(k < 0, "%s rows %lld n %lld: %s dot row %lld: %.9g vs scalar %.9g", name,
+              (long long)rows, (long long)n, kn, (long long)k, k >= 0 ? yv[k] : 0.0,
               k >= 0 ? ys[k] : 0.0);
         tnn__qdot_rows(&a, w, (size_t)rb, rows, yr);
-        CHECK(first_diff(ys, yr, rows) < 0, "%s: avx2 qdot_rows != scalar", name);
+        CHECK(first_diff(ys, yr, rows) < 0, "%s: %s qdot_rows != scalar", name, kn);
     }
     tnn__quant_set_kernel(TNN_QK_AUTO);
     free(work);
@@ -545,7 +551,8 @@ static void check_type_kernels(int type, int64_t rows, int64_t n) {
 
 static void test_kernels(void) {
     th_seed(77);
-    static const int64_t blocks32[] = {1, 3, 7, 8, 9, 17, 33, 64};
+    /* every remainder of a row's blocks mod 8 (the AVX-512 kernel's groups) */
+    static const int64_t blocks32[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 14, 17, 18, 33, 64};
     static const int64_t blocksK[] = {1, 2, 3, 9, 16};
     static const int64_t nflt[] = {1, 7, 31, 32, 33, 100, 257, 1000};
     static const int64_t rowsv[] = {1, 3, 7, 33};
@@ -553,7 +560,7 @@ static void test_kernels(void) {
         int type = all_types[t];
         int block = tnn__qtype(type)->block;
         const int64_t *ns = block == 1 ? nflt : block == 32 ? blocks32 : blocksK;
-        int nn = block == 1 ? 8 : block == 32 ? 8 : 5;
+        int nn = block == 1 ? 8 : block == 32 ? (int)(sizeof blocks32 / sizeof *blocks32) : 5;
         for (int i = 0; i < nn; i++)
             for (int j = 0; j < 4; j++)
                 check_type_kernels(type, rowsv[(i + j) % 4], ns[i] * (block == 1 ? 1 : block));
@@ -567,8 +574,10 @@ static void test_kernels(void) {
     int bad = 0;
     CHECK_OK(tnn__quant_set_kernel(TNN_QK_SCALAR));
     CHECK_OK(tnn__dequantize_row(TNN_QT_F16, h, a, 65536));
-    if (have_avx2()) {
-        CHECK_OK(tnn__quant_set_kernel(TNN_QK_AVX2));
+    for (int kid = TNN_QK_SCALAR + 1; kid < TNN_QK_COUNT; kid++) {
+        if (!tnn__quant_kernel_supported(kid))
+            continue;
+        CHECK_OK(tnn__quant_set_kernel(kid));
         CHECK_OK(tnn__dequantize_row(TNN_QT_F16, h, b, 65536));
         for (int i = 0; i < 65536; i++)
             bad += fbits(a[i]) != fbits(b[i]);
@@ -585,6 +594,34 @@ static void test_kernels(void) {
 /* ------------------------------------------------------------------------ */
 /* Activation quantization: every kernel gives the same codes and scales    */
 /* ------------------------------------------------------------------------ */
+
+/* The pair layout of the codes (tnn_qact.qp) against the codes, for even
+ * and odd block counts; the workspace size covers it exactly. */
+static void test_pair_layout(void) {
+    th_seed(5);
+    for (int64_t nb = 1; nb <= 6; nb++) {
+        int64_t n = 32 * nb, bytes = tnn__qact_bytes(TNN_QT_Q4_1, n);
+        float *x = xmalloc((size_t)n * sizeof(float));
+        for (int64_t i = 0; i < n; i++)
+            x[i] = gauss();
+        uint8_t *work = xmalloc((size_t)bytes);
+        memset(work, 0x7f, (size_t)bytes);
+        tnn_qact a;
+        CHECK_OK(tnn__qact_prepare(&a, TNN_QT_Q4_1, x, n, work));
+        int64_t pairs = (nb + 1) / 2;
+        CHECK((uint8_t *)a.qp + 64 * pairs == work + bytes, "nb %lld: qp ends the workspace",
+              (long long)nb);
+        int bad = 0;
+        for (int64_t b = 0; b < 2 * pairs; b++)
+            for (int i = 0; i < 32; i++) {
+                int8_t want = b < nb ? a.q[32 * b + i] : 0;
+                bad += a.qp[64 * (b / 2) + 32 * (i / 16) + 16 * (b % 2) + i % 16] != want;
+            }
+        CHECK(bad == 0, "nb %lld: %d codes out of place in the pair layout", (long long)nb, bad);
+        free(work);
+        free(x);
+    }
+}
 
 static void test_act(void) {
     const int64_t n = 512;
@@ -624,19 +661,23 @@ static void test_act(void) {
         if (bs == 32)
             CHECK(a0.q[5] == -1 && a0.q[6] == 1 && a0.q[7] == 127 && a0.q[8] == -127,
                   "ties round away from zero");
-        if (have_avx2()) {
-            CHECK_OK(tnn__quant_set_kernel(TNN_QK_AVX2));
+        for (int kid = TNN_QK_SCALAR + 1; kid < TNN_QK_COUNT; kid++) {
+            if (!tnn__quant_kernel_supported(kid))
+                continue;
+            const char *kn = tnn__quant_kernel_name(kid);
+            memset(w1, 0x55, (size_t)bytes);
+            CHECK_OK(tnn__quant_set_kernel(kid));
             CHECK_OK(tnn__qact_prepare(&a1, wt[t], x, n, w1));
-            CHECK(memcmp(a0.q, a1.q, (size_t)n) == 0, "%s: avx2 activation codes differ",
-                  tnn__qtype(wt[t])->name);
-            CHECK(first_diff(a0.d, a1.d, n / bs) < 0, "%s: avx2 activation scales differ",
-                  tnn__qtype(wt[t])->name);
+            CHECK(memcmp(a0.q, a1.q, (size_t)n) == 0, "%s: %s activation codes differ",
+                  tnn__qtype(wt[t])->name, kn);
+            CHECK(first_diff(a0.d, a1.d, n / bs) < 0, "%s: %s activation scales differ",
+                  tnn__qtype(wt[t])->name, kn);
             if (bs == 32)
                 CHECK(memcmp(a0.qsum, a1.qsum, (size_t)(n / 32) * 4) == 0 &&
                           first_diff(a0.s, a1.s, n / 32) < 0,
-                      "avx2 activation sums differ");
+                      "%s activation sums differ", kn);
             else
-                CHECK(memcmp(a0.bsum, a1.bsum, (size_t)(n / 16) * 2) == 0, "avx2 bsums differ");
+                CHECK(memcmp(a0.bsum, a1.bsum, (size_t)(n / 16) * 2) == 0, "%s bsums differ", kn);
         }
         tnn__quant_set_kernel(TNN_QK_AUTO);
         free(w0);
@@ -817,6 +858,7 @@ int main(void) {
     test_known_blocks();
     test_round_trips();
     test_act();
+    test_pair_layout();
     test_kernels();
     test_threads();
     test_golden();

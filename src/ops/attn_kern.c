@@ -37,7 +37,7 @@ void tnn__attn_chunk_scalar(const float *q, const void *k, const void *v, bool f
 
 tnn_attn_chunk_fn tnn__attn_chunk_kernel(void) {
 #if defined(TNN_ATTN_X86)
-    if (tnn__quant_get_kernel() == TNN_QK_AVX2) return tnn__attn_chunk_avx2;
+    if (tnn__quant_get_kernel() >= TNN_QK_AVX2) return tnn__attn_chunk_avx2;
 #endif
     return tnn__attn_chunk_scalar;
 }

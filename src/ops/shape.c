@@ -106,7 +106,7 @@ typedef void (*ln_sums_fn)(const float *x, const float *g, int64_t n, double *sx
 /* The quantized kernels' choice (TNN_KERNEL=scalar: the portable passes). */
 static ln_sums_fn ln_sums_kernel(void) {
 #if defined(TNN_LN_AVX2)
-    if (tnn__quant_get_kernel() == TNN_QK_AVX2) return ln_sums_avx2;
+    if (tnn__quant_get_kernel() >= TNN_QK_AVX2) return ln_sums_avx2;
 #endif
     return ln_sums;
 }

@@ -275,7 +275,7 @@ int64_t tnn__qact_bytes(int wtype, int64_t n) {
         return round64(n) + round64(nb * 4) + round64(nb * 16 * 2);
     }
     int64_t nb = n / TNN_QK;
-    return round64(n) + 3 * round64(nb * 4);
+    return round64(n) + 3 * round64(nb * 4) + (nb + 1) / 2 * 64;
 }
 
 /* One activation code: v clamped to [-127, 127] (NaN -> -127), rounded half
@@ -303,7 +303,7 @@ static void act_scalar(const float *x, int64_t nb, int bs, int8_t *q, float *d) 
     }
 }
 
-static const tnn_qkernels *kernels(int id);
+static tnn_qact_fn act_fn(int id);
 static int prepare(tnn_qact *a, int kernel, int wtype, const float *x, int64_t n, void *work);
 
 int tnn__qact_prepare(tnn_qact *a, int wtype, const float *x, int64_t n, void *work) {
@@ -335,9 +335,24 @@ static int prepare(tnn_qact *a, int kernel, int wtype, const float *x, int64_t n
         a->s = (float *)p;
         p += round64(nb * 4);
         a->qsum = (int32_t *)p;
+        p += round64(nb * 4);
+        a->qp = (int8_t *)p;
     }
-    tnn_qact_fn act = kernels(kernel)->act;
-    (act ? act : act_scalar)(x, nb, bs, a->q, a->d);
+    act_fn(kernel)(x, nb, bs, a->q, a->d);
+    if (bs == TNN_QK) /* the pair layout (a copy: O(n) against the O(rows n) products) */
+        for (int64_t b = 0; b < nb; b += 2) {
+            int8_t *pp = a->qp + 32 * b;
+            const int8_t *q0 = a->q + 32 * b, *q1 = q0 + 32;
+            memcpy(pp, q0, 16);
+            memcpy(pp + 32, q0 + 16, 16);
+            if (b + 1 < nb) {
+                memcpy(pp + 16, q1, 16);
+                memcpy(pp + 48, q1 + 16, 16);
+            } else {
+                memset(pp + 16, 0, 16);
+                memset(pp + 48, 0, 16);
+            }
+        }
     for (int64_t b = 0; b < nb; b++) {
         const int8_t *q = a->q + b * bs;
         if (bs == TNN_QK) {
@@ -558,7 +573,7 @@ const tnn_qkernels tnn__qk_scalar = {
 /* Kernel choice                                                            */
 /* ------------------------------------------------------------------------ */
 
-static const char *const kernel_names[TNN_QK_COUNT] = {"scalar", "avx2"};
+static const char *const kernel_names[TNN_QK_COUNT] = {"scalar", "avx2", "avx512"};
 _Static_assert(sizeof kernel_names / sizeof kernel_names[0] == TNN_QK_COUNT, "kernel names");
 
 #if defined(TNN_QUANT_X86)
@@ -576,6 +591,10 @@ bool tnn__quant_kernel_supported(int id) {
     case TNN_QK_AVX2:
         __builtin_cpu_init();
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c();
+    case TNN_QK_AVX512:
+        return tnn__quant_kernel_supported(TNN_QK_AVX2) && __builtin_cpu_supports("avx512f") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx512vnni");
 #endif
     default: return false;
     }
@@ -590,22 +609,30 @@ static int default_kernel; /* written once under kernel_once */
 static atomic_int current_kernel;
 
 static void kernel_init(void) {
-    int best = tnn__quant_kernel_supported(TNN_QK_AVX2) ? TNN_QK_AVX2 : TNN_QK_SCALAR;
+    int best = TNN_QK_SCALAR;
+    for (int id = TNN_QK_COUNT - 1; id > TNN_QK_SCALAR && best == TNN_QK_SCALAR; id--)
+        if (tnn__quant_kernel_supported(id))
+            best = id;
     int pick = best;
     const char *e = getenv("TNN_KERNEL");
     if (e && *e) {
-        if (strcmp(e, "scalar") == 0)
-            pick = TNN_QK_SCALAR;
-        else if (strcmp(e, "avx2") == 0 && !tnn__quant_kernel_supported(TNN_QK_AVX2))
-            tnn__log(TNN_LOG_WARN, "TNN_KERNEL=avx2 is not supported on this CPU; "
-                                   "quantized kernels use scalar");
-        else if (strcmp(e, "avx2") != 0 && strcmp(e, "avx512") != 0 &&
-                 strcmp(e, "avx512bf16") != 0 && strcmp(e, "amx") != 0)
+        /* the GEMM's names: "avx512" and up ask for the AVX-512 kernels */
+        int want = strcmp(e, "scalar") == 0 ? TNN_QK_SCALAR
+                   : strcmp(e, "avx2") == 0 ? TNN_QK_AVX2
+                   : strcmp(e, "avx512") == 0 || strcmp(e, "avx512bf16") == 0 ||
+                           strcmp(e, "amx") == 0
+                       ? TNN_QK_AVX512
+                       : -1;
+        if (want < 0)
             tnn__log(TNN_LOG_WARN,
                      "TNN_KERNEL=%s is not one of scalar, avx2, avx512, avx512bf16, amx; "
                      "quantized kernels use %s",
                      e, kernel_names[best]);
-        /* "avx512" and up: quant has no AVX-512 kernels; the best there is runs */
+        else if (want > best)
+            tnn__log(TNN_LOG_WARN, "TNN_KERNEL=%s is not supported on this CPU; "
+                                   "quantized kernels use %s", e, kernel_names[best]);
+        else
+            pick = want;
     }
     default_kernel = pick;
     atomic_store(&current_kernel, pick);
@@ -633,14 +660,34 @@ static const tnn_qkernels *kernels(int id) {
 #if defined(TNN_QUANT_X86)
     if (id == TNN_QK_AVX2)
         return &tnn__qk_avx2;
+    if (id == TNN_QK_AVX512)
+        return &tnn__qk_avx512;
 #endif
     (void)id;
     return &tnn__qk_scalar;
 }
 
+/* Each kernel set fills what it speeds up; the rest comes from the set
+ * below it (AVX-512 -> AVX2 -> the scalar twin). */
 static tnn_qdot_fn dot_fn(int id, int type) {
-    tnn_qdot_fn f = kernels(id)->dot[type];
-    return f ? f : tnn__qk_scalar.dot[type];
+    for (; id > TNN_QK_SCALAR; id--)
+        if (kernels(id)->dot[type])
+            return kernels(id)->dot[type];
+    return tnn__qk_scalar.dot[type];
+}
+
+static tnn_qdeq_fn deq_fn(int id, int type) {
+    for (; id > TNN_QK_SCALAR; id--)
+        if (kernels(id)->deq[type])
+            return kernels(id)->deq[type];
+    return tnn__qk_scalar.deq[type];
+}
+
+static tnn_qact_fn act_fn(int id) {
+    for (; id > TNN_QK_SCALAR; id--)
+        if (kernels(id)->act)
+            return kernels(id)->act;
+    return act_scalar;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -652,8 +699,7 @@ int tnn__dequantize_row(int type, const void *src, float *dst, int64_t n) {
         return TNN_ERR_ARG;
     if (n && (!src || !dst))
         return TNN_ERR(TNN_ERR_ARG, "NULL src or dst");
-    tnn_qdeq_fn f = kernels(tnn__quant_get_kernel())->deq[type];
-    (f ? f : tnn__qk_scalar.deq[type])(src, dst, n);
+    deq_fn(tnn__quant_get_kernel(), type)(src, dst, n);
     return TNN_OK;
 }
 

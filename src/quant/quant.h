@@ -200,6 +200,9 @@ typedef struct tnn_qact {
     float *d;       /* per block: scale */
     float *s;       /* per 32-block: d * (float)sum(q) */
     int32_t *qsum;  /* per 32-block: sum(q) */
+    int8_t *qp;     /* 32-element types: q by pairs of blocks, 64 bytes a pair:
+                       block 2i's codes 0-15, 2i+1's 0-15, 2i's 16-31, 2i+1's
+                       16-31 (zeros for the block after an odd count) */
     int16_t *bsum;  /* per 16 elements (K types): sum(q) */
 } tnn_qact;
 
@@ -226,12 +229,22 @@ int tnn__quant_matvec(int wtype, const void *w, int64_t rows, int64_t n, const f
 /* Kernel choice                                                            */
 /* ------------------------------------------------------------------------ */
 
-enum { TNN_QK_AUTO = -1, TNN_QK_SCALAR = 0, TNN_QK_AVX2 = 1, TNN_QK_COUNT = 2 };
+/* Each id runs its own kernels where it has them and the lower id's for the
+ * rest: TNN_QK_AVX512 (AVX-512 F/BW/VL/VNNI) has the 32-element types' dot
+ * products and takes the AVX2 kernels otherwise. Every kernel gives the
+ * scalar twin's bits. */
+enum {
+    TNN_QK_AUTO = -1,
+    TNN_QK_SCALAR = 0,
+    TNN_QK_AVX2 = 1,
+    TNN_QK_AVX512 = 2,
+    TNN_QK_COUNT = 3
+};
 
-/* Default: env TNN_KERNEL=scalar|avx2 (read once; "avx512" means the best
- * there is, as quant has no AVX-512 kernels), else the best the CPU runs. */
+/* Default: env TNN_KERNEL=scalar|avx2|avx512 (read once; avx512bf16 and amx,
+ * the GEMM's names, mean avx512 here), else the best the CPU runs. */
 bool tnn__quant_kernel_supported(int id);
-const char *tnn__quant_kernel_name(int id); /* "scalar", "avx2", "?" */
+const char *tnn__quant_kernel_name(int id); /* "scalar", "avx2", "avx512", "?" */
 /* For tests and benchmarks: select a kernel for later calls (TNN_QK_AUTO:
  * back to the default). TNN_ERR_ARG when unknown or unsupported here. */
 int tnn__quant_set_kernel(int id);

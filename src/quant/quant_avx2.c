@@ -169,6 +169,7 @@ INL void dot_q32(int type, const tnn_qact *a, const void *w, size_t rb, int64_t 
         int64_t b = 0;
         for (; b + 8 <= nb; b += 8) {
             const uint8_t *blk = wr + b * bsz;
+            tnn__qprefetch(blk, 8 * bsz);
             __m256i v[8];
             for (int k = 0; k < 8; k++)
                 v[k] = block_dot(type, blk + k * bsz, a->q + 32 * (b + k));
@@ -237,6 +238,7 @@ INL void dot_qk45(int five, const tnn_qact *a, const void *w, size_t rb, int64_t
         float lanes[8] = {0};
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *blk = wr + b * bsz;
+            tnn__qprefetch(blk, bsz);
             const uint8_t *scales = blk + 4;
             const uint8_t *qs = five ? blk + 48 : blk + 16;
             const int8_t *qx = a->q + 256 * b;
@@ -311,6 +313,7 @@ static void dot_q6_K(const tnn_qact *a, const void *w, size_t rb, int64_t rows, 
         const tnn_block_q6_K *B = (const tnn_block_q6_K *)((const uint8_t *)w + r * rb);
         float lanes[8] = {0};
         for (int64_t b = 0; b < nb; b++, B++) {
+            tnn__qprefetch(B, sizeof *B);
             const int8_t *qx = a->q + 256 * b;
             const int16_t *bs = a->bsum + 16 * b;
             /* int16 scales [s0..s7 | s8..s15]; `half` repeats one half in both lanes */
@@ -367,6 +370,7 @@ INL void dot_f(int type, const tnn_qact *a, const void *w, size_t rb, int64_t ro
         const uint8_t *wr = (const uint8_t *)w + r * rb;
         __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
         for (int64_t i = 0; i < n32; i += 32) {
+            tnn__qprefetch(wr + i * esz, 32 * esz);
             c0 = _mm256_fmadd_ps(widen8(type, wr, i), _mm256_loadu_ps(a->x + i), c0);
             c1 = _mm256_fmadd_ps(widen8(type, wr, i + 8), _mm256_loadu_ps(a->x + i + 8), c1);
             c2 = _mm256_fmadd_ps(widen8(type, wr, i + 16), _mm256_loadu_ps(a->x + i + 16), c2);

@@ -1,4 +1,4 @@
-/* quant_impl.h - what quant.c (scalar twin, dispatch) and quant_avx2.c share:
+/* quant_impl.h - what quant.c (scalar twin, dispatch) and the x86 files share:
  * the kernel table each instruction-set file fills, and the few small
  * helpers that fix the rounding contract described in quant.h.
  */
@@ -29,7 +29,20 @@ extern const tnn_qkernels tnn__qk_scalar;
 #if defined(__x86_64__) || defined(__i386__)
 #define TNN_QUANT_X86 1
 extern const tnn_qkernels tnn__qk_avx2;
+extern const tnn_qkernels tnn__qk_avx512;
 #endif
+
+/* The dot kernels stream their weights once, from memory; the hardware
+ * prefetcher alone left the loads waiting (Q4_1 on 1 thread at a third of
+ * the triad), so each kernel asks for the bytes this far ahead of those it
+ * works on, one request a cache line. Harmless past the end (a prefetch
+ * never faults) and when the weights are in cache. */
+#define TNN_QPREFETCH_BYTES 2048
+static inline void tnn__qprefetch(const void *p, size_t bytes) {
+    const char *c = (const char *)p + TNN_QPREFETCH_BYTES;
+    for (size_t o = 0; o < bytes; o += 64)
+        __builtin_prefetch(c + o, 0, 3);
+}
 
 /* The fixed final reduction of 8 partial sums (quant.h contract). */
 static inline float tnn__qreduce8(const float v[8]) {

@@ -1,0 +1,183 @@
+/* quant_avx512.c - AVX-512 VNNI dot products of the 32-element GGUF types
+ * against the 8-bit activation (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1). Only this
+ * file is compiled with AVX-512 F/BW/VL/VNNI; quant.c runs it when the CPU
+ * has them and falls back to the AVX2 kernels for everything else.
+ *
+ * Same bits as the scalar twin (contract: quant.h): a block's integer dot is
+ * exact in any order, so only how it is summed changes (vpdpbusd, 4 products
+ * a step, two blocks a register: the activation codes come in the pair
+ * layout prepared beside them, tnn_qact.qp), and the float work after it is
+ * the AVX2 kernel's, op for op: per block p = (d_w * d_x) * sum (+ m_w *
+ * s_x), into lane b mod 8, the lanes reduced by tnn__qreduce8. 256-bit
+ * registers: the 512-bit form ran slower (two ports instead of three).
+ */
+#include "quant_impl.h"
+
+#if defined(TNN_QUANT_X86)
+
+#include <immintrin.h>
+#include <string.h>
+
+#define INL static inline __attribute__((always_inline))
+
+INL uint16_t ld16(const uint8_t *p) {
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+INL uint32_t ld32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+INL size_t block_bytes(int type) {
+    switch (type) {
+    case TNN_QT_Q8_0: return sizeof(tnn_block_q8_0);
+    case TNN_QT_Q4_0: return sizeof(tnn_block_q4_0);
+    case TNN_QT_Q4_1: return sizeof(tnn_block_q4_1);
+    case TNN_QT_Q5_0: return sizeof(tnn_block_q5_0);
+    default: return sizeof(tnn_block_q5_1);
+    }
+}
+
+/* Where a block's 16 bytes of nibbles start. */
+INL size_t nibble_at(int type) {
+    switch (type) {
+    case TNN_QT_Q4_0: return 2;
+    case TNN_QT_Q4_1: return 4;
+    case TNN_QT_Q5_0: return 6;
+    default: return 8;
+    }
+}
+
+INL int code_offset(int type) { return type == TNN_QT_Q4_0 ? 8 : type == TNN_QT_Q5_0 ? 16 : 0; }
+INL int has_min(int type) { return type == TNN_QT_Q4_1 || type == TNN_QT_Q5_1; }
+INL int has_high(int type) { return type == TNN_QT_Q5_0 || type == TNN_QT_Q5_1; }
+
+/* The integer dots of blocks b0 (lane 0) and b1 (lane 1), 4 partial sums
+ * each, against xp, the pair's 64 activation codes in the pair layout
+ * (quant.h: tnn_qact.qp). A NULL b1 stands for a block of zero codes. */
+INL __m256i pair_dot(int type, const uint8_t *b0, const uint8_t *b1, const int8_t *xp) {
+    const __m256i zero = _mm256_setzero_si256();
+    const __m256i xl = _mm256_loadu_si256((const __m256i *)xp);
+    const __m256i xh = _mm256_loadu_si256((const __m256i *)(xp + 32));
+    if (type == TNN_QT_Q8_0) {
+        /* codes 0-15 of both blocks, then 16-31; u8 x s8 products: |w| against
+         * x with w's sign */
+        __m128i z = _mm_setzero_si128();
+        __m256i lo = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(b0 + 2))),
+            b1 ? _mm_loadu_si128((const __m128i *)(b1 + 2)) : z, 1);
+        __m256i hi = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(b0 + 18))),
+            b1 ? _mm_loadu_si128((const __m128i *)(b1 + 18)) : z, 1);
+        __m256i acc = _mm256_dpbusd_epi32(zero, _mm256_abs_epi8(lo), _mm256_sign_epi8(xl, lo));
+        return _mm256_dpbusd_epi32(acc, _mm256_abs_epi8(hi), _mm256_sign_epi8(xh, hi));
+    }
+    const size_t at = nibble_at(type);
+    __m128i v1 = b1 ? _mm_loadu_si128((const __m128i *)(b1 + at)) : _mm_setzero_si128();
+    __m256i v = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(b0 + at))), v1, 1);
+    const __m256i m4 = _mm256_set1_epi8(15);
+    __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+    if (has_high(type)) {
+        /* bit i of qh is element i's fifth bit */
+        const size_t qh_at = type == TNN_QT_Q5_0 ? 2 : 4;
+        uint32_t h0 = ld32(b0 + qh_at), h1 = b1 ? ld32(b1 + qh_at) : 0;
+        const __m256i bit = _mm256_set1_epi8(0x10);
+        lo = _mm256_or_si256(lo, _mm256_maskz_mov_epi8((h0 & 0xffffu) | h1 << 16, bit));
+        hi = _mm256_or_si256(hi, _mm256_maskz_mov_epi8(h0 >> 16 | (h1 & 0xffff0000u), bit));
+    }
+    return _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(zero, lo, xl), hi, xh);
+}
+
+/* [sum of block 0, ..., sum of block 7] from four pair_dot results
+ * (blocks 2k and 2k+1 in p[k]). */
+INL __m256i block_sums8(const __m256i p[4]) {
+    __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+    /* lane 0: blocks 0, 2, 4, 6; lane 1: blocks 1, 3, 5, 7 */
+    return _mm256_permutevar8x32_epi32(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+/* Blocks b .. b + n - 1 (n <= 8, b even) of one row into the 8 lane sums. */
+INL __m256 group(int type, const tnn_qact *a, const uint8_t *blk, int64_t b, int n, __m256 acc) {
+    const size_t bsz = block_bytes(type);
+    const int off = code_offset(type);
+    const int8_t *xp = a->qp + 32 * b;
+    __m256i p[4];
+    for (int k = 0; k < 4; k++) {
+        int left = n - 2 * k;
+        if (n == 8 || left >= 2)
+            p[k] = pair_dot(type, blk + 2 * k * bsz, blk + (2 * k + 1) * bsz, xp + 64 * k);
+        else if (left == 1)
+            p[k] = pair_dot(type, blk + 2 * k * bsz, NULL, xp + 64 * k);
+        else
+            p[k] = _mm256_setzero_si256();
+    }
+    __m256i s = block_sums8(p);
+    const __mmask8 live = (__mmask8)((1u << n) - 1);
+    if (off) {
+        __m256i qs = _mm256_maskz_loadu_epi32(live, a->qsum + b);
+        s = _mm256_sub_epi32(s, _mm256_slli_epi32(qs, off == 8 ? 3 : 4));
+    }
+    /* each block's first 4 bytes: d (and m for the types with one) */
+    const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                           _mm256_set1_epi32((int)bsz));
+    __m256i dm = n == 8 ? _mm256_i32gather_epi32((const int *)blk, idx, 1)
+                        : _mm256_mmask_i32gather_epi32(_mm256_setzero_si256(), live, idx, blk, 1);
+    __m256 dw = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(dm));
+    __m256 pr = _mm256_mul_ps(_mm256_mul_ps(dw, _mm256_maskz_loadu_ps(live, a->d + b)),
+                              _mm256_cvtepi32_ps(s));
+    if (has_min(type)) {
+        __m256 mw = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_srli_epi32(dm, 16)));
+        pr = _mm256_add_ps(pr, _mm256_mul_ps(mw, _mm256_maskz_loadu_ps(live, a->s + b)));
+    }
+    /* absent blocks leave their lanes as they are */
+    return n == 8 ? _mm256_add_ps(acc, pr) : _mm256_mask_add_ps(acc, live, acc, pr);
+}
+
+INL void dot_q32(int type, const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
+    const size_t bsz = block_bytes(type);
+    const int64_t nb = a->n / TNN_QK;
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *wr = (const uint8_t *)w + r * rb;
+        __m256 acc = _mm256_setzero_ps();
+        int64_t b = 0;
+        for (; b + 8 <= nb; b += 8) {
+            tnn__qprefetch(wr + b * bsz, 8 * bsz);
+            acc = group(type, a, wr + b * bsz, b, 8, acc);
+        }
+        if (b < nb)
+            acc = group(type, a, wr + b * bsz, b, (int)(nb - b), acc);
+        float lanes[8];
+        _mm256_storeu_ps(lanes, acc);
+        y[r] = tnn__qreduce8(lanes);
+    }
+}
+
+#define DOT32(name, T)                                                                             \
+    static void name(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {        \
+        dot_q32(T, a, w, rb, rows, y);                                                             \
+    }
+DOT32(dot_q8_0, TNN_QT_Q8_0)
+DOT32(dot_q4_0, TNN_QT_Q4_0)
+DOT32(dot_q4_1, TNN_QT_Q4_1)
+DOT32(dot_q5_0, TNN_QT_Q5_0)
+DOT32(dot_q5_1, TNN_QT_Q5_1)
+
+/* Everything not listed here runs the AVX2 kernel (quant.c's fallback). */
+const tnn_qkernels tnn__qk_avx512 = {
+    .name = "avx512",
+    .dot =
+        {
+            [TNN_QT_Q8_0] = dot_q8_0,
+            [TNN_QT_Q4_0] = dot_q4_0,
+            [TNN_QT_Q4_1] = dot_q4_1,
+            [TNN_QT_Q5_0] = dot_q5_0,
+            [TNN_QT_Q5_1] = dot_q5_1,
+        },
+};
+
+#endif /* TNN_QUANT_X86 */
