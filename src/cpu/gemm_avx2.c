@@ -284,7 +284,9 @@ INL float bload1(const void *b, bool h, int64_t i) {
 
 /* Short rows (K at most this) are too short for the hardware prefetcher to
  * ramp up on each: the next 8 rows (one contiguous block of at most 32 KiB)
- * are prefetched while the current ones are used. */
+ * are prefetched while the current ones are used. Longer rows: each of the
+ * 8 is prefetched 2 KiB ahead (SmolLM2 with f32 weights decoding, 1536-long
+ * rows: 40.7 -> 43.2 tok/s on 2 threads). */
 #define SKINNY_PF_K 1024
 
 /* B stored N x K (tb): 8 columns are 8 rows of B; 8 k at a time are loaded
@@ -300,6 +302,9 @@ INL void skinny_tb_8(int M, bool h, int64_t K, const float *ap, const void *b, i
         if (pf_next) { /* the next 8 rows, contiguous when ldb == K: 4 (bf16: 2) lines a step */
             const char *p = (const char *)bat(b, h, 8 * ldb + 8 * k);
             for (int l = 0; l < (h ? 2 : 4); l++) _mm_prefetch(p + 64 * l, _MM_HINT_T0);
+        } else if (k % 16 == 0) { /* long rows: each of the 8, 2 KiB ahead */
+            for (int r = 0; r < 8; r++)
+                _mm_prefetch((const char *)bat(b, h, r * ldb + k) + 2048, _MM_HINT_T0);
         }
         __m256 r0 = bload8(b, h, k), r1 = bload8(b, h, ldb + k);
         __m256 r2 = bload8(b, h, 2 * ldb + k), r3 = bload8(b, h, 3 * ldb + k);
