@@ -277,7 +277,7 @@ static void test_half_transfers(void) {
 /* A GGUF file with quantized tensors, written here, read back as borrowed
  * leaves: matmul_nt and get_rows against their dequantized f32 twins. */
 static void test_quantized_ops(void) {
-    const int M = 70, K = 64, N = 6;
+    const int M = 70, K = 64, N = 6, NG = 20;
     static const int types[] = {TNN_GGML_Q8_0, TNN_GGML_Q4_0, TNN_GGML_Q4_1, TNN_GGML_F16,
                                 TNN_GGML_Q5_0, TNN_GGML_Q5_1, TNN_GGML_BF16};
     char path[64];
@@ -302,10 +302,11 @@ static void test_quantized_ops(void) {
     for (size_t ti = 0; g && ti < sizeof types / sizeof types[0]; ti++) {
         char name[32];
         snprintf(name, sizeof name, "w%zu", ti);
-        for (int pass = 0; pass < 3; pass++) {
-            /* 1 row: matrix-vector path; 6: GEMM on the whole dequantized W, or in panels */
-            int n = pass == 0 ? 1 : N;
-            tnn__qmm_set_full_bytes(pass == 2 ? 0 : (int64_t)32 << 20);
+        for (int pass = 0; pass < 4; pass++) {
+            /* 1 and 6 rows: the matrix-vector kernels; 20: GEMM on the whole
+             * dequantized W, or in panels */
+            int n = pass == 0 ? 1 : pass == 1 ? N : NG;
+            tnn__qmm_set_full_bytes(pass == 3 ? 0 : (int64_t)32 << 20);
             tnn_session *s = tnn_session_new(0);
             tnn_tensor *W = tnn_tensor_from_gguf(s, g, name);
             CHECK(W && tnn_tensor_dtype(W) == TNN_GGML && tnn_tensor_ggml_type(W) == types[ti],
@@ -324,7 +325,7 @@ static void test_quantized_ops(void) {
             const unsigned char *wd = tnn_gguf_tensor_data(g, tnn_gguf_find_tensor(g, name));
             for (int r = 0; r < M; r++) tnn__dequantize_row(types[ti], wd + r * rb, deq + r * K, K);
             CHECK_OK(tnn_upload_f32(s, Wf, deq, (size_t)M * K));
-            fill_session(s, x, 5, 1.0);
+            fill_session(s, x, 5 + pass, 1.0);
             int32_t ids[3] = {0, M - 1, 17};
             CHECK_OK(tnn_upload_i32(s, idx, ids, 3));
             CHECK_OK(tnn_compute(s));
@@ -335,10 +336,22 @@ static void test_quantized_ops(void) {
             double tol = (types[ti] == TNN_GGML_F16 || types[ti] == TNN_GGML_BF16) ? 1e-5 : 2e-2;
             CHECK(th_err(a, b, (size_t)n * M, tol * 8, tol) <= 1.0, "%s n=%d: quantized matmul",
                   tnn_ggml_type_name(types[ti]), n);
-            if (n > 4) /* the GEMM paths are the f32 product with the dequantized weights */
+            if (n > 16) /* the GEMM paths are the f32 product with the dequantized weights */
                 CHECK(memcmp(a, b, sizeof(double) * (size_t)n * M) == 0,
                       "%s n=%d pass %d: not the f32 product's bits", tnn_ggml_type_name(types[ti]),
                       n, pass);
+            else { /* several rows: each row's bits are the one-row kernel's */
+                float *xf = malloc(sizeof(float) * (size_t)n * K), *yr = malloc(sizeof(float) * M);
+                CHECK_OK(tnn_download_f32(s, x, xf, (size_t)n * K));
+                int bad = 0;
+                for (int r = 0; r < n; r++) {
+                    CHECK_OK(tnn__quant_matvec(types[ti], wd, M, K, xf + r * K, yr, NULL));
+                    for (int j = 0; j < M; j++) bad += (double)yr[j] != a[r * M + j];
+                }
+                CHECK(bad == 0, "%s n=%d: %d outputs differ from the one-row kernel's",
+                      tnn_ggml_type_name(types[ti]), n, bad);
+                free(xf), free(yr);
+            }
             double ra[3 * 64], rr[3 * 64];
             get(s, rows, ra);
             get(s, rref, rr);

@@ -104,6 +104,9 @@ int tnn__gemm_f32_epi(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const f
  * dequantized whole for a prompt's product (default 32 MiB); larger ones go
  * in panels. */
 void tnn__qmm_set_full_bytes(int64_t bytes);
+/* For tests and benchmarks: products with quantized weights of at most this
+ * many rows of x take the quantized matrix-vector kernels (-1: the default). */
+void tnn__qmm_set_rows(int64_t rows);
 
 /* Adam, in place (see tnn_adam_step_scratch). */
 void tnn__k_adam(float *p, const float *g, float *m, float *v, int64_t n, double lr, double b1,

@@ -110,17 +110,21 @@ tnn_tensor *tnn_matmul(tnn_session *s, tnn_tensor *a, tnn_tensor *b) {
     return matmul_build(s, b, a, TNN_MM_TB, __func__, "b", "a");
 }
 
-/* y (N, M) = x (N, K) @ W^T for W (M, K) of a GGML type: a few rows go
- * through the quantized matrix-vector kernel (decoding); more rows
- * dequantize W (in parallel, into a per-thread buffer kept between calls)
- * and run one f32 GEMM (prompts). W above qmm_full_bytes as f32 goes in
- * panels of QMM_PANEL rows instead. Both give the bits of the f32 GEMM with
- * the dequantized weights. */
-#define QMM_ROWS 4
+/* y (N, M) = x (N, K) @ W^T for W (M, K) of a GGML type: up to QMM_ROWS rows
+ * go through the quantized matrix-vector kernels (decoding, short prompts:
+ * x quantized to 8 bits, W read once for all rows, each row the bits of the
+ * one-row product); more rows dequantize W (in parallel, into a per-thread
+ * buffer kept between calls) and run one f32 GEMM (prompts), the bits of
+ * the f32 GEMM with the dequantized weights. W above qmm_full_bytes as f32
+ * goes in panels of QMM_PANEL rows instead. (SmolLM2 Q4_1 on 2 threads: the
+ * two paths cross near 20 rows; at 5-16 the kernels ran 1.1-1.8x the GEMM.) */
+#define QMM_ROWS 16
 #define QMM_PANEL 64
 static _Atomic int64_t qmm_full_bytes = (int64_t)32 << 20;
+static _Atomic int64_t qmm_rows = QMM_ROWS;
 
 void tnn__qmm_set_full_bytes(int64_t bytes) { atomic_store(&qmm_full_bytes, bytes); }
+void tnn__qmm_set_rows(int64_t rows) { atomic_store(&qmm_rows, rows < 0 ? QMM_ROWS : rows); }
 
 typedef struct {
     int gtype;
@@ -143,17 +147,8 @@ static int qmatmul(tnn_tensor *t) {
     int64_t N = x->shape[0], K = x->shape[1], M = w->shape[0];
     int64_t row_bytes = tnn__qtype_row_bytes(w->gtype, K);
     if (row_bytes < 0) return tnn_last_status();
-    if (N <= QMM_ROWS) {
-        int64_t wb = tnn__qact_bytes(w->gtype, K);
-        if (wb < 0) return tnn_last_status();
-        void *work = wb ? aligned_alloc(64, ((size_t)wb + 63) & ~(size_t)63) : NULL;
-        if (wb && !work) return TNN_ERR(TNN_ERR_NOMEM, "out of memory");
-        int rc = TNN_OK;
-        for (int64_t r = 0; r < N && rc == TNN_OK; r++)
-            rc = tnn__quant_matvec(w->gtype, w->data, M, K, CF32(x) + r * K, F32(t) + r * M, work);
-        free(work);
-        return rc;
-    }
+    if (N <= atomic_load(&qmm_rows))
+        return tnn__quant_matmul(w->gtype, w->data, M, K, CF32(x), N, F32(t), NULL);
     bool full = M * K * (int64_t)sizeof(float) <= atomic_load(&qmm_full_bytes);
     int64_t pm = full ? M : QMM_PANEL;
     float *panel = tnn__thread_buf(TNN_TBUF_DEQUANT, (size_t)(pm * K));

@@ -709,47 +709,77 @@ void tnn__qdot_rows(const tnn_qact *a, const void *w, size_t row_bytes, int64_t 
 }
 
 typedef struct {
-    const tnn_qact *a;
+    const tnn_qact *a; /* nx prepared rows of x */
+    int64_t nx, rows, tile;
     const uint8_t *w;
     size_t rb;
     float *y;
     tnn_qdot_fn fn;
 } matvec_job;
 
+/* Rows [begin, end) of W against every row of x: a tile of W's rows (in L1
+ * after the first row of x streamed it) against each row of x in turn. */
 static void matvec_range(void *ctx, int64_t begin, int64_t end) {
     const matvec_job *j = ctx;
-    j->fn(j->a, j->w + begin * j->rb, j->rb, end - begin, j->y + begin);
+    if (j->nx == 1) {
+        j->fn(j->a, j->w + begin * j->rb, j->rb, end - begin, j->y + begin);
+        return;
+    }
+    for (int64_t r0 = begin; r0 < end; r0 += j->tile) {
+        int64_t rr = end - r0 < j->tile ? end - r0 : j->tile;
+        for (int64_t i = 0; i < j->nx; i++)
+            j->fn(j->a + i, j->w + r0 * j->rb, j->rb, rr, j->y + i * j->rows + r0);
+    }
 }
 
-int tnn__quant_matvec(int wtype, const void *w, int64_t rows, int64_t n, const float *x, float *y,
-                      void *work) {
+int tnn__quant_matmul(int wtype, const void *w, int64_t rows, int64_t n, const float *x,
+                      int64_t nx, float *y, void *work) {
     int64_t rb = tnn__qtype_row_bytes(wtype, n);
     if (rb < 0)
         return TNN_ERR_ARG;
-    if (rows < 0)
-        return TNN_ERR(TNN_ERR_ARG, "rows %lld < 0", (long long)rows);
-    if (rows == 0)
+    if (rows < 0 || nx < 0)
+        return TNN_ERR(TNN_ERR_ARG, "rows %lld, rows of x %lld: want >= 0", (long long)rows,
+                       (long long)nx);
+    if (rows == 0 || nx == 0)
         return TNN_OK;
     if (!w || !y || (n && !x))
         return TNN_ERR(TNN_ERR_ARG, "NULL weights, x or y");
     int64_t wb = tnn__qact_bytes(wtype, n);
+    if (wb > 0 && nx > INT64_MAX / wb)
+        return TNN_ERR(TNN_ERR_RANGE, "%lld rows of x: workspace size overflows", (long long)nx);
+    tnn_qact one, *a = nx == 1 ? &one : malloc((size_t)nx * sizeof *a);
     void *own = NULL;
     if (wb > 0 && !work) {
-        own = aligned_alloc(64, (size_t)wb);
-        if (!own)
-            return TNN_ERR(TNN_ERR_NOMEM, "%lld bytes of activation workspace", (long long)wb);
+        own = aligned_alloc(64, (size_t)(wb * nx));
         work = own;
     }
-    tnn_qact a;
+    if (!a || (wb > 0 && !work)) {
+        if (a != &one)
+            free(a);
+        free(own);
+        return TNN_ERR(TNN_ERR_NOMEM, "%lld bytes of activation workspace",
+                       (long long)(wb * nx));
+    }
     int kernel = tnn__quant_get_kernel();
-    int rc = prepare(&a, kernel, wtype, x, n, work);
+    int rc = TNN_OK;
+    for (int64_t i = 0; i < nx && rc == TNN_OK; i++)
+        rc = prepare(a + i, kernel, wtype, x + i * n, n, (uint8_t *)work + i * wb);
     if (rc == TNN_OK) {
-        matvec_job job = {&a, w, (size_t)rb, y, dot_fn(kernel, wtype)};
+        /* tiles of about 8 KiB of weights: L1 holds one with the rows of x */
+        int64_t tile = rb > 0 ? (8192 + rb - 1) / rb : rows;
+        matvec_job job = {a, nx, rows, tile < 1 ? 1 : tile, w, (size_t)rb, y, dot_fn(kernel, wtype)};
         /* ~32 KiB of weights per chunk at least: smaller jobs stay on one thread
          * (64 KiB kept a 576-wide model's k and v products on one: 5% slower) */
         int64_t min_rows = rb > 0 ? (32768 + rb - 1) / rb : rows;
         tnn__parallel_for(rows, min_rows < 1 ? 1 : min_rows, matvec_range, &job);
     }
+    if (a != &one)
+        free(a);
     free(own);
     return rc;
+}
+
+int tnn__quant_matvec(int wtype, const void *w, int64_t rows, int64_t n, const float *x, float *y,
+                      void *work) {
+    return tnn__quant_matmul(wtype, w, rows, n, x, 1, y, work);
 }

@@ -224,6 +224,13 @@ void tnn__qdot_rows(const tnn_qact *a, const void *w, size_t row_bytes, int64_t 
  * thread count. Returns TNN_OK, TNN_ERR_ARG or TNN_ERR_NOMEM. */
 int tnn__quant_matvec(int wtype, const void *w, int64_t rows, int64_t n, const float *x, float *y,
                       void *work);
+/* The same for nx rows of x (nx x n, contiguous) into y (nx x rows): each
+ * row of y has the bits tnn__quant_matvec gives it, and W is read from
+ * memory once (tiles of its rows against every row of x). `work` is nx *
+ * tnn__qact_bytes(wtype, n) bytes, or NULL. TNN_ERR_RANGE when that size
+ * overflows. */
+int tnn__quant_matmul(int wtype, const void *w, int64_t rows, int64_t n, const float *x,
+                      int64_t nx, float *y, void *work);
 
 /* ------------------------------------------------------------------------ */
 /* Kernel choice                                                            */
