@@ -1273,9 +1273,11 @@ static void test_quant(void) {
     CHECK(qfile != NULL, "open %s: %s", path, tnn_last_error());
     /* Five rows: the CPU multiplies the dequantized weights in f32 as the
      * GPU does (its quantized kernels, which quantize x to 8 bits, set to
-     * take at most four rows here). One and three rows: they do, hence the
+     * take at most four rows here, and its bf16 copies of the weights for
+     * prompts switched off). One and three rows: they do, hence the
      * wider tolerance. */
     tnn__qmm_set_rows(4);
+    tnn__qmm_set_bf16(false);
     in_spec five[2] = {F(2, 5, QK), I(5, QM)}, one[2] = {F(2, 1, QK), I(1, QM)};
     in_spec three[2] = {F(2, 3, QK), I(3, QM)};
     for (qcur = 0; qfile && qcur < NQ; qcur++) {
@@ -1290,6 +1292,7 @@ static void test_quant(void) {
     }
     test_quant_epilogues();
     tnn__qmm_set_rows(-1);
+    tnn__qmm_set_bf16(true);
     tnn_gguf_close(qfile);
     unlink(path);
 }

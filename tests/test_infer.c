@@ -5,6 +5,7 @@
  */
 #include "harness.h"
 
+#include "cpu/gemm.h"
 #include "llm/quantize.h"
 #include "ops/kernels.h"
 #include "quant/quant.h"
@@ -302,11 +303,14 @@ static void test_quantized_ops(void) {
     for (size_t ti = 0; g && ti < sizeof types / sizeof types[0]; ti++) {
         char name[32];
         snprintf(name, sizeof name, "w%zu", ti);
-        for (int pass = 0; pass < 4; pass++) {
+        for (int pass = 0; pass < 5; pass++) {
             /* 1 and 6 rows: the matrix-vector kernels; 20: GEMM on the whole
-             * dequantized W, or in panels */
+             * dequantized W, or in panels, on bf16 copies where those are
+             * the faster products; pass 4: the f32 GEMM always */
             int n = pass == 0 ? 1 : pass == 1 ? N : NG;
             tnn__qmm_set_full_bytes(pass == 3 ? 0 : (int64_t)32 << 20);
+            tnn__qmm_set_bf16(pass != 4);
+            bool bf16 = pass != 4 && tnn__gemm_bf16_auto_path() != TNN_GEMM_BF16_WIDEN;
             tnn_session *s = tnn_session_new(0);
             tnn_tensor *W = tnn_tensor_from_gguf(s, g, name);
             CHECK(W && tnn_tensor_dtype(W) == TNN_GGML && tnn_tensor_ggml_type(W) == types[ti],
@@ -332,15 +336,31 @@ static void test_quantized_ops(void) {
             double *a = th_alloc((size_t)n * M), *b = th_alloc((size_t)n * M);
             get(s, y, a);
             get(s, yref, b);
-            /* the integer paths quantize x to 8 bits: ~1% of the row's scale */
-            double tol = (types[ti] == TNN_GGML_F16 || types[ti] == TNN_GGML_BF16) ? 1e-5 : 2e-2;
+            /* the integer paths quantize x to 8 bits: ~1% of the row's scale;
+             * bf16 copies round x and W to 8 bits of mantissa */
+            double tol = (types[ti] == TNN_GGML_F16 || types[ti] == TNN_GGML_BF16) && n <= 16 ? 1e-5
+                         : n > 16 && bf16 ? 1e-2
+                         : n > 16         ? 1e-5
+                                          : 2e-2;
             CHECK(th_err(a, b, (size_t)n * M, tol * 8, tol) <= 1.0, "%s n=%d: quantized matmul",
                   tnn_ggml_type_name(types[ti]), n);
-            if (n > 16) /* the GEMM paths are the f32 product with the dequantized weights */
+            if (n > 16 && !bf16) /* the f32 product with the dequantized weights */
                 CHECK(memcmp(a, b, sizeof(double) * (size_t)n * M) == 0,
                       "%s n=%d pass %d: not the f32 product's bits", tnn_ggml_type_name(types[ti]),
                       n, pass);
-            else { /* several rows: each row's bits are the one-row kernel's */
+            else if (n > 16) { /* the bf16 product with the dequantized weights rounded */
+                float *xf = malloc(sizeof(float) * (size_t)n * K), *yb = malloc(sizeof(float) * n * M);
+                uint16_t *wb = malloc(sizeof(uint16_t) * M * K);
+                for (int i = 0; i < M * K; i++) wb[i] = tnn__f32_to_bf16(deq[i]);
+                CHECK_OK(tnn_download_f32(s, x, xf, (size_t)n * K));
+                CHECK_OK(tnn__gemm_bf16(TNN_GEMM_BF16_AUTO, false, true, n, M, K, xf, K, wb, K, yb,
+                                        M));
+                int bad = 0;
+                for (int i = 0; i < n * M; i++) bad += (double)yb[i] != a[i];
+                CHECK(bad == 0, "%s n=%d pass %d: %d outputs are not the bf16 product's",
+                      tnn_ggml_type_name(types[ti]), n, pass, bad);
+                free(xf), free(yb), free(wb);
+            } else { /* several rows: each row's bits are the one-row kernel's */
                 float *xf = malloc(sizeof(float) * (size_t)n * K), *yr = malloc(sizeof(float) * M);
                 CHECK_OK(tnn_download_f32(s, x, xf, (size_t)n * K));
                 int bad = 0;
@@ -364,6 +384,7 @@ static void test_quantized_ops(void) {
         }
     }
     tnn__qmm_set_full_bytes((int64_t)32 << 20);
+    tnn__qmm_set_bf16(true);
     tnn_session *s = tnn_session_new(0);
     CHECK_NULL(tnn_tensor_from_gguf(s, g, "nope"), TNN_ERR_RANGE, "nope");
     CHECK_NULL(tnn_tensor_from_gguf(s, NULL, "w0"), TNN_ERR_ARG, "NULL");

@@ -6,9 +6,11 @@
  *
  * Both programs round differently (llama.cpp keeps the KV cache and the
  * attention operands in f16 and quantizes activations with f16 scales;
- * tinynn computes prompts with f32 activations and decodes with 8-bit
- * activations), so logits differ by up to ~0.5 (measured 0.48; a float64
- * reference with the same dequantized weights sits 0.03 from tinynn's prompt
+ * tinynn decodes and takes prompts of up to 16 tokens with 8-bit
+ * activations, longer prompts with f32 ones, or bf16 ones where bf16
+ * products are the faster), so logits differ by up to ~0.5 (measured
+ * 0.44-0.48; before 8-bit activations took these short prompts, a float64
+ * reference with the same dequantized weights sat 0.03 from tinynn's prompt
  * logits and 0.25 from llama.cpp's). Greedy tokens must therefore be equal
  * at every step where llama.cpp's own top-2 margin exceeds TIE; at a closer
  * call the two may pick differently, and the comparison of that prompt ends
@@ -17,9 +19,11 @@
 #include "harness.h"
 
 #include "llm/llama.h"
+#include "ops/kernels.h"
 
 #define LOGIT_TOL 0.6 /* max |tinynn - llama.cpp| over the top-10 logits */
 #define TIE 0.6       /* below this llama.cpp margin a greedy step may differ */
+#define PATH_TOL 0.3  /* max |default or 8-bit prompt path - f32 GEMM path| over the top 10 */
 
 typedef struct {
     int n_tok, tok[64], top_id[10], greedy[32];
@@ -108,6 +112,46 @@ int main(void) {
     printf("greedy: %d of %d compared tokens equal; %d prompts parted at a near-tie\n", matched,
            compared, ties);
     CHECK(worst_logit < LOGIT_TOL, "logits differ from llama.cpp by %.4f", worst_logit);
+
+    /* A prompt of more than 16 tokens (the golden prompts, then the first
+     * one's continuation) through each of the CPU's prompt paths: the
+     * default (bf16 copies of the weights where bf16 products are the
+     * faster ones), the f32 GEMM on the dequantized weights, and the 8-bit
+     * matrix-vector kernels for every row; their top-10 logits agree. */
+    int32_t longp[8 * 64 + 32];
+    int nl = 0;
+    for (int r = 0; r < n; r++)
+        for (int i = 0; i < rec[r].n_tok; i++) longp[nl++] = rec[r].tok[i];
+    for (int i = 0; i < 32; i++) longp[nl++] = rec[0].greedy[i];
+    float *path[3];
+    for (int k = 0; k < 3; k++) {
+        tnn__qmm_set_bf16(k != 1);
+        tnn__qmm_set_rows(k == 2 ? nl : -1);
+        path[k] = malloc(sizeof(float) * (size_t)V);
+        lm_llama_reset(m);
+        CHECK_OK(lm_llama_eval(m, longp, nl, path[k]));
+    }
+    tnn__qmm_set_bf16(true);
+    tnn__qmm_set_rows(-1);
+    double dpath[2] = {0, 0};
+    int top[10];
+    for (int i = 0; i < 10; i++) { /* the f32 path's top 10 */
+        top[i] = -1;
+        for (int v = 0; v < V; v++) {
+            bool taken = false;
+            for (int j = 0; j < i; j++) taken |= top[j] == v;
+            if (!taken && (top[i] < 0 || path[1][v] > path[1][top[i]])) top[i] = v;
+        }
+        for (int k = 0; k < 2; k++) {
+            double e = fabs(path[k ? 2 : 0][top[i]] - path[1][top[i]]);
+            if (e > dpath[k]) dpath[k] = e;
+        }
+    }
+    printf("a %d-token prompt: top-10 logits of the default path within %.4f of the f32 GEMM's, "
+           "the 8-bit kernels' within %.4f\n", nl, dpath[0], dpath[1]);
+    CHECK(dpath[0] < PATH_TOL && dpath[1] < PATH_TOL, "prompt paths differ by %.4f and %.4f",
+          dpath[0], dpath[1]);
+    for (int k = 0; k < 3; k++) free(path[k]);
     free(lg);
     lm_llama_free(m);
     return th_finish("test_llama");

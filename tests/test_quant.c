@@ -98,6 +98,13 @@ static void test_table(void) {
     CHECK_ERR(tnn__quantize_row(TNN_QT_Q8_0, f, buf, 31), TNN_ERR_ARG, "multiple of 32");
     CHECK_ERR(tnn__dequantize_row(TNN_QT_Q6_K, buf, f, 32), TNN_ERR_ARG, "multiple of 256");
     CHECK_ERR(tnn__quant_matvec(TNN_QT_Q8_0, buf, -1, 32, f, f, NULL), TNN_ERR_ARG, "rows");
+    CHECK_ERR(tnn__quant_matmul(TNN_QT_Q8_0, buf, 1, 32, f, -1, f, NULL), TNN_ERR_ARG,
+              "rows of x");
+    CHECK_ERR(tnn__quant_matmul(TNN_QT_Q8_0, buf, 1, 32, f, INT64_MAX / 64, f, NULL),
+              TNN_ERR_RANGE, "overflows");
+    CHECK_ERR(tnn__quant_matmul(TNN_QT_F16, buf, 1, 32, f, INT64_MAX / 8, f, NULL),
+              TNN_ERR_RANGE, "overflows");
+    CHECK_OK(tnn__quant_matmul(TNN_QT_Q8_0, buf, 1, 32, f, 0, f, NULL)); /* no rows: nothing */
     CHECK_ERR(tnn__quant_set_kernel(7), TNN_ERR_ARG, "quant kernel");
     CHECK(strcmp(tnn__quant_kernel_name(TNN_QK_SCALAR), "scalar") == 0, "names");
 }
@@ -513,6 +520,15 @@ static void check_type_kernels(int type, int64_t rows, int64_t n) {
     }
     CHECK(worst <= 1.0, "%s rows %lld n %lld: scalar dot %.3g of its bound", name, (long long)rows,
           (long long)n, worst);
+    /* the bf16 rows (prompt panels): the dequantized values rounded */
+    uint16_t *wh = xmalloc((size_t)(rows * n) * sizeof(uint16_t));
+    CHECK_OK(tnn__dequantize_row_bf16(type, w, wh, rows * n));
+    int64_t bad16 = 0;
+    for (int64_t i = 0; i < rows * n; i++)
+        bad16 += wh[i] != tnn__f32_to_bf16(wd[i]);
+    CHECK(bad16 == 0, "%s rows %lld n %lld: %lld bf16 values are not the rounded dequantization",
+          name, (long long)rows, (long long)n, (long long)bad16);
+    free(wh);
     /* one-thread rows entry point equals the matvec */
     int64_t ab = tnn__qact_bytes(type, n);
     void *work = xmalloc((size_t)ab + 64);

@@ -107,6 +107,10 @@ void tnn__qmm_set_full_bytes(int64_t bytes);
 /* For tests and benchmarks: products with quantized weights of at most this
  * many rows of x take the quantized matrix-vector kernels (-1: the default). */
 void tnn__qmm_set_rows(int64_t rows);
+/* For tests: whether a prompt's product may multiply bf16 copies of the
+ * dequantized weights where the bf16 products are the faster ones (true by
+ * default; false: always the f32 GEMM). */
+void tnn__qmm_set_bf16(bool on);
 
 /* Adam, in place (see tnn_adam_step_scratch). */
 void tnn__k_adam(float *p, const float *g, float *m, float *v, int64_t n, double lr, double b1,

@@ -122,24 +122,36 @@ tnn_tensor *tnn_matmul(tnn_session *s, tnn_tensor *a, tnn_tensor *b) {
 #define QMM_PANEL 64
 static _Atomic int64_t qmm_full_bytes = (int64_t)32 << 20;
 static _Atomic int64_t qmm_rows = QMM_ROWS;
+static atomic_bool qmm_bf16 = true;
 
 void tnn__qmm_set_full_bytes(int64_t bytes) { atomic_store(&qmm_full_bytes, bytes); }
 void tnn__qmm_set_rows(int64_t rows) { atomic_store(&qmm_rows, rows < 0 ? QMM_ROWS : rows); }
+void tnn__qmm_set_bf16(bool on) { atomic_store(&qmm_bf16, on); }
 
 typedef struct {
     int gtype;
     const char *w;
     int64_t row_bytes, K;
-    float *dst;
+    float *dst;     /* f32 panel, or */
+    uint16_t *dst16; /* bf16 panel */
     atomic_int rc;
 } deq_ctx;
 
 static void deq_range(void *p, int64_t lo, int64_t hi) {
     deq_ctx *c = p;
     for (int64_t r = lo; r < hi; r++) {
-        int rc = tnn__dequantize_row(c->gtype, c->w + r * c->row_bytes, c->dst + r * c->K, c->K);
+        const char *src = c->w + r * c->row_bytes;
+        int rc = c->dst16 ? tnn__dequantize_row_bf16(c->gtype, src, c->dst16 + r * c->K, c->K)
+                          : tnn__dequantize_row(c->gtype, src, c->dst + r * c->K, c->K);
         if (rc) atomic_store(&c->rc, rc);
     }
+}
+
+/* C (N x pr, row stride ldc) = x W_panel^T, in f32 or on bf16 copies. */
+static int panel_product(bool bf16, int64_t N, int64_t pr, int64_t K, const float *x,
+                         const void *panel, float *C, int64_t ldc) {
+    return bf16 ? tnn__gemm_bf16(TNN_GEMM_BF16_AUTO, false, true, N, pr, K, x, K, panel, K, C, ldc)
+                : tnn__gemm_f32(false, true, N, pr, K, x, K, panel, K, C, ldc);
 }
 
 static int qmatmul(tnn_tensor *t) {
@@ -149,9 +161,12 @@ static int qmatmul(tnn_tensor *t) {
     if (row_bytes < 0) return tnn_last_status();
     if (N <= atomic_load(&qmm_rows))
         return tnn__quant_matmul(w->gtype, w->data, M, K, CF32(x), N, F32(t), NULL);
+    /* where bf16 products run faster than f32 ones (AMX, vdpbf16ps), the
+     * panel holds bf16 copies of the dequantized weights */
+    bool bf16 = atomic_load(&qmm_bf16) && tnn__gemm_bf16_auto_path() != TNN_GEMM_BF16_WIDEN;
     bool full = M * K * (int64_t)sizeof(float) <= atomic_load(&qmm_full_bytes);
     int64_t pm = full ? M : QMM_PANEL;
-    float *panel = tnn__thread_buf(TNN_TBUF_DEQUANT, (size_t)(pm * K));
+    float *panel = tnn__thread_buf(TNN_TBUF_DEQUANT, bf16 ? (size_t)(pm * K + 1) / 2 : (size_t)(pm * K));
     float *out = full ? NULL : malloc((size_t)N * QMM_PANEL * sizeof *out);
     if (!panel || (!full && !out)) {
         free(out);
@@ -161,16 +176,17 @@ static int qmatmul(tnn_tensor *t) {
     for (int64_t j0 = 0; j0 < M && rc == TNN_OK; j0 += pm) {
         int64_t pr = M - j0 < pm ? M - j0 : pm;
         deq_ctx dc = {.gtype = w->gtype, .w = (const char *)w->data + j0 * row_bytes,
-                      .row_bytes = row_bytes, .K = K, .dst = panel};
+                      .row_bytes = row_bytes, .K = K, .dst = bf16 ? NULL : panel,
+                      .dst16 = bf16 ? (uint16_t *)panel : NULL};
         atomic_init(&dc.rc, TNN_OK);
         tnn__parallel_for(pr, 1 + 16384 / K, deq_range, &dc);
         rc = atomic_load(&dc.rc);
         if (rc) break;
         if (full) {
-            rc = tnn__gemm_f32(false, true, N, M, K, CF32(x), K, panel, K, F32(t), M);
+            rc = panel_product(bf16, N, M, K, CF32(x), panel, F32(t), M);
             break;
         }
-        rc = tnn__gemm_f32(false, true, N, pr, K, CF32(x), K, panel, K, out, pr);
+        rc = panel_product(bf16, N, pr, K, CF32(x), panel, out, pr);
         for (int64_t r = 0; r < N && rc == TNN_OK; r++)
             memcpy(F32(t) + r * M + j0, out + r * pr, (size_t)pr * sizeof(float));
     }

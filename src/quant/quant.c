@@ -703,6 +703,32 @@ int tnn__dequantize_row(int type, const void *src, float *dst, int64_t n) {
     return TNN_OK;
 }
 
+/* y = tnn__f2bf(x) for n values, branch-free so that the clones vectorize. */
+TNN_VEC_CLONES static void round_bf16(const float *x, uint16_t *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, x + i, 4);
+        uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, q = (u >> 16) | 0x40u;
+        y[i] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? q : r);
+    }
+}
+
+int tnn__dequantize_row_bf16(int type, const void *src, uint16_t *dst, int64_t n) {
+    if (tnn__qtype_row_bytes(type, n) < 0)
+        return TNN_ERR_ARG;
+    if (n && (!src || !dst))
+        return TNN_ERR(TNN_ERR_ARG, "NULL src or dst");
+    const tnn_qtype_info *qi = tnn__qtype(type);
+    tnn_qdeq_fn deq = deq_fn(tnn__quant_get_kernel(), type);
+    float tmp[256]; /* a multiple of every block */
+    for (int64_t e = 0; e < n; e += 256) {
+        int64_t c = n - e < 256 ? n - e : 256;
+        deq((const uint8_t *)src + e / qi->block * qi->block_bytes, tmp, c);
+        round_bf16(tmp, dst + e, c);
+    }
+    return TNN_OK;
+}
+
 void tnn__qdot_rows(const tnn_qact *a, const void *w, size_t row_bytes, int64_t rows, float *y) {
     if (rows > 0)
         dot_fn(tnn__quant_get_kernel(), a->wtype)(a, w, row_bytes, rows, y);
@@ -745,7 +771,7 @@ int tnn__quant_matmul(int wtype, const void *w, int64_t rows, int64_t n, const f
     if (!w || !y || (n && !x))
         return TNN_ERR(TNN_ERR_ARG, "NULL weights, x or y");
     int64_t wb = tnn__qact_bytes(wtype, n);
-    if (wb > 0 && nx > INT64_MAX / wb)
+    if ((wb > 0 && nx > INT64_MAX / wb) || nx > INT64_MAX / (int64_t)sizeof(tnn_qact))
         return TNN_ERR(TNN_ERR_RANGE, "%lld rows of x: workspace size overflows", (long long)nx);
     tnn_qact one, *a = nx == 1 ? &one : malloc((size_t)nx * sizeof *a);
     void *own = NULL;

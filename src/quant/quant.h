@@ -179,6 +179,8 @@ uint16_t tnn__f32_to_bf16(float f);
  * block). Returns TNN_OK or TNN_ERR_ARG. Same bits from every kernel and
  * the same bits as the gguf package's dequantize. */
 int tnn__dequantize_row(int type, const void *src, float *dst, int64_t n);
+/* The same values rounded to bf16 (nearest even; NaN stays a quiet NaN). */
+int tnn__dequantize_row_bf16(int type, const void *src, uint16_t *dst, int64_t n);
 
 /* dst = src quantized to `type` (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0,
  * Q5_1), byte-identical to the gguf package's quantize. Returns TNN_OK, or

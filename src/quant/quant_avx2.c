@@ -126,16 +126,6 @@ static void act_avx2(const float *x, int64_t nb, int bs, int8_t *q, float *d) {
 /* 32-element formats                                                       */
 /* ------------------------------------------------------------------------ */
 
-INL size_t block_bytes32(int type) {
-    switch (type) {
-    case TNN_QT_Q8_0: return sizeof(tnn_block_q8_0);
-    case TNN_QT_Q4_0: return sizeof(tnn_block_q4_0);
-    case TNN_QT_Q4_1: return sizeof(tnn_block_q4_1);
-    case TNN_QT_Q5_0: return sizeof(tnn_block_q5_0);
-    default: return sizeof(tnn_block_q5_1);
-    }
-}
-
 /* The 32 codes of a block as bytes (unsigned, before the offset; Q8_0 signed). */
 INL __m256i codes32(int type, const uint8_t *blk) {
     switch (type) {
@@ -156,13 +146,11 @@ INL __m256i block_dot(int type, const uint8_t *blk, const int8_t *qx) {
     return dot_u8i8(q, x);
 }
 
-INL int code_offset(int type) { return type == TNN_QT_Q4_0 ? 8 : type == TNN_QT_Q5_0 ? 16 : 0; }
-INL int has_min(int type) { return type == TNN_QT_Q4_1 || type == TNN_QT_Q5_1; }
 
 INL void dot_q32(int type, const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
-    const size_t bsz = block_bytes32(type);
+    const size_t bsz = tnn__q32_block_bytes(type);
     const int64_t nb = a->n / TNN_QK;
-    const int off = code_offset(type);
+    const int off = tnn__q32_offset(type);
     for (int64_t r = 0; r < rows; r++) {
         const uint8_t *wr = (const uint8_t *)w + r * rb;
         __m256 acc = _mm256_setzero_ps();
@@ -181,7 +169,7 @@ INL void dot_q32(int type, const tnn_qact *a, const void *w, size_t rb, int64_t 
             __m256 dw = load_f16x8(blk, bsz);
             __m256 p =
                 _mm256_mul_ps(_mm256_mul_ps(dw, _mm256_loadu_ps(a->d + b)), _mm256_cvtepi32_ps(s));
-            if (has_min(type)) {
+            if (tnn__q32_has_min(type)) {
                 __m256 mw = load_f16x8(blk + 2, bsz);
                 p = _mm256_add_ps(p, _mm256_mul_ps(mw, _mm256_loadu_ps(a->s + b)));
             }
@@ -193,7 +181,7 @@ INL void dot_q32(int type, const tnn_qact *a, const void *w, size_t rb, int64_t 
             const uint8_t *blk = wr + b * bsz;
             int32_t s = hsum_i32(block_dot(type, blk, a->q + 32 * b)) - off * a->qsum[b];
             float p = (f16(ld16(blk)) * a->d[b]) * (float)s;
-            if (has_min(type))
+            if (tnn__q32_has_min(type))
                 p = p + f16(ld16(blk + 2)) * a->s[b];
             lanes[b & 7] += p;
         }
@@ -201,15 +189,7 @@ INL void dot_q32(int type, const tnn_qact *a, const void *w, size_t rb, int64_t 
     }
 }
 
-#define DOT32(name, T)                                                                             \
-    static void name(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {        \
-        dot_q32(T, a, w, rb, rows, y);                                                             \
-    }
-DOT32(dot_q8_0, TNN_QT_Q8_0)
-DOT32(dot_q4_0, TNN_QT_Q4_0)
-DOT32(dot_q4_1, TNN_QT_Q4_1)
-DOT32(dot_q5_0, TNN_QT_Q5_0)
-DOT32(dot_q5_1, TNN_QT_Q5_1)
+TNN_Q32_DOTS(dot_q32)
 
 /* ------------------------------------------------------------------------ */
 /* K-quants                                                                 */
@@ -440,16 +420,16 @@ static void deq_bf16(const void *src, float *dst, int64_t n) {
 }
 
 INL void deq_q32(int type, const void *src, float *dst, int64_t n) {
-    const size_t bsz = block_bytes32(type);
+    const size_t bsz = tnn__q32_block_bytes(type);
     const uint8_t *blk = src;
-    const int off = code_offset(type);
+    const int off = tnn__q32_offset(type);
     const __m256 zero = _mm256_setzero_ps();
     for (int64_t k = 0; k < n / TNN_QK; k++, blk += bsz) {
         __m256i c = codes32(type, blk);
         if (off)
             c = _mm256_sub_epi8(c, _mm256_set1_epi8((char)off));
         __m256 d = _mm256_set1_ps(f16(ld16(blk)));
-        if (has_min(type))
+        if (tnn__q32_has_min(type))
             store32(dst + 32 * k, c, d, _mm256_set1_ps(f16(ld16(blk + 2))), ST_ADD);
         else
             store32(dst + 32 * k, c, d, zero, ST_MUL);

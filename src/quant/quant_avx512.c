@@ -20,26 +20,10 @@
 
 #define INL static inline __attribute__((always_inline))
 
-INL uint16_t ld16(const uint8_t *p) {
-    uint16_t v;
-    memcpy(&v, p, 2);
-    return v;
-}
-
 INL uint32_t ld32(const uint8_t *p) {
     uint32_t v;
     memcpy(&v, p, 4);
     return v;
-}
-
-INL size_t block_bytes(int type) {
-    switch (type) {
-    case TNN_QT_Q8_0: return sizeof(tnn_block_q8_0);
-    case TNN_QT_Q4_0: return sizeof(tnn_block_q4_0);
-    case TNN_QT_Q4_1: return sizeof(tnn_block_q4_1);
-    case TNN_QT_Q5_0: return sizeof(tnn_block_q5_0);
-    default: return sizeof(tnn_block_q5_1);
-    }
 }
 
 /* Where a block's 16 bytes of nibbles start. */
@@ -52,8 +36,6 @@ INL size_t nibble_at(int type) {
     }
 }
 
-INL int code_offset(int type) { return type == TNN_QT_Q4_0 ? 8 : type == TNN_QT_Q5_0 ? 16 : 0; }
-INL int has_min(int type) { return type == TNN_QT_Q4_1 || type == TNN_QT_Q5_1; }
 INL int has_high(int type) { return type == TNN_QT_Q5_0 || type == TNN_QT_Q5_1; }
 
 /* The integer dots of blocks b0 (lane 0) and b1 (lane 1), 4 partial sums
@@ -103,8 +85,8 @@ INL __m256i block_sums8(const __m256i p[4]) {
 
 /* Blocks b .. b + n - 1 (n <= 8, b even) of one row into the 8 lane sums. */
 INL __m256 group(int type, const tnn_qact *a, const uint8_t *blk, int64_t b, int n, __m256 acc) {
-    const size_t bsz = block_bytes(type);
-    const int off = code_offset(type);
+    const size_t bsz = tnn__q32_block_bytes(type);
+    const int off = tnn__q32_offset(type);
     const int8_t *xp = a->qp + 32 * b;
     __m256i p[4];
     for (int k = 0; k < 4; k++) {
@@ -130,7 +112,7 @@ INL __m256 group(int type, const tnn_qact *a, const uint8_t *blk, int64_t b, int
     __m256 dw = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(dm));
     __m256 pr = _mm256_mul_ps(_mm256_mul_ps(dw, _mm256_maskz_loadu_ps(live, a->d + b)),
                               _mm256_cvtepi32_ps(s));
-    if (has_min(type)) {
+    if (tnn__q32_has_min(type)) {
         __m256 mw = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_srli_epi32(dm, 16)));
         pr = _mm256_add_ps(pr, _mm256_mul_ps(mw, _mm256_maskz_loadu_ps(live, a->s + b)));
     }
@@ -139,7 +121,7 @@ INL __m256 group(int type, const tnn_qact *a, const uint8_t *blk, int64_t b, int
 }
 
 INL void dot_q32(int type, const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
-    const size_t bsz = block_bytes(type);
+    const size_t bsz = tnn__q32_block_bytes(type);
     const int64_t nb = a->n / TNN_QK;
     for (int64_t r = 0; r < rows; r++) {
         const uint8_t *wr = (const uint8_t *)w + r * rb;
@@ -157,15 +139,7 @@ INL void dot_q32(int type, const tnn_qact *a, const void *w, size_t rb, int64_t 
     }
 }
 
-#define DOT32(name, T)                                                                             \
-    static void name(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {        \
-        dot_q32(T, a, w, rb, rows, y);                                                             \
-    }
-DOT32(dot_q8_0, TNN_QT_Q8_0)
-DOT32(dot_q4_0, TNN_QT_Q4_0)
-DOT32(dot_q4_1, TNN_QT_Q4_1)
-DOT32(dot_q5_0, TNN_QT_Q5_0)
-DOT32(dot_q5_1, TNN_QT_Q5_1)
+TNN_Q32_DOTS(dot_q32)
 
 /* Everything not listed here runs the AVX2 kernel (quant.c's fallback). */
 const tnn_qkernels tnn__qk_avx512 = {

@@ -32,6 +32,38 @@ extern const tnn_qkernels tnn__qk_avx2;
 extern const tnn_qkernels tnn__qk_avx512;
 #endif
 
+/* The 32-element types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) as the x86 kernels
+ * see them: bytes a block, the offset taken off every code (Q4_0 8, Q5_0
+ * 16, else 0), and whether a block has a minimum (m) after its scale. */
+static inline size_t tnn__q32_block_bytes(int type) {
+    switch (type) {
+    case TNN_QT_Q8_0: return sizeof(tnn_block_q8_0);
+    case TNN_QT_Q4_0: return sizeof(tnn_block_q4_0);
+    case TNN_QT_Q4_1: return sizeof(tnn_block_q4_1);
+    case TNN_QT_Q5_0: return sizeof(tnn_block_q5_0);
+    default: return sizeof(tnn_block_q5_1);
+    }
+}
+static inline int tnn__q32_offset(int type) {
+    return type == TNN_QT_Q4_0 ? 8 : type == TNN_QT_Q5_0 ? 16 : 0;
+}
+static inline int tnn__q32_has_min(int type) {
+    return type == TNN_QT_Q4_1 || type == TNN_QT_Q5_1;
+}
+
+/* An ISA file's five 32-element dot entry points (dot_q8_0 ... dot_q5_1)
+ * over its template tmpl(type, a, w, row_bytes, rows, y). */
+#define TNN_Q32_DOT(name, T, tmpl)                                                                \
+    static void name(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {        \
+        tmpl(T, a, w, rb, rows, y);                                                                \
+    }
+#define TNN_Q32_DOTS(tmpl)                                                                         \
+    TNN_Q32_DOT(dot_q8_0, TNN_QT_Q8_0, tmpl)                                                       \
+    TNN_Q32_DOT(dot_q4_0, TNN_QT_Q4_0, tmpl)                                                       \
+    TNN_Q32_DOT(dot_q4_1, TNN_QT_Q4_1, tmpl)                                                       \
+    TNN_Q32_DOT(dot_q5_0, TNN_QT_Q5_0, tmpl)                                                       \
+    TNN_Q32_DOT(dot_q5_1, TNN_QT_Q5_1, tmpl)
+
 /* The dot kernels stream their weights once, from memory; the hardware
  * prefetcher alone left the loads waiting (Q4_1 on 1 thread at a third of
  * the triad), so each kernel asks for the bytes this far ahead of those it
