@@ -553,6 +553,26 @@ static void check_type_kernels(int type, int64_t rows, int64_t n) {
               k >= 0 ? ys[k] : 0.0);
         tnn__qdot_rows(&a, w, (size_t)rb, rows, yr);
         CHECK(first_diff(ys, yr, rows) < 0, "%s: %s qdot_rows != scalar", name, kn);
+        /* several rows of x at once (1-7: every remainder of the AVX-512
+         * kernel's groups of 4, and two groups): each the one-row bits */
+        for (int64_t nx = 1; nx <= 9; nx += nx < 7 ? 1 : 2) {
+            float *xs = xmalloc((size_t)(nx * n) * sizeof(float));
+            float *yn = xmalloc((size_t)(nx * rows) * sizeof(float));
+            for (int64_t i = 0; i < nx * n; i++)
+                xs[i] = gauss();
+            memcpy(xs + (nx - 1) * n, x, (size_t)n * sizeof(float));
+            CHECK_OK(tnn__quant_matmul(type, w, rows, n, xs, nx, yn, NULL));
+            int64_t bad = 0;
+            for (int64_t i = 0; i < nx; i++) {
+                CHECK_OK(tnn__quant_matvec(type, w, rows, n, xs + i * n, yr, NULL));
+                bad += first_diff(yr, yn + i * rows, rows) >= 0;
+            }
+            CHECK(bad == 0 && first_diff(ys, yn + (nx - 1) * rows, rows) < 0,
+                  "%s rows %lld n %lld: %s, %lld rows of x at once: %lld differ from one at a time",
+                  name, (long long)rows, (long long)n, kn, (long long)nx, (long long)bad);
+            free(xs);
+            free(yn);
+        }
     }
     tnn__quant_set_kernel(TNN_QK_AUTO);
     free(work);

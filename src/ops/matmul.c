@@ -116,9 +116,10 @@ tnn_tensor *tnn_matmul(tnn_session *s, tnn_tensor *a, tnn_tensor *b) {
  * one-row product); more rows dequantize W (in parallel, into a per-thread
  * buffer kept between calls) and run one f32 GEMM (prompts), the bits of
  * the f32 GEMM with the dequantized weights. W above qmm_full_bytes as f32
- * goes in panels of QMM_PANEL rows instead. (SmolLM2 Q4_1 on 2 threads: the
- * two paths cross near 20 rows; at 5-16 the kernels ran 1.1-1.8x the GEMM.) */
-#define QMM_ROWS 16
+ * goes in panels of QMM_PANEL rows instead. (SmolLM2 Q4_1 on 2 threads, the
+ * AVX-512 kernels against the GEMM on bf16 copies on the AMX tiles: the two
+ * paths cross near 32 rows; at 5-24 the kernels ran 1.2-3x the GEMM.) */
+#define QMM_ROWS 24
 #define QMM_PANEL 64
 static _Atomic int64_t qmm_full_bytes = (int64_t)32 << 20;
 static _Atomic int64_t qmm_rows = QMM_ROWS;

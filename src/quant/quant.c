@@ -676,6 +676,13 @@ static tnn_qdot_fn dot_fn(int id, int type) {
     return tnn__qk_scalar.dot[type];
 }
 
+static tnn_qdotn_fn dotn_fn(int id, int type) {
+    for (; id > TNN_QK_SCALAR; id--)
+        if (kernels(id)->dotn[type])
+            return kernels(id)->dotn[type];
+    return NULL;
+}
+
 static tnn_qdeq_fn deq_fn(int id, int type) {
     for (; id > TNN_QK_SCALAR; id--)
         if (kernels(id)->deq[type])
@@ -741,6 +748,7 @@ typedef struct {
     size_t rb;
     float *y;
     tnn_qdot_fn fn;
+    tnn_qdotn_fn fnn; /* several rows of x at once, or NULL */
 } matvec_job;
 
 /* Rows [begin, end) of W against every row of x: a tile of W's rows (in L1
@@ -753,8 +761,11 @@ static void matvec_range(void *ctx, int64_t begin, int64_t end) {
     }
     for (int64_t r0 = begin; r0 < end; r0 += j->tile) {
         int64_t rr = end - r0 < j->tile ? end - r0 : j->tile;
-        for (int64_t i = 0; i < j->nx; i++)
-            j->fn(j->a + i, j->w + r0 * j->rb, j->rb, rr, j->y + i * j->rows + r0);
+        if (j->fnn)
+            j->fnn(j->a, j->nx, j->w + r0 * j->rb, j->rb, rr, j->y + r0, j->rows);
+        else
+            for (int64_t i = 0; i < j->nx; i++)
+                j->fn(j->a + i, j->w + r0 * j->rb, j->rb, rr, j->y + i * j->rows + r0);
     }
 }
 
@@ -793,7 +804,8 @@ int tnn__quant_matmul(int wtype, const void *w, int64_t rows, int64_t n, const f
     if (rc == TNN_OK) {
         /* tiles of about 8 KiB of weights: L1 holds one with the rows of x */
         int64_t tile = rb > 0 ? (8192 + rb - 1) / rb : rows;
-        matvec_job job = {a, nx, rows, tile < 1 ? 1 : tile, w, (size_t)rb, y, dot_fn(kernel, wtype)};
+        matvec_job job = {a,  nx, rows, tile < 1 ? 1 : tile, w, (size_t)rb, y, dot_fn(kernel, wtype),
+                          dotn_fn(kernel, wtype)};
         /* ~32 KiB of weights per chunk at least: smaller jobs stay on one thread
          * (64 KiB kept a 576-wide model's k and v products on one: 5% slower) */
         int64_t min_rows = rb > 0 ? (32768 + rb - 1) / rb : rows;

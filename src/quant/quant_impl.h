@@ -10,6 +10,10 @@
 /* y[r] for r < rows: the dot of row r (rows row_bytes apart) with a. */
 typedef void (*tnn_qdot_fn)(const tnn_qact *a, const void *w, size_t row_bytes, int64_t rows,
                             float *y);
+/* y[i * ldy + r] for rows of x i < nx (a[i]) and r < rows: each the bits
+ * of the one-row dot, the weights' codes decoded once for several rows. */
+typedef void (*tnn_qdotn_fn)(const tnn_qact *a, int64_t nx, const void *w, size_t row_bytes,
+                             int64_t rows, float *y, int64_t ldy);
 /* dst[0..n) from n elements (n a multiple of the block, checked by caller). */
 typedef void (*tnn_qdeq_fn)(const void *src, float *dst, int64_t n);
 
@@ -22,6 +26,7 @@ typedef struct tnn_qkernels {
     const char *name;
     tnn_qact_fn act;               /* NULL: the scalar twin runs */
     tnn_qdot_fn dot[TNN_QT_COUNT]; /* NULL: the scalar twin runs */
+    tnn_qdotn_fn dotn[TNN_QT_COUNT]; /* NULL: dot a row of x at a time */
     tnn_qdeq_fn deq[TNN_QT_COUNT]; /* NULL: the scalar twin runs */
 } tnn_qkernels;
 
