@@ -105,6 +105,18 @@ static void test_table(void) {
     CHECK_ERR(tnn__quant_matmul(TNN_QT_F16, buf, 1, 32, f, INT64_MAX / 8, f, NULL),
               TNN_ERR_RANGE, "overflows");
     CHECK_OK(tnn__quant_matmul(TNN_QT_Q8_0, buf, 1, 32, f, 0, f, NULL)); /* no rows: nothing */
+    /* the several-row kernels: the AVX-512 set's 32-element types only */
+    for (int kid = 0; kid < TNN_QK_COUNT; kid++) {
+        if (!tnn__quant_kernel_supported(kid))
+            continue;
+        CHECK_OK(tnn__quant_set_kernel(kid));
+        bool v = kid == TNN_QK_AVX512;
+        CHECK(tnn__quant_rows_shared(TNN_QT_Q4_1) == v && tnn__quant_rows_shared(TNN_QT_Q8_0) == v &&
+                  !tnn__quant_rows_shared(TNN_QT_Q4_K) && !tnn__quant_rows_shared(TNN_QT_F16) &&
+                  !tnn__quant_rows_shared(5),
+              "kernel %s: which types share rows", tnn__quant_kernel_name(kid));
+    }
+    CHECK_OK(tnn__quant_set_kernel(TNN_QK_AUTO));
     CHECK_ERR(tnn__quant_set_kernel(7), TNN_ERR_ARG, "quant kernel");
     CHECK(strcmp(tnn__quant_kernel_name(TNN_QK_SCALAR), "scalar") == 0, "names");
 }

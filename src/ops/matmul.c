@@ -118,15 +118,18 @@ tnn_tensor *tnn_matmul(tnn_session *s, tnn_tensor *a, tnn_tensor *b) {
  * the f32 GEMM with the dequantized weights. W above qmm_full_bytes as f32
  * goes in panels of QMM_PANEL rows instead. (SmolLM2 Q4_1 on 2 threads, the
  * AVX-512 kernels against the GEMM on bf16 copies on the AMX tiles: the two
- * paths cross near 32 rows; at 5-24 the kernels ran 1.2-3x the GEMM.) */
+ * paths cross near 32 rows; at 5-24 the kernels ran 1.2-3x the GEMM. Kernels
+ * that take one row of x at a time crossed near 20 against the f32 GEMM:
+ * QMM_ROWS_ONE for the types and CPUs without the several-row kernels.) */
 #define QMM_ROWS 24
+#define QMM_ROWS_ONE 16
 #define QMM_PANEL 64
 static _Atomic int64_t qmm_full_bytes = (int64_t)32 << 20;
-static _Atomic int64_t qmm_rows = QMM_ROWS;
+static _Atomic int64_t qmm_rows = -1; /* -1: QMM_ROWS or QMM_ROWS_ONE */
 static atomic_bool qmm_bf16 = true;
 
 void tnn__qmm_set_full_bytes(int64_t bytes) { atomic_store(&qmm_full_bytes, bytes); }
-void tnn__qmm_set_rows(int64_t rows) { atomic_store(&qmm_rows, rows < 0 ? QMM_ROWS : rows); }
+void tnn__qmm_set_rows(int64_t rows) { atomic_store(&qmm_rows, rows < 0 ? -1 : rows); }
 void tnn__qmm_set_bf16(bool on) { atomic_store(&qmm_bf16, on); }
 
 typedef struct {
@@ -160,7 +163,9 @@ static int qmatmul(tnn_tensor *t) {
     int64_t N = x->shape[0], K = x->shape[1], M = w->shape[0];
     int64_t row_bytes = tnn__qtype_row_bytes(w->gtype, K);
     if (row_bytes < 0) return tnn_last_status();
-    if (N <= atomic_load(&qmm_rows))
+    int64_t rows_max = atomic_load(&qmm_rows);
+    if (rows_max < 0) rows_max = tnn__quant_rows_shared(w->gtype) ? QMM_ROWS : QMM_ROWS_ONE;
+    if (N <= rows_max)
         return tnn__quant_matmul(w->gtype, w->data, M, K, CF32(x), N, F32(t), NULL);
     /* where bf16 products run faster than f32 ones (AMX, vdpbf16ps), the
      * panel holds bf16 copies of the dequantized weights */

@@ -817,6 +817,10 @@ int tnn__quant_matmul(int wtype, const void *w, int64_t rows, int64_t n, const f
     return rc;
 }
 
+bool tnn__quant_rows_shared(int wtype) {
+    return tnn__qtype(wtype) && dotn_fn(tnn__quant_get_kernel(), wtype) != NULL;
+}
+
 int tnn__quant_matvec(int wtype, const void *w, int64_t rows, int64_t n, const float *x, float *y,
                       void *work) {
     return tnn__quant_matmul(wtype, w, rows, n, x, 1, y, work);

@@ -233,6 +233,9 @@ int tnn__quant_matvec(int wtype, const void *w, int64_t rows, int64_t n, const f
  * overflows. */
 int tnn__quant_matmul(int wtype, const void *w, int64_t rows, int64_t n, const float *x,
                       int64_t nx, float *y, void *work);
+/* Whether the selected kernels decode W once for several rows of x for this
+ * type (so that more rows pay off through tnn__quant_matmul). */
+bool tnn__quant_rows_shared(int wtype);
 
 /* ------------------------------------------------------------------------ */
 /* Kernel choice                                                            */

@@ -10,6 +10,8 @@
  * the AVX2 kernel's, op for op: per block p = (d_w * d_x) * sum (+ m_w *
  * s_x), into lane b mod 8, the lanes reduced by tnn__qreduce8. 256-bit
  * registers: the 512-bit form ran slower (two ports instead of three).
+ * Several rows of x (the dotn entry points: short prompts) share each pair
+ * of blocks' decoded codes; every row still gets the one-row operations.
  */
 #include "quant_impl.h"
 
