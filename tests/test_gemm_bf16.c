@@ -317,6 +317,26 @@ static void test_dot_order(void) {
  * (A f32, B the bf16 weights) is bounded and reported. */
 static double worst_dot_err, worst_dot_err_deep, worst_dot_rms;
 
+/* A product on the AMX path leaves the calling thread's tile state as it
+ * found it: released, or the thread's own configuration back. */
+static void test_amx_tile_state(void) {
+    float a[40 * 64], c[40 * 48];
+    uint16_t b[48 * 64];
+    for (int i = 0; i < 40 * 64; i++) a[i] = (float)th_sym(1.0);
+    for (int i = 0; i < 48 * 64; i++) b[i] = tnn__gemm_bf16_round((float)th_sym(1.0));
+    int rows0 = -1;
+    tnn__gemm_amx_set_own(0);
+    CHECK_OK(tnn__gemm_bf16(TNN_GEMM_BF16_AMX, false, true, 40, 48, 64, a, 64, b, 64, c, 48));
+    CHECK(tnn__gemm_amx_palette(&rows0) == 0, "the tiles stay configured after a product");
+    tnn__gemm_amx_set_own(7);
+    CHECK(tnn__gemm_amx_palette(&rows0) == 1 && rows0 == 7, "own configuration: palette, rows %d",
+          rows0);
+    CHECK_OK(tnn__gemm_bf16(TNN_GEMM_BF16_AMX, false, true, 40, 48, 64, a, 64, b, 64, c, 48));
+    CHECK(tnn__gemm_amx_palette(&rows0) == 1 && rows0 == 7,
+          "the thread's own configuration is not back after a product (rows %d)", rows0);
+    tnn__gemm_amx_set_own(0);
+}
+
 static void test_dot_paths(void) {
     tnn_set_num_threads(2);
     int cases = 0, twin_bad = 0, simd_bad = 0, bound_bad = 0, amx_bad = 0, amx_pad = 0;
@@ -398,6 +418,8 @@ static void test_dot_paths(void) {
     if (!have_amx)
         printf("test_gemm_bf16: the AMX path: skipped, this CPU does not report AMX-BF16 (or the "
                "OS does not grant it)\n");
+    else
+        test_amx_tile_state();
     /* A single product can lose 2^-8 of itself; over hundreds of terms of
      * either sign the rounding errors cancel far below that. */
     CHECK(worst_dot_err_deep < 0x1p-10, "dot path: worst error %.3g of sum|ab| for K >= 300",

@@ -513,6 +513,9 @@ static void gemm_block(gemm_job *g, int64_t m0, int64_t m1, int64_t n0, int64_t 
 /* One thread's share: units [u0, u1) of columns (or rows). */
 static void gemm_range(void *p, int64_t u0, int64_t u1) {
     gemm_job *g = p;
+    _Alignas(64) unsigned char state[64];
+    bool hooks = g->mode == GEMM_DOT && g->dk->begin;
+    if (hooks) g->dk->begin(state);
     if (g->split_n) {
         int64_t n0 = u0 * g->unit, n1 = u1 * g->unit < g->N ? u1 * g->unit : g->N;
         gemm_block(g, 0, g->M, n0, n1);
@@ -520,6 +523,7 @@ static void gemm_range(void *p, int64_t u0, int64_t u1) {
         int64_t m0 = u0 * g->unit, m1 = u1 * g->unit < g->M ? u1 * g->unit : g->M;
         gemm_block(g, m0, m1, 0, g->N);
     }
+    if (hooks) g->dk->end(state);
 }
 
 /* Multiply-adds a thread should at least get before the pool is worth it. */

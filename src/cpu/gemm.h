@@ -215,6 +215,12 @@ typedef struct {
      * as tnn__gemm_dot_pack_a/b, gemm_dot_pack.h); NULL: those. */
     tnn__gemm_dot_pack_a_fn pack_a;
     tnn__gemm_dot_pack_b_fn pack_b;
+    /* Around each thread's share of a product (NULL: nothing): begin gets
+     * 64 bytes, 64-aligned, that end gets back (the AMX kernel keeps the
+     * thread's own tile configuration there and restores it, or releases
+     * the tiles, at the end). */
+    void (*begin)(void *state);
+    void (*end)(const void *state);
 } tnn__gemm_dot_kernel;
 
 /* gemm_bf16.c (always), gemm_avx512bf16.c and gemm_amx.c (x86). */
@@ -225,6 +231,11 @@ extern const tnn__gemm_dot_kernel tnn__gemm_dot_kernel_amx;
 /* Asks Linux once for this process's use of the AMX tile data; whether it
  * was granted. */
 bool tnn__gemm_amx_enable(void);
+/* For tests, on a CPU with AMX and the permission granted: the calling
+ * thread's tile palette (0: its tiles are released) and tile 0's rows; and a
+ * configuration of its own for it (tile 0 rows0 x 64 bytes; 0: release). */
+int tnn__gemm_amx_palette(int *rows0);
+void tnn__gemm_amx_set_own(int rows0);
 #endif
 
 /* Packing for bf16 products (gemm_bf16.c); each only moves and converts.

@@ -18,6 +18,10 @@
  * kernel has no bit-exact scalar twin: tests/test_gemm_bf16.c bounds it
  * against a double reference, as the dot path's rounding bound allows,
  * and checks its bits for 1, 2 and 3 threads.
+ *
+ * Tile state. gemm.c calls amx_begin / amx_end around each thread's share
+ * of a product: no thread keeps tiles configured between products, and an
+ * application's own configuration on the calling thread is put back.
  */
 #include "gemm.h"
 #include "gemm_dot_pack.h"
@@ -63,24 +67,55 @@ bool tnn__gemm_amx_enable(void) {
     return perm_ok;
 }
 
-/* The configuration is per thread and survives context switches; loaded
- * on a thread's first product. */
-static _Thread_local bool configured;
-static void amx_configure(void) {
-    amx_cfg c;
-    memset(&c, 0, sizeof c);
-    c.palette = 1;
-    for (int t = 0; t < 8; t++) {
-        c.rows[t] = 16;
-        c.colsb[t] = 64;
+/* Around a thread's share of a product (gemm.c calls these): the thread's
+ * own configuration, if it had one (an application's AMX code), is saved
+ * and loaded back after; otherwise the tiles are released, so that no
+ * thread keeps tile state live between products (Linux saves it, 8 KiB, at
+ * every context switch while it is). */
+_Static_assert(sizeof(amx_cfg) == 64, "the tile configuration is 64 bytes");
+static const amx_cfg tiles_16x64 = {
+    .palette = 1,
+    .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
+    .rows = {16, 16, 16, 16, 16, 16, 16, 16},
+};
+
+static void amx_begin(void *state) {
+    _tile_storeconfig(state);
+    /* from a static object: GCC 12 dropped the stores of a local one filled
+     * just before _tile_loadconfig (the builtin is not seen to read them) */
+    _tile_loadconfig(&tiles_16x64);
+}
+
+static void amx_end(const void *state) {
+    if (((const amx_cfg *)state)->palette)
+        _tile_loadconfig(state);
+    else
+        _tile_release();
+}
+
+int tnn__gemm_amx_palette(int *rows0) {
+    _Alignas(64) amx_cfg c;
+    _tile_storeconfig(&c);
+    *rows0 = c.rows[0];
+    return c.palette;
+}
+
+void tnn__gemm_amx_set_own(int rows0) {
+    static _Thread_local _Alignas(64) amx_cfg own; /* filled in memory before the load */
+    if (!rows0) {
+        _tile_release();
+        return;
     }
-    _tile_loadconfig(&c);
-    configured = true;
+    memset(&own, 0, sizeof own);
+    own.palette = 1;
+    own.rows[0] = (uint8_t)rows0;
+    own.colsb[0] = 64;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST); /* the stores above stay above the load */
+    _tile_loadconfig(&own);
 }
 
 static void ukr_amx_32x32(int64_t kp, const uint32_t *a, const uint32_t *b, float *c, int64_t ldc,
                           int load_c) {
-    if (!configured) amx_configure();
     const size_t sc = (size_t)ldc * sizeof(float);
     float *c1 = c + 16 * ldc;
     if (load_c) {
@@ -179,6 +214,8 @@ const tnn__gemm_dot_kernel tnn__gemm_dot_kernel_amx = {
     .ukr = ukr_amx_32x32,
     .pack_a = pack_a_amx,
     .pack_b = pack_b_amx,
+    .begin = amx_begin,
+    .end = amx_end,
 };
 
 #else
