@@ -52,6 +52,10 @@ static int by_logit(const void *a, const void *b) {
     return x->id - y->id;
 }
 
+static bool better(lm_candidate a, lm_candidate b) { /* a before b in by_logit's order */
+    return a.logit > b.logit || (a.logit == b.logit && a.id < b.id);
+}
+
 int lm_sample(lm_sampler *s, const float *logits, const int *recent, int n_recent) {
     int V = s->vocab;
     float *w = s->work;
@@ -74,10 +78,23 @@ int lm_sample(lm_sampler *s, const float *logits, const int *recent, int n_recen
             if (w[i] > w[best]) best = i;
         return best;
     }
-    for (int i = 0; i < V; i++) s->order[i] = (lm_candidate){w[i], i};
-    qsort(s->order, (size_t)V, sizeof *s->order, by_logit);
     int n = V;
-    if (s->p.top_k > 0 && s->p.top_k < n) n = s->p.top_k;
+    if (s->p.top_k > 0 && s->p.top_k < V) {
+        /* the k best in one pass, kept in order (the full sort's first k:
+         * the order is total); most candidates lose to the k-th at once */
+        n = s->p.top_k;
+        int m = 0;
+        for (int i = 0; i < V; i++) {
+            lm_candidate c = {w[i], i};
+            if (m == n && !better(c, s->order[n - 1])) continue;
+            int j = m < n ? m++ : n - 1;
+            for (; j > 0 && better(c, s->order[j - 1]); j--) s->order[j] = s->order[j - 1];
+            s->order[j] = c;
+        }
+    } else {
+        for (int i = 0; i < V; i++) s->order[i] = (lm_candidate){w[i], i};
+        qsort(s->order, (size_t)V, sizeof *s->order, by_logit);
+    }
     /* softmax over the candidates at the temperature, in double */
     double *prob = s->prob;
     double mx = s->order[0].logit, sum = 0;
