@@ -328,12 +328,18 @@ static int best_supported(void) {
 }
 
 static void test_env(void) {
-    static const char *values[] = {"scalar", "avx2", "avx512", "avx512bf16", "amx", "sse9", ""};
+    static const char *values[] = {"scalar", "avx2",  "avx512", "avx512bf16",
+                                   "amx",    "sse9",  "",       "avxvnni"};
     int best = best_supported();
     for (size_t v = 0; v < sizeof values / sizeof values[0]; v++) {
         int want = best;
         bool warn = false;
         if (!strcmp(values[v], "sse9")) warn = true;
+        /* the quantized kernels' name: the GEMM's AVX2 kernel */
+        if (!strcmp(values[v], "avxvnni")) {
+            if (tnn__gemm_kernel_supported(TNN_GEMM_AVX2)) want = TNN_GEMM_AVX2;
+            else warn = true;
+        }
         for (int id = 0; id < TNN_GEMM_KERNEL_COUNT; id++)
             if (!strcmp(values[v], tnn__gemm_kernel_name(id))) {
                 if (tnn__gemm_kernel_supported(id)) want = id;

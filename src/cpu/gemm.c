@@ -182,10 +182,12 @@ static void kernel_init(void) {
         int want = -1;
         for (int i = 0; i < TNN_GEMM_KERNEL_COUNT; i++)
             if (strcmp(e, kernel_names[i]) == 0) want = i;
+        if (strcmp(e, "avxvnni") == 0) want = TNN_GEMM_AVX2; /* a quantized kernels' name */
         if (want < 0)
             tnn__log(TNN_LOG_WARN,
-                     "TNN_KERNEL=%s is not one of scalar, avx2, avx512, avx512bf16, amx; using %s", e,
-                     kernel_names[best]);
+                     "TNN_KERNEL=%s is not one of scalar, avx2, avxvnni, avx512, avx512bf16, amx; "
+                     "using %s",
+                     e, kernel_names[best]);
         else if (!tnn__gemm_kernel_supported(want))
             tnn__log(TNN_LOG_WARN, "TNN_KERNEL=%s is not supported on this CPU; using %s", e,
                      kernel_names[best]);

@@ -573,7 +573,7 @@ const tnn_qkernels tnn__qk_scalar = {
 /* Kernel choice                                                            */
 /* ------------------------------------------------------------------------ */
 
-static const char *const kernel_names[TNN_QK_COUNT] = {"scalar", "avx2", "avx512"};
+static const char *const kernel_names[TNN_QK_COUNT] = {"scalar", "avx2", "avxvnni", "avx512"};
 _Static_assert(sizeof kernel_names / sizeof kernel_names[0] == TNN_QK_COUNT, "kernel names");
 
 #if defined(TNN_QUANT_X86)
@@ -591,6 +591,8 @@ bool tnn__quant_kernel_supported(int id) {
     case TNN_QK_AVX2:
         __builtin_cpu_init();
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c();
+    case TNN_QK_AVXVNNI:
+        return tnn__quant_kernel_supported(TNN_QK_AVX2) && __builtin_cpu_supports("avxvnni");
     case TNN_QK_AVX512:
         return tnn__quant_kernel_supported(TNN_QK_AVX2) && __builtin_cpu_supports("avx512f") &&
                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
@@ -617,15 +619,16 @@ static void kernel_init(void) {
     const char *e = getenv("TNN_KERNEL");
     if (e && *e) {
         /* the GEMM's names: "avx512" and up ask for the AVX-512 kernels */
-        int want = strcmp(e, "scalar") == 0 ? TNN_QK_SCALAR
-                   : strcmp(e, "avx2") == 0 ? TNN_QK_AVX2
+        int want = strcmp(e, "scalar") == 0    ? TNN_QK_SCALAR
+                   : strcmp(e, "avx2") == 0    ? TNN_QK_AVX2
+                   : strcmp(e, "avxvnni") == 0 ? TNN_QK_AVXVNNI
                    : strcmp(e, "avx512") == 0 || strcmp(e, "avx512bf16") == 0 ||
                            strcmp(e, "amx") == 0
                        ? TNN_QK_AVX512
                        : -1;
         if (want < 0)
             tnn__log(TNN_LOG_WARN,
-                     "TNN_KERNEL=%s is not one of scalar, avx2, avx512, avx512bf16, amx; "
+                     "TNN_KERNEL=%s is not one of scalar, avx2, avxvnni, avx512, avx512bf16, amx; "
                      "quantized kernels use %s",
                      e, kernel_names[best]);
         else if (want > best)
@@ -660,6 +663,8 @@ static const tnn_qkernels *kernels(int id) {
 #if defined(TNN_QUANT_X86)
     if (id == TNN_QK_AVX2)
         return &tnn__qk_avx2;
+    if (id == TNN_QK_AVXVNNI)
+        return &tnn__qk_avxvnni;
     if (id == TNN_QK_AVX512)
         return &tnn__qk_avx512;
 #endif

@@ -242,21 +242,23 @@ bool tnn__quant_rows_shared(int wtype);
 /* ------------------------------------------------------------------------ */
 
 /* Each id runs its own kernels where it has them and the lower id's for the
- * rest: TNN_QK_AVX512 (AVX-512 F/BW/VL/VNNI) has the 32-element types' dot
- * products and takes the AVX2 kernels otherwise. Every kernel gives the
+ * rest: TNN_QK_AVXVNNI (AVX2 + AVX-VNNI) and TNN_QK_AVX512 (AVX-512
+ * F/BW/VL/VNNI) have the 32-element types' dot products (one row of x and
+ * several) and take the AVX2 kernels otherwise. Every kernel gives the
  * scalar twin's bits. */
 enum {
     TNN_QK_AUTO = -1,
     TNN_QK_SCALAR = 0,
     TNN_QK_AVX2 = 1,
-    TNN_QK_AVX512 = 2,
-    TNN_QK_COUNT = 3
+    TNN_QK_AVXVNNI = 2,
+    TNN_QK_AVX512 = 3,
+    TNN_QK_COUNT = 4
 };
 
-/* Default: env TNN_KERNEL=scalar|avx2|avx512 (read once; avx512bf16 and amx,
- * the GEMM's names, mean avx512 here), else the best the CPU runs. */
+/* Default: env TNN_KERNEL=scalar|avx2|avxvnni|avx512 (read once; avx512bf16
+ * and amx, the GEMM's names, mean avx512 here), else the best the CPU runs. */
 bool tnn__quant_kernel_supported(int id);
-const char *tnn__quant_kernel_name(int id); /* "scalar", "avx2", "avx512", "?" */
+const char *tnn__quant_kernel_name(int id); /* "scalar", "avx2", "avxvnni", "avx512", "?" */
 /* For tests and benchmarks: select a kernel for later calls (TNN_QK_AUTO:
  * back to the default). TNN_ERR_ARG when unknown or unsupported here. */
 int tnn__quant_set_kernel(int id);

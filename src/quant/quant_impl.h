@@ -34,6 +34,7 @@ extern const tnn_qkernels tnn__qk_scalar;
 #if defined(__x86_64__) || defined(__i386__)
 #define TNN_QUANT_X86 1
 extern const tnn_qkernels tnn__qk_avx2;
+extern const tnn_qkernels tnn__qk_avxvnni;
 extern const tnn_qkernels tnn__qk_avx512;
 #endif
 
