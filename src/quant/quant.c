@@ -672,35 +672,35 @@ static const tnn_qkernels *kernels(int id) {
     return &tnn__qk_scalar;
 }
 
-/* Each kernel set fills what it speeds up; the rest comes from the set
- * below it (AVX-512 -> AVX2 -> the scalar twin). */
+/* Each kernel set fills what it speeds up (with its `more` part); the rest
+ * comes from the set below it (AVX-512 -> AVX-VNNI -> AVX2 -> the scalar
+ * twin). FIND(field) is the first non-NULL entry in that order. */
+#define FIND(field)                                                                                \
+    for (; id > TNN_QK_SCALAR; id--)                                                               \
+        for (const tnn_qkernels *k = kernels(id); k; k = k->more)                                  \
+            if (k->field)                                                                          \
+                return k->field;
+
 static tnn_qdot_fn dot_fn(int id, int type) {
-    for (; id > TNN_QK_SCALAR; id--)
-        if (kernels(id)->dot[type])
-            return kernels(id)->dot[type];
+    FIND(dot[type])
     return tnn__qk_scalar.dot[type];
 }
 
 static tnn_qdotn_fn dotn_fn(int id, int type) {
-    for (; id > TNN_QK_SCALAR; id--)
-        if (kernels(id)->dotn[type])
-            return kernels(id)->dotn[type];
+    FIND(dotn[type])
     return NULL;
 }
 
 static tnn_qdeq_fn deq_fn(int id, int type) {
-    for (; id > TNN_QK_SCALAR; id--)
-        if (kernels(id)->deq[type])
-            return kernels(id)->deq[type];
+    FIND(deq[type])
     return tnn__qk_scalar.deq[type];
 }
 
 static tnn_qact_fn act_fn(int id) {
-    for (; id > TNN_QK_SCALAR; id--)
-        if (kernels(id)->act)
-            return kernels(id)->act;
+    FIND(act)
     return act_scalar;
 }
+#undef FIND
 
 /* ------------------------------------------------------------------------ */
 /* Entry points                                                             */

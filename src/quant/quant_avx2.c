@@ -137,6 +137,7 @@ INL __m256i codes32(int type, const uint8_t *blk) {
     }
 }
 
+
 /* 8 int32 partials of the block's integer dot (without the offset term). */
 INL __m256i block_dot(int type, const uint8_t *blk, const int8_t *qx) {
     __m256i x = _mm256_loadu_si256((const __m256i *)qx);
@@ -146,7 +147,9 @@ INL __m256i block_dot(int type, const uint8_t *blk, const int8_t *qx) {
     return dot_u8i8(q, x);
 }
 
-
+/* One block at a time (Q8_0, Q5_0, Q5_1 run faster so on AVX2 than the
+ * pair kernels of quant_avx2_q32.c, which take Q4_0, Q4_1 and every type's
+ * several rows of x). */
 INL void dot_q32(int type, const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
     const size_t bsz = tnn__q32_block_bytes(type);
     const int64_t nb = a->n / TNN_QK;
@@ -189,7 +192,13 @@ INL void dot_q32(int type, const tnn_qact *a, const void *w, size_t rb, int64_t 
     }
 }
 
-TNN_Q32_DOTS(dot_q32)
+#define DOT32(name, T)                                                                             \
+    static void name(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {        \
+        dot_q32(T, a, w, rb, rows, y);                                                             \
+    }
+DOT32(dot_q8_0, TNN_QT_Q8_0)
+DOT32(dot_q5_0, TNN_QT_Q5_0)
+DOT32(dot_q5_1, TNN_QT_Q5_1)
 
 /* ------------------------------------------------------------------------ */
 /* K-quants                                                                 */
@@ -501,8 +510,10 @@ static void deq_q6_K(const void *src, float *dst, int64_t n) {
     }
 }
 
+/* Q4_0 and Q4_1, and the several-row products: quant_avx2_q32.c. */
 const tnn_qkernels tnn__qk_avx2 = {
     .name = "avx2",
+    .more = &tnn__qk_avx2_q32,
     .act = act_avx2,
     .dot =
         {
@@ -510,8 +521,6 @@ const tnn_qkernels tnn__qk_avx2 = {
             [TNN_QT_F16] = dot_f16,
             [TNN_QT_BF16] = dot_bf16,
             [TNN_QT_Q8_0] = dot_q8_0,
-            [TNN_QT_Q4_0] = dot_q4_0,
-            [TNN_QT_Q4_1] = dot_q4_1,
             [TNN_QT_Q5_0] = dot_q5_0,
             [TNN_QT_Q5_1] = dot_q5_1,
             [TNN_QT_Q4_K] = dot_q4_K,

@@ -24,6 +24,7 @@ typedef void (*tnn_qact_fn)(const float *x, int64_t nb, int bs, int8_t *q, float
 
 typedef struct tnn_qkernels {
     const char *name;
+    const struct tnn_qkernels *more; /* entries missing here, before the next id down */
     tnn_qact_fn act;               /* NULL: the scalar twin runs */
     tnn_qdot_fn dot[TNN_QT_COUNT]; /* NULL: the scalar twin runs */
     tnn_qdotn_fn dotn[TNN_QT_COUNT]; /* NULL: dot a row of x at a time */
@@ -34,6 +35,7 @@ extern const tnn_qkernels tnn__qk_scalar;
 #if defined(__x86_64__) || defined(__i386__)
 #define TNN_QUANT_X86 1
 extern const tnn_qkernels tnn__qk_avx2;
+extern const tnn_qkernels tnn__qk_avx2_q32; /* tnn__qk_avx2.more */
 extern const tnn_qkernels tnn__qk_avxvnni;
 extern const tnn_qkernels tnn__qk_avx512;
 #endif
