@@ -1,7 +1,8 @@
 /* quant_vnni.h - the VNNI dot products of the 32-element GGUF types
  * (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) against the 8-bit activation, for one row
- * of x or several. Included by quant_avx512.c (AVX-512 VNNI) and
- * quant_avxvnni.c (AVX-VNNI, the VEX form Intel's client cores have), each
+ * of x or several. Included by quant_avx512.c (AVX-512 VNNI),
+ * quant_avxvnni.c (AVX-VNNI, the VEX form Intel's client cores have) and
+ * quant_avx2_q32.c (AVX2, vpdpbusd composed of two instructions), each
  * compiled with its own flags, after they define the few operations that
  * differ:
  *   vnni_dpbusd(acc, u, s)      acc + the u8 x s8 products, 4 a lane
