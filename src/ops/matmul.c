@@ -115,8 +115,10 @@ tnn_tensor *tnn_matmul(tnn_session *s, tnn_tensor *a, tnn_tensor *b) {
  * x quantized to 8 bits, W read once for all rows, each row the bits of the
  * one-row product); more rows dequantize W (in parallel, into a per-thread
  * buffer kept between calls) and run one f32 GEMM (prompts), the bits of
- * the f32 GEMM with the dequantized weights. W above qmm_full_bytes as f32
- * goes in panels of QMM_PANEL rows instead. (SmolLM2 Q4_1 on 2 threads, the
+ * the f32 GEMM with the dequantized weights, or, where the bf16 GEMM's
+ * automatic path is the AMX tiles or vdpbf16ps, one bf16 GEMM on the
+ * dequantized weights rounded to bf16 (within its error bound; 1.8-1.9x).
+ * W above qmm_full_bytes as f32 goes in panels of QMM_PANEL rows instead. (SmolLM2 Q4_1 on 2 threads, the
  * AVX-512 kernels against the GEMM on bf16 copies on the AMX tiles: the two
  * paths cross near 32 rows; at 5-24 the kernels ran 1.2-3x the GEMM. Kernels
  * that take one row of x at a time crossed near 20 against the f32 GEMM:
