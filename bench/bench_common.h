@@ -1,12 +1,16 @@
 /* bench_common.h - the small helpers every benchmark program uses: a
  * monotonic clock, a comparison for qsort, an aligned allocation that ends
- * the program when memory runs out, and making the folders of a results
- * path. Header-only (each bench is one file).
+ * the program when memory runs out, the triad the memory-bound figures are
+ * held to, and making the folders of a results path. Header-only (each
+ * bench is one file).
  */
 #ifndef TNN_BENCH_COMMON_H
 #define TNN_BENCH_COMMON_H
 
+#include "cpu/pool.h"
+
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +39,38 @@ static inline void *bench_xalloc(size_t n) {
         exit(1);
     }
     return p;
+}
+
+/* The triad a[i] = b[i] + 3 c[i] over n floats an array, split over the
+ * thread pool as the kernels are: the streaming bandwidth the cores have
+ * now. bench_triad_new fills the arrays (exits when memory runs out). */
+typedef struct {
+    float *a, *b, *c;
+    int64_t n;
+} bench_triad;
+
+static inline bench_triad bench_triad_new(int64_t n) {
+    bench_triad t = {bench_xalloc((size_t)n * 4), bench_xalloc((size_t)n * 4),
+                     bench_xalloc((size_t)n * 4), n};
+    for (int64_t i = 0; i < n; i++) t.a[i] = 0, t.b[i] = 1, t.c[i] = 2;
+    return t;
+}
+
+static inline void bench_triad_free(bench_triad *t) {
+    free(t->a), free(t->b), free(t->c);
+    t->a = t->b = t->c = NULL;
+}
+
+static inline void bench_triad_range(void *p, int64_t lo, int64_t hi) {
+    bench_triad *t = p;
+    for (int64_t i = lo; i < hi; i++) t->a[i] = t->b[i] + 3.0f * t->c[i];
+}
+
+/* One pass over all threads; GB/s moved (three arrays). */
+static inline double bench_triad_once(bench_triad *t) {
+    double t0 = bench_now();
+    tnn__parallel_for(t->n, 1 << 16, bench_triad_range, t);
+    return 3.0 * (double)t->n * 4 / (bench_now() - t0) / 1e9;
 }
 
 /* Creates the folders above the file `path` (like mkdir -p of its dirname).

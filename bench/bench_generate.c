@@ -9,8 +9,6 @@
 
 #include "bench_common.h"
 
-#include "cpu/pool.h"
-
 #include "llm/llama.h"
 #include "llm/model.h"
 
@@ -19,37 +17,16 @@
 #include <string.h>
 #include <time.h>
 
-/* a[i] = b[i] + s c[i] over 3 x 256 MiB, split over the threads generation
- * runs on: the streaming bandwidth those cores have now (GB/s, best of 5). */
-typedef struct {
-    float *a;
-    const float *b, *c;
-} triad_ctx;
-
-static void triad_range(void *p, int64_t lo, int64_t hi) {
-    triad_ctx *t = p;
-    for (int64_t i = lo; i < hi; i++) t->a[i] = t->b[i] + 3.0f * t->c[i];
-}
-
+/* The triad over 3 x 256 MiB on the threads generation runs on: the
+ * streaming bandwidth those cores have now (GB/s, best of 5). */
 static double triad_gbs(void) {
-    size_t n = (size_t)64 << 20; /* floats per array: 3 x 256 MiB */
-    float *a = malloc(n * 4), *b = malloc(n * 4), *c = malloc(n * 4);
-    if (!a || !b || !c) {
-        free(a), free(b), free(c);
-        return 0;
-    }
-    for (size_t i = 0; i < n; i++) b[i] = 1.0f, c[i] = 2.0f, a[i] = 0;
-    triad_ctx t = {a, b, c};
+    bench_triad t = bench_triad_new((int64_t)64 << 20);
     double best = 0;
     for (int r = 0; r < 5; r++) {
-        double t0 = bench_now();
-        tnn__parallel_for((int64_t)n, 1 << 16, triad_range, &t);
-        double gbs = 3.0 * (double)n * 4 / (bench_now() - t0) / 1e9;
+        double gbs = bench_triad_once(&t);
         if (gbs > best) best = gbs;
     }
-    volatile float sink = a[n / 2];
-    (void)sink;
-    free(a), free(b), free(c);
+    bench_triad_free(&t);
     return best;
 }
 

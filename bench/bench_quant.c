@@ -28,36 +28,15 @@ static uint32_t rnd(void) {
 }
 
 /* ------------------------------------------------------------------------ */
-/* Triad: a = b + s * c over 3 x 64 MiB, split like the kernels             */
+/* Triad (bench_common.h) over 3 x 64 MiB, alive for the whole run          */
 /* ------------------------------------------------------------------------ */
 
-typedef struct {
-    float *a;
-    const float *b, *c;
-} triad_ctx;
+static bench_triad g_tri;
 
-static void triad_range(void *p, int64_t begin, int64_t end) {
-    triad_ctx *t = p;
-    for (int64_t i = begin; i < end; i++)
-        t->a[i] = t->b[i] + 3.0f * t->c[i];
-}
-
-static triad_ctx g_tri; /* 3 x 64 MiB, alive for the whole run */
-#define TRIAD_N ((int64_t)1 << 24)
-
-/* One triad over all threads, GB/s. */
-static double triad_once(void) {
-    double t0 = bench_now();
-    tnn__parallel_for(TRIAD_N, 1 << 16, triad_range, &g_tri);
-    return 3.0 * (double)TRIAD_N * 4 / (bench_now() - t0) / 1e9;
-}
+static double triad_once(void) { return bench_triad_once(&g_tri); }
 
 static void triad(int reps, double *best, double *median) {
-    float *a = bench_xalloc((size_t)TRIAD_N * 4), *b = bench_xalloc((size_t)TRIAD_N * 4);
-    float *c = bench_xalloc((size_t)TRIAD_N * 4);
-    for (int64_t i = 0; i < TRIAD_N; i++)
-        a[i] = 0, b[i] = 1, c[i] = 2;
-    g_tri = (triad_ctx){a, b, c};
+    g_tri = bench_triad_new((int64_t)1 << 24);
     double *gb = calloc((size_t)reps, sizeof(double));
     triad_once(); /* warm */
     for (int r = 0; r < reps; r++)
@@ -289,7 +268,7 @@ int main(int argc, char **argv) {
         }
     }
     free(t);
-    free(g_tri.a), free((void *)g_tri.b), free((void *)g_tri.c);
+    bench_triad_free(&g_tri);
     free(x);
     free(y);
     free(work);

@@ -809,8 +809,8 @@ int tnn__quant_matmul(int wtype, const void *w, int64_t rows, int64_t n, const f
     if (rc == TNN_OK) {
         /* tiles of about 8 KiB of weights: L1 holds one with the rows of x */
         int64_t tile = rb > 0 ? (8192 + rb - 1) / rb : rows;
-        matvec_job job = {a,  nx, rows, tile < 1 ? 1 : tile, w, (size_t)rb, y, dot_fn(kernel, wtype),
-                          dotn_fn(kernel, wtype)};
+        matvec_job job = {a, nx, rows, tile < 1 ? 1 : tile, w, (size_t)rb, y,
+                          dot_fn(kernel, wtype), dotn_fn(kernel, wtype)};
         /* ~32 KiB of weights per chunk at least: smaller jobs stay on one thread
          * (64 KiB kept a 576-wide model's k and v products on one: 5% slower) */
         int64_t min_rows = rb > 0 ? (32768 + rb - 1) / rb : rows;

@@ -137,7 +137,6 @@ INL __m256i codes32(int type, const uint8_t *blk) {
     }
 }
 
-
 /* 8 int32 partials of the block's integer dot (without the offset term). */
 INL __m256i block_dot(int type, const uint8_t *blk, const int8_t *qx) {
     __m256i x = _mm256_loadu_si256((const __m256i *)qx);
@@ -192,13 +191,9 @@ INL void dot_q32(int type, const tnn_qact *a, const void *w, size_t rb, int64_t 
     }
 }
 
-#define DOT32(name, T)                                                                             \
-    static void name(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {        \
-        dot_q32(T, a, w, rb, rows, y);                                                             \
-    }
-DOT32(dot_q8_0, TNN_QT_Q8_0)
-DOT32(dot_q5_0, TNN_QT_Q5_0)
-DOT32(dot_q5_1, TNN_QT_Q5_1)
+TNN_Q32_DOT(dot_q8_0, TNN_QT_Q8_0, dot_q32)
+TNN_Q32_DOT(dot_q5_0, TNN_QT_Q5_0, dot_q32)
+TNN_Q32_DOT(dot_q5_1, TNN_QT_Q5_1, dot_q32)
 
 /* ------------------------------------------------------------------------ */
 /* K-quants                                                                 */
