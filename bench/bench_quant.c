@@ -68,11 +68,12 @@ static void fill(int type, uint8_t *w, int64_t rows, int64_t n) {
     }
     for (int64_t i = 0; i < bytes; i++)
         w[i] = (uint8_t)rnd();
-    int off0 = type == TNN_QT_Q6_K ? 208 : 0;
+    int off0 = type == TNN_QT_Q6_K ? 208 : type == TNN_QT_Q3_K ? 108 : type == TNN_QT_Q2_K ? 80 : 0;
     int off1 =
         (type == TNN_QT_Q4_1 || type == TNN_QT_Q5_1 || type == TNN_QT_Q4_K || type == TNN_QT_Q5_K)
             ? 2
-            : -1;
+        : type == TNN_QT_Q2_K ? 82
+                              : -1;
     uint16_t d = tnn__f32_to_f16(0.01f);
     for (int64_t b = 0; b < rows * n / t->block; b++) {
         memcpy(w + b * t->block_bytes + off0, &d, 2);
@@ -142,9 +143,10 @@ int main(int argc, char **argv) {
             printf(" | %-6s GB/s best/med (%%triad)", tnn__quant_kernel_name(kern));
     printf(" | speed-up\n");
 
-    static const int types[] = {TNN_QT_F32,  TNN_QT_F16,  TNN_QT_BF16, TNN_QT_Q8_0,
-                                TNN_QT_Q4_0, TNN_QT_Q4_1, TNN_QT_Q5_0, TNN_QT_Q5_1,
-                                TNN_QT_Q4_K, TNN_QT_Q5_K, TNN_QT_Q6_K};
+    static const int types[] = {TNN_QT_F32,  TNN_QT_F16,  TNN_QT_BF16,   TNN_QT_Q8_0,
+                                TNN_QT_Q4_0, TNN_QT_Q4_1, TNN_QT_Q5_0,   TNN_QT_Q5_1,
+                                TNN_QT_IQ4_NL, TNN_QT_Q2_K, TNN_QT_Q3_K, TNN_QT_Q4_K,
+                                TNN_QT_Q5_K, TNN_QT_Q6_K, TNN_QT_IQ4_XS};
     enum { NT = sizeof types / sizeof types[0] };
     result res[NT];
     memset(res, 0, sizeof res);

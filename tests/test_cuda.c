@@ -1055,9 +1055,10 @@ static void test_threads(void) {
 /* Quantized weights, KV cache                                              */
 /* ------------------------------------------------------------------------ */
 
-static const int qtypes[] = {TNN_GGML_F16, TNN_GGML_BF16, 8 /* Q8_0 */, 2 /* Q4_0 */,
-                             3 /* Q4_1 */, 6 /* Q5_0 */, 7 /* Q5_1 */, 12 /* Q4_K */,
-                             13 /* Q5_K */, 14 /* Q6_K */};
+static const int qtypes[] = {TNN_GGML_F16,     TNN_GGML_BF16, 8 /* Q8_0 */,  2 /* Q4_0 */,
+                             3 /* Q4_1 */,     6 /* Q5_0 */,  7 /* Q5_1 */,  12 /* Q4_K */,
+                             13 /* Q5_K */,    14 /* Q6_K */, 20 /* IQ4_NL */, 10 /* Q2_K */,
+                             11 /* Q3_K */,    23 /* IQ4_XS */};
 #define NQ (int)(sizeof qtypes / sizeof *qtypes)
 /* QK_BIG: 8 rows of it (64 KiB) are more than the GPU's decoding kernel
  * stages in shared memory, so those products take the other kernel */
@@ -1079,11 +1080,16 @@ static void add_qpair(tnn_gguf_writer *wr, int ti, int64_t k) {
         } else {
             for (int64_t c = 0; c < rb; c++) row[c] = (unsigned char)(th_uniform() * 256);
             uint16_t d = tnn__f32_to_f16(0.01f);
-            for (int64_t b = 0; b < k / 256; b++) { /* each super-block's scales */
-                unsigned char *blk = row + b * (rb / (k / 256));
-                if (type == 14) memcpy(blk + rb / (k / 256) - 2, &d, 2); /* Q6_K: d last */
-                else { memcpy(blk, &d, 2); memcpy(blk + 2, &d, 2); }   /* d, dmin */
-            }
+            /* each block's f16 fields: d (and dmin) where the layout has them */
+            const tnn_qtype_info *qi = tnn__qtype(type);
+            int at[2] = {0, -1};
+            if (type == 12 || type == 13) at[1] = 2;  /* Q4_K, Q5_K: d, dmin */
+            if (type == 14) at[0] = 208;              /* Q6_K: d last */
+            if (type == 10) at[0] = 80, at[1] = 82;   /* Q2_K */
+            if (type == 11) at[0] = 108;              /* Q3_K */
+            for (int64_t b = 0; b < k / qi->block; b++)
+                for (int f = 0; f < 2; f++)
+                    if (at[f] >= 0) memcpy(row + b * qi->block_bytes + at[f], &d, 2);
         }
     }
     for (int r = 0; r < QM; r++) memcpy(u + r * rb, q + (QM - 1 - r) * rb, (size_t)rb);

@@ -70,16 +70,20 @@ static int argmax(const float *x, int n) {
 
 int main(void) {
     TH_USE_CUDA("test_llama");
-    FILE *probe = fopen(TNN_MODEL_FILE, "rb");
+    /* another model and its reference file (tools/llama_reference.py) for
+     * a check by hand: TNN_LLAMA_MODEL=x.gguf TNN_LLAMA_REF=x.txt */
+    const char *model = getenv("TNN_LLAMA_MODEL"), *ref = getenv("TNN_LLAMA_REF");
+    if (!model || !ref) model = TNN_MODEL_FILE, ref = TNN_DATA_DIR "/llama_smollm2.txt";
+    FILE *probe = fopen(model, "rb");
     if (!probe) {
-        printf("skipped: %s is absent (run make models)\n", TNN_MODEL_FILE);
+        printf("skipped: %s is absent (run make models)\n", model);
         return th_finish("test_llama");
     }
     fclose(probe);
     record rec[8];
-    int n = read_records(TNN_DATA_DIR "/llama_smollm2.txt", rec, 8);
+    int n = read_records(ref, rec, 8);
     CHECK(n >= 4, "golden file: %d records", n);
-    lm_llama *m = lm_llama_load(TNN_MODEL_FILE, 256, TNN_F16);
+    lm_llama *m = lm_llama_load(model, 256, TNN_F16);
     CHECK(m != NULL, "load: %s", tnn_last_error());
     if (!m) return th_finish("test_llama");
     int V = lm_llama_hparams_of(m)->n_vocab;

@@ -14,9 +14,10 @@
 #define TNN_DATA_DIR "tests/data"
 #endif
 
-static const int all_types[] = {TNN_QT_F32,  TNN_QT_F16,  TNN_QT_BF16, TNN_QT_Q8_0,
-                                TNN_QT_Q4_0, TNN_QT_Q4_1, TNN_QT_Q5_0, TNN_QT_Q5_1,
-                                TNN_QT_Q4_K, TNN_QT_Q5_K, TNN_QT_Q6_K};
+static const int all_types[] = {TNN_QT_F32,    TNN_QT_F16,  TNN_QT_BF16, TNN_QT_Q8_0,
+                                TNN_QT_Q4_0,   TNN_QT_Q4_1, TNN_QT_Q5_0, TNN_QT_Q5_1,
+                                TNN_QT_IQ4_NL, TNN_QT_Q2_K, TNN_QT_Q3_K, TNN_QT_Q4_K,
+                                TNN_QT_Q5_K,   TNN_QT_Q6_K, TNN_QT_IQ4_XS};
 #define N_TYPES (int)(sizeof all_types / sizeof all_types[0])
 
 static uint32_t fbits(float f) {
@@ -70,6 +71,8 @@ static void test_table(void) {
         {0, 1, 4, "F32"},       {1, 1, 2, "F16"},       {2, 32, 18, "Q4_0"}, {3, 32, 20, "Q4_1"},
         {6, 32, 22, "Q5_0"},    {7, 32, 24, "Q5_1"},    {8, 32, 34, "Q8_0"}, {12, 256, 144, "Q4_K"},
         {13, 256, 176, "Q5_K"}, {14, 256, 210, "Q6_K"}, {30, 1, 2, "BF16"},
+        {10, 256, 84, "Q2_K"},  {11, 256, 110, "Q3_K"}, {20, 32, 18, "IQ4_NL"},
+        {23, 256, 136, "IQ4_XS"},
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         const tnn_qtype_info *t = tnn__qtype(want[i].t);
@@ -77,7 +80,8 @@ static void test_table(void) {
                   strcmp(t->name, want[i].name) == 0,
               "type %d", want[i].t);
     }
-    CHECK(tnn__qtype(4) == NULL && tnn__qtype(15) == NULL && tnn__qtype(-1) == NULL &&
+    CHECK(tnn__qtype(4) == NULL && tnn__qtype(15) == NULL && tnn__qtype(16) == NULL &&
+              tnn__qtype(-1) == NULL &&
               tnn__qtype(31) == NULL && tnn__qtype(1000) == NULL,
           "unsupported ids give NULL");
     CHECK(tnn__qtype_row_bytes(TNN_QT_Q4_0, 4096) == 4096 / 32 * 18, "row bytes");
@@ -477,6 +481,10 @@ static void random_rows(int type, uint8_t *w, int64_t rows, int64_t n) {
         offs[1] = 2;
     if (type == TNN_QT_Q6_K)
         offs[0] = 208;
+    if (type == TNN_QT_Q3_K)
+        offs[0] = 108;
+    if (type == TNN_QT_Q2_K)
+        offs[0] = 80, offs[1] = 82;
     for (int64_t b = 0; b < rows * n / t->block; b++)
         for (int k = 0; k < 2; k++)
             if (offs[k] >= 0)
@@ -488,7 +496,7 @@ static void random_rows(int type, uint8_t *w, int64_t rows, int64_t n) {
  * sum over blocks of amax(x)/254 * sum|w| (plus float slack). */
 static double dot_bound(int type, const float *w, const float *x, int64_t n) {
     double s = 0, mag = 0;
-    int bs = type == TNN_QT_Q4_K || type == TNN_QT_Q5_K || type == TNN_QT_Q6_K ? 256 : 32;
+    int bs = tnn__qtype(type)->block == 256 ? 256 : 32;
     bool flt = type == TNN_QT_F32 || type == TNN_QT_F16 || type == TNN_QT_BF16;
     for (int64_t b = 0; b < n; b += bs) {
         double amax = 0, sw = 0;

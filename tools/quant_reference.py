@@ -31,7 +31,7 @@ MAGIC = b"TNNQGLD1"
 # Types gguf can quantize from f32 (byte-exact checks) and those it can only
 # dequantize (random valid blocks).
 QUANTIZABLE = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1]
-DEQ_ONLY = [T.Q4_K, T.Q5_K, T.Q6_K]
+DEQ_ONLY = [T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.Q2_K, T.Q3_K, T.IQ4_XS]
 
 
 def f16_bytes(rng, count, lo_exp=-14, hi_exp=2):
@@ -104,8 +104,17 @@ def random_kquant_blocks(qt, rows, n, rng):
         blocks[:, 2:4] = f16_bytes(rng, nb, -14, -6)  # dmin
     elif qt == T.Q6_K:
         blocks[:, ts - 2:ts] = f16_bytes(rng, nb, -12, -4)  # d (last)
-    # one block with extreme codes: all bits set
-    blocks[0, 4 if qt != T.Q6_K else 0:ts - (2 if qt == T.Q6_K else 0)] = 0xFF
+    elif qt == T.Q2_K:
+        blocks[:, 80:82] = f16_bytes(rng, nb, -12, -4)  # d
+        blocks[:, 82:84] = f16_bytes(rng, nb, -14, -6)  # dmin
+    elif qt == T.Q3_K:
+        blocks[:, 108:110] = f16_bytes(rng, nb, -12, -4)  # d (last)
+    else:  # IQ4_NL, IQ4_XS: d first
+        blocks[:, 0:2] = f16_bytes(rng, nb, -12, -4)
+    # one block with extreme codes: all bits set (the f16 fields kept)
+    lo, hi = {T.Q6_K: (0, ts - 2), T.Q2_K: (0, 80), T.Q3_K: (0, 108),
+              T.IQ4_NL: (2, ts), T.IQ4_XS: (2, ts)}.get(qt, (4, ts))
+    blocks[0, lo:hi] = 0xFF
     return blocks.reshape(rows, n // bs * ts)
 
 

@@ -1277,10 +1277,13 @@ template <int QT, bool GATED, bool MULTI, int R>
  * else QMV_ROWS). */
 __global__ void __launch_bounds__(32 * QMV_WARPS, QT == TNN_QT_Q6_K ? 1 : GATED ? 4 : 8)
     k_qmv(cu_mv p, int64_t row_bytes, const float *__restrict__ x, int64_t N, int64_t K) {
-    constexpr int BS = QT == TNN_QT_Q4_K || QT == TNN_QT_Q5_K || QT == TNN_QT_Q6_K ? 256 : 32;
+    constexpr int BS = QT == TNN_QT_Q4_K || QT == TNN_QT_Q5_K || QT == TNN_QT_Q6_K ||
+                               QT == TNN_QT_Q2_K || QT == TNN_QT_Q3_K || QT == TNN_QT_IQ4_XS
+                           ? 256
+                           : 32;
     constexpr int PARTS = BS / 8, STEP = 32 / PARTS; /* blocks per warp step */
     constexpr bool SPLIT = QT == TNN_QT_Q4_0 || QT == TNN_QT_Q4_1 || QT == TNN_QT_Q5_0 ||
-                           QT == TNN_QT_Q5_1;
+                           QT == TNN_QT_Q5_1 || QT == TNN_QT_IQ4_NL;
     TNN_DYN_SMEM(float, xs); /* N x K */
     __shared__ float scale[QMV_ROWS];
     __shared__ float rsum[QMV_WARPS]; /* ROPE epilogues: each warp's result */
@@ -1450,7 +1453,8 @@ __global__ void k_qmatvec(int type, cu_mv p, int64_t row_bytes, const float *x, 
 static bool qmv_vec(int gtype, int64_t N, int64_t K, const float *X) {
     bool typed = gtype == TNN_QT_Q4_0 || gtype == TNN_QT_Q4_1 || gtype == TNN_QT_Q5_0 ||
                  gtype == TNN_QT_Q5_1 || gtype == TNN_QT_Q8_0 || gtype == TNN_QT_Q4_K ||
-                 gtype == TNN_QT_Q5_K || gtype == TNN_QT_Q6_K;
+                 gtype == TNN_QT_Q5_K || gtype == TNN_QT_Q6_K || gtype == TNN_QT_IQ4_NL ||
+                 gtype == TNN_QT_Q2_K || gtype == TNN_QT_Q3_K || gtype == TNN_QT_IQ4_XS;
     return typed && K % 4 == 0 && (uintptr_t)X % 16 == 0 &&
            (size_t)(N * K) * sizeof(float) <= QMV_SMEM;
 }
@@ -1511,6 +1515,10 @@ static int qmatvec(const tnn_tensor *t, const cu_mv &p) {
             QMV_CASE(TNN_QT_Q4_K);
             QMV_CASE(TNN_QT_Q5_K);
             QMV_CASE(TNN_QT_Q6_K);
+            QMV_CASE(TNN_QT_IQ4_NL);
+            QMV_CASE(TNN_QT_Q2_K);
+            QMV_CASE(TNN_QT_Q3_K);
+            QMV_CASE(TNN_QT_IQ4_XS);
         default: vec = false; break;
         }
     }

@@ -195,6 +195,76 @@ TNN_HD static inline void tnn__deq_q6_K(const tnn_block_q6_K *b, float *y) {
         y[e] = (d * (float)b->scales[e >> 4]) * (float)(tnn__q6k_code(b, e) - 32);
 }
 
+/* Value q (0..15) of the IQ4_NL / IQ4_XS table (quant.h), from two
+ * immediates so that GPU code needs no table in memory. */
+TNN_HD static inline int tnn__iq4_value(int q) {
+    uint64_t t = q < 8 ? 0xf6eaddcfbfad9881ull : 0x7159453526190d01ull;
+    return (int)(int8_t)(uint8_t)(t >> (8 * (q & 7)));
+}
+
+TNN_HD static inline void tnn__deq_iq4_nl(const tnn_block_iq4_nl *b, float *y) {
+    float d = tnn__h2f(b->d);
+    for (int i = 0; i < 16; i++) {
+        y[i] = d * (float)tnn__iq4_value(b->qs[i] & 15);
+        y[i + 16] = d * (float)tnn__iq4_value(b->qs[i] >> 4);
+    }
+}
+
+/* Two-bit code (0..3) of element e (0..255) of a Q2_K / Q3_K block. */
+TNN_HD static inline int tnn__q2k_code(const uint8_t *qs, int e) {
+    return (qs[32 * (e >> 7) + (e & 31)] >> (2 * ((e >> 5) & 3))) & 3;
+}
+
+TNN_HD static inline void tnn__deq_q2_K(const tnn_block_q2_K *b, float *y) {
+    float d = tnn__h2f(b->d), dmin = tnn__h2f(b->dmin);
+    for (int g = 0; g < 16; g++) {
+        float d1 = d * (float)(b->scales[g] & 15), m1 = dmin * (float)(b->scales[g] >> 4);
+        for (int i = 0; i < 16; i++)
+            y[16 * g + i] = d1 * (float)tnn__q2k_code(b->qs, 16 * g + i) - m1;
+    }
+}
+
+/* Signed scale (-32..31) of group g (0..15) of a Q3_K block. */
+TNN_HD static inline int tnn__q3k_scale(const uint8_t *s, int g) {
+    int lo = (s[g & 7] >> (4 * (g >> 3))) & 15, hi = (s[8 + (g & 3)] >> (2 * (g >> 2))) & 3;
+    return (lo | hi << 4) - 32;
+}
+
+/* Code (-4..3) of element e of a Q3_K block. */
+TNN_HD static inline int tnn__q3k_code(const tnn_block_q3_K *b, int e) {
+    return tnn__q2k_code(b->qs, e) - (((b->hmask[e & 31] >> (e >> 5)) & 1) ? 0 : 4);
+}
+
+TNN_HD static inline void tnn__deq_q3_K(const tnn_block_q3_K *b, float *y) {
+    float d = tnn__h2f(b->d);
+    for (int g = 0; g < 16; g++) {
+        float d1 = d * (float)tnn__q3k_scale(b->scales, g);
+        for (int i = 0; i < 16; i++)
+            y[16 * g + i] = d1 * (float)tnn__q3k_code(b, 16 * g + i);
+    }
+}
+
+/* Scale (ls - 32, -32..31) of sub-block j (0..7) of an IQ4_XS block. */
+TNN_HD static inline int tnn__iq4xs_scale(const tnn_block_iq4_xs *b, int j) {
+    int lo = (b->scales_l[j >> 1] >> (4 * (j & 1))) & 15, hi = (b->scales_h >> (2 * j)) & 3;
+    return (lo | hi << 4) - 32;
+}
+
+/* Table index (0..15) of element l (0..31) of sub-block j of an IQ4_XS block. */
+TNN_HD static inline int tnn__iq4xs_code(const tnn_block_iq4_xs *b, int j, int l) {
+    uint8_t v = b->qs[16 * j + (l & 15)];
+    return l < 16 ? v & 15 : v >> 4;
+}
+
+TNN_HD static inline void tnn__deq_iq4_xs(const tnn_block_iq4_xs *b, float *y) {
+    float d = tnn__h2f(b->d);
+    for (int j = 0; j < 8; j++) {
+        float d1 = d * (float)tnn__iq4xs_scale(b, j);
+        for (int l = 0; l < 32; l++)
+            y[32 * j + l] = d1 * (float)tnn__iq4_value(tnn__iq4xs_code(b, j, l));
+    }
+}
+
 /* Block `k` of a row of `type` into y (1, 32 or 256 values; the float types
  * are blocks of one). False for a type that is not a GGUF tensor type here. */
 TNN_HD static inline int tnn__deq_block(int type, const void *row, int64_t k, float *y) {
@@ -210,6 +280,10 @@ TNN_HD static inline int tnn__deq_block(int type, const void *row, int64_t k, fl
     case TNN_QT_Q4_K: tnn__deq_q4_K((const tnn_block_q4_K *)row + k, y); return 1;
     case TNN_QT_Q5_K: tnn__deq_q5_K((const tnn_block_q5_K *)row + k, y); return 1;
     case TNN_QT_Q6_K: tnn__deq_q6_K((const tnn_block_q6_K *)row + k, y); return 1;
+    case TNN_QT_IQ4_NL: tnn__deq_iq4_nl((const tnn_block_iq4_nl *)row + k, y); return 1;
+    case TNN_QT_Q2_K: tnn__deq_q2_K((const tnn_block_q2_K *)row + k, y); return 1;
+    case TNN_QT_Q3_K: tnn__deq_q3_K((const tnn_block_q3_K *)row + k, y); return 1;
+    case TNN_QT_IQ4_XS: tnn__deq_iq4_xs((const tnn_block_iq4_xs *)row + k, y); return 1;
     default: return 0;
     }
 }
@@ -222,12 +296,12 @@ TNN_HD static inline int tnn__deq_block(int type, const void *row, int64_t k, fl
  * one part, so a warp reads whole blocks side by side): 8 values, the same
  * bits as the whole block's decoder gives them. 32-value blocks have 4
  * parts, 256-value ones 32. Which values a part holds:
- *   "split" types (Q4_0, Q4_1, Q5_0, Q5_1): value v[i] is element 4p + i and
+ *   "split" types (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL): value v[i] is element 4p + i and
  *   v[4 + i] element 16 + 4p + i (i < 4): the low and high nibbles of the
  *   block's bytes 4p .. 4p+3;  the others: v[i] is element 8p + i. */
 TNN_HD static inline int tnn__part_split(int type) {
     return type == TNN_QT_Q4_0 || type == TNN_QT_Q4_1 || type == TNN_QT_Q5_0 ||
-           type == TNN_QT_Q5_1;
+           type == TNN_QT_Q5_1 || type == TNN_QT_IQ4_NL;
 }
 /* Element of value i (0..7) of part p. */
 TNN_HD static inline int tnn__part_elem(int split, int p, int i) {
@@ -302,6 +376,37 @@ TNN_HD static inline void tnn__deq_part(int type, const void *row, int64_t k, in
             int e = 8 * p + i;
             v[i] = (d * (float)b->scales[e >> 4]) * (float)(tnn__q6k_code(b, e) - 32);
         }
+        break;
+    }
+    case TNN_QT_IQ4_NL: {
+        const tnn_block_iq4_nl *b = (const tnn_block_iq4_nl *)row + k;
+        float d = tnn__h2f(b->d);
+        for (int i = 0; i < 4; i++) {
+            uint8_t q = b->qs[4 * p + i];
+            v[i] = d * (float)tnn__iq4_value(q & 15);
+            v[4 + i] = d * (float)tnn__iq4_value(q >> 4);
+        }
+        break;
+    }
+    case TNN_QT_Q2_K: {
+        const tnn_block_q2_K *b = (const tnn_block_q2_K *)row + k;
+        int g = p >> 1; /* 8 values of one group of 16 */
+        float d1 = tnn__h2f(b->d) * (float)(b->scales[g] & 15);
+        float m1 = tnn__h2f(b->dmin) * (float)(b->scales[g] >> 4);
+        for (int i = 0; i < 8; i++) v[i] = d1 * (float)tnn__q2k_code(b->qs, 8 * p + i) - m1;
+        break;
+    }
+    case TNN_QT_Q3_K: {
+        const tnn_block_q3_K *b = (const tnn_block_q3_K *)row + k;
+        float d1 = tnn__h2f(b->d) * (float)tnn__q3k_scale(b->scales, p >> 1);
+        for (int i = 0; i < 8; i++) v[i] = d1 * (float)tnn__q3k_code(b, 8 * p + i);
+        break;
+    }
+    case TNN_QT_IQ4_XS: {
+        const tnn_block_iq4_xs *b = (const tnn_block_iq4_xs *)row + k;
+        int j = p >> 2, l0 = (p & 3) * 8;
+        float d1 = tnn__h2f(b->d) * (float)tnn__iq4xs_scale(b, j);
+        for (int i = 0; i < 8; i++) v[i] = d1 * (float)tnn__iq4_value(tnn__iq4xs_code(b, j, l0 + i));
         break;
     }
     default: break;

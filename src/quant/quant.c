@@ -25,6 +25,10 @@ _Static_assert(sizeof(tnn_block_q5_1) == 24, "Q5_1 block");
 _Static_assert(sizeof(tnn_block_q4_K) == 144, "Q4_K block");
 _Static_assert(sizeof(tnn_block_q5_K) == 176, "Q5_K block");
 _Static_assert(sizeof(tnn_block_q6_K) == 210, "Q6_K block");
+_Static_assert(sizeof(tnn_block_iq4_nl) == 18, "IQ4_NL block");
+_Static_assert(sizeof(tnn_block_q2_K) == 84, "Q2_K block");
+_Static_assert(sizeof(tnn_block_q3_K) == 110, "Q3_K block");
+_Static_assert(sizeof(tnn_block_iq4_xs) == 136, "IQ4_XS block");
 
 /* ------------------------------------------------------------------------ */
 /* Type table                                                               */
@@ -38,9 +42,13 @@ static const tnn_qtype_info qtypes[TNN_QT_COUNT] = {
     [TNN_QT_Q5_0] = {"Q5_0", TNN_QK, sizeof(tnn_block_q5_0), true},
     [TNN_QT_Q5_1] = {"Q5_1", TNN_QK, sizeof(tnn_block_q5_1), true},
     [TNN_QT_Q8_0] = {"Q8_0", TNN_QK, sizeof(tnn_block_q8_0), true},
+    [TNN_QT_IQ4_NL] = {"IQ4_NL", TNN_QK, sizeof(tnn_block_iq4_nl), false},
+    [TNN_QT_Q2_K] = {"Q2_K", TNN_QK_K, sizeof(tnn_block_q2_K), false},
+    [TNN_QT_Q3_K] = {"Q3_K", TNN_QK_K, sizeof(tnn_block_q3_K), false},
     [TNN_QT_Q4_K] = {"Q4_K", TNN_QK_K, sizeof(tnn_block_q4_K), false},
     [TNN_QT_Q5_K] = {"Q5_K", TNN_QK_K, sizeof(tnn_block_q5_K), false},
     [TNN_QT_Q6_K] = {"Q6_K", TNN_QK_K, sizeof(tnn_block_q6_K), false},
+    [TNN_QT_IQ4_XS] = {"IQ4_XS", TNN_QK_K, sizeof(tnn_block_iq4_xs), false},
     [TNN_QT_BF16] = {"BF16", 1, 2, true},
 };
 
@@ -106,6 +114,10 @@ DEQ_BLOCKS(q5_1, tnn_block_q5_1, TNN_QK)
 DEQ_BLOCKS(q4_K, tnn_block_q4_K, TNN_QK_K)
 DEQ_BLOCKS(q5_K, tnn_block_q5_K, TNN_QK_K)
 DEQ_BLOCKS(q6_K, tnn_block_q6_K, TNN_QK_K)
+DEQ_BLOCKS(iq4_nl, tnn_block_iq4_nl, TNN_QK)
+DEQ_BLOCKS(q2_K, tnn_block_q2_K, TNN_QK_K)
+DEQ_BLOCKS(q3_K, tnn_block_q3_K, TNN_QK_K)
+DEQ_BLOCKS(iq4_xs, tnn_block_iq4_xs, TNN_QK_K)
 #undef DEQ_BLOCKS
 
 /* ------------------------------------------------------------------------ */
@@ -261,7 +273,8 @@ int tnn__quantize_row(int type, const float *src, void *dst, int64_t n) {
 /* ------------------------------------------------------------------------ */
 
 static bool is_float_type(int t) { return t == TNN_QT_F32 || t == TNN_QT_F16 || t == TNN_QT_BF16; }
-static bool is_k_type(int t) { return t == TNN_QT_Q4_K || t == TNN_QT_Q5_K || t == TNN_QT_Q6_K; }
+/* The types whose activations are quantized by 256 ("Q8_K"). */
+static bool is_k_type(int t) { return tnn__qtype(t) && tnn__qtype(t)->block == TNN_QK_K; }
 
 static int64_t round64(int64_t v) { return (v + 63) & ~(int64_t)63; }
 
@@ -536,6 +549,86 @@ static void dot_q6_K(const tnn_qact *a, const void *w, size_t rb, int64_t rows, 
     }
 }
 
+static void dot_iq4_nl(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
+    int64_t nb = a->n / TNN_QK;
+    for (int64_t r = 0; r < rows; r++) {
+        const tnn_block_iq4_nl *B = (const tnn_block_iq4_nl *)((const uint8_t *)w + r * rb);
+        float acc[8] = {0};
+        for (int64_t b = 0; b < nb; b++, B++) {
+            int q[32];
+            for (int i = 0; i < 16; i++) {
+                q[i] = tnn__iq4_value(B->qs[i] & 15);
+                q[i + 16] = tnn__iq4_value(B->qs[i] >> 4);
+            }
+            acc[b & 7] += (F16(B->d) * a->d[b]) * (float)idot32(q, a->q + 32 * b);
+        }
+        y[r] = tnn__qreduce8(acc);
+    }
+}
+
+static void dot_q2_K(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
+    int64_t nb = a->n / TNN_QK_K;
+    for (int64_t r = 0; r < rows; r++) {
+        const tnn_block_q2_K *B = (const tnn_block_q2_K *)((const uint8_t *)w + r * rb);
+        float acc[8] = {0};
+        for (int64_t b = 0; b < nb; b++, B++) {
+            const int8_t *qx = a->q + 256 * b;
+            const int16_t *bs = a->bsum + 16 * b;
+            int32_t s1 = 0, s2 = 0;
+            for (int g = 0; g < 16; g++) {
+                int32_t sg = 0;
+                for (int i = 0; i < 16; i++)
+                    sg += tnn__q2k_code(B->qs, 16 * g + i) * qx[16 * g + i];
+                s1 += (B->scales[g] & 15) * sg;
+                s2 += (B->scales[g] >> 4) * bs[g];
+            }
+            float dx = a->d[b];
+            acc[b & 7] += (F16(B->d) * dx) * (float)s1 - (F16(B->dmin) * dx) * (float)s2;
+        }
+        y[r] = tnn__qreduce8(acc);
+    }
+}
+
+static void dot_q3_K(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
+    int64_t nb = a->n / TNN_QK_K;
+    for (int64_t r = 0; r < rows; r++) {
+        const tnn_block_q3_K *B = (const tnn_block_q3_K *)((const uint8_t *)w + r * rb);
+        float acc[8] = {0};
+        for (int64_t b = 0; b < nb; b++, B++) {
+            const int8_t *qx = a->q + 256 * b;
+            int32_t s = 0;
+            for (int g = 0; g < 16; g++) {
+                int32_t sg = 0;
+                for (int i = 0; i < 16; i++)
+                    sg += tnn__q3k_code(B, 16 * g + i) * qx[16 * g + i];
+                s += tnn__q3k_scale(B->scales, g) * sg;
+            }
+            acc[b & 7] += (F16(B->d) * a->d[b]) * (float)s;
+        }
+        y[r] = tnn__qreduce8(acc);
+    }
+}
+
+static void dot_iq4_xs(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
+    int64_t nb = a->n / TNN_QK_K;
+    for (int64_t r = 0; r < rows; r++) {
+        const tnn_block_iq4_xs *B = (const tnn_block_iq4_xs *)((const uint8_t *)w + r * rb);
+        float acc[8] = {0};
+        for (int64_t b = 0; b < nb; b++, B++) {
+            const int8_t *qx = a->q + 256 * b;
+            int32_t s = 0;
+            for (int j = 0; j < 8; j++) {
+                int32_t sj = 0;
+                for (int l = 0; l < 32; l++)
+                    sj += tnn__iq4_value(tnn__iq4xs_code(B, j, l)) * qx[32 * j + l];
+                s += tnn__iq4xs_scale(B, j) * sj;
+            }
+            acc[b & 7] += (F16(B->d) * a->d[b]) * (float)s;
+        }
+        y[r] = tnn__qreduce8(acc);
+    }
+}
+
 const tnn_qkernels tnn__qk_scalar = {
     .name = "scalar",
     .act = act_scalar,
@@ -552,6 +645,10 @@ const tnn_qkernels tnn__qk_scalar = {
             [TNN_QT_Q4_K] = dot_q4_K,
             [TNN_QT_Q5_K] = dot_q4_K,
             [TNN_QT_Q6_K] = dot_q6_K,
+            [TNN_QT_IQ4_NL] = dot_iq4_nl,
+            [TNN_QT_Q2_K] = dot_q2_K,
+            [TNN_QT_Q3_K] = dot_q3_K,
+            [TNN_QT_IQ4_XS] = dot_iq4_xs,
         },
     .deq =
         {
@@ -566,6 +663,10 @@ const tnn_qkernels tnn__qk_scalar = {
             [TNN_QT_Q4_K] = deq_q4_K,
             [TNN_QT_Q5_K] = deq_q5_K,
             [TNN_QT_Q6_K] = deq_q6_K,
+            [TNN_QT_IQ4_NL] = deq_iq4_nl,
+            [TNN_QT_Q2_K] = deq_q2_K,
+            [TNN_QT_Q3_K] = deq_q3_K,
+            [TNN_QT_IQ4_XS] = deq_iq4_xs,
         },
 };
 

@@ -1,5 +1,6 @@
 /* quant.h - the GGUF tensor types that model weights come in (F32, F16, BF16,
- * Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K): their block layouts, f16 and
+ * Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K,
+ * IQ4_XS): their block layouts, f16 and
  * bf16 conversion, dequantization, quantization from f32, and the
  * matrix-vector kernels of LLM decoding, each with a portable scalar twin
  * (quant.c) and an AVX2 path (quant_avx2.c) chosen at run time.
@@ -22,6 +23,20 @@
  *         bit i+16 of qh << 4 (qh read as a little-endian u32); x = d * (q - 16)
  *   Q5_1  32 elements, 24 bytes: f16 d; f16 m; u8 qh[4]; u8 qs[16]
  *         q as Q5_0; x = d * q + m
+ *   IQ4_NL 32 elements, 18 bytes: f16 d; u8 qs[16]; nibbles as Q4_0 (low
+ *         nibbles are elements 0-15, high 16-31), each an index into the
+ *         fixed table kv = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13,
+ *         25, 38, 53, 69, 89, 113}: x[i] = d * kv[q[i]]
+ *   Q2_K  256 elements, 84 bytes: u8 scales[16]; u8 qs[64]; f16 d; f16 dmin
+ *         16 groups g of 16: sc = scales[g] & 15, mn = scales[g] >> 4.
+ *         Element e (0..255), h = e / 128, s = (e % 128) / 32, l = e % 32:
+ *         q = (qs[32h + l] >> 2s) & 3;  x = (d * sc) * q - (dmin * mn)
+ *   Q3_K  256 elements, 110 bytes: u8 hmask[32]; u8 qs[64]; u8 scales[12];
+ *         f16 d. 16 groups g of 16 with a 6-bit scale, low 4 bits from
+ *         scales[g % 8] (low nibble for g < 8, else high), high 2 bits
+ *         (scales[8 + g % 4] >> 2 * (g / 4)) & 3; sc = that - 32.
+ *         Element e: low 2 bits as Q2_K's q, and q = that - 4 unless bit
+ *         e / 32 of hmask[e % 32] is set (q in -4..3);  x = (d * sc) * q
  *   Q4_K  256 elements, 144 bytes: f16 d; f16 dmin; u8 scales[12]; u8 qs[128]
  *         8 sub-blocks j of 32 with 6-bit scale sc[j] and min mn[j] packed in
  *         scales: j < 4: sc = scales[j] & 63, mn = scales[j+4] & 63;
@@ -38,6 +53,11 @@
  *         low 4 bits: ql[64h + e % 64], low nibble if e < 64 else high nibble;
  *         high 2 bits: (qh[32h + e % 32] >> 2 * (e / 32)) & 3;
  *         x = (d * scales[(128h + e) / 16]) * (q - 32)
+ *   IQ4_XS 256 elements, 136 bytes: f16 d; u16 scales_h; u8 scales_l[4];
+ *         u8 qs[128]. 8 sub-blocks j of 32: ls = ((scales_l[j / 2] >> 4(j % 2))
+ *         & 15) | ((scales_h >> 2j) & 3) << 4; sub-block j's codes are the
+ *         nibbles of qs[16j .. 16j + 16) as in IQ4_NL;
+ *         x = (d * (ls - 32)) * kv[q]
  *
  * Every block's f16 fields are 2-byte aligned when the row is; rows passed
  * here must be 2-byte aligned (GGUF aligns tensor data to 32).
@@ -52,18 +72,27 @@
  *   for l < 8 and y = ((v0 + v4) + (v2 + v6)) + ((v1 + v5) + (v3 + v7)).
  * All block types: integer dot products. x is quantized once per call to
  *   8-bit codes with one f32 scale per block of B values (B = 32 for Q8_0,
- *   Q4_0, Q4_1, Q5_0, Q5_1; B = 256, "Q8_K", for Q4_K, Q5_K, Q6_K):
+ *   Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL; B = 256, "Q8_K", for Q2_K, Q3_K, Q4_K,
+ *   Q5_K, Q6_K, IQ4_XS):
  *   dx = amax / 127, qx = clamp(x * (1 / dx), -127, 127) rounded half away
  *   from zero (NaN -> -127; dx = 0 gives codes 0), plus sums of codes
  *   (per block of 32: sx = dx * (float)sum(qx); per 16 for the K types).
  *   Per weight block b, exact integer sums, then one float expression:
  *   Q8_0, Q4_0, Q5_0: S = sum((q - off) * qx), off = 0 / 8 / 16
  *                     p_b = (dw * dx) * (float)S
+ *   IQ4_NL:           S = sum(kv[q] * qx);  p_b = (dw * dx) * (float)S
  *   Q4_1, Q5_1:       S = sum(q * qx);  p_b = (dw * dx) * (float)S + mw * sx
+ *   Q2_K:             S1 = sum_g sc_g * sum(q * qx over group g of 16),
+ *                     S2 = sum_g mn_g * sum(qx over group g),
+ *                     p_b = (d * dx) * (float)S1 - (dmin * dx) * (float)S2
+ *   Q3_K:             S = sum_g sc_g * sum(q * qx over group g of 16)
+ *                     p_b = (d * dx) * (float)S
  *   Q4_K, Q5_K:       S1 = sum_j sc_j * sum(q * qx over sub-block j),
  *                     S2 = sum_j mn_j * sum(qx over sub-block j),
  *                     p_b = (d * dx) * (float)S1 - (dmin * dx) * (float)S2
  *   Q6_K:             S = sum_g sc_g * sum((q - 32) * qx over group g of 16)
+ *                     p_b = (d * dx) * (float)S
+ *   IQ4_XS:           S = sum_j (ls_j - 32) * sum(kv[q] * qx over sub-block j)
  *                     p_b = (d * dx) * (float)S
  *   then acc[b % 8] += p_b in ascending b from +0, reduced as v above.
  * Every product and sum above is a separate rounding (no contraction). The
@@ -93,14 +122,18 @@ enum tnn_qtype {
     TNN_QT_Q5_0 = 6,
     TNN_QT_Q5_1 = 7,
     TNN_QT_Q8_0 = 8,
+    TNN_QT_Q2_K = 10,
+    TNN_QT_Q3_K = 11,
     TNN_QT_Q4_K = 12,
     TNN_QT_Q5_K = 13,
     TNN_QT_Q6_K = 14,
+    TNN_QT_IQ4_NL = 20,
+    TNN_QT_IQ4_XS = 23,
     TNN_QT_BF16 = 30,
     TNN_QT_COUNT = 31 /* one past the largest id; not every id below is a type */
 };
 
-#define TNN_QK 32    /* elements of a Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 block */
+#define TNN_QK 32    /* elements of a Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / IQ4_NL block */
 #define TNN_QK_K 256 /* elements of a K-quant super-block */
 
 /* Block structs (sizes checked by static asserts in quant.c). */
@@ -127,6 +160,21 @@ typedef struct {
     uint8_t qs[16];
 } tnn_block_q5_1;
 typedef struct {
+    uint16_t d;
+    uint8_t qs[16];
+} tnn_block_iq4_nl;
+typedef struct {
+    uint8_t scales[16];
+    uint8_t qs[64];
+    uint16_t d, dmin;
+} tnn_block_q2_K;
+typedef struct {
+    uint8_t hmask[32];
+    uint8_t qs[64];
+    uint8_t scales[12];
+    uint16_t d;
+} tnn_block_q3_K;
+typedef struct {
     uint16_t d, dmin;
     uint8_t scales[12];
     uint8_t qs[128];
@@ -143,6 +191,11 @@ typedef struct {
     int8_t scales[16];
     uint16_t d;
 } tnn_block_q6_K;
+typedef struct {
+    uint16_t d, scales_h;
+    uint8_t scales_l[4];
+    uint8_t qs[128];
+} tnn_block_iq4_xs;
 
 /* ------------------------------------------------------------------------ */
 /* Type table                                                               */

@@ -126,10 +126,18 @@ static void act_avx2(const float *x, int64_t nb, int bs, int8_t *q, float *d) {
 /* 32-element formats                                                       */
 /* ------------------------------------------------------------------------ */
 
-/* The 32 codes of a block as bytes (unsigned, before the offset; Q8_0 signed). */
+/* The IQ4_NL / IQ4_XS table (quant.h) in both lanes, for vpshufb. */
+INL __m256i iq4_table(void) {
+    return _mm256_setr_epi64x((long long)0xf6eaddcfbfad9881ull, 0x7159453526190d01ll,
+                              (long long)0xf6eaddcfbfad9881ull, 0x7159453526190d01ll);
+}
+
+/* The 32 codes of a block as bytes (unsigned, before the offset; Q8_0 and
+ * IQ4_NL's table values signed). */
 INL __m256i codes32(int type, const uint8_t *blk) {
     switch (type) {
     case TNN_QT_Q8_0: return _mm256_loadu_si256((const __m256i *)(blk + 2));
+    case TNN_QT_IQ4_NL: return _mm256_shuffle_epi8(iq4_table(), nibbles32(blk + 2));
     case TNN_QT_Q4_0: return nibbles32(blk + 2);
     case TNN_QT_Q4_1: return nibbles32(blk + 4);
     case TNN_QT_Q5_0: return _mm256_or_si256(nibbles32(blk + 6), bits_0x10(blk + 2));
@@ -141,7 +149,7 @@ INL __m256i codes32(int type, const uint8_t *blk) {
 INL __m256i block_dot(int type, const uint8_t *blk, const int8_t *qx) {
     __m256i x = _mm256_loadu_si256((const __m256i *)qx);
     __m256i q = codes32(type, blk);
-    if (type == TNN_QT_Q8_0)
+    if (type == TNN_QT_Q8_0 || type == TNN_QT_IQ4_NL) /* signed: |q| and x with q's sign */
         return dot_u8i8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q));
     return dot_u8i8(q, x);
 }
@@ -194,6 +202,7 @@ INL void dot_q32(int type, const tnn_qact *a, const void *w, size_t rb, int64_t 
 TNN_Q32_DOT(dot_q8_0, TNN_QT_Q8_0, dot_q32)
 TNN_Q32_DOT(dot_q5_0, TNN_QT_Q5_0, dot_q32)
 TNN_Q32_DOT(dot_q5_1, TNN_QT_Q5_1, dot_q32)
+TNN_Q32_DOT(dot_iq4_nl, TNN_QT_IQ4_NL, dot_q32)
 
 /* ------------------------------------------------------------------------ */
 /* K-quants                                                                 */
@@ -331,6 +340,131 @@ static void dot_q6_K(const tnn_qact *a, const void *w, size_t rb, int64_t rows, 
     }
 }
 
+/* Q2_K, Q3_K: 16 groups of 16 with their own scales. The two-bit codes of
+ * elements 128h + 32s + l sit at bits 2s of byte 32h + l, so each shift of
+ * a 32-byte load gives 32 codes in element order: groups 8h + 2s (low lane)
+ * and 8h + 2s + 1 (high lane). `half` holds the 8 int16 scales of half h in
+ * both lanes; the shuffle picks scale 2s for the low lane, 2s + 1 for the
+ * high one (as Q6_K's groups). */
+INL __m256i group_scales(__m256i half, int s) {
+    const __m256i pick = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2,
+                                          3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
+    return _mm256_shuffle_epi8(half, _mm256_add_epi8(pick, _mm256_set1_epi8((char)(4 * s))));
+}
+
+static void dot_q2_K(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
+    const int64_t nb = a->n / TNN_QK_K;
+    const __m256i m2 = _mm256_set1_epi8(3);
+    const __m128i m4 = _mm_set1_epi8(15);
+    for (int64_t r = 0; r < rows; r++) {
+        const tnn_block_q2_K *B = (const tnn_block_q2_K *)((const uint8_t *)w + r * rb);
+        float lanes[8] = {0};
+        for (int64_t b = 0; b < nb; b++, B++) {
+            tnn__qprefetch(B, sizeof *B);
+            const int8_t *qx = a->q + 256 * b;
+            __m128i s8 = _mm_loadu_si128((const __m128i *)B->scales);
+            __m256i sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(s8, m4));
+            __m256i mn16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s8, 4), m4));
+            int32_t s2 = hsum_i32(
+                _mm256_madd_epi16(mn16, _mm256_loadu_si256((const __m256i *)(a->bsum + 16 * b))));
+            __m256i acc = _mm256_setzero_si256();
+            for (int h = 0; h < 2; h++) {
+                __m256i v = _mm256_loadu_si256((const __m256i *)(B->qs + 32 * h));
+                __m256i half = h ? _mm256_permute2x128_si256(sc16, sc16, 0x11)
+                                 : _mm256_permute2x128_si256(sc16, sc16, 0x00);
+                for (int s = 0; s < 4; s++, v = _mm256_srli_epi16(v, 2)) {
+                    __m256i p = _mm256_maddubs_epi16(
+                        _mm256_and_si256(v, m2),
+                        _mm256_loadu_si256((const __m256i *)(qx + 128 * h + 32 * s)));
+                    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, group_scales(half, s)));
+                }
+            }
+            float dx = a->d[b];
+            lanes[b & 7] += (f16(B->d) * dx) * (float)hsum_i32(acc) - (f16(B->dmin) * dx) * (float)s2;
+        }
+        y[r] = tnn__qreduce8(lanes);
+    }
+}
+
+/* The 16 signed scales of a Q3_K block (layout in quant.h) as int8. */
+INL __m128i scales_q3k(const uint8_t *s) {
+    uint32_t a0, a1, a2;
+    memcpy(&a0, s, 4);
+    memcpy(&a1, s + 4, 4);
+    memcpy(&a2, s + 8, 4);
+    /* low nibbles a0, a1, high nibbles a0, a1; a2's bit pairs on top (no
+     * store and reload: that stalled the loop on store forwarding) */
+    __m128i lo = _mm_setr_epi32((int)a0, (int)a1, (int)(a0 >> 4), (int)(a1 >> 4));
+    __m128i hi = _mm_setr_epi32((int)a2, (int)(a2 >> 2), (int)(a2 >> 4), (int)(a2 >> 6));
+    __m128i v = _mm_or_si128(_mm_and_si128(lo, _mm_set1_epi8(15)),
+                             _mm_slli_epi16(_mm_and_si128(hi, _mm_set1_epi8(3)), 4));
+    return _mm_sub_epi8(v, _mm_set1_epi8(32));
+}
+
+/* q + 4 (0..7) is the two low bits with bit e / 32 of hmask[e % 32] as bit
+ * 2, so S = sum_g sc_g (sum((q + 4) qx) - 4 bsum_g). */
+static void dot_q3_K(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
+    const int64_t nb = a->n / TNN_QK_K;
+    const __m256i m2 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    for (int64_t r = 0; r < rows; r++) {
+        const tnn_block_q3_K *B = (const tnn_block_q3_K *)((const uint8_t *)w + r * rb);
+        float lanes[8] = {0};
+        for (int64_t b = 0; b < nb; b++, B++) {
+            tnn__qprefetch(B, sizeof *B);
+            const int8_t *qx = a->q + 256 * b;
+            __m256i sc16 = _mm256_cvtepi8_epi16(scales_q3k(B->scales));
+            __m256i acc = _mm256_sub_epi32(
+                _mm256_setzero_si256(),
+                _mm256_slli_epi32(
+                    _mm256_madd_epi16(sc16,
+                                      _mm256_loadu_si256((const __m256i *)(a->bsum + 16 * b))),
+                    2));
+            __m256i hm = _mm256_loadu_si256((const __m256i *)B->hmask);
+            for (int h = 0; h < 2; h++) {
+                __m256i v = _mm256_loadu_si256((const __m256i *)(B->qs + 32 * h));
+                __m256i half = h ? _mm256_permute2x128_si256(sc16, sc16, 0x11)
+                                 : _mm256_permute2x128_si256(sc16, sc16, 0x00);
+                for (int s = 0; s < 4; s++) {
+                    __m256i q = _mm256_or_si256(_mm256_and_si256(v, m2),
+                                                _mm256_slli_epi16(_mm256_and_si256(hm, one), 2));
+                    v = _mm256_srli_epi16(v, 2);
+                    hm = _mm256_srli_epi16(hm, 1);
+                    __m256i p = _mm256_maddubs_epi16(
+                        q, _mm256_loadu_si256((const __m256i *)(qx + 128 * h + 32 * s)));
+                    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, group_scales(half, s)));
+                }
+            }
+            lanes[b & 7] += (f16(B->d) * a->d[b]) * (float)hsum_i32(acc);
+        }
+        y[r] = tnn__qreduce8(lanes);
+    }
+}
+
+/* IQ4_XS: each sub-block's 32 table values (signed) against x as Q8_0's
+ * codes are, then its scale. */
+static void dot_iq4_xs(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
+    const int64_t nb = a->n / TNN_QK_K;
+    const __m256i kv = iq4_table();
+    for (int64_t r = 0; r < rows; r++) {
+        const tnn_block_iq4_xs *B = (const tnn_block_iq4_xs *)((const uint8_t *)w + r * rb);
+        float lanes[8] = {0};
+        for (int64_t b = 0; b < nb; b++, B++) {
+            tnn__qprefetch(B, sizeof *B);
+            const int8_t *qx = a->q + 256 * b;
+            __m256i acc = _mm256_setzero_si256();
+            for (int j = 0; j < 8; j++) {
+                __m256i q = _mm256_shuffle_epi8(kv, nibbles32(B->qs + 16 * j));
+                __m256i x = _mm256_loadu_si256((const __m256i *)(qx + 32 * j));
+                __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q));
+                acc = _mm256_add_epi32(
+                    acc, _mm256_madd_epi16(p, _mm256_set1_epi16((short)tnn__iq4xs_scale(B, j))));
+            }
+            lanes[b & 7] += (f16(B->d) * a->d[b]) * (float)hsum_i32(acc);
+        }
+        y[r] = tnn__qreduce8(lanes);
+    }
+}
+
 /* ------------------------------------------------------------------------ */
 /* F32 / F16 / BF16: f32 fused multiply-add, 32 lanes                       */
 /* ------------------------------------------------------------------------ */
@@ -448,6 +582,80 @@ DEQ32(deq_q4_1, TNN_QT_Q4_1)
 DEQ32(deq_q5_0, TNN_QT_Q5_0)
 DEQ32(deq_q5_1, TNN_QT_Q5_1)
 
+DEQ32(deq_iq4_nl, TNN_QT_IQ4_NL)
+
+static void deq_q2_K(const void *src, float *dst, int64_t n) {
+    const tnn_block_q2_K *B = src;
+    const __m256i m2 = _mm256_set1_epi8(3);
+    for (int64_t k = 0; k < n / TNN_QK_K; k++, B++) {
+        float d = f16(B->d), dmin = f16(B->dmin);
+        for (int h = 0; h < 2; h++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(B->qs + 32 * h));
+            for (int s = 0; s < 4; s++, v = _mm256_srli_epi16(v, 2)) {
+                int g = 8 * h + 2 * s;
+                __m256i c = _mm256_and_si256(v, m2);
+                float *yy = dst + 256 * k + 16 * g;
+                /* two groups: store the first 16 codes, then the next 16 */
+                for (int t = 0; t < 2; t++) {
+                    uint8_t sc = B->scales[g + t];
+                    __m256 dd = _mm256_set1_ps(d * (float)(sc & 15));
+                    __m256 mm = _mm256_set1_ps(dmin * (float)(sc >> 4));
+                    __m128i part = t ? _mm256_extracti128_si256(c, 1) : _mm256_castsi256_si128(c);
+                    for (int u = 0; u < 2; u++, part = _mm_srli_si128(part, 8))
+                        _mm256_storeu_ps(yy + 16 * t + 8 * u,
+                                         _mm256_sub_ps(_mm256_mul_ps(dd, _mm256_cvtepi32_ps(
+                                                                             _mm256_cvtepu8_epi32(part))),
+                                                       mm));
+                }
+            }
+        }
+    }
+}
+
+static void deq_q3_K(const void *src, float *dst, int64_t n) {
+    const tnn_block_q3_K *B = src;
+    const __m256i m2 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1), four = _mm256_set1_epi8(4);
+    for (int64_t k = 0; k < n / TNN_QK_K; k++, B++) {
+        float d = f16(B->d);
+        int8_t sc[16];
+        _mm_storeu_si128((__m128i *)sc, scales_q3k(B->scales));
+        __m256i hm = _mm256_loadu_si256((const __m256i *)B->hmask);
+        for (int h = 0; h < 2; h++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(B->qs + 32 * h));
+            for (int s = 0; s < 4; s++) {
+                int g = 8 * h + 2 * s;
+                /* q = low bits - 4 + 4 * hbit */
+                __m256i c = _mm256_sub_epi8(
+                    _mm256_or_si256(_mm256_and_si256(v, m2),
+                                    _mm256_slli_epi16(_mm256_and_si256(hm, one), 2)),
+                    four);
+                v = _mm256_srli_epi16(v, 2);
+                hm = _mm256_srli_epi16(hm, 1);
+                float *yy = dst + 256 * k + 16 * g;
+                for (int t = 0; t < 2; t++) {
+                    __m256 dd = _mm256_set1_ps(d * (float)sc[g + t]);
+                    __m128i part = t ? _mm256_extracti128_si256(c, 1) : _mm256_castsi256_si128(c);
+                    for (int u = 0; u < 2; u++, part = _mm_srli_si128(part, 8))
+                        _mm256_storeu_ps(yy + 16 * t + 8 * u,
+                                         _mm256_mul_ps(dd, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(part))));
+                }
+            }
+        }
+    }
+}
+
+static void deq_iq4_xs(const void *src, float *dst, int64_t n) {
+    const tnn_block_iq4_xs *B = src;
+    const __m256i kv = iq4_table();
+    const __m256 zero = _mm256_setzero_ps();
+    for (int64_t k = 0; k < n / TNN_QK_K; k++, B++) {
+        float d = f16(B->d);
+        for (int j = 0; j < 8; j++)
+            store32(dst + 256 * k + 32 * j, _mm256_shuffle_epi8(kv, nibbles32(B->qs + 16 * j)),
+                    _mm256_set1_ps(d * (float)tnn__iq4xs_scale(B, j)), zero, ST_MUL);
+    }
+}
+
 INL void deq_qk45(int five, const void *src, float *dst, int64_t n) {
     const size_t bsz = five ? sizeof(tnn_block_q5_K) : sizeof(tnn_block_q4_K);
     const __m256i m4 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
@@ -521,6 +729,10 @@ const tnn_qkernels tnn__qk_avx2 = {
             [TNN_QT_Q4_K] = dot_q4_K,
             [TNN_QT_Q5_K] = dot_q5_K,
             [TNN_QT_Q6_K] = dot_q6_K,
+            [TNN_QT_IQ4_NL] = dot_iq4_nl,
+            [TNN_QT_Q2_K] = dot_q2_K,
+            [TNN_QT_Q3_K] = dot_q3_K,
+            [TNN_QT_IQ4_XS] = dot_iq4_xs,
         },
     .deq =
         {
@@ -534,6 +746,10 @@ const tnn_qkernels tnn__qk_avx2 = {
             [TNN_QT_Q4_K] = deq_q4_K,
             [TNN_QT_Q5_K] = deq_q5_K,
             [TNN_QT_Q6_K] = deq_q6_K,
+            [TNN_QT_IQ4_NL] = deq_iq4_nl,
+            [TNN_QT_Q2_K] = deq_q2_K,
+            [TNN_QT_Q3_K] = deq_q3_K,
+            [TNN_QT_IQ4_XS] = deq_iq4_xs,
         },
 };
 

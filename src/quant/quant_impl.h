@@ -40,13 +40,14 @@ extern const tnn_qkernels tnn__qk_avxvnni;
 extern const tnn_qkernels tnn__qk_avx512;
 #endif
 
-/* The 32-element types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) as the x86 kernels
- * see them: bytes a block, the offset taken off every code (Q4_0 8, Q5_0
- * 16, else 0), and whether a block has a minimum (m) after its scale. */
+/* The 32-element types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL) as the x86
+ * kernels see them: bytes a block, the offset taken off every code (Q4_0 8,
+ * Q5_0 16, else 0), and whether a block has a minimum (m) after its scale. */
 static inline size_t tnn__q32_block_bytes(int type) {
     switch (type) {
     case TNN_QT_Q8_0: return sizeof(tnn_block_q8_0);
     case TNN_QT_Q4_0: return sizeof(tnn_block_q4_0);
+    case TNN_QT_IQ4_NL: return sizeof(tnn_block_iq4_nl);
     case TNN_QT_Q4_1: return sizeof(tnn_block_q4_1);
     case TNN_QT_Q5_0: return sizeof(tnn_block_q5_0);
     default: return sizeof(tnn_block_q5_1);
