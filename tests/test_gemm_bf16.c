@@ -337,6 +337,47 @@ static void test_amx_tile_state(void) {
     tnn__gemm_amx_set_own(0);
 }
 
+/* The activations' rounding on every path, exactly: against B = the
+ * identity each C value is one product by 1 (plus zeros), so C holds A
+ * rounded to bf16 (subnormals flushed). Rows long enough for the packs'
+ * whole chunks (the AMX pack's vector rounding) and a partial last one;
+ * values at ties, just off them, subnormal (a zero of either sign after
+ * the sum with +0) and huge. (No infinity: inf * 0 would make the row NaN.) */
+static void test_activation_rounding(void) {
+    enum { M = 35, K = 83 };
+    static float a[M * K], c[M * K];
+    static uint16_t b[K * K];
+    for (int i = 0; i < M * K; i++) {
+        uint32_t u = (uint32_t)(th_uniform() * 4294967296.0);
+        switch (i % 6) {
+        case 0: u = (u & 0x807f0000u) | 0x3f000000u | 0x8000u; break; /* a tie */
+        case 1: u = (u & 0x807fffffu) | 0x3f800000u; break;           /* in [1, 2) */
+        case 2: u &= 0x807fffffu; break;                              /* subnormal */
+        case 3: u = (u & 0x80ffffffu) | 0x7e000000u; break;           /* huge */
+        case 4: u = (u & 0x8000ffffu) | 0x7f000000u; break;           /* huge, finite */
+        default: u = (u & 0x807fffffu) | 0x40000000u; break;
+        }
+        memcpy(a + i, &u, 4);
+    }
+    for (int k = 0; k < K; k++)
+        for (int j = 0; j < K; j++) b[k * K + j] = k == j ? 0x3f80 : 0;
+    static const int paths[] = {TNN_GEMM_BF16_DOT_SCALAR, TNN_GEMM_BF16_DOT_AVX512,
+                                TNN_GEMM_BF16_AMX};
+    for (int pi = 0; pi < 3; pi++) {
+        if ((paths[pi] == TNN_GEMM_BF16_DOT_AVX512 && !have_dot_avx512) ||
+            (paths[pi] == TNN_GEMM_BF16_AMX && !have_amx))
+            continue;
+        CHECK_OK(tnn__gemm_bf16(paths[pi], false, false, M, K, K, a, K, b, K, c, K));
+        int bad = 0;
+        for (int i = 0; i < M * K; i++) {
+            float want = bf(tnn__gemm_bf16_round(a[i]));
+            bad += bits(c[i]) != bits(want) && !(want == 0.0f && c[i] == 0.0f);
+        }
+        CHECK(bad == 0, "%s: %d of %d products by the identity are not A rounded to bf16",
+              tnn__gemm_bf16_path_name(paths[pi]), bad, M * K);
+    }
+}
+
 static void test_dot_paths(void) {
     tnn_set_num_threads(2);
     int cases = 0, twin_bad = 0, simd_bad = 0, bound_bad = 0, amx_bad = 0, amx_pad = 0;
@@ -776,6 +817,7 @@ int main(void) {
     test_dot_order();
     test_widen_exact();
     test_dot_paths();
+    test_activation_rounding();
     test_nonfinite();
     test_threads();
     test_public();

@@ -147,6 +147,23 @@ static void ukr_amx_32x32(int64_t kp, const uint32_t *a, const uint32_t *b, floa
 
 static int64_t chunks_of(int64_t kc) { return ((kc + 1) / 2 + CHUNK - 1) / CHUNK * CHUNK; }
 
+/* dot_round_bits of 16 floats at once (the same bits): nearest even, a zero
+ * of its sign for a zero or subnormal, the quiet NaN for a NaN. */
+static inline __m256i round16_bf16(const float *s) {
+    const __m512i u = _mm512_loadu_si512(s);
+    const __m512i hi = _mm512_srli_epi32(u, 16);
+    __m512i r = _mm512_srli_epi32(
+        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
+                         _mm512_and_si512(hi, _mm512_set1_epi32(1))),
+        16);
+    __mmask16 tiny = _mm512_testn_epi32_mask(u, _mm512_set1_epi32(0x7f800000));
+    r = _mm512_mask_and_epi32(r, tiny, hi, _mm512_set1_epi32(0x8000));
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                            _mm512_set1_epi32(0x7f800000));
+    r = _mm512_mask_or_epi32(r, nan, hi, _mm512_set1_epi32(0x40));
+    return _mm512_cvtepi32_epi16(r);
+}
+
 /* op(A)[i0 : i0+mc, k0 : k0+kc] rounded to bf16, in panels of MR rows, each
  * panel chunk by chunk with its rows one after the other (zero past mc and
  * past kc's pairs). A whole chunk of a row of A (32 floats, contiguous) is a
@@ -175,9 +192,8 @@ static void pack_a_amx(uint32_t *restrict dst, bool ta, const float *restrict A,
                 }
                 if (q0 + CHUNK <= full) { /* !ta: the row's 32 floats in order */
                     const float *s = A + (i0 + p + i) * lda + k0 + 2 * q0;
-                    uint16_t h[2 * CHUNK];
-                    for (int j = 0; j < 2 * CHUNK; j++) h[j] = (uint16_t)dot_round_f32(s[j]);
-                    memcpy(d, h, sizeof h);
+                    _mm256_storeu_si256((__m256i *)d, round16_bf16(s));
+                    _mm256_storeu_si256((__m256i *)(d + CHUNK / 2), round16_bf16(s + CHUNK));
                     continue;
                 }
                 for (int q = 0; q < CHUNK; q++) { /* the last chunk: pairs, a half, zeros */
