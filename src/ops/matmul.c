@@ -118,7 +118,8 @@ tnn_tensor *tnn_matmul(tnn_session *s, tnn_tensor *a, tnn_tensor *b) {
  * the f32 GEMM with the dequantized weights, or, where the bf16 GEMM's
  * automatic path is the AMX tiles or vdpbf16ps, one bf16 GEMM on the
  * dequantized weights rounded to bf16 (within its error bound; 1.8-1.9x).
- * W above qmm_full_bytes as f32 goes in panels of QMM_PANEL rows instead. (SmolLM2 Q4_1 on 2 threads, the
+ * W above qmm_full_bytes (as f32 or bf16) goes in panels of rows that
+ * fit it (at least QMM_PANEL) instead. (SmolLM2 Q4_1 on 2 threads, the
  * AVX-512 kernels against the GEMM on bf16 copies on the AMX tiles: the two
  * paths cross near 32 rows; at 5-24 the kernels ran 1.2-3x the GEMM. Kernels
  * that take one row of x at a time crossed near 20 against the f32 GEMM:
@@ -172,14 +173,15 @@ static int qmatmul(tnn_tensor *t) {
     /* where bf16 products run faster than f32 ones (AMX, vdpbf16ps), the
      * panel holds bf16 copies of the dequantized weights */
     bool bf16 = atomic_load(&qmm_bf16) && tnn__gemm_bf16_auto_path() != TNN_GEMM_BF16_WIDEN;
-    bool full = M * K * (int64_t)sizeof(float) <= atomic_load(&qmm_full_bytes);
-    int64_t pm = full ? M : QMM_PANEL;
+    /* panels as large as the budget allows (a multiple of QMM_PANEL rows):
+     * each panel's GEMM rounds and packs all of x again (64-row panels of a
+     * 5632 x 2048 matrix did that 88 times, more than the products took) */
+    int64_t elt = bf16 ? 2 : 4, budget = atomic_load(&qmm_full_bytes);
+    bool full = M * K * elt <= budget;
+    int64_t pm = full ? M : budget / (K * elt) / QMM_PANEL * QMM_PANEL;
+    if (pm < QMM_PANEL) pm = QMM_PANEL;
     float *panel = tnn__thread_buf(TNN_TBUF_DEQUANT, bf16 ? (size_t)(pm * K + 1) / 2 : (size_t)(pm * K));
-    float *out = full ? NULL : malloc((size_t)N * QMM_PANEL * sizeof *out);
-    if (!panel || (!full && !out)) {
-        free(out);
-        return TNN_ERR(TNN_ERR_NOMEM, "out of memory");
-    }
+    if (!panel) return TNN_ERR(TNN_ERR_NOMEM, "out of memory");
     int rc = TNN_OK;
     for (int64_t j0 = 0; j0 < M && rc == TNN_OK; j0 += pm) {
         int64_t pr = M - j0 < pm ? M - j0 : pm;
@@ -190,15 +192,8 @@ static int qmatmul(tnn_tensor *t) {
         tnn__parallel_for(pr, 1 + 16384 / K, deq_range, &dc);
         rc = atomic_load(&dc.rc);
         if (rc) break;
-        if (full) {
-            rc = panel_product(bf16, N, M, K, CF32(x), panel, F32(t), M);
-            break;
-        }
-        rc = panel_product(bf16, N, pr, K, CF32(x), panel, out, pr);
-        for (int64_t r = 0; r < N && rc == TNN_OK; r++)
-            memcpy(F32(t) + r * M + j0, out + r * pr, (size_t)pr * sizeof(float));
+        rc = panel_product(bf16, N, pr, K, CF32(x), panel, F32(t) + j0, M);
     }
-    free(out);
     return rc;
 }
 
