@@ -209,14 +209,58 @@ static void pack_a_amx(uint32_t *restrict dst, bool ta, const float *restrict A,
     }
 }
 
+/* r[j] = column j of the 16 x 16 words r[0..15] (rows in, columns out). */
+static inline void transpose16(__m512i r[16]) {
+    __m512i t[16], u[16];
+    for (int k = 0; k < 8; k++) { /* in each 128-bit lane: pairs of rows interleaved */
+        t[2 * k] = _mm512_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm512_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+    }
+    for (int k = 0; k < 4; k++) { /* u[4k + c], lane L: column 4L + c of rows 4k..4k+3 */
+        u[4 * k] = _mm512_unpacklo_epi64(t[4 * k], t[4 * k + 2]);
+        u[4 * k + 1] = _mm512_unpackhi_epi64(t[4 * k], t[4 * k + 2]);
+        u[4 * k + 2] = _mm512_unpacklo_epi64(t[4 * k + 1], t[4 * k + 3]);
+        u[4 * k + 3] = _mm512_unpackhi_epi64(t[4 * k + 1], t[4 * k + 3]);
+    }
+    for (int c = 0; c < 4; c++) { /* column 4L + c: lane L of u[c], u[4+c], u[8+c], u[12+c] */
+        __m512i v0 = _mm512_shuffle_i32x4(u[c], u[4 + c], _MM_SHUFFLE(1, 0, 1, 0));
+        __m512i v1 = _mm512_shuffle_i32x4(u[c], u[4 + c], _MM_SHUFFLE(3, 2, 3, 2));
+        __m512i v2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], _MM_SHUFFLE(1, 0, 1, 0));
+        __m512i v3 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], _MM_SHUFFLE(3, 2, 3, 2));
+        r[c] = _mm512_shuffle_i32x4(v0, v2, _MM_SHUFFLE(2, 0, 2, 0));
+        r[4 + c] = _mm512_shuffle_i32x4(v0, v2, _MM_SHUFFLE(3, 1, 3, 1));
+        r[8 + c] = _mm512_shuffle_i32x4(v1, v3, _MM_SHUFFLE(2, 0, 2, 0));
+        r[12 + c] = _mm512_shuffle_i32x4(v1, v3, _MM_SHUFFLE(3, 1, 3, 1));
+    }
+}
+
 /* op(B)[k0 : k0+kc, j0 : j0+nc] as the dot path packs it at NR columns,
- * each panel padded with zero pairs to whole chunks. */
+ * each panel padded with zero pairs to whole chunks. With B transposed (the
+ * weights' rows, a prompt's bf16 copies) a pair is one word of a row, so a
+ * whole panel is a transpose of words, 16 x 16 at a time (the portable
+ * pack's word-by-word strided stores took as long as the tile products). */
 static void pack_b_amx(uint32_t *restrict dst, bool tb, const uint16_t *restrict B, int64_t ldb,
                        int64_t k0, int64_t kc, int64_t j0, int64_t nc, int nr) {
     (void)nr;
-    const int64_t kd = chunks_of(kc), kp = (kc + 1) / 2;
+    const int64_t kd = chunks_of(kc), kp = (kc + 1) / 2, full = kc / 2, f16 = full / 16 * 16;
     for (int64_t q0 = 0; q0 < nc; q0 += NR, dst += NR * kd) {
-        dot_pack_b_impl(dst, tb, B, ldb, k0, kc, j0 + q0, nc - q0 < NR ? nc - q0 : NR, NR);
+        if (!tb || nc - q0 < NR) {
+            dot_pack_b_impl(dst, tb, B, ldb, k0, kc, j0 + q0, nc - q0 < NR ? nc - q0 : NR, NR);
+        } else {
+            for (int64_t q = 0; q < f16; q += 16)
+                for (int h = 0; h < NR; h += 16) {
+                    __m512i r[16];
+                    for (int i = 0; i < 16; i++)
+                        r[i] = _mm512_loadu_si512(B + (j0 + q0 + h + i) * ldb + k0 + 2 * q);
+                    transpose16(r);
+                    for (int j = 0; j < 16; j++) _mm512_storeu_si512(dst + (q + j) * NR + h, r[j]);
+                }
+            for (int c = 0; c < NR; c++) { /* the pairs past the last 16, a last half */
+                const uint16_t *s = B + (j0 + q0 + c) * ldb + k0;
+                for (int64_t q = f16; q < full; q++) dst[q * NR + c] = dot_load_pair(s + 2 * q);
+                if (full < kp) dst[full * NR + c] = s[2 * full];
+            }
+        }
         memset(dst + NR * kp, 0, (size_t)(NR * (kd - kp)) * sizeof *dst);
     }
 }
