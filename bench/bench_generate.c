@@ -2,8 +2,9 @@
  * and greedy generation (128 tokens) of a GGUF model, tokens/s best and
  * median of 3 runs, and generation as a fraction of the bandwidth bound
  * (weight bytes per token x tokens/s / triad GB/s measured in the same run).
- * Usage: bench_generate MODEL.gguf   (llama.cpp's figures for the same file:
- * tools/llama_speed.py)
+ * Usage: bench_generate MODEL.gguf [--cuda] [--prompts 5,16,64]
+ * (--prompts: also prompts of those lengths, best of 3 each; llama.cpp's
+ * figures for the same file: tools/llama_speed.py, with the same option)
  */
 #include "tinynn.h"
 
@@ -31,11 +32,19 @@ static double triad_gbs(void) {
 }
 
 int main(int argc, char **argv) {
+    const char *lens = NULL;
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "--cuda"))
+            lm_use_cuda(true);
+        else if (!strcmp(argv[i], "--prompts") && i + 1 < argc)
+            lens = argv[++i];
+        else
+            argc = 0; /* usage */
+    }
     if (argc < 2) {
-        fprintf(stderr, "usage: bench_generate MODEL.gguf [--cuda]\n");
+        fprintf(stderr, "usage: bench_generate MODEL.gguf [--cuda] [--prompts N,N,...]\n");
         return 2;
     }
-    if (argc > 2 && !strcmp(argv[2], "--cuda")) lm_use_cuda(true);
     lm_llama *m = lm_llama_load(argv[1], 1024, TNN_F16);
     if (!m) {
         fprintf(stderr, "%s\n", tnn_last_error());
@@ -75,6 +84,27 @@ int main(int argc, char **argv) {
     int64_t bytes = 0;
     for (int64_t i = 0; i < tnn_gguf_n_tensors(g); i++) /* a checkpoint's moments aside */
         if (strncmp(tnn_gguf_tensor_name(g, i), "opt.", 4)) bytes += tnn_gguf_tensor_nbytes(g, i);
+    for (const char *p = lens; p && *p;) { /* short prompts: tokens/s, best of 3 */
+        char *end;
+        long n = strtol(p, &end, 10);
+        if (end == p || n < 1 || n > 512) {
+            fprintf(stderr, "bench_generate: --prompts wants lengths 1..512, comma-separated\n");
+            return 2;
+        }
+        double best = 0;
+        for (int r = 0; r < 3; r++) {
+            lm_llama_reset(m);
+            double t0 = bench_now();
+            if (lm_llama_eval(m, prompt, (int)n, lg)) {
+                fprintf(stderr, "%s\n", tnn_last_error());
+                return 1;
+            }
+            double v = n / (bench_now() - t0);
+            if (v > best) best = v;
+        }
+        printf("prompt %ld: %.1f tokens/s\n", n, best);
+        p = *end == ',' ? end + 1 : end;
+    }
     double triad = triad_gbs();
     printf("%s, %s, %d threads: prompt 512: %.1f / %.1f tokens/s; generation 128: %.1f / %.1f "
            "tokens/s (best / median of 3)\n",

@@ -2,7 +2,8 @@
 """llama_speed.py - llama.cpp's prompt (512) and generation (128) tokens/s
 for a GGUF file, through llama-cpp-python (pip, built outside this
 repository), for the same-run comparison with bench/bench_generate:
-    python3 tools/llama_speed.py models/SmolLM2-135M-Instruct.Q4_1.gguf
+    python3 tools/llama_speed.py models/SmolLM2-135M-Instruct.Q4_1.gguf [--prompts 5,16,64]
+(--prompts: also prompts of those lengths, best of 3 each, as bench_generate)
 """
 import time, sys
 from llama_cpp import Llama
@@ -16,3 +17,10 @@ for rep in range(3):
     for i in range(128): llm.eval([tok])
     best_tg = max(best_tg, 128 / (time.time() - t2))
 print(f"llama.cpp (llama-cpp-python): prompt 512 {best_pp:.1f} tok/s, generation 128 {best_tg:.1f} tok/s")
+if len(sys.argv) > 3 and sys.argv[2] == "--prompts":
+    for n in map(int, sys.argv[3].split(",")):
+        best = 0
+        for rep in range(3):
+            llm.reset(); t0 = time.time(); llm.eval(list(range(1000, 1000 + n)))
+            best = max(best, n / (time.time() - t0))
+        print(f"llama.cpp prompt {n}: {best:.1f} tok/s")
