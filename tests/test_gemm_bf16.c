@@ -17,6 +17,7 @@
 #include "ops/kernels.h"
 #include "quant/quant.h"
 
+#include <stdatomic.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -475,6 +476,78 @@ static void test_dot_paths(void) {
     CHECK_OK(tnn_set_num_threads(0));
 }
 
+/* B^T given by rows on demand (tnn__gemm_bf16_rows) gives the bits of B^T
+ * in memory on every path and thread count: shapes with several K blocks
+ * (ranges that start inside a row), edge tiles, a few rows (which take the
+ * packed path, not the skinny one); the callback sees only valid ranges. */
+typedef struct {
+    const problem *p;
+    atomic_int bad;
+} rows_src;
+
+static void rows_of_b(void *ctx, int64_t j0, int64_t nc, int64_t k0, int64_t kc, uint16_t *dst) {
+    rows_src *r = ctx;
+    const problem *p = r->p;
+    if (j0 < 0 || nc < 1 || j0 + nc > p->N || k0 < 0 || kc < 1 || k0 + kc > p->K)
+        atomic_fetch_add(&r->bad, 1);
+    for (int64_t j = 0; j < nc; j++)
+        memcpy(dst + j * kc, p->B + (j0 + j) * p->ldb + k0, (size_t)kc * sizeof *dst);
+}
+
+static void test_rows_source(void) {
+    static const int sh[][3] = {{30, 70, 1100}, {5, 300, 600}, {1, 40, 77}, {64, 33, 1031}};
+    static const int paths[] = {TNN_GEMM_BF16_WIDEN, TNN_GEMM_BF16_DOT_SCALAR,
+                                TNN_GEMM_BF16_DOT_AVX512, TNN_GEMM_BF16_AMX};
+    for (int pi = 0; pi < 4; pi++) {
+        if (paths[pi] == TNN_GEMM_BF16_DOT_AVX512 && !have_dot_avx512) continue;
+        if (paths[pi] == TNN_GEMM_BF16_AMX && !have_amx) continue;
+        for (size_t s = 0; s < sizeof sh / sizeof sh[0]; s++) {
+            problem p;
+            problem_init(&p, sh[s][0], sh[s][1], sh[s][2], false, true, 1);
+            size_t n = (size_t)p.M * p.N;
+            float *want = xalloc(n * sizeof(float)), *got = xalloc(n * sizeof(float));
+            int bad = 0;
+            /* a few rows on the AMX path: tnn__gemm_bf16 would take the
+             * skinny kernels, so the reference is the tiles' product of A
+             * padded to 32 rows (each row of C its own sums) */
+            bool pad = paths[pi] == TNN_GEMM_BF16_AMX && p.M <= 16;
+            for (int t = 1; t <= 2; t++) {
+                CHECK_OK(tnn_set_num_threads(t));
+                if (pad) {
+                    float *a32 = xalloc((size_t)32 * p.lda * sizeof(float));
+                    float *c32 = xalloc((size_t)32 * p.N * sizeof(float));
+                    for (int64_t i = 0; i < 32 * p.lda; i++)
+                        a32[i] = i < p.M * p.lda ? p.A[i] : 0.5f;
+                    CHECK_OK(tnn__gemm_bf16(paths[pi], false, true, 32, p.N, p.K, a32, p.lda,
+                                            p.B, p.ldb, c32, p.N));
+                    memcpy(want, c32, n * sizeof(float));
+                    free(a32);
+                    free(c32);
+                } else {
+                    CHECK_OK(run_bf16(&p, paths[pi]));
+                    dense_c(&p, want);
+                }
+                rows_src r = {.p = &p};
+                atomic_init(&r.bad, 0);
+                tnn_gemm_brows src = {.rows = rows_of_b, .ctx = &r};
+                fill_c(&p);
+                CHECK_OK(tnn__gemm_bf16_rows(paths[pi], p.M, p.N, p.K, p.A, p.lda, &src, p.C,
+                                             p.ldc));
+                bad += !dense_c(&p, got) || atomic_load(&r.bad) ||
+                       same_bits(want, got, n) != 0;
+            }
+            CHECK(bad == 0, "%s %dx%dx%d: B^T by rows differs from B^T in memory",
+                  tnn__gemm_bf16_path_name(paths[pi]), p.M, p.N, p.K);
+            free(want);
+            free(got);
+            problem_free(&p);
+        }
+    }
+    CHECK_ERR(tnn__gemm_bf16_rows(TNN_GEMM_BF16_WIDEN, 1, 1, 1, NULL, 1, NULL, NULL, 1),
+              TNN_ERR_ARG, "NULL rows");
+    CHECK_OK(tnn_set_num_threads(0));
+}
+
 /* NaN and Inf stay in their rows and columns on every path. */
 static void test_nonfinite(void) {
     static const int paths[] = {TNN_GEMM_BF16_WIDEN, TNN_GEMM_BF16_DOT_SCALAR,
@@ -818,6 +891,7 @@ int main(void) {
     test_widen_exact();
     test_dot_paths();
     test_activation_rounding();
+    test_rows_source();
     test_nonfinite();
     test_threads();
     test_public();

@@ -304,13 +304,15 @@ static void test_quantized_ops(void) {
         char name[32];
         snprintf(name, sizeof name, "w%zu", ti);
         for (int pass = 0; pass < 5; pass++) {
-            /* 1 and 6 rows: the matrix-vector kernels; 30: GEMM on the whole
-             * dequantized W, or in panels, on bf16 copies where those are
-             * the faster products; pass 4: the f32 GEMM always */
+            /* 1 and 6 rows: the matrix-vector kernels; 30: a GEMM on the
+             * dequantized W, on bf16 copies where those are the faster
+             * products (pass 2: the GEMM's packs dequantize it); passes 3
+             * and 4: the f32 GEMM, on W dequantized in 64-row panels, then
+             * whole */
             int n = pass == 0 ? 1 : pass == 1 ? N : NG;
             tnn__qmm_set_full_bytes(pass == 3 ? 0 : (int64_t)32 << 20);
-            tnn__qmm_set_bf16(pass != 4);
-            bool bf16 = pass != 4 && tnn__gemm_bf16_auto_path() != TNN_GEMM_BF16_WIDEN;
+            tnn__qmm_set_bf16(pass < 3);
+            bool bf16 = pass < 3 && tnn__gemm_bf16_auto_path() != TNN_GEMM_BF16_WIDEN;
             tnn_session *s = tnn_session_new(0);
             tnn_tensor *W = tnn_tensor_from_gguf(s, g, name);
             CHECK(W && tnn_tensor_dtype(W) == TNN_GGML && tnn_tensor_ggml_type(W) == types[ti],

@@ -881,6 +881,38 @@ static void test_golden(void) {
     free(buf);
 }
 
+/* Any element range of a row in bf16 (the prompt GEMM's panels) is the
+ * same slice of the whole row's bf16 values: starts and ends inside blocks,
+ * whole blocks, empty ranges; bad arguments refused. */
+static void test_range_bf16(void) {
+    th_seed(31);
+    for (int ti = 0; ti < N_TYPES; ti++) {
+        int type = all_types[ti];
+        const tnn_qtype_info *t = tnn__qtype(type);
+        int64_t n = t->block == 1 ? 700 : 3 * t->block;
+        uint8_t *w = xmalloc((size_t)tnn__qtype_row_bytes(type, n));
+        uint16_t *all = xmalloc((size_t)n * 2), *part = xmalloc((size_t)n * 2 + 2);
+        random_rows(type, w, 1, n);
+        CHECK_OK(tnn__dequantize_row_bf16(type, w, all, n));
+        int bad = 0;
+        for (int rep = 0; rep < 60; rep++) {
+            int64_t k0 = rep < 3 ? rep * (t->block > 1 ? t->block : 1) : (int64_t)(th_uniform() * n);
+            int64_t len = rep % 5 == 0 ? n - k0 : (int64_t)(th_uniform() * (double)(n - k0 + 1));
+            part[len] = 0xdead;
+            CHECK_OK(tnn__dequantize_range_bf16(type, w, k0, len, part));
+            bad += memcmp(part, all + k0, (size_t)len * 2) != 0 || part[len] != 0xdead;
+        }
+        CHECK(bad == 0, "%s: %d ranges differ from the whole row's slice (or wrote past it)",
+              t->name, bad);
+        free(w);
+        free(all);
+        free(part);
+    }
+    uint16_t d[4];
+    CHECK_ERR(tnn__dequantize_range_bf16(TNN_QT_Q4_0, d, -1, 2, d), TNN_ERR_ARG, "k0");
+    CHECK_ERR(tnn__dequantize_range_bf16(5, d, 0, 2, d), TNN_ERR_ARG, "type");
+}
+
 /* The GPU's eight-value decoder (tnn__deq_part) against the whole-block
  * decoder, bit for bit, for every part of random blocks of each block type. */
 static void test_parts(void) {
@@ -919,5 +951,6 @@ int main(void) {
     test_threads();
     test_golden();
     test_parts();
+    test_range_bf16();
     return th_finish("test_quant");
 }

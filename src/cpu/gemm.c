@@ -261,6 +261,7 @@ typedef struct {
     float *C;
     int64_t ldc;
     const tnn_gemm_epi *epi; /* or NULL */
+    const tnn_gemm_brows *brows; /* B^T by rows on demand (Bh NULL), or NULL */
     bool split_n;        /* threads split columns (else rows) */
     int64_t unit;        /* columns (rows) per unit of the split */
     atomic_int status;   /* TNN_OK, or the first failure in a thread */
@@ -357,23 +358,34 @@ static void pack_a(const gemm_job *g, int64_t i0, int64_t mc, int64_t k0, int64_
 
 /* dst = op(B)[k0 : k0+kc, j0 : j0+nc] as micro-panels of nr columns: panel q
  * holds, for each k, the nr values of columns j0 + q*nr ... (zero past nc). */
-static void pack_b(const gemm_job *g, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
-                   float *dst) {
+static void pack_b(gemm_job *g, int64_t k0, int64_t kc, int64_t j0, int64_t nc, float *dst) {
     const int nr = g->nr;
+    const uint16_t *Bh = g->Bh;
+    int64_t ldb = g->ldb;
+    if (g->brows) { /* this panel's rows of B^T, then packed from there */
+        uint16_t *t = (uint16_t *)tnn__thread_buf(TNN_TBUF_B_ROWS, (size_t)(nc * kc + 1) / 2);
+        if (!t) {
+            int ok = TNN_OK;
+            atomic_compare_exchange_strong(&g->status, &ok, TNN_ERR_NOMEM);
+            return;
+        }
+        g->brows->rows(g->brows->ctx, j0, nc, k0, kc, t);
+        Bh = t, ldb = kc, j0 = 0, k0 = 0;
+    }
     if (g->mode == GEMM_DOT) {
         tnn__gemm_dot_pack_b_fn pk = g->dk->pack_b ? g->dk->pack_b : tnn__gemm_dot_pack_b;
-        pk((uint32_t *)dst, g->tb, g->Bh, g->ldb, k0, kc, j0, nc, nr);
+        pk((uint32_t *)dst, g->tb, Bh, ldb, k0, kc, j0, nc, nr);
         return;
     }
     if (g->mode == GEMM_WIDEN) {
         if (!g->tb) {
-            tnn__gemm_bf16_pack_n_widen(dst, g->Bh + k0 * g->ldb + j0, g->ldb, kc, nc, nr);
+            tnn__gemm_bf16_pack_n_widen(dst, Bh + k0 * ldb + j0, ldb, kc, nc, nr);
             return;
         }
         tnn__gemm_pack_bf16_fn pw =
             g->kr->pack_t_widen ? g->kr->pack_t_widen : tnn__gemm_bf16_pack_t_widen;
         for (int64_t q = 0; q < nc; q += nr)
-            pw(dst + q * kc, g->Bh + (j0 + q) * g->ldb + k0, g->ldb, kc, nr,
+            pw(dst + q * kc, Bh + (j0 + q) * ldb + k0, ldb, kc, nr,
                (int)(nc - q < nr ? nc - q : nr));
         return;
     }
@@ -618,6 +630,7 @@ static int gemm_packed(gemm_job *g) {
     int64_t M = g->M, N = g->N, K = g->K;
     int64_t nu = (N + g->nr - 1) / g->nr, mu = (M + g->mr - 1) / g->mr;
     g->split_n = N >= M ? (nu >= 4 || nu >= mu) : !(mu >= 4 || mu >= nu);
+    if (g->brows && nu >= 2) g->split_n = true; /* each thread makes only its own B */
     g->unit = g->split_n ? g->nr : g->mr;
     int64_t units = g->split_n ? nu : mu;
     int64_t per_unit = (g->split_n ? M : N) * K * g->unit;
@@ -712,9 +725,27 @@ int tnn__gemm_bf16(int path, bool ta, bool tb, int64_t M, int64_t N, int64_t K, 
     return tnn__gemm_bf16_epi(path, ta, tb, M, N, K, A, lda, B, ldb, C, ldc, NULL);
 }
 
+static int gemm_bf16_run(int path, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
+                         const float *A, int64_t lda, const uint16_t *B, int64_t ldb,
+                         const tnn_gemm_brows *brows, float *C, int64_t ldc,
+                         const tnn_gemm_epi *epi);
+
 int tnn__gemm_bf16_epi(int path, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
                        const float *A, int64_t lda, const uint16_t *B, int64_t ldb, float *C,
                        int64_t ldc, const tnn_gemm_epi *epi) {
+    return gemm_bf16_run(path, ta, tb, M, N, K, A, lda, B, ldb, NULL, C, ldc, epi);
+}
+
+int tnn__gemm_bf16_rows(int path, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                        const tnn_gemm_brows *src, float *C, int64_t ldc) {
+    if (!src || !src->rows) return TNN_ERR(TNN_ERR_ARG, "NULL rows of B");
+    return gemm_bf16_run(path, false, true, M, N, K, A, lda, NULL, K, src, C, ldc, NULL);
+}
+
+static int gemm_bf16_run(int path, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
+                         const float *A, int64_t lda, const uint16_t *B, int64_t ldb,
+                         const tnn_gemm_brows *brows, float *C, int64_t ldc,
+                         const tnn_gemm_epi *epi) {
     if (path == TNN_GEMM_BF16_AUTO) path = tnn__gemm_bf16_auto_path();
     if (path < 0 || path >= TNN_GEMM_BF16_PATH_COUNT)
         return TNN_ERR(TNN_ERR_ARG, "bf16 path %d: want -1 (auto) or 0..%d", path,
@@ -728,9 +759,9 @@ int tnn__gemm_bf16_epi(int path, bool ta, bool tb, int64_t M, int64_t N, int64_t
     if (M <= 0 || N <= 0) return TNN_OK;
     if (K <= 0) return gemm_zero(M, N, C, ldc, epi);
     gemm_job g = {.ta = ta, .tb = tb, .M = M, .N = N, .K = K, .A = A, .lda = lda, .Bh = B,
-                  .ldb = ldb, .C = C, .ldc = ldc, .epi = epi};
+                  .ldb = ldb, .C = C, .ldc = ldc, .epi = epi, .brows = brows};
     atomic_init(&g.status, TNN_OK);
-    if (path == TNN_GEMM_BF16_AMX && skinny_fits(tb, M, N))
+    if (path == TNN_GEMM_BF16_AMX && skinny_fits(tb, M, N) && !brows)
         path = TNN_GEMM_BF16_WIDEN; /* a few rows: memory-bound, streamed */
     if (path == TNN_GEMM_BF16_WIDEN) {
         /* Every k of the packed panels holds f32 values equal to B's, so the
@@ -741,7 +772,7 @@ int tnn__gemm_bf16_epi(int path, bool ta, bool tb, int64_t M, int64_t N, int64_t
         g.kr = kernel_table(tnn__gemm_get_kernel());
         set_geometry(&g, g.kr->mr, g.kr->nr, g.kr->mc, g.kr->kc, g.kr->nc, g.kr->nc_small);
         g.nc_small_t = g.kr->nc_small_t;
-        if (skinny_fits(tb, M, N)) return gemm_skinny(&g);
+        if (skinny_fits(tb, M, N) && !brows) return gemm_skinny(&g);
     } else {
         g.mode = GEMM_DOT;
 #if defined(TNN_GEMM_X86)

@@ -173,6 +173,24 @@ int tnn__gemm_bf16(int path, bool ta, bool tb, int64_t M, int64_t N, int64_t K, 
 int tnn__gemm_bf16_epi(int path, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
                        const float *A, int64_t lda, const uint16_t *B, int64_t ldb, float *C,
                        int64_t ldc, const tnn_gemm_epi *epi);
+/* B^T given by its rows on demand instead of in memory: rows(ctx, j0, nc,
+ * k0, kc, dst) writes B[j][k] for j0 <= j < j0+nc, k0 <= k < k0+kc as bf16
+ * to dst[(j - j0) * kc + (k - k0)]. The packs call it for each panel, on
+ * the thread that packs (so it must be safe to call from several threads
+ * at once): a prompt's quantized weights are dequantized a panel at a time
+ * straight into the cache instead of into a bf16 copy of the whole matrix
+ * first. */
+typedef struct {
+    void (*rows)(void *ctx, int64_t j0, int64_t nc, int64_t k0, int64_t kc, uint16_t *dst);
+    void *ctx;
+} tnn_gemm_brows;
+/* C (M x N) = A (M x K, row stride lda) @ B^T, B (N x K) given by `src`:
+ * the bits tnn__gemm_bf16 gives on (A, B) with B transposed in memory, on
+ * any path, except that a few rows (which tnn__gemm_bf16 hands to the
+ * skinny kernels) take the packed path: on the AMX path their bits are
+ * then the tiles' (each row of C as in a product of more rows). */
+int tnn__gemm_bf16_rows(int path, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                        const tnn_gemm_brows *src, float *C, int64_t ldc);
 /* "widen", "dot-scalar", "dot-avx512", or "?" */
 const char *tnn__gemm_bf16_path_name(int path);
 /* The path TNN_GEMM_BF16_AUTO takes now. */

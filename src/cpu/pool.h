@@ -23,7 +23,7 @@ int tnn__pool_threads(void);
  * freed when the thread exits (or, for the main thread, when the library
  * unloads). NULL when memory runs out. Each slot has one user at a time on a
  * thread, so a kernel that calls another gives them different slots. */
-enum { TNN_TBUF_PACK_A, TNN_TBUF_PACK_B, TNN_TBUF_DEQUANT, TNN_TBUF_COUNT };
+enum { TNN_TBUF_PACK_A, TNN_TBUF_PACK_B, TNN_TBUF_DEQUANT, TNN_TBUF_B_ROWS, TNN_TBUF_COUNT };
 float *tnn__thread_buf(int slot, size_t n);
 
 #endif

@@ -100,10 +100,10 @@ int tnn__gemm_f32_epi(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const f
                       int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc,
                       const tnn_gemm_epi *epi);
 
-/* For tests: quantized weights of at most this many bytes dequantized (as
- * f32, or bf16 where the product runs on bf16 copies) are dequantized whole
- * for a prompt's product (default 32 MiB); larger ones go in panels of as
- * many rows as fit in it (at least 64). */
+/* For tests: quantized weights of at most this many bytes as f32 are
+ * dequantized whole for a prompt's f32 product (default 32 MiB); larger
+ * ones go in panels of as many rows as fit in it (at least 64). (The bf16
+ * products dequantize a GEMM panel at a time and do not use it.) */
 void tnn__qmm_set_full_bytes(int64_t bytes);
 /* For tests and benchmarks: products with quantized weights of at most this
  * many rows of x take the quantized matrix-vector kernels (-1: the default). */

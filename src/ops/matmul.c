@@ -113,13 +113,15 @@ tnn_tensor *tnn_matmul(tnn_session *s, tnn_tensor *a, tnn_tensor *b) {
 /* y (N, M) = x (N, K) @ W^T for W (M, K) of a GGML type: up to QMM_ROWS rows
  * go through the quantized matrix-vector kernels (decoding, short prompts:
  * x quantized to 8 bits, W read once for all rows, each row the bits of the
- * one-row product); more rows dequantize W (in parallel, into a per-thread
- * buffer kept between calls) and run one f32 GEMM (prompts), the bits of
- * the f32 GEMM with the dequantized weights, or, where the bf16 GEMM's
- * automatic path is the AMX tiles or vdpbf16ps, one bf16 GEMM on the
- * dequantized weights rounded to bf16 (within its error bound; 1.8-1.9x).
- * W above qmm_full_bytes (as f32 or bf16) goes in panels of rows that
- * fit it (at least QMM_PANEL) instead. (SmolLM2 Q4_1 on 2 threads, the
+ * one-row product); more rows (prompts) run one GEMM on the dequantized
+ * weights: where the bf16 GEMM's automatic path is the AMX tiles or
+ * vdpbf16ps, the bf16 GEMM on them rounded to bf16 (within its error bound;
+ * 1.8-1.9x the f32 GEMM), its packs dequantizing W a panel at a time
+ * (tnn__gemm_bf16_rows: no copy of the whole matrix); elsewhere the f32
+ * GEMM, the bits of the f32 product with the dequantized weights, W
+ * dequantized first (in parallel, into a per-thread buffer kept between
+ * calls; above qmm_full_bytes in panels of as many rows as fit, at least
+ * QMM_PANEL). (SmolLM2 Q4_1 on 2 threads, the
  * AVX-512 kernels against the GEMM on bf16 copies on the AMX tiles: the two
  * paths cross near 32 rows; at 5-24 the kernels ran 1.2-3x the GEMM. Kernels
  * that take one row of x at a time crossed near 20 against the f32 GEMM:
@@ -161,6 +163,32 @@ static int panel_product(bool bf16, int64_t N, int64_t pr, int64_t K, const floa
                 : tnn__gemm_f32(false, true, N, pr, K, x, K, panel, K, C, ldc);
 }
 
+/* The rows of B^T the bf16 GEMM's packs ask for: W's rows dequantized. */
+#define QROWS_AHEAD 4
+typedef struct {
+    int gtype;
+    const char *w;
+    int64_t row_bytes;
+} qrows_ctx;
+
+static void qrows(void *ctx, int64_t j0, int64_t nc, int64_t k0, int64_t kc, uint16_t *dst) {
+    const qrows_ctx *c = ctx;
+    const tnn_qtype_info *qi = tnn__qtype(c->gtype);
+    /* the bytes of the range in each row (a strided walk over W, which the
+     * hardware prefetcher does not follow): asked for QROWS_AHEAD rows early */
+    int64_t b0 = k0 / qi->block * qi->block_bytes;
+    int64_t nb = ((k0 + kc + qi->block - 1) / qi->block - k0 / qi->block) * qi->block_bytes;
+    for (int64_t j = 0; j < nc; j++) {
+        if (j + QROWS_AHEAD < nc) {
+            const char *p = c->w + (j0 + j + QROWS_AHEAD) * c->row_bytes + b0;
+            for (int64_t o = 0; o < nb; o += 64) __builtin_prefetch(p + o, 0, 0);
+        }
+        /* cannot fail: the type and range were checked */
+        tnn__dequantize_range_bf16(c->gtype, c->w + (j0 + j) * c->row_bytes, k0, kc,
+                                   dst + j * kc);
+    }
+}
+
 static int qmatmul(tnn_tensor *t) {
     const tnn_tensor *x = t->src[0], *w = t->src[1];
     int64_t N = x->shape[0], K = x->shape[1], M = w->shape[0];
@@ -173,7 +201,12 @@ static int qmatmul(tnn_tensor *t) {
     /* where bf16 products run faster than f32 ones (AMX, vdpbf16ps), the
      * panel holds bf16 copies of the dequantized weights */
     bool bf16 = atomic_load(&qmm_bf16) && tnn__gemm_bf16_auto_path() != TNN_GEMM_BF16_WIDEN;
-    /* panels as large as the budget allows (a multiple of QMM_PANEL rows):
+    if (bf16) { /* dequantized by the GEMM's packs, a panel at a time */
+        qrows_ctx qc = {.gtype = w->gtype, .w = (const char *)w->data, .row_bytes = row_bytes};
+        tnn_gemm_brows src = {.rows = qrows, .ctx = &qc};
+        return tnn__gemm_bf16_rows(TNN_GEMM_BF16_AUTO, N, M, K, CF32(x), K, &src, F32(t), M);
+    }
+    /* the f32 GEMM: panels as large as the budget allows (a multiple of QMM_PANEL rows):
      * each panel's GEMM rounds and packs all of x again (64-row panels of a
      * 5632 x 2048 matrix did that 88 times, more than the products took) */
     int64_t elt = bf16 ? 2 : 4, budget = atomic_load(&qmm_full_bytes);

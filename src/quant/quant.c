@@ -842,6 +842,33 @@ int tnn__dequantize_row_bf16(int type, const void *src, uint16_t *dst, int64_t n
     return TNN_OK;
 }
 
+int tnn__dequantize_range_bf16(int type, const void *src, int64_t k0, int64_t n, uint16_t *dst) {
+    const tnn_qtype_info *qi = tnn__qtype(type);
+    if (!qi || k0 < 0 || n < 0)
+        return TNN_ERR(TNN_ERR_ARG, "dequantize range: type %d, k0 %lld, n %lld", type,
+                       (long long)k0, (long long)n);
+    if (n && (!src || !dst))
+        return TNN_ERR(TNN_ERR_ARG, "NULL src or dst");
+    const int64_t bs = qi->block;
+    const uint8_t *s = src;
+    /* a partial first block, the whole blocks, a partial last block */
+    while (n > 0) {
+        int64_t b = k0 / bs, off = k0 - b * bs;
+        int64_t whole = off ? 0 : n / bs * bs;
+        if (whole) {
+            tnn__dequantize_row_bf16(type, s + b * qi->block_bytes, dst, whole);
+        } else {
+            uint16_t t[TNN_QK_K];
+            int64_t c = bs - off < n ? bs - off : n;
+            tnn__dequantize_row_bf16(type, s + b * qi->block_bytes, t, bs);
+            memcpy(dst, t + off, (size_t)c * sizeof *t);
+            whole = c;
+        }
+        k0 += whole, dst += whole, n -= whole;
+    }
+    return TNN_OK;
+}
+
 void tnn__qdot_rows(const tnn_qact *a, const void *w, size_t row_bytes, int64_t rows, float *y) {
     if (rows > 0)
         dot_fn(tnn__quant_get_kernel(), a->wtype)(a, w, row_bytes, rows, y);
