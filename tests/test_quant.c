@@ -566,6 +566,14 @@ static void check_type_kernels(int type, int64_t rows, int64_t n) {
         int64_t k = first_diff(wd, wd2, rows * n);
         CHECK(k < 0, "%s rows %lld n %lld: %s dequantize differs at %lld", name, (long long)rows,
               (long long)n, kn, (long long)k);
+        uint16_t *wk = xmalloc((size_t)(rows * n) * sizeof(uint16_t));
+        CHECK_OK(tnn__dequantize_row_bf16(type, w, wk, rows * n));
+        int64_t badk = 0;
+        for (int64_t i = 0; i < rows * n; i++)
+            badk += wk[i] != tnn__f32_to_bf16(wd[i]);
+        CHECK(badk == 0, "%s rows %lld n %lld: %s: %lld bf16 values are not the rounded "
+              "dequantization", name, (long long)rows, (long long)n, kn, (long long)badk);
+        free(wk);
         CHECK_OK(tnn__quant_matvec(type, w, rows, n, x, yv, NULL));
         k = first_diff(ys, yv, rows);
         CHECK(k < 0, "%s rows %lld n %lld: %s dot row %lld: %.9g vs scalar %.9g", name,

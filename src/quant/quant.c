@@ -797,6 +797,11 @@ static tnn_qdeq_fn deq_fn(int id, int type) {
     return tnn__qk_scalar.deq[type];
 }
 
+static tnn_qdeq16_fn deq16_fn(int id, int type) {
+    FIND(deq16[type])
+    return NULL;
+}
+
 static tnn_qact_fn act_fn(int id) {
     FIND(act)
     return act_scalar;
@@ -832,7 +837,13 @@ int tnn__dequantize_row_bf16(int type, const void *src, uint16_t *dst, int64_t n
     if (n && (!src || !dst))
         return TNN_ERR(TNN_ERR_ARG, "NULL src or dst");
     const tnn_qtype_info *qi = tnn__qtype(type);
-    tnn_qdeq_fn deq = deq_fn(tnn__quant_get_kernel(), type);
+    int kernel = tnn__quant_get_kernel();
+    tnn_qdeq16_fn d16 = deq16_fn(kernel, type);
+    if (d16) {
+        d16(src, dst, n);
+        return TNN_OK;
+    }
+    tnn_qdeq_fn deq = deq_fn(kernel, type);
     float tmp[256]; /* a multiple of every block */
     for (int64_t e = 0; e < n; e += 256) {
         int64_t c = n - e < 256 ? n - e : 256;

@@ -24,6 +24,6 @@ INL __m256i vnni_dpbusd(__m256i acc, __m256i u, __m256i s) {
 #include "quant_vnni.h"
 
 /* Merged into the AVX2 set by quant_avx2.c (tnn__qk_avx2). */
-TNN_VNNI_KERNELS(tnn__qk_avx2_q32, "avx2-q32")
+TNN_VNNI_KERNELS(tnn__qk_avx2_q32, "avx2-q32", NULL)
 
 #endif /* TNN_QUANT_X86 */

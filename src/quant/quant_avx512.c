@@ -29,7 +29,151 @@ INL __m256 vnni_add_live(__m256 acc, __m256 v, int n) {
 
 #include "quant_vnni.h"
 
+/* ------------------------------------------------------------------------ */
+/* Dequantization straight to bf16 (a prompt's GEMM panels): the values of  */
+/* the scalar twin's expressions, rounded as tnn__f32_to_bf16 rounds, 16 at */
+/* a time, without the f32 values going through memory.                     */
+/* ------------------------------------------------------------------------ */
+
+INL uint16_t h16(const uint8_t *p) {
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+INL float f16(uint16_t h) { return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h))); }
+
+/* tnn__f2bf on 16 floats: nearest even, a NaN quiet with its upper half. */
+INL __m256i bf16x16(__m512 v) {
+    const __m512i u = _mm512_castps_si512(v), hi = _mm512_srli_epi32(u, 16);
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
+                                                   _mm512_and_si512(hi, _mm512_set1_epi32(1))),
+                                  16);
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                            _mm512_set1_epi32(0x7f800000));
+    return _mm512_cvtepi32_epi16(_mm512_mask_or_epi32(r, nan, hi, _mm512_set1_epi32(0x40)));
+}
+
+enum { D_MUL, D_ADD, D_SUB };
+/* y[0..16) = bf16(d * (float)c (+ m or - m)), c 16 int32 codes. */
+INL void put16(uint16_t *y, __m512i c, float d, float m, int op) {
+    __m512 v = _mm512_mul_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(c));
+    if (op == D_ADD) v = _mm512_add_ps(v, _mm512_set1_ps(m));
+    if (op == D_SUB) v = _mm512_sub_ps(v, _mm512_set1_ps(m));
+    _mm256_storeu_si256((__m256i *)y, bf16x16(v));
+}
+/* 32 signed byte codes (element order) of a 32-value run. */
+INL void put32(uint16_t *y, __m256i c, float d, float m, int op) {
+    put16(y, _mm512_cvtepi8_epi32(_mm256_castsi256_si128(c)), d, m, op);
+    put16(y + 16, _mm512_cvtepi8_epi32(_mm256_extracti128_si256(c, 1)), d, m, op);
+}
+/* The 32 four-bit codes of 16 bytes, low nibbles first. */
+INL __m256i nib32(const uint8_t *qs) {
+    __m128i v = _mm_loadu_si128((const __m128i *)qs), m = _mm_set1_epi8(15);
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_and_si128(v, m)),
+                                   _mm_and_si128(_mm_srli_epi16(v, 4), m), 1);
+}
+
+INL void d16_q32(int type, const void *src, uint16_t *dst, int64_t n) {
+    const size_t bsz = tnn__q32_block_bytes(type);
+    const uint8_t *b = src;
+    const __m256i kv = _mm256_setr_epi64x((long long)0xf6eaddcfbfad9881ull, 0x7159453526190d01ll,
+                                          (long long)0xf6eaddcfbfad9881ull, 0x7159453526190d01ll);
+    for (int64_t k = 0; k < n / TNN_QK; k++, b += bsz, dst += 32) {
+        float d = f16(h16(b));
+        uint32_t qh;
+        switch (type) {
+        case TNN_QT_Q8_0: put32(dst, _mm256_loadu_si256((const __m256i *)(b + 2)), d, 0, D_MUL); break;
+        case TNN_QT_Q4_0: put32(dst, _mm256_sub_epi8(nib32(b + 2), _mm256_set1_epi8(8)), d, 0, D_MUL); break;
+        case TNN_QT_Q4_1: put32(dst, nib32(b + 4), d, f16(h16(b + 2)), D_ADD); break;
+        case TNN_QT_IQ4_NL: put32(dst, _mm256_shuffle_epi8(kv, nib32(b + 2)), d, 0, D_MUL); break;
+        case TNN_QT_Q5_0:
+            memcpy(&qh, b + 2, 4);
+            put32(dst, _mm256_sub_epi8(_mm256_or_si256(nib32(b + 6), vnni_bits_0x10(qh)),
+                                       _mm256_set1_epi8(16)),
+                  d, 0, D_MUL);
+            break;
+        default: /* Q5_1 */
+            memcpy(&qh, b + 4, 4);
+            put32(dst, _mm256_or_si256(nib32(b + 8), vnni_bits_0x10(qh)), d, f16(h16(b + 2)), D_ADD);
+            break;
+        }
+    }
+}
+#define D16_Q32(name, T)                                                                           \
+    static void name(const void *src, uint16_t *dst, int64_t n) { d16_q32(T, src, dst, n); }
+D16_Q32(d16_q8_0, TNN_QT_Q8_0)
+D16_Q32(d16_q4_0, TNN_QT_Q4_0)
+D16_Q32(d16_q4_1, TNN_QT_Q4_1)
+D16_Q32(d16_q5_0, TNN_QT_Q5_0)
+D16_Q32(d16_q5_1, TNN_QT_Q5_1)
+D16_Q32(d16_iq4_nl, TNN_QT_IQ4_NL)
+
+/* Q4_K / Q5_K: sub-block j's 32 codes (chunk j / 2, low or high nibbles). */
+INL void d16_qk45(int five, const void *src, uint16_t *dst, int64_t n) {
+    const size_t bsz = five ? sizeof(tnn_block_q5_K) : sizeof(tnn_block_q4_K);
+    const uint8_t *b = src;
+    const __m256i m4 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
+    for (int64_t k = 0; k < n / TNN_QK_K; k++, b += bsz, dst += 256) {
+        float d = f16(h16(b)), dmin = f16(h16(b + 2));
+        const uint8_t *qs = five ? b + 48 : b + 16;
+        __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(b + 16)) : m4;
+        for (int c = 0; c < 4; c++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+            __m256i q[2] = {_mm256_and_si256(v, m4), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4)};
+            for (int t = 0; t < 2; t++) {
+                if (five) {
+                    q[t] = _mm256_or_si256(q[t], _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
+                    qh = _mm256_srli_epi16(qh, 1);
+                }
+                int sc, mn;
+                tnn__qk_scale_min(b + 4, 2 * c + t, &sc, &mn);
+                put32(dst + 64 * c + 32 * t, q[t], d * (float)sc, dmin * (float)mn, D_SUB);
+            }
+        }
+    }
+}
+static void d16_q4_K(const void *src, uint16_t *dst, int64_t n) { d16_qk45(0, src, dst, n); }
+static void d16_q5_K(const void *src, uint16_t *dst, int64_t n) { d16_qk45(1, src, dst, n); }
+
+/* Q6_K: half h's four runs of 32 (quant.h's layout), 16 values a scale. */
+static void d16_q6_K(const void *src, uint16_t *dst, int64_t n) {
+    const tnn_block_q6_K *B = src;
+    const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3);
+    for (int64_t k = 0; k < n / TNN_QK_K; k++, B++, dst += 256) {
+        float d = f16(B->d);
+        for (int h = 0; h < 2; h++) {
+            __m256i l0 = _mm256_loadu_si256((const __m256i *)(B->ql + 64 * h));
+            __m256i l1 = _mm256_loadu_si256((const __m256i *)(B->ql + 64 * h + 32));
+            __m256i hb = _mm256_loadu_si256((const __m256i *)(B->qh + 32 * h));
+            __m256i q[4] = {
+                _mm256_or_si256(_mm256_and_si256(l0, m4),
+                                _mm256_slli_epi16(_mm256_and_si256(hb, m2), 4)),
+                _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m2), 4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                _mm256_and_si256(hb, _mm256_set1_epi8(0x30))),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                _mm256_srli_epi16(_mm256_and_si256(hb, _mm256_set1_epi8((char)0xc0)), 2))};
+            for (int g = 0; g < 4; g++) {
+                int e = 128 * h + 32 * g;
+                __m256i c = _mm256_sub_epi8(q[g], _mm256_set1_epi8(32));
+                put16(dst + e, _mm512_cvtepi8_epi32(_mm256_castsi256_si128(c)),
+                      d * (float)B->scales[e >> 4], 0, D_MUL);
+                put16(dst + e + 16, _mm512_cvtepi8_epi32(_mm256_extracti128_si256(c, 1)),
+                      d * (float)B->scales[(e >> 4) + 1], 0, D_MUL);
+            }
+        }
+    }
+}
+
+static const tnn_qkernels avx512_deq16 = {
+    .name = "avx512-deq16",
+    .deq16 = {[TNN_QT_Q8_0] = d16_q8_0, [TNN_QT_Q4_0] = d16_q4_0, [TNN_QT_Q4_1] = d16_q4_1,
+              [TNN_QT_Q5_0] = d16_q5_0, [TNN_QT_Q5_1] = d16_q5_1, [TNN_QT_IQ4_NL] = d16_iq4_nl,
+              [TNN_QT_Q4_K] = d16_q4_K, [TNN_QT_Q5_K] = d16_q5_K, [TNN_QT_Q6_K] = d16_q6_K},
+};
+
 /* Everything not listed in it runs the next kernel set down (quant.c). */
-TNN_VNNI_KERNELS(tnn__qk_avx512, "avx512")
+TNN_VNNI_KERNELS(tnn__qk_avx512, "avx512", &avx512_deq16)
 
 #endif /* TNN_QUANT_X86 */

@@ -22,6 +22,6 @@ INL __m256i vnni_dpbusd(__m256i acc, __m256i u, __m256i s) {
 #include "quant_vnni.h"
 
 /* Everything not listed in it runs the AVX2 kernel set (quant.c). */
-TNN_VNNI_KERNELS(tnn__qk_avxvnni, "avxvnni")
+TNN_VNNI_KERNELS(tnn__qk_avxvnni, "avxvnni", NULL)
 
 #endif /* TNN_QUANT_X86 */

@@ -16,6 +16,8 @@ typedef void (*tnn_qdotn_fn)(const tnn_qact *a, int64_t nx, const void *w, size_
                              int64_t rows, float *y, int64_t ldy);
 /* dst[0..n) from n elements (n a multiple of the block, checked by caller). */
 typedef void (*tnn_qdeq_fn)(const void *src, float *dst, int64_t n);
+/* The same values rounded to bf16 as tnn__f32_to_bf16 rounds them. */
+typedef void (*tnn_qdeq16_fn)(const void *src, uint16_t *dst, int64_t n);
 
 /* Activation quantization: for each of nb blocks of bs (32 or 256) values
  * of x, d[b] = amax / 127 and q = act_code(x * (1 / d[b])), where act_code
@@ -29,6 +31,7 @@ typedef struct tnn_qkernels {
     tnn_qdot_fn dot[TNN_QT_COUNT]; /* NULL: the scalar twin runs */
     tnn_qdotn_fn dotn[TNN_QT_COUNT]; /* NULL: dot a row of x at a time */
     tnn_qdeq_fn deq[TNN_QT_COUNT]; /* NULL: the scalar twin runs */
+    tnn_qdeq16_fn deq16[TNN_QT_COUNT]; /* NULL: deq, then the values rounded */
 } tnn_qkernels;
 
 extern const tnn_qkernels tnn__qk_scalar;

@@ -206,10 +206,11 @@ DOTN(dotn_q5_1, TNN_QT_Q5_1)
 TNN_Q32_DOTS(dot_q32)
 
 /* The kernel set `var` named `name`: these types' one-row and several-row
- * dot products. */
-#define TNN_VNNI_KERNELS(var, name_)                                                               \
+ * dot products (and `more_`'s entries, or NULL). */
+#define TNN_VNNI_KERNELS(var, name_, more_)                                                        \
     const tnn_qkernels var = {                                                                     \
         .name = name_,                                                                             \
+        .more = more_,                                                                             \
         .dot = {[TNN_QT_Q8_0] = dot_q8_0, [TNN_QT_Q4_0] = dot_q4_0, [TNN_QT_Q4_1] = dot_q4_1,      \
                 [TNN_QT_Q5_0] = dot_q5_0, [TNN_QT_Q5_1] = dot_q5_1},                               \
         .dotn = {[TNN_QT_Q8_0] = dotn_q8_0, [TNN_QT_Q4_0] = dotn_q4_0, [TNN_QT_Q4_1] = dotn_q4_1,  \
