@@ -125,9 +125,13 @@ tnn_tensor *tnn_matmul(tnn_session *s, tnn_tensor *a, tnn_tensor *b) {
  * AVX-512 kernels against the GEMM on bf16 copies on the AMX tiles: the two
  * paths cross near 32 rows; at 5-24 the kernels ran 1.2-3x the GEMM. Kernels
  * that take one row of x at a time crossed near 20 against the f32 GEMM:
- * QMM_ROWS_ONE for the types and CPUs without the several-row kernels.) */
+ * QMM_ROWS_ONE for the types and CPUs without the several-row kernels; near
+ * 10 against the bf16 GEMM that dequantizes panel by panel on the AMX tiles
+ * (a 2048-wide Q4_K_M model: at 8 rows 169 against 153 tokens/s, at 12 187
+ * against 215): QMM_ROWS_ONE_BF16.) */
 #define QMM_ROWS 24
 #define QMM_ROWS_ONE 16
+#define QMM_ROWS_ONE_BF16 10
 #define QMM_PANEL 64
 static _Atomic int64_t qmm_full_bytes = (int64_t)32 << 20;
 static _Atomic int64_t qmm_rows = -1; /* -1: QMM_ROWS or QMM_ROWS_ONE */
@@ -194,13 +198,16 @@ static int qmatmul(tnn_tensor *t) {
     int64_t N = x->shape[0], K = x->shape[1], M = w->shape[0];
     int64_t row_bytes = tnn__qtype_row_bytes(w->gtype, K);
     if (row_bytes < 0) return tnn_last_status();
+    /* where bf16 products run faster than f32 ones (AMX, vdpbf16ps), the
+     * GEMM runs on bf16 copies of the dequantized weights */
+    bool bf16 = atomic_load(&qmm_bf16) && tnn__gemm_bf16_auto_path() != TNN_GEMM_BF16_WIDEN;
     int64_t rows_max = atomic_load(&qmm_rows);
-    if (rows_max < 0) rows_max = tnn__quant_rows_shared(w->gtype) ? QMM_ROWS : QMM_ROWS_ONE;
+    if (rows_max < 0)
+        rows_max = tnn__quant_rows_shared(w->gtype) ? QMM_ROWS
+                   : bf16                           ? QMM_ROWS_ONE_BF16
+                                                    : QMM_ROWS_ONE;
     if (N <= rows_max)
         return tnn__quant_matmul(w->gtype, w->data, M, K, CF32(x), N, F32(t), NULL);
-    /* where bf16 products run faster than f32 ones (AMX, vdpbf16ps), the
-     * panel holds bf16 copies of the dequantized weights */
-    bool bf16 = atomic_load(&qmm_bf16) && tnn__gemm_bf16_auto_path() != TNN_GEMM_BF16_WIDEN;
     if (bf16) { /* dequantized by the GEMM's packs, a panel at a time */
         qrows_ctx qc = {.gtype = w->gtype, .w = (const char *)w->data, .row_bytes = row_bytes};
         tnn_gemm_brows src = {.rows = qrows, .ctx = &qc};
