@@ -128,10 +128,13 @@ tnn_tensor *tnn_matmul(tnn_session *s, tnn_tensor *a, tnn_tensor *b) {
  * QMM_ROWS_ONE for the types and CPUs without the several-row kernels; near
  * 10 against the bf16 GEMM that dequantizes panel by panel on the AMX tiles
  * (a 2048-wide Q4_K_M model: at 8 rows 169 against 153 tokens/s, at 12 187
- * against 215): QMM_ROWS_ONE_BF16.) */
+ * against 215): QMM_ROWS_ONE_BF16; the K-quants' several-row kernels
+ * (AVX2) near 12 against it (at 8 rows 242 against 153, at 12 248 against
+ * 215, at 16 264 against 300): QMM_ROWS_K_BF16.) */
 #define QMM_ROWS 24
 #define QMM_ROWS_ONE 16
 #define QMM_ROWS_ONE_BF16 10
+#define QMM_ROWS_K_BF16 12
 #define QMM_PANEL 64
 static _Atomic int64_t qmm_full_bytes = (int64_t)32 << 20;
 static _Atomic int64_t qmm_rows = -1; /* -1: QMM_ROWS or QMM_ROWS_ONE */
@@ -202,10 +205,13 @@ static int qmatmul(tnn_tensor *t) {
      * GEMM runs on bf16 copies of the dequantized weights */
     bool bf16 = atomic_load(&qmm_bf16) && tnn__gemm_bf16_auto_path() != TNN_GEMM_BF16_WIDEN;
     int64_t rows_max = atomic_load(&qmm_rows);
-    if (rows_max < 0)
-        rows_max = tnn__quant_rows_shared(w->gtype) ? QMM_ROWS
-                   : bf16                           ? QMM_ROWS_ONE_BF16
-                                                    : QMM_ROWS_ONE;
+    if (rows_max < 0) {
+        bool shared = tnn__quant_rows_shared(w->gtype);
+        rows_max = !bf16 ? (shared ? QMM_ROWS : QMM_ROWS_ONE)
+                   : shared && tnn__qtype(w->gtype)->block == TNN_QK_K ? QMM_ROWS_K_BF16
+                   : shared ? QMM_ROWS
+                            : QMM_ROWS_ONE_BF16;
+    }
     if (N <= rows_max)
         return tnn__quant_matmul(w->gtype, w->data, M, K, CF32(x), N, F32(t), NULL);
     if (bf16) { /* dequantized by the GEMM's packs, a panel at a time */
