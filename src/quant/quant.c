@@ -420,214 +420,189 @@ static inline int32_t idot32(const int *q, const int8_t *qx) {
     return s;
 }
 
-static void dot_q32(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
-    int64_t nb = a->n / TNN_QK;
-    int type = a->wtype;
+/* The row loop of every block type: each block's p_b (its own float
+ * expression, quant.h) added to acc[b % 8] in ascending b, then reduced. */
+typedef float (*block_dot_fn)(const tnn_qact *a, const uint8_t *blk, int64_t b);
+
+static void dot_blocks(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y,
+                       block_dot_fn f) {
+    const tnn_qtype_info *qi = tnn__qtype(a->wtype);
+    int64_t nb = a->n / qi->block;
     for (int64_t r = 0; r < rows; r++) {
         const uint8_t *wr = (const uint8_t *)w + r * rb;
         float acc[8] = {0};
-        for (int64_t b = 0; b < nb; b++) {
-            int q[32];
-            float dw, mw = 0.0f;
-            int off = 0;
-            bool has_min = false;
-            switch (type) {
-            case TNN_QT_Q8_0: {
-                const tnn_block_q8_0 *B = (const tnn_block_q8_0 *)wr + b;
-                for (int i = 0; i < 32; i++)
-                    q[i] = B->qs[i];
-                dw = F16(B->d);
-                break;
-            }
-            case TNN_QT_Q4_0: {
-                const tnn_block_q4_0 *B = (const tnn_block_q4_0 *)wr + b;
-                for (int i = 0; i < 16; i++) {
-                    q[i] = B->qs[i] & 15;
-                    q[i + 16] = B->qs[i] >> 4;
-                }
-                dw = F16(B->d);
-                off = 8;
-                break;
-            }
-            case TNN_QT_Q4_1: {
-                const tnn_block_q4_1 *B = (const tnn_block_q4_1 *)wr + b;
-                for (int i = 0; i < 16; i++) {
-                    q[i] = B->qs[i] & 15;
-                    q[i + 16] = B->qs[i] >> 4;
-                }
-                dw = F16(B->d);
-                mw = F16(B->m);
-                has_min = true;
-                break;
-            }
-            case TNN_QT_Q5_0: {
-                const tnn_block_q5_0 *B = (const tnn_block_q5_0 *)wr + b;
-                tnn__q5_codes(B->qh, B->qs, q);
-                dw = F16(B->d);
-                off = 16;
-                break;
-            }
-            default: { /* Q5_1 */
-                const tnn_block_q5_1 *B = (const tnn_block_q5_1 *)wr + b;
-                tnn__q5_codes(B->qh, B->qs, q);
-                dw = F16(B->d);
-                mw = F16(B->m);
-                has_min = true;
-                break;
-            }
-            }
-            int32_t s = idot32(q, a->q + 32 * b) - off * a->qsum[b];
-            float p = (dw * a->d[b]) * (float)s;
-            if (has_min)
-                p = p + mw * a->s[b];
-            acc[b & 7] += p;
-        }
+        for (int64_t b = 0; b < nb; b++)
+            acc[b & 7] += f(a, wr + b * qi->block_bytes, b);
         y[r] = tnn__qreduce8(acc);
     }
 }
 
-static void dot_q4_K(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
-    int64_t nb = a->n / TNN_QK_K;
-    bool five = a->wtype == TNN_QT_Q5_K;
-    for (int64_t r = 0; r < rows; r++) {
-        const uint8_t *wr = (const uint8_t *)w + r * rb;
-        float acc[8] = {0};
-        for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *scales, *qs, *qh = NULL;
-            uint16_t d16, dmin16;
-            if (five) {
-                const tnn_block_q5_K *B = (const tnn_block_q5_K *)wr + b;
-                scales = B->scales, qs = B->qs, qh = B->qh, d16 = B->d, dmin16 = B->dmin;
-            } else {
-                const tnn_block_q4_K *B = (const tnn_block_q4_K *)wr + b;
-                scales = B->scales, qs = B->qs, d16 = B->d, dmin16 = B->dmin;
-            }
-            const int8_t *qx = a->q + 256 * b;
-            const int16_t *bs = a->bsum + 16 * b;
-            int32_t s1 = 0, s2 = 0;
-            for (int j = 0; j < 8; j++) {
-                int sc, mn;
-                tnn__qk_scale_min(scales, j, &sc, &mn);
-                int32_t sj = 0;
-                for (int l = 0; l < 32; l++) {
-                    int q = tnn__q4k_code(qs, j, l);
-                    if (qh)
-                        q |= ((qh[l] >> j) & 1) << 4;
-                    sj += q * qx[32 * j + l];
-                }
-                s1 += sc * sj;
-                s2 += mn * (bs[2 * j] + bs[2 * j + 1]);
-            }
-            float dx = a->d[b];
-            float p = (F16(d16) * dx) * (float)s1 - (F16(dmin16) * dx) * (float)s2;
-            acc[b & 7] += p;
-        }
-        y[r] = tnn__qreduce8(acc);
+static float blk_q32(const tnn_qact *a, const uint8_t *blk, int64_t b) {
+    int q[32];
+    float dw, mw = 0.0f;
+    int off = 0;
+    bool has_min = false;
+    switch (a->wtype) {
+    case TNN_QT_Q8_0: {
+        const tnn_block_q8_0 *B = (const tnn_block_q8_0 *)blk;
+        for (int i = 0; i < 32; i++)
+            q[i] = B->qs[i];
+        dw = F16(B->d);
+        break;
     }
+    case TNN_QT_Q4_0: {
+        const tnn_block_q4_0 *B = (const tnn_block_q4_0 *)blk;
+        for (int i = 0; i < 16; i++) {
+            q[i] = B->qs[i] & 15;
+            q[i + 16] = B->qs[i] >> 4;
+        }
+        dw = F16(B->d);
+        off = 8;
+        break;
+    }
+    case TNN_QT_Q4_1: {
+        const tnn_block_q4_1 *B = (const tnn_block_q4_1 *)blk;
+        for (int i = 0; i < 16; i++) {
+            q[i] = B->qs[i] & 15;
+            q[i + 16] = B->qs[i] >> 4;
+        }
+        dw = F16(B->d);
+        mw = F16(B->m);
+        has_min = true;
+        break;
+    }
+    case TNN_QT_Q5_0: {
+        const tnn_block_q5_0 *B = (const tnn_block_q5_0 *)blk;
+        tnn__q5_codes(B->qh, B->qs, q);
+        dw = F16(B->d);
+        off = 16;
+        break;
+    }
+    default: { /* Q5_1 */
+        const tnn_block_q5_1 *B = (const tnn_block_q5_1 *)blk;
+        tnn__q5_codes(B->qh, B->qs, q);
+        dw = F16(B->d);
+        mw = F16(B->m);
+        has_min = true;
+        break;
+    }
+    }
+    int32_t s = idot32(q, a->q + 32 * b) - off * a->qsum[b];
+    float p = (dw * a->d[b]) * (float)s;
+    if (has_min)
+        p = p + mw * a->s[b];
+    return p;
 }
 
-static void dot_q6_K(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
-    int64_t nb = a->n / TNN_QK_K;
-    for (int64_t r = 0; r < rows; r++) {
-        const tnn_block_q6_K *B = (const tnn_block_q6_K *)((const uint8_t *)w + r * rb);
-        float acc[8] = {0};
-        for (int64_t b = 0; b < nb; b++, B++) {
-            const int8_t *qx = a->q + 256 * b;
-            const int16_t *bs = a->bsum + 16 * b;
-            int32_t s1 = 0, s2 = 0;
-            for (int g = 0; g < 16; g++) {
-                int32_t sg = 0;
-                for (int i = 0; i < 16; i++)
-                    sg += tnn__q6k_code(B, 16 * g + i) * qx[16 * g + i];
-                s1 += B->scales[g] * sg;
-                s2 += B->scales[g] * bs[g];
-            }
-            float p = (F16(B->d) * a->d[b]) * (float)(s1 - 32 * s2);
-            acc[b & 7] += p;
-        }
-        y[r] = tnn__qreduce8(acc);
+static float blk_iq4_nl(const tnn_qact *a, const uint8_t *blk, int64_t b) {
+    const tnn_block_iq4_nl *B = (const tnn_block_iq4_nl *)blk;
+    int q[32];
+    for (int i = 0; i < 16; i++) {
+        q[i] = tnn__iq4_value(B->qs[i] & 15);
+        q[i + 16] = tnn__iq4_value(B->qs[i] >> 4);
     }
+    return (F16(B->d) * a->d[b]) * (float)idot32(q, a->q + 32 * b);
 }
 
-static void dot_iq4_nl(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
-    int64_t nb = a->n / TNN_QK;
-    for (int64_t r = 0; r < rows; r++) {
-        const tnn_block_iq4_nl *B = (const tnn_block_iq4_nl *)((const uint8_t *)w + r * rb);
-        float acc[8] = {0};
-        for (int64_t b = 0; b < nb; b++, B++) {
-            int q[32];
-            for (int i = 0; i < 16; i++) {
-                q[i] = tnn__iq4_value(B->qs[i] & 15);
-                q[i + 16] = tnn__iq4_value(B->qs[i] >> 4);
-            }
-            acc[b & 7] += (F16(B->d) * a->d[b]) * (float)idot32(q, a->q + 32 * b);
-        }
-        y[r] = tnn__qreduce8(acc);
+static float blk_q2_K(const tnn_qact *a, const uint8_t *blk, int64_t b) {
+    const tnn_block_q2_K *B = (const tnn_block_q2_K *)blk;
+    const int8_t *qx = a->q + 256 * b;
+    const int16_t *bs = a->bsum + 16 * b;
+    int32_t s1 = 0, s2 = 0;
+    for (int g = 0; g < 16; g++) {
+        int32_t sg = 0;
+        for (int i = 0; i < 16; i++)
+            sg += tnn__q2k_code(B->qs, 16 * g + i) * qx[16 * g + i];
+        s1 += (B->scales[g] & 15) * sg;
+        s2 += (B->scales[g] >> 4) * bs[g];
     }
+    float dx = a->d[b];
+    return (F16(B->d) * dx) * (float)s1 - (F16(B->dmin) * dx) * (float)s2;
 }
 
-static void dot_q2_K(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
-    int64_t nb = a->n / TNN_QK_K;
-    for (int64_t r = 0; r < rows; r++) {
-        const tnn_block_q2_K *B = (const tnn_block_q2_K *)((const uint8_t *)w + r * rb);
-        float acc[8] = {0};
-        for (int64_t b = 0; b < nb; b++, B++) {
-            const int8_t *qx = a->q + 256 * b;
-            const int16_t *bs = a->bsum + 16 * b;
-            int32_t s1 = 0, s2 = 0;
-            for (int g = 0; g < 16; g++) {
-                int32_t sg = 0;
-                for (int i = 0; i < 16; i++)
-                    sg += tnn__q2k_code(B->qs, 16 * g + i) * qx[16 * g + i];
-                s1 += (B->scales[g] & 15) * sg;
-                s2 += (B->scales[g] >> 4) * bs[g];
-            }
-            float dx = a->d[b];
-            acc[b & 7] += (F16(B->d) * dx) * (float)s1 - (F16(B->dmin) * dx) * (float)s2;
-        }
-        y[r] = tnn__qreduce8(acc);
+static float blk_q3_K(const tnn_qact *a, const uint8_t *blk, int64_t b) {
+    const tnn_block_q3_K *B = (const tnn_block_q3_K *)blk;
+    const int8_t *qx = a->q + 256 * b;
+    int32_t s = 0;
+    for (int g = 0; g < 16; g++) {
+        int32_t sg = 0;
+        for (int i = 0; i < 16; i++)
+            sg += tnn__q3k_code(B, 16 * g + i) * qx[16 * g + i];
+        s += tnn__q3k_scale(B->scales, g) * sg;
     }
+    return (F16(B->d) * a->d[b]) * (float)s;
 }
 
-static void dot_q3_K(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
-    int64_t nb = a->n / TNN_QK_K;
-    for (int64_t r = 0; r < rows; r++) {
-        const tnn_block_q3_K *B = (const tnn_block_q3_K *)((const uint8_t *)w + r * rb);
-        float acc[8] = {0};
-        for (int64_t b = 0; b < nb; b++, B++) {
-            const int8_t *qx = a->q + 256 * b;
-            int32_t s = 0;
-            for (int g = 0; g < 16; g++) {
-                int32_t sg = 0;
-                for (int i = 0; i < 16; i++)
-                    sg += tnn__q3k_code(B, 16 * g + i) * qx[16 * g + i];
-                s += tnn__q3k_scale(B->scales, g) * sg;
-            }
-            acc[b & 7] += (F16(B->d) * a->d[b]) * (float)s;
-        }
-        y[r] = tnn__qreduce8(acc);
+static float blk_q4_K(const tnn_qact *a, const uint8_t *blk, int64_t b) {
+    const uint8_t *scales, *qs, *qh = NULL;
+    uint16_t d16, dmin16;
+    if (a->wtype == TNN_QT_Q5_K) {
+        const tnn_block_q5_K *B = (const tnn_block_q5_K *)blk;
+        scales = B->scales, qs = B->qs, qh = B->qh, d16 = B->d, dmin16 = B->dmin;
+    } else {
+        const tnn_block_q4_K *B = (const tnn_block_q4_K *)blk;
+        scales = B->scales, qs = B->qs, d16 = B->d, dmin16 = B->dmin;
     }
+    const int8_t *qx = a->q + 256 * b;
+    const int16_t *bs = a->bsum + 16 * b;
+    int32_t s1 = 0, s2 = 0;
+    for (int j = 0; j < 8; j++) {
+        int sc, mn;
+        tnn__qk_scale_min(scales, j, &sc, &mn);
+        int32_t sj = 0;
+        for (int l = 0; l < 32; l++) {
+            int q = tnn__q4k_code(qs, j, l);
+            if (qh)
+                q |= ((qh[l] >> j) & 1) << 4;
+            sj += q * qx[32 * j + l];
+        }
+        s1 += sc * sj;
+        s2 += mn * (bs[2 * j] + bs[2 * j + 1]);
+    }
+    float dx = a->d[b];
+    return (F16(d16) * dx) * (float)s1 - (F16(dmin16) * dx) * (float)s2;
 }
 
-static void dot_iq4_xs(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
-    int64_t nb = a->n / TNN_QK_K;
-    for (int64_t r = 0; r < rows; r++) {
-        const tnn_block_iq4_xs *B = (const tnn_block_iq4_xs *)((const uint8_t *)w + r * rb);
-        float acc[8] = {0};
-        for (int64_t b = 0; b < nb; b++, B++) {
-            const int8_t *qx = a->q + 256 * b;
-            int32_t s = 0;
-            for (int j = 0; j < 8; j++) {
-                int32_t sj = 0;
-                for (int l = 0; l < 32; l++)
-                    sj += tnn__iq4_value(tnn__iq4xs_code(B, j, l)) * qx[32 * j + l];
-                s += tnn__iq4xs_scale(B, j) * sj;
-            }
-            acc[b & 7] += (F16(B->d) * a->d[b]) * (float)s;
-        }
-        y[r] = tnn__qreduce8(acc);
+static float blk_q6_K(const tnn_qact *a, const uint8_t *blk, int64_t b) {
+    const tnn_block_q6_K *B = (const tnn_block_q6_K *)blk;
+    const int8_t *qx = a->q + 256 * b;
+    const int16_t *bs = a->bsum + 16 * b;
+    int32_t s1 = 0, s2 = 0;
+    for (int g = 0; g < 16; g++) {
+        int32_t sg = 0;
+        for (int i = 0; i < 16; i++)
+            sg += tnn__q6k_code(B, 16 * g + i) * qx[16 * g + i];
+        s1 += B->scales[g] * sg;
+        s2 += B->scales[g] * bs[g];
     }
+    return (F16(B->d) * a->d[b]) * (float)(s1 - 32 * s2);
 }
+
+static float blk_iq4_xs(const tnn_qact *a, const uint8_t *blk, int64_t b) {
+    const tnn_block_iq4_xs *B = (const tnn_block_iq4_xs *)blk;
+    const int8_t *qx = a->q + 256 * b;
+    int32_t s = 0;
+    for (int j = 0; j < 8; j++) {
+        int32_t sj = 0;
+        for (int l = 0; l < 32; l++)
+            sj += tnn__iq4_value(tnn__iq4xs_code(B, j, l)) * qx[32 * j + l];
+        s += tnn__iq4xs_scale(B, j) * sj;
+    }
+    return (F16(B->d) * a->d[b]) * (float)s;
+}
+
+#define DOT_BLOCKS(name)                                                                           \
+    static void dot_##name(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {  \
+        dot_blocks(a, w, rb, rows, y, blk_##name);                                                 \
+    }
+DOT_BLOCKS(q32)
+DOT_BLOCKS(iq4_nl)
+DOT_BLOCKS(q2_K)
+DOT_BLOCKS(q3_K)
+DOT_BLOCKS(q4_K)
+DOT_BLOCKS(q6_K)
+DOT_BLOCKS(iq4_xs)
+#undef DOT_BLOCKS
 
 const tnn_qkernels tnn__qk_scalar = {
     .name = "scalar",

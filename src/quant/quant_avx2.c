@@ -12,15 +12,11 @@
 
 #define INL static inline __attribute__((always_inline))
 
+#include "quant_x86.h"
+
 /* ------------------------------------------------------------------------ */
 /* Helpers                                                                  */
 /* ------------------------------------------------------------------------ */
-
-INL uint16_t ld16(const uint8_t *p) {
-    uint16_t v;
-    memcpy(&v, p, 2);
-    return v;
-}
 
 /* 8 f16 fields, `stride` bytes apart, widened to f32. */
 INL __m256 load_f16x8(const uint8_t *p, size_t stride) {
@@ -29,19 +25,6 @@ INL __m256 load_f16x8(const uint8_t *p, size_t stride) {
                                (short)ld16(p + 5 * stride), (short)ld16(p + 6 * stride),
                                (short)ld16(p + 7 * stride));
     return _mm256_cvtph_ps(v);
-}
-
-INL float f16(uint16_t h) { return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h))); }
-
-INL __m256i combine(__m128i lo, __m128i hi) {
-    return _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
-}
-
-/* The 32 four-bit codes of 16 bytes, in element order (low nibbles first). */
-INL __m256i nibbles32(const uint8_t *qs) {
-    __m128i v = _mm_loadu_si128((const __m128i *)qs);
-    __m128i m = _mm_set1_epi8(15);
-    return combine(_mm_and_si128(v, m), _mm_and_si128(_mm_srli_epi16(v, 4), m));
 }
 
 /* 0x10 in byte i where bit i of qh is set. */
@@ -126,12 +109,6 @@ static void act_avx2(const float *x, int64_t nb, int bs, int8_t *q, float *d) {
 /* 32-element formats                                                       */
 /* ------------------------------------------------------------------------ */
 
-/* The IQ4_NL / IQ4_XS table (quant.h) in both lanes, for vpshufb. */
-INL __m256i iq4_table(void) {
-    return _mm256_setr_epi64x((long long)0xf6eaddcfbfad9881ull, 0x7159453526190d01ll,
-                              (long long)0xf6eaddcfbfad9881ull, 0x7159453526190d01ll);
-}
-
 /* The 32 codes of a block as bytes (unsigned, before the offset; Q8_0 and
  * IQ4_NL's table values signed). */
 INL __m256i codes32(int type, const uint8_t *blk) {
@@ -208,20 +185,6 @@ TNN_Q32_DOT(dot_iq4_nl, TNN_QT_IQ4_NL, dot_q32)
 /* K-quants                                                                 */
 /* ------------------------------------------------------------------------ */
 
-/* The 8 six-bit scales and mins of a Q4_K / Q5_K block (layout in quant.h). */
-INL void scales_k(const uint8_t *s, uint8_t sc[8], uint8_t mn[8]) {
-    uint32_t a0, a1, a2, v[4];
-    memcpy(&a0, s, 4);
-    memcpy(&a1, s + 4, 4);
-    memcpy(&a2, s + 8, 4);
-    v[0] = a0 & 0x3f3f3f3fu;
-    v[1] = (a2 & 0x0f0f0f0fu) | ((a0 >> 2) & 0x30303030u);
-    v[2] = a1 & 0x3f3f3f3fu;
-    v[3] = ((a2 >> 4) & 0x0f0f0f0fu) | ((a1 >> 2) & 0x30303030u);
-    memcpy(sc, v, 8);
-    memcpy(mn, v + 2, 8);
-}
-
 INL void dot_qk45(int five, const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
     const int64_t nb = a->n / TNN_QK_K;
     const size_t bsz = five ? sizeof(tnn_block_q5_K) : sizeof(tnn_block_q4_K);
@@ -238,10 +201,8 @@ INL void dot_qk45(int five, const tnn_qact *a, const void *w, size_t rb, int64_t
             const int16_t *bs = a->bsum + 16 * b;
             __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : m4;
             __m256i acc = _mm256_setzero_si256();
-            uint8_t scmn[16];
-            scales_k(scales, scmn, scmn + 8);
             /* int16 scales sc0..sc7 in both lanes; mins duplicated per pair of 16 */
-            __m128i sm = _mm_loadu_si128((const __m128i *)scmn);
+            __m128i sm = scales_k(scales);
             __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
             __m128i mn16 = _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8));
             __m256i mnd = combine(_mm_unpacklo_epi16(mn16, mn16), _mm_unpackhi_epi16(mn16, mn16));
@@ -285,7 +246,8 @@ static void dot_q5_K(const tnn_qact *a, const void *w, size_t rb, int64_t rows, 
 
 /* The same for NX (1-4) rows of x at once: each block's codes and scales
  * decoded once, then every row's integer sums and float expression exactly
- * as dot_qk45 forms them (so each row has the one-row product's bits). */
+ * as dot_qk45 forms them (so each row has the one-row product's bits; the
+ * NX = 1 instance ran 20% slower in cache than dot_qk45, so that stays). */
 INL void dotn_qk45_x(int five, int NX, const tnn_qact *a, const void *w, size_t rb, int64_t rows,
                      float *y, int64_t ldy) {
     const int64_t nb = a->n / TNN_QK_K;
@@ -299,9 +261,7 @@ INL void dotn_qk45_x(int five, int NX, const tnn_qact *a, const void *w, size_t 
             tnn__qprefetch(blk, bsz);
             const uint8_t *qs = five ? blk + 48 : blk + 16;
             __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : m4;
-            uint8_t scmn[16];
-            scales_k(blk + 4, scmn, scmn + 8);
-            __m128i sm = _mm_loadu_si128((const __m128i *)scmn);
+            __m128i sm = scales_k(blk + 4);
             __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
             __m128i mn16 = _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8));
             __m256i mnd = combine(_mm_unpacklo_epi16(mn16, mn16), _mm_unpackhi_epi16(mn16, mn16));
@@ -365,69 +325,12 @@ static void dotn_q5_K(const tnn_qact *a, int64_t nx, const void *w, size_t rb, i
     dotn_qk45(1, a, nx, w, rb, rows, y, ldy);
 }
 
-/* The four 32-code groups of half h of a Q6_K block (codes 0..63). */
-INL void q6k_half(const tnn_block_q6_K *B, int h, __m256i q[4]) {
-    const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3);
-    __m256i l0 = _mm256_loadu_si256((const __m256i *)(B->ql + 64 * h));
-    __m256i l1 = _mm256_loadu_si256((const __m256i *)(B->ql + 64 * h + 32));
-    __m256i hb = _mm256_loadu_si256((const __m256i *)(B->qh + 32 * h));
-    q[0] =
-        _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m2), 4));
-    q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
-                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m2), 4));
-    q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                           _mm256_and_si256(hb, _mm256_set1_epi8(0x30)));
-    q[3] =
-        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                        _mm256_srli_epi16(_mm256_and_si256(hb, _mm256_set1_epi8((char)0xc0)), 2));
-}
-
-static void dot_q6_K(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
-    const int64_t nb = a->n / TNN_QK_K;
-    for (int64_t r = 0; r < rows; r++) {
-        const tnn_block_q6_K *B = (const tnn_block_q6_K *)((const uint8_t *)w + r * rb);
-        float lanes[8] = {0};
-        for (int64_t b = 0; b < nb; b++, B++) {
-            tnn__qprefetch(B, sizeof *B);
-            const int8_t *qx = a->q + 256 * b;
-            const int16_t *bs = a->bsum + 16 * b;
-            /* int16 scales [s0..s7 | s8..s15]; `half` repeats one half in both lanes */
-            __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)B->scales));
-            const __m256i pick = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2,
-                                                  3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
-            /* S2 = sum sc_g * bsum_g, taken out as 32 * S2 from the start */
-            __m256i acc = _mm256_sub_epi32(
-                _mm256_setzero_si256(),
-                _mm256_slli_epi32(_mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)bs)),
-                                  5));
-            for (int h = 0; h < 2; h++) {
-                __m256i q[4];
-                q6k_half(B, h, q);
-                __m256i half = h ? _mm256_permute2x128_si256(sc16, sc16, 0x11)
-                                 : _mm256_permute2x128_si256(sc16, sc16, 0x00);
-                for (int g = 0; g < 4; g++) {
-                    int e = 128 * h + 32 * g;
-                    __m256i p =
-                        _mm256_maddubs_epi16(q[g], _mm256_loadu_si256((const __m256i *)(qx + e)));
-                    /* lane lo: int16 scale 2g of this half, lane hi: scale 2g + 1 */
-                    __m256i sel = _mm256_add_epi8(pick, _mm256_set1_epi8((char)(4 * g)));
-                    acc =
-                        _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_shuffle_epi8(half, sel)));
-                }
-            }
-            float p = (f16(B->d) * a->d[b]) * (float)hsum_i32(acc);
-            lanes[b & 7] += p;
-        }
-        y[r] = tnn__qreduce8(lanes);
-    }
-}
-
-/* Q2_K, Q3_K: 16 groups of 16 with their own scales. The two-bit codes of
- * elements 128h + 32s + l sit at bits 2s of byte 32h + l, so each shift of
- * a 32-byte load gives 32 codes in element order: groups 8h + 2s (low lane)
- * and 8h + 2s + 1 (high lane). `half` holds the 8 int16 scales of half h in
- * both lanes; the shuffle picks scale 2s for the low lane, 2s + 1 for the
- * high one (as Q6_K's groups). */
+/* Q2_K, Q3_K (and Q6_K below): 16 groups of 16 with their own scales. The
+ * two-bit codes of elements 128h + 32s + l sit at bits 2s of byte 32h + l,
+ * so each shift of a 32-byte load gives 32 codes in element order: groups
+ * 8h + 2s (low lane) and 8h + 2s + 1 (high lane). `half` holds the 8 int16
+ * scales of half h in both lanes; the shuffle picks scale 2s for the low
+ * lane, 2s + 1 for the high one. */
 INL __m256i group_scales(__m256i half, int s) {
     const __m256i pick = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2,
                                           3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
@@ -547,13 +450,51 @@ static void dot_iq4_xs(const tnn_qact *a, const void *w, size_t rb, int64_t rows
     }
 }
 
+static void dot_q6_K(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {
+    const int64_t nb = a->n / TNN_QK_K;
+    for (int64_t r = 0; r < rows; r++) {
+        const tnn_block_q6_K *B = (const tnn_block_q6_K *)((const uint8_t *)w + r * rb);
+        float lanes[8] = {0};
+        for (int64_t b = 0; b < nb; b++, B++) {
+            tnn__qprefetch(B, sizeof *B);
+            const int8_t *qx = a->q + 256 * b;
+            const int16_t *bs = a->bsum + 16 * b;
+            /* int16 scales [s0..s7 | s8..s15]; `half` repeats one half in both lanes */
+            __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)B->scales));
+            const __m256i pick = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2,
+                                                  3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
+            /* S2 = sum sc_g * bsum_g, taken out as 32 * S2 from the start */
+            __m256i acc = _mm256_sub_epi32(
+                _mm256_setzero_si256(),
+                _mm256_slli_epi32(_mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)bs)),
+                                  5));
+            for (int h = 0; h < 2; h++) {
+                __m256i q[4];
+                q6k_half(B, h, q);
+                __m256i half = h ? _mm256_permute2x128_si256(sc16, sc16, 0x11)
+                                 : _mm256_permute2x128_si256(sc16, sc16, 0x00);
+                for (int g = 0; g < 4; g++) {
+                    int e = 128 * h + 32 * g;
+                    __m256i p =
+                        _mm256_maddubs_epi16(q[g], _mm256_loadu_si256((const __m256i *)(qx + e)));
+                    /* lane lo: int16 scale 2g of this half, lane hi: scale 2g + 1 */
+                    __m256i sel = _mm256_add_epi8(pick, _mm256_set1_epi8((char)(4 * g)));
+                    acc =
+                        _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_shuffle_epi8(half, sel)));
+                }
+            }
+            float p = (f16(B->d) * a->d[b]) * (float)hsum_i32(acc);
+            lanes[b & 7] += p;
+        }
+        y[r] = tnn__qreduce8(lanes);
+    }
+}
+
 /* Q6_K for NX (1-4) rows of x at once, each row's sums and float
  * expression as dot_q6_K forms them. */
 INL void dotn_q6_K_x(int NX, const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y,
                      int64_t ldy) {
     const int64_t nb = a->n / TNN_QK_K;
-    const __m256i pick = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2,
-                                          3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
     for (int64_t r = 0; r < rows; r++) {
         const tnn_block_q6_K *B = (const tnn_block_q6_K *)((const uint8_t *)w + r * rb);
         float lanes[4][8] = {{0}};
@@ -575,8 +516,7 @@ INL void dotn_q6_K_x(int NX, const tnn_qact *a, const void *w, size_t rb, int64_
                                  : _mm256_permute2x128_si256(sc16, sc16, 0x00);
                 for (int g = 0; g < 4; g++) {
                     int e = 128 * h + 32 * g;
-                    __m256i sc = _mm256_shuffle_epi8(
-                        half, _mm256_add_epi8(pick, _mm256_set1_epi8((char)(4 * g))));
+                    __m256i sc = group_scales(half, g);
                     for (int x = 0; x < NX; x++) {
                         __m256i p = _mm256_maddubs_epi16(
                             q[g], _mm256_loadu_si256((const __m256i *)(a[x].q + 256 * b + e)));

@@ -12,6 +12,8 @@
 
 #define INL static inline __attribute__((always_inline))
 
+#include "quant_x86.h"
+
 INL __m256i vnni_dpbusd(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
 INL __m256i vnni_bits_0x10(uint32_t m) { return _mm256_maskz_mov_epi8(m, _mm256_set1_epi8(0x10)); }
 INL __mmask8 live_mask(int n) { return (__mmask8)((1u << n) - 1); }
@@ -34,13 +36,6 @@ INL __m256 vnni_add_live(__m256 acc, __m256 v, int n) {
 /* the scalar twin's expressions, rounded as tnn__f32_to_bf16 rounds, 16 at */
 /* a time, without the f32 values going through memory.                     */
 /* ------------------------------------------------------------------------ */
-
-INL uint16_t h16(const uint8_t *p) {
-    uint16_t v;
-    memcpy(&v, p, 2);
-    return v;
-}
-INL float f16(uint16_t h) { return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h))); }
 
 /* tnn__f2bf on 16 floats: nearest even, a NaN quiet with its upper half. */
 INL __m256i bf16x16(__m512 v) {
@@ -66,35 +61,27 @@ INL void put32(uint16_t *y, __m256i c, float d, float m, int op) {
     put16(y, _mm512_cvtepi8_epi32(_mm256_castsi256_si128(c)), d, m, op);
     put16(y + 16, _mm512_cvtepi8_epi32(_mm256_extracti128_si256(c, 1)), d, m, op);
 }
-/* The 32 four-bit codes of 16 bytes, low nibbles first. */
-INL __m256i nib32(const uint8_t *qs) {
-    __m128i v = _mm_loadu_si128((const __m128i *)qs), m = _mm_set1_epi8(15);
-    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_and_si128(v, m)),
-                                   _mm_and_si128(_mm_srli_epi16(v, 4), m), 1);
-}
-
 INL void d16_q32(int type, const void *src, uint16_t *dst, int64_t n) {
     const size_t bsz = tnn__q32_block_bytes(type);
     const uint8_t *b = src;
-    const __m256i kv = _mm256_setr_epi64x((long long)0xf6eaddcfbfad9881ull, 0x7159453526190d01ll,
-                                          (long long)0xf6eaddcfbfad9881ull, 0x7159453526190d01ll);
+    const __m256i kv = iq4_table();
     for (int64_t k = 0; k < n / TNN_QK; k++, b += bsz, dst += 32) {
-        float d = f16(h16(b));
+        float d = f16(ld16(b));
         uint32_t qh;
         switch (type) {
         case TNN_QT_Q8_0: put32(dst, _mm256_loadu_si256((const __m256i *)(b + 2)), d, 0, D_MUL); break;
-        case TNN_QT_Q4_0: put32(dst, _mm256_sub_epi8(nib32(b + 2), _mm256_set1_epi8(8)), d, 0, D_MUL); break;
-        case TNN_QT_Q4_1: put32(dst, nib32(b + 4), d, f16(h16(b + 2)), D_ADD); break;
-        case TNN_QT_IQ4_NL: put32(dst, _mm256_shuffle_epi8(kv, nib32(b + 2)), d, 0, D_MUL); break;
+        case TNN_QT_Q4_0: put32(dst, _mm256_sub_epi8(nibbles32(b + 2), _mm256_set1_epi8(8)), d, 0, D_MUL); break;
+        case TNN_QT_Q4_1: put32(dst, nibbles32(b + 4), d, f16(ld16(b + 2)), D_ADD); break;
+        case TNN_QT_IQ4_NL: put32(dst, _mm256_shuffle_epi8(kv, nibbles32(b + 2)), d, 0, D_MUL); break;
         case TNN_QT_Q5_0:
             memcpy(&qh, b + 2, 4);
-            put32(dst, _mm256_sub_epi8(_mm256_or_si256(nib32(b + 6), vnni_bits_0x10(qh)),
+            put32(dst, _mm256_sub_epi8(_mm256_or_si256(nibbles32(b + 6), vnni_bits_0x10(qh)),
                                        _mm256_set1_epi8(16)),
                   d, 0, D_MUL);
             break;
         default: /* Q5_1 */
             memcpy(&qh, b + 4, 4);
-            put32(dst, _mm256_or_si256(nib32(b + 8), vnni_bits_0x10(qh)), d, f16(h16(b + 2)), D_ADD);
+            put32(dst, _mm256_or_si256(nibbles32(b + 8), vnni_bits_0x10(qh)), d, f16(ld16(b + 2)), D_ADD);
             break;
         }
     }
@@ -114,7 +101,7 @@ INL void d16_qk45(int five, const void *src, uint16_t *dst, int64_t n) {
     const uint8_t *b = src;
     const __m256i m4 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
     for (int64_t k = 0; k < n / TNN_QK_K; k++, b += bsz, dst += 256) {
-        float d = f16(h16(b)), dmin = f16(h16(b + 2));
+        float d = f16(ld16(b)), dmin = f16(ld16(b + 2));
         const uint8_t *qs = five ? b + 48 : b + 16;
         __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(b + 16)) : m4;
         for (int c = 0; c < 4; c++) {
@@ -138,22 +125,11 @@ static void d16_q5_K(const void *src, uint16_t *dst, int64_t n) { d16_qk45(1, sr
 /* Q6_K: half h's four runs of 32 (quant.h's layout), 16 values a scale. */
 static void d16_q6_K(const void *src, uint16_t *dst, int64_t n) {
     const tnn_block_q6_K *B = src;
-    const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3);
     for (int64_t k = 0; k < n / TNN_QK_K; k++, B++, dst += 256) {
         float d = f16(B->d);
         for (int h = 0; h < 2; h++) {
-            __m256i l0 = _mm256_loadu_si256((const __m256i *)(B->ql + 64 * h));
-            __m256i l1 = _mm256_loadu_si256((const __m256i *)(B->ql + 64 * h + 32));
-            __m256i hb = _mm256_loadu_si256((const __m256i *)(B->qh + 32 * h));
-            __m256i q[4] = {
-                _mm256_or_si256(_mm256_and_si256(l0, m4),
-                                _mm256_slli_epi16(_mm256_and_si256(hb, m2), 4)),
-                _mm256_or_si256(_mm256_and_si256(l1, m4),
-                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m2), 4)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                                _mm256_and_si256(hb, _mm256_set1_epi8(0x30))),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                                _mm256_srli_epi16(_mm256_and_si256(hb, _mm256_set1_epi8((char)0xc0)), 2))};
+            __m256i q[4];
+            q6k_half(B, h, q);
             for (int g = 0; g < 4; g++) {
                 int e = 128 * h + 32 * g;
                 __m256i c = _mm256_sub_epi8(q[g], _mm256_set1_epi8(32));

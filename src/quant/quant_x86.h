@@ -1,0 +1,66 @@
+/* quant_x86.h - the AVX2 block decoders the x86 quant files share
+ * (quant_avx2.c and quant_avx512.c): f16 fields, nibbles, the IQ4 table,
+ * the K-quants' scales and Q6_K's codes. Define INL and include
+ * <immintrin.h> and <string.h> first; the including file is compiled with
+ * AVX2 + F16C at least.
+ */
+#ifndef TNN_QUANT_X86_H
+#define TNN_QUANT_X86_H
+
+INL uint16_t ld16(const uint8_t *p) {
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+INL float f16(uint16_t h) { return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h))); }
+
+INL __m256i combine(__m128i lo, __m128i hi) {
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+}
+
+/* The 32 four-bit codes of 16 bytes, in element order (low nibbles first). */
+INL __m256i nibbles32(const uint8_t *qs) {
+    __m128i v = _mm_loadu_si128((const __m128i *)qs);
+    __m128i m = _mm_set1_epi8(15);
+    return combine(_mm_and_si128(v, m), _mm_and_si128(_mm_srli_epi16(v, 4), m));
+}
+
+/* The IQ4_NL / IQ4_XS table (quant.h) in both lanes, for vpshufb. */
+INL __m256i iq4_table(void) {
+    return _mm256_setr_epi64x((long long)0xf6eaddcfbfad9881ull, 0x7159453526190d01ll,
+                              (long long)0xf6eaddcfbfad9881ull, 0x7159453526190d01ll);
+}
+
+/* The 8 six-bit scales (bytes 0-7) and mins (bytes 8-15) of a Q4_K / Q5_K
+ * block (layout in quant.h), built in registers (a store and a wider
+ * reload stalled on store forwarding). */
+INL __m128i scales_k(const uint8_t *s) {
+    uint32_t a0, a1, a2;
+    memcpy(&a0, s, 4);
+    memcpy(&a1, s + 4, 4);
+    memcpy(&a2, s + 8, 4);
+    return _mm_setr_epi32((int)(a0 & 0x3f3f3f3fu),
+                          (int)((a2 & 0x0f0f0f0fu) | ((a0 >> 2) & 0x30303030u)),
+                          (int)(a1 & 0x3f3f3f3fu),
+                          (int)(((a2 >> 4) & 0x0f0f0f0fu) | ((a1 >> 2) & 0x30303030u)));
+}
+
+/* The four 32-code groups of half h of a Q6_K block (codes 0..63). */
+INL void q6k_half(const tnn_block_q6_K *B, int h, __m256i q[4]) {
+    const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3);
+    __m256i l0 = _mm256_loadu_si256((const __m256i *)(B->ql + 64 * h));
+    __m256i l1 = _mm256_loadu_si256((const __m256i *)(B->ql + 64 * h + 32));
+    __m256i hb = _mm256_loadu_si256((const __m256i *)(B->qh + 32 * h));
+    q[0] =
+        _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m2), 4));
+    q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m2), 4));
+    q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                           _mm256_and_si256(hb, _mm256_set1_epi8(0x30)));
+    q[3] =
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                        _mm256_srli_epi16(_mm256_and_si256(hb, _mm256_set1_epi8((char)0xc0)), 2));
+}
+
+#endif
