@@ -130,7 +130,8 @@ tnn_tensor *tnn_matmul(tnn_session *s, tnn_tensor *a, tnn_tensor *b) {
  * (a 2048-wide Q4_K_M model: at 8 rows 169 against 153 tokens/s, at 12 187
  * against 215): QMM_ROWS_ONE_BF16; the K-quants' several-row kernels
  * (AVX2) near 12 against it (at 8 rows 242 against 153, at 12 248 against
- * 215, at 16 264 against 300): QMM_ROWS_K_BF16.) */
+ * 215, at 16 264 against 300), IQ4_NL's (SmolLM2 IQ4_XS file) too (16 rows:
+ * 532 against 595): QMM_ROWS_K_BF16.) */
 #define QMM_ROWS 24
 #define QMM_ROWS_ONE 16
 #define QMM_ROWS_ONE_BF16 10
@@ -208,7 +209,9 @@ static int qmatmul(tnn_tensor *t) {
     if (rows_max < 0) {
         bool shared = tnn__quant_rows_shared(w->gtype);
         rows_max = !bf16 ? (shared ? QMM_ROWS : QMM_ROWS_ONE)
-                   : shared && tnn__qtype(w->gtype)->block == TNN_QK_K ? QMM_ROWS_K_BF16
+                   : shared && (tnn__qtype(w->gtype)->block == TNN_QK_K ||
+                                w->gtype == TNN_QT_IQ4_NL)
+                       ? QMM_ROWS_K_BF16
                    : shared ? QMM_ROWS
                             : QMM_ROWS_ONE_BF16;
     }

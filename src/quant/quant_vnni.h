@@ -1,5 +1,5 @@
 /* quant_vnni.h - the VNNI dot products of the 32-element GGUF types
- * (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) against the 8-bit activation, for one row
+ * (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL) against the 8-bit activation, for one row
  * of x or several. Included by quant_avx512.c (AVX-512 VNNI),
  * quant_avxvnni.c (AVX-VNNI, the VEX form Intel's client cores have) and
  * quant_avx2_q32.c (AVX2, vpdpbusd composed of two instructions), each
@@ -26,6 +26,8 @@
 #ifndef TNN_QUANT_VNNI_H
 #define TNN_QUANT_VNNI_H
 
+#include "quant_x86.h"
+
 INL uint32_t ld32(const uint8_t *p) {
     uint32_t v;
     memcpy(&v, p, 4);
@@ -35,7 +37,8 @@ INL uint32_t ld32(const uint8_t *p) {
 /* Where a block's 16 bytes of nibbles start. */
 INL size_t nibble_at(int type) {
     switch (type) {
-    case TNN_QT_Q4_0: return 2;
+    case TNN_QT_Q4_0:
+    case TNN_QT_IQ4_NL: return 2;
     case TNN_QT_Q4_1: return 4;
     case TNN_QT_Q5_0: return 6;
     default: return 8;
@@ -45,8 +48,10 @@ INL size_t nibble_at(int type) {
 INL int has_high(int type) { return type == TNN_QT_Q5_0 || type == TNN_QT_Q5_1; }
 
 /* The codes of blocks b0 (lane 0) and b1 (lane 1), 0-15 in lo and 16-31 in
- * hi, decoded once for every row of x: u8 operands, and for Q8_0 the signed
- * codes too (x takes their signs). A NULL b1 stands for a block of zeros. */
+ * hi, decoded once for every row of x: u8 operands, and for the signed
+ * types (Q8_0, IQ4_NL's table values) the signed codes too (x takes their
+ * signs; |w| <= 128, so the composed vpdpbusd does not saturate either). A
+ * NULL b1 stands for a block of zeros. */
 typedef struct {
     __m256i lo, hi, slo, shi;
 } pair_codes;
@@ -72,6 +77,13 @@ INL pair_codes decode_pair(int type, const uint8_t *b0, const uint8_t *b1) {
     const __m256i m4 = _mm256_set1_epi8(15);
     c.lo = _mm256_and_si256(v, m4);
     c.hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+    if (type == TNN_QT_IQ4_NL) {
+        c.slo = _mm256_shuffle_epi8(iq4_table(), c.lo);
+        c.shi = _mm256_shuffle_epi8(iq4_table(), c.hi);
+        c.lo = _mm256_abs_epi8(c.slo);
+        c.hi = _mm256_abs_epi8(c.shi);
+        return c;
+    }
     if (has_high(type)) {
         /* bit i of qh is element i's fifth bit */
         const size_t qh_at = type == TNN_QT_Q5_0 ? 2 : 4;
@@ -89,7 +101,7 @@ INL __m256i pair_dot(int type, const pair_codes *c, const int8_t *xp) {
     const __m256i zero = _mm256_setzero_si256();
     __m256i xl = _mm256_loadu_si256((const __m256i *)xp);
     __m256i xh = _mm256_loadu_si256((const __m256i *)(xp + 32));
-    if (type == TNN_QT_Q8_0) { /* u8 x s8 products: |w| against x with w's sign */
+    if (type == TNN_QT_Q8_0 || type == TNN_QT_IQ4_NL) { /* |w| against x with w's sign */
         xl = _mm256_sign_epi8(xl, c->slo);
         xh = _mm256_sign_epi8(xh, c->shi);
     }
@@ -202,8 +214,10 @@ DOTN(dotn_q4_0, TNN_QT_Q4_0)
 DOTN(dotn_q4_1, TNN_QT_Q4_1)
 DOTN(dotn_q5_0, TNN_QT_Q5_0)
 DOTN(dotn_q5_1, TNN_QT_Q5_1)
+DOTN(dotn_iq4_nl, TNN_QT_IQ4_NL)
 
 TNN_Q32_DOTS(dot_q32)
+TNN_Q32_DOT(dot_iq4_nl, TNN_QT_IQ4_NL, dot_q32)
 
 /* The kernel set `var` named `name`: these types' one-row and several-row
  * dot products (and `more_`'s entries, or NULL). */
@@ -212,9 +226,11 @@ TNN_Q32_DOTS(dot_q32)
         .name = name_,                                                                             \
         .more = more_,                                                                             \
         .dot = {[TNN_QT_Q8_0] = dot_q8_0, [TNN_QT_Q4_0] = dot_q4_0, [TNN_QT_Q4_1] = dot_q4_1,      \
-                [TNN_QT_Q5_0] = dot_q5_0, [TNN_QT_Q5_1] = dot_q5_1},                               \
+                [TNN_QT_Q5_0] = dot_q5_0, [TNN_QT_Q5_1] = dot_q5_1,                                \
+                [TNN_QT_IQ4_NL] = dot_iq4_nl},                                                     \
         .dotn = {[TNN_QT_Q8_0] = dotn_q8_0, [TNN_QT_Q4_0] = dotn_q4_0, [TNN_QT_Q4_1] = dotn_q4_1,  \
-                 [TNN_QT_Q5_0] = dotn_q5_0, [TNN_QT_Q5_1] = dotn_q5_1},                            \
+                 [TNN_QT_Q5_0] = dotn_q5_0, [TNN_QT_Q5_1] = dotn_q5_1,                             \
+                 [TNN_QT_IQ4_NL] = dotn_iq4_nl},                                                   \
     };
 
 #endif
