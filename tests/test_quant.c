@@ -922,6 +922,45 @@ static void test_range_bf16(void) {
     CHECK_ERR(tnn__dequantize_range_bf16(5, d, 0, 2, d), TNN_ERR_ARG, "type");
 }
 
+/* Blocks with a NaN or infinite scale (a damaged file): every kernel set's
+ * bf16 values are still the scalar values rounded (NaN stays a quiet NaN
+ * with its upper half, inf * 0 gives one). */
+static void test_bf16_nonfinite(void) {
+    static const struct {
+        int type, at;
+    } ts[] = {{TNN_QT_Q8_0, 0}, {TNN_QT_Q4_1, 0}, {TNN_QT_IQ4_NL, 0}, {TNN_QT_Q4_K, 0},
+              {TNN_QT_Q5_K, 2}, {TNN_QT_Q6_K, 208}};
+    static const uint16_t bad[3] = {0x7e01, 0x7c00, 0xfc01}; /* NaN, +inf, signalling -NaN */
+    th_seed(41);
+    for (size_t t = 0; t < sizeof ts / sizeof ts[0]; t++) {
+        const tnn_qtype_info *qi = tnn__qtype(ts[t].type);
+        int64_t n = 4 * qi->block, rb = tnn__qtype_row_bytes(ts[t].type, n);
+        uint8_t *w = xmalloc((size_t)rb);
+        float *f = xmalloc((size_t)n * 4);
+        uint16_t *h = xmalloc((size_t)n * 2);
+        random_rows(ts[t].type, w, 1, n);
+        for (int b = 0; b < 3; b++)
+            put16(w + b * qi->block_bytes + ts[t].at, bad[b]);
+        CHECK_OK(tnn__quant_set_kernel(TNN_QK_SCALAR));
+        CHECK_OK(tnn__dequantize_row(ts[t].type, w, f, n));
+        for (int kid = 0; kid < TNN_QK_COUNT; kid++) {
+            if (!tnn__quant_kernel_supported(kid))
+                continue;
+            CHECK_OK(tnn__quant_set_kernel(kid));
+            CHECK_OK(tnn__dequantize_row_bf16(ts[t].type, w, h, n));
+            int badn = 0;
+            for (int64_t i = 0; i < n; i++)
+                badn += h[i] != tnn__f32_to_bf16(f[i]);
+            CHECK(badn == 0, "%s %s: %d bf16 values of non-finite blocks differ", qi->name,
+                  tnn__quant_kernel_name(kid), badn);
+        }
+        tnn__quant_set_kernel(TNN_QK_AUTO);
+        free(w);
+        free(f);
+        free(h);
+    }
+}
+
 /* The GPU's eight-value decoder (tnn__deq_part) against the whole-block
  * decoder, bit for bit, for every part of random blocks of each block type. */
 static void test_parts(void) {
@@ -961,5 +1000,6 @@ int main(void) {
     test_golden();
     test_parts();
     test_range_bf16();
+    test_bf16_nonfinite();
     return th_finish("test_quant");
 }

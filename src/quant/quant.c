@@ -772,8 +772,28 @@ static tnn_qdeq_fn deq_fn(int id, int type) {
     return tnn__qk_scalar.deq[type];
 }
 
+#if defined(TNN_QUANT_X86)
+/* AVX512_BF16 (CPUID leaf 7 subleaf 1 EAX bit 5; the AVX-512 set's bf16
+ * dequantization uses it), asked once: CPUID traps in some VMs. */
+static bool avx512bf16;
+static pthread_once_t avx512bf16_once = PTHREAD_ONCE_INIT;
+static void avx512bf16_probe(void) {
+    unsigned a, b, c, d;
+    avx512bf16 = __get_cpuid_max(0, NULL) >= 7 && __get_cpuid_count(7, 1, &a, &b, &c, &d) &&
+                 (a & (1u << 5));
+}
+#endif
+
+/* Only the AVX-512 set has these, and only with AVX512_BF16. */
 static tnn_qdeq16_fn deq16_fn(int id, int type) {
+#if defined(TNN_QUANT_X86)
+    pthread_once(&avx512bf16_once, avx512bf16_probe);
+    if (!avx512bf16)
+        return NULL;
     FIND(deq16[type])
+#else
+    (void)id, (void)type;
+#endif
     return NULL;
 }
 

@@ -33,34 +33,34 @@ INL __m256 vnni_add_live(__m256 acc, __m256 v, int n) {
 
 /* ------------------------------------------------------------------------ */
 /* Dequantization straight to bf16 (a prompt's GEMM panels): the values of  */
-/* the scalar twin's expressions, rounded as tnn__f32_to_bf16 rounds, 16 at */
-/* a time, without the f32 values going through memory.                     */
+/* the scalar twin's expressions, rounded by VCVTNE2PS2BF16 (AVX512_BF16),  */
+/* 32 at a time, without the f32 values going through memory. Its rounding */
+/* is tnn__f32_to_bf16's (nearest even, a NaN made quiet with its upper     */
+/* half) except that it flushes f32 subnormals, which no block decodes to:  */
+/* every value is 0 or at least 2^-24 in magnitude (f16 scales times small  */
+/* integers, exact in f32). quant.c takes these only where CPUID reports    */
+/* AVX512_BF16.                                                             */
 /* ------------------------------------------------------------------------ */
 
-/* tnn__f2bf on 16 floats: nearest even, a NaN quiet with its upper half. */
-INL __m256i bf16x16(__m512 v) {
-    const __m512i u = _mm512_castps_si512(v), hi = _mm512_srli_epi32(u, 16);
-    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
-                                                   _mm512_and_si512(hi, _mm512_set1_epi32(1))),
-                                  16);
-    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
-                                            _mm512_set1_epi32(0x7f800000));
-    return _mm512_cvtepi32_epi16(_mm512_mask_or_epi32(r, nan, hi, _mm512_set1_epi32(0x40)));
-}
-
 enum { D_MUL, D_ADD, D_SUB };
-/* y[0..16) = bf16(d * (float)c (+ m or - m)), c 16 int32 codes. */
-INL void put16(uint16_t *y, __m512i c, float d, float m, int op) {
+/* d * (float)c (+ m or - m) for 16 int32 codes c. */
+INL __m512 val16(__m512i c, float d, float m, int op) {
     __m512 v = _mm512_mul_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(c));
     if (op == D_ADD) v = _mm512_add_ps(v, _mm512_set1_ps(m));
     if (op == D_SUB) v = _mm512_sub_ps(v, _mm512_set1_ps(m));
-    _mm256_storeu_si256((__m256i *)y, bf16x16(v));
+    return v;
 }
-/* 32 signed byte codes (element order) of a 32-value run. */
+/* y[0..32) = bf16 of two runs of 16 values (the instruction puts its second
+ * operand in the low half). */
+INL void put_bf16(uint16_t *y, __m512 lo, __m512 hi) {
+    _mm512_storeu_si512(y, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+}
+/* 32 signed byte codes (element order) of a 32-value run, one scale. */
 INL void put32(uint16_t *y, __m256i c, float d, float m, int op) {
-    put16(y, _mm512_cvtepi8_epi32(_mm256_castsi256_si128(c)), d, m, op);
-    put16(y + 16, _mm512_cvtepi8_epi32(_mm256_extracti128_si256(c, 1)), d, m, op);
+    put_bf16(y, val16(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(c)), d, m, op),
+             val16(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(c, 1)), d, m, op));
 }
+
 INL void d16_q32(int type, const void *src, uint16_t *dst, int64_t n) {
     const size_t bsz = tnn__q32_block_bytes(type);
     const uint8_t *b = src;
@@ -133,10 +133,11 @@ static void d16_q6_K(const void *src, uint16_t *dst, int64_t n) {
             for (int g = 0; g < 4; g++) {
                 int e = 128 * h + 32 * g;
                 __m256i c = _mm256_sub_epi8(q[g], _mm256_set1_epi8(32));
-                put16(dst + e, _mm512_cvtepi8_epi32(_mm256_castsi256_si128(c)),
-                      d * (float)B->scales[e >> 4], 0, D_MUL);
-                put16(dst + e + 16, _mm512_cvtepi8_epi32(_mm256_extracti128_si256(c, 1)),
-                      d * (float)B->scales[(e >> 4) + 1], 0, D_MUL);
+                put_bf16(dst + e,
+                         val16(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(c)),
+                               d * (float)B->scales[e >> 4], 0, D_MUL),
+                         val16(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(c, 1)),
+                               d * (float)B->scales[(e >> 4) + 1], 0, D_MUL));
             }
         }
     }
