@@ -908,7 +908,7 @@ static void test_range_bf16(void) {
             int64_t k0 = rep < 3 ? rep * (t->block > 1 ? t->block : 1) : (int64_t)(th_uniform() * n);
             int64_t len = rep % 5 == 0 ? n - k0 : (int64_t)(th_uniform() * (double)(n - k0 + 1));
             part[len] = 0xdead;
-            CHECK_OK(tnn__dequantize_range_bf16(type, w, k0, len, part));
+            CHECK_OK(tnn__dequantize_rows_bf16(type, w, 0, 1, k0, len, part));
             bad += memcmp(part, all + k0, (size_t)len * 2) != 0 || part[len] != 0xdead;
         }
         CHECK(bad == 0, "%s: %d ranges differ from the whole row's slice (or wrote past it)",
@@ -917,9 +917,29 @@ static void test_range_bf16(void) {
         free(all);
         free(part);
     }
+    /* several rows: each row's range, rows packed n apart */
+    for (int ti = 0; ti < N_TYPES; ti++) {
+        int type = all_types[ti];
+        const tnn_qtype_info *t = tnn__qtype(type);
+        int64_t n = t->block == 1 ? 300 : 2 * t->block, rows = 9;
+        int64_t rb = tnn__qtype_row_bytes(type, n), k0 = n / 3, len = n / 2;
+        uint8_t *w = xmalloc((size_t)(rb * rows));
+        uint16_t *all = xmalloc((size_t)(n * rows) * 2), *part = xmalloc((size_t)(len * rows) * 2);
+        random_rows(type, w, rows, n);
+        CHECK_OK(tnn__dequantize_row_bf16(type, w, all, n * rows));
+        CHECK_OK(tnn__dequantize_rows_bf16(type, w, (size_t)rb, rows, k0, len, part));
+        int bad = 0;
+        for (int64_t r = 0; r < rows; r++)
+            bad += memcmp(part + r * len, all + r * n + k0, (size_t)len * 2) != 0;
+        CHECK(bad == 0, "%s: %d of %lld rows' ranges differ", t->name, bad, (long long)rows);
+        free(w);
+        free(all);
+        free(part);
+    }
     uint16_t d[4];
-    CHECK_ERR(tnn__dequantize_range_bf16(TNN_QT_Q4_0, d, -1, 2, d), TNN_ERR_ARG, "k0");
-    CHECK_ERR(tnn__dequantize_range_bf16(5, d, 0, 2, d), TNN_ERR_ARG, "type");
+    CHECK_ERR(tnn__dequantize_rows_bf16(TNN_QT_Q4_0, d, 18, 1, -1, 2, d), TNN_ERR_ARG, "k0");
+    CHECK_ERR(tnn__dequantize_rows_bf16(TNN_QT_Q4_0, d, 18, -1, 0, 2, d), TNN_ERR_ARG, "rows");
+    CHECK_ERR(tnn__dequantize_rows_bf16(5, d, 18, 1, 0, 2, d), TNN_ERR_ARG, "type");
 }
 
 /* Blocks with a NaN or infinite scale (a damaged file): every kernel set's

@@ -172,7 +172,6 @@ static int panel_product(bool bf16, int64_t N, int64_t pr, int64_t K, const floa
 }
 
 /* The rows of B^T the bf16 GEMM's packs ask for: W's rows dequantized. */
-#define QROWS_AHEAD 4
 typedef struct {
     int gtype;
     const char *w;
@@ -181,20 +180,9 @@ typedef struct {
 
 static void qrows(void *ctx, int64_t j0, int64_t nc, int64_t k0, int64_t kc, uint16_t *dst) {
     const qrows_ctx *c = ctx;
-    const tnn_qtype_info *qi = tnn__qtype(c->gtype);
-    /* the bytes of the range in each row (a strided walk over W, which the
-     * hardware prefetcher does not follow): asked for QROWS_AHEAD rows early */
-    int64_t b0 = k0 / qi->block * qi->block_bytes;
-    int64_t nb = ((k0 + kc + qi->block - 1) / qi->block - k0 / qi->block) * qi->block_bytes;
-    for (int64_t j = 0; j < nc; j++) {
-        if (j + QROWS_AHEAD < nc) {
-            const char *p = c->w + (j0 + j + QROWS_AHEAD) * c->row_bytes + b0;
-            for (int64_t o = 0; o < nb; o += 64) __builtin_prefetch(p + o, 0, 0);
-        }
-        /* cannot fail: the type and range were checked */
-        tnn__dequantize_range_bf16(c->gtype, c->w + (j0 + j) * c->row_bytes, k0, kc,
-                                   dst + j * kc);
-    }
+    /* cannot fail: the type and range were checked */
+    tnn__dequantize_rows_bf16(c->gtype, c->w + j0 * c->row_bytes, (size_t)c->row_bytes, nc, k0,
+                              kc, dst);
 }
 
 static int qmatmul(tnn_tensor *t) {

@@ -826,51 +826,82 @@ TNN_VEC_CLONES static void round_bf16(const float *x, uint16_t *y, int64_t n) {
     }
 }
 
+/* The kernel pieces of a bf16 dequantization, looked up once. */
+typedef struct {
+    const tnn_qtype_info *qi;
+    tnn_qdeq16_fn d16; /* or NULL: */
+    tnn_qdeq_fn deq;   /* f32 values, then rounded */
+} deq_bf16_fns;
+
+static deq_bf16_fns bf16_fns(int type) {
+    int kernel = tnn__quant_get_kernel();
+    deq_bf16_fns f = {tnn__qtype(type), deq16_fn(kernel, type), NULL};
+    if (!f.d16)
+        f.deq = deq_fn(kernel, type);
+    return f;
+}
+
+/* n values (a multiple of the block) from whole blocks at src. */
+static void deq_bf16_blocks(const deq_bf16_fns *f, const uint8_t *src, uint16_t *dst, int64_t n) {
+    if (f->d16) {
+        f->d16(src, dst, n);
+        return;
+    }
+    float tmp[256]; /* a multiple of every block */
+    for (int64_t e = 0; e < n; e += 256) {
+        int64_t c = n - e < 256 ? n - e : 256;
+        f->deq(src + e / f->qi->block * f->qi->block_bytes, tmp, c);
+        round_bf16(tmp, dst + e, c);
+    }
+}
+
 int tnn__dequantize_row_bf16(int type, const void *src, uint16_t *dst, int64_t n) {
     if (tnn__qtype_row_bytes(type, n) < 0)
         return TNN_ERR_ARG;
     if (n && (!src || !dst))
         return TNN_ERR(TNN_ERR_ARG, "NULL src or dst");
-    const tnn_qtype_info *qi = tnn__qtype(type);
-    int kernel = tnn__quant_get_kernel();
-    tnn_qdeq16_fn d16 = deq16_fn(kernel, type);
-    if (d16) {
-        d16(src, dst, n);
-        return TNN_OK;
-    }
-    tnn_qdeq_fn deq = deq_fn(kernel, type);
-    float tmp[256]; /* a multiple of every block */
-    for (int64_t e = 0; e < n; e += 256) {
-        int64_t c = n - e < 256 ? n - e : 256;
-        deq((const uint8_t *)src + e / qi->block * qi->block_bytes, tmp, c);
-        round_bf16(tmp, dst + e, c);
-    }
+    deq_bf16_fns f = bf16_fns(type);
+    deq_bf16_blocks(&f, src, dst, n);
     return TNN_OK;
 }
 
-int tnn__dequantize_range_bf16(int type, const void *src, int64_t k0, int64_t n, uint16_t *dst) {
+/* Rows this far ahead are asked for (the walk over W with a stride of a
+ * row is one the hardware prefetcher does not follow). */
+#define RANGE_AHEAD 4
+
+int tnn__dequantize_rows_bf16(int type, const void *src, size_t row_bytes, int64_t rows,
+                              int64_t k0, int64_t n, uint16_t *dst) {
     const tnn_qtype_info *qi = tnn__qtype(type);
-    if (!qi || k0 < 0 || n < 0)
-        return TNN_ERR(TNN_ERR_ARG, "dequantize range: type %d, k0 %lld, n %lld", type,
-                       (long long)k0, (long long)n);
-    if (n && (!src || !dst))
+    if (!qi || k0 < 0 || n < 0 || rows < 0)
+        return TNN_ERR(TNN_ERR_ARG, "dequantize rows: type %d, rows %lld, k0 %lld, n %lld", type,
+                       (long long)rows, (long long)k0, (long long)n);
+    if (n && rows && (!src || !dst))
         return TNN_ERR(TNN_ERR_ARG, "NULL src or dst");
+    deq_bf16_fns f = bf16_fns(type);
     const int64_t bs = qi->block;
-    const uint8_t *s = src;
-    /* a partial first block, the whole blocks, a partial last block */
-    while (n > 0) {
-        int64_t b = k0 / bs, off = k0 - b * bs;
-        int64_t whole = off ? 0 : n / bs * bs;
-        if (whole) {
-            tnn__dequantize_row_bf16(type, s + b * qi->block_bytes, dst, whole);
-        } else {
-            uint16_t t[TNN_QK_K];
-            int64_t c = bs - off < n ? bs - off : n;
-            tnn__dequantize_row_bf16(type, s + b * qi->block_bytes, t, bs);
-            memcpy(dst, t + off, (size_t)c * sizeof *t);
-            whole = c;
+    const int64_t b0 = k0 / qi->block * qi->block_bytes;
+    const int64_t span = ((k0 + n + bs - 1) / bs - k0 / bs) * qi->block_bytes;
+    for (int64_t r = 0; r < rows; r++, dst += n) {
+        const uint8_t *s = (const uint8_t *)src + r * row_bytes;
+        if (r + RANGE_AHEAD < rows)
+            for (int64_t o = 0; o < span; o += 64)
+                __builtin_prefetch(s + RANGE_AHEAD * row_bytes + b0 + o, 0, 0);
+        /* a partial first block, the whole blocks, a partial last block */
+        int64_t k = k0, left = n;
+        uint16_t *d = dst;
+        while (left > 0) {
+            int64_t b = k / bs, off = k - b * bs;
+            int64_t whole = off ? 0 : left / bs * bs;
+            if (whole) {
+                deq_bf16_blocks(&f, s + b * qi->block_bytes, d, whole);
+            } else {
+                uint16_t t[TNN_QK_K];
+                whole = bs - off < left ? bs - off : left;
+                deq_bf16_blocks(&f, s + b * qi->block_bytes, t, bs);
+                memcpy(d, t + off, (size_t)whole * sizeof *t);
+            }
+            k += whole, d += whole, left -= whole;
         }
-        k0 += whole, dst += whole, n -= whole;
     }
     return TNN_OK;
 }

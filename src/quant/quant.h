@@ -234,10 +234,12 @@ uint16_t tnn__f32_to_bf16(float f);
 int tnn__dequantize_row(int type, const void *src, float *dst, int64_t n);
 /* The same values rounded to bf16 (nearest even; NaN stays a quiet NaN). */
 int tnn__dequantize_row_bf16(int type, const void *src, uint16_t *dst, int64_t n);
-/* Elements k0 .. k0+n of the row at src (any k0 and n >= 0: the blocks
- * around them are decoded) as tnn__dequantize_row_bf16 gives them. Returns
- * TNN_OK or TNN_ERR_ARG (bad type, negative k0 or n). */
-int tnn__dequantize_range_bf16(int type, const void *src, int64_t k0, int64_t n, uint16_t *dst);
+/* Elements k0 .. k0+n of `rows` rows (row_bytes apart from src; any k0 and
+ * n >= 0: the blocks around them are decoded) as tnn__dequantize_row_bf16
+ * gives them, into dst (rows x n). Returns TNN_OK or TNN_ERR_ARG (bad type,
+ * negative k0, n or rows). The prompt GEMM's panels. */
+int tnn__dequantize_rows_bf16(int type, const void *src, size_t row_bytes, int64_t rows,
+                              int64_t k0, int64_t n, uint16_t *dst);
 
 /* dst = src quantized to `type` (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0,
  * Q5_1), byte-identical to the gguf package's quantize. Returns TNN_OK, or
