@@ -371,21 +371,6 @@ static void dot_q2_K(const tnn_qact *a, const void *w, size_t rb, int64_t rows, 
     }
 }
 
-/* The 16 signed scales of a Q3_K block (layout in quant.h) as int8. */
-INL __m128i scales_q3k(const uint8_t *s) {
-    uint32_t a0, a1, a2;
-    memcpy(&a0, s, 4);
-    memcpy(&a1, s + 4, 4);
-    memcpy(&a2, s + 8, 4);
-    /* low nibbles a0, a1, high nibbles a0, a1; a2's bit pairs on top (no
-     * store and reload: that stalled the loop on store forwarding) */
-    __m128i lo = _mm_setr_epi32((int)a0, (int)a1, (int)(a0 >> 4), (int)(a1 >> 4));
-    __m128i hi = _mm_setr_epi32((int)a2, (int)(a2 >> 2), (int)(a2 >> 4), (int)(a2 >> 6));
-    __m128i v = _mm_or_si128(_mm_and_si128(lo, _mm_set1_epi8(15)),
-                             _mm_slli_epi16(_mm_and_si128(hi, _mm_set1_epi8(3)), 4));
-    return _mm_sub_epi8(v, _mm_set1_epi8(32));
-}
-
 /* q + 4 (0..7) is the two low bits with bit e / 32 of hmask[e % 32] as bit
  * 2, so S = sum_g sc_g (sum((q + 4) qx) - 4 bsum_g). */
 static void dot_q3_K(const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y) {

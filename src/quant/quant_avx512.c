@@ -143,11 +143,76 @@ static void d16_q6_K(const void *src, uint16_t *dst, int64_t n) {
     }
 }
 
+/* Q2_K / Q3_K: each shift of a 32-byte load gives the two-bit codes of
+ * 32 elements in order, groups g and g + 1 of 16 (layout in quant.h). */
+static void d16_q2_K(const void *src, uint16_t *dst, int64_t n) {
+    const tnn_block_q2_K *B = src;
+    const __m256i m2 = _mm256_set1_epi8(3);
+    for (int64_t k = 0; k < n / TNN_QK_K; k++, B++, dst += 256) {
+        float d = f16(B->d), dmin = f16(B->dmin);
+        for (int h = 0; h < 2; h++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(B->qs + 32 * h));
+            for (int s = 0; s < 4; s++, v = _mm256_srli_epi16(v, 2)) {
+                int g = 8 * h + 2 * s;
+                __m256i c = _mm256_and_si256(v, m2);
+                put_bf16(dst + 16 * g,
+                         val16(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(c)),
+                               d * (float)(B->scales[g] & 15), dmin * (float)(B->scales[g] >> 4),
+                               D_SUB),
+                         val16(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(c, 1)),
+                               d * (float)(B->scales[g + 1] & 15),
+                               dmin * (float)(B->scales[g + 1] >> 4), D_SUB));
+            }
+        }
+    }
+}
+
+static void d16_q3_K(const void *src, uint16_t *dst, int64_t n) {
+    const tnn_block_q3_K *B = src;
+    const __m256i m2 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1), four = _mm256_set1_epi8(4);
+    for (int64_t k = 0; k < n / TNN_QK_K; k++, B++, dst += 256) {
+        float d = f16(B->d);
+        int8_t sc[16];
+        _mm_storeu_si128((__m128i *)sc, scales_q3k(B->scales));
+        __m256i hm = _mm256_loadu_si256((const __m256i *)B->hmask);
+        for (int h = 0; h < 2; h++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(B->qs + 32 * h));
+            for (int s = 0; s < 4; s++) {
+                int g = 8 * h + 2 * s;
+                /* q = low bits - 4 + 4 * hmask bit */
+                __m256i c = _mm256_sub_epi8(
+                    _mm256_or_si256(_mm256_and_si256(v, m2),
+                                    _mm256_slli_epi16(_mm256_and_si256(hm, one), 2)),
+                    four);
+                v = _mm256_srli_epi16(v, 2);
+                hm = _mm256_srli_epi16(hm, 1);
+                put_bf16(dst + 16 * g,
+                         val16(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(c)),
+                               d * (float)sc[g], 0, D_MUL),
+                         val16(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(c, 1)),
+                               d * (float)sc[g + 1], 0, D_MUL));
+            }
+        }
+    }
+}
+
+static void d16_iq4_xs(const void *src, uint16_t *dst, int64_t n) {
+    const tnn_block_iq4_xs *B = src;
+    const __m256i kv = iq4_table();
+    for (int64_t k = 0; k < n / TNN_QK_K; k++, B++, dst += 256) {
+        float d = f16(B->d);
+        for (int j = 0; j < 8; j++)
+            put32(dst + 32 * j, _mm256_shuffle_epi8(kv, nibbles32(B->qs + 16 * j)),
+                  d * (float)tnn__iq4xs_scale(B, j), 0, D_MUL);
+    }
+}
+
 static const tnn_qkernels avx512_deq16 = {
     .name = "avx512-deq16",
     .deq16 = {[TNN_QT_Q8_0] = d16_q8_0, [TNN_QT_Q4_0] = d16_q4_0, [TNN_QT_Q4_1] = d16_q4_1,
               [TNN_QT_Q5_0] = d16_q5_0, [TNN_QT_Q5_1] = d16_q5_1, [TNN_QT_IQ4_NL] = d16_iq4_nl,
-              [TNN_QT_Q4_K] = d16_q4_K, [TNN_QT_Q5_K] = d16_q5_K, [TNN_QT_Q6_K] = d16_q6_K},
+              [TNN_QT_Q4_K] = d16_q4_K, [TNN_QT_Q5_K] = d16_q5_K, [TNN_QT_Q6_K] = d16_q6_K,
+              [TNN_QT_Q2_K] = d16_q2_K, [TNN_QT_Q3_K] = d16_q3_K, [TNN_QT_IQ4_XS] = d16_iq4_xs},
 };
 
 /* Everything not listed in it runs the next kernel set down (quant.c). */
