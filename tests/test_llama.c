@@ -6,7 +6,7 @@
  *
  * Both programs round differently (llama.cpp keeps the KV cache and the
  * attention operands in f16 and quantizes activations with f16 scales;
- * tinynn decodes and takes prompts of up to 16 tokens with 8-bit
+ * tinynn decodes and takes prompts of up to 24 tokens (this Q4_1 file) with 8-bit
  * activations, longer prompts with f32 ones, or bf16 ones where bf16
  * products are the faster), so logits differ by up to ~0.5 (measured
  * 0.44-0.48; before 8-bit activations took these short prompts, a float64

@@ -678,7 +678,6 @@ static void deq_q2_K(const void *src, float *dst, int64_t n) {
 
 static void deq_q3_K(const void *src, float *dst, int64_t n) {
     const tnn_block_q3_K *B = src;
-    const __m256i m2 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1), four = _mm256_set1_epi8(4);
     for (int64_t k = 0; k < n / TNN_QK_K; k++, B++) {
         float d = f16(B->d);
         int8_t sc[16];
@@ -688,13 +687,7 @@ static void deq_q3_K(const void *src, float *dst, int64_t n) {
             __m256i v = _mm256_loadu_si256((const __m256i *)(B->qs + 32 * h));
             for (int s = 0; s < 4; s++) {
                 int g = 8 * h + 2 * s;
-                /* q = low bits - 4 + 4 * hbit */
-                __m256i c = _mm256_sub_epi8(
-                    _mm256_or_si256(_mm256_and_si256(v, m2),
-                                    _mm256_slli_epi16(_mm256_and_si256(hm, one), 2)),
-                    four);
-                v = _mm256_srli_epi16(v, 2);
-                hm = _mm256_srli_epi16(hm, 1);
+                __m256i c = q3k_step(&v, &hm);
                 float *yy = dst + 256 * k + 16 * g;
                 for (int t = 0; t < 2; t++) {
                     __m256 dd = _mm256_set1_ps(d * (float)sc[g + t]);
@@ -722,21 +715,16 @@ static void deq_iq4_xs(const void *src, float *dst, int64_t n) {
 
 INL void deq_qk45(int five, const void *src, float *dst, int64_t n) {
     const size_t bsz = five ? sizeof(tnn_block_q5_K) : sizeof(tnn_block_q4_K);
-    const __m256i m4 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
     const uint8_t *blk = src;
     for (int64_t k = 0; k < n / TNN_QK_K; k++, blk += bsz) {
         float d = f16(ld16(blk)), dmin = f16(ld16(blk + 2));
         const uint8_t *qs = five ? blk + 48 : blk + 16;
-        __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : m4;
+        __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
         float *y = dst + 256 * k;
         for (int c = 0; c < 4; c++) {
-            __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
-            __m256i q[2] = {_mm256_and_si256(v, m4), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4)};
+            __m256i q[2];
+            qk45_codes(qs, c, five ? &qh : NULL, q);
             for (int t = 0; t < 2; t++) {
-                if (five) {
-                    q[t] = _mm256_or_si256(q[t], _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
-                    qh = _mm256_srli_epi16(qh, 1);
-                }
                 int sc, mn;
                 tnn__qk_scale_min(blk + 4, 2 * c + t, &sc, &mn);
                 store32(y + 64 * c + 32 * t, q[t], _mm256_set1_ps(d * (float)sc),

@@ -99,19 +99,14 @@ D16_Q32(d16_iq4_nl, TNN_QT_IQ4_NL)
 INL void d16_qk45(int five, const void *src, uint16_t *dst, int64_t n) {
     const size_t bsz = five ? sizeof(tnn_block_q5_K) : sizeof(tnn_block_q4_K);
     const uint8_t *b = src;
-    const __m256i m4 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
     for (int64_t k = 0; k < n / TNN_QK_K; k++, b += bsz, dst += 256) {
         float d = f16(ld16(b)), dmin = f16(ld16(b + 2));
         const uint8_t *qs = five ? b + 48 : b + 16;
-        __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(b + 16)) : m4;
+        __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(b + 16)) : _mm256_setzero_si256();
         for (int c = 0; c < 4; c++) {
-            __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
-            __m256i q[2] = {_mm256_and_si256(v, m4), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4)};
+            __m256i q[2];
+            qk45_codes(qs, c, five ? &qh : NULL, q);
             for (int t = 0; t < 2; t++) {
-                if (five) {
-                    q[t] = _mm256_or_si256(q[t], _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
-                    qh = _mm256_srli_epi16(qh, 1);
-                }
                 int sc, mn;
                 tnn__qk_scale_min(b + 4, 2 * c + t, &sc, &mn);
                 put32(dst + 64 * c + 32 * t, q[t], d * (float)sc, dmin * (float)mn, D_SUB);
@@ -169,7 +164,6 @@ static void d16_q2_K(const void *src, uint16_t *dst, int64_t n) {
 
 static void d16_q3_K(const void *src, uint16_t *dst, int64_t n) {
     const tnn_block_q3_K *B = src;
-    const __m256i m2 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1), four = _mm256_set1_epi8(4);
     for (int64_t k = 0; k < n / TNN_QK_K; k++, B++, dst += 256) {
         float d = f16(B->d);
         int8_t sc[16];
@@ -179,13 +173,7 @@ static void d16_q3_K(const void *src, uint16_t *dst, int64_t n) {
             __m256i v = _mm256_loadu_si256((const __m256i *)(B->qs + 32 * h));
             for (int s = 0; s < 4; s++) {
                 int g = 8 * h + 2 * s;
-                /* q = low bits - 4 + 4 * hmask bit */
-                __m256i c = _mm256_sub_epi8(
-                    _mm256_or_si256(_mm256_and_si256(v, m2),
-                                    _mm256_slli_epi16(_mm256_and_si256(hm, one), 2)),
-                    four);
-                v = _mm256_srli_epi16(v, 2);
-                hm = _mm256_srli_epi16(hm, 1);
+                __m256i c = q3k_step(&v, &hm);
                 put_bf16(dst + 16 * g,
                          val16(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(c)),
                                d * (float)sc[g], 0, D_MUL),

@@ -78,4 +78,31 @@ INL __m128i scales_q3k(const uint8_t *s) {
     return _mm_sub_epi8(v, _mm_set1_epi8(32));
 }
 
+/* Q4_K / Q5_K: the 32 codes of sub-blocks 2c (q[0]) and 2c + 1 (q[1]) from
+ * chunk c of qs; for Q5_K (qh not NULL: its 32 bytes, shifted along as the
+ * sub-blocks use their bits) with the fifth bits. */
+INL void qk45_codes(const uint8_t *qs, int c, __m256i *qh, __m256i q[2]) {
+    const __m256i m4 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
+    __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+    q[0] = _mm256_and_si256(v, m4);
+    q[1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+    if (qh)
+        for (int t = 0; t < 2; t++) {
+            q[t] = _mm256_or_si256(q[t], _mm256_slli_epi16(_mm256_and_si256(*qh, one), 4));
+            *qh = _mm256_srli_epi16(*qh, 1);
+        }
+}
+
+/* Q3_K: the next 32 codes (-4..3) in element order from v (a 32-byte load
+ * of qs, shifted 2 bits a step) and hm (the hmask, shifted 1 bit a step). */
+INL __m256i q3k_step(__m256i *v, __m256i *hm) {
+    const __m256i m2 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    __m256i c = _mm256_sub_epi8(
+        _mm256_or_si256(_mm256_and_si256(*v, m2), _mm256_slli_epi16(_mm256_and_si256(*hm, one), 2)),
+        _mm256_set1_epi8(4));
+    *v = _mm256_srli_epi16(*v, 2);
+    *hm = _mm256_srli_epi16(*hm, 1);
+    return c;
+}
+
 #endif
