@@ -149,26 +149,16 @@ typedef struct {
     int gtype;
     const char *w;
     int64_t row_bytes, K;
-    float *dst;     /* f32 panel, or */
-    uint16_t *dst16; /* bf16 panel */
+    float *dst; /* the f32 panel */
     atomic_int rc;
 } deq_ctx;
 
 static void deq_range(void *p, int64_t lo, int64_t hi) {
     deq_ctx *c = p;
     for (int64_t r = lo; r < hi; r++) {
-        const char *src = c->w + r * c->row_bytes;
-        int rc = c->dst16 ? tnn__dequantize_row_bf16(c->gtype, src, c->dst16 + r * c->K, c->K)
-                          : tnn__dequantize_row(c->gtype, src, c->dst + r * c->K, c->K);
+        int rc = tnn__dequantize_row(c->gtype, c->w + r * c->row_bytes, c->dst + r * c->K, c->K);
         if (rc) atomic_store(&c->rc, rc);
     }
-}
-
-/* C (N x pr, row stride ldc) = x W_panel^T, in f32 or on bf16 copies. */
-static int panel_product(bool bf16, int64_t N, int64_t pr, int64_t K, const float *x,
-                         const void *panel, float *C, int64_t ldc) {
-    return bf16 ? tnn__gemm_bf16(TNN_GEMM_BF16_AUTO, false, true, N, pr, K, x, K, panel, K, C, ldc)
-                : tnn__gemm_f32(false, true, N, pr, K, x, K, panel, K, C, ldc);
 }
 
 /* The rows of B^T the bf16 GEMM's packs ask for: W's rows dequantized. */
@@ -210,26 +200,26 @@ static int qmatmul(tnn_tensor *t) {
         tnn_gemm_brows src = {.rows = qrows, .ctx = &qc};
         return tnn__gemm_bf16_rows(TNN_GEMM_BF16_AUTO, N, M, K, CF32(x), K, &src, F32(t), M);
     }
-    /* the f32 GEMM: panels as large as the budget allows (a multiple of QMM_PANEL rows):
-     * each panel's GEMM rounds and packs all of x again (64-row panels of a
-     * 5632 x 2048 matrix did that 88 times, more than the products took) */
-    int64_t elt = bf16 ? 2 : 4, budget = atomic_load(&qmm_full_bytes);
-    bool full = M * K * elt <= budget;
-    int64_t pm = full ? M : budget / (K * elt) / QMM_PANEL * QMM_PANEL;
+    /* the f32 GEMM on W dequantized in panels as large as the budget allows
+     * (a multiple of QMM_PANEL rows): each panel's GEMM packs all of x again
+     * (64-row panels of a 5632 x 2048 matrix did that 88 times, more than
+     * the products took) */
+    int64_t budget = atomic_load(&qmm_full_bytes);
+    bool full = M * K * (int64_t)sizeof(float) <= budget;
+    int64_t pm = full ? M : budget / (K * (int64_t)sizeof(float)) / QMM_PANEL * QMM_PANEL;
     if (pm < QMM_PANEL) pm = QMM_PANEL;
-    float *panel = tnn__thread_buf(TNN_TBUF_DEQUANT, bf16 ? (size_t)(pm * K + 1) / 2 : (size_t)(pm * K));
+    float *panel = tnn__thread_buf(TNN_TBUF_DEQUANT, (size_t)(pm * K));
     if (!panel) return TNN_ERR(TNN_ERR_NOMEM, "out of memory");
     int rc = TNN_OK;
     for (int64_t j0 = 0; j0 < M && rc == TNN_OK; j0 += pm) {
         int64_t pr = M - j0 < pm ? M - j0 : pm;
         deq_ctx dc = {.gtype = w->gtype, .w = (const char *)w->data + j0 * row_bytes,
-                      .row_bytes = row_bytes, .K = K, .dst = bf16 ? NULL : panel,
-                      .dst16 = bf16 ? (uint16_t *)panel : NULL};
+                      .row_bytes = row_bytes, .K = K, .dst = panel};
         atomic_init(&dc.rc, TNN_OK);
         tnn__parallel_for(pr, 1 + 16384 / K, deq_range, &dc);
         rc = atomic_load(&dc.rc);
         if (rc) break;
-        rc = panel_product(bf16, N, pr, K, CF32(x), panel, F32(t) + j0, M);
+        rc = tnn__gemm_f32(false, true, N, pr, K, CF32(x), K, panel, K, F32(t) + j0, M);
     }
     return rc;
 }
