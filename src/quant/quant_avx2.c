@@ -365,7 +365,8 @@ static void dot_q2_K(const tnn_qact *a, const void *w, size_t rb, int64_t rows, 
                 }
             }
             float dx = a->d[b];
-            lanes[b & 7] += (f16(B->d) * dx) * (float)hsum_i32(acc) - (f16(B->dmin) * dx) * (float)s2;
+            lanes[b & 7] +=
+                (f16(B->d) * dx) * (float)hsum_i32(acc) - (f16(B->dmin) * dx) * (float)s2;
         }
         y[r] = tnn__qreduce8(lanes);
     }
@@ -665,11 +666,11 @@ static void deq_q2_K(const void *src, float *dst, int64_t n) {
                     __m256 dd = _mm256_set1_ps(d * (float)(sc & 15));
                     __m256 mm = _mm256_set1_ps(dmin * (float)(sc >> 4));
                     __m128i part = t ? _mm256_extracti128_si256(c, 1) : _mm256_castsi256_si128(c);
-                    for (int u = 0; u < 2; u++, part = _mm_srli_si128(part, 8))
+                    for (int u = 0; u < 2; u++, part = _mm_srli_si128(part, 8)) {
+                        __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(part));
                         _mm256_storeu_ps(yy + 16 * t + 8 * u,
-                                         _mm256_sub_ps(_mm256_mul_ps(dd, _mm256_cvtepi32_ps(
-                                                                             _mm256_cvtepu8_epi32(part))),
-                                                       mm));
+                                         _mm256_sub_ps(_mm256_mul_ps(dd, q), mm));
+                    }
                 }
             }
         }
@@ -692,9 +693,10 @@ static void deq_q3_K(const void *src, float *dst, int64_t n) {
                 for (int t = 0; t < 2; t++) {
                     __m256 dd = _mm256_set1_ps(d * (float)sc[g + t]);
                     __m128i part = t ? _mm256_extracti128_si256(c, 1) : _mm256_castsi256_si128(c);
-                    for (int u = 0; u < 2; u++, part = _mm_srli_si128(part, 8))
-                        _mm256_storeu_ps(yy + 16 * t + 8 * u,
-                                         _mm256_mul_ps(dd, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(part))));
+                    for (int u = 0; u < 2; u++, part = _mm_srli_si128(part, 8)) {
+                        __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(part));
+                        _mm256_storeu_ps(yy + 16 * t + 8 * u, _mm256_mul_ps(dd, q));
+                    }
                 }
             }
         }
@@ -719,7 +721,8 @@ INL void deq_qk45(int five, const void *src, float *dst, int64_t n) {
     for (int64_t k = 0; k < n / TNN_QK_K; k++, blk += bsz) {
         float d = f16(ld16(blk)), dmin = f16(ld16(blk + 2));
         const uint8_t *qs = five ? blk + 48 : blk + 16;
-        __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
+        __m256i qh =
+            five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
         float *y = dst + 256 * k;
         for (int c = 0; c < 4; c++) {
             __m256i q[2];

@@ -69,10 +69,16 @@ INL void d16_q32(int type, const void *src, uint16_t *dst, int64_t n) {
         float d = f16(ld16(b));
         uint32_t qh;
         switch (type) {
-        case TNN_QT_Q8_0: put32(dst, _mm256_loadu_si256((const __m256i *)(b + 2)), d, 0, D_MUL); break;
-        case TNN_QT_Q4_0: put32(dst, _mm256_sub_epi8(nibbles32(b + 2), _mm256_set1_epi8(8)), d, 0, D_MUL); break;
+        case TNN_QT_Q8_0:
+            put32(dst, _mm256_loadu_si256((const __m256i *)(b + 2)), d, 0, D_MUL);
+            break;
+        case TNN_QT_Q4_0:
+            put32(dst, _mm256_sub_epi8(nibbles32(b + 2), _mm256_set1_epi8(8)), d, 0, D_MUL);
+            break;
         case TNN_QT_Q4_1: put32(dst, nibbles32(b + 4), d, f16(ld16(b + 2)), D_ADD); break;
-        case TNN_QT_IQ4_NL: put32(dst, _mm256_shuffle_epi8(kv, nibbles32(b + 2)), d, 0, D_MUL); break;
+        case TNN_QT_IQ4_NL:
+            put32(dst, _mm256_shuffle_epi8(kv, nibbles32(b + 2)), d, 0, D_MUL);
+            break;
         case TNN_QT_Q5_0:
             memcpy(&qh, b + 2, 4);
             put32(dst, _mm256_sub_epi8(_mm256_or_si256(nibbles32(b + 6), vnni_bits_0x10(qh)),
@@ -81,7 +87,8 @@ INL void d16_q32(int type, const void *src, uint16_t *dst, int64_t n) {
             break;
         default: /* Q5_1 */
             memcpy(&qh, b + 4, 4);
-            put32(dst, _mm256_or_si256(nibbles32(b + 8), vnni_bits_0x10(qh)), d, f16(ld16(b + 2)), D_ADD);
+            put32(dst, _mm256_or_si256(nibbles32(b + 8), vnni_bits_0x10(qh)), d, f16(ld16(b + 2)),
+                  D_ADD);
             break;
         }
     }
