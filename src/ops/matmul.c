@@ -138,7 +138,7 @@ tnn_tensor *tnn_matmul(tnn_session *s, tnn_tensor *a, tnn_tensor *b) {
 #define QMM_ROWS_K_BF16 12
 #define QMM_PANEL 64
 static _Atomic int64_t qmm_full_bytes = (int64_t)32 << 20;
-static _Atomic int64_t qmm_rows = -1; /* -1: QMM_ROWS or QMM_ROWS_ONE */
+static _Atomic int64_t qmm_rows = -1; /* -1: the QMM_ROWS* limits above, by type and path */
 static atomic_bool qmm_bf16 = true;
 
 void tnn__qmm_set_full_bytes(int64_t bytes) { atomic_store(&qmm_full_bytes, bytes); }

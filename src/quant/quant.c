@@ -437,6 +437,14 @@ static void dot_blocks(const tnn_qact *a, const void *w, size_t rb, int64_t rows
     }
 }
 
+/* The 32 four-bit codes of 16 bytes: low nibbles first (Q4_0, Q4_1, IQ4_NL). */
+static void nibble_codes(const uint8_t *qs, int q[32]) {
+    for (int i = 0; i < 16; i++) {
+        q[i] = qs[i] & 15;
+        q[i + 16] = qs[i] >> 4;
+    }
+}
+
 static float blk_q32(const tnn_qact *a, const uint8_t *blk, int64_t b) {
     int q[32];
     float dw, mw = 0.0f;
@@ -452,20 +460,14 @@ static float blk_q32(const tnn_qact *a, const uint8_t *blk, int64_t b) {
     }
     case TNN_QT_Q4_0: {
         const tnn_block_q4_0 *B = (const tnn_block_q4_0 *)blk;
-        for (int i = 0; i < 16; i++) {
-            q[i] = B->qs[i] & 15;
-            q[i + 16] = B->qs[i] >> 4;
-        }
+        nibble_codes(B->qs, q);
         dw = F16(B->d);
         off = 8;
         break;
     }
     case TNN_QT_Q4_1: {
         const tnn_block_q4_1 *B = (const tnn_block_q4_1 *)blk;
-        for (int i = 0; i < 16; i++) {
-            q[i] = B->qs[i] & 15;
-            q[i + 16] = B->qs[i] >> 4;
-        }
+        nibble_codes(B->qs, q);
         dw = F16(B->d);
         mw = F16(B->m);
         has_min = true;
@@ -497,10 +499,9 @@ static float blk_q32(const tnn_qact *a, const uint8_t *blk, int64_t b) {
 static float blk_iq4_nl(const tnn_qact *a, const uint8_t *blk, int64_t b) {
     const tnn_block_iq4_nl *B = (const tnn_block_iq4_nl *)blk;
     int q[32];
-    for (int i = 0; i < 16; i++) {
-        q[i] = tnn__iq4_value(B->qs[i] & 15);
-        q[i + 16] = tnn__iq4_value(B->qs[i] >> 4);
-    }
+    nibble_codes(B->qs, q);
+    for (int i = 0; i < 32; i++)
+        q[i] = tnn__iq4_value(q[i]);
     return (F16(B->d) * a->d[b]) * (float)idot32(q, a->q + 32 * b);
 }
 

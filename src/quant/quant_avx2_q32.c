@@ -2,7 +2,8 @@
  * types: quant_vnni.h's kernels (pair layout, several rows of x) with
  * vpdpbusd composed of vpmaddubsw and vpmaddwd. Exact as vpdpbusd: a pair
  * of u8 x s8 products is at most 2 * 128 * 127 = 32512 in magnitude (Q8_0's
- * |w| <= 128, the other types' codes <= 31, |x| <= 127), so vpmaddubsw
+ * |w| <= 128, IQ4_NL's <= 127, the other types' codes <= 31, |x| <= 127),
+ * so vpmaddubsw
  * never saturates. Compiled with the AVX2 file's flags; the rest of the
  * AVX2 set (activation, K-quants, floats, dequantization) is quant_avx2.c.
  */
