@@ -2,9 +2,13 @@
  * and greedy generation (128 tokens) of a GGUF model, tokens/s best and
  * median of 3 runs, and generation as a fraction of the bandwidth bound
  * (weight bytes per token x tokens/s / triad GB/s measured in the same run).
- * Usage: bench_generate MODEL.gguf [--cuda] [--prompts 5,16,64]
+ * Usage: bench_generate MODEL.gguf [--cuda] [--prompts 5,16,64] [--prompts-only]
+ *                       [--qmm-rows N]
  * (--prompts: also prompts of those lengths, best of 3 each; llama.cpp's
- * figures for the same file: tools/llama_speed.py, with the same option)
+ * figures for the same file: tools/llama_speed.py, with the same option;
+ * --prompts-only: only those; --qmm-rows N: products with up to N rows of x
+ * run the quantized matrix-vector kernels, more the GEMM, instead of the
+ * crossovers built in (ops/matmul.c): for measuring them)
  */
 #include "tinynn.h"
 
@@ -12,7 +16,9 @@
 
 #include "llm/llama.h"
 #include "llm/model.h"
+#include "ops/kernels.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,16 +39,22 @@ static double triad_gbs(void) {
 
 int main(int argc, char **argv) {
     const char *lens = NULL;
+    bool only = false;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--cuda"))
             lm_use_cuda(true);
         else if (!strcmp(argv[i], "--prompts") && i + 1 < argc)
             lens = argv[++i];
+        else if (!strcmp(argv[i], "--prompts-only"))
+            only = true;
+        else if (!strcmp(argv[i], "--qmm-rows") && i + 1 < argc)
+            tnn__qmm_set_rows(atoll(argv[++i]));
         else
             argc = 0; /* usage */
     }
-    if (argc < 2) {
-        fprintf(stderr, "usage: bench_generate MODEL.gguf [--cuda] [--prompts N,N,...]\n");
+    if (argc < 2 || (only && !lens)) {
+        fprintf(stderr, "usage: bench_generate MODEL.gguf [--cuda] [--prompts N,N,... "
+                        "[--prompts-only]] [--qmm-rows N]\n");
         return 2;
     }
     lm_llama *m = lm_llama_load(argv[1], 1024, TNN_F16);
@@ -55,7 +67,7 @@ int main(int argc, char **argv) {
     int32_t prompt[512];
     for (int i = 0; i < 512; i++) prompt[i] = (1000 + i) % hp->n_vocab;
     double pp[3], tg[3];
-    for (int r = 0; r < 3; r++) {
+    for (int r = 0; r < (only ? 0 : 3); r++) {
         lm_llama_reset(m);
         double t0 = bench_now();
         if (lm_llama_eval(m, prompt, 512, lg)) {
@@ -104,6 +116,11 @@ int main(int argc, char **argv) {
         }
         printf("prompt %ld: %.1f tokens/s\n", n, best);
         p = *end == ',' ? end + 1 : end;
+    }
+    if (only) {
+        free(lg);
+        lm_llama_free(m);
+        return 0;
     }
     double triad = triad_gbs();
     printf("%s, %s, %d threads: prompt 512: %.1f / %.1f tokens/s; generation 128: %.1f / %.1f "

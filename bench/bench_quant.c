@@ -2,9 +2,12 @@
  * tensor type in src/quant/: weight GB/s of y = W x for W 4096 x 4096, next
  * to a triad bandwidth measured in the same run, for every kernel set the CPU
  * runs (AVX-512, AVX2, the scalar twin); then the compute rate with the
- * weights in cache.
+ * weights in cache, and with several rows of x at once (short prompts: the
+ * several-row kernels; G multiply-adds/s against the one-row kernel run once
+ * per row of x).
  *
- * Usage: bench_quant [--threads N] [--reps N] [--n N] [--no-scalar] [--out FILE.json]
+ * Usage: bench_quant [--threads N] [--reps N] [--n N] [--nx N] [--no-scalar]
+ *                    [--rows-only] [--out FILE.json]
  */
 #include "cpu/pool.h"
 #include "quant/quant.h"
@@ -88,7 +91,24 @@ typedef struct {
     double us[TNN_QK_COUNT];     /* median microseconds per matvec */
     double tri[TNN_QK_COUNT];    /* best triad run between that kernel's repetitions, GB/s */
     double cache[TNN_QK_COUNT][2]; /* in cache: G elements/s [best, median] */
+    double rows[TNN_QK_COUNT][2];  /* nx rows of x in cache: G multiply-adds/s */
 } result;
+
+/* Median seconds of one call of y = W x for nx rows of x (the kernel set in
+ * force), after a warm call; the last `reps` of 4 * reps runs count. */
+static double time_rows(int type, const uint8_t *w, int64_t m, const float *x, int64_t nx,
+                        float *y, int reps, double *t) {
+    int kreps = tnn__quant_get_kernel() == TNN_QK_SCALAR ? 5 : 4 * reps;
+    tnn__quant_matmul(type, w, m, m, x, nx, y, NULL);
+    for (int r = 0; r < kreps; r++) {
+        double t0 = bench_now();
+        tnn__quant_matmul(type, w, m, m, x, nx, y, NULL);
+        t[r % reps] = bench_now() - t0;
+    }
+    int cnt = kreps < reps ? kreps : reps;
+    qsort(t, (size_t)cnt, sizeof(double), bench_cmp_double);
+    return t[cnt / 2];
+}
 
 static bool run_kernel(int kern, bool scalar) {
     return tnn__quant_kernel_supported(kern) && (kern != TNN_QK_SCALAR || scalar);
@@ -97,7 +117,8 @@ static bool run_kernel(int kern, bool scalar) {
 int main(int argc, char **argv) {
     int threads = 2, reps = 30;
     int64_t n = 4096;
-    bool scalar = true;
+    int64_t nx = 8;
+    bool scalar = true, rows_only = false;
     const char *out = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc)
@@ -106,14 +127,18 @@ int main(int argc, char **argv) {
             reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--n") && i + 1 < argc)
             n = atoll(argv[++i]);
+        else if (!strcmp(argv[i], "--nx") && i + 1 < argc)
+            nx = atoll(argv[++i]);
         else if (!strcmp(argv[i], "--no-scalar"))
             scalar = false;
+        else if (!strcmp(argv[i], "--rows-only"))
+            rows_only = true;
         else if (!strcmp(argv[i], "--out") && i + 1 < argc)
             out = argv[++i];
         else {
             fprintf(stderr,
-                    "usage: %s [--threads N] [--reps N] [--n N] [--no-scalar] "
-                    "[--out FILE.json]\n",
+                    "usage: %s [--threads N] [--reps N] [--n N] [--nx N] [--no-scalar] "
+                    "[--rows-only] [--out FILE.json]\n",
                     argv[0]);
             return 2;
         }
@@ -122,6 +147,10 @@ int main(int argc, char **argv) {
         reps = 3;
     if (n < 256 || n % 256) {
         fprintf(stderr, "bench_quant: --n must be a multiple of 256\n");
+        return 2;
+    }
+    if (nx < 1 || nx > 64) {
+        fprintf(stderr, "bench_quant: --nx must be 1 to 64\n");
         return 2;
     }
     if (tnn_set_num_threads(threads) != TNN_OK) {
@@ -137,12 +166,6 @@ int main(int argc, char **argv) {
            "kernel's best against the best triad run between its repetitions (the VM's speed\n"
            "drifts); the last column is the default kernel's median over the next one down\n\n",
            tb, tm);
-    printf("%-5s %6s", "type", "MB");
-    for (int kern = TNN_QK_COUNT - 1; kern >= 0; kern--)
-        if (run_kernel(kern, scalar))
-            printf(" | %-6s GB/s best/med (%%triad)", tnn__quant_kernel_name(kern));
-    printf(" | speed-up\n");
-
     static const int types[] = {TNN_QT_F32,  TNN_QT_F16,  TNN_QT_BF16,   TNN_QT_Q8_0,
                                 TNN_QT_Q4_0, TNN_QT_Q4_1, TNN_QT_Q5_0,   TNN_QT_Q5_1,
                                 TNN_QT_IQ4_NL, TNN_QT_Q2_K, TNN_QT_Q3_K, TNN_QT_Q4_K,
@@ -161,7 +184,14 @@ int main(int argc, char **argv) {
     for (int kern = top - 1; kern >= 0 && base < 0; kern--)
         if (run_kernel(kern, scalar))
             base = kern;
-    for (int k = 0; k < NT; k++) {
+    if (!rows_only) {
+        printf("%-5s %6s", "type", "MB");
+        for (int kern = TNN_QK_COUNT - 1; kern >= 0; kern--)
+            if (run_kernel(kern, scalar))
+                printf(" | %-6s GB/s best/med (%%triad)", tnn__quant_kernel_name(kern));
+        printf(" | speed-up\n");
+    }
+    for (int k = 0; k < NT && !rows_only; k++) {
         int type = types[k];
         int64_t rb = tnn__qtype_row_bytes(type, n);
         size_t mat = (size_t)(rb * n);
@@ -204,13 +234,16 @@ int main(int argc, char **argv) {
     }
     /* compute rate with the weights in cache (L2 for the 4-bit types, L3 for
      * F32): 1024 x 1024, one thread */
-    printf("\nin cache (1024 x 1024 repeated, 1 thread): G elements/s best/median\n%-5s", "type");
-    for (int kern = TNN_QK_COUNT - 1; kern >= 0; kern--)
-        if (run_kernel(kern, scalar))
-            printf(" | %-15s", tnn__quant_kernel_name(kern));
-    printf(" | speed-up\n");
     tnn_set_num_threads(1);
-    for (int k = 0; k < NT; k++) {
+    if (!rows_only) {
+        printf("\nin cache (1024 x 1024 repeated, 1 thread): G elements/s best/median\n%-5s",
+               "type");
+        for (int kern = TNN_QK_COUNT - 1; kern >= 0; kern--)
+            if (run_kernel(kern, scalar))
+                printf(" | %-15s", tnn__quant_kernel_name(kern));
+        printf(" | speed-up\n");
+    }
+    for (int k = 0; k < NT && !rows_only; k++) {
         int type = types[k];
         const int64_t m = 1024;
         int64_t rb = tnn__qtype_row_bytes(type, m);
@@ -243,6 +276,49 @@ int main(int argc, char **argv) {
             printf("\n");
         free(w);
     }
+    /* several rows of x (a short prompt), weights in cache: each kernel
+     * set's several-row product (where it has one for the type) against its
+     * one-row kernel run once per row of x */
+    printf("\n%lld rows of x, 1024 x 1024 in cache, 1 thread: G multiply-adds/s median "
+           "(several-row / one row at a time)\n%-5s",
+           (long long)nx, "type");
+    for (int kern = TNN_QK_COUNT - 1; kern >= 0; kern--)
+        if (run_kernel(kern, scalar) && kern != TNN_QK_SCALAR)
+            printf(" | %-15s", tnn__quant_kernel_name(kern));
+    printf("\n");
+    {
+        const int64_t m = 1024;
+        float *xr = bench_xalloc((size_t)(nx * m) * sizeof(float));
+        float *yr = bench_xalloc((size_t)(nx * m) * sizeof(float));
+        for (int64_t i = 0; i < nx * m; i++)
+            xr[i] = (float)(rnd() >> 8) / 16777216.0f - 0.5f;
+        for (int k = 0; k < NT; k++) {
+            int type = types[k];
+            if (tnn__qtype(type)->block == 1) /* F32/F16/BF16: no several-row kernels */
+                continue;
+            int64_t rb = tnn__qtype_row_bytes(type, m);
+            uint8_t *w = bench_xalloc((size_t)(rb * m));
+            fill(type, w, m, m);
+            printf("%-5s", tnn__qtype(type)->name);
+            for (int kern = TNN_QK_COUNT - 1; kern >= 0; kern--) {
+                if (!run_kernel(kern, scalar) || kern == TNN_QK_SCALAR)
+                    continue;
+                tnn__quant_set_kernel(kern);
+                double tn = time_rows(type, w, m, xr, nx, yr, reps, t);
+                double t1 = 0;
+                for (int64_t i = 0; i < nx; i++)
+                    t1 += time_rows(type, w, m, xr + i * m, 1, yr, reps < 10 ? reps : 10, t);
+                res[k].rows[kern][0] = (double)(nx * m * m) / tn / 1e9;
+                res[k].rows[kern][1] = (double)(nx * m * m) / t1 / 1e9;
+                printf(" | %6.2f / %6.2f", res[k].rows[kern][0], res[k].rows[kern][1]);
+            }
+            tnn__quant_set_kernel(TNN_QK_AUTO);
+            printf("\n");
+            free(w);
+        }
+        free(xr);
+        free(yr);
+    }
     tnn_set_num_threads(threads);
     if (out) {
         FILE *f = fopen(out, "w");
@@ -251,18 +327,20 @@ int main(int argc, char **argv) {
         } else {
             fprintf(f,
                     "{\n  \"n\": %lld,\n  \"threads\": %d,\n  \"triad_gbs\": [%.2f, %.2f],\n"
-                    "  \"default_kernel\": \"%s\",\n  \"types\": [\n",
-                    (long long)n, threads, tb, tm, tnn__quant_kernel_name(top));
+                    "  \"default_kernel\": \"%s\",\n  \"rows_of_x\": %lld,\n  \"types\": [\n",
+                    (long long)n, threads, tb, tm, tnn__quant_kernel_name(top), (long long)nx);
             for (int k = 0; k < NT; k++) {
                 fprintf(f, "    {\"type\": \"%s\"", tnn__qtype(res[k].type)->name);
                 for (int kern = TNN_QK_COUNT - 1; kern >= 0; kern--)
                     if (run_kernel(kern, scalar))
                         fprintf(f,
                                 ", \"%s\": {\"gbs\": [%.3f, %.3f], \"us\": %.1f, "
-                                "\"triad_alongside_gbs\": %.2f, \"cache_gelems\": [%.3f, %.3f]}",
+                                "\"triad_alongside_gbs\": %.2f, \"cache_gelems\": [%.3f, %.3f], "
+                                "\"rows_gmacs\": [%.3f, %.3f]}",
                                 tnn__quant_kernel_name(kern), res[k].gbs[kern][0],
                                 res[k].gbs[kern][1], res[k].us[kern], res[k].tri[kern],
-                                res[k].cache[kern][0], res[k].cache[kern][1]);
+                                res[k].cache[kern][0], res[k].cache[kern][1],
+                                res[k].rows[kern][0], res[k].rows[kern][1]);
                 fprintf(f, "}%s\n", k + 1 < NT ? "," : "");
             }
             fprintf(f, "  ]\n}\n");

@@ -109,7 +109,7 @@ static void test_table(void) {
     CHECK_ERR(tnn__quant_matmul(TNN_QT_F16, buf, 1, 32, f, INT64_MAX / 8, f, NULL),
               TNN_ERR_RANGE, "overflows");
     CHECK_OK(tnn__quant_matmul(TNN_QT_Q8_0, buf, 1, 32, f, 0, f, NULL)); /* no rows: nothing */
-    /* the several-row kernels: the 32-element types and Q4_K / Q5_K, from AVX2 up */
+    /* the several-row kernels: the 32-element types and Q4_K / Q5_K / Q6_K, from AVX2 up */
     for (int kid = 0; kid < TNN_QK_COUNT; kid++) {
         if (!tnn__quant_kernel_supported(kid))
             continue;
@@ -117,6 +117,7 @@ static void test_table(void) {
         bool v = kid >= TNN_QK_AVX2;
         CHECK(tnn__quant_rows_shared(TNN_QT_Q4_1) == v && tnn__quant_rows_shared(TNN_QT_Q8_0) == v &&
                   tnn__quant_rows_shared(TNN_QT_Q4_K) == v && tnn__quant_rows_shared(TNN_QT_Q5_K) == v &&
+                  tnn__quant_rows_shared(TNN_QT_Q6_K) == v &&
                   !tnn__quant_rows_shared(TNN_QT_Q3_K) && !tnn__quant_rows_shared(TNN_QT_F16) &&
                   !tnn__quant_rows_shared(5),
               "kernel %s: which types share rows", tnn__quant_kernel_name(kid));
@@ -616,16 +617,18 @@ static void check_type_kernels(int type, int64_t rows, int64_t n) {
 
 static void test_kernels(void) {
     th_seed(77);
-    /* every remainder of a row's blocks mod 8 (the AVX-512 kernel's groups) */
+    /* every remainder of a row's blocks mod 8 (the VNNI kernels' groups) */
     static const int64_t blocks32[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 14, 17, 18, 33, 64};
-    static const int64_t blocksK[] = {1, 2, 3, 9, 16};
+    static const int64_t blocksK[] = {1, 2, 3, 4, 5, 7, 9, 14, 16, 22};
     static const int64_t nflt[] = {1, 7, 31, 32, 33, 100, 257, 1000};
     static const int64_t rowsv[] = {1, 3, 7, 33};
     for (int t = 0; t < N_TYPES; t++) {
         int type = all_types[t];
         int block = tnn__qtype(type)->block;
         const int64_t *ns = block == 1 ? nflt : block == 32 ? blocks32 : blocksK;
-        int nn = block == 1 ? 8 : block == 32 ? (int)(sizeof blocks32 / sizeof *blocks32) : 5;
+        int nn = block == 1    ? (int)(sizeof nflt / sizeof *nflt)
+                 : block == 32 ? (int)(sizeof blocks32 / sizeof *blocks32)
+                               : (int)(sizeof blocksK / sizeof *blocksK);
         for (int i = 0; i < nn; i++)
             for (int j = 0; j < 4; j++)
                 check_type_kernels(type, rowsv[(i + j) % 4], ns[i] * (block == 1 ? 1 : block));

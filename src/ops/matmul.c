@@ -110,36 +110,56 @@ tnn_tensor *tnn_matmul(tnn_session *s, tnn_tensor *a, tnn_tensor *b) {
     return matmul_build(s, b, a, TNN_MM_TB, __func__, "b", "a");
 }
 
-/* y (N, M) = x (N, K) @ W^T for W (M, K) of a GGML type: up to QMM_ROWS rows
- * go through the quantized matrix-vector kernels (decoding, short prompts:
- * x quantized to 8 bits, W read once for all rows, each row the bits of the
- * one-row product); more rows (prompts) run one GEMM on the dequantized
- * weights: where the bf16 GEMM's automatic path is the AMX tiles or
- * vdpbf16ps, the bf16 GEMM on them rounded to bf16 (within its error bound;
- * 1.8-1.9x the f32 GEMM), its packs dequantizing W a panel at a time
+/* y (N, M) = x (N, K) @ W^T for W (M, K) of a GGML type: up to qmm_rows_max
+ * rows go through the quantized matrix-vector kernels (decoding, short
+ * prompts: x quantized to 8 bits, W read once for all rows, each row the
+ * bits of the one-row product); more rows (prompts) run one GEMM on the
+ * dequantized weights: where the bf16 GEMM's automatic path is the AMX tiles
+ * or vdpbf16ps, the bf16 GEMM on them rounded to bf16 (within its error
+ * bound; 1.8-1.9x the f32 GEMM), its packs dequantizing W a panel at a time
  * (tnn__gemm_bf16_rows: no copy of the whole matrix); elsewhere the f32
  * GEMM, the bits of the f32 product with the dequantized weights, W
  * dequantized first (in parallel, into a per-thread buffer kept between
  * calls; above qmm_full_bytes in panels of as many rows as fit, at least
- * QMM_PANEL). (SmolLM2 Q4_1 on 2 threads, the
- * AVX-512 kernels against the GEMM on bf16 copies on the AMX tiles: the two
- * paths cross near 32 rows; at 5-24 the kernels ran 1.2-3x the GEMM. Kernels
- * that take one row of x at a time crossed near 20 against the f32 GEMM:
- * QMM_ROWS_ONE for the types and CPUs without the several-row kernels; near
- * 10 against the bf16 GEMM that dequantizes panel by panel on the AMX tiles
- * (a 2048-wide Q4_K_M model: at 8 rows 169 against 153 tokens/s, at 12 187
- * against 215): QMM_ROWS_ONE_BF16; the K-quants' several-row kernels
- * (AVX2) near 12 against it (at 8 rows 242 against 153, at 12 248 against
- * 215, at 16 264 against 300), IQ4_NL's (SmolLM2 IQ4_XS file) too (16 rows:
- * 532 against 595): QMM_ROWS_K_BF16.) */
+ * QMM_PANEL).
+ *
+ * The crossovers, measured on 2 threads of an AVX-512 Xeon with AMX
+ * (bench_generate --prompts ... --qmm-rows N):
+ * - QMM_ROWS: types with several-row kernels against the f32 GEMM, and the
+ *   32-element ones (VNNI, 4 rows of x a pass) against the bf16 GEMM
+ *   (SmolLM2 Q4_1: the paths cross near 32 rows; at 5-24 the kernels ran
+ *   1.2-3x the GEMM); Q6_K's VNNI kernels (8 rows a pass) too (2048-wide
+ *   Q6_K model, 20 rows: 426-438 against 371-381 tokens/s; 24: 460
+ *   against 434-444);
+ * - QMM_ROWS_ONE: kernels taking one row of x at a time against the f32
+ *   GEMM (near 20), QMM_ROWS_ONE_BF16 against the bf16 GEMM (2048-wide
+ *   Q4_K_M, when Q4_K had no several-row kernel: at 8 rows 169 against
+ *   153 tokens/s, at 12 187 against 215);
+ * - QMM_ROWS_K_BF16: Q4_K/Q5_K's VNNI kernels against the bf16 GEMM
+ *   (2048-wide Q4_K_M, 16 rows: 460-473 against 384-398 tokens/s; 20:
+ *   455-461 against 474-481);
+ * - QMM_ROWS_IQ4NL_BF16: IQ4_NL's (a SmolLM2 IQ4_XS file, 16 rows: 532
+ *   against 595). */
 #define QMM_ROWS 24
 #define QMM_ROWS_ONE 16
 #define QMM_ROWS_ONE_BF16 10
-#define QMM_ROWS_K_BF16 12
+#define QMM_ROWS_K_BF16 18
+#define QMM_ROWS_IQ4NL_BF16 12
 #define QMM_PANEL 64
 static _Atomic int64_t qmm_full_bytes = (int64_t)32 << 20;
-static _Atomic int64_t qmm_rows = -1; /* -1: the QMM_ROWS* limits above, by type and path */
+static _Atomic int64_t qmm_rows = -1; /* -1: qmm_rows_max's limits, by type and path */
 static atomic_bool qmm_bf16 = true;
+
+static int64_t qmm_rows_max(int gtype, bool bf16) {
+    int64_t set = atomic_load(&qmm_rows);
+    if (set >= 0) return set;
+    bool shared = tnn__quant_rows_shared(gtype);
+    if (!bf16) return shared ? QMM_ROWS : QMM_ROWS_ONE;
+    if (!shared) return QMM_ROWS_ONE_BF16;
+    if (gtype == TNN_QT_Q4_K || gtype == TNN_QT_Q5_K) return QMM_ROWS_K_BF16;
+    if (gtype == TNN_QT_IQ4_NL) return QMM_ROWS_IQ4NL_BF16;
+    return QMM_ROWS;
+}
 
 void tnn__qmm_set_full_bytes(int64_t bytes) { atomic_store(&qmm_full_bytes, bytes); }
 void tnn__qmm_set_rows(int64_t rows) { atomic_store(&qmm_rows, rows < 0 ? -1 : rows); }
@@ -183,17 +203,7 @@ static int qmatmul(tnn_tensor *t) {
     /* where bf16 products run faster than f32 ones (AMX, vdpbf16ps), the
      * GEMM runs on bf16 copies of the dequantized weights */
     bool bf16 = atomic_load(&qmm_bf16) && tnn__gemm_bf16_auto_path() != TNN_GEMM_BF16_WIDEN;
-    int64_t rows_max = atomic_load(&qmm_rows);
-    if (rows_max < 0) {
-        bool shared = tnn__quant_rows_shared(w->gtype);
-        rows_max = !bf16 ? (shared ? QMM_ROWS : QMM_ROWS_ONE)
-                   : shared && (tnn__qtype(w->gtype)->block == TNN_QK_K ||
-                                w->gtype == TNN_QT_IQ4_NL)
-                       ? QMM_ROWS_K_BF16
-                   : shared ? QMM_ROWS
-                            : QMM_ROWS_ONE_BF16;
-    }
-    if (N <= rows_max)
+    if (N <= qmm_rows_max(w->gtype, bf16))
         return tnn__quant_matmul(w->gtype, w->data, M, K, CF32(x), N, F32(t), NULL);
     if (bf16) { /* dequantized by the GEMM's packs, a panel at a time */
         qrows_ctx qc = {.gtype = w->gtype, .w = (const char *)w->data, .row_bytes = row_bytes};

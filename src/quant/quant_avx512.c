@@ -15,6 +15,7 @@
 #include "quant_x86.h"
 
 INL __m256i vnni_dpbusd(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
+INL __m256i vnni_dpwssd(__m256i acc, __m256i a, __m256i b) { return _mm256_dpwssd_epi32(acc, a, b); }
 INL __m256i vnni_bits_0x10(uint32_t m) { return _mm256_maskz_mov_epi8(m, _mm256_set1_epi8(0x10)); }
 INL __mmask8 live_mask(int n) { return (__mmask8)((1u << n) - 1); }
 INL __m256i vnni_gather_live(const uint8_t *p, __m256i idx, int n) {
@@ -30,6 +31,7 @@ INL __m256 vnni_add_live(__m256 acc, __m256 v, int n) {
 }
 
 #include "quant_vnni.h"
+#include "quant_vnni_k.h"
 
 /* ------------------------------------------------------------------------ */
 /* Dequantization straight to bf16 (a prompt's GEMM panels): the values of  */
@@ -202,8 +204,11 @@ static void d16_iq4_xs(const void *src, uint16_t *dst, int64_t n) {
     }
 }
 
+TNN_VNNI_K_KERNELS(avx512_k, "avx512-k", NULL)
+
 static const tnn_qkernels avx512_deq16 = {
     .name = "avx512-deq16",
+    .more = &avx512_k,
     .deq16 = {[TNN_QT_Q8_0] = d16_q8_0, [TNN_QT_Q4_0] = d16_q4_0, [TNN_QT_Q4_1] = d16_q4_1,
               [TNN_QT_Q5_0] = d16_q5_0, [TNN_QT_Q5_1] = d16_q5_1, [TNN_QT_IQ4_NL] = d16_iq4_nl,
               [TNN_QT_Q4_K] = d16_q4_K, [TNN_QT_Q5_K] = d16_q5_K, [TNN_QT_Q6_K] = d16_q6_K,

@@ -17,11 +17,17 @@
 INL __m256i vnni_dpbusd(__m256i acc, __m256i u, __m256i s) {
     return _mm256_dpbusd_avx_epi32(acc, u, s);
 }
+INL __m256i vnni_dpwssd(__m256i acc, __m256i a, __m256i b) {
+    return _mm256_dpwssd_avx_epi32(acc, a, b);
+}
 
 #include "quant_vnni_avx2.h"
 #include "quant_vnni.h"
+#include "quant_vnni_k.h"
 
-/* Everything not listed in it runs the AVX2 kernel set (quant.c). */
-TNN_VNNI_KERNELS(tnn__qk_avxvnni, "avxvnni", NULL)
+TNN_VNNI_K_KERNELS(avxvnni_k, "avxvnni-k", NULL)
+
+/* Everything not listed in these runs the AVX2 kernel set (quant.c). */
+TNN_VNNI_KERNELS(tnn__qk_avxvnni, "avxvnni", &avxvnni_k)
 
 #endif /* TNN_QUANT_X86 */
