@@ -73,95 +73,175 @@ INL void sums8_pairs(const __m256i v[8], __m256i *A, __m256i *S) {
     *S = _mm256_permute4x64_epi64(s, _MM_SHUFFLE(3, 1, 2, 0));
 }
 
+/* One block of W decoded for every row of x: its 8 runs of 32 codes in
+ * element order (run t: elements 32t .. 32t + 31), the scale words for the
+ * vpdpwssd of runs 2p and 2p + 1 (sc[p]; IQ4_XS: of run t, sc[t]), the
+ * words that multiply x's sums of 16 (mn) and, for IQ4_XS, the signed
+ * table values (sq) whose magnitudes are q. */
+typedef struct {
+    __m256i q[8], sc[8], mn, sq[8];
+} kblock;
+
+/* The types' shapes: scale groups of 16 (Q2_K, Q3_K, Q6_K) or 32; a second
+ * sum with its own float factor dmin (Q2_K, Q4_K, Q5_K: the mins times x's
+ * sums); codes stored with an offset 2^kshift taken out as 2^kshift times
+ * the scales times x's sums (Q3_K: 4, Q6_K: 32). */
+INL bool kgroups16(int type) {
+    return type == TNN_QT_Q2_K || type == TNN_QT_Q3_K || type == TNN_QT_Q6_K;
+}
+INL bool kmins(int type) {
+    return type == TNN_QT_Q2_K || type == TNN_QT_Q4_K || type == TNN_QT_Q5_K;
+}
+INL int kshift(int type) { return type == TNN_QT_Q6_K ? 5 : type == TNN_QT_Q3_K ? 2 : 0; }
+
+INL size_t kbytes(int type) {
+    switch (type) {
+    case TNN_QT_Q2_K: return sizeof(tnn_block_q2_K);
+    case TNN_QT_Q3_K: return sizeof(tnn_block_q3_K);
+    case TNN_QT_Q4_K: return sizeof(tnn_block_q4_K);
+    case TNN_QT_Q5_K: return sizeof(tnn_block_q5_K);
+    case TNN_QT_Q6_K: return sizeof(tnn_block_q6_K);
+    default: return sizeof(tnn_block_iq4_xs);
+    }
+}
+
+/* Where a 32-bit load holding d (the low half, dmin the high one; or d the
+ * high half where kd_high) sits in a block, inside the block. */
+INL size_t kd_at(int type) {
+    switch (type) {
+    case TNN_QT_Q2_K: return offsetof(tnn_block_q2_K, d);
+    case TNN_QT_Q3_K: return offsetof(tnn_block_q3_K, d) - 2;
+    case TNN_QT_Q6_K: return offsetof(tnn_block_q6_K, d) - 2;
+    default: return 0; /* Q4_K, Q5_K: d, dmin; IQ4_XS: d, scales_h */
+    }
+}
+INL bool kd_high(int type) { return type == TNN_QT_Q3_K || type == TNN_QT_Q6_K; }
+
+INL void kdecode(int type, const uint8_t *B, kblock *k) {
+    if (kgroups16(type)) {
+        __m256i sc16;
+        if (type == TNN_QT_Q6_K) {
+            const tnn_block_q6_K *Q = (const tnn_block_q6_K *)B;
+            sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)Q->scales));
+            q6k_half(Q, 0, k->q);
+            q6k_half(Q, 1, k->q + 4);
+            k->mn = sc16;
+        } else if (type == TNN_QT_Q3_K) {
+            const tnn_block_q3_K *Q = (const tnn_block_q3_K *)B;
+            sc16 = _mm256_cvtepi8_epi16(scales_q3k(Q->scales));
+            __m256i hm = _mm256_loadu_si256((const __m256i *)Q->hmask);
+            for (int h = 0; h < 2; h++) {
+                __m256i v = _mm256_loadu_si256((const __m256i *)(Q->qs + 32 * h));
+                for (int s = 0; s < 4; s++) /* q3k_step's codes + 4 */
+                    k->q[4 * h + s] = _mm256_add_epi8(q3k_step(&v, &hm), _mm256_set1_epi8(4));
+            }
+            k->mn = sc16;
+        } else { /* Q2_K */
+            const tnn_block_q2_K *Q = (const tnn_block_q2_K *)B;
+            const __m128i m4 = _mm_set1_epi8(15);
+            __m128i s8 = _mm_loadu_si128((const __m128i *)Q->scales);
+            sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(s8, m4));
+            k->mn = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s8, 4), m4));
+            for (int h = 0; h < 2; h++) {
+                __m256i v = _mm256_loadu_si256((const __m256i *)(Q->qs + 32 * h));
+                for (int s = 0; s < 4; s++, v = _mm256_srli_epi16(v, 2))
+                    k->q[4 * h + s] = _mm256_and_si256(v, _mm256_set1_epi8(3));
+            }
+        }
+        /* runs 2p, 2p + 1: groups 4p, 4p + 2 (low lanes), 4p + 1, 4p + 3 */
+        for (int h = 0; h < 2; h++) {
+            __m256i half = _mm256_permute2x128_si256(sc16, sc16, h ? 0x11 : 0x00);
+            k->sc[2 * h] = _mm256_shuffle_epi8(half, pick_words(0, 2, 1, 3));
+            k->sc[2 * h + 1] = _mm256_shuffle_epi8(half, pick_words(4, 6, 5, 7));
+        }
+        return;
+    }
+    if (type == TNN_QT_IQ4_XS) {
+        const tnn_block_iq4_xs *Q = (const tnn_block_iq4_xs *)B;
+        for (int t = 0; t < 8; t++) {
+            k->sq[t] = _mm256_shuffle_epi8(iq4_table(), nibbles32(Q->qs + 16 * t));
+            k->q[t] = _mm256_sign_epi8(k->sq[t], k->sq[t]);
+            k->sc[t] = _mm256_set1_epi16((short)tnn__iq4xs_scale(Q, t));
+        }
+        return;
+    }
+    /* Q4_K, Q5_K: sub-blocks 2c (low nibbles of chunk c) and 2c + 1 */
+    const bool five = type == TNN_QT_Q5_K;
+    const uint8_t *qs = five ? B + 48 : B + 16;
+    __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(B + 16)) : _mm256_setzero_si256();
+    for (int c = 0; c < 4; c++)
+        qk45_codes(qs, c, five ? &qh : NULL, k->q + 2 * c);
+    __m128i sm = scales_k(B + 4);
+    __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+    for (int c = 0; c < 4; c++)
+        k->sc[c] = _mm256_shuffle_epi8(sc16, pick_words(2 * c, 2 * c + 1, 2 * c, 2 * c + 1));
+    /* the mins, each twice (its sub-block's two sums of 16) */
+    __m128i mn16 = _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8));
+    k->mn = combine(_mm_unpacklo_epi16(mn16, mn16), _mm_unpackhi_epi16(mn16, mn16));
+}
+
+/* The block's integer sums against one row of x (x: its 256 codes, bs: its
+ * 16 sums): int32 lanes summing to s (the types without mins), or
+ * hadd(lanes of s1, lanes of s2). */
+INL __m256i kdot(int type, const kblock *k, const int8_t *x, const int16_t *bs) {
+    __m256i acc = _mm256_setzero_si256();
+    if (type == TNN_QT_IQ4_XS) {
+        /* a pair of table values times x is at most 2 * 127 * 127 in
+         * magnitude: vpmaddubsw does not saturate, 4 would not fit 16 bits */
+        for (int t = 0; t < 8; t++) {
+            __m256i xt = _mm256_loadu_si256((const __m256i *)(x + 32 * t));
+            acc = vnni_dpwssd(acc, _mm256_maddubs_epi16(k->q[t], _mm256_sign_epi8(xt, k->sq[t])),
+                              k->sc[t]);
+        }
+        return acc;
+    }
+    if (kshift(type)) /* - 2^kshift * (the scales times x's sums) */
+        acc = _mm256_sub_epi32(
+            acc, _mm256_slli_epi32(
+                     _mm256_madd_epi16(k->mn, _mm256_loadu_si256((const __m256i *)bs)), kshift(type)));
+    for (int p = 0; p < 4; p++)
+        acc = scaled_pair(acc, k->q[2 * p], x + 64 * p, k->q[2 * p + 1], x + 64 * p + 32, k->sc[p]);
+    if (kmins(type))
+        acc = _mm256_hadd_epi32(acc,
+                                _mm256_madd_epi16(k->mn, _mm256_loadu_si256((const __m256i *)bs)));
+    return acc;
+}
+
 /* Blocks b .. b + n - 1 (n <= 8, b a multiple of 8) of one row of W (blk:
- * block b) against R rows of x, into each row's 8 float lanes. Q4_K/Q5_K:
- * per block (d * dx) * s1 - (dmin * dx) * s2, s1 the scaled code sums, s2
- * the mins times x's sums; Q6_K: (d * dx) * s, s = the scaled code sums -
- * 32 * the scales times x's sums (dot_qk45, dot_q6_K in quant_avx2.c). */
+ * block b) against R rows of x, into each row's 8 float lanes: per block
+ * (d * dx) * s1 - (dmin * dx) * s2 (the types with mins) or (d * dx) * s,
+ * as the one-row kernels form them (quant_avx2.c). */
 INL void kgroup(int type, int R, const tnn_qact *a, const uint8_t *blk, int64_t b, int n,
                 __m256 *lanes) {
-    const bool q6 = type == TNN_QT_Q6_K, five = type == TNN_QT_Q5_K;
-    const size_t bsz = q6     ? sizeof(tnn_block_q6_K)
-                       : five ? sizeof(tnn_block_q5_K)
-                              : sizeof(tnn_block_q4_K);
+    const size_t bsz = kbytes(type);
     __m256i v[KROWS][8];
-    for (int k = 0; k < 8; k++) {
-        if (k >= n) {
+    for (int j = 0; j < 8; j++) {
+        if (j >= n) {
             for (int i = 0; i < R; i++)
-                v[i][k] = _mm256_setzero_si256();
+                v[i][j] = _mm256_setzero_si256();
             continue;
         }
-        const uint8_t *B = blk + k * bsz;
-        const int64_t e0 = 256 * (b + k);
-        if (q6) {
-            const tnn_block_q6_K *Q = (const tnn_block_q6_K *)B;
-            __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)Q->scales));
-            __m256i acc[KROWS];
-            for (int i = 0; i < R; i++)
-                acc[i] = _mm256_madd_epi16(
-                    sc16, _mm256_loadu_si256((const __m256i *)(a[i].bsum + 16 * (b + k))));
-            for (int i = 0; i < R; i++) /* - 32 * (the scales times x's sums) */
-                acc[i] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(acc[i], 5));
-            for (int h = 0; h < 2; h++) {
-                __m256i q[4];
-                q6k_half(Q, h, q);
-                /* groups 8h + 2g (lanes 0-3) and 8h + 2g + 1 (lanes 4-7)
-                 * of code vector g; pairs (0, 1) and (2, 3) */
-                __m256i half = _mm256_permute2x128_si256(sc16, sc16, h ? 0x11 : 0x00);
-                __m256i s01 = _mm256_shuffle_epi8(half, pick_words(0, 2, 1, 3));
-                __m256i s23 = _mm256_shuffle_epi8(half, pick_words(4, 6, 5, 7));
-                for (int i = 0; i < R; i++) {
-                    const int8_t *x = a[i].q + e0 + 128 * h;
-                    acc[i] = scaled_pair(acc[i], q[0], x, q[1], x + 32, s01);
-                    acc[i] = scaled_pair(acc[i], q[2], x + 64, q[3], x + 96, s23);
-                }
-            }
-            for (int i = 0; i < R; i++)
-                v[i][k] = acc[i];
-            continue;
-        }
-        const uint8_t *qs = five ? B + 48 : B + 16;
-        __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(B + 16)) : _mm256_setzero_si256();
-        __m128i sm = scales_k(B + 4);
-        __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
-        __m128i mn16 = _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8));
-        __m256i mnd = combine(_mm_unpacklo_epi16(mn16, mn16), _mm_unpackhi_epi16(mn16, mn16));
-        __m256i acc[KROWS];
+        kblock k;
+        kdecode(type, blk + j * bsz, &k);
         for (int i = 0; i < R; i++)
-            acc[i] = _mm256_setzero_si256();
-        for (int c = 0; c < 4; c++) {
-            __m256i q[2];
-            qk45_codes(qs, c, five ? &qh : NULL, q);
-            /* sub-blocks 2c (low nibbles) and 2c + 1 */
-            __m256i sc = _mm256_shuffle_epi8(sc16, pick_words(2 * c, 2 * c + 1, 2 * c, 2 * c + 1));
-            for (int i = 0; i < R; i++) {
-                const int8_t *x = a[i].q + e0 + 64 * c;
-                acc[i] = scaled_pair(acc[i], q[0], x, q[1], x + 32, sc);
-            }
-        }
-        for (int i = 0; i < R; i++)
-            v[i][k] = _mm256_hadd_epi32(
-                acc[i], _mm256_madd_epi16(mnd, _mm256_loadu_si256(
-                                                   (const __m256i *)(a[i].bsum + 16 * (b + k)))));
+            v[i][j] = kdot(type, &k, a[i].q + 256 * (b + j), a[i].bsum + 16 * (b + j));
     }
-    /* d (and dmin) of the 8 blocks: Q4_K/Q5_K's first 4 bytes, Q6_K's last 2
-     * (read as the high half of the word 2 bytes before, inside the block) */
     const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
                                            _mm256_set1_epi32((int)bsz));
-    const uint8_t *base = q6 ? blk + offsetof(tnn_block_q6_K, d) - 2 : blk;
+    const uint8_t *base = blk + kd_at(type);
     __m256i dm = n == 8 ? _mm256_i32gather_epi32((const int *)base, idx, 1)
                         : vnni_gather_live(base, idx, n);
-    __m256 dw = _mm256_cvtph_ps(vnni_low16(q6 ? _mm256_srli_epi32(dm, 16) : dm));
+    __m256 dw = _mm256_cvtph_ps(vnni_low16(kd_high(type) ? _mm256_srli_epi32(dm, 16) : dm));
     __m256 mw = _mm256_cvtph_ps(vnni_low16(_mm256_srli_epi32(dm, 16)));
     for (int i = 0; i < R; i++) {
         __m256 dx = vnni_load_live_ps(a[i].d + b, n), p;
-        if (q6) {
-            p = _mm256_mul_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(sums8(v[i])));
-        } else {
+        if (kmins(type)) {
             __m256i s1, s2;
             sums8_pairs(v[i], &s1, &s2);
             p = _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(s1)),
                               _mm256_mul_ps(_mm256_mul_ps(mw, dx), _mm256_cvtepi32_ps(s2)));
+        } else {
+            p = _mm256_mul_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(sums8(v[i])));
         }
         lanes[i] = n == 8 ? _mm256_add_ps(lanes[i], p) : vnni_add_live(lanes[i], p, n);
     }
@@ -170,9 +250,7 @@ INL void kgroup(int type, int R, const tnn_qact *a, const uint8_t *blk, int64_t 
 /* y[i * ldy + r] for R rows of x and `rows` rows of W. */
 INL void krows(int type, int R, const tnn_qact *a, const void *w, size_t rb, int64_t rows,
                float *y, int64_t ldy) {
-    const size_t bsz = type == TNN_QT_Q6_K   ? sizeof(tnn_block_q6_K)
-                       : type == TNN_QT_Q5_K ? sizeof(tnn_block_q5_K)
-                                             : sizeof(tnn_block_q4_K);
+    const size_t bsz = kbytes(type);
     const int64_t nb = a->n / TNN_QK_K;
     for (int64_t r = 0; r < rows; r++) {
         const uint8_t *wr = (const uint8_t *)w + r * rb;
@@ -208,26 +286,26 @@ INL void dotn_k(int type, const tnn_qact *a, int64_t nx, const void *w, size_t r
         }
 }
 
-static void dotn_k_q4_K(const tnn_qact *a, int64_t nx, const void *w, size_t rb, int64_t rows,
-                        float *y, int64_t ldy) {
-    dotn_k(TNN_QT_Q4_K, a, nx, w, rb, rows, y, ldy);
-}
-static void dotn_k_q5_K(const tnn_qact *a, int64_t nx, const void *w, size_t rb, int64_t rows,
-                        float *y, int64_t ldy) {
-    dotn_k(TNN_QT_Q5_K, a, nx, w, rb, rows, y, ldy);
-}
-static void dotn_k_q6_K(const tnn_qact *a, int64_t nx, const void *w, size_t rb, int64_t rows,
-                        float *y, int64_t ldy) {
-    dotn_k(TNN_QT_Q6_K, a, nx, w, rb, rows, y, ldy);
-}
+#define KDOTN(name, T)                                                                             \
+    static void name(const tnn_qact *a, int64_t nx, const void *w, size_t rb, int64_t rows,       \
+                     float *y, int64_t ldy) {                                                      \
+        dotn_k(T, a, nx, w, rb, rows, y, ldy);                                                     \
+    }
+KDOTN(dotn_k_q2_K, TNN_QT_Q2_K)
+KDOTN(dotn_k_q3_K, TNN_QT_Q3_K)
+KDOTN(dotn_k_q4_K, TNN_QT_Q4_K)
+KDOTN(dotn_k_q5_K, TNN_QT_Q5_K)
+KDOTN(dotn_k_q6_K, TNN_QT_Q6_K)
+KDOTN(dotn_k_iq4_xs, TNN_QT_IQ4_XS)
 
 /* The kernel set part `var`: these several-row products, then `more_`. */
 #define TNN_VNNI_K_KERNELS(var, name_, more_)                                                      \
     static const tnn_qkernels var = {                                                              \
         .name = name_,                                                                             \
         .more = more_,                                                                             \
-        .dotn = {[TNN_QT_Q4_K] = dotn_k_q4_K, [TNN_QT_Q5_K] = dotn_k_q5_K,                         \
-                 [TNN_QT_Q6_K] = dotn_k_q6_K},                                                     \
+        .dotn = {[TNN_QT_Q2_K] = dotn_k_q2_K, [TNN_QT_Q3_K] = dotn_k_q3_K,                         \
+                 [TNN_QT_Q4_K] = dotn_k_q4_K, [TNN_QT_Q5_K] = dotn_k_q5_K,                         \
+                 [TNN_QT_Q6_K] = dotn_k_q6_K, [TNN_QT_IQ4_XS] = dotn_k_iq4_xs},                    \
     };
 
 #endif
