@@ -96,6 +96,18 @@ int main(int argc, char **argv) {
     int64_t bytes = 0;
     for (int64_t i = 0; i < tnn_gguf_n_tensors(g); i++) /* a checkpoint's moments aside */
         if (strncmp(tnn_gguf_tensor_name(g, i), "opt.", 4)) bytes += tnn_gguf_tensor_nbytes(g, i);
+    if (only) { /* untimed: what the long runs would have warmed (buffers, pages, threads) */
+        lm_llama_reset(m);
+        if (lm_llama_eval(m, prompt, 512, lg)) {
+            fprintf(stderr, "%s\n", tnn_last_error());
+            return 1;
+        }
+        for (int i = 0; i < 128; i++)
+            if (lm_llama_eval(m, &prompt[i], 1, lg)) {
+                fprintf(stderr, "%s\n", tnn_last_error());
+                return 1;
+            }
+    }
     for (const char *p = lens; p && *p;) { /* short prompts: tokens/s, best of 3 */
         char *end;
         long n = strtol(p, &end, 10);

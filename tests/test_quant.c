@@ -586,9 +586,10 @@ static void check_type_kernels(int type, int64_t rows, int64_t n) {
               k >= 0 ? ys[k] : 0.0);
         tnn__qdot_rows(&a, w, (size_t)rb, rows, yr);
         CHECK(first_diff(ys, yr, rows) < 0, "%s: %s qdot_rows != scalar", name, kn);
-        /* several rows of x at once (1-7: every remainder of the AVX-512
-         * kernel's groups of 4, and two groups): each the one-row bits */
-        for (int64_t nx = 1; nx <= 9; nx += nx < 7 ? 1 : 2) {
+        /* several rows of x at once (1-9: every remainder of the kernels'
+         * passes of 4 or 8 rows, one and two passes; 17: two passes of 8
+         * and one row): each the one-row bits */
+        for (int64_t nx = 1; nx <= 17; nx += nx < 9 ? 1 : 8) {
             float *xs = xmalloc((size_t)(nx * n) * sizeof(float));
             float *yn = xmalloc((size_t)(nx * rows) * sizeof(float));
             for (int64_t i = 0; i < nx * n; i++)

@@ -126,27 +126,33 @@ tnn_tensor *tnn_matmul(tnn_session *s, tnn_tensor *a, tnn_tensor *b) {
  * The crossovers, measured on 2 threads of an AVX-512 Xeon with AMX
  * (bench_generate --prompts ... --qmm-rows N; 2048-wide models with
  * random weights from tools/synth_model.py unless named):
- * - QMM_ROWS: types with several-row kernels against the f32 GEMM, and
- *   against the bf16 GEMM the 32-element types (SmolLM2 Q4_1: the paths
- *   cross near 32 rows; at 5-24 the kernels ran 1.2-3x the GEMM), Q6_K
- *   (20 rows: 426-438 against 371-381 tokens/s; 24: 460 against 434-444)
- *   and Q2_K (20: 516 against 398; 24: 534 against 458-472);
+ * - QMM_ROWS: types with several-row kernels against the f32 GEMM;
+ * - QMM_ROWS_Q32_BF16: the 32-element types' VNNI kernels (8 rows of x a
+ *   pass with AVX-512) against the bf16 GEMM (SmolLM2 Q4_1, 16 rows: 794
+ *   against 708 tokens/s, 20: 782 against 853; Q4_0, 16: 428 against 411,
+ *   20: 442 against 500);
+ * - QMM_ROWS_K_BF16: Q3_K/Q4_K/Q5_K's (Q4_K_M, 16 rows: 460-473 against
+ *   384-398 tokens/s; 20: 455-461 against 474-481; Q3_K_M, 20: 460-466
+ *   against 435; 24: 491 against 510);
+ * - QMM_ROWS_K2_BF16: Q2_K's and Q6_K's (Q6_K, 20 rows: 426-438 against
+ *   371-381 tokens/s; 24: 460 against 434-444; Q2_K, 20: 516 against 398;
+ *   24: 534 against 458-472);
+ * - QMM_ROWS_IQ4_BF16: IQ4_NL's and IQ4_XS's (SmolLM2 IQ4_XS, IQ4_NL
+ *   tensors, 16 rows: 532 against 595; IQ4_XS, 12: 340 against 304, 16:
+ *   367-370 against 407);
  * - QMM_ROWS_ONE: kernels taking one row of x at a time against the f32
  *   GEMM (near 20), QMM_ROWS_ONE_BF16 against the bf16 GEMM (Q4_K_M, when
  *   Q4_K had no several-row kernel: at 8 rows 169 against 153 tokens/s, at
- *   12 187 against 215);
- * - QMM_ROWS_K_BF16: Q3_K/Q4_K/Q5_K's VNNI kernels against the bf16 GEMM
- *   (Q4_K_M, 16 rows: 460-473 against 384-398 tokens/s; 20: 455-461
- *   against 474-481; Q3_K_M, 20: 460-466 against 435; 24: 491 against
- *   510);
- * - QMM_ROWS_IQ4_BF16: IQ4_NL's and IQ4_XS's (SmolLM2 IQ4_XS, IQ4_NL
- *   tensors, 16 rows: 532 against 595; IQ4_XS, 12: 340 against 304, 16:
- *   367-370 against 407). */
+ *   12 187 against 215).
+ * The bf16 GEMM's cost hardly grows from 12 rows to 24 (dequantizing the
+ * weights dominates it); the kernels' grows with every row. */
 #define QMM_ROWS 24
 #define QMM_ROWS_ONE 16
-#define QMM_ROWS_ONE_BF16 10
+#define QMM_ROWS_Q32_BF16 16
 #define QMM_ROWS_K_BF16 18
+#define QMM_ROWS_K2_BF16 24
 #define QMM_ROWS_IQ4_BF16 12
+#define QMM_ROWS_ONE_BF16 10
 #define QMM_PANEL 64
 static _Atomic int64_t qmm_full_bytes = (int64_t)32 << 20;
 static _Atomic int64_t qmm_rows = -1; /* -1: qmm_rows_max's limits, by type and path */
@@ -162,9 +168,11 @@ static int64_t qmm_rows_max(int gtype, bool bf16) {
     case TNN_QT_Q3_K:
     case TNN_QT_Q4_K:
     case TNN_QT_Q5_K: return QMM_ROWS_K_BF16;
+    case TNN_QT_Q2_K:
+    case TNN_QT_Q6_K: return QMM_ROWS_K2_BF16;
     case TNN_QT_IQ4_NL:
     case TNN_QT_IQ4_XS: return QMM_ROWS_IQ4_BF16;
-    default: return QMM_ROWS;
+    default: return QMM_ROWS_Q32_BF16;
     }
 }
 

@@ -751,7 +751,9 @@ static const tnn_qkernels *kernels(int id) {
 
 /* Each kernel set fills what it speeds up (with its `more` part); the rest
  * comes from the set below it (AVX-512 -> AVX-VNNI -> AVX2 -> the scalar
- * twin). FIND(field) is the first non-NULL entry in that order. */
+ * twin). FIND(field) is the first non-NULL entry in that order. The sets
+ * below are searched whatever the CPU has, so the AVX-512 set lists every
+ * entry the AVX-VNNI set has (a CPU with AVX-512 VNNI may lack AVX-VNNI). */
 #define FIND(field)                                                                                \
     for (; id > TNN_QK_SCALAR; id--)                                                               \
         for (const tnn_qkernels *k = kernels(id); k; k = k->more)                                  \

@@ -30,6 +30,7 @@ INL __m256 vnni_add_live(__m256 acc, __m256 v, int n) {
     return _mm256_mask_add_ps(acc, live_mask(n), acc, v);
 }
 
+#define ROWS_MAX 8 /* rows of x a pass of the several-row kernels (quant_vnni.h) */
 #include "quant_vnni.h"
 #include "quant_vnni_k.h"
 

@@ -116,28 +116,30 @@ INL __m256i block_sums8(__m256i p0, __m256i p1, __m256i p2, __m256i p3) {
     return _mm256_permutevar8x32_epi32(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
-#define ROWS_MAX 4 /* rows of x a pass: 16 accumulators, the codes, the loads */
+/* Rows of x a pass: 4 (16 vector registers: the codes of 4 pairs, a row's
+ * 4 pair sums, the loads), 8 where the including file says so (AVX-512's 32
+ * registers: Q4_0 in cache 66 -> 73 G multiply-adds/s, Q8_0 57 -> 66). */
+#ifndef ROWS_MAX
+#define ROWS_MAX 4
+#endif
 
 /* Blocks b .. b + n - 1 (n <= 8, b even) of one row of W against R rows of
  * x (R <= ROWS_MAX, a constant after inlining), into each row's 8 lane
- * sums: the codes decoded once, then for each row of x the one-row kernel's
- * operations. */
+ * sums: the codes of the 4 pairs decoded once, then for each row of x the
+ * one-row kernel's operations. */
 INL void group(int type, int R, const tnn_qact *a, const uint8_t *blk, int64_t b, int n,
                __m256 *acc) {
     const size_t bsz = tnn__q32_block_bytes(type);
     const int off = tnn__q32_offset(type);
-    __m256i p[4][ROWS_MAX];
+    pair_codes c[4];
     for (int k = 0; k < 4; k++) {
         int left = n - 2 * k;
         if (n != 8 && left <= 0) {
-            for (int i = 0; i < R; i++)
-                p[k][i] = _mm256_setzero_si256();
+            c[k] = (pair_codes){0}; /* unused */
             continue;
         }
         const uint8_t *b0 = blk + 2 * k * bsz;
-        pair_codes c = decode_pair(type, b0, n == 8 || left >= 2 ? b0 + bsz : NULL);
-        for (int i = 0; i < R; i++)
-            p[k][i] = pair_dot(type, &c, a[i].qp + 32 * b + 64 * k);
+        c[k] = decode_pair(type, b0, n == 8 || left >= 2 ? b0 + bsz : NULL);
     }
     /* each block's first 4 bytes: d (and m for the types with one) */
     const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
@@ -147,7 +149,11 @@ INL void group(int type, int R, const tnn_qact *a, const uint8_t *blk, int64_t b
     __m256 dw = _mm256_cvtph_ps(vnni_low16(dm));
     __m256 mw = _mm256_cvtph_ps(vnni_low16(_mm256_srli_epi32(dm, 16)));
     for (int i = 0; i < R; i++) {
-        __m256i s = block_sums8(p[0][i], p[1][i], p[2][i], p[3][i]);
+        __m256i p[4];
+        for (int k = 0; k < 4; k++)
+            p[k] = n != 8 && n - 2 * k <= 0 ? _mm256_setzero_si256()
+                                            : pair_dot(type, &c[k], a[i].qp + 32 * b + 64 * k);
+        __m256i s = block_sums8(p[0], p[1], p[2], p[3]);
         if (off) {
             __m256i qs = vnni_load_live_epi32(a[i].qsum + b, n);
             s = _mm256_sub_epi32(s, _mm256_slli_epi32(qs, off == 8 ? 3 : 4));
@@ -197,6 +203,12 @@ INL void dotn_q32(int type, const tnn_qact *a, int64_t nx, const void *w, size_t
     for (; i + ROWS_MAX <= nx; i += ROWS_MAX)
         dot_rows(type, ROWS_MAX, a + i, w, rb, rows, y + i * ldy, ldy);
     switch (nx - i) {
+#if ROWS_MAX > 4
+    case 7: dot_rows(type, 7, a + i, w, rb, rows, y + i * ldy, ldy); break;
+    case 6: dot_rows(type, 6, a + i, w, rb, rows, y + i * ldy, ldy); break;
+    case 5: dot_rows(type, 5, a + i, w, rb, rows, y + i * ldy, ldy); break;
+    case 4: dot_rows(type, 4, a + i, w, rb, rows, y + i * ldy, ldy); break;
+#endif
     case 3: dot_rows(type, 3, a + i, w, rb, rows, y + i * ldy, ldy); break;
     case 2: dot_rows(type, 2, a + i, w, rb, rows, y + i * ldy, ldy); break;
     case 1: dot_rows(type, 1, a + i, w, rb, rows, y + i * ldy, ldy); break;

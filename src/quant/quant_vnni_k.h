@@ -1,28 +1,29 @@
-/* quant_vnni_k.h - the VNNI several-row dot products of the K-quants with
- * 32-element scale groups and 16-element ones (Q4_K, Q5_K, Q6_K): short
- * prompts, several rows of x against each row of W. Included by
- * quant_avx512.c and quant_avxvnni.c after they define vnni_dpbusd,
- * vnni_dpwssd (acc + the s16 x s16 products, 2 a lane) and quant_vnni.h's
- * masked operations; the one-row products stay the AVX2 kernels
- * (quant_avx2.c: decoding is memory-bound).
+/* quant_vnni_k.h - the VNNI several-row dot products of the K-quants and
+ * IQ4_XS (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS): short prompts, up to
+ * KROWS rows of x against each row of W, each block decoded once for all
+ * of them. Included by quant_avx512.c and quant_avxvnni.c after they
+ * define vnni_dpbusd, vnni_dpwssd (acc + the s16 x s16 products, 2 a lane)
+ * and quant_vnni.h's masked operations; the one-row products stay the AVX2
+ * kernels (quant_avx2.c: decoding is memory-bound).
  *
  * Same bits as those one-row kernels (contract: quant.h): a block's
  * integer sums are exact in any order, and the float expression is theirs,
  * op for op, 8 blocks at a time in the lanes they use (block b in lane
  * b mod 8). The integer sums: vpdpbusd takes 4 code x activation products
- * a lane (one lane = 4 elements of one scale group), two such results are
- * packed to 16 bits (exact: |lane| <= 4 * 63 * 127 = 32004) and vpdpwssd
- * multiplies them by their groups' scales and adds. Per block and row of x
- * that is 8 vpdpbusd, 4 vpackssdw and 4 vpdpwssd for 256 elements, where
- * the AVX2 kernels take 8 vpmaddubsw, 8 vpmaddwd, 8 additions and two
- * horizontal sums; the block sums of 8 blocks are reduced together.
+ * a lane (one lane = 4 elements of one scale group; codes unsigned, an
+ * offset taken out through x's sums of 16 as the AVX2 kernels do), two
+ * such results are packed to 16 bits (exact: |lane| <= 4 * 63 * 127 =
+ * 32004) and vpdpwssd multiplies them by their groups' scales and adds.
+ * Per block and row of x that is 8 vpdpbusd, 4 vpackssdw and 4 vpdpwssd
+ * for 256 elements, where the AVX2 kernels take 8 vpmaddubsw, 8 vpmaddwd,
+ * 8 additions and horizontal sums; the sums of 8 blocks are reduced
+ * together. IQ4_XS's table values reach 127 in magnitude (4 products would
+ * not fit 16 bits): vpmaddubsw by pairs, then vpdpwssd.
  */
 #ifndef TNN_QUANT_VNNI_K_H
 #define TNN_QUANT_VNNI_K_H
 
-#ifndef KROWS
-#define KROWS 8 /* rows of x a pass */
-#endif
+#define KROWS 8 /* rows of x a pass (4 ran Q4_K at 56 G multiply-adds/s, 8 at 69) */
 
 /* The scale word pattern of chunk c for vpdpwssd after vpackssdw(P0, P1):
  * in each 128-bit lane, words 0-3 come from P0 (group g0) and 4-7 from P1
