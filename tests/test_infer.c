@@ -312,6 +312,7 @@ static void test_quantized_ops(void) {
             int n = pass == 0 ? 1 : pass == 1 ? N : NG;
             tnn__qmm_set_full_bytes(pass == 3 ? 0 : (int64_t)32 << 20);
             tnn__qmm_set_bf16(pass < 3);
+            tnn__qmm_set_rows(24); /* the paths, not the crossovers (those vary by CPU) */
             bool bf16 = pass < 3 && tnn__gemm_bf16_auto_path() != TNN_GEMM_BF16_WIDEN;
             tnn_session *s = tnn_session_new(0);
             tnn_tensor *W = tnn_tensor_from_gguf(s, g, name);
@@ -387,6 +388,7 @@ static void test_quantized_ops(void) {
     }
     tnn__qmm_set_full_bytes((int64_t)32 << 20);
     tnn__qmm_set_bf16(true);
+    tnn__qmm_set_rows(-1);
     tnn_session *s = tnn_session_new(0);
     CHECK_NULL(tnn_tensor_from_gguf(s, g, "nope"), TNN_ERR_RANGE, "nope");
     CHECK_NULL(tnn_tensor_from_gguf(s, NULL, "w0"), TNN_ERR_ARG, "NULL");

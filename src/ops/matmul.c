@@ -124,9 +124,15 @@ tnn_tensor *tnn_matmul(tnn_session *s, tnn_tensor *a, tnn_tensor *b) {
  * QMM_PANEL).
  *
  * The crossovers, measured on 2 threads of an AVX-512 Xeon with AMX
- * (bench_generate --prompts ... --qmm-rows N; 2048-wide models with
- * random weights from tools/synth_model.py unless named):
- * - QMM_ROWS: types with several-row kernels against the f32 GEMM;
+ * (bench_generate --prompts ... --qmm-rows N, with TNN_KERNEL=avx2 or
+ * avx512 for the f32 path; 2048-wide models with random weights from
+ * tools/synth_model.py unless named):
+ * - QMM_ROWS: types with several-row kernels against the f32 GEMM (the
+ *   AVX2 sets: SmolLM2 Q4_1, 32 rows: 616 against 578-582 tokens/s, 48:
+ *   612 against 672-680; Q4_K_M, 48: 296 against 261-270);
+ *   QMM_ROWS_AVX512 with the AVX-512 set's 8-row kernels (SmolLM2 Q4_1,
+ *   64 rows: 847-853 against 821, 96: 827 against 990-1008; Q4_K_M, 96:
+ *   537 against 420-441);
  * - QMM_ROWS_Q32_BF16: the 32-element types' VNNI kernels (8 rows of x a
  *   pass with AVX-512) against the bf16 GEMM (SmolLM2 Q4_1, 16 rows: 794
  *   against 708 tokens/s, 20: 782 against 853; Q4_0, 16: 428 against 411,
@@ -146,7 +152,8 @@ tnn_tensor *tnn_matmul(tnn_session *s, tnn_tensor *a, tnn_tensor *b) {
  *   12 187 against 215).
  * The bf16 GEMM's cost hardly grows from 12 rows to 24 (dequantizing the
  * weights dominates it); the kernels' grows with every row. */
-#define QMM_ROWS 24
+#define QMM_ROWS 32
+#define QMM_ROWS_AVX512 64
 #define QMM_ROWS_ONE 16
 #define QMM_ROWS_Q32_BF16 16
 #define QMM_ROWS_K_BF16 18
@@ -162,7 +169,10 @@ static int64_t qmm_rows_max(int gtype, bool bf16) {
     int64_t set = atomic_load(&qmm_rows);
     if (set >= 0) return set;
     bool shared = tnn__quant_rows_shared(gtype);
-    if (!bf16) return shared ? QMM_ROWS : QMM_ROWS_ONE;
+    if (!bf16)
+        return !shared                                    ? QMM_ROWS_ONE
+               : tnn__quant_get_kernel() >= TNN_QK_AVX512 ? QMM_ROWS_AVX512
+                                                          : QMM_ROWS;
     if (!shared) return QMM_ROWS_ONE_BF16;
     switch (gtype) {
     case TNN_QT_Q3_K:
