@@ -109,19 +109,18 @@ static void test_table(void) {
     CHECK_ERR(tnn__quant_matmul(TNN_QT_F16, buf, 1, 32, f, INT64_MAX / 8, f, NULL),
               TNN_ERR_RANGE, "overflows");
     CHECK_OK(tnn__quant_matmul(TNN_QT_Q8_0, buf, 1, 32, f, 0, f, NULL)); /* no rows: nothing */
-    /* the several-row kernels: the 32-element types and Q4_K / Q5_K / Q6_K
-     * from AVX2 up, Q2_K / Q3_K / IQ4_XS with VNNI */
+    /* the several-row kernels: every quantized type from AVX2 up */
     for (int kid = 0; kid < TNN_QK_COUNT; kid++) {
         if (!tnn__quant_kernel_supported(kid))
             continue;
         CHECK_OK(tnn__quant_set_kernel(kid));
-        bool v = kid >= TNN_QK_AVX2, vn = kid >= TNN_QK_AVXVNNI;
+        bool v = kid >= TNN_QK_AVX2;
         CHECK(tnn__quant_rows_shared(TNN_QT_Q4_1) == v && tnn__quant_rows_shared(TNN_QT_Q8_0) == v &&
                   tnn__quant_rows_shared(TNN_QT_Q4_K) == v && tnn__quant_rows_shared(TNN_QT_Q5_K) == v &&
                   tnn__quant_rows_shared(TNN_QT_Q6_K) == v &&
-                  tnn__quant_rows_shared(TNN_QT_Q3_K) == vn &&
-                  tnn__quant_rows_shared(TNN_QT_Q2_K) == vn &&
-                  tnn__quant_rows_shared(TNN_QT_IQ4_XS) == vn && !tnn__quant_rows_shared(TNN_QT_F16) &&
+                  tnn__quant_rows_shared(TNN_QT_Q3_K) == v &&
+                  tnn__quant_rows_shared(TNN_QT_Q2_K) == v &&
+                  tnn__quant_rows_shared(TNN_QT_IQ4_XS) == v && !tnn__quant_rows_shared(TNN_QT_F16) &&
                   !tnn__quant_rows_shared(5),
               "kernel %s: which types share rows", tnn__quant_kernel_name(kid));
     }

@@ -244,87 +244,6 @@ static void dot_q5_K(const tnn_qact *a, const void *w, size_t rb, int64_t rows, 
     dot_qk45(1, a, w, rb, rows, y);
 }
 
-/* The same for NX (1-4) rows of x at once: each block's codes and scales
- * decoded once, then every row's integer sums and float expression exactly
- * as dot_qk45 forms them (so each row has the one-row product's bits; the
- * NX = 1 instance ran 20% slower in cache than dot_qk45, so that stays). */
-INL void dotn_qk45_x(int five, int NX, const tnn_qact *a, const void *w, size_t rb, int64_t rows,
-                     float *y, int64_t ldy) {
-    const int64_t nb = a->n / TNN_QK_K;
-    const size_t bsz = five ? sizeof(tnn_block_q5_K) : sizeof(tnn_block_q4_K);
-    const __m256i m4 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
-    for (int64_t r = 0; r < rows; r++) {
-        const uint8_t *wr = (const uint8_t *)w + r * rb;
-        float lanes[4][8] = {{0}};
-        for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *blk = wr + b * bsz;
-            tnn__qprefetch(blk, bsz);
-            const uint8_t *qs = five ? blk + 48 : blk + 16;
-            __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : m4;
-            __m128i sm = scales_k(blk + 4);
-            __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
-            __m128i mn16 = _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8));
-            __m256i mnd = combine(_mm_unpacklo_epi16(mn16, mn16), _mm_unpackhi_epi16(mn16, mn16));
-            __m256i acc[4];
-            int32_t s2[4];
-            for (int x = 0; x < NX; x++) {
-                acc[x] = _mm256_setzero_si256();
-                s2[x] = hsum_i32(_mm256_madd_epi16(
-                    mnd, _mm256_loadu_si256((const __m256i *)(a[x].bsum + 16 * b))));
-            }
-            for (int c = 0; c < 4; c++) {
-                __m256i sc0 =
-                    _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((short)(0x0100 + 0x0202 * 2 * c)));
-                __m256i sc1 =
-                    _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((short)(0x0302 + 0x0202 * 2 * c)));
-                __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
-                __m256i lo = _mm256_and_si256(v, m4);
-                __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-                if (five) {
-                    lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
-                    qh = _mm256_srli_epi16(qh, 1);
-                    hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
-                    qh = _mm256_srli_epi16(qh, 1);
-                }
-                for (int x = 0; x < NX; x++) {
-                    const int8_t *qx = a[x].q + 256 * b + 64 * c;
-                    __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)qx));
-                    __m256i p1 =
-                        _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(qx + 32)));
-                    acc[x] = _mm256_add_epi32(acc[x], _mm256_madd_epi16(p0, sc0));
-                    acc[x] = _mm256_add_epi32(acc[x], _mm256_madd_epi16(p1, sc1));
-                }
-            }
-            float d = f16(ld16(blk)), dmin = f16(ld16(blk + 2));
-            for (int x = 0; x < NX; x++) {
-                float dx = a[x].d[b];
-                lanes[x][b & 7] += (d * dx) * (float)hsum_i32(acc[x]) - (dmin * dx) * (float)s2[x];
-            }
-        }
-        for (int x = 0; x < NX; x++)
-            y[x * ldy + r] = tnn__qreduce8(lanes[x]);
-    }
-}
-
-INL void dotn_qk45(int five, const tnn_qact *a, int64_t nx, const void *w, size_t rb,
-                   int64_t rows, float *y, int64_t ldy) {
-    for (int64_t i = 0; i < nx; i += 4, a += 4, y += 4 * ldy)
-        switch (nx - i < 4 ? nx - i : 4) {
-        case 1: dotn_qk45_x(five, 1, a, w, rb, rows, y, ldy); break;
-        case 2: dotn_qk45_x(five, 2, a, w, rb, rows, y, ldy); break;
-        case 3: dotn_qk45_x(five, 3, a, w, rb, rows, y, ldy); break;
-        default: dotn_qk45_x(five, 4, a, w, rb, rows, y, ldy); break;
-        }
-}
-static void dotn_q4_K(const tnn_qact *a, int64_t nx, const void *w, size_t rb, int64_t rows,
-                      float *y, int64_t ldy) {
-    dotn_qk45(0, a, nx, w, rb, rows, y, ldy);
-}
-static void dotn_q5_K(const tnn_qact *a, int64_t nx, const void *w, size_t rb, int64_t rows,
-                      float *y, int64_t ldy) {
-    dotn_qk45(1, a, nx, w, rb, rows, y, ldy);
-}
-
 /* Q2_K, Q3_K (and Q6_K below): 16 groups of 16 with their own scales. The
  * two-bit codes of elements 128h + 32s + l sit at bits 2s of byte 32h + l,
  * so each shift of a 32-byte load gives 32 codes in element order: groups
@@ -474,60 +393,6 @@ static void dot_q6_K(const tnn_qact *a, const void *w, size_t rb, int64_t rows, 
         }
         y[r] = tnn__qreduce8(lanes);
     }
-}
-
-/* Q6_K for NX (1-4) rows of x at once, each row's sums and float
- * expression as dot_q6_K forms them. */
-INL void dotn_q6_K_x(int NX, const tnn_qact *a, const void *w, size_t rb, int64_t rows, float *y,
-                     int64_t ldy) {
-    const int64_t nb = a->n / TNN_QK_K;
-    for (int64_t r = 0; r < rows; r++) {
-        const tnn_block_q6_K *B = (const tnn_block_q6_K *)((const uint8_t *)w + r * rb);
-        float lanes[4][8] = {{0}};
-        for (int64_t b = 0; b < nb; b++, B++) {
-            tnn__qprefetch(B, sizeof *B);
-            __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)B->scales));
-            __m256i acc[4];
-            for (int x = 0; x < NX; x++)
-                acc[x] = _mm256_sub_epi32(
-                    _mm256_setzero_si256(),
-                    _mm256_slli_epi32(
-                        _mm256_madd_epi16(
-                            sc16, _mm256_loadu_si256((const __m256i *)(a[x].bsum + 16 * b))),
-                        5));
-            for (int h = 0; h < 2; h++) {
-                __m256i q[4];
-                q6k_half(B, h, q);
-                __m256i half = h ? _mm256_permute2x128_si256(sc16, sc16, 0x11)
-                                 : _mm256_permute2x128_si256(sc16, sc16, 0x00);
-                for (int g = 0; g < 4; g++) {
-                    int e = 128 * h + 32 * g;
-                    __m256i sc = group_scales(half, g);
-                    for (int x = 0; x < NX; x++) {
-                        __m256i p = _mm256_maddubs_epi16(
-                            q[g], _mm256_loadu_si256((const __m256i *)(a[x].q + 256 * b + e)));
-                        acc[x] = _mm256_add_epi32(acc[x], _mm256_madd_epi16(p, sc));
-                    }
-                }
-            }
-            float d = f16(B->d);
-            for (int x = 0; x < NX; x++)
-                lanes[x][b & 7] += (d * a[x].d[b]) * (float)hsum_i32(acc[x]);
-        }
-        for (int x = 0; x < NX; x++)
-            y[x * ldy + r] = tnn__qreduce8(lanes[x]);
-    }
-}
-
-static void dotn_q6_K(const tnn_qact *a, int64_t nx, const void *w, size_t rb, int64_t rows,
-                      float *y, int64_t ldy) {
-    for (int64_t i = 0; i < nx; i += 4, a += 4, y += 4 * ldy)
-        switch (nx - i < 4 ? nx - i : 4) {
-        case 1: dotn_q6_K_x(1, a, w, rb, rows, y, ldy); break;
-        case 2: dotn_q6_K_x(2, a, w, rb, rows, y, ldy); break;
-        case 3: dotn_q6_K_x(3, a, w, rb, rows, y, ldy); break;
-        default: dotn_q6_K_x(4, a, w, rb, rows, y, ldy); break;
-        }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -789,7 +654,6 @@ const tnn_qkernels tnn__qk_avx2 = {
             [TNN_QT_Q3_K] = dot_q3_K,
             [TNN_QT_IQ4_XS] = dot_iq4_xs,
         },
-    .dotn = {[TNN_QT_Q4_K] = dotn_q4_K, [TNN_QT_Q5_K] = dotn_q5_K, [TNN_QT_Q6_K] = dotn_q6_K},
     .deq =
         {
             [TNN_QT_F16] = deq_f16,

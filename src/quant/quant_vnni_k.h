@@ -23,7 +23,9 @@
 #ifndef TNN_QUANT_VNNI_K_H
 #define TNN_QUANT_VNNI_K_H
 
-#define KROWS 8 /* rows of x a pass (4 ran Q4_K at 56 G multiply-adds/s, 8 at 69) */
+/* rows of x a pass: 4 ran Q4_K at 56 G multiply-adds/s, 8 at 69 (AVX-512
+ * set); 8 also in the AVX2 form, 16 registers or not (4: 42, 8: 48) */
+#define KROWS 8
 
 /* The scale word pattern of chunk c for vpdpwssd after vpackssdw(P0, P1):
  * in each 128-bit lane, words 0-3 come from P0 (group g0) and 4-7 from P1
@@ -82,6 +84,14 @@ INL void sums8_pairs(const __m256i v[8], __m256i *A, __m256i *S) {
 typedef struct {
     __m256i q[8], sc[8], mn, sq[8];
 } kblock;
+
+/* KQ_RUNS (the AVX2 form, no vpdpbusd): each run's codes times x by pairs
+ * with vpmaddubsw (at most 2 * 63 * 127 in magnitude), then its scale
+ * words, one per 128-bit lane (sc[t]: run t's group in each lane), by
+ * vpdpwssd as the including file composes it. */
+#ifndef KQ_RUNS
+#define KQ_RUNS 0
+#endif
 
 /* The types' shapes: scale groups of 16 (Q2_K, Q3_K, Q6_K) or 32; a second
  * sum with its own float factor dmin (Q2_K, Q4_K, Q5_K: the mins times x's
@@ -149,11 +159,16 @@ INL void kdecode(int type, const uint8_t *B, kblock *k) {
                     k->q[4 * h + s] = _mm256_and_si256(v, _mm256_set1_epi8(3));
             }
         }
-        /* runs 2p, 2p + 1: groups 4p, 4p + 2 (low lanes), 4p + 1, 4p + 3 */
         for (int h = 0; h < 2; h++) {
             __m256i half = _mm256_permute2x128_si256(sc16, sc16, h ? 0x11 : 0x00);
-            k->sc[2 * h] = _mm256_shuffle_epi8(half, pick_words(0, 2, 1, 3));
-            k->sc[2 * h + 1] = _mm256_shuffle_epi8(half, pick_words(4, 6, 5, 7));
+            if (KQ_RUNS) /* run 4h + u: group 8h + 2u (low lane), 8h + 2u + 1 */
+                for (int u = 0; u < 4; u++)
+                    k->sc[4 * h + u] =
+                        _mm256_shuffle_epi8(half, pick_words(2 * u, 2 * u, 2 * u + 1, 2 * u + 1));
+            else { /* runs 2p, 2p + 1: groups 4p, 4p + 2 (low lanes), 4p + 1, 4p + 3 */
+                k->sc[2 * h] = _mm256_shuffle_epi8(half, pick_words(0, 2, 1, 3));
+                k->sc[2 * h + 1] = _mm256_shuffle_epi8(half, pick_words(4, 6, 5, 7));
+            }
         }
         return;
     }
@@ -174,8 +189,10 @@ INL void kdecode(int type, const uint8_t *B, kblock *k) {
         qk45_codes(qs, c, five ? &qh : NULL, k->q + 2 * c);
     __m128i sm = scales_k(B + 4);
     __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
-    for (int c = 0; c < 4; c++)
-        k->sc[c] = _mm256_shuffle_epi8(sc16, pick_words(2 * c, 2 * c + 1, 2 * c, 2 * c + 1));
+    for (int c = 0; c < (KQ_RUNS ? 8 : 4); c++) /* KQ_RUNS: run c is sub-block c */
+        k->sc[c] = KQ_RUNS ? _mm256_shuffle_epi8(sc16, pick_words(c, c, c, c))
+                           : _mm256_shuffle_epi8(
+                                 sc16, pick_words(2 * c, 2 * c + 1, 2 * c, 2 * c + 1));
     /* the mins, each twice (its sub-block's two sums of 16) */
     __m128i mn16 = _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8));
     k->mn = combine(_mm_unpacklo_epi16(mn16, mn16), _mm_unpackhi_epi16(mn16, mn16));
@@ -200,8 +217,15 @@ INL __m256i kdot(int type, const kblock *k, const int8_t *x, const int16_t *bs) 
         acc = _mm256_sub_epi32(
             acc, _mm256_slli_epi32(
                      _mm256_madd_epi16(k->mn, _mm256_loadu_si256((const __m256i *)bs)), kshift(type)));
-    for (int p = 0; p < 4; p++)
-        acc = scaled_pair(acc, k->q[2 * p], x + 64 * p, k->q[2 * p + 1], x + 64 * p + 32, k->sc[p]);
+    if (KQ_RUNS)
+        for (int t = 0; t < 8; t++)
+            acc = vnni_dpwssd(
+                acc, _mm256_maddubs_epi16(k->q[t], _mm256_loadu_si256((const __m256i *)(x + 32 * t))),
+                k->sc[t]);
+    else
+        for (int p = 0; p < 4; p++)
+            acc = scaled_pair(acc, k->q[2 * p], x + 64 * p, k->q[2 * p + 1], x + 64 * p + 32,
+                              k->sc[p]);
     if (kmins(type))
         acc = _mm256_hadd_epi32(acc,
                                 _mm256_madd_epi16(k->mn, _mm256_loadu_si256((const __m256i *)bs)));
