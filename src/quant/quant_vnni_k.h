@@ -1,10 +1,11 @@
-/* quant_vnni_k.h - the VNNI several-row dot products of the K-quants and
+/* quant_vnni_k.h - the several-row dot products of the K-quants and
  * IQ4_XS (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS): short prompts, up to
  * KROWS rows of x against each row of W, each block decoded once for all
  * of them. Included by quant_avx512.c and quant_avxvnni.c after they
  * define vnni_dpbusd, vnni_dpwssd (acc + the s16 x s16 products, 2 a lane)
- * and quant_vnni.h's masked operations; the one-row products stay the AVX2
- * kernels (quant_avx2.c: decoding is memory-bound).
+ * and quant_vnni.h's masked operations, and by quant_avx2_q32.c in the
+ * KQ_RUNS form (no vpdpbusd); the one-row products stay the AVX2 kernels
+ * of quant_avx2.c (decoding is memory-bound).
  *
  * Same bits as those one-row kernels (contract: quant.h): a block's
  * integer sums are exact in any order, and the float expression is theirs,
@@ -13,12 +14,13 @@
  * a lane (one lane = 4 elements of one scale group; codes unsigned, an
  * offset taken out through x's sums of 16 as the AVX2 kernels do), two
  * such results are packed to 16 bits (exact: |lane| <= 4 * 63 * 127 =
- * 32004) and vpdpwssd multiplies them by their groups' scales and adds.
- * Per block and row of x that is 8 vpdpbusd, 4 vpackssdw and 4 vpdpwssd
- * for 256 elements, where the AVX2 kernels take 8 vpmaddubsw, 8 vpmaddwd,
- * 8 additions and horizontal sums; the sums of 8 blocks are reduced
- * together. IQ4_XS's table values reach 127 in magnitude (4 products would
- * not fit 16 bits): vpmaddubsw by pairs, then vpdpwssd.
+ * 32004) and vpdpwssd multiplies them by their groups' scales and adds:
+ * per block and row of x, 8 vpdpbusd, 4 vpackssdw and 4 vpdpwssd for 256
+ * elements (KQ_RUNS: 8 vpmaddubsw by pairs, 8 vpmaddwd with the scales, 8
+ * additions). The sums of 8 blocks are reduced together, where the one-row
+ * kernels take two horizontal sums a block. IQ4_XS's table values reach
+ * 127 in magnitude, so 4 products would not fit 16 bits: vpmaddubsw by
+ * pairs, then vpdpwssd, in both forms.
  */
 #ifndef TNN_QUANT_VNNI_K_H
 #define TNN_QUANT_VNNI_K_H
