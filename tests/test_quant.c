@@ -115,13 +115,14 @@ static void test_table(void) {
             continue;
         CHECK_OK(tnn__quant_set_kernel(kid));
         bool v = kid >= TNN_QK_AVX2;
-        CHECK(tnn__quant_rows_shared(TNN_QT_Q4_1) == v && tnn__quant_rows_shared(TNN_QT_Q8_0) == v &&
-                  tnn__quant_rows_shared(TNN_QT_Q4_K) == v && tnn__quant_rows_shared(TNN_QT_Q5_K) == v &&
-                  tnn__quant_rows_shared(TNN_QT_Q6_K) == v &&
-                  tnn__quant_rows_shared(TNN_QT_Q3_K) == v &&
-                  tnn__quant_rows_shared(TNN_QT_Q2_K) == v &&
-                  tnn__quant_rows_shared(TNN_QT_IQ4_XS) == v && !tnn__quant_rows_shared(TNN_QT_F16) &&
-                  !tnn__quant_rows_shared(5),
+        static const int shared[] = {TNN_QT_Q8_0, TNN_QT_Q4_0, TNN_QT_Q4_1, TNN_QT_Q5_0,
+                                     TNN_QT_Q5_1, TNN_QT_IQ4_NL, TNN_QT_Q2_K, TNN_QT_Q3_K,
+                                     TNN_QT_Q4_K, TNN_QT_Q5_K, TNN_QT_Q6_K, TNN_QT_IQ4_XS};
+        int agree = 0;
+        for (size_t t = 0; t < sizeof shared / sizeof *shared; t++)
+            agree += tnn__quant_rows_shared(shared[t]) == v;
+        CHECK(agree == (int)(sizeof shared / sizeof *shared) &&
+                  !tnn__quant_rows_shared(TNN_QT_F16) && !tnn__quant_rows_shared(5),
               "kernel %s: which types share rows", tnn__quant_kernel_name(kid));
     }
     CHECK_OK(tnn__quant_set_kernel(TNN_QK_AUTO));

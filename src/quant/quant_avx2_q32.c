@@ -1,13 +1,13 @@
 /* quant_avx2_q32.c - the AVX2 kernel set's dot products of the 32-element
  * types: quant_vnni.h's kernels (pair layout, several rows of x) with
  * vpdpbusd composed of vpmaddubsw and vpmaddwd; and the several-row
- * products of the K-quants and IQ4_XS (quant_vnni_k.h in its vpmaddubsw
- * form, vpdpwssd composed of vpmaddwd and an addition). Exact as vpdpbusd: a pair
- * of u8 x s8 products is at most 2 * 128 * 127 = 32512 in magnitude (Q8_0's
- * |w| <= 128, IQ4_NL's <= 127, the other types' codes <= 31, |x| <= 127),
- * so vpmaddubsw
- * never saturates. Compiled with the AVX2 file's flags; the rest of the
- * AVX2 set (activation, K-quants, floats, dequantization) is quant_avx2.c.
+ * products of the K-quants and IQ4_XS (quant_vnni_k.h in its KQ_RUNS form,
+ * vpdpwssd composed of vpmaddwd and an addition). Exact as vpdpbusd: a
+ * pair of u8 x s8 products is at most 2 * 128 * 127 = 32512 in magnitude
+ * (Q8_0's |w| <= 128, IQ4_NL's <= 127, the other types' codes <= 31,
+ * |x| <= 127), so vpmaddubsw never saturates. Compiled with the AVX2
+ * file's flags; the rest of the AVX2 set (activation, one-row K-quant
+ * products, floats, dequantization) is quant_avx2.c.
  */
 #include "quant_impl.h"
 

@@ -215,22 +215,22 @@ INL __m256i kdot(int type, const kblock *k, const int8_t *x, const int16_t *bs) 
         }
         return acc;
     }
-    if (kshift(type)) /* - 2^kshift * (the scales times x's sums) */
-        acc = _mm256_sub_epi32(
-            acc, _mm256_slli_epi32(
-                     _mm256_madd_epi16(k->mn, _mm256_loadu_si256((const __m256i *)bs)), kshift(type)));
+    if (kshift(type)) { /* - 2^kshift * (the scales times x's sums) */
+        __m256i s = _mm256_madd_epi16(k->mn, _mm256_loadu_si256((const __m256i *)bs));
+        acc = _mm256_sub_epi32(acc, _mm256_slli_epi32(s, kshift(type)));
+    }
     if (KQ_RUNS)
-        for (int t = 0; t < 8; t++)
-            acc = vnni_dpwssd(
-                acc, _mm256_maddubs_epi16(k->q[t], _mm256_loadu_si256((const __m256i *)(x + 32 * t))),
-                k->sc[t]);
+        for (int t = 0; t < 8; t++) {
+            __m256i xt = _mm256_loadu_si256((const __m256i *)(x + 32 * t));
+            acc = vnni_dpwssd(acc, _mm256_maddubs_epi16(k->q[t], xt), k->sc[t]);
+        }
     else
         for (int p = 0; p < 4; p++)
             acc = scaled_pair(acc, k->q[2 * p], x + 64 * p, k->q[2 * p + 1], x + 64 * p + 32,
                               k->sc[p]);
     if (kmins(type))
-        acc = _mm256_hadd_epi32(acc,
-                                _mm256_madd_epi16(k->mn, _mm256_loadu_si256((const __m256i *)bs)));
+        acc = _mm256_hadd_epi32(
+            acc, _mm256_madd_epi16(k->mn, _mm256_loadu_si256((const __m256i *)bs)));
     return acc;
 }
 
