@@ -37,6 +37,13 @@ static double triad_gbs(void) {
     return best;
 }
 
+/* lm_llama_eval, its error printed: false when it failed. */
+static bool eval(lm_llama *m, const int32_t *tokens, int n, float *logits) {
+    if (lm_llama_eval(m, tokens, n, logits) == 0) return true;
+    fprintf(stderr, "%s\n", tnn_last_error());
+    return false;
+}
+
 int main(int argc, char **argv) {
     const char *lens = NULL;
     bool only = false;
@@ -70,17 +77,11 @@ int main(int argc, char **argv) {
     for (int r = 0; r < (only ? 0 : 3); r++) {
         lm_llama_reset(m);
         double t0 = bench_now();
-        if (lm_llama_eval(m, prompt, 512, lg)) {
-            fprintf(stderr, "%s\n", tnn_last_error());
-            return 1;
-        }
+        if (!eval(m, prompt, 512, lg)) return 1;
         double t1 = bench_now();
         int tok = 504 % hp->n_vocab;
         for (int i = 0; i < 128; i++) {
-            if (lm_llama_eval(m, &tok, 1, lg)) {
-                fprintf(stderr, "%s\n", tnn_last_error());
-                return 1;
-            }
+            if (!eval(m, &tok, 1, lg)) return 1;
             int b = 0;
             for (int v = 1; v < hp->n_vocab; v++)
                 if (lg[v] > lg[b]) b = v;
@@ -98,15 +99,9 @@ int main(int argc, char **argv) {
         if (strncmp(tnn_gguf_tensor_name(g, i), "opt.", 4)) bytes += tnn_gguf_tensor_nbytes(g, i);
     if (only) { /* untimed: what the long runs would have warmed (buffers, pages, threads) */
         lm_llama_reset(m);
-        if (lm_llama_eval(m, prompt, 512, lg)) {
-            fprintf(stderr, "%s\n", tnn_last_error());
-            return 1;
-        }
+        if (!eval(m, prompt, 512, lg)) return 1;
         for (int i = 0; i < 128; i++)
-            if (lm_llama_eval(m, &prompt[i], 1, lg)) {
-                fprintf(stderr, "%s\n", tnn_last_error());
-                return 1;
-            }
+            if (!eval(m, &prompt[i], 1, lg)) return 1;
     }
     for (const char *p = lens; p && *p;) { /* short prompts: tokens/s, best of 3 */
         char *end;
@@ -119,10 +114,7 @@ int main(int argc, char **argv) {
         for (int r = 0; r < 3; r++) {
             lm_llama_reset(m);
             double t0 = bench_now();
-            if (lm_llama_eval(m, prompt, (int)n, lg)) {
-                fprintf(stderr, "%s\n", tnn_last_error());
-                return 1;
-            }
+            if (!eval(m, prompt, (int)n, lg)) return 1;
             double v = n / (bench_now() - t0);
             if (v > best) best = v;
         }

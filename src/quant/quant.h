@@ -303,7 +303,8 @@ bool tnn__quant_rows_shared(int wtype);
 /* Each id runs its own kernels where it has them and the lower id's for the
  * rest: TNN_QK_AVXVNNI (AVX2 + AVX-VNNI) and TNN_QK_AVX512 (AVX-512
  * F/BW/VL/VNNI) have the 32-element types' dot products (one row of x and
- * several) and take the AVX2 kernels otherwise; TNN_QK_AVX512 also
+ * several) and the K-quants' and IQ4_XS's for several rows, and take the
+ * AVX2 kernels otherwise; TNN_QK_AVX512 also
  * dequantizes to bf16 in one pass where CPUID reports AVX512_BF16. Every
  * kernel gives the scalar twin's bits. */
 enum {

@@ -53,14 +53,6 @@ INL int32_t hsum_i32(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
-/* [sum(v0), ..., sum(v7)]: the eight block sums in one vector. */
-INL __m256i hsum8x8(const __m256i v[8]) {
-    __m256i u0 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-    __m256i u1 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
-    return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20),
-                            _mm256_permute2x128_si256(u0, u1, 0x31));
-}
-
 /* ------------------------------------------------------------------------ */
 /* Activation quantization (same ops as act_scalar in quant.c, 8 lanes)      */
 /* ------------------------------------------------------------------------ */

@@ -49,14 +49,6 @@ INL __m256i scaled_pair(__m256i acc, __m256i q0, const int8_t *x0, __m256i q1, c
     return vnni_dpwssd(acc, _mm256_packs_epi32(p0, p1), sc);
 }
 
-/* [sum v[0], ..., sum v[7]] (int32 lanes). */
-INL __m256i sums8(const __m256i v[8]) {
-    __m256i w0 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-    __m256i w1 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
-    return _mm256_add_epi32(_mm256_permute2x128_si256(w0, w1, 0x20),
-                            _mm256_permute2x128_si256(w0, w1, 0x31));
-}
-
 /* From v[k] = hadd(a_k, s_k) for 8 blocks: [sum a_0, ..., sum a_7] in *A
  * and the same of the s_k in *S. */
 INL void sums8_pairs(const __m256i v[8], __m256i *A, __m256i *S) {
@@ -268,7 +260,7 @@ INL void kgroup(int type, int R, const tnn_qact *a, const uint8_t *blk, int64_t 
             p = _mm256_sub_ps(_mm256_mul_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(s1)),
                               _mm256_mul_ps(_mm256_mul_ps(mw, dx), _mm256_cvtepi32_ps(s2)));
         } else {
-            p = _mm256_mul_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(sums8(v[i])));
+            p = _mm256_mul_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(hsum8x8(v[i])));
         }
         lanes[i] = n == 8 ? _mm256_add_ps(lanes[i], p) : vnni_add_live(lanes[i], p, n);
     }

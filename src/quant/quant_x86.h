@@ -1,8 +1,8 @@
 /* quant_x86.h - the AVX2 block decoders the x86 quant files share
- * (quant_avx2.c and quant_avx512.c): f16 fields, nibbles, the IQ4 table,
- * the K-quants' scales and Q6_K's codes. Define INL and include
- * <immintrin.h> and <string.h> first; the including file is compiled with
- * AVX2 + F16C at least.
+ * (quant_avx2.c, quant_avx512.c and the VNNI headers): f16 fields, eight
+ * horizontal sums at once, nibbles, the IQ4 table, the K-quants' scales
+ * and Q6_K's codes. Define INL and include <immintrin.h> and <string.h>
+ * first; the including file is compiled with AVX2 + F16C at least.
  */
 #ifndef TNN_QUANT_X86_H
 #define TNN_QUANT_X86_H
@@ -17,6 +17,14 @@ INL float f16(uint16_t h) { return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
 
 INL __m256i combine(__m128i lo, __m128i hi) {
     return _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+}
+
+/* [sum(v0), ..., sum(v7)]: eight sums (of blocks) in one vector. */
+INL __m256i hsum8x8(const __m256i v[8]) {
+    __m256i u0 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    __m256i u1 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20),
+                            _mm256_permute2x128_si256(u0, u1, 0x31));
 }
 
 /* The 32 four-bit codes of 16 bytes, in element order (low nibbles first). */
