@@ -64,7 +64,7 @@ int main(int argc, char **argv) {
                         "[--prompts-only]] [--qmm-rows N]\n");
         return 2;
     }
-    lm_llama *m = lm_llama_load(argv[1], 1024, TNN_F16);
+    lm_llama *m = lm_llama_load(argv[1], 1024, TNN_F16, lm_cuda());
     if (!m) {
         fprintf(stderr, "%s\n", tnn_last_error());
         return 1;

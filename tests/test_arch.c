@@ -16,6 +16,7 @@
 #include "harness.h"
 
 #include "llm/llama.h"
+#include "llm/model.h"
 
 #include <unistd.h>
 
@@ -197,7 +198,7 @@ int main(int argc, char **argv) {
         char path[96];
         snprintf(path, sizeof path, "/tmp/tnn-test-arch-%d-%s.gguf", (int)getpid(), v->name);
         CHECK_OK(write_model(v, path));
-        lm_llama *m = lm_llama_load(path, 64, TNN_F16);
+        lm_llama *m = lm_llama_load(path, 64, TNN_F16, lm_cuda());
         CHECK(m != NULL, "%s: %s", v->name, tnn_last_error());
         if (!m) continue;
         const lm_llama_hparams *hp = lm_llama_hparams_of(m);

@@ -19,6 +19,7 @@
 #include "harness.h"
 
 #include "llm/llama.h"
+#include "llm/model.h"
 #include "ops/kernels.h"
 
 #define LOGIT_TOL 0.6 /* max |tinynn - llama.cpp| over the top-10 logits */
@@ -83,7 +84,7 @@ int main(void) {
     record rec[8];
     int n = read_records(ref, rec, 8);
     CHECK(n >= 4, "golden file: %d records", n);
-    lm_llama *m = lm_llama_load(model, 256, TNN_F16);
+    lm_llama *m = lm_llama_load(model, 256, TNN_F16, lm_cuda());
     CHECK(m != NULL, "load: %s", tnn_last_error());
     if (!m) return th_finish("test_llama");
     int V = lm_llama_hparams_of(m)->n_vocab;

@@ -242,7 +242,7 @@ static void test_gguf_tokenizer(void) {
     lm_graph g;
     CHECK_OK(lm_graph_build(&g, &cfg, 1, cfg.seq_len, false, NULL));
     CHECK_OK(lm_checkpoint_load(ck, &g, false));
-    lm_llama *m = lm_llama_load(ck, 64, TNN_F32);
+    lm_llama *m = lm_llama_load(ck, 64, TNN_F32, lm_cuda());
     CHECK(m != NULL, "the checkpoint does not load as a llama model: %s", tnn_last_error());
     if (m) {
         const int n = 11, V = cfg.vocab, T = cfg.seq_len;

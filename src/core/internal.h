@@ -289,6 +289,12 @@ struct tnn_session {
 /* Drops the realized plan and the arena (graph.c). */
 void tnn__release_plan(tnn_session *s);
 
+/* Drops the plan and every tensor made after the first n (session.c): their
+ * storage is freed and their handles stop being live. For owners that
+ * rebuild part of a graph (lm_llama's prompt graphs), so a long-running
+ * session does not grow with every new graph. n > the tensor count: no-op. */
+void tnn__session_truncate(tnn_session *s, int32_t n);
+
 /* The optimizer step that tnn_compute runs after the graph: queued on a
  * backend with a step hook before the compute is waited for, then
  * accounted (steps, skips, the norm) once it has been. */

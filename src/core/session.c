@@ -159,6 +159,23 @@ void tnn_session_free(tnn_session *s) {
     free(s);
 }
 
+void tnn__session_truncate(tnn_session *s, int32_t n) {
+    if (n < 0 || n >= s->n_tensors || s->optim) return; /* an optimizer keeps its tensors */
+    tnn__release_plan(s);
+    for (int32_t i = 0; i < n; i++) {
+        tnn_tensor *t = tnn__tensor_at(s, i);
+        if (t->grad && t->grad->id >= n) t->grad = NULL;
+    }
+    if (s->loss && s->loss->id >= n) s->loss = NULL;
+    for (int32_t i = n; i < s->n_tensors; i++) {
+        tnn_tensor *t = tnn__tensor_at(s, i);
+        bool owned = !(t->flags & TNN_FLAG_EXTERNAL) || !s->backend->host_memory;
+        if (t->op == TNN_OP_NONE && t->data && owned) s->backend->free(t->data);
+        memset(t, 0, sizeof *t); /* magic 0: the handle is no longer live */
+    }
+    s->n_tensors = n;
+}
+
 const char *tnn_session_backend(const tnn_session *s) {
     if (tnn__check_session(s, __func__) != TNN_OK) return NULL;
     return s->backend->name;

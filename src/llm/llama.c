@@ -40,6 +40,8 @@ struct lm_llama {
     llama_layer *L;
     llama_graph graphs[2]; /* [0]: the decoding graph (n = 1), [1]: the last prompt size */
     int realized;          /* index of the realized graph, or -1 */
+    int32_t n_fixed;       /* tensors before any graph (weights, caches): a new
+                            * prompt size drops the graphs made after them */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -136,7 +138,7 @@ static tnn_tensor *layer_w(lm_llama *m, int l, const char *what, int64_t d0, int
     return weight(m, name, d0, d1, rc);
 }
 
-lm_llama *lm_llama_load(const char *path, int n_ctx, int kv_dtype) {
+lm_llama *lm_llama_load(const char *path, int n_ctx, int kv_dtype, bool cuda) {
     if (kv_dtype != TNN_F32 && kv_dtype != TNN_F16)
         return TNN_ERR_NULL(TNN_ERR_ARG, "kv_dtype=%d: want TNN_F32 or TNN_F16", kv_dtype);
     lm_llama *m = calloc(1, sizeof *m);
@@ -146,7 +148,7 @@ lm_llama *lm_llama_load(const char *path, int n_ctx, int kv_dtype) {
     int rc = m->g ? read_hparams(m->g, &m->hp) : tnn_last_status();
     lm_llama_hparams *hp = &m->hp;
     if (rc == TNN_OK) {
-        m->s = tnn_session_new(lm_cuda());
+        m->s = tnn_session_new(cuda);
         m->L = calloc((size_t)hp->n_layer, sizeof *m->L);
         if (!m->s || !m->L) rc = TNN_ERR(TNN_ERR_NOMEM, "out of memory");
     }
@@ -196,6 +198,7 @@ lm_llama *lm_llama_load(const char *path, int n_ctx, int kv_dtype) {
             m->L[l].vcache = tnn_tensor_new(m->s, kv_dtype, 2, sh);
             if (!m->L[l].kcache || !m->L[l].vcache) rc = tnn_last_status();
         }
+        m->n_fixed = m->s->n_tensors;
     }
     if (rc != TNN_OK) {
         char msg[512];
@@ -219,6 +222,13 @@ const tnn_gguf *lm_llama_gguf(const lm_llama *m) { return m->g; }
 int lm_llama_n_ctx(const lm_llama *m) { return m->n_ctx; }
 int lm_llama_pos(const lm_llama *m) { return m->pos; }
 void lm_llama_reset(lm_llama *m) { m->pos = 0; }
+
+int lm_llama_rewind(lm_llama *m, int pos) {
+    if (pos < 0 || pos > m->pos)
+        return TNN_ERR(TNN_ERR_RANGE, "position %d: the cache holds %d tokens", pos, m->pos);
+    m->pos = pos; /* later rows of the cache are written over before they are read */
+    return TNN_OK;
+}
 
 /* ------------------------------------------------------------------------ */
 /* Graphs                                                                   */
@@ -275,7 +285,7 @@ static int build_graph(lm_llama *m, llama_graph *gr, int n) {
 }
 
 int lm_llama_eval(lm_llama *m, const int32_t *tokens, int n, float *logits) {
-    if (!m || !tokens || !logits || n < 1) return TNN_ERR(TNN_ERR_ARG, "bad arguments");
+    if (!m || !tokens || n < 1) return TNN_ERR(TNN_ERR_ARG, "bad arguments");
     if (m->pos + n > m->n_ctx)
         return TNN_ERR(TNN_ERR_RANGE, "%d more tokens do not fit the context (%d of %d used)", n,
                        m->pos, m->n_ctx);
@@ -287,8 +297,18 @@ int lm_llama_eval(lm_llama *m, const int32_t *tokens, int n, float *logits) {
     llama_graph *gr = &m->graphs[gi];
     int rc = TNN_OK;
     if (gr->n != n) {
+        if (gi == 1 && gr->n) {
+            /* A new prompt size: drop both graphs rather than keep every
+             * size's nodes (the decoding graph is rebuilt when next used). */
+            tnn__session_truncate(m->s, m->n_fixed);
+            memset(m->graphs, 0, sizeof m->graphs);
+            m->realized = -1;
+        }
         rc = build_graph(m, gr, n);
-        if (rc) return rc;
+        if (rc) {
+            gr->n = 0; /* not usable: built again next time */
+            return rc;
+        }
         if (m->realized == gi) m->realized = -1;
     }
     if (m->realized != gi) {
@@ -306,7 +326,7 @@ int lm_llama_eval(lm_llama *m, const int32_t *tokens, int n, float *logits) {
     if (!rc) rc = tnn_upload_i32(m->s, gr->last, &last, 1);
     free(pos);
     if (!rc) rc = tnn_compute(m->s);
-    if (!rc) rc = tnn_download_f32(m->s, gr->logits, logits, (size_t)m->hp.n_vocab);
+    if (!rc && logits) rc = tnn_download_f32(m->s, gr->logits, logits, (size_t)m->hp.n_vocab);
     if (!rc) m->pos += n;
     return rc;
 }

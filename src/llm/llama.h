@@ -23,9 +23,10 @@ typedef struct lm_llama lm_llama;
 
 /* Opens the model; n_ctx = KV cache positions (0: min(training context,
  * 4096)); kv_dtype = TNN_F16 (the default of the tools, as llama.cpp's) or
- * TNN_F32 for the cache. NULL with the reason in tnn_last_error() (missing
- * key or tensor, unsupported architecture or type). */
-lm_llama *lm_llama_load(const char *path, int n_ctx, int kv_dtype);
+ * TNN_F32 for the cache; cuda: the session prefers the GPU (the CPU where
+ * there is none, logged). NULL with the reason in tnn_last_error()
+ * (missing key or tensor, unsupported architecture or type). */
+lm_llama *lm_llama_load(const char *path, int n_ctx, int kv_dtype, bool cuda);
 void lm_llama_free(lm_llama *m);
 const lm_llama_hparams *lm_llama_hparams_of(const lm_llama *m);
 const tnn_gguf *lm_llama_gguf(const lm_llama *m);
@@ -34,9 +35,13 @@ int lm_llama_n_ctx(const lm_llama *m);
 int lm_llama_pos(const lm_llama *m);
 /* Empties the cache. */
 void lm_llama_reset(lm_llama *m);
+/* Keeps the first pos tokens of the cache (0 <= pos <= lm_llama_pos, else
+ * TNN_ERR_RANGE). */
+int lm_llama_rewind(lm_llama *m, int pos);
 
 /* Appends n tokens to the sequence (n >= 1; a prompt in one call) and
- * writes the logits (n_vocab) of the last one. TNN_ERR_RANGE when the cache
+ * writes the logits (n_vocab) of the last one (logits may be NULL: a prompt
+ * fed in parts needs none until its last). TNN_ERR_RANGE when the cache
  * is full or a token id is out of range. */
 int lm_llama_eval(lm_llama *m, const int32_t *tokens, int n, float *logits);
 
