@@ -26,7 +26,7 @@ asan:
 	cmake --build $(ASAN_BUILD) -j$(JOBS)
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 \
 		UBSAN_OPTIONS=print_stacktrace=1 \
-		ctest --output-on-failure -j$(JOBS) -E ffi_python
+		ctest --output-on-failure -j$(JOBS) -E "ffi_python|ffi_llm"
 
 # The demo corpus is Debian's `fortunes` package; it is installed when
 # missing (as root), else the demo falls back to the licence texts.

@@ -818,6 +818,170 @@ TNN_API int tnn_gguf_writer_add_tensor(tnn_gguf_writer *w, const char *name, int
  * (with the system's reason; the temporary file is removed), TNN_ERR_NOMEM. */
 TNN_API int tnn_gguf_writer_write(tnn_gguf_writer *w, const char *path);
 
+/* ------------------------------------------------------------------------ */
+/* Language models: llama-family GGUF inference                             */
+/* ------------------------------------------------------------------------ */
+
+/* A GGUF language model (architectures `llama`: SmolLM2, TinyLlama, Llama
+ * 3.x; `qwen2`: Qwen2.5) with its tokenizer and a KV cache: the weights stay
+ * in the mapped file (quantized ones are used as they are), the cache is
+ * allocated once, the decoding graph is built once. One thread at a time
+ * per model; several models may run at once. */
+typedef struct tnn_llm tnn_llm;
+
+/* Flags of tnn_llm_open. */
+enum {
+    TNN_LLM_CUDA = 1,   /* run on the GPU (the CPU, logged, where there is none) */
+    TNN_LLM_KV_F32 = 2, /* keep the cache in f32 (default f16, as llama.cpp) */
+};
+
+/* Opens a model. n_ctx: positions of the KV cache (0: the training context,
+ * at most 4096). NULL with the reason (missing key or tensor, unsupported
+ * architecture, tensor type or tokenizer) in tnn_last_error(). */
+TNN_API tnn_llm *tnn_llm_open(const char *path, int32_t n_ctx, int32_t flags);
+/* NULL is a no-op. */
+TNN_API void tnn_llm_close(tnn_llm *m);
+
+/* Sizes; negative status for a NULL model. */
+TNN_API int32_t tnn_llm_n_vocab(const tnn_llm *m);
+TNN_API int32_t tnn_llm_n_ctx(const tnn_llm *m);
+TNN_API int32_t tnn_llm_n_embd(const tnn_llm *m);
+TNN_API int32_t tnn_llm_n_layer(const tnn_llm *m);
+/* "llama" or "qwen2"; NULL for a NULL model. */
+TNN_API const char *tnn_llm_arch(const tnn_llm *m);
+/* The model's file, for its metadata (tnn_gguf_get_*): owned by the model,
+ * valid until tnn_llm_close. NULL for a NULL model. */
+TNN_API const tnn_gguf *tnn_llm_gguf(const tnn_llm *m);
+
+/* ---- the sequence: feed tokens, read the next token's logits ---- */
+
+/* Tokens in the cache, the position of the next one (negative status for a
+ * NULL model). */
+TNN_API int32_t tnn_llm_pos(const tnn_llm *m);
+/* Keeps the first pos tokens of the cache and forgets the rest (0: a new
+ * sequence): a conversation that goes on, or a second answer to the same
+ * prompt, feeds only what is new. TNN_ERR_RANGE unless 0 <= pos <=
+ * tnn_llm_pos. */
+TNN_API int tnn_llm_rewind(tnn_llm *m, int32_t pos);
+/* Appends n >= 1 tokens (a whole prompt in one call runs as one batch) and
+ * writes the logits of the token after the last one to logits[n_vocab]
+ * (NULL: none wanted, as for a prompt fed in parts). TNN_ERR_RANGE for an id
+ * outside the vocabulary or a full cache (nothing appended). */
+TNN_API int tnn_llm_eval(tnn_llm *m, const int32_t *tokens, int32_t n, float *logits);
+
+/* ---- the tokenizer ---- */
+
+/* Flags of the tokenizer functions. */
+enum {
+    TNN_TOK_ADD_SPECIAL = 1,    /* tokenize: BOS (and EOS) as the model's flags say */
+    TNN_TOK_PARSE_SPECIAL = 2,  /* tokenize: "<|im_start|>" and other control texts
+                                 * become their tokens (else they are plain text) */
+    TNN_TOK_RENDER_SPECIAL = 4, /* detokenize: control tokens give their text (else
+                                 * nothing) */
+};
+
+/* Tokenizes len bytes of text (any bytes; invalid UTF-8 goes through byte
+ * tokens). Returns how many tokens the text needs and writes the first
+ * min(that, cap) to out, as snprintf: a result above cap means the buffer
+ * was too small (out may be NULL with cap 0 to ask). Negative status on
+ * error. */
+TNN_API int32_t tnn_llm_tokenize(const tnn_llm *m, const char *text, size_t len,
+                                 int32_t flags, int32_t *out, int32_t cap);
+/* Decodes n ids to text (as llama.cpp's detokenizer: SPM's leading space
+ * dropped, the clean-up of spaces the vocabulary asks for). Returns the
+ * length and writes min(length, cap) bytes, plus a NUL when it fits.
+ * TNN_ERR_RANGE for an id outside the vocabulary. */
+TNN_API int64_t tnn_llm_detokenize(const tnn_llm *m, const int32_t *ids, size_t n,
+                                   int32_t flags, char *out, size_t cap);
+/* The bytes one token decodes to (flags: TNN_TOK_RENDER_SPECIAL), which may
+ * be part of a UTF-8 character: join a stream's pieces before reading them
+ * as text. Same return convention as tnn_llm_detokenize. */
+TNN_API int32_t tnn_llm_token_piece(const tnn_llm *m, int32_t id, int32_t flags, char *out,
+                                    int32_t cap);
+/* The BOS / EOS ids, -1 when the vocabulary has none (negative status for a
+ * NULL model). */
+TNN_API int32_t tnn_llm_token_bos(const tnn_llm *m);
+TNN_API int32_t tnn_llm_token_eos(const tnn_llm *m);
+/* 1 if generation ends at id (EOS, end of turn: <|im_end|>, <|eot_id|>,
+ * ...), 0 if not, negative status for a NULL model or an id outside the
+ * vocabulary. */
+TNN_API int tnn_llm_token_is_eog(const tnn_llm *m, int32_t id);
+
+/* ---- chat ---- */
+
+/* Writes a conversation of n >= 1 messages (roles "system", "user",
+ * "assistant"; contents as NUL-terminated UTF-8) as the prompt text of the
+ * model's chat template, then, when add_assistant, the start of the
+ * answer. tmpl: NULL for the model's template (tokenizer.chat_template),
+ * or a family name or template text. The families known: "chatml"
+ * (SmolLM2, Qwen2.5; the default system message the template writes),
+ * "llama3" (Llama 3.x), "zephyr" (TinyLlama-Chat), "llama2"; a template of
+ * none of them is TNN_ERR_UNSUPPORTED, naming them. m may be NULL when tmpl
+ * is given. The text leaves out the BOS that starts the conversation:
+ * tokenize it with TNN_TOK_ADD_SPECIAL | TNN_TOK_PARSE_SPECIAL. Returns the
+ * length, writing min(length, cap) bytes plus a NUL when it fits. */
+TNN_API int64_t tnn_llm_chat_format(const tnn_llm *m, const char *tmpl,
+                                    const char *const *roles, const char *const *contents,
+                                    int32_t n, int32_t add_assistant, char *out, size_t cap);
+
+/* ---- sampling ---- */
+
+typedef struct tnn_sampler tnn_sampler;
+
+/* A sampler: temperature (0: greedy, the lowest id on ties), top_k (0:
+ * off), top_p (1: off), min_p (0: off), repeat_penalty (1: off; for the
+ * ids passed as recent), and the seed of its random numbers: the same seed
+ * and logits give the same tokens, at any thread count. NULL with
+ * TNN_ERR_ARG for a value out of range. */
+TNN_API tnn_sampler *tnn_sampler_new(double temperature, int32_t top_k, double top_p,
+                                     double min_p, double repeat_penalty, uint64_t seed);
+/* NULL is a no-op. */
+TNN_API void tnn_sampler_free(tnn_sampler *s);
+/* Picks a token from logits[n_vocab]; recent (n_recent ids, may be NULL
+ * when 0) get the repetition penalty. Returns the id, or a negative
+ * status. */
+TNN_API int32_t tnn_sampler_sample(tnn_sampler *s, const float *logits, int32_t n_vocab,
+                                   const int32_t *recent, int32_t n_recent);
+
+/* ---- generation in one call ---- */
+
+/* Receives generated text as it comes: whole UTF-8 characters only, len > 0.
+ * Return 0 to go on, anything else to stop. */
+typedef int (*tnn_llm_text_fn)(const char *text, size_t len, void *user);
+
+/* Flags of tnn_llm_generate. */
+enum {
+    TNN_GEN_CHAT = 1,  /* prompt is one user message: format it with the model's
+                        * chat template (tnn_llm_chat_format) */
+    TNN_GEN_REUSE = 2, /* keep the tokens at the start of the cache that the
+                        * prompt's tokens repeat, and compute only the rest: for a
+                        * conversation passed whole each turn (the answers may
+                        * differ in the last bits from a fresh run's, where the
+                        * cached tokens were computed in another batch) */
+};
+
+/* Tokenizes the prompt (special texts parsed, BOS as the model's flags
+ * say), runs it on an empty cache (or, with TNN_GEN_REUSE, from the first
+ * token the cache does not already hold) as one batch, then samples up to
+ * max_tokens tokens with s (NULL: greedy; its repetition penalty sees the
+ * last 64 tokens, prompt included), stopping early at an end of
+ * generation (not part of the text) or when on_text returns non-zero.
+ * Generated text goes to on_text (may be NULL) as it is made, and all of it
+ * to out: returns the text's length and writes min(length, cap) bytes plus
+ * a NUL when it fits; out may be NULL with cap 0. The cache then holds the
+ * prompt and the tokens sampled. Negative status on error (TNN_ERR_RANGE:
+ * the prompt does not fit the context), with what was generated so far
+ * delivered to on_text. Generation that fills the context stops there. */
+TNN_API int64_t tnn_llm_generate(tnn_llm *m, tnn_sampler *s, const char *prompt,
+                                 int32_t max_tokens, int32_t flags, tnn_llm_text_fn on_text,
+                                 void *user, char *out, size_t cap);
+
+/* Figures of the last tnn_llm_generate: prompt tokens computed (not those
+ * TNN_GEN_REUSE found in the cache), tokens sampled (an end of generation
+ * included) and the seconds each part took. Any pointer may be NULL. */
+TNN_API int tnn_llm_last_stats(const tnn_llm *m, int32_t *n_prompt, int32_t *n_generated,
+                               double *prompt_s, double *generate_s);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,389 @@
+/* test_llm_api.c - the public language-model functions (tnn_llm_*,
+ * tnn_sampler_*): chat formatting against Jinja's rendering of the real
+ * templates, and, on SmolLM2-135M-Instruct (`make models`; those checks are
+ * skipped, with a message, without it), tokenization and greedy text
+ * against llama.cpp's (tests/data/llama_smollm2.txt), the cache's reuse and
+ * rewinding, and every argument and range error.
+ *
+ * The expected chat texts are what jinja2 3.1.6 renders (as Hugging Face's
+ * apply_chat_template: trim_blocks, lstrip_blocks) from the templates of
+ * SmolLM2-135M-Instruct (chatml, its GGUF's), TinyLlama-1.1B-Chat (zephyr),
+ * Meta-Llama-3-8B-Instruct (llama3), Llama-3.2-3B-Instruct without tools
+ * (llama3 with the date block, date_string fixed) and Llama-2-chat
+ * (llama2), with the leading BOS the tokenizer adds taken off.
+ */
+#define _POSIX_C_SOURCE 200809L /* localtime_r */
+
+#include "harness.h"
+
+#include <time.h>
+
+#define MODEL TNN_MODEL_FILE
+
+static const char *const SYS_ROLES[4] = {"system", "user", "assistant", "user"};
+static const char *const SYS_TEXTS[4] = {"You are terse. ", "Hello", "  Hi there  ",
+                                         " Who are you?\n"};
+static const char *const ROLES[3] = {"user", "assistant", "user"};
+static const char *const TEXTS[3] = {"Hello", "Hi there", "Bye"};
+
+/* tnn_llm_chat_format's text, or NULL after a failed check. */
+static char *chat(const tnn_llm *m, const char *tmpl, const char *const *roles,
+                  const char *const *texts, int n, int add) {
+    int64_t need = tnn_llm_chat_format(m, tmpl, roles, texts, n, add, NULL, 0);
+    CHECK(need >= 0, "%s: %s", tmpl ? tmpl : "model's", tnn_last_error());
+    if (need < 0) return NULL;
+    char *out = malloc((size_t)need + 1);
+    int64_t again = tnn_llm_chat_format(m, tmpl, roles, texts, n, add, out, (size_t)need + 1);
+    CHECK(again == need && out[need] == 0, "%lld then %lld", (long long)need, (long long)again);
+    return out;
+}
+
+static void check_chat(const tnn_llm *m, const char *tmpl, bool sys, const char *want) {
+    char *got = sys ? chat(m, tmpl, SYS_ROLES, SYS_TEXTS, 4, 1) : chat(m, tmpl, ROLES, TEXTS, 3, 1);
+    CHECK(got && !strcmp(got, want), "%s (%s):\n got  [%s]\n want [%s]", tmpl ? tmpl : "model's",
+          sys ? "with system" : "no system", got ? got : "", want);
+    free(got);
+}
+
+/* A Llama 3.1-style template's text: the markers the formatter reads. */
+#define L31_TMPL                                                                              \
+    "{%- set date_string = \"26 Jul 2024\" %}{{- \"<|start_header_id|>system<|end_header_id|>" \
+    "\\n\\n\" }}{{- \"Cutting Knowledge Date: December 2023\\n\" }}"
+
+static void test_chat_families(void) {
+    check_chat(NULL, "chatml", true,
+               "<|im_start|>system\nYou are terse. <|im_end|>\n<|im_start|>user\nHello<|im_end|>\n"
+               "<|im_start|>assistant\n  Hi there  <|im_end|>\n<|im_start|>user\n Who are you?\n"
+               "<|im_end|>\n<|im_start|>assistant\n");
+    check_chat(NULL, "zephyr", true,
+               "<|system|>\nYou are terse. </s>\n<|user|>\nHello</s>\n<|assistant|>\n  Hi there  "
+               "</s>\n<|user|>\n Who are you?\n</s>\n<|assistant|>\n");
+    check_chat(NULL, "zephyr", false,
+               "<|user|>\nHello</s>\n<|assistant|>\nHi there</s>\n<|user|>\nBye</s>\n"
+               "<|assistant|>\n");
+    check_chat(NULL, "llama3", true,
+               "<|start_header_id|>system<|end_header_id|>\n\nYou are terse.<|eot_id|>"
+               "<|start_header_id|>user<|end_header_id|>\n\nHello<|eot_id|>"
+               "<|start_header_id|>assistant<|end_header_id|>\n\nHi there<|eot_id|>"
+               "<|start_header_id|>user<|end_header_id|>\n\nWho are you?<|eot_id|>"
+               "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    check_chat(NULL, "llama3", false,
+               "<|start_header_id|>user<|end_header_id|>\n\nHello<|eot_id|>"
+               "<|start_header_id|>assistant<|end_header_id|>\n\nHi there<|eot_id|>"
+               "<|start_header_id|>user<|end_header_id|>\n\nBye<|eot_id|>"
+               "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    check_chat(NULL, L31_TMPL, true,
+               "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December "
+               "2023\nToday Date: 26 Jul 2024\n\nYou are terse.<|eot_id|>"
+               "<|start_header_id|>user<|end_header_id|>\n\nHello<|eot_id|>"
+               "<|start_header_id|>assistant<|end_header_id|>\n\nHi there<|eot_id|>"
+               "<|start_header_id|>user<|end_header_id|>\n\nWho are you?<|eot_id|>"
+               "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    check_chat(NULL, L31_TMPL, false,
+               "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December "
+               "2023\nToday Date: 26 Jul 2024\n\n<|eot_id|>"
+               "<|start_header_id|>user<|end_header_id|>\n\nHello<|eot_id|>"
+               "<|start_header_id|>assistant<|end_header_id|>\n\nHi there<|eot_id|>"
+               "<|start_header_id|>user<|end_header_id|>\n\nBye<|eot_id|>"
+               "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    check_chat(NULL, "llama2", true,
+               "[INST] <<SYS>>\nYou are terse. \n<</SYS>>\n\nHello [/INST] Hi there </s><s>[INST] "
+               "Who are you? [/INST]");
+    check_chat(NULL, "llama2", false, "[INST] Hello [/INST] Hi there </s><s>[INST] Bye [/INST]");
+
+    /* Llama 3.2 asks for today's date (strftime_now) */
+    char date[32], want[160];
+    time_t now = time(NULL);
+    struct tm tmv;
+    localtime_r(&now, &tmv);
+    strftime(date, sizeof date, "%d %b %Y", &tmv);
+    snprintf(want, sizeof want, "Today Date: %s\n\n<|eot_id|>", date);
+    const char *role = "user", *text = "Hi";
+    char *got = chat(NULL, L31_TMPL "{%- set date_string = strftime_now(\"%d %b %Y\") %}", &role,
+                     &text, 1, 0);
+    CHECK(got && strstr(got, want), "strftime_now: %s", got ? got : "");
+    free(got);
+
+    /* templates recognised by their text; chatml's default system message */
+    const char *tmpl = "{{ '<|im_start|>system\\nYou are Qwen.<|im_end|>\\n' }}{{'<|im_start|>' "
+                       "+ message['role'] + '\\n' + message['content']}}";
+    got = chat(NULL, tmpl, &role, &text, 1, 1);
+    CHECK(got && !strcmp(got, "<|im_start|>system\nYou are Qwen.<|im_end|>\n<|im_start|>user\nHi"
+                              "<|im_end|>\n<|im_start|>assistant\n"),
+          "chatml default system: %s", got ? got : "");
+    free(got);
+    got = chat(NULL, "{{ '<|user|>\\n' }}{{ '<|assistant|>' }}", &role, &text, 1, 1);
+    CHECK(got && !strcmp(got, "<|user|>\nHi</s>\n<|assistant|>\n"), "zephyr text: %s",
+          got ? got : "");
+    free(got);
+    got = chat(NULL, "{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}", &role, &text, 1,
+               1);
+    CHECK(got && !strcmp(got, "[INST] Hi [/INST]"), "llama2 text: %s", got ? got : "");
+    free(got);
+
+    /* a short buffer gets what fits and no NUL past it */
+    char small[8];
+    memset(small, 'x', sizeof small);
+    int64_t need = tnn_llm_chat_format(NULL, "chatml", &role, &text, 1, 0, small, 5);
+    CHECK(need == (int64_t)strlen("<|im_start|>user\nHi<|im_end|>\n") &&
+              !memcmp(small, "<|im_", 5) && small[5] == 'x',
+          "short buffer: %lld", (long long)need);
+
+    /* errors */
+    const char *bad_roles[2] = {"user", "user"}, *two[2] = {"a", "b"};
+    CHECK_ERR((int)tnn_llm_chat_format(NULL, "alpaca", &role, &text, 1, 1, NULL, 0),
+              TNN_ERR_UNSUPPORTED, "chatml, llama3, zephyr, llama2");
+    CHECK_ERR((int)tnn_llm_chat_format(NULL, NULL, &role, &text, 1, 1, NULL, 0), TNN_ERR_ARG,
+              "both NULL");
+    CHECK_ERR((int)tnn_llm_chat_format(NULL, "chatml", &role, &text, 0, 1, NULL, 0), TNN_ERR_ARG,
+              "n >= 1");
+    CHECK_ERR((int)tnn_llm_chat_format(NULL, "chatml", &role, &text, 1, 1, NULL, 4), TNN_ERR_ARG,
+              "output buffer");
+    CHECK_ERR((int)tnn_llm_chat_format(NULL, "llama2", bad_roles, two, 2, 1, NULL, 0), TNN_ERR_ARG,
+              "alternate");
+    const char *tool = "tool";
+    CHECK_ERR((int)tnn_llm_chat_format(NULL, "llama3", &tool, &text, 1, 1, NULL, 0), TNN_ERR_ARG,
+              "role 'tool'");
+    const char *nul = NULL;
+    CHECK_ERR((int)tnn_llm_chat_format(NULL, "zephyr", &role, &nul, 1, 1, NULL, 0), TNN_ERR_ARG,
+              "NULL role or content");
+}
+
+/* ---- on the real model ---- */
+
+typedef struct {
+    int n_prompt, prompt[64], greedy[32];
+    char text[256];
+} golden;
+
+/* The prompts and llama.cpp's greedy ids of tests/data/llama_smollm2.txt. */
+static int read_golden(golden *g, int max) {
+    FILE *f = fopen(TNN_DATA_DIR "/llama_smollm2.txt", "r");
+    if (!f) return -1;
+    char line[8192];
+    int n = -1;
+    while (fgets(line, sizeof line, f)) {
+        char *p = line;
+        if (!strncmp(line, "prompt '", 8)) {
+            if (++n >= max) break;
+            /* Python's repr of the text: \n and \' escapes only in these prompts */
+            size_t k = 0;
+            for (p = line + 8; *p && *p != '\n' && k + 1 < sizeof g[n].text; p++) {
+                if (*p == '\'' && (p[1] == '\n' || !p[1])) break;
+                if (*p == '\\' && p[1] == 'n') g[n].text[k++] = '\n', p++;
+                else if (*p == '\\' && p[1]) g[n].text[k++] = p[1], p++;
+                else g[n].text[k++] = *p;
+            }
+            g[n].text[k] = 0;
+        } else if (n >= 0 && !strncmp(line, "tokens ", 7)) {
+            p += 7;
+            g[n].n_prompt = (int)strtol(p, &p, 10);
+            for (int i = 0; i < g[n].n_prompt && i < 64; i++) g[n].prompt[i] = (int)strtol(p, &p, 10);
+        } else if (n >= 0 && !strncmp(line, "greedy ", 7)) {
+            p += 7;
+            for (int i = 0; i < 32; i++) g[n].greedy[i] = (int)strtol(p, &p, 10);
+        }
+    }
+    fclose(f);
+    return n + (n < max);
+}
+
+typedef struct {
+    char text[4096];
+    size_t len;
+    int calls, stop_after;
+} sink;
+
+static int collect(const char *text, size_t len, void *user) {
+    sink *k = user;
+    if (k->len + len < sizeof k->text) memcpy(k->text + k->len, text, len);
+    k->len += len;
+    k->text[k->len < sizeof k->text ? k->len : sizeof k->text - 1] = 0;
+    return ++k->calls == k->stop_after;
+}
+
+static void test_model(void) {
+    CHECK_NULL(tnn_llm_open("/nonexistent.gguf", 0, 0), TNN_ERR_IO, "/nonexistent.gguf");
+    CHECK_NULL(tnn_llm_open(MODEL, -1, 0), TNN_ERR_ARG, "n_ctx");
+    CHECK_NULL(tnn_llm_open(MODEL, 0, 64), TNN_ERR_ARG, "flags");
+    tnn_llm *m = tnn_llm_open(MODEL, 256, 0);
+    CHECK(m, "open: %s", tnn_last_error());
+    if (!m) return;
+    CHECK(tnn_llm_n_vocab(m) == 49152 && tnn_llm_n_ctx(m) == 256 && tnn_llm_n_embd(m) == 576 &&
+              tnn_llm_n_layer(m) == 30 && !strcmp(tnn_llm_arch(m), "llama") && tnn_llm_gguf(m),
+          "sizes %d %d %d %d", tnn_llm_n_vocab(m), tnn_llm_n_ctx(m), tnn_llm_n_embd(m),
+          tnn_llm_n_layer(m));
+    CHECK(tnn_llm_token_bos(m) == 1 && tnn_llm_token_eos(m) == 2, "bos %d eos %d",
+          tnn_llm_token_bos(m), tnn_llm_token_eos(m));
+    CHECK(tnn_llm_token_is_eog(m, 2) == 1 && tnn_llm_token_is_eog(m, 100) == 0, "eog");
+    CHECK_ERR(tnn_llm_token_is_eog(m, 49152), TNN_ERR_RANGE, "outside the vocabulary");
+
+    golden g[8];
+    int ng = read_golden(g, 8);
+    CHECK(ng >= 4, "golden file: %d records", ng);
+    int32_t ids[64];
+    for (int r = 0; r < ng; r++) {
+        /* the prompt's ids, as llama.cpp tokenized it (special texts parsed) */
+        int32_t n = tnn_llm_tokenize(m, g[r].text, strlen(g[r].text),
+                                     TNN_TOK_ADD_SPECIAL | TNN_TOK_PARSE_SPECIAL, ids, 64);
+        bool same = n == g[r].n_prompt;
+        for (int i = 0; same && i < n; i++) same = ids[i] == g[r].prompt[i];
+        CHECK(same, "prompt %d tokens: %d ids (want %d)", r, n, g[r].n_prompt);
+        /* generate = eval, argmax, eval, ... (llama.cpp's greedy ids agree
+         * up to its close calls: test_llama) */
+        int32_t want_ids[32], ne = 0;
+        float *lg = malloc(sizeof(float) * (size_t)tnn_llm_n_vocab(m));
+        CHECK_OK(tnn_llm_rewind(m, 0));
+        CHECK_OK(tnn_llm_eval(m, ids, n, lg));
+        while (ne < 32) {
+            int32_t t = 0;
+            for (int32_t i = 1; i < tnn_llm_n_vocab(m); i++)
+                if (lg[i] > lg[t]) t = i;
+            if (tnn_llm_token_is_eog(m, t)) break;
+            want_ids[ne++] = t;
+            if (ne < 32) CHECK_OK(tnn_llm_eval(m, &t, 1, lg));
+        }
+        free(lg);
+        char want[1024];
+        int64_t wl = tnn_llm_detokenize(m, want_ids, (size_t)ne, 0, want, sizeof want);
+        char out[1024];
+        sink k = {.stop_after = -1};
+        int64_t len = tnn_llm_generate(m, NULL, g[r].text, 32, 0, collect, &k, out, sizeof out);
+        CHECK(len == wl && !strcmp(out, want) && !strcmp(k.text, want),
+              "prompt %d greedy:\n got  [%s]\n want [%s]", r, out, want);
+        int32_t np, ngen;
+        tnn_llm_last_stats(m, &np, &ngen, NULL, NULL);
+        CHECK(np == g[r].n_prompt && ngen == (ne < 32 ? ne + 1 : 32), "stats %d %d", np, ngen);
+    }
+
+    /* eval + sampler + rewind: the same as generate; the logits of a
+     * position do not depend on what the cache held past it */
+    int32_t n = tnn_llm_tokenize(m, g[0].text, strlen(g[0].text), TNN_TOK_ADD_SPECIAL, ids, 64);
+    int V = tnn_llm_n_vocab(m);
+    float *l1 = malloc(sizeof(float) * (size_t)V), *l2 = malloc(sizeof(float) * (size_t)V);
+    tnn_sampler *greedy = tnn_sampler_new(0, 0, 1, 0, 1, 7);
+    CHECK_OK(tnn_llm_rewind(m, 0));
+    CHECK_OK(tnn_llm_eval(m, ids, n, l1));
+    int32_t t1 = tnn_sampler_sample(greedy, l1, V, NULL, 0);
+    CHECK(t1 == g[0].greedy[0], "sampled %d, want %d", t1, g[0].greedy[0]);
+    CHECK_OK(tnn_llm_eval(m, &t1, 1, NULL));
+    CHECK(tnn_llm_pos(m) == n + 1, "pos %d", tnn_llm_pos(m));
+    CHECK_ERR(tnn_llm_rewind(m, n + 2), TNN_ERR_RANGE, "holds");
+    CHECK_OK(tnn_llm_rewind(m, n - 1));
+    CHECK_OK(tnn_llm_eval(m, ids + n - 1, 1, l2));
+    double d = 0;
+    for (int i = 0; i < V; i++) d = fmax(d, fabs((double)l1[i] - l2[i]));
+    CHECK(d < 0.3 && tnn_sampler_sample(greedy, l2, V, NULL, 0) == t1,
+          "rewound and fed the last token again: max logit difference %g", d);
+
+    /* errors leave the sequence as it was */
+    int32_t pos = tnn_llm_pos(m), bad = 49152;
+    CHECK_ERR(tnn_llm_eval(m, &bad, 1, l1), TNN_ERR_RANGE, "outside the vocabulary");
+    CHECK_ERR(tnn_llm_eval(m, ids, 0, l1), TNN_ERR_ARG, "n >= 1");
+    CHECK_ERR(tnn_llm_eval(m, NULL, 1, l1), TNN_ERR_ARG, "n >= 1");
+    CHECK(tnn_llm_pos(m) == pos, "pos after errors %d (was %d)", tnn_llm_pos(m), pos);
+    CHECK_ERR(tnn_llm_tokenize(m, "x", 1, 8, NULL, 0), TNN_ERR_ARG, "flags");
+    CHECK_ERR(tnn_llm_tokenize(m, NULL, 3, 0, NULL, 0), TNN_ERR_ARG, "");
+    CHECK(tnn_llm_tokenize(m, g[1].text, strlen(g[1].text), 0, ids, 2) == g[1].n_prompt,
+          "a short buffer still counts every token");
+    char piece[4] = "zzz";
+    CHECK(tnn_llm_token_piece(m, g[0].greedy[0], 0, piece, 2) > 0 && piece[2] == 'z',
+          "piece into a short buffer");
+    CHECK_ERR(tnn_llm_token_piece(m, -1, 0, piece, 4), TNN_ERR_RANGE, "");
+    CHECK_ERR((int)tnn_llm_detokenize(m, &bad, 1, 0, piece, 4), TNN_ERR_RANGE, "");
+    CHECK_ERR((int)tnn_llm_generate(m, NULL, "x", 4, 16, NULL, NULL, NULL, 0), TNN_ERR_ARG,
+              "flags");
+    CHECK_NULL(tnn_sampler_new(0.8, 40, 0, 0.05, 1, 1), TNN_ERR_ARG, "top_p");
+    CHECK_ERR(tnn_sampler_sample(greedy, NULL, V, NULL, 0), TNN_ERR_ARG, "logits");
+
+    /* chat: the model's template (SmolLM2's default system message); the
+     * answer stops at <|im_end|>; a second turn reusing the cache gives
+     * the answer a fresh cache gives */
+    sink k1 = {.stop_after = -1}, k2 = {.stop_after = -1}, k3 = {.stop_after = -1};
+    int64_t a1 = tnn_llm_generate(m, NULL, "What is the capital of France?", 64, TNN_GEN_CHAT,
+                                  collect, &k1, NULL, 0);
+    CHECK(a1 > 0 && strstr(k1.text, "Paris"), "chat answer: [%s]", k1.text);
+    const char *roles[3] = {"user", "assistant", "user"};
+    const char *texts[3] = {"What is the capital of France?", k1.text, "And of Germany?"};
+    char *conv = chat(m, NULL, roles, texts, 3, 1);
+    int32_t np1 = 0, np2 = 0;
+    int64_t a2 = conv ? tnn_llm_generate(m, NULL, conv, 64, TNN_GEN_REUSE, collect, &k2, NULL, 0)
+                      : -1;
+    tnn_llm_last_stats(m, &np1, NULL, NULL, NULL);
+    int64_t a3 = conv ? tnn_llm_generate(m, NULL, conv, 64, 0, collect, &k3, NULL, 0) : -1;
+    tnn_llm_last_stats(m, &np2, NULL, NULL, NULL);
+    CHECK(a2 > 0 && a2 == a3 && !strcmp(k2.text, k3.text) && strstr(k2.text, "Berlin"),
+          "second turn: reused [%s], fresh [%s]", k2.text, k3.text);
+    CHECK(np1 > 0 && np1 < np2 / 3, "reuse computed %d of the prompt's %d tokens", np1, np2);
+    free(conv);
+
+    /* a callback that stops; text into a short buffer */
+    sink ks = {.stop_after = 2};
+    char shortbuf[4];
+    int64_t ls = tnn_llm_generate(m, NULL, g[1].text, 32, 0, collect, &ks, shortbuf, 4);
+    CHECK(ks.calls == 2 && ls == (int64_t)ks.len && ls >= 4 && !memcmp(shortbuf, ks.text, 4),
+          "stopped after %d pieces, %lld bytes", ks.calls, (long long)ls);
+
+    /* sampling is reproducible with the seed */
+    tnn_sampler *s1 = tnn_sampler_new(0.9, 40, 0.95, 0.05, 1.1, 42);
+    tnn_sampler *s2 = tnn_sampler_new(0.9, 40, 0.95, 0.05, 1.1, 42);
+    char o1[1024], o2[1024];
+    int64_t r1 = tnn_llm_generate(m, s1, g[1].text, 24, 0, NULL, NULL, o1, sizeof o1);
+    int64_t r2 = tnn_llm_generate(m, s2, g[1].text, 24, 0, NULL, NULL, o2, sizeof o2);
+    CHECK(r1 > 0 && r1 == r2 && !strcmp(o1, o2), "same seed: [%s] / [%s]", o1, o2);
+    tnn_sampler_free(s1);
+    tnn_sampler_free(s2);
+
+    /* prompts of many sizes in one model (each new size rebuilds the
+     * prompt graph in place) keep giving the first one's answer */
+    char base[1024], again[1024];
+    tnn_llm_generate(m, NULL, g[0].text, 8, 0, NULL, NULL, base, sizeof base);
+    for (int len = 2; len < 40; len += 3) {
+        char text[256];
+        snprintf(text, sizeof text, "%.*s", len, "A list of words: apple, banana, cherry, grape, "
+                                                  "lemon, mango, peach.");
+        CHECK(tnn_llm_generate(m, NULL, text, 2, 0, NULL, NULL, NULL, 0) >= 0, "%s",
+              tnn_last_error());
+    }
+    tnn_llm_generate(m, NULL, g[0].text, 8, 0, NULL, NULL, again, sizeof again);
+    CHECK(!strcmp(base, again), "after other sizes: [%s] / [%s]", again, base);
+
+    tnn_sampler_free(greedy);
+    free(l1);
+    free(l2);
+    tnn_llm_close(m);
+
+    /* a small context: a prompt that does not fit, and generation that
+     * fills it stops there */
+    m = tnn_llm_open(MODEL, 16, TNN_LLM_KV_F32);
+    CHECK(m, "open n_ctx 16: %s", tnn_last_error());
+    if (!m) return;
+    const char *long_prompt = "one two three four five six seven eight nine ten eleven twelve "
+                              "thirteen fourteen fifteen sixteen seventeen";
+    CHECK(tnn_llm_tokenize(m, long_prompt, strlen(long_prompt), 0, NULL, 0) > 16, "long prompt");
+    CHECK_ERR((int)tnn_llm_generate(m, NULL, long_prompt, 4, 0, NULL, NULL, NULL, 0),
+              TNN_ERR_RANGE, "do not fit the context");
+    int64_t lf = tnn_llm_generate(m, NULL, g[0].text, 100, 0, NULL, NULL, NULL, 0);
+    int32_t ngen = 0;
+    tnn_llm_last_stats(m, NULL, &ngen, NULL, NULL);
+    CHECK(lf > 0 && tnn_llm_pos(m) == 16 && ngen == 16 - g[0].n_prompt + 1,
+          "filled the context: pos %d, %d generated", tnn_llm_pos(m), ngen);
+    tnn_llm_close(m);
+}
+
+int main(void) {
+    test_chat_families();
+    CHECK_ERR(tnn_llm_n_vocab(NULL), TNN_ERR_ARG, "NULL");
+    CHECK_ERR(tnn_llm_eval(NULL, NULL, 0, NULL), TNN_ERR_ARG, "NULL");
+    CHECK(tnn_llm_arch(NULL) == NULL && tnn_llm_gguf(NULL) == NULL, "NULL model");
+    tnn_llm_close(NULL);
+    tnn_sampler_free(NULL);
+    FILE *probe = fopen(MODEL, "rb");
+    if (probe) {
+        fclose(probe);
+        test_model();
+    } else {
+        printf("model checks skipped: %s is absent (run make models)\n", MODEL);
+    }
+    return th_finish("test_llm_api");
+}
