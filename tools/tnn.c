@@ -15,7 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -28,6 +27,7 @@ static void usage(FILE *f) {
             "  sample -m CKPT       continue a prompt with a trained checkpoint\n"
             "  info FILE.gguf       print a GGUF file's metadata and tensor table\n"
             "  generate -m MODEL.gguf -p PROMPT   run a llama/qwen2 GGUF model\n"
+            "  chat -m MODEL.gguf   talk with an instruct model, one line a turn\n"
             "  quantize IN.gguf OUT.gguf TYPE     convert weight matrices (q8_0, q4_0, q4_1,\n"
             "                       q5_0, q5_1, f16, bf16, f32); a checkpoint becomes a model\n"
             "                       for inference (no optimizer state; llama.cpp reads it)\n"
@@ -70,7 +70,9 @@ static void usage(FILE *f) {
             "generate options: -m MODEL.gguf, -p PROMPT, -n N (tokens, 128), --temp X (0 =\n"
             "  greedy; 0.8), --top-k N (40), --top-p X (0.95), --min-p X (0.05),\n"
             "  --repeat-penalty X (1.0), --seed N, --ctx N, --kv f16|f32 (cache type, f16),\n"
-            "  --chat (ChatML template)\n");
+            "  --chat (the prompt is a user message in the model's chat template: chatml,\n"
+            "  llama3, zephyr or llama2), --system TEXT (with --chat: the system message)\n"
+            "chat options: those of generate, but -p and --chat\n");
 }
 
 static bool parse_int(const char *s, int lo, int hi, int *out) {
@@ -421,145 +423,226 @@ static int cmd_sample(int argc, char **argv) {
     return rc == TNN_OK ? 0 : 1;
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+/* Options of `tnn generate` and `tnn chat`. */
+typedef struct {
+    const char *model, *prompt, *system;
+    int n, n_ctx, chat, kv_f32;
+    double temp, top_k, top_p, min_p, repeat_penalty, seed;
+} gen_opts;
+
+static bool parse_gen_opts(const char *cmd, int argc, char **argv, gen_opts *o) {
+    *o = (gen_opts){.n = 128, .temp = 0.8, .top_k = 40, .top_p = 0.95, .min_p = 0.05,
+                    .repeat_penalty = 1.0, .seed = 1};
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--chat")) {
+            o->chat = 1;
+            continue;
+        }
+        if (!v) {
+            fprintf(stderr, "tnn %s: %s wants a value\n", cmd, a);
+            return false;
+        }
+        i++;
+        if (!strcmp(a, "-m")) o->model = v;
+        else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) o->prompt = v;
+        else if (!strcmp(a, "--system")) o->system = v;
+        else if (!strcmp(a, "-n") && parse_int(v, 1, 1000000, &o->n)) continue;
+        else if (!strcmp(a, "--ctx") && parse_int(v, 16, 1 << 20, &o->n_ctx)) continue;
+        else if (!strcmp(a, "--kv") && (!strcmp(v, "f16") || !strcmp(v, "f32")))
+            o->kv_f32 = !strcmp(v, "f32");
+        else if (!strcmp(a, "--temp") && parse_double(v, &o->temp)) continue;
+        else if (!strcmp(a, "--top-k") && parse_double(v, &o->top_k) && o->top_k >= 0 &&
+                 o->top_k <= 1e6 && o->top_k == (int)o->top_k)
+            continue;
+        else if (!strcmp(a, "--top-p") && parse_double(v, &o->top_p)) continue;
+        else if (!strcmp(a, "--min-p") && parse_double(v, &o->min_p)) continue;
+        else if (!strcmp(a, "--repeat-penalty") && parse_double(v, &o->repeat_penalty)) continue;
+        else if (!strcmp(a, "--seed") && parse_double(v, &o->seed) && o->seed >= 0) continue;
+        else {
+            fprintf(stderr, "tnn %s: bad option %s %s (tnn help)\n", cmd, a, v);
+            return false;
+        }
+    }
+    if (!o->model) {
+        fprintf(stderr, "usage: tnn %s -m MODEL.gguf%s [options] (tnn help)\n", cmd,
+                strcmp(cmd, "chat") ? " -p PROMPT" : "");
+        return false;
+    }
+    return true;
+}
+
+/* Opens the model and its sampler; false after a message. */
+static bool open_gen(const char *cmd, const gen_opts *o, tnn_llm **m, tnn_sampler **sm) {
+    *m = tnn_llm_open(o->model, o->n_ctx,
+                      (lm_cuda() ? TNN_LLM_CUDA : 0) | (o->kv_f32 ? TNN_LLM_KV_F32 : 0));
+    *sm = *m ? tnn_sampler_new(o->temp, (int32_t)o->top_k, o->top_p, o->min_p,
+                               o->repeat_penalty, (uint64_t)o->seed)
+             : NULL;
+    if (*sm) return true;
+    fprintf(stderr, "tnn %s: %s\n", cmd, tnn_last_error());
+    tnn_llm_close(*m);
+    return false;
+}
+
+/* Generated text to stdout as it comes; in chat, also kept for the next
+ * turn's conversation. */
+typedef struct {
+    char *text;
+    size_t len, cap;
+    bool keep;
+} gen_sink;
+
+static int print_text(const char *text, size_t len, void *user) {
+    gen_sink *k = user;
+    fwrite(text, 1, len, stdout);
+    fflush(stdout);
+    if (k->keep) {
+        if (k->len + len + 1 > k->cap) {
+            size_t cap = (k->len + len + 1) * 2;
+            char *t = realloc(k->text, cap);
+            if (!t) return 1; /* stop: the answer could not be kept */
+            k->text = t;
+            k->cap = cap;
+        }
+        memcpy(k->text + k->len, text, len);
+        k->len += len;
+        k->text[k->len] = 0;
+    }
+    return 0;
+}
+
+static void print_stats(const tnn_llm *m) {
+    int32_t np, ng;
+    double ps, gs;
+    tnn_llm_last_stats(m, &np, &ng, &ps, &gs);
+    fprintf(stderr, "prompt: %d tokens, %.1f tokens/s; generation: %d tokens, %.1f tokens/s\n",
+            np, np / (ps > 0 ? ps : 1e-9), ng, ng / (gs > 0 ? gs : 1e-9));
 }
 
 /* `tnn generate`: prompt in, streamed text out, speeds on stderr. */
 static int cmd_generate(int argc, char **argv) {
-    const char *model = NULL, *prompt = NULL;
-    int n = 128, n_ctx = 0, chat = 0, kv_dtype = TNN_F16;
-    lm_sampler_params sp = lm_sampler_defaults();
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        double x;
-        if (!strcmp(a, "--chat")) {
-            chat = 1;
-            continue;
-        }
-        if (!v) {
-            fprintf(stderr, "tnn generate: %s wants a value\n", a);
-            return 2;
-        }
-        i++;
-        if (!strcmp(a, "-m")) model = v;
-        else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) prompt = v;
-        else if (!strcmp(a, "-n") && parse_int(v, 1, 1000000, &n)) continue;
-        else if (!strcmp(a, "--ctx") && parse_int(v, 16, 1 << 20, &n_ctx)) continue;
-        else if (!strcmp(a, "--kv") && (!strcmp(v, "f16") || !strcmp(v, "f32")))
-            kv_dtype = strcmp(v, "f16") ? TNN_F32 : TNN_F16;
-        else if (!strcmp(a, "--temp") && parse_double(v, &sp.temperature)) continue;
-        else if (!strcmp(a, "--top-k") && parse_int(v, 0, 1000000, &sp.top_k)) continue;
-        else if (!strcmp(a, "--top-p") && parse_double(v, &sp.top_p)) continue;
-        else if (!strcmp(a, "--min-p") && parse_double(v, &sp.min_p)) continue;
-        else if (!strcmp(a, "--repeat-penalty") && parse_double(v, &sp.repeat_penalty)) continue;
-        else if (!strcmp(a, "--seed") && parse_double(v, &x) && x >= 0) sp.seed = (uint64_t)x;
-        else {
-            fprintf(stderr, "tnn generate: bad option %s %s (tnn help)\n", a, v);
-            return 2;
-        }
-    }
-    if (!model || !prompt) {
+    gen_opts o;
+    tnn_llm *m;
+    tnn_sampler *sm;
+    if (!parse_gen_opts("generate", argc, argv, &o)) return 2;
+    if (!o.prompt) {
         fprintf(stderr, "usage: tnn generate -m MODEL.gguf -p PROMPT [options] (tnn help)\n");
         return 2;
     }
-    lm_llama *m = lm_llama_load(model, n_ctx, kv_dtype);
-    if (!m) {
-        fprintf(stderr, "tnn generate: %s\n", tnn_last_error());
-        return 1;
-    }
-    lm_tokenizer *tok = lm_tokenizer_from_gguf(lm_llama_gguf(m));
-    if (!tok) {
-        fprintf(stderr, "tnn generate: tokenizer: %s\n", tnn_last_error());
-        lm_llama_free(m);
-        return 1;
-    }
-    tnn_clear_error(); /* optional keys the tokenizer looked for */
+    if (!open_gen("generate", &o, &m, &sm)) return 1;
     char *text = NULL;
-    if (chat) {
-        const char *tmpl = NULL;
-        tnn_gguf_get_str(lm_llama_gguf(m), "tokenizer.chat_template", &tmpl, NULL);
-        if (!tmpl || !strstr(tmpl, "<|im_start|>")) {
-            fprintf(stderr, "tnn generate: --chat supports ChatML templates (<|im_start|>); this "
-                            "model's template is %s\n", tmpl ? "another one" : "missing");
-            lm_tokenizer_free(tok);
-            lm_llama_free(m);
-            return 1;
-        }
-        const char *sys = strstr(tmpl, "You are a helpful AI assistant named SmolLM")
-                              ? "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
-                              : "You are a helpful assistant.";
-        size_t need = strlen(prompt) + strlen(sys) + 128;
-        text = malloc(need);
-        if (text)
-            snprintf(text, need, "<|im_start|>system\n%s<|im_end|>\n<|im_start|>user\n%s"
-                                 "<|im_end|>\n<|im_start|>assistant\n", sys, prompt);
+    const char *prompt = o.prompt;
+    int rc = TNN_OK;
+    if (o.chat && o.system) {
+        const char *roles[2] = {"system", "user"}, *contents[2] = {o.system, o.prompt};
+        int64_t need = tnn_llm_chat_format(m, NULL, roles, contents, 2, 1, NULL, 0);
+        text = need >= 0 ? malloc((size_t)need + 1) : NULL;
+        rc = need < 0 ? (int)need : text ? TNN_OK : TNN_ERR_NOMEM;
+        if (text) tnn_llm_chat_format(m, NULL, roles, contents, 2, 1, text, (size_t)need + 1);
+        prompt = text;
     }
-    const char *input = text ? text : prompt;
-    int32_t need = lm_tokenize(tok, input, strlen(input), LM_ADD_BOS_MODEL, chat, NULL, 0);
-    int32_t *ids = need > 0 ? malloc(sizeof *ids * (size_t)need) : NULL;
-    int rc = need > 0 && ids ? TNN_OK : 1;
-    if (need <= 0)
-        fprintf(stderr, "tnn generate: the prompt gives no tokens%s%s\n", need < 0 ? ": " : "",
-                need < 0 ? tnn_last_error() : "");
-    if (rc == TNN_OK) lm_tokenize(tok, input, strlen(input), LM_ADD_BOS_MODEL, chat, ids, need);
-    const lm_llama_hparams *hp = lm_llama_hparams_of(m);
-    float *logits = malloc(sizeof(float) * (size_t)hp->n_vocab);
-    int *recent = malloc(sizeof(int) * ((size_t)need + (size_t)n + 1));
-    lm_sampler sm;
-    const char *why = NULL;
-    bool have_sm = false;
-    if (rc == TNN_OK && (!logits || !recent)) rc = 1;
-    if (rc == TNN_OK && lm_sampler_init(&sm, &sp, hp->n_vocab, &why)) {
-        fprintf(stderr, "tnn generate: sampler: %s\n", why);
-        rc = 1;
-    } else if (rc == TNN_OK) {
-        have_sm = true;
-    }
-    lm_detokenizer *dt = lm_detokenizer_new(tok, 0);
-    double t0 = now_s(), t1 = t0, t2 = t0;
-    int produced = 0;
-    if (rc == TNN_OK && dt) {
-        if (!chat) fputs(prompt, stdout);
-        fflush(stdout);
-        rc = lm_llama_eval(m, ids, need, logits);
-        t1 = now_s();
-        for (int i = 0; i < need; i++) recent[i] = ids[i];
-        int nr = need;
-        while (rc == TNN_OK && produced < n) {
-            int next = lm_sample(&sm, logits, recent + (nr > 64 ? nr - 64 : 0), nr > 64 ? 64 : nr);
-            recent[nr++] = next;
-            produced++;
-            if (lm_token_is_eog(tok, next)) break;
-            size_t len;
-            const char *piece = lm_detokenizer_feed(dt, next, &len);
-            if (piece) fwrite(piece, 1, len, stdout);
-            fflush(stdout);
-            if (produced < n) rc = lm_llama_eval(m, &next, 1, logits);
-        }
-        size_t len;
-        const char *rest = lm_detokenizer_flush(dt, &len);
-        if (rest) fwrite(rest, 1, len, stdout);
-        t2 = now_s();
-        fputc('\n', stdout);
-        fflush(stdout);
-    }
-    if (rc != TNN_OK && tnn_last_error()[0]) fprintf(stderr, "tnn generate: %s\n", tnn_last_error());
-    else if (rc == TNN_OK)
-        fprintf(stderr, "prompt: %d tokens, %.1f tokens/s; generation: %d tokens, %.1f tokens/s\n",
-                need, need / (t1 - t0 > 0 ? t1 - t0 : 1e-9), produced,
-                produced / (t2 - t1 > 0 ? t2 - t1 : 1e-9));
-    lm_detokenizer_free(dt);
-    if (have_sm) lm_sampler_free(&sm);
-    free(recent);
-    free(logits);
-    free(ids);
+    gen_sink sink = {0};
+    if (!o.chat) fputs(o.prompt, stdout);
+    int flags = o.chat && !o.system ? TNN_GEN_CHAT : 0;
+    int64_t r = rc ? rc : tnn_llm_generate(m, sm, prompt, o.n, flags, print_text, &sink, NULL, 0);
+    fputc('\n', stdout);
+    fflush(stdout);
+    if (r < 0) fprintf(stderr, "tnn generate: %s\n", tnn_last_error());
+    else print_stats(m);
     free(text);
-    lm_tokenizer_free(tok);
-    lm_llama_free(m);
-    return rc == TNN_OK ? 0 : 1;
+    tnn_sampler_free(sm);
+    tnn_llm_close(m);
+    return r < 0 ? 1 : 0;
+}
+
+/* `tnn chat`: a conversation on stdin and stdout, one line a turn; the
+ * cache keeps what the turns before computed. */
+static int cmd_chat(int argc, char **argv) {
+    gen_opts o;
+    tnn_llm *m;
+    tnn_sampler *sm;
+    if (!parse_gen_opts("chat", argc, argv, &o)) return 2;
+    if (!open_gen("chat", &o, &m, &sm)) return 1;
+    const char **roles = NULL, **contents = NULL;
+    char **owned = NULL;
+    int n = 0, cap = 0, rc = 0;
+    char line[8192];
+    gen_sink sink = {.keep = true};
+    if (o.system) {
+        roles = malloc(sizeof *roles * 8);
+        contents = malloc(sizeof *contents * 8);
+        owned = calloc(8, sizeof *owned);
+        cap = 8;
+        if (!roles || !contents || !owned) rc = 1;
+        else roles[n] = "system", contents[n++] = o.system;
+    }
+    fprintf(stderr, "(one line a turn; an empty line or end of input ends the chat)\n");
+    while (!rc) {
+        fputs("> ", stdout);
+        fflush(stdout);
+        if (!fgets(line, sizeof line, stdin)) break;
+        size_t len = strlen(line);
+        while (len && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
+        if (!len) break;
+        if (n + 2 > cap) {
+            int nc = cap ? cap * 2 : 8;
+            const char **nr = realloc(roles, sizeof *nr * (size_t)nc);
+            if (nr) roles = nr;
+            const char **ncn = realloc(contents, sizeof *ncn * (size_t)nc);
+            if (ncn) contents = ncn;
+            char **no = realloc(owned, sizeof *no * (size_t)nc);
+            if (no) owned = no;
+            if (!nr || !ncn || !no) {
+                rc = 1;
+                break;
+            }
+            for (int i = cap; i < nc; i++) owned[i] = NULL;
+            cap = nc;
+        }
+        owned[n] = strdup(line);
+        if (!owned[n]) {
+            rc = 1;
+            break;
+        }
+        roles[n] = "user";
+        contents[n] = owned[n];
+        n++;
+        int64_t need = tnn_llm_chat_format(m, NULL, roles, contents, n, 1, NULL, 0);
+        char *text = need >= 0 ? malloc((size_t)need + 1) : NULL;
+        if (!text) {
+            fprintf(stderr, "tnn chat: %s\n", need < 0 ? tnn_last_error() : "out of memory");
+            rc = 1;
+            break;
+        }
+        tnn_llm_chat_format(m, NULL, roles, contents, n, 1, text, (size_t)need + 1);
+        sink.len = 0;
+        int64_t r = tnn_llm_generate(m, sm, text, o.n, TNN_GEN_REUSE, print_text, &sink, NULL, 0);
+        free(text);
+        fputc('\n', stdout);
+        if (r < 0) {
+            fprintf(stderr, "tnn chat: %s\n", tnn_last_error());
+            rc = 1;
+            break;
+        }
+        print_stats(m);
+        owned[n] = strdup(sink.text ? sink.text : "");
+        if (!owned[n]) {
+            rc = 1;
+            break;
+        }
+        roles[n] = "assistant";
+        contents[n] = owned[n];
+        n++;
+    }
+    for (int i = 0; owned && i < n; i++) free(owned[i]);
+    free(owned);
+    free(roles);
+    free(contents);
+    free(sink.text);
+    tnn_sampler_free(sm);
+    tnn_llm_close(m);
+    return rc;
 }
 
 int main(int argc, char **argv) {
@@ -587,6 +670,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "sample")) return cmd_sample(argc - 2, argv + 2);
     if (!strcmp(argv[1], "info")) return cmd_info(argc - 2, argv + 2);
     if (!strcmp(argv[1], "generate")) return cmd_generate(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "chat")) return cmd_chat(argc - 2, argv + 2);
     if (!strcmp(argv[1], "quantize")) return cmd_quantize(argc - 2, argv + 2);
     fprintf(stderr, "tnn: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
