@@ -982,6 +982,47 @@ TNN_API int64_t tnn_llm_generate(tnn_llm *m, tnn_sampler *s, const char *prompt,
 TNN_API int tnn_llm_last_stats(const tnn_llm *m, int32_t *n_prompt, int32_t *n_generated,
                                double *prompt_s, double *generate_s);
 
+/* ------------------------------------------------------------------------ */
+/* Training a language model from text                                      */
+/* ------------------------------------------------------------------------ */
+
+/* `tnn train` in a call: a llama-style transformer (RMSNorm, RoPE, SwiGLU,
+ * grouped-query attention, tied embeddings) trained from scratch on text
+ * files, tokens the files' bytes or a GGUF model's tokenizer's, AdamW with
+ * warm-up and a cosine schedule, validation on the last 10% of the text,
+ * and GGUF checkpoints: a checkpoint made with a tokenizer is a model that
+ * tnn_llm_open runs. */
+typedef struct tnn_trainer tnn_trainer;
+
+/* A trainer with tnn train's defaults: 4 layers, dim 128, 4 heads (2 kv),
+ * ff 352, seq 64, batch 16, 600 steps, warm-up 30, lr 3e-3, seed 1337. NULL
+ * on no memory. */
+TNN_API tnn_trainer *tnn_trainer_new(void);
+/* NULL is a no-op. */
+TNN_API void tnn_trainer_free(tnn_trainer *t);
+/* Sets an option by the name tnn train gives it, without the dashes, from
+ * its text (copied): "data" (adds a text file; at least one), "steps",
+ * "batch", "seq", "layers", "dim", "heads", "kv-heads", "ff", "lr",
+ * "warmup", "seed", "bf16" (0 or 1), "eval-every", "sample-every",
+ * "sample-len", "prompt", "temp", "top-k", "top-p", "log" (CSV file),
+ * "svg" (loss curve), "checkpoint" ("{step}" in the name becomes the step),
+ * "checkpoint-every", "resume" (a checkpoint to continue), "tokenizer" (a
+ * GGUF model whose tokenizer makes the tokens). TNN_ERR_ARG for an unknown
+ * name or a value out of range, naming the range. */
+TNN_API int tnn_trainer_set(tnn_trainer *t, const char *key, const char *value);
+/* Trains. The progress lines (losses, tokens/s, samples) go to on_log as
+ * they are written (NULL: nowhere). TNN_OK, or a status with the reason
+ * (unreadable text, a shape that does not work, a checkpoint that cannot
+ * be written, ...). */
+TNN_API int tnn_trainer_run(tnn_trainer *t, tnn_llm_text_fn on_log, void *user);
+/* Figures of the last successful run: steps done, the training loss of the
+ * first and the last step, the validation loss before training and at the
+ * end, tokens/s. Any pointer may be NULL. TNN_ERR_STATE before a run has
+ * finished. */
+TNN_API int tnn_trainer_result(const tnn_trainer *t, int32_t *steps, double *first_loss,
+                               double *last_loss, double *first_val_loss, double *val_loss,
+                               double *tokens_per_s);
+
 #ifdef __cplusplus
 }
 #endif

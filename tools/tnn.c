@@ -93,78 +93,15 @@ static bool parse_double(const char *s, double *out) {
     return true;
 }
 
-/* Parses the shared train/demo options; positional arguments are data
- * files. Returns false (after a message) on a bad option. */
-static bool parse_opts(int argc, char **argv, lm_train_opts *o, const char **files, int *nfiles,
-                       int *threads) {
+/* Sets the train/demo options on t (tnn_trainer_set: the option's name
+ * without the dashes); other arguments are data files, counted in *nfiles.
+ * Returns false (after a message) on a bad option. */
+static bool parse_opts(int argc, char **argv, tnn_trainer *t, int *nfiles, int *threads,
+                       const char **log_csv, const char **log_svg) {
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int n;
-        double x;
-#define INT_OPT(name, lo, hi, dst)                                                            \
-    if (!strcmp(a, name)) {                                                                   \
-        if (!v || !parse_int(v, lo, hi, &n)) {                                                \
-            fprintf(stderr, "tnn: %s wants an integer in %d..%d\n", name, lo, hi);            \
-            return false;                                                                     \
-        }                                                                                     \
-        dst = n;                                                                              \
-        i++;                                                                                  \
-        continue;                                                                             \
-    }
-#define DBL_OPT(name, dst)                                                                    \
-    if (!strcmp(a, name)) {                                                                   \
-        if (!v || !parse_double(v, &x)) {                                                     \
-            fprintf(stderr, "tnn: %s wants a number\n", name);                                \
-            return false;                                                                     \
-        }                                                                                     \
-        dst = x;                                                                              \
-        i++;                                                                                  \
-        continue;                                                                             \
-    }
-#define STR_OPT(name, dst)                                                                    \
-    if (!strcmp(a, name)) {                                                                   \
-        if (!v) {                                                                             \
-            fprintf(stderr, "tnn: %s wants a value\n", name);                                 \
-            return false;                                                                     \
-        }                                                                                     \
-        dst = v;                                                                              \
-        i++;                                                                                  \
-        continue;                                                                             \
-    }
-        if (!strcmp(a, "--steps")) {
-            if (!v || !parse_int(v, 1, 100000000, &n)) {
-                fprintf(stderr, "tnn: --steps wants an integer in 1..100000000\n");
-                return false;
-            }
-            o->steps = o->steps_override = n;
-            i++;
-            continue;
-        }
-        INT_OPT("--batch", 1, 65536, o->batch)
-        INT_OPT("--seq", 2, 65536, o->model.seq_len)
-        INT_OPT("--layers", 1, 64, o->model.n_layer)
-        INT_OPT("--dim", 2, 65536, o->model.d_model)
-        INT_OPT("--heads", 1, 1024, o->model.n_head)
-        INT_OPT("--kv-heads", 1, 1024, o->model.n_kv_head)
-        INT_OPT("--ff", 1, 1 << 20, o->model.d_ff)
-        INT_OPT("--warmup", 0, 100000000, o->warmup)
-        INT_OPT("--threads", 1, 256, *threads)
-        INT_OPT("--eval-every", 0, 100000000, o->eval_every)
-        INT_OPT("--sample-every", 0, 100000000, o->sample_every)
-        INT_OPT("--sample-len", 0, 1000000, o->sample_len)
-        INT_OPT("--top-k", 0, 1000000, o->sampler.top_k)
-        DBL_OPT("--lr", o->lr)
-        DBL_OPT("--temp", o->sampler.temperature)
-        DBL_OPT("--top-p", o->sampler.top_p)
-        STR_OPT("--prompt", o->sample_prompt)
-        STR_OPT("--log", o->log_csv)
-        STR_OPT("--svg", o->log_svg)
-        STR_OPT("--checkpoint", o->checkpoint)
-        STR_OPT("--resume", o->resume)
-        STR_OPT("--tokenizer", o->tokenizer)
-        INT_OPT("--checkpoint-every", 0, 100000000, o->checkpoint_every)
         if (!strcmp(a, "--bf16")) {
-            o->optim.bf16 = true;
+            tnn_trainer_set(t, "bf16", "1");
             /* the f32 products left on a GPU (attention's) in TF32, unless
              * TNN_CUDA_TF32 says otherwise: still finer than bf16 */
             setenv("TNN_CUDA_TF32", "1", 0);
@@ -174,32 +111,36 @@ static bool parse_opts(int argc, char **argv, lm_train_opts *o, const char **fil
             setenv("TNN_CUDA_TF32", "1", 1);
             continue;
         }
-        if (!strcmp(a, "--seed")) {
-            if (!v || !parse_double(v, &x) || x < 0) {
-                fprintf(stderr, "tnn: --seed wants a non-negative integer\n");
+        if (a[0] != '-' || !a[1]) {
+            if (tnn_trainer_set(t, "data", a) != TNN_OK) {
+                fprintf(stderr, "tnn: %s\n", tnn_last_error());
                 return false;
             }
-            o->seed = (uint64_t)x;
-            o->sampler.seed = o->seed;
-            i++;
+            (*nfiles)++;
             continue;
         }
-        if (a[0] == '-' && a[1]) {
-            fprintf(stderr, "tnn: unknown option %s (tnn help lists them)\n", a);
+        if (!v) {
+            fprintf(stderr, "tnn: %s wants a value\n", a);
             return false;
         }
-        files[(*nfiles)++] = a;
-    }
-    o->optim.lr = o->lr;
-    const char *why = lm_config_problem(&o->model);
-    if (why) {
-        fprintf(stderr, "tnn: model shape: %s\n", why);
+        i++;
+        if (!strcmp(a, "--threads")) {
+            if (!parse_int(v, 1, 256, threads)) {
+                fprintf(stderr, "tnn: --threads wants an integer in 1..256\n");
+                return false;
+            }
+            continue;
+        }
+        if (!strncmp(a, "--", 2) && tnn_trainer_set(t, a + 2, v) == TNN_OK) {
+            if (!strcmp(a, "--log")) *log_csv = v;
+            if (!strcmp(a, "--svg")) *log_svg = v;
+            continue;
+        }
+        fprintf(stderr, "tnn: %s%s\n", strncmp(a, "--", 2) ? "unknown option: " : "",
+                strncmp(a, "--", 2) ? a : tnn_last_error());
         return false;
     }
     return true;
-#undef INT_OPT
-#undef DBL_OPT
-#undef STR_OPT
 }
 
 /* The demo corpus: fortunes from Debian's `fortunes` package (installed by
@@ -223,56 +164,61 @@ static int demo_corpus(const char **files, int max, glob_t *g) {
     return n;
 }
 
+static int print_log(const char *text, size_t len, void *user) {
+    fwrite(text, 1, len, stdout);
+    fflush(stdout);
+    return 0;
+}
+
 static int cmd_train(int argc, char **argv, bool demo) {
-    lm_train_opts o = lm_train_defaults();
+    tnn_trainer *t = tnn_trainer_new();
+    if (!t) {
+        fprintf(stderr, "tnn: %s\n", tnn_last_error());
+        return 1;
+    }
+    const char *log_csv = NULL, *log_svg = NULL;
     if (demo) {
-        o.steps = 1200; /* about a minute and a half on 2 idle cores */
-        o.eval_every = 200;
-        o.sample_len = 400;
-        o.log_csv = "tnn-demo-loss.csv";
-        o.log_svg = "tnn-demo-loss.svg";
+        tnn_trainer_set(t, "steps", "1200"); /* about a minute and a half on 2 idle cores */
+        tnn_trainer_set(t, "eval-every", "200");
+        tnn_trainer_set(t, "sample-len", "400");
+        tnn_trainer_set(t, "log", log_csv = "tnn-demo-loss.csv");
+        tnn_trainer_set(t, "svg", log_svg = "tnn-demo-loss.svg");
     }
-    const char *files[64];
-    int nfiles = 0, threads = 0;
-    if (argc > 60) {
-        fprintf(stderr, "tnn: at most 60 arguments\n");
-        return 2;
-    }
-    if (!parse_opts(argc, argv, &o, files, &nfiles, &threads)) return 2;
+    int nfiles = 0, threads = 0, rc = 2;
     glob_t g = {0};
+    if (!parse_opts(argc, argv, t, &nfiles, &threads, &log_csv, &log_svg)) goto done;
     if (nfiles == 0 && demo) {
+        const char *files[64];
         nfiles = demo_corpus(files, 64, &g);
         if (nfiles == 0) {
             fprintf(stderr, "tnn demo: no corpus found (install Debian's fortunes package)\n");
-            return 1;
+            rc = 1;
+            goto done;
         }
+        for (int i = 0; i < nfiles; i++) tnn_trainer_set(t, "data", files[i]);
         printf("corpus: %s%s (%d files)\n", files[0],
                strstr(files[0], "fortunes") ? " and more fortune files" : " and more", nfiles);
     }
-    if (nfiles == 0 && o.resume) {
-        fprintf(stderr, "tnn train: --resume needs the same text files as the run it continues\n");
-        return 2;
-    }
     if (nfiles == 0) {
-        fprintf(stderr, "tnn train: give one or more text files\n");
-        return 2;
+        fprintf(stderr, "tnn train: give one or more text files%s\n",
+                " (--resume needs the same text files as the run it continues)");
+        goto done;
     }
     if (threads > 0 && tnn_set_num_threads(threads) != TNN_OK) {
         fprintf(stderr, "tnn: %s\n", tnn_last_error());
-        return 2;
+        goto done;
     }
-    o.data_files = files;
-    o.n_data_files = nfiles;
-    o.out = stdout;
-    lm_train_result r;
-    int rc = lm_train(&o, &r);
-    if (rc == 0) {
+    rc = tnn_trainer_run(t, print_log, NULL) == TNN_OK ? 0 : 1;
+    int32_t steps;
+    double l0, l1, v0, v1, tps;
+    if (rc == 0 && tnn_trainer_result(t, &steps, &l0, &l1, &v0, &v1, &tps) == TNN_OK) {
         printf("done: %d steps, training loss %.3f -> %.3f, validation loss %.3f -> %.3f, "
-               "%.0f tokens/s\n", r.steps_done, r.first_loss, r.last_loss, r.first_val,
-               r.last_val, r.tokens_per_s);
-        if (o.log_csv) printf("loss log: %s, loss curve: %s\n", o.log_csv, o.log_svg ? o.log_svg : "-");
+               "%.0f tokens/s\n", steps, l0, l1, v0, v1, tps);
+        if (log_csv) printf("loss log: %s, loss curve: %s\n", log_csv, log_svg ? log_svg : "-");
     }
+done:
     globfree(&g);
+    tnn_trainer_free(t);
     return rc;
 }
 
