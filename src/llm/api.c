@@ -291,23 +291,10 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-typedef struct {
-    char *out;
-    size_t cap, len;
-} text_out;
-
-static void text_put(text_out *t, const char *s, size_t n) {
-    if (t->len < t->cap) {
-        size_t room = t->cap - t->len;
-        memcpy(t->out + t->len, s, n < room ? n : room);
-    }
-    t->len += n;
-}
-
 /* Hands out a piece of text; 1 when the caller asked to stop. */
-static int emit(text_out *t, const char *s, size_t n, tnn_llm_text_fn fn, void *user) {
+static int emit(lm_text *t, const char *s, size_t n, tnn_llm_text_fn fn, void *user) {
     if (!s || !n) return 0;
-    text_put(t, s, n);
+    lm_text_put(t, s, n);
     return fn && fn(s, n, user) != 0;
 }
 
@@ -364,7 +351,7 @@ int64_t tnn_llm_generate(tnn_llm *m, tnn_sampler *s, const char *prompt, int32_t
     lm_llama_rewind(m->lm, keep);
     lm_sampler greedy_sm;
     lm_sampler *sm = NULL;
-    text_out t = {out, cap, 0};
+    lm_text t = {out, cap, 0};
     lm_detokenizer *dt = lm_detokenizer_new(m->tok, 0);
     int32_t *recent = malloc(sizeof *recent * 64); /* the repetition penalty's window */
     if (!dt || !recent) rc = TNN_ERR(TNN_ERR_NOMEM, "out of memory");

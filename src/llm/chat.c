@@ -24,13 +24,7 @@ int lm_chat_kind_of(const char *tmpl) {
     return -1;
 }
 
-/* The text is built like snprintf: everything counted, what fits written. */
-typedef struct {
-    char *out;
-    size_t cap, len;
-} writer;
-
-static void put_n(writer *w, const char *s, size_t n) {
+void lm_text_put(lm_text *w, const char *s, size_t n) {
     if (w->len < w->cap) {
         size_t room = w->cap - w->len;
         memcpy(w->out + w->len, s, n < room ? n : room);
@@ -38,17 +32,18 @@ static void put_n(writer *w, const char *s, size_t n) {
     w->len += n;
 }
 
-static void put(writer *w, const char *s) { put_n(w, s, strlen(s)); }
+
+static void put(lm_text *w, const char *s) { lm_text_put(w, s, strlen(s)); }
 
 /* Jinja's trim: ASCII white space off both ends (or only the end). */
-static void put_trim(writer *w, const char *s, bool left) {
+static void put_trim(lm_text *w, const char *s, bool left) {
     size_t a = 0, b = strlen(s);
     while (left && a < b && strchr(" \t\n\r\v\f", s[a])) a++;
     while (b > a && strchr(" \t\n\r\v\f", s[b - 1])) b--;
-    put_n(w, s + a, b - a);
+    lm_text_put(w, s + a, b - a);
 }
 
-static void put_trimmed(writer *w, const char *s) { put_trim(w, s, true); }
+static void put_trimmed(lm_text *w, const char *s) { put_trim(w, s, true); }
 
 /* The literal after `marker` (then a newline, real or written \n) up to
  * `end` in a template: a default the template writes itself. NULL when
@@ -78,13 +73,13 @@ static bool role_ok(const char *r) {
     return !strcmp(r, "system") || !strcmp(r, "user") || !strcmp(r, "assistant");
 }
 
-static void chatml(writer *w, const char *tmpl, const char *const *roles,
+static void chatml(lm_text *w, const char *tmpl, const char *const *roles,
                    const char *const *contents, int32_t n, int add_assistant) {
     size_t dl = 0;
     const char *def = template_literal(tmpl, "<|im_start|>system", "<|im_end|>", &dl);
     if (def && strcmp(roles[0], "system")) {
         put(w, "<|im_start|>system\n");
-        put_n(w, def, dl);
+        lm_text_put(w, def, dl);
         put(w, "<|im_end|>\n");
     }
     for (int32_t i = 0; i < n; i++) {
@@ -97,13 +92,13 @@ static void chatml(writer *w, const char *tmpl, const char *const *roles,
     if (add_assistant) put(w, "<|im_start|>assistant\n");
 }
 
-static void llama3_header(writer *w, const char *role) {
+static void llama3_header(lm_text *w, const char *role) {
     put(w, "<|start_header_id|>");
     put(w, role);
     put(w, "<|end_header_id|>\n\n");
 }
 
-static void llama3(writer *w, const char *tmpl, const char *const *roles,
+static void llama3(lm_text *w, const char *tmpl, const char *const *roles,
                    const char *const *contents, int32_t n, int add_assistant) {
     int32_t i = 0;
     if (tmpl && strstr(tmpl, "Cutting Knowledge Date")) {
@@ -138,7 +133,7 @@ static void llama3(writer *w, const char *tmpl, const char *const *roles,
     if (add_assistant) llama3_header(w, "assistant");
 }
 
-static void zephyr(writer *w, const char *eos, const char *const *roles,
+static void zephyr(lm_text *w, const char *eos, const char *const *roles,
                    const char *const *contents, int32_t n, int add_assistant) {
     for (int32_t i = 0; i < n; i++) {
         put(w, "<|");
@@ -152,7 +147,7 @@ static void zephyr(writer *w, const char *eos, const char *const *roles,
 }
 
 /* Roles must alternate user / assistant after an optional system message. */
-static int llama2(writer *w, const char *bos, const char *eos, const char *const *roles,
+static int llama2(lm_text *w, const char *bos, const char *eos, const char *const *roles,
                   const char *const *contents, int32_t n) {
     int32_t first = strcmp(roles[0], "system") ? 0 : 1;
     for (int32_t i = first; i < n; i++) {
@@ -205,7 +200,7 @@ int64_t lm_chat_format(int kind, const char *tmpl, const char *bos, const char *
             return TNN_ERR(TNN_ERR_ARG, "message %d: role '%s' is not a plain word", (int)i,
                            roles[i]);
     }
-    writer w = {out, cap, 0};
+    lm_text w = {out, cap, 0};
     int rc = TNN_OK;
     if (kind == LM_CHAT_CHATML) chatml(&w, tmpl, roles, contents, n, add_assistant);
     else if (kind == LM_CHAT_LLAMA3) llama3(&w, tmpl, roles, contents, n, add_assistant);

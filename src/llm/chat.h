@@ -23,6 +23,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Text built like snprintf: every byte counted, what fits written (to
+ * out[0..cap)). */
+typedef struct {
+    char *out;
+    size_t cap, len;
+} lm_text;
+
+void lm_text_put(lm_text *w, const char *s, size_t n);
+
 typedef enum lm_chat_kind {
     LM_CHAT_CHATML = 0,
     LM_CHAT_LLAMA3 = 1,
