@@ -21,6 +21,20 @@
 
 #define MODEL TNN_MODEL_FILE
 
+/* The twin built with TNN_TEST_CUDA (tests/CMakeLists.txt) opens its models
+ * on the CUDA backend: the GPU, or the CPU emulator build. */
+#ifdef TNN_TEST_CUDA
+#define LLM_FLAGS TNN_LLM_CUDA
+#define N_GREEDY 8 /* the emulator runs a token in about 0.1 s: fewer of them */
+#define N_PROMPTS 2
+#define SIZE_STEP 12
+#else
+#define LLM_FLAGS 0
+#define N_GREEDY 32
+#define N_PROMPTS 8
+#define SIZE_STEP 3
+#endif
+
 static const char *const SYS_ROLES[4] = {"system", "user", "assistant", "user"};
 static const char *const SYS_TEXTS[4] = {"You are terse. ", "Hello", "  Hi there  ",
                                          " Who are you?\n"};
@@ -207,7 +221,7 @@ static void test_model(void) {
     CHECK_NULL(tnn_llm_open("/nonexistent.gguf", 0, 0), TNN_ERR_IO, "/nonexistent.gguf");
     CHECK_NULL(tnn_llm_open(MODEL, -1, 0), TNN_ERR_ARG, "n_ctx");
     CHECK_NULL(tnn_llm_open(MODEL, 0, 64), TNN_ERR_ARG, "flags");
-    tnn_llm *m = tnn_llm_open(MODEL, 256, 0);
+    tnn_llm *m = tnn_llm_open(MODEL, 256, LLM_FLAGS);
     CHECK(m, "open: %s", tnn_last_error());
     if (!m) return;
     CHECK(tnn_llm_n_vocab(m) == 49152 && tnn_llm_n_ctx(m) == 256 && tnn_llm_n_embd(m) == 576 &&
@@ -223,7 +237,7 @@ static void test_model(void) {
     int ng = read_golden(g, 8);
     CHECK(ng >= 4, "golden file: %d records", ng);
     int32_t ids[64];
-    for (int r = 0; r < ng; r++) {
+    for (int r = 0; r < ng && r < N_PROMPTS; r++) {
         /* the prompt's ids, as llama.cpp tokenized it (special texts parsed) */
         int32_t n = tnn_llm_tokenize(m, g[r].text, strlen(g[r].text),
                                      TNN_TOK_ADD_SPECIAL | TNN_TOK_PARSE_SPECIAL, ids, 64);
@@ -236,25 +250,27 @@ static void test_model(void) {
         float *lg = malloc(sizeof(float) * (size_t)tnn_llm_n_vocab(m));
         CHECK_OK(tnn_llm_rewind(m, 0));
         CHECK_OK(tnn_llm_eval(m, ids, n, lg));
-        while (ne < 32) {
+        while (ne < N_GREEDY) {
             int32_t t = 0;
             for (int32_t i = 1; i < tnn_llm_n_vocab(m); i++)
                 if (lg[i] > lg[t]) t = i;
             if (tnn_llm_token_is_eog(m, t)) break;
             want_ids[ne++] = t;
-            if (ne < 32) CHECK_OK(tnn_llm_eval(m, &t, 1, lg));
+            if (ne < N_GREEDY) CHECK_OK(tnn_llm_eval(m, &t, 1, lg));
         }
         free(lg);
         char want[1024];
         int64_t wl = tnn_llm_detokenize(m, want_ids, (size_t)ne, 0, want, sizeof want);
         char out[1024];
         sink k = {.stop_after = -1};
-        int64_t len = tnn_llm_generate(m, NULL, g[r].text, 32, 0, collect, &k, out, sizeof out);
+        int64_t len = tnn_llm_generate(m, NULL, g[r].text, N_GREEDY, 0, collect, &k, out,
+                                       sizeof out);
         CHECK(len == wl && !strcmp(out, want) && !strcmp(k.text, want),
               "prompt %d greedy:\n got  [%s]\n want [%s]", r, out, want);
         int32_t np, ngen;
         tnn_llm_last_stats(m, &np, &ngen, NULL, NULL);
-        CHECK(np == g[r].n_prompt && ngen == (ne < 32 ? ne + 1 : 32), "stats %d %d", np, ngen);
+        CHECK(np == g[r].n_prompt && ngen == (ne < N_GREEDY ? ne + 1 : N_GREEDY), "stats %d %d",
+              np, ngen);
     }
 
     /* eval + sampler + rewind: the same as generate; the logits of a
@@ -301,17 +317,17 @@ static void test_model(void) {
      * answer stops at <|im_end|>; a second turn reusing the cache gives
      * the answer a fresh cache gives */
     sink k1 = {.stop_after = -1}, k2 = {.stop_after = -1}, k3 = {.stop_after = -1};
-    int64_t a1 = tnn_llm_generate(m, NULL, "What is the capital of France?", 64, TNN_GEN_CHAT,
+    int64_t a1 = tnn_llm_generate(m, NULL, "What is the capital of France?", 16, TNN_GEN_CHAT,
                                   collect, &k1, NULL, 0);
     CHECK(a1 > 0 && strstr(k1.text, "Paris"), "chat answer: [%s]", k1.text);
     const char *roles[3] = {"user", "assistant", "user"};
     const char *texts[3] = {"What is the capital of France?", k1.text, "And of Germany?"};
     char *conv = chat(m, NULL, roles, texts, 3, 1);
     int32_t np1 = 0, np2 = 0;
-    int64_t a2 = conv ? tnn_llm_generate(m, NULL, conv, 64, TNN_GEN_REUSE, collect, &k2, NULL, 0)
+    int64_t a2 = conv ? tnn_llm_generate(m, NULL, conv, 16, TNN_GEN_REUSE, collect, &k2, NULL, 0)
                       : -1;
     tnn_llm_last_stats(m, &np1, NULL, NULL, NULL);
-    int64_t a3 = conv ? tnn_llm_generate(m, NULL, conv, 64, 0, collect, &k3, NULL, 0) : -1;
+    int64_t a3 = conv ? tnn_llm_generate(m, NULL, conv, 16, 0, collect, &k3, NULL, 0) : -1;
     tnn_llm_last_stats(m, &np2, NULL, NULL, NULL);
     CHECK(a2 > 0 && a2 == a3 && !strcmp(k2.text, k3.text) && strstr(k2.text, "Berlin"),
           "second turn: reused [%s], fresh [%s]", k2.text, k3.text);
@@ -321,7 +337,7 @@ static void test_model(void) {
     /* a callback that stops; text into a short buffer */
     sink ks = {.stop_after = 2};
     char shortbuf[4];
-    int64_t ls = tnn_llm_generate(m, NULL, g[1].text, 32, 0, collect, &ks, shortbuf, 4);
+    int64_t ls = tnn_llm_generate(m, NULL, g[1].text, 8, 0, collect, &ks, shortbuf, 4);
     CHECK(ks.calls == 2 && ls == (int64_t)ks.len && ls >= 4 && !memcmp(shortbuf, ks.text, 4),
           "stopped after %d pieces, %lld bytes", ks.calls, (long long)ls);
 
@@ -329,8 +345,8 @@ static void test_model(void) {
     tnn_sampler *s1 = tnn_sampler_new(0.9, 40, 0.95, 0.05, 1.1, 42);
     tnn_sampler *s2 = tnn_sampler_new(0.9, 40, 0.95, 0.05, 1.1, 42);
     char o1[1024], o2[1024];
-    int64_t r1 = tnn_llm_generate(m, s1, g[1].text, 24, 0, NULL, NULL, o1, sizeof o1);
-    int64_t r2 = tnn_llm_generate(m, s2, g[1].text, 24, 0, NULL, NULL, o2, sizeof o2);
+    int64_t r1 = tnn_llm_generate(m, s1, g[1].text, 12, 0, NULL, NULL, o1, sizeof o1);
+    int64_t r2 = tnn_llm_generate(m, s2, g[1].text, 12, 0, NULL, NULL, o2, sizeof o2);
     CHECK(r1 > 0 && r1 == r2 && !strcmp(o1, o2), "same seed: [%s] / [%s]", o1, o2);
     tnn_sampler_free(s1);
     tnn_sampler_free(s2);
@@ -339,7 +355,7 @@ static void test_model(void) {
      * prompt graph in place) keep giving the first one's answer */
     char base[1024], again[1024];
     tnn_llm_generate(m, NULL, g[0].text, 8, 0, NULL, NULL, base, sizeof base);
-    for (int len = 2; len < 40; len += 3) {
+    for (int len = 2; len < 40; len += SIZE_STEP) {
         char text[256];
         snprintf(text, sizeof text, "%.*s", len, "A list of words: apple, banana, cherry, grape, "
                                                   "lemon, mango, peach.");
@@ -356,7 +372,7 @@ static void test_model(void) {
 
     /* a small context: a prompt that does not fit, and generation that
      * fills it stops there */
-    m = tnn_llm_open(MODEL, 16, TNN_LLM_KV_F32);
+    m = tnn_llm_open(MODEL, 16, TNN_LLM_KV_F32 | LLM_FLAGS);
     CHECK(m, "open n_ctx 16: %s", tnn_last_error());
     if (!m) return;
     const char *long_prompt = "one two three four five six seven eight nine ten eleven twelve "
@@ -373,6 +389,8 @@ static void test_model(void) {
 }
 
 /* ---- training through tnn_trainer_* ---- */
+
+#ifndef TNN_TEST_CUDA /* the training graphs' CUDA runs: test_parity and test_train */
 
 typedef struct {
     int lines, steps;
@@ -476,15 +494,19 @@ static void test_trainer(void) {
     unlink(ck);
     unlink(corpus);
 }
+#endif
 
 int main(void) {
+    TH_USE_CUDA("test_llm_api");
     test_chat_families();
     CHECK_ERR(tnn_llm_n_vocab(NULL), TNN_ERR_ARG, "NULL");
     CHECK_ERR(tnn_llm_eval(NULL, NULL, 0, NULL), TNN_ERR_ARG, "NULL");
     CHECK(tnn_llm_arch(NULL) == NULL && tnn_llm_gguf(NULL) == NULL, "NULL model");
     tnn_llm_close(NULL);
     tnn_sampler_free(NULL);
+#ifndef TNN_TEST_CUDA
     test_trainer();
+#endif
     FILE *probe = fopen(MODEL, "rb");
     if (probe) {
         fclose(probe);

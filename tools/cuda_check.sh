@@ -53,7 +53,7 @@ fi
 
 note "== CUDA suite"
 step test_cuda 120 "$BIN/tests/test_cuda"
-for t in test_ops_cuda test_autograd_cuda test_arch_cuda test_parity_cuda test_llama_cuda; do
+for t in test_ops_cuda test_autograd_cuda test_arch_cuda test_parity_cuda test_llama_cuda test_llm_api_cuda; do
   [ -x "$BIN/tests/$t" ] && step $t 120 "$BIN/tests/$t"
 done
 TNN_CUDA_GEMM=own step test_cuda_owngemm 120 "$BIN/tests/test_cuda"
