@@ -72,6 +72,7 @@ rng = Random.new(7)
 a = rand_mat(rng, 5, 7)
 b = rand_mat(rng, 7, 3)
 bt = rand_mat(rng, 4, 7)
+a2 = rand_mat(rng, 5, 3)
 x = rand_mat(rng, 4, 6)
 y = rand_mat(rng, 4, 6)
 gamma = Array.new(6) { f32(0.5 + rng.rand) }
@@ -84,6 +85,9 @@ C.tnn_mat_matmul(TinyNN.doubles(a.flat), 5, 7, TinyNN.doubles(b.flat), 7, 3, out
 check(out.read_array_of_double(15) == c.flat, "matmul: the one-call tnn_mat_matmul differs")
 want_t = Array.new(5 * 4) { |k| i, j = k.divmod(4); (0...7).sum { |t| a.flat[i * 7 + t] * bt.flat[j * 7 + t] } }
 close("matmul_t", TinyNN.matmul_t(a, bt), want_t, 1e-4, 1e-4)
+
+want_tm = Array.new(7 * 3) { |k| i, j = k.divmod(3); (0...5).sum { |t| a.flat[t * 7 + i] * a2.flat[t * 3 + j] } }
+close("t_matmul", TinyNN.t_matmul(a, a2), want_tm, 1e-4, 1e-4)
 
 # element-wise and rows
 close("add", TinyNN.add(x, y), x.flat.zip(y.flat).map { |p, q| p + q })
@@ -136,24 +140,44 @@ close("sgd_step", TinyNN.sgd_step(x, y, 0.1), x.flat.zip(y.flat).map { |p, q| p 
 table = rand_mat(rng, 10, 4)
 close("embed_lookup", TinyNN.embed_lookup(table, [3, 0, 9, 3]),
       [3, 0, 9, 3].flat_map { |i| table.flat[i * 4, 4] })
+want_eb = Array.new(10 * 4, 0.0)
+[3, 0, 9, 3].each_with_index { |r, i| 4.times { |k| want_eb[r * 4 + k] += table.flat[i * 4 + k] } }
+close("embed_back", TinyNN.embed_back(Mat.new(4, 4, table.flat[0, 16]), [3, 0, 9, 3], 10), want_eb)
+ce = TinyNN.cross_entropy_grad(x, [2, 5, 0], 3)
+want_ce = softmax_ref(x).each_with_index.map do |p, k|
+  i, v = k.divmod(6)
+  i < 3 ? (p - (v == [2, 5, 0][i] ? 1.0 : 0.0)) / 3 : p / 3
+end
+close("cross_entropy_grad", ce, want_ce)
 h = rand_mat(rng, 3, 4)
 w1 = rand_mat(rng, 4, 8, 0.5)
 w2 = rand_mat(rng, 8, 2, 0.5)
 hid = Mat.new(3, 8, ref_matmul(h, w1).map { |p| f32(gelu_ref(p)) })
 close("ffn_pipeline", TinyNN.ffn_pipeline(h, w1, w2), ref_matmul(hid, w2), 1e-4, 1e-3)
 
-# a persistent session: built once, run twice
-sess = C.tnn_session_new(0)
-ta = C.tnn_input_2d_f32(sess, 5, 7)
-tb = C.tnn_input_2d_f32(sess, 3, 7) # b transposed
-tc = C.tnn_matmul(sess, ta, tb)
-TinyNN.check(C.tnn_realize(sess, tc))
+# a persistent session through the module's helpers: built once, run twice
+sess = TinyNN.persistent_new(0)
+ta = TinyNN.alloc_2d(sess, 5, 7)
+tb = TinyNN.alloc_2d(sess, 3, 7) # b transposed
+tc = TinyNN.build_matmul(sess, ta, tb)
+tg = TinyNN.alloc_2d(sess, 1, 5) # the product is (3 x 5) row-major: b · aᵀ
+tn = TinyNN.build_rms_norm(sess, TinyNN.build_gelu(sess, tc), tg, 1e-5)
+C.tnn_set_output(tc)
+TinyNN.check(TinyNN.realize(sess, tn))
 [a, TinyNN.scale(a, -2.0)].each_with_index do |aa, k|
-  C.tnn_upload_from_float_array(sess, ta, TinyNN.doubles(aa.flat), 35)
-  C.tnn_upload_transposed_f64(sess, tb, TinyNN.doubles(b.flat), 7, 3)
-  TinyNN.check(C.tnn_compute(sess))
-  C.tnn_download(sess, tc)
-  close("persistent run #{k + 1}", TinyNN.read_matmul(sess, 5, 3), ref_matmul(aa, b), 1e-4, 1e-4)
+  TinyNN.upload_row_major(sess, ta, aa)
+  TinyNN.upload_transposed(sess, tb, b)
+  TinyNN.upload_row_major(sess, tg, Mat.new(1, 5, [1.0, 0.5, 2.0, 1.5, 0.25]))
+  TinyNN.check(TinyNN.compute(sess))
+  close("persistent run #{k + 1}", TinyNN.download_matmul(sess, tc, 5, 3), ref_matmul(aa, b), 1e-4, 1e-4)
+  ct = rows(Mat.new(5, 3, ref_matmul(aa, b))).transpose # (3 x 5)
+  want_chain = ct.flat_map do |r|
+    gr = r.map { |v| gelu_ref(v) }
+    inv = 1.0 / Math.sqrt(gr.sum { |v| v * v } / 5 + 1e-5)
+    gr.each_with_index.map { |v, i| v * inv * [1.0, 0.5, 2.0, 1.5, 0.25][i] }
+  end
+  close("persistent run #{k + 1}: rms_norm(gelu(.))", TinyNN.download_to_mat(sess, tn, 3, 5),
+        want_chain, 1e-4, 1e-4)
 end
 
 # errors: NULL or a status, with the reason

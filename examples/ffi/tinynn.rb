@@ -172,6 +172,22 @@ module TinyNN
     out
   end
 
+  # aᵀ @ b: both operands go in transposed.
+  def self.t_matmul(a, b)
+    sess = C.tnn_session_new(0)
+    ta_t = C.tnn_input_2d_f32(sess, a.ncols, a.nrows)
+    tb_t = C.tnn_input_2d_f32(sess, b.ncols, b.nrows)
+    tc = C.tnn_matmul(sess, ta_t, tb_t)
+    C.tnn_realize(sess, tc)
+    C.tnn_upload_transposed_f64(sess, ta_t, doubles(a.flat), a.nrows, a.ncols)
+    C.tnn_upload_transposed_f64(sess, tb_t, doubles(b.flat), b.nrows, b.ncols)
+    C.tnn_compute(sess)
+    C.tnn_download(sess, tc)
+    out = read_matmul(sess, a.ncols, b.ncols)
+    C.tnn_session_free(sess)
+    out
+  end
+
   def self.unary(a, out_rows, out_cols)
     sess = C.tnn_session_new(0)
     ta = C.tnn_input_2d_f32(sess, a.nrows, a.ncols)
@@ -265,8 +281,78 @@ module TinyNN
     out
   end
 
+  # Scatter-add: out[indices[i]] += d_out[i], out (vocab_size x d).
+  def self.embed_back(d_out, indices, vocab_size)
+    sess = C.tnn_session_new(0)
+    td = C.tnn_input_2d_f32(sess, d_out.nrows, d_out.ncols)
+    tidx = C.tnn_input_1d_i32(sess, indices.size)
+    tshape = C.tnn_input_2d_f32(sess, vocab_size, d_out.ncols)
+    tout = C.tnn_get_rows_back(sess, td, tidx, tshape)
+    C.tnn_realize(sess, tout)
+    stage_and_upload(sess, td, d_out)
+    indices.each_with_index { |x, i| C.tnn_scratch_set_i32(sess, i, x) }
+    C.tnn_upload(sess, tidx)
+    C.tnn_compute(sess)
+    C.tnn_download(sess, tout)
+    out = read_row_major(sess, vocab_size, d_out.ncols)
+    C.tnn_session_free(sess)
+    out
+  end
+
+  # (softmax(logits) - one_hot(targets)) / n_pred, composed from the methods.
+  def self.cross_entropy_grad(logits, targets, n_pred)
+    oh = Mat.new(logits.nrows, logits.ncols)
+    n_pred.times { |i| oh.flat[i * logits.ncols + targets[i]] = 1.0 }
+    add(scale(softmax(logits), 1.0 / n_pred), scale(oh, -1.0 / n_pred))
+  end
+
   # gelu(h @ w1) @ w2 as three one-shot calls.
   def self.ffn_pipeline(h, w1, w2) = matmul(gelu(matmul(h, w1)), w2)
+
+  # ---- persistent sessions: build a graph once, run it many times ----
+
+  def self.persistent_new(prefer_cuda) = C.tnn_session_new(prefer_cuda)
+  def self.persistent_free(sess) = C.tnn_session_free(sess)
+  def self.alloc_2d(sess, rows, cols) = C.tnn_input_2d_f32(sess, rows, cols)
+  def self.alloc_1d_i32(sess, n) = C.tnn_input_1d_i32(sess, n)
+  def self.build_matmul(sess, ta, tb) = C.tnn_matmul(sess, ta, tb)
+  def self.build_add(sess, ta, tb) = C.tnn_add(sess, ta, tb)
+  def self.build_gelu(sess, ta) = C.tnn_gelu(sess, ta)
+  def self.build_softmax(sess, ta) = C.tnn_softmax(sess, ta)
+  def self.build_scale(sess, ta, k) = C.tnn_scale(sess, ta, k)
+  def self.build_rms_norm(sess, tx, tgamma, eps) = C.tnn_rms_norm(sess, tx, tgamma, eps)
+  def self.realize(sess, result) = C.tnn_realize(sess, result)
+  def self.compute(sess) = C.tnn_compute(sess)
+
+  # One call: the Mat's values cross as one double array.
+  def self.upload_row_major(sess, tensor, mat)
+    C.tnn_upload_from_float_array(sess, tensor, doubles(mat.flat), mat.nrows * mat.ncols)
+  end
+
+  def self.upload_int_array(sess, tensor, indices)
+    C.tnn_upload_from_int_array(sess, tensor, int64s(indices), indices.size)
+  end
+
+  def self.upload_transposed(sess, tensor, mat)
+    C.tnn_upload_transposed_f64(sess, tensor, doubles(mat.flat), mat.nrows, mat.ncols)
+  end
+
+  def self.download_row_major(sess, tensor, rows, cols)
+    C.tnn_download(sess, tensor)
+    read_row_major(sess, rows, cols)
+  end
+
+  def self.download_to_mat(sess, tensor, rows, cols)
+    buf = FFI::MemoryPointer.new(:double, rows * cols)
+    C.tnn_download_to_f64_array(sess, tensor, buf, rows * cols)
+    Mat.new(rows, cols, buf.read_array_of_double(rows * cols))
+  end
+
+  # A tnn_matmul result holds (i, j) at scratch[j*m + i].
+  def self.download_matmul(sess, tensor, m, n)
+    C.tnn_download(sess, tensor)
+    read_matmul(sess, m, n)
+  end
 
   # ---- language models ----
 
