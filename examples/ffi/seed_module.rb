@@ -189,6 +189,23 @@ C.tnn_session_free(sess)
 check(C.tnn_input_2d_f32(sess, 2, 2).null? && C.tnn_last_error.include?("not a live session"),
       "a freed session: #{C.tnn_last_error}")
 
+# training a small model on bytes: the loss falls, the log comes to the block
+corpus = "/tmp/tnn-ruby-corpus-#{Process.pid}.txt"
+phrases = ["the cat sat on the mat. ", "a dog ran in the park. ", "we like to read books. "]
+File.write(corpus, Array.new(2500) { phrases[rng.rand(3)] }.join)
+log = +""
+r = TinyNN.train(data: [corpus], steps: 80, batch: 8, seq: 32, dim: 32, ff: 64, layers: 2,
+                 lr: 1e-2, warmup: 10, eval_every: 40, sample_len: 0) { |l| log << l }
+check(r[:steps] == 80 && r[:val_loss] < r[:first_val_loss] - 2.0 && log.include?("step"),
+      "training: #{r}")
+begin
+  TinyNN.train(data: [corpus], layers: "many")
+  check(false, "a bad option raises")
+rescue TinyNN::Error => e
+  check(e.message.include?("layers"), "a bad option: #{e.message}")
+end
+File.delete(corpus)
+
 # a language model
 model = ARGV[1]
 if model && File.exist?(model)

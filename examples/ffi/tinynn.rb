@@ -6,7 +6,8 @@
 # method written as the module's call sequence (a session per call, values
 # staged through the scratch, tnn_matmul's `b · aᵀ` layout read back from
 # scratch[j*m + i]). TinyNN::LLM adds the language-model functions: a GGUF
-# model, its chat template, generation with the text streamed to a block.
+# model, its chat template, generation with the text streamed to a block;
+# TinyNN.train trains one from text (tnn train's options by name).
 #
 #   require_relative "tinynn"
 #   TinyNN.load("build/libtinynn.so")
@@ -14,6 +15,7 @@
 #   TinyNN::LLM.open("models/SmolLM2-135M-Instruct.Q4_1.gguf") do |m|
 #     m.chat("Why is the sky blue?") { |text| print text }
 #   end
+#   TinyNN.train(data: ["corpus.txt"], steps: 2000, checkpoint: "run.gguf") { |l| print l }
 
 require "ffi"
 
@@ -92,6 +94,13 @@ module TinyNN
       attach_function :tnn_llm_generate, %i[pointer pointer string int32 int32 tnn_llm_text_fn
                                             pointer pointer size_t], :int64
       attach_function :tnn_llm_last_stats, %i[pointer pointer pointer pointer pointer], :int
+      # training a language model
+      attach_function :tnn_trainer_new, [], :pointer
+      attach_function :tnn_trainer_free, [:pointer], :void
+      attach_function :tnn_trainer_set, %i[pointer string string], :int
+      attach_function :tnn_trainer_run, %i[pointer tnn_llm_text_fn pointer], :int
+      attach_function :tnn_trainer_result, %i[pointer pointer pointer pointer pointer pointer
+                                              pointer], :int
     end
   end
 
@@ -352,6 +361,32 @@ module TinyNN
   def self.download_matmul(sess, tensor, m, n)
     C.tnn_download(sess, tensor)
     read_matmul(sess, m, n)
+  end
+
+  # ---- training a language model (tnn train's options by name) ----
+
+  # TinyNN.train(data: ["corpus.txt"], steps: 2000, checkpoint: "run.gguf") { |line| print line }
+  # returns {steps:, first_loss:, last_loss:, first_val_loss:, val_loss:, tokens_per_s:}.
+  def self.train(data:, **options, &on_log)
+    t = C.tnn_trainer_new
+    raise Error, C.tnn_last_error if t.null?
+
+    begin
+      Array(data).each { |f| check(C.tnn_trainer_set(t, "data", f)) }
+      options.each { |k, v| check(C.tnn_trainer_set(t, k.to_s.tr("_", "-"), v.to_s)) }
+      cb = proc do |ptr, len, _user|
+        on_log&.call(ptr.read_bytes(len))
+        0
+      end
+      check(C.tnn_trainer_run(t, cb, nil))
+      steps = FFI::MemoryPointer.new(:int32)
+      vals = Array.new(5) { FFI::MemoryPointer.new(:double) }
+      check(C.tnn_trainer_result(t, steps, *vals))
+      keys = %i[first_loss last_loss first_val_loss val_loss tokens_per_s]
+      { steps: steps.read_int32 }.merge(keys.zip(vals.map(&:read_double)).to_h)
+    ensure
+      C.tnn_trainer_free(t)
+    end
   end
 
   # ---- language models ----
