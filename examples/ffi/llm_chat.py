@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """llm_chat.py - a GGUF language model driven from Python through ctypes.
 
-Binds the language-model functions of tinynn.h (tnn_llm_*, tnn_sampler_*)
-with nothing but the standard library, then holds a two-turn conversation
-with the model: the chat template applied by the library, the answer
-streamed through a callback, the second turn computing only what the cache
-does not already hold. Along the way it checks what an FFI caller relies
-on: the text round-trips through the tokenizer, errors come back as a status
-or NULL plus tnn_last_error(), never a crash.
+Binds the language-model functions of tinynn.h (tnn_llm_*, tnn_sampler_*,
+tnn_trainer_*) with nothing but the standard library, then holds a two-turn
+conversation with the model: the chat template applied by the library, the
+answer streamed through a callback, the second turn computing only what the
+cache does not already hold; and trains a small model on the model's tokens
+(train()), whose checkpoint then opens as a model. Along the way it checks
+what an FFI caller relies on: the text round-trips through the tokenizer,
+errors come back as a status or NULL plus tnn_last_error(), never a crash.
 
 Usage:  python3 examples/ffi/llm_chat.py path/to/libtinynn.so MODEL.gguf [question]
 
@@ -48,6 +49,11 @@ SIGNATURES = {
     "tnn_llm_generate": (c_int64, [PTR, PTR, c_char_p, c_int32, c_int32, TEXT_FN, c_void_p,
                                    c_char_p, c_size_t]),
     "tnn_llm_last_stats": (c_int, [PTR, I32P, I32P, POINTER(c_double), POINTER(c_double)]),
+    "tnn_trainer_new": (PTR, []),
+    "tnn_trainer_free": (None, [PTR]),
+    "tnn_trainer_set": (c_int, [PTR, c_char_p, c_char_p]),
+    "tnn_trainer_run": (c_int, [PTR, TEXT_FN, c_void_p]),
+    "tnn_trainer_result": (c_int, [PTR, I32P] + [POINTER(c_double)] * 5),
 }
 
 TOK_ADD_SPECIAL, TOK_PARSE_SPECIAL = 1, 2
@@ -133,6 +139,29 @@ class Model:
         return npr.value, ngen.value, ps.value, gs.value
 
 
+def train(lib, data, on_log=None, **options):
+    """tnn train in a call: options by name (steps=2000, checkpoint="run.gguf",
+    tokenizer="model.gguf", ...); the progress lines go to on_log. Returns
+    the run's figures."""
+    t = lib.tnn_trainer_new()
+    try:
+        for f in data:
+            lib.tnn_trainer_set(t, b"data", f.encode())
+        for k, v in options.items():
+            if lib.tnn_trainer_set(t, k.replace("_", "-").encode(), str(v).encode()) < 0:
+                raise RuntimeError(lib.tnn_last_error().decode())
+        cb = TEXT_FN(lambda p, n, _u: (on_log and on_log(ctypes.string_at(p, n).decode()), 0)[1])
+        if lib.tnn_trainer_run(t, cb, None) < 0:
+            raise RuntimeError(lib.tnn_last_error().decode())
+        steps = c_int32()
+        vals = [c_double() for _ in range(5)]
+        lib.tnn_trainer_result(t, steps, *vals)
+        names = ("first_loss", "last_loss", "first_val_loss", "val_loss", "tokens_per_s")
+        return dict(steps=steps.value, **{k: v.value for k, v in zip(names, vals)})
+    finally:
+        lib.tnn_trainer_free(t)
+
+
 def main():
     if len(sys.argv) < 3:
         print(__doc__)
@@ -186,6 +215,27 @@ def main():
     check(0 < np2 < len(model.tokenize(model.chat_text())) // 2, "the cache reused")
     if question == "What is the capital of France?" and "SmolLM2" in model_path:
         check("Paris" in a1 and "Berlin" in a2, "SmolLM2's answers: Paris, Berlin")
+    # a small model trained from Python on this model's tokens, then run as a model
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus, ck = os.path.join(tmp, "corpus.txt"), os.path.join(tmp, "ck.gguf")
+        phrases = ["the cat sat on the mat. ", "a dog ran in the park. ", "we read books. "]
+        with open(corpus, "w") as f:
+            f.write("".join(phrases[(i * 7919) % 3] for i in range(3000)))
+        lines = []
+        r = train(lib, [corpus], lines.append, tokenizer=model_path, checkpoint=ck, steps=40,
+                  batch=8, seq=16, dim=32, ff=64, layers=2, lr=1e-2, warmup=5, eval_every=40,
+                  sample_len=0)
+        check(r["steps"] == 40 and r["val_loss"] < r["first_val_loss"] - 2
+              and any("step" in line for line in lines), f"training from Python: {r}")
+        small = Model(lib, ck, n_ctx=64)
+        buf = ctypes.create_string_buffer(256)
+        n = lib.tnn_llm_generate(small.m, None, b"the cat", 8, 0, TEXT_FN(0), None, buf, 256)
+        check(n >= 0 and lib.tnn_llm_n_vocab(small.m) == lib.tnn_llm_n_vocab(model.m), "the checkpoint as a model")
+        small.close()
+        print(f"trained from Python: validation loss {r['first_val_loss']:.2f} -> "
+              f"{r['val_loss']:.2f} in {r['steps']} steps")
+
     model.close()
     print(f"ffi_llm: {passed} passed, {failed} failed")
     return 1 if failed else 0
