@@ -43,7 +43,7 @@ static void run(const config *c, FILE *json, int *first) {
     lm_optim opt = {.lr = 1e-4, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.0,
                     .bf16 = g_bf16, .vocab_align = g_vocab_align};
     lm_graph g;
-    if (lm_graph_build(&g, &m, c->B, c->T, true, &opt) != TNN_OK) {
+    if (lm_graph_build(&g, &m, c->B, c->T, true, &opt, lm_cuda()) != TNN_OK) {
         fprintf(stderr, "%s: %s\n", c->name, tnn_last_error());
         return;
     }

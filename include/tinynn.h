@@ -1007,8 +1007,9 @@ TNN_API void tnn_trainer_free(tnn_trainer *t);
  * "sample-len", "prompt", "temp", "top-k", "top-p", "log" (CSV file),
  * "svg" (loss curve), "checkpoint" ("{step}" in the name becomes the step),
  * "checkpoint-every", "resume" (a checkpoint to continue), "tokenizer" (a
- * GGUF model whose tokenizer makes the tokens). TNN_ERR_ARG for an unknown
- * name or a value out of range, naming the range. */
+ * GGUF model whose tokenizer makes the tokens), "cuda" (0 or 1: on the GPU,
+ * the CPU, logged, where there is none). TNN_ERR_ARG for an unknown name or
+ * a value out of range, naming the range. */
 TNN_API int tnn_trainer_set(tnn_trainer *t, const char *key, const char *value);
 /* Trains. The progress lines (losses, tokens/s, samples) go to on_log as
  * they are written (NULL: nowhere). TNN_OK, or a status with the reason

@@ -445,6 +445,15 @@ static void test_trainer(void) {
     CHECK_ERR(tnn_trainer_run(t, NULL, NULL), TNN_ERR_ARG, "model shape");
     tnn_trainer_free(t);
 
+    /* on the GPU where there is one (the CPU, logged, elsewhere) */
+    t = tnn_trainer_new();
+    const char *cuda_run[] = {"data", corpus, "steps", "5", "batch", "2", "seq", "16", "dim", "32",
+                              "ff", "64", "layers", "1", "sample-len", "0", "cuda", "1", NULL};
+    set_all(t, cuda_run);
+    CHECK_ERR(tnn_trainer_set(t, "cuda", "2"), TNN_ERR_ARG, "cuda = '2'");
+    CHECK_OK(tnn_trainer_run(t, NULL, NULL));
+    tnn_trainer_free(t);
+
     /* bytes as tokens: the loss falls, the progress comes to the callback */
     t = tnn_trainer_new();
     const char *bytes_run[] = {"data", corpus, "steps", "120", "batch", "8", "seq", "32",

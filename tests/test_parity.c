@@ -249,7 +249,7 @@ static int walk_params(lm_graph *g, walk_ctx *c, int mode) {
 static bool setup(lm_graph *g, const lm_optim *opt, walk_ctx *c, const int64_t *tok,
                   const int64_t *tgt) {
     lm_config cfg = parity_config();
-    int rc = lm_graph_build(g, &cfg, B, T, true, opt);
+    int rc = lm_graph_build(g, &cfg, B, T, true, opt, lm_cuda());
     CHECK(rc == TNN_OK, "lm_graph_build: %s", tnn_status_name(rc));
     if (rc) return false;
     CHECK_OK(walk_params(g, c, 0));

@@ -73,7 +73,7 @@ static void test_model_gradients(void) {
     lm_graph g;
     /* lr 0: the optimizer runs but leaves the weights alone */
     lm_optim opt = {.lr = 0.0, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.0};
-    CHECK_OK(lm_graph_build(&g, &cfg, 2, 8, true, &opt));
+    CHECK_OK(lm_graph_build(&g, &cfg, 2, 8, true, &opt, lm_cuda()));
     CHECK_OK(lm_init_weights(&g, 7));
     int64_t tok[16], tgt[16];
     for (int i = 0; i < 16; i++) tok[i] = (i * 37 + 11) % 256, tgt[i] = (i * 53 + 5) % 256;
@@ -240,7 +240,7 @@ static void test_gguf_tokenizer(void) {
     lm_config cfg;
     CHECK_OK(lm_checkpoint_read_config(ck, &cfg, NULL));
     lm_graph g;
-    CHECK_OK(lm_graph_build(&g, &cfg, 1, cfg.seq_len, false, NULL));
+    CHECK_OK(lm_graph_build(&g, &cfg, 1, cfg.seq_len, false, NULL, lm_cuda()));
     CHECK_OK(lm_checkpoint_load(ck, &g, false));
     lm_llama *m = lm_llama_load(ck, 64, TNN_F32, lm_cuda());
     CHECK(m != NULL, "the checkpoint does not load as a llama model: %s", tnn_last_error());

@@ -342,7 +342,10 @@ static int cmd_sample(int argc, char **argv) {
         fprintf(stderr, "tnn sample: %s\n", tnn_last_error());
         return 1;
     }
-    if (lm_graph_build(&g, &cfg, 1, cfg.seq_len, false, NULL) != TNN_OK) return 1;
+    if (lm_graph_build(&g, &cfg, 1, cfg.seq_len, false, NULL, lm_cuda()) != TNN_OK) {
+        fprintf(stderr, "tnn sample: %s\n", tnn_last_error());
+        return 1;
+    }
     int rc = lm_checkpoint_load(model, &g, false);
     if (rc != TNN_OK) {
         fprintf(stderr, "tnn sample: %s\n", tnn_last_error());

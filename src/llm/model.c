@@ -11,6 +11,8 @@
 
 #include "rng.h"
 
+#include "../core/internal.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -149,21 +151,14 @@ static double f32_round(double v) {
 }
 
 int lm_graph_build(lm_graph *g, const lm_config *cfg, int B, int T, bool with_loss,
-                   const lm_optim *optim) {
+                   const lm_optim *optim, bool cuda) {
     memset(g, 0, sizeof *g);
     const char *why = lm_config_problem(cfg);
-    if (why) {
-        fprintf(stderr, "model config: %s\n", why);
-        return TNN_ERR_ARG;
-    }
-    if (optim && optim->vocab_align < 0) {
-        fprintf(stderr, "model graph: vocab_align %d (want 0 or more)\n", optim->vocab_align);
-        return TNN_ERR_ARG;
-    }
-    if (B < 1 || T < 1 || T > cfg->seq_len) {
-        fprintf(stderr, "model graph: B=%d T=%d (seq_len %d)\n", B, T, cfg->seq_len);
-        return TNN_ERR_ARG;
-    }
+    if (why) return TNN_ERR(TNN_ERR_ARG, "model config: %s", why);
+    if (optim && optim->vocab_align < 0)
+        return TNN_ERR(TNN_ERR_ARG, "vocab_align %d (want 0 or more)", optim->vocab_align);
+    if (B < 1 || T < 1 || T > cfg->seq_len)
+        return TNN_ERR(TNN_ERR_ARG, "B=%d T=%d (seq_len %d)", B, T, cfg->seq_len);
     g->cfg = *cfg;
     /* Kept at f32 precision, as GGUF stores them: a model saved and loaded
      * again computes exactly the same. */
@@ -172,7 +167,7 @@ int lm_graph_build(lm_graph *g, const lm_config *cfg, int B, int T, bool with_lo
     g->B = B;
     g->T = T;
     g->bf16 = optim && optim->bf16;
-    g->s = tnn_session_new(lm_cuda());
+    g->s = tnn_session_new(cuda);
     if (!g->s) return TNN_ERR_NOMEM;
     g->bf16_acts = g->bf16 && !strcmp(tnn_session_backend(g->s), "cuda");
     int rc = TNN_ERR_INTERNAL;
@@ -205,8 +200,7 @@ int lm_graph_build(lm_graph *g, const lm_config *cfg, int B, int T, bool with_lo
     return TNN_OK;
 fail:
     if (rc == TNN_ERR_INTERNAL && tnn_last_status() != TNN_OK) rc = tnn_last_status();
-    fprintf(stderr, "model graph: %s\n", tnn_last_error());
-    lm_graph_free(g);
+    lm_graph_free(g); /* the message stays in tnn_last_error() */
     return rc;
 }
 

@@ -78,11 +78,13 @@ typedef struct {
     int vocab_align;
 } lm_optim;
 
-/* Builds and realizes the graph. with_loss adds targets and the loss;
- * optim (non-NULL) also adds the backward graph and AdamW (norm gains are
- * not decayed). Returns TNN_OK or a status (message in tnn_last_error). */
+/* Builds and realizes the graph in a session of its own (cuda: one that
+ * prefers the GPU; callers pass lm_cuda() for the process's choice).
+ * with_loss adds targets and the loss; optim (non-NULL) also adds the
+ * backward graph and AdamW (norm gains are not decayed). Returns TNN_OK or
+ * a status (message in tnn_last_error). */
 int lm_graph_build(lm_graph *g, const lm_config *cfg, int B, int T, bool with_loss,
-                   const lm_optim *optim);
+                   const lm_optim *optim, bool cuda);
 void lm_graph_free(lm_graph *g);
 
 /* Visits every parameter in a fixed order with its name. */

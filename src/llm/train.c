@@ -35,6 +35,7 @@ lm_train_opts lm_train_defaults(void) {
         .sample_len = 200,
         .sample_prompt = "\n",
         .sampler = lm_sampler_defaults(),
+        .cuda = lm_cuda(),
     };
     return o;
 }
@@ -394,9 +395,9 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
     lm_graph g, ev, gen;
     memset(&ev, 0, sizeof ev);
     memset(&gen, 0, sizeof gen);
-    int rc = lm_graph_build(&g, &o->model, B, T, true, &opt);
-    if (rc == TNN_OK) rc = lm_graph_build(&ev, &o->model, B, T, true, NULL);
-    if (rc == TNN_OK) rc = lm_graph_build(&gen, &o->model, 1, T, false, NULL);
+    int rc = lm_graph_build(&g, &o->model, B, T, true, &opt, o->cuda);
+    if (rc == TNN_OK) rc = lm_graph_build(&ev, &o->model, B, T, true, NULL, o->cuda);
+    if (rc == TNN_OK) rc = lm_graph_build(&gen, &o->model, 1, T, false, NULL, o->cuda);
     if (rc == TNN_OK) rc = o->resume ? lm_checkpoint_load(o->resume, &g, true)
                                      : lm_init_weights(&g, o->seed);
     lm_sampler sm;

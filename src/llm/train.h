@@ -31,6 +31,7 @@ typedef struct {
                                     * resumed checkpoint brings its own. */
     int steps_override;            /* > 0: with resume, train to this many steps instead */
     FILE *out;                     /* progress and samples */
+    bool cuda;                     /* the graphs' sessions prefer the GPU (default: lm_cuda()) */
 } lm_train_opts;
 
 lm_train_opts lm_train_defaults(void);

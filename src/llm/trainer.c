@@ -94,7 +94,7 @@ static const opt_desc opts[] = {
     {"sample-len", 'i', 0, 1e6},   {"prompt", 's', 0, 0},          {"temp", 'd', 0, 1e6},
     {"top-k", 'i', 0, 1e6},        {"top-p", 'd', 1e-9, 1},        {"log", 's', 0, 0},
     {"svg", 's', 0, 0},            {"checkpoint", 's', 0, 0},      {"checkpoint-every", 'i', 0, 1e8},
-    {"resume", 's', 0, 0},         {"tokenizer", 's', 0, 0},
+    {"resume", 's', 0, 0},         {"tokenizer", 's', 0, 0},       {"cuda", 'b', 0, 1},
 };
 
 int tnn_trainer_set(tnn_trainer *t, const char *key, const char *value) {
@@ -145,6 +145,7 @@ int tnn_trainer_set(tnn_trainer *t, const char *key, const char *value) {
     else if (!strcmp(key, "checkpoint-every")) o->checkpoint_every = n;
     else if (!strcmp(key, "resume")) o->resume = s;
     else if (!strcmp(key, "tokenizer")) o->tokenizer = s;
+    else if (!strcmp(key, "cuda")) o->cuda = n != 0;
     else return TNN_ERR(TNN_ERR_INTERNAL, "option '%s' has no field", key);
     return TNN_OK;
 }
