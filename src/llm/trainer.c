@@ -178,9 +178,15 @@ static ssize_t sink_write(void *cookie, const char *buf, size_t n) {
 int tnn_trainer_run(tnn_trainer *t, tnn_llm_text_fn on_log, void *user) {
     int rc = check_trainer(t, __func__);
     if (rc) return rc;
-    if (t->n_files == 0) return TNN_ERR(TNN_ERR_ARG, "no training text: set 'data' to a file");
     const char *why = lm_config_problem(&t->o.model);
-    if (why) return TNN_ERR(TNN_ERR_ARG, "model shape: %s", why);
+    if (t->n_files == 0) rc = TNN_ERR(TNN_ERR_ARG, "no training text: set 'data' to a file");
+    else if (why) rc = TNN_ERR(TNN_ERR_ARG, "model shape: %s", why);
+    if (rc) { /* in the log too, as lm_train's own errors are */
+        char line[600];
+        int n = snprintf(line, sizeof line, "error: %s\n", tnn_last_error());
+        if (on_log && n > 0) on_log(line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1, user);
+        return rc;
+    }
     log_sink k = {.fn = on_log, .user = user};
     cookie_io_functions_t io = {.write = sink_write};
     FILE *out = fopencookie(&k, "w", io);
