@@ -869,6 +869,22 @@ TNN_API int tnn_llm_rewind(tnn_llm *m, int32_t pos);
  * outside the vocabulary or a full cache (nothing appended). */
 TNN_API int tnn_llm_eval(tnn_llm *m, const int32_t *tokens, int32_t n, float *logits);
 
+/* The same, with the logits after every token: logits[n][n_vocab], row i
+ * the prediction after tokens[i] (for scoring a text). logits may not be
+ * NULL. */
+TNN_API int tnn_llm_eval_logits(tnn_llm *m, const int32_t *tokens, int32_t n, float *logits);
+
+/* Perplexity of a text as llama.cpp's perplexity tool measures it: the text
+ * tokenized (BOS as the model's flags say), cut into chunks of `chunk`
+ * tokens (0: 512, at most the context), each chunk run on an empty cache
+ * with its first token made BOS where the model adds one, and the second
+ * half of each chunk scored (each token's negative log-likelihood given
+ * all before it in the chunk). max_chunks: 0 for all. Writes exp(mean
+ * NLL) to *ppl and the tokens scored to *n_scored (may be NULL).
+ * TNN_ERR_RANGE when the text has fewer tokens than one chunk. */
+TNN_API int tnn_llm_perplexity(tnn_llm *m, const char *text, size_t len, int32_t chunk,
+                               int32_t max_chunks, double *ppl, int32_t *n_scored);
+
 /* ---- the tokenizer ---- */
 
 /* Flags of the tokenizer functions. */

@@ -293,6 +293,41 @@ static void test_model(void) {
     CHECK(d < 0.3 && tnn_sampler_sample(greedy, l2, V, NULL, 0) == t1,
           "rewound and fed the last token again: max logit difference %g", d);
 
+    /* every token's logits: the last row is the prediction eval gives */
+    float *all = malloc(sizeof(float) * (size_t)V * (size_t)n);
+    CHECK_OK(tnn_llm_rewind(m, 0));
+    CHECK_OK(tnn_llm_eval_logits(m, ids, n, all));
+    d = 0;
+    for (int i = 0; i < V; i++) d = fmax(d, fabs((double)all[(size_t)(n - 1) * V + i] - l1[i]));
+    CHECK(d < 0.3 && tnn_llm_pos(m) == n, "eval_logits' last row: max difference %g", d);
+    CHECK_ERR(tnn_llm_eval_logits(m, ids, n, NULL), TNN_ERR_ARG, "logits");
+    free(all);
+
+    /* perplexity by llama.cpp's method, against llama.cpp's own on the same
+     * text and chunks (tools/perplexity_reference.py, llama-cpp-python
+     * 0.3.36: 21.2323 for chunks of 128, 17.8150 for one of 512; tinynn
+     * measured 21.303 and 17.760: within 2%, as the logits' rounding
+     * differences allow) */
+    FILE *tf = fopen(TNN_DATA_DIR "/perplexity.txt", "rb");
+    char *text = malloc(8192);
+    size_t tl = tf && text ? fread(text, 1, 8191, tf) : 0;
+    if (tf) fclose(tf);
+    CHECK(tl > 2000, "perplexity.txt: %zu bytes", tl);
+    double ppl = 0;
+    int32_t scored = 0;
+    tnn_llm *big = tnn_llm_open(MODEL, 512, LLM_FLAGS);
+    CHECK_OK(tnn_llm_perplexity(big, text, tl, 128, 0, &ppl, &scored));
+    CHECK(scored == 252 && fabs(ppl / 21.2323 - 1) < 0.02, "perplexity %.4f over %d tokens", ppl,
+          scored);
+    CHECK_OK(tnn_llm_perplexity(big, text, tl, 512, 0, &ppl, &scored));
+    CHECK(scored == 255 && fabs(ppl / 17.8150 - 1) < 0.02, "perplexity (512) %.4f over %d", ppl,
+          scored);
+    CHECK_ERR(tnn_llm_perplexity(big, text, 100, 128, 0, &ppl, NULL), TNN_ERR_RANGE,
+              "fewer than one chunk");
+    CHECK_ERR(tnn_llm_perplexity(big, text, tl, 1024, 0, &ppl, NULL), TNN_ERR_ARG, "chunk");
+    tnn_llm_close(big);
+    free(text);
+
     /* errors leave the sequence as it was */
     int32_t pos = tnn_llm_pos(m), bad = 49152;
     CHECK_ERR(tnn_llm_eval(m, &bad, 1, l1), TNN_ERR_RANGE, "outside the vocabulary");

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -28,6 +29,8 @@ static void usage(FILE *f) {
             "  info FILE.gguf       print a GGUF file's metadata and tensor table\n"
             "  generate -m MODEL.gguf -p PROMPT   run a llama/qwen2 GGUF model\n"
             "  chat -m MODEL.gguf   talk with an instruct model, one line a turn\n"
+            "  perplexity -m MODEL.gguf -f TEXT   the text's perplexity (llama.cpp's method;\n"
+            "                       --chunk N tokens (512), --chunks N (0: all))\n"
             "  quantize IN.gguf OUT.gguf TYPE     convert weight matrices (q8_0, q4_0, q4_1,\n"
             "                       q5_0, q5_1, f16, bf16, f32); a checkpoint becomes a model\n"
             "                       for inference (no optimizer state; llama.cpp reads it)\n"
@@ -594,6 +597,49 @@ static int cmd_chat(int argc, char **argv) {
     return rc;
 }
 
+/* `tnn perplexity`: a text file's perplexity under a model, as llama.cpp's
+ * perplexity tool measures it. */
+static int cmd_perplexity(int argc, char **argv) {
+    const char *model = NULL, *file = NULL;
+    int chunk = 512, chunks = 0;
+    for (int i = 0; i + 1 < argc; i += 2) {
+        const char *a = argv[i], *v = argv[i + 1];
+        if (!strcmp(a, "-m")) model = v;
+        else if (!strcmp(a, "-f")) file = v;
+        else if (!strcmp(a, "--chunk") && parse_int(v, 4, 1 << 20, &chunk)) continue;
+        else if (!strcmp(a, "--chunks") && parse_int(v, 0, 1 << 30, &chunks)) continue;
+        else {
+            fprintf(stderr, "tnn perplexity: bad option %s %s\n", a, v);
+            return 2;
+        }
+    }
+    if (!model || !file || argc % 2) {
+        fprintf(stderr, "usage: tnn perplexity -m MODEL.gguf -f TEXT [--chunk N (512)] "
+                        "[--chunks N (0: all)]\n");
+        return 2;
+    }
+    const char *files[1] = {file}, *why = NULL;
+    size_t len = 0;
+    unsigned char *text = lm_read_files(files, 1, &len, &why);
+    if (!text) {
+        fprintf(stderr, "tnn perplexity: %s: %s\n", file, why);
+        return 1;
+    }
+    tnn_llm *m = tnn_llm_open(model, chunk, lm_cuda() ? TNN_LLM_CUDA : 0);
+    double ppl = 0;
+    int32_t scored = 0;
+    double t0 = (double)clock();
+    int rc = m ? tnn_llm_perplexity(m, (const char *)text, len, chunk, chunks, &ppl, &scored)
+               : tnn_last_status();
+    if (rc) fprintf(stderr, "tnn perplexity: %s\n", tnn_last_error());
+    else
+        printf("perplexity %.4f over %d tokens (chunks of %d, second halves scored; %.1f s of "
+               "CPU)\n", ppl, scored, chunk, ((double)clock() - t0) / CLOCKS_PER_SEC);
+    tnn_llm_close(m);
+    free(text);
+    return rc ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "help") || !strcmp(argv[1], "--help") ||
         !strcmp(argv[1], "-h")) {
@@ -620,6 +666,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "info")) return cmd_info(argc - 2, argv + 2);
     if (!strcmp(argv[1], "generate")) return cmd_generate(argc - 2, argv + 2);
     if (!strcmp(argv[1], "chat")) return cmd_chat(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "perplexity")) return cmd_perplexity(argc - 2, argv + 2);
     if (!strcmp(argv[1], "quantize")) return cmd_quantize(argc - 2, argv + 2);
     fprintf(stderr, "tnn: unknown command '%s'\n\n", argv[1]);
     usage(stderr);

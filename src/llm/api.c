@@ -9,6 +9,7 @@
 
 #include "../core/internal.h"
 
+#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -142,6 +143,63 @@ int tnn_llm_eval(tnn_llm *m, const int32_t *tokens, int32_t n, float *logits) {
     rc = (int)wrap(lm_llama_eval(m->lm, tokens, n, logits), __func__);
     if (rc == TNN_OK) memcpy(m->ids + p0, tokens, sizeof *tokens * (size_t)n);
     return rc;
+}
+
+int tnn_llm_eval_logits(tnn_llm *m, const int32_t *tokens, int32_t n, float *logits) {
+    int rc = check_llm(m, __func__);
+    if (rc) return rc;
+    if (!tokens || n < 1 || !logits)
+        return TNN_ERR(TNN_ERR_ARG, "want n >= 1 tokens (n=%d) and logits", n);
+    int32_t p0 = lm_llama_pos(m->lm);
+    rc = (int)wrap(lm_llama_eval_all(m->lm, tokens, n, logits), __func__);
+    if (rc == TNN_OK) memcpy(m->ids + p0, tokens, sizeof *tokens * (size_t)n);
+    return rc;
+}
+
+int tnn_llm_perplexity(tnn_llm *m, const char *text, size_t len, int32_t chunk,
+                       int32_t max_chunks, double *ppl, int32_t *n_scored) {
+    int rc = check_llm(m, __func__);
+    if (rc) return rc;
+    int32_t n_ctx = lm_llama_n_ctx(m->lm), V = HP(m)->n_vocab;
+    if (chunk == 0) chunk = n_ctx < 512 ? n_ctx : 512;
+    if (!text || !ppl || chunk < 4 || chunk > n_ctx || max_chunks < 0)
+        return TNN_ERR(TNN_ERR_ARG, "want text, ppl, 4 <= chunk <= the context (%d) and "
+                                    "max_chunks >= 0 (chunk=%d, max_chunks=%d)",
+                       n_ctx, chunk, max_chunks);
+    int32_t n = tnn_llm_tokenize(m, text, len, TNN_TOK_ADD_SPECIAL, NULL, 0);
+    if (n < 0) return wrap(n, __func__);
+    if (n < chunk)
+        return TNN_ERR(TNN_ERR_RANGE, "the text has %d tokens, fewer than one chunk of %d", n,
+                       chunk);
+    int32_t *ids = malloc(sizeof *ids * (size_t)n);
+    float *lg = malloc(sizeof *lg * (size_t)chunk * (size_t)V);
+    if (!ids || !lg) rc = TNN_ERR(TNN_ERR_NOMEM, "out of memory");
+    if (!rc) tnn_llm_tokenize(m, text, len, TNN_TOK_ADD_SPECIAL, ids, n);
+    int32_t chunks = n / chunk, first = chunk / 2, bos = lm_tokenizer_bos(m->tok), scored = 0;
+    if (max_chunks > 0 && chunks > max_chunks) chunks = max_chunks;
+    bool add_bos = lm_tokenizer_add_bos(m->tok) && bos >= 0;
+    double nll = 0;
+    for (int32_t c = 0; !rc && c < chunks; c++) {
+        int32_t *t = ids + (size_t)c * chunk, t0 = t[0];
+        if (add_bos) t[0] = bos;
+        lm_llama_rewind(m->lm, 0);
+        rc = tnn_llm_eval_logits(m, t, chunk, lg);
+        t[0] = t0;
+        for (int32_t j = first; !rc && j + 1 < chunk; j++) {
+            const float *row = lg + (size_t)j * V;
+            double mx = row[0], sum = 0;
+            for (int32_t v = 1; v < V; v++) mx = row[v] > mx ? row[v] : mx;
+            for (int32_t v = 0; v < V; v++) sum += exp((double)row[v] - mx);
+            nll += log(sum) + mx - row[t[j + 1]];
+            scored++;
+        }
+    }
+    free(ids);
+    free(lg);
+    if (rc) return wrap(rc, __func__);
+    *ppl = exp(nll / scored);
+    if (n_scored) *n_scored = scored;
+    return TNN_OK;
 }
 
 /* ---- tokenizer ---- */

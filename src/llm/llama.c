@@ -28,6 +28,7 @@ typedef struct {
 /* One graph for a given token count. */
 typedef struct {
     int n;
+    bool all; /* logits of every token (else the last one's) */
     tnn_tensor *tokens, *positions, *pos0, *last, *logits;
 } llama_graph;
 
@@ -239,10 +240,11 @@ static tnn_tensor *linear(tnn_session *s, tnn_tensor *x, tnn_tensor *w, tnn_tens
     return b ? tnn_add(s, y, b) : y;
 }
 
-static int build_graph(lm_llama *m, llama_graph *gr, int n) {
+static int build_graph(lm_llama *m, llama_graph *gr, int n, bool all) {
     const lm_llama_hparams *hp = &m->hp;
     tnn_session *s = m->s;
     gr->n = n;
+    gr->all = all;
     gr->tokens = tnn_input_1d_i32(s, n);
     gr->positions = tnn_input_1d_i32(s, n);
     gr->pos0 = tnn_input_1d_i32(s, 1);
@@ -279,24 +281,27 @@ static int build_graph(lm_llama *m, llama_graph *gr, int n) {
         tnn_tensor *down = tnn_matmul_nt(s, f, L->w_down);
         x = tnn_add(s, x, down);
     }
-    if (n > 1) x = tnn_get_rows(s, x, gr->last); /* only the last row's logits */
+    if (n > 1 && !all) x = tnn_get_rows(s, x, gr->last); /* only the last row's logits */
     gr->logits = tnn_matmul_nt(s, tnn_rms_norm(s, x, m->out_norm, eps), m->output);
     return gr->logits ? TNN_OK : tnn_last_status();
 }
 
-int lm_llama_eval(lm_llama *m, const int32_t *tokens, int n, float *logits) {
-    if (!m || !tokens || n < 1) return TNN_ERR(TNN_ERR_ARG, "bad arguments");
+static int eval(lm_llama *m, const int32_t *tokens, int n, float *logits, bool all,
+                const char *func) {
+    if (!m || !tokens || n < 1) return tnn__error(TNN_ERR_ARG, func, "bad arguments");
     if (m->pos + n > m->n_ctx)
-        return TNN_ERR(TNN_ERR_RANGE, "%d more tokens do not fit the context (%d of %d used)", n,
-                       m->pos, m->n_ctx);
+        return tnn__error(TNN_ERR_RANGE, func,
+                          "%d more tokens do not fit the context (%d of %d used)", n, m->pos,
+                          m->n_ctx);
     for (int i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= m->hp.n_vocab)
-            return TNN_ERR(TNN_ERR_RANGE, "token %d = %d is outside the vocabulary (%d)", i,
-                           tokens[i], m->hp.n_vocab);
+            return tnn__error(TNN_ERR_RANGE, func, "token %d = %d is outside the vocabulary (%d)",
+                              i, tokens[i], m->hp.n_vocab);
     int gi = n == 1 ? 0 : 1;
     llama_graph *gr = &m->graphs[gi];
     int rc = TNN_OK;
-    if (gr->n != n) {
+    all = all && n > 1;
+    if (gr->n != n || gr->all != all) {
         if (gi == 1 && gr->n) {
             /* A new prompt size: drop both graphs rather than keep every
              * size's nodes (the decoding graph is rebuilt when next used). */
@@ -304,7 +309,7 @@ int lm_llama_eval(lm_llama *m, const int32_t *tokens, int n, float *logits) {
             memset(m->graphs, 0, sizeof m->graphs);
             m->realized = -1;
         }
-        rc = build_graph(m, gr, n);
+        rc = build_graph(m, gr, n, all);
         if (rc) {
             gr->n = 0; /* not usable: built again next time */
             return rc;
@@ -317,7 +322,7 @@ int lm_llama_eval(lm_llama *m, const int32_t *tokens, int n, float *logits) {
         m->realized = gi;
     }
     int32_t *pos = malloc((size_t)n * sizeof *pos);
-    if (!pos) return TNN_ERR(TNN_ERR_NOMEM, "out of memory");
+    if (!pos) return tnn__error(TNN_ERR_NOMEM, func, "out of memory");
     for (int i = 0; i < n; i++) pos[i] = m->pos + i;
     int32_t p0 = m->pos, last = n - 1;
     rc = tnn_upload_i32(m->s, gr->tokens, tokens, (size_t)n);
@@ -326,7 +331,17 @@ int lm_llama_eval(lm_llama *m, const int32_t *tokens, int n, float *logits) {
     if (!rc) rc = tnn_upload_i32(m->s, gr->last, &last, 1);
     free(pos);
     if (!rc) rc = tnn_compute(m->s);
-    if (!rc && logits) rc = tnn_download_f32(m->s, gr->logits, logits, (size_t)m->hp.n_vocab);
+    if (!rc && logits)
+        rc = tnn_download_f32(m->s, gr->logits, logits, (size_t)m->hp.n_vocab * (all ? n : 1));
     if (!rc) m->pos += n;
     return rc;
+}
+
+int lm_llama_eval(lm_llama *m, const int32_t *tokens, int n, float *logits) {
+    return eval(m, tokens, n, logits, false, __func__);
+}
+
+int lm_llama_eval_all(lm_llama *m, const int32_t *tokens, int n, float *logits) {
+    if (!logits) return TNN_ERR(TNN_ERR_ARG, "logits is NULL");
+    return eval(m, tokens, n, logits, true, __func__);
 }

@@ -44,5 +44,8 @@ int lm_llama_rewind(lm_llama *m, int pos);
  * fed in parts needs none until its last). TNN_ERR_RANGE when the cache
  * is full or a token id is out of range. */
 int lm_llama_eval(lm_llama *m, const int32_t *tokens, int n, float *logits);
+/* The same with the logits of every token: logits[n][n_vocab], row i the
+ * prediction after tokens[i] (scoring a text: perplexity). */
+int lm_llama_eval_all(lm_llama *m, const int32_t *tokens, int n, float *logits);
 
 #endif
