@@ -221,7 +221,11 @@ if model && File.exist?(model)
       puts "  (#{np} prompt tokens computed, #{ng} generated, #{(ng / [gs, 1e-9].max).round} tokens/s)"
       check(!answer.empty?, "an answer to #{q}")
     end
+    ppl, scored = m.perplexity(File.read(File.join(__dir__, "../../tests/data/perplexity.txt")), chunk: 128)
+    puts "perplexity #{ppl.round(3)} over #{scored} tokens"
+    check(ppl > 1 && ppl < 1000 && scored.positive?, "perplexity #{ppl}")
     if model.include?("SmolLM2")
+      check((ppl / 21.2323 - 1).abs < 0.02, "SmolLM2's perplexity #{ppl} (llama.cpp: 21.2323)")
       check(m.messages[1][1].include?("Paris") && m.messages[3][1].include?("Berlin"),
             "SmolLM2's answers: #{m.messages[1][1]} / #{m.messages[3][1]}")
     end

@@ -94,6 +94,7 @@ module TinyNN
       attach_function :tnn_llm_generate, %i[pointer pointer string int32 int32 tnn_llm_text_fn
                                             pointer pointer size_t], :int64
       attach_function :tnn_llm_last_stats, %i[pointer pointer pointer pointer pointer], :int
+      attach_function :tnn_llm_perplexity, %i[pointer pointer size_t int32 int32 pointer pointer], :int
       # training a language model
       attach_function :tnn_trainer_new, [], :pointer
       attach_function :tnn_trainer_free, [:pointer], :void
@@ -479,6 +480,15 @@ module TinyNN
       answer = generate(chat_text, max_tokens: max_tokens, flags: GEN_REUSE, &block)
       @messages << ["assistant", answer]
       answer
+    end
+
+    # The text's perplexity by llama.cpp's method: [perplexity, tokens scored].
+    def perplexity(text, chunk: 512, max_chunks: 0)
+      ppl = FFI::MemoryPointer.new(:double)
+      n = FFI::MemoryPointer.new(:int32)
+      buf = FFI::MemoryPointer.from_string(text)
+      TinyNN.check(C.tnn_llm_perplexity(@m, buf, text.bytesize, chunk, max_chunks, ppl, n))
+      [ppl.read_double, n.read_int32]
     end
 
     # [prompt tokens computed, tokens generated, prompt seconds, generation seconds]
