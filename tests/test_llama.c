@@ -17,6 +17,7 @@
  * there (the contexts differ from then on).
  */
 #include "harness.h"
+#include "llama_golden.h"
 
 #include "llm/llama.h"
 #include "llm/model.h"
@@ -25,42 +26,6 @@
 #define LOGIT_TOL 0.6 /* max |tinynn - llama.cpp| over the top-10 logits */
 #define TIE 0.6       /* below this llama.cpp margin a greedy step may differ */
 #define PATH_TOL 0.3  /* max |default or 8-bit prompt path - f32 GEMM path| over the top 10 */
-
-typedef struct {
-    int n_tok, tok[64], top_id[10], greedy[32];
-    double top_logit[10], margin[32];
-} record;
-
-static int read_records(const char *path, record *r, int max) {
-    FILE *f = fopen(path, "r");
-    if (!f) return -1;
-    char line[8192];
-    int n = -1;
-    while (fgets(line, sizeof line, f)) {
-        char *p = line;
-        if (!strncmp(line, "prompt ", 7)) {
-            if (++n >= max) break;
-        } else if (n >= 0 && !strncmp(line, "tokens ", 7)) {
-            p += 7;
-            r[n].n_tok = (int)strtol(p, &p, 10);
-            for (int i = 0; i < r[n].n_tok && i < 64; i++) r[n].tok[i] = (int)strtol(p, &p, 10);
-        } else if (n >= 0 && !strncmp(line, "top10 ", 6)) {
-            p += 6;
-            for (int i = 0; i < 10; i++) {
-                r[n].top_id[i] = (int)strtol(p, &p, 10);
-                r[n].top_logit[i] = strtod(p + 1, &p);
-            }
-        } else if (n >= 0 && !strncmp(line, "greedy ", 7)) {
-            p += 7;
-            for (int i = 0; i < 32; i++) r[n].greedy[i] = (int)strtol(p, &p, 10);
-        } else if (n >= 0 && !strncmp(line, "margin ", 7)) {
-            p += 7;
-            for (int i = 0; i < 32; i++) r[n].margin[i] = strtod(p, &p);
-        }
-    }
-    fclose(f);
-    return n + (n < max);
-}
 
 static int argmax(const float *x, int n) {
     int b = 0;
@@ -81,8 +46,8 @@ int main(void) {
         return th_finish("test_llama");
     }
     fclose(probe);
-    record rec[8];
-    int n = read_records(ref, rec, 8);
+    llama_record rec[8];
+    int n = read_llama_records(ref, rec, 8);
     CHECK(n >= 4, "golden file: %d records", n);
     lm_llama *m = lm_llama_load(model, 256, TNN_F16, lm_cuda());
     CHECK(m != NULL, "load: %s", tnn_last_error());

@@ -15,6 +15,7 @@
 #define _POSIX_C_SOURCE 200809L /* localtime_r */
 
 #include "harness.h"
+#include "llama_golden.h"
 
 #include <time.h>
 #include <unistd.h>
@@ -167,43 +168,6 @@ static void test_chat_families(void) {
 /* ---- on the real model ---- */
 
 typedef struct {
-    int n_prompt, prompt[64], greedy[32];
-    char text[256];
-} golden;
-
-/* The prompts and llama.cpp's greedy ids of tests/data/llama_smollm2.txt. */
-static int read_golden(golden *g, int max) {
-    FILE *f = fopen(TNN_DATA_DIR "/llama_smollm2.txt", "r");
-    if (!f) return -1;
-    char line[8192];
-    int n = -1;
-    while (fgets(line, sizeof line, f)) {
-        char *p = line;
-        if (!strncmp(line, "prompt '", 8)) {
-            if (++n >= max) break;
-            /* Python's repr of the text: \n and \' escapes only in these prompts */
-            size_t k = 0;
-            for (p = line + 8; *p && *p != '\n' && k + 1 < sizeof g[n].text; p++) {
-                if (*p == '\'' && (p[1] == '\n' || !p[1])) break;
-                if (*p == '\\' && p[1] == 'n') g[n].text[k++] = '\n', p++;
-                else if (*p == '\\' && p[1]) g[n].text[k++] = p[1], p++;
-                else g[n].text[k++] = *p;
-            }
-            g[n].text[k] = 0;
-        } else if (n >= 0 && !strncmp(line, "tokens ", 7)) {
-            p += 7;
-            g[n].n_prompt = (int)strtol(p, &p, 10);
-            for (int i = 0; i < g[n].n_prompt && i < 64; i++) g[n].prompt[i] = (int)strtol(p, &p, 10);
-        } else if (n >= 0 && !strncmp(line, "greedy ", 7)) {
-            p += 7;
-            for (int i = 0; i < 32; i++) g[n].greedy[i] = (int)strtol(p, &p, 10);
-        }
-    }
-    fclose(f);
-    return n + (n < max);
-}
-
-typedef struct {
     char text[4096];
     size_t len;
     int calls, stop_after;
@@ -233,17 +197,17 @@ static void test_model(void) {
     CHECK(tnn_llm_token_is_eog(m, 2) == 1 && tnn_llm_token_is_eog(m, 100) == 0, "eog");
     CHECK_ERR(tnn_llm_token_is_eog(m, 49152), TNN_ERR_RANGE, "outside the vocabulary");
 
-    golden g[8];
-    int ng = read_golden(g, 8);
+    llama_record g[8];
+    int ng = read_llama_records(TNN_DATA_DIR "/llama_smollm2.txt", g, 8);
     CHECK(ng >= 4, "golden file: %d records", ng);
     int32_t ids[64];
     for (int r = 0; r < ng && r < N_PROMPTS; r++) {
         /* the prompt's ids, as llama.cpp tokenized it (special texts parsed) */
         int32_t n = tnn_llm_tokenize(m, g[r].text, strlen(g[r].text),
                                      TNN_TOK_ADD_SPECIAL | TNN_TOK_PARSE_SPECIAL, ids, 64);
-        bool same = n == g[r].n_prompt;
-        for (int i = 0; same && i < n; i++) same = ids[i] == g[r].prompt[i];
-        CHECK(same, "prompt %d tokens: %d ids (want %d)", r, n, g[r].n_prompt);
+        bool same = n == g[r].n_tok;
+        for (int i = 0; same && i < n; i++) same = ids[i] == g[r].tok[i];
+        CHECK(same, "prompt %d tokens: %d ids (want %d)", r, n, g[r].n_tok);
         /* generate = eval, argmax, eval, ... (llama.cpp's greedy ids agree
          * up to its close calls: test_llama) */
         int32_t want_ids[32], ne = 0;
@@ -269,7 +233,7 @@ static void test_model(void) {
               "prompt %d greedy:\n got  [%s]\n want [%s]", r, out, want);
         int32_t np, ngen;
         tnn_llm_last_stats(m, &np, &ngen, NULL, NULL);
-        CHECK(np == g[r].n_prompt && ngen == (ne < N_GREEDY ? ne + 1 : N_GREEDY), "stats %d %d",
+        CHECK(np == g[r].n_tok && ngen == (ne < N_GREEDY ? ne + 1 : N_GREEDY), "stats %d %d",
               np, ngen);
     }
 
@@ -336,7 +300,7 @@ static void test_model(void) {
     CHECK(tnn_llm_pos(m) == pos, "pos after errors %d (was %d)", tnn_llm_pos(m), pos);
     CHECK_ERR(tnn_llm_tokenize(m, "x", 1, 8, NULL, 0), TNN_ERR_ARG, "flags");
     CHECK_ERR(tnn_llm_tokenize(m, NULL, 3, 0, NULL, 0), TNN_ERR_ARG, "");
-    CHECK(tnn_llm_tokenize(m, g[1].text, strlen(g[1].text), 0, ids, 2) == g[1].n_prompt,
+    CHECK(tnn_llm_tokenize(m, g[1].text, strlen(g[1].text), 0, ids, 2) == g[1].n_tok,
           "a short buffer still counts every token");
     char piece[4] = "zzz";
     CHECK(tnn_llm_token_piece(m, g[0].greedy[0], 0, piece, 2) > 0 && piece[2] == 'z',
@@ -418,7 +382,7 @@ static void test_model(void) {
     int64_t lf = tnn_llm_generate(m, NULL, g[0].text, 100, 0, NULL, NULL, NULL, 0);
     int32_t ngen = 0;
     tnn_llm_last_stats(m, NULL, &ngen, NULL, NULL);
-    CHECK(lf > 0 && tnn_llm_pos(m) == 16 && ngen == 16 - g[0].n_prompt + 1,
+    CHECK(lf > 0 && tnn_llm_pos(m) == 16 && ngen == 16 - g[0].n_tok + 1,
           "filled the context: pos %d, %d generated", tnn_llm_pos(m), ngen);
     tnn_llm_close(m);
 }

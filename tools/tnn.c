@@ -472,6 +472,54 @@ static void print_stats(const tnn_llm *m) {
             np, np / (ps > 0 ? ps : 1e-9), ng, ng / (gs > 0 ? gs : 1e-9));
 }
 
+/* A conversation: roles (static strings) and copies of the texts. Adding
+ * says why when it fails. */
+typedef struct {
+    const char **roles;
+    char **texts;
+    int n, cap;
+} conversation;
+
+static bool conv_add(conversation *c, const char *role, const char *text) {
+    if (c->n == c->cap) {
+        int cap = c->cap ? 2 * c->cap : 8;
+        const char **r = realloc(c->roles, sizeof *r * (size_t)cap);
+        if (r) c->roles = r;
+        char **t = realloc(c->texts, sizeof *t * (size_t)cap);
+        if (t) c->texts = t;
+        if (!r || !t) {
+            fprintf(stderr, "tnn: out of memory\n");
+            return false;
+        }
+        c->cap = cap;
+    }
+    char *copy = strdup(text);
+    if (!copy) {
+        fprintf(stderr, "tnn: out of memory\n");
+        return false;
+    }
+    c->roles[c->n] = role;
+    c->texts[c->n++] = copy;
+    return true;
+}
+
+static void conv_free(conversation *c) {
+    for (int i = 0; i < c->n; i++) free(c->texts[i]);
+    free(c->roles);
+    free(c->texts);
+}
+
+/* The conversation in the model's chat template, ready for the assistant's
+ * answer (malloc'd), or NULL after a message. */
+static char *chat_prompt(const char *cmd, const tnn_llm *m, const conversation *c) {
+    const char *const *texts = (const char *const *)c->texts;
+    int64_t need = tnn_llm_chat_format(m, NULL, c->roles, texts, c->n, 1, NULL, 0);
+    char *text = need >= 0 ? malloc((size_t)need + 1) : NULL;
+    if (text) tnn_llm_chat_format(m, NULL, c->roles, texts, c->n, 1, text, (size_t)need + 1);
+    else fprintf(stderr, "tnn %s: %s\n", cmd, need < 0 ? tnn_last_error() : "out of memory");
+    return text;
+}
+
 /* `tnn generate`: prompt in, streamed text out, speeds on stderr. */
 static int cmd_generate(int argc, char **argv) {
     gen_opts o;
@@ -484,24 +532,24 @@ static int cmd_generate(int argc, char **argv) {
     }
     if (!open_gen("generate", &o, &m, &sm)) return 1;
     char *text = NULL;
-    const char *prompt = o.prompt;
-    int rc = TNN_OK;
-    if (o.chat && o.system) {
-        const char *roles[2] = {"system", "user"}, *contents[2] = {o.system, o.prompt};
-        int64_t need = tnn_llm_chat_format(m, NULL, roles, contents, 2, 1, NULL, 0);
-        text = need >= 0 ? malloc((size_t)need + 1) : NULL;
-        rc = need < 0 ? (int)need : text ? TNN_OK : TNN_ERR_NOMEM;
-        if (text) tnn_llm_chat_format(m, NULL, roles, contents, 2, 1, text, (size_t)need + 1);
-        prompt = text;
+    int64_t r = 0;
+    if (o.chat && o.system) { /* else the library formats the one user message */
+        conversation c = {0};
+        if (conv_add(&c, "system", o.system) && conv_add(&c, "user", o.prompt))
+            text = chat_prompt("generate", m, &c);
+        conv_free(&c);
+        if (!text) r = -1;
     }
-    gen_sink sink = {0};
-    if (!o.chat) fputs(o.prompt, stdout);
-    int flags = o.chat && !o.system ? TNN_GEN_CHAT : 0;
-    int64_t r = rc ? rc : tnn_llm_generate(m, sm, prompt, o.n, flags, print_text, &sink, NULL, 0);
-    fputc('\n', stdout);
-    fflush(stdout);
-    if (r < 0) fprintf(stderr, "tnn generate: %s\n", tnn_last_error());
-    else print_stats(m);
+    if (!r) {
+        gen_sink sink = {0};
+        if (!o.chat) fputs(o.prompt, stdout);
+        int flags = o.chat && !o.system ? TNN_GEN_CHAT : 0;
+        r = tnn_llm_generate(m, sm, text ? text : o.prompt, o.n, flags, print_text, &sink, NULL, 0);
+        fputc('\n', stdout);
+        fflush(stdout);
+        if (r < 0) fprintf(stderr, "tnn generate: %s\n", tnn_last_error());
+        else print_stats(m);
+    }
     free(text);
     tnn_sampler_free(sm);
     tnn_llm_close(m);
@@ -516,19 +564,10 @@ static int cmd_chat(int argc, char **argv) {
     tnn_sampler *sm;
     if (!parse_gen_opts("chat", argc, argv, &o)) return 2;
     if (!open_gen("chat", &o, &m, &sm)) return 1;
-    const char **roles = NULL, **contents = NULL;
-    char **owned = NULL;
-    int n = 0, cap = 0, rc = 0;
-    char line[8192];
+    conversation c = {0};
     gen_sink sink = {.keep = true};
-    if (o.system) {
-        roles = malloc(sizeof *roles * 8);
-        contents = malloc(sizeof *contents * 8);
-        owned = calloc(8, sizeof *owned);
-        cap = 8;
-        if (!roles || !contents || !owned) rc = 1;
-        else roles[n] = "system", contents[n++] = o.system;
-    }
+    char line[8192];
+    int rc = o.system && !conv_add(&c, "system", o.system);
     fprintf(stderr, "(one line a turn; an empty line or end of input ends the chat)\n");
     while (!rc) {
         fputs("> ", stdout);
@@ -537,37 +576,11 @@ static int cmd_chat(int argc, char **argv) {
         size_t len = strlen(line);
         while (len && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
         if (!len) break;
-        if (n + 2 > cap) {
-            int nc = cap ? cap * 2 : 8;
-            const char **nr = realloc(roles, sizeof *nr * (size_t)nc);
-            if (nr) roles = nr;
-            const char **ncn = realloc(contents, sizeof *ncn * (size_t)nc);
-            if (ncn) contents = ncn;
-            char **no = realloc(owned, sizeof *no * (size_t)nc);
-            if (no) owned = no;
-            if (!nr || !ncn || !no) {
-                rc = 1;
-                break;
-            }
-            for (int i = cap; i < nc; i++) owned[i] = NULL;
-            cap = nc;
-        }
-        owned[n] = strdup(line);
-        if (!owned[n]) {
-            rc = 1;
-            break;
-        }
-        roles[n] = "user";
-        contents[n] = owned[n];
-        n++;
-        int64_t need = tnn_llm_chat_format(m, NULL, roles, contents, n, 1, NULL, 0);
-        char *text = need >= 0 ? malloc((size_t)need + 1) : NULL;
+        char *text = conv_add(&c, "user", line) ? chat_prompt("chat", m, &c) : NULL;
         if (!text) {
-            fprintf(stderr, "tnn chat: %s\n", need < 0 ? tnn_last_error() : "out of memory");
             rc = 1;
             break;
         }
-        tnn_llm_chat_format(m, NULL, roles, contents, n, 1, text, (size_t)need + 1);
         sink.len = 0;
         int64_t r = tnn_llm_generate(m, sm, text, o.n, TNN_GEN_REUSE, print_text, &sink, NULL, 0);
         free(text);
@@ -578,19 +591,9 @@ static int cmd_chat(int argc, char **argv) {
             break;
         }
         print_stats(m);
-        owned[n] = strdup(sink.text ? sink.text : "");
-        if (!owned[n]) {
-            rc = 1;
-            break;
-        }
-        roles[n] = "assistant";
-        contents[n] = owned[n];
-        n++;
+        rc = !conv_add(&c, "assistant", sink.text ? sink.text : "");
     }
-    for (int i = 0; owned && i < n; i++) free(owned[i]);
-    free(owned);
-    free(roles);
-    free(contents);
+    conv_free(&c);
     free(sink.text);
     tnn_sampler_free(sm);
     tnn_llm_close(m);

@@ -135,25 +135,47 @@ int tnn_llm_rewind(tnn_llm *m, int32_t pos) {
     return rc ? rc : (int)wrap(lm_llama_rewind(m->lm, pos), __func__);
 }
 
-int tnn_llm_eval(tnn_llm *m, const int32_t *tokens, int32_t n, float *logits) {
-    int rc = check_llm(m, __func__);
+/* Appends tokens through lm_llama (the last token's logits, or every
+ * token's) and keeps their ids. */
+static int eval_tokens(tnn_llm *m, const int32_t *tokens, int32_t n, float *logits, bool all,
+                       const char *func) {
+    int rc = check_llm(m, func);
     if (rc) return rc;
-    if (!tokens || n < 1) return TNN_ERR(TNN_ERR_ARG, "want n >= 1 tokens (n=%d)", n);
+    if (!tokens || n < 1 || (all && !logits))
+        return tnn__error(TNN_ERR_ARG, func, "want n >= 1 tokens (n=%d)%s", n,
+                          all ? " and logits" : "");
     int32_t p0 = lm_llama_pos(m->lm);
-    rc = (int)wrap(lm_llama_eval(m->lm, tokens, n, logits), __func__);
-    if (rc == TNN_OK) memcpy(m->ids + p0, tokens, sizeof *tokens * (size_t)n);
-    return rc;
+    rc = all ? lm_llama_eval_all(m->lm, tokens, n, logits)
+             : lm_llama_eval(m->lm, tokens, n, logits);
+    if (rc) return (int)wrap(rc, func);
+    memcpy(m->ids + p0, tokens, sizeof *tokens * (size_t)n);
+    return TNN_OK;
+}
+
+int tnn_llm_eval(tnn_llm *m, const int32_t *tokens, int32_t n, float *logits) {
+    return eval_tokens(m, tokens, n, logits, false, __func__);
 }
 
 int tnn_llm_eval_logits(tnn_llm *m, const int32_t *tokens, int32_t n, float *logits) {
-    int rc = check_llm(m, __func__);
-    if (rc) return rc;
-    if (!tokens || n < 1 || !logits)
-        return TNN_ERR(TNN_ERR_ARG, "want n >= 1 tokens (n=%d) and logits", n);
-    int32_t p0 = lm_llama_pos(m->lm);
-    rc = (int)wrap(lm_llama_eval_all(m->lm, tokens, n, logits), __func__);
-    if (rc == TNN_OK) memcpy(m->ids + p0, tokens, sizeof *tokens * (size_t)n);
-    return rc;
+    return eval_tokens(m, tokens, n, logits, true, __func__);
+}
+
+/* A text's tokens (malloc'd) in *ids: their count, or a negative status
+ * (TNN_ERR_ARG for none). */
+static int32_t tokens_of(const tnn_llm *m, const char *text, size_t len, int32_t flags,
+                         int32_t **ids) {
+    *ids = NULL;
+    int32_t n = tnn_llm_tokenize(m, text, len, flags, NULL, 0);
+    if (n == 0) return TNN_ERR(TNN_ERR_ARG, "the text gives no tokens");
+    if (n < 0) return n;
+    *ids = malloc(sizeof **ids * (size_t)n);
+    if (!*ids) return TNN_ERR(TNN_ERR_NOMEM, "out of memory");
+    n = tnn_llm_tokenize(m, text, len, flags, *ids, n);
+    if (n < 0) {
+        free(*ids);
+        *ids = NULL;
+    }
+    return n;
 }
 
 int tnn_llm_perplexity(tnn_llm *m, const char *text, size_t len, int32_t chunk,
@@ -166,25 +188,25 @@ int tnn_llm_perplexity(tnn_llm *m, const char *text, size_t len, int32_t chunk,
         return TNN_ERR(TNN_ERR_ARG, "want text, ppl, 4 <= chunk <= the context (%d) and "
                                     "max_chunks >= 0 (chunk=%d, max_chunks=%d)",
                        n_ctx, chunk, max_chunks);
-    int32_t n = tnn_llm_tokenize(m, text, len, TNN_TOK_ADD_SPECIAL, NULL, 0);
-    if (n < 0) return wrap(n, __func__);
-    if (n < chunk)
-        return TNN_ERR(TNN_ERR_RANGE, "the text has %d tokens, fewer than one chunk of %d", n,
-                       chunk);
-    int32_t *ids = malloc(sizeof *ids * (size_t)n);
+    int32_t *ids;
+    int32_t n = tokens_of(m, text, len, TNN_TOK_ADD_SPECIAL, &ids);
+    if (n >= 0 && n < chunk)
+        n = TNN_ERR(TNN_ERR_RANGE, "the text has %d tokens, fewer than one chunk of %d", n, chunk);
+    if (n < 0) {
+        free(ids);
+        return (int)wrap(n, __func__);
+    }
     float *lg = malloc(sizeof *lg * (size_t)chunk * (size_t)V);
-    if (!ids || !lg) rc = TNN_ERR(TNN_ERR_NOMEM, "out of memory");
-    if (!rc) tnn_llm_tokenize(m, text, len, TNN_TOK_ADD_SPECIAL, ids, n);
+    if (!lg) rc = TNN_ERR(TNN_ERR_NOMEM, "out of memory");
     int32_t chunks = n / chunk, first = chunk / 2, bos = lm_tokenizer_bos(m->tok), scored = 0;
     if (max_chunks > 0 && chunks > max_chunks) chunks = max_chunks;
     bool add_bos = lm_tokenizer_add_bos(m->tok) && bos >= 0;
     double nll = 0;
     for (int32_t c = 0; !rc && c < chunks; c++) {
-        int32_t *t = ids + (size_t)c * chunk, t0 = t[0];
+        int32_t *t = ids + (size_t)c * chunk; /* scored from t[first + 1]: t[0] is free */
         if (add_bos) t[0] = bos;
         lm_llama_rewind(m->lm, 0);
         rc = tnn_llm_eval_logits(m, t, chunk, lg);
-        t[0] = t0;
         for (int32_t j = first; !rc && j + 1 < chunk; j++) {
             const float *row = lg + (size_t)j * V;
             double mx = row[0], sum = 0;
@@ -356,9 +378,10 @@ static int emit(lm_text *t, const char *s, size_t n, tnn_llm_text_fn fn, void *u
     return fn && fn(s, n, user) != 0;
 }
 
-/* The prompt's tokens (malloc'd) in *ids; count or negative status. */
+/* The prompt's tokens (malloc'd) in *ids, as tokens_of. */
 static int32_t prompt_tokens(const tnn_llm *m, const char *prompt, int32_t flags,
                              int32_t **ids) {
+    *ids = NULL;
     char *chat = NULL;
     const char *text = prompt;
     if (flags & TNN_GEN_CHAT) {
@@ -370,12 +393,7 @@ static int32_t prompt_tokens(const tnn_llm *m, const char *prompt, int32_t flags
         tnn_llm_chat_format(m, NULL, &role, &prompt, 1, 1, chat, (size_t)need + 1);
         text = chat;
     }
-    int fl = TNN_TOK_ADD_SPECIAL | TNN_TOK_PARSE_SPECIAL;
-    int32_t n = tnn_llm_tokenize(m, text, strlen(text), fl, NULL, 0);
-    *ids = n > 0 ? malloc(sizeof **ids * (size_t)n) : NULL;
-    if (n > 0 && !*ids) n = TNN_ERR(TNN_ERR_NOMEM, "out of memory");
-    else if (n > 0) tnn_llm_tokenize(m, text, strlen(text), fl, *ids, n);
-    else if (n == 0) n = TNN_ERR(TNN_ERR_ARG, "the prompt gives no tokens");
+    int32_t n = tokens_of(m, text, strlen(text), TNN_TOK_ADD_SPECIAL | TNN_TOK_PARSE_SPECIAL, ids);
     free(chat);
     return n;
 }
@@ -411,15 +429,15 @@ int64_t tnn_llm_generate(tnn_llm *m, tnn_sampler *s, const char *prompt, int32_t
     lm_sampler *sm = NULL;
     lm_text t = {out, cap, 0};
     lm_detokenizer *dt = lm_detokenizer_new(m->tok, 0);
-    int32_t *recent = malloc(sizeof *recent * 64); /* the repetition penalty's window */
-    if (!dt || !recent) rc = TNN_ERR(TNN_ERR_NOMEM, "out of memory");
+    int32_t recent[64]; /* the repetition penalty's window */
+    if (!dt) rc = TNN_ERR(TNN_ERR_NOMEM, "out of memory");
     double t0 = now_s();
     if (!rc) rc = tnn_llm_eval(m, ids + keep, n - keep, m->logits);
     double t1 = now_s();
     m->n_prompt = n - keep;
     m->prompt_s = t1 - t0;
     int32_t V = HP(m)->n_vocab, n_recent = 0;
-    for (int32_t i = n > 64 ? n - 64 : 0; !rc && i < n; i++) recent[n_recent++] = ids[i];
+    for (int32_t i = n > 64 ? n - 64 : 0; i < n; i++) recent[n_recent++] = ids[i];
     if (!rc && !s) {
         lm_sampler_params gp = lm_sampler_defaults();
         gp.temperature = 0;
@@ -457,7 +475,6 @@ int64_t tnn_llm_generate(tnn_llm *m, tnn_sampler *s, const char *prompt, int32_t
     m->generate_s = now_s() - t1;
     if (sm) lm_sampler_free(sm);
     lm_detokenizer_free(dt);
-    free(recent);
     free(ids);
     if (rc) return wrap(rc, __func__);
     if (t.len < cap) out[t.len] = 0;
