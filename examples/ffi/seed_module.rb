@@ -129,8 +129,9 @@ close("rms_norm_back", TinyNN.rms_norm_back(x, y, 1e-5), want_rb)
 
 # optimizer steps
 v0 = Mat.new(4, 6, x.flat.map(&:abs))
-st = TinyNN.adam_step(x, y, y, v0, 1e-2, 0.9, 0.999, 1e-8, 0.1, 0.001)
-p_, m_, v_ = TinyNN.doubles(x.flat), TinyNN.doubles(y.flat), TinyNN.doubles(v0.flat)
+m0 = Mat.new(4, 6, y.flat.map { |q| f32(-0.5 * q) }) # unlike the gradient, so m's update shows
+st = TinyNN.adam_step(x, y, m0, v0, 1e-2, 0.9, 0.999, 1e-8, 0.1, 0.001)
+p_, m_, v_ = TinyNN.doubles(x.flat), TinyNN.doubles(m0.flat), TinyNN.doubles(v0.flat)
 C.tnn_mat_adam_step(p_, TinyNN.doubles(y.flat), m_, v_, 4, 6, 1e-2, 0.9, 0.999, 1e-8, 0.1, 0.001)
 check(p_.read_array_of_double(24) == st.param.flat && m_.read_array_of_double(24) == st.m.flat &&
       v_.read_array_of_double(24) == st.v.flat, "adam_step: the one-call tnn_mat_adam_step differs")

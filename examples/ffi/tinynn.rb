@@ -147,84 +147,77 @@ module TinyNN
     Mat.new(rows, cols, Array.new(rows * cols) { |i| C.tnn_scratch_get(sess, i) })
   end
 
+  # A session for one call; the block's value is the method's. The session
+  # is freed after, whatever happens.
+  def self.one_shot
+    sess = C.tnn_session_new(0)
+    yield sess
+  ensure
+    C.tnn_session_free(sess) if sess
+  end
+
+  # Runs the realized graph and brings result into the scratch.
+  def self.run(sess, result)
+    C.tnn_compute(sess)
+    C.tnn_download(sess, result)
+  end
+
+  # tnn_matmul of an (ar x ac) and a (br x bc) input, staged by the block,
+  # read back as the (m x n) matrix its layout holds.
+  def self.product(ar, ac, br, bc, m, n)
+    one_shot do |sess|
+      ta = C.tnn_input_2d_f32(sess, ar, ac)
+      tb = C.tnn_input_2d_f32(sess, br, bc)
+      tc = C.tnn_matmul(sess, ta, tb)
+      C.tnn_realize(sess, tc)
+      yield sess, ta, tb
+      run(sess, tc)
+      read_matmul(sess, m, n)
+    end
+  end
+
   # a @ b: b goes in transposed, since tnn_matmul computes A·Bᵀ.
   def self.matmul(a, b)
-    sess = C.tnn_session_new(0)
-    ta = C.tnn_input_2d_f32(sess, a.nrows, a.ncols)
-    tb_t = C.tnn_input_2d_f32(sess, b.ncols, b.nrows)
-    tc = C.tnn_matmul(sess, ta, tb_t)
-    C.tnn_realize(sess, tc)
-    stage_and_upload(sess, ta, a)
-    b.nrows.times do |i|
-      b.ncols.times { |j| C.tnn_scratch_set(sess, j * b.nrows + i, b.flat[i * b.ncols + j]) }
+    product(a.nrows, a.ncols, b.ncols, b.nrows, a.nrows, b.ncols) do |sess, ta, tb_t|
+      stage_and_upload(sess, ta, a)
+      b.nrows.times do |i|
+        b.ncols.times { |j| C.tnn_scratch_set(sess, j * b.nrows + i, b.flat[i * b.ncols + j]) }
+      end
+      C.tnn_upload(sess, tb_t)
     end
-    C.tnn_upload(sess, tb_t)
-    C.tnn_compute(sess)
-    C.tnn_download(sess, tc)
-    out = read_matmul(sess, a.nrows, b.ncols)
-    C.tnn_session_free(sess)
-    out
   end
 
   # a @ bᵀ, natively.
   def self.matmul_t(a, b)
-    sess = C.tnn_session_new(0)
-    ta = C.tnn_input_2d_f32(sess, a.nrows, a.ncols)
-    tb = C.tnn_input_2d_f32(sess, b.nrows, b.ncols)
-    tc = C.tnn_matmul(sess, ta, tb)
-    C.tnn_realize(sess, tc)
-    stage_and_upload(sess, ta, a)
-    stage_and_upload(sess, tb, b)
-    C.tnn_compute(sess)
-    C.tnn_download(sess, tc)
-    out = read_matmul(sess, a.nrows, b.nrows)
-    C.tnn_session_free(sess)
-    out
+    product(a.nrows, a.ncols, b.nrows, b.ncols, a.nrows, b.nrows) do |sess, ta, tb|
+      stage_and_upload(sess, ta, a)
+      stage_and_upload(sess, tb, b)
+    end
   end
 
   # aᵀ @ b: both operands go in transposed.
   def self.t_matmul(a, b)
-    sess = C.tnn_session_new(0)
-    ta_t = C.tnn_input_2d_f32(sess, a.ncols, a.nrows)
-    tb_t = C.tnn_input_2d_f32(sess, b.ncols, b.nrows)
-    tc = C.tnn_matmul(sess, ta_t, tb_t)
-    C.tnn_realize(sess, tc)
-    C.tnn_upload_transposed_f64(sess, ta_t, doubles(a.flat), a.nrows, a.ncols)
-    C.tnn_upload_transposed_f64(sess, tb_t, doubles(b.flat), b.nrows, b.ncols)
-    C.tnn_compute(sess)
-    C.tnn_download(sess, tc)
-    out = read_matmul(sess, a.ncols, b.ncols)
-    C.tnn_session_free(sess)
-    out
+    product(a.ncols, a.nrows, b.ncols, b.nrows, a.ncols, b.ncols) do |sess, ta_t, tb_t|
+      C.tnn_upload_transposed_f64(sess, ta_t, doubles(a.flat), a.nrows, a.ncols)
+      C.tnn_upload_transposed_f64(sess, tb_t, doubles(b.flat), b.nrows, b.ncols)
+    end
   end
 
-  def self.unary(a, out_rows, out_cols)
-    sess = C.tnn_session_new(0)
-    ta = C.tnn_input_2d_f32(sess, a.nrows, a.ncols)
-    tc = yield(sess, ta)
-    C.tnn_realize(sess, tc)
-    stage_and_upload(sess, ta, a)
-    C.tnn_compute(sess)
-    C.tnn_download(sess, tc)
-    out = read_row_major(sess, out_rows, out_cols)
-    C.tnn_session_free(sess)
-    out
+  # An op of the matrices given (each staged and uploaded), built by the
+  # block, read back row-major as an (out_rows x out_cols) matrix.
+  def self.graph_op(inputs, out_rows, out_cols)
+    one_shot do |sess|
+      ts = inputs.map { |x| C.tnn_input_2d_f32(sess, x.nrows, x.ncols) }
+      tc = yield(sess, *ts)
+      C.tnn_realize(sess, tc)
+      inputs.zip(ts).each { |x, t| stage_and_upload(sess, t, x) }
+      run(sess, tc)
+      read_row_major(sess, out_rows, out_cols)
+    end
   end
 
-  def self.binary(a, b, like)
-    sess = C.tnn_session_new(0)
-    ta = C.tnn_input_2d_f32(sess, a.nrows, a.ncols)
-    tb = C.tnn_input_2d_f32(sess, b.nrows, b.ncols)
-    tc = yield(sess, ta, tb)
-    C.tnn_realize(sess, tc)
-    stage_and_upload(sess, ta, a)
-    stage_and_upload(sess, tb, b)
-    C.tnn_compute(sess)
-    C.tnn_download(sess, tc)
-    out = read_row_major(sess, like.nrows, like.ncols)
-    C.tnn_session_free(sess)
-    out
-  end
+  def self.unary(a, out_rows, out_cols, &build) = graph_op([a], out_rows, out_cols, &build)
+  def self.binary(a, b, like, &build) = graph_op([a, b], like.nrows, like.ncols, &build)
 
   def self.add(a, b) = binary(a, b, a) { |s, x, y| C.tnn_add(s, x, y) }
   def self.mul(a, b) = binary(a, b, a) { |s, x, y| C.tnn_mul(s, x, y) }
@@ -246,67 +239,64 @@ module TinyNN
     binary(x, g, x) { |s, tx, tg| C.tnn_rms_norm(s, tx, tg, eps) }
   end
 
+  # Stages arrays one after the other in the scratch (slot k*n + i).
+  def self.stage_all(sess, n, mats)
+    mats.each_with_index { |x, k| n.times { |i| C.tnn_scratch_set(sess, k * n + i, x.flat[i]) } }
+  end
+
+  # n slots from slot k*n as a (rows x cols) matrix.
+  def self.read_slots(sess, k, n, rows, cols)
+    Mat.new(rows, cols, Array.new(n) { |i| C.tnn_scratch_get(sess, k * n + i) })
+  end
+
   # dx = dh * gelu'(x), on the scratch only.
   def self.gelu_back(x, dh)
-    sess = C.tnn_session_new(0)
-    n = x.nrows * x.ncols
-    n.times { |i| C.tnn_scratch_set(sess, i, x.flat[i]) }
-    n.times { |i| C.tnn_scratch_set(sess, n + i, dh.flat[i]) }
-    C.tnn_gelu_back_scratch(sess, n)
-    out = Mat.new(x.nrows, x.ncols, Array.new(n) { |i| C.tnn_scratch_get(sess, 2 * n + i) })
-    C.tnn_session_free(sess)
-    out
+    one_shot do |sess|
+      n = x.nrows * x.ncols
+      stage_all(sess, n, [x, dh])
+      C.tnn_gelu_back_scratch(sess, n)
+      read_slots(sess, 2, n, x.nrows, x.ncols)
+    end
   end
 
   # One Adam step on the scratch; returns the new param, m and v.
   def self.adam_step(param, grad, m, v, lr, b1, b2, eps, omc1, omc2)
-    sess = C.tnn_session_new(0)
-    n = param.nrows * param.ncols
-    [param, grad, m, v].each_with_index do |x, k|
-      n.times { |i| C.tnn_scratch_set(sess, k * n + i, x.flat[i]) }
+    one_shot do |sess|
+      n = param.nrows * param.ncols
+      stage_all(sess, n, [param, grad, m, v])
+      C.tnn_adam_step_scratch(sess, n, lr, b1, b2, eps, omc1, omc2)
+      AdamStepResult.new(*[0, 2, 3].map { |k| read_slots(sess, k, n, param.nrows, param.ncols) })
     end
-    C.tnn_adam_step_scratch(sess, n, lr, b1, b2, eps, omc1, omc2)
-    read = ->(k) { Mat.new(param.nrows, param.ncols, Array.new(n) { |i| C.tnn_scratch_get(sess, k * n + i) }) }
-    out = AdamStepResult.new(read.(0), read.(2), read.(3))
-    C.tnn_session_free(sess)
-    out
   end
 
   def self.sgd_step(param, grad, lr) = add(param, scale(grad, -lr))
 
+  # get_rows (lookup) or get_rows_back (scatter-add into a (vocab x d)
+  # shape) of a staged matrix and staged int32 indices.
+  def self.rows_op(x, indices, out_rows)
+    one_shot do |sess|
+      tx = C.tnn_input_2d_f32(sess, x.nrows, x.ncols)
+      tidx = C.tnn_input_1d_i32(sess, indices.size)
+      tout = yield(sess, tx, tidx)
+      C.tnn_realize(sess, tout)
+      stage_and_upload(sess, tx, x)
+      indices.each_with_index { |id, i| C.tnn_scratch_set_i32(sess, i, id) }
+      C.tnn_upload(sess, tidx)
+      run(sess, tout)
+      read_row_major(sess, out_rows, x.ncols)
+    end
+  end
+
   # Row i of the result is table[indices[i]].
   def self.embed_lookup(table, indices)
-    sess = C.tnn_session_new(0)
-    ttab = C.tnn_input_2d_f32(sess, table.nrows, table.ncols)
-    tidx = C.tnn_input_1d_i32(sess, indices.size)
-    tout = C.tnn_get_rows(sess, ttab, tidx)
-    C.tnn_realize(sess, tout)
-    stage_and_upload(sess, ttab, table)
-    indices.each_with_index { |x, i| C.tnn_scratch_set_i32(sess, i, x) }
-    C.tnn_upload(sess, tidx)
-    C.tnn_compute(sess)
-    C.tnn_download(sess, tout)
-    out = read_row_major(sess, indices.size, table.ncols)
-    C.tnn_session_free(sess)
-    out
+    rows_op(table, indices, indices.size) { |s, tt, ti| C.tnn_get_rows(s, tt, ti) }
   end
 
   # Scatter-add: out[indices[i]] += d_out[i], out (vocab_size x d).
   def self.embed_back(d_out, indices, vocab_size)
-    sess = C.tnn_session_new(0)
-    td = C.tnn_input_2d_f32(sess, d_out.nrows, d_out.ncols)
-    tidx = C.tnn_input_1d_i32(sess, indices.size)
-    tshape = C.tnn_input_2d_f32(sess, vocab_size, d_out.ncols)
-    tout = C.tnn_get_rows_back(sess, td, tidx, tshape)
-    C.tnn_realize(sess, tout)
-    stage_and_upload(sess, td, d_out)
-    indices.each_with_index { |x, i| C.tnn_scratch_set_i32(sess, i, x) }
-    C.tnn_upload(sess, tidx)
-    C.tnn_compute(sess)
-    C.tnn_download(sess, tout)
-    out = read_row_major(sess, vocab_size, d_out.ncols)
-    C.tnn_session_free(sess)
-    out
+    rows_op(d_out, indices, vocab_size) do |s, td, ti|
+      C.tnn_get_rows_back(s, td, ti, C.tnn_input_2d_f32(s, vocab_size, d_out.ncols))
+    end
   end
 
   # (softmax(logits) - one_hot(targets)) / n_pred, composed from the methods.
