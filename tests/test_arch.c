@@ -11,10 +11,14 @@
  * ids, the top-10 logits after it and 8 greedy tokens with their margins.
  * The test compares top-10 logits within 0.02 and the greedy tokens wherever
  * llama.cpp's top-2 margin is above 0.05 (its KV cache is f16, as ours is
- * here).
+ * here). The training model read from the same file (what fine-tuning
+ * starts from: lm_checkpoint_read_config and lm_checkpoint_load) must give
+ * every prompt position the logits of the inference path with an f32 cache,
+ * and its last row the same top-10 against llama.cpp.
  */
 #include "harness.h"
 
+#include "llm/checkpoint.h"
 #include "llm/llama.h"
 #include "llm/model.h"
 
@@ -172,6 +176,53 @@ static int argmax(const float *x, int n) {
     return b;
 }
 
+/* The training graph of the model in `path` (its config and weights as
+ * fine-tuning reads them) on the n tokens of tok: its logits against the
+ * inference path's for every position, and the last row's top-10 against
+ * llama.cpp's (rec). */
+static void check_training_graph(const variant *v, const char *path, const record *rec) {
+    lm_config cfg;
+    CHECK_OK(lm_checkpoint_read_config(path, &cfg, NULL));
+    CHECK(cfg.qkv_bias == v->bias && cfg.rope_mode == (v->bias ? 1 : 0) &&
+              cfg.untied == !v->tied && cfg.rope_factors == v->rope_freqs &&
+              cfg.n_kv_head == v->n_kv && cfg.vocab == VOCAB && cfg.seq_len == 256 &&
+              cfg.ctx_len == 0,
+          "%s: training config read wrong", v->name);
+    int n = rec->n_tok;
+    cfg.seq_len = n;
+    lm_graph g;
+    int rc = lm_graph_build(&g, &cfg, 1, n, false, NULL, lm_cuda());
+    CHECK(rc == TNN_OK, "%s: training graph: %s", v->name, tnn_last_error());
+    if (rc != TNN_OK) return;
+    CHECK_OK(lm_checkpoint_load(path, &g, false));
+    int64_t tok[32];
+    int32_t tok32[32];
+    for (int i = 0; i < n; i++) tok[i] = tok32[i] = rec->tok[i];
+    float *train = malloc(sizeof(float) * (size_t)n * VOCAB);
+    float *infer = malloc(sizeof(float) * (size_t)n * VOCAB);
+    CHECK_OK(tnn_upload_from_int_array(g.s, g.tokens, tok, (size_t)n));
+    CHECK_OK(tnn_compute(g.s));
+    CHECK_OK(tnn_download_f32(g.s, g.logits, train, (size_t)n * VOCAB));
+    lm_llama *m = lm_llama_load(path, 64, TNN_F32, lm_cuda());
+    CHECK(m != NULL, "%s: %s", v->name, tnn_last_error());
+    if (m) CHECK_OK(lm_llama_eval_all(m, tok32, n, infer));
+    double worst = 0, top = 0;
+    for (int64_t i = 0; m && i < (int64_t)n * VOCAB; i++)
+        worst = fmax(worst, fabs((double)train[i] - infer[i]));
+    const float *last = train + (size_t)(n - 1) * VOCAB;
+    for (int i = 0; i < 10; i++) top = fmax(top, fabs(last[rec->top_id[i]] - rec->top_logit[i]));
+    /* both f32 throughout, summing in other orders */
+    CHECK(worst <= 1e-4, "%s: training graph's logits differ from inference by %.3g", v->name,
+          worst);
+    CHECK(top <= 0.02, "%s: training graph's top-10 differ from llama.cpp by %.4f", v->name, top);
+    printf("%s: training graph within %.2g of inference, top-10 within %.4f of llama.cpp\n",
+           v->name, worst, top);
+    lm_llama_free(m);
+    free(train);
+    free(infer);
+    lm_graph_free(&g);
+}
+
 int main(int argc, char **argv) {
     TH_USE_CUDA("test_arch");
     if (argc == 3 && !strcmp(argv[1], "--write")) { /* for tools/arch_reference.py */
@@ -231,6 +282,7 @@ int main(int argc, char **argv) {
         printf("%s: top-10 logits within %.4f of llama.cpp; greedy %d of %d equal\n", v->name,
                worst, equal, compared);
         lm_llama_free(m);
+        check_training_graph(v, path, &rec[r]);
         unlink(path);
     }
     return th_finish("test_arch");

@@ -37,6 +37,7 @@ static double model_loss(tnn_session *s, tnn_tensor *loss) {
 /* Central differences on a few elements of one parameter. */
 static int fd_param(void *p, const char *name, tnn_tensor *t) {
     fd_ctx *c = p;
+    if (!strcmp(name, "rope_freqs.weight")) return 0; /* fixed, not a parameter */
     size_t n = (size_t)tnn_tensor_nelements(t);
     double *w = th_alloc(n), *g = th_alloc(n);
     tnn_download_to_f64_array(c->s, t, w, n);
@@ -68,23 +69,48 @@ static int fd_param(void *p, const char *name, tnn_tensor *t) {
     return 0;
 }
 
+/* Uploads n random values in [lo, hi) to t, from a fixed seed. */
+static void upload_uniform(tnn_session *s, tnn_tensor *t, double lo, double hi) {
+    size_t n = (size_t)tnn_tensor_nelements(t);
+    double *v = th_alloc(n);
+    for (size_t i = 0; i < n; i++) v[i] = lo + (hi - lo) * th_uniform();
+    CHECK_OK(tnn_upload_from_float_array(s, t, v, n));
+    free(v);
+}
+
+/* Every parameter's gradient by finite differences: the model trained from
+ * scratch, and the variants a fine-tuned GGUF model brings (qwen2's q/k/v
+ * biases with NeoX RoPE and an output matrix of its own; Llama 3's RoPE
+ * frequency factors). */
 static void test_model_gradients(void) {
-    lm_config cfg = tiny();
-    lm_graph g;
-    /* lr 0: the optimizer runs but leaves the weights alone */
-    lm_optim opt = {.lr = 0.0, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.0};
-    CHECK_OK(lm_graph_build(&g, &cfg, 2, 8, true, &opt, lm_cuda()));
-    CHECK_OK(lm_init_weights(&g, 7));
-    int64_t tok[16], tgt[16];
-    for (int i = 0; i < 16; i++) tok[i] = (i * 37 + 11) % 256, tgt[i] = (i * 53 + 5) % 256;
-    CHECK_OK(tnn_upload_from_int_array(g.s, g.tokens, tok, 16));
-    CHECK_OK(tnn_upload_from_int_array(g.s, g.targets, tgt, 16));
-    fd_ctx c = {.s = g.s, .loss = g.loss};
-    CHECK(lm_params_each(&g, fd_param, &c) == 0, "walk");
-    CHECK(c.checked == 3 * (2 + 9 * cfg.n_layer), "checked %d elements", c.checked);
-    CHECK(c.worst <= 1.0, "whole-model gradient off by %.3g tolerances (%s)", c.worst,
-          c.worst_name ? c.worst_name : "-");
-    lm_graph_free(&g);
+    for (int variant = 0; variant < 3; variant++) {
+        lm_config cfg = tiny();
+        if (variant == 1) cfg.qkv_bias = true, cfg.rope_mode = 1, cfg.untied = true;
+        if (variant == 2) cfg.rope_factors = true, cfg.rope_base = 500000.0;
+        lm_graph g;
+        /* lr 0: the optimizer runs but leaves the weights alone */
+        lm_optim opt = {.lr = 0.0, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.0};
+        CHECK_OK(lm_graph_build(&g, &cfg, 2, 8, true, &opt, lm_cuda()));
+        CHECK_OK(lm_init_weights(&g, 7));
+        th_seed(70 + (uint64_t)variant);
+        for (int l = 0; l < cfg.n_layer && cfg.qkv_bias; l++) { /* biases start at 0 */
+            upload_uniform(g.s, g.p.layer[l].bq, -0.5, 0.5);
+            upload_uniform(g.s, g.p.layer[l].bk, -0.5, 0.5);
+            upload_uniform(g.s, g.p.layer[l].bv, -0.5, 0.5);
+        }
+        if (cfg.rope_factors) upload_uniform(g.s, g.p.rope_freqs, 1.0, 8.0);
+        int64_t tok[16], tgt[16];
+        for (int i = 0; i < 16; i++) tok[i] = (i * 37 + 11) % 256, tgt[i] = (i * 53 + 5) % 256;
+        CHECK_OK(tnn_upload_from_int_array(g.s, g.tokens, tok, 16));
+        CHECK_OK(tnn_upload_from_int_array(g.s, g.targets, tgt, 16));
+        fd_ctx c = {.s = g.s, .loss = g.loss};
+        CHECK(lm_params_each(&g, fd_param, &c) == 0, "walk");
+        int per_layer = 9 + (cfg.qkv_bias ? 3 : 0), params = 2 + per_layer * cfg.n_layer + cfg.untied;
+        CHECK(c.checked == 3 * params, "variant %d: checked %d elements", variant, c.checked);
+        CHECK(c.worst <= 1.0, "variant %d: whole-model gradient off by %.3g tolerances (%s)",
+              variant, c.worst, c.worst_name ? c.worst_name : "-");
+        lm_graph_free(&g);
+    }
 }
 
 /* A corpus with structure a small model learns fast. */

@@ -1,13 +1,18 @@
 /* checkpoint.c - saving and loading training checkpoints (GGUF).
  *
  * Model keys follow the llama GGUF conventions (llama.block_count, ...;
- * tensors token_embd.weight, blk.N.attn_q.weight, ...), so a checkpoint
- * is also a model file. Optimizer moments are tensors "opt.m.<name>" and
- * "opt.v.<name>"; the training state lives under "tinynn.train.".
+ * tensors token_embd.weight, blk.N.attn_q.weight, ...; qwen2.* for a model
+ * with q/k/v biases), so a checkpoint is also a model file. Optimizer
+ * moments are tensors "opt.m.<name>" and "opt.v.<name>"; the training state
+ * lives under "tinynn.train.". Any llama or qwen2 GGUF model loads as the
+ * starting point of a fine-tuning run (its weights dequantized to f32).
  */
 #include "checkpoint.h"
 
+#include "llama.h"
 #include "quantize.h"
+
+#include "../quant/quant.h"
 
 #include "../core/internal.h"
 
@@ -50,6 +55,9 @@ static int add_f32(save_ctx *c, const char *name, tnn_tensor *t, const float *da
                                       n * sizeof(float));
 }
 
+/* Whether the optimizer keeps moments for t (rope_freqs is not trained). */
+static bool trained(const tnn_tensor *t) { return (t->flags & TNN_FLAG_PARAM) != 0; }
+
 static int save_one(void *p, const char *name, tnn_tensor *t) {
     save_ctx *c = p;
     size_t n = (size_t)tnn_tensor_nelements(t);
@@ -57,7 +65,7 @@ static int save_one(void *p, const char *name, tnn_tensor *t) {
     if (!b) return TNN_ERR_NOMEM;
     int rc = tnn_download_f32(c->g->s, t, b, n);
     if (rc == TNN_OK) rc = add_f32(c, name, t, b);
-    for (int which = 0; which < 2 && rc == TNN_OK && c->optimizer; which++) {
+    for (int which = 0; which < 2 && rc == TNN_OK && c->optimizer && trained(t); which++) {
         char oname[96];
         snprintf(oname, sizeof oname, "opt.%c.%s", which ? 'v' : 'm', name);
         rc = tnn_optimizer_get_state(c->g->s, t, which, b, n);
@@ -82,21 +90,29 @@ int lm_checkpoint_save(const char *path, const lm_graph *g, const lm_train_state
     do {                                                                                      \
         if (rc == TNN_OK) rc = (call);                                                        \
     } while (0)
-    ADD(tnn_gguf_writer_add_str(w, "general.architecture", "llama"));
+    /* the architecture's own key names: "llama.block_count", "qwen2.block_count" */
+    const char *arch = m->qkv_bias ? "qwen2" : "llama";
+    char akey[96];
+#define KEY(name) (snprintf(akey, sizeof akey, "%s.%s", arch, (name)), akey)
+    ADD(tnn_gguf_writer_add_str(w, "general.architecture", arch));
     ADD(tnn_gguf_writer_add_str(w, "general.name", tok ? "tinynn transformer"
                                                         : "tinynn byte-level transformer"));
-    ADD(tnn_gguf_writer_add_u32(w, "llama.vocab_size", (uint32_t)m->vocab));
-    ADD(tnn_gguf_writer_add_u32(w, "llama.context_length", (uint32_t)m->seq_len));
-    ADD(tnn_gguf_writer_add_u32(w, "llama.embedding_length", (uint32_t)m->d_model));
-    ADD(tnn_gguf_writer_add_u32(w, "llama.block_count", (uint32_t)m->n_layer));
-    ADD(tnn_gguf_writer_add_u32(w, "llama.feed_forward_length", (uint32_t)m->d_ff));
-    ADD(tnn_gguf_writer_add_u32(w, "llama.attention.head_count", (uint32_t)m->n_head));
-    ADD(tnn_gguf_writer_add_u32(w, "llama.attention.head_count_kv", (uint32_t)m->n_kv_head));
-    ADD(tnn_gguf_writer_add_u32(w, "llama.rope.dimension_count",
+    ADD(tnn_gguf_writer_add_u32(w, KEY("vocab_size"), (uint32_t)m->vocab));
+    ADD(tnn_gguf_writer_add_u32(w, KEY("context_length"),
+                                (uint32_t)(m->ctx_len ? m->ctx_len : m->seq_len)));
+    ADD(tnn_gguf_writer_add_u32(w, KEY("embedding_length"), (uint32_t)m->d_model));
+    ADD(tnn_gguf_writer_add_u32(w, KEY("block_count"), (uint32_t)m->n_layer));
+    ADD(tnn_gguf_writer_add_u32(w, KEY("feed_forward_length"), (uint32_t)m->d_ff));
+    ADD(tnn_gguf_writer_add_u32(w, KEY("attention.head_count"), (uint32_t)m->n_head));
+    ADD(tnn_gguf_writer_add_u32(w, KEY("attention.head_count_kv"), (uint32_t)m->n_kv_head));
+    ADD(tnn_gguf_writer_add_u32(w, KEY("rope.dimension_count"),
                                 (uint32_t)(m->d_model / m->n_head)));
-    ADD(tnn_gguf_writer_add_f32(w, "llama.rope.freq_base", (float)m->rope_base));
-    ADD(tnn_gguf_writer_add_f32(w, "llama.attention.layer_norm_rms_epsilon", (float)m->norm_eps));
+    ADD(tnn_gguf_writer_add_f32(w, KEY("rope.freq_base"), (float)m->rope_base));
+    ADD(tnn_gguf_writer_add_f32(w, KEY("attention.layer_norm_rms_epsilon"), (float)m->norm_eps));
+#undef KEY
     ADD(tnn_gguf_writer_add_str(w, "tinynn.tokenizer", tok ? "gguf" : "bytes"));
+    /* the window the model was trained with (context_length may be longer) */
+    ADD(tnn_gguf_writer_add_i32(w, "tinynn.train.seq", m->seq_len));
     for (int64_t i = 0; tok && rc == TNN_OK && i < tnn_gguf_n_kv(tok); i++) {
         const char *key = tnn_gguf_key(tok, i);
         if (key && !strncmp(key, "tokenizer.", 10)) rc = lm_gguf_copy_kv(tok, w, key);
@@ -152,24 +168,32 @@ static int get_dbl(const tnn_gguf *f, const char *key, double *out) {
 int lm_checkpoint_read_config(const char *path, lm_config *cfg, lm_train_state *st) {
     tnn_gguf *f = tnn_gguf_open(path);
     if (!f) return tnn_last_status();
-    int rc = TNN_OK;
-    const char *arch = NULL;
-    if (tnn_gguf_get_str(f, "general.architecture", &arch, NULL) != TNN_OK || strcmp(arch, "llama"))
-        rc = ERR(TNN_ERR_FORMAT, "%s: not a llama-architecture file", path);
     memset(cfg, 0, sizeof *cfg);
+    lm_llama_hparams hp;
+    int rc = lm_llama_read_hparams(f, &hp);
+    if (rc != TNN_OK) {
+        char msg[400];
+        snprintf(msg, sizeof msg, "%s", tnn_last_error());
+        rc = ERR(rc, "%s: %s", path, msg);
+    } else {
+        *cfg = (lm_config){.vocab = hp.n_vocab, .d_model = hp.n_embd, .n_layer = hp.n_layer,
+                           .n_head = hp.n_head, .n_kv_head = hp.n_kv_head, .d_ff = hp.n_ff,
+                           .seq_len = hp.n_ctx_train, .rope_base = hp.rope_base,
+                           .norm_eps = hp.norm_eps, .rope_mode = hp.rope_mode,
+                           .qkv_bias = hp.qkv_bias, .untied = !hp.tied_output,
+                           .rope_factors = hp.rope_factors};
+        int64_t seq;
+        if (tnn_gguf_get_i64(f, "tinynn.train.seq", &seq) == TNN_OK && seq >= 1 &&
+            seq <= hp.n_ctx_train) { /* a checkpoint of this library: its window */
+            cfg->seq_len = (int)seq;
+            cfg->ctx_len = seq < hp.n_ctx_train ? hp.n_ctx_train : 0;
+        }
+        tnn_clear_error();
+    }
 #define INT(key, dst)                                                                         \
     if (rc == TNN_OK) rc = get_int(f, key, &(dst))
 #define DBL(key, dst)                                                                         \
     if (rc == TNN_OK) rc = get_dbl(f, key, &(dst))
-    INT("llama.vocab_size", cfg->vocab);
-    INT("llama.context_length", cfg->seq_len);
-    INT("llama.embedding_length", cfg->d_model);
-    INT("llama.block_count", cfg->n_layer);
-    INT("llama.feed_forward_length", cfg->d_ff);
-    INT("llama.attention.head_count", cfg->n_head);
-    INT("llama.attention.head_count_kv", cfg->n_kv_head);
-    DBL("llama.rope.freq_base", cfg->rope_base);
-    DBL("llama.attention.layer_norm_rms_epsilon", cfg->norm_eps);
     const char *why = rc == TNN_OK ? lm_config_problem(cfg) : NULL;
     if (why) rc = ERR(TNN_ERR_FORMAT, "%s: model shape: %s", path, why);
     if (st && rc == TNN_OK) {
@@ -211,36 +235,59 @@ typedef struct {
     const char *path;
 } load_ctx;
 
-/* Copies the F32 tensor `name` of the file into t (which = -1: the weights,
- * else that optimizer moment). */
+/* The n values of tensor i of the file as f32 into dst: F32 copied (the
+ * mapping need not be 4-byte aligned for us), another type dequantized row
+ * by row (weights only: moments are always F32). */
+static int read_f32(load_ctx *c, const char *name, int64_t i, int nd, const int64_t *shape,
+                    bool weights, float *dst, size_t n) {
+    int type = tnn_gguf_tensor_type(c->f, i);
+    const void *data = tnn_gguf_tensor_data(c->f, i);
+    if (type == TNN_GGML_F32) {
+        memcpy(dst, data, n * sizeof *dst);
+        return TNN_OK;
+    }
+    int64_t cols = shape[nd - 1], rb = weights ? tnn__qtype_row_bytes(type, cols) : -1;
+    if (rb < 0)
+        return ERR(TNN_ERR_UNSUPPORTED, "%s: tensor %s is %s, which cannot be read as f32 here",
+                   c->path, name, tnn_ggml_type_name(type));
+    for (size_t r = 0; r < n / (size_t)cols; r++) {
+        int rc = tnn__dequantize_row(type, (const char *)data + r * (size_t)rb, dst + r * cols, cols);
+        if (rc != TNN_OK) return ERR(rc, "%s: tensor %s: cannot dequantize", c->path, name);
+    }
+    return TNN_OK;
+}
+
+/* Copies tensor `name` of the file into t (which = -1: the weights, else
+ * that optimizer moment). */
 static int load_tensor(load_ctx *c, const char *name, tnn_tensor *t, int which) {
     int64_t i = tnn_gguf_find_tensor(c->f, name);
     if (i < 0) return ERR(TNN_ERR_FORMAT, "%s: tensor %s is missing", c->path, name);
     int64_t shape[4];
     int nd = tnn_gguf_tensor_shape(c->f, i, shape);
-    bool same = nd == tnn_tensor_ndim(t) && tnn_gguf_tensor_type(c->f, i) == TNN_GGML_F32;
+    bool same = nd >= 1 && nd == tnn_tensor_ndim(t);
     for (int k = 0; same && k < nd; k++) same = shape[k] == tnn_tensor_dim(t, k);
-    if (!same) return ERR(TNN_ERR_FORMAT, "%s: tensor %s has the wrong type or shape", c->path, name);
+    if (!same) return ERR(TNN_ERR_FORMAT, "%s: tensor %s has the wrong shape", c->path, name);
     size_t n = (size_t)tnn_tensor_nelements(t);
-    const void *data = tnn_gguf_tensor_data(c->f, i);
-    float *tmp = malloc(n * sizeof *tmp); /* the mapping need not be 4-byte aligned for us */
-    if (!tmp) return TNN_ERR_NOMEM;
-    memcpy(tmp, data, n * sizeof *tmp);
-    int rc = which < 0 ? tnn_upload_f32(c->g->s, t, tmp, n)
+    float *tmp = malloc(n * sizeof *tmp);
+    if (!tmp) return ERR(TNN_ERR_NOMEM, "%s: out of memory reading %s", c->path, name);
+    int rc = read_f32(c, name, i, nd, shape, which < 0, tmp, n);
+    if (rc == TNN_OK) {
+        rc = which < 0 ? tnn_upload_f32(c->g->s, t, tmp, n)
                        : tnn_optimizer_set_state(c->g->s, t, which, tmp, n);
-    free(tmp);
-    if (rc != TNN_OK) {
-        char msg[400];
-        snprintf(msg, sizeof msg, "%s", tnn_last_error());
-        rc = ERR(rc, "%s: %s", name, msg);
+        if (rc != TNN_OK) {
+            char msg[400];
+            snprintf(msg, sizeof msg, "%s", tnn_last_error());
+            rc = ERR(rc, "%s: %s", name, msg);
+        }
     }
+    free(tmp);
     return rc;
 }
 
 static int load_one(void *p, const char *name, tnn_tensor *t) {
     load_ctx *c = p;
     int rc = load_tensor(c, name, t, -1);
-    for (int which = 0; which < 2 && rc == TNN_OK && c->optimizer; which++) {
+    for (int which = 0; which < 2 && rc == TNN_OK && c->optimizer && trained(t); which++) {
         char oname[96];
         snprintf(oname, sizeof oname, "opt.%c.%s", which ? 'v' : 'm', name);
         rc = load_tensor(c, oname, t, which);

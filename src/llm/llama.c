@@ -113,7 +113,22 @@ static int read_hparams(const tnn_gguf *g, lm_llama_hparams *hp) {
     tnn_clear_error();
     hp->rope_mode = strcmp(arch, "qwen2") == 0 ? 1 : 0;
     hp->qkv_bias = strcmp(arch, "qwen2") == 0;
+    /* from the tensor table: the vocabulary, the output projection, RoPE's factors */
+    int64_t i = tnn_gguf_find_tensor(g, "token_embd.weight"), sh[4];
+    if (i < 0 || tnn_gguf_tensor_shape(g, i, sh) != 2 || sh[1] != hp->n_embd || sh[0] < 1 ||
+        sh[0] > INT32_MAX)
+        return TNN_ERR(TNN_ERR_FORMAT, "the model has no token_embd.weight of (vocab, %d)",
+                       hp->n_embd);
+    hp->n_vocab = (int)sh[0];
+    hp->tied_output = tnn_gguf_find_tensor(g, "output.weight") < 0;
+    hp->rope_factors = tnn_gguf_find_tensor(g, "rope_freqs.weight") >= 0;
+    tnn_clear_error();
     return TNN_OK;
+}
+
+int lm_llama_read_hparams(const tnn_gguf *g, lm_llama_hparams *hp) {
+    if (!g || !hp) return TNN_ERR(TNN_ERR_ARG, "NULL argument");
+    return read_hparams(g, hp);
 }
 
 static tnn_tensor *weight(lm_llama *m, const char *name, int64_t d0, int64_t d1, int *rc) {
@@ -155,22 +170,10 @@ lm_llama *lm_llama_load(const char *path, int n_ctx, int kv_dtype, bool cuda) {
     }
     if (rc == TNN_OK) {
         int64_t E = hp->n_embd, kv = (int64_t)hp->n_kv_head * hp->head_dim, F = hp->n_ff;
-        m->tok_embd = tnn_tensor_from_gguf(m->s, m->g, "token_embd.weight");
-        if (!m->tok_embd) rc = tnn_last_status();
-        if (rc == TNN_OK) {
-            hp->n_vocab = (int)tnn_tensor_dim(m->tok_embd, 0);
-            if (tnn_tensor_dim(m->tok_embd, 1) != E)
-                rc = TNN_ERR(TNN_ERR_FORMAT, "token_embd.weight is not (vocab, %lld)", (long long)E);
-        }
+        m->tok_embd = weight(m, "token_embd.weight", hp->n_vocab, E, &rc);
         m->out_norm = weight(m, "output_norm.weight", E, 0, &rc);
-        if (rc == TNN_OK) {
-            hp->tied_output = tnn_gguf_find_tensor(m->g, "output.weight") < 0;
-            m->output = hp->tied_output ? m->tok_embd
-                                        : weight(m, "output.weight", hp->n_vocab, E, &rc);
-            hp->rope_factors = tnn_gguf_find_tensor(m->g, "rope_freqs.weight") >= 0;
-            if (hp->rope_factors) m->rope_freqs = weight(m, "rope_freqs.weight", hp->head_dim / 2, 0, &rc);
-            tnn_clear_error();
-        }
+        m->output = hp->tied_output ? m->tok_embd : weight(m, "output.weight", hp->n_vocab, E, &rc);
+        if (hp->rope_factors) m->rope_freqs = weight(m, "rope_freqs.weight", hp->head_dim / 2, 0, &rc);
         for (int l = 0; l < hp->n_layer && rc == TNN_OK; l++) {
             llama_layer *L = &m->L[l];
             L->attn_norm = layer_w(m, l, "attn_norm.weight", E, 0, &rc);

@@ -21,6 +21,11 @@ typedef struct {
 
 typedef struct lm_llama lm_llama;
 
+/* The hyper-parameters of a llama or qwen2 GGUF file (its metadata, and the
+ * vocabulary, output projection and RoPE factors from its tensor table).
+ * TNN_OK, or a status naming the missing or unsupported key. */
+int lm_llama_read_hparams(const tnn_gguf *g, lm_llama_hparams *hp);
+
 /* Opens the model; n_ctx = KV cache positions (0: min(training context,
  * 4096)); kv_dtype = TNN_F16 (the default of the tools, as llama.cpp's) or
  * TNN_F32 for the cache; cuda: the session prefers the GPU (the CPU where

@@ -6,6 +6,9 @@
  *              x += attention(q, k, v) Wo^T
  *              h = rms(x) g2; x += (silu(h Wg^T) * (h Wu^T)) Wd^T
  *   logits = (rms(x) gf) tok_emb^T
+ * A model read from a GGUF file may add biases to q, k and v, rotate NeoX
+ * halves, divide RoPE's frequencies by fixed factors, and project the
+ * logits with a matrix of its own (model.h).
  */
 #include "model.h"
 
@@ -38,13 +41,18 @@ const char *lm_config_problem(const lm_config *c) {
     if (c->d_model % c->n_head || (c->d_model / c->n_head) % 2)
         return "d_model / n_head (the head size) must be a whole even number";
     if (c->d_ff < 1 || c->seq_len < 1) return "d_ff and seq_len must be positive";
+    if (c->ctx_len < 0) return "ctx_len must not be negative";
+    if ((c->rope_mode != 0 && c->rope_mode != 1) || c->qkv_bias != (c->rope_mode == 1))
+        return "RoPE mode and q/k/v biases must be llama's (adjacent pairs, no biases) or "
+               "qwen2's (NeoX halves, biases)";
     return NULL;
 }
 
 int64_t lm_param_count(const lm_config *c) {
     int64_t C = c->d_model, hd = C / c->n_head, kv = hd * c->n_kv_head, F = c->d_ff;
     int64_t per_layer = 2 * C + C * C * 2 + 2 * kv * C + 3 * C * F;
-    return (int64_t)c->vocab * C + C + c->n_layer * per_layer;
+    if (c->qkv_bias) per_layer += C + 2 * kv;
+    return (int64_t)c->vocab * C * (c->untied ? 2 : 1) + C + c->n_layer * per_layer;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -71,6 +79,11 @@ static bool make_params(lm_graph *g) {
     g->p.tok_emb = new2(s, c->vocab, C);
     g->p.out_norm = new1(s, C);
     bool ok = g->p.tok_emb && g->p.out_norm;
+    if (ok && c->untied) ok = (g->p.output = new2(s, c->vocab, C)) != NULL;
+    if (ok && c->rope_factors) {
+        int64_t n = hd / 2;
+        ok = (g->p.rope_freqs = tnn_tensor_new(s, TNN_F32, 1, &n)) != NULL; /* not trained */
+    }
     for (int l = 0; l < c->n_layer && ok; l++) {
         lm_layer *L = &g->p.layer[l];
         L->attn_norm = new1(s, C);
@@ -84,6 +97,12 @@ static bool make_params(lm_graph *g) {
         L->w_down = new2(s, C, c->d_ff);
         ok = L->attn_norm && L->wq && L->wk && L->wv && L->wo && L->ffn_norm && L->w_gate &&
              L->w_up && L->w_down;
+        if (ok && c->qkv_bias) {
+            L->bq = new1(s, c->n_head * hd);
+            L->bk = new1(s, c->n_kv_head * hd);
+            L->bv = new1(s, c->n_kv_head * hd);
+            ok = L->bq && L->bk && L->bv;
+        }
     }
     return ok;
 }
@@ -104,6 +123,22 @@ static tnn_tensor *linear(lm_graph *g, tnn_tensor *x, tnn_tensor *w) {
     return tnn_matmul_nt(g->s, x, g->bf16 ? tnn_to_bf16(g->s, w) : w);
 }
 
+/* linear() plus a bias b (NULL: none) broadcast over the rows. */
+static tnn_tensor *affine(lm_graph *g, tnn_tensor *x, tnn_tensor *w, tnn_tensor *b) {
+    tnn_tensor *y = linear(g, x, w);
+    return b ? tnn_add(g->s, y, b) : y;
+}
+
+/* RoPE of q or k: by row position within a sequence, divided by the
+ * model's frequency factors when it has them. */
+static tnn_tensor *rope(lm_graph *g, tnn_tensor *x, int n_head) {
+    const lm_config *c = &g->cfg;
+    if (c->rope_factors)
+        return tnn_rope_ext(g->s, x, n_head, g->positions, c->rope_base, c->rope_mode,
+                            g->p.rope_freqs);
+    return tnn_rope(g->s, x, n_head, g->T, c->rope_base, c->rope_mode);
+}
+
 static tnn_tensor *forward(lm_graph *g) {
     const lm_config *c = &g->cfg;
     tnn_session *s = g->s;
@@ -112,9 +147,9 @@ static tnn_tensor *forward(lm_graph *g) {
     for (int l = 0; l < c->n_layer; l++) {
         const lm_layer *L = &g->p.layer[l];
         tnn_tensor *h = act(g, tnn_rms_norm(s, x, L->attn_norm, eps));
-        tnn_tensor *q = tnn_rope(s, linear(g, h, L->wq), c->n_head, g->T, c->rope_base, 0);
-        tnn_tensor *k = tnn_rope(s, linear(g, h, L->wk), c->n_kv_head, g->T, c->rope_base, 0);
-        tnn_tensor *v = linear(g, h, L->wv);
+        tnn_tensor *q = rope(g, affine(g, h, L->wq, L->bq), c->n_head);
+        tnn_tensor *k = rope(g, affine(g, h, L->wk, L->bk), c->n_kv_head);
+        tnn_tensor *v = affine(g, h, L->wv, L->bv);
         tnn_tensor *a = tnn_attention(s, q, k, v, c->n_head, c->n_kv_head, g->T);
         x = tnn_add(s, x, linear(g, act(g, a), L->wo));
         h = act(g, tnn_rms_norm(s, x, L->ffn_norm, eps));
@@ -122,7 +157,7 @@ static tnn_tensor *forward(lm_graph *g) {
         x = tnn_add(s, x, linear(g, act(g, f), L->w_down));
     }
     x = act(g, tnn_rms_norm(s, x, g->p.out_norm, eps));
-    tnn_tensor *w = g->p.tok_emb; /* tied output projection */
+    tnn_tensor *w = c->untied ? g->p.output : g->p.tok_emb;
     if (g->vocab_rows > c->vocab) {
         int64_t shape[2] = {g->vocab_rows - c->vocab, c->d_model};
         tnn_tensor *zeros = tnn_tensor_new(s, TNN_F32, 2, shape); /* a leaf: zero, never set */
@@ -174,10 +209,13 @@ int lm_graph_build(lm_graph *g, const lm_config *cfg, int B, int T, bool with_lo
     if (!make_params(g)) goto fail;
     tnn_set_no_decay(g->p.out_norm);
     for (int l = 0; l < cfg->n_layer; l++) {
-        tnn_set_no_decay(g->p.layer[l].attn_norm);
-        tnn_set_no_decay(g->p.layer[l].ffn_norm);
+        lm_layer *L = &g->p.layer[l];
+        tnn_tensor *no_decay[] = {L->attn_norm, L->ffn_norm, L->bq, L->bk, L->bv};
+        for (size_t i = 0; i < sizeof no_decay / sizeof no_decay[0]; i++)
+            if (no_decay[i]) tnn_set_no_decay(no_decay[i]);
     }
     g->vocab_rows = vocab_rows(g, optim);
+    if (cfg->rope_factors && !(g->positions = tnn_input_1d_i32(g->s, B * T))) goto fail;
     g->tokens = tnn_input_1d_i32(g->s, B * T);
     g->logits = g->tokens ? forward(g) : NULL;
     if (!g->logits) goto fail;
@@ -197,6 +235,17 @@ int lm_graph_build(lm_graph *g, const lm_config *cfg, int B, int T, bool with_lo
         if ((rc = tnn_set_grad_clip(g->s, optim->grad_clip)) != TNN_OK) goto fail;
     }
     if ((rc = tnn_realize(g->s, root)) != TNN_OK) goto fail;
+    if (g->positions) {
+        int32_t *pos = malloc((size_t)B * T * sizeof *pos);
+        if (!pos) {
+            rc = TNN_ERR(TNN_ERR_NOMEM, "out of memory");
+            goto fail;
+        }
+        for (int64_t r = 0; r < (int64_t)B * T; r++) pos[r] = (int32_t)(r % T);
+        rc = tnn_upload_i32(g->s, g->positions, pos, (size_t)B * T);
+        free(pos);
+        if (rc != TNN_OK) goto fail;
+    }
     return TNN_OK;
 fail:
     if (rc == TNN_ERR_INTERNAL && tnn_last_status() != TNN_OK) rc = tnn_last_status();
@@ -218,15 +267,22 @@ int lm_params_each(const lm_graph *g, lm_param_fn fn, void *ctx) {
         struct {
             const char *n;
             tnn_tensor *t;
-        } items[] = {{"attn_norm", L->attn_norm}, {"attn_q", L->wq},     {"attn_k", L->wk},
-                     {"attn_v", L->wv},           {"attn_output", L->wo}, {"ffn_norm", L->ffn_norm},
-                     {"ffn_gate", L->w_gate},     {"ffn_up", L->w_up},   {"ffn_down", L->w_down}};
+        } items[] = {{"attn_norm.weight", L->attn_norm}, {"attn_q.weight", L->wq},
+                     {"attn_q.bias", L->bq},             {"attn_k.weight", L->wk},
+                     {"attn_k.bias", L->bk},             {"attn_v.weight", L->wv},
+                     {"attn_v.bias", L->bv},             {"attn_output.weight", L->wo},
+                     {"ffn_norm.weight", L->ffn_norm},   {"ffn_gate.weight", L->w_gate},
+                     {"ffn_up.weight", L->w_up},         {"ffn_down.weight", L->w_down}};
         for (size_t i = 0; i < sizeof items / sizeof items[0]; i++) {
-            snprintf(name, sizeof name, "blk.%d.%s.weight", l, items[i].n);
+            if (!items[i].t) continue; /* no biases */
+            snprintf(name, sizeof name, "blk.%d.%s", l, items[i].n);
             if ((rc = fn(ctx, name, items[i].t))) return rc;
         }
     }
-    return fn(ctx, "output_norm.weight", g->p.out_norm);
+    rc = fn(ctx, "output_norm.weight", g->p.out_norm);
+    if (rc == TNN_OK && g->p.output) rc = fn(ctx, "output.weight", g->p.output);
+    if (rc == TNN_OK && g->p.rope_freqs) rc = fn(ctx, "rope_freqs.weight", g->p.rope_freqs);
+    return rc;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -244,10 +300,11 @@ static int init_one(void *p, const char *name, tnn_tensor *t) {
     size_t n = (size_t)tnn_tensor_nelements(t);
     float *buf = malloc(n * sizeof *buf);
     if (!buf) return TNN_ERR_NOMEM;
-    bool gain = strstr(name, "norm") != NULL;
+    bool ones = strstr(name, "norm") || strstr(name, "rope_freqs"), zeros = strstr(name, ".bias");
     bool resid = strstr(name, "attn_output") || strstr(name, "ffn_down");
     double std = 0.02 * (resid ? c->resid_scale : 1.0);
-    for (size_t i = 0; i < n; i++) buf[i] = gain ? 1.0f : (float)(std * tnn_rng_normal(&c->rng));
+    for (size_t i = 0; i < n; i++)
+        buf[i] = ones ? 1.0f : zeros ? 0.0f : (float)(std * tnn_rng_normal(&c->rng));
     int rc = tnn_upload_f32(c->g->s, t, buf, n);
     free(buf);
     return rc;
@@ -263,7 +320,7 @@ typedef struct {
     lm_graph *dst;
     const lm_graph *src;
     int index;
-    tnn_tensor *dst_list[LM_MAX_LAYERS * 9 + 2];
+    tnn_tensor *dst_list[LM_MAX_LAYERS * 12 + 4];
 } copy_ctx;
 
 static int collect(void *p, const char *name, tnn_tensor *t) {

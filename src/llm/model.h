@@ -1,6 +1,8 @@
 /* model.h - a decoder-only llama-style transformer (RMSNorm, RoPE, SwiGLU,
  * grouped-query attention, tied embeddings) built as a tinynn graph, for
- * training from scratch and for sampling.
+ * training from scratch, fine-tuning a llama or qwen2 GGUF model (which may
+ * add q/k/v biases, NeoX RoPE, RoPE frequency factors and an output
+ * projection of its own) and sampling.
  */
 #ifndef TNN_LLM_MODEL_H
 #define TNN_LLM_MODEL_H
@@ -13,8 +15,18 @@
 #define LM_MAX_LAYERS 64
 
 typedef struct {
-    int vocab, d_model, n_layer, n_head, n_kv_head, d_ff, seq_len;
+    int vocab, d_model, n_layer, n_head, n_kv_head, d_ff;
+    int seq_len; /* the training window; the longest graph that can be built */
     double rope_base, norm_eps;
+    /* What a GGUF model to fine-tune may have beyond a model trained from
+     * scratch (all 0 there). rope_mode and qkv_bias are both 0 (the file's
+     * architecture is llama) or both 1 (qwen2). */
+    int ctx_len;       /* saved as the file's context_length (0: seq_len) */
+    int rope_mode;     /* 0: adjacent pairs (llama); 1: NeoX halves (qwen2) */
+    bool qkv_bias;     /* q, k and v projections with biases (qwen2) */
+    bool untied;       /* an output projection of its own (else tok_emb) */
+    bool rope_factors; /* per-pair RoPE frequency divisors (Llama 3's
+                        * rope_freqs.weight): a fixed input, not trained */
 } lm_config;
 
 /* Whether the models' sessions (training graphs, lm_llama) ask for the CUDA
@@ -30,13 +42,17 @@ int64_t lm_param_count(const lm_config *c);
 
 typedef struct {
     tnn_tensor *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm, *w_gate, *w_up, *w_down;
+    tnn_tensor *bq, *bk, *bv; /* qkv_bias, else NULL */
 } lm_layer;
 
 /* The parameters as tensors of one session. Linear weights are (out, in),
  * as PyTorch's nn.Linear and GGUF store them. */
 typedef struct {
-    tnn_tensor *tok_emb; /* (vocab, d_model), also the output projection */
+    tnn_tensor *tok_emb; /* (vocab, d_model), also the output projection when tied */
     tnn_tensor *out_norm;
+    tnn_tensor *output;     /* untied: (vocab, d_model), else NULL */
+    tnn_tensor *rope_freqs; /* rope_factors: (head size / 2), a leaf that is not a
+                             * parameter, else NULL */
     lm_layer layer[LM_MAX_LAYERS];
 } lm_params;
 
@@ -50,6 +66,7 @@ typedef struct {
     tnn_session *s;
     lm_params p;
     tnn_tensor *tokens, *targets; /* int32 (B*T) */
+    tnn_tensor *positions;        /* rope_factors: int32 (B*T), row r at r % T */
     tnn_tensor *logits;           /* (B*T, vocab), or (B*T, vocab_rows) */
     int64_t vocab_rows;           /* the output projection's rows: vocab, or
                                    * rounded up (lm_optim.vocab_align) */
@@ -87,12 +104,15 @@ int lm_graph_build(lm_graph *g, const lm_config *cfg, int B, int T, bool with_lo
                    const lm_optim *optim, bool cuda);
 void lm_graph_free(lm_graph *g);
 
-/* Visits every parameter in a fixed order with its name. */
+/* Visits every parameter in a fixed order with its GGUF tensor name, and
+ * then rope_freqs when the model has it (not a parameter: no gradient or
+ * optimizer state). */
 typedef int (*lm_param_fn)(void *ctx, const char *name, tnn_tensor *t);
 int lm_params_each(const lm_graph *g, lm_param_fn fn, void *ctx);
 
 /* Deterministic initialisation from a seed: normal(0, 0.02) weights, the
- * residual output projections scaled by 1/sqrt(2 n_layer), gains 1. */
+ * residual output projections scaled by 1/sqrt(2 n_layer), gains and RoPE
+ * factors 1, biases 0. */
 int lm_init_weights(lm_graph *g, uint64_t seed);
 /* Copies every parameter of src into dst (same config). */
 int lm_copy_weights(lm_graph *dst, const lm_graph *src);
