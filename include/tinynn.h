@@ -1004,10 +1004,10 @@ TNN_API int tnn_llm_last_stats(const tnn_llm *m, int32_t *n_prompt, int32_t *n_g
 
 /* `tnn train` in a call: a llama-style transformer (RMSNorm, RoPE, SwiGLU,
  * grouped-query attention, tied embeddings) trained from scratch on text
- * files, tokens the files' bytes or a GGUF model's tokenizer's, AdamW with
- * warm-up and a cosine schedule, validation on the last 10% of the text,
- * and GGUF checkpoints: a checkpoint made with a tokenizer is a model that
- * tnn_llm_open runs. */
+ * files, tokens the files' bytes or a GGUF model's tokenizer's, or a llama
+ * or qwen2 GGUF model fine-tuned ("init"); AdamW with warm-up and a cosine
+ * schedule, validation on the last 10% of the text, and GGUF checkpoints:
+ * a checkpoint made with a tokenizer is a model that tnn_llm_open runs. */
 typedef struct tnn_trainer tnn_trainer;
 
 /* A trainer with tnn train's defaults: 4 layers, dim 128, 4 heads (2 kv),
@@ -1017,7 +1017,11 @@ TNN_API tnn_trainer *tnn_trainer_new(void);
 /* NULL is a no-op. */
 TNN_API void tnn_trainer_free(tnn_trainer *t);
 /* Sets an option by the name tnn train gives it, without the dashes, from
- * its text (copied): "data" (adds a text file; at least one), "steps",
+ * its text (copied): "data" (adds a text file; at least one), "init" (a
+ * llama or qwen2 GGUF model, any tensor type: training starts from its
+ * weights, dequantized to f32, with its shape and tokenizer; "seq" is then
+ * the training window, the checkpoint keeps the model's context length;
+ * "lr" defaults to 1e-4), "steps",
  * "batch", "seq", "layers", "dim", "heads", "kv-heads", "ff", "lr",
  * "warmup", "seed", "bf16" (0 or 1), "eval-every", "sample-every",
  * "sample-len", "prompt", "temp", "top-k", "top-p", "log" (CSV file),

@@ -331,6 +331,10 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
     FILE *out = o->out ? o->out : stdout;
     memset(res, 0, sizeof *res);
     res->first_step = 1;
+    if (o->init && o->resume) {
+        fprintf(out, "error: init and resume exclude each other (resume continues a run)\n");
+        return 1;
+    }
     lm_train_state st;
     if (o->resume) {
         if (lm_checkpoint_read_config(o->resume, &o->model, &st) != TNN_OK) {
@@ -344,10 +348,25 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
         fprintf(out, "resuming from %s at step %lld of %d\n", o->resume, (long long)st.step,
                 o->steps);
     }
-    /* the tokenizer: the one asked for, else the resumed checkpoint's */
+    if (o->init) {
+        lm_config base;
+        if (lm_checkpoint_read_config(o->init, &base, NULL) != TNN_OK) {
+            fprintf(out, "error: cannot fine-tune: %s\n", tnn_last_error());
+            return 1;
+        }
+        /* the file's shape, trained on windows of seq_len; the context it saves
+         * stays the file's */
+        int ctx = base.ctx_len ? base.ctx_len : base.seq_len;
+        base.seq_len = o->model.seq_len;
+        base.ctx_len = ctx > base.seq_len ? ctx : 0;
+        o->model = base;
+        fprintf(out, "fine-tuning %s\n", o->init);
+    }
+    /* the tokenizer: the one asked for, else the resumed checkpoint's or
+     * the init model's */
     lm_tokenizer *tk = NULL;
     tnn_gguf *tk_file = NULL;
-    const char *tk_path = o->tokenizer ? o->tokenizer : o->resume;
+    const char *tk_path = o->tokenizer ? o->tokenizer : o->resume ? o->resume : o->init;
     if (tk_path && lm_tokenizer_open(tk_path, &tk, &tk_file) != TNN_OK) {
         fprintf(out, "error: tokenizer of %s: %s\n", tk_path, tnn_last_error());
         return 1;
@@ -361,10 +380,14 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
         tnn_gguf_close(tk_file);
         tk_file = NULL;
     }
-    if (tk && !o->resume) o->model.vocab = lm_tokenizer_n_vocab(tk);
-    if (tk && o->model.vocab != lm_tokenizer_n_vocab(tk)) {
-        fprintf(out, "error: the model's vocabulary (%d) is not the tokenizer's (%d)\n",
-                o->model.vocab, lm_tokenizer_n_vocab(tk));
+    /* a model made here has the tokenizer's vocabulary; one read from a file
+     * may have more rows than the tokenizer has tokens (padding) */
+    bool from_file = o->resume || o->init;
+    int n_tok = tk ? lm_tokenizer_n_vocab(tk) : 256;
+    if (!from_file) o->model.vocab = n_tok;
+    if (from_file ? o->model.vocab < n_tok : o->model.vocab != n_tok) {
+        fprintf(out, "error: the model's vocabulary (%d) does not hold the %s (%d)\n",
+                o->model.vocab, tk ? "tokenizer's tokens" : "bytes", n_tok);
         lm_tokenizer_free(tk);
         tnn_gguf_close(tk_file);
         return 1;
@@ -399,6 +422,7 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
     if (rc == TNN_OK) rc = lm_graph_build(&ev, &o->model, B, T, true, NULL, o->cuda);
     if (rc == TNN_OK) rc = lm_graph_build(&gen, &o->model, 1, T, false, NULL, o->cuda);
     if (rc == TNN_OK) rc = o->resume ? lm_checkpoint_load(o->resume, &g, true)
+                           : o->init ? lm_checkpoint_load(o->init, &g, false)
                                      : lm_init_weights(&g, o->seed);
     lm_sampler sm;
     bool have_sampler = false;
@@ -430,8 +454,9 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
         fprintf(out, "tokenizer: %s (%s, %d tokens); %zu bytes of text\n", tk_path,
                 lm_tokenizer_kind(tk) == LM_VOCAB_SPM ? "SentencePiece" : "BPE",
                 lm_tokenizer_n_vocab(tk), bytes);
-    fprintf(out, "data: %zu tokens (%zu train, %zu validation); batch %d x %d tokens; %d steps; "
-                 "%d threads\n", len, tlen, vlen, B, T, o->steps, tnn_get_num_threads());
+    fprintf(out, "data: %zu tokens (%zu train, %zu validation); batch %d x %d tokens; %d steps, "
+                 "peak lr %g, %d threads\n", len, tlen, vlen, B, T, o->steps, o->lr,
+            tnn_get_num_threads());
     rc = lm_copy_weights(&ev, &g);
     if (rc == TNN_OK) rc = evaluate(&ev, val, vlen, o->eval_batches, tok, tgt, &res->first_val);
     if (rc != TNN_OK) goto done;

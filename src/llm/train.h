@@ -26,9 +26,12 @@ typedef struct {
     const char *checkpoint;        /* NULL: none; written every checkpoint_every steps and at the end */
     int checkpoint_every;
     const char *resume;            /* continue from this checkpoint (its shape and schedule) */
+    const char *init;              /* fine-tune: start from the weights of this llama or qwen2
+                                    * GGUF model (its shape and tokenizer; seq_len stays the
+                                    * training window), with a fresh optimizer */
     const char *tokenizer;         /* a GGUF model whose tokenizer makes the tokens (its vocab
                                     * size replaces model.vocab); NULL: bytes, vocab 256. A
-                                    * resumed checkpoint brings its own. */
+                                    * resumed checkpoint or an init model brings its own. */
     int steps_override;            /* > 0: with resume, train to this many steps instead */
     FILE *out;                     /* progress and samples */
     bool cuda;                     /* the graphs' sessions prefer the GPU (default: lm_cuda()) */

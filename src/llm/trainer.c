@@ -29,7 +29,12 @@ struct tnn_trainer {
     int n_strs;
     lm_train_result res;
     bool have_res;
+    bool lr_set; /* "lr" was set (else fine-tuning takes LM_FINETUNE_LR) */
 };
+
+/* The peak learning rate of a fine-tuning run ("init") that sets none: the
+ * default of 3e-3 is for a model trained from scratch. */
+#define LM_FINETUNE_LR 1e-4
 
 static int check_trainer(const tnn_trainer *t, const char *func) {
     if (!t || t->magic != TRAINER_MAGIC)
@@ -95,6 +100,7 @@ static const opt_desc opts[] = {
     {"top-k", 'i', 0, 1e6},        {"top-p", 'd', 1e-9, 1},        {"log", 's', 0, 0},
     {"svg", 's', 0, 0},            {"checkpoint", 's', 0, 0},      {"checkpoint-every", 'i', 0, 1e8},
     {"resume", 's', 0, 0},         {"tokenizer", 's', 0, 0},       {"cuda", 'b', 0, 1},
+    {"init", 's', 0, 0},
 };
 
 int tnn_trainer_set(tnn_trainer *t, const char *key, const char *value) {
@@ -128,7 +134,7 @@ int tnn_trainer_set(tnn_trainer *t, const char *key, const char *value) {
     else if (!strcmp(key, "heads")) o->model.n_head = n;
     else if (!strcmp(key, "kv-heads")) o->model.n_kv_head = n;
     else if (!strcmp(key, "ff")) o->model.d_ff = n;
-    else if (!strcmp(key, "lr")) o->lr = o->optim.lr = x;
+    else if (!strcmp(key, "lr")) o->lr = o->optim.lr = x, t->lr_set = true;
     else if (!strcmp(key, "warmup")) o->warmup = n;
     else if (!strcmp(key, "seed")) o->seed = o->sampler.seed = (uint64_t)x;
     else if (!strcmp(key, "bf16")) o->optim.bf16 = n != 0;
@@ -145,6 +151,7 @@ int tnn_trainer_set(tnn_trainer *t, const char *key, const char *value) {
     else if (!strcmp(key, "checkpoint-every")) o->checkpoint_every = n;
     else if (!strcmp(key, "resume")) o->resume = s;
     else if (!strcmp(key, "tokenizer")) o->tokenizer = s;
+    else if (!strcmp(key, "init")) o->init = s;
     else if (!strcmp(key, "cuda")) o->cuda = n != 0;
     else return TNN_ERR(TNN_ERR_INTERNAL, "option '%s' has no field", key);
     return TNN_OK;
@@ -196,6 +203,7 @@ int tnn_trainer_run(tnn_trainer *t, tnn_llm_text_fn on_log, void *user) {
     o.data_files = t->files;
     o.n_data_files = t->n_files;
     o.out = out;
+    if (o.init && !t->lr_set) o.lr = o.optim.lr = LM_FINETUNE_LR;
     tnn_clear_error();
     t->have_res = false;
     int failed = lm_train(&o, &t->res);
