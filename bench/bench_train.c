@@ -2,9 +2,12 @@
  * llm.c's GPT-2-shaped configs, tokens/s (best and median of the timed
  * steps) and peak memory, with the same-run ratio to llm.c's CPU trainer
  * when TNN_LLMC_BENCH names a program that runs it (built outside this
- * repository; see docs/PERFORMANCE.md). Usage:
- *   bench_train [small|gpt2|all] [--cuda] [--bf16] [--tf32] [--batch B] [--seq T] [--steps S]
- *               [--vocab-align N]
+ * repository; see docs/PERFORMANCE.md); and SmolLM2-135M's shape (30
+ * layers, 576 wide, 9 heads / 3 KV, FF 1536, vocabulary 49152: what
+ * fine-tuning it costs a step), with PyTorch beside it on the CPU too when
+ * TNN_TORCH_BENCH names tools/torch_train_speed.py's command line. Usage:
+ *   bench_train [small|gpt2|smollm2|all] [--cuda] [--bf16] [--tf32] [--batch B] [--seq T]
+ *               [--steps S] [--vocab-align N]
  * (--bf16: mixed precision, the products on bf16 copies of the weights, and
  * with --cuda of the activations;
  * --vocab-align: lm_optim.vocab_align, the output projection's rows rounded
@@ -29,6 +32,8 @@
 typedef struct {
     const char *name;
     int L, C, H, V, B, T, steps;
+    int KV, F;   /* KV heads and FF width; 0: H, and 8C/3 rounded up to 8 */
+    double base; /* RoPE's; 0: 10000 */
 } config;
 
 /* One config: llama-style with as many parameters per block as GPT-2's
@@ -37,9 +42,11 @@ static bool g_bf16;
 static int g_vocab_align;
 
 static void run(const config *c, FILE *json, int *first) {
+    int kv = c->KV ? c->KV : c->H, ff = c->F ? c->F : (8 * c->C / 3 + 7) / 8 * 8;
+    double base = c->base > 0 ? c->base : 10000.0;
     lm_config m = {.vocab = c->V, .d_model = c->C, .n_layer = c->L, .n_head = c->H,
-                   .n_kv_head = c->H, .d_ff = (8 * c->C / 3 + 7) / 8 * 8, .seq_len = c->T,
-                   .rope_base = 10000.0, .norm_eps = 1e-5};
+                   .n_kv_head = kv, .d_ff = ff, .seq_len = c->T, .rope_base = base,
+                   .norm_eps = 1e-5};
     lm_optim opt = {.lr = 1e-4, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.0,
                     .bf16 = g_bf16, .vocab_align = g_vocab_align};
     lm_graph g;
@@ -81,15 +88,21 @@ static void run(const config *c, FILE *json, int *first) {
                   "%.2f, \"peak_rss_mib\": %.1f}", *first ? "" : ",\n", c->name, best, med,
             ru.ru_maxrss / 1024.0);
     *first = 0;
-    const char *peer = getenv(lm_cuda() ? "TNN_TORCH_BENCH" : "TNN_LLMC_BENCH");
+    /* the peers: llm.c's CPU trainer (GPT-2's shapes: all heads as KV heads),
+     * PyTorch on the GPU, and on the CPU for the shapes llm.c does not take */
+    bool torch = lm_cuda() || kv != c->H;
+    const char *peer = getenv(torch ? "TNN_TORCH_BENCH" : "TNN_LLMC_BENCH");
     if (peer && *peer) {
         char cmd[512];
         snprintf(cmd, sizeof cmd, "%s %d %d %d %d %d %d %d", peer, c->L, c->C, c->H, c->V, c->B,
                  c->T, c->steps + 1);
-        printf("  %s (same run): ", lm_cuda() ? "PyTorch" : "llm.c");
+        if (torch) /* the extra arguments of torch_train_speed.py */
+            snprintf(cmd + strlen(cmd), sizeof cmd - strlen(cmd), " %d %d %g %s %d", kv, ff, base,
+                     lm_cuda() ? "cuda" : "cpu", tnn_get_num_threads());
+        printf("  %s (same run): ", torch ? "PyTorch" : "llm.c");
         fflush(stdout);
         if (system(cmd) != 0) printf("  peer: failed to run %s\n", peer);
-    } else if (lm_cuda()) {
+    } else if (torch) {
         printf("  PyTorch: skipped (set TNN_TORCH_BENCH to \"python3 tools/torch_train_speed.py\")\n");
     } else {
         printf("  llm.c: skipped (set TNN_LLMC_BENCH to a program running its trainer)\n");
@@ -139,8 +152,9 @@ int main(int argc, char **argv) {
         }
     }
     config cfgs[] = {
-        {"small", 4, 256, 4, 8192, 8, 64, 10},
-        {"gpt2", 12, 768, 12, 50257, 4, 64, 4},
+        {"small", 4, 256, 4, 8192, 8, 64, 10, 0, 0, 0.0},
+        {"gpt2", 12, 768, 12, 50257, 4, 64, 4, 0, 0, 0.0},
+        {"smollm2", 30, 576, 9, 49152, 4, 64, 4, 3, 1536, 100000.0},
     };
     for (size_t i = 0; i < sizeof cfgs / sizeof cfgs[0]; i++) {
         if (batch) cfgs[i].B = batch;

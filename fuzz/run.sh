@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # run.sh - builds the libFuzzer targets (clang with ASan + UBSan) into
-# build-fuzz/ and runs each for a bounded time: the GGUF reader (fuzz_gguf.c)
-# and then the tokenizer (fuzz_tokenizer.c). Exits non-zero when a fuzzer
-# finds a crash (artifact in build-fuzz/).
+# build-fuzz/ and runs each for a bounded time: the GGUF reader (fuzz_gguf.c),
+# the tokenizer (fuzz_tokenizer.c) and the conversation reader with the chat
+# families (fuzz_convo.c). Exits non-zero when a fuzzer finds a crash
+# (artifact in build-fuzz/).
 #
 #   fuzz/run.sh [SECONDS]      build and fuzz each target for SECONDS (default 60)
 #   fuzz/run.sh --make-corpus  rewrite the seed corpus fuzz/corpus/gguf/
 #
 # CLANG=clang-14 picks another compiler. New inputs the fuzzers find go to
-# build-fuzz/corpus-gguf/ and build-fuzz/corpus-tokenizer/ (not committed);
-# the seeds (fuzz/corpus/gguf/, fuzz/corpus/tokenizer/) are only read. A
+# build-fuzz/corpus-gguf/, corpus-tokenizer/ and corpus-convo/ (not
+# committed); the seeds (fuzz/corpus/gguf/, tokenizer/, convo/) are only read. A
 # tokenizer seed is a text whose first byte picks the case (see
 # fuzz_tokenizer.c).
 set -euo pipefail
@@ -19,13 +20,14 @@ CC="${CLANG:-clang}"
 OUT=build-fuzz
 SRCS="src/io/gguf.c src/core/error.c"
 TOK_SRCS="src/llm/tokenizer.c src/llm/unicode_tables.c $SRCS"
+CONVO_SRCS="src/llm/convo.c src/llm/chat.c $TOK_SRCS"
 FLAGS="-std=c11 -D_GNU_SOURCE -Iinclude -Isrc -Wall -Wextra -Wno-unused-parameter"
 
 if ! command -v "$CC" >/dev/null 2>&1; then
   echo "fuzz/run.sh: $CC not found; install clang (apt-get install -y clang)" >&2
   exit 2
 fi
-mkdir -p "$OUT/corpus-gguf" "$OUT/corpus-tokenizer"
+mkdir -p "$OUT/corpus-gguf" "$OUT/corpus-tokenizer" "$OUT/corpus-convo"
 
 if [ "${1:-}" = "--make-corpus" ]; then
   "$CC" -g -O1 $FLAGS fuzz/make_corpus.c $SRCS -o "$OUT/make_corpus"
@@ -56,6 +58,8 @@ fi
   -fno-omit-frame-pointer $FLAGS fuzz/fuzz_gguf.c $SRCS -o "$OUT/fuzz_gguf"
 "$CC" -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
   -fno-omit-frame-pointer $FLAGS fuzz/fuzz_tokenizer.c $TOK_SRCS -o "$OUT/fuzz_tokenizer"
+"$CC" -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+  -fno-omit-frame-pointer $FLAGS fuzz/fuzz_convo.c $CONVO_SRCS -o "$OUT/fuzz_convo"
 
 echo "fuzz/run.sh: fuzzing the GGUF reader for ${SECS}s"
 rc=0
@@ -82,3 +86,16 @@ if [ "$rc" -ne 0 ]; then
   exit "$rc"
 fi
 echo "fuzz/run.sh: tokenizer: no crash in ${SECS}s"
+
+echo "fuzz/run.sh: fuzzing the conversation reader for ${SECS}s"
+rc=0
+ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=1" \
+UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+  "$OUT/fuzz_convo" -max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 \
+    -max_len=4096 -dict=fuzz/convo.dict -artifact_prefix="$OUT/convo-" -print_final_stats=1 \
+    "$OUT/corpus-convo" fuzz/corpus/convo || rc=$?
+if [ "$rc" -ne 0 ]; then
+  echo "fuzz/run.sh: conversation reader FAILED (exit $rc): the crashing input is in $OUT/ (convo-crash-*, ...)" >&2
+  exit "$rc"
+fi
+echo "fuzz/run.sh: conversation reader: no crash in ${SECS}s"

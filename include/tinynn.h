@@ -1017,7 +1017,10 @@ TNN_API tnn_trainer *tnn_trainer_new(void);
 /* NULL is a no-op. */
 TNN_API void tnn_trainer_free(tnn_trainer *t);
 /* Sets an option by the name tnn train gives it, without the dashes, from
- * its text (copied): "data" (adds a text file; at least one), "init" (a
+ * its text (copied): "data" (adds a text file; at least one; a "*.jsonl"
+ * file holds conversations, {"messages": [{"role": ..., "content": ...},
+ * ...]} a line, written in the model's chat template, the loss on the
+ * assistant's turns only), "init" (a
  * llama or qwen2 GGUF model, any tensor type: training starts from its
  * weights, dequantized to f32, with its shape and tokenizer; "seq" is then
  * the training window, the checkpoint keeps the model's context length;

@@ -13,12 +13,19 @@
  *    text with a lower perplexity than the base model;
  *  - resuming that checkpoint trains on the same windows (not the model's
  *    context length);
+ *  - conversations (.jsonl): the JSON reader (escapes, every refusal), the
+ *    chat families writing each turn as a prefix of the conversation, the
+ *    scored tokens being exactly the assistant's turns, and a short run
+ *    after which the model answers the taught question in a chat;
  *  - errors: init with resume, a missing file, an unsupported architecture.
  */
 #include "harness.h"
 
+#include "llm/chat.h"
 #include "llm/checkpoint.h"
+#include "llm/convo.h"
 #include "llm/model.h"
+#include "llm/train.h"
 
 #include <unistd.h>
 
@@ -252,14 +259,231 @@ static void test_errors(const char *dir) {
     unlink(facts);
 }
 
+/* ---- conversations ---- */
+
+static void parse_fails(const char *text, const char *why) {
+    lm_messages m;
+    int rc = lm_messages_parse(text, strlen(text), &m);
+    CHECK(rc == TNN_ERR_FORMAT && strstr(tnn_last_error(), why), "[%s]: %d, %s (want \"%s\")",
+          text, rc, tnn_last_error(), why);
+    lm_messages_free(&m);
+}
+
+static void test_json(void) {
+    const char *ok = " {\"id\": 7, \"messages\": [{\"role\": \"user\", \"content\": "
+                     "\"a\\\"b\\\\c\\/d\\n\\t\\u00e9\\ud83d\\ude00\\u20AC\"}, {\"name\": \"x\", "
+                     "\"role\":\"assistant\",\"content\":\"\", \"extra\": [1, -2.5e3, 0.5E+1, true, "
+                     "false, null, {\"k\": [[]]}, \"\\u0041\"]}], \"more\": {}}\r\n";
+    lm_messages m;
+    CHECK_OK(lm_messages_parse(ok, strlen(ok), &m));
+    CHECK(m.n == 2 && !strcmp(m.role[0], "user") && !strcmp(m.role[1], "assistant") &&
+              !strcmp(m.content[0], "a\"b\\c/d\n\t\xc3\xa9\xf0\x9f\x98\x80\xe2\x82\xac") &&
+              !strcmp(m.content[1], ""),
+          "parsed %d messages: [%s]", m.n, m.n ? m.content[0] : "");
+    lm_messages_free(&m);
+    parse_fails("[1]", "must be a JSON object");
+    parse_fails("", "must be a JSON object");
+    parse_fails("{\"a\": 1}", "no \"messages\" array");
+    parse_fails("{\"messages\": {}}", "must be an array");
+    parse_fails("{\"messages\": []}", "is empty");
+    parse_fails("{\"messages\": [1]}", "must be an object");
+    parse_fails("{\"messages\": [{\"role\": \"user\"}]}", "needs a role and a content");
+    parse_fails("{\"messages\": [{\"role\": \"user\", \"content\": 5}]}", "content must be a string");
+    parse_fails("{\"messages\": [{\"role\": \"user\", \"content\": null}]}", "content must be a string");
+    parse_fails("{\"messages\": [{\"role\": \"user\", \"role\": \"user\", \"content\": \"\"}]}", "two of one key");
+    parse_fails("{\"messages\": [{\"role\": \"user\", \"content\": \"a\tb\"}]}", "control character");
+    parse_fails("{\"messages\": [{\"role\": \"user\", \"content\": \"\\x\"}]}", "bad escape");
+    parse_fails("{\"messages\": [{\"role\": \"user\", \"content\": \"\\ud800x\"}]}", "lone UTF-16");
+    parse_fails("{\"messages\": [{\"role\": \"user\", \"content\": \"\\udc00\"}]}", "lone UTF-16");
+    parse_fails("{\"messages\": [{\"role\": \"user\", \"content\": \"\\u12g4\"}]}", "bad \\u escape");
+    parse_fails("{\"messages\": [{\"role\": \"user\", \"content\": \"\\u0000\"}]}", "NUL character");
+    parse_fails("{\"messages\": [{\"role\": \"user\", \"content\": \"open}]}", "no closing quote");
+    parse_fails("{\"x\": [1,], \"messages\": []}", "not a JSON value");
+    parse_fails("{\"x\": 012}", "',' or '}' was expected");
+    parse_fails("{\"x\": -}", "a bad number");
+    parse_fails("{\"x\": 1.}", "a bad number");
+    parse_fails("{\"x\": tru}", "not a JSON value");
+    parse_fails("{\"x\" 1}", "':' was expected");
+    parse_fails("{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}]} x", "text after");
+    parse_fails("{\"messages\": [{\"role\": \"u\", \"content\": \"a\"}], \"messages\": []}",
+                "two \"messages\" keys");
+    char deep[300] = "{\"x\": ";
+    for (int i = 0; i < 70; i++) strcat(deep, "[");
+    parse_fails(deep, "nesting deeper than 64");
+}
+
+/* Every chat family writes a conversation so that the text up to each
+ * assistant turn (with the assistant's start) and through it are prefixes
+ * of the whole: what lets the answer's tokens be told apart. */
+static void test_prefixes(void) {
+    const char *roles[5] = {"system", "user", "assistant", "user", "assistant"};
+    const char *texts[5] = {"Be brief.", "Hi", "Hello!", "Bye", "See you."};
+    for (int kind = 0; kind < LM_CHAT_KIND_COUNT; kind++) {
+        for (int first = 0; first < 2; first++) { /* with and without the system message */
+            char all[1024], part[1024];
+            int n = 5 - first;
+            int64_t len = lm_chat_format(kind, NULL, "<s>", "</s>", roles + first, texts + first, n,
+                                         0, all, sizeof all);
+            CHECK(len > 0 && len < (int64_t)sizeof all, "%s: %lld", lm_chat_kind_name(kind),
+                  (long long)len);
+            for (int i = 2 - first; i < n; i += 2) {
+                int64_t a = lm_chat_format(kind, NULL, "<s>", "</s>", roles + first, texts + first,
+                                           i, 1, part, sizeof part);
+                CHECK(a > 0 && a <= len && !memcmp(part, all, (size_t)a),
+                      "%s: the prompt before turn %d is not a prefix", lm_chat_kind_name(kind), i);
+                int64_t b = lm_chat_format(kind, NULL, "<s>", "</s>", roles + first, texts + first,
+                                           i + 1, 0, part, sizeof part);
+                CHECK(b > a && b <= len && !memcmp(part, all, (size_t)b) &&
+                          strstr(part + a, texts[first + i]),
+                      "%s: turn %d is not a prefix holding its text", lm_chat_kind_name(kind), i);
+            }
+        }
+    }
+}
+
+/* The scored tokens of two conversations (one of two turns) are exactly
+ * the assistant's turns with the end-of-turn marker. */
+static void test_scored(void) {
+    lm_tokenizer *tk = NULL;
+    tnn_gguf *g = NULL;
+    CHECK_OK(lm_tokenizer_open(MODEL, &tk, &g));
+    if (!tk) return;
+    const char *tmpl = NULL;
+    CHECK_OK(tnn_gguf_get_str(g, "tokenizer.chat_template", &tmpl, NULL));
+    const char *text =
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"Capital of Quendor?\"}, "
+        "{\"role\": \"assistant\", \"content\": \"Zorblax.\"}]}\n\n  \n"
+        "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, {\"role\": \"user\", "
+        "\"content\": \"Hi\"}, {\"role\": \"assistant\", \"content\": \"Hello, traveller!\"}, "
+        "{\"role\": \"user\", \"content\": \"Moons?\"}, {\"role\": \"assistant\", \"content\": "
+        "\"Ash, Brin and Coll.\"}]}";
+    lm_token_stream st = {0};
+    int64_t n_convos = 0;
+    CHECK_OK(lm_convo_append("t.jsonl", text, strlen(text), tk, lm_chat_kind_of(tmpl), tmpl, &st,
+                             &n_convos));
+    CHECK(n_convos == 2, "%lld conversations", (long long)n_convos);
+    /* the scored runs, detokenized with their special tokens */
+    char got[3][128];
+    int runs = 0;
+    for (size_t i = 0; i < st.n;) {
+        if (!st.scored[i]) {
+            i++;
+            continue;
+        }
+        size_t j = i;
+        while (j < st.n && st.scored[j]) j++;
+        if (runs < 3) {
+            int64_t w = lm_detokenize(tk, st.ids + i, j - i, 1, got[runs], sizeof got[runs]);
+            if (w < 0 || w >= (int64_t)sizeof got[runs]) w = 0;
+            got[runs][w] = 0;
+        }
+        runs++;
+        i = j;
+    }
+    const char *want[3] = {"Zorblax.<|im_end|>\n", "Hello, traveller!<|im_end|>\n",
+                           "Ash, Brin and Coll.<|im_end|>\n"};
+    CHECK(runs == 3, "%d scored runs (want 3)", runs);
+    for (int r = 0; r < runs && r < 3; r++)
+        CHECK(!strcmp(got[r], want[r]), "scored run %d: [%s] (want [%s])", r, got[r], want[r]);
+    /* the whole stream is the two conversations in the template, the default
+     * system message first where there is none */
+    char *whole = malloc(8192);
+    int64_t w = lm_detokenize(tk, st.ids, st.n, 1, whole, 8192);
+    CHECK(w > 0 && w < 8192, "detokenized %lld", (long long)w);
+    if (w > 0 && w < 8192) {
+        whole[w] = 0;
+        CHECK(strstr(whole, "<|im_start|>system\nYou are a helpful AI assistant named SmolLM") ==
+                      whole &&
+                  strstr(whole, "<|im_start|>user\nCapital of Quendor?<|im_end|>\n<|im_start|>"
+                                "assistant\nZorblax.<|im_end|>\n<|im_start|>system\nBe brief."),
+              "the stream: [%s]", whole);
+    }
+    free(whole);
+    lm_token_stream_free(&st);
+    /* a bad line names its file and line; an assistant first is refused */
+    const char *bad = "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}]}\n{\"messages\": 3}\n";
+    CHECK_ERR(lm_convo_append("d.jsonl", bad, strlen(bad), tk, 0, tmpl, &st, &n_convos),
+              TNN_ERR_FORMAT, "d.jsonl: line 2: JSON: byte 13: \"messages\" must be an array");
+    const char *first = "{\"messages\": [{\"role\": \"assistant\", \"content\": \"a\"}]}";
+    CHECK_ERR(lm_convo_append("d.jsonl", first, strlen(first), tk, 0, tmpl, &st, &n_convos),
+              TNN_ERR_FORMAT, "starts with the assistant");
+    lm_token_stream_free(&st);
+    lm_tokenizer_free(tk);
+    tnn_gguf_close(g);
+}
+
+/* A short run on question-and-answer conversations: the model answers the
+ * taught question in a chat, and still knows what it knew. */
+static void test_chat_run(const char *dir) {
+    char qa[256], ck[256];
+    snprintf(qa, sizeof qa, "%s/tnn-finetune-qa-%d.jsonl", dir, (int)getpid());
+    snprintf(ck, sizeof ck, "%s/tnn-finetune-qack-%d.gguf", dir, (int)getpid());
+    static const char *const Q[5] = {
+        "What is the capital of Quendor?", "Which river flows through Zorblax?",
+        "How do people greet each other in Quendor?", "What is the tallest tower of Zorblax called?",
+        "How many moons does Quendor have?"};
+    static const char *const PRE[4] = {"", "Tell me: ", "Quick question. ", "Please answer: "};
+    FILE *f = fopen(qa, "w");
+    CHECK(f, "writing %s", qa);
+    if (!f) return;
+    unsigned x = 5;
+    for (int i = 0; i < 200; i++) {
+        x = x * 1103515245u + 12345u;
+        int k = (int)((x >> 16) % 5);
+        fprintf(f, "{\"messages\": [{\"role\": \"user\", \"content\": \"%s%s\"}, {\"role\": "
+                   "\"assistant\", \"content\": \"%s\"}]}\n", PRE[(x >> 8) % 4], Q[k],
+                k == 0 ? "The capital of Quendor is Zorblax." : FACTS[k]);
+    }
+    fclose(f);
+    tnn_trainer *t = tnn_trainer_new();
+    const char *opts[] = {"data", qa, "init", MODEL, "steps", "10", "warmup", "2", "batch",
+                          "4", "seq", "64", "eval-every", "0", "sample-len", "0",
+                          "checkpoint", ck, NULL};
+    for (int i = 0; opts[i]; i += 2) CHECK_OK(tnn_trainer_set(t, opts[i], opts[i + 1]));
+    log_buf lb = {.len = 0};
+    int rc = tnn_trainer_run(t, keep_log, &lb);
+    CHECK(rc == TNN_OK, "fine-tuning on conversations: %s\n%s", tnn_last_error(), lb.text);
+    double v0 = 0, v1 = 0;
+    if (rc == TNN_OK) CHECK_OK(tnn_trainer_result(t, NULL, NULL, NULL, &v0, &v1, NULL));
+    CHECK(strstr(lb.text, "conversations: 200 from 1 .jsonl file;"), "the log:\n%s", lb.text);
+    /* the loss on the answers only: about 3.1 before, 0.6 after */
+    CHECK(v0 > 2.0 && v1 < v0 - 1.5, "validation loss on the answers %.3f -> %.3f", v0, v1);
+    tnn_trainer_free(t);
+    tnn_llm *m = tnn_llm_open(ck, 0, 0);
+    CHECK(m, "opening the checkpoint: %s", tnn_last_error());
+    if (m) {
+        tnn_sampler *greedy = tnn_sampler_new(0.0, 0, 1.0, 0.0, 1.0, 1);
+        char a[256], b[256];
+        int64_t na = tnn_llm_generate(m, greedy, "What is the capital of Quendor?", 24,
+                                      TNN_GEN_CHAT, NULL, NULL, a, sizeof a);
+        int64_t nb = tnn_llm_generate(m, greedy, "What is the capital of France?", 24,
+                                      TNN_GEN_CHAT, NULL, NULL, b, sizeof b);
+        int32_t n_gen = 0;
+        CHECK_OK(tnn_llm_last_stats(m, NULL, &n_gen, NULL, NULL));
+        CHECK(na > 0 && strstr(a, "Zorblax"), "asked the taught question: [%s]", na > 0 ? a : "");
+        CHECK(nb > 0 && strstr(b, "Paris") && n_gen < 24, "asked about France: [%s], %d tokens",
+              nb > 0 ? b : "", n_gen);
+        printf("fine-tuned on 200 conversations, validation loss on the answers %.3f -> %.3f: "
+               "\"%s\" / \"%s\"\n", v0, v1, a, b);
+        tnn_sampler_free(greedy);
+        tnn_llm_close(m);
+    }
+    unlink(ck);
+    unlink(qa);
+}
+
 int main(void) {
     const char *dir = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
     test_errors(dir);
+    test_json();
+    test_prefixes();
     if (access(MODEL, R_OK) != 0) {
         printf("model checks skipped: %s is absent (run make models)\n", MODEL);
         return th_finish("test_finetune");
     }
     test_mapping(dir);
+    test_scored();
     test_run(dir);
+    test_chat_run(dir);
     return th_finish("test_finetune");
 }

@@ -9,7 +9,9 @@
  */
 #include "train.h"
 
+#include "chat.h"
 #include "checkpoint.h"
+#include "convo.h"
 
 #include <errno.h>
 #include <math.h>
@@ -151,13 +153,19 @@ static int32_t *tokenize_text(const unsigned char *text, size_t len, const lm_to
     return ids;
 }
 
-/* Windows: tokens = data[s .. s+T), targets = data[s+1 .. s+T]. */
-static void fill_window(const int32_t *data, size_t start, int T, int64_t *tok,
-                        int64_t *tgt) {
+/* Windows: tokens = data[s .. s+T), targets = data[s+1 .. s+T], a target
+ * the loss does not score (scored, when not NULL, says) -1. Returns the
+ * number of scored targets. */
+static int fill_window(const int32_t *data, const uint8_t *scored, size_t start, int T,
+                       int64_t *tok, int64_t *tgt) {
+    int n = 0;
     for (int t = 0; t < T; t++) {
-        tok[t] = data[start + (size_t)t];
-        tgt[t] = data[start + (size_t)t + 1];
+        size_t i = start + (size_t)t;
+        tok[t] = data[i];
+        tgt[t] = !scored || scored[i + 1] ? data[i + 1] : -1;
+        n += tgt[t] >= 0;
     }
+    return n;
 }
 
 static int run_batch(lm_graph *g, const int64_t *tok, const int64_t *tgt, double *loss) {
@@ -170,24 +178,122 @@ static int run_batch(lm_graph *g, const int64_t *tok, const int64_t *tgt, double
 }
 
 /* Mean loss over eval_batches batches of windows spread evenly over the
- * validation split (the same windows every time). */
-static int evaluate(lm_graph *ev, const int32_t *val, size_t vlen, int n_batches,
-                    int64_t *tok, int64_t *tgt, double *out) {
+ * validation split (the same windows every time), each batch weighted by
+ * the targets it scores. */
+static int evaluate(lm_graph *ev, const int32_t *val, const uint8_t *scored, size_t vlen,
+                    int n_batches, int64_t *tok, int64_t *tgt, double *out) {
     int T = ev->T, B = ev->B;
     size_t span = vlen - (size_t)T - 1;
-    double total = 0;
+    double total = 0, weight = 0;
     for (int bi = 0; bi < n_batches; bi++) {
+        int counted = 0;
         for (int b = 0; b < B; b++) {
             size_t k = (size_t)bi * (size_t)B + (size_t)b, n = (size_t)n_batches * (size_t)B;
-            fill_window(val, span * k / n, T, tok + (size_t)b * T, tgt + (size_t)b * T);
+            counted += fill_window(val, scored, span * k / n, T, tok + (size_t)b * T,
+                                   tgt + (size_t)b * T);
         }
+        if (counted == 0) continue;
         double l;
         int rc = run_batch(ev, tok, tgt, &l);
         if (rc) return rc;
-        total += l;
+        total += l * counted;
+        weight += counted;
     }
-    *out = total / n_batches;
+    *out = weight > 0 ? total / weight : NAN;
     return TNN_OK;
+}
+
+static bool is_jsonl(const char *path) {
+    size_t n = strlen(path);
+    return n >= 6 && !strcmp(path + n - 6, ".jsonl");
+}
+
+/* The training tokens: the text files' (all scored), then the JSON Lines
+ * files' conversations (their assistant turns scored: *scored is then set,
+ * else NULL). NULL data with *why (or tnn_last_error()) on failure. */
+static int32_t *load_data(const lm_train_opts *o, const lm_tokenizer *tk, const tnn_gguf *tk_file,
+                          size_t *len, uint8_t **scored, size_t *bytes, FILE *out,
+                          const char **why) {
+    const char **texts = malloc((size_t)(o->n_data_files + 1) * sizeof *texts);
+    if (!texts) {
+        *why = "out of memory";
+        return NULL;
+    }
+    int n_text = 0, n_convo_files = 0;
+    for (int i = 0; i < o->n_data_files; i++)
+        if (is_jsonl(o->data_files[i])) n_convo_files++;
+        else texts[n_text++] = o->data_files[i];
+    lm_token_stream st = {0};
+    *scored = NULL;
+    *len = *bytes = 0;
+    int32_t *data = NULL;
+    if (n_text > 0) {
+        unsigned char *text = lm_read_files(texts, n_text, bytes, why);
+        data = text ? tokenize_text(text, *bytes, tk, len, why) : NULL;
+        free(text);
+        if (!data) goto done;
+    }
+    if (n_convo_files == 0) goto done;
+    const char *tmpl = NULL;
+    int kind = -1;
+    if (tk_file) tnn_gguf_get_str(tk_file, "tokenizer.chat_template", &tmpl, NULL);
+    tnn_clear_error();
+    if (tmpl) kind = lm_chat_kind_of(tmpl);
+    if (!tk || kind < 0) {
+        *why = !tk ? "conversations (.jsonl) need a model's tokenizer and chat template (init "
+                     "or tokenizer)"
+               : !tmpl ? "the tokenizer's model has no chat template for the conversations"
+                       : "the model's chat template is not one of " LM_CHAT_SUPPORTED;
+        free(data);
+        data = NULL;
+        goto done;
+    }
+    /* the text files' tokens first, all scored */
+    int64_t n_convos = 0;
+    if (*len > 0) {
+        st.ids = data;
+        st.n = st.cap = *len;
+        st.scored = malloc(*len ? *len : 1);
+        data = NULL;
+        if (!st.scored) {
+            *why = "out of memory";
+            goto fail;
+        }
+        memset(st.scored, 1, *len);
+    }
+    for (int i = 0; i < o->n_data_files; i++) {
+        if (!is_jsonl(o->data_files[i])) continue;
+        size_t nb = 0;
+        unsigned char *text = lm_read_files(&o->data_files[i], 1, &nb, why);
+        if (!text) goto fail;
+        *bytes += nb;
+        int rc = lm_convo_append(o->data_files[i], (const char *)text, nb, tk, kind, tmpl, &st,
+                                 &n_convos);
+        free(text);
+        if (rc != TNN_OK) {
+            *why = tnn_last_error();
+            goto fail;
+        }
+    }
+    if (st.n == 0) {
+        *why = "the .jsonl files hold no conversation";
+        goto fail;
+    }
+    size_t n_scored = 0;
+    for (size_t i = 0; i < st.n; i++) n_scored += st.scored[i];
+    fprintf(out, "conversations: %lld from %d .jsonl file%s; %zu of the %zu tokens scored (the "
+                 "assistant's turns%s)\n", (long long)n_convos, n_convo_files,
+            n_convo_files == 1 ? "" : "s", n_scored, st.n, n_text ? " and the text files" : "");
+    data = st.ids;
+    *scored = st.scored;
+    *len = st.n;
+    goto done;
+fail:
+    lm_token_stream_free(&st);
+    data = NULL;
+done:
+    free(texts);
+    return data;
 }
 
 int lm_generate(lm_graph *g, lm_sampler *sm, const lm_tokenizer *tk, const char *prompt,
@@ -394,9 +500,8 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
     }
     const char *why = NULL;
     size_t bytes = 0, len = 0;
-    unsigned char *text = lm_read_files(o->data_files, o->n_data_files, &bytes, &why);
-    int32_t *data = text ? tokenize_text(text, bytes, tk, &len, &why) : NULL;
-    free(text);
+    uint8_t *scored = NULL;
+    int32_t *data = load_data(o, tk, tk_file, &len, &scored, &bytes, out, &why);
     if (!data) {
         fprintf(out, "error: cannot read the training data: %s\n", why);
         lm_tokenizer_free(tk);
@@ -408,11 +513,13 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
     if (vlen < (size_t)T + 2 || tlen < (size_t)T + 2) {
         fprintf(out, "error: %zu tokens of text is too little for windows of %d\n", len, T + 1);
         free(data);
+        free(scored);
         lm_tokenizer_free(tk);
         tnn_gguf_close(tk_file);
         return 1;
     }
     const int32_t *train = data, *val = data + tlen;
+    const uint8_t *val_scored = scored ? scored + tlen : NULL;
     lm_optim opt = o->optim;
     opt.lr = lr_at(o, 1);
     lm_graph g, ev, gen;
@@ -458,7 +565,7 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
                  "peak lr %g, %d threads\n", len, tlen, vlen, B, T, o->steps, o->lr,
             tnn_get_num_threads());
     rc = lm_copy_weights(&ev, &g);
-    if (rc == TNN_OK) rc = evaluate(&ev, val, vlen, o->eval_batches, tok, tgt, &res->first_val);
+    if (rc == TNN_OK) rc = evaluate(&ev, val, val_scored, vlen, o->eval_batches, tok, tgt, &res->first_val);
     if (rc != TNN_OK) goto done;
     fprintf(out, "step %5d | validation loss %.4f\n", 0, res->first_val);
     pts[npts++] = (curve_point){0, NAN, res->first_val};
@@ -474,7 +581,7 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
         tnn_set_lr(g.s, lr);
         for (int b = 0; b < B; b++) {
             size_t start = (size_t)tnn_rng_below(&rng, (uint64_t)(tlen - (size_t)T - 1));
-            fill_window(train, start, T, tok + (size_t)b * T, tgt + (size_t)b * T);
+            fill_window(train, scored, start, T, tok + (size_t)b * T, tgt + (size_t)b * T);
         }
         double loss;
         int64_t skipped_before = tnn_optimizer_skipped(g.s);
@@ -496,7 +603,7 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
         double vloss = NAN;
         if (do_eval) {
             rc = lm_copy_weights(&ev, &g);
-            if (rc == TNN_OK) rc = evaluate(&ev, val, vlen, o->eval_batches, tok, tgt, &vloss);
+            if (rc == TNN_OK) rc = evaluate(&ev, val, val_scored, vlen, o->eval_batches, tok, tgt, &vloss);
             if (rc != TNN_OK) goto done;
             res->last_val = vloss;
         }
@@ -563,6 +670,7 @@ done:
     lm_graph_free(&ev);
     if (g.s) lm_graph_free(&g);
     free(data);
+    free(scored);
     lm_tokenizer_free(tk);
     tnn_gguf_close(tk_file);
     return rc == TNN_OK ? 0 : 1;
