@@ -423,6 +423,12 @@ static lm_train_state train_state(const lm_train_opts *o, int step, lm_graph *g,
     return st;
 }
 
+/* The graph that samples (B = 1), built on first use: a run that does not
+ * sample holds no third copy of the weights. */
+static int sampling_graph(lm_graph *gen, const lm_config *cfg, int T, bool cuda) {
+    return gen->s ? TNN_OK : lm_graph_build(gen, cfg, 1, T, false, NULL, cuda);
+}
+
 /* The checkpoint path with "{step}" replaced by the step number. */
 static void checkpoint_path(const char *pattern, int step, char *out, size_t n) {
     const char *at = strstr(pattern, "{step}");
@@ -527,7 +533,6 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
     memset(&gen, 0, sizeof gen);
     int rc = lm_graph_build(&g, &o->model, B, T, true, &opt, o->cuda);
     if (rc == TNN_OK) rc = lm_graph_build(&ev, &o->model, B, T, true, NULL, o->cuda);
-    if (rc == TNN_OK) rc = lm_graph_build(&gen, &o->model, 1, T, false, NULL, o->cuda);
     if (rc == TNN_OK) rc = o->resume ? lm_checkpoint_load(o->resume, &g, true)
                            : o->init ? lm_checkpoint_load(o->init, &g, false)
                                      : lm_init_weights(&g, o->seed);
@@ -639,7 +644,8 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
             fprintf(out, "checkpoint: %s (step %d)\n", path, step);
         }
         if (o->sample_every > 0 && step % o->sample_every == 0 && step != o->steps) {
-            rc = lm_copy_weights(&gen, &g);
+            rc = sampling_graph(&gen, &o->model, T, o->cuda);
+            if (rc == TNN_OK) rc = lm_copy_weights(&gen, &g);
             if (rc != TNN_OK) goto done;
             fprintf(out, "--- sample at step %d ---\n", step);
             rc = lm_generate(&gen, &sm, tk, o->sample_prompt, strlen(o->sample_prompt),
@@ -650,7 +656,9 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
     }
     res->tokens_per_s = (double)B * T * (o->steps - first + 1) / (now_s() - t0);
     res->steps_skipped = (int)tnn_optimizer_skipped(g.s);
-    rc = lm_copy_weights(&gen, &g);
+    lm_graph_free(&ev); /* its memory for the sampling graph's */
+    if (o->sample_len > 0) rc = sampling_graph(&gen, &o->model, T, o->cuda);
+    if (rc == TNN_OK && o->sample_len > 0) rc = lm_copy_weights(&gen, &g);
     if (rc == TNN_OK && o->sample_len > 0) {
         fprintf(out, "--- generated text (temperature %.2f, top-k %d, seed %llu) ---\n",
                 o->sampler.temperature, o->sampler.top_k, (unsigned long long)o->sampler.seed);
