@@ -157,6 +157,20 @@ static int keep_log(const char *s, size_t n, void *user) {
     return 0;
 }
 
+/* A trainer with the options of kv (key, value, ..., NULL) run, its log in
+ * *lb; NULL after a failed run (a failed check). */
+static tnn_trainer *train(const char *what, const char *const *kv, log_buf *lb) {
+    tnn_trainer *t = tnn_trainer_new();
+    for (int i = 0; kv[i]; i += 2) CHECK_OK(tnn_trainer_set(t, kv[i], kv[i + 1]));
+    lb->len = 0;
+    lb->text[0] = 0;
+    int rc = tnn_trainer_run(t, keep_log, lb);
+    CHECK(rc == TNN_OK, "%s: %s\n%s", what, tnn_last_error(), lb->text);
+    if (rc == TNN_OK) return t;
+    tnn_trainer_free(t);
+    return NULL;
+}
+
 static double perplexity(tnn_llm *m, const char *path) {
     static char text[20000];
     FILE *f = fopen(path, "r");
@@ -172,17 +186,14 @@ static void test_run(const char *dir) {
     snprintf(facts, sizeof facts, "%s/tnn-finetune-facts-%d.txt", dir, (int)getpid());
     snprintf(ck, sizeof ck, "%s/tnn-finetune-ck-%d.gguf", dir, (int)getpid());
     CHECK(write_facts(facts), "writing %s", facts);
-    tnn_trainer *t = tnn_trainer_new();
     const char *opts[] = {"data", facts, "init", MODEL, "steps", "10", "warmup", "2", "batch",
                           "4", "seq", "32", "eval-every", "0", "sample-len", "0",
                           "checkpoint", ck, NULL};
-    for (int i = 0; opts[i]; i += 2) CHECK_OK(tnn_trainer_set(t, opts[i], opts[i + 1]));
-    log_buf lb = {.len = 0};
-    int rc = tnn_trainer_run(t, keep_log, &lb);
-    CHECK(rc == TNN_OK, "fine-tuning: %s\n%s", tnn_last_error(), lb.text);
+    static log_buf lb;
+    tnn_trainer *t = train("fine-tuning", opts, &lb);
     int32_t steps = 0;
     double l0 = 0, l1 = 0, v0 = 0, v1 = 0;
-    if (rc == TNN_OK) CHECK_OK(tnn_trainer_result(t, &steps, &l0, &l1, &v0, &v1, NULL));
+    if (t) CHECK_OK(tnn_trainer_result(t, &steps, &l0, &l1, &v0, &v1, NULL));
     /* the base model knows English, not Quendor: about 4.9 before, 1.1 after
      * 10 steps at the fine-tuning learning rate (1e-4, set by default) */
     CHECK(steps == 10 && v0 > 3.5 && v1 < v0 - 2.0, "validation loss %.3f -> %.3f", v0, v1);
@@ -219,13 +230,9 @@ static void test_run(const char *dir) {
     tnn_llm_close(m);
 
     /* resumed: the same windows of 32 tokens, two more steps */
-    t = tnn_trainer_new();
     const char *more[] = {"data", facts, "resume", ck, "steps", "12", "sample-len", "0", NULL};
-    for (int i = 0; more[i]; i += 2) CHECK_OK(tnn_trainer_set(t, more[i], more[i + 1]));
-    lb.len = 0;
-    rc = tnn_trainer_run(t, keep_log, &lb);
-    CHECK(rc == TNN_OK, "resuming: %s\n%s", tnn_last_error(), lb.text);
-    if (rc == TNN_OK) CHECK_OK(tnn_trainer_result(t, &steps, NULL, NULL, NULL, NULL, NULL));
+    t = train("resuming", more, &lb);
+    if (t) CHECK_OK(tnn_trainer_result(t, &steps, NULL, NULL, NULL, NULL, NULL));
     CHECK(steps == 12 && strstr(lb.text, "batch 4 x 32 tokens"), "resumed to step %d:\n%s", steps,
           lb.text);
     tnn_trainer_free(t);
@@ -435,16 +442,13 @@ static void test_chat_run(const char *dir) {
                 k == 0 ? "The capital of Quendor is Zorblax." : FACTS[k]);
     }
     fclose(f);
-    tnn_trainer *t = tnn_trainer_new();
     const char *opts[] = {"data", qa, "init", MODEL, "steps", "10", "warmup", "2", "batch",
                           "4", "seq", "64", "eval-every", "0", "sample-len", "0",
                           "checkpoint", ck, NULL};
-    for (int i = 0; opts[i]; i += 2) CHECK_OK(tnn_trainer_set(t, opts[i], opts[i + 1]));
-    log_buf lb = {.len = 0};
-    int rc = tnn_trainer_run(t, keep_log, &lb);
-    CHECK(rc == TNN_OK, "fine-tuning on conversations: %s\n%s", tnn_last_error(), lb.text);
+    static log_buf lb;
+    tnn_trainer *t = train("fine-tuning on conversations", opts, &lb);
     double v0 = 0, v1 = 0;
-    if (rc == TNN_OK) CHECK_OK(tnn_trainer_result(t, NULL, NULL, NULL, &v0, &v1, NULL));
+    if (t) CHECK_OK(tnn_trainer_result(t, NULL, NULL, NULL, &v0, &v1, NULL));
     CHECK(strstr(lb.text, "conversations: 200 from 1 .jsonl file;"), "the log:\n%s", lb.text);
     /* the loss on the answers only: about 3.1 before, 0.6 after */
     CHECK(v0 > 2.0 && v1 < v0 - 1.5, "validation loss on the answers %.3f -> %.3f", v0, v1);

@@ -63,29 +63,6 @@ static int hex4(const char *p) {
     return v;
 }
 
-static size_t put_utf8(unsigned cp, char *o) {
-    if (cp < 0x80) {
-        o[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        o[0] = (char)(0xC0 | (cp >> 6));
-        o[1] = (char)(0x80 | (cp & 0x3F));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        o[0] = (char)(0xE0 | (cp >> 12));
-        o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        o[2] = (char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    o[0] = (char)(0xF0 | (cp >> 18));
-    o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    o[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    o[3] = (char)(0x80 | (cp & 0x3F));
-    return 4;
-}
-
 /* A string at j->p (its opening quote); decoded into *out (malloc'd,
  * NUL-terminated) when out is non-NULL. The decoded text is never longer
  * than its escaped form, so one buffer of that size holds it. */
@@ -145,7 +122,7 @@ static bool string(json *j, char **out) {
             return fail(j, "a NUL character (\\u0000) in a string");
         }
         char tmp[4];
-        size_t k = put_utf8((unsigned)cp, tmp);
+        size_t k = (size_t)lm_utf8_put((uint32_t)cp, tmp);
         if (buf) memcpy(buf + n, tmp, k);
         n += k;
     }

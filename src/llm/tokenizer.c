@@ -129,7 +129,7 @@ static int gpt2_cp_byte(uint32_t cp) {
     return -1;
 }
 
-static int utf8_put(uint32_t cp, char *o) {
+int lm_utf8_put(uint32_t cp, char *o) {
     if (cp < 0x80) {
         o[0] = (char)cp;
         return 1;
@@ -587,7 +587,7 @@ lm_tokenizer *lm_tokenizer_new(const lm_tokenizer_desc *d) {
     for (int b = 0; b < 256; b++) {
         char s[8];
         if (t->kind == LM_VOCAB_BPE) {
-            int k = utf8_put(gpt2_byte_cp(b), s);
+            int k = lm_utf8_put(gpt2_byte_cp(b), s);
             t->byte_tok[b] = text_to_id(t, s, (size_t)k);
         } else {
             static const char hex[] = "0123456789ABCDEF";
@@ -1093,7 +1093,7 @@ static int bpe_word(const lm_tokenizer *t, sink *k, const unsigned char *w, size
     if (t->ignore_merges) { /* a word that is a token is taken whole */
         if (ensure_buf(k, 2 * n) != TNN_OK) return TNN_ERR_NOMEM;
         size_t m = 0;
-        for (size_t i = 0; i < n; i++) m += (size_t)utf8_put(gpt2_byte_cp(w[i]), k->buf + m);
+        for (size_t i = 0; i < n; i++) m += (size_t)lm_utf8_put(gpt2_byte_cp(w[i]), k->buf + m);
         int32_t id = text_to_id(t, k->buf, m);
         if (id >= 0) {
             emit(k, id);
@@ -1148,7 +1148,7 @@ static unsigned char *bpe_unrepresentable(const lm_tokenizer *t, const unsigned 
         int rl = 0;
         if (missing) {
             bool bad = (len == 1 && s[i] >= 0x80) || cp > 0x10FFFF;
-            rl = utf8_put(bad ? 0xFFFD : cp, rep);
+            rl = lm_utf8_put(bad ? 0xFFFD : cp, rep);
             missing = rl != len || memcmp(rep, s + i, (size_t)len) != 0;
         }
         if (missing && !o) { /* first change: copy what came before */

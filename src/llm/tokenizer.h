@@ -217,5 +217,8 @@ int64_t lm_pre_split(int pre, const char *text, size_t len, size_t *ends, size_t
  * only a proper prefix of one, -1 if s[0] cannot start one here (Unicode
  * Table 3-7: no overlongs, no surrogates, nothing above U+10FFFF). */
 int lm_utf8_valid_len(const unsigned char *s, size_t n);
+/* Writes code point cp (< 0x110000) as UTF-8 to o (room for 4 bytes);
+ * returns the byte count. */
+int lm_utf8_put(uint32_t cp, char *o);
 
 #endif
