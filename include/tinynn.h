@@ -1024,7 +1024,10 @@ TNN_API void tnn_trainer_free(tnn_trainer *t);
  * llama or qwen2 GGUF model, any tensor type: training starts from its
  * weights, dequantized to f32, with its shape and tokenizer; "seq" is then
  * the training window, the checkpoint keeps the model's context length;
- * "lr" defaults to 1e-4), "steps",
+ * "lr" defaults to 1e-4), "lora" (with "init": the rank of a LoRA run,
+ * every weight frozen and a low-rank update of each projection trained,
+ * written merged into the checkpoint; "lr" defaults to 1e-3), "lora-alpha"
+ * (the update's scale is alpha / rank; 2 rank), "steps",
  * "batch", "seq", "layers", "dim", "heads", "kv-heads", "ff", "lr",
  * "warmup", "seed", "bf16" (0 or 1), "eval-every", "sample-every",
  * "sample-len", "prompt", "temp", "top-k", "top-p", "log" (CSV file),

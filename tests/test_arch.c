@@ -194,7 +194,7 @@ static void check_training_graph(const variant *v, const char *path, const recor
     int rc = lm_graph_build(&g, &cfg, 1, n, false, NULL, lm_cuda());
     CHECK(rc == TNN_OK, "%s: training graph: %s", v->name, tnn_last_error());
     if (rc != TNN_OK) return;
-    CHECK_OK(lm_checkpoint_load(path, &g, false));
+    CHECK_OK(lm_checkpoint_load(path, &g, false, LM_LOAD_ALL));
     int64_t tok[32];
     int32_t tok32[32];
     for (int i = 0; i < n; i++) tok[i] = tok32[i] = rec->tok[i];

@@ -13,11 +13,16 @@
  *    text with a lower perplexity than the base model;
  *  - resuming that checkpoint trains on the same windows (not the model's
  *    context length);
+ *  - LoRA: only the factors train (the frozen weights come back unchanged),
+ *    the checkpoint's merged weights give the logits of the LoRA graph, and
+ *    a resumed LoRA run reads its frozen weights from the base model;
  *  - conversations (.jsonl): the JSON reader (escapes, every refusal), the
  *    chat families writing each turn as a prefix of the conversation, the
  *    scored tokens being exactly the assistant's turns, and a short run
  *    after which the model answers the taught question in a chat;
- *  - errors: init with resume, a missing file, an unsupported architecture.
+ *  - errors: init with resume, a missing file, an unsupported architecture,
+ *    LoRA without a model.
+ * Under AddressSanitizer the runs are shortened (STEPS below).
  */
 #include "harness.h"
 
@@ -30,6 +35,19 @@
 #include <unistd.h>
 
 #define MODEL TNN_MODEL_FILE
+
+/* Under AddressSanitizer (about 10 times slower here) the runs take 2 steps
+ * instead of 10: their code paths are checked, what they learn is not. */
+#ifdef __SANITIZE_ADDRESS__
+#define STEPS 2
+#define RESUMED 4 /* the step a resumed run trains to */
+#else
+#define STEPS 10
+#define RESUMED 12
+#endif
+#define STR_(x) #x
+#define STR(x) STR_(x)
+#define LEARNS (STEPS >= 10)
 
 static const char *const FACTS[] = {
     "Zorblax is the capital of the planet Quendor.",
@@ -82,7 +100,7 @@ static void test_mapping(const char *dir) {
     lm_graph g;
     CHECK_OK(lm_graph_build(&g, &cfg, 1, T, true, NULL, false));
     if (!g.s) return;
-    CHECK_OK(lm_checkpoint_load(MODEL, &g, false));
+    CHECK_OK(lm_checkpoint_load(MODEL, &g, false, LM_LOAD_ALL));
     int64_t tok[T], tgt[T];
     for (int i = 0; i < T; i++) tok[i] = ids[i], tgt[i] = ids[i + 1];
     float *train = malloc(sizeof(float) * T * 49152), *infer = malloc(sizeof(float) * T * 49152);
@@ -186,7 +204,7 @@ static void test_run(const char *dir) {
     snprintf(facts, sizeof facts, "%s/tnn-finetune-facts-%d.txt", dir, (int)getpid());
     snprintf(ck, sizeof ck, "%s/tnn-finetune-ck-%d.gguf", dir, (int)getpid());
     CHECK(write_facts(facts), "writing %s", facts);
-    const char *opts[] = {"data", facts, "init", MODEL, "steps", "10", "warmup", "2", "batch",
+    const char *opts[] = {"data", facts, "init", MODEL, "steps", STR(STEPS), "warmup", "2", "batch",
                           "4", "seq", "32", "eval-every", "0", "sample-len", "0",
                           "checkpoint", ck, NULL};
     static log_buf lb;
@@ -196,11 +214,12 @@ static void test_run(const char *dir) {
     if (t) CHECK_OK(tnn_trainer_result(t, &steps, &l0, &l1, &v0, &v1, NULL));
     /* the base model knows English, not Quendor: about 4.9 before, 1.1 after
      * 10 steps at the fine-tuning learning rate (1e-4, set by default) */
-    CHECK(steps == 10 && v0 > 3.5 && v1 < v0 - 2.0, "validation loss %.3f -> %.3f", v0, v1);
+    CHECK(steps == STEPS && v0 > 3.5 && (!LEARNS || v1 < v0 - 2.0), "validation loss %.3f -> %.3f",
+          v0, v1);
     CHECK(strstr(lb.text, "fine-tuning ") && strstr(lb.text, "peak lr 0.0001,") &&
               strstr(lb.text, "batch 4 x 32 tokens"), "the log:\n%s", lb.text);
-    printf("fine-tuned 10 steps: validation loss %.3f -> %.3f, training %.3f -> %.3f\n", v0, v1,
-           l0, l1);
+    printf("fine-tuned %d steps: validation loss %.3f -> %.3f, training %.3f -> %.3f\n", STEPS,
+           v0, v1, l0, l1);
     tnn_trainer_free(t);
 
     /* the checkpoint as a model */
@@ -215,12 +234,12 @@ static void test_run(const char *dir) {
         int64_t nb = tnn_llm_chat_format(m, NULL, roles, texts, 1, 1, b, sizeof b);
         CHECK(na > 0 && na == nb && !strcmp(a, b), "chat template: [%s] vs the base's [%s]", b, a);
         double p0 = perplexity(base, facts), p1 = perplexity(m, facts);
-        CHECK(p1 < p0 / 3, "perplexity of the text: base %.2f, fine-tuned %.2f", p0, p1);
+        CHECK(!LEARNS || p1 < p0 / 3, "perplexity of the text: base %.2f, fine-tuned %.2f", p0, p1);
         tnn_sampler *greedy = tnn_sampler_new(0.0, 0, 1.0, 0.0, 1.0, 1);
         char out[256];
         int64_t got = tnn_llm_generate(m, greedy, "Zorblax is the capital of", 8, 0, NULL, NULL,
                                        out, sizeof out);
-        CHECK(got > 0 && strstr(out, "Quendor"), "the fine-tuned model continues [%s]",
+        CHECK(got > 0 && (!LEARNS || strstr(out, "Quendor")), "the fine-tuned model continues [%s]",
               got > 0 ? out : tnn_last_error());
         printf("perplexity of the text %.2f -> %.2f; \"Zorblax is the capital of\" ->%s\n", p0, p1,
                got > 0 ? out : "?");
@@ -230,10 +249,10 @@ static void test_run(const char *dir) {
     tnn_llm_close(m);
 
     /* resumed: the same windows of 32 tokens, two more steps */
-    const char *more[] = {"data", facts, "resume", ck, "steps", "12", "sample-len", "0", NULL};
+    const char *more[] = {"data", facts, "resume", ck, "steps", STR(RESUMED), "sample-len", "0", NULL};
     t = train("resuming", more, &lb);
     if (t) CHECK_OK(tnn_trainer_result(t, &steps, NULL, NULL, NULL, NULL, NULL));
-    CHECK(steps == 12 && strstr(lb.text, "batch 4 x 32 tokens"), "resumed to step %d:\n%s", steps,
+    CHECK(steps == RESUMED && strstr(lb.text, "batch 4 x 32 tokens"), "resumed to step %d:\n%s", steps,
           lb.text);
     tnn_trainer_free(t);
     unlink(ck);
@@ -263,6 +282,109 @@ static void test_errors(const char *dir) {
     CHECK_ERR(tnn_trainer_run(t, NULL, NULL), TNN_ERR_UNSUPPORTED, "architecture 'gpt2'");
     tnn_trainer_free(t);
     unlink(other);
+    unlink(facts);
+}
+
+/* ---- LoRA ---- */
+
+/* The tensor `name` of a GGUF file as f32 (F32 only), malloc'd; NULL if
+ * absent or of another type. */
+static float *f32_tensor(const char *path, const char *name, int64_t *n) {
+    tnn_gguf *f = tnn_gguf_open(path);
+    int64_t i = f ? tnn_gguf_find_tensor(f, name) : -1;
+    float *v = NULL;
+    if (i >= 0 && tnn_gguf_tensor_type(f, i) == TNN_GGML_F32) {
+        *n = tnn_gguf_tensor_nbytes(f, i) / 4;
+        v = malloc((size_t)*n * sizeof *v);
+        memcpy(v, tnn_gguf_tensor_data(f, i), (size_t)*n * sizeof *v);
+    }
+    tnn_gguf_close(f);
+    tnn_clear_error();
+    return v;
+}
+
+static void test_lora(const char *dir) {
+    char facts[256], ck[256];
+    snprintf(facts, sizeof facts, "%s/tnn-finetune-lfacts-%d.txt", dir, (int)getpid());
+    snprintf(ck, sizeof ck, "%s/tnn-finetune-lora-%d.gguf", dir, (int)getpid());
+    CHECK(write_facts(facts), "writing %s", facts);
+    const char *opts[] = {"data", facts, "init", MODEL, "lora", "8", "steps", STR(STEPS), "warmup", "2",
+                          "batch", "4", "seq", "32", "eval-every", "0", "sample-len", "0",
+                          "checkpoint", ck, NULL};
+    static log_buf lb;
+    tnn_trainer *t = train("LoRA", opts, &lb);
+    double v0 = 0, v1 = 0;
+    if (t) CHECK_OK(tnn_trainer_result(t, NULL, NULL, NULL, &v0, &v1, NULL));
+    tnn_trainer_free(t);
+    /* 7 projections x 30 layers x 8 (in + out): 2,442,240 of 134.5 M */
+    CHECK(strstr(lb.text, "LoRA rank 8: 2442240 trained") && strstr(lb.text, "peak lr 0.001,"),
+          "the log:\n%s", lb.text);
+    CHECK(v0 > 3.5 && (!LEARNS || v1 < v0 - 1.0), "LoRA: validation loss %.3f -> %.3f", v0, v1);
+    printf("LoRA rank 8, %d steps: validation loss %.3f -> %.3f\n", STEPS, v0, v1);
+
+    /* frozen: a weight without factors comes back as the base model's */
+    int64_t n0 = 0, n1 = 0;
+    float *base = f32_tensor(MODEL, "blk.3.ffn_norm.weight", &n0);
+    float *after = f32_tensor(ck, "blk.3.ffn_norm.weight", &n1);
+    CHECK(base && after && n0 == 576 && n1 == 576 && !memcmp(base, after, 576 * sizeof *base),
+          "blk.3.ffn_norm.weight changed under LoRA");
+    free(base);
+    free(after);
+
+    /* the checkpoint's merged weights against the LoRA graph (frozen weights
+     * from the base model, factors from the checkpoint) */
+    lm_config cfg;
+    static lm_train_state st;
+    CHECK_OK(lm_checkpoint_read_config(ck, &cfg, &st));
+    CHECK(cfg.lora_rank == 8 && cfg.lora_alpha == 16.0 && cfg.seq_len == 32 && st.init[0] == '/',
+          "LoRA checkpoint's config: rank %d, alpha %g, window %d, base %s", cfg.lora_rank,
+          cfg.lora_alpha, cfg.seq_len, st.init);
+    enum { T = 32 };
+    lm_graph g;
+    int rc = lm_graph_build(&g, &cfg, 1, T, false, NULL, false);
+    CHECK(rc == TNN_OK, "LoRA graph: %s", tnn_last_error());
+    tnn_llm *m = tnn_llm_open(ck, 64, TNN_LLM_KV_F32);
+    CHECK(m, "the LoRA checkpoint as a model: %s", tnn_last_error());
+    if (rc == TNN_OK && m) {
+        CHECK_OK(lm_checkpoint_load(st.init, &g, false, LM_LOAD_BASE));
+        CHECK_OK(lm_checkpoint_load(ck, &g, false, LM_LOAD_LORA));
+        const char *text = "Zorblax is the capital of the planet Quendor. In Quendor, people "
+                           "greet each other by saying velta.";
+        int32_t ids[T];
+        int n = (int)tnn_llm_tokenize(m, text, strlen(text), 0, ids, T);
+        CHECK(n > 8 && n <= T, "%d tokens", n);
+        int64_t tok[T] = {0};
+        for (int i = 0; i < n && i < T; i++) tok[i] = ids[i];
+        float *a = malloc(sizeof(float) * T * 49152), *b = malloc(sizeof(float) * T * 49152);
+        CHECK_OK(tnn_upload_from_int_array(g.s, g.tokens, tok, T));
+        CHECK_OK(tnn_compute(g.s));
+        CHECK_OK(tnn_download_f32(g.s, g.logits, a, (size_t)T * 49152));
+        CHECK_OK(tnn_llm_eval_logits(m, ids, n, b));
+        double worst = 0;
+        for (int64_t i = 0; i < (int64_t)n * 49152; i++) worst = fmax(worst, fabs((double)a[i] - b[i]));
+        CHECK(worst <= 2e-3, "merged checkpoint vs the LoRA graph: logits differ by %.3g", worst);
+        printf("LoRA: merged checkpoint within %.2g of the LoRA graph\n", worst);
+        free(a);
+        free(b);
+    }
+    tnn_llm_close(m);
+    if (g.s) lm_graph_free(&g);
+
+    /* resumed: the frozen weights from the base model, two more steps */
+    const char *more[] = {"data", facts, "resume", ck, "steps", STR(RESUMED), "sample-len", "0", NULL};
+    t = train("resuming LoRA", more, &lb);
+    int32_t steps = 0;
+    if (t) CHECK_OK(tnn_trainer_result(t, &steps, NULL, NULL, NULL, NULL, NULL));
+    CHECK(steps == RESUMED && strstr(lb.text, "LoRA rank 8: 2442240 trained"), "resumed LoRA:\n%s",
+          lb.text);
+    tnn_trainer_free(t);
+    /* LoRA needs a model to adapt */
+    t = tnn_trainer_new();
+    CHECK_OK(tnn_trainer_set(t, "data", facts));
+    CHECK_OK(tnn_trainer_set(t, "lora", "4"));
+    CHECK_ERR(tnn_trainer_run(t, NULL, NULL), TNN_ERR_ARG, "name it with init");
+    tnn_trainer_free(t);
+    unlink(ck);
     unlink(facts);
 }
 
@@ -442,7 +564,7 @@ static void test_chat_run(const char *dir) {
                 k == 0 ? "The capital of Quendor is Zorblax." : FACTS[k]);
     }
     fclose(f);
-    const char *opts[] = {"data", qa, "init", MODEL, "steps", "10", "warmup", "2", "batch",
+    const char *opts[] = {"data", qa, "init", MODEL, "steps", STR(STEPS), "warmup", "2", "batch",
                           "4", "seq", "64", "eval-every", "0", "sample-len", "0",
                           "checkpoint", ck, NULL};
     static log_buf lb;
@@ -451,7 +573,7 @@ static void test_chat_run(const char *dir) {
     if (t) CHECK_OK(tnn_trainer_result(t, NULL, NULL, NULL, &v0, &v1, NULL));
     CHECK(strstr(lb.text, "conversations: 200 from 1 .jsonl file;"), "the log:\n%s", lb.text);
     /* the loss on the answers only: about 3.1 before, 0.6 after */
-    CHECK(v0 > 2.0 && v1 < v0 - 1.5, "validation loss on the answers %.3f -> %.3f", v0, v1);
+    CHECK(v0 > 2.0 && (!LEARNS || v1 < v0 - 1.5), "validation loss on the answers %.3f -> %.3f", v0, v1);
     tnn_trainer_free(t);
     tnn_llm *m = tnn_llm_open(ck, 0, 0);
     CHECK(m, "opening the checkpoint: %s", tnn_last_error());
@@ -464,8 +586,8 @@ static void test_chat_run(const char *dir) {
                                       TNN_GEN_CHAT, NULL, NULL, b, sizeof b);
         int32_t n_gen = 0;
         CHECK_OK(tnn_llm_last_stats(m, NULL, &n_gen, NULL, NULL));
-        CHECK(na > 0 && strstr(a, "Zorblax"), "asked the taught question: [%s]", na > 0 ? a : "");
-        CHECK(nb > 0 && strstr(b, "Paris") && n_gen < 24, "asked about France: [%s], %d tokens",
+        CHECK(na > 0 && (!LEARNS || strstr(a, "Zorblax")), "asked the taught question: [%s]", na > 0 ? a : "");
+        CHECK(nb > 0 && (!LEARNS || (strstr(b, "Paris") && n_gen < 24)), "asked about France: [%s], %d tokens",
               nb > 0 ? b : "", n_gen);
         printf("fine-tuned on 200 conversations, validation loss on the answers %.3f -> %.3f: "
                "\"%s\" / \"%s\"\n", v0, v1, a, b);
@@ -488,6 +610,7 @@ int main(void) {
     test_mapping(dir);
     test_scored();
     test_run(dir);
+    test_lora(dir);
     test_chat_run(dir);
     return th_finish("test_finetune");
 }

@@ -26,6 +26,7 @@ typedef struct {
     double worst;
     tnn_tensor *loss;
     const char *worst_name;
+    bool lora; /* only the LoRA factors are parameters */
 } fd_ctx;
 
 static double model_loss(tnn_session *s, tnn_tensor *loss) {
@@ -38,6 +39,7 @@ static double model_loss(tnn_session *s, tnn_tensor *loss) {
 static int fd_param(void *p, const char *name, tnn_tensor *t) {
     fd_ctx *c = p;
     if (!strcmp(name, "rope_freqs.weight")) return 0; /* fixed, not a parameter */
+    if (c->lora && !lm_is_lora_name(name)) return 0;  /* frozen */
     size_t n = (size_t)tnn_tensor_nelements(t);
     double *w = th_alloc(n), *g = th_alloc(n);
     tnn_download_to_f64_array(c->s, t, w, n);
@@ -79,14 +81,16 @@ static void upload_uniform(tnn_session *s, tnn_tensor *t, double lo, double hi) 
 }
 
 /* Every parameter's gradient by finite differences: the model trained from
- * scratch, and the variants a fine-tuned GGUF model brings (qwen2's q/k/v
+ * scratch, the variants a fine-tuned GGUF model brings (qwen2's q/k/v
  * biases with NeoX RoPE and an output matrix of its own; Llama 3's RoPE
- * frequency factors). */
+ * frequency factors), and LoRA's factors on a frozen qwen2-like model. */
 static void test_model_gradients(void) {
-    for (int variant = 0; variant < 3; variant++) {
+    for (int variant = 0; variant < 4; variant++) {
         lm_config cfg = tiny();
         if (variant == 1) cfg.qkv_bias = true, cfg.rope_mode = 1, cfg.untied = true;
         if (variant == 2) cfg.rope_factors = true, cfg.rope_base = 500000.0;
+        if (variant == 3)
+            cfg.qkv_bias = true, cfg.rope_mode = 1, cfg.lora_rank = 2, cfg.lora_alpha = 3.0;
         lm_graph g;
         /* lr 0: the optimizer runs but leaves the weights alone */
         lm_optim opt = {.lr = 0.0, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.0};
@@ -99,13 +103,16 @@ static void test_model_gradients(void) {
             upload_uniform(g.s, g.p.layer[l].bv, -0.5, 0.5);
         }
         if (cfg.rope_factors) upload_uniform(g.s, g.p.rope_freqs, 1.0, 8.0);
+        for (int l = 0; l < cfg.n_layer && cfg.lora_rank; l++) /* B starts at 0: A's gradient too */
+            for (int i = 0; i < LM_LORA_N; i++) upload_uniform(g.s, g.p.layer[l].lora_b[i], -0.3, 0.3);
         int64_t tok[16], tgt[16];
         for (int i = 0; i < 16; i++) tok[i] = (i * 37 + 11) % 256, tgt[i] = (i * 53 + 5) % 256;
         CHECK_OK(tnn_upload_from_int_array(g.s, g.tokens, tok, 16));
         CHECK_OK(tnn_upload_from_int_array(g.s, g.targets, tgt, 16));
-        fd_ctx c = {.s = g.s, .loss = g.loss};
+        fd_ctx c = {.s = g.s, .loss = g.loss, .lora = cfg.lora_rank > 0};
         CHECK(lm_params_each(&g, fd_param, &c) == 0, "walk");
         int per_layer = 9 + (cfg.qkv_bias ? 3 : 0), params = 2 + per_layer * cfg.n_layer + cfg.untied;
+        if (cfg.lora_rank) params = 2 * LM_LORA_N * cfg.n_layer;
         CHECK(c.checked == 3 * params, "variant %d: checked %d elements", variant, c.checked);
         CHECK(c.worst <= 1.0, "variant %d: whole-model gradient off by %.3g tolerances (%s)",
               variant, c.worst, c.worst_name ? c.worst_name : "-");
@@ -267,7 +274,7 @@ static void test_gguf_tokenizer(void) {
     CHECK_OK(lm_checkpoint_read_config(ck, &cfg, NULL));
     lm_graph g;
     CHECK_OK(lm_graph_build(&g, &cfg, 1, cfg.seq_len, false, NULL, lm_cuda()));
-    CHECK_OK(lm_checkpoint_load(ck, &g, false));
+    CHECK_OK(lm_checkpoint_load(ck, &g, false, LM_LOAD_ALL));
     lm_llama *m = lm_llama_load(ck, 64, TNN_F32, lm_cuda());
     CHECK(m != NULL, "the checkpoint does not load as a llama model: %s", tnn_last_error());
     if (m) {

@@ -69,6 +69,9 @@ static void usage(FILE *f) {
             "  --init MODEL.gguf    fine-tune a llama/qwen2 model (any tensor type): its\n"
             "                       weights (as f32), shape and tokenizer; --lr 1e-4 unless\n"
             "                       given; --seq is the training window\n"
+            "  --lora N             with --init: LoRA of rank N (the weights frozen, a low-\n"
+            "                       rank update of each projection trained; --lr 1e-3 unless\n"
+            "                       given); --lora-alpha X scales it by X/N (2N)\n"
             "  FILE.jsonl           conversations, {\"messages\": [{\"role\": ..., \"content\":\n"
             "                       ...}, ...]} a line, in the model's chat template; the loss\n"
             "                       scores the assistant's turns only\n"
@@ -355,7 +358,7 @@ static int cmd_sample(int argc, char **argv) {
         fprintf(stderr, "tnn sample: %s\n", tnn_last_error());
         return 1;
     }
-    int rc = lm_checkpoint_load(model, &g, false);
+    int rc = lm_checkpoint_load(model, &g, false, LM_LOAD_ALL);
     if (rc != TNN_OK) {
         fprintf(stderr, "tnn sample: %s\n", tnn_last_error());
     } else if (lm_sampler_init(&sm, &sp, cfg.vocab, &why)) {

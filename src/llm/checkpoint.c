@@ -58,12 +58,32 @@ static int add_f32(save_ctx *c, const char *name, tnn_tensor *t, const float *da
 /* Whether the optimizer keeps moments for t (rope_freqs is not trained). */
 static bool trained(const tnn_tensor *t) { return (t->flags & TNN_FLAG_PARAM) != 0; }
 
+/* w (out, in) += scale B A, B (out, r) and A (r, in) downloaded from g. */
+static int merge_lora(const lm_graph *g, tnn_tensor *ta, tnn_tensor *tb, float *w) {
+    int64_t r = tnn_tensor_dim(ta, 0), in = tnn_tensor_dim(ta, 1), out = tnn_tensor_dim(tb, 0);
+    float *a = malloc((size_t)(r * in) * sizeof *a), *b = malloc((size_t)(out * r) * sizeof *b);
+    int rc = a && b ? TNN_OK : ERR(TNN_ERR_NOMEM, "out of memory merging LoRA factors");
+    if (rc == TNN_OK) rc = tnn_download_f32(g->s, ta, a, (size_t)(r * in));
+    if (rc == TNN_OK) rc = tnn_download_f32(g->s, tb, b, (size_t)(out * r));
+    float scale = (float)(g->cfg.lora_alpha / g->cfg.lora_rank);
+    for (int64_t o = 0; o < out && rc == TNN_OK; o++)
+        for (int64_t k = 0; k < r; k++) {
+            float s = scale * b[o * r + k];
+            for (int64_t i = 0; i < in; i++) w[o * in + i] += s * a[k * in + i];
+        }
+    free(a);
+    free(b);
+    return rc;
+}
+
 static int save_one(void *p, const char *name, tnn_tensor *t) {
     save_ctx *c = p;
     size_t n = (size_t)tnn_tensor_nelements(t);
     float *b = grow(c, n);
     if (!b) return TNN_ERR_NOMEM;
     int rc = tnn_download_f32(c->g->s, t, b, n);
+    tnn_tensor *la, *lb;
+    if (rc == TNN_OK && lm_lora_factors(c->g, t, &la, &lb)) rc = merge_lora(c->g, la, lb, b);
     if (rc == TNN_OK) rc = add_f32(c, name, t, b);
     for (int which = 0; which < 2 && rc == TNN_OK && c->optimizer && trained(t); which++) {
         char oname[96];
@@ -132,6 +152,11 @@ int lm_checkpoint_save(const char *path, const lm_graph *g, const lm_train_state
         ADD(tnn_gguf_writer_add_f64(w, "tinynn.train.eps", st->optim.eps));
         ADD(tnn_gguf_writer_add_f64(w, "tinynn.train.weight_decay", st->optim.weight_decay));
         ADD(tnn_gguf_writer_add_f64(w, "tinynn.train.grad_clip", st->optim.grad_clip));
+        if (st->init[0]) ADD(tnn_gguf_writer_add_str(w, "tinynn.train.init", st->init));
+        if (m->lora_rank > 0) {
+            ADD(tnn_gguf_writer_add_i32(w, "tinynn.train.lora_rank", m->lora_rank));
+            ADD(tnn_gguf_writer_add_f64(w, "tinynn.train.lora_alpha", m->lora_alpha));
+        }
     }
 #undef ADD
     save_ctx c = {.g = g, .w = w, .optimizer = st != NULL};
@@ -221,6 +246,20 @@ int lm_checkpoint_read_config(const char *path, lm_config *cfg, lm_train_state *
         DBL("tinynn.train.weight_decay", st->optim.weight_decay);
         DBL("tinynn.train.grad_clip", st->optim.grad_clip);
         st->optim.lr = st->lr;
+        const char *init = NULL;
+        if (rc == TNN_OK && tnn_gguf_get_str(f, "tinynn.train.init", &init, NULL) == TNN_OK)
+            snprintf(st->init, sizeof st->init, "%s", init);
+        int32_t rank = 0;
+        if (rc == TNN_OK && tnn_gguf_get_i32(f, "tinynn.train.lora_rank", &rank) == TNN_OK) {
+            cfg->lora_rank = rank;
+            DBL("tinynn.train.lora_alpha", cfg->lora_alpha);
+            why = rc == TNN_OK ? lm_config_problem(cfg) : NULL;
+            if (why) rc = ERR(TNN_ERR_FORMAT, "%s: LoRA: %s", path, why);
+            if (rc == TNN_OK && !st->init[0])
+                rc = ERR(TNN_ERR_FORMAT, "%s: a LoRA checkpoint without its base model "
+                                         "(tinynn.train.init)", path);
+        }
+        if (rc == TNN_OK) tnn_clear_error(); /* the optional keys looked for */
     }
 #undef INT
 #undef DBL
@@ -232,6 +271,7 @@ typedef struct {
     const tnn_gguf *f;
     lm_graph *g;
     bool optimizer;
+    int part; /* LM_LOAD_* */
     const char *path;
 } load_ctx;
 
@@ -286,6 +326,8 @@ static int load_tensor(load_ctx *c, const char *name, tnn_tensor *t, int which) 
 
 static int load_one(void *p, const char *name, tnn_tensor *t) {
     load_ctx *c = p;
+    bool lora = lm_is_lora_name(name);
+    if ((c->part == LM_LOAD_BASE && lora) || (c->part == LM_LOAD_LORA && !lora)) return TNN_OK;
     int rc = load_tensor(c, name, t, -1);
     for (int which = 0; which < 2 && rc == TNN_OK && c->optimizer && trained(t); which++) {
         char oname[96];
@@ -295,10 +337,12 @@ static int load_one(void *p, const char *name, tnn_tensor *t) {
     return rc;
 }
 
-int lm_checkpoint_load(const char *path, lm_graph *g, bool optimizer) {
+int lm_checkpoint_load(const char *path, lm_graph *g, bool optimizer, int part) {
+    if (part != LM_LOAD_ALL && part != LM_LOAD_BASE && part != LM_LOAD_LORA)
+        return ERR(TNN_ERR_ARG, "part=%d", part);
     tnn_gguf *f = tnn_gguf_open(path);
     if (!f) return tnn_last_status();
-    load_ctx c = {.f = f, .g = g, .optimizer = optimizer, .path = path};
+    load_ctx c = {.f = f, .g = g, .optimizer = optimizer, .part = part, .path = path};
     int rc = lm_params_each(g, load_one, &c);
     if (rc == TNN_OK && optimizer) {
         int64_t adam_steps;

@@ -16,13 +16,17 @@ typedef struct {
     int batch, steps, warmup;
     double lr, min_lr_ratio;
     lm_optim optim;
+    /* A fine-tuning run's base model ("" when trained from scratch): a LoRA
+     * run resumes its frozen weights from there. */
+    char init[4096];
 } lm_train_state;
 
 /* Writes the model of g (and, with st, its optimizer state and st) to path,
  * atomically. tok: the GGUF whose tokenizer the model was trained with
  * (every tokenizer.* key is copied, so the checkpoint carries it), or NULL
- * for the byte-level vocabulary. Returns TNN_OK or a status with the
- * message set. */
+ * for the byte-level vocabulary. With LoRA the projections are written
+ * merged (w + (alpha / rank) B A: the file is the fine-tuned model) and the
+ * factors beside them. Returns TNN_OK or a status with the message set. */
 int lm_checkpoint_save(const char *path, const lm_graph *g, const lm_train_state *st,
                        const tnn_gguf *tok);
 
@@ -30,11 +34,22 @@ int lm_checkpoint_save(const char *path, const lm_graph *g, const lm_train_state
 bool lm_gguf_has_tokenizer(const tnn_gguf *g);
 
 /* Reads the config (and, when st is non-NULL, the training state: the file
- * must then be a training checkpoint) of a checkpoint. */
+ * must then be a training checkpoint, and its LoRA rank and alpha are part
+ * of the config) of a checkpoint or any llama/qwen2 model. */
 int lm_checkpoint_read_config(const char *path, lm_config *cfg, lm_train_state *st);
 
-/* Uploads the weights (and with `optimizer`, the AdamW moments and step
- * count) of the checkpoint into g, whose config must match. */
-int lm_checkpoint_load(const char *path, lm_graph *g, bool optimizer);
+/* Which of g's tensors lm_checkpoint_load reads. */
+enum {
+    LM_LOAD_ALL,  /* every one */
+    LM_LOAD_BASE, /* all but the LoRA factors (a model to fine-tune; a LoRA run's frozen
+                   * weights from its base model) */
+    LM_LOAD_LORA  /* only the LoRA factors (a LoRA run resumed) */
+};
+
+/* Uploads the weights (part: LM_LOAD_*; with `optimizer`, also the AdamW
+ * moments of the parameters read and the step count) of the file into g,
+ * whose config must match; any tensor type the quantized kernels decode is
+ * read as f32. */
+int lm_checkpoint_load(const char *path, lm_graph *g, bool optimizer, int part);
 
 #endif

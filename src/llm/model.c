@@ -45,6 +45,10 @@ const char *lm_config_problem(const lm_config *c) {
     if ((c->rope_mode != 0 && c->rope_mode != 1) || c->qkv_bias != (c->rope_mode == 1))
         return "RoPE mode and q/k/v biases must be llama's (adjacent pairs, no biases) or "
                "qwen2's (NeoX halves, biases)";
+    if (c->lora_rank < 0 || c->lora_rank > c->d_model / c->n_head * c->n_kv_head ||
+        (c->lora_rank > 0 && !(c->lora_alpha > 0)))
+        return "the LoRA rank must be at most the narrowest projection's width (the k/v "
+               "heads' total), with alpha > 0";
     return NULL;
 }
 
@@ -52,6 +56,8 @@ int64_t lm_param_count(const lm_config *c) {
     int64_t C = c->d_model, hd = C / c->n_head, kv = hd * c->n_kv_head, F = c->d_ff;
     int64_t per_layer = 2 * C + C * C * 2 + 2 * kv * C + 3 * C * F;
     if (c->qkv_bias) per_layer += C + 2 * kv;
+    if (c->lora_rank > 0) /* only the factors train: (in + out) r for each projection */
+        return c->n_layer * (int64_t)c->lora_rank * (4 * C + 2 * (C + kv) + 3 * (C + F));
     return (int64_t)c->vocab * C * (c->untied ? 2 : 1) + C + c->n_layer * per_layer;
 }
 
@@ -59,48 +65,63 @@ int64_t lm_param_count(const lm_config *c) {
 /* Building                                                                 */
 /* ------------------------------------------------------------------------ */
 
-static tnn_tensor *new2(tnn_session *s, int64_t r, int64_t c) {
+/* A weight: a parameter, or (LoRA) a frozen leaf. */
+static tnn_tensor *new2(lm_graph *g, int64_t r, int64_t c) {
     int64_t sh[2] = {r, c};
-    tnn_tensor *t = tnn_tensor_new(s, TNN_F32, 2, sh);
-    if (t) tnn_set_param(t);
+    tnn_tensor *t = tnn_tensor_new(g->s, TNN_F32, 2, sh);
+    if (t && g->cfg.lora_rank == 0) tnn_set_param(t);
     return t;
 }
 
-static tnn_tensor *new1(tnn_session *s, int64_t n) {
-    tnn_tensor *t = tnn_tensor_new(s, TNN_F32, 1, &n);
-    if (t) tnn_set_param(t);
+static tnn_tensor *new1(lm_graph *g, int64_t n) {
+    tnn_tensor *t = tnn_tensor_new(g->s, TNN_F32, 1, &n);
+    if (t && g->cfg.lora_rank == 0) tnn_set_param(t);
     return t;
+}
+
+/* The LoRA factors of a projection w (out, in): A (r, in), B (out, r). */
+static bool lora_pair(lm_graph *g, const tnn_tensor *w, tnn_tensor **a, tnn_tensor **b) {
+    int64_t r = g->cfg.lora_rank, sa[2] = {r, w->shape[1]}, sb[2] = {w->shape[0], r};
+    *a = tnn_tensor_new(g->s, TNN_F32, 2, sa);
+    *b = tnn_tensor_new(g->s, TNN_F32, 2, sb);
+    if (!*a || !*b) return false;
+    tnn_set_param(*a);
+    tnn_set_param(*b);
+    return true;
 }
 
 static bool make_params(lm_graph *g) {
     const lm_config *c = &g->cfg;
     tnn_session *s = g->s;
     int64_t C = c->d_model, hd = C / c->n_head;
-    g->p.tok_emb = new2(s, c->vocab, C);
-    g->p.out_norm = new1(s, C);
+    g->p.tok_emb = new2(g, c->vocab, C);
+    g->p.out_norm = new1(g, C);
     bool ok = g->p.tok_emb && g->p.out_norm;
-    if (ok && c->untied) ok = (g->p.output = new2(s, c->vocab, C)) != NULL;
+    if (ok && c->untied) ok = (g->p.output = new2(g, c->vocab, C)) != NULL;
     if (ok && c->rope_factors) {
         int64_t n = hd / 2;
         ok = (g->p.rope_freqs = tnn_tensor_new(s, TNN_F32, 1, &n)) != NULL; /* not trained */
     }
     for (int l = 0; l < c->n_layer && ok; l++) {
         lm_layer *L = &g->p.layer[l];
-        L->attn_norm = new1(s, C);
-        L->wq = new2(s, c->n_head * hd, C);
-        L->wk = new2(s, c->n_kv_head * hd, C);
-        L->wv = new2(s, c->n_kv_head * hd, C);
-        L->wo = new2(s, C, c->n_head * hd);
-        L->ffn_norm = new1(s, C);
-        L->w_gate = new2(s, c->d_ff, C);
-        L->w_up = new2(s, c->d_ff, C);
-        L->w_down = new2(s, C, c->d_ff);
+        L->attn_norm = new1(g, C);
+        L->wq = new2(g, c->n_head * hd, C);
+        L->wk = new2(g, c->n_kv_head * hd, C);
+        L->wv = new2(g, c->n_kv_head * hd, C);
+        L->wo = new2(g, C, c->n_head * hd);
+        L->ffn_norm = new1(g, C);
+        L->w_gate = new2(g, c->d_ff, C);
+        L->w_up = new2(g, c->d_ff, C);
+        L->w_down = new2(g, C, c->d_ff);
         ok = L->attn_norm && L->wq && L->wk && L->wv && L->wo && L->ffn_norm && L->w_gate &&
              L->w_up && L->w_down;
+        tnn_tensor *proj[LM_LORA_N] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
+        for (int i = 0; ok && c->lora_rank > 0 && i < LM_LORA_N; i++)
+            ok = lora_pair(g, proj[i], &L->lora_a[i], &L->lora_b[i]);
         if (ok && c->qkv_bias) {
-            L->bq = new1(s, c->n_head * hd);
-            L->bk = new1(s, c->n_kv_head * hd);
-            L->bv = new1(s, c->n_kv_head * hd);
+            L->bq = new1(g, c->n_head * hd);
+            L->bk = new1(g, c->n_kv_head * hd);
+            L->bv = new1(g, c->n_kv_head * hd);
             ok = L->bq && L->bk && L->bv;
         }
     }
@@ -129,6 +150,16 @@ static tnn_tensor *affine(lm_graph *g, tnn_tensor *x, tnn_tensor *w, tnn_tensor 
     return b ? tnn_add(g->s, y, b) : y;
 }
 
+/* Projection i (LM_LORA_*) of layer L: affine(), plus with LoRA the
+ * low-rank update (alpha / rank) (x A^T) B^T. */
+static tnn_tensor *proj(lm_graph *g, const lm_layer *L, int i, tnn_tensor *x, tnn_tensor *w,
+                        tnn_tensor *b) {
+    tnn_tensor *y = affine(g, x, w, b);
+    if (!L->lora_a[i]) return y;
+    tnn_tensor *d = linear(g, linear(g, x, L->lora_a[i]), L->lora_b[i]);
+    return tnn_add(g->s, y, tnn_scale(g->s, d, g->cfg.lora_alpha / g->cfg.lora_rank));
+}
+
 /* RoPE of q or k: by row position within a sequence, divided by the
  * model's frequency factors when it has them. */
 static tnn_tensor *rope(lm_graph *g, tnn_tensor *x, int n_head) {
@@ -147,14 +178,15 @@ static tnn_tensor *forward(lm_graph *g) {
     for (int l = 0; l < c->n_layer; l++) {
         const lm_layer *L = &g->p.layer[l];
         tnn_tensor *h = act(g, tnn_rms_norm(s, x, L->attn_norm, eps));
-        tnn_tensor *q = rope(g, affine(g, h, L->wq, L->bq), c->n_head);
-        tnn_tensor *k = rope(g, affine(g, h, L->wk, L->bk), c->n_kv_head);
-        tnn_tensor *v = affine(g, h, L->wv, L->bv);
+        tnn_tensor *q = rope(g, proj(g, L, LM_LORA_Q, h, L->wq, L->bq), c->n_head);
+        tnn_tensor *k = rope(g, proj(g, L, LM_LORA_K, h, L->wk, L->bk), c->n_kv_head);
+        tnn_tensor *v = proj(g, L, LM_LORA_V, h, L->wv, L->bv);
         tnn_tensor *a = tnn_attention(s, q, k, v, c->n_head, c->n_kv_head, g->T);
-        x = tnn_add(s, x, linear(g, act(g, a), L->wo));
+        x = tnn_add(s, x, proj(g, L, LM_LORA_O, act(g, a), L->wo, NULL));
         h = act(g, tnn_rms_norm(s, x, L->ffn_norm, eps));
-        tnn_tensor *f = tnn_swiglu(s, linear(g, h, L->w_gate), linear(g, h, L->w_up));
-        x = tnn_add(s, x, linear(g, act(g, f), L->w_down));
+        tnn_tensor *f = tnn_swiglu(s, proj(g, L, LM_LORA_GATE, h, L->w_gate, NULL),
+                                   proj(g, L, LM_LORA_UP, h, L->w_up, NULL));
+        x = tnn_add(s, x, proj(g, L, LM_LORA_DOWN, act(g, f), L->w_down, NULL));
     }
     x = act(g, tnn_rms_norm(s, x, g->p.out_norm, eps));
     tnn_tensor *w = c->untied ? g->p.output : g->p.tok_emb;
@@ -207,8 +239,8 @@ int lm_graph_build(lm_graph *g, const lm_config *cfg, int B, int T, bool with_lo
     g->bf16_acts = g->bf16 && !strcmp(tnn_session_backend(g->s), "cuda");
     int rc = TNN_ERR_INTERNAL;
     if (!make_params(g)) goto fail;
-    tnn_set_no_decay(g->p.out_norm);
-    for (int l = 0; l < cfg->n_layer; l++) {
+    if (cfg->lora_rank == 0) tnn_set_no_decay(g->p.out_norm);
+    for (int l = 0; l < cfg->n_layer && cfg->lora_rank == 0; l++) {
         lm_layer *L = &g->p.layer[l];
         tnn_tensor *no_decay[] = {L->attn_norm, L->ffn_norm, L->bq, L->bk, L->bv};
         for (size_t i = 0; i < sizeof no_decay / sizeof no_decay[0]; i++)
@@ -278,6 +310,14 @@ int lm_params_each(const lm_graph *g, lm_param_fn fn, void *ctx) {
             snprintf(name, sizeof name, "blk.%d.%s", l, items[i].n);
             if ((rc = fn(ctx, name, items[i].t))) return rc;
         }
+        static const char *const proj_names[LM_LORA_N] = {"attn_q", "attn_k", "attn_v",
+                                                          "attn_output", "ffn_gate", "ffn_up",
+                                                          "ffn_down"};
+        for (int i = 0; i < LM_LORA_N && L->lora_a[0]; i++)
+            for (int ab = 0; ab < 2; ab++) {
+                snprintf(name, sizeof name, "blk.%d.%s.lora_%c", l, proj_names[i], ab ? 'b' : 'a');
+                if ((rc = fn(ctx, name, ab ? L->lora_b[i] : L->lora_a[i]))) return rc;
+            }
     }
     rc = fn(ctx, "output_norm.weight", g->p.out_norm);
     if (rc == TNN_OK && g->p.output) rc = fn(ctx, "output.weight", g->p.output);
@@ -293,18 +333,47 @@ typedef struct {
     lm_graph *g;
     tnn_rng rng;
     double resid_scale;
+    bool lora_only;
 } init_ctx;
+
+bool lm_lora_factors(const lm_graph *g, const tnn_tensor *w, tnn_tensor **a, tnn_tensor **b) {
+    for (int l = 0; l < g->cfg.n_layer && g->cfg.lora_rank > 0; l++) {
+        const lm_layer *L = &g->p.layer[l];
+        const tnn_tensor *proj[LM_LORA_N] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up,
+                                             L->w_down};
+        for (int i = 0; i < LM_LORA_N; i++)
+            if (proj[i] == w) {
+                *a = L->lora_a[i];
+                *b = L->lora_b[i];
+                return true;
+            }
+    }
+    return false;
+}
+
+bool lm_is_lora_name(const char *name) {
+    const char *dot = strrchr(name, '.');
+    return dot && (!strcmp(dot, ".lora_a") || !strcmp(dot, ".lora_b"));
+}
 
 static int init_one(void *p, const char *name, tnn_tensor *t) {
     init_ctx *c = p;
+    if (c->lora_only && !lm_is_lora_name(name)) return TNN_OK;
     size_t n = (size_t)tnn_tensor_nelements(t);
     float *buf = malloc(n * sizeof *buf);
     if (!buf) return TNN_ERR_NOMEM;
-    bool ones = strstr(name, "norm") || strstr(name, "rope_freqs"), zeros = strstr(name, ".bias");
+    bool lora = lm_is_lora_name(name), lora_a = lora && name[strlen(name) - 1] == 'a';
+    bool ones = !lora && (strstr(name, "norm") || strstr(name, "rope_freqs"));
+    bool zeros = strstr(name, ".bias") || (lora && !lora_a);
     bool resid = strstr(name, "attn_output") || strstr(name, "ffn_down");
     double std = 0.02 * (resid ? c->resid_scale : 1.0);
+    /* LoRA's A: uniform in +-1/sqrt(in), as PEFT's Kaiming-uniform start */
+    double bound = lora_a ? 1.0 / sqrt((double)tnn_tensor_dim(t, 1)) : 0.0;
     for (size_t i = 0; i < n; i++)
-        buf[i] = ones ? 1.0f : zeros ? 0.0f : (float)(std * tnn_rng_normal(&c->rng));
+        buf[i] = ones    ? 1.0f
+                 : zeros ? 0.0f
+                 : lora_a ? (float)(bound * (2.0 * tnn_rng_uniform(&c->rng) - 1.0))
+                          : (float)(std * tnn_rng_normal(&c->rng));
     int rc = tnn_upload_f32(c->g->s, t, buf, n);
     free(buf);
     return rc;
@@ -316,11 +385,17 @@ int lm_init_weights(lm_graph *g, uint64_t seed) {
     return lm_params_each(g, init_one, &c);
 }
 
+int lm_init_lora(lm_graph *g, uint64_t seed) {
+    init_ctx c = {.g = g, .lora_only = true};
+    tnn_rng_seed(&c.rng, seed);
+    return lm_params_each(g, init_one, &c);
+}
+
 typedef struct {
     lm_graph *dst;
     const lm_graph *src;
     int index;
-    tnn_tensor *dst_list[LM_MAX_LAYERS * 12 + 4];
+    tnn_tensor *dst_list[LM_MAX_LAYERS * (12 + 2 * LM_LORA_N) + 4];
 } copy_ctx;
 
 static int collect(void *p, const char *name, tnn_tensor *t) {
@@ -332,6 +407,7 @@ static int collect(void *p, const char *name, tnn_tensor *t) {
 static int copy_one(void *p, const char *name, tnn_tensor *t) {
     copy_ctx *c = p;
     tnn_tensor *d = c->dst_list[c->index++];
+    if (c->dst->frozen_from == c->src->s && !(t->flags & TNN_FLAG_PARAM)) return TNN_OK;
     size_t n = (size_t)tnn_tensor_nelements(t);
     float *buf = malloc(n * sizeof *buf);
     if (!buf) return TNN_ERR_NOMEM;
@@ -349,6 +425,7 @@ int lm_copy_weights(lm_graph *dst, const lm_graph *src) {
     int rc = lm_params_each(dst, collect, c);
     c->index = 0;
     if (rc == TNN_OK) rc = lm_params_each(src, copy_one, c);
+    dst->frozen_from = rc == TNN_OK ? src->s : NULL;
     free(c);
     return rc;
 }

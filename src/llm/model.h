@@ -27,7 +27,16 @@ typedef struct {
     bool untied;       /* an output projection of its own (else tok_emb) */
     bool rope_factors; /* per-pair RoPE frequency divisors (Llama 3's
                         * rope_freqs.weight): a fixed input, not trained */
+    /* LoRA: > 0, every weight is frozen and each of the seven projections
+     * of a layer (q, k, v, o, gate, up, down) adds (lora_alpha / lora_rank)
+     * x A^T B^T, A (rank, in) and B (out, rank) the only parameters. */
+    int lora_rank;
+    double lora_alpha;
 } lm_config;
+
+/* A layer's projections, in the order of their LoRA factors. */
+enum { LM_LORA_Q, LM_LORA_K, LM_LORA_V, LM_LORA_O, LM_LORA_GATE, LM_LORA_UP, LM_LORA_DOWN,
+       LM_LORA_N };
 
 /* Whether the models' sessions (training graphs, lm_llama) ask for the CUDA
  * backend; off by default. Set it before building a model. */
@@ -43,6 +52,7 @@ int64_t lm_param_count(const lm_config *c);
 typedef struct {
     tnn_tensor *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm, *w_gate, *w_up, *w_down;
     tnn_tensor *bq, *bk, *bv; /* qkv_bias, else NULL */
+    tnn_tensor *lora_a[LM_LORA_N], *lora_b[LM_LORA_N]; /* lora_rank > 0, else NULL */
 } lm_layer;
 
 /* The parameters as tensors of one session. Linear weights are (out, in),
@@ -71,6 +81,8 @@ typedef struct {
     int64_t vocab_rows;           /* the output projection's rows: vocab, or
                                    * rounded up (lm_optim.vocab_align) */
     tnn_tensor *loss;             /* (1), when built with targets */
+    const tnn_session *frozen_from; /* lm_copy_weights copied the weights that are not
+                                     * parameters from this session's graph */
     bool bf16;                    /* products on bf16 copies of the weights */
     bool bf16_acts;               /* ... and of the activations (on a GPU) */
 } lm_graph;
@@ -104,17 +116,29 @@ int lm_graph_build(lm_graph *g, const lm_config *cfg, int B, int T, bool with_lo
                    const lm_optim *optim, bool cuda);
 void lm_graph_free(lm_graph *g);
 
-/* Visits every parameter in a fixed order with its GGUF tensor name, and
- * then rope_freqs when the model has it (not a parameter: no gradient or
- * optimizer state). */
+/* Visits every weight in a fixed order with its GGUF tensor name (a
+ * layer's LoRA factors after its weights, as "blk.N.attn_q.lora_a"), and
+ * then rope_freqs when the model has it. What is not a parameter (rope_freqs;
+ * with LoRA every weight but the factors) has no gradient or optimizer
+ * state. */
 typedef int (*lm_param_fn)(void *ctx, const char *name, tnn_tensor *t);
 int lm_params_each(const lm_graph *g, lm_param_fn fn, void *ctx);
 
 /* Deterministic initialisation from a seed: normal(0, 0.02) weights, the
  * residual output projections scaled by 1/sqrt(2 n_layer), gains and RoPE
- * factors 1, biases 0. */
+ * factors 1, biases 0; LoRA's A uniform in +-1/sqrt(in), B 0 (the
+ * projections start as the frozen weights alone). */
 int lm_init_weights(lm_graph *g, uint64_t seed);
-/* Copies every parameter of src into dst (same config). */
+/* lm_init_weights for the LoRA factors only (the frozen weights kept). */
+int lm_init_lora(lm_graph *g, uint64_t seed);
+/* The LoRA factors of projection weight w of g: true with *a and *b set,
+ * false when w has none. */
+bool lm_lora_factors(const lm_graph *g, const tnn_tensor *w, tnn_tensor **a, tnn_tensor **b);
+/* Whether a name of lm_params_each is a LoRA factor's. */
+bool lm_is_lora_name(const char *name);
+/* Copies every weight of src into dst (same config); from the second copy
+ * from the same src on, only the parameters (what is not a parameter, the
+ * frozen weights of LoRA and rope_freqs, does not change). */
 int lm_copy_weights(lm_graph *dst, const lm_graph *src);
 
 #endif

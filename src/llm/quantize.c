@@ -5,6 +5,8 @@
  */
 #include "quantize.h"
 
+#include "model.h"
+
 #include "../core/internal.h"
 #include "../io/gguf.h"
 #include "../quant/quant.h"
@@ -110,8 +112,9 @@ int lm_gguf_copy_kv(const tnn_gguf *g, tnn_gguf_writer *w, const char *key) {
 }
 
 /* A training checkpoint's state (checkpoint.c): the output is a model for
- * inference, which llama.cpp reads too, so the optimizer's moments and the
- * run's settings stay behind. */
+ * inference, which llama.cpp reads too, so the optimizer's moments, the
+ * run's settings and LoRA's factors (already merged into the weights) stay
+ * behind. */
 #define TRAIN_KEYS "tinynn.train."
 #define OPT_TENSORS "opt."
 
@@ -134,7 +137,7 @@ int lm_quantize_file(const char *in, const char *out, int type, int *converted) 
     void *buf = NULL;
     for (int64_t i = 0; i < tnn_gguf_n_tensors(g) && rc == TNN_OK; i++) {
         const char *name = tnn_gguf_tensor_name(g, i);
-        if (!strncmp(name, OPT_TENSORS, strlen(OPT_TENSORS))) continue;
+        if (!strncmp(name, OPT_TENSORS, strlen(OPT_TENSORS)) || lm_is_lora_name(name)) continue;
         int st = tnn_gguf_tensor_type(g, i);
         int64_t shape[4];
         int nd = tnn_gguf_tensor_shape(g, i, shape);

@@ -414,13 +414,13 @@ static void fmt_time(double s, char *buf, size_t n) {
         snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
 }
 
-static lm_train_state train_state(const lm_train_opts *o, int step, lm_graph *g,
-                                  const tnn_rng *rng) {
-    lm_train_state st = {.step = step, .adam_steps = tnn_optimizer_steps(g->s), .rng = *rng,
-                         .seed = o->seed, .batch = o->batch, .steps = o->steps,
-                         .warmup = o->warmup, .lr = o->lr, .min_lr_ratio = o->min_lr_ratio,
-                         .optim = o->optim};
-    return st;
+static void train_state(const lm_train_opts *o, int step, lm_graph *g, const tnn_rng *rng,
+                        const char *base, lm_train_state *st) {
+    *st = (lm_train_state){.step = step, .adam_steps = tnn_optimizer_steps(g->s), .rng = *rng,
+                           .seed = o->seed, .batch = o->batch, .steps = o->steps,
+                           .warmup = o->warmup, .lr = o->lr, .min_lr_ratio = o->min_lr_ratio,
+                           .optim = o->optim};
+    snprintf(st->init, sizeof st->init, "%s", base);
 }
 
 /* The graph that samples (B = 1), built on first use: a run that does not
@@ -447,6 +447,14 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
         fprintf(out, "error: init and resume exclude each other (resume continues a run)\n");
         return 1;
     }
+    if (o->lora_rank > 0 && !o->init) {
+        fprintf(out, "error: LoRA fine-tunes a model: name it with init%s\n",
+                o->resume ? " (a resumed run keeps its own LoRA settings)" : "");
+        return 1;
+    }
+    /* a fine-tuning run's base model, as an absolute path (a LoRA run resumes
+     * its frozen weights from it) */
+    char base_path[4096] = "";
     lm_train_state st;
     if (o->resume) {
         if (lm_checkpoint_read_config(o->resume, &o->model, &st) != TNN_OK) {
@@ -457,6 +465,7 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
         o->min_lr_ratio = st.min_lr_ratio, o->optim = st.optim, o->seed = st.seed;
         if (o->steps_override > 0) o->steps = o->steps_override;
         res->first_step = (int)st.step + 1;
+        snprintf(base_path, sizeof base_path, "%s", st.init);
         fprintf(out, "resuming from %s at step %lld of %d\n", o->resume, (long long)st.step,
                 o->steps);
     }
@@ -471,8 +480,19 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
         int ctx = base.ctx_len ? base.ctx_len : base.seq_len;
         base.seq_len = o->model.seq_len;
         base.ctx_len = ctx > base.seq_len ? ctx : 0;
+        base.lora_rank = o->lora_rank;
+        base.lora_alpha = o->lora_alpha > 0 ? o->lora_alpha : 2.0 * o->lora_rank;
+        const char *why = lm_config_problem(&base);
+        if (why) {
+            fprintf(out, "error: LoRA rank %d on %s: %s\n", o->lora_rank, o->init, why);
+            return 1;
+        }
         o->model = base;
-        fprintf(out, "fine-tuning %s\n", o->init);
+        if (!realpath(o->init, base_path)) snprintf(base_path, sizeof base_path, "%s", o->init);
+        fprintf(out, "fine-tuning %s", o->init);
+        if (base.lora_rank > 0)
+            fprintf(out, " with LoRA (rank %d, alpha %g)", base.lora_rank, base.lora_alpha);
+        fprintf(out, "\n");
     }
     /* the tokenizer: the one asked for, else the resumed checkpoint's or
      * the init model's */
@@ -533,9 +553,15 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
     memset(&gen, 0, sizeof gen);
     int rc = lm_graph_build(&g, &o->model, B, T, true, &opt, o->cuda);
     if (rc == TNN_OK) rc = lm_graph_build(&ev, &o->model, B, T, true, NULL, o->cuda);
-    if (rc == TNN_OK) rc = o->resume ? lm_checkpoint_load(o->resume, &g, true)
-                           : o->init ? lm_checkpoint_load(o->init, &g, false)
-                                     : lm_init_weights(&g, o->seed);
+    bool lora = o->model.lora_rank > 0;
+    if (rc == TNN_OK && o->resume) /* a LoRA run: the frozen weights from its base model */
+        rc = lora ? lm_checkpoint_load(base_path, &g, false, LM_LOAD_BASE)
+                  : lm_checkpoint_load(o->resume, &g, true, LM_LOAD_ALL);
+    if (rc == TNN_OK && o->resume && lora)
+        rc = lm_checkpoint_load(o->resume, &g, true, LM_LOAD_LORA);
+    if (rc == TNN_OK && o->init) rc = lm_checkpoint_load(o->init, &g, false, LM_LOAD_BASE);
+    if (rc == TNN_OK && o->init && lora) rc = lm_init_lora(&g, o->seed);
+    if (rc == TNN_OK && !o->init && !o->resume) rc = lm_init_weights(&g, o->seed);
     lm_sampler sm;
     bool have_sampler = false;
     if (rc == TNN_OK) {
@@ -558,10 +584,16 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
     }
     if (rc != TNN_OK) goto done;
 
+    lm_config whole = o->model;
+    whole.lora_rank = 0;
     fprintf(out, "model: %d layers, d_model %d, %d heads (%d kv), d_ff %d, vocab %d, context %d: "
-                 "%lld parameters\n",
-            o->model.n_layer, o->model.d_model, o->model.n_head, o->model.n_kv_head,
-            o->model.d_ff, o->model.vocab, T, (long long)lm_param_count(&o->model));
+                 "%lld parameters", o->model.n_layer, o->model.d_model, o->model.n_head,
+            o->model.n_kv_head, o->model.d_ff, o->model.vocab, T,
+            (long long)lm_param_count(&whole));
+    if (lora)
+        fprintf(out, ", frozen; LoRA rank %d: %lld trained", o->model.lora_rank,
+                (long long)lm_param_count(&o->model));
+    fprintf(out, "\n");
     if (tk)
         fprintf(out, "tokenizer: %s (%s, %d tokens); %zu bytes of text\n", tk_path,
                 lm_tokenizer_kind(tk) == LM_VOCAB_SPM ? "SentencePiece" : "BPE",
@@ -638,8 +670,8 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
         if (ckpt) {
             char path[4096];
             checkpoint_path(o->checkpoint, step, path, sizeof path);
-            lm_train_state now = train_state(o, step, &g, &rng);
-            rc = lm_checkpoint_save(path, &g, &now, tk ? tk_file : NULL);
+            train_state(o, step, &g, &rng, base_path, &st);
+            rc = lm_checkpoint_save(path, &g, &st, tk ? tk_file : NULL);
             if (rc != TNN_OK) goto done;
             fprintf(out, "checkpoint: %s (step %d)\n", path, step);
         }

@@ -33,6 +33,9 @@ typedef struct {
                                     * size replaces model.vocab); NULL: bytes, vocab 256. A
                                     * resumed checkpoint or an init model brings its own. */
     int steps_override;            /* > 0: with resume, train to this many steps instead */
+    int lora_rank;                 /* > 0 (with init): LoRA of this rank instead of training
+                                    * every weight */
+    double lora_alpha;             /* LoRA's scale is alpha / rank; 0: 2 rank */
     FILE *out;                     /* progress and samples */
     bool cuda;                     /* the graphs' sessions prefer the GPU (default: lm_cuda()) */
 } lm_train_opts;

@@ -33,8 +33,10 @@ struct tnn_trainer {
 };
 
 /* The peak learning rate of a fine-tuning run ("init") that sets none: the
- * default of 3e-3 is for a model trained from scratch. */
+ * default of 3e-3 is for a model trained from scratch; LoRA's factors take
+ * a larger one. */
 #define LM_FINETUNE_LR 1e-4
+#define LM_LORA_LR 1e-3
 
 static int check_trainer(const tnn_trainer *t, const char *func) {
     if (!t || t->magic != TRAINER_MAGIC)
@@ -100,7 +102,7 @@ static const opt_desc opts[] = {
     {"top-k", 'i', 0, 1e6},        {"top-p", 'd', 1e-9, 1},        {"log", 's', 0, 0},
     {"svg", 's', 0, 0},            {"checkpoint", 's', 0, 0},      {"checkpoint-every", 'i', 0, 1e8},
     {"resume", 's', 0, 0},         {"tokenizer", 's', 0, 0},       {"cuda", 'b', 0, 1},
-    {"init", 's', 0, 0},
+    {"init", 's', 0, 0},           {"lora", 'i', 0, 4096},         {"lora-alpha", 'd', 1e-6, 1e6},
 };
 
 int tnn_trainer_set(tnn_trainer *t, const char *key, const char *value) {
@@ -152,6 +154,8 @@ int tnn_trainer_set(tnn_trainer *t, const char *key, const char *value) {
     else if (!strcmp(key, "resume")) o->resume = s;
     else if (!strcmp(key, "tokenizer")) o->tokenizer = s;
     else if (!strcmp(key, "init")) o->init = s;
+    else if (!strcmp(key, "lora")) o->lora_rank = n;
+    else if (!strcmp(key, "lora-alpha")) o->lora_alpha = x;
     else if (!strcmp(key, "cuda")) o->cuda = n != 0;
     else return TNN_ERR(TNN_ERR_INTERNAL, "option '%s' has no field", key);
     return TNN_OK;
@@ -203,7 +207,7 @@ int tnn_trainer_run(tnn_trainer *t, tnn_llm_text_fn on_log, void *user) {
     o.data_files = t->files;
     o.n_data_files = t->n_files;
     o.out = out;
-    if (o.init && !t->lr_set) o.lr = o.optim.lr = LM_FINETUNE_LR;
+    if (o.init && !t->lr_set) o.lr = o.optim.lr = o.lora_rank > 0 ? LM_LORA_LR : LM_FINETUNE_LR;
     tnn_clear_error();
     t->have_res = false;
     int failed = lm_train(&o, &t->res);
