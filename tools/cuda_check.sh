@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # cuda_check.sh - what the CUDA issue runs on a GPU machine, in one go (about 5 minutes):
 # the CUDA suite, the demo model trained on the CPU and on the GPU (loss curves compared),
+# fine-tuning (every weight and LoRA) of a SmolLM2-shaped checkpoint on the GPU,
 # greedy sampling of one checkpoint on both, GEMM against cuBLAS, training throughput (with
 # PyTorch beside it when installed; GPT-2 small also at T = 1024 in f32, TF32 and bf16), training
 # attention by each path (bench_cuda --attn), generation speed of a SmolLM2-shaped Q4_1 model (with
@@ -122,6 +123,15 @@ cat "$L/bench_cuda_attn.log" 2>/dev/null >> "$S"
 TOK=""
 [ -f "$BIN/tok.gguf" ] && TOK="--tokenizer $BIN/tok.gguf"
 step smol_make 200 bash -c "'$BIN/tnn' train $DOCS $TOK --layers 30 --dim 576 --heads 9 --kv-heads 3 --ff 1536 --seq 128 --batch 4 --steps 2 --eval-every 0 --sample-len 0 --checkpoint '$W/smol.gguf' --cuda && '$BIN/tnn' quantize '$W/smol.gguf' '$W/smol-q4_1.gguf' q4_1"
+# fine-tuning on the GPU from that checkpoint: every weight, then LoRA (the loss printed, the
+# step's speed)
+if [ -f "$W/smol.gguf" ]; then
+  for mode in full lora; do
+    LORA=""
+    [ $mode = lora ] && LORA="--lora 8"
+    step finetune_${mode}_cuda 120 "$BIN/tnn" train $DOCS --init "$W/smol.gguf" $LORA --steps 6 --seq 128 --batch 4 --eval-every 3 --sample-len 0 --cuda
+  done
+fi
 if [ -f "$W/smol-q4_1.gguf" ]; then
   step gen_cpu 120 "$BIN/bench/bench_generate" "$W/smol-q4_1.gguf"
   step gen_cuda 120 "$BIN/bench/bench_generate" "$W/smol-q4_1.gguf" --cuda

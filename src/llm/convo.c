@@ -350,13 +350,17 @@ static int append_convo(lm_token_stream *st, const lm_tokenizer *tk, const lm_me
             break;
         }
         int64_t a = render(m, i, 1, kind, tmpl, bos, eos, &part, &part_cap);
-        bool prefix = a >= at && a <= len && !memcmp(part, all, (size_t)a);
-        int64_t b = prefix ? render(m, i + 1, 0, kind, tmpl, bos, eos, &part, &part_cap) : -1;
-        prefix = prefix && b >= a && b <= len && !memcmp(part, all, (size_t)b);
-        if (a < 0 || b < -1) {
-            rc = (int)(a < 0 ? a : b);
+        if (a < 0) {
+            rc = (int)a;
             break;
         }
+        bool prefix = a >= at && a <= len && !memcmp(part, all, (size_t)a);
+        int64_t b = prefix ? render(m, i + 1, 0, kind, tmpl, bos, eos, &part, &part_cap) : 0;
+        if (b < 0) {
+            rc = (int)b;
+            break;
+        }
+        prefix = prefix && b >= a && b <= len && !memcmp(part, all, (size_t)b);
         if (!prefix) {
             *why_turn = "the chat template does not write each turn as a prefix of the whole "
                         "conversation, so the answer's tokens cannot be told apart";

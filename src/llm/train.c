@@ -602,7 +602,8 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
                  "peak lr %g, %d threads\n", len, tlen, vlen, B, T, o->steps, o->lr,
             tnn_get_num_threads());
     rc = lm_copy_weights(&ev, &g);
-    if (rc == TNN_OK) rc = evaluate(&ev, val, val_scored, vlen, o->eval_batches, tok, tgt, &res->first_val);
+    if (rc == TNN_OK)
+        rc = evaluate(&ev, val, val_scored, vlen, o->eval_batches, tok, tgt, &res->first_val);
     if (rc != TNN_OK) goto done;
     fprintf(out, "step %5d | validation loss %.4f\n", 0, res->first_val);
     pts[npts++] = (curve_point){0, NAN, res->first_val};
@@ -640,7 +641,8 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
         double vloss = NAN;
         if (do_eval) {
             rc = lm_copy_weights(&ev, &g);
-            if (rc == TNN_OK) rc = evaluate(&ev, val, val_scored, vlen, o->eval_batches, tok, tgt, &vloss);
+            if (rc == TNN_OK)
+                rc = evaluate(&ev, val, val_scored, vlen, o->eval_batches, tok, tgt, &vloss);
             if (rc != TNN_OK) goto done;
             res->last_val = vloss;
         }
