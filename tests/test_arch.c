@@ -14,7 +14,10 @@
  * here). The training model read from the same file (what fine-tuning
  * starts from: lm_checkpoint_read_config and lm_checkpoint_load) must give
  * every prompt position the logits of the inference path with an f32 cache,
- * and its last row the same top-10 against llama.cpp.
+ * and its last row the same top-10 against llama.cpp; saved as a checkpoint
+ * (the architecture's keys, biases, output matrix, RoPE factors, tokenizer)
+ * it must read back as the same variant and give the original file's
+ * logits bit for bit.
  */
 #include "harness.h"
 
@@ -189,6 +192,7 @@ static void check_training_graph(const variant *v, const char *path, const recor
               cfg.ctx_len == 0,
           "%s: training config read wrong", v->name);
     int n = rec->n_tok;
+    cfg.ctx_len = cfg.seq_len; /* as fine-tuning keeps it, the window n */
     cfg.seq_len = n;
     lm_graph g;
     int rc = lm_graph_build(&g, &cfg, 1, n, false, NULL, lm_cuda());
@@ -218,6 +222,28 @@ static void check_training_graph(const variant *v, const char *path, const recor
     printf("%s: training graph within %.2g of inference, top-10 within %.4f of llama.cpp\n",
            v->name, worst, top);
     lm_llama_free(m);
+    /* the graph saved as a checkpoint (its architecture's keys, biases, output
+     * matrix, RoPE factors and the tokenizer) runs as the file it was read from */
+    char saved[128];
+    snprintf(saved, sizeof saved, "%s.saved.gguf", path);
+    tnn_gguf *vocab = tnn_gguf_open(path);
+    CHECK_OK(lm_checkpoint_save(saved, &g, NULL, vocab));
+    tnn_gguf_close(vocab);
+    lm_llama *again = lm_llama_load(saved, 64, TNN_F32, lm_cuda());
+    CHECK(again != NULL, "%s saved: %s", v->name, tnn_last_error());
+    if (again) {
+        const lm_llama_hparams *hp = lm_llama_hparams_of(again);
+        CHECK(!strcmp(hp->arch, v->arch) && hp->qkv_bias == v->bias &&
+                  hp->rope_factors == v->rope_freqs && hp->tied_output == v->tied &&
+                  hp->n_ctx_train == 256,
+              "%s saved: read back as %s (bias %d, factors %d, tied %d, context %d)", v->name,
+              hp->arch, hp->qkv_bias, hp->rope_factors, hp->tied_output, hp->n_ctx_train);
+        CHECK_OK(lm_llama_eval_all(again, tok32, n, train));
+        CHECK(m && !memcmp(train, infer, sizeof(float) * (size_t)n * VOCAB),
+              "%s saved: its logits are not the original file's", v->name);
+        lm_llama_free(again);
+    }
+    unlink(saved);
     free(train);
     free(infer);
     lm_graph_free(&g);
