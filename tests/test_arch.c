@@ -209,9 +209,10 @@ static void check_training_graph(const variant *v, const char *path, const recor
     CHECK_OK(tnn_download_f32(g.s, g.logits, train, (size_t)n * VOCAB));
     lm_llama *m = lm_llama_load(path, 64, TNN_F32, lm_cuda());
     CHECK(m != NULL, "%s: %s", v->name, tnn_last_error());
-    if (m) CHECK_OK(lm_llama_eval_all(m, tok32, n, infer));
+    bool have_infer = m && lm_llama_eval_all(m, tok32, n, infer) == TNN_OK;
+    CHECK(have_infer, "%s: inference: %s", v->name, tnn_last_error());
     double worst = 0, top = 0;
-    for (int64_t i = 0; m && i < (int64_t)n * VOCAB; i++)
+    for (int64_t i = 0; have_infer && i < (int64_t)n * VOCAB; i++)
         worst = fmax(worst, fabs((double)train[i] - infer[i]));
     const float *last = train + (size_t)(n - 1) * VOCAB;
     for (int i = 0; i < 10; i++) top = fmax(top, fabs(last[rec->top_id[i]] - rec->top_logit[i]));
@@ -239,7 +240,7 @@ static void check_training_graph(const variant *v, const char *path, const recor
               "%s saved: read back as %s (bias %d, factors %d, tied %d, context %d)", v->name,
               hp->arch, hp->qkv_bias, hp->rope_factors, hp->tied_output, hp->n_ctx_train);
         CHECK_OK(lm_llama_eval_all(again, tok32, n, train));
-        CHECK(m && !memcmp(train, infer, sizeof(float) * (size_t)n * VOCAB),
+        CHECK(have_infer && !memcmp(train, infer, sizeof(float) * (size_t)n * VOCAB),
               "%s saved: its logits are not the original file's", v->name);
         lm_llama_free(again);
     }

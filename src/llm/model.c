@@ -79,6 +79,12 @@ static tnn_tensor *new1(lm_graph *g, int64_t n) {
     return t;
 }
 
+/* Layer L's projection weights in LM_LORA_* order. */
+static void projections(const lm_layer *L, tnn_tensor *out[LM_LORA_N]) {
+    tnn_tensor *w[LM_LORA_N] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
+    memcpy(out, w, sizeof w);
+}
+
 /* The LoRA factors of a projection w (out, in): A (r, in), B (out, r). */
 static bool lora_pair(lm_graph *g, const tnn_tensor *w, tnn_tensor **a, tnn_tensor **b) {
     int64_t r = g->cfg.lora_rank, sa[2] = {r, w->shape[1]}, sb[2] = {w->shape[0], r};
@@ -115,7 +121,8 @@ static bool make_params(lm_graph *g) {
         L->w_down = new2(g, C, c->d_ff);
         ok = L->attn_norm && L->wq && L->wk && L->wv && L->wo && L->ffn_norm && L->w_gate &&
              L->w_up && L->w_down;
-        tnn_tensor *proj[LM_LORA_N] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
+        tnn_tensor *proj[LM_LORA_N];
+        projections(L, proj);
         for (int i = 0; ok && c->lora_rank > 0 && i < LM_LORA_N; i++)
             ok = lora_pair(g, proj[i], &L->lora_a[i], &L->lora_b[i]);
         if (ok && c->qkv_bias) {
@@ -339,8 +346,8 @@ typedef struct {
 bool lm_lora_factors(const lm_graph *g, const tnn_tensor *w, tnn_tensor **a, tnn_tensor **b) {
     for (int l = 0; l < g->cfg.n_layer && g->cfg.lora_rank > 0; l++) {
         const lm_layer *L = &g->p.layer[l];
-        const tnn_tensor *proj[LM_LORA_N] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up,
-                                             L->w_down};
+        tnn_tensor *proj[LM_LORA_N];
+        projections(L, proj);
         for (int i = 0; i < LM_LORA_N; i++)
             if (proj[i] == w) {
                 *a = L->lora_a[i];

@@ -210,7 +210,7 @@ static bool is_jsonl(const char *path) {
 
 /* The training tokens: the text files' (all scored), then the JSON Lines
  * files' conversations (their assistant turns scored: *scored is then set,
- * else NULL). NULL data with *why (or tnn_last_error()) on failure. */
+ * else NULL). NULL data with *why on failure. */
 static int32_t *load_data(const lm_train_opts *o, const lm_tokenizer *tk, const tnn_gguf *tk_file,
                           size_t *len, uint8_t **scored, size_t *bytes, FILE *out,
                           const char **why) {
