@@ -390,6 +390,16 @@ TNN_API int tnn_realize(tnn_session *s, tnn_tensor *result);
  * error (e.g. an index out of range) the outputs are unspecified and the
  * session stays usable. */
 TNN_API int tnn_compute(tnn_session *s);
+/* Runs only the nodes of the realized graph that t depends on, and no
+ * optimizer step: t is the realized result or a tensor marked with
+ * tnn_set_output (a loss, logits, a gradient). On a training session,
+ * tnn_compute_to(s, loss) is the forward pass alone (a validation loss
+ * without a second copy of the weights, parameters and optimizer state
+ * untouched), and tnn_compute_to(s, tnn_grad(s, p)) gives gradients
+ * without a step. The values of tensors t does not depend on are
+ * unspecified afterwards. TNN_ERR_ARG for a tensor whose value is not kept,
+ * TNN_ERR_STATE before tnn_realize. */
+TNN_API int tnn_compute_to(tnn_session *s, tnn_tensor *t);
 /* Keep this tensor's value after compute (it is not reused as a buffer). */
 TNN_API void tnn_set_output(tnn_tensor *t);
 /* Mark a trainable parameter (a leaf). */

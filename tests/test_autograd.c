@@ -5,6 +5,8 @@
  */
 #include "harness.h"
 
+#include "core/internal.h" /* tnn__tensor_share */
+
 typedef struct {
     tnn_tensor *t;
     int64_t n;
@@ -662,6 +664,135 @@ static void test_optimizer_resume(void) {
     tnn_session_free(b.s);
 }
 
+/* tnn_compute_to on a training session: the loss alone (the forward pass:
+ * parameters, moments and the step count untouched, the gradients left as
+ * the last full compute wrote them, which shows the backward nodes did not
+ * run), the gradients without a step (those of the full compute that
+ * follows, which then steps), and its refusals. */
+static void test_compute_to(void) {
+    enum { N = 12, K = 16, H = 24, V = 10 };
+    tnn_session *s = tnn_session_new(TH_BACKEND);
+    tnn_tensor *x = tnn_input_2d_f32(s, N, K), *w1 = tnn_input_2d_f32(s, H, K);
+    tnn_tensor *w2 = tnn_input_2d_f32(s, V, H), *tg = tnn_input_1d_i32(s, N);
+    tnn_set_param(w1);
+    tnn_set_param(w2);
+    tnn_tensor *hid = tnn_gelu(s, tnn_matmul_nt(s, x, w1)); /* fused on the CPU */
+    tnn_tensor *loss = tnn_cross_entropy(s, tnn_matmul_nt(s, hid, w2), tg, -1);
+    CHECK_OK(tnn_backward(s, loss));
+    CHECK_OK(tnn_optimizer_adamw(s, 0.01, 0.9, 0.999, 1e-8, 0.1));
+    CHECK_ERR(tnn_compute_to(s, loss), TNN_ERR_STATE, "tnn_realize");
+    CHECK_OK(tnn_realize(s, loss));
+    double xv[N * K], w1v[H * K], w2v[V * H];
+    int64_t t[N];
+    th_fill(xv, N * K, 1.0);
+    th_fill_f32(w1v, H * K, 0.5);
+    th_fill_f32(w2v, V * H, 0.5);
+    for (int i = 0; i < N; i++) t[i] = (i * 7) % V;
+    CHECK_OK(tnn_upload_from_float_array(s, x, xv, N * K));
+    CHECK_OK(tnn_upload_from_float_array(s, w1, w1v, H * K));
+    CHECK_OK(tnn_upload_from_float_array(s, w2, w2v, V * H));
+    CHECK_OK(tnn_upload_from_int_array(s, tg, t, N));
+    tnn_tensor *g1 = tnn_grad(s, w1), *g2 = tnn_grad(s, w2);
+
+    double l_part, l_full, w[H * K], m[H * K];
+    CHECK_OK(tnn_compute_to(s, loss));
+    CHECK_OK(tnn_download_to_f64_array(s, loss, &l_part, 1));
+    CHECK(isfinite(l_part) && l_part > 0.5, "forward-only loss %g", l_part);
+    CHECK_OK(tnn_compute_to(s, g1));
+    double g1_part[H * K], g1_full[H * K], g2v[V * H], g2_full[V * H];
+    CHECK_OK(tnn_download_to_f64_array(s, g1, g1_part, H * K));
+    CHECK_OK(tnn_download_to_f64_array(s, w1, w, H * K));
+    CHECK(memcmp(w, w1v, sizeof w) == 0, "tnn_compute_to changed a parameter");
+    CHECK(tnn_optimizer_steps(s) == 0, "tnn_compute_to stepped: %lld steps",
+          (long long)tnn_optimizer_steps(s));
+    float mf[H * K];
+    CHECK_OK(tnn_optimizer_get_state(s, w1, 0, mf, H * K));
+    double mmax = 0;
+    for (int i = 0; i < H * K; i++) mmax = fmax(mmax, fabs(mf[i]));
+    CHECK(mmax == 0, "tnn_compute_to moved the first moment (max %g)", mmax);
+
+    CHECK_OK(tnn_compute(s)); /* the full step: same loss and gradients, then the update */
+    CHECK_OK(tnn_download_to_f64_array(s, loss, &l_full, 1));
+    CHECK_OK(tnn_download_to_f64_array(s, g1, g1_full, H * K));
+    CHECK_OK(tnn_download_to_f64_array(s, g2, g2_full, V * H));
+    CHECK(fabs(l_part - l_full) <= 1e-6 * fabs(l_full), "loss %.9g alone, %.9g in the step",
+          l_part, l_full);
+    double e = th_err(g1_part, g1_full, H * K, 1e-7, 1e-5);
+    CHECK(e <= 1.0, "gradient without a step differs from the step's by %.3g tolerances", e);
+    CHECK(tnn_optimizer_steps(s) == 1, "steps %lld after one compute",
+          (long long)tnn_optimizer_steps(s));
+    CHECK_OK(tnn_download_to_f64_array(s, w1, w, H * K));
+    CHECK(memcmp(w, w1v, sizeof w) != 0, "the full compute did not step");
+    CHECK_OK(tnn_optimizer_get_state(s, w1, 0, mf, H * K));
+    double m_want[H * K]; /* the first step's moment: (1 - beta1) g */
+    for (int i = 0; i < H * K; i++) m[i] = mf[i], m_want[i] = 0.1 * g1_full[i];
+    e = th_err(m, m_want, H * K, 1e-8, 1e-5);
+    CHECK(e <= 1.0, "first moment after one step off by %.3g tolerances", e);
+
+    /* new inputs, the loss alone: it moves, the gradients stay the step's */
+    for (int i = 0; i < N * K; i++) xv[i] = -xv[i] * 0.5;
+    CHECK_OK(tnn_upload_from_float_array(s, x, xv, N * K));
+    double l_new;
+    CHECK_OK(tnn_compute_to(s, loss));
+    CHECK_OK(tnn_download_to_f64_array(s, loss, &l_new, 1));
+    CHECK(fabs(l_new - l_full) > 1e-4, "the loss did not follow the new input (%g, %g)", l_new,
+          l_full);
+    CHECK_OK(tnn_download_to_f64_array(s, g2, g2v, V * H));
+    CHECK(memcmp(g2v, g2_full, sizeof g2v) == 0,
+          "a forward-only compute rewrote a gradient (the backward nodes ran)");
+    CHECK(tnn_optimizer_steps(s) == 1, "forward-only compute stepped");
+
+    CHECK_ERR(tnn_compute_to(s, hid), TNN_ERR_ARG, "tnn_set_output");
+    CHECK_ERR(tnn_compute_to(s, NULL), TNN_ERR_ARG, "tnn_compute_to");
+    tnn_session *other = tnn_session_new(TH_BACKEND);
+    CHECK_ERR(tnn_compute_to(other, loss), TNN_ERR_ARG, "tnn_compute_to");
+    tnn_session_free(other);
+    tnn_session_free(s);
+}
+
+/* A leaf sharing another session's leaf storage (how a language model's
+ * sampling graph reads its training graph's weights): it computes with the
+ * other session's current values, step after step, refuses uploads, and
+ * freeing both sessions frees the storage once (the sanitizer build
+ * checks); shares that cannot be are refused. */
+static void test_shared_leaves(void) {
+    enum { N = 33 };
+    quad_t a;
+    quad_build(&a, N);
+    float w0[N], c0[N];
+    for (int i = 0; i < N; i++) w0[i] = (float)th_sym(1.0), c0[i] = (float)(0.5 + th_uniform());
+    CHECK_OK(tnn_upload_f32(a.s, a.w, w0, N));
+    CHECK_OK(tnn_upload_f32(a.s, a.c, c0, N));
+    tnn_session *b = tnn_session_new(TH_BACKEND);
+    tnn_tensor *bw = tnn_input_1d_f32(b, N), *bx = tnn_input_1d_f32(b, N);
+    tnn_tensor *y = tnn_mul(b, bw, bx);
+    CHECK_OK(tnn_realize(b, y));
+    CHECK_OK(tnn__tensor_share(bw, a.w));
+    float x[N], got[N], w[N];
+    for (int i = 0; i < N; i++) x[i] = (float)(i + 1);
+    CHECK_OK(tnn_upload_f32(b, bx, x, N));
+    for (int step = 0; step < 3; step++) {
+        CHECK_OK(tnn_compute(b));
+        CHECK_OK(tnn_download_f32(b, y, got, N));
+        CHECK_OK(tnn_download_f32(a.s, a.w, w, N));
+        int bad = 0;
+        for (int i = 0; i < N; i++) bad += got[i] != w[i] * x[i];
+        CHECK(bad == 0, "step %d: %d products not of the other session's current weights", step,
+              bad);
+        CHECK_OK(tnn_compute(a.s)); /* the weights move */
+    }
+    CHECK_ERR(tnn_upload_f32(b, bw, x, N), TNN_ERR_ARG, "another session's");
+    tnn_tensor *odd = tnn_input_1d_f32(b, N - 1), *self = tnn_input_1d_f32(b, N);
+    CHECK_OK(tnn_realize(b, y));
+    CHECK_ERR(tnn__tensor_share(odd, a.w), TNN_ERR_SHAPE, "differ");
+    CHECK_ERR(tnn__tensor_share(self, bx), TNN_ERR_ARG, "another session");
+    CHECK_ERR(tnn__tensor_share(bx, a.loss), TNN_ERR_ARG, "two leaves");
+    tnn_session_free(b);
+    CHECK_OK(tnn_compute(a.s)); /* a's storage is intact after b is gone */
+    CHECK_OK(tnn_download_f32(a.s, a.w, w, N));
+    tnn_session_free(a.s);
+}
+
 int main(void) {
     TH_USE_CUDA("test_autograd");
     test_mlp_cross_entropy();
@@ -679,5 +810,7 @@ int main(void) {
     run_optimizer(0, 0.0);
     run_optimizer(0, 0.5);
     test_optimizer_resume();
+    test_compute_to();
+    test_shared_leaves();
     return th_finish("test_autograd");
 }

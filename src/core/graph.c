@@ -22,6 +22,9 @@ void tnn__release_plan(tnn_session *s) {
     free(s->plan);
     s->plan = NULL;
     s->n_plan = 0;
+    free(s->part_mask);
+    s->part_mask = s->part = NULL;
+    s->part_of = NULL;
     s->realized = false;
     s->result = NULL;
     for (int32_t i = 0; i < s->n_tensors; i++) {
@@ -320,20 +323,18 @@ int tnn_realize(tnn_session *s, tnn_tensor *result) {
 /* Compute                                                                  */
 /* ------------------------------------------------------------------------ */
 
-int tnn_compute(tnn_session *s) {
-    if (tnn__check_session(s, __func__)) return tnn_last_status();
-    if (!s->realized)
-        return TNN_ERR(TNN_ERR_STATE, "the session has no realized graph: call tnn_realize first");
+/* The plan, or the part s->part marks, then the optimizer step when asked. */
+static int run(tnn_session *s, bool step) {
     if (s->backend->run_plan) {
         int rc = s->backend->run_plan(s);
         if (rc != TNN_OK) return rc;
     } else {
         for (int32_t i = 0; i < s->n_plan; i++) {
-            int rc = s->backend->run(s->plan[i]);
+            int rc = s->part && !s->part[i] ? TNN_OK : s->backend->run(s->plan[i]);
             if (rc != TNN_OK) return rc;
         }
     }
-    if (s->optim && s->backend->step) {
+    if (step && s->optim && s->backend->step) {
         int rc = tnn__optim_queue(s);
         if (rc != TNN_OK) return rc;
     }
@@ -341,6 +342,56 @@ int tnn_compute(tnn_session *s) {
         int rc = s->backend->finish(s);
         if (rc != TNN_OK) return rc;
     }
-    if (s->optim) return tnn__optim_step(s);
+    if (step && s->optim) return tnn__optim_step(s);
     return TNN_OK;
+}
+
+int tnn_compute(tnn_session *s) {
+    if (tnn__check_session(s, __func__)) return tnn_last_status();
+    if (!s->realized)
+        return TNN_ERR(TNN_ERR_STATE, "the session has no realized graph: call tnn_realize first");
+    return run(s, true);
+}
+
+/* Marks the plan nodes t depends on (the plan is in creation order, so one
+ * walk back from t finds them all). */
+static int part_for(tnn_session *s, tnn_tensor *t) {
+    if (s->part_of == t) return TNN_OK;
+    bool *needed = calloc((size_t)s->n_tensors, sizeof *needed);
+    uint8_t *mask = s->part_mask ? s->part_mask : malloc(s->n_plan > 0 ? (size_t)s->n_plan : 1);
+    if (!needed || !mask) {
+        free(needed);
+        if (mask != s->part_mask) free(mask);
+        return TNN_ERR(TNN_ERR_NOMEM, "out of memory marking %d nodes", s->n_plan);
+    }
+    s->part_mask = mask;
+    needed[t->id] = true;
+    for (int32_t i = s->n_plan - 1; i >= 0; i--) {
+        tnn_tensor *n = s->plan[i];
+        mask[i] = needed[n->id];
+        if (!mask[i]) continue;
+        for (int k = 0; k < TNN_MAX_SRC; k++)
+            if (n->src[k]) needed[n->src[k]->id] = true;
+    }
+    free(needed);
+    s->part_of = t;
+    return TNN_OK;
+}
+
+int tnn_compute_to(tnn_session *s, tnn_tensor *t) {
+    if (tnn__check_session(s, __func__)) return tnn_last_status();
+    if (tnn__check_tensor(s, t, __func__, "t")) return tnn_last_status();
+    if (!s->realized)
+        return TNN_ERR(TNN_ERR_STATE, "the session has no realized graph: call tnn_realize first");
+    if (!kept(s, t))
+        return TNN_ERR(TNN_ERR_ARG,
+                       "tensor #%d is neither the realized result nor marked with "
+                       "tnn_set_output: its value would not be kept",
+                       t->id);
+    int rc = part_for(s, t);
+    if (rc != TNN_OK) return rc;
+    s->part = s->part_mask;
+    rc = run(s, false);
+    s->part = NULL;
+    return rc;
 }

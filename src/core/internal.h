@@ -127,6 +127,8 @@ enum {
     TNN_FLAG_INPLACE = 1u << 7,   /* set by realize: such a sum (or cross-entropy's
                                      gradient) written over its src[0], whose last read
                                      it is (with ALIAS) */
+    TNN_FLAG_SHARED = 1u << 8,    /* leaf reading another session's leaf storage
+                                     (tnn__tensor_share; with EXTERNAL): never freed here */
 };
 
 struct tnn_tensor {
@@ -229,9 +231,10 @@ typedef struct tnn_backend {
      * waited, what the step found. */
     int (*step)(tnn_session *s, const tnn_step *st);
     int (*step_result)(tnn_session *s, tnn_step_result *r);
-    /* Runs the session's whole plan (NULL: the engine runs it node by node)
-     * and drops what the backend kept for a plan (s->bstate) when the plan
-     * goes. */
+    /* Runs the session's plan (NULL: the engine runs it node by node): the
+     * whole plan, or where s->part is set only the nodes it marks (no node
+     * fused with one it does not mark); and drops what the backend kept for
+     * a plan (s->bstate) when the plan goes. */
     int (*run_plan)(tnn_session *s);
     void (*release)(tnn_session *s);
 } tnn_backend;
@@ -279,6 +282,11 @@ struct tnn_session {
     void *arena;
     size_t arena_size;
     void *bstate; /* the backend's own state for the plan (see tnn_backend) */
+    /* tnn_compute_to: which plan nodes the tensor `part_of` needs (1: run),
+     * kept for the next call on the same tensor; `part` is set only while
+     * such a compute runs (NULL: the whole plan). */
+    uint8_t *part_mask, *part;
+    tnn_tensor *part_of;
 
     /* Training: the loss given to tnn_backward, and the optimizer run at
      * the end of every compute (src/core/optimizer.c). */
@@ -288,6 +296,14 @@ struct tnn_session {
 
 /* Drops the realized plan and the arena (graph.c). */
 void tnn__release_plan(tnn_session *s);
+
+/* Makes the leaf dst read the storage of the leaf src, a tensor of another
+ * session on the same backend with the same dtype and shape, instead of
+ * its own (session.c): dst's storage is freed, dst becomes read-only and
+ * sees every later change of src. For a model's sampling graph beside its
+ * training graph (src/llm): one copy of the weights. dst's session must be
+ * freed before src's. */
+int tnn__tensor_share(tnn_tensor *dst, tnn_tensor *src);
 
 /* Drops the plan and every tensor made after the first n (session.c): their
  * storage is freed and their handles stop being live. For owners that

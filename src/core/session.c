@@ -141,6 +141,14 @@ tnn_session *tnn_session_new(int prefer_cuda) {
     return s;
 }
 
+/* Whether freeing the session frees t's storage: not where it is another
+ * session's (shared) or a mapped file's on a host-memory backend (a device
+ * backend holds its own copy of a file's bytes). */
+static bool owns_storage(const tnn_session *s, const tnn_tensor *t) {
+    if (t->flags & TNN_FLAG_SHARED) return false;
+    return !(t->flags & TNN_FLAG_EXTERNAL) || !s->backend->host_memory;
+}
+
 void tnn_session_free(tnn_session *s) {
     if (!s) return;
     if (tnn__check_session(s, __func__) != TNN_OK) return;
@@ -149,7 +157,7 @@ void tnn_session_free(tnn_session *s) {
     tnn__release_plan(s);
     for (int32_t i = 0; i < s->n_tensors; i++) {
         tnn_tensor *t = tnn__tensor_at(s, i);
-        bool owned = !(t->flags & TNN_FLAG_EXTERNAL) || !s->backend->host_memory;
+        bool owned = owns_storage(s, t);
         if (t->op == TNN_OP_NONE && t->data && owned) s->backend->free(t->data);
     }
     for (int32_t b = 0; b < s->n_blocks; b++) free(s->blocks[b]);
@@ -169,7 +177,7 @@ void tnn__session_truncate(tnn_session *s, int32_t n) {
     if (s->loss && s->loss->id >= n) s->loss = NULL;
     for (int32_t i = n; i < s->n_tensors; i++) {
         tnn_tensor *t = tnn__tensor_at(s, i);
-        bool owned = !(t->flags & TNN_FLAG_EXTERNAL) || !s->backend->host_memory;
+        bool owned = owns_storage(s, t);
         if (t->op == TNN_OP_NONE && t->data && owned) s->backend->free(t->data);
         memset(t, 0, sizeof *t); /* magic 0: the handle is no longer live */
     }
@@ -336,6 +344,27 @@ static const tnn_tensor *live_tensor(const tnn_tensor *t, const char *func) {
                            (const void *)t),
                 NULL);
     return t;
+}
+
+int tnn__tensor_share(tnn_tensor *dst, tnn_tensor *src) {
+    if (!live_tensor(dst, __func__) || !live_tensor(src, __func__)) return tnn_last_status();
+    tnn_session *s = dst->sess;
+    if (dst->op != TNN_OP_NONE || src->op != TNN_OP_NONE || !src->data)
+        return TNN_ERR(TNN_ERR_ARG, "tensors #%d and #%d: want two leaves, the second with storage",
+                       dst->id, src->id);
+    if (s == src->sess || s->backend != src->sess->backend)
+        return TNN_ERR(TNN_ERR_ARG, "tensor #%d: want a leaf of another session on the %s backend",
+                       src->id, s->backend->name);
+    if (dst->dtype != src->dtype || dst->gtype != src->gtype || dst->nbytes != src->nbytes ||
+        dst->nelem != src->nelem)
+        return TNN_ERR(TNN_ERR_SHAPE, "tensors #%d and #%d differ in type or size", dst->id,
+                       src->id);
+    if (s->backend->release) s->backend->release(s); /* a recorded plan read the old storage */
+    if (dst->data && owns_storage(s, dst)) s->backend->free(dst->data);
+    dst->data = src->data;
+    dst->host_data = NULL;
+    dst->flags |= TNN_FLAG_EXTERNAL | TNN_FLAG_SHARED;
+    return TNN_OK;
 }
 
 int tnn_tensor_ndim(const tnn_tensor *t) {

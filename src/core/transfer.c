@@ -97,9 +97,9 @@ static int check_upload(tnn_session *s, tnn_tensor *t, const char *func) {
                           "can be uploaded",
                           t->id, tnn__ops[t->op].name);
     if (t->flags & TNN_FLAG_EXTERNAL)
-        return tnn__error(TNN_ERR_ARG, func,
-                          "tensor #%d ('%s') is read-only: its data is borrowed from a file",
-                          t->id, t->name);
+        return tnn__error(TNN_ERR_ARG, func, "tensor #%d ('%s') is read-only: its data is %s",
+                          t->id, t->name,
+                          t->flags & TNN_FLAG_SHARED ? "another session's" : "borrowed from a file");
     if (!t->data)
         return tnn__error(TNN_ERR_STATE, func,
                           "tensor #%d has no storage yet: call tnn_realize before uploading",

@@ -71,16 +71,21 @@ static bool fusing(void) {
     return on;
 }
 
-/* The plan in order; a product followed by an element-wise node that reads
- * it runs that node as its epilogue, on each block of the product's output
- * while the block is still in cache (the same bits as two passes). The
- * planner keeps a node's inputs one node longer (fuse_next), so the second
- * node's output never lands on the product's inputs. */
+/* The plan in order (or the nodes s->part marks); a product followed by an
+ * element-wise node that reads it runs that node as its epilogue, on each
+ * block of the product's output while the block is still in cache (the same
+ * bits as two passes). The planner keeps a node's inputs one node longer
+ * (fuse_next), so the second node's output never lands on the product's
+ * inputs: only neighbours in the whole plan are fused. */
 static int cpu_run_plan(tnn_session *s) {
     bool fuse = fusing();
+    const uint8_t *part = s->part; /* tnn_compute_to: only the nodes it marks */
     for (int32_t i = 0; i < s->n_plan; i++) {
         tnn_tensor *t = s->plan[i];
-        int rc = fuse && i + 1 < s->n_plan ? tnn__fwd_matmul_then(t, s->plan[i + 1]) : 0;
+        if (part && !part[i]) continue;
+        int rc = fuse && i + 1 < s->n_plan && (!part || part[i + 1])
+                     ? tnn__fwd_matmul_then(t, s->plan[i + 1])
+                     : 0;
         if (rc > 0)
             i += rc - 1, atomic_fetch_add(&fused_pairs, 1);
         else if (rc == 0)

@@ -573,6 +573,7 @@ static bool fusing(void) {
 static int run_nodes(tnn_session *s, bool fuse) {
     bool prof_on = profiling();
     for (int32_t i = 0; i < s->n_plan; i++) {
+        if (s->part && !s->part[i]) continue; /* tnn_compute_to: not needed */
         double t0 = prof_on ? now_s() : 0.0;
         tnn_tensor *t = s->plan[i];
         /* nodes a kernel can take on run inside it */
@@ -623,6 +624,9 @@ static int cu_run_plan(tnn_session *s) {
         s->bstate = g;
     }
     fault_scope own(g->fault);
+    /* part of the plan (tnn_compute_to): node by node, nothing fused (a
+     * fused group could hold a node the part does not need), not recorded */
+    if (s->part) return run_nodes(s, false);
     cudaStream_t st = tnn__cu.stream;
     if (g->exec && g->scratch_gen == tnn__cu.scratch_gen)
         return tnn__cu_status(cudaGraphLaunch(g->exec, st), "tnn_compute");

@@ -399,40 +399,27 @@ int lm_init_lora(lm_graph *g, uint64_t seed) {
 }
 
 typedef struct {
-    lm_graph *dst;
-    const lm_graph *src;
     int index;
     tnn_tensor *dst_list[LM_MAX_LAYERS * (12 + 2 * LM_LORA_N) + 4];
-} copy_ctx;
+} share_ctx;
 
 static int collect(void *p, const char *name, tnn_tensor *t) {
-    copy_ctx *c = p;
+    share_ctx *c = p;
     c->dst_list[c->index++] = t;
     return TNN_OK;
 }
 
-static int copy_one(void *p, const char *name, tnn_tensor *t) {
-    copy_ctx *c = p;
-    tnn_tensor *d = c->dst_list[c->index++];
-    if (c->dst->frozen_from == c->src->s && !(t->flags & TNN_FLAG_PARAM)) return TNN_OK;
-    size_t n = (size_t)tnn_tensor_nelements(t);
-    float *buf = malloc(n * sizeof *buf);
-    if (!buf) return TNN_ERR_NOMEM;
-    int rc = tnn_download_f32(c->src->s, t, buf, n);
-    if (rc == TNN_OK) rc = tnn_upload_f32(c->dst->s, d, buf, n);
-    free(buf);
-    return rc;
+static int share_one(void *p, const char *name, tnn_tensor *t) {
+    share_ctx *c = p;
+    return tnn__tensor_share(c->dst_list[c->index++], t);
 }
 
-int lm_copy_weights(lm_graph *dst, const lm_graph *src) {
-    copy_ctx *c = calloc(1, sizeof *c);
+int lm_share_weights(lm_graph *dst, const lm_graph *src) {
+    share_ctx *c = calloc(1, sizeof *c);
     if (!c) return TNN_ERR_NOMEM;
-    c->dst = dst;
-    c->src = src;
     int rc = lm_params_each(dst, collect, c);
     c->index = 0;
-    if (rc == TNN_OK) rc = lm_params_each(src, copy_one, c);
-    dst->frozen_from = rc == TNN_OK ? src->s : NULL;
+    if (rc == TNN_OK) rc = lm_params_each(src, share_one, c);
     free(c);
     return rc;
 }

@@ -81,8 +81,6 @@ typedef struct {
     int64_t vocab_rows;           /* the output projection's rows: vocab, or
                                    * rounded up (lm_optim.vocab_align) */
     tnn_tensor *loss;             /* (1), when built with targets */
-    const tnn_session *frozen_from; /* lm_copy_weights copied the weights that are not
-                                     * parameters from this session's graph */
     bool bf16;                    /* products on bf16 copies of the weights */
     bool bf16_acts;               /* ... and of the activations (on a GPU) */
 } lm_graph;
@@ -136,9 +134,10 @@ int lm_init_lora(lm_graph *g, uint64_t seed);
 bool lm_lora_factors(const lm_graph *g, const tnn_tensor *w, tnn_tensor **a, tnn_tensor **b);
 /* Whether a name of lm_params_each is a LoRA factor's. */
 bool lm_is_lora_name(const char *name);
-/* Copies every weight of src into dst (same config); from the second copy
- * from the same src on, only the parameters (what is not a parameter, the
- * frozen weights of LoRA and rope_freqs, does not change). */
-int lm_copy_weights(lm_graph *dst, const lm_graph *src);
+/* dst's weights become src's (same config, sessions on the same backend):
+ * dst reads src's storage, no copy, and so always computes with src's
+ * current weights (a sampling graph beside the training graph). dst must be
+ * freed before src. */
+int lm_share_weights(lm_graph *dst, const lm_graph *src);
 
 #endif

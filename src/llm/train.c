@@ -168,11 +168,15 @@ static int fill_window(const int32_t *data, const uint8_t *scored, size_t start,
     return n;
 }
 
-static int run_batch(lm_graph *g, const int64_t *tok, const int64_t *tgt, double *loss) {
+/* One batch: a training step, or (step false) the loss alone, the forward
+ * pass of the training graph (tnn_compute_to: no second copy of the
+ * weights, the optimizer untouched). */
+static int run_batch(lm_graph *g, const int64_t *tok, const int64_t *tgt, bool step,
+                     double *loss) {
     size_t n = (size_t)g->B * (size_t)g->T;
     int rc = tnn_upload_from_int_array(g->s, g->tokens, tok, n);
     if (rc == TNN_OK) rc = tnn_upload_from_int_array(g->s, g->targets, tgt, n);
-    if (rc == TNN_OK) rc = tnn_compute(g->s);
+    if (rc == TNN_OK) rc = step ? tnn_compute(g->s) : tnn_compute_to(g->s, g->loss);
     if (rc == TNN_OK) rc = tnn_download_to_f64_array(g->s, g->loss, loss, 1);
     return rc;
 }
@@ -180,9 +184,9 @@ static int run_batch(lm_graph *g, const int64_t *tok, const int64_t *tgt, double
 /* Mean loss over eval_batches batches of windows spread evenly over the
  * validation split (the same windows every time), each batch weighted by
  * the targets it scores. */
-static int evaluate(lm_graph *ev, const int32_t *val, const uint8_t *scored, size_t vlen,
+static int evaluate(lm_graph *g, const int32_t *val, const uint8_t *scored, size_t vlen,
                     int n_batches, int64_t *tok, int64_t *tgt, double *out) {
-    int T = ev->T, B = ev->B;
+    int T = g->T, B = g->B;
     size_t span = vlen - (size_t)T - 1;
     double total = 0, weight = 0;
     for (int bi = 0; bi < n_batches; bi++) {
@@ -194,7 +198,7 @@ static int evaluate(lm_graph *ev, const int32_t *val, const uint8_t *scored, siz
         }
         if (counted == 0) continue;
         double l;
-        int rc = run_batch(ev, tok, tgt, &l);
+        int rc = run_batch(g, tok, tgt, false, &l);
         if (rc) return rc;
         total += l * counted;
         weight += counted;
@@ -423,10 +427,13 @@ static void train_state(const lm_train_opts *o, int step, lm_graph *g, const tnn
     snprintf(st->init, sizeof st->init, "%s", base);
 }
 
-/* The graph that samples (B = 1), built on first use: a run that does not
- * sample holds no third copy of the weights. */
-static int sampling_graph(lm_graph *gen, const lm_config *cfg, int T, bool cuda) {
-    return gen->s ? TNN_OK : lm_graph_build(gen, cfg, 1, T, false, NULL, cuda);
+/* The graph that samples (B = 1), built on first use, on the training
+ * graph's weights (shared, not copied: it samples from the weights of the
+ * step just taken). */
+static int sampling_graph(lm_graph *gen, const lm_graph *g, int T, bool cuda) {
+    if (gen->s) return TNN_OK;
+    int rc = lm_graph_build(gen, &g->cfg, 1, T, false, NULL, cuda);
+    return rc == TNN_OK ? lm_share_weights(gen, g) : rc;
 }
 
 /* The checkpoint path with "{step}" replaced by the step number. */
@@ -548,11 +555,9 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
     const uint8_t *val_scored = scored ? scored + tlen : NULL;
     lm_optim opt = o->optim;
     opt.lr = lr_at(o, 1);
-    lm_graph g, ev, gen;
-    memset(&ev, 0, sizeof ev);
+    lm_graph g, gen;
     memset(&gen, 0, sizeof gen);
     int rc = lm_graph_build(&g, &o->model, B, T, true, &opt, o->cuda);
-    if (rc == TNN_OK) rc = lm_graph_build(&ev, &o->model, B, T, true, NULL, o->cuda);
     bool lora = o->model.lora_rank > 0;
     if (rc == TNN_OK && o->resume) /* a LoRA run: the frozen weights from its base model */
         rc = lora ? lm_checkpoint_load(base_path, &g, false, LM_LOAD_BASE)
@@ -601,9 +606,7 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
     fprintf(out, "data: %zu tokens (%zu train, %zu validation); batch %d x %d tokens; %d steps, "
                  "peak lr %g, %d threads\n", len, tlen, vlen, B, T, o->steps, o->lr,
             tnn_get_num_threads());
-    rc = lm_copy_weights(&ev, &g);
-    if (rc == TNN_OK)
-        rc = evaluate(&ev, val, val_scored, vlen, o->eval_batches, tok, tgt, &res->first_val);
+    rc = evaluate(&g, val, val_scored, vlen, o->eval_batches, tok, tgt, &res->first_val);
     if (rc != TNN_OK) goto done;
     fprintf(out, "step %5d | validation loss %.4f\n", 0, res->first_val);
     pts[npts++] = (curve_point){0, NAN, res->first_val};
@@ -623,7 +626,7 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
         }
         double loss;
         int64_t skipped_before = tnn_optimizer_skipped(g.s);
-        rc = run_batch(&g, tok, tgt, &loss);
+        rc = run_batch(&g, tok, tgt, true, &loss);
         if (rc != TNN_OK) {
             fprintf(out, "error: step %d: %s\n", step, tnn_last_error());
             goto done;
@@ -640,9 +643,7 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
         bool do_eval = (o->eval_every > 0 && step % o->eval_every == 0) || step == o->steps;
         double vloss = NAN;
         if (do_eval) {
-            rc = lm_copy_weights(&ev, &g);
-            if (rc == TNN_OK)
-                rc = evaluate(&ev, val, val_scored, vlen, o->eval_batches, tok, tgt, &vloss);
+            rc = evaluate(&g, val, val_scored, vlen, o->eval_batches, tok, tgt, &vloss);
             if (rc != TNN_OK) goto done;
             res->last_val = vloss;
         }
@@ -678,8 +679,7 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
             fprintf(out, "checkpoint: %s (step %d)\n", path, step);
         }
         if (o->sample_every > 0 && step % o->sample_every == 0 && step != o->steps) {
-            rc = sampling_graph(&gen, &o->model, T, o->cuda);
-            if (rc == TNN_OK) rc = lm_copy_weights(&gen, &g);
+            rc = sampling_graph(&gen, &g, T, o->cuda);
             if (rc != TNN_OK) goto done;
             fprintf(out, "--- sample at step %d ---\n", step);
             rc = lm_generate(&gen, &sm, tk, o->sample_prompt, strlen(o->sample_prompt),
@@ -690,9 +690,7 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
     }
     res->tokens_per_s = (double)B * T * (o->steps - first + 1) / (now_s() - t0);
     res->steps_skipped = (int)tnn_optimizer_skipped(g.s);
-    lm_graph_free(&ev); /* its memory for the sampling graph's */
-    if (o->sample_len > 0) rc = sampling_graph(&gen, &o->model, T, o->cuda);
-    if (rc == TNN_OK && o->sample_len > 0) rc = lm_copy_weights(&gen, &g);
+    if (o->sample_len > 0) rc = sampling_graph(&gen, &g, T, o->cuda);
     if (rc == TNN_OK && o->sample_len > 0) {
         fprintf(out, "--- generated text (temperature %.2f, top-k %d, seed %llu) ---\n",
                 o->sampler.temperature, o->sampler.top_k, (unsigned long long)o->sampler.seed);
@@ -709,7 +707,6 @@ done:
     free(tok);
     free(tgt);
     lm_graph_free(&gen);
-    lm_graph_free(&ev);
     if (g.s) lm_graph_free(&g);
     free(data);
     free(scored);
