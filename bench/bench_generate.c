@@ -3,12 +3,13 @@
  * median of 3 runs, and generation as a fraction of the bandwidth bound
  * (weight bytes per token x tokens/s / triad GB/s measured in the same run).
  * Usage: bench_generate MODEL.gguf [--cuda] [--prompts 5,16,64] [--prompts-only]
- *                       [--qmm-rows N]
+ *                       [--qmm-rows N] [--lora ADAPTER.gguf]
  * (--prompts: also prompts of those lengths, best of 3 each; llama.cpp's
  * figures for the same file: tools/llama_speed.py, with the same option;
  * --prompts-only: only those; --qmm-rows N: products with up to N rows of x
  * run the quantized matrix-vector kernels, more the GEMM, instead of the
- * crossovers built in (ops/matmul.c): for measuring them)
+ * crossovers built in (ops/matmul.c): for measuring them; --lora: with
+ * that adapter applied at run time, as tools/llama_speed.py --lora does)
  */
 #include "tinynn.h"
 
@@ -45,13 +46,15 @@ static bool eval(lm_llama *m, const int32_t *tokens, int n, float *logits) {
 }
 
 int main(int argc, char **argv) {
-    const char *lens = NULL;
+    const char *lens = NULL, *lora = NULL;
     bool only = false;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--cuda"))
             lm_use_cuda(true);
         else if (!strcmp(argv[i], "--prompts") && i + 1 < argc)
             lens = argv[++i];
+        else if (!strcmp(argv[i], "--lora") && i + 1 < argc)
+            lora = argv[++i];
         else if (!strcmp(argv[i], "--prompts-only"))
             only = true;
         else if (!strcmp(argv[i], "--qmm-rows") && i + 1 < argc)
@@ -61,10 +64,14 @@ int main(int argc, char **argv) {
     }
     if (argc < 2 || (only && !lens)) {
         fprintf(stderr, "usage: bench_generate MODEL.gguf [--cuda] [--prompts N,N,... "
-                        "[--prompts-only]] [--qmm-rows N]\n");
+                        "[--prompts-only]] [--qmm-rows N] [--lora ADAPTER.gguf]\n");
         return 2;
     }
     lm_llama *m = lm_llama_load(argv[1], 1024, TNN_F16, lm_cuda());
+    if (m && lora && lm_llama_add_lora(m, lora, 1.0) != TNN_OK) {
+        lm_llama_free(m);
+        m = NULL;
+    }
     if (!m) {
         fprintf(stderr, "%s\n", tnn_last_error());
         return 1;

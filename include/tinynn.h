@@ -851,6 +851,19 @@ enum {
 TNN_API tnn_llm *tnn_llm_open(const char *path, int32_t n_ctx, int32_t flags);
 /* NULL is a no-op. */
 TNN_API void tnn_llm_close(tnn_llm *m);
+/* Applies a LoRA adapter file at run time, as llama.cpp's --lora does:
+ * llama.cpp's layout (general.type "adapter", adapter.type "lora", the
+ * model's architecture, tensors blk.N.attn_q.weight.lora_a (rank, in) and
+ * .lora_b (out, rank) for any of a layer's q, k, v, output, gate, up and
+ * down projections; f32, f16, bf16 or q8_0), as tnn_lora_export and
+ * llama.cpp's convert_lora_to_gguf.py write it. Each adapted projection
+ * adds scale * (alpha / rank) * (x A^T) B^T (scale alone where the file has
+ * no adapter.lora.alpha); the quantized weights stay as they are. Empties
+ * the cache (tnn_llm_pos becomes 0). One adapter per model: TNN_ERR_STATE
+ * for a second; TNN_ERR_FORMAT for a file that is not an adapter for this
+ * model (architecture, tensor names, shapes), which then leaves the model
+ * as it was. */
+TNN_API int tnn_llm_load_lora(tnn_llm *m, const char *adapter_path, float scale);
 
 /* Sizes; negative status for a NULL model. */
 TNN_API int32_t tnn_llm_n_vocab(const tnn_llm *m);
@@ -1059,6 +1072,14 @@ TNN_API int tnn_trainer_run(tnn_trainer *t, tnn_llm_text_fn on_log, void *user);
 TNN_API int tnn_trainer_result(const tnn_trainer *t, int32_t *steps, double *first_loss,
                                double *last_loss, double *first_val_loss, double *val_loss,
                                double *tokens_per_s);
+/* Writes the LoRA factors of a LoRA run's checkpoint ("lora") as an
+ * adapter file in llama.cpp's layout (general.type "adapter", adapter.type
+ * "lora", adapter.lora.alpha; tensors blk.N.attn_q.weight.lora_a, ...,
+ * f32): a few MB that llama.cpp applies to the base model (llama-cli -m
+ * BASE.gguf --lora ADAPTER.gguf), where the checkpoint is the whole merged
+ * model. TNN_ERR_FORMAT for a file that is not a LoRA checkpoint, TNN_ERR_IO
+ * when either file cannot be read or written. */
+TNN_API int tnn_lora_export(const char *checkpoint, const char *adapter_path);
 
 #ifdef __cplusplus
 }

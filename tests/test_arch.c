@@ -17,13 +17,18 @@
  * and its last row the same top-10 against llama.cpp; saved as a checkpoint
  * (the architecture's keys, biases, output matrix, RoPE factors, tokenizer)
  * it must read back as the same variant and give the original file's
- * logits bit for bit.
+ * logits bit for bit. A LoRA adapter in llama.cpp's layout (f16 and f32
+ * factors, a projection without one), applied at run time, must give the
+ * logits of the model with it merged into the weights, prompt and decoding;
+ * adapters that do not fit the model are refused and leave it as it was.
  */
 #include "harness.h"
 
 #include "llm/checkpoint.h"
 #include "llm/llama.h"
 #include "llm/model.h"
+#include "llm/quantize.h"
+#include "quant/quant.h"
 
 #include <unistd.h>
 
@@ -250,6 +255,185 @@ static void check_training_graph(const variant *v, const char *path, const recor
     lm_graph_free(&g);
 }
 
+/* ---- LoRA adapters at run time ---- */
+
+enum { RANK = 4 };
+static const char *const projs[7] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
+                                     "ffn_gate", "ffn_up", "ffn_down"};
+
+/* (out, in) of projection p of variant v. */
+static void proj_dims(const variant *v, int p, int64_t *out, int64_t *in) {
+    int64_t kvw = (int64_t)v->n_kv * (D / HEADS);
+    static const int64_t outs[7] = {D, -1, -1, D, FF, FF, D};
+    *out = outs[p] < 0 ? kvw : outs[p];
+    *in = p == 6 ? FF : D;
+}
+
+/* An adapter in llama.cpp's layout: random A (RANK, in) and B (out, RANK)
+ * for every projection of every layer (B of the attention output left out:
+ * an adapter need not cover them all). The factors' type: F32, or F16 for
+ * the first layer's. */
+static int write_adapter(const variant *v, const char *arch, const char *path, double alpha) {
+    tnn_gguf_writer *w = tnn_gguf_writer_new();
+    int rc = TNN_OK;
+#define ADD(call)                                                                             \
+    do {                                                                                      \
+        if (rc == TNN_OK) rc = (call);                                                        \
+    } while (0)
+    ADD(tnn_gguf_writer_add_str(w, "general.architecture", arch));
+    ADD(tnn_gguf_writer_add_str(w, "general.type", "adapter"));
+    ADD(tnn_gguf_writer_add_str(w, "adapter.type", "lora"));
+    ADD(tnn_gguf_writer_add_f32(w, "adapter.lora.alpha", (float)alpha));
+    th_seed(v->seed * 7 + 1);
+    for (int l = 0; l < LAYERS; l++)
+        for (int p = 0; p < 7; p++) {
+            if (p == 3) continue;
+            int64_t out, in;
+            proj_dims(v, p, &out, &in);
+            for (int ab = 0; ab < 2; ab++) {
+                int64_t sh[2] = {ab ? out : RANK, ab ? RANK : in}, n = sh[0] * sh[1];
+                float *f = malloc(sizeof(float) * (size_t)n);
+                uint16_t *h = malloc(sizeof(uint16_t) * (size_t)n);
+                for (int64_t i = 0; i < n; i++) {
+                    f[i] = (float)th_sym(0.4);
+                    h[i] = tnn__f32_to_f16(f[i]);
+                    if (l == 0) f[i] = tnn__f16_to_f32(h[i]); /* the values the file holds */
+                }
+                char name[96];
+                snprintf(name, sizeof name, "blk.%d.%s.weight.lora_%c", l, projs[p], ab ? 'b' : 'a');
+                ADD(l == 0 ? tnn_gguf_writer_add_tensor(w, name, TNN_GGML_F16, 2, sh, h,
+                                                        sizeof(uint16_t) * (size_t)n)
+                           : tnn_gguf_writer_add_tensor(w, name, TNN_GGML_F32, 2, sh, f,
+                                                        sizeof(float) * (size_t)n));
+                free(f);
+                free(h);
+            }
+        }
+#undef ADD
+    if (rc == TNN_OK) rc = tnn_gguf_writer_write(w, path);
+    tnn_gguf_writer_free(w);
+    return rc;
+}
+
+/* The model with the adapter merged in (w + scale alpha/RANK B A, in
+ * double), every other key and tensor as they are. */
+static int write_merged(const char *model, const char *adapter, double scale, const char *out) {
+    tnn_gguf *g = tnn_gguf_open(model), *a = tnn_gguf_open(adapter);
+    tnn_gguf_writer *w = tnn_gguf_writer_new();
+    int rc = g && a && w ? TNN_OK : TNN_ERR_IO;
+    double alpha = 0;
+    if (rc == TNN_OK) rc = tnn_gguf_get_f64(a, "adapter.lora.alpha", &alpha);
+    for (int64_t i = 0; rc == TNN_OK && i < tnn_gguf_n_kv(g); i++)
+        rc = lm_gguf_copy_kv(g, w, tnn_gguf_key(g, i));
+    for (int64_t i = 0; rc == TNN_OK && i < tnn_gguf_n_tensors(g); i++) {
+        const char *name = tnn_gguf_tensor_name(g, i);
+        int64_t sh[4], n = tnn_gguf_tensor_nelements(g, i);
+        int nd = tnn_gguf_tensor_shape(g, i, sh);
+        float *v = malloc(sizeof(float) * (size_t)n);
+        memcpy(v, tnn_gguf_tensor_data(g, i), sizeof(float) * (size_t)n);
+        char an[96], bn[96];
+        snprintf(an, sizeof an, "%s.lora_a", name);
+        snprintf(bn, sizeof bn, "%s.lora_b", name);
+        int64_t ia = tnn_gguf_find_tensor(a, an), ib = tnn_gguf_find_tensor(a, bn);
+        tnn_clear_error();
+        if (ia >= 0 && ib >= 0) {
+            int64_t out = sh[0], in = sh[1];
+            float *fa = malloc(sizeof(float) * (size_t)(RANK * in)),
+                  *fb = malloc(sizeof(float) * (size_t)(out * RANK));
+            tnn__dequantize_row(tnn_gguf_tensor_type(a, ia), tnn_gguf_tensor_data(a, ia), fa,
+                                RANK * in);
+            tnn__dequantize_row(tnn_gguf_tensor_type(a, ib), tnn_gguf_tensor_data(a, ib), fb,
+                                out * RANK);
+            for (int64_t o = 0; o < out; o++)
+                for (int64_t k = 0; k < in; k++) {
+                    double d = 0;
+                    for (int r = 0; r < RANK; r++) d += (double)fb[o * RANK + r] * fa[r * in + k];
+                    v[o * in + k] = (float)(v[o * in + k] + scale * alpha / RANK * d);
+                }
+            free(fa);
+            free(fb);
+        }
+        rc = tnn_gguf_writer_add_tensor(w, name, TNN_GGML_F32, nd, sh, v, sizeof(float) * (size_t)n);
+        free(v);
+    }
+    if (rc == TNN_OK) rc = tnn_gguf_writer_write(w, out);
+    tnn_gguf_writer_free(w);
+    tnn_gguf_close(g);
+    tnn_gguf_close(a);
+    return rc;
+}
+
+/* n prompt tokens (every position's logits), then 3 decoding steps. */
+static int run_tokens(lm_llama *m, const int32_t *tok, int n, float *lg) {
+    int rc = lm_llama_eval_all(m, tok, n, lg);
+    for (int s = 0; s < 3 && rc == TNN_OK; s++)
+        rc = lm_llama_eval(m, &tok[s], 1, lg + (size_t)(n + s) * VOCAB);
+    return rc;
+}
+
+/* An adapter applied at run time (f16 and f32 factors, a projection left
+ * out, scale 0.5) gives the logits of the model with it merged into the
+ * weights, on a prompt and in decoding; adapters that do not fit are
+ * refused and leave the model as it was. */
+static void check_lora(const variant *v, const char *path) {
+    char adapter[128], merged[128], other[128];
+    snprintf(adapter, sizeof adapter, "%s.lora.gguf", path);
+    snprintf(merged, sizeof merged, "%s.merged.gguf", path);
+    snprintf(other, sizeof other, "%s.other.gguf", path);
+    CHECK_OK(write_adapter(v, v->arch, adapter, 8.0));
+    CHECK_OK(write_merged(path, adapter, 0.5, merged));
+    enum { N = 9 };
+    static const int32_t tok[N] = {1, 40, 77, 3, 200, 9, 121, 58, 64};
+    size_t nl = (size_t)(N + 3) * VOCAB;
+    float *with = malloc(sizeof(float) * nl), *want = malloc(sizeof(float) * nl),
+          *base = malloc(sizeof(float) * nl), *after = malloc(sizeof(float) * nl);
+    lm_llama *m = lm_llama_load(path, 64, TNN_F32, lm_cuda());
+    lm_llama *mm = lm_llama_load(merged, 64, TNN_F32, lm_cuda());
+    CHECK(m && mm, "%s: %s", v->name, tnn_last_error());
+    if (!m || !mm) goto done;
+    CHECK_OK(run_tokens(m, tok, N, base));
+    CHECK_OK(lm_llama_add_lora(m, adapter, 0.5));
+    CHECK(lm_llama_pos(m) == 0, "%s: the cache was not emptied", v->name);
+    CHECK_OK(run_tokens(m, tok, N, with));
+    CHECK_OK(run_tokens(mm, tok, N, want));
+    double worst = 0, moved = 0;
+    for (size_t i = 0; i < nl; i++) {
+        worst = fmax(worst, fabs((double)with[i] - want[i]));
+        moved = fmax(moved, fabs((double)base[i] - want[i]));
+    }
+    CHECK(worst <= 1e-4, "%s: logits with the adapter differ from the merged model's by %.3g",
+          v->name, worst);
+    CHECK(moved > 0.1, "%s: the adapter moved no logit (%.3g)", v->name, moved);
+    printf("%s: LoRA adapter at run time within %.2g of the merged model (it moves logits by "
+           "up to %.2f)\n", v->name, worst, moved);
+    CHECK_ERR(lm_llama_add_lora(m, adapter, 1.0), TNN_ERR_STATE, "already");
+    lm_llama_free(m);
+
+    /* refusals, each leaving the model as it was */
+    m = lm_llama_load(path, 64, TNN_F32, lm_cuda());
+    const variant *wrong = &variants[v->n_kv == 2 ? 2 : 1]; /* another kv width */
+    CHECK_OK(write_adapter(wrong, v->arch, other, 8.0));
+    CHECK_ERR(lm_llama_add_lora(m, other, 1.0), TNN_ERR_FORMAT, "another model");
+    CHECK_OK(write_adapter(v, !strcmp(v->arch, "qwen2") ? "llama" : "qwen2", other, 8.0));
+    CHECK_ERR(lm_llama_add_lora(m, other, 1.0), TNN_ERR_FORMAT, "architecture");
+    CHECK_ERR(lm_llama_add_lora(m, path, 1.0), TNN_ERR_FORMAT, "not a LoRA adapter");
+    CHECK_ERR(lm_llama_add_lora(m, "/nonexistent/adapter.gguf", 1.0), TNN_ERR_IO, "adapter");
+    CHECK_ERR(lm_llama_add_lora(m, adapter, NAN), TNN_ERR_ARG, "finite");
+    CHECK_OK(run_tokens(m, tok, N, after));
+    CHECK(!memcmp(after, base, sizeof(float) * nl), "%s: a refused adapter changed the model",
+          v->name);
+    lm_llama_free(m);
+done:
+    if (mm) lm_llama_free(mm);
+    free(with);
+    free(want);
+    free(base);
+    free(after);
+    unlink(adapter);
+    unlink(merged);
+    unlink(other);
+}
+
 int main(int argc, char **argv) {
     TH_USE_CUDA("test_arch");
     if (argc == 3 && !strcmp(argv[1], "--write")) { /* for tools/arch_reference.py */
@@ -310,6 +494,7 @@ int main(int argc, char **argv) {
                worst, equal, compared);
         lm_llama_free(m);
         check_training_graph(v, path, &rec[r]);
+        check_lora(v, path);
         unlink(path);
     }
     return th_finish("test_arch");

@@ -14,8 +14,10 @@
  *  - resuming that checkpoint trains on the same windows (not the model's
  *    context length);
  *  - LoRA: only the factors train (the frozen weights come back unchanged),
- *    the checkpoint's merged weights give the logits of the LoRA graph, and
- *    a resumed LoRA run reads its frozen weights from the base model;
+ *    the checkpoint's merged weights give the logits of the LoRA graph, the
+ *    factors exported as an adapter file and applied at run time to the base
+ *    model (as F32 and as the Q4_1 file) give them too, and a resumed LoRA
+ *    run reads its frozen weights from the base model;
  *  - conversations (.jsonl): the JSON reader (escapes, every refusal), the
  *    chat families writing each turn as a prefix of the conversation, the
  *    scored tokens being exactly the assistant's turns, and a short run
@@ -30,6 +32,7 @@
 #include "llm/checkpoint.h"
 #include "llm/convo.h"
 #include "llm/model.h"
+#include "llm/quantize.h"
 #include "llm/train.h"
 
 #include <unistd.h>
@@ -303,6 +306,13 @@ static float *f32_tensor(const char *path, const char *name, int64_t *n) {
     return v;
 }
 
+static int argmax_row(const float *x) {
+    int b = 0;
+    for (int i = 1; i < 49152; i++)
+        if (x[i] > x[b]) b = i;
+    return b;
+}
+
 static void test_lora(const char *dir) {
     char facts[256], ck[256];
     snprintf(facts, sizeof facts, "%s/tnn-finetune-lfacts-%d.txt", dir, (int)getpid());
@@ -364,6 +374,50 @@ static void test_lora(const char *dir) {
         for (int64_t i = 0; i < (int64_t)n * 49152; i++) worst = fmax(worst, fabs((double)a[i] - b[i]));
         CHECK(worst <= 2e-3, "merged checkpoint vs the LoRA graph: logits differ by %.3g", worst);
         printf("LoRA: merged checkpoint within %.2g of the LoRA graph\n", worst);
+        /* the factors as an adapter file (llama.cpp's layout), applied at
+         * run time to the quantized base model */
+        char ad[600];
+        snprintf(ad, sizeof ad, "%s.adapter.gguf", ck);
+        CHECK_OK(tnn_lora_export(ck, ad));
+        tnn_gguf *af = tnn_gguf_open(ad);
+        const char *gt = NULL;
+        double alpha = 0;
+        CHECK(af && tnn_gguf_get_str(af, "general.type", &gt, NULL) == TNN_OK &&
+                  !strcmp(gt, "adapter") &&
+                  tnn_gguf_get_f64(af, "adapter.lora.alpha", &alpha) == TNN_OK && alpha == 16 &&
+                  tnn_gguf_n_tensors(af) == 30 * 7 * 2 &&
+                  tnn_gguf_find_tensor(af, "blk.29.ffn_down.weight.lora_b") >= 0,
+              "adapter file: %s", tnn_last_error());
+        tnn_gguf_close(af);
+        /* on the base's weights as f32 (what the LoRA graph computes with),
+         * and on the Q4_1 file itself (its products round the activations
+         * to 8 bits, as llama.cpp's: about 0.5 from the f32 logits) */
+        char f32[600];
+        snprintf(f32, sizeof f32, "%s.base-f32.gguf", ck);
+        int nconv = 0;
+        CHECK_OK(lm_quantize_file(MODEL, f32, TNN_GGML_F32, &nconv));
+        for (int qi = 0; qi < 2; qi++) {
+            tnn_llm *q = tnn_llm_open(qi ? MODEL : f32, 64, TNN_LLM_KV_F32);
+            CHECK(q && tnn_llm_load_lora(q, ad, 1.0f) == TNN_OK, "base + adapter: %s",
+                  tnn_last_error());
+            if (!q) continue;
+            CHECK_OK(tnn_llm_eval_logits(q, ids, n, b));
+            double w2 = 0;
+            int same = 0;
+            for (int64_t i = 0; i < (int64_t)n * 49152; i++)
+                w2 = fmax(w2, fabs((double)a[i] - b[i]));
+            for (int r = 0; r < n; r++)
+                same += argmax_row(a + (size_t)r * 49152) == argmax_row(b + (size_t)r * 49152);
+            CHECK(w2 <= (qi ? 1.0 : 2e-3) && (qi ? same >= n - 1 : same == n),
+                  "%s base + adapter vs the LoRA graph: logits differ by %.3g, %d of %d argmax "
+                  "equal", qi ? "Q4_1" : "F32", w2, same, n);
+            printf("LoRA: the %s base with the exported adapter within %.2g of the LoRA graph, "
+                   "%d of %d argmax equal\n", qi ? "Q4_1" : "F32", w2, same, n);
+            tnn_llm_close(q);
+        }
+        unlink(f32);
+        CHECK_ERR(tnn_lora_export(MODEL, ad), TNN_ERR_FORMAT, "not a LoRA checkpoint");
+        unlink(ad);
         free(a);
         free(b);
     }

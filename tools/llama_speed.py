@@ -3,11 +3,19 @@
 for a GGUF file, through llama-cpp-python (pip, built outside this
 repository), for the same-run comparison with bench/bench_generate:
     python3 tools/llama_speed.py models/SmolLM2-135M-Instruct.Q4_1.gguf [--prompts 5,16,64]
-(--prompts: also prompts of those lengths, best of 3 each, as bench_generate)
+        [--lora ADAPTER.gguf]
+(--prompts: also prompts of those lengths, best of 3 each, as bench_generate;
+--lora: with that adapter applied, as bench_generate --lora)
 """
 import time, sys
 from llama_cpp import Llama
-llm = Llama(model_path=sys.argv[1], n_ctx=1024, n_threads=2, n_batch=512, verbose=False)
+lora = None
+if "--lora" in sys.argv:  # with that adapter applied at run time
+    at = sys.argv.index("--lora")
+    lora = sys.argv[at + 1]
+    del sys.argv[at:at + 2]
+llm = Llama(model_path=sys.argv[1], n_ctx=1024, n_threads=2, n_batch=512, verbose=False,
+            **({"lora_path": lora} if lora else {}))
 prompt = list(range(1000, 1512))
 best_pp = best_tg = 0
 for rep in range(3):

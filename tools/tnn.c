@@ -30,10 +30,13 @@ static void usage(FILE *f) {
             "  generate -m MODEL.gguf -p PROMPT   run a llama/qwen2 GGUF model\n"
             "  chat -m MODEL.gguf   talk with an instruct model, one line a turn\n"
             "  perplexity -m MODEL.gguf -f TEXT   the text's perplexity (llama.cpp's method;\n"
-            "                       --chunk N tokens (512), --chunks N (0: all))\n"
+            "                       --chunk N tokens (512), --chunks N (0: all),\n"
+            "                       --lora ADAPTER.gguf)\n"
             "  quantize IN.gguf OUT.gguf TYPE     convert weight matrices (q8_0, q4_0, q4_1,\n"
             "                       q5_0, q5_1, f16, bf16, f32); a checkpoint becomes a model\n"
             "                       for inference (no optimizer state; llama.cpp reads it)\n"
+            "  lora-export CKPT.gguf OUT.gguf    a LoRA run's factors as an adapter file\n"
+            "                       (llama.cpp's layout: llama-cli -m BASE --lora OUT)\n"
             "  version              print the library version\n"
             "\n"
             "  --cuda (with any command): run the model on the GPU (CUDA builds)\n"
@@ -83,7 +86,9 @@ static void usage(FILE *f) {
             "  greedy; 0.8), --top-k N (40), --top-p X (0.95), --min-p X (0.05),\n"
             "  --repeat-penalty X (1.0), --seed N, --ctx N, --kv f16|f32 (cache type, f16),\n"
             "  --chat (the prompt is a user message in the model's chat template: chatml,\n"
-            "  llama3, zephyr or llama2), --system TEXT (with --chat: the system message)\n"
+            "  llama3, zephyr or llama2), --system TEXT (with --chat: the system message),\n"
+            "  --lora ADAPTER.gguf (applied at run time, as llama.cpp's --lora; tnn\n"
+            "  lora-export writes one), --lora-scale X (1.0)\n"
             "chat options: those of generate, but -p and --chat\n");
 }
 
@@ -299,6 +304,19 @@ static int cmd_info(int argc, char **argv) {
     return 0;
 }
 
+static int cmd_lora_export(int argc, char **argv) {
+    if (argc != 2) {
+        fprintf(stderr, "usage: tnn lora-export CHECKPOINT.gguf ADAPTER.gguf\n");
+        return 2;
+    }
+    if (tnn_lora_export(argv[0], argv[1]) != TNN_OK) {
+        fprintf(stderr, "tnn lora-export: %s\n", tnn_last_error());
+        return 1;
+    }
+    printf("wrote %s\n", argv[1]);
+    return 0;
+}
+
 static int cmd_quantize(int argc, char **argv) {
     if (argc != 3) {
         fprintf(stderr, "usage: tnn quantize IN.gguf OUT.gguf TYPE (q8_0 q4_0 q4_1 q5_0 q5_1 f16 bf16 f32)\n");
@@ -387,13 +405,14 @@ static int cmd_sample(int argc, char **argv) {
 /* Options of `tnn generate` and `tnn chat`. */
 typedef struct {
     const char *model, *prompt, *system;
+    const char *lora;
     int n, n_ctx, chat, kv_f32;
-    double temp, top_k, top_p, min_p, repeat_penalty, seed;
+    double temp, top_k, top_p, min_p, repeat_penalty, seed, lora_scale;
 } gen_opts;
 
 static bool parse_gen_opts(const char *cmd, int argc, char **argv, gen_opts *o) {
     *o = (gen_opts){.n = 128, .temp = 0.8, .top_k = 40, .top_p = 0.95, .min_p = 0.05,
-                    .repeat_penalty = 1.0, .seed = 1};
+                    .repeat_penalty = 1.0, .seed = 1, .lora_scale = 1.0};
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--chat")) {
@@ -408,6 +427,8 @@ static bool parse_gen_opts(const char *cmd, int argc, char **argv, gen_opts *o) 
         if (!strcmp(a, "-m")) o->model = v;
         else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) o->prompt = v;
         else if (!strcmp(a, "--system")) o->system = v;
+        else if (!strcmp(a, "--lora")) o->lora = v;
+        else if (!strcmp(a, "--lora-scale") && parse_double(v, &o->lora_scale)) continue;
         else if (!strcmp(a, "-n") && parse_int(v, 1, 1000000, &o->n)) continue;
         else if (!strcmp(a, "--ctx") && parse_int(v, 16, 1 << 20, &o->n_ctx)) continue;
         else if (!strcmp(a, "--kv") && (!strcmp(v, "f16") || !strcmp(v, "f32")))
@@ -437,6 +458,11 @@ static bool parse_gen_opts(const char *cmd, int argc, char **argv, gen_opts *o) 
 static bool open_gen(const char *cmd, const gen_opts *o, tnn_llm **m, tnn_sampler **sm) {
     *m = tnn_llm_open(o->model, o->n_ctx,
                       (lm_cuda() ? TNN_LLM_CUDA : 0) | (o->kv_f32 ? TNN_LLM_KV_F32 : 0));
+    if (*m && o->lora && tnn_llm_load_lora(*m, o->lora, (float)o->lora_scale) != TNN_OK) {
+        fprintf(stderr, "tnn %s: %s\n", cmd, tnn_last_error());
+        tnn_llm_close(*m);
+        return false;
+    }
     *sm = *m ? tnn_sampler_new(o->temp, (int32_t)o->top_k, o->top_p, o->min_p,
                                o->repeat_penalty, (uint64_t)o->seed)
              : NULL;
@@ -612,12 +638,13 @@ static int cmd_chat(int argc, char **argv) {
 /* `tnn perplexity`: a text file's perplexity under a model, as llama.cpp's
  * perplexity tool measures it. */
 static int cmd_perplexity(int argc, char **argv) {
-    const char *model = NULL, *file = NULL;
+    const char *model = NULL, *file = NULL, *lora = NULL;
     int chunk = 512, chunks = 0;
     for (int i = 0; i + 1 < argc; i += 2) {
         const char *a = argv[i], *v = argv[i + 1];
         if (!strcmp(a, "-m")) model = v;
         else if (!strcmp(a, "-f")) file = v;
+        else if (!strcmp(a, "--lora")) lora = v;
         else if (!strcmp(a, "--chunk") && parse_int(v, 4, 1 << 20, &chunk)) continue;
         else if (!strcmp(a, "--chunks") && parse_int(v, 0, 1 << 30, &chunks)) continue;
         else {
@@ -627,7 +654,7 @@ static int cmd_perplexity(int argc, char **argv) {
     }
     if (!model || !file || argc % 2) {
         fprintf(stderr, "usage: tnn perplexity -m MODEL.gguf -f TEXT [--chunk N (512)] "
-                        "[--chunks N (0: all)]\n");
+                        "[--chunks N (0: all)] [--lora ADAPTER.gguf]\n");
         return 2;
     }
     const char *files[1] = {file}, *why = NULL;
@@ -638,6 +665,10 @@ static int cmd_perplexity(int argc, char **argv) {
         return 1;
     }
     tnn_llm *m = tnn_llm_open(model, chunk, lm_cuda() ? TNN_LLM_CUDA : 0);
+    if (m && lora && tnn_llm_load_lora(m, lora, 1.0f) != TNN_OK) {
+        tnn_llm_close(m);
+        m = NULL;
+    }
     double ppl = 0;
     int32_t scored = 0;
     double t0 = (double)clock();
@@ -680,6 +711,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "chat")) return cmd_chat(argc - 2, argv + 2);
     if (!strcmp(argv[1], "perplexity")) return cmd_perplexity(argc - 2, argv + 2);
     if (!strcmp(argv[1], "quantize")) return cmd_quantize(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "lora-export")) return cmd_lora_export(argc - 2, argv + 2);
     fprintf(stderr, "tnn: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return 2;

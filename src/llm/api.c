@@ -85,6 +85,12 @@ tnn_llm *tnn_llm_open(const char *path, int32_t n_ctx, int32_t flags) {
     return m;
 }
 
+int tnn_llm_load_lora(tnn_llm *m, const char *adapter_path, float scale) {
+    int rc = check_llm(m, __func__);
+    if (rc) return rc;
+    return (int)wrap(lm_llama_add_lora(m->lm, adapter_path, scale), __func__);
+}
+
 void tnn_llm_close(tnn_llm *m) {
     if (!m || check_llm(m, __func__) != TNN_OK) return;
     m->magic = 0;

@@ -352,3 +352,76 @@ int lm_checkpoint_load(const char *path, lm_graph *g, bool optimizer, int part) 
     tnn_gguf_close(f);
     return rc;
 }
+
+/* ------------------------------------------------------------------------ */
+/* LoRA adapters                                                            */
+/* ------------------------------------------------------------------------ */
+
+int lm_lora_export(const char *checkpoint, const char *path) {
+    if (!checkpoint || !path) return ERR(TNN_ERR_ARG, "checkpoint and adapter paths are needed");
+    tnn_gguf *f = tnn_gguf_open(checkpoint);
+    if (!f) return tnn_last_status();
+    tnn_gguf_writer *w = tnn_gguf_writer_new();
+    int rc = w ? TNN_OK : TNN_ERR_NOMEM;
+    int rank = 0;
+    double alpha = 0;
+    const char *arch = NULL, *base = NULL;
+    if (rc == TNN_OK && (get_int(f, "tinynn.train.lora_rank", &rank) != TNN_OK ||
+                         get_dbl(f, "tinynn.train.lora_alpha", &alpha) != TNN_OK || rank < 1))
+        rc = ERR(TNN_ERR_FORMAT, "%s is not a LoRA checkpoint (no tinynn.train.lora_rank)",
+                 checkpoint);
+    if (rc == TNN_OK && tnn_gguf_get_str(f, "general.architecture", &arch, NULL) != TNN_OK)
+        rc = ERR(TNN_ERR_FORMAT, "%s has no general.architecture", checkpoint);
+    if (rc == TNN_OK && tnn_gguf_get_str(f, "tinynn.train.init", &base, NULL) != TNN_OK) {
+        base = NULL;
+        tnn_clear_error();
+    }
+#define ADD(call)                                                                             \
+    do {                                                                                      \
+        if (rc == TNN_OK) rc = (call);                                                        \
+    } while (0)
+    /* llama.cpp's adapter keys (its convert_lora_to_gguf.py writes these) */
+    ADD(tnn_gguf_writer_add_str(w, "general.architecture", arch));
+    ADD(tnn_gguf_writer_add_str(w, "general.type", "adapter"));
+    ADD(tnn_gguf_writer_add_str(w, "general.name", "tinynn LoRA adapter"));
+    ADD(tnn_gguf_writer_add_str(w, "adapter.type", "lora"));
+    ADD(tnn_gguf_writer_add_f32(w, "adapter.lora.alpha", (float)alpha));
+    ADD(tnn_gguf_writer_add_i32(w, "tinynn.lora.rank", rank));
+    if (base) ADD(tnn_gguf_writer_add_str(w, "tinynn.lora.base", base));
+    /* the factors: blk.N.P.lora_a (rank, in) and .lora_b (out, rank) become
+     * blk.N.P.weight.lora_a / .lora_b of the same shapes (GGUF ne: a (in,
+     * rank), b (rank, out), as llama.cpp wants them) */
+    int64_t n = tnn_gguf_n_tensors(f), n_a = 0, n_b = 0;
+    for (int64_t i = 0; i < n && rc == TNN_OK; i++) {
+        const char *name = tnn_gguf_tensor_name(f, i);
+        if (!lm_is_lora_name(name) || !strncmp(name, "opt.", 4)) continue;
+        size_t stem = strlen(name) - strlen(".lora_a");
+        char out[128];
+        if (stem + 16 >= sizeof out) {
+            rc = ERR(TNN_ERR_FORMAT, "tensor name '%s' is too long", name);
+            break;
+        }
+        snprintf(out, sizeof out, "%.*s.weight%s", (int)stem, name, name + stem);
+        int64_t shape[4];
+        int nd = tnn_gguf_tensor_shape(f, i, shape);
+        bool is_a = name[strlen(name) - 1] == 'a';
+        if (tnn_gguf_tensor_type(f, i) != TNN_GGML_F32 || nd != 2 ||
+            shape[is_a ? 0 : 1] != rank) {
+            rc = ERR(TNN_ERR_FORMAT, "%s: tensor '%s' is not an f32 LoRA factor of rank %d",
+                     checkpoint, name, rank);
+            break;
+        }
+        ADD(tnn_gguf_writer_add_tensor(w, out, TNN_GGML_F32, nd, shape,
+                                       tnn_gguf_tensor_data(f, i),
+                                       (size_t)tnn_gguf_tensor_nbytes(f, i)));
+        *(is_a ? &n_a : &n_b) += 1;
+    }
+#undef ADD
+    if (rc == TNN_OK && (n_a == 0 || n_a != n_b))
+        rc = ERR(TNN_ERR_FORMAT, "%s holds %lld A and %lld B LoRA factors", checkpoint,
+                 (long long)n_a, (long long)n_b);
+    if (rc == TNN_OK) rc = tnn_gguf_writer_write(w, path);
+    tnn_gguf_writer_free(w);
+    tnn_gguf_close(f);
+    return rc;
+}

@@ -52,4 +52,11 @@ enum {
  * read as f32. */
 int lm_checkpoint_load(const char *path, lm_graph *g, bool optimizer, int part);
 
+/* Writes the LoRA factors of a LoRA run's checkpoint as an adapter file in
+ * llama.cpp's layout (general.type "adapter", adapter.type "lora",
+ * adapter.lora.alpha; tensors blk.N.attn_q.weight.lora_a (rank, in) and
+ * .lora_b (out, rank), f32), which llama.cpp applies to the base model as
+ * w + (alpha / rank) B A. TNN_ERR_FORMAT for a checkpoint without LoRA. */
+int lm_lora_export(const char *checkpoint, const char *path);
+
 #endif

@@ -13,6 +13,7 @@
 #include "model.h"
 
 #include "../core/internal.h"
+#include "../quant/quant.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -23,7 +24,17 @@ typedef struct {
     tnn_tensor *attn_norm, *wq, *wk, *wv, *wo, *bq, *bk, *bv;
     tnn_tensor *ffn_norm, *w_gate, *w_up, *w_down;
     tnn_tensor *kcache, *vcache;
+    /* a LoRA adapter's factors (lm_llama_add_lora), LM_LORA_* order: A (r,
+     * in) and B (out, r) with the scale folded into B; NULL where none */
+    tnn_tensor *lora_a[LM_LORA_N], *lora_b[LM_LORA_N];
 } llama_layer;
+
+/* An adapter's factor, converted to f32, until the first realize gives its
+ * leaf storage to upload it to. */
+typedef struct {
+    tnn_tensor *t;
+    float *v;
+} lora_pending;
 
 /* One graph for a given token count. */
 typedef struct {
@@ -43,6 +54,9 @@ struct lm_llama {
     int realized;          /* index of the realized graph, or -1 */
     int32_t n_fixed;       /* tensors before any graph (weights, caches): a new
                             * prompt size drops the graphs made after them */
+    bool lora;             /* an adapter is applied */
+    lora_pending *pending; /* its factors not uploaded yet */
+    int n_pending;
 };
 
 /* ------------------------------------------------------------------------ */
@@ -215,10 +229,162 @@ lm_llama *lm_llama_load(const char *path, int n_ctx, int kv_dtype, bool cuda) {
 
 void lm_llama_free(lm_llama *m) {
     if (!m) return;
+    for (int i = 0; i < m->n_pending; i++) free(m->pending[i].v);
+    free(m->pending);
     tnn_session_free(m->s);
     tnn_gguf_close(m->g);
     free(m->L);
     free(m);
+}
+
+/* ------------------------------------------------------------------------ */
+/* LoRA adapters                                                            */
+/* ------------------------------------------------------------------------ */
+
+static const char *const lora_proj[LM_LORA_N] = {"attn_q",   "attn_k", "attn_v", "attn_output",
+                                                 "ffn_gate", "ffn_up", "ffn_down"};
+
+static tnn_tensor *proj_weight(const llama_layer *L, int p) {
+    tnn_tensor *const w[LM_LORA_N] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
+    return w[p];
+}
+
+/* The layer and projection a tensor name "blk.N.P.weight.lora_a" adapts;
+ * false for any other name. */
+static bool lora_target(const char *name, int *layer, int *proj) {
+    int l, at = 0;
+    if (sscanf(name, "blk.%d.%n", &l, &at) != 1 || at == 0 || l < 0) return false;
+    for (int p = 0; p < LM_LORA_N; p++) {
+        size_t n = strlen(lora_proj[p]);
+        if (!strncmp(name + at, lora_proj[p], n) && !strcmp(name + at + n, ".weight.lora_a")) {
+            *layer = l;
+            *proj = p;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* A leaf (rows, cols) for the adapter's tensor i, its values (times scale)
+ * kept for the upload after the next realize. */
+static tnn_tensor *lora_leaf(lm_llama *m, const tnn_gguf *a, int64_t i, int64_t rows,
+                             int64_t cols, double scale, int *rc) {
+    if (*rc) return NULL;
+    int64_t sh[4] = {0}, n = rows * cols, ish[2] = {rows, cols};
+    if (tnn_gguf_tensor_shape(a, i, sh) != 2 || sh[0] != rows || sh[1] != cols) {
+        *rc = TNN_ERR(TNN_ERR_FORMAT, "adapter tensor %s is %lld x %lld, want %lld x %lld (an "
+                      "adapter for another model?)", tnn_gguf_tensor_name(a, i), (long long)sh[0],
+                      (long long)sh[1], (long long)rows, (long long)cols);
+        return NULL;
+    }
+    float *v = malloc((size_t)n * sizeof *v);
+    tnn_tensor *t = tnn_tensor_new(m->s, TNN_F32, 2, ish);
+    if (!v || !t) {
+        free(v);
+        *rc = t ? TNN_ERR(TNN_ERR_NOMEM, "out of memory") : tnn_last_status();
+        return NULL;
+    }
+    *rc = tnn__dequantize_row(tnn_gguf_tensor_type(a, i), tnn_gguf_tensor_data(a, i), v, n);
+    if (*rc) {
+        free(v);
+        *rc = TNN_ERR(TNN_ERR_UNSUPPORTED, "adapter tensor %s: type %d cannot be read",
+                      tnn_gguf_tensor_name(a, i), tnn_gguf_tensor_type(a, i));
+        return NULL;
+    }
+    for (int64_t k = 0; k < n && scale != 1.0; k++) v[k] = (float)(v[k] * scale);
+    m->pending[m->n_pending++] = (lora_pending){t, v};
+    return t;
+}
+
+static int add_lora(lm_llama *m, const tnn_gguf *a, double scale) {
+    const char *type = NULL, *atype = NULL, *arch = NULL;
+    tnn_gguf_get_str(a, "general.type", &type, NULL);
+    tnn_gguf_get_str(a, "adapter.type", &atype, NULL);
+    tnn_gguf_get_str(a, "general.architecture", &arch, NULL);
+    double alpha = 0;
+    if (tnn_gguf_get_f64(a, "adapter.lora.alpha", &alpha) != TNN_OK) alpha = 0;
+    tnn_clear_error();
+    if (!type || strcmp(type, "adapter") || !atype || strcmp(atype, "lora")) {
+        bool ckpt = tnn_gguf_find_key(a, "tinynn.train.lora_rank") >= 0;
+        tnn_clear_error();
+        return TNN_ERR(TNN_ERR_FORMAT, "not a LoRA adapter (general.type '%s', adapter.type "
+                       "'%s')%s", type ? type : "", atype ? atype : "",
+                       ckpt ? ": a LoRA run's checkpoint, whose adapter tnn lora-export writes"
+                            : "");
+    }
+    if (!arch || strcmp(arch, m->hp.arch))
+        return TNN_ERR(TNN_ERR_FORMAT, "an adapter for architecture '%s', the model is '%s'",
+                       arch ? arch : "", m->hp.arch);
+    int64_t n = tnn_gguf_n_tensors(a);
+    m->pending = calloc((size_t)(n > 0 ? n : 1), sizeof *m->pending);
+    if (!m->pending) return TNN_ERR(TNN_ERR_NOMEM, "out of memory");
+    int rc = TNN_OK, pairs = 0;
+    for (int64_t i = 0; i < n && rc == TNN_OK; i++) {
+        const char *name = tnn_gguf_tensor_name(a, i);
+        size_t len = strlen(name);
+        if (len > 7 && !strcmp(name + len - 7, ".lora_b")) continue; /* with its A */
+        if (len > 12 && !strcmp(name + len - 12, "_norm.weight")) continue; /* as llama.cpp */
+        int l, p;
+        if (!lora_target(name, &l, &p) || l >= m->hp.n_layer) {
+            rc = TNN_ERR(TNN_ERR_UNSUPPORTED, "adapter tensor '%s': only the %d layers' "
+                         "projections (blk.N.attn_q.weight.lora_a ... ffn_down) are adapted",
+                         name, m->hp.n_layer);
+            break;
+        }
+        llama_layer *L = &m->L[l];
+        if (L->lora_a[p]) {
+            rc = TNN_ERR(TNN_ERR_FORMAT, "adapter tensor '%s' appears twice", name);
+            break;
+        }
+        char bname[160];
+        snprintf(bname, sizeof bname, "%.*sb", (int)(len - 1), name);
+        int64_t j = tnn_gguf_find_tensor(a, bname), sh[4];
+        if (j < 0 || tnn_gguf_tensor_shape(a, i, sh) != 2) {
+            rc = TNN_ERR(TNN_ERR_FORMAT, j < 0 ? "adapter tensor '%s' has no lora_b beside it"
+                                               : "adapter tensor '%s' is not a matrix", name);
+            break;
+        }
+        tnn_tensor *w = proj_weight(L, p);
+        int64_t r = sh[0], out = tnn_tensor_dim(w, 0), in = tnn_tensor_dim(w, 1);
+        L->lora_a[p] = lora_leaf(m, a, i, r, in, 1.0, &rc);
+        L->lora_b[p] = lora_leaf(m, a, j, out, r, alpha > 0 ? scale * alpha / (double)r : scale,
+                                 &rc);
+        pairs++;
+    }
+    if (rc == TNN_OK && pairs == 0) rc = TNN_ERR(TNN_ERR_FORMAT, "the adapter holds no factors");
+    return rc;
+}
+
+int lm_llama_add_lora(lm_llama *m, const char *path, double scale) {
+    if (!m || !path || !isfinite(scale))
+        return TNN_ERR(TNN_ERR_ARG, "want a model, an adapter path and a finite scale");
+    if (m->lora)
+        return TNN_ERR(TNN_ERR_STATE, "an adapter is applied already (open the model again for "
+                       "another)");
+    tnn_gguf *a = tnn_gguf_open(path);
+    if (!a) return tnn_last_status();
+    /* the graphs are built again with the adapter's nodes */
+    tnn__session_truncate(m->s, m->n_fixed);
+    memset(m->graphs, 0, sizeof m->graphs);
+    m->realized = -1;
+    int rc = add_lora(m, a, scale);
+    tnn_gguf_close(a);
+    if (rc != TNN_OK) { /* as before: no factor kept */
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", tnn_last_error());
+        for (int i = 0; i < m->n_pending; i++) free(m->pending[i].v);
+        free(m->pending);
+        m->pending = NULL;
+        m->n_pending = 0;
+        for (int l = 0; l < m->hp.n_layer; l++)
+            for (int p = 0; p < LM_LORA_N; p++) m->L[l].lora_a[p] = m->L[l].lora_b[p] = NULL;
+        tnn__session_truncate(m->s, m->n_fixed);
+        return TNN_ERR(rc, "%s: %s", path, msg);
+    }
+    m->n_fixed = m->s->n_tensors;
+    m->lora = true;
+    m->pos = 0; /* the cache holds keys and values computed without it */
+    return TNN_OK;
 }
 
 const lm_llama_hparams *lm_llama_hparams_of(const lm_llama *m) { return &m->hp; }
@@ -238,8 +404,12 @@ int lm_llama_rewind(lm_llama *m, int pos) {
 /* Graphs                                                                   */
 /* ------------------------------------------------------------------------ */
 
-static tnn_tensor *linear(tnn_session *s, tnn_tensor *x, tnn_tensor *w, tnn_tensor *b) {
+/* x W^T (+ the adapter's (x A^T) B^T, scale in B) (+ b). */
+static tnn_tensor *linear(tnn_session *s, tnn_tensor *x, tnn_tensor *w, tnn_tensor *b,
+                          const llama_layer *L, int proj) {
     tnn_tensor *y = tnn_matmul_nt(s, x, w);
+    if (L->lora_a[proj])
+        y = tnn_add(s, y, tnn_matmul_nt(s, tnn_matmul_nt(s, x, L->lora_a[proj]), L->lora_b[proj]));
     return b ? tnn_add(s, y, b) : y;
 }
 
@@ -264,9 +434,9 @@ static int build_graph(lm_llama *m, llama_graph *gr, int n, bool all) {
          * the q/k/v kernel), and the norm, gate, SiLU, up and their product
          * into one kernel: 5 launches a layer. */
         tnn_tensor *h = tnn_rms_norm(s, x, L->attn_norm, eps);
-        tnn_tensor *q = linear(s, h, L->wq, L->bq);
-        tnn_tensor *k = linear(s, h, L->wk, L->bk);
-        tnn_tensor *v = linear(s, h, L->wv, L->bv);
+        tnn_tensor *q = linear(s, h, L->wq, L->bq, L, LM_LORA_Q);
+        tnn_tensor *k = linear(s, h, L->wk, L->bk, L, LM_LORA_K);
+        tnn_tensor *v = linear(s, h, L->wv, L->bv, L, LM_LORA_V);
         tnn_tensor *vc = tnn_kv_write(s, L->vcache, v, gr->pos0);
         k = tnn_rope_ext(s, k, hp->n_kv_head, gr->positions, hp->rope_base, hp->rope_mode,
                          m->rope_freqs);
@@ -274,14 +444,14 @@ static int build_graph(lm_llama *m, llama_graph *gr, int n, bool all) {
         q = tnn_rope_ext(s, q, hp->n_head, gr->positions, hp->rope_base, hp->rope_mode,
                          m->rope_freqs);
         tnn_tensor *a = tnn_attention_cached(s, q, kc, vc, hp->n_head, hp->n_kv_head, gr->pos0);
-        tnn_tensor *o = tnn_matmul_nt(s, a, L->wo);
+        tnn_tensor *o = linear(s, a, L->wo, NULL, L, LM_LORA_O);
         x = tnn_add(s, x, o);
         h = tnn_rms_norm(s, x, L->ffn_norm, eps);
-        tnn_tensor *gate = tnn_matmul_nt(s, h, L->w_gate);
+        tnn_tensor *gate = linear(s, h, L->w_gate, NULL, L, LM_LORA_GATE);
         gate = tnn_silu(s, gate);
-        tnn_tensor *up = tnn_matmul_nt(s, h, L->w_up);
+        tnn_tensor *up = linear(s, h, L->w_up, NULL, L, LM_LORA_UP);
         tnn_tensor *f = tnn_mul(s, gate, up);
-        tnn_tensor *down = tnn_matmul_nt(s, f, L->w_down);
+        tnn_tensor *down = linear(s, f, L->w_down, NULL, L, LM_LORA_DOWN);
         x = tnn_add(s, x, down);
     }
     if (n > 1 && !all) x = tnn_get_rows(s, x, gr->last); /* only the last row's logits */
@@ -323,6 +493,13 @@ static int eval(lm_llama *m, const int32_t *tokens, int n, float *logits, bool a
         rc = tnn_realize(m->s, gr->logits);
         if (rc) return rc;
         m->realized = gi;
+    }
+    while (m->n_pending > 0) { /* an adapter's factors, once they have storage */
+        lora_pending *p = &m->pending[m->n_pending - 1];
+        rc = tnn_upload_f32(m->s, p->t, p->v, (size_t)tnn_tensor_nelements(p->t));
+        if (rc) return rc;
+        free(p->v);
+        m->n_pending--;
     }
     int32_t *pos = malloc((size_t)n * sizeof *pos);
     if (!pos) return tnn__error(TNN_ERR_NOMEM, func, "out of memory");

@@ -44,6 +44,16 @@ void lm_llama_reset(lm_llama *m);
  * TNN_ERR_RANGE). */
 int lm_llama_rewind(lm_llama *m, int pos);
 
+/* Applies a LoRA adapter file (llama.cpp's layout, as tnn lora-export
+ * writes it: general.type "adapter", adapter.type "lora", the model's
+ * architecture, tensors blk.N.P.weight.lora_a (r, in) and .lora_b (out, r)
+ * for any of a layer's seven projections, any type the quantized kernels
+ * decode) at run time, as llama.cpp does: each adapted projection adds
+ * scale * (alpha / r) (x A^T) B^T (scale alone where the file has no
+ * alpha). The cache is emptied. One adapter per model (TNN_ERR_STATE for a
+ * second); on any error the model runs as before. */
+int lm_llama_add_lora(lm_llama *m, const char *path, double scale);
+
 /* Appends n tokens to the sequence (n >= 1; a prompt in one call) and
  * writes the logits (n_vocab) of the last one (logits may be NULL: a prompt
  * fed in parts needs none until its last). TNN_ERR_RANGE when the cache

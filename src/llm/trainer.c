@@ -6,6 +6,7 @@
 #define _GNU_SOURCE /* fopencookie */
 #endif
 
+#include "checkpoint.h"
 #include "train.h"
 
 #include "../core/internal.h"
@@ -234,4 +235,8 @@ int tnn_trainer_result(const tnn_trainer *t, int32_t *steps, double *first_loss,
     if (val_loss) *val_loss = t->res.last_val;
     if (tokens_per_s) *tokens_per_s = t->res.tokens_per_s;
     return TNN_OK;
+}
+
+int tnn_lora_export(const char *checkpoint, const char *adapter_path) {
+    return lm_lora_export(checkpoint, adapter_path);
 }
