@@ -27,7 +27,10 @@
 #include "gemm_dot_pack.h"
 
 #if defined(TNN_GEMM_X86)
-#if !defined(__AVX512F__) || !defined(__AMX_TILE__) || !defined(__AMX_BF16__)
+/* GCC spells the feature macros __AMX_TILE__ / __AMX_BF16__, clang (14)
+ * __AMXTILE__ / __AMXBF16__ */
+#if !defined(__AVX512F__) || !(defined(__AMX_TILE__) || defined(__AMXTILE__)) ||               \
+    !(defined(__AMX_BF16__) || defined(__AMXBF16__))
 #error "gemm_amx.c must be compiled with -mavx512f -mamx-tile -mamx-bf16 (see CMakeLists.txt)"
 #endif
 

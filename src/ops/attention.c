@@ -196,10 +196,10 @@ TNN_VEC_CLONES static void dots(const float *q, const float *rows, int64_t strid
 }
 
 /* The largest of p[0 .. n), vectorized (vmath.h). */
-TNN_VEC_CLONES static float row_max(const float *p, int64_t n) { return tnn_vmax(p, n); }
+TNN_VEC_CLONES static float attn_row_max(const float *p, int64_t n) { return tnn_vmax(p, n); }
 
 /* p[j] = e^(p[j] - mx), vectorized. */
-TNN_VEC_CLONES static void exp_shift(float *p, int64_t n, float mx) {
+TNN_VEC_CLONES static void attn_exp_shift(float *p, int64_t n, float mx) {
     for (int64_t j = 0; j < n; j++) p[j] = tnn_vexp_le0(p[j] - mx);
 }
 
@@ -208,8 +208,8 @@ TNN_VEC_CLONES static void exp_shift(float *p, int64_t n, float mx) {
 static void softmax_row(const float *q, const float *k0, int64_t kstride, int64_t t, int64_t hd,
                         float scale, float *p) {
     dots(q, k0, kstride, t + 1, hd, scale, p);
-    float mx = row_max(p, t + 1);
-    exp_shift(p, t + 1, mx);
+    float mx = attn_row_max(p, t + 1);
+    attn_exp_shift(p, t + 1, mx);
     double sum = 0.0;
     for (int64_t j = 0; j <= t; j++) sum += p[j];
     float inv = (float)(1.0 / sum);

@@ -659,6 +659,13 @@ static bool has_f16c(void) {
     unsigned a, b, c, d;
     return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
 }
+
+/* CPUID.(7,1):EAX bit 4 (clang 14's __builtin_cpu_supports lacks "avxvnni"). */
+static bool has_avxvnni(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid_max(0, NULL) >= 7 && __get_cpuid_count(7, 1, &a, &b, &c, &d) &&
+           (a & (1u << 4));
+}
 #endif
 
 bool tnn__quant_kernel_supported(int id) {
@@ -669,7 +676,7 @@ bool tnn__quant_kernel_supported(int id) {
         __builtin_cpu_init();
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c();
     case TNN_QK_AVXVNNI:
-        return tnn__quant_kernel_supported(TNN_QK_AVX2) && __builtin_cpu_supports("avxvnni");
+        return tnn__quant_kernel_supported(TNN_QK_AVX2) && has_avxvnni();
     case TNN_QK_AVX512:
         return tnn__quant_kernel_supported(TNN_QK_AVX2) && __builtin_cpu_supports("avx512f") &&
                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&

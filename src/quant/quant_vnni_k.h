@@ -154,7 +154,9 @@ INL void kdecode(int type, const uint8_t *B, kblock *k) {
             }
         }
         for (int h = 0; h < 2; h++) {
-            __m256i half = _mm256_permute2x128_si256(sc16, sc16, h ? 0x11 : 0x00);
+            /* (the immediate spelled out: clang wants a constant, not h ? : ) */
+            __m256i half = h ? _mm256_permute2x128_si256(sc16, sc16, 0x11)
+                             : _mm256_permute2x128_si256(sc16, sc16, 0x00);
             if (KQ_RUNS) /* run 4h + u: group 8h + 2u (low lane), 8h + 2u + 1 */
                 for (int u = 0; u < 4; u++)
                     k->sc[4 * h + u] =
