@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # run.sh - builds the libFuzzer targets (clang with ASan + UBSan) into
 # build-fuzz/ and runs each for a bounded time: the GGUF reader (fuzz_gguf.c),
-# the tokenizer (fuzz_tokenizer.c) and the conversation reader with the chat
-# families (fuzz_convo.c). Exits non-zero when a fuzzer finds a crash
-# (artifact in build-fuzz/).
+# the tokenizer (fuzz_tokenizer.c), the conversation reader with the chat
+# families (fuzz_convo.c) and LoRA adapters applied to a model (fuzz_lora.c,
+# against the whole library, built by CMake with clang into build-fuzz/lib).
+# Exits non-zero when a fuzzer finds a crash (artifact in build-fuzz/).
 #
 #   fuzz/run.sh [SECONDS]      build and fuzz each target for SECONDS (default 60)
-#   fuzz/run.sh --make-corpus  rewrite the seed corpus fuzz/corpus/gguf/
+#   fuzz/run.sh --make-corpus  rewrite the seed corpora fuzz/corpus/gguf/ and lora/
 #
 # CLANG=clang-14 picks another compiler. New inputs the fuzzers find go to
-# build-fuzz/corpus-gguf/, corpus-tokenizer/ and corpus-convo/ (not
-# committed); the seeds (fuzz/corpus/gguf/, tokenizer/, convo/) are only read. A
+# build-fuzz/corpus-gguf/, corpus-tokenizer/, corpus-convo/ and corpus-lora/
+# (not committed); the seeds (fuzz/corpus/*/) are only read. A
 # tokenizer seed is a text whose first byte picks the case (see
 # fuzz_tokenizer.c).
 set -euo pipefail
@@ -27,7 +28,23 @@ if ! command -v "$CC" >/dev/null 2>&1; then
   echo "fuzz/run.sh: $CC not found; install clang (apt-get install -y clang)" >&2
   exit 2
 fi
-mkdir -p "$OUT/corpus-gguf" "$OUT/corpus-tokenizer" "$OUT/corpus-convo"
+mkdir -p "$OUT/corpus-gguf" "$OUT/corpus-tokenizer" "$OUT/corpus-convo" "$OUT/corpus-lora"
+SAN="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
+
+# The library, instrumented for the fuzzer, for the targets that need all of
+# it (the model behind fuzz_lora).
+build_lib() {
+  cmake -S . -B "$OUT/lib" -DCMAKE_C_COMPILER="$CC" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DTNN_CUDA=OFF -DTNN_CUDA_EMU=OFF -DTNN_BUILD_TESTS=OFF -DTNN_BUILD_BENCH=OFF \
+    -DCMAKE_C_FLAGS="-fsanitize=fuzzer-no-link $SAN" > "$OUT/lib.log" 2>&1 &&
+  cmake --build "$OUT/lib" --target tinynn_static -j "$(nproc)" >> "$OUT/lib.log" 2>&1 ||
+    { tail -30 "$OUT/lib.log" >&2; echo "fuzz/run.sh: building the library failed" >&2; exit 2; }
+}
+build_lora() {
+  build_lib
+  "$CC" -g -O1 -fsanitize=fuzzer $SAN $FLAGS fuzz/fuzz_lora.c "$OUT/lib/libtinynn.a" \
+    -lm -lpthread -ldl -o "$OUT/fuzz_lora"
+}
 
 if [ "${1:-}" = "--make-corpus" ]; then
   "$CC" -g -O1 $FLAGS fuzz/make_corpus.c $SRCS -o "$OUT/make_corpus"
@@ -35,6 +52,10 @@ if [ "${1:-}" = "--make-corpus" ]; then
   mkdir -p fuzz/corpus/gguf
   "$OUT/make_corpus" fuzz/corpus/gguf
   ls -l fuzz/corpus/gguf
+  build_lora
+  mkdir -p fuzz/corpus/lora
+  "$OUT/fuzz_lora" --write-seed fuzz/corpus/lora/adapter.gguf
+  ls -l fuzz/corpus/lora
   exit 0
 fi
 
@@ -99,3 +120,17 @@ if [ "$rc" -ne 0 ]; then
   exit "$rc"
 fi
 echo "fuzz/run.sh: conversation reader: no crash in ${SECS}s"
+
+echo "fuzz/run.sh: fuzzing LoRA adapters for ${SECS}s"
+build_lora
+rc=0
+ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=1" \
+UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+  "$OUT/fuzz_lora" -max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 \
+    -max_len=16384 -dict=fuzz/gguf.dict -artifact_prefix="$OUT/lora-" -print_final_stats=1 \
+    "$OUT/corpus-lora" fuzz/corpus/lora || rc=$?
+if [ "$rc" -ne 0 ]; then
+  echo "fuzz/run.sh: LoRA adapters FAILED (exit $rc): the crashing input is in $OUT/ (lora-crash-*, ...)" >&2
+  exit "$rc"
+fi
+echo "fuzz/run.sh: LoRA adapters: no crash in ${SECS}s"

@@ -355,23 +355,18 @@ static int add_lora(lm_llama *m, const tnn_gguf *a, double scale) {
     return rc;
 }
 
-int lm_llama_add_lora(lm_llama *m, const char *path, double scale) {
-    if (!m || !path || !isfinite(scale))
-        return TNN_ERR(TNN_ERR_ARG, "want a model, an adapter path and a finite scale");
+int lm_llama_add_lora_gguf(lm_llama *m, const tnn_gguf *a, double scale) {
+    if (!m || !a || !isfinite(scale))
+        return TNN_ERR(TNN_ERR_ARG, "want a model, an adapter and a finite scale");
     if (m->lora)
         return TNN_ERR(TNN_ERR_STATE, "an adapter is applied already (open the model again for "
                        "another)");
-    tnn_gguf *a = tnn_gguf_open(path);
-    if (!a) return tnn_last_status();
     /* the graphs are built again with the adapter's nodes */
     tnn__session_truncate(m->s, m->n_fixed);
     memset(m->graphs, 0, sizeof m->graphs);
     m->realized = -1;
     int rc = add_lora(m, a, scale);
-    tnn_gguf_close(a);
     if (rc != TNN_OK) { /* as before: no factor kept */
-        char msg[512];
-        snprintf(msg, sizeof msg, "%s", tnn_last_error());
         for (int i = 0; i < m->n_pending; i++) free(m->pending[i].v);
         free(m->pending);
         m->pending = NULL;
@@ -379,12 +374,26 @@ int lm_llama_add_lora(lm_llama *m, const char *path, double scale) {
         for (int l = 0; l < m->hp.n_layer; l++)
             for (int p = 0; p < LM_LORA_N; p++) m->L[l].lora_a[p] = m->L[l].lora_b[p] = NULL;
         tnn__session_truncate(m->s, m->n_fixed);
-        return TNN_ERR(rc, "%s: %s", path, msg);
+        return rc;
     }
     m->n_fixed = m->s->n_tensors;
     m->lora = true;
     m->pos = 0; /* the cache holds keys and values computed without it */
     return TNN_OK;
+}
+
+int lm_llama_add_lora(lm_llama *m, const char *path, double scale) {
+    if (!path) return TNN_ERR(TNN_ERR_ARG, "the adapter path is NULL");
+    tnn_gguf *a = tnn_gguf_open(path);
+    if (!a) return tnn_last_status();
+    int rc = lm_llama_add_lora_gguf(m, a, scale);
+    tnn_gguf_close(a);
+    if (rc != TNN_OK) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", tnn_last_error());
+        rc = TNN_ERR(rc, "%s: %s", path, msg);
+    }
+    return rc;
 }
 
 const lm_llama_hparams *lm_llama_hparams_of(const lm_llama *m) { return &m->hp; }

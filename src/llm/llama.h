@@ -53,6 +53,8 @@ int lm_llama_rewind(lm_llama *m, int pos);
  * alpha). The cache is emptied. One adapter per model (TNN_ERR_STATE for a
  * second); on any error the model runs as before. */
 int lm_llama_add_lora(lm_llama *m, const char *path, double scale);
+/* The same from an open GGUF file (fuzz/fuzz_lora.c reads it from memory). */
+int lm_llama_add_lora_gguf(lm_llama *m, const tnn_gguf *adapter, double scale);
 
 /* Appends n tokens to the sequence (n >= 1; a prompt in one call) and
  * writes the logits (n_vocab) of the last one (logits may be NULL: a prompt
