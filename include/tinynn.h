@@ -1052,7 +1052,8 @@ TNN_API void tnn_trainer_free(tnn_trainer *t);
  * written merged into the checkpoint; "lr" defaults to 1e-3), "lora-alpha"
  * (the update's scale is alpha / rank; 2 rank), "steps",
  * "batch", "seq", "layers", "dim", "heads", "kv-heads", "ff", "lr",
- * "warmup", "seed", "bf16" (0 or 1), "eval-every", "sample-every",
+ * "warmup", "seed", "bf16" (0 or 1; with "lora" the frozen projections
+ * are then held as bf16, half their memory), "eval-every", "sample-every",
  * "sample-len", "prompt", "temp", "top-k", "top-p", "log" (CSV file),
  * "svg" (loss curve), "checkpoint" ("{step}" in the name becomes the step),
  * "checkpoint-every", "resume" (a checkpoint to continue), "tokenizer" (a

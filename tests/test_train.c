@@ -337,10 +337,106 @@ static void test_bf16_training(void) {
     remove(path);
 }
 
+/* LoRA in mixed precision with its frozen projections held as bf16
+ * (frozen_bf16, what tnn train --lora --bf16 builds) computes what the f32
+ * frozen weights rounded at every step compute: the same losses and the
+ * same factors, bit for bit, over 3 steps; and its arena holds no bf16
+ * copies of them. */
+typedef struct {
+    const lm_graph *src;
+    lm_graph *dst;
+    tnn_tensor *list[LM_MAX_LAYERS * 30 + 8];
+    int n, at;
+} pair_ctx;
+
+static int list_one(void *p, const char *name, tnn_tensor *t) {
+    pair_ctx *c = p;
+    c->list[c->n++] = t;
+    return TNN_OK;
+}
+
+static int copy_one(void *p, const char *name, tnn_tensor *t) {
+    pair_ctx *c = p;
+    tnn_tensor *d = c->list[c->at++];
+    size_t n = (size_t)tnn_tensor_nelements(t);
+    float *v = malloc(n * sizeof *v);
+    int rc = tnn_download_f32(c->src->s, t, v, n);
+    if (rc == TNN_OK) rc = tnn_upload_f32(c->dst->s, d, v, n);
+    free(v);
+    return rc;
+}
+
+static void test_lora_frozen_bf16(void) {
+    lm_config cfg = tiny();
+    cfg.d_model = 32;
+    cfg.d_ff = 48;
+    cfg.seq_len = 16;
+    cfg.lora_rank = 4;
+    cfg.lora_alpha = 8;
+    lm_optim opt = {.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.99, .eps = 1e-8, .grad_clip = 1.0,
+                    .bf16 = true};
+    enum { B = 2, T = 16 };
+    lm_graph g[2];
+    for (int k = 0; k < 2; k++) {
+        lm_config c = cfg;
+        c.frozen_bf16 = k == 1;
+        CHECK_OK(lm_graph_build(&g[k], &c, B, T, true, &opt, false));
+    }
+    CHECK(tnn_tensor_dtype(g[1].p.layer[0].wq) == TNN_BF16 &&
+              tnn_tensor_dtype(g[0].p.layer[0].wq) == TNN_F32 &&
+              tnn_tensor_dtype(g[1].p.tok_emb) == TNN_F32,
+          "frozen_bf16: the projections bf16, the embedding f32");
+    CHECK_OK(lm_init_weights(&g[0], 5));
+    CHECK_OK(lm_init_lora(&g[0], 6));
+    pair_ctx c = {.src = &g[0], .dst = &g[1]};
+    CHECK_OK(lm_params_each(&g[1], list_one, &c));
+    CHECK_OK(lm_params_each(&g[0], copy_one, &c));
+    int64_t tok[B * T], tgt[B * T];
+    double loss[2][3];
+    for (int step = 0; step < 3; step++)
+        for (int k = 0; k < 2; k++) {
+            for (int i = 0; i < B * T; i++)
+                tok[i] = (i * 37 + step * 11) % cfg.vocab, tgt[i] = (i * 53 + step) % cfg.vocab;
+            CHECK_OK(tnn_upload_from_int_array(g[k].s, g[k].tokens, tok, B * T));
+            CHECK_OK(tnn_upload_from_int_array(g[k].s, g[k].targets, tgt, B * T));
+            CHECK_OK(tnn_compute(g[k].s));
+            CHECK_OK(tnn_download_to_f64_array(g[k].s, g[k].loss, &loss[k][step], 1));
+        }
+    CHECK(!memcmp(loss[0], loss[1], sizeof loss[0]),
+          "frozen bf16 vs rounded each step: losses %.9g %.9g %.9g vs %.9g %.9g %.9g",
+          loss[1][0], loss[1][1], loss[1][2], loss[0][0], loss[0][1], loss[0][2]);
+    CHECK(loss[0][2] != loss[0][0], "the factors did not train");
+    int differ = 0;
+    for (int l = 0; l < cfg.n_layer; l++)
+        for (int i = 0; i < LM_LORA_N; i++)
+            for (int ab = 0; ab < 2; ab++) {
+                tnn_tensor *t0 = ab ? g[0].p.layer[l].lora_b[i] : g[0].p.layer[l].lora_a[i];
+                tnn_tensor *t1 = ab ? g[1].p.layer[l].lora_b[i] : g[1].p.layer[l].lora_a[i];
+                size_t n = (size_t)tnn_tensor_nelements(t0);
+                float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b);
+                CHECK_OK(tnn_download_f32(g[0].s, t0, a, n));
+                CHECK_OK(tnn_download_f32(g[1].s, t1, b, n));
+                differ += memcmp(a, b, n * sizeof *a) != 0;
+                free(a);
+                free(b);
+            }
+    CHECK(differ == 0, "%d factors differ after 3 steps", differ);
+    size_t a0 = tnn_session_arena_bytes(g[0].s), a1 = tnn_session_arena_bytes(g[1].s);
+    CHECK(a1 < a0, "arena with bf16 frozen weights %zu, with per-step copies %zu", a1, a0);
+    printf("LoRA with bf16 frozen projections: the same 3 losses and factors as rounding them "
+           "each step; arena %zu -> %zu bytes\n", a0, a1);
+    lm_graph_free(&g[0]);
+    lm_graph_free(&g[1]);
+    cfg.lora_rank = 0;
+    cfg.frozen_bf16 = true;
+    CHECK(lm_config_problem(&cfg) != NULL, "bf16 frozen weights without LoRA accepted");
+}
+
 int main(void) {
     test_model_gradients();
     test_training_run();
     test_bf16_training();
+    test_lora_frozen_bf16();
     test_gguf_tokenizer();
     return th_finish("test_train");
 }

@@ -49,6 +49,8 @@ const char *lm_config_problem(const lm_config *c) {
         (c->lora_rank > 0 && !(c->lora_alpha > 0)))
         return "the LoRA rank must be at most the narrowest projection's width (the k/v "
                "heads' total), with alpha > 0";
+    if (c->frozen_bf16 && c->lora_rank == 0)
+        return "bf16 frozen weights are LoRA's (a full fine-tuning keeps f32 weights)";
     return NULL;
 }
 
@@ -71,6 +73,13 @@ static tnn_tensor *new2(lm_graph *g, int64_t r, int64_t c) {
     tnn_tensor *t = tnn_tensor_new(g->s, TNN_F32, 2, sh);
     if (t && g->cfg.lora_rank == 0) tnn_set_param(t);
     return t;
+}
+
+/* A projection's weight: new2(), or with frozen_bf16 a bf16 leaf. */
+static tnn_tensor *new_proj(lm_graph *g, int64_t r, int64_t c) {
+    if (!g->cfg.frozen_bf16) return new2(g, r, c);
+    int64_t sh[2] = {r, c};
+    return tnn_tensor_new(g->s, TNN_BF16, 2, sh);
 }
 
 static tnn_tensor *new1(lm_graph *g, int64_t n) {
@@ -111,14 +120,14 @@ static bool make_params(lm_graph *g) {
     for (int l = 0; l < c->n_layer && ok; l++) {
         lm_layer *L = &g->p.layer[l];
         L->attn_norm = new1(g, C);
-        L->wq = new2(g, c->n_head * hd, C);
-        L->wk = new2(g, c->n_kv_head * hd, C);
-        L->wv = new2(g, c->n_kv_head * hd, C);
-        L->wo = new2(g, C, c->n_head * hd);
+        L->wq = new_proj(g, c->n_head * hd, C);
+        L->wk = new_proj(g, c->n_kv_head * hd, C);
+        L->wv = new_proj(g, c->n_kv_head * hd, C);
+        L->wo = new_proj(g, C, c->n_head * hd);
         L->ffn_norm = new1(g, C);
-        L->w_gate = new2(g, c->d_ff, C);
-        L->w_up = new2(g, c->d_ff, C);
-        L->w_down = new2(g, C, c->d_ff);
+        L->w_gate = new_proj(g, c->d_ff, C);
+        L->w_up = new_proj(g, c->d_ff, C);
+        L->w_down = new_proj(g, C, c->d_ff);
         ok = L->attn_norm && L->wq && L->wk && L->wv && L->wo && L->ffn_norm && L->w_gate &&
              L->w_up && L->w_down;
         tnn_tensor *proj[LM_LORA_N];
@@ -148,7 +157,8 @@ static tnn_tensor *act(lm_graph *g, tnn_tensor *x) {
 /* x @ w^T, with x from act() and, in mixed precision, a bf16 copy of w:
  * a bf16 product, whose gradients are bf16 products too. */
 static tnn_tensor *linear(lm_graph *g, tnn_tensor *x, tnn_tensor *w) {
-    return tnn_matmul_nt(g->s, x, g->bf16 ? tnn_to_bf16(g->s, w) : w);
+    bool round = g->bf16 && tnn_tensor_dtype(w) != TNN_BF16; /* (frozen_bf16: it is) */
+    return tnn_matmul_nt(g->s, x, round ? tnn_to_bf16(g->s, w) : w);
 }
 
 /* linear() plus a bias b (NULL: none) broadcast over the rows. */

@@ -32,6 +32,10 @@ typedef struct {
      * x A^T B^T, A (rank, in) and B (out, rank) the only parameters. */
     int lora_rank;
     double lora_alpha;
+    /* LoRA in mixed precision (lm_optim.bf16): the seven projections' frozen
+     * weights held as bf16, the values the products read anyway, instead
+     * of f32 weights rounded again at every step (half their memory). */
+    bool frozen_bf16;
 } lm_config;
 
 /* A layer's projections, in the order of their LoRA factors. */

@@ -557,6 +557,8 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
     opt.lr = lr_at(o, 1);
     lm_graph g, gen;
     memset(&gen, 0, sizeof gen);
+    /* LoRA in mixed precision keeps its frozen projections as bf16 */
+    o->model.frozen_bf16 = o->model.lora_rank > 0 && o->optim.bf16;
     int rc = lm_graph_build(&g, &o->model, B, T, true, &opt, o->cuda);
     bool lora = o->model.lora_rank > 0;
     if (rc == TNN_OK && o->resume) /* a LoRA run: the frozen weights from its base model */
