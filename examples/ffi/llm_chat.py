@@ -6,7 +6,9 @@ tnn_trainer_*) with nothing but the standard library, then holds a two-turn
 conversation with the model: the chat template applied by the library, the
 answer streamed through a callback, the second turn computing only what the
 cache does not already hold; and trains a small model on the model's tokens
-(train()), whose checkpoint then opens as a model. Along the way it checks
+(train()), whose checkpoint then opens as a model, and a LoRA update of the
+model itself, whose adapter file (tnn_lora_export) it then applies
+(tnn_llm_load_lora). Along the way it checks
 what an FFI caller relies on: the text round-trips through the tokenizer,
 errors come back as a status or NULL plus tnn_last_error(), never a crash.
 
@@ -54,6 +56,8 @@ SIGNATURES = {
     "tnn_trainer_set": (c_int, [PTR, c_char_p, c_char_p]),
     "tnn_trainer_run": (c_int, [PTR, TEXT_FN, c_void_p]),
     "tnn_trainer_result": (c_int, [PTR, I32P] + [POINTER(c_double)] * 5),
+    "tnn_lora_export": (c_int, [c_char_p, c_char_p]),
+    "tnn_llm_load_lora": (c_int, [PTR, c_char_p, ctypes.c_float]),
 }
 
 TOK_ADD_SPECIAL, TOK_PARSE_SPECIAL = 1, 2
@@ -235,6 +239,24 @@ def main():
         small.close()
         print(f"trained from Python: validation loss {r['first_val_loss']:.2f} -> "
               f"{r['val_loss']:.2f} in {r['steps']} steps")
+        # a LoRA run on the model itself, its adapter file, applied at run time
+        lck, ad = os.path.join(tmp, "lora.gguf"), os.path.join(tmp, "adapter.gguf")
+        r = train(lib, [corpus], None, init=model_path, lora=4, checkpoint=lck, steps=2,
+                  batch=2, seq=16, eval_every=2, sample_len=0)
+        check(r["steps"] == 2 and lib.tnn_lora_export(lck.encode(), ad.encode()) == 0,
+              f"LoRA run and its adapter: {lib.tnn_last_error().decode()}")
+        check(lib.tnn_lora_export(ck.encode(), ad.encode()) < 0
+              and b"not a LoRA checkpoint" in lib.tnn_last_error(), "export refused")
+        adapted = Model(lib, model_path, n_ctx=64)
+        check(lib.tnn_llm_load_lora(adapted.m, ck.encode(), 1.0) < 0
+              and b"not a LoRA adapter" in lib.tnn_last_error(), "a non-adapter refused")
+        check(lib.tnn_llm_load_lora(adapted.m, ad.encode(), 1.0) == 0,
+              f"adapter applied: {lib.tnn_last_error().decode()}")
+        n = lib.tnn_llm_generate(adapted.m, None, b"the cat", 8, 0, TEXT_FN(0), None, buf, 256)
+        check(n >= 0, "generating with the adapter")
+        adapted.close()
+        print(f"LoRA from Python: {os.path.getsize(ad)} bytes of adapter, applied: "
+              f"{buf.value.decode(errors='replace')!r}")
 
     model.close()
     print(f"ffi_llm: {passed} passed, {failed} failed")
