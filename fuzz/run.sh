@@ -82,55 +82,29 @@ fi
 "$CC" -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
   -fno-omit-frame-pointer $FLAGS fuzz/fuzz_convo.c $CONVO_SRCS -o "$OUT/fuzz_convo"
 
-echo "fuzz/run.sh: fuzzing the GGUF reader for ${SECS}s"
-rc=0
-ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=1" \
-UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
-  "$OUT/fuzz_gguf" -max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 \
-    -dict=fuzz/gguf.dict -artifact_prefix="$OUT/" -print_final_stats=1 \
-    "$OUT/corpus-gguf" fuzz/corpus/gguf || rc=$?
-if [ "$rc" -ne 0 ]; then
-  echo "fuzz/run.sh: FAILED (exit $rc): the crashing input is in $OUT/ (crash-*, leak-*, timeout-*)" >&2
-  exit "$rc"
-fi
-echo "fuzz/run.sh: no crash in ${SECS}s"
+# fuzz WHAT BINARY CORPUS PREFIX [libFuzzer options]: fuzzes BINARY for SECS
+# seconds on its corpus (new inputs to build-fuzz/corpus-CORPUS/, the
+# committed seeds in fuzz/corpus/CORPUS/); exits with the fuzzer's status
+# when it finds a crash (the input in build-fuzz/PREFIXcrash-*).
+fuzz() {
+  local what="$1" bin="$2" corpus="$3" prefix="$4"
+  shift 4
+  echo "fuzz/run.sh: fuzzing $what for ${SECS}s"
+  local rc=0
+  ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=1" \
+  UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+    "$OUT/$bin" -max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 "$@" \
+      -artifact_prefix="$OUT/$prefix" -print_final_stats=1 \
+      "$OUT/corpus-$corpus" "fuzz/corpus/$corpus" || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    echo "fuzz/run.sh: $what FAILED (exit $rc): the crashing input is in $OUT/ (${prefix}crash-*, ${prefix}leak-*, ${prefix}timeout-*)" >&2
+    exit "$rc"
+  fi
+  echo "fuzz/run.sh: $what: no crash in ${SECS}s"
+}
 
-echo "fuzz/run.sh: fuzzing the tokenizer for ${SECS}s"
-rc=0
-ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=1" \
-UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
-  "$OUT/fuzz_tokenizer" -max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 \
-    -max_len=4096 -artifact_prefix="$OUT/tokenizer-" -print_final_stats=1 \
-    "$OUT/corpus-tokenizer" fuzz/corpus/tokenizer || rc=$?
-if [ "$rc" -ne 0 ]; then
-  echo "fuzz/run.sh: tokenizer FAILED (exit $rc): the crashing input is in $OUT/ (tokenizer-crash-*, ...)" >&2
-  exit "$rc"
-fi
-echo "fuzz/run.sh: tokenizer: no crash in ${SECS}s"
-
-echo "fuzz/run.sh: fuzzing the conversation reader for ${SECS}s"
-rc=0
-ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=1" \
-UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
-  "$OUT/fuzz_convo" -max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 \
-    -max_len=4096 -dict=fuzz/convo.dict -artifact_prefix="$OUT/convo-" -print_final_stats=1 \
-    "$OUT/corpus-convo" fuzz/corpus/convo || rc=$?
-if [ "$rc" -ne 0 ]; then
-  echo "fuzz/run.sh: conversation reader FAILED (exit $rc): the crashing input is in $OUT/ (convo-crash-*, ...)" >&2
-  exit "$rc"
-fi
-echo "fuzz/run.sh: conversation reader: no crash in ${SECS}s"
-
-echo "fuzz/run.sh: fuzzing LoRA adapters for ${SECS}s"
+fuzz "the GGUF reader" fuzz_gguf gguf "" -dict=fuzz/gguf.dict
+fuzz "the tokenizer" fuzz_tokenizer tokenizer tokenizer- -max_len=4096
+fuzz "the conversation reader" fuzz_convo convo convo- -max_len=4096 -dict=fuzz/convo.dict
 build_lora
-rc=0
-ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=1" \
-UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
-  "$OUT/fuzz_lora" -max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 \
-    -max_len=16384 -dict=fuzz/gguf.dict -artifact_prefix="$OUT/lora-" -print_final_stats=1 \
-    "$OUT/corpus-lora" fuzz/corpus/lora || rc=$?
-if [ "$rc" -ne 0 ]; then
-  echo "fuzz/run.sh: LoRA adapters FAILED (exit $rc): the crashing input is in $OUT/ (lora-crash-*, ...)" >&2
-  exit "$rc"
-fi
-echo "fuzz/run.sh: LoRA adapters: no crash in ${SECS}s"
+fuzz "LoRA adapters" fuzz_lora lora lora- -max_len=16384 -dict=fuzz/gguf.dict
