@@ -613,7 +613,9 @@ static void skinny_range(void *p, int64_t u0, int64_t u1) {
 }
 
 /* Whether a product takes the skinny path: a few rows of op(A) (more of
- * them when B is transposed) against enough columns to share out. */
+ * them when B is transposed) against enough columns to share out, or a
+ * single row against any number (x A^T of a LoRA adapter, 8 columns: the
+ * packed path is all packing there). */
 static bool skinny_fits(bool tb, int64_t M, int64_t N) {
     return (M <= TNN_GEMM_SKINNY_M || (tb && M <= TNN_GEMM_SKINNY_TB_M)) &&
            (N >= SKINNY_UNIT || M == 1);

@@ -241,9 +241,6 @@ void lm_llama_free(lm_llama *m) {
 /* LoRA adapters                                                            */
 /* ------------------------------------------------------------------------ */
 
-static const char *const lora_proj[LM_LORA_N] = {"attn_q",   "attn_k", "attn_v", "attn_output",
-                                                 "ffn_gate", "ffn_up", "ffn_down"};
-
 static tnn_tensor *proj_weight(const llama_layer *L, int p) {
     tnn_tensor *const w[LM_LORA_N] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
     return w[p];
@@ -255,8 +252,8 @@ static bool lora_target(const char *name, int *layer, int *proj) {
     int l, at = 0;
     if (sscanf(name, "blk.%d.%n", &l, &at) != 1 || at == 0 || l < 0) return false;
     for (int p = 0; p < LM_LORA_N; p++) {
-        size_t n = strlen(lora_proj[p]);
-        if (!strncmp(name + at, lora_proj[p], n) && !strcmp(name + at + n, ".weight.lora_a")) {
+        size_t n = strlen(lm_proj_names[p]);
+        if (!strncmp(name + at, lm_proj_names[p], n) && !strcmp(name + at + n, ".weight.lora_a")) {
             *layer = l;
             *proj = p;
             return true;

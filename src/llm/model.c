@@ -88,6 +88,9 @@ static tnn_tensor *new1(lm_graph *g, int64_t n) {
     return t;
 }
 
+const char *const lm_proj_names[LM_LORA_N] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
+                                              "ffn_gate", "ffn_up", "ffn_down"};
+
 /* Layer L's projection weights in LM_LORA_* order. */
 static void projections(const lm_layer *L, tnn_tensor *out[LM_LORA_N]) {
     tnn_tensor *w[LM_LORA_N] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
@@ -327,12 +330,9 @@ int lm_params_each(const lm_graph *g, lm_param_fn fn, void *ctx) {
             snprintf(name, sizeof name, "blk.%d.%s", l, items[i].n);
             if ((rc = fn(ctx, name, items[i].t))) return rc;
         }
-        static const char *const proj_names[LM_LORA_N] = {"attn_q", "attn_k", "attn_v",
-                                                          "attn_output", "ffn_gate", "ffn_up",
-                                                          "ffn_down"};
         for (int i = 0; i < LM_LORA_N && L->lora_a[0]; i++)
             for (int ab = 0; ab < 2; ab++) {
-                snprintf(name, sizeof name, "blk.%d.%s.lora_%c", l, proj_names[i], ab ? 'b' : 'a');
+                snprintf(name, sizeof name, "blk.%d.%s.lora_%c", l, lm_proj_names[i], ab ? 'b' : 'a');
                 if ((rc = fn(ctx, name, ab ? L->lora_b[i] : L->lora_a[i]))) return rc;
             }
     }

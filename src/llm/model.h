@@ -41,6 +41,8 @@ typedef struct {
 /* A layer's projections, in the order of their LoRA factors. */
 enum { LM_LORA_Q, LM_LORA_K, LM_LORA_V, LM_LORA_O, LM_LORA_GATE, LM_LORA_UP, LM_LORA_DOWN,
        LM_LORA_N };
+/* Their GGUF names in that order ("attn_q", ..., "ffn_down": blk.N.<name>.weight). */
+extern const char *const lm_proj_names[LM_LORA_N];
 
 /* Whether the models' sessions (training graphs, lm_llama) ask for the CUDA
  * backend; off by default. Set it before building a model. */
