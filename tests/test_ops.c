@@ -370,7 +370,7 @@ static void test_gelu_silu(void) {
         char wg[160], ws[160];
         snprintf(wg, sizeof wg, "tnn_gelu %s", sstr(sh));
         snprintf(ws, sizeof ws, "tnn_silu %s", sstr(sh));
-        bool ok = result_ok(wg, rg, sh) & result_ok(ws, rs, sh);
+        bool ok = (int)result_ok(wg, rg, sh) & (int)result_ok(ws, rs, sh); /* both run */
         if (ok) tnn_set_output(rg);
         if (ok && realize(s, rs) && put(s, tx, x) && compute(s) && get(s, rg, g) &&
             get(s, rs, si)) {
@@ -600,8 +600,8 @@ static void test_get_rows(void) {
         snprintf(w1, sizeof w1, "tnn_get_rows table (%zu, %zu), %zu indices", V, d, n);
         snprintf(w2, sizeof w2, "tnn_get_rows_back (%zu, %zu) -> (%zu, %zu), repeated indices", n,
                  d, V, d);
-        bool ok = result_ok(w1, rg, shp(2, (int64_t)n, (int64_t)d, 0, 0)) &
-                  result_ok(w2, rb, shp(2, (int64_t)V, (int64_t)d, 0, 0));
+        bool ok = (int)result_ok(w1, rg, shp(2, (int64_t)n, (int64_t)d, 0, 0)) &
+                  (int)result_ok(w2, rb, shp(2, (int64_t)V, (int64_t)d, 0, 0)); /* both run */
         if (ok) tnn_set_output(rg);
         if (ok && realize(s, rb) && put(s, tt, tab) && put(s, td, dout) && put_idx(s, ti, idx) &&
             compute(s) && get(s, rg, g1) && get(s, rb, g2)) {
@@ -897,7 +897,7 @@ static void test_grad_gelu_silu(void) {
         char wg[160], ws[160];
         snprintf(wg, sizeof wg, "tnn_gelu_back %s vs finite differences", sstr(sh));
         snprintf(ws, sizeof ws, "tnn_silu_back %s vs finite differences", sstr(sh));
-        bool ok = result_ok(wg, rg, sh) & result_ok(ws, rs, sh);
+        bool ok = (int)result_ok(wg, rg, sh) & (int)result_ok(ws, rs, sh); /* both run */
         if (ok) tnn_set_output(rg);
         if (ok && realize(s, rs) && put(s, tx, x) && put(s, tw, w) && compute(s) &&
             get(s, rg, gg) && get(s, rs, gs)) {
@@ -1138,7 +1138,7 @@ static void test_grad_matmul(void) {
         snprintf(wb, sizeof wb,
                  "dB = tnn_matmul_tn(A, dC) for C = A %s @ B %s, vs finite differences", sstr(sa),
                  sstr(sb));
-        bool ok = result_ok(wa, rA, sda) & result_ok(wb, rB, sdb);
+        bool ok = (int)result_ok(wa, rA, sda) & (int)result_ok(wb, rB, sdb); /* both run */
         if (ok) tnn_set_output(rA);
         if (ok && realize(s, rB) && put(s, tA, A) && put(s, tB, B) && put(s, tW, W) && compute(s) &&
             get(s, rA, dA) && get(s, rB, dB)) {
