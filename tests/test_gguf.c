@@ -7,6 +7,7 @@
 #define _GNU_SOURCE /* mkdtemp */
 #endif
 #include "harness.h"
+#include "core/internal.h"
 #include "io/gguf.h"
 
 #include <dirent.h>
@@ -560,6 +561,15 @@ static void test_round_trip(void) {
 }
 
 /* Default alignment, empty arrays, no tensors, version-2 style contents. */
+/* The fill of a streamed tensor of 32 floats: k (i + 1) for the k-th call;
+ * from the 101st call on it fails. */
+static int fill_iota(void *ctx, void *dst) {
+    int *calls = ctx;
+    if (++*calls > 100) return tnn__error(TNN_ERR_DEVICE, __func__, "fill %d", *calls);
+    for (int i = 0; i < 32; i++) ((float *)dst)[i] = (float)(*calls * (i + 1));
+    return TNN_OK;
+}
+
 static void test_small_files(void) {
     char path[512];
     path_in_tmp(path, sizeof path, "small.gguf");
@@ -598,6 +608,33 @@ static void test_small_files(void) {
     CHECK(g && tnn_gguf_tensor_data(g, 0) &&
               memcmp(tnn_gguf_tensor_data(g, 0), x, sizeof x) == 0,
           "borrowed tensor: %s", tnn_last_error());
+    tnn_gguf_close(g);
+
+    /* Tensors made while writing (streamed checkpoints): each fill called
+     * once with room for its bytes; a failing fill fails the write with its
+     * status and message and leaves the old file as it was. */
+    int calls = 0;
+    w = tnn_gguf_writer_new();
+    CHECK_OK(tnn__gguf_writer_add_tensor_fill(w, "a", TNN_GGML_F32, 1, sh, sizeof x, fill_iota,
+                                              &calls));
+    CHECK_OK(tnn__gguf_writer_add_tensor_ref(w, "x", TNN_GGML_F32, 1, sh, x, sizeof x));
+    CHECK_OK(tnn__gguf_writer_add_tensor_fill(w, "b", TNN_GGML_F32, 1, sh, sizeof x, fill_iota,
+                                              &calls));
+    CHECK_ERR(tnn__gguf_writer_add_tensor_fill(w, "c", TNN_GGML_F32, 1, sh, sizeof x, NULL, NULL),
+              TNN_ERR_ARG, "fill is NULL");
+    CHECK_OK(tnn_gguf_writer_write(w, path));
+    CHECK(calls == 2, "fill called %d times", calls);
+    g = tnn_gguf_open(path);
+    const float *fa = g ? tnn_gguf_tensor_data(g, 0) : NULL, *fb = g ? tnn_gguf_tensor_data(g, 2) : NULL;
+    CHECK(fa && fb && fa[0] == 1 && fa[3] == 4 && fb[0] == 2 && fb[3] == 8 &&
+              !memcmp(tnn_gguf_tensor_data(g, 1), x, sizeof x),
+          "filled tensors: %s", tnn_last_error());
+    tnn_gguf_close(g);
+    calls = 100; /* the next fill fails */
+    CHECK_ERR(tnn_gguf_writer_write(w, path), TNN_ERR_DEVICE, "fill 101");
+    tnn_gguf_writer_free(w);
+    g = tnn_gguf_open(path);
+    CHECK(g && tnn_gguf_n_tensors(g) == 3, "the old file is intact: %s", tnn_last_error());
     tnn_gguf_close(g);
 
     /* A file with nothing: header only. */

@@ -1015,7 +1015,9 @@ typedef struct wtensor {
     int64_t ne[TNN_MAX_DIMS]; /* GGUF order */
     uint64_t nbytes;
     void *copy;       /* owned copy, or NULL when borrowed */
-    const void *data; /* copy or the caller's bytes */
+    const void *data; /* copy or the caller's bytes; NULL: made by fill */
+    tnn__gguf_fill_fn fill;
+    void *fill_ctx;
 } wtensor;
 
 struct tnn_gguf_writer {
@@ -1233,7 +1235,7 @@ int tnn_gguf_writer_add_arr_str(tnn_gguf_writer *w, const char *key, const char 
 
 static int add_tensor(tnn_gguf_writer *w, const char *name, int type, int ndim,
                       const int64_t *shape, const void *data, size_t nbytes, bool copy,
-                      const char *func) {
+                      tnn__gguf_fill_fn fill, void *fill_ctx, const char *func) {
     if (!w) return tnn__error(TNN_ERR_ARG, func, "w is NULL");
     if (!name) return tnn__error(TNN_ERR_ARG, func, "name is NULL");
     size_t nlen = strlen(name);
@@ -1249,8 +1251,8 @@ static int add_tensor(tnn_gguf_writer *w, const char *name, int type, int ndim,
         return tnn__error(TNN_ERR_ARG, func, "tensor '%s': ndim %d (1 to %d)", name, ndim,
                           TNN_MAX_DIMS);
     if (!shape) return tnn__error(TNN_ERR_ARG, func, "tensor '%s': shape is NULL", name);
-    if (!data) return tnn__error(TNN_ERR_ARG, func, "tensor '%s': data is NULL", name);
-    wtensor t = {.type = type, .ndim = ndim};
+    if (!data && !fill) return tnn__error(TNN_ERR_ARG, func, "tensor '%s': data is NULL", name);
+    wtensor t = {.type = type, .ndim = ndim, .fill = fill, .fill_ctx = fill_ctx};
     memcpy(t.name, name, nlen + 1);
     int64_t nelem = 1;
     for (int d = 0; d < TNN_MAX_DIMS; d++) t.ne[d] = 1;
@@ -1286,7 +1288,7 @@ static int add_tensor(tnn_gguf_writer *w, const char *name, int type, int ndim,
         w->cap_t = cap;
     }
     t.data = data;
-    if (copy) {
+    if (copy && data) {
         t.copy = malloc(nbytes);
         if (!t.copy)
             return tnn__error(TNN_ERR_NOMEM, func, "no memory for %zu bytes of tensor '%s'",
@@ -1300,13 +1302,39 @@ static int add_tensor(tnn_gguf_writer *w, const char *name, int type, int ndim,
 
 int tnn_gguf_writer_add_tensor(tnn_gguf_writer *w, const char *name, int type, int ndim,
                                const int64_t *shape, const void *data, size_t nbytes) {
-    return add_tensor(w, name, type, ndim, shape, data, nbytes, true, __func__);
+    return add_tensor(w, name, type, ndim, shape, data, nbytes, true, NULL, NULL, __func__);
 }
 
 int tnn__gguf_writer_add_tensor_ref(tnn_gguf_writer *w, const char *name, int type, int ndim,
                                     const int64_t *shape, const void *data, size_t nbytes) {
-    return add_tensor(w, name, type, ndim, shape, data, nbytes, false,
+    return add_tensor(w, name, type, ndim, shape, data, nbytes, false, NULL, NULL,
                       "tnn_gguf_writer_add_tensor");
+}
+
+int tnn__gguf_writer_add_tensor_fill(tnn_gguf_writer *w, const char *name, int type, int ndim,
+                                     const int64_t *shape, size_t nbytes, tnn__gguf_fill_fn fill,
+                                     void *ctx) {
+    if (!fill) return TNN_ERR(TNN_ERR_ARG, "tensor '%s': fill is NULL", name ? name : "?");
+    return add_tensor(w, name, type, ndim, shape, NULL, nbytes, false, fill, ctx,
+                      "tnn_gguf_writer_add_tensor");
+}
+
+/* The bytes of tensor t: its data, or fill()'s into *buf (grown as needed,
+ * kept for the next one). NULL with *rc set (and the message) on failure. */
+static const void *tensor_bytes(const wtensor *t, void **buf, size_t *cap, int *rc) {
+    if (!t->fill) return t->data;
+    if (t->nbytes > *cap) {
+        void *p = realloc(*buf, (size_t)t->nbytes);
+        if (!p) {
+            *rc = TNN_ERR(TNN_ERR_NOMEM, "no memory for %llu bytes of tensor '%s'",
+                          (unsigned long long)t->nbytes, t->name);
+            return NULL;
+        }
+        *buf = p;
+        *cap = (size_t)t->nbytes;
+    }
+    *rc = t->fill(t->fill_ctx, *buf);
+    return *rc == TNN_OK ? *buf : NULL;
 }
 
 /* Writes all n bytes (retrying short writes and EINTR). */
@@ -1411,9 +1439,23 @@ int tnn_gguf_writer_write(tnn_gguf_writer *w, const char *path) {
     }
 
     bool ok = write_all(fd, meta.p, meta.n) && write_zeros(fd, pad_to(meta.n, w->alignment));
-    for (size_t i = 0; ok && i < w->n_t; i++)
-        ok = write_all(fd, w->t[i].data, (size_t)w->t[i].nbytes) &&
+    void *buf = NULL; /* the filled tensors' bytes, one at a time */
+    size_t cap = 0;
+    int fill_rc = TNN_OK;
+    for (size_t i = 0; ok && i < w->n_t; i++) {
+        const void *bytes = tensor_bytes(&w->t[i], &buf, &cap, &fill_rc);
+        if (!bytes) break;
+        ok = write_all(fd, bytes, (size_t)w->t[i].nbytes) &&
              write_zeros(fd, pad_to(w->t[i].nbytes, w->alignment));
+    }
+    free(buf);
+    if (fill_rc != TNN_OK) { /* the message is fill's; nothing is left behind */
+        close(fd);
+        unlink(tmp);
+        free(tmp);
+        free(meta.p);
+        return fill_rc;
+    }
     const char *step = "write";
     if (ok && fsync(fd) != 0) ok = false, step = "fsync";
     int e = errno;

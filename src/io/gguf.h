@@ -134,8 +134,22 @@ tnn_gguf *tnn__gguf_parse(const void *buf, size_t len, const char *func, const c
 const tnn_gguf_kv *tnn__gguf_kv(const tnn_gguf *g, const char *key);
 const tnn_gguf_tinfo *tnn__gguf_tensor(const tnn_gguf *g, const char *name);
 
+/* Makes a tensor's nbytes bytes into dst at write time: TNN_OK, or a status
+ * with the message set (the write then fails with that status, and the file
+ * at the path stays as it was). */
+typedef int (*tnn__gguf_fill_fn)(void *ctx, void *dst);
+
+/* A tensor whose bytes fill(ctx, dst) makes while tnn_gguf_writer_write
+ * runs, one tensor at a time into one buffer: a checkpoint streams its
+ * tensors from the session instead of holding a copy of all of them. ctx
+ * must stay valid until then. */
+int tnn__gguf_writer_add_tensor_fill(tnn_gguf_writer *w, const char *name, int type, int ndim,
+                                     const int64_t *shape, size_t nbytes, tnn__gguf_fill_fn fill,
+                                     void *ctx);
+
 /* Like tnn_gguf_writer_add_tensor but borrows `data` (no copy): it must
- * stay valid until the writer is freed. For checkpoints of large models. */
+ * stay valid until the writer is freed. For tensors copied unchanged from a
+ * mapped file (tnn quantize). */
 int tnn__gguf_writer_add_tensor_ref(tnn_gguf_writer *w, const char *name, int type, int ndim,
                                     const int64_t *shape, const void *data, size_t nbytes);
 

@@ -12,6 +12,7 @@
 #include "llama.h"
 #include "quantize.h"
 
+#include "../io/gguf.h"
 #include "../quant/quant.h"
 
 #include "../core/internal.h"
@@ -27,33 +28,22 @@
 /* Save                                                                     */
 /* ------------------------------------------------------------------------ */
 
+/* A tensor of the checkpoint, made while the file is written (one at a
+ * time: no copy of the whole model is held): a weight (which = -1, LoRA
+ * factors merged in) or one of its AdamW moments. */
+typedef struct {
+    const lm_graph *g;
+    tnn_tensor *t;
+    int which;
+} ck_item;
+
 typedef struct {
     const lm_graph *g;
     tnn_gguf_writer *w;
     bool optimizer;
-    float *buf;
-    size_t cap;
-    int rc;
+    ck_item *items; /* room for 3 a tensor, counted first */
+    size_t n, cap;
 } save_ctx;
-
-static float *grow(save_ctx *c, size_t n) {
-    if (n > c->cap) {
-        float *b = realloc(c->buf, n * sizeof *b);
-        if (!b) return NULL;
-        c->buf = b;
-        c->cap = n;
-    }
-    return c->buf;
-}
-
-static int add_f32(save_ctx *c, const char *name, tnn_tensor *t, const float *data) {
-    int64_t shape[4];
-    int nd = tnn_tensor_ndim(t);
-    for (int i = 0; i < nd; i++) shape[i] = tnn_tensor_dim(t, i);
-    size_t n = (size_t)tnn_tensor_nelements(t);
-    return tnn_gguf_writer_add_tensor(c->w, name, TNN_GGML_F32, nd, shape, data,
-                                      n * sizeof(float));
-}
 
 /* Whether the optimizer keeps moments for t (rope_freqs is not trained). */
 static bool trained(const tnn_tensor *t) { return (t->flags & TNN_FLAG_PARAM) != 0; }
@@ -76,20 +66,40 @@ static int merge_lora(const lm_graph *g, tnn_tensor *ta, tnn_tensor *tb, float *
     return rc;
 }
 
+static int fill_item(void *p, void *dst) {
+    const ck_item *it = p;
+    size_t n = (size_t)tnn_tensor_nelements(it->t);
+    if (it->which >= 0) return tnn_optimizer_get_state(it->g->s, it->t, it->which, dst, n);
+    int rc = tnn_download_f32(it->g->s, it->t, dst, n);
+    tnn_tensor *la, *lb;
+    if (rc == TNN_OK && lm_lora_factors(it->g, it->t, &la, &lb)) rc = merge_lora(it->g, la, lb, dst);
+    return rc;
+}
+
+static int add_item(save_ctx *c, const char *name, tnn_tensor *t, int which) {
+    if (c->n == c->cap) return ERR(TNN_ERR_INTERNAL, "checkpoint: more tensors than counted");
+    ck_item *it = &c->items[c->n++];
+    *it = (ck_item){.g = c->g, .t = t, .which = which};
+    int64_t shape[4];
+    int nd = tnn_tensor_ndim(t);
+    for (int i = 0; i < nd; i++) shape[i] = tnn_tensor_dim(t, i);
+    size_t n = (size_t)tnn_tensor_nelements(t);
+    return tnn__gguf_writer_add_tensor_fill(c->w, name, TNN_GGML_F32, nd, shape,
+                                            n * sizeof(float), fill_item, it);
+}
+
+static int count_one(void *p, const char *name, tnn_tensor *t) {
+    ((save_ctx *)p)->cap += 3;
+    return TNN_OK;
+}
+
 static int save_one(void *p, const char *name, tnn_tensor *t) {
     save_ctx *c = p;
-    size_t n = (size_t)tnn_tensor_nelements(t);
-    float *b = grow(c, n);
-    if (!b) return TNN_ERR_NOMEM;
-    int rc = tnn_download_f32(c->g->s, t, b, n);
-    tnn_tensor *la, *lb;
-    if (rc == TNN_OK && lm_lora_factors(c->g, t, &la, &lb)) rc = merge_lora(c->g, la, lb, b);
-    if (rc == TNN_OK) rc = add_f32(c, name, t, b);
+    int rc = add_item(c, name, t, -1);
     for (int which = 0; which < 2 && rc == TNN_OK && c->optimizer && trained(t); which++) {
         char oname[96];
         snprintf(oname, sizeof oname, "opt.%c.%s", which ? 'v' : 'm', name);
-        rc = tnn_optimizer_get_state(c->g->s, t, which, b, n);
-        if (rc == TNN_OK) rc = add_f32(c, oname, t, b);
+        rc = add_item(c, oname, t, which);
     }
     return rc;
 }
@@ -160,14 +170,17 @@ int lm_checkpoint_save(const char *path, const lm_graph *g, const lm_train_state
     }
 #undef ADD
     save_ctx c = {.g = g, .w = w, .optimizer = st != NULL};
+    lm_params_each(g, count_one, &c);
+    c.items = malloc(c.cap * sizeof *c.items);
+    if (rc == TNN_OK && !c.items) rc = ERR(TNN_ERR_NOMEM, "out of memory");
     if (rc == TNN_OK) rc = lm_params_each(g, save_one, &c);
-    if (rc == TNN_OK) rc = tnn_gguf_writer_write(w, path);
+    if (rc == TNN_OK) rc = tnn_gguf_writer_write(w, path); /* the tensors made here */
     if (rc != TNN_OK) {
         char msg[400];
         snprintf(msg, sizeof msg, "%s", tnn_last_error());
         rc = ERR(rc, "saving %s: %s", path, msg);
     }
-    free(c.buf);
+    free(c.items);
     tnn_gguf_writer_free(w);
     return rc;
 }
