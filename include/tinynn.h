@@ -239,7 +239,9 @@ TNN_API tnn_tensor *tnn_matmul(tnn_session *s, tnn_tensor *a, tnn_tensor *b);
  * tnn_to_bf16 for its gradient, and with it tnn_matmul_tn has none for b
  * (TNN_ERR_UNSUPPORTED from tnn_backward). With both a and b bf16 the
  * gradient products are bf16 too: dC is rounded to bf16 once and both take
- * it (f32 results, f32 accumulation). */
+ * it (f32 results, f32 accumulation). A 2-D GGML-typed b (quantized
+ * weights, tnn_tensor_from_gguf) is taken by nt, and by nn (nt's gradient
+ * for a), with a 2-D f32 a. */
 TNN_API tnn_tensor *tnn_matmul_nn(tnn_session *s, tnn_tensor *a, tnn_tensor *b);
 TNN_API tnn_tensor *tnn_matmul_nt(tnn_session *s, tnn_tensor *a, tnn_tensor *b);
 TNN_API tnn_tensor *tnn_matmul_tn(tnn_session *s, tnn_tensor *a, tnn_tensor *b);
@@ -493,7 +495,8 @@ TNN_API int tnn_download_transposed_f64(tnn_session *s, tnn_tensor *t, double *d
                                         int rows, int cols);
 /* f32 transfers. n must equal nelements(t); t must be f32, or f16 / bf16
  * (converted: rounded to nearest even on upload, widened exactly on
- * download). */
+ * download). A GGML-typed tensor (tnn_tensor_from_gguf) downloads
+ * dequantized (the values its products compute with); it takes no upload. */
 TNN_API int tnn_upload_f32(tnn_session *s, tnn_tensor *t, const float *src, size_t n);
 TNN_API int tnn_download_f32(tnn_session *s, tnn_tensor *t, float *dst, size_t n);
 /* int32 transfers. n must equal nelements(t); t must be i32. */
@@ -770,10 +773,13 @@ TNN_API const void *tnn_gguf_tensor_data(const tnn_gguf *g, int64_t i);
 /* A read-only leaf of session s whose data is the GGUF tensor `name`,
  * borrowed (zero-copy): `g` must stay open while the session uses it.
  * F32 tensors become TNN_F32 tensors; every other GGML type a TNN_GGML
- * tensor, which tnn_matmul_nt (as its second operand, 2-D) and
- * tnn_get_rows (as the table) accept. The shape is NumPy order. NULL with
- * TNN_ERR_RANGE when there is no such tensor, TNN_ERR_UNSUPPORTED for a type
- * without kernels. */
+ * tensor, which tnn_matmul_nt and tnn_matmul_nn (as their second operand,
+ * 2-D, with an f32 first operand: nn is nt's gradient for its first
+ * operand) and tnn_get_rows (as the table) accept, and tnn_download_f32
+ * dequantizes. Such a leaf is no parameter, but gradients flow through its
+ * products to their other operand (LoRA on a quantized model). The shape is
+ * NumPy order. NULL with TNN_ERR_RANGE when there is no such tensor,
+ * TNN_ERR_UNSUPPORTED for a type without kernels. */
 TNN_API tnn_tensor *tnn_tensor_from_gguf(tnn_session *s, const tnn_gguf *g, const char *name);
 
 /* ---- writer ---- */

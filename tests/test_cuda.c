@@ -1124,6 +1124,15 @@ static tnn_tensor *b_qmm(tnn_session *s, tnn_tensor **x) {
     return tnn_add(s, tnn_matmul_nt(s, x[0], w), tnn_matmul_nt(s, tnn_get_rows(s, w, x[1]), w));
 }
 
+/* x W^T with x trained: its gradient is (n, M) @ W, W still quantized
+ * (LoRA on a quantized model). */
+static tnn_tensor *b_qgrad(tnn_session *s, tnn_tensor **x) {
+    char name[16];
+    snprintf(name, sizeof name, "w%d", qcur);
+    tnn_tensor *w = tnn_tensor_from_gguf(s, qfile, name);
+    return tnn_gelu(s, tnn_matmul_nt(s, x[0], w));
+}
+
 /* A decoding product followed by each node the CUDA backend folds into its
  * kernel: SiLU, GELU, a product with another tensor, a bias, a KV cache
  * write (the cache is the result: rows at the position x[2] holds), the
@@ -1291,6 +1300,9 @@ static void test_quant(void) {
         snprintf(name, sizeof name, "quantized %s matmul_nt + get_rows, 5 rows",
                  tnn_ggml_type_name(qtypes[qcur]));
         twin(name, b_qmm, five, 2, false, 1e-5);
+        snprintf(name, sizeof name, "quantized %s, x's gradient", tnn_ggml_type_name(qtypes[qcur]));
+        in_spec px[1] = {P(2, 6, QK)};
+        twin(name, b_qgrad, px, 1, true, 1e-5);
         snprintf(name, sizeof name, "quantized %s, 1 row", tnn_ggml_type_name(qtypes[qcur]));
         twin(name, b_qmm, one, 2, false, 2e-2);
         snprintf(name, sizeof name, "quantized %s, 3 rows", tnn_ggml_type_name(qtypes[qcur]));

@@ -322,6 +322,12 @@ static void test_quantized_ops(void) {
             tnn_tensor *idx = tnn_input_1d_i32(s, 3);
             tnn_tensor *y = tnn_matmul_nt(s, x, W), *yref = tnn_matmul_nt(s, x, Wf);
             tnn_tensor *rows = tnn_get_rows(s, W, idx), *rref = tnn_get_rows(s, Wf, idx);
+            /* the gradient of x W^T for x: (n, M) @ W */
+            tnn_tensor *gi = tnn_input_2d_f32(s, n, M);
+            tnn_tensor *dx = tnn_matmul_nn(s, gi, W), *dxref = tnn_matmul_nn(s, gi, Wf);
+            CHECK(dx && dxref, "matmul_nn with a GGML b: %s", tnn_last_error());
+            tnn_set_output(dx);
+            tnn_set_output(dxref);
             tnn_set_output(yref);
             tnn_set_output(rows);
             tnn_set_output(rref);
@@ -333,6 +339,7 @@ static void test_quantized_ops(void) {
             for (int r = 0; r < M; r++) tnn__dequantize_row(types[ti], wd + r * rb, deq + r * K, K);
             CHECK_OK(tnn_upload_f32(s, Wf, deq, (size_t)M * K));
             fill_session(s, x, 5 + pass, 1.0);
+            fill_session(s, gi, 15 + pass, 1.0);
             int32_t ids[3] = {0, M - 1, 17};
             CHECK_OK(tnn_upload_i32(s, idx, ids, 3));
             CHECK_OK(tnn_compute(s));
@@ -375,6 +382,37 @@ static void test_quantized_ops(void) {
                       tnn_ggml_type_name(types[ti]), n, bad);
                 free(xf), free(yr);
             }
+            /* dx: the f32 product's bits (W dequantized a panel of columns
+             * at a time; pass 3: one block a panel), or the bf16 GEMM's on
+             * the dequantized W rounded (its packs dequantizing W's rows) */
+            double *da = th_alloc((size_t)n * K), *db = th_alloc((size_t)n * K);
+            get(s, dx, da);
+            get(s, dxref, db);
+            if (bf16) {
+                CHECK(th_err(da, db, (size_t)n * K, 8e-2, 1e-2) <= 1.0, "%s n=%d: (n, M) @ W",
+                      tnn_ggml_type_name(types[ti]), n);
+                float *gf = malloc(sizeof(float) * (size_t)n * M), *yb = malloc(sizeof(float) * n * K);
+                uint16_t *wb = malloc(sizeof(uint16_t) * M * K);
+                for (int i = 0; i < M * K; i++) wb[i] = tnn__f32_to_bf16(deq[i]);
+                CHECK_OK(tnn_download_f32(s, gi, gf, (size_t)n * M));
+                CHECK_OK(tnn__gemm_bf16(TNN_GEMM_BF16_AUTO, false, false, n, K, M, gf, M, wb, K,
+                                        yb, K));
+                int bad = 0;
+                for (int i = 0; i < n * K; i++) bad += (double)yb[i] != da[i];
+                /* (a few rows: tnn__gemm_bf16 takes its skinny kernels) */
+                CHECK(bad == 0 || n <= 24, "%s n=%d pass %d: %d of (n, M) @ W are not the bf16 "
+                      "GEMM's", tnn_ggml_type_name(types[ti]), n, pass, bad);
+                free(gf), free(yb), free(wb);
+            } else
+                CHECK(memcmp(da, db, sizeof(double) * (size_t)n * K) == 0,
+                      "%s n=%d pass %d: (n, M) @ W is not the f32 product's bits",
+                      tnn_ggml_type_name(types[ti]), n, pass);
+            float *wf = malloc(sizeof(float) * M * K);
+            CHECK_OK(tnn_download_f32(s, W, wf, (size_t)M * K));
+            CHECK(memcmp(wf, deq, sizeof(float) * M * K) == 0, "%s: download_f32 dequantizes",
+                  tnn_ggml_type_name(types[ti]));
+            CHECK_ERR(tnn_download_f32(s, W, wf, (size_t)M * K - 1), TNN_ERR_SHAPE, "n");
+            free(wf), free(da), free(db);
             double ra[3 * 64], rr[3 * 64];
             get(s, rows, ra);
             get(s, rref, rr);
@@ -382,6 +420,7 @@ static void test_quantized_ops(void) {
                   tnn_ggml_type_name(types[ti]));
             CHECK_ERR(tnn_upload_f32(s, W, deq, (size_t)M * K), TNN_ERR_ARG, "read-only");
             CHECK_NULL(tnn_matmul_nn(s, x, W), TNN_ERR_SHAPE, "second operand");
+            CHECK_NULL(tnn_matmul_tn(s, gi, W), TNN_ERR_SHAPE, "second operand");
             free(a), free(b), free(deq);
             tnn_session_free(s);
         }
@@ -396,6 +435,65 @@ static void test_quantized_ops(void) {
     tnn_gguf_close(g);
     unlink(path);
     free(w), free(q);
+}
+
+/* x's gradient through a quantized product of transformer widths: g (40,
+ * 1100) @ W (1100, 1024), W Q4_0 and Q4_K (whole 256-element blocks), so
+ * that the GEMM's packs ask for W's row blocks at several column and row
+ * offsets (its depth blocks are 512); the bits of the bf16 GEMM on the dequantized W (or, without a
+ * fast bf16 path, of the f32 product). */
+static void test_quantized_grad_wide(void) {
+    enum { M = 1100, K = 1024, N = 40 };
+    static const int types[] = {TNN_GGML_Q4_0, TNN_GGML_Q4_K};
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/tnn-test-qgrad-%d.gguf", (int)getpid());
+    float *w = malloc(sizeof(float) * M * K), *deq = malloc(sizeof(float) * M * K);
+    unsigned char *q = malloc((size_t)M * K);
+    th_seed(21);
+    for (int i = 0; i < M * K; i++) w[i] = (float)th_sym(1.0);
+    bool bf16 = tnn__gemm_bf16_auto_path() != TNN_GEMM_BF16_WIDEN;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        int64_t rb = tnn__qtype_row_bytes(types[ti], K), shape[2] = {M, K};
+        tnn_gguf_writer *wr = tnn_gguf_writer_new();
+        int rc = TNN_OK;
+        for (int r = 0; r < M && rc == TNN_OK; r++)
+            rc = tnn__quantize_row(types[ti], w + r * K, q + r * rb, K);
+        if (rc != TNN_OK) { /* Q4_K has no quantizer here: random blocks decode too */
+            tnn_clear_error();
+            for (int64_t i = 0; i < rb * M; i++) q[i] = (unsigned char)(th_uniform() * 256);
+            for (int r = 0; r < M; r++) /* d and dmin (f16) kept small and finite */
+                for (int64_t b = 0; b < rb; b += 144) q[r * rb + b + 1] = 0x10, q[r * rb + b + 3] = 0x10;
+        }
+        CHECK_OK(tnn_gguf_writer_add_tensor(wr, "w", types[ti], 2, shape, q, (size_t)(rb * M)));
+        CHECK_OK(tnn_gguf_writer_write(wr, path));
+        tnn_gguf_writer_free(wr);
+        for (int r = 0; r < M; r++) CHECK_OK(tnn__dequantize_row(types[ti], q + r * rb, deq + r * K, K));
+        tnn_gguf *g = tnn_gguf_open(path);
+        tnn_session *s = tnn_session_new(0);
+        tnn_tensor *W = tnn_tensor_from_gguf(s, g, "w"), *gi = tnn_input_2d_f32(s, N, M);
+        tnn_tensor *dx = tnn_matmul_nn(s, gi, W);
+        CHECK_OK(tnn_realize(s, dx));
+        fill_session(s, gi, 31, 1.0);
+        CHECK_OK(tnn_compute(s));
+        float *gf = malloc(sizeof(float) * N * M), *got = malloc(sizeof(float) * N * K);
+        float *want = malloc(sizeof(float) * N * K);
+        uint16_t *wb = malloc(sizeof(uint16_t) * M * K);
+        CHECK_OK(tnn_download_f32(s, gi, gf, (size_t)N * M));
+        CHECK_OK(tnn_download_f32(s, dx, got, (size_t)N * K));
+        for (int i = 0; i < M * K; i++) wb[i] = tnn__f32_to_bf16(deq[i]);
+        CHECK_OK(bf16 ? tnn__gemm_bf16(TNN_GEMM_BF16_AUTO, false, false, N, K, M, gf, M, wb, K,
+                                       want, K)
+                      : tnn__gemm_f32(false, false, N, K, M, gf, M, deq, K, want, K));
+        int bad = 0;
+        for (int i = 0; i < N * K; i++) bad += got[i] != want[i];
+        CHECK(bad == 0, "%s: %d of g @ W (%d x %d x %d) differ from the %s GEMM's",
+              tnn_ggml_type_name(types[ti]), bad, N, K, M, bf16 ? "bf16" : "f32");
+        free(gf), free(got), free(want), free(wb);
+        tnn_session_free(s);
+        tnn_gguf_close(g);
+    }
+    unlink(path);
+    free(w), free(deq), free(q);
 }
 
 /* tnn quantize's engine: metadata copied key by key, weight matrices
@@ -483,6 +581,7 @@ int main(void) {
     test_cached_attention_paths();
     test_half_transfers();
     test_quantized_ops();
+    test_quantized_grad_wide();
     test_quantize_file();
     return th_finish("test_infer");
 }

@@ -379,11 +379,36 @@ int tnn_download_i32(tnn_session *s, tnn_tensor *t, int32_t *dst, size_t n) {
     return s->backend->copy_out(dst, t->data, t->nbytes);
 }
 
+/* A GGML-typed tensor's rows dequantized into dst, staged a few rows at a
+ * time (its bytes are on the device for a device backend). */
+static int download_ggml(tnn_session *s, const tnn_tensor *t, float *dst) {
+    int64_t cols = t->shape[t->ndim - 1], rows = t->nelem / cols;
+    int64_t rb = tnn__qtype_row_bytes(t->gtype, cols);
+    if (rb < 0) return tnn_last_status();
+    int64_t step = (int64_t)sizeof(float) * XFER_CHUNK * 16 / rb;
+    if (step < 1) step = 1;
+    if (step > rows) step = rows;
+    char *buf = malloc((size_t)(step * rb));
+    if (!buf) return TNN_ERR(TNN_ERR_NOMEM, "out of memory staging tensor #%d", t->id);
+    int rc = TNN_OK;
+    for (int64_t r0 = 0; r0 < rows && rc == TNN_OK; r0 += step) {
+        int64_t m = rows - r0 < step ? rows - r0 : step;
+        rc = s->backend->copy_out(buf, (const char *)t->data + r0 * rb, (size_t)(m * rb));
+        for (int64_t r = 0; r < m && rc == TNN_OK; r++)
+            rc = tnn__dequantize_row(t->gtype, buf + r * rb, dst + (r0 + r) * cols, cols);
+    }
+    free(buf);
+    return rc;
+}
+
 int tnn_download_f32(tnn_session *s, tnn_tensor *t, float *dst, size_t n) {
     int rc = check_download(s, t, __func__);
     if (rc) return rc;
-    if ((rc = check_float(t, __func__)) || (rc = check_count(t, n, __func__))) return rc;
+    if ((t->dtype != TNN_GGML && (rc = check_float(t, __func__))) ||
+        (rc = check_count(t, n, __func__)))
+        return rc;
     if (!dst) return TNN_ERR(TNN_ERR_ARG, "dst is NULL");
+    if (t->dtype == TNN_GGML) return download_ggml(s, t, dst);
     if (!is_half(t)) return s->backend->copy_out(dst, t->data, t->nbytes);
     f32_sink_ctx c = {.dst = dst, .dtype = t->dtype}; /* f16 / bf16: widened exactly */
     return read_chunks(s, t, sink_f32, &c);

@@ -370,7 +370,7 @@ static void pack_b(gemm_job *g, int64_t k0, int64_t kc, int64_t j0, int64_t nc, 
             return;
         }
         g->brows->rows(g->brows->ctx, j0, nc, k0, kc, t);
-        Bh = t, ldb = kc, j0 = 0, k0 = 0;
+        Bh = t, ldb = g->brows->by_k ? nc : kc, j0 = 0, k0 = 0; /* by_k: g->tb is false */
     }
     if (g->mode == GEMM_DOT) {
         tnn__gemm_dot_pack_b_fn pk = g->dk->pack_b ? g->dk->pack_b : tnn__gemm_dot_pack_b;
@@ -742,7 +742,8 @@ int tnn__gemm_bf16_epi(int path, bool ta, bool tb, int64_t M, int64_t N, int64_t
 int tnn__gemm_bf16_rows(int path, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
                         const tnn_gemm_brows *src, float *C, int64_t ldc) {
     if (!src || !src->rows) return TNN_ERR(TNN_ERR_ARG, "NULL rows of B");
-    return gemm_bf16_run(path, false, true, M, N, K, A, lda, NULL, K, src, C, ldc, NULL);
+    return gemm_bf16_run(path, false, !src->by_k, M, N, K, A, lda, NULL, src->by_k ? N : K, src,
+                         C, ldc, NULL);
 }
 
 static int gemm_bf16_run(int path, bool ta, bool tb, int64_t M, int64_t N, int64_t K,

@@ -183,6 +183,10 @@ int tnn__gemm_bf16_epi(int path, bool ta, bool tb, int64_t M, int64_t N, int64_t
 typedef struct {
     void (*rows)(void *ctx, int64_t j0, int64_t nc, int64_t k0, int64_t kc, uint16_t *dst);
     void *ctx;
+    /* true: B's own rows instead (B K x N): rows(ctx, j0, nc, k0, kc, dst)
+     * writes B[k][j] to dst[(k - k0) * nc + (j - j0)], the same values by k
+     * (a product with quantized weights W as B: W's row blocks) */
+    bool by_k;
 } tnn_gemm_brows;
 /* C (M x N) = A (M x K, row stride lda) @ B^T, B (N x K) given by `src`:
  * the bits tnn__gemm_bf16 gives on (A, B) with B transposed in memory, on

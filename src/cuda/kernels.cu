@@ -1536,8 +1536,8 @@ static int qmatvec(const tnn_tensor *t, const cu_mv &p) {
 }
 
 static bool qmatvec_node(const tnn_tensor *t) {
-    return t->op == TNN_OP_MATMUL && t->src[1]->dtype == TNN_GGML && t->src[0]->ndim == 2 &&
-           t->src[0]->shape[0] <= QMV_ROWS;
+    return t->op == TNN_OP_MATMUL && t->src[1]->dtype == TNN_GGML &&
+           (t->iparam[0] & TNN_MM_TB) && t->src[0]->ndim == 2 && t->src[0]->shape[0] <= QMV_ROWS;
 }
 
 /* Node t (plan index i) is read only by the node at index `by`, and kept by
