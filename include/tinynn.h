@@ -1056,7 +1056,9 @@ TNN_API void tnn_trainer_free(tnn_trainer *t);
  * "lr" defaults to 1e-4), "lora" (with "init": the rank of a LoRA run,
  * every weight frozen and a low-rank update of each projection trained,
  * written merged into the checkpoint; "lr" defaults to 1e-3), "lora-alpha"
- * (the update's scale is alpha / rank; 2 rank), "steps",
+ * (the update's scale is alpha / rank; 2 rank), "qlora" (0 or 1; with
+ * "lora": the frozen embeddings and projections stay as the init file
+ * stores them, quantized ones quantized, read in place: QLoRA), "steps",
  * "batch", "seq", "layers", "dim", "heads", "kv-heads", "ff", "lr",
  * "warmup", "seed", "bf16" (0 or 1; with "lora" the frozen projections
  * are then held as bf16, half their memory), "eval-every", "sample-every",

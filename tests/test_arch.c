@@ -21,6 +21,8 @@
  * factors, a projection without one), applied at run time, must give the
  * logits of the model with it merged into the weights, prompt and decoding;
  * adapters that do not fit the model are refused and leave it as it was.
+ * LoRA training on the model quantized to Q8_0 with its matrices read in
+ * place (QLoRA) must follow LoRA on the dequantized weights.
  */
 #include "harness.h"
 
@@ -28,6 +30,7 @@
 #include "llm/llama.h"
 #include "llm/model.h"
 #include "llm/quantize.h"
+#include "ops/kernels.h"
 #include "quant/quant.h"
 
 #include <unistd.h>
@@ -434,6 +437,70 @@ done:
     unlink(other);
 }
 
+/* ---- QLoRA: LoRA on the quantized model's own tensors ---- */
+
+/* LoRA training on the model quantized to Q8_0, its matrices read in place
+ * from that file (QLoRA: quantized products, x's gradient through the
+ * dequantized panels; on the GPU in the CUDA twins), against LoRA on the
+ * same weights dequantized to f32 leaves on the CPU: three steps, the same
+ * factors to start. With the CPU's quantized products on the f32 GEMM both
+ * compute the same bits; the GPU sums in other orders. */
+static void check_qlora(const variant *v, const char *path) {
+    char q8[128];
+    snprintf(q8, sizeof q8, "%s.q8_0.gguf", path);
+    CHECK_OK(lm_quantize_file(path, q8, TNN_GGML_Q8_0, NULL));
+    lm_config cfg;
+    CHECK_OK(lm_checkpoint_read_config(q8, &cfg, NULL));
+    enum { B = 2, T = 12 };
+    cfg.ctx_len = cfg.seq_len;
+    cfg.seq_len = T;
+    cfg.lora_rank = RANK;
+    cfg.lora_alpha = 2.0 * RANK;
+    lm_optim opt = {.lr = 3e-2, .beta1 = 0.9, .beta2 = 0.99, .eps = 1e-8, .grad_clip = 1.0};
+    tnn__qmm_set_rows(0);
+    tnn__qmm_set_bf16(false);
+    tnn_gguf *f = tnn_gguf_open(q8);
+    lm_graph g[2];
+    for (int k = 0; k < 2; k++) {
+        lm_config c = cfg;
+        c.frozen_gguf = k ? f : NULL;
+        CHECK_OK(lm_graph_build(&g[k], &c, B, T, true, &opt, k ? lm_cuda() : false));
+        CHECK_OK(lm_checkpoint_load(q8, &g[k], false, LM_LOAD_BASE));
+        CHECK_OK(lm_init_lora(&g[k], 3));
+    }
+    tnn_tensor *out = v->tied ? g[1].p.tok_emb : g[1].p.output;
+    CHECK(tnn_tensor_dtype(out) == TNN_GGML && tnn_tensor_dtype(g[1].p.layer[1].wk) == TNN_GGML,
+          "%s: QLoRA's matrices are not the file's", v->name);
+    double loss[2][3];
+    int64_t tok[B * T], tgt[B * T];
+    for (int step = 0; step < 3; step++)
+        for (int k = 0; k < 2; k++) {
+            for (int i = 0; i < B * T; i++)
+                tok[i] = (i * 31 + 7) % VOCAB, tgt[i] = (i * 17 + 3) % VOCAB; /* one batch */
+            CHECK_OK(tnn_upload_from_int_array(g[k].s, g[k].tokens, tok, B * T));
+            CHECK_OK(tnn_upload_from_int_array(g[k].s, g[k].targets, tgt, B * T));
+            CHECK_OK(tnn_compute(g[k].s));
+            CHECK_OK(tnn_download_to_f64_array(g[k].s, g[k].loss, &loss[k][step], 1));
+        }
+    double worst = 0;
+    for (int step = 0; step < 3; step++)
+        worst = fmax(worst, fabs(loss[1][step] - loss[0][step]) / loss[0][step]);
+    CHECK(loss[0][2] < loss[0][0] - 0.01, "%s: LoRA did not train (%.4f -> %.4f)", v->name,
+          loss[0][0], loss[0][2]);
+    if (lm_cuda())
+        CHECK(worst <= 1e-4, "%s: QLoRA's losses differ by %.3g (relative)", v->name, worst);
+    else
+        CHECK(worst == 0, "%s: QLoRA's losses differ by %.3g (relative)", v->name, worst);
+    printf("%s: QLoRA on Q8_0 (%s), 3 steps %.5f -> %.5f, within %.2g of LoRA on f32\n", v->name,
+           tnn_session_backend(g[1].s), loss[1][0], loss[1][2], worst);
+    lm_graph_free(&g[0]);
+    lm_graph_free(&g[1]);
+    tnn_gguf_close(f);
+    tnn__qmm_set_rows(-1);
+    tnn__qmm_set_bf16(true);
+    unlink(q8);
+}
+
 int main(int argc, char **argv) {
     TH_USE_CUDA("test_arch");
     if (argc == 3 && !strcmp(argv[1], "--write")) { /* for tools/arch_reference.py */
@@ -495,6 +562,7 @@ int main(int argc, char **argv) {
         lm_llama_free(m);
         check_training_graph(v, path, &rec[r]);
         check_lora(v, path);
+        check_qlora(v, path);
         unlink(path);
     }
     return th_finish("test_arch");

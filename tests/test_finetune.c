@@ -43,9 +43,11 @@
  * instead of 10: their code paths are checked, what they learn is not. */
 #ifdef __SANITIZE_ADDRESS__
 #define STEPS 2
+#define HALF 1
 #define RESUMED 4 /* the step a resumed run trains to */
 #else
 #define STEPS 10
+#define HALF 5 /* STEPS / 2 */
 #define RESUMED 12
 #endif
 #define STR_(x) #x
@@ -442,6 +444,55 @@ static void test_lora(const char *dir) {
     unlink(facts);
 }
 
+/* QLoRA: LoRA on the Q4_1 file's own tensors, read in place. It learns as
+ * LoRA does; its checkpoint says so, and a run resumed from its middle
+ * checkpoint (the frozen weights read in place again) ends with the
+ * uninterrupted run's losses bit for bit. */
+static void test_qlora(const char *dir) {
+    char facts[256], ck[256], mid[300];
+    snprintf(facts, sizeof facts, "%s/tnn-finetune-qfacts-%d.txt", dir, (int)getpid());
+    snprintf(ck, sizeof ck, "%s/tnn-finetune-qlora-%d-{step}.gguf", dir, (int)getpid());
+    snprintf(mid, sizeof mid, "%s/tnn-finetune-qlora-%d-%d.gguf", dir, (int)getpid(), HALF);
+    CHECK(write_facts(facts), "writing %s", facts);
+    const char *opts[] = {"data", facts, "init", MODEL, "lora", "8", "qlora", "1",
+                          "steps", STR(STEPS), "warmup", "2", "batch", "4", "seq", "32",
+                          "eval-every", "0", "sample-len", "0", "checkpoint", ck,
+                          "checkpoint-every", STR(HALF), NULL};
+    static log_buf lb;
+    tnn_trainer *t = train("QLoRA", opts, &lb);
+    double v0 = 0, v1 = 0, last = 0, last2 = 1;
+    if (t) CHECK_OK(tnn_trainer_result(t, NULL, NULL, &last, &v0, &v1, NULL));
+    tnn_trainer_free(t);
+    CHECK(strstr(lb.text, "with QLoRA (rank 8, alpha 16)") &&
+              strstr(lb.text, "LoRA rank 8: 2442240 trained"),
+          "the log:\n%s", lb.text);
+    CHECK(v0 > 3.5 && (!LEARNS || v1 < v0 - 1.0), "QLoRA: validation loss %.3f -> %.3f", v0, v1);
+    printf("QLoRA rank 8 on Q4_1, %d steps: validation loss %.3f -> %.3f\n", STEPS, v0, v1);
+    lm_config cfg;
+    static lm_train_state st;
+    CHECK_OK(lm_checkpoint_read_config(mid, &cfg, &st));
+    CHECK(st.qlora && cfg.lora_rank == 8, "the checkpoint: qlora %d, rank %d", st.qlora,
+          cfg.lora_rank);
+    const char *more[] = {"data", facts, "resume", mid, "sample-len", "0", NULL};
+    t = train("resuming QLoRA", more, &lb);
+    if (t) CHECK_OK(tnn_trainer_result(t, NULL, NULL, &last2, NULL, NULL, NULL));
+    tnn_trainer_free(t);
+    CHECK(last2 == last, "resumed QLoRA: last loss %.9g, uninterrupted %.9g", last2, last);
+    /* QLoRA is LoRA: a rank is needed */
+    t = tnn_trainer_new();
+    CHECK_OK(tnn_trainer_set(t, "data", facts));
+    CHECK_OK(tnn_trainer_set(t, "init", MODEL));
+    CHECK_OK(tnn_trainer_set(t, "qlora", "1"));
+    CHECK_ERR(tnn_trainer_run(t, NULL, NULL), TNN_ERR_ARG, "give a LoRA rank");
+    tnn_trainer_free(t);
+    for (int step = HALF; step <= STEPS; step += HALF) {
+        char p[300];
+        snprintf(p, sizeof p, "%s/tnn-finetune-qlora-%d-%d.gguf", dir, (int)getpid(), step);
+        unlink(p);
+    }
+    unlink(facts);
+}
+
 /* ---- conversations ---- */
 
 static void parse_fails(const char *text, const char *why) {
@@ -665,6 +716,7 @@ int main(void) {
     test_scored();
     test_run(dir);
     test_lora(dir);
+    test_qlora(dir);
     test_chat_run(dir);
     return th_finish("test_finetune");
 }

@@ -11,6 +11,9 @@
 #include "llm/model.h"
 #include "llm/train.h"
 
+#include "ops/kernels.h"
+#include "quant/quant.h"
+
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -333,6 +336,23 @@ static void test_bf16_training(void) {
     CHECK(m.last_loss == m1.last_loss && m.last_val == m1.last_val,
           "bf16, 1 vs 2 threads: %.9g/%.9g vs %.9g/%.9g", m1.last_loss, m1.last_val, m.last_loss,
           m.last_val);
+    /* resumed from its middle, a mixed-precision run stays one (the
+     * checkpoint says so) and ends with the same loss */
+    char pattern[96], mid[96], end[96];
+    snprintf(pattern, sizeof pattern, "/tmp/tnn-test-bf-%d-{step}.gguf", (int)getpid());
+    snprintf(mid, sizeof mid, "/tmp/tnn-test-bf-%d-15.gguf", (int)getpid());
+    snprintf(end, sizeof end, "/tmp/tnn-test-bf-%d-30.gguf", (int)getpid());
+    o.checkpoint = pattern;
+    o.checkpoint_every = 15;
+    CHECK(lm_train(&o, &m) == 0, "bf16 run with checkpoints");
+    lm_train_opts r = o;
+    r.resume = mid;
+    r.checkpoint = NULL;
+    r.optim.bf16 = false; /* the checkpoint's choice counts */
+    CHECK(lm_train(&r, &m1) == 0, "resumed bf16 run");
+    CHECK(m1.first_step == 16 && m1.last_loss == m.last_loss,
+          "resumed bf16 run: loss %.9g vs %.9g", m1.last_loss, m.last_loss);
+    unlink(mid), unlink(end);
     fclose(o.out);
     remove(path);
 }
@@ -366,6 +386,23 @@ static int copy_one(void *p, const char *name, tnn_tensor *t) {
     return rc;
 }
 
+/* Three training steps of both graphs (same shapes) on the same batches:
+ * loss[k][step]. */
+static void three_steps(lm_graph g[2], double loss[2][3]) {
+    int n = g[0].B * g[0].T, V = g[0].cfg.vocab;
+    int64_t *tok = malloc((size_t)n * sizeof *tok), *tgt = malloc((size_t)n * sizeof *tgt);
+    for (int step = 0; step < 3; step++)
+        for (int k = 0; k < 2; k++) {
+            for (int i = 0; i < n; i++) tok[i] = (i * 37 + step * 11) % V, tgt[i] = (i * 53 + step) % V;
+            CHECK_OK(tnn_upload_from_int_array(g[k].s, g[k].tokens, tok, (size_t)n));
+            CHECK_OK(tnn_upload_from_int_array(g[k].s, g[k].targets, tgt, (size_t)n));
+            CHECK_OK(tnn_compute(g[k].s));
+            CHECK_OK(tnn_download_to_f64_array(g[k].s, g[k].loss, &loss[k][step], 1));
+        }
+    free(tok);
+    free(tgt);
+}
+
 static void test_lora_frozen_bf16(void) {
     lm_config cfg = tiny();
     cfg.d_model = 32;
@@ -391,17 +428,8 @@ static void test_lora_frozen_bf16(void) {
     pair_ctx c = {.src = &g[0], .dst = &g[1]};
     CHECK_OK(lm_params_each(&g[1], list_one, &c));
     CHECK_OK(lm_params_each(&g[0], copy_one, &c));
-    int64_t tok[B * T], tgt[B * T];
     double loss[2][3];
-    for (int step = 0; step < 3; step++)
-        for (int k = 0; k < 2; k++) {
-            for (int i = 0; i < B * T; i++)
-                tok[i] = (i * 37 + step * 11) % cfg.vocab, tgt[i] = (i * 53 + step) % cfg.vocab;
-            CHECK_OK(tnn_upload_from_int_array(g[k].s, g[k].tokens, tok, B * T));
-            CHECK_OK(tnn_upload_from_int_array(g[k].s, g[k].targets, tgt, B * T));
-            CHECK_OK(tnn_compute(g[k].s));
-            CHECK_OK(tnn_download_to_f64_array(g[k].s, g[k].loss, &loss[k][step], 1));
-        }
+    three_steps(g, loss);
     CHECK(!memcmp(loss[0], loss[1], sizeof loss[0]),
           "frozen bf16 vs rounded each step: losses %.9g %.9g %.9g vs %.9g %.9g %.9g",
           loss[1][0], loss[1][1], loss[1][2], loss[0][0], loss[0][1], loss[0][2]);
@@ -432,11 +460,161 @@ static void test_lora_frozen_bf16(void) {
     CHECK(lm_config_problem(&cfg) != NULL, "bf16 frozen weights without LoRA accepted");
 }
 
+/* QLoRA (frozen_gguf): the frozen embeddings and projections read in
+ * place from a file of Q8_0 matrices. With the quantized products forced
+ * onto the f32 GEMM (x's gradient too) it computes exactly what LoRA on
+ * the dequantized weights as f32 computes: the same losses and factors, bit
+ * for bit, over 3 steps, and the same checkpoint bytes (the weights
+ * downloaded dequantized, the update merged). With the default kernels
+ * (bf16 copies where AMX or vdpbf16ps run them, 8-bit x for few rows) the
+ * losses stay close. */
+typedef struct {
+    tnn_gguf_writer *w;
+    const lm_graph *g;
+    lm_graph *twin; /* gets the dequantized values */
+} qfile_ctx;
+
+static int quantize_one(void *p, const char *name, tnn_tensor *t) {
+    qfile_ctx *c = p;
+    if (lm_is_lora_name(name)) return TNN_OK;
+    int nd = tnn_tensor_ndim(t);
+    int64_t shape[2] = {tnn_tensor_dim(t, 0), nd == 2 ? tnn_tensor_dim(t, 1) : 1};
+    size_t n = (size_t)tnn_tensor_nelements(t);
+    float *v = malloc(n * sizeof *v);
+    int rc = tnn_download_f32(c->g->s, t, v, n);
+    if (rc == TNN_OK && nd == 1) {
+        rc = tnn_gguf_writer_add_tensor(c->w, name, TNN_GGML_F32, 1, shape, v, n * 4);
+        free(v);
+        return rc;
+    }
+    int64_t rb = tnn__qtype_row_bytes(TNN_GGML_Q8_0, shape[1]);
+    unsigned char *q = malloc((size_t)(rb * shape[0]));
+    for (int64_t r = 0; r < shape[0] && rc == TNN_OK; r++) {
+        rc = tnn__quantize_row(TNN_GGML_Q8_0, v + r * shape[1], q + r * rb, shape[1]);
+        if (rc == TNN_OK) rc = tnn__dequantize_row(TNN_GGML_Q8_0, q + r * rb, v + r * shape[1], shape[1]);
+    }
+    if (rc == TNN_OK)
+        rc = tnn_gguf_writer_add_tensor(c->w, name, TNN_GGML_Q8_0, 2, shape, q,
+                                        (size_t)(rb * shape[0]));
+    if (rc == TNN_OK) rc = tnn_upload_f32(c->g->s, t, v, n); /* the twin holds the values */
+    free(q);
+    free(v);
+    return rc;
+}
+
+static int copy_lora(void *p, const char *name, tnn_tensor *t) {
+    if (lm_is_lora_name(name)) return copy_one(p, name, t);
+    ((pair_ctx *)p)->at++;
+    return TNN_OK;
+}
+
+static bool same_file(const char *a, const char *b) {
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    bool same = fa && fb;
+    for (int ca = 0, cb = 0; same && ca != EOF; ) {
+        ca = fgetc(fa), cb = fgetc(fb);
+        same = ca == cb;
+    }
+    if (fa) fclose(fa);
+    if (fb) fclose(fb);
+    return same;
+}
+
+static void test_qlora(void) {
+    lm_config cfg = tiny();
+    cfg.d_model = 32, cfg.d_ff = 64, cfg.seq_len = 16, cfg.lora_rank = 4, cfg.lora_alpha = 8;
+    lm_optim opt = {.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.99, .eps = 1e-8, .grad_clip = 1.0};
+    enum { B = 2, T = 16 };
+    char path[64], ck[2][64];
+    snprintf(path, sizeof path, "/tmp/tnn-test-qlora-%d.gguf", (int)getpid());
+    for (int k = 0; k < 2; k++)
+        snprintf(ck[k], sizeof ck[k], "/tmp/tnn-test-qlora-ck%d-%d.gguf", k, (int)getpid());
+    for (int pass = 0; pass < 2; pass++) {
+        /* pass 0: the quantized products on the f32 GEMM; 1: the defaults */
+        tnn__qmm_set_rows(pass == 0 ? 0 : -1);
+        tnn__qmm_set_bf16(pass == 1);
+        lm_graph g[2];
+        CHECK_OK(lm_graph_build(&g[0], &cfg, B, T, true, &opt, false));
+        CHECK_OK(lm_init_weights(&g[0], 5));
+        CHECK_OK(lm_init_lora(&g[0], 6));
+        qfile_ctx qc = {.w = tnn_gguf_writer_new(), .g = &g[0]};
+        CHECK_OK(lm_params_each(&g[0], quantize_one, &qc));
+        CHECK_OK(tnn_gguf_writer_write(qc.w, path));
+        tnn_gguf_writer_free(qc.w);
+        tnn_gguf *f = tnn_gguf_open(path);
+        lm_config qcfg = cfg;
+        qcfg.frozen_gguf = f;
+        CHECK_OK(lm_graph_build(&g[1], &qcfg, B, T, true, &opt, false));
+        CHECK(tnn_tensor_dtype(g[1].p.layer[1].w_down) == TNN_GGML &&
+                  tnn_tensor_dtype(g[1].p.tok_emb) == TNN_GGML &&
+                  tnn_tensor_dtype(g[1].p.layer[0].attn_norm) == TNN_F32,
+              "QLoRA: the matrices are the file's Q8_0 tensors, the norms f32");
+        CHECK_OK(lm_checkpoint_load(path, &g[1], false, LM_LOAD_BASE)); /* the norms */
+        pair_ctx c = {.src = &g[0], .dst = &g[1]};
+        CHECK_OK(lm_params_each(&g[1], list_one, &c));
+        CHECK_OK(lm_params_each(&g[0], copy_lora, &c));
+        double loss[2][3];
+        three_steps(g, loss);
+        printf("QLoRA (%s): losses %.9g %.9g %.9g, LoRA on the dequantized weights %.9g %.9g "
+               "%.9g\n", pass ? "default kernels" : "f32 GEMM", loss[1][0], loss[1][1],
+               loss[1][2], loss[0][0], loss[0][1], loss[0][2]);
+        CHECK(loss[0][2] < loss[0][0], "the factors did not train");
+        for (int k = 0; k < 2; k++) CHECK_OK(lm_checkpoint_save(ck[k], &g[k], NULL, NULL));
+        if (pass == 0) {
+            CHECK(!memcmp(loss[0], loss[1], sizeof loss[0]), "QLoRA's losses differ");
+            CHECK(same_file(ck[0], ck[1]), "QLoRA's merged checkpoint differs from LoRA's");
+        } else {
+            for (int step = 0; step < 3; step++)
+                CHECK(fabs(loss[1][step] - loss[0][step]) < 2e-3 * loss[0][step],
+                      "step %d: QLoRA loss %.6f vs %.6f", step, loss[1][step], loss[0][step]);
+        }
+        if (pass == 1) { /* a sampling graph reads the same file, and the factors shared */
+            lm_graph gen;
+            CHECK_OK(lm_graph_build(&gen, &qcfg, 1, T, false, NULL, false));
+            CHECK_OK(lm_share_weights(&gen, &g[1]));
+            int64_t tok[T];
+            for (int i = 0; i < T; i++) tok[i] = (i * 37 + 11) % cfg.vocab;
+            CHECK_OK(tnn_upload_from_int_array(gen.s, gen.tokens, tok, T));
+            CHECK_OK(tnn_compute(gen.s));
+            static float lg[T * 256];
+            CHECK_OK(tnn_download_f32(gen.s, gen.logits, lg, (size_t)T * cfg.vocab));
+            bool finite = true;
+            for (int i = 0; i < T * cfg.vocab; i++) finite = finite && isfinite(lg[i]);
+            CHECK(finite, "the sampling graph's logits");
+            lm_graph_free(&gen);
+        }
+        lm_graph_free(&g[0]);
+        lm_graph_free(&g[1]);
+        tnn_gguf_close(f);
+    }
+    tnn__qmm_set_rows(-1);
+    tnn__qmm_set_bf16(true);
+    /* refusals: no LoRA, bf16 and file both, a file of other shapes */
+    lm_config bad = cfg;
+    bad.frozen_gguf = (const tnn_gguf *)&bad; /* not read: refused first */
+    bad.lora_rank = 0;
+    CHECK(lm_config_problem(&bad) != NULL, "frozen file weights without LoRA accepted");
+    bad.lora_rank = 4, bad.frozen_bf16 = true;
+    CHECK(lm_config_problem(&bad) != NULL, "bf16 and file frozen weights accepted");
+    tnn_gguf *f = tnn_gguf_open(path);
+    bad = cfg;
+    bad.d_ff = 96;
+    bad.frozen_gguf = f;
+    lm_graph gb;
+    CHECK_ERR(lm_graph_build(&gb, &bad, B, T, true, &opt, false), TNN_ERR_FORMAT,
+              "ffn_down.weight of the frozen model is not (32, 96)");
+    tnn_gguf_close(f);
+    unlink(path);
+    unlink(ck[0]);
+    unlink(ck[1]);
+}
+
 int main(void) {
     test_model_gradients();
     test_training_run();
     test_bf16_training();
     test_lora_frozen_bf16();
+    test_qlora();
     test_gguf_tokenizer();
     return th_finish("test_train");
 }

@@ -76,6 +76,9 @@ static void usage(FILE *f) {
             "  --lora N             with --init: LoRA of rank N (the weights frozen, a low-\n"
             "                       rank update of each projection trained; --lr 1e-3 unless\n"
             "                       given); --lora-alpha X scales it by X/N (2N)\n"
+            "  --qlora              with --lora: the frozen weights as the file stores them\n"
+            "                       (quantized ones stay quantized, read in place, not\n"
+            "                       copied): QLoRA, a fraction of the memory\n"
             "  FILE.jsonl           conversations, {\"messages\": [{\"role\": ..., \"content\":\n"
             "                       ...}, ...]} a line, in the model's chat template; the loss\n"
             "                       scores the assistant's turns only\n"
@@ -123,6 +126,10 @@ static bool parse_opts(int argc, char **argv, tnn_trainer *t, int *nfiles, int *
             /* the f32 products left on a GPU (attention's) in TF32, unless
              * TNN_CUDA_TF32 says otherwise: still finer than bf16 */
             setenv("TNN_CUDA_TF32", "1", 0);
+            continue;
+        }
+        if (!strcmp(a, "--qlora")) {
+            tnn_trainer_set(t, "qlora", "1");
             continue;
         }
         if (!strcmp(a, "--tf32")) {

@@ -7,7 +7,8 @@ conversation with the model: the chat template applied by the library, the
 answer streamed through a callback, the second turn computing only what the
 cache does not already hold; and trains a small model on the model's tokens
 (train()), whose checkpoint then opens as a model, and a LoRA update of the
-model itself, whose adapter file (tnn_lora_export) it then applies
+model itself (QLoRA: on its quantized weights), whose adapter file
+(tnn_lora_export) it then applies
 (tnn_llm_load_lora). Along the way it checks
 what an FFI caller relies on: the text round-trips through the tokenizer,
 errors come back as a status or NULL plus tnn_last_error(), never a crash.
@@ -239,12 +240,15 @@ def main():
         small.close()
         print(f"trained from Python: validation loss {r['first_val_loss']:.2f} -> "
               f"{r['val_loss']:.2f} in {r['steps']} steps")
-        # a LoRA run on the model itself, its adapter file, applied at run time
+        # a LoRA run on the model itself (QLoRA: on its quantized weights as
+        # the file stores them), its adapter file, applied at run time
         lck, ad = os.path.join(tmp, "lora.gguf"), os.path.join(tmp, "adapter.gguf")
-        r = train(lib, [corpus], None, init=model_path, lora=4, checkpoint=lck, steps=2,
-                  batch=2, seq=16, eval_every=2, sample_len=0)
+        log = []
+        r = train(lib, [corpus], log.append, init=model_path, lora=4, qlora=1, checkpoint=lck,
+                  steps=2, batch=2, seq=16, eval_every=2, sample_len=0)
         check(r["steps"] == 2 and lib.tnn_lora_export(lck.encode(), ad.encode()) == 0,
-              f"LoRA run and its adapter: {lib.tnn_last_error().decode()}")
+              f"QLoRA run and its adapter: {lib.tnn_last_error().decode()}")
+        check("with QLoRA (rank 4" in "".join(log), "the QLoRA run's log")
         check(lib.tnn_lora_export(ck.encode(), ad.encode()) < 0
               and b"not a LoRA checkpoint" in lib.tnn_last_error(), "export refused")
         adapted = Model(lib, model_path, n_ctx=64)
@@ -255,7 +259,7 @@ def main():
         n = lib.tnn_llm_generate(adapted.m, None, b"the cat", 8, 0, TEXT_FN(0), None, buf, 256)
         check(n >= 0, "generating with the adapter")
         adapted.close()
-        print(f"LoRA from Python: {os.path.getsize(ad)} bytes of adapter, applied: "
+        print(f"QLoRA from Python: {os.path.getsize(ad)} bytes of adapter, applied: "
               f"{buf.value.decode(errors='replace')!r}")
 
     model.close()

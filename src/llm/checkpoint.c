@@ -163,6 +163,8 @@ int lm_checkpoint_save(const char *path, const lm_graph *g, const lm_train_state
         ADD(tnn_gguf_writer_add_f64(w, "tinynn.train.weight_decay", st->optim.weight_decay));
         ADD(tnn_gguf_writer_add_f64(w, "tinynn.train.grad_clip", st->optim.grad_clip));
         if (st->init[0]) ADD(tnn_gguf_writer_add_str(w, "tinynn.train.init", st->init));
+        if (st->optim.bf16) ADD(tnn_gguf_writer_add_bool(w, "tinynn.train.bf16", 1));
+        if (st->qlora) ADD(tnn_gguf_writer_add_bool(w, "tinynn.train.qlora", 1));
         if (m->lora_rank > 0) {
             ADD(tnn_gguf_writer_add_i32(w, "tinynn.train.lora_rank", m->lora_rank));
             ADD(tnn_gguf_writer_add_f64(w, "tinynn.train.lora_alpha", m->lora_alpha));
@@ -201,6 +203,14 @@ static int get_int(const tnn_gguf *f, const char *key, int *out) {
 static int get_dbl(const tnn_gguf *f, const char *key, double *out) {
     int rc = tnn_gguf_get_f64(f, key, out);
     return rc; /* on failure the message names the key */
+}
+
+/* Whether the bool key is there and true. */
+static bool get_flag(const tnn_gguf *f, const char *key) {
+    int v = 0;
+    bool on = tnn_gguf_get_bool(f, key, &v) == TNN_OK && v;
+    tnn_clear_error();
+    return on;
 }
 
 int lm_checkpoint_read_config(const char *path, lm_config *cfg, lm_train_state *st) {
@@ -262,6 +272,9 @@ int lm_checkpoint_read_config(const char *path, lm_config *cfg, lm_train_state *
         const char *init = NULL;
         if (rc == TNN_OK && tnn_gguf_get_str(f, "tinynn.train.init", &init, NULL) == TNN_OK)
             snprintf(st->init, sizeof st->init, "%s", init);
+        /* flags written only when set (older checkpoints have neither) */
+        st->optim.bf16 = rc == TNN_OK && get_flag(f, "tinynn.train.bf16");
+        st->qlora = rc == TNN_OK && get_flag(f, "tinynn.train.qlora");
         int32_t rank = 0;
         if (rc == TNN_OK && tnn_gguf_get_i32(f, "tinynn.train.lora_rank", &rank) == TNN_OK) {
             cfg->lora_rank = rank;
@@ -341,6 +354,9 @@ static int load_one(void *p, const char *name, tnn_tensor *t) {
     load_ctx *c = p;
     bool lora = lm_is_lora_name(name);
     if ((c->part == LM_LOAD_BASE && lora) || (c->part == LM_LOAD_LORA && !lora)) return TNN_OK;
+    /* a QLoRA graph's frozen weights: read in place from the base model */
+    if (c->part == LM_LOAD_BASE && (t->flags & TNN_FLAG_EXTERNAL) && c->g->cfg.frozen_gguf)
+        return TNN_OK;
     int rc = load_tensor(c, name, t, -1);
     for (int which = 0; which < 2 && rc == TNN_OK && c->optimizer && trained(t); which++) {
         char oname[96];

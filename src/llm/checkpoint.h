@@ -19,6 +19,7 @@ typedef struct {
     /* A fine-tuning run's base model ("" when trained from scratch): a LoRA
      * run resumes its frozen weights from there. */
     char init[4096];
+    bool qlora; /* a LoRA run on the base model's own tensor types (lm_config.frozen_gguf) */
 } lm_train_state;
 
 /* Writes the model of g (and, with st, its optimizer state and st) to path,

@@ -49,8 +49,11 @@ const char *lm_config_problem(const lm_config *c) {
         (c->lora_rank > 0 && !(c->lora_alpha > 0)))
         return "the LoRA rank must be at most the narrowest projection's width (the k/v "
                "heads' total), with alpha > 0";
-    if (c->frozen_bf16 && c->lora_rank == 0)
-        return "bf16 frozen weights are LoRA's (a full fine-tuning keeps f32 weights)";
+    if ((c->frozen_bf16 || c->frozen_gguf) && c->lora_rank == 0)
+        return "frozen weights in bf16 or in the file's types are LoRA's (a full fine-tuning "
+               "keeps f32 weights)";
+    if (c->frozen_bf16 && c->frozen_gguf)
+        return "frozen weights are either bf16 or the file's own";
     return NULL;
 }
 
@@ -75,8 +78,32 @@ static tnn_tensor *new2(lm_graph *g, int64_t r, int64_t c) {
     return t;
 }
 
-/* A projection's weight: new2(), or with frozen_bf16 a bf16 leaf. */
-static tnn_tensor *new_proj(lm_graph *g, int64_t r, int64_t c) {
+/* With frozen_gguf, tensor `name` of that file, which must be (r, c). */
+static tnn_tensor *from_file(lm_graph *g, const char *name, int64_t r, int64_t c) {
+    tnn_tensor *t = tnn_tensor_from_gguf(g->s, g->cfg.frozen_gguf, name);
+    if (t && (tnn_tensor_ndim(t) != 2 || tnn_tensor_dim(t, 0) != r || tnn_tensor_dim(t, 1) != c))
+        return TNN_ERR_NULL(TNN_ERR_FORMAT, "tensor %s of the frozen model is not (%lld, %lld)",
+                            name, (long long)r, (long long)c);
+    return t;
+}
+
+/* A matrix that is not a projection (the embeddings, the output): new2(),
+ * or with frozen_gguf the file's. */
+static tnn_tensor *new_mat(lm_graph *g, const char *name, int64_t r, int64_t c) {
+    return g->cfg.frozen_gguf ? from_file(g, name, r, c) : new2(g, r, c);
+}
+
+const char *const lm_proj_names[LM_LORA_N] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
+                                              "ffn_gate", "ffn_up", "ffn_down"};
+
+/* Projection i (LM_LORA_*) of layer l: new2(), with frozen_bf16 a bf16
+ * leaf, with frozen_gguf the file's. */
+static tnn_tensor *new_proj(lm_graph *g, int l, int i, int64_t r, int64_t c) {
+    if (g->cfg.frozen_gguf) {
+        char name[64];
+        snprintf(name, sizeof name, "blk.%d.%s.weight", l, lm_proj_names[i]);
+        return from_file(g, name, r, c);
+    }
     if (!g->cfg.frozen_bf16) return new2(g, r, c);
     int64_t sh[2] = {r, c};
     return tnn_tensor_new(g->s, TNN_BF16, 2, sh);
@@ -87,9 +114,6 @@ static tnn_tensor *new1(lm_graph *g, int64_t n) {
     if (t && g->cfg.lora_rank == 0) tnn_set_param(t);
     return t;
 }
-
-const char *const lm_proj_names[LM_LORA_N] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
-                                              "ffn_gate", "ffn_up", "ffn_down"};
 
 /* Layer L's projection weights in LM_LORA_* order. */
 static void projections(const lm_layer *L, tnn_tensor *out[LM_LORA_N]) {
@@ -112,10 +136,10 @@ static bool make_params(lm_graph *g) {
     const lm_config *c = &g->cfg;
     tnn_session *s = g->s;
     int64_t C = c->d_model, hd = C / c->n_head;
-    g->p.tok_emb = new2(g, c->vocab, C);
+    g->p.tok_emb = new_mat(g, "token_embd.weight", c->vocab, C);
     g->p.out_norm = new1(g, C);
     bool ok = g->p.tok_emb && g->p.out_norm;
-    if (ok && c->untied) ok = (g->p.output = new2(g, c->vocab, C)) != NULL;
+    if (ok && c->untied) ok = (g->p.output = new_mat(g, "output.weight", c->vocab, C)) != NULL;
     if (ok && c->rope_factors) {
         int64_t n = hd / 2;
         ok = (g->p.rope_freqs = tnn_tensor_new(s, TNN_F32, 1, &n)) != NULL; /* not trained */
@@ -123,14 +147,14 @@ static bool make_params(lm_graph *g) {
     for (int l = 0; l < c->n_layer && ok; l++) {
         lm_layer *L = &g->p.layer[l];
         L->attn_norm = new1(g, C);
-        L->wq = new_proj(g, c->n_head * hd, C);
-        L->wk = new_proj(g, c->n_kv_head * hd, C);
-        L->wv = new_proj(g, c->n_kv_head * hd, C);
-        L->wo = new_proj(g, C, c->n_head * hd);
+        L->wq = new_proj(g, l, LM_LORA_Q, c->n_head * hd, C);
+        L->wk = new_proj(g, l, LM_LORA_K, c->n_kv_head * hd, C);
+        L->wv = new_proj(g, l, LM_LORA_V, c->n_kv_head * hd, C);
+        L->wo = new_proj(g, l, LM_LORA_O, C, c->n_head * hd);
         L->ffn_norm = new1(g, C);
-        L->w_gate = new_proj(g, c->d_ff, C);
-        L->w_up = new_proj(g, c->d_ff, C);
-        L->w_down = new_proj(g, C, c->d_ff);
+        L->w_gate = new_proj(g, l, LM_LORA_GATE, c->d_ff, C);
+        L->w_up = new_proj(g, l, LM_LORA_UP, c->d_ff, C);
+        L->w_down = new_proj(g, l, LM_LORA_DOWN, C, c->d_ff);
         ok = L->attn_norm && L->wq && L->wk && L->wv && L->wo && L->ffn_norm && L->w_gate &&
              L->w_up && L->w_down;
         tnn_tensor *proj[LM_LORA_N];
@@ -157,10 +181,11 @@ static tnn_tensor *act(lm_graph *g, tnn_tensor *x) {
     return g->bf16_acts ? tnn_to_bf16(g->s, x) : x;
 }
 
-/* x @ w^T, with x from act() and, in mixed precision, a bf16 copy of w:
- * a bf16 product, whose gradients are bf16 products too. */
+/* x @ w^T, with x from act() and, in mixed precision, a bf16 copy of an
+ * f32 w: a bf16 product, whose gradients are bf16 products too (frozen
+ * weights in bf16 or a quantized type are used as they are). */
 static tnn_tensor *linear(lm_graph *g, tnn_tensor *x, tnn_tensor *w) {
-    bool round = g->bf16 && tnn_tensor_dtype(w) != TNN_BF16; /* (frozen_bf16: it is) */
+    bool round = g->bf16 && tnn_tensor_dtype(w) == TNN_F32;
     return tnn_matmul_nt(g->s, x, round ? tnn_to_bf16(g->s, w) : w);
 }
 
@@ -220,10 +245,11 @@ static tnn_tensor *forward(lm_graph *g) {
 
 /* The output projection's rows: the vocabulary rounded up to a multiple of
  * `align` (optim->vocab_align, 0 picking by backend), in a training graph
- * that does not keep its logits. */
+ * that does not keep its logits and whose output matrix is its own (a
+ * file's quantized one takes no rows of zeros). */
 static int64_t vocab_rows(const lm_graph *g, const lm_optim *optim) {
     int64_t V = g->cfg.vocab;
-    if (!optim || optim->keep_logits) return V;
+    if (!optim || optim->keep_logits || g->cfg.frozen_gguf) return V;
     int64_t align = optim->vocab_align;
     if (align == 0) align = strcmp(tnn_session_backend(g->s), "cuda") ? 1 : 64;
     return align > 1 ? (V + align - 1) / align * align : V;
@@ -256,7 +282,8 @@ int lm_graph_build(lm_graph *g, const lm_config *cfg, int B, int T, bool with_lo
     g->bf16 = optim && optim->bf16;
     g->s = tnn_session_new(cuda);
     if (!g->s) return TNN_ERR_NOMEM;
-    g->bf16_acts = g->bf16 && !strcmp(tnn_session_backend(g->s), "cuda");
+    /* (products with quantized weights take f32 activations) */
+    g->bf16_acts = g->bf16 && !cfg->frozen_gguf && !strcmp(tnn_session_backend(g->s), "cuda");
     int rc = TNN_ERR_INTERNAL;
     if (!make_params(g)) goto fail;
     if (cfg->lora_rank == 0) tnn_set_no_decay(g->p.out_norm);

@@ -36,6 +36,14 @@ typedef struct {
      * weights held as bf16, the values the products read anyway, instead
      * of f32 weights rounded again at every step (half their memory). */
     bool frozen_bf16;
+    /* QLoRA: LoRA with the frozen embeddings and projections read in place
+     * from this open GGUF file (the model fine-tuned), in its own tensor
+     * types: quantized weights stay quantized (their products run on the
+     * quantized kernels, x's gradient on blocks dequantized as the GEMM
+     * needs them), nothing is copied. The caller keeps the file open while a graph uses it. The
+     * output projection then has no padding rows (lm_optim.vocab_align),
+     * and the activations stay f32 on a GPU. */
+    const tnn_gguf *frozen_gguf;
 } lm_config;
 
 /* A layer's projections, in the order of their LoRA factors. */

@@ -423,7 +423,7 @@ static void train_state(const lm_train_opts *o, int step, lm_graph *g, const tnn
     *st = (lm_train_state){.step = step, .adam_steps = tnn_optimizer_steps(g->s), .rng = *rng,
                            .seed = o->seed, .batch = o->batch, .steps = o->steps,
                            .warmup = o->warmup, .lr = o->lr, .min_lr_ratio = o->min_lr_ratio,
-                           .optim = o->optim};
+                           .optim = o->optim, .qlora = o->qlora};
     snprintf(st->init, sizeof st->init, "%s", base);
 }
 
@@ -454,9 +454,14 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
         fprintf(out, "error: init and resume exclude each other (resume continues a run)\n");
         return 1;
     }
-    if (o->lora_rank > 0 && !o->init) {
-        fprintf(out, "error: LoRA fine-tunes a model: name it with init%s\n",
+    if ((o->lora_rank > 0 || o->qlora) && !o->init) {
+        fprintf(out, "error: %s fine-tunes a model: name it with init%s\n",
+                o->qlora ? "QLoRA" : "LoRA",
                 o->resume ? " (a resumed run keeps its own LoRA settings)" : "");
+        return 1;
+    }
+    if (o->qlora && o->lora_rank < 1) {
+        fprintf(out, "error: QLoRA is LoRA on the model's own tensor types: give a LoRA rank\n");
         return 1;
     }
     /* a fine-tuning run's base model, as an absolute path (a LoRA run resumes
@@ -470,6 +475,7 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
         }
         o->batch = st.batch, o->steps = st.steps, o->warmup = st.warmup, o->lr = st.lr;
         o->min_lr_ratio = st.min_lr_ratio, o->optim = st.optim, o->seed = st.seed;
+        o->qlora = st.qlora;
         if (o->steps_override > 0) o->steps = o->steps_override;
         res->first_step = (int)st.step + 1;
         snprintf(base_path, sizeof base_path, "%s", st.init);
@@ -498,7 +504,8 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
         if (!realpath(o->init, base_path)) snprintf(base_path, sizeof base_path, "%s", o->init);
         fprintf(out, "fine-tuning %s", o->init);
         if (base.lora_rank > 0)
-            fprintf(out, " with LoRA (rank %d, alpha %g)", base.lora_rank, base.lora_alpha);
+            fprintf(out, " with %s (rank %d, alpha %g)", o->qlora ? "QLoRA" : "LoRA",
+                    base.lora_rank, base.lora_alpha);
         fprintf(out, "\n");
     }
     /* the tokenizer: the one asked for, else the resumed checkpoint's or
@@ -556,10 +563,15 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
     lm_optim opt = o->optim;
     opt.lr = lr_at(o, 1);
     lm_graph g, gen;
+    memset(&g, 0, sizeof g);
     memset(&gen, 0, sizeof gen);
-    /* LoRA in mixed precision keeps its frozen projections as bf16 */
-    o->model.frozen_bf16 = o->model.lora_rank > 0 && o->optim.bf16;
-    int rc = lm_graph_build(&g, &o->model, B, T, true, &opt, o->cuda);
+    /* LoRA in mixed precision keeps its frozen projections as bf16; QLoRA
+     * reads them (and the embeddings) from the base model's file */
+    o->model.frozen_bf16 = o->model.lora_rank > 0 && o->optim.bf16 && !o->qlora;
+    tnn_gguf *frozen = o->qlora ? tnn_gguf_open(base_path) : NULL;
+    o->model.frozen_gguf = frozen;
+    int rc = o->qlora && !frozen ? tnn_last_status()
+                                 : lm_graph_build(&g, &o->model, B, T, true, &opt, o->cuda);
     bool lora = o->model.lora_rank > 0;
     if (rc == TNN_OK && o->resume) /* a LoRA run: the frozen weights from its base model */
         rc = lora ? lm_checkpoint_load(base_path, &g, false, LM_LOAD_BASE)
@@ -598,7 +610,8 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
             o->model.n_kv_head, o->model.d_ff, o->model.vocab, T,
             (long long)lm_param_count(&whole));
     if (lora)
-        fprintf(out, ", frozen; LoRA rank %d: %lld trained", o->model.lora_rank,
+        fprintf(out, ", frozen%s; LoRA rank %d: %lld trained",
+                o->qlora ? " as the file stores them (QLoRA)" : "", o->model.lora_rank,
                 (long long)lm_param_count(&o->model));
     fprintf(out, "\n");
     if (tk)
@@ -710,6 +723,7 @@ done:
     free(tgt);
     lm_graph_free(&gen);
     if (g.s) lm_graph_free(&g);
+    tnn_gguf_close(frozen);
     free(data);
     free(scored);
     lm_tokenizer_free(tk);

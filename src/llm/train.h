@@ -36,6 +36,9 @@ typedef struct {
     int lora_rank;                 /* > 0 (with init): LoRA of this rank instead of training
                                     * every weight */
     double lora_alpha;             /* LoRA's scale is alpha / rank; 0: 2 rank */
+    bool qlora;                    /* LoRA on the init model's frozen weights as its file
+                                    * stores them (quantized ones stay quantized, read in
+                                    * place): lm_config.frozen_gguf */
     FILE *out;                     /* progress and samples */
     bool cuda;                     /* the graphs' sessions prefer the GPU (default: lm_cuda()) */
 } lm_train_opts;
