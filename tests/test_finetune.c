@@ -391,32 +391,45 @@ static void test_lora(const char *dir) {
                   tnn_gguf_find_tensor(af, "blk.29.ffn_down.weight.lora_b") >= 0,
               "adapter file: %s", tnn_last_error());
         tnn_gguf_close(af);
-        /* on the base's weights as f32 (what the LoRA graph computes with),
-         * and on the Q4_1 file itself (its products round the activations
-         * to 8 bits, as llama.cpp's: about 0.5 from the f32 logits) */
+        /* on the base's weights as f32 (what the LoRA graph computes with):
+         * within 2e-3; on the Q4_1 file itself, whose products round the
+         * activations to 8 bits (as llama.cpp's) or the weights to bf16
+         * (AMX), within what that rounding alone moves the base model's
+         * logits (the same base without the adapter, Q4_1 against f32),
+         * while the adapter itself moves them by far more */
         char f32[600];
         snprintf(f32, sizeof f32, "%s.base-f32.gguf", ck);
         int nconv = 0;
         CHECK_OK(lm_quantize_file(MODEL, f32, TNN_GGML_F32, &nconv));
+        float *plain[2] = {malloc(sizeof(float) * T * 49152), malloc(sizeof(float) * T * 49152)};
         for (int qi = 0; qi < 2; qi++) {
             tnn_llm *q = tnn_llm_open(qi ? MODEL : f32, 64, TNN_LLM_KV_F32);
-            CHECK(q && tnn_llm_load_lora(q, ad, 1.0f) == TNN_OK, "base + adapter: %s",
-                  tnn_last_error());
+            CHECK(q && tnn_llm_eval_logits(q, ids, n, plain[qi]) == TNN_OK &&
+                      tnn_llm_load_lora(q, ad, 1.0f) == TNN_OK,
+                  "base + adapter: %s", tnn_last_error());
             if (!q) continue;
             CHECK_OK(tnn_llm_eval_logits(q, ids, n, b));
-            double w2 = 0;
+            double w2 = 0, moved = 0, rounding = 0;
             int same = 0;
-            for (int64_t i = 0; i < (int64_t)n * 49152; i++)
+            for (int64_t i = 0; i < (int64_t)n * 49152; i++) {
                 w2 = fmax(w2, fabs((double)a[i] - b[i]));
+                moved = fmax(moved, fabs((double)b[i] - plain[qi][i]));
+                if (qi) rounding = fmax(rounding, fabs((double)plain[1][i] - plain[0][i]));
+            }
             for (int r = 0; r < n; r++)
                 same += argmax_row(a + (size_t)r * 49152) == argmax_row(b + (size_t)r * 49152);
-            CHECK(w2 <= (qi ? 1.0 : 2e-3) && (qi ? same >= n - 1 : same == n),
-                  "%s base + adapter vs the LoRA graph: logits differ by %.3g, %d of %d argmax "
-                  "equal", qi ? "Q4_1" : "F32", w2, same, n);
-            printf("LoRA: the %s base with the exported adapter within %.2g of the LoRA graph, "
-                   "%d of %d argmax equal\n", qi ? "Q4_1" : "F32", w2, same, n);
+            double bound = qi ? 1.5 * rounding + 0.05 : 2e-3;
+            CHECK(w2 <= bound && moved > 4 * bound && (qi ? same >= n - 1 : same == n),
+                  "%s base + adapter vs the LoRA graph: logits differ by %.3g (bound %.3g; the "
+                  "adapter moves them by %.3g), %d of %d argmax equal",
+                  qi ? "Q4_1" : "F32", w2, bound, moved, same, n);
+            printf("LoRA: the %s base with the exported adapter within %.2g of the LoRA graph "
+                   "(the base's own rounding %.2g, the adapter's effect %.2g), %d of %d argmax "
+                   "equal\n", qi ? "Q4_1" : "F32", w2, rounding, moved, same, n);
             tnn_llm_close(q);
         }
+        free(plain[0]);
+        free(plain[1]);
         unlink(f32);
         CHECK_ERR(tnn_lora_export(MODEL, ad), TNN_ERR_FORMAT, "not a LoRA checkpoint");
         unlink(ad);

@@ -314,13 +314,17 @@ static void test_model(void) {
 
     /* chat: the model's template (SmolLM2's default system message); the
      * answer stops at <|im_end|>; a second turn reusing the cache gives
-     * the answer a fresh cache gives */
+     * the answer a fresh cache gives. "Which city": asked "What is the
+     * capital of France?", the Q4_1 file answers "Paris" or drifts into
+     * French ("L'Étoile, la Marseillaise, ..."; llama.cpp's answer on an
+     * AVX2 machine) by the last bits of its products' rounding, which
+     * differ between the AMX and the 8-bit activation paths */
     sink k1 = {.stop_after = -1}, k2 = {.stop_after = -1}, k3 = {.stop_after = -1};
-    int64_t a1 = tnn_llm_generate(m, NULL, "What is the capital of France?", 16, TNN_GEN_CHAT,
-                                  collect, &k1, NULL, 0);
+    int64_t a1 = tnn_llm_generate(m, NULL, "Which city is the capital of France?", 16,
+                                  TNN_GEN_CHAT, collect, &k1, NULL, 0);
     CHECK(a1 > 0 && strstr(k1.text, "Paris"), "chat answer: [%s]", k1.text);
     const char *roles[3] = {"user", "assistant", "user"};
-    const char *texts[3] = {"What is the capital of France?", k1.text, "And of Germany?"};
+    const char *texts[3] = {"Which city is the capital of France?", k1.text, "And of Germany?"};
     char *conv = chat(m, NULL, roles, texts, 3, 1);
     int32_t np1 = 0, np2 = 0;
     int64_t a2 = conv ? tnn_llm_generate(m, NULL, conv, 16, TNN_GEN_REUSE, collect, &k2, NULL, 0)

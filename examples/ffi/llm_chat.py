@@ -172,7 +172,7 @@ def main():
         print(__doc__)
         return 2
     lib_path, model_path = sys.argv[1], sys.argv[2]
-    question = sys.argv[3] if len(sys.argv) > 3 else "What is the capital of France?"
+    question = sys.argv[3] if len(sys.argv) > 3 else "Which city is the capital of France?"
     if not os.path.exists(model_path):
         print(f"ffi_llm: skipped: {model_path} is absent (run make models)")
         return 77
@@ -218,7 +218,7 @@ def main():
           f"{ng2 / max(gs2, 1e-9):.0f} tokens/s)")
     check(len(a2) > 0, "a second answer")
     check(0 < np2 < len(model.tokenize(model.chat_text())) // 2, "the cache reused")
-    if question == "What is the capital of France?" and "SmolLM2" in model_path:
+    if question == "Which city is the capital of France?" and "SmolLM2" in model_path:
         check("Paris" in a1 and "Berlin" in a2, "SmolLM2's answers: Paris, Berlin")
     # a small model trained from Python on this model's tokens, then run as a model
     import tempfile

@@ -214,7 +214,7 @@ if model && File.exist?(model)
     text = "Ruby strings keep UTF-8: naïve café, 東京 🙂"
     check(m.detokenize(m.tokenize(text, 0)) == text, "tokenizer round trip")
     puts "#{m.arch} model, vocabulary #{m.n_vocab}"
-    ["What is the capital of France?", "And of Germany?"].each do |q|
+    ["Which city is the capital of France?", "And of Germany?"].each do |q|
       puts "> #{q}"
       answer = m.chat(q, max_tokens: 48) { |piece| print piece }
       puts
