@@ -1058,7 +1058,11 @@ TNN_API void tnn_trainer_free(tnn_trainer *t);
  * written merged into the checkpoint; "lr" defaults to 1e-3), "lora-alpha"
  * (the update's scale is alpha / rank; 2 rank), "qlora" (0 or 1; with
  * "lora": the frozen embeddings and projections stay as the init file
- * stores them, quantized ones quantized, read in place: QLoRA), "steps",
+ * stores them, quantized ones quantized, read in place: QLoRA),
+ * "lora-only" (0 or 1; with "lora": checkpoints hold the factors and their
+ * AdamW moments alone, not the merged model: a resume reads the rest from
+ * the init file again, tnn_lora_export makes the adapter to run; as a
+ * model such a checkpoint is refused, TNN_ERR_FORMAT), "steps",
  * "batch", "seq", "layers", "dim", "heads", "kv-heads", "ff", "lr",
  * "warmup", "seed", "bf16" (0 or 1; with "lora" the frozen projections
  * are then held as bf16, half their memory), "eval-every", "sample-every",

@@ -35,6 +35,7 @@
 #include "llm/quantize.h"
 #include "llm/train.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define MODEL TNN_MODEL_FILE
@@ -491,11 +492,64 @@ static void test_qlora(const char *dir) {
     if (t) CHECK_OK(tnn_trainer_result(t, NULL, NULL, &last2, NULL, NULL, NULL));
     tnn_trainer_free(t);
     CHECK(last2 == last, "resumed QLoRA: last loss %.9g, uninterrupted %.9g", last2, last);
+
+    /* the same run with checkpoints of the factors alone: the same losses,
+     * a file of megabytes, the same adapter, a resume from it the same;
+     * as a model it is refused, naming what to do */
+    char lo[256], lo_mid[300], ad[2][320];
+    snprintf(lo, sizeof lo, "%s/tnn-finetune-qlo-%d-{step}.gguf", dir, (int)getpid());
+    snprintf(lo_mid, sizeof lo_mid, "%s/tnn-finetune-qlo-%d-%d.gguf", dir, (int)getpid(), HALF);
+    const char *lopts[] = {"data", facts, "init", MODEL, "lora", "8", "qlora", "1",
+                           "lora-only", "1", "steps", STR(STEPS), "warmup", "2", "batch", "4",
+                           "seq", "32", "eval-every", "0", "sample-len", "0", "checkpoint", lo,
+                           "checkpoint-every", STR(HALF), NULL};
+    double last3 = 1, last4 = 2;
+    t = train("QLoRA, factors-only checkpoints", lopts, &lb);
+    if (t) CHECK_OK(tnn_trainer_result(t, NULL, NULL, &last3, NULL, NULL, NULL));
+    tnn_trainer_free(t);
+    CHECK(last3 == last, "lora-only run: last loss %.9g, with merged checkpoints %.9g", last3,
+          last);
+    struct stat sm = {0}, sl = {0};
+    CHECK(stat(mid, &sm) == 0 && stat(lo_mid, &sl) == 0 && sl.st_size * 10 < sm.st_size,
+          "factors-only checkpoint %lld bytes, merged %lld", (long long)sl.st_size,
+          (long long)sm.st_size);
+    printf("QLoRA checkpoint: %.1f MB merged, %.1f MB factors only\n", sm.st_size / 1e6,
+           sl.st_size / 1e6);
+    CHECK_OK(lm_checkpoint_read_config(lo_mid, &cfg, &st));
+    CHECK(st.lora_only && st.qlora && cfg.lora_rank == 8 && cfg.vocab == 49152,
+          "the factors-only checkpoint: lora_only %d, qlora %d, rank %d, vocab %d",
+          st.lora_only, st.qlora, cfg.lora_rank, cfg.vocab);
+    for (int k = 0; k < 2; k++) {
+        snprintf(ad[k], sizeof ad[k], "%s.adapter.gguf", k ? lo_mid : mid);
+        CHECK_OK(tnn_lora_export(k ? lo_mid : mid, ad[k]));
+    }
+    CHECK(th_same_file(ad[0], ad[1]), "the adapters of the two checkpoints differ");
+    const char *lmore[] = {"data", facts, "resume", lo_mid, "sample-len", "0", NULL};
+    t = train("resuming factors-only QLoRA", lmore, &lb);
+    if (t) CHECK_OK(tnn_trainer_result(t, NULL, NULL, &last4, NULL, NULL, NULL));
+    tnn_trainer_free(t);
+    CHECK(last4 == last, "resumed from the factors: last loss %.9g, uninterrupted %.9g", last4,
+          last);
+    CHECK_NULL(tnn_llm_open(lo_mid, 64, 0), TNN_ERR_FORMAT, "tnn lora-export");
+    lm_config c2;
+    CHECK_ERR(lm_checkpoint_read_config(lo_mid, &c2, NULL), TNN_ERR_FORMAT, "--lora-only");
+    int nconv = 0;
+    CHECK_ERR(lm_quantize_file(lo_mid, ad[1], TNN_GGML_Q8_0, &nconv), TNN_ERR_FORMAT,
+              "not a model");
+    for (int k = 0; k < 2; k++) unlink(ad[k]);
+    for (int step = HALF; step <= STEPS; step += HALF) {
+        char p[300];
+        snprintf(p, sizeof p, "%s/tnn-finetune-qlo-%d-%d.gguf", dir, (int)getpid(), step);
+        unlink(p);
+    }
     /* QLoRA is LoRA: a rank is needed */
     t = tnn_trainer_new();
     CHECK_OK(tnn_trainer_set(t, "data", facts));
     CHECK_OK(tnn_trainer_set(t, "init", MODEL));
     CHECK_OK(tnn_trainer_set(t, "qlora", "1"));
+    CHECK_ERR(tnn_trainer_run(t, NULL, NULL), TNN_ERR_ARG, "give a LoRA rank");
+    CHECK_OK(tnn_trainer_set(t, "qlora", "0"));
+    CHECK_OK(tnn_trainer_set(t, "lora-only", "1"));
     CHECK_ERR(tnn_trainer_run(t, NULL, NULL), TNN_ERR_ARG, "give a LoRA rank");
     tnn_trainer_free(t);
     for (int step = HALF; step <= STEPS; step += HALF) {

@@ -508,18 +508,6 @@ static int copy_lora(void *p, const char *name, tnn_tensor *t) {
     return TNN_OK;
 }
 
-static bool same_file(const char *a, const char *b) {
-    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
-    bool same = fa && fb;
-    for (int ca = 0, cb = 0; same && ca != EOF; ) {
-        ca = fgetc(fa), cb = fgetc(fb);
-        same = ca == cb;
-    }
-    if (fa) fclose(fa);
-    if (fb) fclose(fb);
-    return same;
-}
-
 static void test_qlora(void) {
     lm_config cfg = tiny();
     cfg.d_model = 32, cfg.d_ff = 64, cfg.seq_len = 16, cfg.lora_rank = 4, cfg.lora_alpha = 8;
@@ -562,7 +550,7 @@ static void test_qlora(void) {
         for (int k = 0; k < 2; k++) CHECK_OK(lm_checkpoint_save(ck[k], &g[k], NULL, NULL));
         if (pass == 0) {
             CHECK(!memcmp(loss[0], loss[1], sizeof loss[0]), "QLoRA's losses differ");
-            CHECK(same_file(ck[0], ck[1]), "QLoRA's merged checkpoint differs from LoRA's");
+            CHECK(th_same_file(ck[0], ck[1]), "QLoRA's merged checkpoint differs from LoRA's");
         } else {
             for (int step = 0; step < 3; step++)
                 CHECK(fabs(loss[1][step] - loss[0][step]) < 2e-3 * loss[0][step],

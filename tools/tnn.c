@@ -79,6 +79,10 @@ static void usage(FILE *f) {
             "  --qlora              with --lora: the frozen weights as the file stores them\n"
             "                       (quantized ones stay quantized, read in place, not\n"
             "                       copied): QLoRA, a fraction of the memory\n"
+            "  --lora-only          with --lora: checkpoints hold the factors and their\n"
+            "                       optimizer state only, not the merged model (MBs, not\n"
+            "                       GBs; --resume reads the rest from --init again, tnn\n"
+            "                       lora-export makes the adapter to run)\n"
             "  FILE.jsonl           conversations, {\"messages\": [{\"role\": ..., \"content\":\n"
             "                       ...}, ...]} a line, in the model's chat template; the loss\n"
             "                       scores the assistant's turns only\n"
@@ -128,8 +132,8 @@ static bool parse_opts(int argc, char **argv, tnn_trainer *t, int *nfiles, int *
             setenv("TNN_CUDA_TF32", "1", 0);
             continue;
         }
-        if (!strcmp(a, "--qlora")) {
-            tnn_trainer_set(t, "qlora", "1");
+        if (!strcmp(a, "--qlora") || !strcmp(a, "--lora-only")) {
+            tnn_trainer_set(t, a + 2, "1");
             continue;
         }
         if (!strcmp(a, "--tf32")) {

@@ -41,6 +41,7 @@ typedef struct {
     const lm_graph *g;
     tnn_gguf_writer *w;
     bool optimizer;
+    bool lora_only; /* the LoRA factors (and their moments) alone */
     ck_item *items; /* room for 3 a tensor, counted first */
     size_t n, cap;
 } save_ctx;
@@ -95,6 +96,7 @@ static int count_one(void *p, const char *name, tnn_tensor *t) {
 
 static int save_one(void *p, const char *name, tnn_tensor *t) {
     save_ctx *c = p;
+    if (c->lora_only && !lm_is_lora_name(name)) return TNN_OK;
     int rc = add_item(c, name, t, -1);
     for (int which = 0; which < 2 && rc == TNN_OK && c->optimizer && trained(t); which++) {
         char oname[96];
@@ -165,13 +167,14 @@ int lm_checkpoint_save(const char *path, const lm_graph *g, const lm_train_state
         if (st->init[0]) ADD(tnn_gguf_writer_add_str(w, "tinynn.train.init", st->init));
         if (st->optim.bf16) ADD(tnn_gguf_writer_add_bool(w, "tinynn.train.bf16", 1));
         if (st->qlora) ADD(tnn_gguf_writer_add_bool(w, "tinynn.train.qlora", 1));
+        if (st->lora_only) ADD(tnn_gguf_writer_add_bool(w, "tinynn.train.lora_only", 1));
         if (m->lora_rank > 0) {
             ADD(tnn_gguf_writer_add_i32(w, "tinynn.train.lora_rank", m->lora_rank));
             ADD(tnn_gguf_writer_add_f64(w, "tinynn.train.lora_alpha", m->lora_alpha));
         }
     }
 #undef ADD
-    save_ctx c = {.g = g, .w = w, .optimizer = st != NULL};
+    save_ctx c = {.g = g, .w = w, .optimizer = st != NULL, .lora_only = st && st->lora_only};
     lm_params_each(g, count_one, &c);
     c.items = malloc(c.cap * sizeof *c.items);
     if (rc == TNN_OK && !c.items) rc = ERR(TNN_ERR_NOMEM, "out of memory");
@@ -217,8 +220,21 @@ int lm_checkpoint_read_config(const char *path, lm_config *cfg, lm_train_state *
     tnn_gguf *f = tnn_gguf_open(path);
     if (!f) return tnn_last_status();
     memset(cfg, 0, sizeof *cfg);
+    /* resuming a checkpoint of LoRA factors alone: the shape is its base
+     * model's (as a model to run or start from, read_hparams refuses it) */
+    tnn_gguf *hf = f;
+    const char *base = NULL;
+    int rc = TNN_OK;
+    if (st && get_flag(f, "tinynn.train.lora_only")) {
+        if (tnn_gguf_get_str(f, "tinynn.train.init", &base, NULL) != TNN_OK)
+            rc = ERR(TNN_ERR_FORMAT, "LoRA factors alone without their base model "
+                                     "(tinynn.train.init)");
+        else if (!(hf = tnn_gguf_open(base)))
+            rc = tnn_last_status(); /* the message names the base */
+    }
     lm_llama_hparams hp;
-    int rc = lm_llama_read_hparams(f, &hp);
+    if (rc == TNN_OK) rc = lm_llama_read_hparams(hf, &hp);
+    if (hf && hf != f) tnn_gguf_close(hf);
     if (rc != TNN_OK) {
         char msg[400];
         snprintf(msg, sizeof msg, "%s", tnn_last_error());
@@ -275,6 +291,7 @@ int lm_checkpoint_read_config(const char *path, lm_config *cfg, lm_train_state *
         /* flags written only when set (older checkpoints have neither) */
         st->optim.bf16 = rc == TNN_OK && get_flag(f, "tinynn.train.bf16");
         st->qlora = rc == TNN_OK && get_flag(f, "tinynn.train.qlora");
+        st->lora_only = rc == TNN_OK && get_flag(f, "tinynn.train.lora_only");
         int32_t rank = 0;
         if (rc == TNN_OK && tnn_gguf_get_i32(f, "tinynn.train.lora_rank", &rank) == TNN_OK) {
             cfg->lora_rank = rank;
@@ -284,6 +301,8 @@ int lm_checkpoint_read_config(const char *path, lm_config *cfg, lm_train_state *
             if (rc == TNN_OK && !st->init[0])
                 rc = ERR(TNN_ERR_FORMAT, "%s: a LoRA checkpoint without its base model "
                                          "(tinynn.train.init)", path);
+        } else if (rc == TNN_OK && st->lora_only) {
+            rc = ERR(TNN_ERR_FORMAT, "%s: LoRA factors alone without a LoRA rank", path);
         }
         if (rc == TNN_OK) tnn_clear_error(); /* the optional keys looked for */
     }

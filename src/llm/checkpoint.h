@@ -20,6 +20,7 @@ typedef struct {
      * run resumes its frozen weights from there. */
     char init[4096];
     bool qlora; /* a LoRA run on the base model's own tensor types (lm_config.frozen_gguf) */
+    bool lora_only; /* the factors and their moments written alone (lm_train_opts.lora_only) */
 } lm_train_state;
 
 /* Writes the model of g (and, with st, its optimizer state and st) to path,

@@ -88,7 +88,22 @@ static int get_dbl(const tnn_gguf *g, const char *arch, const char *key, double 
     return TNN_OK;
 }
 
+int lm_llama_refuse_lora_only(const tnn_gguf *g) {
+    int only = 0;
+    const char *base = NULL;
+    if (tnn_gguf_get_bool(g, "tinynn.train.lora_only", &only) != TNN_OK || !only) {
+        tnn_clear_error();
+        return TNN_OK;
+    }
+    if (tnn_gguf_get_str(g, "tinynn.train.init", &base, NULL) != TNN_OK) base = "its base model";
+    return TNN_ERR(TNN_ERR_FORMAT,
+                   "a checkpoint of LoRA factors alone (tnn train --lora-only), not a model: "
+                   "resume it, or run %s with its adapter (tnn lora-export, then --lora)", base);
+}
+
 static int read_hparams(const tnn_gguf *g, lm_llama_hparams *hp) {
+    int rc = lm_llama_refuse_lora_only(g);
+    if (rc) return rc;
     memset(hp, 0, sizeof *hp);
     const char *arch;
     if (tnn_gguf_get_str(g, "general.architecture", &arch, NULL) != TNN_OK)
@@ -97,8 +112,7 @@ static int read_hparams(const tnn_gguf *g, lm_llama_hparams *hp) {
         return TNN_ERR(TNN_ERR_UNSUPPORTED, "architecture '%s' is not supported (llama and qwen2 "
                        "are)", arch);
     snprintf(hp->arch, sizeof hp->arch, "%s", arch);
-    int rc = TNN_OK;
-    if (!rc) rc = get_int(g, arch, "block_count", &hp->n_layer, true);
+    rc = get_int(g, arch, "block_count", &hp->n_layer, true);
     if (!rc) rc = get_int(g, arch, "embedding_length", &hp->n_embd, true);
     if (!rc) rc = get_int(g, arch, "feed_forward_length", &hp->n_ff, true);
     if (!rc) rc = get_int(g, arch, "attention.head_count", &hp->n_head, true);

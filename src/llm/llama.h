@@ -26,6 +26,12 @@ typedef struct lm_llama lm_llama;
  * TNN_OK, or a status naming the missing or unsupported key. */
 int lm_llama_read_hparams(const tnn_gguf *g, lm_llama_hparams *hp);
 
+/* TNN_OK, or TNN_ERR_FORMAT (with a message naming what to do instead) when
+ * g is a checkpoint of LoRA factors alone (tnn train --lora-only): it holds
+ * no model to run, convert or start from; lm_llama_read_hparams refuses it
+ * so. */
+int lm_llama_refuse_lora_only(const tnn_gguf *g);
+
 /* Opens the model; n_ctx = KV cache positions (0: min(training context,
  * 4096)); kv_dtype = TNN_F16 (the default of the tools, as llama.cpp's) or
  * TNN_F32 for the cache; cuda: the session prefers the GPU (the CPU where

@@ -5,6 +5,8 @@
  */
 #include "quantize.h"
 
+#include "llama.h"
+
 #include "model.h"
 
 #include "../core/internal.h"
@@ -126,8 +128,9 @@ int lm_quantize_file(const char *in, const char *out, int type, int *converted) 
                        "q4_1, q5_0, q5_1)", type, tnn_ggml_type_name(type));
     tnn_gguf *g = tnn_gguf_open(in);
     if (!g) return tnn_last_status();
-    tnn_gguf_writer *w = tnn_gguf_writer_new();
-    int rc = w ? TNN_OK : TNN_ERR(TNN_ERR_NOMEM, "out of memory");
+    int rc = lm_llama_refuse_lora_only(g);
+    tnn_gguf_writer *w = rc ? NULL : tnn_gguf_writer_new();
+    if (!rc && !w) rc = TNN_ERR(TNN_ERR_NOMEM, "out of memory");
     for (int64_t i = 0; i < tnn_gguf_n_kv(g) && rc == TNN_OK; i++)
         if (strncmp(tnn_gguf_key(g, i), TRAIN_KEYS, strlen(TRAIN_KEYS)))
             rc = copy_kv(g, w, tnn_gguf_key(g, i), type);

@@ -423,7 +423,7 @@ static void train_state(const lm_train_opts *o, int step, lm_graph *g, const tnn
     *st = (lm_train_state){.step = step, .adam_steps = tnn_optimizer_steps(g->s), .rng = *rng,
                            .seed = o->seed, .batch = o->batch, .steps = o->steps,
                            .warmup = o->warmup, .lr = o->lr, .min_lr_ratio = o->min_lr_ratio,
-                           .optim = o->optim, .qlora = o->qlora};
+                           .optim = o->optim, .qlora = o->qlora, .lora_only = o->lora_only};
     snprintf(st->init, sizeof st->init, "%s", base);
 }
 
@@ -454,7 +454,7 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
         fprintf(out, "error: init and resume exclude each other (resume continues a run)\n");
         return 1;
     }
-    if ((o->lora_rank > 0 || o->qlora) && !o->init) {
+    if ((o->lora_rank > 0 || o->qlora || o->lora_only) && !o->init) {
         fprintf(out, "error: %s fine-tunes a model: name it with init%s\n",
                 o->qlora ? "QLoRA" : "LoRA",
                 o->resume ? " (a resumed run keeps its own LoRA settings)" : "");
@@ -462,6 +462,10 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
     }
     if (o->qlora && o->lora_rank < 1) {
         fprintf(out, "error: QLoRA is LoRA on the model's own tensor types: give a LoRA rank\n");
+        return 1;
+    }
+    if (o->lora_only && o->lora_rank < 1) {
+        fprintf(out, "error: lora-only checkpoints are a LoRA run's: give a LoRA rank\n");
         return 1;
     }
     /* a fine-tuning run's base model, as an absolute path (a LoRA run resumes
@@ -475,7 +479,7 @@ int lm_train(const lm_train_opts *opts, lm_train_result *res) {
         }
         o->batch = st.batch, o->steps = st.steps, o->warmup = st.warmup, o->lr = st.lr;
         o->min_lr_ratio = st.min_lr_ratio, o->optim = st.optim, o->seed = st.seed;
-        o->qlora = st.qlora;
+        o->qlora = st.qlora, o->lora_only = st.lora_only;
         if (o->steps_override > 0) o->steps = o->steps_override;
         res->first_step = (int)st.step + 1;
         snprintf(base_path, sizeof base_path, "%s", st.init);

@@ -39,6 +39,9 @@ typedef struct {
     bool qlora;                    /* LoRA on the init model's frozen weights as its file
                                     * stores them (quantized ones stay quantized, read in
                                     * place): lm_config.frozen_gguf */
+    bool lora_only;                /* with lora_rank: checkpoints hold the LoRA factors and
+                                    * their moments alone, not the merged weights (a resumed
+                                    * run reads the rest from init; no model to run) */
     FILE *out;                     /* progress and samples */
     bool cuda;                     /* the graphs' sessions prefer the GPU (default: lm_cuda()) */
 } lm_train_opts;

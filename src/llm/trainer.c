@@ -104,7 +104,7 @@ static const opt_desc opts[] = {
     {"svg", 's', 0, 0},            {"checkpoint", 's', 0, 0},      {"checkpoint-every", 'i', 0, 1e8},
     {"resume", 's', 0, 0},         {"tokenizer", 's', 0, 0},       {"cuda", 'b', 0, 1},
     {"init", 's', 0, 0},           {"lora", 'i', 0, 4096},         {"lora-alpha", 'd', 1e-6, 1e6},
-    {"qlora", 'b', 0, 1},
+    {"qlora", 'b', 0, 1},          {"lora-only", 'b', 0, 1},
 };
 
 int tnn_trainer_set(tnn_trainer *t, const char *key, const char *value) {
@@ -159,6 +159,7 @@ int tnn_trainer_set(tnn_trainer *t, const char *key, const char *value) {
     else if (!strcmp(key, "lora")) o->lora_rank = n;
     else if (!strcmp(key, "lora-alpha")) o->lora_alpha = x;
     else if (!strcmp(key, "qlora")) o->qlora = n != 0;
+    else if (!strcmp(key, "lora-only")) o->lora_only = n != 0;
     else if (!strcmp(key, "cuda")) o->cuda = n != 0;
     else return TNN_ERR(TNN_ERR_INTERNAL, "option '%s' has no field", key);
     return TNN_OK;
