@@ -397,7 +397,8 @@ static void test_lora(const char *dir) {
          * activations to 8 bits (as llama.cpp's) or the weights to bf16
          * (AMX), within what that rounding alone moves the base model's
          * logits (the same base without the adapter, Q4_1 against f32),
-         * while the adapter itself moves them by far more */
+         * while the adapter itself moves them by far more (after the full
+         * run's steps; the sanitizer's two barely move them) */
         char f32[600];
         snprintf(f32, sizeof f32, "%s.base-f32.gguf", ck);
         int nconv = 0;
@@ -420,7 +421,8 @@ static void test_lora(const char *dir) {
             for (int r = 0; r < n; r++)
                 same += argmax_row(a + (size_t)r * 49152) == argmax_row(b + (size_t)r * 49152);
             double bound = qi ? 1.5 * rounding + 0.05 : 2e-3;
-            CHECK(w2 <= bound && moved > 4 * bound && (qi ? same >= n - 1 : same == n),
+            double effect = LEARNS ? 4 * bound : 0;
+            CHECK(w2 <= bound && moved > effect && (qi ? same >= n - 1 : same == n),
                   "%s base + adapter vs the LoRA graph: logits differ by %.3g (bound %.3g; the "
                   "adapter moves them by %.3g), %d of %d argmax equal",
                   qi ? "Q4_1" : "F32", w2, bound, moved, same, n);
