@@ -210,6 +210,16 @@ static void deq_range(void *p, int64_t lo, int64_t hi) {
     }
 }
 
+/* rows rows of n values, each starting at w + r * row_bytes, dequantized
+ * in parallel into dst (n values a row, no gap). */
+static int deq_panel(int gtype, const char *w, int64_t row_bytes, int64_t rows, int64_t n,
+                     float *dst) {
+    deq_ctx c = {.gtype = gtype, .w = w, .row_bytes = row_bytes, .K = n, .dst = dst};
+    atomic_init(&c.rc, TNN_OK);
+    tnn__parallel_for(rows, 1 + 16384 / n, deq_range, &c);
+    return atomic_load(&c.rc);
+}
+
 /* The rows of B^T the bf16 GEMM's packs ask for: W's rows dequantized. */
 typedef struct {
     int gtype;
@@ -264,12 +274,8 @@ static int qmatmul_nn(tnn_tensor *t) {
         int64_t n = K - k0 < pn ? K - k0 : pn;
         /* columns k0 .. k0+n of every row: whole blocks, which decode on
          * their own, so rows of n values starting k0 / bs blocks in */
-        deq_ctx c = {.gtype = w->gtype,
-                     .w = (const char *)w->data + k0 / bs * qi->block_bytes,
-                     .row_bytes = row_bytes, .K = n, .dst = panel};
-        atomic_init(&c.rc, TNN_OK);
-        tnn__parallel_for(M, 1 + 16384 / n, deq_range, &c);
-        rc = atomic_load(&c.rc);
+        rc = deq_panel(w->gtype, (const char *)w->data + k0 / bs * qi->block_bytes, row_bytes,
+                       M, n, panel);
         if (rc) break;
         rc = tnn__gemm_f32(false, false, N, n, M, CF32(g), M, panel, n, F32(t) + k0, K);
     }
@@ -305,11 +311,7 @@ static int qmatmul(tnn_tensor *t) {
     int rc = TNN_OK;
     for (int64_t j0 = 0; j0 < M && rc == TNN_OK; j0 += pm) {
         int64_t pr = M - j0 < pm ? M - j0 : pm;
-        deq_ctx dc = {.gtype = w->gtype, .w = (const char *)w->data + j0 * row_bytes,
-                      .row_bytes = row_bytes, .K = K, .dst = panel};
-        atomic_init(&dc.rc, TNN_OK);
-        tnn__parallel_for(pr, 1 + 16384 / K, deq_range, &dc);
-        rc = atomic_load(&dc.rc);
+        rc = deq_panel(w->gtype, (const char *)w->data + j0 * row_bytes, row_bytes, pr, K, panel);
         if (rc) break;
         rc = tnn__gemm_f32(false, true, N, pr, K, CF32(x), K, panel, K, F32(t) + j0, M);
     }
