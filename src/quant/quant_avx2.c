@@ -123,6 +123,79 @@ INL __m256i block_dot(int type, const uint8_t *blk, const int8_t *qx) {
     return dot_u8i8(q, x);
 }
 
+/* acc + the products of blocks 0 .. full - 1 (full a multiple of 8) of the
+ * row at wr, block b into lane b mod 8. */
+INL __m256 row_groups(int type, const tnn_qact *a, const uint8_t *wr, int64_t full, __m256 acc) {
+    const size_t bsz = tnn__q32_block_bytes(type);
+    const int off = tnn__q32_offset(type);
+    for (int64_t b = 0; b < full; b += 8) {
+        const uint8_t *blk = wr + b * bsz;
+        tnn__qprefetch(blk, 8 * bsz);
+        __m256i v[8];
+        for (int k = 0; k < 8; k++)
+            v[k] = block_dot(type, blk + k * bsz, a->q + 32 * (b + k));
+        __m256i s = hsum8x8(v);
+        if (off) {
+            __m256i qs = _mm256_loadu_si256((const __m256i *)(a->qsum + b));
+            s = _mm256_sub_epi32(s, _mm256_slli_epi32(qs, off == 8 ? 3 : 4));
+        }
+        __m256 dw = load_f16x8(blk, bsz);
+        __m256 p =
+            _mm256_mul_ps(_mm256_mul_ps(dw, _mm256_loadu_ps(a->d + b)), _mm256_cvtepi32_ps(s));
+        if (tnn__q32_has_min(type)) {
+            __m256 mw = load_f16x8(blk + 2, bsz);
+            p = _mm256_add_ps(p, _mm256_mul_ps(mw, _mm256_loadu_ps(a->s + b)));
+        }
+        acc = _mm256_add_ps(acc, p);
+    }
+    return acc;
+}
+
+/* The joint tails (quant_x86.h) of rows 0 .. 8 / n - 1 at w, their last n
+ * blocks from block b, into acc[0 .. 8 / n): row_groups' operations on
+ * those 8 blocks. */
+INL void joint_tails(int type, const tnn_qact *a, const uint8_t *w, size_t rb, int64_t b, int n,
+                     __m256 *acc) {
+    const size_t bsz = tnn__q32_block_bytes(type);
+    const int off = tnn__q32_offset(type);
+    __m256i v[8];
+    for (int l = 0; l < 8; l++)
+        v[l] = block_dot(type, w + (size_t)(l / n) * rb + (size_t)(b + l % n) * bsz,
+                         a->q + 32 * (b + l % n));
+    __m256i s = hsum8x8(v);
+    if (off)
+        s = _mm256_sub_epi32(s, _mm256_slli_epi32(tail_rep_epi32(a->qsum + b, n), off == 8 ? 3 : 4));
+    __m256 dw, mw;
+    tail_dm(w + (size_t)b * bsz, rb, bsz, n, &dw, &mw);
+    __m256 p = _mm256_mul_ps(_mm256_mul_ps(dw, tail_rep_ps(a->d + b, n)), _mm256_cvtepi32_ps(s));
+    if (tnn__q32_has_min(type))
+        p = _mm256_add_ps(p, _mm256_mul_ps(mw, tail_rep_ps(a->s + b, n)));
+    for (int g = 0; g < 8 / n; g++)
+        acc[g] = tail_add(acc[g], p, g, n);
+}
+
+/* Runs of 8 / n rows with their tails of n = 2 or 4 blocks together;
+ * returns the rows done (fewer than 8 / n are left). */
+INL int64_t rows_joint(int type, const tnn_qact *a, const void *w, size_t rb, int64_t rows,
+                       float *y, int n) {
+    const int64_t full = a->n / TNN_QK - n;
+    const int G = 8 / n;
+    int64_t r = 0;
+    for (; r + G <= rows; r += G) {
+        const uint8_t *w0 = (const uint8_t *)w + r * rb;
+        __m256 acc[4];
+        for (int g = 0; g < G; g++)
+            acc[g] = row_groups(type, a, w0 + g * rb, full, _mm256_setzero_ps());
+        joint_tails(type, a, w0, rb, full, n, acc);
+        for (int g = 0; g < G; g++) {
+            float lanes[8];
+            _mm256_storeu_ps(lanes, acc[g]);
+            y[r + g] = tnn__qreduce8(lanes);
+        }
+    }
+    return r;
+}
+
 /* One block at a time (Q8_0, Q5_0, Q5_1 run faster so on AVX2 than the
  * pair kernels of quant_avx2_q32.c, which take Q4_0, Q4_1 and every type's
  * several rows of x). */
@@ -130,33 +203,18 @@ INL void dot_q32(int type, const tnn_qact *a, const void *w, size_t rb, int64_t 
     const size_t bsz = tnn__q32_block_bytes(type);
     const int64_t nb = a->n / TNN_QK;
     const int off = tnn__q32_offset(type);
+    if (rb <= INT32_MAX / 8 && (nb % 8 == 2 || nb % 8 == 4)) {
+        int64_t done = rows_joint(type, a, w, rb, rows, y, (int)(nb % 8));
+        w = (const uint8_t *)w + done * rb;
+        y += done;
+        rows -= done;
+    }
     for (int64_t r = 0; r < rows; r++) {
         const uint8_t *wr = (const uint8_t *)w + r * rb;
-        __m256 acc = _mm256_setzero_ps();
-        int64_t b = 0;
-        for (; b + 8 <= nb; b += 8) {
-            const uint8_t *blk = wr + b * bsz;
-            tnn__qprefetch(blk, 8 * bsz);
-            __m256i v[8];
-            for (int k = 0; k < 8; k++)
-                v[k] = block_dot(type, blk + k * bsz, a->q + 32 * (b + k));
-            __m256i s = hsum8x8(v);
-            if (off) {
-                __m256i qs = _mm256_loadu_si256((const __m256i *)(a->qsum + b));
-                s = _mm256_sub_epi32(s, _mm256_slli_epi32(qs, off == 8 ? 3 : 4));
-            }
-            __m256 dw = load_f16x8(blk, bsz);
-            __m256 p =
-                _mm256_mul_ps(_mm256_mul_ps(dw, _mm256_loadu_ps(a->d + b)), _mm256_cvtepi32_ps(s));
-            if (tnn__q32_has_min(type)) {
-                __m256 mw = load_f16x8(blk + 2, bsz);
-                p = _mm256_add_ps(p, _mm256_mul_ps(mw, _mm256_loadu_ps(a->s + b)));
-            }
-            acc = _mm256_add_ps(acc, p);
-        }
+        __m256 acc = row_groups(type, a, wr, nb / 8 * 8, _mm256_setzero_ps());
         float lanes[8];
         _mm256_storeu_ps(lanes, acc);
-        for (; b < nb; b++) {
+        for (int64_t b = nb / 8 * 8; b < nb; b++) {
             const uint8_t *blk = wr + b * bsz;
             int32_t s = hsum_i32(block_dot(type, blk, a->q + 32 * b)) - off * a->qsum[b];
             float p = (f16(ld16(blk)) * a->d[b]) * (float)s;
