@@ -21,9 +21,9 @@
  * registers: a 512-bit form ran slower on an AVX-512 Xeon (two ports
  * instead of three). Several rows of x (the dotn entry points: short
  * prompts) share each pair of blocks' decoded codes; every row still gets
- * the one-row operations. One row of x whose rows end in 2 or 4 blocks after
- * whole groups (576- and 896-wide models) takes those tails of 4 or 2 rows
- * of W together as one group (quant_x86.h: joint tails).
+ * the one-row operations. One row of x whose rows end in 2, 4 or 6 blocks
+ * after whole groups (576-, 896- and 960-wide models) takes the tails of 2
+ * or 4 rows of W together (quant_x86.h: joint tails).
  */
 #ifndef TNN_QUANT_VNNI_H
 #define TNN_QUANT_VNNI_H
@@ -172,39 +172,39 @@ INL void group(int type, int R, const tnn_qact *a, const uint8_t *blk, int64_t b
     }
 }
 
-/* One row of x: the joint tails (quant_x86.h) of rows 0 .. 8 / n - 1 of W
- * at w, their last n blocks from block b, into acc[0 .. 8 / n). */
+/* One row of x: group v of the joint tails (quant_x86.h) of the run of
+ * rows at w, their last n blocks from block b, into acc[row]. */
 INL void joint_tails(int type, const tnn_qact *a, const uint8_t *w, size_t rb, int64_t b, int n,
-                     __m256 *acc) {
+                     int v, __m256 *acc) {
     const size_t bsz = tnn__q32_block_bytes(type);
     const int off = tnn__q32_offset(type);
-    const int pairs = n / 2; /* a row's pairs of blocks */
     __m256i p[4];
-    for (int k = 0; k < 4; k++) {
-        const uint8_t *b0 = w + (size_t)(k / pairs) * rb + (size_t)(b + 2 * (k % pairs)) * bsz;
+    for (int k = 0; k < 4; k++) { /* places 8 v + 2 k and the next: one row's pair */
+        const int q = 8 * v + 2 * k, blk = q % n;
+        const uint8_t *b0 = w + (size_t)(q / n) * rb + (size_t)(b + blk) * bsz;
         pair_codes c = decode_pair(type, b0, b0 + bsz);
-        p[k] = pair_dot(type, &c, a->qp + 32 * b + 64 * (k % pairs));
+        p[k] = pair_dot(type, &c, a->qp + 32 * (b + blk));
     }
     __m256i s = block_sums8(p[0], p[1], p[2], p[3]);
     __m256 dw, mw;
-    tail_dm(w + (size_t)b * bsz, rb, bsz, n, &dw, &mw);
+    tail_dm(w + (size_t)b * bsz, rb, bsz, n, v, &dw, &mw);
     if (off)
-        s = _mm256_sub_epi32(s, _mm256_slli_epi32(tail_rep_epi32(a->qsum + b, n), off == 8 ? 3 : 4));
-    __m256 pr = _mm256_mul_ps(_mm256_mul_ps(dw, tail_rep_ps(a->d + b, n)), _mm256_cvtepi32_ps(s));
+        s = _mm256_sub_epi32(s, _mm256_slli_epi32(tail_x_epi32(a->qsum + b, n, v), off == 8 ? 3 : 4));
+    __m256 pr = _mm256_mul_ps(_mm256_mul_ps(dw, tail_x_ps(a->d + b, n, v)), _mm256_cvtepi32_ps(s));
     if (tnn__q32_has_min(type))
-        pr = _mm256_add_ps(pr, _mm256_mul_ps(mw, tail_rep_ps(a->s + b, n)));
-    for (int g = 0; g < 8 / n; g++)
-        acc[g] = tail_add(acc[g], pr, g, n);
+        pr = _mm256_add_ps(pr, _mm256_mul_ps(mw, tail_x_ps(a->s + b, n, v)));
+    _Pragma("GCC unroll 4") for (int g = 0; g < tail_rows(n); g++)
+        acc[g] = tail_add(acc[g], pr, n, v, g);
 }
 
-/* y[r] for one row of x, rows in runs of 8 / n whose tails of n = 2 or 4
- * blocks go through joint_tails; returns the rows done (the rest left to
- * dot_rows' one-row loop). */
+/* y[r] for one row of x, rows in runs of tail_rows(n) whose tails of n =
+ * 2, 4 or 6 blocks go through joint_tails; returns the rows done (the rest
+ * left to dot_rows' one-row loop). */
 INL int64_t dot_rows_joint(int type, const tnn_qact *a, const void *w, size_t rb, int64_t rows,
                            float *y, int n) {
     const size_t bsz = tnn__q32_block_bytes(type);
-    const int64_t nb = a->n / TNN_QK, full = nb - n;
-    const int G = 8 / n;
+    const int64_t full = a->n / TNN_QK - n;
+    const int G = tail_rows(n);
     int64_t r = 0;
     for (; r + G <= rows; r += G) {
         const uint8_t *w0 = (const uint8_t *)w + r * rb;
@@ -217,7 +217,8 @@ INL int64_t dot_rows_joint(int type, const tnn_qact *a, const void *w, size_t rb
                 group(type, 1, a, wr + b * bsz, b, 8, &acc[g]);
             }
         }
-        joint_tails(type, a, w0, rb, full, n, acc);
+        _Pragma("GCC unroll 4") for (int v = 0; v < tail_groups(n); v++)
+            joint_tails(type, a, w0, rb, full, n, v, acc);
         for (int g = 0; g < G; g++) {
             float lanes[8];
             _mm256_storeu_ps(lanes, acc[g]);
@@ -234,10 +235,12 @@ INL void dot_rows(int type, int R, const tnn_qact *a, const void *w, size_t rb, 
     const int64_t nb = a->n / TNN_QK;
     if (R == 1 && rb <= INT32_MAX / 8) {
         int64_t done = 0;
-        if (nb % 8 == 2)
-            done = dot_rows_joint(type, a, w, rb, rows, y, 2);
-        else if (nb % 8 == 4)
-            done = dot_rows_joint(type, a, w, rb, rows, y, 4);
+        switch (nb % 8) {
+        case 2: done = dot_rows_joint(type, a, w, rb, rows, y, 2); break;
+        case 4: done = dot_rows_joint(type, a, w, rb, rows, y, 4); break;
+        case 6: done = dot_rows_joint(type, a, w, rb, rows, y, 6); break;
+        default: break;
+        }
         w = (const uint8_t *)w + done * rb;
         y += done;
         rows -= done;

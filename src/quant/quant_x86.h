@@ -27,43 +27,68 @@ INL __m256i hsum8x8(const __m256i v[8]) {
                             _mm256_permute2x128_si256(u0, u1, 0x31));
 }
 
-/* Joint tails: the last n blocks (n = 2 or 4) of 8 / n rows of W taken as
- * one group of 8 lanes, lane l holding row l / n's block b + l % n (a row's
- * short tail alone cost as much as a full group). Every lane's product is
- * the one-row kernel's, op for op, and lands in the same lane of its row's
- * sums, so the bits do not change. */
+/* Joint tails: the last n blocks (n = 2, 4 or 6) of tail_rows(n) rows of
+ * W (4, 2, 4) taken as tail_groups(n) groups of 8 lanes (1, 1, 3): the run's
+ * tail blocks in order, lane l of group v at place q = 8 v + l, row q / n's
+ * block b + q % n (a row's short tail alone cost as much as a full group).
+ * Every lane's product is the one-row kernel's, op for op, and lands in the
+ * same lane of its row's sums, once, so the bits do not change. n is a
+ * constant where these are inlined. */
+INL int tail_rows(int n) { return n == 4 ? 2 : 4; }
+INL int tail_groups(int n) { return tail_rows(n) * n / 8; }
+
+/* The row (q / n) and block (q % n) of each lane of group v. */
+INL __m256i tail_row(int n, int v) {
+    const int q = 8 * v;
+    return _mm256_setr_epi32(q / n, (q + 1) / n, (q + 2) / n, (q + 3) / n, (q + 4) / n,
+                             (q + 5) / n, (q + 6) / n, (q + 7) / n);
+}
+INL __m256i tail_blk(int n, int v) {
+    const int q = 8 * v;
+    return _mm256_setr_epi32(q % n, (q + 1) % n, (q + 2) % n, (q + 3) % n, (q + 4) % n,
+                             (q + 5) % n, (q + 6) % n, (q + 7) % n);
+}
 
 /* Each lane's block's d and m (the two f16 fields a block starts with; m
  * means nothing for the types without one): rows rb bytes apart (rb <=
  * INT32_MAX / 8), blocks bsz bytes, p at row 0's first tail block. */
-INL void tail_dm(const uint8_t *p, size_t rb, size_t bsz, int n, __m256 *dw, __m256 *mw) {
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256i idx = _mm256_add_epi32(
-        _mm256_mullo_epi32(_mm256_srli_epi32(lane, n == 2 ? 1 : 2), _mm256_set1_epi32((int)rb)),
-        _mm256_mullo_epi32(_mm256_and_si256(lane, _mm256_set1_epi32(n - 1)),
-                           _mm256_set1_epi32((int)bsz)));
+INL void tail_dm(const uint8_t *p, size_t rb, size_t bsz, int n, int v, __m256 *dw, __m256 *mw) {
+    const __m256i idx =
+        _mm256_add_epi32(_mm256_mullo_epi32(tail_row(n, v), _mm256_set1_epi32((int)rb)),
+                         _mm256_mullo_epi32(tail_blk(n, v), _mm256_set1_epi32((int)bsz)));
     __m256i dm = _mm256_i32gather_epi32((const int *)p, idx, 1);
     __m256i d = _mm256_and_si256(dm, _mm256_set1_epi32(0xffff)), m = _mm256_srli_epi32(dm, 16);
     *dw = _mm256_cvtph_ps(_mm_packus_epi32(_mm256_castsi256_si128(d), _mm256_extracti128_si256(d, 1)));
     *mw = _mm256_cvtph_ps(_mm_packus_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1)));
 }
 
-/* x's values of blocks b .. b + n - 1 (p = their first), once per row. */
-INL __m256 tail_rep_ps(const float *p, int n) {
-    return n == 2 ? _mm256_castpd_ps(_mm256_broadcast_sd((const double *)p))
-                  : _mm256_broadcast_ps((const __m128 *)p);
-}
-INL __m256i tail_rep_epi32(const int32_t *p, int n) {
-    return _mm256_castps_si256(tail_rep_ps((const float *)p, n));
+/* all ones in lanes k < n */
+INL __m256i tail_live(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-/* acc + row g's products (lanes g n .. g n + n - 1 of pr) in lanes 0 .. n - 1;
- * the other lanes stay as they are. */
-INL __m256 tail_add(__m256 acc, __m256 pr, int g, int n) {
+/* x's per-block values p[0 .. n) (of blocks b .. b + n - 1) in group v's lanes. */
+INL __m256 tail_x_ps(const float *p, int n, int v) {
+    return _mm256_permutevar8x32_ps(_mm256_maskload_ps(p, tail_live(n)), tail_blk(n, v));
+}
+INL __m256i tail_x_epi32(const int32_t *p, int n, int v) {
+    return _mm256_permutevar8x32_epi32(_mm256_maskload_epi32((const int *)p, tail_live(n)),
+                                       tail_blk(n, v));
+}
+
+/* acc + row g's products in group v (pr) in the lanes of their blocks; the
+ * other lanes stay as they are. */
+INL __m256 tail_add(__m256 acc, __m256 pr, int n, int v, int g) {
+    const int from = g * n - 8 * v; /* lane of the row's block 0 in pr */
+    if (from >= 8 || from + n <= 0)
+        return acc; /* none of the row's blocks is in this group */
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    __m256 v = _mm256_permutevar8x32_ps(pr, _mm256_add_epi32(lane, _mm256_set1_epi32(g * n)));
-    __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane));
-    return _mm256_blendv_ps(acc, _mm256_add_ps(acc, v), live);
+    __m256i src = _mm256_add_epi32(lane, _mm256_set1_epi32(from));
+    __m256i live = _mm256_and_si256(
+        tail_live(n), _mm256_and_si256(_mm256_cmpgt_epi32(src, _mm256_set1_epi32(-1)),
+                                       _mm256_cmpgt_epi32(_mm256_set1_epi32(8), src)));
+    __m256 x = _mm256_permutevar8x32_ps(pr, src);
+    return _mm256_blendv_ps(acc, _mm256_add_ps(acc, x), _mm256_castsi256_ps(live));
 }
 
 /* The 32 four-bit codes of 16 bytes, in element order (low nibbles first). */
