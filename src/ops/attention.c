@@ -482,17 +482,17 @@ static void one_chunk(const cattn_ctx *c, int64_t i, int64_t h, int64_t ch, floa
             (const char *)c->v + (size_t)off * es, c->f16, kw, nk, c->hd, c->scale, m, l, o);
 }
 
-/* Split path tasks: (row i, chunk), all heads: the chunk's keys and values
- * are whole cache rows, read from memory once, in order. */
+/* Split path tasks: (row i, chunk, head h), h fastest: a thread's share
+ * reads each chunk's keys and values (whole cache rows) once, in order, and
+ * a context of one or two chunks still splits across threads by heads (a
+ * task of all heads left one thread idle below 64 positions). */
 static void cattn_split_range(void *p, int64_t lo, int64_t hi) {
     const cattn_ctx *c = p;
     for (int64_t task = lo; task < hi; task++) {
-        int64_t ch = task % c->nch, i = task / c->nch;
+        int64_t h = task % c->H, ch = task / c->H % c->nch, i = task / c->H / c->nch;
         if (ch * TNN_ATTN_CHUNK > c->pos + i) continue; /* beyond this row's last key */
-        for (int64_t h = 0; h < c->H; h++) {
-            float *pt = c->part + ((i * c->H + h) * c->nch + ch) * (c->hd + 2);
-            one_chunk(c, i, h, ch, pt, pt + 1, pt + 2);
-        }
+        float *pt = c->part + ((i * c->H + h) * c->nch + ch) * (c->hd + 2);
+        one_chunk(c, i, h, ch, pt, pt + 1, pt + 2);
     }
 }
 
@@ -647,7 +647,7 @@ int tnn__fwd_attention_cached(tnn_tensor *t) {
     if (part * (int64_t)sizeof(float) <= CATTN_SPLIT_BYTES) {
         c.part = malloc((size_t)part * sizeof(float));
         if (!c.part) return TNN_ERR(TNN_ERR_NOMEM, "out of memory");
-        tnn__parallel_for(c.n * c.nch, 1, cattn_split_range, &c);
+        tnn__parallel_for(c.n * c.nch * c.H, 1, cattn_split_range, &c);
         tnn__parallel_for(c.n * c.H, 4, cattn_merge_range, &c);
         free(c.part);
     } else {
