@@ -319,6 +319,61 @@ int main(int argc, char **argv) {
         free(xr);
         free(yr);
     }
+    /* rows as wide as small models' (576 SmolLM2-135M, 896 Qwen2.5-0.5B,
+     * 960 SmolLM2-360M): a row's blocks past the last whole group of 8 (2, 4
+     * and 6 here) cost their share or more; the rate against 512's (no such
+     * blocks) tells which */
+    if (!rows_only) {
+        static const int64_t widths[] = {512, 576, 896, 960};
+        static const int wtypes[] = {TNN_QT_Q8_0, TNN_QT_Q4_0, TNN_QT_Q4_1, TNN_QT_Q5_1,
+                                     TNN_QT_IQ4_NL};
+        const int64_t m = 512;
+        printf("\none row of x, %lld rows of the widths of small models in cache, 1 thread, "
+               "kernel %s:\nG elements/s median (and against width 512)\n%-6s",
+               (long long)m, tnn__quant_kernel_name(top), "type");
+        for (size_t i = 0; i < sizeof widths / sizeof *widths; i++)
+            printf(" | %-14lld", (long long)widths[i]);
+        printf("\n");
+        float *xw = bench_xalloc(960 * sizeof(float)), *yw = bench_xalloc((size_t)m * 4);
+        void *ww = bench_xalloc((size_t)tnn__qact_bytes(TNN_QT_Q8_0, 960));
+        for (int i = 0; i < 960; i++)
+            xw[i] = (float)(rnd() >> 8) / 16777216.0f - 0.5f;
+        enum { NW = sizeof widths / sizeof *widths };
+        double *tw = calloc((size_t)reps * NW, sizeof(double));
+        for (size_t k = 0; k < sizeof wtypes / sizeof *wtypes; k++) {
+            int type = wtypes[k];
+            uint8_t *w[NW];
+            for (int i = 0; i < NW; i++) {
+                w[i] = bench_xalloc((size_t)(tnn__qtype_row_bytes(type, widths[i]) * m));
+                fill(type, w[i], m, widths[i]);
+                tnn__quant_matvec(type, w[i], m, widths[i], xw, yw, ww);
+            }
+            /* the widths in turn within each repetition: the VM's speed
+             * drifts, and every width sees the same drift */
+            for (int r = 0; r < 4 * reps; r++)
+                for (int i = 0; i < NW; i++) {
+                    double t0 = bench_now();
+                    for (int it = 0; it < 8; it++)
+                        tnn__quant_matvec(type, w[i], m, widths[i], xw, yw, ww);
+                    tw[i * reps + r % reps] = (bench_now() - t0) / 8;
+                }
+            printf("%-6s", tnn__qtype(type)->name);
+            double g512 = 0;
+            for (int i = 0; i < NW; i++) {
+                qsort(tw + i * reps, (size_t)reps, sizeof(double), bench_cmp_double);
+                double g = (double)(m * widths[i]) / tw[i * reps + reps / 2] / 1e9;
+                if (i == 0)
+                    g512 = g;
+                printf(" | %5.2f (%4.2fx)", g, g / g512);
+                free(w[i]);
+            }
+            printf("\n");
+        }
+        free(tw);
+        free(xw);
+        free(yw);
+        free(ww);
+    }
     tnn_set_num_threads(threads);
     if (out) {
         FILE *f = fopen(out, "w");
