@@ -123,11 +123,12 @@ INL __m256i block_dot(int type, const uint8_t *blk, const int8_t *qx) {
     return dot_u8i8(q, x);
 }
 
-/* acc + the products of blocks 0 .. full - 1 (full a multiple of 8) of the
- * row at wr, block b into lane b mod 8. */
-INL __m256 row_groups(int type, const tnn_qact *a, const uint8_t *wr, int64_t full, __m256 acc) {
+/* The 8 lane sums of blocks 0 .. full - 1 (full a multiple of 8) of the
+ * row at wr, block b in lane b mod 8. */
+INL __m256 row_groups(int type, const tnn_qact *a, const uint8_t *wr, int64_t full) {
     const size_t bsz = tnn__q32_block_bytes(type);
     const int off = tnn__q32_offset(type);
+    __m256 acc = _mm256_setzero_ps();
     for (int64_t b = 0; b < full; b += 8) {
         const uint8_t *blk = wr + b * bsz;
         tnn__qprefetch(blk, 8 * bsz);
@@ -151,53 +152,21 @@ INL __m256 row_groups(int type, const tnn_qact *a, const uint8_t *wr, int64_t fu
     return acc;
 }
 
-/* Group v of the joint tails (quant_x86.h) of the run of rows at w, their
- * last n blocks from block b, into acc[row]: row_groups' operations on
- * those 8 blocks. */
-INL void joint_tails(int type, const tnn_qact *a, const uint8_t *w, size_t rb, int64_t b, int n,
-                     int v, __m256 *acc) {
+/* Group v's integer block sums of the joint tails (quant_x86.h) of the run
+ * of rows at w, their last n blocks from block b: a block at a time. */
+INL __m256i joint_sums(int type, const tnn_qact *a, const uint8_t *w, size_t rb, int64_t b, int n,
+                       int v) {
     const size_t bsz = tnn__q32_block_bytes(type);
-    const int off = tnn__q32_offset(type);
     __m256i d[8];
     for (int l = 0; l < 8; l++) {
         const int q = 8 * v + l, blk = q % n;
         d[l] = block_dot(type, w + (size_t)(q / n) * rb + (size_t)(b + blk) * bsz,
                          a->q + 32 * (b + blk));
     }
-    __m256i s = hsum8x8(d);
-    if (off)
-        s = _mm256_sub_epi32(s, _mm256_slli_epi32(tail_x_epi32(a->qsum + b, n, v), off == 8 ? 3 : 4));
-    __m256 dw, mw;
-    tail_dm(w + (size_t)b * bsz, rb, bsz, n, v, &dw, &mw);
-    __m256 p = _mm256_mul_ps(_mm256_mul_ps(dw, tail_x_ps(a->d + b, n, v)), _mm256_cvtepi32_ps(s));
-    if (tnn__q32_has_min(type))
-        p = _mm256_add_ps(p, _mm256_mul_ps(mw, tail_x_ps(a->s + b, n, v)));
-    _Pragma("GCC unroll 4") for (int g = 0; g < tail_rows(n); g++)
-        acc[g] = tail_add(acc[g], p, n, v, g);
+    return hsum8x8(d);
 }
 
-/* Runs of tail_rows(n) rows with their tails of n = 2, 4 or 6 blocks
- * together; returns the rows done (the rest, fewer than a run, are left). */
-INL int64_t rows_joint(int type, const tnn_qact *a, const void *w, size_t rb, int64_t rows,
-                       float *y, int n) {
-    const int64_t full = a->n / TNN_QK - n;
-    const int G = tail_rows(n);
-    int64_t r = 0;
-    for (; r + G <= rows; r += G) {
-        const uint8_t *w0 = (const uint8_t *)w + r * rb;
-        __m256 acc[4];
-        for (int g = 0; g < G; g++)
-            acc[g] = row_groups(type, a, w0 + g * rb, full, _mm256_setzero_ps());
-        _Pragma("GCC unroll 4") for (int v = 0; v < tail_groups(n); v++)
-            joint_tails(type, a, w0, rb, full, n, v, acc);
-        for (int g = 0; g < G; g++) {
-            float lanes[8];
-            _mm256_storeu_ps(lanes, acc[g]);
-            y[r + g] = tnn__qreduce8(lanes);
-        }
-    }
-    return r;
-}
+#include "quant_joint.h"
 
 /* One block at a time (Q8_0, Q5_0, Q5_1 run faster so on AVX2 than the
  * pair kernels of quant_avx2_q32.c, which take Q4_0, Q4_1 and every type's
@@ -206,17 +175,13 @@ INL void dot_q32(int type, const tnn_qact *a, const void *w, size_t rb, int64_t 
     const size_t bsz = tnn__q32_block_bytes(type);
     const int64_t nb = a->n / TNN_QK;
     const int off = tnn__q32_offset(type);
-    if (rb <= INT32_MAX / 8 && nb % 2 == 0 && nb % 8) {
-        int64_t done = nb % 8 == 2   ? rows_joint(type, a, w, rb, rows, y, 2)
-                       : nb % 8 == 4 ? rows_joint(type, a, w, rb, rows, y, 4)
-                                     : rows_joint(type, a, w, rb, rows, y, 6);
-        w = (const uint8_t *)w + done * rb;
-        y += done;
-        rows -= done;
-    }
+    int64_t done = dot_joint(type, a, w, rb, rows, y);
+    w = (const uint8_t *)w + done * rb;
+    y += done;
+    rows -= done;
     for (int64_t r = 0; r < rows; r++) {
         const uint8_t *wr = (const uint8_t *)w + r * rb;
-        __m256 acc = row_groups(type, a, wr, nb / 8 * 8, _mm256_setzero_ps());
+        __m256 acc = row_groups(type, a, wr, nb / 8 * 8);
         float lanes[8];
         _mm256_storeu_ps(lanes, acc);
         for (int64_t b = nb / 8 * 8; b < nb; b++) {

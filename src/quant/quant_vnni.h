@@ -172,12 +172,24 @@ INL void group(int type, int R, const tnn_qact *a, const uint8_t *blk, int64_t b
     }
 }
 
-/* One row of x: group v of the joint tails (quant_x86.h) of the run of
- * rows at w, their last n blocks from block b, into acc[row]. */
-INL void joint_tails(int type, const tnn_qact *a, const uint8_t *w, size_t rb, int64_t b, int n,
-                     int v, __m256 *acc) {
+/* One row of x: the 8 lane sums of blocks 0 .. full - 1 (full a multiple
+ * of 8) of the row at wr. */
+INL __m256 row_groups(int type, const tnn_qact *a, const uint8_t *wr, int64_t full) {
     const size_t bsz = tnn__q32_block_bytes(type);
-    const int off = tnn__q32_offset(type);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < full; b += 8) {
+        tnn__qprefetch(wr + b * bsz, 8 * bsz);
+        group(type, 1, a, wr + b * bsz, b, 8, &acc);
+    }
+    return acc;
+}
+
+/* One row of x: group v's integer block sums of the joint tails
+ * (quant_x86.h) of the run of rows at w, their last n blocks from block b:
+ * a pair of blocks at a time. */
+INL __m256i joint_sums(int type, const tnn_qact *a, const uint8_t *w, size_t rb, int64_t b, int n,
+                       int v) {
+    const size_t bsz = tnn__q32_block_bytes(type);
     __m256i p[4];
     for (int k = 0; k < 4; k++) { /* places 8 v + 2 k and the next: one row's pair */
         const int q = 8 * v + 2 * k, blk = q % n;
@@ -185,62 +197,18 @@ INL void joint_tails(int type, const tnn_qact *a, const uint8_t *w, size_t rb, i
         pair_codes c = decode_pair(type, b0, b0 + bsz);
         p[k] = pair_dot(type, &c, a->qp + 32 * (b + blk));
     }
-    __m256i s = block_sums8(p[0], p[1], p[2], p[3]);
-    __m256 dw, mw;
-    tail_dm(w + (size_t)b * bsz, rb, bsz, n, v, &dw, &mw);
-    if (off)
-        s = _mm256_sub_epi32(s, _mm256_slli_epi32(tail_x_epi32(a->qsum + b, n, v), off == 8 ? 3 : 4));
-    __m256 pr = _mm256_mul_ps(_mm256_mul_ps(dw, tail_x_ps(a->d + b, n, v)), _mm256_cvtepi32_ps(s));
-    if (tnn__q32_has_min(type))
-        pr = _mm256_add_ps(pr, _mm256_mul_ps(mw, tail_x_ps(a->s + b, n, v)));
-    _Pragma("GCC unroll 4") for (int g = 0; g < tail_rows(n); g++)
-        acc[g] = tail_add(acc[g], pr, n, v, g);
+    return block_sums8(p[0], p[1], p[2], p[3]);
 }
 
-/* y[r] for one row of x, rows in runs of tail_rows(n) whose tails of n =
- * 2, 4 or 6 blocks go through joint_tails; returns the rows done (the rest
- * left to dot_rows' one-row loop). */
-INL int64_t dot_rows_joint(int type, const tnn_qact *a, const void *w, size_t rb, int64_t rows,
-                           float *y, int n) {
-    const size_t bsz = tnn__q32_block_bytes(type);
-    const int64_t full = a->n / TNN_QK - n;
-    const int G = tail_rows(n);
-    int64_t r = 0;
-    for (; r + G <= rows; r += G) {
-        const uint8_t *w0 = (const uint8_t *)w + r * rb;
-        __m256 acc[4];
-        for (int g = 0; g < G; g++) {
-            const uint8_t *wr = w0 + g * rb;
-            acc[g] = _mm256_setzero_ps();
-            for (int64_t b = 0; b < full; b += 8) {
-                tnn__qprefetch(wr + b * bsz, 8 * bsz);
-                group(type, 1, a, wr + b * bsz, b, 8, &acc[g]);
-            }
-        }
-        _Pragma("GCC unroll 4") for (int v = 0; v < tail_groups(n); v++)
-            joint_tails(type, a, w0, rb, full, n, v, acc);
-        for (int g = 0; g < G; g++) {
-            float lanes[8];
-            _mm256_storeu_ps(lanes, acc[g]);
-            y[r + g] = tnn__qreduce8(lanes);
-        }
-    }
-    return r;
-}
+#include "quant_joint.h"
 
 /* y[i * ldy + r] for R rows of x and `rows` rows of W. */
 INL void dot_rows(int type, int R, const tnn_qact *a, const void *w, size_t rb, int64_t rows,
                   float *y, int64_t ldy) {
     const size_t bsz = tnn__q32_block_bytes(type);
     const int64_t nb = a->n / TNN_QK;
-    if (R == 1 && rb <= INT32_MAX / 8) {
-        int64_t done = 0;
-        switch (nb % 8) {
-        case 2: done = dot_rows_joint(type, a, w, rb, rows, y, 2); break;
-        case 4: done = dot_rows_joint(type, a, w, rb, rows, y, 4); break;
-        case 6: done = dot_rows_joint(type, a, w, rb, rows, y, 6); break;
-        default: break;
-        }
+    if (R == 1) {
+        int64_t done = dot_joint(type, a, w, rb, rows, y);
         w = (const uint8_t *)w + done * rb;
         y += done;
         rows -= done;

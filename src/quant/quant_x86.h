@@ -91,6 +91,24 @@ INL __m256 tail_add(__m256 acc, __m256 pr, int n, int v, int g) {
     return _mm256_blendv_ps(acc, _mm256_add_ps(acc, x), _mm256_castsi256_ps(live));
 }
 
+/* Group v's products from its 8 integer block sums s (before Q4_0's and
+ * Q5_0's offset), each row's added to its sums acc[row]: the one-row
+ * kernels' float work, op for op. The including file has quant_impl.h. */
+INL void tail_finish(int type, const tnn_qact *a, const uint8_t *w, size_t rb, int64_t b, int n,
+                     int v, __m256i s, __m256 *acc) {
+    const size_t bsz = tnn__q32_block_bytes(type);
+    const int off = tnn__q32_offset(type);
+    if (off)
+        s = _mm256_sub_epi32(s, _mm256_slli_epi32(tail_x_epi32(a->qsum + b, n, v), off == 8 ? 3 : 4));
+    __m256 dw, mw;
+    tail_dm(w + (size_t)b * bsz, rb, bsz, n, v, &dw, &mw);
+    __m256 p = _mm256_mul_ps(_mm256_mul_ps(dw, tail_x_ps(a->d + b, n, v)), _mm256_cvtepi32_ps(s));
+    if (tnn__q32_has_min(type))
+        p = _mm256_add_ps(p, _mm256_mul_ps(mw, tail_x_ps(a->s + b, n, v)));
+    _Pragma("GCC unroll 4") for (int g = 0; g < tail_rows(n); g++)
+        acc[g] = tail_add(acc[g], p, n, v, g);
+}
+
 /* The 32 four-bit codes of 16 bytes, in element order (low nibbles first). */
 INL __m256i nibbles32(const uint8_t *qs) {
     __m128i v = _mm_loadu_si128((const __m128i *)qs);
