@@ -1,8 +1,9 @@
 /* quant_x86.h - the AVX2 block decoders the x86 quant files share
  * (quant_avx2.c, quant_avx512.c and the VNNI headers): f16 fields, eight
- * horizontal sums at once, nibbles, the IQ4 table, the K-quants' scales
- * and Q6_K's codes. Define INL and include <immintrin.h> and <string.h>
- * first; the including file is compiled with AVX2 + F16C at least.
+ * horizontal sums at once, the joint tails of short rows, nibbles, the IQ4
+ * table, the K-quants' scales and Q6_K's codes. Define INL and include
+ * quant_impl.h, <immintrin.h> and <string.h> first; the including file is
+ * compiled with AVX2 + F16C at least.
  */
 #ifndef TNN_QUANT_X86_H
 #define TNN_QUANT_X86_H
@@ -57,9 +58,13 @@ INL void tail_dm(const uint8_t *p, size_t rb, size_t bsz, int n, int v, __m256 *
         _mm256_add_epi32(_mm256_mullo_epi32(tail_row(n, v), _mm256_set1_epi32((int)rb)),
                          _mm256_mullo_epi32(tail_blk(n, v), _mm256_set1_epi32((int)bsz)));
     __m256i dm = _mm256_i32gather_epi32((const int *)p, idx, 1);
+    /* the low and high halves of each word, packed to 8 halves (below
+     * 2^16, so the unsigned saturation keeps them) */
     __m256i d = _mm256_and_si256(dm, _mm256_set1_epi32(0xffff)), m = _mm256_srli_epi32(dm, 16);
-    *dw = _mm256_cvtph_ps(_mm_packus_epi32(_mm256_castsi256_si128(d), _mm256_extracti128_si256(d, 1)));
-    *mw = _mm256_cvtph_ps(_mm_packus_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1)));
+    *dw = _mm256_cvtph_ps(
+        _mm_packus_epi32(_mm256_castsi256_si128(d), _mm256_extracti128_si256(d, 1)));
+    *mw = _mm256_cvtph_ps(
+        _mm_packus_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1)));
 }
 
 /* all ones in lanes k < n */
@@ -98,8 +103,10 @@ INL void tail_finish(int type, const tnn_qact *a, const uint8_t *w, size_t rb, i
                      int v, __m256i s, __m256 *acc) {
     const size_t bsz = tnn__q32_block_bytes(type);
     const int off = tnn__q32_offset(type);
-    if (off)
-        s = _mm256_sub_epi32(s, _mm256_slli_epi32(tail_x_epi32(a->qsum + b, n, v), off == 8 ? 3 : 4));
+    if (off) {
+        __m256i qs = tail_x_epi32(a->qsum + b, n, v);
+        s = _mm256_sub_epi32(s, _mm256_slli_epi32(qs, off == 8 ? 3 : 4));
+    }
     __m256 dw, mw;
     tail_dm(w + (size_t)b * bsz, rb, bsz, n, v, &dw, &mw);
     __m256 p = _mm256_mul_ps(_mm256_mul_ps(dw, tail_x_ps(a->d + b, n, v)), _mm256_cvtepi32_ps(s));
