@@ -339,7 +339,7 @@ int main(int argc, char **argv) {
         for (int i = 0; i < 960; i++)
             xw[i] = (float)(rnd() >> 8) / 16777216.0f - 0.5f;
         enum { NW = sizeof widths / sizeof *widths };
-        double *tw = calloc((size_t)reps * NW, sizeof(double));
+        double *tw = bench_xalloc((size_t)reps * NW * sizeof(double));
         for (size_t k = 0; k < sizeof wtypes / sizeof *wtypes; k++) {
             int type = wtypes[k];
             uint8_t *w[NW];
