@@ -5,6 +5,7 @@
  */
 #include "harness.h"
 
+#include "core/internal.h"
 #include "cpu/gemm.h"
 #include "llm/quantize.h"
 #include "ops/kernels.h"
@@ -437,6 +438,94 @@ static void test_quantized_ops(void) {
     free(w), free(q);
 }
 
+/* Products of one x through the matrix-vector kernels, with other nodes
+ * between them (a bias add, a SiLU: Qwen's q/k/v, the gated FFN), run as
+ * one set (tnn__fwd_qmm_set): each output has the bits of the products run
+ * one by one, for 1..3 threads and 1 or 5 rows of x; a product of another
+ * weight type ends a set. */
+static void test_quantized_sets(void) {
+    enum { K = 64, MQ = 70, MK = 40 };
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/tnn-test-qsets-%d.gguf", (int)getpid());
+    static const char *const names[4] = {"wq", "wk", "wv", "wd"};
+    static const int types[4] = {TNN_GGML_Q4_1, TNN_GGML_Q4_1, TNN_GGML_Q4_1, TNN_GGML_Q8_0};
+    const int rows[4] = {MQ, MK, MK, MK};
+    float *w = malloc(sizeof(float) * MQ * K);
+    unsigned char *q = malloc((size_t)MQ * K * 2);
+    tnn_gguf_writer *wr = tnn_gguf_writer_new();
+    th_seed(21);
+    for (int t = 0; t < 4; t++) {
+        int64_t rb = tnn__qtype_row_bytes(types[t], K), shape[2] = {rows[t], K};
+        for (int i = 0; i < rows[t] * K; i++) w[i] = (float)th_sym(1.0);
+        for (int r = 0; r < rows[t]; r++)
+            CHECK_OK(tnn__quantize_row(types[t], w + r * K, q + r * rb, K));
+        CHECK_OK(tnn_gguf_writer_add_tensor(wr, names[t], types[t], 2, shape, q,
+                                            (size_t)(rb * rows[t])));
+    }
+    CHECK_OK(tnn_gguf_writer_write(wr, path));
+    tnn_gguf_writer_free(wr);
+    tnn_gguf *g = tnn_gguf_open(path);
+    CHECK(g != NULL, "%s", tnn_last_error());
+    tnn__qmm_set_rows(24);
+    for (int n = 1; g && n <= 5; n += 4) {
+        tnn_session *s = tnn_session_new(0);
+        tnn_tensor *W[4];
+        for (int t = 0; t < 4; t++) W[t] = tnn_tensor_from_gguf(s, g, names[t]);
+        tnn_tensor *x = tnn_input_2d_f32(s, n, K), *bias = tnn_input_1d_f32(s, MQ);
+        /* q, its bias, k, its SiLU, v: one set; d (Q8_0) alone */
+        tnn_tensor *qb = tnn_add(s, tnn_matmul_nt(s, x, W[0]), bias);
+        tnn_tensor *ks = tnn_silu(s, tnn_matmul_nt(s, x, W[1]));
+        tnn_tensor *v = tnn_matmul_nt(s, x, W[2]), *d = tnn_matmul_nt(s, x, W[3]);
+        /* gate and up (read by nothing else: their buffers are the planner's
+         * to reuse) */
+        tnn_tensor *gs = tnn_silu(s, tnn_matmul_nt(s, x, W[1]));
+        tnn_tensor *f = tnn_mul(s, gs, tnn_matmul_nt(s, x, W[2]));
+        /* z, read last by the SiLU between two products: the second
+         * product's output may take z's buffer, so it may not run first */
+        tnn_tensor *z = tnn_scale(s, d, 2.0), *p1 = tnn_matmul_nt(s, x, W[1]);
+        tnn_tensor *zz = tnn_silu(s, tnn_silu(s, z)), *p2 = tnn_matmul_nt(s, x, W[2]);
+        f = tnn_add(s, f, tnn_mul(s, tnn_mul(s, p1, zz), p2));
+        tnn_tensor *r = tnn_add(s, tnn_add(s, tnn_mul(s, ks, v), d), f);
+        tnn_tensor *outs[5] = {qb, ks, v, d, r};
+        for (int o = 0; o < 4; o++) tnn_set_output(outs[o]);
+        CHECK_OK(tnn_realize(s, r));
+        fill_session(s, x, 31 + n, 1.0);
+        fill_session(s, bias, 41, 0.5);
+        const int64_t sizes[5] = {n * MQ, n * MK, n * MK, n * MK, n * MK};
+        float *want[5], *got = malloc(sizeof(float) * n * MQ);
+        tnn__cpu_set_fuse(0);
+        long long sets0 = tnn__cpu_fused_sets();
+        CHECK_OK(tnn_compute(s));
+        CHECK(tnn__cpu_fused_sets() == sets0, "n=%d: sets ran with fusion off", n);
+        for (int o = 0; o < 5; o++) {
+            want[o] = malloc(sizeof(float) * (size_t)sizes[o]);
+            CHECK_OK(tnn_download_f32(s, outs[o], want[o], (size_t)sizes[o]));
+        }
+        tnn__cpu_set_fuse(1);
+        for (int th = 1; th <= 3; th++) {
+            tnn_set_num_threads(th);
+            long long before = tnn__cpu_fused_sets();
+            CHECK_OK(tnn_compute(s));
+            CHECK(tnn__cpu_fused_sets() - before == 2, "n=%d, %d threads: %lld sets, want 2", n,
+                  th, tnn__cpu_fused_sets() - before);
+            for (int o = 0; o < 5; o++) {
+                CHECK_OK(tnn_download_f32(s, outs[o], got, (size_t)sizes[o]));
+                CHECK(memcmp(got, want[o], sizeof(float) * (size_t)sizes[o]) == 0,
+                      "n=%d, %d threads: output %d of the sets differs from one by one", n, th, o);
+            }
+        }
+        tnn__cpu_set_fuse(-1);
+        tnn_set_num_threads(0);
+        for (int o = 0; o < 5; o++) free(want[o]);
+        free(got);
+        tnn_session_free(s);
+    }
+    tnn__qmm_set_rows(-1);
+    tnn_gguf_close(g);
+    unlink(path);
+    free(w), free(q);
+}
+
 /* x's gradient through a quantized product of transformer widths: g (40,
  * 1100) @ W (1100, 1024), W Q4_0 and Q4_K (whole 256-element blocks), so
  * that the GEMM's packs ask for W's row blocks at several column and row
@@ -581,6 +670,7 @@ int main(void) {
     test_cached_attention_paths();
     test_half_transfers();
     test_quantized_ops();
+    test_quantized_sets();
     test_quantized_grad_wide();
     test_quantize_file();
     return th_finish("test_infer");

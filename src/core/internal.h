@@ -244,11 +244,25 @@ extern const tnn_backend tnn__cpu_backend;
  * (ops/matmul.c): 2 when both ran, 0 when they cannot be fused (nothing
  * ran), or a negative status. */
 int tnn__fwd_matmul_then(tnn_tensor *t, tnn_tensor *next);
+/* The CPU plan runner's sets of products (ops/matmul.c): plan[i] and the
+ * products after it, up to TNN_QMM_SPAN nodes from it, that read the same x
+ * through the quantized matrix-vector kernels (q, k and v; gate and up) run
+ * as one job, x quantized once. Returns how many nodes from plan[i] the set
+ * spans (>= 2; bit m of *members set for plan[i + m] run, the nodes between
+ * left for the caller to run next, in order), 0 when plan[i] starts no set
+ * (nothing ran), or a negative status. `part`: tnn_compute_to's marks, or
+ * NULL. A product joins only where its output overlaps no buffer of the
+ * nodes it now runs before, nor x, nor another's output. */
+#define TNN_QMM_SPAN 8
+int tnn__fwd_qmm_set(tnn_tensor **plan, int32_t np, int32_t i, const uint8_t *part,
+                     unsigned *members);
 /* Fusion on the CPU: on unless TNN_CPU_FUSE=0; the tests switch it (1, 0;
  * -1: back to the environment's choice). */
 void tnn__cpu_set_fuse(int on);
 /* How many pairs the CPU plan runner has run fused (the tests look). */
 long long tnn__cpu_fused_pairs(void);
+/* How many sets of products (tnn__fwd_qmm_set) it has run. */
+long long tnn__cpu_fused_sets(void);
 /* The CUDA backend, opened on first use; NULL (with the reason logged) when
  * this build has none or no usable GPU is present (src/cuda). */
 const tnn_backend *tnn__cuda_backend(void);
@@ -317,6 +331,12 @@ void tnn__session_truncate(tnn_session *s, int32_t n);
 int tnn__optim_queue(tnn_session *s);
 int tnn__optim_step(tnn_session *s);
 void tnn__optim_free(tnn_session *s);
+
+/* Whether the buffers of a and b (data and aux bytes) overlap. */
+static inline bool tnn__overlaps(const tnn_tensor *a, const tnn_tensor *b) {
+    const char *a0 = (const char *)a->data, *b0 = (const char *)b->data;
+    return a0 < b0 + b->nbytes + b->aux_bytes && b0 < a0 + a->nbytes + a->aux_bytes;
+}
 
 static inline tnn_tensor *tnn__tensor_at(const tnn_session *s, int32_t i) {
     return &s->blocks[i / TNN_TENSOR_BLOCK][i % TNN_TENSOR_BLOCK];

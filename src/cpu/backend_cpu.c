@@ -56,8 +56,10 @@ static int cpu_run(tnn_tensor *t) { return tnn__ops[t->op].forward(t); }
 /* Fusion switch: -1 until read from TNN_CPU_FUSE (on unless "0"). */
 static _Atomic int fuse_on = -1;
 static _Atomic long long fused_pairs; /* pairs run fused, for the tests */
+static _Atomic long long fused_sets;  /* sets of products run as one */
 
 long long tnn__cpu_fused_pairs(void) { return atomic_load(&fused_pairs); }
+long long tnn__cpu_fused_sets(void) { return atomic_load(&fused_sets); }
 
 void tnn__cpu_set_fuse(int on) { atomic_store(&fuse_on, on < 0 ? -1 : on != 0); }
 
@@ -76,16 +78,28 @@ static bool fusing(void) {
  * block of the product's output while the block is still in cache (the same
  * bits as two passes). The planner keeps a node's inputs one node longer
  * (fuse_next), so the second node's output never lands on the product's
- * inputs: only neighbours in the whole plan are fused. */
+ * inputs: only neighbours in the whole plan are fused. Products of one x
+ * through the quantized matrix-vector kernels run first as one set
+ * (tnn__fwd_qmm_set), then the nodes between them. */
 static int cpu_run_plan(tnn_session *s) {
     bool fuse = fusing();
     const uint8_t *part = s->part; /* tnn_compute_to: only the nodes it marks */
     for (int32_t i = 0; i < s->n_plan; i++) {
         tnn_tensor *t = s->plan[i];
         if (part && !part[i]) continue;
-        int rc = fuse && i + 1 < s->n_plan && (!part || part[i + 1])
-                     ? tnn__fwd_matmul_then(t, s->plan[i + 1])
-                     : 0;
+        unsigned members = 0;
+        int rc = fuse ? tnn__fwd_qmm_set(s->plan, s->n_plan, i, part, &members) : 0;
+        if (rc > 0) { /* a set of products ran: now the nodes between them */
+            atomic_fetch_add(&fused_sets, 1);
+            int span = rc;
+            for (int m = 1; m < span && rc >= 0; m++)
+                if (!(members & 1u << m)) rc = cpu_run(s->plan[i + m]);
+            if (rc < 0) return rc;
+            i += span - 1;
+            continue;
+        }
+        if (rc == 0 && fuse && i + 1 < s->n_plan && (!part || part[i + 1]))
+            rc = tnn__fwd_matmul_then(t, s->plan[i + 1]);
         if (rc > 0)
             i += rc - 1, atomic_fetch_add(&fused_pairs, 1);
         else if (rc == 0)

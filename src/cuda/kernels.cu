@@ -1701,12 +1701,6 @@ static int match_products(tnn_tensor **plan, int32_t np, int32_t i, cu_mv *p, in
     return ran + rope_epilogue(plan, np, i, ran, p);
 }
 
-/* Whether the buffers of x and y (data and aux bytes) overlap. */
-static bool overlaps(const tnn_tensor *x, const tnn_tensor *y) {
-    const char *x0 = (const char *)x->data, *y0 = (const char *)y->data;
-    return x0 < y0 + y->nbytes + y->aux_bytes && y0 < x0 + x->nbytes + x->aux_bytes;
-}
-
 /* Whether nx is a gradient sum that realize planned over its running sum
  * (TNN_FLAG_INPLACE, the sum's src[0]) adding t, plan[i], read by nothing
  * else, and t's sources other than the running sum's buffer: t's kernel can
@@ -1716,7 +1710,7 @@ static bool sum_after(const tnn_tensor *t, const tnn_tensor *nx, int32_t i) {
         nx->src[0] == t || nx->nelem != t->nelem || !only_read_by(t, i + 1))
         return false;
     for (int k = 0; k < TNN_MAX_SRC; k++)
-        if (t->src[k] && overlaps(nx, t->src[k])) return false;
+        if (t->src[k] && tnn__overlaps(nx, t->src[k])) return false;
     return true;
 }
 

@@ -376,6 +376,64 @@ int tnn__fwd_matmul_then(tnn_tensor *t, tnn_tensor *next) {
     return rc == TNN_OK ? 2 : rc;
 }
 
+/* Whether t runs through the quantized matrix-vector kernels (qmatmul's
+ * first branch): x (N, K) @ W^T, W a GGML-typed leaf, N small. */
+static bool qmv_node(const tnn_tensor *t) {
+    if (t->op != TNN_OP_MATMUL || !(t->iparam[0] & TNN_MM_TB)) return false;
+    const tnn_tensor *w = t->src[1];
+    if (w->dtype != TNN_GGML || w->op != TNN_OP_NONE) return false;
+    bool bf16 = atomic_load(&qmm_bf16) && tnn__gemm_bf16_auto_path() != TNN_GEMM_BF16_WIDEN;
+    return t->src[0]->shape[0] <= qmm_rows_max(w->gtype, bf16);
+}
+
+/* Whether u, a product with the same x as plan[i]'s, may run with the set
+ * (members so far) before the other nodes from plan[i] to plan[j], u's
+ * index. */
+static bool may_join(tnn_tensor **plan, int32_t i, int32_t j, unsigned members) {
+    const tnn_tensor *u = plan[j], *x = u->src[0];
+    if (tnn__overlaps(u, x)) return false;
+    for (int32_t m = i; m < j; m++) {
+        const tnn_tensor *v = plan[m];
+        if (tnn__overlaps(u, v)) return false;
+        if (members & 1u << (m - i)) continue;
+        /* a node between, run after u now: u's output is none of its
+         * inputs, and its output is not x */
+        if (tnn__overlaps(v, x)) return false;
+        for (int k = 0; k < TNN_MAX_SRC; k++)
+            if (v->src[k] && tnn__overlaps(u, v->src[k])) return false;
+    }
+    return true;
+}
+
+#define QMM_SET 4 /* products in a set at most */
+
+int tnn__fwd_qmm_set(tnn_tensor **plan, int32_t np, int32_t i, const uint8_t *part,
+                     unsigned *members) {
+    const tnn_tensor *t = plan[i];
+    if (!qmv_node(t)) return 0;
+    const tnn_tensor *x = t->src[0], *w = t->src[1];
+    tnn_qmm_part parts[QMM_SET] = {{w->data, w->shape[0], F32(plan[i])}};
+    int n = 1;
+    unsigned in = 1;
+    int32_t last = i;
+    for (int32_t j = i + 1; j < np && j - i < TNN_QMM_SPAN && n < QMM_SET; j++) {
+        if (part && !part[j]) break;
+        tnn_tensor *u = plan[j];
+        if (u->op != TNN_OP_MATMUL) continue; /* a node between */
+        if (!qmv_node(u) || u->src[0] != x || u->src[1]->gtype != w->gtype ||
+            !may_join(plan, i, j, in))
+            break;
+        parts[n++] = (tnn_qmm_part){u->src[1]->data, u->src[1]->shape[0], F32(u)};
+        in |= 1u << (j - i);
+        last = j;
+    }
+    if (n < 2) return 0;
+    int rc = tnn__quant_matmul_set(w->gtype, x->shape[1], CF32(x), x->shape[0], parts, n, NULL);
+    if (rc) return rc;
+    *members = in;
+    return last - i + 1;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Transpose of the last two dimensions                                     */
 /* ------------------------------------------------------------------------ */

@@ -923,44 +923,74 @@ void tnn__qdot_rows(const tnn_qact *a, const void *w, size_t row_bytes, int64_t 
 
 typedef struct {
     const tnn_qact *a; /* nx prepared rows of x */
-    int64_t nx, rows, tile;
-    const uint8_t *w;
+    int64_t nx, tile;
+    const tnn_qmm_part *parts; /* the products, their rows one range */
+    int n_parts;
     size_t rb;
-    float *y;
     tnn_qdot_fn fn;
     tnn_qdotn_fn fnn; /* several rows of x at once, or NULL */
 } matvec_job;
 
-/* Rows [begin, end) of W against every row of x: a tile of W's rows (in L1
- * after the first row of x streamed it) against each row of x in turn. */
-static void matvec_range(void *ctx, int64_t begin, int64_t end) {
-    const matvec_job *j = ctx;
+/* Rows [begin, end) of one product's W against every row of x: a tile of
+ * W's rows (in L1 after the first row of x streamed it) against each row of
+ * x in turn. */
+static void matvec_rows(const matvec_job *j, const tnn_qmm_part *p, int64_t begin, int64_t end) {
+    const uint8_t *w = p->w;
     if (j->nx == 1) {
-        j->fn(j->a, j->w + begin * j->rb, j->rb, end - begin, j->y + begin);
+        j->fn(j->a, w + begin * j->rb, j->rb, end - begin, p->y + begin);
         return;
     }
     for (int64_t r0 = begin; r0 < end; r0 += j->tile) {
         int64_t rr = end - r0 < j->tile ? end - r0 : j->tile;
         if (j->fnn)
-            j->fnn(j->a, j->nx, j->w + r0 * j->rb, j->rb, rr, j->y + r0, j->rows);
+            j->fnn(j->a, j->nx, w + r0 * j->rb, j->rb, rr, p->y + r0, p->rows);
         else
             for (int64_t i = 0; i < j->nx; i++)
-                j->fn(j->a + i, j->w + r0 * j->rb, j->rb, rr, j->y + i * j->rows + r0);
+                j->fn(j->a + i, w + r0 * j->rb, j->rb, rr, p->y + i * p->rows + r0);
+    }
+}
+
+/* Rows [begin, end) of the products' rows one after the other. */
+static void matvec_range(void *ctx, int64_t begin, int64_t end) {
+    const matvec_job *j = ctx;
+    int64_t r0 = 0; /* the first of this product's rows in the range of all */
+    for (int k = 0; k < j->n_parts && begin < end; r0 += j->parts[k].rows, k++) {
+        int64_t r1 = r0 + j->parts[k].rows;
+        if (begin >= r1) continue;
+        int64_t e = end < r1 ? end : r1;
+        matvec_rows(j, &j->parts[k], begin - r0, e - r0);
+        begin = e;
     }
 }
 
 int tnn__quant_matmul(int wtype, const void *w, int64_t rows, int64_t n, const float *x,
                       int64_t nx, float *y, void *work) {
+    tnn_qmm_part part = {w, rows, y};
+    return tnn__quant_matmul_set(wtype, n, x, nx, &part, 1, work);
+}
+
+int tnn__quant_matmul_set(int wtype, int64_t n, const float *x, int64_t nx,
+                          const tnn_qmm_part *parts, int n_parts, void *work) {
     int64_t rb = tnn__qtype_row_bytes(wtype, n);
     if (rb < 0)
         return TNN_ERR_ARG;
-    if (rows < 0 || nx < 0)
-        return TNN_ERR(TNN_ERR_ARG, "rows %lld, rows of x %lld: want >= 0", (long long)rows,
-                       (long long)nx);
+    if (n_parts < 1 || !parts)
+        return TNN_ERR(TNN_ERR_ARG, "%d products: want at least one", n_parts);
+    int64_t rows = 0;
+    for (int k = 0; k < n_parts; k++) {
+        if (parts[k].rows < 0 || nx < 0)
+            return TNN_ERR(TNN_ERR_ARG, "rows %lld, rows of x %lld: want >= 0",
+                           (long long)parts[k].rows, (long long)nx);
+        if (parts[k].rows > INT64_MAX - rows)
+            return TNN_ERR(TNN_ERR_RANGE, "the products' rows overflow");
+        if (parts[k].rows && (!parts[k].w || !parts[k].y))
+            return TNN_ERR(TNN_ERR_ARG, "NULL weights or y");
+        rows += parts[k].rows;
+    }
     if (rows == 0 || nx == 0)
         return TNN_OK;
-    if (!w || !y || (n && !x))
-        return TNN_ERR(TNN_ERR_ARG, "NULL weights, x or y");
+    if (n && !x)
+        return TNN_ERR(TNN_ERR_ARG, "NULL x");
     int64_t wb = tnn__qact_bytes(wtype, n);
     if ((wb > 0 && nx > INT64_MAX / wb) || nx > INT64_MAX / (int64_t)sizeof(tnn_qact))
         return TNN_ERR(TNN_ERR_RANGE, "%lld rows of x: workspace size overflows", (long long)nx);
@@ -984,7 +1014,7 @@ int tnn__quant_matmul(int wtype, const void *w, int64_t rows, int64_t n, const f
     if (rc == TNN_OK) {
         /* tiles of about 8 KiB of weights: L1 holds one with the rows of x */
         int64_t tile = rb > 0 ? (8192 + rb - 1) / rb : rows;
-        matvec_job job = {a, nx, rows, tile < 1 ? 1 : tile, w, (size_t)rb, y,
+        matvec_job job = {a,       nx, tile < 1 ? 1 : tile, parts, n_parts, (size_t)rb,
                           dot_fn(kernel, wtype), dotn_fn(kernel, wtype)};
         /* ~32 KiB of weights per chunk at least: smaller jobs stay on one thread
          * (64 KiB kept a 576-wide model's k and v products on one: 5% slower) */

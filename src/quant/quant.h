@@ -292,6 +292,18 @@ int tnn__quant_matvec(int wtype, const void *w, int64_t rows, int64_t n, const f
  * overflows. */
 int tnn__quant_matmul(int wtype, const void *w, int64_t rows, int64_t n, const float *x,
                       int64_t nx, float *y, void *work);
+/* One product of a set: W (rows x n, rows contiguous) and its y (nx x rows). */
+typedef struct {
+    const void *w;
+    int64_t rows;
+    float *y;
+} tnn_qmm_part;
+/* tnn__quant_matmul for several W of the same type and width against the
+ * same x: x is quantized once and the products' rows, one after the other,
+ * are split across the pool as one range (one hand-off instead of one a
+ * product). Each y has the bits tnn__quant_matmul gives it. */
+int tnn__quant_matmul_set(int wtype, int64_t n, const float *x, int64_t nx,
+                          const tnn_qmm_part *parts, int n_parts, void *work);
 /* Whether the selected kernels decode W once for several rows of x for this
  * type (so that more rows pay off through tnn__quant_matmul). */
 bool tnn__quant_rows_shared(int wtype);
