@@ -648,7 +648,11 @@ int tnn__fwd_attention_cached(tnn_tensor *t) {
         c.part = malloc((size_t)part * sizeof(float));
         if (!c.part) return TNN_ERR(TNN_ERR_NOMEM, "out of memory");
         tnn__parallel_for(c.n * c.nch * c.H, 1, cattn_split_range, &c);
-        tnn__parallel_for(c.n * c.H, 4, cattn_merge_range, &c);
+        /* a merge task reads its nch partial results: about 16K values a
+         * share at least (a decoding row's merge took ~2K cycles a thread
+         * in two shares, about what handing one share over cost) */
+        int64_t per = c.nch * (c.hd + 2);
+        tnn__parallel_for(c.n * c.H, 16384 / per + 1, cattn_merge_range, &c);
         free(c.part);
     } else {
         atomic_int fail;
