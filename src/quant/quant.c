@@ -1014,7 +1014,7 @@ int tnn__quant_matmul_set(int wtype, int64_t n, const float *x, int64_t nx,
     if (rc == TNN_OK) {
         /* tiles of about 8 KiB of weights: L1 holds one with the rows of x */
         int64_t tile = rb > 0 ? (8192 + rb - 1) / rb : rows;
-        matvec_job job = {a,       nx, tile < 1 ? 1 : tile, parts, n_parts, (size_t)rb,
+        matvec_job job = {a, nx, tile < 1 ? 1 : tile, parts, n_parts, (size_t)rb,
                           dot_fn(kernel, wtype), dotn_fn(kernel, wtype)};
         /* ~32 KiB of weights per chunk at least: smaller jobs stay on one thread
          * (64 KiB kept a 576-wide model's k and v products on one: 5% slower) */
