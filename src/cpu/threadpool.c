@@ -5,8 +5,8 @@
  * while the caller writes a job's fields and even once the job is posted,
  * and a worker that read the fields checks the counter did not move, so a
  * worker that sat out the previous job never runs a half-written one.
- * Jobs are small and frequent (a decoding step posts
- * about a thousand), so hand-offs spin: a worker that finished a job polls
+ * Jobs are small and frequent (a decoding step of SmolLM2-135M, 30 layers,
+ * posts about 150), so hand-offs spin: a worker that finished a job polls
  * the job counter for a while before it sleeps on a condition variable, and
  * the caller polls the count of unfinished chunks. A sleeping worker is woken
  * only when one is known to sleep (the sleeper count and the job counter are
