@@ -169,6 +169,12 @@ static _Atomic int64_t qmm_full_bytes = (int64_t)32 << 20;
 static _Atomic int64_t qmm_rows = -1; /* -1: qmm_rows_max's limits, by type and path */
 static atomic_bool qmm_bf16 = true;
 
+/* Whether products on quantized weights run as bf16 products: allowed
+ * (tnn__qmm_set_bf16) and faster than f32 ones here (AMX, vdpbf16ps). */
+static bool qmm_use_bf16(void) {
+    return atomic_load(&qmm_bf16) && tnn__gemm_bf16_auto_path() != TNN_GEMM_BF16_WIDEN;
+}
+
 static int64_t qmm_rows_max(int gtype, bool bf16) {
     int64_t set = atomic_load(&qmm_rows);
     if (set >= 0) return set;
@@ -258,7 +264,7 @@ static int qmatmul_nn(tnn_tensor *t) {
     const tnn_qtype_info *qi = tnn__qtype(w->gtype);
     int64_t row_bytes = tnn__qtype_row_bytes(w->gtype, K);
     if (!qi || row_bytes < 0) return tnn_last_status() ? tnn_last_status() : TNN_ERR_FORMAT;
-    if (atomic_load(&qmm_bf16) && tnn__gemm_bf16_auto_path() != TNN_GEMM_BF16_WIDEN) {
+    if (qmm_use_bf16()) {
         qrows_ctx qc = {.gtype = w->gtype, .w = (const char *)w->data, .row_bytes = row_bytes};
         tnn_gemm_brows src = {.rows = qrows_k, .ctx = &qc, .by_k = true};
         return tnn__gemm_bf16_rows(TNN_GEMM_BF16_AUTO, N, K, M, CF32(g), M, &src, F32(t), K);
@@ -290,7 +296,7 @@ static int qmatmul(tnn_tensor *t) {
     if (row_bytes < 0) return tnn_last_status();
     /* where bf16 products run faster than f32 ones (AMX, vdpbf16ps), the
      * GEMM runs on bf16 copies of the dequantized weights */
-    bool bf16 = atomic_load(&qmm_bf16) && tnn__gemm_bf16_auto_path() != TNN_GEMM_BF16_WIDEN;
+    bool bf16 = qmm_use_bf16();
     if (N <= qmm_rows_max(w->gtype, bf16))
         return tnn__quant_matmul(w->gtype, w->data, M, K, CF32(x), N, F32(t), NULL);
     if (bf16) { /* dequantized by the GEMM's packs, a panel at a time */
@@ -382,8 +388,7 @@ static bool qmv_node(const tnn_tensor *t) {
     if (t->op != TNN_OP_MATMUL || !(t->iparam[0] & TNN_MM_TB)) return false;
     const tnn_tensor *w = t->src[1];
     if (w->dtype != TNN_GGML || w->op != TNN_OP_NONE) return false;
-    bool bf16 = atomic_load(&qmm_bf16) && tnn__gemm_bf16_auto_path() != TNN_GEMM_BF16_WIDEN;
-    return t->src[0]->shape[0] <= qmm_rows_max(w->gtype, bf16);
+    return t->src[0]->shape[0] <= qmm_rows_max(w->gtype, qmm_use_bf16());
 }
 
 /* Whether u, a product with the same x as plan[i]'s, may run with the set
