@@ -81,8 +81,8 @@ static int write_model(const char *path) {
     return rc;
 }
 
-/* A valid adapter for the model: every projection of layer 0 and the
- * gate of layer 1. */
+/* A valid adapter for the model: every projection of layer 0, the gate of
+ * layer 1 and the embeddings (A a row a token, as llama.cpp lays it out). */
 static int write_seed(const char *path) {
     tnn_gguf_writer *w = tnn_gguf_writer_new();
     int rc = TNN_OK;
@@ -98,6 +98,8 @@ static int write_seed(const char *path) {
         snprintf(n, sizeof n, "blk.%d.%s.weight.lora_b", l, projs[p]);
         ADD(add_rand(w, n, outs[p], RANK, 0));
     }
+    ADD(add_rand(w, "token_embd.weight.lora_a", VOCAB, RANK, 0));
+    ADD(add_rand(w, "token_embd.weight.lora_b", D, RANK, 0));
     if (rc == TNN_OK) rc = tnn_gguf_writer_write(w, path);
     tnn_gguf_writer_free(w);
     return rc;

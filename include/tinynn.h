@@ -861,10 +861,14 @@ TNN_API void tnn_llm_close(tnn_llm *m);
  * llama.cpp's layout (general.type "adapter", adapter.type "lora", the
  * model's architecture, tensors blk.N.attn_q.weight.lora_a (rank, in) and
  * .lora_b (out, rank) for any of a layer's q, k, v, output, gate, up and
- * down projections; f32, f16, bf16 or q8_0), as tnn_lora_export and
+ * down projections and for the output matrix (output.weight.lora_a), the
+ * embeddings' token_embd.weight.lora_a (n_vocab, rank) and .lora_b
+ * (n_embd, rank); f32, f16, bf16 or q8_0), as tnn_lora_export and
  * llama.cpp's convert_lora_to_gguf.py write it. Each adapted projection
  * adds scale * (alpha / rank) * (x A^T) B^T (scale alone where the file has
- * no adapter.lora.alpha); the quantized weights stay as they are. Empties
+ * no adapter.lora.alpha), a token's embedding row scale * (alpha / rank) *
+ * A[token] B^T (where the embeddings are the output matrix too, the output
+ * stays as it was, as in PEFT); the quantized weights stay as they are. Empties
  * the cache (tnn_llm_pos becomes 0). One adapter per model: TNN_ERR_STATE
  * for a second; TNN_ERR_FORMAT for a file that is not an adapter for this
  * model (architecture, tensor names, shapes), which then leaves the model

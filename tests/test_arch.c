@@ -18,7 +18,8 @@
  * (the architecture's keys, biases, output matrix, RoPE factors, tokenizer)
  * it must read back as the same variant and give the original file's
  * logits bit for bit. A LoRA adapter in llama.cpp's layout (f16 and f32
- * factors, a projection without one), applied at run time, must give the
+ * factors, a projection without one, the embeddings, the output matrix where
+ * the model has one), applied at run time, must give the
  * logits of the model with it merged into the weights, prompt and decoding;
  * adapters that do not fit the model are refused and leave it as it was.
  * LoRA training on the model quantized to Q8_0 with its matrices read in
@@ -272,11 +273,28 @@ static void proj_dims(const variant *v, int p, int64_t *out, int64_t *in) {
     *in = p == 6 ? FF : D;
 }
 
+/* Random values in (-0.4, 0.4) for an adapter's factor of n values: f32
+ * in *f, and where h is not NULL f16 in *h with *f the values it holds. */
+static void random_factor(int64_t n, float **f, uint16_t **h) {
+    *f = malloc(sizeof(float) * (size_t)n);
+    if (h) *h = malloc(sizeof(uint16_t) * (size_t)n);
+    for (int64_t i = 0; i < n; i++) {
+        (*f)[i] = (float)th_sym(0.4);
+        if (h) {
+            (*h)[i] = tnn__f32_to_f16((*f)[i]);
+            (*f)[i] = tnn__f16_to_f32((*h)[i]);
+        }
+    }
+}
+
 /* An adapter in llama.cpp's layout: random A (RANK, in) and B (out, RANK)
  * for every projection of every layer (B of the attention output left out:
- * an adapter need not cover them all). The factors' type: F32, or F16 for
- * the first layer's. */
-static int write_adapter(const variant *v, const char *arch, const char *path, double alpha) {
+ * an adapter need not cover them all), the embeddings' A (VOCAB, RANK) and
+ * B (D, RANK) (llama.cpp's layout for them: A a row a token), and with
+ * output the output matrix's A (RANK, D) and B (VOCAB, RANK). The
+ * factors' type: F32, or F16 for the first layer's. */
+static int write_adapter(const variant *v, const char *arch, const char *path, double alpha,
+                         bool output) {
     tnn_gguf_writer *w = tnn_gguf_writer_new();
     int rc = TNN_OK;
 #define ADD(call)                                                                             \
@@ -295,13 +313,9 @@ static int write_adapter(const variant *v, const char *arch, const char *path, d
             proj_dims(v, p, &out, &in);
             for (int ab = 0; ab < 2; ab++) {
                 int64_t sh[2] = {ab ? out : RANK, ab ? RANK : in}, n = sh[0] * sh[1];
-                float *f = malloc(sizeof(float) * (size_t)n);
-                uint16_t *h = malloc(sizeof(uint16_t) * (size_t)n);
-                for (int64_t i = 0; i < n; i++) {
-                    f[i] = (float)th_sym(0.4);
-                    h[i] = tnn__f32_to_f16(f[i]);
-                    if (l == 0) f[i] = tnn__f16_to_f32(h[i]); /* the values the file holds */
-                }
+                float *f;
+                uint16_t *h = NULL;
+                random_factor(n, &f, l == 0 ? &h : NULL);
                 char name[96];
                 snprintf(name, sizeof name, "blk.%d.%s.weight.lora_%c", l, projs[p], ab ? 'b' : 'a');
                 ADD(l == 0 ? tnn_gguf_writer_add_tensor(w, name, TNN_GGML_F16, 2, sh, h,
@@ -312,6 +326,16 @@ static int write_adapter(const variant *v, const char *arch, const char *path, d
                 free(h);
             }
         }
+    static const char *const whole[4] = {"token_embd.weight.lora_a", "token_embd.weight.lora_b",
+                                         "output.weight.lora_a", "output.weight.lora_b"};
+    const int64_t dims[4][2] = {{VOCAB, RANK}, {D, RANK}, {RANK, D}, {VOCAB, RANK}};
+    for (int k = 0; k < (output ? 4 : 2); k++) {
+        float *f;
+        random_factor(dims[k][0] * dims[k][1], &f, NULL);
+        ADD(tnn_gguf_writer_add_tensor(w, whole[k], TNN_GGML_F32, 2, dims[k], f,
+                                       sizeof(float) * (size_t)(dims[k][0] * dims[k][1])));
+        free(f);
+    }
 #undef ADD
     if (rc == TNN_OK) rc = tnn_gguf_writer_write(w, path);
     tnn_gguf_writer_free(w);
@@ -319,7 +343,9 @@ static int write_adapter(const variant *v, const char *arch, const char *path, d
 }
 
 /* The model with the adapter merged in (w + scale alpha/RANK B A, in
- * double), every other key and tensor as they are. */
+ * double; the embeddings' rows + scale alpha/RANK A B^T, and where they are
+ * the output matrix too, an output matrix of the embeddings as they were),
+ * every other key and tensor as they are. */
 static int write_merged(const char *model, const char *adapter, double scale, const char *out) {
     tnn_gguf *g = tnn_gguf_open(model), *a = tnn_gguf_open(adapter);
     tnn_gguf_writer *w = tnn_gguf_writer_new();
@@ -339,7 +365,21 @@ static int write_merged(const char *model, const char *adapter, double scale, co
         snprintf(bn, sizeof bn, "%s.lora_b", name);
         int64_t ia = tnn_gguf_find_tensor(a, an), ib = tnn_gguf_find_tensor(a, bn);
         tnn_clear_error();
-        if (ia >= 0 && ib >= 0) {
+        bool embd = !strcmp(name, "token_embd.weight");
+        if (embd && ia >= 0 && tnn_gguf_find_tensor(g, "output.weight") < 0) {
+            tnn_clear_error(); /* tied: the output keeps the embeddings as they were */
+            rc = tnn_gguf_writer_add_tensor(w, "output.weight", TNN_GGML_F32, nd, sh, v,
+                                            sizeof(float) * (size_t)n);
+        }
+        if (embd && ia >= 0 && ib >= 0) { /* A (VOCAB, RANK) a row a token, B (D, RANK) */
+            const float *fa = tnn_gguf_tensor_data(a, ia), *fb = tnn_gguf_tensor_data(a, ib);
+            for (int64_t t = 0; t < sh[0]; t++)
+                for (int64_t e = 0; e < sh[1]; e++) {
+                    double d = 0;
+                    for (int r = 0; r < RANK; r++) d += (double)fa[t * RANK + r] * fb[e * RANK + r];
+                    v[t * sh[1] + e] = (float)(v[t * sh[1] + e] + scale * alpha / RANK * d);
+                }
+        } else if (ia >= 0 && ib >= 0) {
             int64_t out = sh[0], in = sh[1];
             float *fa = malloc(sizeof(float) * (size_t)(RANK * in)),
                   *fb = malloc(sizeof(float) * (size_t)(out * RANK));
@@ -356,7 +396,9 @@ static int write_merged(const char *model, const char *adapter, double scale, co
             free(fa);
             free(fb);
         }
-        rc = tnn_gguf_writer_add_tensor(w, name, TNN_GGML_F32, nd, sh, v, sizeof(float) * (size_t)n);
+        if (rc == TNN_OK)
+            rc = tnn_gguf_writer_add_tensor(w, name, TNN_GGML_F32, nd, sh, v,
+                                            sizeof(float) * (size_t)n);
         free(v);
     }
     if (rc == TNN_OK) rc = tnn_gguf_writer_write(w, out);
@@ -383,7 +425,7 @@ static void check_lora(const variant *v, const char *path) {
     snprintf(adapter, sizeof adapter, "%s.lora.gguf", path);
     snprintf(merged, sizeof merged, "%s.merged.gguf", path);
     snprintf(other, sizeof other, "%s.other.gguf", path);
-    CHECK_OK(write_adapter(v, v->arch, adapter, 8.0));
+    CHECK_OK(write_adapter(v, v->arch, adapter, 8.0, !v->tied));
     CHECK_OK(write_merged(path, adapter, 0.5, merged));
     enum { N = 9 };
     static const int32_t tok[N] = {1, 40, 77, 3, 200, 9, 121, 58, 64};
@@ -415,9 +457,14 @@ static void check_lora(const variant *v, const char *path) {
     /* refusals, each leaving the model as it was */
     m = lm_llama_load(path, 64, TNN_F32, lm_cuda());
     const variant *wrong = &variants[v->n_kv == 2 ? 2 : 1]; /* another kv width */
-    CHECK_OK(write_adapter(wrong, v->arch, other, 8.0));
+    CHECK_OK(write_adapter(wrong, v->arch, other, 8.0, !v->tied));
     CHECK_ERR(lm_llama_add_lora(m, other, 1.0), TNN_ERR_FORMAT, "another model");
-    CHECK_OK(write_adapter(v, !strcmp(v->arch, "qwen2") ? "llama" : "qwen2", other, 8.0));
+    if (v->tied) {
+        CHECK_OK(write_adapter(v, v->arch, other, 8.0, true));
+        CHECK_ERR(lm_llama_add_lora(m, other, 1.0), TNN_ERR_FORMAT, "no output matrix");
+    }
+    CHECK_OK(write_adapter(v, !strcmp(v->arch, "qwen2") ? "llama" : "qwen2", other, 8.0,
+                           !v->tied));
     CHECK_ERR(lm_llama_add_lora(m, other, 1.0), TNN_ERR_FORMAT, "architecture");
     CHECK_ERR(lm_llama_add_lora(m, path, 1.0), TNN_ERR_FORMAT, "not a LoRA adapter");
     CHECK_ERR(lm_llama_add_lora(m, "/nonexistent/adapter.gguf", 1.0), TNN_ERR_IO, "adapter");

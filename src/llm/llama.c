@@ -49,6 +49,10 @@ struct lm_llama {
     int n_ctx, pos;
     tnn_session *s;
     tnn_tensor *tok_embd, *output, *out_norm, *rope_freqs;
+    /* an adapter's factors of the embeddings (A (vocab, r): a row a token,
+     * B (n_embd, r)) and of the output matrix (A (r, n_embd), B (vocab, r)),
+     * the scale folded into B; NULL where none */
+    tnn_tensor *embd_a, *embd_b, *out_a, *out_b;
     llama_layer *L;
     llama_graph graphs[2]; /* [0]: the decoding graph (n = 1), [1]: the last prompt size */
     int realized;          /* index of the realized graph, or -1 */
@@ -260,9 +264,18 @@ static tnn_tensor *proj_weight(const llama_layer *L, int p) {
     return w[p];
 }
 
-/* The layer and projection a tensor name "blk.N.P.weight.lora_a" adapts;
- * false for any other name. */
+enum { TARGET_EMBD = -1, TARGET_OUTPUT = -2 };
+
+/* What a tensor name "....weight.lora_a" adapts: *layer and *proj for
+ * "blk.N.P.weight.lora_a", else *layer TARGET_EMBD for the embeddings
+ * ("token_embd.weight.lora_a") or TARGET_OUTPUT for the output matrix
+ * ("output.weight.lora_a"); false for any other name. */
 static bool lora_target(const char *name, int *layer, int *proj) {
+    *proj = 0;
+    if (!strcmp(name, "token_embd.weight.lora_a") || !strcmp(name, "output.weight.lora_a")) {
+        *layer = name[0] == 't' ? TARGET_EMBD : TARGET_OUTPUT;
+        return true;
+    }
     int l, at = 0;
     if (sscanf(name, "blk.%d.%n", &l, &at) != 1 || at == 0 || l < 0) return false;
     for (int p = 0; p < LM_LORA_N; p++) {
@@ -337,13 +350,24 @@ static int add_lora(lm_llama *m, const tnn_gguf *a, double scale) {
         if (len > 12 && !strcmp(name + len - 12, "_norm.weight")) continue; /* as llama.cpp */
         int l, p;
         if (!lora_target(name, &l, &p) || l >= m->hp.n_layer) {
-            rc = TNN_ERR(TNN_ERR_UNSUPPORTED, "adapter tensor '%s': only the %d layers' "
-                         "projections (blk.N.attn_q.weight.lora_a ... ffn_down) are adapted",
-                         name, m->hp.n_layer);
+            rc = TNN_ERR(TNN_ERR_UNSUPPORTED, "adapter tensor '%s': only the embeddings, the "
+                         "output matrix and the %d layers' projections (blk.N.attn_q.weight."
+                         "lora_a ... ffn_down) are adapted", name, m->hp.n_layer);
             break;
         }
-        llama_layer *L = &m->L[l];
-        if (L->lora_a[p]) {
+        if (l == TARGET_OUTPUT && m->hp.tied_output) {
+            rc = TNN_ERR(TNN_ERR_FORMAT, "adapter tensor '%s': the model has no output matrix "
+                         "(its embeddings are the output's; an adapter for another model?)",
+                         name);
+            break;
+        }
+        tnn_tensor **fa = l == TARGET_EMBD    ? &m->embd_a
+                          : l == TARGET_OUTPUT ? &m->out_a
+                                               : &m->L[l].lora_a[p];
+        tnn_tensor **fb = l == TARGET_EMBD    ? &m->embd_b
+                          : l == TARGET_OUTPUT ? &m->out_b
+                                               : &m->L[l].lora_b[p];
+        if (*fa) {
             rc = TNN_ERR(TNN_ERR_FORMAT, "adapter tensor '%s' appears twice", name);
             break;
         }
@@ -355,11 +379,21 @@ static int add_lora(lm_llama *m, const tnn_gguf *a, double scale) {
                                                : "adapter tensor '%s' is not a matrix", name);
             break;
         }
-        tnn_tensor *w = proj_weight(L, p);
-        int64_t r = sh[0], out = tnn_tensor_dim(w, 0), in = tnn_tensor_dim(w, 1);
-        L->lora_a[p] = lora_leaf(m, a, i, r, in, 1.0, &rc);
-        L->lora_b[p] = lora_leaf(m, a, j, out, r, alpha > 0 ? scale * alpha / (double)r : scale,
-                                 &rc);
+        int64_t r = l == TARGET_EMBD ? sh[1] : sh[0]; /* the rank */
+        if (r < 1) {
+            rc = TNN_ERR(TNN_ERR_FORMAT, "adapter tensor '%s' has rank %lld", name, (long long)r);
+            break;
+        }
+        double sb = alpha > 0 ? scale * alpha / (double)r : scale;
+        if (l == TARGET_EMBD) { /* llama.cpp's layout: A a row a token, B not transposed */
+            *fa = lora_leaf(m, a, i, m->hp.n_vocab, r, 1.0, &rc);
+            *fb = lora_leaf(m, a, j, m->hp.n_embd, r, sb, &rc);
+        } else {
+            tnn_tensor *w = l == TARGET_OUTPUT ? m->output : proj_weight(&m->L[l], p);
+            int64_t out = tnn_tensor_dim(w, 0), in = tnn_tensor_dim(w, 1);
+            *fa = lora_leaf(m, a, i, r, in, 1.0, &rc);
+            *fb = lora_leaf(m, a, j, out, r, sb, &rc);
+        }
         pairs++;
     }
     if (rc == TNN_OK && pairs == 0) rc = TNN_ERR(TNN_ERR_FORMAT, "the adapter holds no factors");
@@ -384,6 +418,7 @@ int lm_llama_add_lora_gguf(lm_llama *m, const tnn_gguf *a, double scale) {
         m->n_pending = 0;
         for (int l = 0; l < m->hp.n_layer; l++)
             for (int p = 0; p < LM_LORA_N; p++) m->L[l].lora_a[p] = m->L[l].lora_b[p] = NULL;
+        m->embd_a = m->embd_b = m->out_a = m->out_b = NULL;
         tnn__session_truncate(m->s, m->n_fixed);
         return rc;
     }
@@ -445,6 +480,8 @@ static int build_graph(lm_llama *m, llama_graph *gr, int n, bool all) {
     if (!gr->tokens || !gr->positions || !gr->pos0 || !gr->last) return tnn_last_status();
     double eps = hp->norm_eps;
     tnn_tensor *x = tnn_get_rows(s, m->tok_embd, gr->tokens);
+    if (m->embd_a) /* the adapter's rows: A[token] B^T */
+        x = tnn_add(s, x, tnn_matmul_nt(s, tnn_get_rows(s, m->embd_a, gr->tokens), m->embd_b));
     for (int l = 0; l < hp->n_layer; l++) {
         const llama_layer *L = &m->L[l];
         /* Nodes are made in the order they run, which the CUDA backend uses:
@@ -475,7 +512,11 @@ static int build_graph(lm_llama *m, llama_graph *gr, int n, bool all) {
         x = tnn_add(s, x, down);
     }
     if (n > 1 && !all) x = tnn_get_rows(s, x, gr->last); /* only the last row's logits */
-    gr->logits = tnn_matmul_nt(s, tnn_rms_norm(s, x, m->out_norm, eps), m->output);
+    x = tnn_rms_norm(s, x, m->out_norm, eps);
+    gr->logits = tnn_matmul_nt(s, x, m->output);
+    if (m->out_a)
+        gr->logits = tnn_add(s, gr->logits, tnn_matmul_nt(s, tnn_matmul_nt(s, x, m->out_a),
+                                                          m->out_b));
     return gr->logits ? TNN_OK : tnn_last_status();
 }
 

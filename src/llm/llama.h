@@ -53,10 +53,13 @@ int lm_llama_rewind(lm_llama *m, int pos);
 /* Applies a LoRA adapter file (llama.cpp's layout, as tnn lora-export
  * writes it: general.type "adapter", adapter.type "lora", the model's
  * architecture, tensors blk.N.P.weight.lora_a (r, in) and .lora_b (out, r)
- * for any of a layer's seven projections, any type the quantized kernels
- * decode) at run time, as llama.cpp does: each adapted projection adds
- * scale * (alpha / r) (x A^T) B^T (scale alone where the file has no
- * alpha). The cache is emptied. One adapter per model (TNN_ERR_STATE for a
+ * for any of a layer's seven projections and output.weight (an untied
+ * output matrix), token_embd.weight.lora_a (n_vocab, r) and .lora_b
+ * (n_embd, r), any type the quantized kernels decode) at run time, as
+ * llama.cpp does: each adapted projection adds scale * (alpha / r) (x A^T)
+ * B^T (scale alone where the file has no alpha), each token's embedding
+ * scale * (alpha / r) A[token] B^T (the input's only: a tied output matrix
+ * stays as it was). The cache is emptied. One adapter per model (TNN_ERR_STATE for a
  * second); on any error the model runs as before. */
 int lm_llama_add_lora(lm_llama *m, const char *path, double scale);
 /* The same from an open GGUF file (fuzz/fuzz_lora.c reads it from memory). */
