@@ -416,6 +416,66 @@ static int run_tokens(lm_llama *m, const int32_t *tok, int n, float *lg) {
     return rc;
 }
 
+/* The logits of run_tokens on the model in file f (NULL on failure). */
+static float *file_logits(const variant *v, const char *f, const int32_t *tok, int n) {
+    float *lg = malloc(sizeof(float) * (size_t)(n + 3) * VOCAB);
+    lm_llama *m = lm_llama_load(f, 64, TNN_F32, lm_cuda());
+    CHECK(m != NULL, "%s: %s: %s", v->name, f, tnn_last_error());
+    int rc = m ? run_tokens(m, tok, n, lg) : TNN_ERR_IO;
+    CHECK(!m || !lm_llama_hparams_of(m)->tied_output, "%s: %s: the output is tied", v->name, f);
+    lm_llama_free(m);
+    if (rc != TNN_OK) {
+        free(lg);
+        return NULL;
+    }
+    return lg;
+}
+
+/* tnn quantize --lora (lm_quantize_file with an adapter): the f32 file it
+ * writes gives the logits of the adapter at run time (`with`, scale 0.5);
+ * written in Q8_0, the logits of that f32 file quantized to Q8_0, bit for
+ * bit; an adapter of another model, or a file that is none, is refused
+ * and nothing is written. */
+static void check_merge(const variant *v, const char *path, const char *adapter, const char *out,
+                        const int32_t *tok, int n, const float *with) {
+    size_t nl = (size_t)(n + 3) * VOCAB;
+    char q8[160], q8b[160], other[160];
+    snprintf(q8, sizeof q8, "%s.q8.gguf", out);
+    snprintf(q8b, sizeof q8b, "%s.q8b.gguf", out);
+    snprintf(other, sizeof other, "%s.wrong.gguf", out);
+    int conv = 0;
+    CHECK_OK(lm_quantize_file(path, out, TNN_GGML_F32, adapter, 0.5, &conv));
+    CHECK_OK(lm_quantize_file(path, q8, TNN_GGML_Q8_0, adapter, 0.5, NULL));
+    CHECK_OK(lm_quantize_file(out, q8b, TNN_GGML_Q8_0, NULL, 1.0, NULL));
+    float *f32 = file_logits(v, out, tok, n), *a = file_logits(v, q8, tok, n),
+          *b = file_logits(v, q8b, tok, n);
+    if (f32 && a && b) {
+        double worst = 0;
+        for (size_t i = 0; i < nl; i++) worst = fmax(worst, fabs((double)f32[i] - with[i]));
+        CHECK(worst <= 1e-4, "%s: the adapter merged into f32 weights: logits %.3g from the "
+              "adapter's at run time", v->name, worst);
+        CHECK(!memcmp(a, b, sizeof(float) * nl), "%s: merged into Q8_0 weights, not the f32 "
+              "merge quantized", v->name);
+        printf("%s: adapter merged into the weights (%d matrices): f32 within %.2g of it at run "
+               "time, Q8_0 the f32 merge's bits quantized\n", v->name, conv, worst);
+    }
+    free(f32);
+    free(a);
+    free(b);
+    const variant *wrong = &variants[v->n_kv == 2 ? 2 : 1];
+    CHECK_OK(write_adapter(wrong, v->arch, other, 8.0, false));
+    unlink(out);
+    CHECK_ERR(lm_quantize_file(path, out, TNN_GGML_F32, other, 1.0, NULL), TNN_ERR_FORMAT,
+              "do not fit");
+    CHECK_ERR(lm_quantize_file(path, out, TNN_GGML_F32, path, 1.0, NULL), TNN_ERR_FORMAT,
+              "not a LoRA adapter");
+    CHECK(access(out, F_OK) != 0, "%s: a refused merge wrote %s", v->name, out);
+    unlink(other);
+    unlink(q8);
+    unlink(q8b);
+    unlink(out);
+}
+
 /* An adapter applied at run time (f16 and f32 factors, a projection left
  * out, scale 0.5) gives the logits of the model with it merged into the
  * weights, on a prompt and in decoding; adapters that do not fit are
@@ -453,6 +513,7 @@ static void check_lora(const variant *v, const char *path) {
            "up to %.2f)\n", v->name, worst, moved);
     CHECK_ERR(lm_llama_add_lora(m, adapter, 1.0), TNN_ERR_STATE, "already");
     lm_llama_free(m);
+    check_merge(v, path, adapter, other, tok, N, with);
 
     /* refusals, each leaving the model as it was */
     m = lm_llama_load(path, 64, TNN_F32, lm_cuda());
@@ -495,7 +556,7 @@ done:
 static void check_qlora(const variant *v, const char *path) {
     char q8[128];
     snprintf(q8, sizeof q8, "%s.q8_0.gguf", path);
-    CHECK_OK(lm_quantize_file(path, q8, TNN_GGML_Q8_0, NULL));
+    CHECK_OK(lm_quantize_file(path, q8, TNN_GGML_Q8_0, NULL, 1.0, NULL));
     lm_config cfg;
     CHECK_OK(lm_checkpoint_read_config(q8, &cfg, NULL));
     enum { B = 2, T = 12 };

@@ -402,7 +402,7 @@ static void test_lora(const char *dir) {
         char f32[600];
         snprintf(f32, sizeof f32, "%s.base-f32.gguf", ck);
         int nconv = 0;
-        CHECK_OK(lm_quantize_file(MODEL, f32, TNN_GGML_F32, &nconv));
+        CHECK_OK(lm_quantize_file(MODEL, f32, TNN_GGML_F32, NULL, 1.0, &nconv));
         float *plain[2] = {malloc(sizeof(float) * T * 49152), malloc(sizeof(float) * T * 49152)};
         for (int qi = 0; qi < 2; qi++) {
             tnn_llm *q = tnn_llm_open(qi ? MODEL : f32, 64, TNN_LLM_KV_F32);
@@ -536,7 +536,7 @@ static void test_qlora(const char *dir) {
     lm_config c2;
     CHECK_ERR(lm_checkpoint_read_config(lo_mid, &c2, NULL), TNN_ERR_FORMAT, "--lora-only");
     int nconv = 0;
-    CHECK_ERR(lm_quantize_file(lo_mid, ad[1], TNN_GGML_Q8_0, &nconv), TNN_ERR_FORMAT,
+    CHECK_ERR(lm_quantize_file(lo_mid, ad[1], TNN_GGML_Q8_0, NULL, 1.0, &nconv), TNN_ERR_FORMAT,
               "not a model");
     for (int k = 0; k < 2; k++) unlink(ad[k]);
     for (int step = HALF; step <= STEPS; step += HALF) {

@@ -615,7 +615,7 @@ static void test_quantize_file(void) {
     CHECK_OK(tnn_gguf_writer_write(w, in));
     tnn_gguf_writer_free(w);
     int n = -1;
-    CHECK_OK(lm_quantize_file(in, out, TNN_GGML_Q8_0, &n));
+    CHECK_OK(lm_quantize_file(in, out, TNN_GGML_Q8_0, NULL, 1.0, &n));
     CHECK(n == 1, "%d matrices converted", n);
     tnn_gguf *g = tnn_gguf_open(out);
     CHECK(g != NULL, "%s", tnn_last_error());
@@ -656,8 +656,8 @@ static void test_quantize_file(void) {
         CHECK(worst <= 1.0 / 127, "Q8_0 round trip off by %g", worst);
         tnn_gguf_close(g);
     }
-    CHECK_ERR(lm_quantize_file(in, out, TNN_GGML_Q4_K, NULL), TNN_ERR_ARG, "not a target");
-    CHECK_ERR(lm_quantize_file("/nonexistent.gguf", out, TNN_GGML_Q8_0, NULL), TNN_ERR_IO, "nonexistent");
+    CHECK_ERR(lm_quantize_file(in, out, TNN_GGML_Q4_K, NULL, 1.0, NULL), TNN_ERR_ARG, "not a target");
+    CHECK_ERR(lm_quantize_file("/nonexistent.gguf", out, TNN_GGML_Q8_0, NULL, 1.0, NULL), TNN_ERR_IO, "nonexistent");
     CHECK(lm_quant_type_from_name("Q4_1") == TNN_GGML_Q4_1 && lm_quant_type_from_name("x") < 0,
           "type names");
     unlink(in);

@@ -4,8 +4,9 @@ random model made with transformers, a random PEFT LoRA adapter of it
 (the seven projections, the embeddings and, where the model has one, the
 output matrix), both converted by llama.cpp's own converters
 (convert_hf_to_gguf.py, convert_lora_to_gguf.py), then the logits of
-tinynn (the base GGUF with tnn_llm_load_lora) against PyTorch's (the PEFT
-model) on the same token ids, for llama and qwen2, tied and untied.
+tinynn (the base GGUF with tnn_llm_load_lora, and the adapter merged into
+it by `tnn quantize BASE OUT f32 --lora ADAPTER`) against PyTorch's (the
+PEFT model) on the same token ids, for llama and qwen2, tied and untied.
 
 Nothing here is run by the suite; the peers stay outside the repository:
     pip install peft transformers torch
@@ -111,7 +112,7 @@ def tinynn_logits(lib, base, adapter):
     lib.tnn_llm_close.argtypes = [ctypes.c_void_p]
     lib.tnn_last_error.restype = ctypes.c_char_p
     out = []
-    for ad in (None, adapter):
+    for ad in (None, adapter) if adapter else (None,):
         m = lib.tnn_llm_open(base.encode(), 64, 2)  # TNN_LLM_KV_F32: all in f32
         if not m:
             sys.exit(f"tnn_llm_open: {lib.tnn_last_error().decode()}")
@@ -129,6 +130,7 @@ def tinynn_logits(lib, base, adapter):
 
 def main():
     lib = ctypes.CDLL(os.path.abspath(sys.argv[1]))
+    tnn = os.path.join(os.path.dirname(os.path.abspath(sys.argv[1])), "tnn")
     llama_cpp = os.path.abspath(sys.argv[2])
     worst_all = 0.0
     for kind in ("llama", "qwen2"):
@@ -147,11 +149,16 @@ def main():
                     with peft.disable_adapter():
                         want_base = peft(ids).logits[0].double().numpy()
                 got_base, got = tinynn_logits(lib, base, adapter)
-                worst = np.abs(got - want).max()
+                merged = os.path.join(d, "merged.gguf")  # tnn quantize --lora
+                subprocess.run([tnn, "quantize", base, merged, "f32", "--lora", adapter],
+                               check=True, capture_output=True)
+                got_merged = tinynn_logits(lib, merged, None)[0]
+                worst = max(np.abs(got - want).max(), np.abs(got_merged - want).max())
                 worst_all = max(worst_all, worst)
                 print(f"{kind} {'tied' if tied else 'untied'}: base within "
                       f"{np.abs(got_base - want_base).max():.2g} of PyTorch's; with the PEFT "
-                      f"adapter within {worst:.2g} (the adapter moves logits by up to "
+                      f"adapter (at run time, and merged by tnn quantize --lora) within "
+                      f"{worst:.2g} (the adapter moves logits by up to "
                       f"{np.abs(want - want_base).max():.2f}); argmax equal at every position: "
                       f"{bool((got.argmax(1) == want.argmax(1)).all())}")
     print(f"worst difference with the adapter {worst_all:.2g}")

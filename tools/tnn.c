@@ -34,7 +34,9 @@ static void usage(FILE *f) {
             "                       --lora ADAPTER.gguf)\n"
             "  quantize IN.gguf OUT.gguf TYPE     convert weight matrices (q8_0, q4_0, q4_1,\n"
             "                       q5_0, q5_1, f16, bf16, f32); a checkpoint becomes a model\n"
-            "                       for inference (no optimizer state; llama.cpp reads it)\n"
+            "                       for inference (no optimizer state; llama.cpp reads it);\n"
+            "                       --lora ADAPTER.gguf [--lora-scale X] merges an adapter\n"
+            "                       into the weights (llama.cpp's layout, as --lora reads)\n"
             "  lora-export CKPT.gguf OUT.gguf    a LoRA run's factors as an adapter file\n"
             "                       (llama.cpp's layout: llama-cli -m BASE --lora OUT)\n"
             "  version              print the library version\n"
@@ -330,8 +332,24 @@ static int cmd_lora_export(int argc, char **argv) {
 }
 
 static int cmd_quantize(int argc, char **argv) {
+    const char *adapter = NULL;
+    double scale = 1.0;
+    int pos = 0;
+    for (int i = 0; i < argc; i++) { /* the options may come anywhere after the command */
+        if (!strcmp(argv[i], "--lora") && i + 1 < argc)
+            adapter = argv[++i];
+        else if (!strcmp(argv[i], "--lora-scale") && i + 1 < argc &&
+                 parse_double(argv[i + 1], &scale))
+            i++;
+        else if (argv[i][0] == '-' && argv[i][1] == '-')
+            pos = 99; /* unknown option: usage */
+        else
+            argv[pos++] = argv[i];
+    }
+    argc = pos;
     if (argc != 3) {
-        fprintf(stderr, "usage: tnn quantize IN.gguf OUT.gguf TYPE (q8_0 q4_0 q4_1 q5_0 q5_1 f16 bf16 f32)\n");
+        fprintf(stderr, "usage: tnn quantize IN.gguf OUT.gguf TYPE (q8_0 q4_0 q4_1 q5_0 q5_1 f16 "
+                "bf16 f32) [--lora ADAPTER.gguf [--lora-scale X]]\n");
         return 2;
     }
     int type = lm_quant_type_from_name(argv[2]);
@@ -340,11 +358,12 @@ static int cmd_quantize(int argc, char **argv) {
         return 2;
     }
     int n = 0;
-    if (lm_quantize_file(argv[0], argv[1], type, &n) != TNN_OK) {
+    if (lm_quantize_file(argv[0], argv[1], type, adapter, scale, &n) != TNN_OK) {
         fprintf(stderr, "tnn quantize: %s\n", tnn_last_error());
         return 1;
     }
-    printf("%s: %d weight matrices converted to %s\n", argv[1], n, tnn_ggml_type_name(type));
+    printf("%s: %d weight matrices converted to %s%s%s\n", argv[1], n, tnn_ggml_type_name(type),
+           adapter ? ", the adapter merged from " : "", adapter ? adapter : "");
     return 0;
 }
 
