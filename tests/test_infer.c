@@ -656,8 +656,10 @@ static void test_quantize_file(void) {
         CHECK(worst <= 1.0 / 127, "Q8_0 round trip off by %g", worst);
         tnn_gguf_close(g);
     }
-    CHECK_ERR(lm_quantize_file(in, out, TNN_GGML_Q4_K, NULL, 1.0, NULL), TNN_ERR_ARG, "not a target");
-    CHECK_ERR(lm_quantize_file("/nonexistent.gguf", out, TNN_GGML_Q8_0, NULL, 1.0, NULL), TNN_ERR_IO, "nonexistent");
+    CHECK_ERR(lm_quantize_file(in, out, TNN_GGML_Q4_K, NULL, 1.0, NULL), TNN_ERR_ARG,
+              "not a target");
+    CHECK_ERR(lm_quantize_file("/nonexistent.gguf", out, TNN_GGML_Q8_0, NULL, 1.0, NULL),
+              TNN_ERR_IO, "nonexistent");
     CHECK(lm_quant_type_from_name("Q4_1") == TNN_GGML_Q4_1 && lm_quant_type_from_name("x") < 0,
           "type names");
     unlink(in);

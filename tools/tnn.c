@@ -335,6 +335,7 @@ static int cmd_quantize(int argc, char **argv) {
     const char *adapter = NULL;
     double scale = 1.0;
     int pos = 0;
+    bool bad = false;
     for (int i = 0; i < argc; i++) { /* the options may come anywhere after the command */
         if (!strcmp(argv[i], "--lora") && i + 1 < argc)
             adapter = argv[++i];
@@ -342,12 +343,12 @@ static int cmd_quantize(int argc, char **argv) {
                  parse_double(argv[i + 1], &scale))
             i++;
         else if (argv[i][0] == '-' && argv[i][1] == '-')
-            pos = 99; /* unknown option: usage */
+            bad = true; /* an unknown option, or one without its value */
         else
-            argv[pos++] = argv[i];
+            argv[pos++] = argv[i]; /* pos <= i: the operands moved to the front */
     }
     argc = pos;
-    if (argc != 3) {
+    if (bad || argc != 3) {
         fprintf(stderr, "usage: tnn quantize IN.gguf OUT.gguf TYPE (q8_0 q4_0 q4_1 q5_0 q5_1 f16 "
                 "bf16 f32) [--lora ADAPTER.gguf [--lora-scale X]]\n");
         return 2;
