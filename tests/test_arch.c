@@ -22,6 +22,9 @@
  * the model has one), applied at run time, must give the
  * logits of the model with it merged into the weights, prompt and decoding;
  * adapters that do not fit the model are refused and leave it as it was.
+ * Merged by tnn quantize --lora (lm_quantize_file), the f32 file must give
+ * the logits of the adapter at run time and the Q8_0 file those of the f32
+ * merge quantized, bit for bit; adapters that do not fit write nothing.
  * LoRA training on the model quantized to Q8_0 with its matrices read in
  * place (QLoRA) must follow LoRA on the dequantized weights.
  */
