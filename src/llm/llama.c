@@ -320,13 +320,12 @@ static tnn_tensor *lora_leaf(lm_llama *m, const tnn_gguf *a, int64_t i, int64_t 
     return t;
 }
 
-static int add_lora(lm_llama *m, const tnn_gguf *a, double scale) {
-    const char *type = NULL, *atype = NULL, *arch = NULL;
+int lm_lora_header(const tnn_gguf *a, const char *arch, double *alpha) {
+    const char *type = NULL, *atype = NULL, *aarch = NULL;
     tnn_gguf_get_str(a, "general.type", &type, NULL);
     tnn_gguf_get_str(a, "adapter.type", &atype, NULL);
-    tnn_gguf_get_str(a, "general.architecture", &arch, NULL);
-    double alpha = 0;
-    if (tnn_gguf_get_f64(a, "adapter.lora.alpha", &alpha) != TNN_OK) alpha = 0;
+    tnn_gguf_get_str(a, "general.architecture", &aarch, NULL);
+    if (tnn_gguf_get_f64(a, "adapter.lora.alpha", alpha) != TNN_OK) *alpha = 0;
     tnn_clear_error();
     if (!type || strcmp(type, "adapter") || !atype || strcmp(atype, "lora")) {
         bool ckpt = tnn_gguf_find_key(a, "tinynn.train.lora_rank") >= 0;
@@ -336,13 +335,19 @@ static int add_lora(lm_llama *m, const tnn_gguf *a, double scale) {
                        ckpt ? ": a LoRA run's checkpoint, whose adapter tnn lora-export writes"
                             : "");
     }
-    if (!arch || strcmp(arch, m->hp.arch))
+    if (!aarch || !arch || strcmp(aarch, arch))
         return TNN_ERR(TNN_ERR_FORMAT, "an adapter for architecture '%s', the model is '%s'",
-                       arch ? arch : "", m->hp.arch);
+                       aarch ? aarch : "", arch ? arch : "");
+    return TNN_OK;
+}
+
+static int add_lora(lm_llama *m, const tnn_gguf *a, double scale) {
+    double alpha;
+    int rc = lm_lora_header(a, m->hp.arch, &alpha), pairs = 0;
+    if (rc) return rc;
     int64_t n = tnn_gguf_n_tensors(a);
     m->pending = calloc((size_t)(n > 0 ? n : 1), sizeof *m->pending);
     if (!m->pending) return TNN_ERR(TNN_ERR_NOMEM, "out of memory");
-    int rc = TNN_OK, pairs = 0;
     for (int64_t i = 0; i < n && rc == TNN_OK; i++) {
         const char *name = tnn_gguf_tensor_name(a, i);
         size_t len = strlen(name);

@@ -62,6 +62,11 @@ int lm_llama_rewind(lm_llama *m, int pos);
  * stays as it was). The cache is emptied. One adapter per model (TNN_ERR_STATE for a
  * second); on any error the model runs as before. */
 int lm_llama_add_lora(lm_llama *m, const char *path, double scale);
+/* The metadata checks of an adapter file a, for a model of architecture
+ * arch: general.type "adapter", adapter.type "lora", the same
+ * general.architecture (TNN_ERR_FORMAT otherwise, naming a LoRA run's
+ * checkpoint where a is one); *alpha gets adapter.lora.alpha, 0 without. */
+int lm_lora_header(const tnn_gguf *a, const char *arch, double *alpha);
 /* The same from an open GGUF file (fuzz/fuzz_lora.c reads it from memory). */
 int lm_llama_add_lora_gguf(lm_llama *m, const tnn_gguf *adapter, double scale);
 

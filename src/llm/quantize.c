@@ -190,19 +190,11 @@ static int merge_factors(const tnn_gguf *ad, double scale, double alpha, const c
  * LoRA adapter for g's architecture; *alpha gets adapter.lora.alpha (0 when
  * absent). */
 static int check_adapter(const tnn_gguf *g, const tnn_gguf *ad, double *alpha) {
-    const char *type = NULL, *atype = NULL, *arch = NULL, *garch = NULL;
-    tnn_gguf_get_str(ad, "general.type", &type, NULL);
-    tnn_gguf_get_str(ad, "adapter.type", &atype, NULL);
-    tnn_gguf_get_str(ad, "general.architecture", &arch, NULL);
-    tnn_gguf_get_str(g, "general.architecture", &garch, NULL);
-    if (tnn_gguf_get_f64(ad, "adapter.lora.alpha", alpha) != TNN_OK) *alpha = 0;
+    const char *arch = NULL;
+    tnn_gguf_get_str(g, "general.architecture", &arch, NULL);
     tnn_clear_error();
-    if (!type || strcmp(type, "adapter") || !atype || strcmp(atype, "lora"))
-        return TNN_ERR(TNN_ERR_FORMAT, "not a LoRA adapter (general.type '%s', adapter.type "
-                       "'%s')", type ? type : "", atype ? atype : "");
-    if (!arch || !garch || strcmp(arch, garch))
-        return TNN_ERR(TNN_ERR_FORMAT, "an adapter for architecture '%s', the model is '%s'",
-                       arch ? arch : "", garch ? garch : "");
+    int rc = lm_lora_header(ad, arch, alpha);
+    if (rc) return rc;
     int pairs = 0;
     for (int64_t i = 0; i < tnn_gguf_n_tensors(ad); i++) {
         const char *name = tnn_gguf_tensor_name(ad, i);
