@@ -289,7 +289,7 @@ int lm_quantize_file(const char *in, const char *out, int type, const char *adap
         const char *name = tnn_gguf_tensor_name(g, i);
         if (!strncmp(name, OPT_TENSORS, strlen(OPT_TENSORS)) || lm_is_lora_name(name)) continue;
         int st = tnn_gguf_tensor_type(g, i);
-        int64_t shape[4];
+        int64_t shape[4] = {0}; /* shape[1] 0 for a vector: `to` below reads it */
         int nd = tnn_gguf_tensor_shape(g, i, shape);
         const void *data = tnn_gguf_tensor_data(g, i);
         merge_pair mp = {0};
